@@ -1,0 +1,478 @@
+//! The ABI shared by the edge-filter XDP program and its userspace agent.
+//!
+//! Everything that crosses a BPF map lives here, once, as `#[repr(C)]` types
+//! with compile-time size assertions, so the kernel program and the agent can
+//! never disagree about a layout. The crate is `no_std`; the `user` feature
+//! adds the `aya::Pod` impls the agent needs to read and write the maps.
+//!
+//! # Maps
+//! | name | type | key | value |
+//! |---|---|---|---|
+//! | [`MAP_ALLOW_V4`] / [`MAP_ALLOW_V6`] | LPM trie | `Key<[u8; 4]>` / `Key<[u8; 16]>` | [`EntryValue`] |
+//! | [`MAP_ADDR_V4`] / [`MAP_ADDR_V6`] | hash | `[u8; 4]` / `[u8; 16]` | [`EntryValue`] |
+//! | [`MAP_PREFIX_V4`] / [`MAP_PREFIX_V6`] | LPM trie | `Key<[u8; 4]>` / `Key<[u8; 16]>` | [`EntryValue`] |
+//! | [`MAP_PORT_V4`] / [`MAP_PORT_V6`] | hash | [`PortKeyV4`] / [`PortKeyV6`] | [`EntryValue`] |
+//! | [`MAP_PPREFIX_V4`] / [`MAP_PPREFIX_V6`] | LPM trie | `Key<PortPrefixV4>` / `Key<PortPrefixV6>` | [`EntryValue`] |
+//! | [`MAP_CONFIG`] | array, 1 slot | `u32` | [`Config`] |
+//! | [`MAP_COUNTERS`] | per-CPU array | `u32` ([`Reason`]) | [`Counter`] |
+//! | [`MAP_LAST`] | per-CPU array, 1 slot | `u32` | [`LastVerdict`] |
+//!
+//! LPM tries return only the longest match, but the verdict semantics say that
+//! *any* matching drop entry wins over a more specific monitor entry. The agent
+//! therefore stores in every trie node the strongest action of that node and
+//! all shorter prefixes covering it (see the agent's `maps::flatten`), so one
+//! longest-match lookup per trie is exact.
+#![no_std]
+
+/// Action of an entry that says "count it, let it through".
+pub const ACTION_MONITOR: u8 = 1;
+/// Action of an entry that says "drop it".
+pub const ACTION_DROP: u8 = 2;
+
+/// Port entry matches the packet's source port (the remote endpoint: a C2
+/// server's `ip:port`). The default.
+pub const SIDE_SRC: u8 = 0;
+/// Port entry matches the packet's destination port (the local service an
+/// attacker targets).
+pub const SIDE_DST: u8 = 1;
+
+/// IP protocol numbers that carry ports we parse.
+pub const PROTO_TCP: u8 = 6;
+/// See [`PROTO_TCP`].
+pub const PROTO_UDP: u8 = 17;
+
+/// Value of every entry map (allowlist included).
+///
+/// `id` is assigned by the agent and names the entry that decided (for
+/// flattened trie nodes: the covering entry whose action was inherited), so
+/// verdicts can be traced back to a feed and indicator.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EntryValue {
+    /// [`ACTION_DROP`] or [`ACTION_MONITOR`]; unused for the allowlist.
+    pub action: u8,
+    /// Explicit padding so the layout has no hidden bytes.
+    pub _pad: [u8; 3],
+    /// Agent-assigned entry id.
+    pub id: u32,
+}
+
+/// Key of the IPv4 address+port hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKeyV4 {
+    /// Source address, network byte order.
+    pub addr: [u8; 4],
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`SIDE_SRC`] or [`SIDE_DST`].
+    pub side: u8,
+    /// Port, network byte order.
+    pub port: [u8; 2],
+}
+
+/// Key of the IPv6 address+port hash map. See [`PortKeyV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKeyV6 {
+    /// Source address, network byte order.
+    pub addr: [u8; 16],
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`SIDE_SRC`] or [`SIDE_DST`].
+    pub side: u8,
+    /// Port, network byte order.
+    pub port: [u8; 2],
+}
+
+/// Data of the IPv4 prefix+port LPM trie key.
+///
+/// Protocol, side and port come first so that they are always fully covered:
+/// the trie prefix length is `32 + address prefix length`
+/// ([`PORT_PREFIX_FIXED_BITS`] + address bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortPrefixV4 {
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`SIDE_SRC`] or [`SIDE_DST`].
+    pub side: u8,
+    /// Port, network byte order.
+    pub port: [u8; 2],
+    /// Address, network byte order.
+    pub addr: [u8; 4],
+}
+
+/// Data of the IPv6 prefix+port LPM trie key. See [`PortPrefixV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortPrefixV6 {
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`SIDE_SRC`] or [`SIDE_DST`].
+    pub side: u8,
+    /// Port, network byte order.
+    pub port: [u8; 2],
+    /// Address, network byte order.
+    pub addr: [u8; 16],
+}
+
+/// Bits of a prefix+port trie key that precede the address.
+pub const PORT_PREFIX_FIXED_BITS: u32 = 32;
+
+/// Runtime settings the agent writes into [`MAP_CONFIG`] slot 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `CONFIG_*` flags.
+    pub flags: u32,
+    /// Bit `MAPBIT_*` set when that map holds at least one entry; the program
+    /// skips lookups in empty maps so small sets stay fast.
+    pub nonempty: u32,
+}
+
+/// Drop malformed IP packets instead of passing them.
+pub const CONFIG_MALFORMED_DROP: u32 = 1 << 0;
+/// Record every verdict in [`MAP_LAST`] (replay and differential tests only:
+/// the production datapath leaves it off).
+pub const CONFIG_RECORD_LAST: u32 = 1 << 1;
+
+/// [`Config::nonempty`] bits, one per entry map.
+pub const MAPBIT_ALLOW_V4: u32 = 1 << 0;
+/// See [`MAPBIT_ALLOW_V4`].
+pub const MAPBIT_ALLOW_V6: u32 = 1 << 1;
+/// See [`MAPBIT_ALLOW_V4`].
+pub const MAPBIT_ADDR_V4: u32 = 1 << 2;
+/// See [`MAPBIT_ALLOW_V4`].
+pub const MAPBIT_ADDR_V6: u32 = 1 << 3;
+/// See [`MAPBIT_ALLOW_V4`].
+pub const MAPBIT_PREFIX_V4: u32 = 1 << 4;
+/// See [`MAPBIT_ALLOW_V4`].
+pub const MAPBIT_PREFIX_V6: u32 = 1 << 5;
+/// See [`MAPBIT_ALLOW_V4`].
+pub const MAPBIT_PORT_V4: u32 = 1 << 6;
+/// See [`MAPBIT_ALLOW_V4`].
+pub const MAPBIT_PORT_V6: u32 = 1 << 7;
+/// See [`MAPBIT_ALLOW_V4`].
+pub const MAPBIT_PPREFIX_V4: u32 = 1 << 8;
+/// See [`MAPBIT_ALLOW_V4`].
+pub const MAPBIT_PPREFIX_V6: u32 = 1 << 9;
+
+/// Per-CPU packet and byte counter, one per [`Reason`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (frame length as seen by XDP).
+    pub bytes: u64,
+}
+
+/// The last verdict on this CPU, written only with [`CONFIG_RECORD_LAST`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastVerdict {
+    /// [`Reason`] as `u32`.
+    pub reason: u32,
+    /// [`EntryValue::id`] of the deciding entry, or [`NO_ENTRY`].
+    pub entry_id: u32,
+}
+
+/// [`LastVerdict::entry_id`] when no entry decided.
+pub const NO_ENTRY: u32 = u32::MAX;
+
+/// Entry kinds, ordered by specificity (higher is more specific).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntryKind {
+    /// CIDR prefix.
+    Prefix = 0,
+    /// Exact address.
+    Addr = 1,
+    /// CIDR prefix plus protocol and port.
+    PrefixPort = 2,
+    /// Exact address plus protocol and port.
+    AddrPort = 3,
+}
+
+impl EntryKind {
+    /// All kinds, least specific first.
+    pub const ALL: [EntryKind; 4] = [
+        EntryKind::Prefix,
+        EntryKind::Addr,
+        EntryKind::PrefixPort,
+        EntryKind::AddrPort,
+    ];
+
+    /// Stable lowercase name, used in output and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EntryKind::Prefix => "prefix",
+            EntryKind::Addr => "addr",
+            EntryKind::PrefixPort => "prefix_port",
+            EntryKind::AddrPort => "addr_port",
+        }
+    }
+}
+
+/// Why a malformed packet is malformed. No lookups are made for them.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MalformedClass {
+    /// Frame shorter than an Ethernet header, or a VLAN tag that does not fit.
+    L2Truncated = 0,
+    /// A third VLAN tag.
+    VlanDepth = 1,
+    /// The IP version field does not match the ethertype.
+    IpVersion = 2,
+    /// IPv4: fewer than 20 bytes, IHL < 5, or IHL*4 bytes do not fit.
+    Ipv4Header = 3,
+    /// IPv4: total length smaller than the header or larger than the frame.
+    Ipv4Length = 4,
+    /// IPv6: the 40-byte fixed header does not fit.
+    Ipv6Header = 5,
+    /// IPv6: 40 + payload length is larger than the frame.
+    Ipv6Length = 6,
+    /// IPv6: an extension header does not fit in the frame.
+    Ipv6ExtTruncated = 7,
+    /// IPv6: a seventh extension header.
+    Ipv6ExtChain = 8,
+}
+
+/// Number of [`MalformedClass`] values.
+pub const MALFORMED_CLASSES: u32 = 9;
+
+impl MalformedClass {
+    /// All classes in index order.
+    pub const ALL: [MalformedClass; MALFORMED_CLASSES as usize] = [
+        MalformedClass::L2Truncated,
+        MalformedClass::VlanDepth,
+        MalformedClass::IpVersion,
+        MalformedClass::Ipv4Header,
+        MalformedClass::Ipv4Length,
+        MalformedClass::Ipv6Header,
+        MalformedClass::Ipv6Length,
+        MalformedClass::Ipv6ExtTruncated,
+        MalformedClass::Ipv6ExtChain,
+    ];
+
+    /// Stable lowercase name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            MalformedClass::L2Truncated => "l2_truncated",
+            MalformedClass::VlanDepth => "vlan_depth",
+            MalformedClass::IpVersion => "ip_version",
+            MalformedClass::Ipv4Header => "ipv4_header",
+            MalformedClass::Ipv4Length => "ipv4_length",
+            MalformedClass::Ipv6Header => "ipv6_header",
+            MalformedClass::Ipv6Length => "ipv6_length",
+            MalformedClass::Ipv6ExtTruncated => "ipv6_ext_truncated",
+            MalformedClass::Ipv6ExtChain => "ipv6_ext_chain",
+        }
+    }
+}
+
+/// Why a packet got its verdict: the index into [`MAP_COUNTERS`].
+///
+/// Layout: 3 pass reasons, then the malformed classes passed, then the
+/// malformed classes dropped, then drops per [`EntryKind`], then monitors per
+/// [`EntryKind`].
+pub type Reason = u32;
+
+/// Passed: no entry matched.
+pub const REASON_PASS_NO_MATCH: Reason = 0;
+/// Passed: the source is allowlisted.
+pub const REASON_PASS_ALLOWLIST: Reason = 1;
+/// Passed: not IPv4 or IPv6 (ARP, LLDP, MPLS, PPPoE, ...).
+pub const REASON_PASS_NON_IP: Reason = 2;
+/// First malformed-and-passed reason; add the [`MalformedClass`].
+pub const REASON_MALFORMED_PASS_BASE: Reason = 3;
+/// First malformed-and-dropped reason; add the [`MalformedClass`].
+pub const REASON_MALFORMED_DROP_BASE: Reason = REASON_MALFORMED_PASS_BASE + MALFORMED_CLASSES;
+/// First dropped-by-entry reason; add the [`EntryKind`].
+pub const REASON_DROP_BASE: Reason = REASON_MALFORMED_DROP_BASE + MALFORMED_CLASSES;
+/// First monitored-by-entry reason; add the [`EntryKind`].
+pub const REASON_MONITOR_BASE: Reason = REASON_DROP_BASE + 4;
+/// Number of reasons: the size of [`MAP_COUNTERS`].
+pub const REASON_COUNT: u32 = REASON_MONITOR_BASE + 4;
+
+/// Reason for a malformed packet of `class`, passed or dropped.
+#[inline(always)]
+pub const fn reason_malformed(class: MalformedClass, drop: bool) -> Reason {
+    (if drop {
+        REASON_MALFORMED_DROP_BASE
+    } else {
+        REASON_MALFORMED_PASS_BASE
+    }) + class as u32
+}
+
+/// Reason for a packet decided by an entry of `kind` with `action`.
+#[inline(always)]
+pub const fn reason_entry(kind: EntryKind, action: u8) -> Reason {
+    (if action == ACTION_DROP {
+        REASON_DROP_BASE
+    } else {
+        REASON_MONITOR_BASE
+    }) + kind as u32
+}
+
+/// What a reason means, decoded (userspace helper; also usable in tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReasonInfo {
+    /// No entry matched.
+    NoMatch,
+    /// Allowlisted.
+    Allowlisted,
+    /// Not IP.
+    NonIp,
+    /// Malformed, passed or dropped.
+    Malformed {
+        /// Its class.
+        class: MalformedClass,
+        /// Dropped (the malformed-drop setting was on).
+        dropped: bool,
+    },
+    /// Decided by an entry.
+    Entry {
+        /// The kind of the deciding entry.
+        kind: EntryKind,
+        /// [`ACTION_DROP`] or [`ACTION_MONITOR`].
+        action: u8,
+    },
+}
+
+impl ReasonInfo {
+    /// Decode a reason index; `None` if out of range.
+    pub const fn decode(reason: Reason) -> Option<ReasonInfo> {
+        if reason == REASON_PASS_NO_MATCH {
+            Some(ReasonInfo::NoMatch)
+        } else if reason == REASON_PASS_ALLOWLIST {
+            Some(ReasonInfo::Allowlisted)
+        } else if reason == REASON_PASS_NON_IP {
+            Some(ReasonInfo::NonIp)
+        } else if reason < REASON_MALFORMED_DROP_BASE {
+            Some(ReasonInfo::Malformed {
+                class: MalformedClass::ALL[(reason - REASON_MALFORMED_PASS_BASE) as usize],
+                dropped: false,
+            })
+        } else if reason < REASON_DROP_BASE {
+            Some(ReasonInfo::Malformed {
+                class: MalformedClass::ALL[(reason - REASON_MALFORMED_DROP_BASE) as usize],
+                dropped: true,
+            })
+        } else if reason < REASON_MONITOR_BASE {
+            Some(ReasonInfo::Entry {
+                kind: EntryKind::ALL[(reason - REASON_DROP_BASE) as usize],
+                action: ACTION_DROP,
+            })
+        } else if reason < REASON_COUNT {
+            Some(ReasonInfo::Entry {
+                kind: EntryKind::ALL[(reason - REASON_MONITOR_BASE) as usize],
+                action: ACTION_MONITOR,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Whether the packet is dropped (XDP_DROP) under this reason.
+    pub const fn is_drop(self) -> bool {
+        match self {
+            ReasonInfo::Malformed { dropped, .. } => dropped,
+            ReasonInfo::Entry { action, .. } => action == ACTION_DROP,
+            _ => false,
+        }
+    }
+
+    /// The verdict word: `pass`, `drop` or `monitor`.
+    pub const fn verdict(self) -> &'static str {
+        match self {
+            ReasonInfo::Entry { action, .. } if action == ACTION_MONITOR => "monitor",
+            _ if self.is_drop() => "drop",
+            _ => "pass",
+        }
+    }
+}
+
+/// Map names (the symbol names in the eBPF object; at most 15 bytes, the
+/// kernel's limit).
+pub const MAP_ALLOW_V4: &str = "ALLOW_V4";
+/// See the table in the crate docs.
+pub const MAP_ALLOW_V6: &str = "ALLOW_V6";
+/// See the table in the crate docs.
+pub const MAP_ADDR_V4: &str = "ADDR_V4";
+/// See the table in the crate docs.
+pub const MAP_ADDR_V6: &str = "ADDR_V6";
+/// See the table in the crate docs.
+pub const MAP_PREFIX_V4: &str = "PREFIX_V4";
+/// See the table in the crate docs.
+pub const MAP_PREFIX_V6: &str = "PREFIX_V6";
+/// See the table in the crate docs.
+pub const MAP_PORT_V4: &str = "PORT_V4";
+/// See the table in the crate docs.
+pub const MAP_PORT_V6: &str = "PORT_V6";
+/// See the table in the crate docs.
+pub const MAP_PPREFIX_V4: &str = "PPREFIX_V4";
+/// See the table in the crate docs.
+pub const MAP_PPREFIX_V6: &str = "PPREFIX_V6";
+/// See the table in the crate docs.
+pub const MAP_CONFIG: &str = "CONFIG";
+/// See the table in the crate docs.
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// See the table in the crate docs.
+pub const MAP_LAST: &str = "LAST";
+
+/// Name of the XDP program in the object.
+pub const PROGRAM_NAME: &str = "edge_filter";
+
+/// Default capacities. The agent can override each at load time.
+pub const DEFAULT_ADDR_V4_ENTRIES: u32 = 1 << 20;
+/// See [`DEFAULT_ADDR_V4_ENTRIES`].
+pub const DEFAULT_ADDR_V6_ENTRIES: u32 = 1 << 18;
+/// See [`DEFAULT_ADDR_V4_ENTRIES`].
+pub const DEFAULT_PREFIX_ENTRIES: u32 = 1 << 18;
+/// See [`DEFAULT_ADDR_V4_ENTRIES`].
+pub const DEFAULT_PORT_ENTRIES: u32 = 1 << 18;
+/// See [`DEFAULT_ADDR_V4_ENTRIES`].
+pub const DEFAULT_ALLOW_ENTRIES: u32 = 1 << 16;
+
+/// IPv6 extension headers walked before giving up (a seventh is malformed).
+pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
+/// VLAN tags accepted (a third is malformed).
+pub const MAX_VLAN_TAGS: u32 = 2;
+
+const _: () = {
+    assert!(core::mem::size_of::<EntryValue>() == 8);
+    assert!(core::mem::size_of::<PortKeyV4>() == 8);
+    assert!(core::mem::size_of::<PortKeyV6>() == 20);
+    assert!(core::mem::size_of::<PortPrefixV4>() == 8);
+    assert!(core::mem::size_of::<PortPrefixV6>() == 20);
+    assert!(core::mem::size_of::<Config>() == 8);
+    assert!(core::mem::size_of::<Counter>() == 16);
+    assert!(core::mem::size_of::<LastVerdict>() == 8);
+    assert!(REASON_COUNT == 29);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    //! `aya::Pod` for every map type: all are `#[repr(C)]`, `Copy`, with no
+    //! padding bytes and every bit pattern valid.
+    use super::*;
+
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for EntryValue {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for PortKeyV4 {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for PortKeyV6 {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for PortPrefixV4 {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for PortPrefixV6 {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for Config {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for Counter {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for LastVerdict {}
+}

@@ -1,0 +1,1 @@
+//! Threat-intelligence feed formats.
