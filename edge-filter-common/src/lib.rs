@@ -43,18 +43,24 @@ pub const PROTO_UDP: u8 = 17;
 
 /// Value of every entry map (allowlist included).
 ///
-/// `id` is assigned by the agent and names the entry that decided (for
-/// flattened trie nodes: the covering entry whose action was inherited), so
-/// verdicts can be traced back to a feed and indicator.
+/// Trie nodes are *flattened* (see the crate docs): `action` is the strongest
+/// action of this node and every shorter prefix covering it in the same map,
+/// and `decider` is the id of the entry that action comes from. `own_action`
+/// and `id` describe the entry itself, so the agent can rebuild the entry set
+/// from the maps alone (adoption after a restart, drift checks).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EntryValue {
-    /// [`ACTION_DROP`] or [`ACTION_MONITOR`]; unused for the allowlist.
+    /// Effective action: [`ACTION_DROP`] or [`ACTION_MONITOR`].
     pub action: u8,
+    /// The entry's own action (before flattening).
+    pub own_action: u8,
     /// Explicit padding so the layout has no hidden bytes.
-    pub _pad: [u8; 3],
-    /// Agent-assigned entry id.
+    pub _pad: [u8; 2],
+    /// Agent-assigned id of this entry (stable for the life of its key).
     pub id: u32,
+    /// Id of the entry whose action is `action` (equals `id` unless inherited).
+    pub decider: u32,
 }
 
 /// Key of the IPv4 address+port hash map.
@@ -442,7 +448,7 @@ pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
 pub const MAX_VLAN_TAGS: u32 = 2;
 
 const _: () = {
-    assert!(core::mem::size_of::<EntryValue>() == 8);
+    assert!(core::mem::size_of::<EntryValue>() == 12);
     assert!(core::mem::size_of::<PortKeyV4>() == 8);
     assert!(core::mem::size_of::<PortKeyV6>() == 20);
     assert!(core::mem::size_of::<PortPrefixV4>() == 8);

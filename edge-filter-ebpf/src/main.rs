@@ -1,2 +1,261 @@
+//! The edge-filter XDP program.
+//!
+//! Parses Ethernet, up to two VLAN tags, IPv4 (options skipped) or IPv6
+//! (up to six extension headers), then TCP/UDP ports, and decides by source
+//! address, prefix and port as `docs/semantics.md` specifies. Every verdict is
+//! counted by reason in `COUNTERS`. The userspace reference classifier
+//! implements the same contract and the differential tests compare the two on
+//! every packet of every corpus.
 #![no_std]
 #![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::XdpContext,
+};
+use edge_filter_common::{
+    ACTION_DROP, CONFIG_MALFORMED_DROP, CONFIG_RECORD_LAST, Config, Counter, DEFAULT_ADDR_V4_ENTRIES,
+    DEFAULT_ADDR_V6_ENTRIES, DEFAULT_ALLOW_ENTRIES, DEFAULT_PORT_ENTRIES, DEFAULT_PREFIX_ENTRIES,
+    EntryKind, EntryValue, LastVerdict, MAPBIT_ADDR_V4, MAPBIT_ADDR_V6, MAPBIT_ALLOW_V4,
+    MAPBIT_ALLOW_V6, MAPBIT_PORT_V4, MAPBIT_PORT_V6, MAPBIT_PPREFIX_V4, MAPBIT_PPREFIX_V6,
+    MAPBIT_PREFIX_V4, MAPBIT_PREFIX_V6, NO_ENTRY, PORT_PREFIX_FIXED_BITS, PortKeyV4, PortKeyV6,
+    PortPrefixV4, PortPrefixV6, REASON_COUNT, REASON_PASS_ALLOWLIST, REASON_PASS_NO_MATCH,
+    REASON_PASS_NON_IP, Reason, SIDE_DST, SIDE_SRC, reason_entry, reason_malformed,
+};
+
+use crate::parse::{Parsed, Source, parse};
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+#[map]
+static LAST: PerCpuArray<LastVerdict> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static ALLOW_V4: LpmTrie<[u8; 4], EntryValue> = LpmTrie::with_max_entries(DEFAULT_ALLOW_ENTRIES, 0);
+#[map]
+static ALLOW_V6: LpmTrie<[u8; 16], EntryValue> =
+    LpmTrie::with_max_entries(DEFAULT_ALLOW_ENTRIES, 0);
+
+#[map]
+static ADDR_V4: HashMap<[u8; 4], EntryValue> =
+    HashMap::with_max_entries(DEFAULT_ADDR_V4_ENTRIES, 0);
+#[map]
+static ADDR_V6: HashMap<[u8; 16], EntryValue> =
+    HashMap::with_max_entries(DEFAULT_ADDR_V6_ENTRIES, 0);
+
+#[map]
+static PREFIX_V4: LpmTrie<[u8; 4], EntryValue> =
+    LpmTrie::with_max_entries(DEFAULT_PREFIX_ENTRIES, 0);
+#[map]
+static PREFIX_V6: LpmTrie<[u8; 16], EntryValue> =
+    LpmTrie::with_max_entries(DEFAULT_PREFIX_ENTRIES, 0);
+
+#[map]
+static PORT_V4: HashMap<PortKeyV4, EntryValue> = HashMap::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
+#[map]
+static PORT_V6: HashMap<PortKeyV6, EntryValue> = HashMap::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
+
+#[map]
+static PPREFIX_V4: LpmTrie<PortPrefixV4, EntryValue> =
+    LpmTrie::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
+#[map]
+static PPREFIX_V6: LpmTrie<PortPrefixV6, EntryValue> =
+    LpmTrie::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
+
+/// The XDP entry point: classify, count, record, return.
+#[xdp]
+pub fn edge_filter(ctx: XdpContext) -> u32 {
+    let (flags, nonempty) = match CONFIG.get(0) {
+        Some(c) => (c.flags, c.nonempty),
+        // Cannot happen for an array map; if it did, look everywhere.
+        None => (0, u32::MAX),
+    };
+    let (reason, entry_id, drop) = try_edge_filter(&ctx, flags, nonempty);
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    if let Some(c) = COUNTERS.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot, XDP runs with preemption disabled.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
+        }
+    }
+    if flags & CONFIG_RECORD_LAST != 0
+        && let Some(l) = LAST.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU slot, XDP runs with preemption disabled.
+        unsafe {
+            (*l).reason = reason;
+            (*l).entry_id = entry_id;
+        }
+    }
+    if drop {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// Classify one frame: `(reason, deciding entry id, drop?)`. Every outcome,
+/// malformed input included, maps to a counted reason.
+#[inline(always)]
+fn try_edge_filter(ctx: &XdpContext, flags: u32, nonempty: u32) -> (Reason, u32, bool) {
+    match parse(ctx) {
+        Parsed::NonIp => (REASON_PASS_NON_IP, NO_ENTRY, false),
+        Parsed::Malformed(class) => {
+            let drop = flags & CONFIG_MALFORMED_DROP != 0;
+            (reason_malformed(class, drop), NO_ENTRY, drop)
+        }
+        Parsed::V4 { src, ports } => decide_v4(src, ports, nonempty),
+        Parsed::V6 { src, ports } => decide_v6(src, ports, nonempty),
+    }
+}
+
+/// Best match so far, ranked by action first and kind second.
+struct Best {
+    rank: u32,
+    id: u32,
+}
+
+impl Best {
+    #[inline(always)]
+    fn new() -> Self {
+        Best { rank: 0, id: NO_ENTRY }
+    }
+
+    /// Offer a hit of `kind`; keeps it if it outranks the current best.
+    #[inline(always)]
+    fn offer(&mut self, kind: EntryKind, v: Option<&EntryValue>) {
+        if let Some(v) = v {
+            // action is 1 (monitor) or 2 (drop): ranks 4..=7 and 8..=11.
+            let rank = (v.action as u32) * 4 + kind as u32;
+            if rank > self.rank {
+                self.rank = rank;
+                self.id = v.decider;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn finish(self) -> (Reason, u32, bool) {
+        if self.rank < 4 {
+            return (REASON_PASS_NO_MATCH, NO_ENTRY, false);
+        }
+        let action = (self.rank / 4) as u8;
+        let kind = match self.rank % 4 {
+            0 => EntryKind::Prefix,
+            1 => EntryKind::Addr,
+            2 => EntryKind::PrefixPort,
+            _ => EntryKind::AddrPort,
+        };
+        (reason_entry(kind, action), self.id, action == ACTION_DROP)
+    }
+}
+
+#[inline(always)]
+fn decide_v4(src: [u8; 4], ports: Option<Source>, nonempty: u32) -> (Reason, u32, bool) {
+    let full = Key::new(32, src);
+    if nonempty & MAPBIT_ALLOW_V4 != 0
+        && let Some(v) = ALLOW_V4.get(&full)
+    {
+        return (REASON_PASS_ALLOWLIST, v.decider, false);
+    }
+    let mut best = Best::new();
+    if nonempty & MAPBIT_ADDR_V4 != 0 {
+        // SAFETY: entries are only replaced whole by the agent; a torn read
+        // of an 8-byte value is not possible for a hash map update.
+        best.offer(EntryKind::Addr, unsafe { ADDR_V4.get(&src) });
+    }
+    if nonempty & MAPBIT_PREFIX_V4 != 0 {
+        best.offer(EntryKind::Prefix, PREFIX_V4.get(&full));
+    }
+    if let Some(p) = ports {
+        for (side, port) in [(SIDE_SRC, p.sport), (SIDE_DST, p.dport)] {
+            if nonempty & MAPBIT_PORT_V4 != 0 {
+                let k = PortKeyV4 {
+                    addr: src,
+                    proto: p.proto,
+                    side,
+                    port,
+                };
+                // SAFETY: as above.
+                best.offer(EntryKind::AddrPort, unsafe { PORT_V4.get(&k) });
+            }
+            if nonempty & MAPBIT_PPREFIX_V4 != 0 {
+                let k = Key::new(
+                    PORT_PREFIX_FIXED_BITS + 32,
+                    PortPrefixV4 {
+                        proto: p.proto,
+                        side,
+                        port,
+                        addr: src,
+                    },
+                );
+                best.offer(EntryKind::PrefixPort, PPREFIX_V4.get(&k));
+            }
+        }
+    }
+    best.finish()
+}
+
+#[inline(always)]
+fn decide_v6(src: [u8; 16], ports: Option<Source>, nonempty: u32) -> (Reason, u32, bool) {
+    let full = Key::new(128, src);
+    if nonempty & MAPBIT_ALLOW_V6 != 0
+        && let Some(v) = ALLOW_V6.get(&full)
+    {
+        return (REASON_PASS_ALLOWLIST, v.decider, false);
+    }
+    let mut best = Best::new();
+    if nonempty & MAPBIT_ADDR_V6 != 0 {
+        // SAFETY: see decide_v4.
+        best.offer(EntryKind::Addr, unsafe { ADDR_V6.get(&src) });
+    }
+    if nonempty & MAPBIT_PREFIX_V6 != 0 {
+        best.offer(EntryKind::Prefix, PREFIX_V6.get(&full));
+    }
+    if let Some(p) = ports {
+        for (side, port) in [(SIDE_SRC, p.sport), (SIDE_DST, p.dport)] {
+            if nonempty & MAPBIT_PORT_V6 != 0 {
+                let k = PortKeyV6 {
+                    addr: src,
+                    proto: p.proto,
+                    side,
+                    port,
+                };
+                // SAFETY: see decide_v4.
+                best.offer(EntryKind::AddrPort, unsafe { PORT_V6.get(&k) });
+            }
+            if nonempty & MAPBIT_PPREFIX_V6 != 0 {
+                let k = Key::new(
+                    PORT_PREFIX_FIXED_BITS + 128,
+                    PortPrefixV6 {
+                        proto: p.proto,
+                        side,
+                        port,
+                        addr: src,
+                    },
+                );
+                best.offer(EntryKind::PrefixPort, PPREFIX_V6.get(&k));
+            }
+        }
+    }
+    best.finish()
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

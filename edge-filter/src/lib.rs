@@ -2,8 +2,14 @@
 //!
 //! One module per concern: [`entry`] (what is matched), [`blocklist`] and
 //! [`feeds`] (inputs), [`reference`] (the plain-Rust classifier the kernel
-//! program is tested against).
+//! program is tested against), [`program`] (the embedded XDP object),
+//! [`maps`] (what the maps must hold and syncing them), [`testrun`]
+//! (classifying packets in the kernel without an interface).
 pub mod blocklist;
 pub mod entry;
+pub mod error;
 pub mod feeds;
+pub mod maps;
+pub mod program;
 pub mod reference;
+pub mod testrun;

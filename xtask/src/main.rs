@@ -1,1 +1,70 @@
-fn main() {}
+//! `cargo xtask`: the developer commands of the edge-filter workspace
+//! (`cargo xtask` is an alias in `.cargo/config.toml`).
+//!
+//! One module per subcommand. Narration goes to stdout, the commands run are
+//! echoed to stderr beside their own output, errors go to stderr with a
+//! non-zero exit status.
+mod check;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+On a new machine:
+  cargo xtask setup    install the toolchain pieces and Debian packages
+  cargo xtask check    rustfmt and clippy, as CI runs them
+  cargo xtask test     the whole test suite (run as root for the XDP tests)
+
+`cargo xtask <command> --help` explains each one.";
+
+/// Developer commands of edge-filter: set up a machine, check, test.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Install what building and testing need: nightly, rust-src,
+    /// bpf-linker, Debian packages (idempotent).
+    Setup(setup::Args),
+    /// Check formatting and lints (rustfmt, clippy on host and eBPF).
+    Check(check::Args),
+    /// Run all tests of the workspace, then the doc tests.
+    Test(test::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup(args) => setup::run(args),
+        Cmd::Check(args) => check::run(args),
+        Cmd::Test(args) => test::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  because: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,98 @@
+//! The agent's error type: one variant per thing an operator can fix, each
+//! rendered as a one-line explanation.
+
+use std::path::PathBuf;
+
+/// Everything the library can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The binary was built with `AYA_BUILD_SKIP=1` and embeds no program.
+    #[error("this binary was built without the eBPF object (AYA_BUILD_SKIP=1); rebuild it normally")]
+    NoObject,
+    /// Missing privileges for a BPF or netlink operation.
+    #[error("{op}: permission denied: run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8)")]
+    Permission {
+        /// What was being done.
+        op: String,
+    },
+    /// The kernel's verifier rejected the program.
+    #[error("the kernel verifier rejected the XDP program ({errno}); end of the verifier log:\n{tail}")]
+    Verifier {
+        /// The syscall error.
+        errno: std::io::Error,
+        /// The last lines of the verifier log.
+        tail: String,
+    },
+    /// The network interface does not exist.
+    #[error("interface {0:?} does not exist (see `ip link`)")]
+    NoInterface(String),
+    /// bpffs is not mounted and could not be mounted.
+    #[error("cannot mount bpffs at {path}: {source} (mount it with `mount -t bpf bpf {path}`)")]
+    BpffsMount {
+        /// Where it should be.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Nothing is pinned for that interface.
+    #[error("no edge-filter is attached to {iface} (nothing pinned under {path})")]
+    NotAttached {
+        /// Interface name.
+        iface: String,
+        /// The pin directory looked at.
+        path: PathBuf,
+    },
+    /// A map is full: the overflow was refused, the rest applied.
+    #[error("map {map} is full ({capacity} entries): {refused} entries refused; raise its capacity")]
+    MapFull {
+        /// Map name.
+        map: &'static str,
+        /// Its capacity.
+        capacity: u32,
+        /// Entries that did not fit.
+        refused: usize,
+    },
+    /// Reading an input file failed.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Any other BPF map operation failure.
+    #[error("{op}: {source}")]
+    Map {
+        /// What was being done.
+        op: String,
+        /// The aya error.
+        source: aya::maps::MapError,
+    },
+    /// Any other program operation failure.
+    #[error("{op}: {source}")]
+    Program {
+        /// What was being done.
+        op: String,
+        /// The aya error.
+        source: aya::programs::ProgramError,
+    },
+    /// Loading the object failed for a reason other than the verifier.
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// Pinning or unpinning failed.
+    #[error("{op}: {source}")]
+    Pin {
+        /// What was being done.
+        op: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether an io error means "not permitted".
+pub(crate) fn is_permission(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}

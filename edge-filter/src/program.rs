@@ -1,0 +1,149 @@
+//! The embedded XDP object and loading it into the kernel.
+
+use aya::{Ebpf, EbpfLoader, programs::Xdp};
+use edge_filter_common as abi;
+
+use crate::error::{Error, Result, is_permission};
+
+/// The eBPF object built by `build.rs`, embedded so the agent is one file.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge-filter"));
+
+/// Map capacities (`max_entries`). Defaults hold 1,048,576 exact IPv4
+/// addresses and 262,144 prefixes and port entries per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Capacities {
+    /// Exact IPv4 addresses.
+    pub addr_v4: u32,
+    /// Exact IPv6 addresses.
+    pub addr_v6: u32,
+    /// IPv4 prefixes.
+    pub prefix_v4: u32,
+    /// IPv6 prefixes.
+    pub prefix_v6: u32,
+    /// IPv4 address+port and prefix+port entries (each map).
+    pub port_v4: u32,
+    /// IPv6 address+port and prefix+port entries (each map).
+    pub port_v6: u32,
+    /// Allowlist entries per family.
+    pub allow: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Capacities {
+            addr_v4: abi::DEFAULT_ADDR_V4_ENTRIES,
+            addr_v6: abi::DEFAULT_ADDR_V6_ENTRIES,
+            prefix_v4: abi::DEFAULT_PREFIX_ENTRIES,
+            prefix_v6: abi::DEFAULT_PREFIX_ENTRIES,
+            port_v4: abi::DEFAULT_PORT_ENTRIES,
+            port_v6: abi::DEFAULT_PORT_ENTRIES,
+            allow: abi::DEFAULT_ALLOW_ENTRIES,
+        }
+    }
+}
+
+impl Capacities {
+    /// Small maps for tests and replay of small sets.
+    pub fn small() -> Self {
+        Capacities {
+            addr_v4: 65536,
+            addr_v6: 65536,
+            prefix_v4: 65536,
+            prefix_v6: 65536,
+            port_v4: 65536,
+            port_v6: 65536,
+            allow: 4096,
+        }
+    }
+
+    /// `(map name, capacity)` for every entry map.
+    pub fn per_map(&self) -> [(&'static str, u32); 10] {
+        [
+            (abi::MAP_ALLOW_V4, self.allow),
+            (abi::MAP_ALLOW_V6, self.allow),
+            (abi::MAP_ADDR_V4, self.addr_v4),
+            (abi::MAP_ADDR_V6, self.addr_v6),
+            (abi::MAP_PREFIX_V4, self.prefix_v4),
+            (abi::MAP_PREFIX_V6, self.prefix_v6),
+            (abi::MAP_PORT_V4, self.port_v4),
+            (abi::MAP_PORT_V6, self.port_v6),
+            (abi::MAP_PPREFIX_V4, self.port_v4),
+            (abi::MAP_PPREFIX_V6, self.port_v6),
+        ]
+    }
+}
+
+/// Load the object (creating fresh maps with `caps`) and the XDP program
+/// into the kernel. Nothing is attached or pinned.
+pub fn load(caps: &Capacities) -> Result<Ebpf> {
+    if OBJECT.is_empty() {
+        return Err(Error::NoObject);
+    }
+    let mut loader = EbpfLoader::new();
+    for (name, n) in caps.per_map() {
+        loader.map_max_entries(name, n.max(1));
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(|e| {
+        if io_source(&e).is_some_and(is_permission) {
+            Error::Permission {
+                op: "creating BPF maps".into(),
+            }
+        } else {
+            Error::Load(e)
+        }
+    })?;
+    let prog = xdp_mut(&mut ebpf)?;
+    prog.load().map_err(load_error)?;
+    Ok(ebpf)
+}
+
+/// The XDP program of a loaded object.
+pub fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(abi::PROGRAM_NAME)
+        .ok_or_else(|| Error::Load(aya::EbpfError::NoBTF))?
+        .try_into()
+        .map_err(|source| Error::Program {
+            op: "finding the XDP program".into(),
+            source,
+        })
+}
+
+/// Turn a program load failure into the explanation an operator needs.
+fn load_error(e: aya::programs::ProgramError) -> Error {
+    match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if is_permission(&io_error) {
+                return Error::Permission {
+                    op: "loading the XDP program".into(),
+                };
+            }
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            Error::Verifier {
+                errno: io_error,
+                tail,
+            }
+        }
+        source => Error::Program {
+            op: "loading the XDP program".into(),
+            source,
+        },
+    }
+}
+
+/// The first `io::Error` in an error's source chain.
+pub(crate) fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}

@@ -1,0 +1,121 @@
+//! Classify frames with the real XDP program through BPF_PROG_TEST_RUN,
+//! with private maps (never the pinned ones): used by the differential tests
+//! and by replay.
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions},
+};
+use edge_filter_common::{self as abi, LastVerdict};
+
+use crate::entry::EntrySet;
+use crate::error::{Error, Result};
+use crate::maps::{EntryMaps, SyncStats};
+use crate::program::{self, Capacities};
+
+/// Smallest frame BPF_PROG_TEST_RUN accepts for XDP (an Ethernet header).
+pub const MIN_FRAME: usize = 14;
+
+/// Largest frame BPF_PROG_TEST_RUN runs in one linear buffer on x86-64
+/// (4096 minus XDP headroom and the skb_shared_info tailroom); larger input
+/// would be split into fragments this program does not see.
+pub const MAX_FRAME: usize = 3520;
+
+/// The kernel's verdict on one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelVerdict {
+    /// XDP return code (`XDP_PASS` = 2, `XDP_DROP` = 1).
+    pub action: u32,
+    /// Counter index the program chose.
+    pub reason: abi::Reason,
+    /// Deciding entry id, or [`abi::NO_ENTRY`].
+    pub entry_id: u32,
+}
+
+const SENTINEL: LastVerdict = LastVerdict {
+    reason: u32::MAX,
+    entry_id: u32::MAX,
+};
+
+/// The XDP program loaded with private maps, ready to classify frames.
+pub struct KernelClassifier {
+    ebpf: Ebpf,
+    maps: EntryMaps,
+    /// What the last [`KernelClassifier::set_entries`] did.
+    pub last_sync: SyncStats,
+}
+
+impl KernelClassifier {
+    /// Load the program with `caps`-sized private maps.
+    pub fn new(caps: &Capacities) -> Result<Self> {
+        let mut ebpf = program::load(caps)?;
+        let mut maps = EntryMaps::from_ebpf(&mut ebpf)?;
+        maps.set_config(abi::CONFIG_RECORD_LAST, 0)?;
+        Ok(KernelClassifier {
+            ebpf,
+            maps,
+            last_sync: SyncStats::default(),
+        })
+    }
+
+    /// Replace the entries (a diff against what is loaded).
+    pub fn set_entries(&mut self, set: &EntrySet, malformed_drop: bool) -> Result<()> {
+        let flags = abi::CONFIG_RECORD_LAST
+            | if malformed_drop {
+                abi::CONFIG_MALFORMED_DROP
+            } else {
+                0
+            };
+        self.last_sync = self.maps.apply(set, flags)?;
+        Ok(())
+    }
+
+    /// The maps (for reading counters or contents).
+    pub fn maps(&self) -> &EntryMaps {
+        &self.maps
+    }
+
+    /// Run one frame through the program.
+    pub fn classify(&mut self, frame: &[u8]) -> Result<KernelVerdict> {
+        self.maps.set_last(SENTINEL)?;
+        let prog = program::xdp_mut(&mut self.ebpf)?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        };
+        let res = prog.test_run(opts).map_err(|source| Error::Program {
+            op: format!("BPF_PROG_TEST_RUN of a {}-byte frame", frame.len()),
+            source,
+        })?;
+        let last = self
+            .maps
+            .last()?
+            .into_iter()
+            .find(|l| *l != SENTINEL)
+            .ok_or_else(|| Error::Pin {
+                op: "reading the recorded verdict".into(),
+                source: std::io::Error::other("the program recorded no verdict"),
+            })?;
+        Ok(KernelVerdict {
+            action: res.return_value,
+            reason: last.reason,
+            entry_id: last.entry_id,
+        })
+    }
+
+    /// Time `repeat` runs of one frame in the kernel; mean ns per run.
+    pub fn bench(&mut self, frame: &[u8], repeat: u32) -> Result<f64> {
+        let prog = program::xdp_mut(&mut self.ebpf)?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        let res = prog.test_run(opts).map_err(|source| Error::Program {
+            op: "BPF_PROG_TEST_RUN".into(),
+            source,
+        })?;
+        Ok(res.duration.as_nanos() as f64)
+    }
+}
