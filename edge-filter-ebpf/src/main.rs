@@ -18,13 +18,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use edge_filter_common::{
-    ACTION_DROP, CONFIG_MALFORMED_DROP, CONFIG_RECORD_LAST, Config, Counter, DEFAULT_ADDR_V4_ENTRIES,
-    DEFAULT_ADDR_V6_ENTRIES, DEFAULT_ALLOW_ENTRIES, DEFAULT_PORT_ENTRIES, DEFAULT_PREFIX_ENTRIES,
-    EntryKind, EntryValue, LastVerdict, MAPBIT_ADDR_V4, MAPBIT_ADDR_V6, MAPBIT_ALLOW_V4,
-    MAPBIT_ALLOW_V6, MAPBIT_PORT_V4, MAPBIT_PORT_V6, MAPBIT_PPREFIX_V4, MAPBIT_PPREFIX_V6,
-    MAPBIT_PREFIX_V4, MAPBIT_PREFIX_V6, NO_ENTRY, PORT_PREFIX_FIXED_BITS, PortKeyV4, PortKeyV6,
-    PortPrefixV4, PortPrefixV6, REASON_COUNT, REASON_PASS_ALLOWLIST, REASON_PASS_NO_MATCH,
-    REASON_PASS_NON_IP, Reason, SIDE_DST, SIDE_SRC, reason_entry, reason_malformed,
+    ACTION_DROP, CONFIG_MALFORMED_DROP, CONFIG_RECORD_LAST, Config, Counter,
+    DEFAULT_ADDR_V4_ENTRIES, DEFAULT_ADDR_V6_ENTRIES, DEFAULT_ALLOW_ENTRIES, DEFAULT_PORT_ENTRIES,
+    DEFAULT_PREFIX_ENTRIES, EntryKind, EntryValue, LastVerdict, MAPBIT_ADDR_V4, MAPBIT_ADDR_V6,
+    MAPBIT_ALLOW_V4, MAPBIT_ALLOW_V6, MAPBIT_PORT_V4, MAPBIT_PORT_V6, MAPBIT_PPREFIX_V4,
+    MAPBIT_PPREFIX_V6, MAPBIT_PREFIX_V4, MAPBIT_PREFIX_V6, NO_ENTRY, PORT_PREFIX_FIXED_BITS,
+    PortKeyV4, PortKeyV6, PortPrefixV4, PortPrefixV6, REASON_COUNT, REASON_PASS_ALLOWLIST,
+    REASON_PASS_NO_MATCH, REASON_PASS_NON_IP, Reason, SIDE_DST, SIDE_SRC, reason_entry,
+    reason_malformed,
 };
 
 use crate::parse::{Parsed, Source, parse};
@@ -127,7 +128,10 @@ struct Best {
 impl Best {
     #[inline(always)]
     fn new() -> Self {
-        Best { rank: 0, id: NO_ENTRY }
+        Best {
+            rank: 0,
+            id: NO_ENTRY,
+        }
     }
 
     /// Offer a hit of `kind`; keeps it if it outranks the current best.

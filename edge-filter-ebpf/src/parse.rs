@@ -7,7 +7,9 @@
 //! never changes a verdict: an offset beyond it "does not fit" either way.
 
 use aya_ebpf::programs::XdpContext;
-use edge_filter_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MalformedClass, PROTO_TCP, PROTO_UDP};
+use edge_filter_common::{
+    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MalformedClass, PROTO_TCP, PROTO_UDP,
+};
 
 const MAX_OFFSET: usize = 8192;
 
@@ -35,8 +37,14 @@ pub struct Source {
 pub enum Parsed {
     NonIp,
     Malformed(MalformedClass),
-    V4 { src: [u8; 4], ports: Option<Source> },
-    V6 { src: [u8; 16], ports: Option<Source> },
+    V4 {
+        src: [u8; 4],
+        ports: Option<Source>,
+    },
+    V6 {
+        src: [u8; 16],
+        ports: Option<Source>,
+    },
 }
 
 /// Read a `T` at `off` bytes into the frame, or `None` if it does not fit.

@@ -7,16 +7,22 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The binary was built with `AYA_BUILD_SKIP=1` and embeds no program.
-    #[error("this binary was built without the eBPF object (AYA_BUILD_SKIP=1); rebuild it normally")]
+    #[error(
+        "this binary was built without the eBPF object (AYA_BUILD_SKIP=1); rebuild it normally"
+    )]
     NoObject,
     /// Missing privileges for a BPF or netlink operation.
-    #[error("{op}: permission denied: run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8)")]
+    #[error(
+        "{op}: permission denied: run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8)"
+    )]
     Permission {
         /// What was being done.
         op: String,
     },
     /// The kernel's verifier rejected the program.
-    #[error("the kernel verifier rejected the XDP program ({errno}); end of the verifier log:\n{tail}")]
+    #[error(
+        "the kernel verifier rejected the XDP program ({errno}); end of the verifier log:\n{tail}"
+    )]
     Verifier {
         /// The syscall error.
         errno: std::io::Error,
@@ -43,7 +49,9 @@ pub enum Error {
         path: PathBuf,
     },
     /// A map is full: the overflow was refused, the rest applied.
-    #[error("map {map} is full ({capacity} entries): {refused} entries refused; raise its capacity")]
+    #[error(
+        "map {map} is full ({capacity} entries): {refused} entries refused; raise its capacity"
+    )]
     MapFull {
         /// Map name.
         map: &'static str,

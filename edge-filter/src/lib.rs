@@ -5,11 +5,15 @@
 //! program is tested against), [`program`] (the embedded XDP object),
 //! [`maps`] (what the maps must hold and syncing them), [`testrun`]
 //! (classifying packets in the kernel without an interface).
+pub mod agent;
+pub mod attach;
 pub mod blocklist;
+pub mod counters;
 pub mod entry;
 pub mod error;
 pub mod feeds;
 pub mod maps;
+pub mod paths;
 pub mod program;
 pub mod reference;
 pub mod testrun;

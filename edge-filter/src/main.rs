@@ -1,1 +1,31 @@
-fn main() {}
+//! The `edge-filter` binary: parses the command line and reports errors as
+//! one line each (anyhow lives only here, at the binary edge).
+
+mod cli;
+
+use clap::Parser;
+use cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(cli::run::run(a))),
+        Command::Stats(a) => cli::stats::run(a),
+        Command::Detach(a) => cli::detach::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edge-filter: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

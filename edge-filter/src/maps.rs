@@ -22,8 +22,8 @@ use edge_filter_common::{
 use ipnet::IpNet;
 
 use crate::entry::{Action, Entry, EntrySet};
-use edge_filter_common::EntryKind;
 use crate::error::{Error, Result};
+use edge_filter_common::EntryKind;
 
 /// Contents of every entry map.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -261,8 +261,10 @@ fn flatten<K: Copy + Ord>(
     let mut lens: Vec<u32> = trie.keys().map(|(l, _)| *l).collect();
     lens.sort_unstable();
     lens.dedup();
-    let by_bytes: HashMap<(u32, Vec<u8>), EntryValue> =
-        trie.iter().map(|((l, k), v)| ((*l, bytes(k)), *v)).collect();
+    let by_bytes: HashMap<(u32, Vec<u8>), EntryValue> = trie
+        .iter()
+        .map(|((l, k), v)| ((*l, bytes(k)), *v))
+        .collect();
     for ((len, key), v) in trie.iter_mut() {
         let data = bytes(key);
         let mut best = (v.own_action, v.id);
@@ -408,27 +410,137 @@ impl EntryMaps {
         // as they land; narrow it after removals.
         let grow = current.nonempty() | desired.nonempty();
         self.set_config(flags, grow)?;
-        upsert_lpm(&mut self.allow_v4, &current.allow_v4, &desired.allow_v4, abi::MAP_ALLOW_V4, &mut st)?;
-        upsert_lpm(&mut self.allow_v6, &current.allow_v6, &desired.allow_v6, abi::MAP_ALLOW_V6, &mut st)?;
-        upsert_hash(&mut self.addr_v4, &current.addr_v4, &desired.addr_v4, abi::MAP_ADDR_V4, &mut st)?;
-        upsert_hash(&mut self.addr_v6, &current.addr_v6, &desired.addr_v6, abi::MAP_ADDR_V6, &mut st)?;
-        upsert_lpm(&mut self.prefix_v4, &current.prefix_v4, &desired.prefix_v4, abi::MAP_PREFIX_V4, &mut st)?;
-        upsert_lpm(&mut self.prefix_v6, &current.prefix_v6, &desired.prefix_v6, abi::MAP_PREFIX_V6, &mut st)?;
-        upsert_hash(&mut self.port_v4, &current.port_v4, &desired.port_v4, abi::MAP_PORT_V4, &mut st)?;
-        upsert_hash(&mut self.port_v6, &current.port_v6, &desired.port_v6, abi::MAP_PORT_V6, &mut st)?;
-        upsert_lpm(&mut self.pprefix_v4, &current.pprefix_v4, &desired.pprefix_v4, abi::MAP_PPREFIX_V4, &mut st)?;
-        upsert_lpm(&mut self.pprefix_v6, &current.pprefix_v6, &desired.pprefix_v6, abi::MAP_PPREFIX_V6, &mut st)?;
+        upsert_lpm(
+            &mut self.allow_v4,
+            &current.allow_v4,
+            &desired.allow_v4,
+            abi::MAP_ALLOW_V4,
+            &mut st,
+        )?;
+        upsert_lpm(
+            &mut self.allow_v6,
+            &current.allow_v6,
+            &desired.allow_v6,
+            abi::MAP_ALLOW_V6,
+            &mut st,
+        )?;
+        upsert_hash(
+            &mut self.addr_v4,
+            &current.addr_v4,
+            &desired.addr_v4,
+            abi::MAP_ADDR_V4,
+            &mut st,
+        )?;
+        upsert_hash(
+            &mut self.addr_v6,
+            &current.addr_v6,
+            &desired.addr_v6,
+            abi::MAP_ADDR_V6,
+            &mut st,
+        )?;
+        upsert_lpm(
+            &mut self.prefix_v4,
+            &current.prefix_v4,
+            &desired.prefix_v4,
+            abi::MAP_PREFIX_V4,
+            &mut st,
+        )?;
+        upsert_lpm(
+            &mut self.prefix_v6,
+            &current.prefix_v6,
+            &desired.prefix_v6,
+            abi::MAP_PREFIX_V6,
+            &mut st,
+        )?;
+        upsert_hash(
+            &mut self.port_v4,
+            &current.port_v4,
+            &desired.port_v4,
+            abi::MAP_PORT_V4,
+            &mut st,
+        )?;
+        upsert_hash(
+            &mut self.port_v6,
+            &current.port_v6,
+            &desired.port_v6,
+            abi::MAP_PORT_V6,
+            &mut st,
+        )?;
+        upsert_lpm(
+            &mut self.pprefix_v4,
+            &current.pprefix_v4,
+            &desired.pprefix_v4,
+            abi::MAP_PPREFIX_V4,
+            &mut st,
+        )?;
+        upsert_lpm(
+            &mut self.pprefix_v6,
+            &current.pprefix_v6,
+            &desired.pprefix_v6,
+            abi::MAP_PPREFIX_V6,
+            &mut st,
+        )?;
 
-        remove_lpm(&mut self.allow_v4, &current.allow_v4, &desired.allow_v4, &mut st)?;
-        remove_lpm(&mut self.allow_v6, &current.allow_v6, &desired.allow_v6, &mut st)?;
-        remove_hash(&mut self.addr_v4, &current.addr_v4, &desired.addr_v4, &mut st)?;
-        remove_hash(&mut self.addr_v6, &current.addr_v6, &desired.addr_v6, &mut st)?;
-        remove_lpm(&mut self.prefix_v4, &current.prefix_v4, &desired.prefix_v4, &mut st)?;
-        remove_lpm(&mut self.prefix_v6, &current.prefix_v6, &desired.prefix_v6, &mut st)?;
-        remove_hash(&mut self.port_v4, &current.port_v4, &desired.port_v4, &mut st)?;
-        remove_hash(&mut self.port_v6, &current.port_v6, &desired.port_v6, &mut st)?;
-        remove_lpm(&mut self.pprefix_v4, &current.pprefix_v4, &desired.pprefix_v4, &mut st)?;
-        remove_lpm(&mut self.pprefix_v6, &current.pprefix_v6, &desired.pprefix_v6, &mut st)?;
+        remove_lpm(
+            &mut self.allow_v4,
+            &current.allow_v4,
+            &desired.allow_v4,
+            &mut st,
+        )?;
+        remove_lpm(
+            &mut self.allow_v6,
+            &current.allow_v6,
+            &desired.allow_v6,
+            &mut st,
+        )?;
+        remove_hash(
+            &mut self.addr_v4,
+            &current.addr_v4,
+            &desired.addr_v4,
+            &mut st,
+        )?;
+        remove_hash(
+            &mut self.addr_v6,
+            &current.addr_v6,
+            &desired.addr_v6,
+            &mut st,
+        )?;
+        remove_lpm(
+            &mut self.prefix_v4,
+            &current.prefix_v4,
+            &desired.prefix_v4,
+            &mut st,
+        )?;
+        remove_lpm(
+            &mut self.prefix_v6,
+            &current.prefix_v6,
+            &desired.prefix_v6,
+            &mut st,
+        )?;
+        remove_hash(
+            &mut self.port_v4,
+            &current.port_v4,
+            &desired.port_v4,
+            &mut st,
+        )?;
+        remove_hash(
+            &mut self.port_v6,
+            &current.port_v6,
+            &desired.port_v6,
+            &mut st,
+        )?;
+        remove_lpm(
+            &mut self.pprefix_v4,
+            &current.pprefix_v4,
+            &desired.pprefix_v4,
+            &mut st,
+        )?;
+        remove_lpm(
+            &mut self.pprefix_v6,
+            &current.pprefix_v6,
+            &desired.pprefix_v6,
+            &mut st,
+        )?;
         // Recompute from what actually landed (refusals may leave a map empty).
         let landed = self.read()?;
         self.set_config(flags, landed.nonempty())?;
@@ -516,10 +628,7 @@ impl EntryMaps {
 
 /// Ids by key, from map contents.
 pub fn ids_of(d: &Desired) -> HashMap<SlotKey, u32> {
-    d.entries()
-        .into_iter()
-        .map(|(k, v)| (k, v.id))
-        .collect()
+    d.entries().into_iter().map(|(k, v)| (k, v.id)).collect()
 }
 
 impl Desired {
@@ -529,36 +638,76 @@ impl Desired {
     pub fn entries(&self) -> Vec<(SlotKey, EntryValue)> {
         use crate::entry::{EntryKey, PortMatch, Proto, Side};
         use std::net::{Ipv4Addr, Ipv6Addr};
-        let n4 = |a: [u8; 4], l: u32| IpNet::new(IpAddr::V4(Ipv4Addr::from(a)), l as u8).expect("len");
-        let n6 = |a: [u8; 16], l: u32| IpNet::new(IpAddr::V6(Ipv6Addr::from(a)), l as u8).expect("len");
+        let n4 =
+            |a: [u8; 4], l: u32| IpNet::new(IpAddr::V4(Ipv4Addr::from(a)), l as u8).expect("len");
+        let n6 =
+            |a: [u8; 16], l: u32| IpNet::new(IpAddr::V6(Ipv6Addr::from(a)), l as u8).expect("len");
         let pm = |proto: u8, side: u8, port: [u8; 2]| PortMatch {
-            proto: if proto == abi::PROTO_TCP { Proto::Tcp } else { Proto::Udp },
+            proto: if proto == abi::PROTO_TCP {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            },
             port: u16::from_be_bytes(port),
-            side: if side == abi::SIDE_DST { Side::Dst } else { Side::Src },
+            side: if side == abi::SIDE_DST {
+                Side::Dst
+            } else {
+                Side::Src
+            },
         };
         let ek = |net, port| SlotKey::Entry(EntryKey { net, port });
         let mut out = Vec::new();
-        out.extend(self.allow_v4.iter().map(|(&(l, a), v)| (SlotKey::Allow(n4(a, l)), *v)));
-        out.extend(self.allow_v6.iter().map(|(&(l, a), v)| (SlotKey::Allow(n6(a, l)), *v)));
+        out.extend(
+            self.allow_v4
+                .iter()
+                .map(|(&(l, a), v)| (SlotKey::Allow(n4(a, l)), *v)),
+        );
+        out.extend(
+            self.allow_v6
+                .iter()
+                .map(|(&(l, a), v)| (SlotKey::Allow(n6(a, l)), *v)),
+        );
         out.extend(self.addr_v4.iter().map(|(&a, v)| (ek(n4(a, 32), None), *v)));
-        out.extend(self.addr_v6.iter().map(|(&a, v)| (ek(n6(a, 128), None), *v)));
-        out.extend(self.prefix_v4.iter().map(|(&(l, a), v)| (ek(n4(a, l), None), *v)));
-        out.extend(self.prefix_v6.iter().map(|(&(l, a), v)| (ek(n6(a, l), None), *v)));
-        out.extend(self.port_v4.iter().map(|(k, v)| {
-            (ek(n4(k.addr, 32), Some(pm(k.proto, k.side, k.port))), *v)
-        }));
-        out.extend(self.port_v6.iter().map(|(k, v)| {
-            (ek(n6(k.addr, 128), Some(pm(k.proto, k.side, k.port))), *v)
-        }));
+        out.extend(
+            self.addr_v6
+                .iter()
+                .map(|(&a, v)| (ek(n6(a, 128), None), *v)),
+        );
+        out.extend(
+            self.prefix_v4
+                .iter()
+                .map(|(&(l, a), v)| (ek(n4(a, l), None), *v)),
+        );
+        out.extend(
+            self.prefix_v6
+                .iter()
+                .map(|(&(l, a), v)| (ek(n6(a, l), None), *v)),
+        );
+        out.extend(
+            self.port_v4
+                .iter()
+                .map(|(k, v)| (ek(n4(k.addr, 32), Some(pm(k.proto, k.side, k.port))), *v)),
+        );
+        out.extend(
+            self.port_v6
+                .iter()
+                .map(|(k, v)| (ek(n6(k.addr, 128), Some(pm(k.proto, k.side, k.port))), *v)),
+        );
         out.extend(self.pprefix_v4.iter().map(|(&(l, k), v)| {
             (
-                ek(n4(k.addr, l - PORT_PREFIX_FIXED_BITS), Some(pm(k.proto, k.side, k.port))),
+                ek(
+                    n4(k.addr, l - PORT_PREFIX_FIXED_BITS),
+                    Some(pm(k.proto, k.side, k.port)),
+                ),
                 *v,
             )
         }));
         out.extend(self.pprefix_v6.iter().map(|(&(l, k), v)| {
             (
-                ek(n6(k.addr, l - PORT_PREFIX_FIXED_BITS), Some(pm(k.proto, k.side, k.port))),
+                ek(
+                    n6(k.addr, l - PORT_PREFIX_FIXED_BITS),
+                    Some(pm(k.proto, k.side, k.port)),
+                ),
                 *v,
             )
         }));

@@ -137,7 +137,9 @@ fn load_error(e: aya::programs::ProgramError) -> Error {
 }
 
 /// The first `io::Error` in an error's source chain.
-pub(crate) fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+pub(crate) fn io_source<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a std::io::Error> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {

@@ -287,9 +287,13 @@ fn nightly_sysroot() -> Result<PathBuf> {
 fn lint_tools() -> Result<Outcome> {
     let version = |cmd: &mut Command| -> Option<String> {
         let c = capture(cmd, Some(Duration::from_secs(60))).ok()?;
-        c.status
-            .success()
-            .then(|| c.stdout.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        c.status.success().then(|| {
+            c.stdout
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
     };
     let probe = || {
         [
@@ -342,7 +346,10 @@ fn lint_tools() -> Result<Outcome> {
         }
     }
     if probe().iter().any(Option::is_none) {
-        bail!("installed {} with rustup, but they still do not run", added.join(", "));
+        bail!(
+            "installed {} with rustup, but they still do not run",
+            added.join(", ")
+        );
     }
     Ok(Outcome::done(format!(
         "installed {} in {}",
@@ -379,7 +386,9 @@ fn rust_src(
     if let Some(detail) = rust_src_present(&dest) {
         return Ok(Outcome::already(detail));
     }
-    progress("rust-src: missing for nightly; trying `rustup component add rust-src --toolchain nightly`…");
+    progress(
+        "rust-src: missing for nightly; trying `rustup component add rust-src --toolchain nightly`…",
+    );
     let start = Instant::now();
     let mut cmd = rustup();
     cmd.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
@@ -403,7 +412,10 @@ fn rust_src(
     ));
     let minor = rust_minor(nightly_release);
     match install_rust_src_from_cache(toolchain_cache, unpack_dir, &dest, minor) {
-        Ok(how) => Ok(Outcome::done(format!("{how} in {}", human(start.elapsed())))),
+        Ok(how) => Ok(Outcome::done(format!(
+            "{how} in {}",
+            human(start.elapsed())
+        ))),
         Err(cache_error) => Err(anyhow!(
             "rust-src is missing for the nightly toolchain ({}): `-Z build-std=core` needs it \
              to build the eBPF program.\n\
@@ -440,7 +452,10 @@ struct Deb {
 impl Deb {
     /// Upstream version (`1.97.1`), the suffix of `usr/src/rustc-<upstream>`.
     fn upstream(&self) -> &str {
-        let v = self.version.split_once(':').map_or(&*self.version, |(_, v)| v);
+        let v = self
+            .version
+            .split_once(':')
+            .map_or(&*self.version, |(_, v)| v);
         v.split(['+', '-', '~']).next().unwrap_or(v)
     }
 
@@ -463,7 +478,10 @@ fn pick_deb(cache_dir: &Path, want_minor: Option<u32>) -> Result<Deb> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if let Some(rest) = name.strip_prefix("rust-src_").and_then(|r| r.strip_suffix(".deb")) {
+        if let Some(rest) = name
+            .strip_prefix("rust-src_")
+            .and_then(|r| r.strip_suffix(".deb"))
+        {
             let version = rest.split('_').next().unwrap_or(rest).to_string();
             debs.push(Deb { path, version });
         }
@@ -516,12 +534,8 @@ fn verify_deb(deb: &Path) -> Result<()> {
         .and_then(|n| n.to_str())
         .context("deb without a file name")?;
     let sums_path = deb.with_file_name("SHA256SUMS");
-    let sums = fs::read_to_string(&sums_path).with_context(|| {
-        format!(
-            "cannot read {} to verify {name}",
-            sums_path.display()
-        )
-    })?;
+    let sums = fs::read_to_string(&sums_path)
+        .with_context(|| format!("cannot read {} to verify {name}", sums_path.display()))?;
     let expected = expected_sha256(&sums, name)
         .with_context(|| format!("{} does not list {name}", sums_path.display()))?;
     let actual = sha256_file(deb)?;
@@ -620,15 +634,11 @@ fn replace_symlink(link: &Path, target: &Path) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", link.display())),
     }
     if let Some(parent) = link.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    symlink(target, link).with_context(|| {
-        format!(
-            "cannot link {} -> {}",
-            link.display(),
-            target.display()
-        )
-    })
+    symlink(target, link)
+        .with_context(|| format!("cannot link {} -> {}", link.display(), target.display()))
 }
 
 /// The offline route: verify, unpack and link Debian's rust-src. Returns what
@@ -827,10 +837,17 @@ fn bpf_linker(sysroot: &Path, llvm_prefix: &Path, install_root: &Path) -> Result
             llvm_prefix.join("lib").display()
         );
     }
-    let version = bpf_linker_version(&installed)
-        .map_err(|e| anyhow!("cargo install finished, but {} does not run: {e}", installed.display()))?;
+    let version = bpf_linker_version(&installed).map_err(|e| {
+        anyhow!(
+            "cargo install finished, but {} does not run: {e}",
+            installed.display()
+        )
+    })?;
     if !version.starts_with(BPF_LINKER_SERIES) {
-        bail!("cargo install finished, but {} is version {version}", installed.display());
+        bail!(
+            "cargo install finished, but {} is version {version}",
+            installed.display()
+        );
     }
     match find_on_path("bpf-linker") {
         Some(p) if bpf_linker_version(&p).is_ok_and(|v| v == version) => {}
@@ -913,7 +930,10 @@ fn packages(groups: &[Group]) -> Result<Outcome> {
         .filter(|p| !deb_installed(p).unwrap_or(false))
         .collect();
     if !still.is_empty() {
-        bail!("apt-get finished, but {} is still not installed", still.join(", "));
+        bail!(
+            "apt-get finished, but {} is still not installed",
+            still.join(", ")
+        );
     }
     Ok(Outcome::done(format!(
         "installed {} in {}",
@@ -1010,7 +1030,11 @@ mod tests {
         fs::create_dir_all(sysroot.join("lib")).unwrap();
         let lib = "libLLVM.so.22.1-rust-1.97.0-nightly";
         fs::write(sysroot.join("lib").join(lib), "elf").unwrap();
-        fs::write(sysroot.join("lib/libLLVM-22-rust-1.97.0-nightly.so"), "INPUT(...)").unwrap();
+        fs::write(
+            sysroot.join("lib/libLLVM-22-rust-1.97.0-nightly.so"),
+            "INPUT(...)",
+        )
+        .unwrap();
         let prefix = dir.join("llvm");
         for _ in 0..2 {
             // Twice: the second run finds the links in place.
@@ -1037,7 +1061,10 @@ mod tests {
             ),
             "{cmd}"
         );
-        assert!(cmd.starts_with(&format!("LLVM_PREFIX={} ", prefix.display())), "{cmd}");
+        assert!(
+            cmd.starts_with(&format!("LLVM_PREFIX={} ", prefix.display())),
+            "{cmd}"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -1091,7 +1118,11 @@ mod tests {
         // A wrong checksum is refused and leaves nothing behind.
         fs::write(
             cache.join("SHA256SUMS"),
-            format!("{}  {}\n", "0".repeat(64), deb.file_name().unwrap().to_string_lossy()),
+            format!(
+                "{}  {}\n",
+                "0".repeat(64),
+                deb.file_name().unwrap().to_string_lossy()
+            ),
         )
         .unwrap();
         let err = install_rust_src_from_cache(&cache, &unpack, &dest, Some(97)).unwrap_err();
@@ -1115,10 +1146,12 @@ mod tests {
             fs::read_link(&dest).unwrap(),
             unpack.join("usr/src/rustc-1.97.1")
         );
-        assert!(rust_src(&sysroot, "1.97.0-nightly", &cache, &unpack)
-            .unwrap()
-            .text
-            .starts_with("already present"));
+        assert!(
+            rust_src(&sysroot, "1.97.0-nightly", &cache, &unpack)
+                .unwrap()
+                .text
+                .starts_with("already present")
+        );
 
         // A dangling link (sysroot reinstalled elsewhere, cache kept) is
         // replaced without unpacking again.

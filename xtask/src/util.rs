@@ -14,10 +14,7 @@ use anyhow::{Context as _, Result, bail};
 /// The workspace root (the folder holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     let xtask_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    xtask_dir
-        .parent()
-        .unwrap_or(xtask_dir)
-        .to_path_buf()
+    xtask_dir.parent().unwrap_or(xtask_dir).to_path_buf()
 }
 
 /// A `cargo` command of the toolchain that runs this xtask (cargo sets `CARGO`
@@ -43,9 +40,7 @@ pub fn nightly_cargo() -> Command {
 pub fn display(cmd: &Command) -> String {
     let mut parts: Vec<String> = cmd
         .get_envs()
-        .filter_map(|(k, v)| {
-            v.map(|v| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
-        })
+        .filter_map(|(k, v)| v.map(|v| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())))
         .collect();
     parts.push(cmd.get_program().to_string_lossy().into_owned());
     parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));

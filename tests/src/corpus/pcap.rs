@@ -5,10 +5,10 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use pcap_file::{DataLink, PcapError};
 use pcap_file::pcap::PcapReader;
-use pcap_file::pcapng::blocks::Block;
 use pcap_file::pcapng::PcapNgReader;
+use pcap_file::pcapng::blocks::Block;
+use pcap_file::{DataLink, PcapError};
 
 use super::Packet;
 
@@ -113,9 +113,10 @@ fn read_pcap<R: Read>(file: R, rel: &str, corpus: &mut PcapCorpus) {
     let mut reader = match PcapReader::new(file) {
         Ok(r) => r,
         Err(e) => {
-            corpus
-                .files_skipped
-                .push((rel.to_string(), format!("invalid pcap header: {}", describe(&e))));
+            corpus.files_skipped.push((
+                rel.to_string(),
+                format!("invalid pcap header: {}", describe(&e)),
+            ));
             return;
         }
     };
@@ -123,7 +124,10 @@ fn read_pcap<R: Read>(file: R, rel: &str, corpus: &mut PcapCorpus) {
     if linktype != DataLink::ETHERNET {
         corpus.files_skipped.push((
             rel.to_string(),
-            format!("link type {} ({linktype:?}), not Ethernet", u32::from(linktype)),
+            format!(
+                "link type {} ({linktype:?}), not Ethernet",
+                u32::from(linktype)
+            ),
         ));
         return;
     }
@@ -158,9 +162,10 @@ fn read_pcapng<R: Read>(file: R, rel: &str, corpus: &mut PcapCorpus) {
     let mut reader = match PcapNgReader::new(file) {
         Ok(r) => r,
         Err(e) => {
-            corpus
-                .files_skipped
-                .push((rel.to_string(), format!("invalid pcapng section header: {}", describe(&e))));
+            corpus.files_skipped.push((
+                rel.to_string(),
+                format!("invalid pcapng section header: {}", describe(&e)),
+            ));
             return;
         }
     };

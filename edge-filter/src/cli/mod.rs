@@ -1,0 +1,48 @@
+//! The command line: one file per subcommand.
+
+pub mod detach;
+pub mod run;
+pub mod stats;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// XDP edge filter: drops packets from blocklisted sources at the driver.
+///
+/// Quick start (as root):
+///   edge-filter run --iface eth1 --blocklist blocklist.txt
+///   edge-filter stats --iface eth1
+///   edge-filter detach --iface eth1
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-filter",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every subcommand that touches pins.
+#[derive(Debug, Args, Clone)]
+pub struct PinArgs {
+    /// Root directory of edge-filter's pins on bpffs (mounted when missing).
+    #[arg(long, env = "EDGE_FILTER_BPFFS", default_value = edge_filter::paths::DEFAULT_ROOT, global = true)]
+    pub bpffs: PathBuf,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach the filter to an interface and keep its maps equal to a blocklist file.
+    Run(run::RunArgs),
+    /// Show counters by reason from the pinned maps.
+    Stats(stats::StatsArgs),
+    /// Remove the filter from an interface (and its pins).
+    Detach(detach::DetachArgs),
+}

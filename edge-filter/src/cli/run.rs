@@ -1,0 +1,89 @@
+//! `edge-filter run`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use edge_filter::{agent, attach::Mode, paths::Paths, program::Capacities};
+
+use super::PinArgs;
+
+/// Attach the XDP filter to IFACE and keep it in sync with the blocklist.
+///
+/// The blocklist has one entry per line:
+///   203.0.113.7                     exact address
+///   198.51.100.0/24                 prefix
+///   tcp 192.0.2.1:443               address + protocol + source port
+///   udp [2001:db8::1]:53 dst        ... + destination port
+///   198.51.100.0/24 monitor         count and let through instead of drop
+///   # comment
+///
+/// The file is re-read when it changes and on SIGHUP; bad lines are reported
+/// with file and line and the rest applies. Stopping the agent leaves the
+/// filter attached; a new agent adopts it. `edge-filter detach` removes it.
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct RunArgs {
+    /// Interface to filter (never your only uplink while testing).
+    #[arg(long, short)]
+    pub iface: String,
+    /// Blocklist file (see above).
+    #[arg(long, short)]
+    pub blocklist: PathBuf,
+    /// Allowlist file: addresses or prefixes that always pass.
+    #[arg(long, short)]
+    pub allowlist: Option<PathBuf>,
+    /// Attach mode: native (driver), skb (generic) or auto (native, else skb).
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+    /// Drop malformed IP packets instead of passing them (they are counted either way).
+    #[arg(long)]
+    pub drop_malformed: bool,
+    /// Seconds between checks of the files for changes.
+    #[arg(long, default_value_t = 1.0)]
+    pub poll_seconds: f64,
+    /// Capacity of the exact IPv4 address map.
+    #[arg(long, default_value_t = Capacities::default().addr_v4)]
+    pub max_addr_v4: u32,
+    /// Capacity of the exact IPv6 address map.
+    #[arg(long, default_value_t = Capacities::default().addr_v6)]
+    pub max_addr_v6: u32,
+    /// Capacity of each prefix map (per family).
+    #[arg(long, default_value_t = Capacities::default().prefix_v4)]
+    pub max_prefixes: u32,
+    /// Capacity of each port map (address+port and prefix+port, per family).
+    #[arg(long, default_value_t = Capacities::default().port_v4)]
+    pub max_ports: u32,
+    /// Capacity of the allowlist (per family).
+    #[arg(long, default_value_t = Capacities::default().allow)]
+    pub max_allow: u32,
+    #[command(flatten)]
+    pub pins: PinArgs,
+}
+
+pub async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let caps = Capacities {
+        addr_v4: a.max_addr_v4,
+        addr_v6: a.max_addr_v6,
+        prefix_v4: a.max_prefixes,
+        prefix_v6: a.max_prefixes,
+        port_v4: a.max_ports,
+        port_v6: a.max_ports,
+        allow: a.max_allow,
+    };
+    if !(a.poll_seconds > 0.0) {
+        anyhow::bail!("--poll-seconds must be positive");
+    }
+    agent::run(agent::RunOptions {
+        iface: a.iface,
+        blocklist: a.blocklist,
+        allowlist: a.allowlist,
+        mode: a.mode,
+        caps,
+        malformed_drop: a.drop_malformed,
+        paths: Paths::new(a.pins.bpffs),
+        poll: Duration::from_secs_f64(a.poll_seconds),
+    })
+    .await?;
+    Ok(())
+}
