@@ -2,9 +2,9 @@
 //! the nightly toolchain and `-Z build-std=core`, and leaves the object in
 //! `OUT_DIR/edge-filter` where `src/program.rs` embeds it.
 //!
-//! With `AYA_BUILD_SKIP=1` (used by `cargo clippy`/`cargo doc` in `cargo xtask
-//! check`, which need no object) an empty object is written instead; the
-//! loader then refuses to run with a message that says so.
+//! With `AYA_BUILD_SKIP=1` (handy for quick `cargo clippy`/`cargo doc` runs
+//! that need no object) an empty object is written instead; the loader then
+//! refuses to run with a message that says so.
 use std::{env, fs, path::PathBuf};
 
 use anyhow::{Context as _, anyhow};

@@ -175,7 +175,7 @@ fn decide_v4(src: [u8; 4], ports: Option<Source>, nonempty: u32) -> (Reason, u32
     if nonempty & MAPBIT_ADDR_V4 != 0 {
         // SAFETY: entries are only replaced whole by the agent; a torn read
         // of an 8-byte value is not possible for a hash map update.
-        best.offer(EntryKind::Addr, unsafe { ADDR_V4.get(&src) });
+        best.offer(EntryKind::Addr, unsafe { ADDR_V4.get(src) });
     }
     if nonempty & MAPBIT_PREFIX_V4 != 0 {
         best.offer(EntryKind::Prefix, PREFIX_V4.get(&full));
@@ -190,7 +190,7 @@ fn decide_v4(src: [u8; 4], ports: Option<Source>, nonempty: u32) -> (Reason, u32
                     port,
                 };
                 // SAFETY: as above.
-                best.offer(EntryKind::AddrPort, unsafe { PORT_V4.get(&k) });
+                best.offer(EntryKind::AddrPort, unsafe { PORT_V4.get(k) });
             }
             if nonempty & MAPBIT_PPREFIX_V4 != 0 {
                 let k = Key::new(
@@ -220,7 +220,7 @@ fn decide_v6(src: [u8; 16], ports: Option<Source>, nonempty: u32) -> (Reason, u3
     let mut best = Best::new();
     if nonempty & MAPBIT_ADDR_V6 != 0 {
         // SAFETY: see decide_v4.
-        best.offer(EntryKind::Addr, unsafe { ADDR_V6.get(&src) });
+        best.offer(EntryKind::Addr, unsafe { ADDR_V6.get(src) });
     }
     if nonempty & MAPBIT_PREFIX_V6 != 0 {
         best.offer(EntryKind::Prefix, PREFIX_V6.get(&full));
@@ -235,7 +235,7 @@ fn decide_v6(src: [u8; 16], ports: Option<Source>, nonempty: u32) -> (Reason, u3
                     port,
                 };
                 // SAFETY: see decide_v4.
-                best.offer(EntryKind::AddrPort, unsafe { PORT_V6.get(&k) });
+                best.offer(EntryKind::AddrPort, unsafe { PORT_V6.get(k) });
             }
             if nonempty & MAPBIT_PPREFIX_V6 != 0 {
                 let k = Key::new(

@@ -76,9 +76,9 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     };
     let mut eth_type = be16(eth_type);
     let mut l3 = 14usize;
-    let mut tags = 0u32;
-    // One iteration more than the tags accepted, to see a third tag.
-    for _ in 0..=MAX_VLAN_TAGS {
+    // One iteration more than the tags accepted, to see a third tag. Every
+    // iteration that does not leave takes one tag, so `tags` counts them.
+    for tags in 0..=MAX_VLAN_TAGS {
         if eth_type != ETH_P_8021Q && eth_type != ETH_P_8021AD {
             break;
         }
@@ -90,7 +90,6 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         };
         eth_type = be16([tag[2], tag[3]]);
         l3 += 4;
-        tags += 1;
     }
     match eth_type {
         ETH_P_IP => parse_v4(ctx, l3, frame_len),
@@ -145,10 +144,10 @@ fn parse_v6(ctx: &XdpContext, l3: usize, frame_len: usize) -> Parsed {
 
     let mut next = h[6];
     let mut off = l3 + 40;
-    let mut taken = 0u32;
     let mut non_first = false;
-    // One iteration more than the headers accepted, to see a seventh.
-    for _ in 0..=MAX_IPV6_EXT_HEADERS {
+    // One iteration more than the headers accepted, to see a seventh. Every
+    // iteration that does not leave takes one header, so `taken` counts them.
+    for taken in 0..=MAX_IPV6_EXT_HEADERS {
         let is_ext = matches!(
             next,
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT | NEXTHDR_AUTH | NEXTHDR_DEST
@@ -182,7 +181,6 @@ fn parse_v6(ctx: &XdpContext, l3: usize, frame_len: usize) -> Parsed {
         }
         next = e[0];
         off += len;
-        taken += 1;
     }
     let ports = if non_first {
         None

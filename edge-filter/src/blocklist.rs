@@ -281,6 +281,8 @@ fn for_each_entry_line(
     errors: &mut Vec<LineError>,
     mut f: impl FnMut(&str) -> Result<(), EntryError>,
 ) {
+    // A byte-order mark (Windows editors) is not part of the first entry.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, raw) in text.lines().enumerate() {
         let error = |reason: EntryError| LineError {
             file: name.to_string(),
@@ -540,6 +542,14 @@ udp [2001:db8::/48]:53
         assert!(out.errors.is_empty(), "{:?}", out.errors);
         assert_eq!(out.entries.len(), 2);
         assert_eq!(out.entries[1].action, Action::Monitor);
+    }
+
+    #[test]
+    fn byte_order_mark() {
+        let out = parse_blocklist("t", "\u{feff}203.0.113.7\n");
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        assert_eq!(out.entries.len(), 1);
+        assert_eq!(parse_allowlist("t", "\u{feff}10.0.0.0/8\n").nets.len(), 1);
     }
 
     #[test]

@@ -182,7 +182,9 @@ mod tests {
         let mut pcap = Vec::new();
         pcap.extend_from_slice(&[0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0]);
         pcap.extend_from_slice(&[0; 8]);
-        pcap.extend_from_slice(&65535u32.to_le_bytes());
+        // snaplen 64 < orig_len 1500: fine for libpcap, rejected by the
+        // validating pcap-file reader.
+        pcap.extend_from_slice(&64u32.to_le_bytes());
         pcap.extend_from_slice(&1u32.to_le_bytes());
         for len in [60u32, 14] {
             pcap.extend_from_slice(&[0; 8]);
@@ -226,6 +228,70 @@ mod tests {
             skipped,
             ["b-cut.pcap", "c-empty.pcap", "d-junk.pcap", "e-cut.pcapng"]
         );
+    }
+
+    #[test]
+    fn pcapng_takes_only_ethernet_interfaces_per_section() {
+        use std::borrow::Cow;
+        use std::time::Duration;
+
+        use pcap_file::pcapng::PcapNgWriter;
+        use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+        use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
+        use pcap_file::{DataLink, Endianness};
+
+        let idb = |linktype| InterfaceDescriptionBlock {
+            linktype,
+            snaplen: 0,
+            options: vec![],
+        };
+        let epb = |interface_id: u32, byte: u8| EnhancedPacketBlock {
+            interface_id,
+            timestamp: Duration::ZERO,
+            original_len: 60,
+            data: Cow::Owned(vec![byte; 60]),
+            options: vec![],
+        };
+        // Section 1 (little endian): Ethernet, raw IP. Section 2 (big
+        // endian): raw IP, Ethernet: interface ids restart per section.
+        let mut w = PcapNgWriter::with_endianness(Vec::new(), Endianness::Little).unwrap();
+        w.write_pcapng_block(idb(DataLink::ETHERNET)).unwrap();
+        w.write_pcapng_block(idb(DataLink::RAW)).unwrap();
+        w.write_pcapng_block(epb(0, 1)).unwrap();
+        w.write_pcapng_block(epb(1, 2)).unwrap();
+        w.write_pcapng_block(epb(0, 3)).unwrap();
+        let mut file = w.into_inner();
+        let mut w = PcapNgWriter::with_endianness(Vec::new(), Endianness::Big).unwrap();
+        w.write_pcapng_block(idb(DataLink::RAW)).unwrap();
+        w.write_pcapng_block(idb(DataLink::ETHERNET)).unwrap();
+        w.write_pcapng_block(epb(0, 4)).unwrap();
+        w.write_pcapng_block(epb(1, 5)).unwrap();
+        file.extend(w.into_inner());
+
+        let dir = std::env::temp_dir().join(format!("edge-filter-pcapng-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mixed.pcapng"), &file).unwrap();
+        let corpus = pcap_corpus(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let got: Vec<(&str, u8)> = corpus
+            .packets
+            .iter()
+            .map(|p| (p.name.as_str(), p.data[0]))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("pcap:mixed.pcapng#1", 1),
+                ("pcap:mixed.pcapng#3", 3),
+                ("pcap:mixed.pcapng#5", 5)
+            ],
+            "skipped: {:?}",
+            corpus.files_skipped
+        );
+        assert_eq!(corpus.non_ethernet_packets, 2);
+        assert_eq!(corpus.files_read, 1);
+        assert!(corpus.files_skipped.is_empty());
     }
 
     #[test]
@@ -355,7 +421,8 @@ mod tests {
 
     #[test]
     fn entry_sets_are_deterministic_and_hit() {
-        use edge_filter::entry::{Action, EntryKind};
+        use edge_filter::entry::Action;
+        use edge_filter_common::EntryKind;
         let packets = generated_corpus_with(5, 2000);
         let a = entry_sets(&packets);
         let b = entry_sets(&packets);
@@ -434,6 +501,42 @@ mod tests {
     }
 
     #[test]
+    fn generated_corpus_and_sets_reach_every_reason() {
+        use edge_filter::reference::Reference;
+        use edge_filter_common::{REASON_COUNT, ReasonInfo};
+        let packets = generated_corpus_with(11, 5000);
+        let sets = entry_sets(&packets);
+        // (reason, is IPv6) -> packets.
+        let mut seen = BTreeMap::new();
+        for (_, set) in &sets {
+            let reference = Reference::new(set);
+            for p in &packets {
+                for malformed_drop in [false, true] {
+                    let v = reference.classify(&p.data, malformed_drop);
+                    let v6 = v.info.is_some_and(|i| i.src.is_ipv6());
+                    *seen.entry((v.reason, v6)).or_insert(0usize) += 1;
+                }
+            }
+        }
+        for reason in 0..REASON_COUNT {
+            let info = ReasonInfo::decode(reason).unwrap();
+            // Decisions on an address are wanted for both families.
+            let families: &[bool] = match info {
+                ReasonInfo::NoMatch | ReasonInfo::Allowlisted | ReasonInfo::Entry { .. } => {
+                    &[false, true]
+                }
+                _ => &[false],
+            };
+            for &v6 in families {
+                assert!(
+                    seen.get(&(reason, v6)).copied().unwrap_or(0) > 0,
+                    "reason {reason} ({info:?}, v6 {v6}) never reached"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn entry_sets_hit_the_captures() {
         let Some(dir) = shared_data_dir() else {
             eprintln!("skipping: shared test data not found (set {SHARED_DATA_ENV})");
@@ -442,10 +545,11 @@ mod tests {
         let packets = pcap_corpus(&dir).packets;
         let sets = entry_sets(&packets);
         use edge_filter::reference::{Parsed, parse};
-        let infos: Vec<_> = packets
+        // Distinct (source, transport) tuples: what entries can tell apart.
+        let flows: std::collections::BTreeSet<_> = packets
             .iter()
             .filter_map(|p| match parse(&p.data) {
-                Parsed::Ip(info) => Some(info),
+                Parsed::Ip(info) => Some((info.src, info.transport())),
                 _ => None,
             })
             .collect();
@@ -453,7 +557,7 @@ mod tests {
             let hits = set
                 .entries
                 .iter()
-                .filter(|e| infos.iter().any(|i| e.matches(i.src, i.transport())))
+                .filter(|e| flows.iter().any(|(src, t)| e.matches(*src, *t)))
                 .count();
             eprintln!(
                 "{name}: {} entries, {} allow, {hits} hit",

@@ -22,7 +22,10 @@ needs what `cargo xtask setup` installs. All three run even when one fails, \
 so one run shows every finding. Fix formatting with `cargo fmt --all`.";
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = LONG_ABOUT)]
+#[command(
+    about = "Check formatting and lints: rustfmt, clippy on host and eBPF",
+    long_about = LONG_ABOUT
+)]
 pub struct Args {}
 
 pub fn run(_args: Args) -> Result<()> {

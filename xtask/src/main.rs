@@ -23,20 +23,17 @@ On a new machine:
 
 /// Developer commands of edge-filter: set up a machine, check, test.
 #[derive(Parser, Debug)]
-#[command(name = "cargo xtask", after_help = AFTER_HELP)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
 }
 
+// The one-line and long descriptions live on each subcommand's `Args`.
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Install what building and testing need: nightly, rust-src,
-    /// bpf-linker, Debian packages (idempotent).
     Setup(setup::Args),
-    /// Check formatting and lints (rustfmt, clippy on host and eBPF).
     Check(check::Args),
-    /// Run all tests of the workspace, then the doc tests.
     Test(test::Args),
 }
 

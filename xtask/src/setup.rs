@@ -70,7 +70,10 @@ Any step that cannot finish stops setup with a message naming what is missing \
 and how to provide it, and a non-zero exit status.";
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = LONG_ABOUT)]
+#[command(
+    about = "Install what building and testing need: nightly, rust-src, bpf-linker, Debian packages (idempotent)",
+    long_about = LONG_ABOUT
+)]
 pub struct Args {
     /// Print only the steps that changed something (and errors), no summary.
     #[arg(short, long)]
@@ -168,7 +171,7 @@ pub fn run(args: Args) -> Result<()> {
         nightly_release = release;
         Ok(outcome)
     })?;
-    let sysroot = nightly_sysroot()?;
+    let sysroot = nightly_sysroot().context("cannot find the nightly sysroot")?;
     report.step("lint tools", lint_tools)?;
     report.step("rust-src", || {
         rust_src(
@@ -1162,6 +1165,26 @@ mod tests {
         assert!(how.starts_with("reused"), "{how}");
         assert!(rust_src_present(&dest).is_some());
 
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The offline route with the real cached Debian package (45 MB, a few
+    /// seconds): `cargo test -p xtask -- --ignored`.
+    #[test]
+    #[ignore = "needs ../shared/toolchain (or EDGE_FILTER_TOOLCHAIN_CACHE)"]
+    fn rust_src_from_the_real_cache() {
+        let cache = env::var_os("EDGE_FILTER_TOOLCHAIN_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("../shared/toolchain"));
+        let dir = temp_dir("real-rust-src");
+        let dest = rust_src_dest(&dir.join("sysroot"));
+        let unpack = dir.join("rust-src");
+        let how = install_rust_src_from_cache(&cache, &unpack, &dest, Some(97)).unwrap();
+        assert!(how.contains("verified and unpacked"), "{how}");
+        assert!(dest.join("library/core/src/lib.rs").is_file());
+        assert!(
+            dest.join("library/compiler-builtins").is_dir() || dest.join("library/alloc").is_dir()
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }

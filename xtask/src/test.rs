@@ -29,7 +29,10 @@ Anything after `--` goes to the test binaries, e.g.
   cargo xtask test -- blocklist --nocapture";
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = LONG_ABOUT)]
+#[command(
+    about = "Run all tests of the workspace, then the doc tests",
+    long_about = LONG_ABOUT
+)]
 pub struct Args {
     /// Fail instead of warning when not running as root, so that no
     /// root-only test skips itself unnoticed.

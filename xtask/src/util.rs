@@ -42,7 +42,13 @@ pub fn display(cmd: &Command) -> String {
         .get_envs()
         .filter_map(|(k, v)| v.map(|v| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())))
         .collect();
-    parts.push(cmd.get_program().to_string_lossy().into_owned());
+    // `CARGO` is an absolute path into the toolchain; show it as typed.
+    let program = Path::new(cmd.get_program());
+    if program.file_name().is_some_and(|n| n == "cargo") {
+        parts.push("cargo".to_string());
+    } else {
+        parts.push(program.to_string_lossy().into_owned());
+    }
     parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
     parts.join(" ")
 }

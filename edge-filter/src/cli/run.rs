@@ -71,7 +71,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         port_v6: a.max_ports,
         allow: a.max_allow,
     };
-    if !(a.poll_seconds > 0.0) {
+    if a.poll_seconds.is_nan() || a.poll_seconds <= 0.0 {
         anyhow::bail!("--poll-seconds must be positive");
     }
     agent::run(agent::RunOptions {

@@ -1,1 +1,787 @@
 //! Threat-intelligence feed formats.
+//!
+//! Every parser turns a feed into [`FeedEntry`] values (an [`Entry`] plus
+//! provenance) and never gives up on a bad line or object: it is recorded in
+//! [`FeedParse::rejected`] and parsing goes on. Only whole-input problems
+//! (over a [`FeedLimits`] limit, a JSON document that does not parse, a CSV
+//! without a usable header) are a [`FeedError`].
+//!
+//! | [`Format`] | module | input |
+//! |---|---|---|
+//! | `plain` | [`plain`] | address/CIDR per line; FireHOL `.netset`/`.ipset`; `#`/`;` comments; `A-B` ranges |
+//! | `spamhaus` | [`spamhaus`] | DROP/EDROP/DROPv6 `CIDR ; SBLnnn`, the JSON-lines `drop_v4.json` variant, ASN-DROP |
+//! | `csv` | [`csv`] | abuse.ch Feodo Tracker `ipblocklist.csv`, or any CSV through a [`csv::CsvMapping`] |
+//! | `stix` | [`stix`] | STIX 2.x bundles: indicators with address and `network-traffic` patterns |
+//! | `jsonl` | [`jsonl`] | the native JSON Lines format, one entry with every supported field per line |
+//! | `tor` | [`tor`] | TorDNSEL `exit-addresses` (`ExitNode`/`ExitAddress` records) |
+//! | `ipsum` | [`ipsum`] | IPsum `ADDR<TAB>count` |
+//! | `alienvault` | [`alienvault`] | AlienVault reputation `ip#reliability#risk#activity#...` |
+//!
+//! [`detect_format`] picks one for `auto`; [`parse_feed`] dispatches.
+//!
+//! Indices in [`Rejected`] and [`Ignored`] are 1-based line numbers, except
+//! for STIX where they are 1-based positions in the bundle's `objects`.
+//!
+//! Counting: `entries` are what the filter will enforce; `rejected` is
+//! malformed input; `unsupported` counts indicators that are well-formed but
+//! cannot be expressed by a source-address filter (URLs, domains, hashes,
+//! ASNs, ...); `skipped` counts revoked or already expired indicators. The
+//! reasons for the last two are in [`FeedParse::ignored`].
+
+pub mod alienvault;
+pub mod csv;
+pub mod ipsum;
+pub mod jsonl;
+pub mod plain;
+pub mod spamhaus;
+pub mod stix;
+mod stix_pattern;
+pub mod tor;
+
+#[cfg(test)]
+mod data_tests;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use thiserror::Error;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+
+use crate::blocklist::clip;
+use crate::entry::{Action, Entry};
+
+/// How much of a bad line or object a [`Rejected`] quotes.
+const QUOTE_LEN: usize = 200;
+
+/// An [`Entry`] with its provenance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedEntry {
+    /// What the filter matches and does.
+    pub entry: Entry,
+    /// The feed's identifier for it (SBL id, STIX id, malware family, Tor
+    /// relay fingerprint, ...).
+    pub indicator: Option<String>,
+    /// Confidence 0-100.
+    pub confidence: Option<u8>,
+    /// Not to be enforced before this time.
+    pub valid_from: Option<OffsetDateTime>,
+    /// Not to be enforced after this time.
+    pub expires: Option<OffsetDateTime>,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+impl FeedEntry {
+    /// An entry without provenance.
+    pub fn new(entry: Entry) -> Self {
+        FeedEntry {
+            entry,
+            indicator: None,
+            confidence: None,
+            valid_from: None,
+            expires: None,
+            description: None,
+        }
+    }
+}
+
+impl FeedEntry {
+    /// Whether the entry is to be enforced at `now`: `valid_from <= now <
+    /// expires` (an absent bound is open).
+    pub fn active_at(&self, now: OffsetDateTime) -> bool {
+        self.valid_from.is_none_or(|t| t <= now) && self.expires.is_none_or(|t| now < t)
+    }
+}
+
+/// A line or object that is malformed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// 1-based line number (STIX: 1-based position in `objects`).
+    pub index: usize,
+    /// What is wrong with it.
+    pub reason: String,
+    /// The offending text (shortened).
+    pub text: String,
+}
+
+impl fmt::Display for Rejected {
+    /// `INDEX: REASON: TEXT`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.index, self.reason, self.text)
+    }
+}
+
+/// Why a well-formed indicator produced no entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IgnoreKind {
+    /// It cannot be expressed by a source-address filter (counted in
+    /// [`FeedParse::unsupported`]).
+    Unsupported,
+    /// Revoked by its producer (counted in [`FeedParse::skipped`]).
+    Revoked,
+    /// Its validity ended before the parse time (counted in
+    /// [`FeedParse::skipped`]).
+    Expired,
+}
+
+/// An indicator that produced no entries on purpose; see [`IgnoreKind`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ignored {
+    /// 1-based line number (STIX: 1-based position in `objects`).
+    pub index: usize,
+    /// Which kind of "no".
+    pub kind: IgnoreKind,
+    /// The explanation.
+    pub reason: String,
+    /// The indicator (shortened).
+    pub text: String,
+}
+
+/// Everything a parser got out of one feed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeedParse {
+    /// The entries, in input order (duplicates kept).
+    pub entries: Vec<FeedEntry>,
+    /// Malformed lines or objects.
+    pub rejected: Vec<Rejected>,
+    /// Indicators that cannot be expressed (see [`FeedParse::ignored`]).
+    pub unsupported: usize,
+    /// Revoked or expired indicators (see [`FeedParse::ignored`]).
+    pub skipped: usize,
+    /// One explanation per unsupported or skipped indicator.
+    pub ignored: Vec<Ignored>,
+}
+
+impl fmt::Display for FeedParse {
+    /// `N entries, N rejected, N unsupported, N skipped`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} entries, {} rejected, {} unsupported, {} skipped",
+            self.entries.len(),
+            self.rejected.len(),
+            self.unsupported,
+            self.skipped
+        )
+    }
+}
+
+/// Input limits. A feed over `max_bytes` or producing more than
+/// `max_entries` entries is refused as a whole ([`FeedError`]); a line over
+/// `max_line_len` is rejected on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedLimits {
+    /// Largest accepted input, in bytes. Default 64 MiB.
+    pub max_bytes: usize,
+    /// Most entries one feed may produce. Default 1,000,000.
+    pub max_entries: usize,
+    /// Longest accepted line of a line-based format, in bytes. Default 4096.
+    /// (Does not apply to STIX, a single JSON document.)
+    pub max_line_len: usize,
+}
+
+impl Default for FeedLimits {
+    fn default() -> Self {
+        FeedLimits {
+            max_bytes: 64 << 20,
+            max_entries: 1_000_000,
+            max_line_len: crate::blocklist::MAX_LINE_LEN,
+        }
+    }
+}
+
+/// How to parse a feed.
+#[derive(Clone, Debug)]
+pub struct FeedOptions {
+    /// Input limits.
+    pub limits: FeedLimits,
+    /// "Now" for expiry checks; `None` is the current time.
+    pub now: Option<OffsetDateTime>,
+    /// The action of entries whose input does not say (only the `jsonl`
+    /// format can say). Default [`Action::Drop`].
+    pub action: Action,
+    /// Column mapping for [`Format::Csv`]; `None` recognises the Feodo
+    /// Tracker header or guesses from common column names.
+    pub csv: Option<csv::CsvMapping>,
+    /// STIX: turn `url:value` indicators whose host is an IP literal
+    /// (`https://198.51.100.7:2967/x`) into a TCP address+port entry. Off by
+    /// default: blocking the endpoint is broader than the URL.
+    pub url_ip_hosts: bool,
+}
+
+impl Default for FeedOptions {
+    fn default() -> Self {
+        FeedOptions {
+            limits: FeedLimits::default(),
+            now: None,
+            action: Action::Drop,
+            csv: None,
+            url_ip_hosts: false,
+        }
+    }
+}
+
+/// A problem with the feed as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum FeedError {
+    /// Over [`FeedLimits::max_bytes`].
+    #[error("feed is {len} bytes, larger than the {max}-byte limit")]
+    TooLarge {
+        /// Size of the input.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Over [`FeedLimits::max_entries`].
+    #[error("feed has more than {max} entries (limit reached at {at})")]
+    TooManyEntries {
+        /// The limit.
+        max: usize,
+        /// Line number (STIX: object position) where it was reached.
+        at: usize,
+    },
+    /// A JSON document (STIX) that does not parse.
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    /// JSON that is not a STIX bundle, object or array of objects.
+    #[error("not STIX: {0}")]
+    NotStix(String),
+    /// A CSV whose columns cannot be mapped.
+    #[error("CSV: {0}")]
+    Csv(String),
+}
+
+/// A feed format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// [`plain`].
+    Plain,
+    /// [`spamhaus`].
+    Spamhaus,
+    /// [`csv`].
+    Csv,
+    /// [`stix`].
+    Stix,
+    /// [`jsonl`].
+    Jsonl,
+    /// [`tor`].
+    Tor,
+    /// [`ipsum`].
+    Ipsum,
+    /// [`alienvault`].
+    AlienVault,
+}
+
+impl Format {
+    /// Every format.
+    pub const ALL: [Format; 8] = [
+        Format::Plain,
+        Format::Spamhaus,
+        Format::Csv,
+        Format::Stix,
+        Format::Jsonl,
+        Format::Tor,
+        Format::Ipsum,
+        Format::AlienVault,
+    ];
+
+    /// The name used on the command line and in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Plain => "plain",
+            Format::Spamhaus => "spamhaus",
+            Format::Csv => "csv",
+            Format::Stix => "stix",
+            Format::Jsonl => "jsonl",
+            Format::Tor => "tor",
+            Format::Ipsum => "ipsum",
+            Format::AlienVault => "alienvault",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Format::ALL
+            .into_iter()
+            .find(|f| s.eq_ignore_ascii_case(f.name()))
+            .ok_or_else(|| {
+                let names: Vec<_> = Format::ALL.iter().map(|f| f.name()).collect();
+                format!(
+                    "unknown feed format '{s}' (expected auto or one of {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// Parse `bytes` as `format`.
+pub fn parse_feed(
+    format: Format,
+    bytes: &[u8],
+    opts: &FeedOptions,
+) -> Result<FeedParse, FeedError> {
+    match format {
+        Format::Plain => plain::parse(bytes, opts),
+        Format::Spamhaus => spamhaus::parse(bytes, opts),
+        Format::Csv => csv::parse(bytes, opts),
+        Format::Stix => stix::parse(bytes, opts),
+        Format::Jsonl => jsonl::parse(bytes, opts),
+        Format::Tor => tor::parse(bytes, opts),
+        Format::Ipsum => ipsum::parse(bytes, opts),
+        Format::AlienVault => alienvault::parse(bytes, opts),
+    }
+}
+
+/// Guess the format of a feed from its name and first bytes (for `auto`).
+///
+/// JSON: a document that is not one object per line is STIX; JSON lines
+/// with `cidr`/`asn` keys are Spamhaus, other JSON lines the native format.
+/// Text: `ExitNode`/`ExitAddress` records are Tor; `;` comments or
+/// `CIDR ; SBLnnn` are Spamhaus; quoted or `.csv` comma-separated text is
+/// CSV; `ip#n#n#` is AlienVault; `ADDR<whitespace>count` is IPsum; anything
+/// else is plain.
+pub fn detect_format(path: &Path, bytes: &[u8]) -> Format {
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(64 << 10)]);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    let trimmed = head.trim_start_matches('\u{feff}').trim_start();
+    if trimmed.starts_with('[') {
+        return Format::Stix;
+    }
+    if trimmed.starts_with('{') {
+        let first = trimmed.lines().next().unwrap_or("").trim();
+        return match serde_json::from_str::<serde_json::Value>(first) {
+            Ok(serde_json::Value::Object(obj)) => {
+                if obj.contains_key("objects")
+                    || obj.contains_key("spec_version")
+                    || obj.get("type").and_then(|t| t.as_str()) == Some("bundle")
+                {
+                    Format::Stix
+                } else if obj.contains_key("cidr")
+                    || obj.contains_key("asn")
+                    || obj.get("type").and_then(|t| t.as_str()) == Some("metadata")
+                {
+                    Format::Spamhaus
+                } else {
+                    Format::Jsonl
+                }
+            }
+            // The first line is not a whole object: a (pretty-printed) document.
+            _ => Format::Stix,
+        };
+    }
+    if ext == "json" || ext == "stix" {
+        return Format::Stix;
+    }
+    if ext == "jsonl" || ext == "ndjson" {
+        return Format::Jsonl;
+    }
+    let lines: Vec<&str> = head
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.iter().take(50).any(|l| {
+        l.starts_with("ExitNode ")
+            || l.starts_with("ExitAddress ")
+            || l.starts_with("@type tordnsel")
+    }) {
+        return Format::Tor;
+    }
+    let data: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with('#') && !l.starts_with(';'))
+        .take(20)
+        .collect();
+    if lines.iter().take(20).any(|l| l.starts_with(';'))
+        || data
+            .iter()
+            .any(|l| l.contains(" ; SBL") || l.contains(";SBL"))
+    {
+        return Format::Spamhaus;
+    }
+    if ext == "csv"
+        || data
+            .first()
+            .is_some_and(|l| l.contains(',') && (l.starts_with('"') || l.matches(',').count() >= 2))
+    {
+        return Format::Csv;
+    }
+    let first_field_is_addr = |l: &str, sep: &[char]| {
+        l.split(sep)
+            .next()
+            .is_some_and(|a| crate::blocklist::parse_net(a).is_ok())
+    };
+    if data.first().is_some_and(|l| {
+        let f: Vec<&str> = l.split('#').collect();
+        f.len() >= 4 && first_field_is_addr(l, &['#']) && f[1].bytes().all(|b| b.is_ascii_digit())
+    }) {
+        return Format::AlienVault;
+    }
+    if data.first().is_some_and(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() == 2
+            && first_field_is_addr(l, &[' ', '\t'])
+            && f[1].bytes().all(|b| b.is_ascii_digit())
+    }) {
+        return Format::Ipsum;
+    }
+    Format::Plain
+}
+
+/// Shared state of a parser: the output, the options and "now".
+pub(crate) struct Sink<'a> {
+    pub out: FeedParse,
+    pub opts: &'a FeedOptions,
+    pub now: OffsetDateTime,
+}
+
+impl<'a> Sink<'a> {
+    /// Start a parse, refusing input over the size limit.
+    pub fn new(bytes: &[u8], opts: &'a FeedOptions) -> Result<Self, FeedError> {
+        if bytes.len() > opts.limits.max_bytes {
+            return Err(FeedError::TooLarge {
+                len: bytes.len(),
+                max: opts.limits.max_bytes,
+            });
+        }
+        Ok(Sink {
+            out: FeedParse::default(),
+            opts,
+            now: opts.now.unwrap_or_else(OffsetDateTime::now_utc),
+        })
+    }
+
+    /// Add an entry, enforcing the entry limit. `index` locates it.
+    pub fn push(&mut self, index: usize, entry: FeedEntry) -> Result<(), FeedError> {
+        if self.out.entries.len() >= self.opts.limits.max_entries {
+            return Err(FeedError::TooManyEntries {
+                max: self.opts.limits.max_entries,
+                at: index,
+            });
+        }
+        self.out.entries.push(entry);
+        Ok(())
+    }
+
+    /// Record a malformed line or object.
+    pub fn reject(&mut self, index: usize, reason: impl fmt::Display, text: &str) {
+        self.out.rejected.push(Rejected {
+            index,
+            reason: reason.to_string(),
+            text: clip(text.trim(), QUOTE_LEN),
+        });
+    }
+
+    /// Record an indicator that produced no entries on purpose.
+    pub fn ignore(
+        &mut self,
+        index: usize,
+        kind: IgnoreKind,
+        reason: impl fmt::Display,
+        text: &str,
+    ) {
+        match kind {
+            IgnoreKind::Unsupported => self.out.unsupported += 1,
+            IgnoreKind::Revoked | IgnoreKind::Expired => self.out.skipped += 1,
+        }
+        self.out.ignored.push(Ignored {
+            index,
+            kind,
+            reason: reason.to_string(),
+            text: clip(text.trim(), QUOTE_LEN),
+        });
+    }
+
+    /// Whether an entry valid until `expires` is already expired.
+    pub fn expired(&self, expires: Option<OffsetDateTime>) -> bool {
+        expires.is_some_and(|t| t <= self.now)
+    }
+
+    /// Run `f` on every line (1-based number, text without the terminator),
+    /// rejecting lines over the length limit and lines that are not UTF-8.
+    /// A UTF-8 byte-order mark at the start is skipped.
+    pub fn lines(
+        &mut self,
+        bytes: &[u8],
+        mut f: impl FnMut(&mut Self, usize, &str) -> Result<(), FeedError>,
+    ) -> Result<(), FeedError> {
+        let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+            let index = i + 1;
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            if raw.len() > self.opts.limits.max_line_len {
+                let reason = format!(
+                    "line is {} bytes, longer than the {}-byte limit",
+                    raw.len(),
+                    self.opts.limits.max_line_len
+                );
+                let text = String::from_utf8_lossy(&raw[..raw.len().min(QUOTE_LEN)]).into_owned();
+                self.reject(index, reason, &text);
+                continue;
+            }
+            match std::str::from_utf8(raw) {
+                Ok(line) => f(self, index, line)?,
+                Err(e) => {
+                    let reason = format!("not valid UTF-8 at byte {}", e.valid_up_to());
+                    self.reject(index, reason, &String::from_utf8_lossy(raw));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finish.
+    pub fn finish(self) -> FeedParse {
+        self.out
+    }
+}
+
+/// Parse a timestamp: RFC 3339 (`2026-12-01T00:00:00Z`), or UTC
+/// `YYYY-MM-DD HH:MM:SS` / `YYYY-MM-DD` (abuse.ch, Tor).
+pub(crate) fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
+    let text = text.trim();
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(t);
+    }
+    let datetime = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    if let Ok(t) = time::PrimitiveDateTime::parse(text, datetime) {
+        return Ok(t.assume_utc());
+    }
+    let date = format_description!("[year]-[month]-[day]");
+    if let Ok(d) = time::Date::parse(text, date) {
+        return Ok(d.midnight().assume_utc());
+    }
+    Err(format!(
+        "invalid timestamp '{}' (expected RFC 3339, e.g. 2026-12-01T00:00:00Z)",
+        clip(text, 64)
+    ))
+}
+
+/// Format a timestamp as RFC 3339 for messages.
+pub(crate) fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+/// Parse a confidence value 0-100.
+pub(crate) fn parse_confidence(text: &str) -> Result<u8, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n <= 100 => Ok(n as u8),
+        Ok(n) => Err(format!("confidence {n} out of range (0-100)")),
+        Err(_) => Err(format!(
+            "invalid confidence '{}' (expected 0-100)",
+            clip(text, 32)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> FeedOptions {
+        FeedOptions::default()
+    }
+
+    #[test]
+    fn format_names() {
+        for f in Format::ALL {
+            assert_eq!(f.name().parse::<Format>(), Ok(f));
+            assert_eq!(f.to_string(), f.name());
+        }
+        assert_eq!("STIX".parse::<Format>(), Ok(Format::Stix));
+        let err = "xml".parse::<Format>().unwrap_err();
+        assert!(err.starts_with("unknown feed format 'xml'"), "{err}");
+    }
+
+    #[test]
+    fn size_limit_is_fatal() {
+        let o = FeedOptions {
+            limits: FeedLimits {
+                max_bytes: 10,
+                ..FeedLimits::default()
+            },
+            ..opts()
+        };
+        for f in Format::ALL {
+            assert_eq!(
+                parse_feed(f, b"203.0.113.1\n203.0.113.2\n", &o),
+                Err(FeedError::TooLarge { len: 24, max: 10 }),
+                "{f}"
+            );
+        }
+        assert_eq!(
+            FeedError::TooLarge { len: 24, max: 10 }.to_string(),
+            "feed is 24 bytes, larger than the 10-byte limit"
+        );
+    }
+
+    #[test]
+    fn entry_limit_is_fatal() {
+        let o = FeedOptions {
+            limits: FeedLimits {
+                max_entries: 2,
+                ..FeedLimits::default()
+            },
+            ..opts()
+        };
+        let two = parse_feed(Format::Plain, b"203.0.113.1\n203.0.113.2\n", &o).unwrap();
+        assert_eq!(two.entries.len(), 2);
+        let err = parse_feed(
+            Format::Plain,
+            b"203.0.113.1\n# c\n203.0.113.2\n203.0.113.3\n",
+            &o,
+        )
+        .unwrap_err();
+        assert_eq!(err, FeedError::TooManyEntries { max: 2, at: 4 });
+        assert_eq!(
+            err.to_string(),
+            "feed has more than 2 entries (limit reached at 4)"
+        );
+    }
+
+    #[test]
+    fn line_limit_and_utf8_reject_the_line_only() {
+        let o = FeedOptions {
+            limits: FeedLimits {
+                max_line_len: 16,
+                ..FeedLimits::default()
+            },
+            ..opts()
+        };
+        let input = b"\xef\xbb\xbf203.0.113.1\r\n# a comment that is far too long\n203.0.113.\xff\n2001:db8::1\n";
+        let p = parse_feed(Format::Plain, input, &o).unwrap();
+        assert_eq!(p.entries.len(), 2);
+        assert_eq!(p.rejected.len(), 2);
+        assert_eq!(p.rejected[0].index, 2);
+        assert_eq!(
+            p.rejected[0].reason,
+            "line is 32 bytes, longer than the 16-byte limit"
+        );
+        assert_eq!(p.rejected[1].index, 3);
+        assert_eq!(p.rejected[1].reason, "not valid UTF-8 at byte 10");
+        assert_eq!(
+            p.rejected[1].to_string(),
+            "3: not valid UTF-8 at byte 10: 203.0.113.\u{fffd}"
+        );
+    }
+
+    #[test]
+    fn activity_window_and_summary() {
+        use crate::entry::{Action, Entry};
+        let t = |s: &str| parse_time(s).unwrap();
+        let mut e = FeedEntry::new(Entry::new(
+            "192.0.2.1/32".parse().unwrap(),
+            None,
+            Action::Drop,
+        ));
+        assert!(e.active_at(t("2020-01-01")));
+        e.valid_from = Some(t("2026-01-01"));
+        e.expires = Some(t("2026-02-01"));
+        assert!(!e.active_at(t("2025-12-31")));
+        assert!(e.active_at(t("2026-01-01")));
+        assert!(!e.active_at(t("2026-02-01")));
+        let p = FeedParse {
+            entries: vec![e],
+            unsupported: 2,
+            ..FeedParse::default()
+        };
+        assert_eq!(
+            p.to_string(),
+            "1 entries, 0 rejected, 2 unsupported, 0 skipped"
+        );
+    }
+
+    #[test]
+    fn times_and_confidence() {
+        let t = parse_time("2026-12-01T00:00:00Z").unwrap();
+        assert_eq!(t.unix_timestamp(), 1_796_083_200);
+        assert_eq!(parse_time("2026-12-01 00:00:00").unwrap(), t);
+        assert_eq!(parse_time("2026-12-01").unwrap(), t);
+        assert_eq!(parse_time("2026-12-01T01:00:00+01:00").unwrap(), t);
+        assert!(parse_time("2015-05-15T09:12:16.432678Z").is_ok());
+        assert_eq!(
+            parse_time("yesterday").unwrap_err(),
+            "invalid timestamp 'yesterday' (expected RFC 3339, e.g. 2026-12-01T00:00:00Z)"
+        );
+        assert_eq!(parse_confidence("90"), Ok(90));
+        assert_eq!(
+            parse_confidence("101").unwrap_err(),
+            "confidence 101 out of range (0-100)"
+        );
+        assert_eq!(
+            parse_confidence("high").unwrap_err(),
+            "invalid confidence 'high' (expected 0-100)"
+        );
+    }
+
+    #[test]
+    fn detection() {
+        let d = |name: &str, text: &str| detect_format(Path::new(name), text.as_bytes());
+        assert_eq!(d("x.txt", "203.0.113.1\n198.51.100.0/24\n"), Format::Plain);
+        assert_eq!(
+            d("x.netset", "#\n# firehol\n#\n1.2.3.0/24\n"),
+            Format::Plain
+        );
+        assert_eq!(d("x", ""), Format::Plain);
+        assert_eq!(
+            d("x", "; Spamhaus\n1.10.16.0/20 ; SBL256894\n"),
+            Format::Spamhaus
+        );
+        assert_eq!(d("x", "1.10.16.0/20 ; SBL256894\n"), Format::Spamhaus);
+        assert_eq!(
+            d(
+                "x",
+                "{\"cidr\":\"1.10.16.0/20\",\"sblid\":\"SBL1\",\"rir\":\"apnic\"}\n"
+            ),
+            Format::Spamhaus
+        );
+        assert_eq!(d("x", "{\"asn\":932,\"rir\":\"arin\"}\n"), Format::Spamhaus);
+        assert_eq!(d("x", "{\"net\":\"203.0.113.0/24\"}\n"), Format::Jsonl);
+        assert_eq!(d("x", "{\n  \"type\": \"bundle\"\n}\n"), Format::Stix);
+        assert_eq!(d("x", "{\"type\":\"bundle\",\"objects\":[]}"), Format::Stix);
+        assert_eq!(d("x", "[{\"type\":\"indicator\"}]"), Format::Stix);
+        assert_eq!(d("x.json", ""), Format::Stix);
+        assert_eq!(d("x.jsonl", ""), Format::Jsonl);
+        assert_eq!(
+            d(
+                "x",
+                "# banner\n\"first_seen_utc\",\"dst_ip\",\"dst_port\"\n"
+            ),
+            Format::Csv
+        );
+        assert_eq!(d("x.csv", "ip\n203.0.113.1\n"), Format::Csv);
+        assert_eq!(
+            d(
+                "x",
+                "ExitNode ABC\nPublished 2024-03-11 13:07:19\nExitAddress 1.2.3.4 2024-03-12 08:10:51\n"
+            ),
+            Format::Tor
+        );
+        assert_eq!(d("x", "# IPsum\n31.220.1.233\t10\n"), Format::Ipsum);
+        assert_eq!(
+            d("x", "203.121.165.16#6#5#C&C#TH##15.0,100.0#2\n"),
+            Format::AlienVault
+        );
+    }
+}

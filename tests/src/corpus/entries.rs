@@ -50,7 +50,10 @@ struct Samples {
     flows6: Vec<Flow>,
 }
 
-fn slice_packet(data: &[u8]) -> Option<(IpAddr, Option<(Proto, u16, u16)>)> {
+/// A packet's source and, for TCP and UDP, `(protocol, sport, dport)`.
+type Sliced = (IpAddr, Option<(Proto, u16, u16)>);
+
+fn slice_packet(data: &[u8]) -> Option<Sliced> {
     let p = LaxSlicedPacket::from_ethernet(data).ok()?;
     let src = match p.net.as_ref()? {
         LaxNetSlice::Ipv4(s) => IpAddr::V4(s.header().source_addr()),
@@ -142,7 +145,11 @@ fn sample(packets: &[Packet]) -> Samples {
     }
     let gen_flow = |src: IpAddr, i: usize| Flow {
         src,
-        proto: if i % 2 == 0 { Proto::Tcp } else { Proto::Udp },
+        proto: if i.is_multiple_of(2) {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        },
         sport: GEN_PORTS[i % GEN_PORTS.len()],
         dport: GEN_PORTS[(i + 3) % GEN_PORTS.len()],
     };
@@ -193,7 +200,7 @@ fn other(p: Proto) -> Proto {
 }
 
 fn act(i: usize) -> Action {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         Action::Drop
     } else {
         Action::Monitor
@@ -308,7 +315,7 @@ fn set_prefix(s: &Samples) -> EntrySet {
     entries.push(Entry::new(net(g6(0), 120), None, Action::Drop));
     entries.push(Entry::new(net(g6(2), 48), None, Action::Monitor));
     entries.push(Entry::new(net(g6(5), 16), None, Action::Drop));
-    entries.push(Entry::new(net(g6(7), 10), None, Action::Monitor));
+    entries.push(Entry::new(net(g6(7), 16), None, Action::Monitor));
     misses(&mut entries);
     EntrySet {
         allow: vec![],
@@ -363,7 +370,11 @@ fn set_port(s: &Samples) -> EntrySet {
         .chain(GEN_V6_SOURCES.iter().map(|a| v6(*a)))
         .enumerate()
     {
-        let proto = if i % 2 == 0 { Proto::Tcp } else { Proto::Udp };
+        let proto = if i.is_multiple_of(2) {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        };
         let side = if i % 4 < 2 { Side::Src } else { Side::Dst };
         let port = GEN_PORTS[(i * 3) % GEN_PORTS.len()];
         entries.push(Entry::new(host(a), pm(proto, port, side), act(i / 2)));
@@ -434,7 +445,7 @@ fn set_overlap(s: &Samples) -> EntrySet {
         }
         // The same address twice with both actions, in both orders.
         let b = host(a);
-        let (first, second) = if k % 2 == 0 {
+        let (first, second) = if k.is_multiple_of(2) {
             (Action::Drop, Action::Monitor)
         } else {
             (Action::Monitor, Action::Drop)
@@ -624,7 +635,11 @@ fn set_generated() -> EntrySet {
         let action = act(i / 4);
         let proto = if i % 3 == 0 { Proto::Udp } else { Proto::Tcp };
         let port = GEN_PORTS[(i * 7 + 2) % GEN_PORTS.len()];
-        let side = if i % 2 == 0 { Side::Src } else { Side::Dst };
+        let side = if i.is_multiple_of(2) {
+            Side::Src
+        } else {
+            Side::Dst
+        };
         let n = if a.is_ipv4() { 20 } else { 60 };
         let e = match kind {
             0 => Entry::new(host(*a), None, action),

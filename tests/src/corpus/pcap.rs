@@ -26,10 +26,15 @@ pub struct PcapCorpus {
     /// with the reason: another link type, an unreadable header, a parse
     /// error after some packets (the packets before it are kept).
     pub files_skipped: Vec<(String, String)>,
-    /// Packets of non-Ethernet interfaces in pcapng files that also have
-    /// Ethernet interfaces (left out of `packets`).
+    /// Packets of non-Ethernet interfaces in pcapng files (left out of
+    /// `packets`; counted whether or not the file also has Ethernet
+    /// interfaces).
     pub non_ethernet_packets: usize,
 }
+
+/// libpcap's `LT_LINKTYPE`: the link type bits of the pcap header's link
+/// type field (the upper bits hold FCS length information).
+const LINKTYPE_MASK: u32 = 0x03ff_ffff;
 
 /// File magic of a pcapng Section Header Block.
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
@@ -120,13 +125,17 @@ fn read_pcap<R: Read>(file: R, rel: &str, corpus: &mut PcapCorpus) {
             return;
         }
     };
-    let linktype = reader.header().datalink;
+    // The header's link type field also carries FCS information in its
+    // upper bits; libpcap masks them off (LT_LINKTYPE) and so do we. Some
+    // fuzzer captures set them on Ethernet files.
+    let field = u32::from(reader.header().datalink);
+    let linktype = DataLink::from(field & LINKTYPE_MASK);
     if linktype != DataLink::ETHERNET {
         corpus.files_skipped.push((
             rel.to_string(),
             format!(
                 "link type {} ({linktype:?}), not Ethernet",
-                u32::from(linktype)
+                field & LINKTYPE_MASK
             ),
         ));
         return;
@@ -175,8 +184,9 @@ fn read_pcapng<R: Read>(file: R, rel: &str, corpus: &mut PcapCorpus) {
     let mut saw_ethernet = false;
     let mut error = None;
     while let Some(block) = reader.next_block() {
+        // Owned, so the reader's interface list can be consulted below.
         let block = match block {
-            Ok(b) => b,
+            Ok(b) => b.into_owned(),
             Err(e) => {
                 error = Some(describe(&e));
                 break;

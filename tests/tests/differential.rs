@@ -1,0 +1,276 @@
+//! Differential test: the real XDP program (through BPF_PROG_TEST_RUN) and
+//! the plain-Rust reference classifier must agree on the verdict and reason
+//! of every packet of every corpus, under every entry set.
+//!
+//! Needs root (loading BPF programs); prints "skipping" otherwise.
+
+use std::collections::{BTreeMap, HashMap};
+
+use edge_filter::entry::{EntrySet, Proto};
+use edge_filter::maps::SlotKey;
+use edge_filter::program::Capacities;
+use edge_filter::reference::{Reference, Verdict};
+use edge_filter::testrun::{KernelClassifier, KernelVerdict, MAX_FRAME, MIN_FRAME};
+use edge_filter_common::{self as abi, ReasonInfo};
+use edge_filter_tests::corpus::{
+    Packet, entry_sets, generated_corpus, pcap_corpus, random_seed, shared_data_dir,
+};
+
+const FIXED_SEED: u64 = 0x00ed_9ef1_17e7;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// One disagreement, described well enough to reproduce it.
+struct Mismatch {
+    set: String,
+    malformed_drop: bool,
+    packet: String,
+    what: String,
+    hex: String,
+}
+
+fn hex(data: &[u8]) -> String {
+    data.iter().take(96).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compare one verdict pair; `ids` maps kernel entry ids to map keys.
+fn compare(
+    k: &KernelVerdict,
+    r: &Verdict,
+    reference: &Reference,
+    ids: &HashMap<u32, SlotKey>,
+) -> Option<String> {
+    if k.reason != r.reason {
+        return Some(format!(
+            "reason: kernel {} ({}), reference {} ({})",
+            k.reason,
+            edge_filter::counters::reason_name(k.reason),
+            r.reason,
+            edge_filter::counters::reason_name(r.reason)
+        ));
+    }
+    let want_action = if r.is_drop() { XDP_DROP } else { XDP_PASS };
+    if k.action != want_action {
+        return Some(format!(
+            "XDP action: kernel {}, reference wants {want_action}",
+            k.action
+        ));
+    }
+    // The deciding entry the kernel names must be one the reference says
+    // matches, with the deciding action and kind (ties may pick either).
+    if let Some(ReasonInfo::Entry { kind, action }) = ReasonInfo::decode(k.reason) {
+        let Some(SlotKey::Entry(key)) = ids.get(&k.entry_id) else {
+            return Some(format!("kernel decider id {} is not an entry", k.entry_id));
+        };
+        let info = r.info.as_ref()?;
+        let ports = info.ports.map(|(s, d)| {
+            let proto = if info.proto == abi::PROTO_TCP {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            };
+            (proto, s, d)
+        });
+        let ok = reference
+            .matching(info.src, ports)
+            .iter()
+            .any(|e| e.key() == *key && e.kind() == kind && e.action.abi() == action);
+        if !ok {
+            return Some(format!(
+                "kernel decider {key:?} is not a matching {} {} entry",
+                kind.name(),
+                if action == abi::ACTION_DROP {
+                    "drop"
+                } else {
+                    "monitor"
+                }
+            ));
+        }
+    }
+    None
+}
+
+#[test]
+fn kernel_agrees_with_reference_on_every_packet() {
+    if !is_root() {
+        eprintln!("skipping: needs root to load the XDP program");
+        return;
+    }
+    let fresh_seed = random_seed();
+    let mut corpora: Vec<(String, Vec<Packet>)> = Vec::new();
+    match shared_data_dir() {
+        Some(dir) => {
+            let pc = pcap_corpus(&dir);
+            println!(
+                "pcap corpus: {} packets from {} files ({} files or tails skipped)",
+                pc.packets.len(),
+                pc.files_read,
+                pc.files_skipped.len()
+            );
+            for (f, why) in &pc.files_skipped {
+                println!("  skipped {f}: {why}");
+            }
+            assert!(
+                pc.packets.len() > 40_000,
+                "expected the shared captures to hold > 40,000 Ethernet packets, read {}",
+                pc.packets.len()
+            );
+            corpora.push(("pcap".into(), pc.packets));
+        }
+        None => println!("skipping the pcap corpus: ../shared/data not present"),
+    }
+    corpora.push((
+        format!("generated(seed={FIXED_SEED:#x})"),
+        generated_corpus(FIXED_SEED),
+    ));
+    corpora.push((
+        format!("generated(seed={fresh_seed:#x}, fresh)"),
+        generated_corpus(fresh_seed),
+    ));
+    let all: Vec<Packet> = corpora
+        .iter()
+        .flat_map(|(_, p)| p.iter().cloned())
+        .collect();
+    let sets: Vec<(String, EntrySet)> = entry_sets(&all);
+
+    let mut kernel =
+        KernelClassifier::new(&Capacities::small()).unwrap_or_else(|e| panic!("loading: {e}"));
+    let mut mismatches: Vec<Mismatch> = Vec::new();
+    let mut checked = 0usize;
+    let mut untestable = 0usize;
+    let mut truncated = 0usize;
+    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    for (set_name, set) in &sets {
+        // The malformed-drop setting only changes malformed verdicts: run it
+        // on two sets, not all.
+        let settings: &[bool] = if set_name == "none" || set_name == "all" {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &md in settings {
+            kernel
+                .set_entries(set, md)
+                .unwrap_or_else(|e| panic!("loading entry set {set_name}: {e}"));
+            assert_eq!(
+                kernel.last_sync.refused, 0,
+                "entry set {set_name} did not fit: {:?}",
+                kernel.last_sync.refusals
+            );
+            let reference = Reference::new(set);
+            let ids: HashMap<u32, SlotKey> = kernel
+                .maps()
+                .read()
+                .unwrap_or_else(|e| panic!("reading maps: {e}"))
+                .entries()
+                .into_iter()
+                .map(|(k, v)| (v.id, k))
+                .collect();
+            let before = kernel.maps().counters().expect("counters");
+            let mut expected = vec![(0u64, 0u64); abi::REASON_COUNT as usize];
+            for p in corpora.iter().flat_map(|(_, p)| p) {
+                if p.data.len() < MIN_FRAME {
+                    // BPF_PROG_TEST_RUN refuses frames shorter than an
+                    // Ethernet header; no NIC delivers them either.
+                    untestable += 1;
+                    continue;
+                }
+                // XDP without frags sees only the linear part of a frame.
+                let frame = &p.data[..p.data.len().min(MAX_FRAME)];
+                if frame.len() < p.data.len() {
+                    truncated += 1;
+                }
+                let k = kernel
+                    .classify(frame)
+                    .unwrap_or_else(|e| panic!("test run of {}: {e}", p.name));
+                let r = reference.classify(frame, md);
+                checked += 1;
+                *by_reason
+                    .entry(edge_filter::counters::reason_name(r.reason))
+                    .or_default() += 1;
+                expected[r.reason as usize].0 += 1;
+                expected[r.reason as usize].1 += frame.len() as u64;
+                if let Some(what) = compare(&k, &r, &reference, &ids) {
+                    mismatches.push(Mismatch {
+                        set: set_name.clone(),
+                        malformed_drop: md,
+                        packet: p.name.clone(),
+                        what,
+                        hex: hex(frame),
+                    });
+                }
+            }
+            // The per-reason counters must have moved by exactly what the
+            // reference expects.
+            let after = kernel.maps().counters().expect("counters");
+            for (i, (pk, by)) in expected.iter().enumerate() {
+                let dp = after[i].packets - before[i].packets;
+                let db = after[i].bytes - before[i].bytes;
+                assert_eq!(
+                    (dp, db),
+                    (*pk, *by),
+                    "set {set_name} (malformed_drop={md}): counter {} moved by {dp} packets/{db} bytes, expected {pk}/{by}",
+                    edge_filter::counters::reason_name(i as u32)
+                );
+            }
+        }
+    }
+    println!(
+        "differential: {checked} packet verdicts checked over {} entry-set runs ({} distinct packets; fixed seed {FIXED_SEED:#x}, fresh seed {fresh_seed:#x}); {} disagreements",
+        sets.len() + 2,
+        all.len(),
+        mismatches.len()
+    );
+    println!(
+        "  {untestable} frame runs shorter than 14 bytes not runnable in the kernel; {truncated} frame runs longer than {MAX_FRAME} bytes cut to the linear part"
+    );
+    for (r, n) in &by_reason {
+        println!("  {r}: {n}");
+    }
+    if !mismatches.is_empty() {
+        for m in mismatches.iter().take(25) {
+            eprintln!(
+                "MISMATCH set={} malformed_drop={} packet={}: {}\n  frame: {}",
+                m.set, m.malformed_drop, m.packet, m.what, m.hex
+            );
+        }
+        panic!(
+            "{} disagreements between the kernel and the reference (first 25 above); fresh seed was {fresh_seed:#x} (rerun with EDGE_FILTER_SEED={fresh_seed:#x})",
+            mismatches.len()
+        );
+    }
+    // Every reason class the corpus can reach must have been reached, so the
+    // test cannot pass by never exercising a path.
+    for must in [
+        "pass_no_match",
+        "pass_allowlist",
+        "pass_non_ip",
+        "drop_addr",
+        "drop_prefix",
+        "drop_addr_port",
+        "drop_prefix_port",
+        "monitor_addr",
+        "monitor_prefix",
+        "monitor_addr_port",
+        "monitor_prefix_port",
+    ] {
+        assert!(
+            by_reason.get(must).copied().unwrap_or(0) > 0,
+            "no packet was classified {must}: the corpus or the entry sets lost coverage"
+        );
+    }
+    for class in abi::MalformedClass::ALL {
+        for d in ["pass", "drop"] {
+            let name = format!("malformed_{d}_{}", class.name());
+            assert!(
+                by_reason.get(&name).copied().unwrap_or(0) > 0,
+                "no packet was classified {name}: the generated corpus lost coverage"
+            );
+        }
+    }
+}
