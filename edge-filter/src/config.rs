@@ -1,1 +1,1391 @@
-//! (in progress)
+//! The agent's TOML configuration (`edge-filter run --config FILE`).
+//!
+//! Every table denies unknown keys: a misspelt option is an error naming the
+//! file, line and key, never a silently ignored setting (on a filter that
+//! decides what traffic passes, "I thought I had turned that on" is the
+//! expensive failure). After parsing, [`Config::validate`] checks what the
+//! types cannot (unique names, allowlist feeds that exist and are allow
+//! feeds, ranges) and reports every problem at once, so one edit fixes them
+//! all.
+//!
+//! See `examples/edge-filter.toml` for every option with its default.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+
+use crate::attach::Mode;
+use crate::entry::{Action, Proto, Side};
+use crate::feeds::csv::{Column, CsvMapping, ProtoSpec};
+use crate::feeds::{self, FeedLimits, FeedOptions, Format};
+use crate::program::Capacities;
+
+/// Where the agent keeps last-known-good feed contents and guard state.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/edge-filter";
+
+/// Why a configuration was not accepted. Every variant names the file.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Not TOML, or TOML that does not fit the schema (unknown key, wrong
+    /// type, missing required key, bad value).
+    #[error("{file}:{line}:{column}: {message}{}", context.as_ref().map(|c| format!(" (at `{c}`)")).unwrap_or_default())]
+    Syntax {
+        /// The file.
+        file: String,
+        /// 1-based line of the offending key or value (0 when unknown).
+        line: usize,
+        /// 1-based column (0 when unknown).
+        column: usize,
+        /// What is wrong.
+        message: String,
+        /// The offending line, trimmed (so the key is always named).
+        context: Option<String>,
+    },
+    /// Well-formed but inconsistent or out of range; every problem found.
+    #[error("{file}: {}", problems.join("; "))]
+    Invalid {
+        /// The file.
+        file: String,
+        /// One message per problem, each naming the key or feed.
+        problems: Vec<String>,
+    },
+}
+
+/// What to do with malformed IP packets (see docs/semantics.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Malformed {
+    /// Let them through (counted by class).
+    #[default]
+    Pass,
+    /// Drop them (counted by class).
+    Drop,
+}
+
+/// One interface to filter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    /// Interface name (`eth1`).
+    pub name: String,
+    /// Attach mode; default `auto` (native, else generic with a warning).
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// Input limits of every feed, and how feeds are fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted feed (file or HTTP body), in bytes; an integer or a
+    /// string with a unit (`"64MiB"`, `"500kB"`). Default 64 MiB.
+    #[serde(deserialize_with = "de_bytes")]
+    pub max_bytes: usize,
+    /// Most entries one feed may produce. Default 1,000,000.
+    pub max_entries: usize,
+    /// Longest accepted line of a line-based format. Default 4096.
+    pub max_line_len: usize,
+    /// Timeout of one HTTP fetch attempt (connect to last byte). Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries of a failed HTTP fetch (with backoff) before the refresh is
+    /// counted as failed. Default 3.
+    pub retries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let f = FeedLimits::default();
+        Limits {
+            max_bytes: f.max_bytes,
+            max_entries: f.max_entries,
+            max_line_len: f.max_line_len,
+            timeout: Duration::from_secs(30),
+            retries: 3,
+        }
+    }
+}
+
+impl Limits {
+    /// The parser's view of these limits.
+    pub fn feed_limits(&self) -> FeedLimits {
+        FeedLimits {
+            max_bytes: self.max_bytes,
+            max_entries: self.max_entries,
+            max_line_len: self.max_line_len,
+        }
+    }
+}
+
+/// Guards against a broken or hostile feed blocking too much or unblocking
+/// too much at once.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Safety {
+    /// An update that removes more than this fraction of a feed's entries
+    /// is held (a truncated download looks exactly like this). In (0, 1];
+    /// 1 never holds. Default 0.5.
+    pub max_shrink: f64,
+    /// A held shrink is applied once it has been seen on this many
+    /// consecutive refreshes (the first sighting counts). At least 1.
+    /// Default 3.
+    pub hold_refreshes: u32,
+    /// IPv4 prefixes shorter than this are rejected unless the feed has
+    /// `allow_broad`. Default 8.
+    pub broadest_v4: u8,
+    /// IPv6 prefixes shorter than this are rejected unless the feed has
+    /// `allow_broad`. Default 32.
+    pub broadest_v6: u8,
+}
+
+impl Default for Safety {
+    fn default() -> Self {
+        Safety {
+            max_shrink: 0.5,
+            hold_refreshes: 3,
+            broadest_v4: 8,
+            broadest_v6: 32,
+        }
+    }
+}
+
+impl Safety {
+    /// Whether `net` is broader than the limit of its family.
+    pub fn too_broad(&self, net: &IpNet) -> bool {
+        match net {
+            IpNet::V4(n) => n.prefix_len() < self.broadest_v4,
+            IpNet::V6(n) => n.prefix_len() < self.broadest_v6,
+        }
+    }
+
+    /// The limit for `net`'s family (for messages).
+    pub fn broadest_for(&self, net: &IpNet) -> u8 {
+        match net {
+            IpNet::V4(_) => self.broadest_v4,
+            IpNet::V6(_) => self.broadest_v6,
+        }
+    }
+}
+
+/// Sources that always pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllowlistConfig {
+    /// Inline addresses and prefixes (normalised: host bits cleared).
+    #[serde(deserialize_with = "de_nets")]
+    pub entries: Vec<IpNet>,
+    /// Feeds whose role is `allow`. Listing them here as well as setting
+    /// their role is deliberate: a feed can only unblock traffic when both
+    /// say so.
+    pub feeds: Vec<String>,
+}
+
+/// Whether a feed blocks or allows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Its entries are block (or monitor) entries.
+    #[default]
+    Block,
+    /// Its addresses and prefixes join the allowlist.
+    Allow,
+}
+
+impl Role {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Block => "block",
+            Role::Allow => "allow",
+        }
+    }
+}
+
+/// Where a feed comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Source {
+    /// A local file (`file:/etc/edge-filter/feeds/x.txt`; a relative path is
+    /// relative to the configuration file's directory).
+    File(PathBuf),
+    /// An `http://` or `https://` URL.
+    Http(String),
+}
+
+impl Source {
+    /// A file name for [`feeds::detect_format`]: the path, or the URL's path
+    /// without query (its extension is a hint).
+    pub fn format_hint(&self) -> PathBuf {
+        match self {
+            Source::File(p) => p.clone(),
+            Source::Http(url) => {
+                let no_query = url.split(['?', '#']).next().unwrap_or("");
+                let path = no_query
+                    .split_once("://")
+                    .map_or("", |(_, rest)| rest)
+                    .split_once('/')
+                    .map_or("", |(_, p)| p);
+                PathBuf::from(path)
+            }
+        }
+    }
+
+    /// Whether fetching it needs the network.
+    pub fn is_http(&self) -> bool {
+        matches!(self, Source::Http(_))
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "file:{}", p.display()),
+            Source::Http(u) => f.write_str(u),
+        }
+    }
+}
+
+impl FromStr for Source {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
+        if let Some(rest) = s.strip_prefix("file:") {
+            // `file:///p` is the URL spelling of `file:/p`; a host is not.
+            let path = match rest.strip_prefix("//") {
+                Some(r) if r.starts_with('/') => r,
+                Some(_) => {
+                    return Err(format!(
+                        "source '{s}': a file: URL with a host is not supported (use file:/path)"
+                    ));
+                }
+                None => rest,
+            };
+            if path.is_empty() {
+                return Err(format!("source '{s}': file: needs a path"));
+            }
+            return Ok(Source::File(PathBuf::from(path)));
+        }
+        for scheme in ["http://", "https://"] {
+            if lower.starts_with(scheme) {
+                let rest = &s[scheme.len()..];
+                let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+                if host.is_empty() {
+                    return Err(format!("source '{s}': URL has no host"));
+                }
+                if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(format!("source '{s}': URL contains whitespace"));
+                }
+                return Ok(Source::Http(s.to_string()));
+            }
+        }
+        Err(format!(
+            "source '{s}' is not supported (use file:/path, http://... or https://...)"
+        ))
+    }
+}
+
+impl TryFrom<String> for Source {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Source> for String {
+    fn from(s: Source) -> String {
+        s.to_string()
+    }
+}
+
+/// A feed's format: named, or detected from its name and first bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum FeedFormat {
+    /// [`feeds::detect_format`] on every fetch.
+    #[default]
+    Auto,
+    /// Always this format.
+    Fixed(Format),
+}
+
+impl FeedFormat {
+    /// The format to parse `bytes` with (`hint`: see [`Source::format_hint`]).
+    pub fn resolve(self, hint: &Path, bytes: &[u8]) -> Format {
+        match self {
+            FeedFormat::Auto => feeds::detect_format(hint, bytes),
+            FeedFormat::Fixed(f) => f,
+        }
+    }
+
+    /// Whether `format` may be what this resolves to.
+    fn admits(self, format: Format) -> bool {
+        self == FeedFormat::Auto || self == FeedFormat::Fixed(format)
+    }
+}
+
+impl fmt::Display for FeedFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FeedFormat::Auto => f.write_str("auto"),
+            FeedFormat::Fixed(x) => f.write_str(x.name()),
+        }
+    }
+}
+
+impl TryFrom<String> for FeedFormat {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s.eq_ignore_ascii_case("auto") {
+            Ok(FeedFormat::Auto)
+        } else {
+            s.parse().map(FeedFormat::Fixed)
+        }
+    }
+}
+
+impl From<FeedFormat> for String {
+    fn from(f: FeedFormat) -> String {
+        f.to_string()
+    }
+}
+
+/// A CSV column in the config: a header name (`"dst_ip"`) or a 0-based
+/// position (`1`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsvColumn(pub Column);
+
+impl<'de> Deserialize<'de> for CsvColumn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = CsvColumn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a column name or a 0-based column index")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CsvColumn, E> {
+                if v.trim().is_empty() {
+                    return Err(E::custom("column name is empty"));
+                }
+                Ok(CsvColumn(Column::name(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<CsvColumn, E> {
+                usize::try_from(v)
+                    .map(|i| CsvColumn(Column::Index(i)))
+                    .map_err(|_| E::custom(format!("column index {v} is negative")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<CsvColumn, E> {
+                Ok(CsvColumn(Column::Index(v as usize)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for CsvColumn {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Column::Name(n) => s.serialize_str(n),
+            Column::Index(i) => s.serialize_u64(*i as u64),
+        }
+    }
+}
+
+/// `[feed.csv]`: the config form of [`CsvMapping`] (which the parser owns
+/// and keeps free of serde).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvConfig {
+    /// Address or prefix column (required).
+    pub ip_column: CsvColumn,
+    /// Port column; absent: address-only entries.
+    #[serde(default)]
+    pub port_column: Option<CsvColumn>,
+    /// Protocol of every port entry (`tcp` or `udp`).
+    #[serde(default)]
+    pub proto: Option<Proto>,
+    /// Column holding `tcp`/`udp` (instead of `proto`). Neither: a port
+    /// yields a TCP and a UDP entry.
+    #[serde(default)]
+    pub proto_column: Option<CsvColumn>,
+    /// Indicator column (malware family, id, ...).
+    #[serde(default)]
+    pub indicator_column: Option<CsvColumn>,
+    /// Confidence column (0-100).
+    #[serde(default)]
+    pub confidence_column: Option<CsvColumn>,
+    /// Start-of-validity column.
+    #[serde(default)]
+    pub valid_from_column: Option<CsvColumn>,
+    /// End-of-validity column.
+    #[serde(default)]
+    pub expires_column: Option<CsvColumn>,
+    /// Free-text column.
+    #[serde(default)]
+    pub description_column: Option<CsvColumn>,
+    /// Which packet port the port column is (`src`: the remote endpoint's
+    /// port, as for C2 servers; `dst`: a local service). Default `src`.
+    #[serde(default)]
+    pub side: Side,
+    /// Field separator, one ASCII character. Default `,`.
+    #[serde(
+        default = "default_delimiter",
+        deserialize_with = "de_delimiter",
+        serialize_with = "ser_delimiter"
+    )]
+    pub delimiter: u8,
+}
+
+impl CsvConfig {
+    /// The parser's mapping.
+    pub fn mapping(&self) -> CsvMapping {
+        let col = |c: &Option<CsvColumn>| c.as_ref().map(|c| c.0.clone());
+        CsvMapping {
+            ip_column: self.ip_column.0.clone(),
+            port_column: col(&self.port_column),
+            proto: match (&self.proto, &self.proto_column) {
+                (Some(p), _) => Some(ProtoSpec::Fixed(*p)),
+                (None, Some(c)) => Some(ProtoSpec::Column(c.0.clone())),
+                (None, None) => None,
+            },
+            indicator_column: col(&self.indicator_column),
+            confidence_column: col(&self.confidence_column),
+            valid_from_column: col(&self.valid_from_column),
+            expires_column: col(&self.expires_column),
+            description_column: col(&self.description_column),
+            side: self.side,
+            delimiter: self.delimiter,
+        }
+    }
+}
+
+/// One `[[feed]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Unique name, `[a-z0-9_-]`, 1-64 characters (it names state files).
+    pub name: String,
+    /// `file:/path` or an `http(s)://` URL.
+    pub source: Source,
+    /// `auto` (default) or a format name.
+    #[serde(default)]
+    pub format: FeedFormat,
+    /// How often to fetch (HTTP) or check for changes (files). Default 5m.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+    /// Action of entries whose input does not say. Default `drop`.
+    #[serde(default = "default_action")]
+    pub action: Action,
+    /// Entries with a confidence below this become `monitor`; entries
+    /// without a confidence are not affected.
+    #[serde(default, deserialize_with = "de_percent")]
+    pub confidence_threshold: Option<u8>,
+    /// Entries without their own expiry expire this long after the feed
+    /// last asserted them (its last successful fetch).
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Accept prefixes broader than `[safety]` allows from this feed.
+    #[serde(default)]
+    pub allow_broad: bool,
+    /// `block` (default) or `allow`.
+    #[serde(default)]
+    pub role: Role,
+    /// Column mapping for CSV feeds; absent: recognised from the header.
+    #[serde(default)]
+    pub csv: Option<CsvConfig>,
+    /// STIX: block `url:value` indicators whose host is an IP literal, as a
+    /// TCP address+port entry. Default false (broader than the URL).
+    #[serde(default)]
+    pub url_ip_hosts: bool,
+}
+
+impl FeedConfig {
+    /// How to parse this feed under `limits`.
+    pub fn feed_options(&self, limits: &Limits) -> FeedOptions {
+        FeedOptions {
+            limits: limits.feed_limits(),
+            now: None,
+            action: self.action,
+            csv: self.csv.as_ref().map(CsvConfig::mapping),
+            url_ip_hosts: self.url_ip_hosts,
+        }
+    }
+
+    /// Whether the feed's addresses join the allowlist.
+    pub fn is_allow(&self) -> bool {
+        self.role == Role::Allow
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Last-known-good feeds and guard state. Default `/var/lib/edge-filter`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Root of the bpffs pins. Default `/sys/fs/bpf/edge-filter`.
+    #[serde(default = "default_bpffs")]
+    pub bpffs: PathBuf,
+    /// How often the maps are compared with the desired state (repairing
+    /// drift). Default 30s.
+    #[serde(default = "default_reconcile", with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// Malformed IP packets: `pass` (default) or `drop`.
+    #[serde(default)]
+    pub malformed: Malformed,
+    /// `[[interface]]`: at least one.
+    #[serde(rename = "interface", default)]
+    pub interfaces: Vec<InterfaceConfig>,
+    /// `[capacities]`: map sizes.
+    #[serde(default)]
+    pub capacities: Capacities,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: Limits,
+    /// `[safety]`.
+    #[serde(default)]
+    pub safety: Safety,
+    /// `[allowlist]`.
+    #[serde(default)]
+    pub allowlist: AllowlistConfig,
+    /// `[[feed]]`.
+    #[serde(rename = "feed", default)]
+    pub feeds: Vec<FeedConfig>,
+}
+
+impl Config {
+    /// Read, parse and validate `path`. Relative `file:` sources are made
+    /// relative to the file's directory (the agent's working directory is
+    /// usually `/`, not where the config lives).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        load(path)
+    }
+
+    /// Parse and validate `text`; `name` labels errors. Relative `file:`
+    /// sources stay relative (to the working directory).
+    pub fn from_str_named(text: &str, name: &str) -> Result<Config, ConfigError> {
+        Self::parse(text, name, None)
+    }
+
+    fn parse(text: &str, name: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| syntax(name, text, &e))?;
+        if let Some(base) = base {
+            for f in &mut cfg.feeds {
+                if let Source::File(p) = &mut f.source
+                    && p.is_relative()
+                {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                file: name.to_string(),
+                problems,
+            })
+        }
+    }
+
+    /// Every consistency or range problem (empty when valid).
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.interfaces.is_empty() {
+            p.push("at least one [[interface]] is required".to_string());
+        }
+        let mut ifaces = BTreeSet::new();
+        for i in &self.interfaces {
+            if !valid_ifname(&i.name) {
+                p.push(format!(
+                    "interface name '{}' is invalid (1-15 characters, no '/', ':' or whitespace)",
+                    i.name
+                ));
+            } else if !ifaces.insert(i.name.as_str()) {
+                p.push(format!("interface '{}' is listed twice", i.name));
+            }
+        }
+        if self.reconcile_interval.is_zero() {
+            p.push("reconcile_interval must be greater than zero".to_string());
+        }
+        let l = &self.limits;
+        for (key, zero) in [
+            ("max_bytes", l.max_bytes == 0),
+            ("max_entries", l.max_entries == 0),
+            ("max_line_len", l.max_line_len == 0),
+            ("timeout", l.timeout.is_zero()),
+        ] {
+            if zero {
+                p.push(format!("[limits] {key} must be greater than zero"));
+            }
+        }
+        let s = &self.safety;
+        if !(s.max_shrink > 0.0 && s.max_shrink <= 1.0) {
+            p.push(format!(
+                "[safety] max_shrink = {} is out of range (more than 0, at most 1)",
+                s.max_shrink
+            ));
+        }
+        if s.hold_refreshes == 0 {
+            p.push("[safety] hold_refreshes must be at least 1".to_string());
+        }
+        if s.broadest_v4 > 32 {
+            p.push(format!(
+                "[safety] broadest_v4 = {} is out of range (0-32)",
+                s.broadest_v4
+            ));
+        }
+        if s.broadest_v6 > 128 {
+            p.push(format!(
+                "[safety] broadest_v6 = {} is out of range (0-128)",
+                s.broadest_v6
+            ));
+        }
+        let mut by_name: BTreeMap<&str, &FeedConfig> = BTreeMap::new();
+        for f in &self.feeds {
+            if !valid_feed_name(&f.name) {
+                p.push(format!(
+                    "feed name '{}' is invalid (1-64 characters of a-z, 0-9, '_', '-')",
+                    f.name
+                ));
+            } else if f.name == "inline" {
+                p.push(
+                    "feed name 'inline' is reserved (it labels [allowlist] entries)".to_string(),
+                );
+            } else if by_name.insert(&f.name, f).is_some() {
+                p.push(format!("feed '{}' is defined twice", f.name));
+            }
+            p.extend(feed_problems(f).into_iter().map(|m| format!("feed '{}': {m}", f.name)));
+        }
+        let mut listed = BTreeSet::new();
+        for name in &self.allowlist.feeds {
+            if !listed.insert(name.as_str()) {
+                p.push(format!("[allowlist] feeds lists '{name}' twice"));
+                continue;
+            }
+            match by_name.get(name.as_str()) {
+                None => p.push(format!(
+                    "[allowlist] feeds names '{name}', which is not a [[feed]]"
+                )),
+                Some(f) if !f.is_allow() => p.push(format!(
+                    "[allowlist] feeds names '{name}', whose role is \"{}\" (set role = \"allow\" on that feed)",
+                    f.role.name()
+                )),
+                Some(_) => {}
+            }
+        }
+        for f in by_name.values().filter(|f| f.is_allow()) {
+            if !listed.contains(f.name.as_str()) {
+                p.push(format!(
+                    "feed '{}' has role = \"allow\" but is not listed in [allowlist] feeds (list it there to confirm it may unblock traffic)",
+                    f.name
+                ));
+            }
+        }
+        p
+    }
+
+    /// The feed called `name`.
+    pub fn feed(&self, name: &str) -> Option<&FeedConfig> {
+        self.feeds.iter().find(|f| f.name == name)
+    }
+
+    /// Whether malformed packets are dropped.
+    pub fn malformed_drop(&self) -> bool {
+        self.malformed == Malformed::Drop
+    }
+}
+
+/// Read, parse and validate the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: name.clone(),
+        source,
+    })?;
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+    Config::parse(&text, &name, base)
+}
+
+/// Problems of one feed on its own (prefixed with the feed by the caller).
+fn feed_problems(f: &FeedConfig) -> Vec<String> {
+    let mut p = Vec::new();
+    if f.refresh.is_zero() {
+        p.push("refresh must be greater than zero".to_string());
+    }
+    if f.ttl.is_some_and(|t| t.is_zero()) {
+        p.push("ttl must be greater than zero".to_string());
+    }
+    if let Some(csv) = &f.csv {
+        if !f.format.admits(Format::Csv) {
+            p.push(format!(
+                "a csv mapping is given but format is \"{}\" (use \"csv\" or \"auto\")",
+                f.format
+            ));
+        }
+        if csv.proto.is_some() && csv.proto_column.is_some() {
+            p.push("csv: give proto or proto_column, not both".to_string());
+        }
+    }
+    if f.url_ip_hosts && !f.format.admits(Format::Stix) {
+        p.push(format!(
+            "url_ip_hosts applies to STIX only but format is \"{}\"",
+            f.format
+        ));
+    }
+    if f.is_allow() && f.confidence_threshold.is_some() {
+        p.push("confidence_threshold has no effect on an allow feed".to_string());
+    }
+    p
+}
+
+/// Linux interface names: at most IFNAMSIZ - 1 bytes, no '/', ':' or space.
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+}
+
+/// Feed names end up in file names and log lines: keep them boring.
+fn valid_feed_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A toml error as file:line:column plus the offending line.
+fn syntax(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, column, context) = match e.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let before = &text[..start];
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = text[line_start..start].chars().count() + 1;
+            let line_text = text[line_start..].lines().next().unwrap_or("").trim();
+            let context = (!line_text.is_empty()).then(|| crate::blocklist::clip(line_text, 120));
+            (line, column, context)
+        }
+        None => (0, 0, None),
+    };
+    ConfigError::Syntax {
+        file: file.to_string(),
+        line,
+        column,
+        message: e.message().trim().to_string(),
+        context,
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+fn default_bpffs() -> PathBuf {
+    PathBuf::from(crate::paths::DEFAULT_ROOT)
+}
+
+fn default_reconcile() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_action() -> Action {
+    Action::Drop
+}
+
+fn default_delimiter() -> u8 {
+    b','
+}
+
+/// Inline allowlist entries, parsed like blocklist addresses (a bare
+/// address is a /32 or /128) and normalised.
+fn de_nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts
+        .iter()
+        .map(|t| {
+            crate::blocklist::parse_net(t.trim())
+                .map(|n| n.trunc())
+                .map_err(|e| serde::de::Error::custom(format!("allowlist entry '{t}': {e}")))
+        })
+        .collect()
+}
+
+/// 0-100.
+fn de_percent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    let v = i64::deserialize(d)?;
+    match u8::try_from(v) {
+        Ok(n) if n <= 100 => Ok(Some(n)),
+        _ => Err(serde::de::Error::custom(format!(
+            "confidence_threshold {v} is out of range (0-100)"
+        ))),
+    }
+}
+
+/// One ASCII character.
+fn de_delimiter<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_bytes() {
+        [b] if b.is_ascii() && *b != b'"' && *b != b'\n' && *b != b'\r' => Ok(*b),
+        _ => Err(serde::de::Error::custom(format!(
+            "delimiter '{}' must be one ASCII character other than '\"' or a newline",
+            s.escape_debug()
+        ))),
+    }
+}
+
+fn ser_delimiter<S: Serializer>(b: &u8, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&(*b as char).to_string())
+}
+
+/// A byte count: an integer, or a string with a unit (`B`, `kB`/`KB`,
+/// `MB`, `GB` powers of 1000; `KiB`, `MiB`, `GiB` powers of 1024).
+fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = usize;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a byte count (integer, or a string like \"64MiB\")")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::custom(format!("byte count {v} is negative")))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::custom(format!("byte count {v} is too large")))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<usize, E> {
+            parse_bytes(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// See [`de_bytes`].
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "invalid byte count '{text}' (units: B, kB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("invalid byte count '{text}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest valid config, plus `extra`.
+    fn cfg(extra: &str) -> Result<Config, ConfigError> {
+        let text = format!("[[interface]]\nname = \"eth1\"\n{extra}");
+        Config::from_str_named(&text, "test.toml")
+    }
+
+    fn err(extra: &str) -> String {
+        cfg(extra).expect_err("should be rejected").to_string()
+    }
+
+    fn problems(extra: &str) -> Vec<String> {
+        match cfg(extra) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg("").unwrap();
+        assert_eq!(c.state_dir, Path::new("/var/lib/edge-filter"));
+        assert_eq!(c.bpffs, Path::new(crate::paths::DEFAULT_ROOT));
+        assert_eq!(c.reconcile_interval, Duration::from_secs(30));
+        assert_eq!(c.malformed, Malformed::Pass);
+        assert!(!c.malformed_drop());
+        assert_eq!(c.interfaces[0].mode, Mode::Auto);
+        assert_eq!(c.capacities, Capacities::default());
+        assert_eq!(c.limits.feed_limits(), FeedLimits::default());
+        assert_eq!(c.limits.timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.retries, 3);
+        assert_eq!(c.safety, Safety::default());
+        assert_eq!(c.safety.max_shrink, 0.5);
+        assert_eq!(c.safety.hold_refreshes, 3);
+        assert_eq!((c.safety.broadest_v4, c.safety.broadest_v6), (8, 32));
+        assert!(c.allowlist.entries.is_empty() && c.feeds.is_empty());
+    }
+
+    #[test]
+    fn a_feed_with_defaults_and_options() {
+        let c = cfg(r#"
+[[feed]]
+name = "drop"
+source = "file:/etc/edge-filter/feeds/drop.txt"
+
+[[feed]]
+name = "c2-csv"
+source = "https://example.net/feeds/c2.csv?key=1"
+format = "csv"
+refresh = "1h 30m"
+action = "monitor"
+confidence_threshold = 80
+ttl = "7d"
+allow_broad = true
+csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimiter = ";" }
+"#)
+        .unwrap();
+        let d = &c.feeds[0];
+        assert_eq!(d.source, Source::File("/etc/edge-filter/feeds/drop.txt".into()));
+        assert_eq!(d.format, FeedFormat::Auto);
+        assert_eq!(d.refresh, Duration::from_secs(300));
+        assert_eq!(d.action, Action::Drop);
+        assert_eq!((d.confidence_threshold, d.ttl), (None, None));
+        assert!(!d.allow_broad && !d.url_ip_hosts && d.csv.is_none());
+        assert_eq!(d.role, Role::Block);
+        let f = &c.feeds[1];
+        assert_eq!(
+            f.source,
+            Source::Http("https://example.net/feeds/c2.csv?key=1".into())
+        );
+        assert_eq!(f.source.format_hint(), Path::new("feeds/c2.csv"));
+        assert_eq!(f.format, FeedFormat::Fixed(Format::Csv));
+        assert_eq!(f.refresh, Duration::from_secs(5400));
+        assert_eq!(f.ttl, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(f.confidence_threshold, Some(80));
+        let o = f.feed_options(&c.limits);
+        assert_eq!(o.action, Action::Monitor);
+        assert_eq!(o.limits, FeedLimits::default());
+        let m = o.csv.unwrap();
+        assert_eq!(m.ip_column, Column::name("ip"));
+        assert_eq!(m.port_column, Some(Column::Index(2)));
+        assert_eq!(m.proto, Some(ProtoSpec::Fixed(Proto::Udp)));
+        assert_eq!((m.side, m.delimiter), (Side::Dst, b';'));
+        assert_eq!(
+            c.feed("c2-csv").map(|f| f.source.to_string()).as_deref(),
+            Some("https://example.net/feeds/c2.csv?key=1")
+        );
+    }
+
+    #[test]
+    fn sources() {
+        let ok = |s: &str| s.parse::<Source>().unwrap();
+        assert_eq!(ok("file:/a/b"), Source::File("/a/b".into()));
+        assert_eq!(ok("file:///a/b"), Source::File("/a/b".into()));
+        assert_eq!(ok("file:rel/x.txt"), Source::File("rel/x.txt".into()));
+        assert_eq!(ok("HTTP://h/x"), Source::Http("HTTP://h/x".into()));
+        assert_eq!(ok("file:/a/b").to_string(), "file:/a/b");
+        let bad = |s: &str| s.parse::<Source>().unwrap_err();
+        assert_eq!(
+            bad("/etc/x"),
+            "source '/etc/x' is not supported (use file:/path, http://... or https://...)"
+        );
+        assert_eq!(bad("file:"), "source 'file:' needs a path".replace("' ", "': file: "));
+        assert_eq!(bad("https:///x"), "source 'https:///x': URL has no host");
+        assert_eq!(
+            bad("file://host/x"),
+            "source 'file://host/x': a file: URL with a host is not supported (use file:/path)"
+        );
+        assert_eq!(bad("ftp://h/x").split(' ').nth(2), Some("is"));
+    }
+
+    #[test]
+    fn relative_file_sources_follow_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("ef-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"a\"\nsource = \"file:feeds/a.txt\"\n[[feed]]\nname = \"b\"\nsource = \"file:/abs/b.txt\"\n",
+        )
+        .unwrap();
+        let c = load(&path).unwrap();
+        assert_eq!(c.feeds[0].source, Source::File(dir.join("feeds/a.txt")));
+        assert_eq!(c.feeds[1].source, Source::File("/abs/b.txt".into()));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let missing = dir.join("nope.toml");
+        let e = load(&missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: cannot read: ", missing.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_key() {
+        assert_eq!(
+            err("\n[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nrefesh = \"5m\"\n"),
+            "test.toml:6:1: unknown field `refesh`, expected one of `name`, `source`, `format`, \
+             `refresh`, `action`, `confidence_threshold`, `ttl`, `allow_broad`, `role`, `csv`, \
+             `url_ip_hosts` (at `refesh = \"5m\"`)"
+        );
+        let e = err("[safety]\nmax_shrnk = 0.2\n");
+        assert!(
+            e.starts_with("test.toml:4:1: unknown field `max_shrnk`"),
+            "{e}"
+        );
+        let e = err("[capacities]\naddr_v5 = 1\n");
+        assert!(e.starts_with("test.toml:4:1: unknown field `addr_v5`"), "{e}");
+        let e = Config::from_str_named("stat_dir = \"/x\"\n", "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:1:1: unknown field `stat_dir`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_line() {
+        assert_eq!(
+            err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nformat = \"xml\"\n"),
+            "test.toml:6:10: unknown feed format 'xml' (expected auto or one of plain, spamhaus, \
+             csv, stix, jsonl, tor, ipsum, alienvault) (at `format = \"xml\"`)"
+        );
+        assert_eq!(
+            err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nconfidence_threshold = 150\n"),
+            "test.toml:6:24: confidence_threshold 150 is out of range (0-100) \
+             (at `confidence_threshold = 150`)"
+        );
+        let e = err("[[feed]]\nname = \"a\"\nsource = \"gopher://x\"\n");
+        assert!(
+            e.starts_with("test.toml:5:10: source 'gopher://x' is not supported"),
+            "{e}"
+        );
+        let e = err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nrefresh = \"soon\"\n");
+        assert!(e.starts_with("test.toml:6:11: "), "{e}");
+        assert!(e.ends_with("(at `refresh = \"soon\"`)"), "{e}");
+        assert_eq!(
+            err("[allowlist]\nentries = [\"192.0.2.0/24\", \"bogus\"]\n"),
+            "test.toml:4:11: allowlist entry 'bogus': invalid address 'bogus' \
+             (at `entries = [\"192.0.2.0/24\", \"bogus\"]`)"
+                .replace(
+                    "invalid address 'bogus'",
+                    &crate::blocklist::parse_net("bogus").unwrap_err().to_string()
+                )
+        );
+        let e = err("[[interface]]\nname = \"eth2\"\nmode = \"fast\"\n");
+        assert!(e.starts_with("test.toml:5:8: unknown variant `fast`"), "{e}");
+        let e = err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nrole = \"deny\"\n");
+        assert!(e.starts_with("test.toml:6:8: unknown variant `deny`"), "{e}");
+        let e = err("[[feed]]\nname = \"a\"\n");
+        assert!(e.contains("missing field `source`"), "{e}");
+        let e = err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\ncsv = { ip_column = -1 }\n");
+        assert!(e.contains("column index -1 is negative"), "{e}");
+        let e = err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\ncsv = { ip_column = 0, delimiter = \"::\" }\n");
+        assert!(e.contains("delimiter '::' must be one ASCII character"), "{e}");
+        let e = err("[limits]\nmax_bytes = \"12 parsecs\"\n");
+        assert!(
+            e.contains("invalid byte count '12 parsecs' (units: B, kB, MB, GB, KiB, MiB, GiB)"),
+            "{e}"
+        );
+        let e = Config::from_str_named("[[interface]\n", "c.toml").unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { line: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("500 kB"), Ok(500_000));
+        assert_eq!(parse_bytes("7"), Ok(7));
+        assert_eq!(parse_bytes("1GB"), Ok(1_000_000_000));
+        assert!(parse_bytes("MiB").is_err());
+        let c = cfg("[limits]\nmax_bytes = \"2MiB\"\nmax_entries = 10\nmax_line_len = 100\ntimeout = \"5s\"\nretries = 0\n").unwrap();
+        assert_eq!(
+            c.limits.feed_limits(),
+            FeedLimits {
+                max_bytes: 2 << 20,
+                max_entries: 10,
+                max_line_len: 100
+            }
+        );
+        assert_eq!((c.limits.timeout, c.limits.retries), (Duration::from_secs(5), 0));
+        assert_eq!(cfg("[limits]\nmax_bytes = 4096\n").unwrap().limits.max_bytes, 4096);
+    }
+
+    #[test]
+    fn validation_problems() {
+        let feed = |name: &str, extra: &str| {
+            format!("[[feed]]\nname = \"{name}\"\nsource = \"file:/f/{name}\"\n{extra}\n")
+        };
+        // Each case: config text, the one expected problem.
+        let cases: Vec<(String, &str)> = vec![
+            (
+                format!("{}{}", feed("a", ""), feed("a", "")),
+                "feed 'a' is defined twice",
+            ),
+            (
+                feed("Bad Name", ""),
+                "feed name 'Bad Name' is invalid (1-64 characters of a-z, 0-9, '_', '-')",
+            ),
+            (
+                feed("inline", ""),
+                "feed name 'inline' is reserved (it labels [allowlist] entries)",
+            ),
+            (
+                feed("a", "refresh = \"0s\""),
+                "feed 'a': refresh must be greater than zero",
+            ),
+            (
+                feed("a", "ttl = \"0s\""),
+                "feed 'a': ttl must be greater than zero",
+            ),
+            (
+                "[allowlist]\nfeeds = [\"nope\"]\n".to_string(),
+                "[allowlist] feeds names 'nope', which is not a [[feed]]",
+            ),
+            (
+                format!("[allowlist]\nfeeds = [\"a\"]\n{}", feed("a", "")),
+                "[allowlist] feeds names 'a', whose role is \"block\" (set role = \"allow\" on that feed)",
+            ),
+            (
+                feed("a", "role = \"allow\""),
+                "feed 'a' has role = \"allow\" but is not listed in [allowlist] feeds (list it there to confirm it may unblock traffic)",
+            ),
+            (
+                format!(
+                    "[allowlist]\nfeeds = [\"a\", \"a\"]\n{}",
+                    feed("a", "role = \"allow\"")
+                ),
+                "[allowlist] feeds lists 'a' twice",
+            ),
+            (
+                format!(
+                    "[allowlist]\nfeeds = [\"a\"]\n{}",
+                    feed("a", "role = \"allow\"\nconfidence_threshold = 50")
+                ),
+                "feed 'a': confidence_threshold has no effect on an allow feed",
+            ),
+            (
+                "[safety]\nmax_shrink = 0.0\n".to_string(),
+                "[safety] max_shrink = 0 is out of range (more than 0, at most 1)",
+            ),
+            (
+                "[safety]\nmax_shrink = 1.5\n".to_string(),
+                "[safety] max_shrink = 1.5 is out of range (more than 0, at most 1)",
+            ),
+            (
+                "[safety]\nmax_shrink = nan\n".to_string(),
+                "[safety] max_shrink = NaN is out of range (more than 0, at most 1)",
+            ),
+            (
+                "[safety]\nhold_refreshes = 0\n".to_string(),
+                "[safety] hold_refreshes must be at least 1",
+            ),
+            (
+                "[safety]\nbroadest_v4 = 33\n".to_string(),
+                "[safety] broadest_v4 = 33 is out of range (0-32)",
+            ),
+            (
+                "[safety]\nbroadest_v6 = 129\n".to_string(),
+                "[safety] broadest_v6 = 129 is out of range (0-128)",
+            ),
+            (
+                "[limits]\nmax_entries = 0\n".to_string(),
+                "[limits] max_entries must be greater than zero",
+            ),
+            (
+                "[limits]\ntimeout = \"0s\"\n".to_string(),
+                "[limits] timeout must be greater than zero",
+            ),
+            (
+                "reconcile_interval = \"0s\"\n".to_string(),
+                "reconcile_interval must be greater than zero",
+            ),
+            (
+                "[[interface]]\nname = \"eth1\"\n".to_string(),
+                "interface 'eth1' is listed twice",
+            ),
+            (
+                "[[interface]]\nname = \"a/b\"\n".to_string(),
+                "interface name 'a/b' is invalid (1-15 characters, no '/', ':' or whitespace)",
+            ),
+            (
+                feed("a", "format = \"plain\"\ncsv = { ip_column = 0 }"),
+                "feed 'a': a csv mapping is given but format is \"plain\" (use \"csv\" or \"auto\")",
+            ),
+            (
+                feed("a", "csv = { ip_column = 0, proto = \"tcp\", proto_column = 3 }"),
+                "feed 'a': csv: give proto or proto_column, not both",
+            ),
+            (
+                feed("a", "format = \"csv\"\nurl_ip_hosts = true"),
+                "feed 'a': url_ip_hosts applies to STIX only but format is \"csv\"",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(problems(&text), vec![expected.to_string()], "{text}");
+        }
+        // Placement of "reconcile_interval" above: a top-level key after the
+        // [[interface]] table would belong to it, so check it on its own.
+        let e = Config::from_str_named(
+            "reconcile_interval = \"0s\"\n[[interface]]\nname = \"e\"\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c.toml: reconcile_interval must be greater than zero"
+        );
+    }
+
+    #[test]
+    fn no_interface_and_several_problems_at_once() {
+        let e = Config::from_str_named(
+            "[safety]\nhold_refreshes = 0\n[[feed]]\nname = \"X\"\nsource = \"file:/x\"\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c.toml: at least one [[interface]] is required; \
+             [safety] hold_refreshes must be at least 1; \
+             feed name 'X' is invalid (1-64 characters of a-z, 0-9, '_', '-')"
+        );
+    }
+
+    #[test]
+    fn allowlist_and_allow_feed() {
+        let c = cfg(r#"
+[allowlist]
+entries = ["192.0.2.7/24", "2001:db8::1", "198.51.100.9"]
+feeds = ["resolvers"]
+
+[[feed]]
+name = "resolvers"
+source = "file:/etc/edge-filter/resolvers.txt"
+role = "allow"
+"#)
+        .unwrap();
+        let nets: Vec<String> = c.allowlist.entries.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["192.0.2.0/24", "2001:db8::1/128", "198.51.100.9/32"]);
+        assert!(c.feeds[0].is_allow());
+    }
+
+    #[test]
+    fn safety_breadth() {
+        let s = Safety::default();
+        let n = |t: &str| t.parse::<IpNet>().unwrap();
+        assert!(s.too_broad(&n("0.0.0.0/0")));
+        assert!(s.too_broad(&n("10.0.0.0/7")));
+        assert!(!s.too_broad(&n("10.0.0.0/8")));
+        assert!(s.too_broad(&n("2000::/31")));
+        assert!(!s.too_broad(&n("2001:db8::/32")));
+        assert_eq!(s.broadest_for(&n("2001:db8::/32")), 32);
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = Config::from_str_named(include_str!("../../examples/edge-filter.toml"), "ex")
+            .unwrap();
+        let text = toml::to_string(&c).unwrap();
+        let again = Config::from_str_named(&text, "again").unwrap();
+        assert_eq!(c, again);
+    }
+
+    /// The shipped example must always load: it documents every option.
+    #[test]
+    fn example_config_loads() {
+        let c = Config::from_str_named(
+            include_str!("../../examples/edge-filter.toml"),
+            "examples/edge-filter.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.interfaces.len(), 2);
+        assert!(c.malformed_drop());
+        assert!(c.feeds.iter().any(|f| f.source.is_http()));
+        assert!(c.feeds.iter().any(|f| f.csv.is_some()));
+        assert!(c.feeds.iter().any(|f| f.ttl.is_some()));
+        assert!(c.feeds.iter().any(|f| f.confidence_threshold.is_some()));
+        assert!(c.feeds.iter().any(|f| f.allow_broad));
+        assert!(c.feeds.iter().any(|f| f.url_ip_hosts));
+        assert!(c.feeds.iter().any(|f| f.is_allow()));
+        assert!(!c.allowlist.entries.is_empty());
+        // Every key of every table appears: the example is the reference.
+        let text = include_str!("../../examples/edge-filter.toml");
+        for key in [
+            "state_dir",
+            "bpffs",
+            "reconcile_interval",
+            "malformed",
+            "mode",
+            "addr_v4",
+            "addr_v6",
+            "prefix_v4",
+            "prefix_v6",
+            "port_v4",
+            "port_v6",
+            "allow ",
+            "max_bytes",
+            "max_entries",
+            "max_line_len",
+            "timeout",
+            "retries",
+            "max_shrink",
+            "hold_refreshes",
+            "broadest_v4",
+            "broadest_v6",
+            "entries",
+            "feeds",
+            "format",
+            "refresh",
+            "action",
+            "confidence_threshold",
+            "ttl",
+            "allow_broad",
+            "role",
+            "ip_column",
+            "port_column",
+            "proto ",
+            "proto_column",
+            "indicator_column",
+            "confidence_column",
+            "valid_from_column",
+            "expires_column",
+            "description_column",
+            "side",
+            "delimiter",
+            "url_ip_hosts",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start().trim_start_matches("# ").starts_with(key)),
+                "example does not mention {key}"
+            );
+        }
+    }
+}

@@ -1,1 +1,1381 @@
-//! (in progress)
+//! Feed transport: fetching a feed's bytes from a local file or over
+//! HTTP(S), only when it changed.
+//!
+//! [`Fetcher::fetch`] takes where the feed is ([`Location`]), what was known
+//! about the copy in hand ([`Validators`]) and the limits ([`FetchPolicy`]),
+//! and answers [`Fetched::NotModified`] or [`Fetched::Body`] with the new
+//! validators to keep for next time.
+//!
+//! - **Local files** are "watched" by polling: the agent calls `fetch` on a
+//!   short interval, and a file whose modification time (nanoseconds) and
+//!   length are those of [`Validators::file_stamp`] is
+//!   [`Fetched::NotModified`] after a single `stat`, without being read. A
+//!   changed file is read whole (at most [`FetchPolicy::max_bytes`]); if it
+//!   changes while being read it is read again, and a file that keeps
+//!   changing is an [`FetchError::Io`] for this round (the next poll tries
+//!   again). Writers should replace feed files atomically (write a temporary
+//!   file, then rename it over the feed) so a reader never sees half a file.
+//! - **HTTP(S)** uses reqwest with rustls (ring, Mozilla's root store from
+//!   `webpki-roots`; no OpenSSL). Requests are conditional
+//!   (`If-None-Match` from [`Validators::etag`], `If-Modified-Since` from
+//!   [`Validators::last_modified`]) and a `304 Not Modified` is
+//!   [`Fetched::NotModified`]. Every attempt is bounded by
+//!   [`FetchPolicy::timeout`] (connecting, headers and the whole body) and
+//!   [`FetchPolicy::connect_timeout`]; the body is refused as soon as it is
+//!   known to exceed [`FetchPolicy::max_bytes`] (from `Content-Length` before
+//!   reading, or while streaming). Transient failures (HTTP 5xx and 429,
+//!   timeouts, connection failures, truncated bodies) are retried up to
+//!   [`FetchPolicy::retries`] times with exponential backoff and full jitter,
+//!   or after the server's `Retry-After` (seconds, capped by
+//!   [`FetchPolicy::backoff_max`]); other statuses, oversized bodies and
+//!   local errors are not retried. `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY`
+//!   are honoured by [`Fetcher::new`].
+//!
+//! Errors name the location (URLs with passwords and credential-like query
+//! parameters masked, see [`Location`]'s `Display`) and how many attempts
+//! were made, e.g. `https://feeds.example/drop.txt: HTTP 503 Service
+//! Unavailable after 4 attempts`.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{
+    CONTENT_LENGTH, ETAG, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER,
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Where a feed is fetched from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Location<'a> {
+    /// A local file, polled for changes.
+    File(&'a Path),
+    /// An `http://` or `https://` URL.
+    Http(&'a str),
+}
+
+impl fmt::Display for Location<'_> {
+    /// The path, or the URL with its password and credential-like query
+    /// parameters (`key`, `token`, `secret`, `auth`, `pass`, `sig`, ...)
+    /// replaced by `***`, so it can be logged.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::File(p) => write!(f, "{}", p.display()),
+            Location::Http(u) => f.write_str(&redact_url(u)),
+        }
+    }
+}
+
+/// What is known about the copy of a feed in hand, to ask only for a newer
+/// one. Persisted with the last-known-good copy; pass
+/// `Validators::default()` when there is no copy in hand (a feed must never
+/// be answered "not modified" when its body was lost).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validators {
+    /// HTTP `ETag` of the copy, sent back as `If-None-Match`.
+    pub etag: Option<String>,
+    /// HTTP `Last-Modified` of the copy, sent back as `If-Modified-Since`.
+    pub last_modified: Option<String>,
+    /// Local file: modification time (nanoseconds since the Unix epoch) and
+    /// length in bytes when it was read.
+    pub file_stamp: Option<(i64, u64)>,
+}
+
+impl Validators {
+    /// Whether there is nothing to make a request conditional on.
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none() && self.file_stamp.is_none()
+    }
+}
+
+/// The outcome of a successful fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// The copy described by the validators passed in is still current.
+    NotModified,
+    /// A new copy.
+    Body {
+        /// The feed's bytes (at most [`FetchPolicy::max_bytes`]).
+        bytes: Vec<u8>,
+        /// What to pass to the next fetch of this feed.
+        validators: Validators,
+    },
+}
+
+/// Limits and retry behaviour of one fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchPolicy {
+    /// Longest one HTTP attempt may take, from connecting to the end of the
+    /// body. Default 30 s.
+    pub timeout: Duration,
+    /// Longest the TCP+TLS connection set-up may take. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Largest accepted body or file, in bytes. Default 64 MiB (the
+    /// parsers' default [`crate::feeds::FeedLimits::max_bytes`]).
+    pub max_bytes: u64,
+    /// How many times a transient HTTP failure is retried (so at most
+    /// `retries + 1` attempts). Default 3.
+    pub retries: u32,
+    /// Backoff before the first retry; doubles with each retry, and the
+    /// actual sleep is uniformly random between zero and that ("full
+    /// jitter"). Default 500 ms.
+    pub backoff_base: Duration,
+    /// Upper bound of any sleep between attempts, including one asked for
+    /// with `Retry-After`. Default 30 s.
+    pub backoff_max: Duration,
+}
+
+impl Default for FetchPolicy {
+    fn default() -> Self {
+        FetchPolicy {
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_bytes: 64 << 20,
+            retries: 3,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a fetch failed. Every variant names the location (see [`Location`]'s
+/// `Display`); the HTTP ones say how many attempts were made when there was
+/// more than one.
+#[derive(Debug, Error)]
+pub enum FetchError {
+    /// A local feed file could not be read (missing, permission denied, ...)
+    /// or kept changing while being read.
+    #[error("{location}: {source}")]
+    Io {
+        /// The file.
+        location: String,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The file or body is larger than [`FetchPolicy::max_bytes`]. Not
+    /// retried.
+    #[error("{location}: larger than the {limit}-byte limit")]
+    TooLarge {
+        /// The file or URL.
+        location: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The server answered with a status other than 2xx or 304 (or a 304
+    /// to an unconditional request). 5xx and 429 were retried, the rest not.
+    #[error("{location}: HTTP {code}{}{}", reason(*.code), after(*.attempts))]
+    Status {
+        /// The URL.
+        location: String,
+        /// The HTTP status of the last attempt.
+        code: u16,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// No complete response within [`FetchPolicy::timeout`] (or no
+    /// connection within [`FetchPolicy::connect_timeout`]). Retried.
+    #[error("{location}: no complete response within {timeout:?}{}", after(*.attempts))]
+    Timeout {
+        /// The URL.
+        location: String,
+        /// The limit that was hit.
+        timeout: Duration,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The connection ended before the whole body (as announced by
+    /// `Content-Length` or chunked encoding) arrived. Retried.
+    #[error("{location}: body truncated: {detail}{}", after(*.attempts))]
+    Truncated {
+        /// The URL.
+        location: String,
+        /// What the HTTP stack said.
+        detail: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// Connecting failed (refused, DNS, TLS handshake or certificate) or the
+    /// connection failed before a response. Retried.
+    #[error("{location}: connection failed: {detail}{}", after(*.attempts))]
+    Connect {
+        /// The URL.
+        location: String,
+        /// What the HTTP stack said.
+        detail: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// Anything else (an invalid URL, too many redirects, the HTTP client
+    /// could not be built). Not retried.
+    #[error("{location}: {detail}")]
+    Other {
+        /// The URL (empty when building the client failed).
+        location: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+impl FetchError {
+    /// The file or (masked) URL the error is about.
+    pub fn location(&self) -> &str {
+        match self {
+            FetchError::Io { location, .. }
+            | FetchError::TooLarge { location, .. }
+            | FetchError::Status { location, .. }
+            | FetchError::Timeout { location, .. }
+            | FetchError::Truncated { location, .. }
+            | FetchError::Connect { location, .. }
+            | FetchError::Other { location, .. } => location,
+        }
+    }
+
+    /// How many attempts were made (1 for errors that are never retried).
+    pub fn attempts(&self) -> u32 {
+        match self {
+            FetchError::Status { attempts, .. }
+            | FetchError::Timeout { attempts, .. }
+            | FetchError::Truncated { attempts, .. }
+            | FetchError::Connect { attempts, .. } => *attempts,
+            _ => 1,
+        }
+    }
+}
+
+/// `" Service Unavailable"` for 503, empty for unknown codes.
+fn reason(code: u16) -> String {
+    StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .map(|r| format!(" {r}"))
+        .unwrap_or_default()
+}
+
+/// `" after N attempts"` when there was more than one.
+fn after(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(" after {attempts} attempts")
+    } else {
+        String::new()
+    }
+}
+
+/// The outcome of one failed HTTP attempt, before it is known whether it
+/// is the last.
+#[derive(Debug)]
+enum Failure {
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+    },
+    Timeout(Duration),
+    Truncated(String),
+    Connect(String),
+    TooLarge,
+    Other(String),
+}
+
+impl Failure {
+    fn retryable(&self) -> bool {
+        match self {
+            Failure::Status { code, .. } => *code >= 500 || *code == 429,
+            Failure::Timeout(_) | Failure::Truncated(_) | Failure::Connect(_) => true,
+            Failure::TooLarge | Failure::Other(_) => false,
+        }
+    }
+
+    fn into_error(self, location: String, attempts: u32, policy: &FetchPolicy) -> FetchError {
+        match self {
+            Failure::Status { code, .. } => FetchError::Status {
+                location,
+                code,
+                attempts,
+            },
+            Failure::Timeout(timeout) => FetchError::Timeout {
+                location,
+                timeout,
+                attempts,
+            },
+            Failure::Truncated(detail) => FetchError::Truncated {
+                location,
+                detail,
+                attempts,
+            },
+            Failure::Connect(detail) => FetchError::Connect {
+                location,
+                detail,
+                attempts,
+            },
+            Failure::TooLarge => FetchError::TooLarge {
+                location,
+                limit: policy.max_bytes,
+            },
+            Failure::Other(detail) => FetchError::Other { location, detail },
+        }
+    }
+}
+
+/// Fetches feeds. One per agent: it holds the HTTP connection pool, so
+/// share it (it is `Sync`) rather than creating one per fetch.
+#[derive(Debug)]
+pub struct Fetcher {
+    /// The client for [`FetchPolicy::default`]'s connect timeout.
+    client: reqwest::Client,
+    /// Clients for other connect timeouts, built on first use (reqwest only
+    /// sets the connect timeout per client).
+    others: Mutex<Vec<(Duration, reqwest::Client)>>,
+    /// Whether proxy environment variables are honoured.
+    env_proxy: bool,
+}
+
+impl Fetcher {
+    /// A fetcher that honours `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` and
+    /// `NO_PROXY` like curl does.
+    pub fn new() -> Result<Self, FetchError> {
+        Self::build(true)
+    }
+
+    /// A fetcher that always connects directly, whatever the proxy
+    /// environment variables say.
+    pub fn new_direct() -> Result<Self, FetchError> {
+        Self::build(false)
+    }
+
+    fn build(env_proxy: bool) -> Result<Self, FetchError> {
+        Ok(Fetcher {
+            client: make_client(FetchPolicy::default().connect_timeout, env_proxy)?,
+            others: Mutex::new(Vec::new()),
+            env_proxy,
+        })
+    }
+
+    fn client_for(&self, connect_timeout: Duration) -> Result<reqwest::Client, FetchError> {
+        if connect_timeout == FetchPolicy::default().connect_timeout {
+            return Ok(self.client.clone());
+        }
+        let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = others.iter().find(|(t, _)| *t == connect_timeout) {
+            return Ok(c.clone());
+        }
+        let c = make_client(connect_timeout, self.env_proxy)?;
+        others.push((connect_timeout, c.clone()));
+        Ok(c)
+    }
+
+    /// Fetch the feed at `loc` unless it is still what `prev` describes.
+    ///
+    /// Local files are compared by modification time and length and read
+    /// only when changed; this is cheap enough to call every few seconds,
+    /// which is how file feeds are watched. HTTP(S) feeds get a conditional
+    /// GET with retries (see the [module documentation](self)).
+    pub async fn fetch(
+        &self,
+        loc: Location<'_>,
+        prev: &Validators,
+        policy: &FetchPolicy,
+    ) -> Result<Fetched, FetchError> {
+        match loc {
+            Location::File(path) => {
+                let path = path.to_path_buf();
+                let prev = prev.file_stamp;
+                let max = policy.max_bytes;
+                let name = loc.to_string();
+                tokio::task::spawn_blocking(move || read_file(&path, prev, max))
+                    .await
+                    .map_err(|e| FetchError::Other {
+                        location: name.clone(),
+                        detail: format!("file reader task failed: {e}"),
+                    })?
+                    .map_err(|e| match e {
+                        FileError::TooLarge => FetchError::TooLarge {
+                            location: name,
+                            limit: max,
+                        },
+                        FileError::Io(source) => FetchError::Io {
+                            location: name,
+                            source,
+                        },
+                    })
+            }
+            Location::Http(url) => self.fetch_http(url, loc.to_string(), prev, policy).await,
+        }
+    }
+
+    async fn fetch_http(
+        &self,
+        url: &str,
+        location: String,
+        prev: &Validators,
+        policy: &FetchPolicy,
+    ) -> Result<Fetched, FetchError> {
+        let client = self.client_for(policy.connect_timeout)?;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let failure =
+                match tokio::time::timeout(policy.timeout, attempt(&client, url, prev, policy))
+                    .await
+                {
+                    Ok(Ok(fetched)) => return Ok(fetched),
+                    Ok(Err(f)) => f,
+                    Err(_) => Failure::Timeout(policy.timeout),
+                };
+            if !failure.retryable() || attempts > policy.retries {
+                return Err(failure.into_error(location, attempts, policy));
+            }
+            let delay = match failure {
+                Failure::Status {
+                    retry_after: Some(d),
+                    ..
+                } => d.min(policy.backoff_max),
+                _ => backoff(policy, attempts),
+            };
+            log::debug!(
+                "{location}: attempt {attempts} failed ({failure:?}); retrying in {delay:?}"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+fn make_client(connect_timeout: Duration, env_proxy: bool) -> Result<reqwest::Client, FetchError> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(concat!("edge-filter/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(connect_timeout)
+        .use_rustls_tls();
+    if !env_proxy {
+        b = b.no_proxy();
+    }
+    b.build().map_err(|e| FetchError::Other {
+        location: String::new(),
+        detail: format!("cannot build the HTTP client: {}", chain(e)),
+    })
+}
+
+/// The sleep before retry number `attempts` (1-based): uniformly random in
+/// `[0, min(backoff_max, backoff_base * 2^(attempts-1))]`.
+fn backoff(policy: &FetchPolicy, attempts: u32) -> Duration {
+    let exp = attempts.saturating_sub(1).min(31);
+    let cap = policy
+        .backoff_base
+        .saturating_mul(1u32 << exp)
+        .min(policy.backoff_max);
+    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::random_range(0..=nanos))
+}
+
+/// One HTTP attempt (the caller bounds its duration).
+async fn attempt(
+    client: &reqwest::Client,
+    url: &str,
+    prev: &Validators,
+    policy: &FetchPolicy,
+) -> Result<Fetched, Failure> {
+    let mut req = client.get(url).timeout(policy.timeout);
+    let mut conditional = false;
+    if let Some(v) = prev
+        .etag
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        req = req.header(IF_NONE_MATCH, v);
+        conditional = true;
+    }
+    if let Some(v) = prev
+        .last_modified
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        req = req.header(IF_MODIFIED_SINCE, v);
+        conditional = true;
+    }
+    let mut resp = req.send().await.map_err(|e| classify(e, policy))?;
+    let status = resp.status();
+    if status == StatusCode::NOT_MODIFIED && conditional {
+        return Ok(Fetched::NotModified);
+    }
+    if !status.is_success() {
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return Err(Failure::Status {
+            code: status.as_u16(),
+            retry_after,
+        });
+    }
+    let header = |name| {
+        resp.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let validators = Validators {
+        etag: header(ETAG),
+        last_modified: header(LAST_MODIFIED),
+        file_stamp: None,
+    };
+    // `Response::content_length` is the size hint of the body, which is 0
+    // for some bodies without the header; read the header itself.
+    let announced = resp
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > policy.max_bytes) {
+        return Err(Failure::TooLarge);
+    }
+    let cap = announced.unwrap_or(0).min(policy.max_bytes).min(16 << 20);
+    let mut bytes = Vec::with_capacity(usize::try_from(cap).unwrap_or(0));
+    while let Some(chunk) = resp.chunk().await.map_err(|e| classify(e, policy))? {
+        if (bytes.len() + chunk.len()) as u64 > policy.max_bytes {
+            return Err(Failure::TooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if let Some(n) = announced
+        && (bytes.len() as u64) < n
+    {
+        return Err(Failure::Truncated(format!(
+            "{} of {n} announced bytes",
+            bytes.len()
+        )));
+    }
+    Ok(Fetched::Body { bytes, validators })
+}
+
+/// Sort a reqwest error into retryable and not.
+fn classify(e: reqwest::Error, policy: &FetchPolicy) -> Failure {
+    if e.is_timeout() {
+        if e.is_connect() {
+            Failure::Timeout(policy.connect_timeout)
+        } else {
+            Failure::Timeout(policy.timeout)
+        }
+    } else if e.is_body() || e.is_decode() {
+        Failure::Truncated(chain(e))
+    } else if e.is_connect() || e.is_request() {
+        Failure::Connect(chain(e))
+    } else {
+        Failure::Other(chain(e))
+    }
+}
+
+/// An error and its sources, `: `-separated, without the URL reqwest puts
+/// in its own message (it may hold credentials; the location is named
+/// separately).
+fn chain(e: reqwest::Error) -> String {
+    use std::error::Error as _;
+    let e = e.without_url();
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        let msg = cause.to_string();
+        if !s.ends_with(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        src = cause.source();
+    }
+    s
+}
+
+enum FileError {
+    TooLarge,
+    Io(io::Error),
+}
+
+impl From<io::Error> for FileError {
+    fn from(e: io::Error) -> Self {
+        FileError::Io(e)
+    }
+}
+
+fn stamp(m: &std::fs::Metadata) -> (i64, u64) {
+    let ns = m
+        .mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec());
+    (ns, m.len())
+}
+
+/// How often a file that changes while being read is read again.
+const FILE_READ_TRIES: usize = 3;
+
+fn read_file(path: &Path, prev: Option<(i64, u64)>, max: u64) -> Result<Fetched, FileError> {
+    if prev.is_some() && prev == Some(stamp(&std::fs::metadata(path)?)) {
+        return Ok(Fetched::NotModified);
+    }
+    for _ in 0..FILE_READ_TRIES {
+        let mut f = std::fs::File::open(path)?;
+        let before = f.metadata()?;
+        if !before.is_file() {
+            return Err(FileError::Io(io::Error::other("not a regular file")));
+        }
+        if before.len() > max {
+            return Err(FileError::TooLarge);
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(before.len()).unwrap_or(0));
+        (&mut f)
+            .take(max.saturating_add(1))
+            .read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > max {
+            return Err(FileError::TooLarge);
+        }
+        // Changed in place while being read, or replaced since it was
+        // opened: read again, so the bytes match the stamp kept.
+        let by_fd = stamp(&f.metadata()?);
+        let by_path = stamp(&std::fs::metadata(path)?);
+        if by_fd == stamp(&before) && by_path == by_fd && bytes.len() as u64 == by_fd.1 {
+            return Ok(Fetched::Body {
+                bytes,
+                validators: Validators {
+                    file_stamp: Some(by_fd),
+                    ..Validators::default()
+                },
+            });
+        }
+    }
+    Err(FileError::Io(io::Error::other(format!(
+        "kept changing while being read ({FILE_READ_TRIES} tries); replace feed files atomically (write, then rename)"
+    ))))
+}
+
+/// Query parameter names whose values are masked in logged URLs.
+const SECRET_PARAMS: [&str; 9] = [
+    "key",
+    "token",
+    "secret",
+    "auth",
+    "pass",
+    "sig",
+    "credential",
+    "session",
+    "code",
+];
+
+/// `url` with its password and credential-like query parameter values
+/// replaced by `***` (unparseable URLs are returned as they are).
+fn redact_url(url: &str) -> String {
+    let Ok(mut u) = reqwest::Url::parse(url) else {
+        return url.to_owned();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let lk = k.to_ascii_lowercase();
+                let secret = SECRET_PARAMS.iter().any(|s| lk.contains(s));
+                (
+                    k.into_owned(),
+                    if secret {
+                        "***".to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        if pairs.iter().any(|(_, v)| v == "***") {
+            u.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+    }
+    u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// How the test server frames a reply's body.
+    #[derive(Clone, Copy, Debug)]
+    enum Length {
+        /// A correct `Content-Length`.
+        Exact,
+        /// No `Content-Length`; the body ends when the connection closes.
+        Close,
+        /// A `Content-Length` of this many bytes, whatever the body is.
+        Lie(usize),
+    }
+
+    /// One scripted reply.
+    #[derive(Clone, Debug)]
+    struct Reply {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+        length: Length,
+        /// Sleep before sending anything.
+        delay: Duration,
+        /// Send the head and this many body bytes, then sleep this long
+        /// before the rest.
+        stall: Option<(usize, Duration)>,
+    }
+
+    impl Reply {
+        fn new(status: u16, body: &[u8]) -> Self {
+            Reply {
+                status,
+                headers: Vec::new(),
+                body: body.to_vec(),
+                length: Length::Exact,
+                delay: Duration::ZERO,
+                stall: None,
+            }
+        }
+
+        fn header(mut self, name: &'static str, value: &str) -> Self {
+            self.headers.push((name, value.to_owned()));
+            self
+        }
+    }
+
+    /// A request as the server saw it.
+    #[derive(Clone, Debug)]
+    struct Seen {
+        line: String,
+        headers: Vec<(String, String)>,
+    }
+
+    impl Seen {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// A one-request-per-connection HTTP/1.1 server on 127.0.0.1 that
+    /// answers the n-th request with the n-th reply of its script (the last
+    /// one over and over after that). Stops (with every connection) when
+    /// dropped.
+    struct Server {
+        addr: SocketAddr,
+        seen: Arc<Mutex<Vec<Seen>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl Server {
+        async fn start(script: Vec<Reply>) -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let script = Arc::new(script);
+            let count = Arc::new(AtomicUsize::new(0));
+            let seen2 = seen.clone();
+            let task = tokio::spawn(async move {
+                let mut conns = tokio::task::JoinSet::new();
+                loop {
+                    let Ok((sock, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (script, seen, count) = (script.clone(), seen2.clone(), count.clone());
+                    conns.spawn(async move {
+                        let _ = serve(sock, &script, &seen, &count).await;
+                    });
+                }
+            });
+            Server { addr, seen, task }
+        }
+
+        fn url(&self, path: &str) -> String {
+            format!("http://{}{path}", self.addr)
+        }
+
+        fn seen(&self) -> Vec<Seen> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    async fn serve(
+        mut sock: tokio::net::TcpStream,
+        script: &[Reply],
+        seen: &Mutex<Vec<Seen>>,
+        count: &AtomicUsize,
+    ) -> io::Result<()> {
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut tmp).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let mut lines = text.split("\r\n");
+        let line = lines.next().unwrap_or("").to_owned();
+        let headers = lines
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        seen.lock().unwrap().push(Seen { line, headers });
+        let n = count.fetch_add(1, Ordering::SeqCst);
+        let r = &script[n.min(script.len() - 1)];
+        tokio::time::sleep(r.delay).await;
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nConnection: close\r\n",
+            r.status,
+            reason(r.status).trim()
+        );
+        for (k, v) in &r.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        match r.length {
+            Length::Exact => head.push_str(&format!("Content-Length: {}\r\n", r.body.len())),
+            Length::Lie(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+            Length::Close => {}
+        }
+        head.push_str("\r\n");
+        sock.write_all(head.as_bytes()).await?;
+        let mut body = &r.body[..];
+        if let Some((n, d)) = r.stall {
+            sock.write_all(&body[..n]).await?;
+            sock.flush().await?;
+            body = &body[n..];
+            tokio::time::sleep(d).await;
+        }
+        sock.write_all(body).await?;
+        sock.flush().await?;
+        sock.shutdown().await
+    }
+
+    fn quick() -> FetchPolicy {
+        FetchPolicy {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            max_bytes: 1 << 20,
+            retries: 3,
+            backoff_base: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(50),
+        }
+    }
+
+    fn fetcher() -> Fetcher {
+        Fetcher::new_direct().unwrap()
+    }
+
+    async fn get(
+        url: &str,
+        prev: &Validators,
+        policy: &FetchPolicy,
+    ) -> Result<Fetched, FetchError> {
+        fetcher().fetch(Location::Http(url), prev, policy).await
+    }
+
+    #[tokio::test]
+    async fn fetch_http_etag_then_304() {
+        let lm = "Wed, 21 Oct 2015 07:28:00 GMT";
+        let srv = Server::start(vec![
+            Reply::new(200, b"192.0.2.1\n")
+                .header("ETag", "\"v1\"")
+                .header("Last-Modified", lm),
+            Reply::new(304, b""),
+        ])
+        .await;
+        let url = srv.url("/feed.txt");
+        let f = fetcher();
+        let first = f
+            .fetch(Location::Http(&url), &Validators::default(), &quick())
+            .await
+            .unwrap();
+        let Fetched::Body { bytes, validators } = first else {
+            panic!("expected a body, got {first:?}");
+        };
+        assert_eq!(bytes, b"192.0.2.1\n");
+        assert_eq!(validators.etag.as_deref(), Some("\"v1\""));
+        assert_eq!(validators.last_modified.as_deref(), Some(lm));
+        assert_eq!(validators.file_stamp, None);
+        let second = f
+            .fetch(Location::Http(&url), &validators, &quick())
+            .await
+            .unwrap();
+        assert_eq!(second, Fetched::NotModified);
+        let seen = srv.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].line, "GET /feed.txt HTTP/1.1");
+        assert_eq!(seen[0].header("if-none-match"), None);
+        assert_eq!(seen[0].header("if-modified-since"), None);
+        assert_eq!(seen[1].header("if-none-match"), Some("\"v1\""));
+        assert_eq!(seen[1].header("if-modified-since"), Some(lm));
+        assert!(
+            seen[1]
+                .header("user-agent")
+                .unwrap()
+                .starts_with("edge-filter/")
+        );
+    }
+
+    #[tokio::test]
+    async fn fetch_http_304_to_unconditional_request_is_an_error() {
+        let srv = Server::start(vec![Reply::new(304, b"")]).await;
+        let err = get(&srv.url("/"), &Validators::default(), &quick())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FetchError::Status {
+                    code: 304,
+                    attempts: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn fetch_http_retries_500_then_succeeds() {
+        let srv = Server::start(vec![
+            Reply::new(500, b"oops"),
+            Reply::new(500, b"oops"),
+            Reply::new(200, b"ok"),
+        ])
+        .await;
+        let got = get(&srv.url("/"), &Validators::default(), &quick())
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            Fetched::Body {
+                bytes: b"ok".to_vec(),
+                validators: Validators::default()
+            }
+        );
+        assert_eq!(srv.seen().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn fetch_http_503_always_gives_up_after_retries() {
+        let srv = Server::start(vec![Reply::new(503, b"busy")]).await;
+        let url = srv.url("/drop.txt");
+        let err = get(&url, &Validators::default(), &quick())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FetchError::Status {
+                    code: 503,
+                    attempts: 4,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(srv.seen().len(), 4);
+        assert_eq!(
+            err.to_string(),
+            format!("{url}: HTTP 503 Service Unavailable after 4 attempts")
+        );
+        assert_eq!(err.attempts(), 4);
+        assert_eq!(err.location(), url);
+    }
+
+    #[tokio::test]
+    async fn fetch_http_429_honours_capped_retry_after() {
+        let srv = Server::start(vec![
+            Reply::new(429, b"").header("Retry-After", "3600"),
+            Reply::new(200, b"ok"),
+        ])
+        .await;
+        let t = Instant::now();
+        let policy = FetchPolicy {
+            backoff_max: Duration::from_millis(200),
+            ..quick()
+        };
+        let got = get(&srv.url("/"), &Validators::default(), &policy)
+            .await
+            .unwrap();
+        assert!(matches!(got, Fetched::Body { .. }));
+        assert_eq!(srv.seen().len(), 2);
+        // Slept the capped Retry-After (200 ms), not a jittered 5 ms.
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn fetch_http_404_is_not_retried() {
+        let srv = Server::start(vec![Reply::new(404, b"no")]).await;
+        let url = srv.url("/gone");
+        let err = get(&url, &Validators::default(), &quick())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FetchError::Status {
+                    code: 404,
+                    attempts: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(srv.seen().len(), 1);
+        assert_eq!(err.to_string(), format!("{url}: HTTP 404 Not Found"));
+    }
+
+    #[tokio::test]
+    async fn fetch_http_hang_times_out() {
+        let mut hang = Reply::new(200, b"late");
+        hang.delay = Duration::from_secs(30);
+        let srv = Server::start(vec![hang]).await;
+        let policy = FetchPolicy {
+            timeout: Duration::from_millis(300),
+            retries: 1,
+            ..quick()
+        };
+        let t = Instant::now();
+        let err = get(&srv.url("/"), &Validators::default(), &policy)
+            .await
+            .unwrap_err();
+        let took = t.elapsed();
+        assert!(
+            matches!(err, FetchError::Timeout { attempts: 2, timeout, .. } if timeout == Duration::from_millis(300)),
+            "{err:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert_eq!(srv.seen().len(), 2);
+        assert!(
+            err.to_string()
+                .ends_with("no complete response within 300ms after 2 attempts"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn fetch_http_stall_in_body_times_out() {
+        let mut r = Reply::new(200, &[b'x'; 1000]);
+        r.stall = Some((100, Duration::from_secs(30)));
+        let srv = Server::start(vec![r]).await;
+        let policy = FetchPolicy {
+            timeout: Duration::from_millis(300),
+            retries: 0,
+            ..quick()
+        };
+        let t = Instant::now();
+        let err = get(&srv.url("/"), &Validators::default(), &policy)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FetchError::Timeout { attempts: 1, .. }),
+            "{err:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn fetch_http_truncated_body() {
+        let mut r = Reply::new(200, b"192.0.2.1\n192.0.2.2\n");
+        r.length = Length::Lie(1000);
+        let srv = Server::start(vec![r]).await;
+        let policy = FetchPolicy {
+            retries: 1,
+            ..quick()
+        };
+        let err = get(&srv.url("/"), &Validators::default(), &policy)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FetchError::Truncated { attempts: 2, .. }),
+            "{err:?}"
+        );
+        assert_eq!(srv.seen().len(), 2);
+        assert!(err.to_string().contains("body truncated"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fetch_http_oversized_body_with_content_length() {
+        let srv = Server::start(vec![Reply::new(200, &[b'x'; 5000])]).await;
+        let policy = FetchPolicy {
+            max_bytes: 1000,
+            ..quick()
+        };
+        let err = get(&srv.url("/"), &Validators::default(), &policy)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FetchError::TooLarge { limit: 1000, .. }),
+            "{err:?}"
+        );
+        assert_eq!(srv.seen().len(), 1, "not retried");
+        assert!(err.to_string().ends_with("larger than the 1000-byte limit"));
+    }
+
+    #[tokio::test]
+    async fn fetch_http_oversized_body_without_content_length() {
+        // Large enough that the server is still sending when the client
+        // gives up, so this shows the cut-off is early.
+        let mut r = Reply::new(200, &vec![b'x'; 4 << 20]);
+        r.length = Length::Close;
+        let srv = Server::start(vec![r]).await;
+        let policy = FetchPolicy {
+            max_bytes: 1000,
+            ..quick()
+        };
+        let err = get(&srv.url("/"), &Validators::default(), &policy)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FetchError::TooLarge { limit: 1000, .. }),
+            "{err:?}"
+        );
+        assert_eq!(srv.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn fetch_http_body_at_the_limit_is_accepted() {
+        for length in [Length::Exact, Length::Close] {
+            let mut r = Reply::new(200, &[b'x'; 1000]);
+            r.length = length;
+            let srv = Server::start(vec![r]).await;
+            let policy = FetchPolicy {
+                max_bytes: 1000,
+                ..quick()
+            };
+            let got = get(&srv.url("/"), &Validators::default(), &policy)
+                .await
+                .unwrap();
+            let Fetched::Body { bytes, .. } = got else {
+                panic!("{got:?}")
+            };
+            assert_eq!(bytes.len(), 1000, "{length:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn fetch_http_connection_refused_is_retried() {
+        // A port that was just free: nothing listens there.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let policy = FetchPolicy {
+            retries: 2,
+            ..quick()
+        };
+        let err = get(&format!("http://{addr}/"), &Validators::default(), &policy)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FetchError::Connect { attempts: 3, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("connection failed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fetch_http_invalid_url_is_other() {
+        let err = get("http://", &Validators::default(), &quick())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Other { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn fetch_backoff_is_bounded_full_jitter() {
+        let p = FetchPolicy {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(250),
+            ..FetchPolicy::default()
+        };
+        for _ in 0..200 {
+            assert!(backoff(&p, 1) <= Duration::from_millis(100));
+            assert!(backoff(&p, 2) <= Duration::from_millis(200));
+            assert!(backoff(&p, 3) <= Duration::from_millis(250));
+            assert!(backoff(&p, 1000) <= Duration::from_millis(250));
+        }
+        // Jitter: not always the same.
+        let samples: std::collections::HashSet<_> = (0..50).map(|_| backoff(&p, 3)).collect();
+        assert!(samples.len() > 1);
+    }
+
+    #[test]
+    fn fetch_redacts_credentials() {
+        assert_eq!(
+            redact_url("https://user:hunter2@feeds.example/x.txt?apikey=abc&format=txt"),
+            "https://user:***@feeds.example/x.txt?apikey=***&format=txt"
+        );
+        assert_eq!(
+            redact_url("https://feeds.example/x?format=csv"),
+            "https://feeds.example/x?format=csv"
+        );
+        assert_eq!(
+            Location::Http("https://f.example/?auth_token=s3cret").to_string(),
+            "https://f.example/?auth_token=***"
+        );
+        assert_eq!(
+            Location::File(Path::new("/etc/feeds/a.txt")).to_string(),
+            "/etc/feeds/a.txt"
+        );
+    }
+
+    /// A fresh directory under the system temporary directory, removed on
+    /// drop.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "edge-filter-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Scratch(p)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn fetch_file_not_modified_until_rewritten() {
+        let dir = Scratch::new("fetch");
+        let path = dir.0.join("feed.txt");
+        std::fs::write(&path, "192.0.2.1\n").unwrap();
+        let f = fetcher();
+        let policy = FetchPolicy::default();
+        let got = f
+            .fetch(Location::File(&path), &Validators::default(), &policy)
+            .await
+            .unwrap();
+        let Fetched::Body { bytes, validators } = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(bytes, b"192.0.2.1\n");
+        let (_, len) = validators.file_stamp.unwrap();
+        assert_eq!(len, 10);
+        assert_eq!(validators.etag, None);
+
+        let again = f
+            .fetch(Location::File(&path), &validators, &policy)
+            .await
+            .unwrap();
+        assert_eq!(again, Fetched::NotModified);
+
+        // Rewritten with the same length: the modification time tells.
+        std::fs::write(&path, "192.0.2.9\n").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+        drop(file);
+        let got = f
+            .fetch(Location::File(&path), &validators, &policy)
+            .await
+            .unwrap();
+        let Fetched::Body {
+            bytes,
+            validators: v2,
+        } = got
+        else {
+            panic!("{got:?}")
+        };
+        assert_eq!(bytes, b"192.0.2.9\n");
+        assert_ne!(v2, validators);
+
+        // Replaced by rename with a different length.
+        let tmp = dir.0.join(".feed.txt.tmp");
+        std::fs::write(&tmp, "192.0.2.0/24\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let got = f.fetch(Location::File(&path), &v2, &policy).await.unwrap();
+        assert!(
+            matches!(&got, Fetched::Body { bytes, .. } if bytes == b"192.0.2.0/24\n"),
+            "{got:?}"
+        );
+
+        // No validators: always read.
+        let got = f
+            .fetch(Location::File(&path), &Validators::default(), &policy)
+            .await
+            .unwrap();
+        assert!(matches!(got, Fetched::Body { .. }));
+    }
+
+    #[tokio::test]
+    async fn fetch_file_errors() {
+        let dir = Scratch::new("fetch");
+        let path = dir.0.join("big.txt");
+        std::fs::write(&path, [b'x'; 2000]).unwrap();
+        let policy = FetchPolicy {
+            max_bytes: 1999,
+            ..FetchPolicy::default()
+        };
+        let err = fetcher()
+            .fetch(Location::File(&path), &Validators::default(), &policy)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FetchError::TooLarge { limit: 1999, .. }),
+            "{err:?}"
+        );
+
+        let missing = dir.0.join("missing.txt");
+        let err = fetcher()
+            .fetch(Location::File(&missing), &Validators::default(), &policy)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Io { .. }), "{err:?}");
+        assert!(
+            err.to_string().starts_with(&missing.display().to_string()),
+            "{err}"
+        );
+        // A missing file is an error even when a stamp is in hand.
+        let err = fetcher()
+            .fetch(
+                Location::File(&missing),
+                &Validators {
+                    file_stamp: Some((1, 1)),
+                    ..Validators::default()
+                },
+                &policy,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Io { .. }), "{err:?}");
+
+        let err = fetcher()
+            .fetch(Location::File(&dir.0), &Validators::default(), &policy)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Io { .. }), "{err:?}");
+    }
+}

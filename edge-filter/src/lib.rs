@@ -8,13 +8,14 @@
 //! (classifying packets in the kernel without an interface).
 pub mod agent;
 pub mod attach;
+pub mod batch;
 pub mod blocklist;
 pub mod config;
 pub mod counters;
 pub mod entry;
 pub mod error;
-pub mod fetch;
 pub mod feeds;
+pub mod fetch;
 pub mod maps;
 pub mod paths;
 pub mod program;

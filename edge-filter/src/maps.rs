@@ -10,10 +10,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::os::fd::AsFd;
 
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap as BpfHash, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
+    maps::{HashMap as BpfHash, IterableMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
 };
 use edge_filter_common::{
     self as abi, Config, EntryValue, PORT_PREFIX_FIXED_BITS, PortKeyV4, PortKeyV6, PortPrefixV4,
@@ -296,6 +297,11 @@ pub struct EntryMaps {
     config: aya::maps::Array<MapData, Config>,
     counters: aya::maps::PerCpuArray<MapData, abi::Counter>,
     last: aya::maps::PerCpuArray<MapData, abi::LastVerdict>,
+    /// What the last sync left in the maps, so deltas need not read them
+    /// back; [`EntryMaps::reconcile`] checks it against the kernel.
+    shadow: Option<Desired>,
+    /// Use BPF batch syscalls for hash maps (off only to benchmark).
+    batch: bool,
 }
 
 /// Every map name, in pin order.
@@ -371,20 +377,33 @@ impl EntryMaps {
             config: m!(abi::MAP_CONFIG),
             counters: m!(abi::MAP_COUNTERS),
             last: m!(abi::MAP_LAST),
+            shadow: None,
+            batch: true,
         })
+    }
+
+    /// Use (default) or avoid BPF batch syscalls for hash maps.
+    pub fn set_batch(&mut self, on: bool) {
+        self.batch = on;
+    }
+
+    /// Forget the shadow copy: the next apply reads the kernel first.
+    pub fn forget_shadow(&mut self) {
+        self.shadow = None;
     }
 
     /// Read the whole current contents back from the kernel.
     pub fn read(&self) -> Result<Desired> {
+        let b = self.batch;
         Ok(Desired {
             allow_v4: read_lpm(&self.allow_v4)?,
             allow_v6: read_lpm(&self.allow_v6)?,
-            addr_v4: read_hash(&self.addr_v4)?,
-            addr_v6: read_hash(&self.addr_v6)?,
+            addr_v4: read_hash(&self.addr_v4, b)?,
+            addr_v6: read_hash(&self.addr_v6, b)?,
             prefix_v4: read_lpm(&self.prefix_v4)?,
             prefix_v6: read_lpm(&self.prefix_v6)?,
-            port_v4: read_hash(&self.port_v4)?,
-            port_v6: read_hash(&self.port_v6)?,
+            port_v4: read_hash(&self.port_v4, b)?,
+            port_v6: read_hash(&self.port_v6, b)?,
             pprefix_v4: read_lpm(&self.pprefix_v4)?,
             pprefix_v6: read_lpm(&self.pprefix_v6)?,
         })
@@ -397,153 +416,156 @@ impl EntryMaps {
 
     /// Build the contents for `set` (keeping existing ids) and apply them.
     pub fn apply(&mut self, set: &EntrySet, flags: u32) -> Result<SyncStats> {
-        let current = self.read()?;
+        let current = match self.shadow.take() {
+            Some(s) => s,
+            None => self.read()?,
+        };
         let desired = Desired::build(set, &ids_of(&current));
         self.sync(&current, &desired, flags)
+    }
+
+    /// Change the kernel maps *without* updating the shadow copy, as another
+    /// process would: for drift tests and drills.
+    #[doc(hidden)]
+    pub fn tamper(&mut self, f: impl FnOnce(&mut Desired)) -> Result<()> {
+        let shadow = self.shadow.take();
+        let now = self.read()?;
+        let mut changed = now.clone();
+        f(&mut changed);
+        let flags = self.config()?.flags;
+        self.sync(&now, &changed, flags)?;
+        self.shadow = shadow;
+        Ok(())
+    }
+
+    /// Compare the kernel's maps with what the last sync left there and
+    /// repair any difference (someone changed them behind our back).
+    /// Returns how many keys had drifted.
+    pub fn reconcile(&mut self, flags: u32) -> Result<usize> {
+        let Some(want) = self.shadow.take() else {
+            // Nothing applied yet: nothing to hold the kernel to.
+            return Ok(0);
+        };
+        let kernel = self.read()?;
+        let drift = drift(&kernel, &want);
+        if drift == 0 {
+            let nonempty = want.nonempty();
+            self.shadow = Some(want);
+            // The config slot can drift too.
+            if self.config()? != (Config { flags, nonempty }) {
+                self.set_config(flags, nonempty)?;
+                return Ok(1);
+            }
+            return Ok(0);
+        }
+        self.sync(&kernel, &want, flags)?;
+        Ok(drift)
     }
 
     /// Make the maps equal `desired`, given that they hold `current`.
     /// Adds and changes go first, then the config, then removals.
     pub fn sync(&mut self, current: &Desired, desired: &Desired, flags: u32) -> Result<SyncStats> {
         let mut st = SyncStats::default();
+        let b = self.batch;
         // Widen the nonempty mask first so new entries are looked up as soon
         // as they land; narrow it after removals.
         let grow = current.nonempty() | desired.nonempty();
         self.set_config(flags, grow)?;
+        let (c, d) = (current, desired);
         upsert_lpm(
             &mut self.allow_v4,
-            &current.allow_v4,
-            &desired.allow_v4,
+            &c.allow_v4,
+            &d.allow_v4,
             abi::MAP_ALLOW_V4,
             &mut st,
         )?;
         upsert_lpm(
             &mut self.allow_v6,
-            &current.allow_v6,
-            &desired.allow_v6,
+            &c.allow_v6,
+            &d.allow_v6,
             abi::MAP_ALLOW_V6,
             &mut st,
         )?;
         upsert_hash(
             &mut self.addr_v4,
-            &current.addr_v4,
-            &desired.addr_v4,
+            &c.addr_v4,
+            &d.addr_v4,
             abi::MAP_ADDR_V4,
+            b,
             &mut st,
         )?;
         upsert_hash(
             &mut self.addr_v6,
-            &current.addr_v6,
-            &desired.addr_v6,
+            &c.addr_v6,
+            &d.addr_v6,
             abi::MAP_ADDR_V6,
+            b,
             &mut st,
         )?;
         upsert_lpm(
             &mut self.prefix_v4,
-            &current.prefix_v4,
-            &desired.prefix_v4,
+            &c.prefix_v4,
+            &d.prefix_v4,
             abi::MAP_PREFIX_V4,
             &mut st,
         )?;
         upsert_lpm(
             &mut self.prefix_v6,
-            &current.prefix_v6,
-            &desired.prefix_v6,
+            &c.prefix_v6,
+            &d.prefix_v6,
             abi::MAP_PREFIX_V6,
             &mut st,
         )?;
         upsert_hash(
             &mut self.port_v4,
-            &current.port_v4,
-            &desired.port_v4,
+            &c.port_v4,
+            &d.port_v4,
             abi::MAP_PORT_V4,
+            b,
             &mut st,
         )?;
         upsert_hash(
             &mut self.port_v6,
-            &current.port_v6,
-            &desired.port_v6,
+            &c.port_v6,
+            &d.port_v6,
             abi::MAP_PORT_V6,
+            b,
             &mut st,
         )?;
         upsert_lpm(
             &mut self.pprefix_v4,
-            &current.pprefix_v4,
-            &desired.pprefix_v4,
+            &c.pprefix_v4,
+            &d.pprefix_v4,
             abi::MAP_PPREFIX_V4,
             &mut st,
         )?;
         upsert_lpm(
             &mut self.pprefix_v6,
-            &current.pprefix_v6,
-            &desired.pprefix_v6,
+            &c.pprefix_v6,
+            &d.pprefix_v6,
             abi::MAP_PPREFIX_V6,
             &mut st,
         )?;
 
-        remove_lpm(
-            &mut self.allow_v4,
-            &current.allow_v4,
-            &desired.allow_v4,
-            &mut st,
-        )?;
-        remove_lpm(
-            &mut self.allow_v6,
-            &current.allow_v6,
-            &desired.allow_v6,
-            &mut st,
-        )?;
-        remove_hash(
-            &mut self.addr_v4,
-            &current.addr_v4,
-            &desired.addr_v4,
-            &mut st,
-        )?;
-        remove_hash(
-            &mut self.addr_v6,
-            &current.addr_v6,
-            &desired.addr_v6,
-            &mut st,
-        )?;
-        remove_lpm(
-            &mut self.prefix_v4,
-            &current.prefix_v4,
-            &desired.prefix_v4,
-            &mut st,
-        )?;
-        remove_lpm(
-            &mut self.prefix_v6,
-            &current.prefix_v6,
-            &desired.prefix_v6,
-            &mut st,
-        )?;
-        remove_hash(
-            &mut self.port_v4,
-            &current.port_v4,
-            &desired.port_v4,
-            &mut st,
-        )?;
-        remove_hash(
-            &mut self.port_v6,
-            &current.port_v6,
-            &desired.port_v6,
-            &mut st,
-        )?;
-        remove_lpm(
-            &mut self.pprefix_v4,
-            &current.pprefix_v4,
-            &desired.pprefix_v4,
-            &mut st,
-        )?;
-        remove_lpm(
-            &mut self.pprefix_v6,
-            &current.pprefix_v6,
-            &desired.pprefix_v6,
-            &mut st,
-        )?;
-        // Recompute from what actually landed (refusals may leave a map empty).
-        let landed = self.read()?;
+        remove_lpm(&mut self.allow_v4, &c.allow_v4, &d.allow_v4, &mut st)?;
+        remove_lpm(&mut self.allow_v6, &c.allow_v6, &d.allow_v6, &mut st)?;
+        remove_hash(&mut self.addr_v4, &c.addr_v4, &d.addr_v4, b, &mut st)?;
+        remove_hash(&mut self.addr_v6, &c.addr_v6, &d.addr_v6, b, &mut st)?;
+        remove_lpm(&mut self.prefix_v4, &c.prefix_v4, &d.prefix_v4, &mut st)?;
+        remove_lpm(&mut self.prefix_v6, &c.prefix_v6, &d.prefix_v6, &mut st)?;
+        remove_hash(&mut self.port_v4, &c.port_v4, &d.port_v4, b, &mut st)?;
+        remove_hash(&mut self.port_v6, &c.port_v6, &d.port_v6, b, &mut st)?;
+        remove_lpm(&mut self.pprefix_v4, &c.pprefix_v4, &d.pprefix_v4, &mut st)?;
+        remove_lpm(&mut self.pprefix_v6, &c.pprefix_v6, &d.pprefix_v6, &mut st)?;
+        // What landed: the desired state minus refusals. Refusals are rare
+        // (a full map), and then the kernel is read back to know exactly.
+        let landed = if st.refused == 0 {
+            desired.clone()
+        } else {
+            self.read()?
+        };
         self.set_config(flags, landed.nonempty())?;
+        self.shadow = Some(landed);
         Ok(st)
     }
 
@@ -737,9 +759,22 @@ impl Desired {
     }
 }
 
-fn read_hash<K: Pod + Eq + Hash>(
+fn read_hash<K: Pod + Eq + Hash + Default>(
     m: &BpfHash<MapData, K, EntryValue>,
+    batch: bool,
 ) -> Result<HashMap<K, EntryValue>> {
+    if batch {
+        match crate::batch::lookup_all::<K, EntryValue>(IterableMap::map(m).fd().as_fd()) {
+            Ok(v) => return Ok(v.into_iter().collect()),
+            Err(e) if crate::batch::unsupported(&e) => {}
+            Err(e) => {
+                return Err(Error::Pin {
+                    op: "reading a hash map (batch)".into(),
+                    source: e,
+                });
+            }
+        }
+    }
     let mut out = HashMap::new();
     for kv in m.iter() {
         let (k, v) = kv.map_err(|source| Error::Map {
@@ -774,22 +809,56 @@ fn upsert_hash<K: Pod + Eq + Hash>(
     cur: &HashMap<K, EntryValue>,
     want: &HashMap<K, EntryValue>,
     name: &'static str,
+    batch: bool,
     st: &mut SyncStats,
 ) -> Result<()> {
-    let mut refused = 0;
+    let mut keys = Vec::new();
+    let mut vals = Vec::new();
+    let mut changed = 0;
     for (k, v) in want {
-        let old = cur.get(k);
-        if old == Some(v) {
-            continue;
+        match cur.get(k) {
+            Some(old) if old == v => continue,
+            Some(_) => changed += 1,
+            None => {}
         }
-        match m.insert(k, v, 0) {
-            Ok(()) => {
-                if old.is_some() {
-                    st.changed += 1
-                } else {
-                    st.added += 1
+        keys.push(*k);
+        vals.push(*v);
+    }
+    let mut refused = 0;
+    let mut start = 0;
+    if batch {
+        let fd = IterableMap::map(m)
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| Error::Pin {
+                op: format!("duplicating the fd of {name}"),
+                source,
+            })?;
+        while start < keys.len() {
+            let p = crate::batch::update(fd.as_fd(), &keys[start..], &vals[start..]);
+            start += p.done;
+            match p.error {
+                None => break,
+                Some(e) if crate::batch::unsupported(&e) && p.done == 0 => break,
+                Some(e) if is_full_io(&e) => {
+                    // The element at `start` did not fit; skip it.
+                    refused += 1;
+                    start += 1;
+                }
+                Some(e) => {
+                    return Err(Error::Pin {
+                        op: format!("updating {name} (batch)"),
+                        source: e,
+                    });
                 }
             }
+        }
+    }
+    // Per-element path: batch off, unsupported, or the rest after it.
+    for i in start..keys.len() {
+        match m.insert(keys[i], vals[i], 0) {
+            Ok(()) => {}
             Err(e) if is_full(&e) => refused += 1,
             Err(source) => {
                 return Err(Error::Map {
@@ -799,8 +868,15 @@ fn upsert_hash<K: Pod + Eq + Hash>(
             }
         }
     }
+    // Refusals are new keys (updates of existing keys always fit).
+    st.changed += changed;
+    st.added += keys.len() - changed - refused;
     note_refused(name, refused, st);
     Ok(())
+}
+
+fn is_full_io(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC))
 }
 
 fn upsert_lpm<K: Pod + Ord>(
@@ -850,9 +926,43 @@ fn remove_hash<K: Pod + Eq + Hash>(
     m: &mut BpfHash<MapData, K, EntryValue>,
     cur: &HashMap<K, EntryValue>,
     want: &HashMap<K, EntryValue>,
+    batch: bool,
     st: &mut SyncStats,
 ) -> Result<()> {
-    for k in cur.keys().filter(|k| !want.contains_key(k)) {
+    let keys: Vec<K> = cur
+        .keys()
+        .filter(|k| !want.contains_key(k))
+        .copied()
+        .collect();
+    let mut start = 0;
+    if batch {
+        let fd = IterableMap::map(m)
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| Error::Pin {
+                op: "duplicating a map fd".into(),
+                source,
+            })?;
+        while start < keys.len() {
+            let p = crate::batch::delete(fd.as_fd(), &keys[start..]);
+            start += p.done;
+            st.removed += p.done;
+            match p.error {
+                None => break,
+                Some(e) if crate::batch::unsupported(&e) && p.done == 0 => break,
+                // Already gone (someone else removed it): fine.
+                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => start += 1,
+                Some(e) => {
+                    return Err(Error::Pin {
+                        op: "removing entries (batch)".into(),
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+    for k in &keys[start..] {
         match m.remove(k) {
             Ok(()) => st.removed += 1,
             Err(MapError::KeyNotFound) => {}
@@ -865,6 +975,29 @@ fn remove_hash<K: Pod + Eq + Hash>(
         }
     }
     Ok(())
+}
+
+/// Keys that differ between two contents (present in one only, or with
+/// different values).
+pub fn drift(a: &Desired, b: &Desired) -> usize {
+    fn d<K: Eq + Hash>(x: &HashMap<K, EntryValue>, y: &HashMap<K, EntryValue>) -> usize {
+        x.iter().filter(|(k, v)| y.get(k) != Some(v)).count()
+            + y.keys().filter(|k| !x.contains_key(k)).count()
+    }
+    fn t<K: Ord>(x: &BTreeMap<K, EntryValue>, y: &BTreeMap<K, EntryValue>) -> usize {
+        x.iter().filter(|(k, v)| y.get(k) != Some(v)).count()
+            + y.keys().filter(|k| !x.contains_key(k)).count()
+    }
+    t(&a.allow_v4, &b.allow_v4)
+        + t(&a.allow_v6, &b.allow_v6)
+        + d(&a.addr_v4, &b.addr_v4)
+        + d(&a.addr_v6, &b.addr_v6)
+        + t(&a.prefix_v4, &b.prefix_v4)
+        + t(&a.prefix_v6, &b.prefix_v6)
+        + d(&a.port_v4, &b.port_v4)
+        + d(&a.port_v6, &b.port_v6)
+        + t(&a.pprefix_v4, &b.pprefix_v4)
+        + t(&a.pprefix_v6, &b.pprefix_v6)
 }
 
 fn remove_lpm<K: Pod + Ord>(

@@ -75,6 +75,11 @@ impl KernelClassifier {
         &self.maps
     }
 
+    /// The maps, writable (tests of the sync engine).
+    pub fn maps_mut(&mut self) -> &mut EntryMaps {
+        &mut self.maps
+    }
+
     /// Run one frame through the program.
     pub fn classify(&mut self, frame: &[u8]) -> Result<KernelVerdict> {
         self.maps.set_last(SENTINEL)?;

@@ -25,10 +25,15 @@
 //! `CARGO_BIN_EXE_edge-filter` only exists for tests of the crate that owns
 //! the binary, so [`edge_filter_bin`] looks for `<target>/<profile>/edge-filter`
 //! next to the test executable's `deps/` directory (or takes the path from
-//! `EDGE_FILTER_BIN`). `cargo test --workspace` builds it: this crate depends
-//! on `edge-filter`, and cargo builds a workspace member's binaries whenever
-//! its integration tests run in the same invocation. With `cargo test -p
-//! edge-filter-tests` alone, build it first: `cargo build -p edge-filter`.
+//! `EDGE_FILTER_BIN`).
+//!
+//! Build it first, in the same profile: `cargo build -p edge-filter`. Neither
+//! `cargo test -p edge-filter-tests` nor a plain `cargo test` builds it: this
+//! crate depends on the `edge-filter` *library*, and cargo builds a package's
+//! binaries for tests only when that package's own integration tests are
+//! built (`edge-filter` has none). A binary older than any of its inputs
+//! (the files cargo's `edge-filter.d` lists next to it) is refused, so the
+//! tests never exercise stale code.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -81,7 +86,8 @@ pub fn skip_unless_root(test: &str) -> bool {
 /// The `edge-filter` binary of this build: `$EDGE_FILTER_BIN`, else
 /// `<target>/<profile>/edge-filter` derived from the running test executable
 /// (`<target>/<profile>/deps/<test>-<hash>`). Panics with instructions when
-/// it is missing.
+/// it is missing or older than one of its inputs as listed in cargo's
+/// `<bin>.d` (not checked for `EDGE_FILTER_BIN`).
 pub fn edge_filter_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("EDGE_FILTER_BIN") {
         let p = PathBuf::from(p);
@@ -101,12 +107,57 @@ pub fn edge_filter_bin() -> PathBuf {
     assert!(
         bin.is_file(),
         "the edge-filter binary is missing at {} (looked next to the test executable {}). \
-         Build it first: `cargo build -p edge-filter` (same profile as the tests), or run \
-         `cargo test --workspace`, which builds it; or point EDGE_FILTER_BIN at it",
+         Build it first, in the same profile as the tests: `cargo build -p edge-filter` \
+         (`cargo test` does not build it); or point EDGE_FILTER_BIN at one",
         bin.display(),
         exe.display()
     );
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .expect("binary mtime");
+    if let Some((changed, src)) = newest_input(&bin)
+        && changed > built
+    {
+        panic!(
+            "the edge-filter binary at {} is older than {}: rebuild it with \
+             `cargo build -p edge-filter` (same profile as the tests), or set \
+             EDGE_FILTER_BIN to test a binary of your choice",
+            bin.display(),
+            src.display()
+        );
+    }
     bin
+}
+
+/// The most recently modified input of `bin`, from the dep-info file cargo
+/// writes next to it (`<bin>.d`: every source file, the eBPF crate, the
+/// built eBPF object). None when there is no dep-info file.
+fn newest_input(bin: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    fn walk(p: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+        let Ok(meta) = std::fs::metadata(p) else {
+            return;
+        };
+        if meta.is_dir() {
+            if p.file_name() == Some(OsStr::new("target")) {
+                return;
+            }
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                walk(&e.path(), newest);
+            }
+        } else if let Ok(t) = meta.modified()
+            && newest.as_ref().is_none_or(|(n, _)| t > *n)
+        {
+            *newest = Some((t, p.to_path_buf()));
+        }
+    }
+    let text = std::fs::read_to_string(bin.with_extension("d")).ok()?;
+    let (_, deps) = text.lines().next()?.split_once(": ")?;
+    let mut newest = None;
+    // Paths are separated by spaces; a space inside a path is `\ `.
+    for dep in deps.replace("\\ ", "\0").split_whitespace() {
+        walk(Path::new(&dep.replace('\0', " ")), &mut newest);
+    }
+    newest
 }
 
 fn have_tool(name: &str) -> bool {
@@ -771,7 +822,9 @@ impl Lab {
     }
 
     /// Start `edge-filter run --iface RECEIVER_IF --bpffs ROOT ARGS...` in
-    /// the receiving namespace (not waiting for readiness).
+    /// the receiving namespace (not waiting for readiness). Call it from the
+    /// test's own thread, not inside [`Netns::enter`]: the agent gets SIGKILL
+    /// when the spawning thread exits.
     pub fn start_agent(&self, args: &[&str]) -> Agent {
         let mut cmd = self.edge_filter_cmd();
         cmd.args(["run", "--iface", RECEIVER_IF, "--bpffs"])

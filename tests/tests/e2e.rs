@@ -11,8 +11,9 @@
 //!
 //! Needs root (each test prints `skipping: needs root` and passes
 //! otherwise), `ip`, `nsenter` and `ping` (`cargo xtask setup`), and the
-//! `edge-filter` binary of the same profile: `cargo build -p edge-filter`
-//! first (see [`netns::edge_filter_bin`]). Run:
+//! `edge-filter` binary of the same profile, built first: `cargo test` does
+//! not build it, and a binary older than its sources is refused (see
+//! [`netns::edge_filter_bin`]). Run:
 //!
 //! ```text
 //! cargo build -p edge-filter

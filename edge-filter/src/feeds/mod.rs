@@ -57,20 +57,33 @@ use crate::entry::{Action, Entry};
 const QUOTE_LEN: usize = 200;
 
 /// An [`Entry`] with its provenance.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FeedEntry {
     /// What the filter matches and does.
     pub entry: Entry,
     /// The feed's identifier for it (SBL id, STIX id, malware family, Tor
     /// relay fingerprint, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub indicator: Option<String>,
     /// Confidence 0-100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<u8>,
     /// Not to be enforced before this time.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub valid_from: Option<OffsetDateTime>,
     /// Not to be enforced after this time.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub expires: Option<OffsetDateTime>,
     /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 

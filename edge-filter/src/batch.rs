@@ -1,0 +1,158 @@
+//! BPF batch map operations through the raw `bpf(2)` syscall.
+//!
+//! aya 0.14 has no batch API. `BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`
+//! and `BPF_MAP_LOOKUP_BATCH` (Linux 5.6+) move thousands of hash-map
+//! elements per syscall instead of one. LPM tries do not implement them: the
+//! callers fall back to per-element operations when the kernel answers
+//! `EINVAL`/`ENOTSUPP`/`EOPNOTSUPP`, which [`unsupported`] recognises.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use aya::Pod;
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// The kernel-internal "not supported" errno that leaks to userspace.
+const ENOTSUPP: i32 = 524;
+
+/// Elements per syscall: large enough to amortise the syscall, small enough
+/// that the kernel's copy buffers stay modest.
+pub const CHUNK: usize = 16 * 1024;
+
+/// `union bpf_attr`'s `batch` member.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn sys_bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: attr is a valid, fully initialised bpf_attr prefix and its
+    // pointers reference live buffers of the declared sizes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether an error means the map type has no batch support.
+pub fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(ENOTSUPP) | Some(libc::EOPNOTSUPP)
+    )
+}
+
+/// Outcome of a batch write: how many elements landed before an error, and
+/// that error (the element at index `done` is the one that failed).
+pub struct Partial {
+    /// Elements processed successfully.
+    pub done: usize,
+    /// The error that stopped the batch, if any.
+    pub error: Option<io::Error>,
+}
+
+/// Update `keys[i] -> values[i]`, one chunk per syscall, stopping at the
+/// first failing element.
+pub fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> Partial {
+    assert_eq!(keys.len(), values.len());
+    let mut done = 0;
+    while done < keys.len() {
+        let n = (keys.len() - done).min(CHUNK);
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: n as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let r = sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
+        done += (attr.count as usize).min(n);
+        if let Err(e) = r {
+            return Partial {
+                done,
+                error: Some(e),
+            };
+        }
+    }
+    Partial { done, error: None }
+}
+
+/// Delete `keys`, one chunk per syscall, stopping at the first failure.
+pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Partial {
+    let mut done = 0;
+    while done < keys.len() {
+        let n = (keys.len() - done).min(CHUNK);
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            count: n as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let r = sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr);
+        done += (attr.count as usize).min(n);
+        if let Err(e) = r {
+            return Partial {
+                done,
+                error: Some(e),
+            };
+        }
+    }
+    Partial { done, error: None }
+}
+
+/// Read every element of a hash map.
+pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
+    fd: BorrowedFd<'_>,
+) -> io::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    let mut keys = vec![K::default(); CHUNK];
+    let mut vals = vec![V::default(); CHUNK];
+    // Hash maps use a u32 bucket cursor; give it room for any key size.
+    let mut cursor_in = [0u8; 64];
+    let mut cursor_out = [0u8; 64];
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                cursor_in.as_mut_ptr() as u64
+            },
+            out_batch: cursor_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: vals.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let r = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = (attr.count as usize).min(CHUNK);
+        out.extend(keys[..n].iter().copied().zip(vals[..n].iter().copied()));
+        match r {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(e),
+        }
+        cursor_in = cursor_out;
+        first = false;
+    }
+}

@@ -1,0 +1,172 @@
+//! Map sync against real kernel maps (private, via a loaded program):
+//! contents read back equal what was asked, batch and per-element paths
+//! agree, deltas touch only what changed, a full map refuses the overflow
+//! and applies the rest, and reconcile repairs drift. Root only.
+
+use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
+use edge_filter::maps::{Desired, drift};
+use edge_filter::program::Capacities;
+use edge_filter::testrun::KernelClassifier;
+use ipnet::IpNet;
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// `n` exact IPv4 addresses, a few prefixes and port entries, both families.
+fn set(n: u32, offset: u32) -> EntrySet {
+    let mut entries: Vec<Entry> = (0..n)
+        .map(|i| {
+            let a = std::net::Ipv4Addr::from(0x0b00_0000 + offset + i);
+            Entry::new(IpNet::from(std::net::IpAddr::V4(a)), None, Action::Drop)
+        })
+        .collect();
+    entries.push(Entry::new(net("198.51.100.0/24"), None, Action::Monitor));
+    entries.push(Entry::new(net("198.51.0.0/16"), None, Action::Drop));
+    entries.push(Entry::new(net("2001:db8::/32"), None, Action::Drop));
+    entries.push(Entry::new(net("2001:db8::1/128"), None, Action::Monitor));
+    entries.push(Entry::new(
+        net("192.0.2.1/32"),
+        Some(PortMatch {
+            proto: Proto::Tcp,
+            port: 443,
+            side: Side::Src,
+        }),
+        Action::Drop,
+    ));
+    entries.push(Entry::new(
+        net("192.0.2.0/24"),
+        Some(PortMatch {
+            proto: Proto::Udp,
+            port: 53,
+            side: Side::Dst,
+        }),
+        Action::Monitor,
+    ));
+    EntrySet {
+        allow: vec![net("198.51.100.7/32"), net("fd00::/8")],
+        entries,
+    }
+}
+
+fn classifier() -> KernelClassifier {
+    KernelClassifier::new(&Capacities::small()).unwrap_or_else(|e| panic!("loading: {e}"))
+}
+
+#[test]
+fn contents_read_back_and_deltas_are_minimal() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let mut k = classifier();
+    let s1 = set(5000, 0);
+    k.set_entries(&s1, false).expect("apply");
+    assert_eq!(k.last_sync.added, 5000 + 6 + 2, "{:?}", k.last_sync);
+    let back = k.maps().read().expect("read");
+    assert_eq!(back.to_entry_set().entries.len(), 5006);
+    let want = Desired::build(&s1, &edge_filter::maps::ids_of(&back));
+    assert_eq!(
+        drift(&back, &want),
+        0,
+        "kernel contents differ from the desired state"
+    );
+
+    // Shift the window by 100: 100 removed, 100 added, nothing else touched.
+    let s2 = set(5000, 100);
+    k.set_entries(&s2, false).expect("apply delta");
+    assert_eq!(
+        (k.last_sync.added, k.last_sync.removed, k.last_sync.changed),
+        (100, 100, 0),
+        "{:?}",
+        k.last_sync
+    );
+    // Ids of surviving keys are stable.
+    let back2 = k.maps().read().expect("read");
+    let ids1 = edge_filter::maps::ids_of(&back);
+    let ids2 = edge_filter::maps::ids_of(&back2);
+    let kept = ids2
+        .iter()
+        .filter(|(key, id)| ids1.get(key) == Some(id))
+        .count();
+    assert_eq!(kept, 4900 + 6 + 2, "ids of unchanged keys must not change");
+}
+
+#[test]
+fn batch_and_per_element_paths_agree() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let s = set(3000, 7);
+    let mut a = classifier();
+    a.set_entries(&s, false).expect("batch");
+    let mut b = classifier();
+    b.maps_mut().set_batch(false);
+    b.set_entries(&s, false).expect("per element");
+    let (ra, rb) = (a.maps().read().unwrap(), b.maps().read().unwrap());
+    assert_eq!(ra.to_entry_set(), rb.to_entry_set());
+    assert_eq!(a.last_sync, b.last_sync);
+}
+
+#[test]
+fn full_map_refuses_overflow_and_applies_the_rest() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let caps = Capacities {
+        addr_v4: 1000,
+        ..Capacities::small()
+    };
+    let mut k = KernelClassifier::new(&caps).expect("load");
+    k.set_entries(&set(1500, 0), false).expect("apply");
+    assert_eq!(k.last_sync.refused, 500, "{:?}", k.last_sync);
+    assert!(
+        k.last_sync.refusals[0].contains("ADDR_V4"),
+        "{:?}",
+        k.last_sync.refusals
+    );
+    let back = k.maps().read().unwrap();
+    assert_eq!(back.addr_v4.len(), 1000);
+    // The other maps got everything.
+    assert_eq!(back.prefix_v4.len(), 2);
+    assert_eq!(back.port_v4.len(), 1);
+    assert_eq!(back.allow_v6.len(), 1);
+}
+
+#[test]
+fn reconcile_repairs_drift() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let flags = edge_filter_common::CONFIG_RECORD_LAST;
+    let mut k = classifier();
+    k.set_entries(&set(200, 0), false).expect("apply");
+    let good = k.maps().read().unwrap();
+    assert_eq!(k.maps_mut().reconcile(flags).unwrap(), 0, "no drift yet");
+    // Behind the agent's back: one address removed, one value changed, one
+    // bogus key added.
+    k.maps_mut()
+        .tamper(|d| {
+            d.addr_v4.remove(&[11, 0, 0, 1]);
+            d.addr_v4.get_mut(&[11, 0, 0, 2]).unwrap().action = edge_filter_common::ACTION_MONITOR;
+            let v = d.addr_v4[&[11, 0, 0, 3]];
+            d.addr_v4.insert([203, 0, 113, 9], v);
+        })
+        .unwrap();
+    assert_eq!(drift(&k.maps().read().unwrap(), &good), 3);
+    let drifted = k.maps_mut().reconcile(flags).unwrap();
+    assert_eq!(drifted, 3, "reconcile must count every drifted key");
+    assert_eq!(
+        drift(&k.maps().read().unwrap(), &good),
+        0,
+        "reconcile must restore the contents"
+    );
+}
