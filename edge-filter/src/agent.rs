@@ -91,11 +91,29 @@ fn stamp(paths: &[&Path]) -> Vec<Option<(SystemTime, u64)>> {
 /// Run the agent until SIGINT or SIGTERM.
 pub async fn run(opts: RunOptions) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first: a SIGHUP during start-up must not kill the agent (the
+    // default action of SIGHUP is to terminate).
+    let sig = |k| {
+        signal(k).map_err(|source| Error::Pin {
+            op: "installing signal handlers".into(),
+            source,
+        })
+    };
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
     let flags = if opts.malformed_drop {
         abi::CONFIG_MALFORMED_DROP
     } else {
         0
     };
+    let files: Vec<PathBuf> = std::iter::once(opts.blocklist.clone())
+        .chain(opts.allowlist.clone())
+        .collect();
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    // Stamp before reading: an edit made while we load and attach then
+    // shows up as a change on the first tick instead of being missed.
+    let mut last = stamp(&refs);
     let loaded = load_files(&opts.blocklist, opts.allowlist.as_deref())?;
     report(&loaded);
     let mut att = attach::attach_or_adopt(
@@ -134,21 +152,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         opts.iface,
         if att.adopted { "adopted" } else { "attached" }
     );
-
-    let files: Vec<PathBuf> = std::iter::once(opts.blocklist.clone())
-        .chain(opts.allowlist.clone())
-        .collect();
-    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let mut last = stamp(&refs);
-    let sig = |k| {
-        signal(k).map_err(|source| Error::Pin {
-            op: "installing signal handlers".into(),
-            source,
-        })
-    };
-    let mut hup = sig(SignalKind::hangup())?;
-    let mut term = sig(SignalKind::terminate())?;
-    let mut int = sig(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(opts.poll);
     loop {
         let forced = tokio::select! {

@@ -671,7 +671,11 @@ impl Config {
             } else if by_name.insert(&f.name, f).is_some() {
                 p.push(format!("feed '{}' is defined twice", f.name));
             }
-            p.extend(feed_problems(f).into_iter().map(|m| format!("feed '{}': {m}", f.name)));
+            p.extend(
+                feed_problems(f)
+                    .into_iter()
+                    .map(|m| format!("feed '{}': {m}", f.name)),
+            );
         }
         let mut listed = BTreeSet::new();
         for name in &self.allowlist.feeds {
@@ -973,7 +977,10 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
 "#)
         .unwrap();
         let d = &c.feeds[0];
-        assert_eq!(d.source, Source::File("/etc/edge-filter/feeds/drop.txt".into()));
+        assert_eq!(
+            d.source,
+            Source::File("/etc/edge-filter/feeds/drop.txt".into())
+        );
         assert_eq!(d.format, FeedFormat::Auto);
         assert_eq!(d.refresh, Duration::from_secs(300));
         assert_eq!(d.action, Action::Drop);
@@ -1017,7 +1024,7 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
             bad("/etc/x"),
             "source '/etc/x' is not supported (use file:/path, http://... or https://...)"
         );
-        assert_eq!(bad("file:"), "source 'file:' needs a path".replace("' ", "': file: "));
+        assert_eq!(bad("file:"), "source 'file:': file: needs a path");
         assert_eq!(bad("https:///x"), "source 'https:///x': URL has no host");
         assert_eq!(
             bad("file://host/x"),
@@ -1052,7 +1059,7 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
     fn unknown_keys_name_file_line_and_key() {
         assert_eq!(
             err("\n[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nrefesh = \"5m\"\n"),
-            "test.toml:6:1: unknown field `refesh`, expected one of `name`, `source`, `format`, \
+            "test.toml:7:1: unknown field `refesh`, expected one of `name`, `source`, `format`, \
              `refresh`, `action`, `confidence_threshold`, `ttl`, `allow_broad`, `role`, `csv`, \
              `url_ip_hosts` (at `refesh = \"5m\"`)"
         );
@@ -1062,7 +1069,10 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
             "{e}"
         );
         let e = err("[capacities]\naddr_v5 = 1\n");
-        assert!(e.starts_with("test.toml:4:1: unknown field `addr_v5`"), "{e}");
+        assert!(
+            e.starts_with("test.toml:4:1: unknown field `addr_v5`"),
+            "{e}"
+        );
         let e = Config::from_str_named("stat_dir = \"/x\"\n", "c.toml")
             .unwrap_err()
             .to_string();
@@ -1093,21 +1103,28 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
             err("[allowlist]\nentries = [\"192.0.2.0/24\", \"bogus\"]\n"),
             "test.toml:4:11: allowlist entry 'bogus': invalid address 'bogus' \
              (at `entries = [\"192.0.2.0/24\", \"bogus\"]`)"
-                .replace(
-                    "invalid address 'bogus'",
-                    &crate::blocklist::parse_net("bogus").unwrap_err().to_string()
-                )
         );
         let e = err("[[interface]]\nname = \"eth2\"\nmode = \"fast\"\n");
-        assert!(e.starts_with("test.toml:5:8: unknown variant `fast`"), "{e}");
+        assert!(
+            e.starts_with("test.toml:5:8: unknown variant `fast`"),
+            "{e}"
+        );
         let e = err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nrole = \"deny\"\n");
-        assert!(e.starts_with("test.toml:6:8: unknown variant `deny`"), "{e}");
+        assert!(
+            e.starts_with("test.toml:6:8: unknown variant `deny`"),
+            "{e}"
+        );
         let e = err("[[feed]]\nname = \"a\"\n");
         assert!(e.contains("missing field `source`"), "{e}");
         let e = err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\ncsv = { ip_column = -1 }\n");
         assert!(e.contains("column index -1 is negative"), "{e}");
-        let e = err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\ncsv = { ip_column = 0, delimiter = \"::\" }\n");
-        assert!(e.contains("delimiter '::' must be one ASCII character"), "{e}");
+        let e = err(
+            "[[feed]]\nname = \"a\"\nsource = \"file:/x\"\ncsv = { ip_column = 0, delimiter = \"::\" }\n",
+        );
+        assert!(
+            e.contains("delimiter '::' must be one ASCII character"),
+            "{e}"
+        );
         let e = err("[limits]\nmax_bytes = \"12 parsecs\"\n");
         assert!(
             e.contains("invalid byte count '12 parsecs' (units: B, kB, MB, GB, KiB, MiB, GiB)"),
@@ -1133,8 +1150,17 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
                 max_line_len: 100
             }
         );
-        assert_eq!((c.limits.timeout, c.limits.retries), (Duration::from_secs(5), 0));
-        assert_eq!(cfg("[limits]\nmax_bytes = 4096\n").unwrap().limits.max_bytes, 4096);
+        assert_eq!(
+            (c.limits.timeout, c.limits.retries),
+            (Duration::from_secs(5), 0)
+        );
+        assert_eq!(
+            cfg("[limits]\nmax_bytes = 4096\n")
+                .unwrap()
+                .limits
+                .max_bytes,
+            4096
+        );
     }
 
     #[test]
@@ -1223,10 +1249,6 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
                 "[limits] timeout must be greater than zero",
             ),
             (
-                "reconcile_interval = \"0s\"\n".to_string(),
-                "reconcile_interval must be greater than zero",
-            ),
-            (
                 "[[interface]]\nname = \"eth1\"\n".to_string(),
                 "interface 'eth1' is listed twice",
             ),
@@ -1239,7 +1261,10 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
                 "feed 'a': a csv mapping is given but format is \"plain\" (use \"csv\" or \"auto\")",
             ),
             (
-                feed("a", "csv = { ip_column = 0, proto = \"tcp\", proto_column = 3 }"),
+                feed(
+                    "a",
+                    "csv = { ip_column = 0, proto = \"tcp\", proto_column = 3 }",
+                ),
                 "feed 'a': csv: give proto or proto_column, not both",
             ),
             (
@@ -1250,8 +1275,8 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
         for (text, expected) in cases {
             assert_eq!(problems(&text), vec![expected.to_string()], "{text}");
         }
-        // Placement of "reconcile_interval" above: a top-level key after the
-        // [[interface]] table would belong to it, so check it on its own.
+        // A top-level key must come before the first table (after
+        // [[interface]] it would belong to the interface).
         let e = Config::from_str_named(
             "reconcile_interval = \"0s\"\n[[interface]]\nname = \"e\"\n",
             "c.toml",
@@ -1310,8 +1335,8 @@ role = "allow"
 
     #[test]
     fn round_trips_through_toml() {
-        let c = Config::from_str_named(include_str!("../../examples/edge-filter.toml"), "ex")
-            .unwrap();
+        let c =
+            Config::from_str_named(include_str!("../../examples/edge-filter.toml"), "ex").unwrap();
         let text = toml::to_string(&c).unwrap();
         let again = Config::from_str_named(&text, "again").unwrap();
         assert_eq!(c, again);

@@ -561,9 +561,9 @@ fn classify(e: reqwest::Error, policy: &FetchPolicy) -> Failure {
             Failure::Timeout(policy.timeout)
         }
     } else if e.is_body() || e.is_decode() {
-        Failure::Truncated(chain(e))
+        Failure::Truncated(causes(e))
     } else if e.is_connect() || e.is_request() {
-        Failure::Connect(chain(e))
+        Failure::Connect(causes(e))
     } else {
         Failure::Other(chain(e))
     }
@@ -575,15 +575,47 @@ fn classify(e: reqwest::Error, policy: &FetchPolicy) -> Failure {
 fn chain(e: reqwest::Error) -> String {
     use std::error::Error as _;
     let e = e.without_url();
-    let mut s = e.to_string();
+    let mut parts = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(cause) = src {
+        parts.push(cause.to_string());
+        src = cause.source();
+    }
+    join(parts)
+}
+
+/// Like [`chain`], without reqwest's and hyper's generic wrappers ("error
+/// sending request", "client error (Connect)", ...) when there is a more
+/// specific cause: `tcp connect error: Connection refused (os error 111)`.
+fn causes(e: reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut parts = Vec::new();
     let mut src = e.source();
     while let Some(cause) = src {
         let msg = cause.to_string();
-        if !s.ends_with(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
+        if !(msg.starts_with("client error (") || msg == "request or response body error") {
+            parts.push(msg);
         }
         src = cause.source();
+    }
+    if parts.is_empty() {
+        chain(e)
+    } else {
+        join(parts)
+    }
+}
+
+/// `a: b: c`, leaving out a part that the previous one already ends with.
+fn join(parts: Vec<String>) -> String {
+    let mut s = String::new();
+    for p in parts {
+        if s.ends_with(&p) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&p);
     }
     s
 }
@@ -1195,6 +1227,22 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("connection failed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fetch_https_to_a_plain_http_server_fails_the_handshake() {
+        // Exercises the rustls path (provider, root store) up to the
+        // handshake, which a plain HTTP server cannot complete.
+        let srv = Server::start(vec![Reply::new(200, b"ok")]).await;
+        let url = srv.url("/").replace("http://", "https://");
+        let policy = FetchPolicy {
+            retries: 0,
+            ..quick()
+        };
+        let err = get(&url, &Validators::default(), &policy)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Connect { .. }), "{err:?}");
     }
 
     #[tokio::test]

@@ -81,9 +81,17 @@ impl Paths {
             })?;
             mount_bpffs(mount)?;
         }
-        std::fs::create_dir_all(&self.root).map_err(|source| Error::Pin {
-            op: format!("creating {}", self.root.display()),
-            source,
+        std::fs::create_dir_all(&self.root).map_err(|source| {
+            if crate::error::is_permission(&source) {
+                Error::Permission {
+                    op: format!("creating {}", self.root.display()),
+                }
+            } else {
+                Error::Pin {
+                    op: format!("creating {}", self.root.display()),
+                    source,
+                }
+            }
         })?;
         let parent = self.root.parent().unwrap_or(&self.root);
         if !is_bpffs(&self.root) && !is_bpffs(parent) {
@@ -122,9 +130,15 @@ fn mount_bpffs(at: &Path) -> Result<()> {
         )
     };
     if rc != 0 {
+        let source = std::io::Error::last_os_error();
+        if crate::error::is_permission(&source) {
+            return Err(Error::Permission {
+                op: format!("mounting bpffs at {}", at.display()),
+            });
+        }
         return Err(Error::BpffsMount {
             path: at.into(),
-            source: std::io::Error::last_os_error(),
+            source,
         });
     }
     log::info!("mounted bpffs at {}", at.display());

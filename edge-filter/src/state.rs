@@ -1,1 +1,671 @@
-//! (in progress)
+//! The agent's state directory: last-known-good feed copies, small JSON
+//! state blobs and operator force requests.
+//!
+//! Layout (every file written atomically: a temporary file in the same
+//! directory, `fsync`, `rename` over the final name, `fsync` of the
+//! directory; so after a crash a file is either the old or the new
+//! version, never a mix):
+//!
+//! ```text
+//! ROOT/                 mode 0700
+//!   lkg/FEED.json       LastKnownGood of each feed
+//!   force/FEED          operator request to apply FEED's next update even
+//!                       if the shrink guard would hold it (`touch` works)
+//!   NAME.json           save_json / load_json blobs
+//! ```
+//!
+//! Feed and blob names are used as file names as they are when they
+//! consist of ASCII letters, digits, `-`, `_` and `.` (and do not start
+//! with `.`); any other byte is written `%XX`, so every name is safe and
+//! distinct. Temporary files start with `.` and are ignored when loading;
+//! ones older than an hour (left by a crash) are removed by
+//! [`StateDir::open`].
+//!
+//! The methods do blocking I/O (including `fsync`); from async code, call
+//! the ones that write or read a large last-known-good copy through
+//! `tokio::task::spawn_blocking`.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use time::OffsetDateTime;
+
+use crate::feeds::FeedEntry;
+use crate::fetch::Validators;
+
+/// Subdirectory of last-known-good copies.
+const LKG_DIR: &str = "lkg";
+/// Subdirectory of force requests.
+const FORCE_DIR: &str = "force";
+/// Temporary files older than this are removed by [`StateDir::open`].
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+/// Longest file name written (ext4, xfs, btrfs: 255 bytes).
+const MAX_FILE_NAME: usize = 255;
+
+/// Why a state operation failed. Every variant names the file.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// Reading, writing or listing failed.
+    #[error("state directory: {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// A state file that is not valid JSON of the expected shape.
+    #[error("state file {} is corrupt: {source}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What the JSON parser said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A value that cannot be written as JSON (e.g. a date beyond year 9999).
+    #[error("state file {}: cannot encode: {source}", path.display())]
+    Encode {
+        /// The file.
+        path: PathBuf,
+        /// What the JSON writer said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A last-known-good file whose content is another feed's.
+    #[error("state file {} holds the last-known-good copy of feed {found:?}, not {expected:?}", path.display())]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// The feed its name says.
+        expected: String,
+        /// The feed its content says.
+        found: String,
+    },
+    /// A feed or blob name that cannot be a file name (empty or too long).
+    #[error(
+        "{0:?} cannot name a state file (empty, or longer than {MAX_FILE_NAME} bytes once encoded)"
+    )]
+    BadName(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The last copy of a feed that fetched and parsed, enforced while the feed
+/// is failing and loaded at start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastKnownGood {
+    /// The feed's name.
+    pub feed: String,
+    /// When the body was fetched.
+    #[serde(with = "time::serde::rfc3339")]
+    pub fetched_at: OffsetDateTime,
+    /// For a conditional request on the next fetch.
+    #[serde(default)]
+    pub validators: Validators,
+    /// The parsed entries.
+    pub entries: Vec<FeedEntry>,
+    /// How many lines or objects of the body were rejected.
+    #[serde(default)]
+    pub rejected_lines: usize,
+    /// [`digest`] of the body.
+    #[serde(default)]
+    pub source_digest: String,
+}
+
+/// What [`StateDir::load_all_lkg`] found: each feed's copy, or why it
+/// could not be loaded.
+pub type AllLkg = BTreeMap<String, Result<LastKnownGood, StateError>>;
+
+/// A cheap, stable (across builds and releases) digest of a feed body:
+/// `fnv1a64:` and 16 hex digits. For telling whether a body changed, not
+/// for security.
+pub fn digest(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("fnv1a64:{h:016x}")
+}
+
+/// The state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Open (creating it and its parents if needed) the state directory at
+    /// `root`, make it mode 0700, and remove stale temporary files.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StateError> {
+        let root = root.into();
+        let dir = StateDir { root };
+        for d in [
+            dir.root.clone(),
+            dir.root.join(LKG_DIR),
+            dir.root.join(FORCE_DIR),
+        ] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&d)
+                .map_err(io_err(&d))?;
+        }
+        let meta = fs::metadata(&dir.root).map_err(io_err(&dir.root))?;
+        if meta.permissions().mode() & 0o777 != 0o700 {
+            fs::set_permissions(&dir.root, fs::Permissions::from_mode(0o700))
+                .map_err(io_err(&dir.root))?;
+        }
+        dir.remove_stale_temps(&dir.root);
+        dir.remove_stale_temps(&dir.root.join(LKG_DIR));
+        Ok(dir)
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn remove_stale_temps(&self, dir: &Path) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        let now = SystemTime::now();
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let is_temp = name
+                .to_str()
+                .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE_TEMP));
+            if is_temp && stale {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Where the last-known-good copy of `feed` is kept.
+    pub fn lkg_path(&self, feed: &str) -> Result<PathBuf, StateError> {
+        Ok(self.root.join(LKG_DIR).join(file_name(feed, ".json")?))
+    }
+
+    /// Where a force request for `feed` is (the operator may create it by
+    /// hand).
+    pub fn force_path(&self, feed: &str) -> Result<PathBuf, StateError> {
+        Ok(self.root.join(FORCE_DIR).join(file_name(feed, "")?))
+    }
+
+    /// Persist `lkg` atomically as `lkg/FEED.json`.
+    pub fn save_lkg(&self, lkg: &LastKnownGood) -> Result<(), StateError> {
+        write_json_atomic(&self.lkg_path(&lkg.feed)?, lkg)
+    }
+
+    /// The last-known-good copy of `feed`, `None` if there is none. A
+    /// corrupt file is [`StateError::Corrupt`] (log it and go on without).
+    pub fn load_lkg(&self, feed: &str) -> Result<Option<LastKnownGood>, StateError> {
+        let path = self.lkg_path(feed)?;
+        let Some(lkg) = read_json::<LastKnownGood>(&path)? else {
+            return Ok(None);
+        };
+        if lkg.feed != feed {
+            return Err(StateError::Mismatch {
+                path,
+                expected: feed.to_owned(),
+                found: lkg.feed,
+            });
+        }
+        Ok(Some(lkg))
+    }
+
+    /// Every last-known-good copy, by feed name. The outer error is only for
+    /// a directory that cannot be listed; each file's own problem is in its
+    /// entry (log it and go on without).
+    pub fn load_all_lkg(&self) -> Result<AllLkg, StateError> {
+        let dir = self.root.join(LKG_DIR);
+        let mut out = BTreeMap::new();
+        for e in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let e = e.map_err(io_err(&dir))?;
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let Some(feed) = name.strip_suffix(".json").and_then(decode_name) else {
+                continue;
+            };
+            let got = match self.load_lkg(&feed) {
+                Ok(Some(lkg)) => Ok(lkg),
+                // Removed since it was listed.
+                Ok(None) => continue,
+                Err(e) => Err(e),
+            };
+            out.insert(feed, got);
+        }
+        Ok(out)
+    }
+
+    /// Delete the last-known-good copy of `feed` (a feed removed from the
+    /// configuration). Whether there was one.
+    pub fn remove_lkg(&self, feed: &str) -> Result<bool, StateError> {
+        let path = self.lkg_path(feed)?;
+        remove(&path)
+    }
+
+    /// Persist a small value atomically as `NAME.json`.
+    pub fn save_json<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        write_json_atomic(&self.root.join(file_name(name, ".json")?), value)
+    }
+
+    /// A value saved with [`StateDir::save_json`], `None` if there is none.
+    pub fn load_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
+        read_json(&self.root.join(file_name(name, ".json")?))
+    }
+
+    /// Ask that the next update of `feed` be applied even if the shrink
+    /// guard would hold it (creates `force/FEED`).
+    pub fn request_force(&self, feed: &str) -> Result<(), StateError> {
+        let path = self.force_path(feed)?;
+        let now = OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        fs::write(&path, format!("{now}\n")).map_err(io_err(&path))
+    }
+
+    /// Whether a force was requested for `feed`, consuming the request.
+    pub fn take_force(&self, feed: &str) -> Result<bool, StateError> {
+        let path = self.force_path(feed)?;
+        remove(&path)
+    }
+}
+
+/// Remove a file; whether it was there.
+fn remove(path: &Path) -> Result<bool, StateError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// `name` + `suffix` as a file name: bytes other than ASCII alphanumerics,
+/// `-`, `_` and `.` (and a leading `.`) are written `%XX`.
+fn file_name(name: &str, suffix: &str) -> Result<String, StateError> {
+    if name.is_empty() {
+        return Err(StateError::BadName(name.to_owned()));
+    }
+    let mut out = String::with_capacity(name.len() + suffix.len());
+    for (i, b) in name.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
+        if plain {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.push_str(suffix);
+    // Room for the temporary name's prefix and suffix too.
+    if out.len() + 32 > MAX_FILE_NAME {
+        return Err(StateError::BadName(name.to_owned()));
+    }
+    Ok(out)
+}
+
+/// The inverse of [`file_name`] (without the suffix).
+fn decode_name(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Read and parse a JSON file; `None` if it does not exist.
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| StateError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Write `value` as JSON to `path` atomically: temporary file in the same
+/// directory (mode 0600), fsync, rename, fsync of the directory.
+fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), StateError> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        serde_json::to_writer(&mut w, value).map_err(|source| {
+            if source.is_io() {
+                io_err(&tmp)(io::Error::other(source))
+            } else {
+                StateError::Encode {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        w.write_all(b"\n").map_err(io_err(&tmp))?;
+        let file = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        drop(file);
+        fs::rename(&tmp, path).map_err(io_err(path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{Action, Entry, PortMatch, Proto, Side};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A fresh, not yet existing path under the system temporary directory;
+    /// removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Scratch {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "edge-filter-state-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = fs::remove_dir_all(&p);
+            Scratch(p)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn sample(feed: &str) -> LastKnownGood {
+        let t = |s: &str| {
+            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
+        };
+        let mut e1 = FeedEntry::new(Entry::new(
+            "192.0.2.0/24".parse().unwrap(),
+            None,
+            Action::Drop,
+        ));
+        e1.indicator = Some("SBL256894".into());
+        let mut e2 = FeedEntry::new(Entry::new(
+            "2001:db8::1/128".parse().unwrap(),
+            Some(PortMatch {
+                proto: Proto::Tcp,
+                port: 443,
+                side: Side::Src,
+            }),
+            Action::Monitor,
+        ));
+        e2.confidence = Some(40);
+        e2.valid_from = Some(t("2024-03-01T00:00:00Z"));
+        e2.expires = Some(t("2030-01-01T12:30:00.5+02:00"));
+        e2.description = Some("Dridex C2 \u{2014} \"quoted\"".into());
+        LastKnownGood {
+            feed: feed.to_owned(),
+            fetched_at: t("2025-06-01T10:00:00Z"),
+            validators: Validators {
+                etag: Some("\"abc\"".into()),
+                last_modified: Some("Wed, 21 Oct 2015 07:28:00 GMT".into()),
+                file_stamp: None,
+            },
+            entries: vec![e1, e2],
+            rejected_lines: 3,
+            source_digest: digest(b"body"),
+        }
+    }
+
+    #[test]
+    fn state_lkg_roundtrip() {
+        let s = Scratch::new();
+        let dir = StateDir::open(s.0.join("nested/state")).unwrap();
+        assert_eq!(
+            fs::metadata(dir.root()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(dir.load_lkg("spamhaus-drop").unwrap(), None);
+        let lkg = sample("spamhaus-drop");
+        dir.save_lkg(&lkg).unwrap();
+        let path = dir.lkg_path("spamhaus-drop").unwrap();
+        assert_eq!(path, dir.root().join("lkg/spamhaus-drop.json"));
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(dir.load_lkg("spamhaus-drop").unwrap(), Some(lkg.clone()));
+        // Absent optional fields are not written.
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""indicator":"SBL256894""#), "{text}");
+        assert_eq!(text.matches("\"confidence\"").count(), 1, "{text}");
+
+        // Overwrite, and a second feed.
+        let mut newer = lkg.clone();
+        newer.entries.truncate(1);
+        newer.validators.etag = Some("\"def\"".into());
+        dir.save_lkg(&newer).unwrap();
+        dir.save_lkg(&sample("feodo")).unwrap();
+        assert_eq!(dir.load_lkg("spamhaus-drop").unwrap(), Some(newer.clone()));
+
+        // A restart sees the same.
+        let again = StateDir::open(dir.root()).unwrap();
+        let all = again.load_all_lkg().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all["spamhaus-drop"].as_ref().unwrap(), &newer);
+        assert_eq!(all["feodo"].as_ref().unwrap(), &sample("feodo"));
+
+        // No temporary files left behind.
+        let names: Vec<_> = fs::read_dir(dir.root().join(LKG_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+
+        assert!(again.remove_lkg("feodo").unwrap());
+        assert!(!again.remove_lkg("feodo").unwrap());
+        assert_eq!(again.load_all_lkg().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn state_leftover_temp_file_does_not_break_load() {
+        let s = Scratch::new();
+        let dir = StateDir::open(&s.0).unwrap();
+        let lkg = sample("a");
+        dir.save_lkg(&lkg).unwrap();
+        let lkg_dir = dir.root().join(LKG_DIR);
+        // A crash in the middle of writing a.json and b.json.
+        fs::write(lkg_dir.join(".a.json.tmp-999-0"), b"{\"feed\":\"a\",\"entr").unwrap();
+        fs::write(lkg_dir.join(".b.json.tmp-999-1"), b"").unwrap();
+        assert_eq!(dir.load_lkg("a").unwrap(), Some(lkg.clone()));
+        assert_eq!(dir.load_lkg("b").unwrap(), None);
+        let all = dir.load_all_lkg().unwrap();
+        assert_eq!(all.keys().collect::<Vec<_>>(), ["a"]);
+        // Saving again is not disturbed by the leftovers either.
+        dir.save_lkg(&sample("b")).unwrap();
+        assert_eq!(dir.load_lkg("b").unwrap(), Some(sample("b")));
+        // Fresh leftovers survive open (they may be another process's
+        // write in progress); old ones are removed.
+        let old = lkg_dir.join(".a.json.tmp-999-0");
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(SystemTime::now() - 2 * STALE_TEMP)
+            .unwrap();
+        StateDir::open(dir.root()).unwrap();
+        assert!(!old.exists());
+        assert!(lkg_dir.join(".b.json.tmp-999-1").exists());
+    }
+
+    #[test]
+    fn state_corrupt_file_is_an_error_naming_it() {
+        let s = Scratch::new();
+        let dir = StateDir::open(&s.0).unwrap();
+        dir.save_lkg(&sample("good")).unwrap();
+        let path = dir.lkg_path("bad").unwrap();
+        fs::write(&path, b"{\"feed\": \"bad\", \"entries\": [").unwrap();
+        let err = dir.load_lkg("bad").unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("state file {} is corrupt: ", path.display())),
+            "{msg}"
+        );
+        // load_all reports it and still loads the rest.
+        let all = dir.load_all_lkg().unwrap();
+        assert!(all["good"].is_ok());
+        assert!(matches!(all["bad"], Err(StateError::Corrupt { .. })));
+
+        // Valid JSON of another feed.
+        let mut other = sample("other");
+        other.feed = "someone-else".into();
+        fs::write(
+            dir.lkg_path("other").unwrap(),
+            serde_json::to_vec(&other).unwrap(),
+        )
+        .unwrap();
+        let err = dir.load_lkg("other").unwrap_err();
+        assert!(matches!(err, StateError::Mismatch { .. }), "{err}");
+        assert!(err.to_string().contains("someone-else"), "{err}");
+    }
+
+    #[test]
+    fn state_force_request_and_take() {
+        let s = Scratch::new();
+        let dir = StateDir::open(&s.0).unwrap();
+        assert!(!dir.take_force("tor").unwrap());
+        dir.request_force("tor").unwrap();
+        dir.request_force("tor").unwrap();
+        assert_eq!(dir.force_path("tor").unwrap(), dir.root().join("force/tor"));
+        assert!(dir.force_path("tor").unwrap().exists());
+        assert!(!dir.take_force("other").unwrap());
+        assert!(dir.take_force("tor").unwrap());
+        assert!(!dir.take_force("tor").unwrap());
+        // An operator's `touch` works too.
+        fs::write(dir.root().join("force/ipsum"), b"").unwrap();
+        assert!(dir.take_force("ipsum").unwrap());
+    }
+
+    #[test]
+    fn state_json_blobs() {
+        let s = Scratch::new();
+        let dir = StateDir::open(&s.0).unwrap();
+        assert_eq!(dir.load_json::<Vec<u32>>("shrink-guard").unwrap(), None);
+        let mut m = BTreeMap::new();
+        m.insert("feodo".to_owned(), 2u32);
+        dir.save_json("shrink-guard", &m).unwrap();
+        assert_eq!(
+            dir.load_json::<BTreeMap<String, u32>>("shrink-guard")
+                .unwrap(),
+            Some(m)
+        );
+        assert!(dir.root().join("shrink-guard.json").exists());
+        // Wrong shape is Corrupt.
+        assert!(matches!(
+            dir.load_json::<Vec<u32>>("shrink-guard"),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn state_names_are_encoded() {
+        let s = Scratch::new();
+        let dir = StateDir::open(&s.0).unwrap();
+        for name in ["../../etc/passwd", ".hidden", "a b/c%d", "Ünï", "x.y-z_1"] {
+            let p = dir.lkg_path(name).unwrap();
+            assert_eq!(p.parent().unwrap(), dir.root().join(LKG_DIR), "{name}");
+            dir.save_lkg(&sample(name)).unwrap();
+            assert_eq!(dir.load_lkg(name).unwrap(), Some(sample(name)));
+            dir.request_force(name).unwrap();
+            assert!(dir.take_force(name).unwrap());
+        }
+        assert_eq!(
+            dir.lkg_path("x.y-z_1").unwrap(),
+            dir.root().join("lkg/x.y-z_1.json")
+        );
+        let all = dir.load_all_lkg().unwrap();
+        assert_eq!(all.len(), 5);
+        assert!(all.contains_key("../../etc/passwd"));
+        assert!(all.values().all(Result::is_ok));
+        assert!(matches!(dir.lkg_path(""), Err(StateError::BadName(_))));
+        assert!(matches!(
+            dir.lkg_path(&"x".repeat(300)),
+            Err(StateError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn state_open_tightens_mode() {
+        let s = Scratch::new();
+        fs::create_dir_all(&s.0).unwrap();
+        fs::set_permissions(&s.0, fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = StateDir::open(&s.0).unwrap();
+        assert_eq!(
+            fs::metadata(dir.root()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn state_digest_is_fnv1a64() {
+        assert_eq!(digest(b""), "fnv1a64:cbf29ce484222325");
+        assert_eq!(digest(b"a"), "fnv1a64:af63dc4c8601ec8c");
+        assert_ne!(digest(b"192.0.2.1\n"), digest(b"192.0.2.2\n"));
+    }
+}

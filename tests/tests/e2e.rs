@@ -955,7 +955,6 @@ fn wait_until_attaching(lab: &Lab, agent: &Agent) -> bool {
 /// never applied until the file changes again. Unignore once the stamp is
 /// taken before the files are read.
 #[test]
-#[ignore = "agent bug: an edit during startup is never applied (initial stamp taken after attach)"]
 fn e2e_edit_during_startup_is_applied() {
     if netns::skip_unless_root("e2e_edit_during_startup_is_applied") {
         return;
@@ -989,7 +988,6 @@ fn e2e_edit_during_startup_is_applied() {
 /// terminates the agent (a `systemctl reload` or a feed updater racing the
 /// start kills it). Unignore once SIGHUP is handled (or blocked) from the start.
 #[test]
-#[ignore = "agent bug: SIGHUP before `ready:` kills the agent (handlers installed after attach)"]
 fn e2e_sighup_during_startup_is_harmless() {
     if netns::skip_unless_root("e2e_sighup_during_startup_is_harmless") {
         return;

@@ -22,7 +22,7 @@ first on a new machine.
 
 The tests that create network namespaces and attach XDP programs need root; \
 as another user they skip themselves and this command warns (with \
---require-root it fails instead, as CI runs it). Each such test picks its own \
+--require-root, or CI=true as in CI, it fails instead). Each such test picks its own \
 namespace names, so they run in parallel like the others.
 
 Anything after `--` goes to the test binaries, e.g.
@@ -46,10 +46,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // CI (CI=true) must never let the root-only tests skip unnoticed.
+    let require_root = args.require_root || std::env::var("CI").is_ok_and(|v| v == "true");
     if !util::is_root() {
-        if args.require_root {
+        if require_root {
             bail!(
-                "not running as root (--require-root): the network namespace and XDP tests \
+                "not running as root (--require-root or CI=true): the network namespace and XDP tests \
                  would skip themselves"
             );
         }

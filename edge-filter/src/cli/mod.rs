@@ -40,6 +40,7 @@ pub struct PinArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach the filter to an interface and keep its maps equal to a blocklist file.
+    #[command(long_about = run::LONG_ABOUT)]
     Run(run::RunArgs),
     /// Show counters by reason from the pinned maps.
     Stats(stats::StatsArgs),

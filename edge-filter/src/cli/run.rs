@@ -8,21 +8,27 @@ use edge_filter::{agent, attach::Mode, paths::Paths, program::Capacities};
 
 use super::PinArgs;
 
-/// Attach the XDP filter to IFACE and keep it in sync with the blocklist.
-///
-/// The blocklist has one entry per line:
-///   203.0.113.7                     exact address
-///   198.51.100.0/24                 prefix
-///   tcp 192.0.2.1:443               address + protocol + source port
-///   udp [2001:db8::1]:53 dst        ... + destination port
-///   198.51.100.0/24 monitor         count and let through instead of drop
-///   # comment
-///
-/// The file is re-read when it changes and on SIGHUP; bad lines are reported
-/// with file and line and the rest applies. Stopping the agent leaves the
-/// filter attached; a new agent adopts it. `edge-filter detach` removes it.
+/// `run --help`: the blocklist format and the agent's life cycle.
+pub const LONG_ABOUT: &str = "\
+Attach the XDP filter to IFACE and keep it in sync with the blocklist.
+
+The blocklist has one entry per line:
+  203.0.113.7                     exact address
+  198.51.100.0/24                 prefix
+  tcp 192.0.2.1:443               address + protocol + source port
+  udp [2001:db8::1]:53 dst        ... + destination port
+  198.51.100.0/24 monitor         count and let through instead of drop
+  # comment
+
+The file is re-read when it changes and on SIGHUP; bad lines are reported
+with file and line and the rest applies. Stopping the agent leaves the
+filter attached; a new agent adopts it. `edge-filter detach` removes it.
+
+Example (as root):
+  edge-filter run --iface eth1 --blocklist /etc/edge-filter/blocklist.txt";
+
+/// Options of `edge-filter run`.
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
 pub struct RunArgs {
     /// Interface to filter (never your only uplink while testing).
     #[arg(long, short)]

@@ -1,0 +1,565 @@
+//! The feed-driven agent (`edge-filter run --config FILE`).
+//!
+//! One task per feed fetches it on its own schedule (HTTP: conditional GET
+//! every `refresh`; files: a cheap stat every second, read on change) and
+//! parses it off the async threads, so a slow or hanging feed never delays
+//! another. The main loop owns all state: it runs each new copy through the
+//! shrink guard, keeps last-known-good copies in the state directory, merges
+//! every feed into the desired state and applies it to each interface's
+//! maps as a diff. A feed that fails to fetch or parse changes nothing: its
+//! last-known-good entries stay enforced. The maps are reconciled with the
+//! desired state every `reconcile_interval`, repairing (and counting) drift,
+//! and the merge is redone when the next entry expires.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::attach;
+use crate::config::{Config, FeedConfig, Source};
+use crate::error::{Error, Result};
+use crate::feeds::{FeedParse, parse_feed};
+use crate::fetch::{FetchPolicy, Fetched, Fetcher, Location, Validators};
+use crate::maps::EntryMaps;
+use crate::paths::Paths;
+use crate::state::{LastKnownGood, StateDir};
+use crate::sync::{DesiredState, FeedSnapshot, GuardDecision, ShrinkGuard, merge};
+
+/// Name of the status blob in the state directory (read by `status`).
+pub const STATUS_FILE: &str = "status";
+/// Name of the shrink-guard blob in the state directory.
+const GUARD_FILE: &str = "guard";
+
+/// Health of one feed, as `edge-filter status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FeedHealth {
+    /// Feed name.
+    pub name: String,
+    /// Where it comes from (URL credentials redacted).
+    pub source: String,
+    /// Last fetch attempt.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_attempt: Option<OffsetDateTime>,
+    /// Last fetch that returned a usable copy (new or not modified).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_success: Option<OffsetDateTime>,
+    /// The error of the last attempt, if it failed.
+    pub last_error: Option<String>,
+    /// Entries of the copy being enforced.
+    pub entries: usize,
+    /// Lines or objects of that copy that were rejected.
+    pub rejected_lines: usize,
+    /// STIX patterns or records that cannot be expressed.
+    pub unsupported: usize,
+    /// First few rejection reasons of the latest copy (`line N: reason`).
+    pub rejected_examples: Vec<String>,
+    /// A held update, if one is waiting.
+    pub held: Option<String>,
+    /// Whether the enforced copy came from the state directory at start.
+    pub from_last_known_good: bool,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u32,
+}
+
+/// Everything the agent reports about itself.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// Agent process id.
+    pub pid: u32,
+    /// When the agent started.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started: Option<OffsetDateTime>,
+    /// When this status was written.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub updated: Option<OffsetDateTime>,
+    /// Interfaces filtered.
+    pub interfaces: Vec<String>,
+    /// Per feed.
+    pub feeds: Vec<FeedHealth>,
+    /// Entries in the desired state.
+    pub entries: usize,
+    /// Allowlist size.
+    pub allowlisted: usize,
+    /// Entries rejected by the safety rules (too broad).
+    pub rejected_entries: usize,
+    /// Syncs applied.
+    pub syncs: u64,
+    /// Duration of the last sync, milliseconds.
+    pub last_sync_ms: f64,
+    /// Keys found changed behind the agent's back and repaired.
+    pub drift_repairs: u64,
+    /// Entries refused because a map was full (last sync).
+    pub refused: usize,
+}
+
+/// What a feed task reports.
+enum Msg {
+    /// A new copy, parsed.
+    Parsed {
+        feed: String,
+        parse: FeedParse,
+        validators: Validators,
+        at: OffsetDateTime,
+    },
+    /// The copy in hand is still current.
+    NotModified { feed: String, at: OffsetDateTime },
+    /// Fetching or parsing failed.
+    Failed {
+        feed: String,
+        error: String,
+        at: OffsetDateTime,
+    },
+}
+
+fn location(f: &FeedConfig) -> Location<'_> {
+    match &f.source {
+        Source::File(p) => Location::File(p),
+        Source::Http(u) => Location::Http(u),
+    }
+}
+
+fn source_hint(f: &FeedConfig) -> PathBuf {
+    f.source.format_hint()
+}
+
+/// Parse a fetched body per the feed's config.
+fn parse_body(f: &FeedConfig, cfg: &Config, bytes: &[u8]) -> std::result::Result<FeedParse, String> {
+    let format = f.format.resolve(&source_hint(f), bytes);
+    parse_feed(format, bytes, &f.feed_options(&cfg.limits)).map_err(|e| e.to_string())
+}
+
+/// One feed's fetch loop.
+async fn feed_task(
+    f: FeedConfig,
+    cfg: Config,
+    fetcher: Fetcher,
+    mut validators: Validators,
+    tx: mpsc::Sender<Msg>,
+    mut refetch: broadcast::Receiver<()>,
+) {
+    let policy = FetchPolicy {
+        timeout: cfg.limits.timeout,
+        max_bytes: cfg.limits.max_bytes as u64,
+        retries: cfg.limits.retries,
+        ..FetchPolicy::default()
+    };
+    let interval = match f.source {
+        // Files are watched: a stat per second, a read only on change.
+        Source::File(_) => f.refresh.min(Duration::from_secs(1)),
+        Source::Http(_) => f.refresh,
+    };
+    loop {
+        let res = fetcher.fetch(location(&f), &validators, &policy).await;
+        let at = OffsetDateTime::now_utc();
+        let msg = match res {
+            Ok(Fetched::NotModified) => Msg::NotModified {
+                feed: f.name.clone(),
+                at,
+            },
+            Ok(Fetched::Body { bytes, validators: v }) => {
+                let (fc, c) = (f.clone(), cfg.clone());
+                let parsed = tokio::task::spawn_blocking(move || parse_body(&fc, &c, &bytes))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("parser task failed: {e}")));
+                match parsed {
+                    Ok(parse) => {
+                        validators = v.clone();
+                        Msg::Parsed {
+                            feed: f.name.clone(),
+                            parse,
+                            validators: v,
+                            at,
+                        }
+                    }
+                    Err(error) => Msg::Failed {
+                        feed: f.name.clone(),
+                        error,
+                        at,
+                    },
+                }
+            }
+            Err(e) => Msg::Failed {
+                feed: f.name.clone(),
+                error: e.to_string(),
+                at,
+            },
+        };
+        if tx.send(msg).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            r = refetch.recv() => if matches!(r, Err(broadcast::error::RecvError::Closed)) { return },
+        }
+    }
+}
+
+/// Run the agent described by `cfg` until SIGINT/SIGTERM.
+pub async fn run(cfg: Config) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Handlers before anything else: a SIGHUP during start-up must not kill
+    // the agent.
+    let sig = |k| signal(k).map_err(|e| state_err("installing signal handlers", e));
+    let signals = Signals {
+        hup: sig(SignalKind::hangup())?,
+        term: sig(SignalKind::terminate())?,
+        int: sig(SignalKind::interrupt())?,
+    };
+    let mut agent = FeedAgent::start(cfg)?;
+    agent.run(signals).await
+}
+
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+struct FeedAgent {
+    cfg: Config,
+    state: StateDir,
+    snapshots: BTreeMap<String, FeedSnapshot>,
+    lkg_meta: BTreeMap<String, (Validators, usize)>,
+    health: BTreeMap<String, FeedHealth>,
+    guard: ShrinkGuard,
+    ifaces: Vec<(String, EntryMaps)>,
+    desired: DesiredState,
+    status: Status,
+}
+
+fn state_err(op: &str, e: impl std::fmt::Display) -> Error {
+    Error::Pin {
+        op: op.to_string(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+impl FeedAgent {
+    /// Load last-known-good copies, merge, and attach or adopt every
+    /// interface with that state, before any feed is fetched: a restart
+    /// with every feed unreachable enforces exactly what was enforced.
+    fn start(cfg: Config) -> Result<FeedAgent> {
+        let state = StateDir::open(&cfg.state_dir).map_err(|e| state_err("opening the state directory", e))?;
+        let mut snapshots = BTreeMap::new();
+        let mut lkg_meta = BTreeMap::new();
+        let mut health = BTreeMap::new();
+        for f in &cfg.feeds {
+            let mut h = FeedHealth {
+                name: f.name.clone(),
+                source: match location(f) {
+                    l @ Location::Http(_) => l.to_string(),
+                    Location::File(p) => p.display().to_string(),
+                },
+                ..Default::default()
+            };
+            match state.load_lkg(&f.name) {
+                Ok(Some(lkg)) => {
+                    h.entries = lkg.entries.len();
+                    h.rejected_lines = lkg.rejected_lines;
+                    h.from_last_known_good = true;
+                    log::info!(
+                        "feed {}: {} entries from last-known-good copy of {}",
+                        f.name,
+                        lkg.entries.len(),
+                        lkg.fetched_at
+                    );
+                    lkg_meta.insert(f.name.clone(), (lkg.validators.clone(), lkg.rejected_lines));
+                    snapshots.insert(
+                        f.name.clone(),
+                        FeedSnapshot {
+                            feed: f.name.clone(),
+                            entries: lkg.entries,
+                            asserted_at: lkg.fetched_at,
+                        },
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => log::error!("feed {}: ignoring unreadable last-known-good copy: {e}", f.name),
+            }
+            health.insert(f.name.clone(), h);
+        }
+        let guard: ShrinkGuard = match state.load_json(GUARD_FILE) {
+            Ok(g) => g.unwrap_or_default(),
+            Err(e) => {
+                log::error!("ignoring unreadable guard state: {e}");
+                ShrinkGuard::default()
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        let snaps: Vec<FeedSnapshot> = snapshots.values().cloned().collect();
+        let desired = merge(&cfg, &snaps, now);
+        let paths = Paths::new(&cfg.bpffs);
+        let flags = flags(&cfg);
+        let mut ifaces = Vec::new();
+        for i in &cfg.interfaces {
+            let att = attach::attach_or_adopt(&paths, &i.name, i.mode, &cfg.capacities, &desired.set, flags)?;
+            log::info!(
+                "{} {} with {} entries ({} added, {} removed)",
+                if att.adopted { "adopted" } else { "attached to" },
+                i.name,
+                desired.set.entries.len(),
+                att.initial_sync.added,
+                att.initial_sync.removed
+            );
+            for r in &att.initial_sync.refusals {
+                log::error!("{}: {r}", i.name);
+            }
+            ifaces.push((i.name.clone(), att.maps));
+        }
+        let status = Status {
+            pid: std::process::id(),
+            started: Some(now),
+            interfaces: cfg.interfaces.iter().map(|i| i.name.clone()).collect(),
+            ..Default::default()
+        };
+        Ok(FeedAgent {
+            cfg,
+            state,
+            snapshots,
+            lkg_meta,
+            health,
+            guard,
+            ifaces,
+            desired,
+            status,
+        })
+    }
+
+    async fn run(&mut self, signals: Signals) -> Result<()> {
+        let Signals {
+            mut hup,
+            mut term,
+            mut int,
+        } = signals;
+        let fetcher = Fetcher::new().map_err(|e| state_err("creating the HTTP client", e))?;
+        let (tx, mut rx) = mpsc::channel(64);
+        let (refetch_tx, _) = broadcast::channel(4);
+        for f in &self.cfg.feeds {
+            let validators = self
+                .lkg_meta
+                .get(&f.name)
+                .map(|(v, _)| v.clone())
+                .unwrap_or_default();
+            tokio::spawn(feed_task(
+                f.clone(),
+                self.cfg.clone(),
+                fetcher.clone(),
+                validators,
+                tx.clone(),
+                refetch_tx.subscribe(),
+            ));
+        }
+        drop(tx);
+        self.write_status();
+        println!("ready: {}", self.status.interfaces.join(" "));
+        let mut reconcile = tokio::time::interval(self.cfg.reconcile_interval);
+        reconcile.tick().await;
+        loop {
+            let expiry = self.next_expiry();
+            tokio::select! {
+                Some(msg) = rx.recv() => self.on_msg(msg),
+                _ = reconcile.tick() => self.reconcile(),
+                _ = tokio::time::sleep(expiry) => self.resync("expiry"),
+                _ = hup.recv() => {
+                    log::info!("SIGHUP: refetching every feed");
+                    let _ = refetch_tx.send(());
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+            self.write_status();
+        }
+        log::info!(
+            "stopping; the filter stays attached to {} (remove with `edge-filter detach`)",
+            self.status.interfaces.join(", ")
+        );
+        Ok(())
+    }
+
+    fn next_expiry(&self) -> Duration {
+        match self.desired.next_expiry {
+            Some(t) => {
+                let d = t - OffsetDateTime::now_utc();
+                Duration::try_from(d).unwrap_or(Duration::ZERO) + Duration::from_millis(10)
+            }
+            None => Duration::from_secs(3600),
+        }
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::NotModified { feed, at } => {
+                let h = self.health.entry(feed.clone()).or_default();
+                h.last_attempt = Some(at);
+                h.last_success = Some(at);
+                h.last_error = None;
+                h.consecutive_failures = 0;
+                // The feed still asserts its entries: that extends TTLs.
+                if let Some(s) = self.snapshots.get_mut(&feed) {
+                    s.asserted_at = at;
+                }
+            }
+            Msg::Failed { feed, error, at } => {
+                log::error!("feed {feed}: {error}; its last-known-good entries stay enforced");
+                let h = self.health.entry(feed).or_default();
+                h.last_attempt = Some(at);
+                h.last_error = Some(error);
+                h.consecutive_failures += 1;
+            }
+            Msg::Parsed {
+                feed,
+                parse,
+                validators,
+                at,
+            } => self.on_parsed(feed, parse, validators, at),
+        }
+    }
+
+    fn on_parsed(&mut self, feed: String, parse: FeedParse, validators: Validators, at: OffsetDateTime) {
+        for r in parse.rejected.iter().take(20) {
+            log::warn!("feed {feed}: line {}: {}: {}", r.index, r.reason, r.text);
+        }
+        if parse.rejected.len() > 20 {
+            log::warn!("feed {feed}: {} more rejected lines", parse.rejected.len() - 20);
+        }
+        let forced = match self.state.take_force(&feed) {
+            Ok(f) => f,
+            Err(e) => {
+                log::error!("feed {feed}: reading the force flag: {e}");
+                false
+            }
+        };
+        let prev = self.snapshots.get(&feed).map_or(0, |s| s.entries.len());
+        let decision = self
+            .guard
+            .evaluate(&feed, prev, parse.entries.len(), &self.cfg.safety, forced);
+        if let Err(e) = self.state.save_json(GUARD_FILE, &self.guard) {
+            log::error!("saving guard state: {e}");
+        }
+        let h = self.health.entry(feed.clone()).or_default();
+        h.last_attempt = Some(at);
+        h.last_success = Some(at);
+        h.last_error = None;
+        h.consecutive_failures = 0;
+        match decision {
+            GuardDecision::Hold {
+                previous,
+                proposed,
+                shrink_fraction,
+                seen,
+                needed,
+            } => {
+                let what = format!(
+                    "update from {previous} to {proposed} entries ({:.0}% fewer) held: seen {seen} of {needed} refreshes (or `edge-filter force-feed {feed}`)",
+                    shrink_fraction * 100.0
+                );
+                log::warn!("feed {feed}: {what}");
+                h.held = Some(what);
+            }
+            GuardDecision::Apply => {
+                h.held = None;
+                h.entries = parse.entries.len();
+                h.rejected_lines = parse.rejected.len();
+                h.unsupported = parse.unsupported;
+                h.from_last_known_good = false;
+                h.rejected_examples = parse
+                    .rejected
+                    .iter()
+                    .take(5)
+                    .map(|r| format!("line {}: {}", r.index, r.reason))
+                    .collect();
+                let lkg = LastKnownGood {
+                    feed: feed.clone(),
+                    fetched_at: at,
+                    validators,
+                    entries: parse.entries.clone(),
+                    rejected_lines: parse.rejected.len(),
+                    source_digest: String::new(),
+                };
+                if let Err(e) = self.state.save_lkg(&lkg) {
+                    log::error!("feed {feed}: saving last-known-good copy: {e}");
+                }
+                self.snapshots.insert(
+                    feed.clone(),
+                    FeedSnapshot {
+                        feed: feed.clone(),
+                        entries: parse.entries,
+                        asserted_at: at,
+                    },
+                );
+                self.resync(&format!("feed {feed}"));
+            }
+        }
+    }
+
+    /// Merge every feed and apply the result to every interface.
+    fn resync(&mut self, why: &str) {
+        let t = Instant::now();
+        let snaps: Vec<FeedSnapshot> = self.snapshots.values().cloned().collect();
+        self.desired = merge(&self.cfg, &snaps, OffsetDateTime::now_utc());
+        let flags = flags(&self.cfg);
+        let mut refused = 0;
+        for (iface, maps) in &mut self.ifaces {
+            match maps.apply(&self.desired.set, flags) {
+                Ok(s) => {
+                    refused += s.refused;
+                    if s.added + s.changed + s.removed > 0 {
+                        log::info!(
+                            "{iface}: {why}: {} added, {} changed, {} removed",
+                            s.added,
+                            s.changed,
+                            s.removed
+                        );
+                    }
+                    for r in &s.refusals {
+                        log::error!("{iface}: {r}");
+                    }
+                }
+                Err(e) => {
+                    log::error!("{iface}: applying failed, the maps keep their previous contents: {e}");
+                    maps.forget_shadow();
+                }
+            }
+        }
+        self.status.syncs += 1;
+        self.status.refused = refused;
+        self.status.last_sync_ms = t.elapsed().as_secs_f64() * 1e3;
+    }
+
+    fn reconcile(&mut self) {
+        let flags = flags(&self.cfg);
+        for (iface, maps) in &mut self.ifaces {
+            match maps.reconcile(flags) {
+                Ok(0) => {}
+                Ok(n) => {
+                    log::warn!("{iface}: {n} map entries had been changed behind the agent's back; repaired");
+                    self.status.drift_repairs += n as u64;
+                }
+                Err(e) => log::error!("{iface}: reconcile failed: {e}"),
+            }
+        }
+    }
+
+    fn write_status(&mut self) {
+        self.status.updated = Some(OffsetDateTime::now_utc());
+        self.status.feeds = self.health.values().cloned().collect();
+        self.status.entries = self.desired.set.entries.len();
+        self.status.allowlisted = self.desired.set.allow.len();
+        self.status.rejected_entries = self.desired.rejected.len();
+        if let Err(e) = self.state.save_json(STATUS_FILE, &self.status) {
+            log::error!("writing status: {e}");
+        }
+    }
+}
+
+fn flags(cfg: &Config) -> u32 {
+    if cfg.malformed_drop() {
+        edge_filter_common::CONFIG_MALFORMED_DROP
+    } else {
+        0
+    }
+}

@@ -1,0 +1,643 @@
+//! Reading captures one record at a time (classic pcap in both byte orders
+//! with micro- or nanosecond timestamps, and pcapng), and rewrapping the link
+//! layers the filter can reason about into the Ethernet frames the XDP
+//! program expects.
+//!
+//! Memory stays bounded: pcap-file keeps one fixed read buffer per open file
+//! (8 MB) and a record is copied out, rewrapped and handed on before the next
+//! one is read. A record larger than that buffer ends the file with an error.
+//!
+//! Link types:
+//!
+//! | link type | rewrap |
+//! |---|---|
+//! | Ethernet (1) | as is |
+//! | Linux cooked SLL (113) | 14-byte Ethernet header with SLL's protocol field as the ethertype (an 802.1Q protocol keeps the tag, which follows in the payload) |
+//! | Linux cooked SLL2 (276) | the same with SLL2's protocol field |
+//! | raw IP (101, and 12 / 14 as some platforms number it) | ethertype from the version nibble: 6 is IPv6, anything else IPv4 (as libpcap reads it) |
+//! | IPv4 (228), IPv6 (229) | ethertype 0x0800 / 0x86dd whatever the payload |
+//!
+//! Every other link type is reported per file ("BSD loopback (NULL, 0): not
+//! supported") and its packets are counted, not replayed. A file that breaks
+//! mid-way ends with an error after the records before the break.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use pcap_file::pcap::PcapReader;
+use pcap_file::pcapng::PcapNgReader;
+use pcap_file::pcapng::blocks::Block;
+use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
+use pcap_file::{DataLink, Endianness, PcapError, TsResolution};
+
+/// libpcap's `LT_LINKTYPE`: the link type bits of the pcap header's link
+/// type field (the upper bits may carry FCS length information).
+pub const LINKTYPE_MASK: u32 = 0x03ff_ffff;
+
+/// First four bytes of a pcapng file (Section Header Block type).
+const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+
+/// Linux cooked capture v1 header length.
+const SLL_HLEN: usize = 16;
+/// Linux cooked capture v2 header length.
+const SLL2_HLEN: usize = 20;
+/// Ethernet header length.
+pub const ETH_HLEN: usize = 14;
+/// IPv4 ethertype.
+const ETH_P_IP: u16 = 0x0800;
+/// IPv6 ethertype.
+const ETH_P_IPV6: u16 = 0x86dd;
+/// ARPHRD_ETHER: an SLL address that is a MAC.
+const ARPHRD_ETHER: u16 = 1;
+
+/// Source MAC of synthesized headers (locally administered).
+pub const SYNTH_SRC_MAC: [u8; 6] = [0x02, 0xef, 0x00, 0x00, 0x00, 0x01];
+/// Destination MAC of synthesized headers (locally administered).
+pub const SYNTH_DST_MAC: [u8; 6] = [0x02, 0xef, 0x00, 0x00, 0x00, 0x02];
+
+/// A link layer replay understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// Ethernet, replayed as is.
+    Ethernet,
+    /// Linux cooked capture (SLL, 113).
+    Sll,
+    /// Linux cooked capture v2 (SLL2, 276).
+    Sll2,
+    /// Raw IP, version told by the first nibble (101; 12 and 14 on some platforms).
+    RawIp,
+    /// Raw IPv4 (228).
+    Ipv4,
+    /// Raw IPv6 (229).
+    Ipv6,
+}
+
+impl Link {
+    /// The link for a (masked) link type number, `None` when unsupported.
+    pub fn from_linktype(linktype: u32) -> Option<Link> {
+        Some(match linktype {
+            1 => Link::Ethernet,
+            113 => Link::Sll,
+            276 => Link::Sll2,
+            12 | 14 | 101 => Link::RawIp,
+            228 => Link::Ipv4,
+            229 => Link::Ipv6,
+            _ => return None,
+        })
+    }
+}
+
+/// A human name for a link type number: `Ethernet (EN10MB, 1)`,
+/// `BSD loopback (NULL, 0)`, or the registry name.
+pub fn linktype_name(linktype: u32) -> String {
+    let known = match linktype {
+        0 => Some("BSD loopback (NULL"),
+        1 => Some("Ethernet (EN10MB"),
+        9 => Some("PPP (PPP"),
+        12 | 14 | 101 => Some("raw IP (RAW"),
+        50 => Some("PPP in HDLC framing (PPP_HDLC"),
+        104 => Some("Cisco HDLC (C_HDLC"),
+        105 => Some("IEEE 802.11 (IEEE802_11"),
+        108 => Some("OpenBSD loopback (LOOP"),
+        113 => Some("Linux cooked capture (LINUX_SLL"),
+        127 => Some("IEEE 802.11 radiotap (IEEE802_11_RADIOTAP"),
+        195 => Some("IEEE 802.15.4 (IEEE802_15_4_WITHFCS"),
+        220 => Some("USB Linux (USB_LINUX_MMAPPED"),
+        228 => Some("raw IPv4 (IPV4"),
+        229 => Some("raw IPv6 (IPV6"),
+        239 => Some("Netlink (NETLINK"),
+        276 => Some("Linux cooked capture v2 (LINUX_SLL2"),
+        _ => None,
+    };
+    match known {
+        Some(k) => format!("{k}, {linktype})"),
+        None => format!("{:?} ({linktype})", DataLink::from(linktype)),
+    }
+}
+
+/// The message for a link type replay does not handle.
+pub fn unsupported_message(linktype: u32) -> String {
+    format!("{}: not supported", linktype_name(linktype))
+}
+
+/// Rewrap one record of `link` into an Ethernet frame in `out` (cleared
+/// first). A link header cut short gives an empty frame (which the
+/// semantics call `l2_truncated`); returns whether that happened.
+pub fn to_ethernet(link: Link, data: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let (src_mac, ethertype, payload) = match link {
+        Link::Ethernet => {
+            out.extend_from_slice(data);
+            return false;
+        }
+        Link::Sll => {
+            if data.len() < SLL_HLEN {
+                return true;
+            }
+            let hatype = u16::from_be_bytes([data[2], data[3]]);
+            let halen = u16::from_be_bytes([data[4], data[5]]);
+            let mac = (hatype == ARPHRD_ETHER && halen == 6).then(|| mac_at(data, 6));
+            (mac, u16::from_be_bytes([data[14], data[15]]), &data[SLL_HLEN..])
+        }
+        Link::Sll2 => {
+            if data.len() < SLL2_HLEN {
+                return true;
+            }
+            let hatype = u16::from_be_bytes([data[8], data[9]]);
+            let halen = data[11];
+            let mac = (hatype == ARPHRD_ETHER && halen == 6).then(|| mac_at(data, 12));
+            (mac, u16::from_be_bytes([data[0], data[1]]), &data[SLL2_HLEN..])
+        }
+        Link::RawIp => {
+            let et = match data.first() {
+                Some(b) if b >> 4 == 6 => ETH_P_IPV6,
+                _ => ETH_P_IP,
+            };
+            (None, et, data)
+        }
+        Link::Ipv4 => (None, ETH_P_IP, data),
+        Link::Ipv6 => (None, ETH_P_IPV6, data),
+    };
+    out.reserve(ETH_HLEN + payload.len());
+    out.extend_from_slice(&SYNTH_DST_MAC);
+    out.extend_from_slice(&src_mac.unwrap_or(SYNTH_SRC_MAC));
+    out.extend_from_slice(&ethertype.to_be_bytes());
+    out.extend_from_slice(payload);
+    false
+}
+
+fn mac_at(data: &[u8], off: usize) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&data[off..off + 6]);
+    m
+}
+
+/// A capture timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    /// Nanoseconds since 1970-01-01T00:00:00Z.
+    pub nanos: i128,
+    /// Fraction digits the capture resolves (6 for microseconds, 9 for
+    /// nanoseconds), used when printing.
+    pub digits: u8,
+}
+
+impl Timestamp {
+    /// RFC 3339 in UTC with the capture's precision, e.g.
+    /// `2024-05-01T12:00:00.123456Z`.
+    pub fn rfc3339(&self) -> String {
+        let secs = self.nanos.div_euclid(1_000_000_000);
+        let frac = self.nanos.rem_euclid(1_000_000_000) as u32;
+        let base = i64::try_from(secs)
+            .ok()
+            .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok());
+        let Some(t) = base else {
+            return format!("{}.{:09}s", secs, frac);
+        };
+        let mut s = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+        let digits = usize::from(self.digits.min(9));
+        if digits > 0 {
+            let f = format!("{frac:09}");
+            s.push('.');
+            s.push_str(&f[..digits]);
+        }
+        s.push('Z');
+        s
+    }
+}
+
+/// One packet record of a capture.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// Frame number in the file, from 1, counting every packet record (as
+    /// Wireshark numbers them), replayed or not.
+    pub index: u64,
+    /// When it was captured (`None` for pcapng Simple Packet Blocks).
+    pub ts: Option<Timestamp>,
+    /// The record's link type (masked).
+    pub linktype: u32,
+    /// Length on the wire, from the record header.
+    pub orig_len: u32,
+    /// Bytes captured (before any rewrap).
+    pub caplen: usize,
+    /// The Ethernet frame to replay, `None` when the link type is not
+    /// supported.
+    pub frame: Option<Vec<u8>>,
+    /// The link-layer header was shorter than its fixed size (the frame is
+    /// then empty).
+    pub short_link_header: bool,
+}
+
+/// File format, as detected from the magic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Classic pcap.
+    Pcap {
+        /// Nanosecond timestamps (magic `a1b23c4d`).
+        nsec: bool,
+        /// Big-endian file.
+        big_endian: bool,
+    },
+    /// pcapng.
+    PcapNg,
+}
+
+impl Format {
+    /// `pcap/LE`, `pcap-nsec/BE`, `pcapng`.
+    pub fn name(&self) -> String {
+        match self {
+            Format::Pcap { nsec, big_endian } => format!(
+                "pcap{}/{}",
+                if *nsec { "-nsec" } else { "" },
+                if *big_endian { "BE" } else { "LE" }
+            ),
+            Format::PcapNg => "pcapng".into(),
+        }
+    }
+}
+
+enum Inner {
+    Pcap {
+        reader: Box<PcapReader<File>>,
+        linktype: u32,
+        link: Option<Link>,
+        nsec: bool,
+    },
+    PcapNg {
+        reader: Box<PcapNgReader<File>>,
+    },
+}
+
+/// An open capture, read one record at a time.
+pub struct Capture {
+    inner: Inner,
+    format: Format,
+    frames: u64,
+    done: bool,
+}
+
+/// How a capture failed to open or broke.
+pub fn describe(e: &PcapError) -> String {
+    match e {
+        PcapError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "file ends inside a record (unexpected end of file)".to_string()
+        }
+        PcapError::IoError(io) => format!("I/O error: {io}"),
+        other => other.to_string(),
+    }
+}
+
+impl Capture {
+    /// Open `path`, telling pcap from pcapng by the magic (not the name).
+    pub fn open(path: &Path) -> Result<Capture, String> {
+        let mut magic = [0u8; 4];
+        File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    "too short to be a capture (less than 4 bytes)".to_string()
+                }
+                _ => format!("cannot read: {e}"),
+            })?;
+        let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+        if magic == PCAPNG_MAGIC {
+            let reader = PcapNgReader::new(file)
+                .map_err(|e| format!("invalid pcapng section header: {}", describe(&e)))?;
+            return Ok(Capture {
+                inner: Inner::PcapNg {
+                    reader: Box::new(reader),
+                },
+                format: Format::PcapNg,
+                frames: 0,
+                done: false,
+            });
+        }
+        let reader = PcapReader::new(file).map_err(|e| {
+            format!(
+                "not a pcap or pcapng file, or its header is invalid: {}",
+                describe(&e)
+            )
+        })?;
+        let h = reader.header();
+        let linktype = u32::from(h.datalink) & LINKTYPE_MASK;
+        let nsec = h.ts_resolution == TsResolution::NanoSecond;
+        Ok(Capture {
+            inner: Inner::Pcap {
+                reader: Box::new(reader),
+                linktype,
+                link: Link::from_linktype(linktype),
+                nsec,
+            },
+            format: Format::Pcap {
+                nsec,
+                big_endian: h.endianness == Endianness::Big,
+            },
+            frames: 0,
+            done: false,
+        })
+    }
+
+    /// The detected format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The file-level link type of a classic pcap (`None` for pcapng, where
+    /// each interface has its own).
+    pub fn pcap_linktype(&self) -> Option<u32> {
+        match &self.inner {
+            Inner::Pcap { linktype, .. } => Some(*linktype),
+            Inner::PcapNg { .. } => None,
+        }
+    }
+
+    /// The next record; `Some(Err)` ends the file (the reader cannot resync
+    /// after a broken record), `None` is the clean end.
+    pub fn next_record(&mut self) -> Option<Result<Record, String>> {
+        if self.done {
+            return None;
+        }
+        let r = match &mut self.inner {
+            Inner::Pcap {
+                reader,
+                linktype,
+                link,
+                nsec,
+            } => next_pcap(reader, *linktype, *link, *nsec, self.frames),
+            Inner::PcapNg { reader } => next_pcapng(reader, self.frames),
+        };
+        match &r {
+            Some(Ok(_)) => self.frames += 1,
+            Some(Err(_)) | None => self.done = true,
+        }
+        r
+    }
+}
+
+fn next_pcap(
+    reader: &mut PcapReader<File>,
+    linktype: u32,
+    link: Option<Link>,
+    nsec: bool,
+    frames: u64,
+) -> Option<Result<Record, String>> {
+    // The raw reader: the validated one rejects records with
+    // orig_len > snaplen (every capture taken with a short snap length) and
+    // timestamps it deems invalid; neither matters for replay.
+    let raw = match reader.next_raw_packet()? {
+        Ok(raw) => raw,
+        Err(e) => {
+            return Some(Err(format!(
+                "broken after {frames} records: {}",
+                describe(&e)
+            )));
+        }
+    };
+    let frac = if nsec {
+        i128::from(raw.ts_frac)
+    } else {
+        i128::from(raw.ts_frac) * 1000
+    };
+    let ts = Timestamp {
+        nanos: i128::from(raw.ts_sec) * 1_000_000_000 + frac,
+        digits: if nsec { 9 } else { 6 },
+    };
+    Some(Ok(make_record(
+        frames + 1,
+        Some(ts),
+        linktype,
+        link,
+        raw.orig_len,
+        &raw.data,
+    )))
+}
+
+fn make_record(
+    index: u64,
+    ts: Option<Timestamp>,
+    linktype: u32,
+    link: Option<Link>,
+    orig_len: u32,
+    data: &[u8],
+) -> Record {
+    let mut short = false;
+    let frame = link.map(|l| {
+        let mut out = Vec::new();
+        short = to_ethernet(l, data, &mut out);
+        out
+    });
+    Record {
+        index,
+        ts,
+        linktype,
+        orig_len,
+        caplen: data.len(),
+        frame,
+        short_link_header: short,
+    }
+}
+
+/// Timestamp units of a pcapng interface: `if_tsresol` (default 10^-6) and
+/// `if_tsoffset` (seconds).
+fn pcapng_ts(options: &[InterfaceDescriptionOption<'_>], raw: u64) -> Timestamp {
+    let mut resol: u8 = 6;
+    let mut offset: i128 = 0;
+    for o in options {
+        match o {
+            InterfaceDescriptionOption::IfTsResol(r) => resol = *r,
+            InterfaceDescriptionOption::IfTsOffset(s) => offset = i128::from(*s),
+            _ => {}
+        }
+    }
+    let raw = i128::from(raw);
+    let (nanos, digits) = if resol & 0x80 == 0 {
+        let e = u32::from(resol);
+        if e <= 9 {
+            (raw * 10i128.pow(9 - e), resol)
+        } else {
+            (raw / 10i128.pow((e - 9).min(30)), 9)
+        }
+    } else {
+        let e = u32::from(resol & 0x7f).min(100);
+        let n = (raw * 1_000_000_000) >> e;
+        (n, 9)
+    };
+    Timestamp {
+        nanos: nanos + offset * 1_000_000_000,
+        digits,
+    }
+}
+
+fn next_pcapng(reader: &mut PcapNgReader<File>, frames: u64) -> Option<Result<Record, String>> {
+    loop {
+        let block = match reader.next_block()? {
+            Ok(b) => b,
+            Err(e) => {
+                return Some(Err(format!(
+                    "broken after {frames} packet blocks: {}",
+                    describe(&e)
+                )));
+            }
+        };
+        // Copy what is needed so the reader's interface list can be read.
+        let (iface, raw_ts, orig_len, data) = match block {
+            Block::EnhancedPacket(b) => (
+                b.interface_id,
+                Some(b.timestamp.as_nanos() as u64),
+                b.original_len,
+                b.data.into_owned(),
+            ),
+            Block::Packet(b) => (
+                u32::from(b.interface_id),
+                Some(b.timestamp),
+                b.original_len,
+                b.data.into_owned(),
+            ),
+            Block::SimplePacket(b) => {
+                // The SPB's data includes the block padding: the packet is
+                // min(original length, snaplen of interface 0) bytes.
+                let snaplen = reader.interfaces().first().map_or(0, |i| i.snaplen);
+                let mut len = b.original_len as usize;
+                if snaplen != 0 {
+                    len = len.min(snaplen as usize);
+                }
+                let len = len.min(b.data.len());
+                (0, None, b.original_len, b.data[..len].to_vec())
+            }
+            _ => continue,
+        };
+        let index = frames + 1;
+        let Some(idb) = reader.interfaces().get(iface as usize) else {
+            return Some(Err(format!(
+                "packet {index} names interface {iface}, which is not described"
+            )));
+        };
+        let linktype = u32::from(idb.linktype) & LINKTYPE_MASK;
+        let ts = raw_ts.map(|raw| pcapng_ts(&idb.options, raw));
+        return Some(Ok(make_record(
+            index,
+            ts,
+            linktype,
+            Link::from_linktype(linktype),
+            orig_len,
+            &data,
+        )));
+    }
+}
+
+/// Expand the command line's capture arguments: files as given, directories
+/// searched recursively for `*.pcap`, `*.pcapng` and `*.cap` (sorted).
+/// Returns `(display name, path)` pairs; the name is the path as given (for
+/// files found in a directory, the directory as given joined with the
+/// relative path).
+pub fn expand(args: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, String> {
+    let mut out = Vec::new();
+    for a in args {
+        let meta = std::fs::metadata(a).map_err(|e| format!("{}: {e}", a.display()))?;
+        if meta.is_dir() {
+            let mut found = Vec::new();
+            collect(a, &mut found);
+            found.sort();
+            if found.is_empty() {
+                return Err(format!(
+                    "{}: no *.pcap, *.pcapng or *.cap files in this directory",
+                    a.display()
+                ));
+            }
+            for p in found {
+                out.push((p.display().to_string(), p));
+            }
+        } else {
+            out.push((a.display().to_string(), a.clone()));
+        }
+    }
+    Ok(out)
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect(&path, out);
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("pcap" | "pcapng" | "cap")
+        ) {
+            out.push(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sll_keeps_protocol_and_vlan() {
+        let mut sll = vec![0, 0, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0, 0x81, 0x00];
+        sll.extend_from_slice(&[0x00, 0x05, 0x08, 0x00, 0x45]);
+        let mut out = Vec::new();
+        assert!(!to_ethernet(Link::Sll, &sll, &mut out));
+        assert_eq!(&out[6..12], &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(&out[12..14], &[0x81, 0x00]);
+        assert_eq!(&out[14..], &[0x00, 0x05, 0x08, 0x00, 0x45]);
+        assert!(to_ethernet(Link::Sll, &sll[..15], &mut out));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn sll2_protocol_first() {
+        let mut sll2 = vec![0x86, 0xdd, 0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 9, 9, 9, 9, 9, 9, 0, 0];
+        sll2.push(0x60);
+        let mut out = Vec::new();
+        to_ethernet(Link::Sll2, &sll2, &mut out);
+        assert_eq!(&out[6..12], &[9; 6]);
+        assert_eq!(&out[12..], &[0x86, 0xdd, 0x60]);
+    }
+
+    #[test]
+    fn raw_ip_by_nibble() {
+        let mut out = Vec::new();
+        to_ethernet(Link::RawIp, &[0x60, 0], &mut out);
+        assert_eq!(&out[12..14], &[0x86, 0xdd]);
+        to_ethernet(Link::RawIp, &[0x45, 0], &mut out);
+        assert_eq!(&out[12..14], &[0x08, 0x00]);
+        to_ethernet(Link::RawIp, &[], &mut out);
+        assert_eq!(out.len(), 14);
+        to_ethernet(Link::Ipv4, &[0x60], &mut out);
+        assert_eq!(&out[12..14], &[0x08, 0x00]);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(unsupported_message(0), "BSD loopback (NULL, 0): not supported");
+        assert_eq!(linktype_name(276), "Linux cooked capture v2 (LINUX_SLL2, 276)");
+    }
+
+    #[test]
+    fn timestamps() {
+        let t = Timestamp {
+            nanos: 1_700_000_000_123_456_000,
+            digits: 6,
+        };
+        assert_eq!(t.rfc3339(), "2023-11-14T22:13:20.123456Z");
+        let ts = pcapng_ts(&[InterfaceDescriptionOption::IfTsResol(9)], 5);
+        assert_eq!(ts.nanos, 5);
+        let ts = pcapng_ts(&[], 5);
+        assert_eq!(ts.nanos, 5000);
+        let ts = pcapng_ts(&[InterfaceDescriptionOption::IfTsResol(0x80 | 1)], 3);
+        assert_eq!(ts.nanos, 1_500_000_000);
+    }
+}

@@ -1,0 +1,865 @@
+//! The desired state: every feed's current entries merged into the one
+//! [`EntrySet`] the kernel should enforce, remembering who asserted what.
+//!
+//! Rules, in the order they are applied to each assertion (one
+//! [`FeedEntry`] of one feed):
+//! 1. not yet valid (`valid_from > now`): left out, counted as pending;
+//! 2. expired: its own `expires`, else the feed's `ttl` after the feed last
+//!    asserted it (its last successful fetch), is `<= now`: left out,
+//!    counted as expired;
+//! 3. broader than `[safety]` allows and the feed lacks `allow_broad`:
+//!    rejected and reported (one bad line must not block a /4);
+//! 4. allow feeds: the address or prefix joins the allowlist (a port is
+//!    rejected: the allowlist matches addresses only);
+//! 5. block feeds: the action is the entry's own (the parser's feed default
+//!    or the jsonl record), downgraded to monitor when its confidence is
+//!    below the feed's `confidence_threshold`.
+//!
+//! Entries are deduplicated by [`EntryKey`]; each key keeps every
+//! (feed, indicator) asserting it, and its action is the strongest of them.
+//! Allowlisted entries stay in the set (the kernel consults the allowlist
+//! first, so they never block); [`DesiredState::shadowed_by_allow`] counts
+//! them for reports.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::config::{Config, FeedConfig};
+use crate::entry::{Action, Entry, EntryKey, EntrySet};
+use crate::feeds::FeedEntry;
+
+/// The allowlist source label of `[allowlist] entries`.
+pub const INLINE: &str = "inline";
+
+/// A feed's current contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedSnapshot {
+    /// The feed's configured name.
+    pub feed: String,
+    /// Its entries as parsed.
+    pub entries: Vec<FeedEntry>,
+    /// Its last successful fetch: the moment the feed last asserted these
+    /// entries, from which `ttl` counts.
+    pub asserted_at: OffsetDateTime,
+}
+
+/// One feed's assertion of an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Provenance {
+    /// Feed name.
+    pub feed: String,
+    /// The feed's identifier for it (SBL id, STIX id, malware family, ...).
+    pub indicator: Option<String>,
+    /// The action this assertion asks for (after the confidence threshold).
+    pub action: Action,
+    /// Confidence 0-100, when the feed says.
+    pub confidence: Option<u8>,
+    /// When this assertion lapses: its own expiry, else `ttl` after the
+    /// feed's last successful fetch; `None`: never.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires: Option<OffsetDateTime>,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// An entry left out because it is unsafe or impossible to enforce.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RejectedEntry {
+    /// Feed name.
+    pub feed: String,
+    /// The entry, in blocklist syntax.
+    pub entry: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What one feed contributes.
+///
+/// `entries`, `drop` and `monitor` count distinct keys (a feed listing an
+/// address twice contributes it once); `expired`, `pending` and `rejected`
+/// count the feed's entries (assertions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FeedCounts {
+    /// Distinct keys (allow feeds: distinct nets) contributed.
+    pub entries: usize,
+    /// Of those, keys the feed wants dropped.
+    pub drop: usize,
+    /// Of those, keys the feed wants only monitored.
+    pub monitor: usize,
+    /// Assertions left out because they expired.
+    pub expired: usize,
+    /// Assertions left out because they are not valid yet.
+    pub pending: usize,
+    /// Assertions rejected (too broad, port on an allow feed).
+    pub rejected: usize,
+}
+
+/// Entries per kernel map kind and family (what `[capacities]` bounds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KindCounts {
+    /// Exact IPv4 addresses.
+    pub addr_v4: usize,
+    /// Exact IPv6 addresses.
+    pub addr_v6: usize,
+    /// IPv4 prefixes.
+    pub prefix_v4: usize,
+    /// IPv6 prefixes.
+    pub prefix_v6: usize,
+    /// IPv4 address+port entries.
+    pub addr_port_v4: usize,
+    /// IPv6 address+port entries.
+    pub addr_port_v6: usize,
+    /// IPv4 prefix+port entries.
+    pub prefix_port_v4: usize,
+    /// IPv6 prefix+port entries.
+    pub prefix_port_v6: usize,
+    /// IPv4 allowlist entries.
+    pub allow_v4: usize,
+    /// IPv6 allowlist entries.
+    pub allow_v6: usize,
+}
+
+impl KindCounts {
+    /// `(map name, entries, capacity)` for every entry map, in
+    /// [`crate::program::Capacities::per_map`] order.
+    pub fn per_map(&self, caps: &crate::program::Capacities) -> Vec<(&'static str, usize, u32)> {
+        let counts = [
+            self.allow_v4,
+            self.allow_v6,
+            self.addr_v4,
+            self.addr_v6,
+            self.prefix_v4,
+            self.prefix_v6,
+            self.addr_port_v4,
+            self.addr_port_v6,
+            self.prefix_port_v4,
+            self.prefix_port_v6,
+        ];
+        caps.per_map()
+            .into_iter()
+            .zip(counts)
+            .map(|((name, cap), n)| (name, n, cap))
+            .collect()
+    }
+}
+
+/// Everything that should be enforced, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    /// What the maps should hold: the allowlist (sorted, unique) and one
+    /// entry per key with the strongest asserted action (sorted by key).
+    pub set: EntrySet,
+    /// Every assertion of every key.
+    pub provenance: BTreeMap<EntryKey, Vec<Provenance>>,
+    /// Every allowlisted net with its sources: [`INLINE`] or feed names.
+    pub allow_sources: BTreeMap<IpNet, Vec<String>>,
+    /// Entries left out as unsafe or impossible, in feed order.
+    pub rejected: Vec<RejectedEntry>,
+    /// Counts by feed (only feeds that had a snapshot).
+    pub per_feed: BTreeMap<String, FeedCounts>,
+    /// The earliest future expiry of an included assertion: the desired
+    /// state changes then (an entry leaves or its action weakens).
+    pub next_expiry: Option<OffsetDateTime>,
+    /// The earliest `valid_from` of a pending assertion: the desired state
+    /// changes then too.
+    pub next_activation: Option<OffsetDateTime>,
+}
+
+impl DesiredState {
+    /// When the agent must recompute even if no feed changes: the earlier
+    /// of [`Self::next_expiry`] and [`Self::next_activation`].
+    pub fn next_change(&self) -> Option<OffsetDateTime> {
+        match (self.next_expiry, self.next_activation) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Entries whose every packet is allowlisted (their net lies inside an
+    /// allowlisted net), so they can never drop or monitor anything.
+    pub fn shadowed(&self) -> impl Iterator<Item = &Entry> {
+        let allow: HashSet<IpNet> = self.set.allow.iter().copied().collect();
+        let mut lens_v4: Vec<u8> = Vec::new();
+        let mut lens_v6: Vec<u8> = Vec::new();
+        for n in &self.set.allow {
+            match n {
+                IpNet::V4(_) => lens_v4.push(n.prefix_len()),
+                IpNet::V6(_) => lens_v6.push(n.prefix_len()),
+            }
+        }
+        for l in [&mut lens_v4, &mut lens_v6] {
+            l.sort_unstable();
+            l.dedup();
+        }
+        self.set.entries.iter().filter(move |e| {
+            let lens = match e.net {
+                IpNet::V4(_) => &lens_v4,
+                IpNet::V6(_) => &lens_v6,
+            };
+            lens.iter()
+                .take_while(|&&l| l <= e.net.prefix_len())
+                .any(|&l| IpNet::new(e.net.addr(), l).is_ok_and(|n| allow.contains(&n.trunc())))
+        })
+    }
+
+    /// How many entries the allowlist shadows (see [`Self::shadowed`]).
+    pub fn shadowed_by_allow(&self) -> usize {
+        self.shadowed().count()
+    }
+
+    /// Entries per map kind and family.
+    pub fn kind_counts(&self) -> KindCounts {
+        use edge_filter_common::EntryKind;
+        let mut k = KindCounts::default();
+        for e in &self.set.entries {
+            let v4 = matches!(e.net, IpNet::V4(_));
+            let slot = match (e.kind(), v4) {
+                (EntryKind::Addr, true) => &mut k.addr_v4,
+                (EntryKind::Addr, false) => &mut k.addr_v6,
+                (EntryKind::Prefix, true) => &mut k.prefix_v4,
+                (EntryKind::Prefix, false) => &mut k.prefix_v6,
+                (EntryKind::AddrPort, true) => &mut k.addr_port_v4,
+                (EntryKind::AddrPort, false) => &mut k.addr_port_v6,
+                (EntryKind::PrefixPort, true) => &mut k.prefix_port_v4,
+                (EntryKind::PrefixPort, false) => &mut k.prefix_port_v6,
+            };
+            *slot += 1;
+        }
+        for n in &self.set.allow {
+            match n {
+                IpNet::V4(_) => k.allow_v4 += 1,
+                IpNet::V6(_) => k.allow_v6 += 1,
+            }
+        }
+        k
+    }
+
+    /// Entries by strongest action: `(drop, monitor)`.
+    pub fn action_counts(&self) -> (usize, usize) {
+        let drop = self
+            .set
+            .entries
+            .iter()
+            .filter(|e| e.action == Action::Drop)
+            .count();
+        (drop, self.set.entries.len() - drop)
+    }
+}
+
+/// Merge `snapshots` under `cfg` at `now` (see the module documentation).
+/// Snapshots of feeds not in `cfg` are ignored: a feed removed from the
+/// configuration stops contributing at once.
+pub fn merge(cfg: &Config, snapshots: &[FeedSnapshot], now: OffsetDateTime) -> DesiredState {
+    let mut st = DesiredState::default();
+    for net in &cfg.allowlist.entries {
+        add_source(&mut st.allow_sources, net.trunc(), INLINE);
+    }
+    for snap in snapshots {
+        let Some(feed) = cfg.feed(&snap.feed) else {
+            continue;
+        };
+        let counts = merge_feed(&mut st, cfg, feed, snap, now);
+        // Two snapshots of one feed (should not happen) add up.
+        let c = st.per_feed.entry(feed.name.clone()).or_default();
+        c.entries += counts.entries;
+        c.drop += counts.drop;
+        c.monitor += counts.monitor;
+        c.expired += counts.expired;
+        c.pending += counts.pending;
+        c.rejected += counts.rejected;
+    }
+    st.set.allow = st.allow_sources.keys().copied().collect();
+    st.set.entries = st
+        .provenance
+        .iter()
+        .map(|(key, provs)| {
+            let action = provs.iter().map(|p| p.action).max().unwrap_or(Action::Drop);
+            Entry {
+                net: key.net,
+                port: key.port,
+                action,
+            }
+        })
+        .collect();
+    st
+}
+
+/// One feed's assertions into `st`; returns its counts.
+fn merge_feed(
+    st: &mut DesiredState,
+    cfg: &Config,
+    feed: &FeedConfig,
+    snap: &FeedSnapshot,
+    now: OffsetDateTime,
+) -> FeedCounts {
+    let mut counts = FeedCounts::default();
+    // This feed's keys with its strongest action for each (for counts).
+    let mut keys: BTreeMap<EntryKey, Action> = BTreeMap::new();
+    let mut allow_nets: HashSet<IpNet> = HashSet::new();
+    let ttl = feed.ttl.and_then(|t| time::Duration::try_from(t).ok());
+    for fe in &snap.entries {
+        if let Some(from) = fe.valid_from
+            && from > now
+        {
+            counts.pending += 1;
+            st.next_activation = earliest(st.next_activation, Some(from));
+            continue;
+        }
+        let expires = fe
+            .expires
+            .or_else(|| ttl.and_then(|t| snap.asserted_at.checked_add(t)));
+        if expires.is_some_and(|t| t <= now) {
+            counts.expired += 1;
+            continue;
+        }
+        let entry = Entry::new(fe.entry.net, fe.entry.port, fe.entry.action);
+        if !feed.allow_broad && cfg.safety.too_broad(&entry.net) {
+            counts.rejected += 1;
+            let (family, limit) = match entry.net {
+                IpNet::V4(_) => ("IPv4", cfg.safety.broadest_v4),
+                IpNet::V6(_) => ("IPv6", cfg.safety.broadest_v6),
+            };
+            st.rejected.push(RejectedEntry {
+                feed: feed.name.clone(),
+                entry: entry.to_string(),
+                reason: format!(
+                    "/{} is broader than the {family} limit /{limit} ([safety] broadest_{}; set allow_broad = true on the feed to accept it)",
+                    entry.net.prefix_len(),
+                    if family == "IPv4" { "v4" } else { "v6" }
+                ),
+            });
+            continue;
+        }
+        st.next_expiry = earliest(st.next_expiry, expires);
+        if feed.is_allow() {
+            if entry.port.is_some() {
+                counts.rejected += 1;
+                st.rejected.push(RejectedEntry {
+                    feed: feed.name.clone(),
+                    entry: entry.to_string(),
+                    reason: "an allowlist entry cannot have a port (the allowlist matches addresses only)".into(),
+                });
+                continue;
+            }
+            allow_nets.insert(entry.net);
+            add_source(&mut st.allow_sources, entry.net, &feed.name);
+            continue;
+        }
+        let action = match (feed.confidence_threshold, fe.confidence) {
+            (Some(t), Some(c)) if c < t => Action::Monitor,
+            _ => entry.action,
+        };
+        let key = entry.key();
+        let k = keys.entry(key).or_insert(action);
+        *k = (*k).max(action);
+        let provs = st.provenance.entry(key).or_default();
+        match provs
+            .iter_mut()
+            .find(|p| p.feed == feed.name && p.indicator == fe.indicator)
+        {
+            // The same indicator twice in one feed is one assertion: the
+            // strongest action, the latest expiry.
+            Some(p) => {
+                p.action = p.action.max(action);
+                p.expires = match (p.expires, expires) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+                p.confidence = p.confidence.max(fe.confidence);
+                if p.description.is_none() {
+                    p.description.clone_from(&fe.description);
+                }
+            }
+            None => provs.push(Provenance {
+                feed: feed.name.clone(),
+                indicator: fe.indicator.clone(),
+                action,
+                confidence: fe.confidence,
+                expires,
+                description: fe.description.clone(),
+            }),
+        }
+    }
+    if feed.is_allow() {
+        counts.entries = allow_nets.len();
+    } else {
+        counts.entries = keys.len();
+        counts.drop = keys.values().filter(|a| **a == Action::Drop).count();
+        counts.monitor = counts.entries - counts.drop;
+    }
+    counts
+}
+
+fn add_source(map: &mut BTreeMap<IpNet, Vec<String>>, net: IpNet, source: &str) {
+    let v = map.entry(net).or_default();
+    if !v.iter().any(|s| s == source) {
+        v.push(source.to_string());
+    }
+}
+
+fn earliest(a: Option<OffsetDateTime>, b: Option<OffsetDateTime>) -> Option<OffsetDateTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::entry::{PortMatch, Proto, Side};
+
+    const NOW: OffsetDateTime = datetime!(2025-06-01 12:00 UTC);
+
+    fn config(feeds: &str) -> Config {
+        Config::from_str_named(&format!("[[interface]]\nname = \"eth0\"\n{feeds}"), "t")
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn feed(name: &str, extra: &str) -> String {
+        format!("[[feed]]\nname = \"{name}\"\nsource = \"file:/f/{name}\"\n{extra}\n")
+    }
+
+    fn net(s: &str) -> IpNet {
+        crate::blocklist::parse_net(s).unwrap().trunc()
+    }
+
+    fn fe(text: &str) -> FeedEntry {
+        FeedEntry::new(crate::blocklist::parse_entry(text).unwrap())
+    }
+
+    fn with(mut e: FeedEntry, f: impl FnOnce(&mut FeedEntry)) -> FeedEntry {
+        f(&mut e);
+        e
+    }
+
+    fn snap(feed: &str, entries: Vec<FeedEntry>) -> FeedSnapshot {
+        FeedSnapshot {
+            feed: feed.into(),
+            entries,
+            asserted_at: NOW,
+        }
+    }
+
+    fn key(s: &str) -> EntryKey {
+        crate::blocklist::parse_entry(s).unwrap().key()
+    }
+
+    fn action_of(st: &DesiredState, s: &str) -> Option<Action> {
+        let k = key(s);
+        st.set
+            .entries
+            .iter()
+            .find(|e| e.key() == k)
+            .map(|e| e.action)
+    }
+
+    #[test]
+    fn dedup_with_provenance_from_two_feeds() {
+        let cfg = config(&format!("{}{}", feed("a", ""), feed("b", "")));
+        let a = snap(
+            "a",
+            vec![
+                with(fe("203.0.113.7"), |e| e.indicator = Some("SBL1".into())),
+                fe("198.51.100.0/24"),
+                // The same assertion twice in one feed is one provenance.
+                with(fe("203.0.113.7"), |e| e.indicator = Some("SBL1".into())),
+            ],
+        );
+        let b = snap(
+            "b",
+            vec![
+                with(fe("203.0.113.7/32"), |e| {
+                    e.indicator = Some("x-1".into());
+                    e.confidence = Some(90);
+                    e.description = Some("scanner".into());
+                }),
+                fe("tcp 203.0.113.7:443"),
+            ],
+        );
+        let st = merge(&cfg, &[a, b], NOW);
+        assert_eq!(st.set.entries.len(), 3);
+        let provs = &st.provenance[&key("203.0.113.7")];
+        assert_eq!(
+            provs,
+            &vec![
+                Provenance {
+                    feed: "a".into(),
+                    indicator: Some("SBL1".into()),
+                    action: Action::Drop,
+                    confidence: None,
+                    expires: None,
+                    description: None,
+                },
+                Provenance {
+                    feed: "b".into(),
+                    indicator: Some("x-1".into()),
+                    action: Action::Drop,
+                    confidence: Some(90),
+                    expires: None,
+                    description: Some("scanner".into()),
+                },
+            ]
+        );
+        assert_eq!(st.provenance[&key("tcp 203.0.113.7:443")].len(), 1);
+        assert_eq!(
+            st.per_feed["a"],
+            FeedCounts {
+                entries: 2,
+                drop: 2,
+                ..FeedCounts::default()
+            }
+        );
+        assert_eq!(st.per_feed["b"].entries, 2);
+        // Sorted by key, duplicates gone.
+        let mut sorted = st.set.entries.clone();
+        sorted.sort_by_key(|e| e.key());
+        assert_eq!(sorted, st.set.entries);
+        assert_eq!(st.next_change(), None);
+        let json = serde_json::to_string(&provs[1]).unwrap();
+        assert_eq!(
+            json,
+            r#"{"feed":"b","indicator":"x-1","action":"drop","confidence":90,"expires":null,"description":"scanner"}"#
+        );
+    }
+
+    #[test]
+    fn strongest_action_wins_and_threshold_downgrades() {
+        let cfg = config(&format!(
+            "{}{}{}",
+            feed("mon", "action = \"monitor\""),
+            feed("intel", "confidence_threshold = 70"),
+            feed("low", "confidence_threshold = 70"),
+        ));
+        // Parsers set the action from the feed default: monitor here.
+        let mon = snap(
+            "mon",
+            vec![fe("192.0.2.1 monitor"), fe("192.0.2.2 monitor")],
+        );
+        let intel = snap(
+            "intel",
+            vec![
+                with(fe("192.0.2.1"), |e| e.confidence = Some(90)),
+                with(fe("192.0.2.3"), |e| e.confidence = Some(69)),
+                with(fe("192.0.2.4"), |e| e.confidence = Some(70)),
+                // No confidence: the threshold does not apply.
+                fe("192.0.2.5"),
+            ],
+        );
+        let low = snap(
+            "low",
+            vec![with(fe("192.0.2.2"), |e| e.confidence = Some(10))],
+        );
+        let st = merge(&cfg, &[mon, intel, low], NOW);
+        assert_eq!(action_of(&st, "192.0.2.1"), Some(Action::Drop));
+        assert_eq!(action_of(&st, "192.0.2.2"), Some(Action::Monitor));
+        assert_eq!(action_of(&st, "192.0.2.3"), Some(Action::Monitor));
+        assert_eq!(action_of(&st, "192.0.2.4"), Some(Action::Drop));
+        assert_eq!(action_of(&st, "192.0.2.5"), Some(Action::Drop));
+        assert_eq!(st.provenance[&key("192.0.2.3")][0].action, Action::Monitor);
+        assert_eq!(
+            st.per_feed["intel"],
+            FeedCounts {
+                entries: 4,
+                drop: 3,
+                monitor: 1,
+                ..FeedCounts::default()
+            }
+        );
+        assert_eq!(st.action_counts(), (3, 2));
+        // A jsonl record's own action is kept (drop in a monitor feed).
+        let st = merge(&cfg, &[snap("mon", vec![fe("192.0.2.9")])], NOW);
+        assert_eq!(action_of(&st, "192.0.2.9"), Some(Action::Drop));
+    }
+
+    #[test]
+    fn ttl_and_own_expiry() {
+        let cfg = config(&format!(
+            "{}{}",
+            feed("ttl", "ttl = \"1d\""),
+            feed("plain", "")
+        ));
+        let hour = time::Duration::hours(1);
+        let stale = FeedSnapshot {
+            // Last fetched 25 hours ago: TTL entries lapsed an hour ago.
+            asserted_at: NOW - time::Duration::hours(25),
+            ..snap(
+                "ttl",
+                vec![
+                    fe("192.0.2.1"),
+                    // Its own expiry beats the TTL, both ways.
+                    with(fe("192.0.2.2"), |e| e.expires = Some(NOW + hour)),
+                    with(fe("192.0.2.3"), |e| e.expires = Some(NOW - 30 * hour)),
+                ],
+            )
+        };
+        let fresh = FeedSnapshot {
+            asserted_at: NOW - time::Duration::hours(2),
+            ..snap("ttl", vec![])
+        };
+        let plain = snap(
+            "plain",
+            vec![
+                fe("192.0.2.10"),
+                with(fe("192.0.2.11"), |e| e.expires = Some(NOW)),
+                with(fe("192.0.2.12"), |e| e.expires = Some(NOW + 5 * hour)),
+            ],
+        );
+        let st = merge(&cfg, &[stale, plain.clone()], NOW);
+        let keys: Vec<String> = st.set.entries.iter().map(|e| e.to_string()).collect();
+        assert_eq!(keys, ["192.0.2.2", "192.0.2.10", "192.0.2.12"]);
+        assert_eq!(st.per_feed["ttl"].expired, 2);
+        assert_eq!(st.per_feed["plain"].expired, 1);
+        assert_eq!(st.next_expiry, Some(NOW + hour));
+        assert_eq!(
+            st.provenance[&key("192.0.2.2")][0].expires,
+            Some(NOW + hour)
+        );
+        // A fresh fetch re-asserts: the TTL counts from it.
+        let st = merge(
+            &cfg,
+            &[
+                FeedSnapshot {
+                    entries: vec![fe("192.0.2.1")],
+                    ..fresh
+                },
+                plain,
+            ],
+            NOW,
+        );
+        assert_eq!(
+            st.provenance[&key("192.0.2.1")][0].expires,
+            Some(NOW + 22 * hour)
+        );
+        assert_eq!(st.next_expiry, Some(NOW + 5 * hour));
+    }
+
+    #[test]
+    fn expiry_of_the_stronger_assertion_is_a_change() {
+        let cfg = config(&format!(
+            "{}{}",
+            feed("a", ""),
+            feed("b", "action = \"monitor\"")
+        ));
+        let hour = time::Duration::hours(1);
+        let a = snap(
+            "a",
+            vec![with(fe("192.0.2.1"), |e| e.expires = Some(NOW + hour))],
+        );
+        let b = snap("b", vec![fe("192.0.2.1 monitor")]);
+        let st = merge(&cfg, &[a.clone(), b.clone()], NOW);
+        assert_eq!(action_of(&st, "192.0.2.1"), Some(Action::Drop));
+        assert_eq!(st.next_expiry, Some(NOW + hour));
+        let later = merge(&cfg, &[a, b], NOW + hour);
+        assert_eq!(action_of(&later, "192.0.2.1"), Some(Action::Monitor));
+        assert_eq!(later.next_expiry, None);
+    }
+
+    #[test]
+    fn not_yet_valid_is_left_out_until_then() {
+        let cfg = config(&feed("a", ""));
+        let day = time::Duration::days(1);
+        let s = snap(
+            "a",
+            vec![
+                with(fe("192.0.2.1"), |e| e.valid_from = Some(NOW + day)),
+                with(fe("192.0.2.2"), |e| e.valid_from = Some(NOW + 2 * day)),
+                with(fe("192.0.2.3"), |e| e.valid_from = Some(NOW)),
+            ],
+        );
+        let st = merge(&cfg, std::slice::from_ref(&s), NOW);
+        assert_eq!(st.set.entries.len(), 1);
+        assert_eq!(st.per_feed["a"].pending, 2);
+        assert_eq!(st.next_activation, Some(NOW + day));
+        assert_eq!(st.next_change(), Some(NOW + day));
+        let st = merge(&cfg, &[s], NOW + day);
+        assert_eq!(st.set.entries.len(), 2);
+        assert_eq!(st.next_change(), Some(NOW + 2 * day));
+    }
+
+    #[test]
+    fn broad_prefixes_are_rejected_unless_allowed() {
+        let cfg = config(&format!(
+            "[safety]\nbroadest_v6 = 29\n{}{}",
+            feed("strict", ""),
+            feed("bogons", "allow_broad = true")
+        ));
+        let strict = snap(
+            "strict",
+            vec![
+                fe("0.0.0.0/0"),
+                fe("10.0.0.0/7"),
+                fe("10.0.0.0/8"),
+                fe("2000::/28"),
+                fe("2001:db8::/29"),
+                fe("tcp 64.0.0.0/2:443"),
+            ],
+        );
+        let bogons = snap("bogons", vec![fe("224.0.0.0/3")]);
+        let st = merge(&cfg, &[strict, bogons], NOW);
+        let kept: Vec<String> = st.set.entries.iter().map(|e| e.to_string()).collect();
+        assert_eq!(kept, ["10.0.0.0/8", "224.0.0.0/3", "2001:db8::/29"]);
+        let rejected: Vec<(&str, &str)> = st
+            .rejected
+            .iter()
+            .map(|r| (r.feed.as_str(), r.entry.as_str()))
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                ("strict", "0.0.0.0/0"),
+                ("strict", "10.0.0.0/7"),
+                ("strict", "2000::/28"),
+                ("strict", "tcp 64.0.0.0/2:443"),
+            ]
+        );
+        assert_eq!(
+            st.rejected[1].reason,
+            "/7 is broader than the IPv4 limit /8 ([safety] broadest_v4; set allow_broad = true on the feed to accept it)"
+        );
+        assert_eq!(
+            st.rejected[2].reason,
+            "/28 is broader than the IPv6 limit /29 ([safety] broadest_v6; set allow_broad = true on the feed to accept it)"
+        );
+        assert_eq!(st.per_feed["strict"].rejected, 4);
+        assert_eq!(st.per_feed["strict"].entries, 2);
+    }
+
+    #[test]
+    fn allowlist_from_inline_and_allow_feed() {
+        let cfg = config(&format!(
+            "[allowlist]\nentries = [\"192.0.2.0/24\", \"2001:db8::1\"]\nfeeds = [\"ok\"]\n{}{}",
+            feed("ok", "role = \"allow\""),
+            feed("bad", "")
+        ));
+        let ok = snap(
+            "ok",
+            vec![
+                fe("198.51.100.53"),
+                fe("192.0.2.0/24"),
+                fe("198.51.100.53"),
+                fe("tcp 198.51.100.54:53"),
+                fe("0.0.0.0/1"),
+            ],
+        );
+        let bad = snap(
+            "bad",
+            vec![
+                fe("192.0.2.7"),     // inside the inline /24: shadowed
+                fe("192.0.0.0/16"),  // contains the /24 but is not inside it
+                fe("198.51.100.53"), // exactly the allow feed's address
+                fe("udp [2001:db8::1]:53"),
+                fe("203.0.113.1"),
+            ],
+        );
+        let st = merge(&cfg, &[ok, bad], NOW);
+        let allow: Vec<(String, Vec<String>)> = st
+            .allow_sources
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.clone()))
+            .collect();
+        assert_eq!(
+            allow,
+            [
+                (
+                    "192.0.2.0/24".to_string(),
+                    vec!["inline".to_string(), "ok".to_string()]
+                ),
+                ("198.51.100.53/32".to_string(), vec!["ok".to_string()]),
+                ("2001:db8::1/128".to_string(), vec!["inline".to_string()]),
+            ]
+        );
+        assert_eq!(
+            st.set.allow,
+            vec![
+                net("192.0.2.0/24"),
+                net("198.51.100.53"),
+                net("2001:db8::1")
+            ]
+        );
+        // Allowlisted entries stay in the set; the kernel checks allow first.
+        assert_eq!(st.set.entries.len(), 5);
+        let shadowed: Vec<String> = st.shadowed().map(|e| e.to_string()).collect();
+        assert_eq!(
+            shadowed,
+            ["192.0.2.7", "198.51.100.53", "udp [2001:db8::1]:53"]
+        );
+        assert_eq!(st.shadowed_by_allow(), 3);
+        assert_eq!(
+            st.per_feed["ok"],
+            FeedCounts {
+                entries: 2,
+                rejected: 2,
+                ..FeedCounts::default()
+            }
+        );
+        assert_eq!(
+            st.rejected[0].reason,
+            "an allowlist entry cannot have a port (the allowlist matches addresses only)"
+        );
+        assert!(st.rejected[1].reason.starts_with("/1 is broader"));
+        let k = st.kind_counts();
+        assert_eq!(
+            (
+                k.addr_v4,
+                k.prefix_v4,
+                k.addr_port_v6,
+                k.allow_v4,
+                k.allow_v6
+            ),
+            (3, 1, 1, 2, 1)
+        );
+        let per_map = k.per_map(&cfg.capacities);
+        assert_eq!(
+            per_map[0],
+            (edge_filter_common::MAP_ALLOW_V4, 2, cfg.capacities.allow)
+        );
+        assert_eq!(per_map[7].1, 1);
+    }
+
+    #[test]
+    fn unknown_feeds_are_ignored_and_ports_keep_their_identity() {
+        let cfg = config(&feed("a", ""));
+        let st = merge(
+            &cfg,
+            &[
+                snap("gone", vec![fe("192.0.2.1")]),
+                snap(
+                    "a",
+                    vec![
+                        fe("tcp 192.0.2.1:22 dst"),
+                        fe("tcp 192.0.2.1:22"),
+                        fe("udp 192.0.2.1:22"),
+                        fe("192.0.2.1/32"),
+                    ],
+                ),
+            ],
+            NOW,
+        );
+        assert!(!st.per_feed.contains_key("gone"));
+        assert_eq!(st.set.entries.len(), 4);
+        assert!(st.provenance.contains_key(&EntryKey {
+            net: IpNet::from_str("192.0.2.1/32").unwrap(),
+            port: Some(PortMatch {
+                proto: Proto::Tcp,
+                port: 22,
+                side: Side::Dst
+            })
+        }));
+        // Host bits in a hand-made entry are cleared.
+        let raw = FeedEntry::new(Entry {
+            net: IpNet::from_str("198.51.100.77/24").unwrap(),
+            port: None,
+            action: Action::Drop,
+        });
+        let st = merge(&cfg, &[snap("a", vec![raw])], NOW);
+        assert_eq!(st.set.entries[0].net, net("198.51.100.0/24"));
+    }
+}
