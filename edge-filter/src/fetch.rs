@@ -1232,17 +1232,27 @@ mod tests {
     #[tokio::test]
     async fn fetch_https_to_a_plain_http_server_fails_the_handshake() {
         // Exercises the rustls path (provider, root store) up to the
-        // handshake, which a plain HTTP server cannot complete.
-        let srv = Server::start(vec![Reply::new(200, b"ok")]).await;
-        let url = srv.url("/").replace("http://", "https://");
+        // handshake, which a server answering in plain HTTP breaks.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let _ = sock
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = sock.shutdown().await;
+            }
+        });
         let policy = FetchPolicy {
             retries: 0,
             ..quick()
         };
-        let err = get(&url, &Validators::default(), &policy)
+        let err = get(&format!("https://{addr}/"), &Validators::default(), &policy)
             .await
             .unwrap_err();
+        task.abort();
         assert!(matches!(err, FetchError::Connect { .. }), "{err:?}");
+        eprintln!("{err}");
     }
 
     #[tokio::test]

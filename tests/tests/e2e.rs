@@ -949,11 +949,8 @@ fn wait_until_attaching(lab: &Lab, agent: &Agent) -> bool {
 /// An edit made while the agent is starting (after it read the blocklist,
 /// before `ready:`) must still be applied.
 ///
-/// Known agent bug, hence ignored: `agent::run` reads the files, attaches,
-/// and only then takes the first mtime+size stamp, so an edit made during
-/// the attach (hundreds of ms) is in the stamp but not in the maps, and is
-/// never applied until the file changes again. Unignore once the stamp is
-/// taken before the files are read.
+/// Regression test: the agent used to take its first mtime+size stamp after
+/// attaching, so an edit made during the attach was never applied.
 #[test]
 fn e2e_edit_during_startup_is_applied() {
     if netns::skip_unless_root("e2e_edit_during_startup_is_applied") {
@@ -983,10 +980,8 @@ fn e2e_edit_during_startup_is_applied() {
 /// SIGHUP (the reload signal) sent while the agent is starting must not kill
 /// it.
 ///
-/// Known agent bug, hence ignored: the signal handlers are installed only
-/// after the attach, so until `ready:` SIGHUP has its default action and
-/// terminates the agent (a `systemctl reload` or a feed updater racing the
-/// start kills it). Unignore once SIGHUP is handled (or blocked) from the start.
+/// Regression test: the handlers used to be installed after the attach, so
+/// an early SIGHUP (its default action terminates) killed the agent.
 #[test]
 fn e2e_sighup_during_startup_is_harmless() {
     if netns::skip_unless_root("e2e_sighup_during_startup_is_harmless") {
