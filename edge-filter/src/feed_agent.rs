@@ -127,7 +127,11 @@ fn source_hint(f: &FeedConfig) -> PathBuf {
 }
 
 /// Parse a fetched body per the feed's config.
-fn parse_body(f: &FeedConfig, cfg: &Config, bytes: &[u8]) -> std::result::Result<FeedParse, String> {
+fn parse_body(
+    f: &FeedConfig,
+    cfg: &Config,
+    bytes: &[u8],
+) -> std::result::Result<FeedParse, String> {
     let format = f.format.resolve(&source_hint(f), bytes);
     parse_feed(format, bytes, &f.feed_options(&cfg.limits)).map_err(|e| e.to_string())
 }
@@ -136,7 +140,7 @@ fn parse_body(f: &FeedConfig, cfg: &Config, bytes: &[u8]) -> std::result::Result
 async fn feed_task(
     f: FeedConfig,
     cfg: Config,
-    fetcher: Fetcher,
+    fetcher: std::sync::Arc<Fetcher>,
     mut validators: Validators,
     tx: mpsc::Sender<Msg>,
     mut refetch: broadcast::Receiver<()>,
@@ -160,7 +164,10 @@ async fn feed_task(
                 feed: f.name.clone(),
                 at,
             },
-            Ok(Fetched::Body { bytes, validators: v }) => {
+            Ok(Fetched::Body {
+                bytes,
+                validators: v,
+            }) => {
                 let (fc, c) = (f.clone(), cfg.clone());
                 let parsed = tokio::task::spawn_blocking(move || parse_body(&fc, &c, &bytes))
                     .await
@@ -229,6 +236,8 @@ struct FeedAgent {
     ifaces: Vec<(String, EntryMaps)>,
     desired: DesiredState,
     status: Status,
+    /// Updates the shrink guard holds, kept to apply once they persist.
+    held: BTreeMap<String, (FeedParse, Validators, OffsetDateTime)>,
 }
 
 fn state_err(op: &str, e: impl std::fmt::Display) -> Error {
@@ -243,7 +252,8 @@ impl FeedAgent {
     /// interface with that state, before any feed is fetched: a restart
     /// with every feed unreachable enforces exactly what was enforced.
     fn start(cfg: Config) -> Result<FeedAgent> {
-        let state = StateDir::open(&cfg.state_dir).map_err(|e| state_err("opening the state directory", e))?;
+        let state = StateDir::open(&cfg.state_dir)
+            .map_err(|e| state_err("opening the state directory", e))?;
         let mut snapshots = BTreeMap::new();
         let mut lkg_meta = BTreeMap::new();
         let mut health = BTreeMap::new();
@@ -278,7 +288,10 @@ impl FeedAgent {
                     );
                 }
                 Ok(None) => {}
-                Err(e) => log::error!("feed {}: ignoring unreadable last-known-good copy: {e}", f.name),
+                Err(e) => log::error!(
+                    "feed {}: ignoring unreadable last-known-good copy: {e}",
+                    f.name
+                ),
             }
             health.insert(f.name.clone(), h);
         }
@@ -296,10 +309,21 @@ impl FeedAgent {
         let flags = flags(&cfg);
         let mut ifaces = Vec::new();
         for i in &cfg.interfaces {
-            let att = attach::attach_or_adopt(&paths, &i.name, i.mode, &cfg.capacities, &desired.set, flags)?;
+            let att = attach::attach_or_adopt(
+                &paths,
+                &i.name,
+                i.mode,
+                &cfg.capacities,
+                &desired.set,
+                flags,
+            )?;
             log::info!(
                 "{} {} with {} entries ({} added, {} removed)",
-                if att.adopted { "adopted" } else { "attached to" },
+                if att.adopted {
+                    "adopted"
+                } else {
+                    "attached to"
+                },
                 i.name,
                 desired.set.entries.len(),
                 att.initial_sync.added,
@@ -326,6 +350,7 @@ impl FeedAgent {
             ifaces,
             desired,
             status,
+            held: BTreeMap::new(),
         })
     }
 
@@ -335,7 +360,9 @@ impl FeedAgent {
             mut term,
             mut int,
         } = signals;
-        let fetcher = Fetcher::new().map_err(|e| state_err("creating the HTTP client", e))?;
+        let fetcher = std::sync::Arc::new(
+            Fetcher::new().map_err(|e| state_err("creating the HTTP client", e))?,
+        );
         let (tx, mut rx) = mpsc::channel(64);
         let (refetch_tx, _) = broadcast::channel(4);
         for f in &self.cfg.feeds {
@@ -381,7 +408,7 @@ impl FeedAgent {
     }
 
     fn next_expiry(&self) -> Duration {
-        match self.desired.next_expiry {
+        match self.desired.next_change() {
             Some(t) => {
                 let d = t - OffsetDateTime::now_utc();
                 Duration::try_from(d).unwrap_or(Duration::ZERO) + Duration::from_millis(10)
@@ -393,6 +420,17 @@ impl FeedAgent {
     fn on_msg(&mut self, msg: Msg) {
         match msg {
             Msg::NotModified { feed, at } => {
+                // Not modified *held* content is another sighting of it,
+                // once per refresh interval (file feeds are polled faster).
+                let refresh = self.cfg.feed(&feed).map_or(Duration::ZERO, |f| f.refresh);
+                let due = self
+                    .held
+                    .get(&feed)
+                    .is_some_and(|(_, _, seen)| at - *seen >= refresh);
+                if due && let Some((parse, validators, _)) = self.held.remove(&feed) {
+                    self.on_parsed(feed, parse, validators, at);
+                    return;
+                }
                 let h = self.health.entry(feed.clone()).or_default();
                 h.last_attempt = Some(at);
                 h.last_success = Some(at);
@@ -419,12 +457,21 @@ impl FeedAgent {
         }
     }
 
-    fn on_parsed(&mut self, feed: String, parse: FeedParse, validators: Validators, at: OffsetDateTime) {
+    fn on_parsed(
+        &mut self,
+        feed: String,
+        parse: FeedParse,
+        validators: Validators,
+        at: OffsetDateTime,
+    ) {
         for r in parse.rejected.iter().take(20) {
             log::warn!("feed {feed}: line {}: {}: {}", r.index, r.reason, r.text);
         }
         if parse.rejected.len() > 20 {
-            log::warn!("feed {feed}: {} more rejected lines", parse.rejected.len() - 20);
+            log::warn!(
+                "feed {feed}: {} more rejected lines",
+                parse.rejected.len() - 20
+            );
         }
         let forced = match self.state.take_force(&feed) {
             Ok(f) => f,
@@ -434,9 +481,9 @@ impl FeedAgent {
             }
         };
         let prev = self.snapshots.get(&feed).map_or(0, |s| s.entries.len());
-        let decision = self
-            .guard
-            .evaluate(&feed, prev, parse.entries.len(), &self.cfg.safety, forced);
+        let decision =
+            self.guard
+                .evaluate(&feed, prev, parse.entries.len(), &self.cfg.safety, forced);
         if let Err(e) = self.state.save_json(GUARD_FILE, &self.guard) {
             log::error!("saving guard state: {e}");
         }
@@ -459,8 +506,10 @@ impl FeedAgent {
                 );
                 log::warn!("feed {feed}: {what}");
                 h.held = Some(what);
+                self.held.insert(feed, (parse, validators, at));
             }
             GuardDecision::Apply => {
+                self.held.remove(&feed);
                 h.held = None;
                 h.entries = parse.entries.len();
                 h.rejected_lines = parse.rejected.len();
@@ -520,7 +569,9 @@ impl FeedAgent {
                     }
                 }
                 Err(e) => {
-                    log::error!("{iface}: applying failed, the maps keep their previous contents: {e}");
+                    log::error!(
+                        "{iface}: applying failed, the maps keep their previous contents: {e}"
+                    );
                     maps.forget_shadow();
                 }
             }
@@ -536,7 +587,9 @@ impl FeedAgent {
             match maps.reconcile(flags) {
                 Ok(0) => {}
                 Ok(n) => {
-                    log::warn!("{iface}: {n} map entries had been changed behind the agent's back; repaired");
+                    log::warn!(
+                        "{iface}: {n} map entries had been changed behind the agent's back; repaired"
+                    );
                     self.status.drift_repairs += n as u64;
                 }
                 Err(e) => log::error!("{iface}: reconcile failed: {e}"),

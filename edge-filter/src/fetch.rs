@@ -1252,7 +1252,7 @@ mod tests {
             .unwrap_err();
         task.abort();
         assert!(matches!(err, FetchError::Connect { .. }), "{err:?}");
-        eprintln!("{err}");
+        assert!(err.to_string().contains("connection failed"), "{err}");
     }
 
     #[tokio::test]

@@ -20,6 +20,8 @@ fn main() -> std::process::ExitCode {
             .and_then(|rt| rt.block_on(cli::run::run(a))),
         Command::Stats(a) => cli::stats::run(a),
         Command::Detach(a) => cli::detach::run(a),
+        Command::ForceFeed(a) => cli::force_feed::run(a),
+        Command::Replay(a) => cli::replay::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

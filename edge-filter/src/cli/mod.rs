@@ -1,6 +1,8 @@
 //! The command line: one file per subcommand.
 
 pub mod detach;
+pub mod force_feed;
+pub mod replay;
 pub mod run;
 pub mod stats;
 
@@ -46,4 +48,8 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// Remove the filter from an interface (and its pins).
     Detach(detach::DetachArgs),
+    /// Apply a feed update that the shrink guard is holding.
+    ForceFeed(force_feed::ForceFeedArgs),
+    /// Replay captures through the real XDP program (private maps) and report what an entry set would do.
+    Replay(replay::ReplayArgs),
 }

@@ -20,6 +20,10 @@ The blocklist has one entry per line:
   198.51.100.0/24 monitor         count and let through instead of drop
   # comment
 
+With --config FILE the agent instead pulls threat-intelligence feeds (files
+or HTTP(S)), merges them with provenance and keeps every configured
+interface in sync; check a config first with `edge-filter check-config`.
+
 The file is re-read when it changes and on SIGHUP; bad lines are reported
 with file and line and the rest applies. Stopping the agent leaves the
 filter attached; a new agent adopts it. `edge-filter detach` removes it.
@@ -30,12 +34,16 @@ Example (as root):
 /// Options of `edge-filter run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Run from a TOML config file (feeds, several interfaces, safety
+    /// limits); see examples/edge-filter.toml. Replaces the options below.
+    #[arg(long, short, conflicts_with_all = ["iface", "blocklist", "allowlist"])]
+    pub config: Option<PathBuf>,
     /// Interface to filter (never your only uplink while testing).
-    #[arg(long, short)]
-    pub iface: String,
+    #[arg(long, short, required_unless_present = "config")]
+    pub iface: Option<String>,
     /// Blocklist file (see above).
-    #[arg(long, short)]
-    pub blocklist: PathBuf,
+    #[arg(long, short, required_unless_present = "config")]
+    pub blocklist: Option<PathBuf>,
     /// Allowlist file: addresses or prefixes that always pass.
     #[arg(long, short)]
     pub allowlist: Option<PathBuf>,
@@ -68,6 +76,14 @@ pub struct RunArgs {
 }
 
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
+    if let Some(path) = &a.config {
+        let cfg = edge_filter::config::Config::load(path)?;
+        edge_filter::feed_agent::run(cfg).await?;
+        return Ok(());
+    }
+    let (Some(iface), Some(blocklist)) = (a.iface, a.blocklist) else {
+        anyhow::bail!("--iface and --blocklist are required without --config");
+    };
     let caps = Capacities {
         addr_v4: a.max_addr_v4,
         addr_v6: a.max_addr_v6,
@@ -81,8 +97,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("--poll-seconds must be positive");
     }
     agent::run(agent::RunOptions {
-        iface: a.iface,
-        blocklist: a.blocklist,
+        iface,
+        blocklist,
         allowlist: a.allowlist,
         mode: a.mode,
         caps,

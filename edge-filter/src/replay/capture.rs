@@ -138,7 +138,11 @@ pub fn to_ethernet(link: Link, data: &[u8], out: &mut Vec<u8>) -> bool {
             let hatype = u16::from_be_bytes([data[2], data[3]]);
             let halen = u16::from_be_bytes([data[4], data[5]]);
             let mac = (hatype == ARPHRD_ETHER && halen == 6).then(|| mac_at(data, 6));
-            (mac, u16::from_be_bytes([data[14], data[15]]), &data[SLL_HLEN..])
+            (
+                mac,
+                u16::from_be_bytes([data[14], data[15]]),
+                &data[SLL_HLEN..],
+            )
         }
         Link::Sll2 => {
             if data.len() < SLL2_HLEN {
@@ -147,7 +151,11 @@ pub fn to_ethernet(link: Link, data: &[u8], out: &mut Vec<u8>) -> bool {
             let hatype = u16::from_be_bytes([data[8], data[9]]);
             let halen = data[11];
             let mac = (hatype == ARPHRD_ETHER && halen == 6).then(|| mac_at(data, 12));
-            (mac, u16::from_be_bytes([data[0], data[1]]), &data[SLL2_HLEN..])
+            (
+                mac,
+                u16::from_be_bytes([data[0], data[1]]),
+                &data[SLL2_HLEN..],
+            )
         }
         Link::RawIp => {
             let et = match data.first() {
@@ -489,32 +497,34 @@ fn next_pcapng(reader: &mut PcapNgReader<File>, frames: u64) -> Option<Result<Re
             }
         };
         // Copy what is needed so the reader's interface list can be read.
-        let (iface, raw_ts, orig_len, data) = match block {
+        let (iface, raw_ts, orig_len, mut data, simple) = match block {
             Block::EnhancedPacket(b) => (
                 b.interface_id,
                 Some(b.timestamp.as_nanos() as u64),
                 b.original_len,
                 b.data.into_owned(),
+                false,
             ),
             Block::Packet(b) => (
                 u32::from(b.interface_id),
                 Some(b.timestamp),
                 b.original_len,
                 b.data.into_owned(),
+                false,
             ),
-            Block::SimplePacket(b) => {
-                // The SPB's data includes the block padding: the packet is
-                // min(original length, snaplen of interface 0) bytes.
-                let snaplen = reader.interfaces().first().map_or(0, |i| i.snaplen);
-                let mut len = b.original_len as usize;
-                if snaplen != 0 {
-                    len = len.min(snaplen as usize);
-                }
-                let len = len.min(b.data.len());
-                (0, None, b.original_len, b.data[..len].to_vec())
-            }
+            Block::SimplePacket(b) => (0, None, b.original_len, b.data.into_owned(), true),
             _ => continue,
         };
+        if simple {
+            // The SPB's data includes the block padding: the packet is
+            // min(original length, snaplen of interface 0) bytes.
+            let snaplen = reader.interfaces().first().map_or(0, |i| i.snaplen);
+            let mut len = orig_len as usize;
+            if snaplen != 0 {
+                len = len.min(snaplen as usize);
+            }
+            data.truncate(len);
+        }
         let index = frames + 1;
         let Some(idb) = reader.interfaces().get(iface as usize) else {
             return Some(Err(format!(
@@ -536,9 +546,11 @@ fn next_pcapng(reader: &mut PcapNgReader<File>, frames: u64) -> Option<Result<Re
 
 /// Expand the command line's capture arguments: files as given, directories
 /// searched recursively for `*.pcap`, `*.pcapng` and `*.cap` (sorted).
-/// Returns `(display name, path)` pairs; the name is the path as given (for
-/// files found in a directory, the directory as given joined with the
-/// relative path).
+/// Returns `(display name, path)` pairs. A file's name is its path as given;
+/// a file found in a directory is named by its path relative to that
+/// directory (`tcpdump/dns.pcap`), so names (and expectations keyed by
+/// them) do not depend on where the captures live, unless two arguments
+/// yield the same relative name: those keep their full paths.
 pub fn expand(args: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, String> {
     let mut out = Vec::new();
     for a in args {
@@ -554,10 +566,23 @@ pub fn expand(args: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, String> {
                 ));
             }
             for p in found {
-                out.push((p.display().to_string(), p));
+                let rel = p
+                    .strip_prefix(a)
+                    .map(|r| r.display().to_string())
+                    .unwrap_or_else(|_| p.display().to_string());
+                out.push((rel, p));
             }
         } else {
             out.push((a.display().to_string(), a.clone()));
+        }
+    }
+    let mut seen = std::collections::HashMap::new();
+    for (name, _) in &out {
+        *seen.entry(name.clone()).or_insert(0usize) += 1;
+    }
+    for (name, path) in &mut out {
+        if seen[name.as_str()] > 1 {
+            *name = path.display().to_string();
         }
     }
     Ok(out)
@@ -599,7 +624,9 @@ mod tests {
 
     #[test]
     fn sll2_protocol_first() {
-        let mut sll2 = vec![0x86, 0xdd, 0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 9, 9, 9, 9, 9, 9, 0, 0];
+        let mut sll2 = vec![
+            0x86, 0xdd, 0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 9, 9, 9, 9, 9, 9, 0, 0,
+        ];
         sll2.push(0x60);
         let mut out = Vec::new();
         to_ethernet(Link::Sll2, &sll2, &mut out);
@@ -622,8 +649,14 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(unsupported_message(0), "BSD loopback (NULL, 0): not supported");
-        assert_eq!(linktype_name(276), "Linux cooked capture v2 (LINUX_SLL2, 276)");
+        assert_eq!(
+            unsupported_message(0),
+            "BSD loopback (NULL, 0): not supported"
+        );
+        assert_eq!(
+            linktype_name(276),
+            "Linux cooked capture v2 (LINUX_SLL2, 276)"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   feeds, never fetches).
 
 pub mod check;
+#[cfg(test)]
+mod data_tests;
 pub mod desired;
 pub mod guard;
 
