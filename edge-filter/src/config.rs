@@ -1331,6 +1331,11 @@ role = "allow"
         assert!(s.too_broad(&n("2000::/31")));
         assert!(!s.too_broad(&n("2001:db8::/32")));
         assert_eq!(s.broadest_for(&n("2001:db8::/32")), 32);
+        // An integer is a valid fraction.
+        assert_eq!(
+            cfg("[safety]\nmax_shrink = 1\n").unwrap().safety.max_shrink,
+            1.0
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ fn main() -> std::process::ExitCode {
         Command::Stats(a) => cli::stats::run(a),
         Command::Detach(a) => cli::detach::run(a),
         Command::ForceFeed(a) => cli::force_feed::run(a),
+        Command::CheckConfig(a) => cli::check_config::run(a),
         Command::Replay(a) => cli::replay::run(a),
     };
     match result {

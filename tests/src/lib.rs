@@ -1,3 +1,4 @@
 //! Shared helpers of the integration tests.
 pub mod corpus;
+pub mod httpd;
 pub mod netns;

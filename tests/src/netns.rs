@@ -1090,3 +1090,82 @@ pub fn recv_until_marker(
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The feed-driven agent (`edge-filter run --config FILE`).
+
+/// Proxy variables removed from a config agent's environment: feeds served
+/// on the namespace's loopback must be fetched directly.
+const PROXY_VARS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+impl Lab {
+    /// Start `edge-filter run --config CONFIG` in the receiving namespace,
+    /// without the proxy variables (not waiting for readiness: see
+    /// [`Agent::wait_ready_line`]). The config names the interfaces and the
+    /// pin root: use [`RECEIVER_IF`] and [`Lab::bpffs`] so the lab's cleanup
+    /// detaches it. Call it from the test's own thread (see
+    /// [`Lab::start_agent`]).
+    pub fn start_config_agent(&self, config: &Path) -> Agent {
+        let mut cmd = self.edge_filter_cmd();
+        cmd.arg("run").arg("--config").arg(config);
+        for v in PROXY_VARS {
+            cmd.env_remove(v);
+        }
+        let agent = Agent::spawn(cmd, RECEIVER_IF);
+        self.agents.lock().unwrap().push(agent.child.clone());
+        agent
+    }
+
+    /// What the kernel enforces on [`RECEIVER_IF`]: the pinned maps read
+    /// back with the library (`open_pinned(..).read()?.to_entry_set()`).
+    pub fn enforced(&self) -> edge_filter::entry::EntrySet {
+        self.try_enforced().unwrap_or_else(|e| {
+            panic!(
+                "reading the pinned maps under {}: {e}",
+                self.bpffs.display()
+            )
+        })
+    }
+
+    /// [`Lab::enforced`], or why the maps could not be read.
+    pub fn try_enforced(&self) -> Result<edge_filter::entry::EntrySet, String> {
+        let paths = edge_filter::paths::Paths::new(&self.bpffs);
+        let maps =
+            edge_filter::attach::open_pinned(&paths, RECEIVER_IF).map_err(|e| e.to_string())?;
+        Ok(maps.read().map_err(|e| e.to_string())?.to_entry_set())
+    }
+}
+
+impl Agent {
+    /// Wait for the stdout line `line` exactly (a config agent prints
+    /// `ready: IFACE...` once every interface is attached or adopted);
+    /// panics with the agent's output if it exits first or after
+    /// [`READY_TIMEOUT`].
+    pub fn wait_ready_line(&self, line: &str) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.stdout_lines().iter().any(|l| l == line) {
+                return;
+            }
+            if let Some(st) = self.try_status() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("agent exited ({st}) before `{line}`\n{}", self.tail(30));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{line}` within {READY_TIMEOUT:?}\n{}",
+                self.tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

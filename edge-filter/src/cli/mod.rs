@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand.
 
+pub mod check_config;
 pub mod detach;
 pub mod force_feed;
 pub mod replay;
@@ -50,6 +51,8 @@ pub enum Command {
     Detach(detach::DetachArgs),
     /// Apply a feed update that the shrink guard is holding.
     ForceFeed(force_feed::ForceFeedArgs),
+    /// Validate a configuration file and show what it would enforce (no kernel, no network).
+    CheckConfig(check_config::CheckConfigArgs),
     /// Replay captures through the real XDP program (private maps) and report what an entry set would do.
     Replay(replay::ReplayArgs),
 }

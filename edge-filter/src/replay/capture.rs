@@ -184,8 +184,9 @@ fn mac_at(data: &[u8], off: usize) -> [u8; 6] {
 /// A capture timestamp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp {
-    /// Nanoseconds since 1970-01-01T00:00:00Z.
-    pub nanos: i128,
+    /// Nanoseconds since 1970-01-01T00:00:00Z (saturating: years beyond
+    /// 1677..2262 clamp).
+    pub nanos: i64,
     /// Fraction digits the capture resolves (6 for microseconds, 9 for
     /// nanoseconds), used when printing.
     pub digits: u8,
@@ -197,9 +198,7 @@ impl Timestamp {
     pub fn rfc3339(&self) -> String {
         let secs = self.nanos.div_euclid(1_000_000_000);
         let frac = self.nanos.rem_euclid(1_000_000_000) as u32;
-        let base = i64::try_from(secs)
-            .ok()
-            .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok());
+        let base = time::OffsetDateTime::from_unix_timestamp(secs).ok();
         let Some(t) = base else {
             return format!("{}.{:09}s", secs, frac);
         };
@@ -416,7 +415,7 @@ fn next_pcap(
         i128::from(raw.ts_frac) * 1000
     };
     let ts = Timestamp {
-        nanos: i128::from(raw.ts_sec) * 1_000_000_000 + frac,
+        nanos: clamp_nanos(i128::from(raw.ts_sec) * 1_000_000_000 + frac),
         digits: if nsec { 9 } else { 6 },
     };
     Some(Ok(make_record(
@@ -462,7 +461,8 @@ fn pcapng_ts(options: &[InterfaceDescriptionOption<'_>], raw: u64) -> Timestamp 
     for o in options {
         match o {
             InterfaceDescriptionOption::IfTsResol(r) => resol = *r,
-            InterfaceDescriptionOption::IfTsOffset(s) => offset = i128::from(*s),
+            // if_tsoffset is a signed 64-bit count of seconds.
+            InterfaceDescriptionOption::IfTsOffset(s) => offset = i128::from(*s as i64),
             _ => {}
         }
     }
@@ -480,9 +480,13 @@ fn pcapng_ts(options: &[InterfaceDescriptionOption<'_>], raw: u64) -> Timestamp 
         (n, 9)
     };
     Timestamp {
-        nanos: nanos + offset * 1_000_000_000,
+        nanos: clamp_nanos(nanos + offset * 1_000_000_000),
         digits,
     }
+}
+
+fn clamp_nanos(n: i128) -> i64 {
+    n.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 fn next_pcapng(reader: &mut PcapNgReader<File>, frames: u64) -> Option<Result<Record, String>> {

@@ -126,13 +126,18 @@ struct ExpectFile {
     totals: Option<TotalsExpect>,
 }
 
+/// What one packet is expected to get: a verdict, a reason, or both.
+type Want = (Option<&'static str>, Option<Reason>);
+/// Expected packets of one capture, by index.
+type FileWants = HashMap<u64, Want>;
+
 /// A loaded expectations file.
 pub struct Expectations {
     path: PathBuf,
     version: Option<String>,
     malformed_drop: Option<bool>,
     /// Per capture name: index → (verdict, reason).
-    packets: BTreeMap<String, HashMap<u64, (Option<&'static str>, Option<Reason>)>>,
+    packets: BTreeMap<String, FileWants>,
     totals: Option<TotalsExpect>,
 }
 
@@ -225,7 +230,7 @@ impl Differences {
 pub struct Checker {
     exp: Expectations,
     /// Expectations of the capture being replayed, and its key.
-    current: Option<(String, HashMap<u64, (Option<&'static str>, Option<Reason>)>)>,
+    current: Option<(String, FileWants)>,
     matched: Vec<String>,
     diffs: Differences,
 }

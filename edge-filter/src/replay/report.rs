@@ -13,14 +13,16 @@ use serde::Serialize;
 
 use super::capture::Timestamp;
 use super::live::LiveReport;
-use super::{Decision, Evaluated, FileReport, Packet, Replay, Result, RunStats, Sink, verdict_of};
+use super::{
+    Decider, Decision, Evaluated, FileReport, Packet, Replay, Result, RunStats, Sink, verdict_of,
+};
 use crate::counters::{ReasonCount, Totals, named};
 use crate::reference::Parsed;
 
 /// Distinct dropped sources tracked exactly; beyond it the least-dropped
 /// half is forgotten (and the top list flagged approximate), so memory stays
 /// bounded whatever the capture.
-pub const SOURCE_CAP: usize = 100_000;
+pub const SOURCE_CAP: usize = 50_000;
 
 /// The edge-filter version written into reports and expectations.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -320,7 +322,7 @@ struct SourceStat {
     bytes: u64,
     first: Option<Timestamp>,
     last: Option<Timestamp>,
-    entry: Option<String>,
+    decider: Option<Decider>,
     feeds: Rc<[String]>,
 }
 
@@ -511,7 +513,7 @@ impl Summary {
                 bytes: s.bytes,
                 first_dropped: s.first.map(|t| t.rfc3339()),
                 last_dropped: s.last.map(|t| t.rfc3339()),
-                entry: s.entry.clone(),
+                entry: s.decider.map(|d| d.to_string()),
                 feeds: s.feeds.to_vec(),
             })
             .collect();
@@ -624,7 +626,7 @@ impl Sink for Summary {
                 bytes: 0,
                 first: p.ts,
                 last: p.ts,
-                entry: d.decider.map(|e| e.to_string()),
+                decider: d.decider,
                 feeds: d.feeds.clone(),
             });
             s.packets += 1;

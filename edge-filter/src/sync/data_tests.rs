@@ -157,7 +157,7 @@ fn real_feeds_merge_with_exact_counts() {
 
     assert_eq!(st.rejected.len(), 1);
     assert_eq!(st.rejected[0].feed, "firehol_level1");
-    assert_eq!(st.rejected[0].entry, "224.0.0.0/3");
+    assert_eq!(st.rejected[0].entry, "224.0.0.0/3 monitor");
 
     // Spamhaus (drop, with its SBL id) and level1 (monitor) both assert
     // 1.10.16.0/20: drop wins and both are remembered.

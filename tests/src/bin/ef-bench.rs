@@ -1,0 +1,800 @@
+//! `ef-bench`: benchmarks of edge-filter, run by `cargo xtask bench` (which
+//! collects their Markdown into `docs/bench/REPORT.md`). Never a test: the
+//! numbers are reported against targets, not asserted.
+//!
+//! ```text
+//! ef-bench sync [--rounds N] [--seed S] [--json] [--json-out FILE]
+//! ```
+//!
+//! `sync` measures the agent's map sync with the real XDP program's maps
+//! (private maps, loaded through [`KernelClassifier`]; needs root): a full
+//! sync of 1,000,000 IPv4 /32 entries and 100,000 IPv4 prefixes into empty
+//! maps through the batch path and the per-element path, a 1% churn delta on
+//! top of the full set, the read-back of the full maps, and the agent's peak
+//! RSS (in a child process that re-executes this binary). Each round runs
+//! every measurement once, interleaved (A B A B …), on freshly loaded maps;
+//! the report gives medians, minima and maxima, and ratios as the median of
+//! the per-round ratios.
+//!
+//! Markdown goes to stdout (or JSON with `--json`); progress to stderr.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use edge_filter::entry::{Action, Entry, EntrySet};
+use edge_filter::maps::{Desired, EntryMaps, ids_of};
+use edge_filter::program::Capacities;
+use edge_filter::testrun::KernelClassifier;
+use ipnet::{IpNet, Ipv4Net};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+/// Exact IPv4 addresses in the full set.
+const ADDRS: usize = 1_000_000;
+/// IPv4 prefixes (/9../31) in the full set.
+const PREFIXES: usize = 100_000;
+/// Churn of the delta: this many adds and as many removes (1% of the set).
+const CHURN: usize = 10_000;
+/// Default rounds.
+const ROUNDS: usize = 10;
+/// Default seed of the generated sets (fixed, so runs compare).
+const SEED: u64 = 0xED6E_F11E;
+/// Targets (reported, never asserted).
+const TARGET_FULL_SECS: f64 = 1.0;
+const TARGET_DELTA_FRACTION: f64 = 0.03;
+/// Share of monitor-only entries (the rest drop).
+const MONITOR_PERCENT: u32 = 10;
+/// The hidden subcommand the RSS measurement re-executes this binary with.
+const RSS_CHILD: &str = "__sync-rss-child";
+
+/// Prefix-length distribution of the IPv4 prefixes, /9../31: how often each
+/// length occurs in the real netsets under `../shared/data/feeds`
+/// (firehol_level1/level2, spamhaus_drop/edrop, dshield, Spamhaus DROP,
+/// fullbogons, cidr_report_bogons; 12,938 prefixes in all).
+const PREFIX_LENGTHS: [(u8, u32); 23] = [
+    (9, 1),
+    (10, 7),
+    (11, 1),
+    (12, 15),
+    (13, 8),
+    (14, 29),
+    (15, 53),
+    (16, 509),
+    (17, 54),
+    (18, 186),
+    (19, 351),
+    (20, 564),
+    (21, 958),
+    (22, 2626),
+    (23, 2470),
+    (24, 4732),
+    (25, 53),
+    (26, 33),
+    (27, 32),
+    (28, 12),
+    (29, 16),
+    (30, 35),
+    (31, 194),
+];
+
+const USAGE: &str = "\
+usage: ef-bench sync [--rounds N] [--seed S] [--json] [--json-out FILE]
+
+  sync   full sync of 1,000,000 IPv4 /32 + 100,000 IPv4 prefixes into empty
+         maps (batch and per-element), a 1% churn delta on top of it, the
+         read-back of the full maps and the agent's peak RSS; needs root.
+
+  --rounds N       rounds, each measurement once per round (default 10)
+  --seed S         seed of the generated entry sets (default fixed)
+  --json           print JSON instead of Markdown
+  --json-out FILE  also write the JSON to FILE";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ef-bench: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  because: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Opts {
+    rounds: usize,
+    seed: u64,
+    json: bool,
+    json_out: Option<std::path::PathBuf>,
+}
+
+fn parse_opts(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        rounds: ROUNDS,
+        seed: SEED,
+        json: false,
+        json_out: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--rounds" => {
+                o.rounds = value("--rounds")?
+                    .parse()
+                    .context("--rounds: not a number")?;
+                if o.rounds == 0 {
+                    bail!("--rounds must be at least 1");
+                }
+            }
+            "--seed" => o.seed = value("--seed")?.parse().context("--seed: not a number")?,
+            "--json" => o.json = true,
+            "--json-out" => o.json_out = Some(value("--json-out")?.into()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(o)
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("sync") => sync_bench(&parse_opts(&args[1..])?),
+        Some(RSS_CHILD) => rss_child(&parse_opts(&args[1..])?),
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => bail!("{USAGE}"),
+    }
+}
+
+// ------------------------------------------------------------ entry sets
+
+/// The full set, the set after the churn delta, and what the delta is.
+struct Sets {
+    full: EntrySet,
+    after: EntrySet,
+    /// (exact addresses, prefixes) added and removed, each.
+    churn_split: (usize, usize),
+}
+
+fn action(rng: &mut StdRng) -> Action {
+    if rng.random_range(0..100) < MONITOR_PERCENT {
+        Action::Monitor
+    } else {
+        Action::Drop
+    }
+}
+
+fn prefix_len(rng: &mut StdRng) -> u8 {
+    let total: u32 = PREFIX_LENGTHS.iter().map(|&(_, w)| w).sum();
+    let mut x = rng.random_range(0..total);
+    for &(len, w) in &PREFIX_LENGTHS {
+        if x < w {
+            return len;
+        }
+        x -= w;
+    }
+    unreachable!("weights sum to total")
+}
+
+fn net(addr: u32, len: u8) -> IpNet {
+    IpNet::V4(Ipv4Net::new(Ipv4Addr::from(addr), len).expect("length <= 32")).trunc()
+}
+
+/// `n` distinct exact addresses and `p` distinct prefixes (no host bits)
+/// that are not in `seen`, which they join.
+fn fresh(rng: &mut StdRng, n: usize, p: usize, seen: &mut HashSet<IpNet>) -> Vec<Entry> {
+    let mut out = Vec::with_capacity(n + p);
+    while out.len() < n {
+        let a = net(rng.random(), 32);
+        if seen.insert(a) {
+            out.push(Entry::new(a, None, action(rng)));
+        }
+    }
+    while out.len() < n + p {
+        let len = prefix_len(rng);
+        let a = net(rng.random(), len);
+        if seen.insert(a) {
+            out.push(Entry::new(a, None, action(rng)));
+        }
+    }
+    out
+}
+
+fn generate(seed: u64) -> Sets {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut seen = HashSet::with_capacity(ADDRS + PREFIXES + CHURN);
+    let full_entries = fresh(&mut rng, ADDRS, PREFIXES, &mut seen);
+    // The churn is split between exact addresses and prefixes in
+    // proportion to the set: 9,091 and 909.
+    let churn_addrs = (CHURN * ADDRS + (ADDRS + PREFIXES) / 2) / (ADDRS + PREFIXES);
+    let churn_prefixes = CHURN - churn_addrs;
+    let added = fresh(&mut rng, churn_addrs, churn_prefixes, &mut seen);
+    let mut removed_addr: Vec<usize> = (0..ADDRS).collect();
+    removed_addr.shuffle(&mut rng);
+    let mut removed_prefix: Vec<usize> = (ADDRS..ADDRS + PREFIXES).collect();
+    removed_prefix.shuffle(&mut rng);
+    let removed: HashSet<usize> = removed_addr[..churn_addrs]
+        .iter()
+        .chain(&removed_prefix[..churn_prefixes])
+        .copied()
+        .collect();
+    let mut after: Vec<Entry> = full_entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !removed.contains(i))
+        .map(|(_, e)| *e)
+        .collect();
+    after.extend(added);
+    Sets {
+        full: EntrySet {
+            allow: Vec::new(),
+            entries: full_entries,
+        },
+        after: EntrySet {
+            allow: Vec::new(),
+            entries: after,
+        },
+        churn_split: (churn_addrs, churn_prefixes),
+    }
+}
+
+// ----------------------------------------------------------- measurement
+
+/// Maps big enough for the set and the delta's transient (adds land before
+/// removes): 1,048,576 exact addresses, 262,144 prefixes.
+fn capacities() -> Capacities {
+    let caps = Capacities::default();
+    assert!(caps.addr_v4 as usize >= ADDRS + CHURN);
+    assert!(caps.prefix_v4 as usize >= PREFIXES + CHURN);
+    caps
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// A full sync into empty maps, phase by phase, as `EntryMaps::apply` does
+/// it without a shadow copy: read the maps back, build, sync.
+struct FullSync {
+    read: f64,
+    build: f64,
+    sync: f64,
+    total: f64,
+    desired: Desired,
+}
+
+fn full_sync(maps: &mut EntryMaps, set: &EntrySet) -> Result<FullSync> {
+    let t0 = Instant::now();
+    let current = maps.read()?;
+    let ids = ids_of(&current);
+    let t1 = Instant::now();
+    let desired = Desired::build(set, &ids);
+    let t2 = Instant::now();
+    let st = maps.sync(&current, &desired, 0)?;
+    let t3 = Instant::now();
+    if st.refused != 0 || st.added != ADDRS + PREFIXES {
+        bail!("full sync: unexpected outcome {st:?}");
+    }
+    Ok(FullSync {
+        read: secs(t1 - t0),
+        build: secs(t2 - t1),
+        sync: secs(t3 - t2),
+        total: secs(t3 - t0),
+        desired,
+    })
+}
+
+/// One round's figures, all in seconds (ratios are derived).
+#[derive(Default)]
+struct Round {
+    batch_read: f64,
+    batch_build: f64,
+    batch_sync: f64,
+    batch_total: f64,
+    elem_read: f64,
+    elem_build: f64,
+    elem_sync: f64,
+    elem_total: f64,
+    delta_apply: f64,
+    delta_ids: f64,
+    delta_build: f64,
+    delta_sync: f64,
+    delta_clone: f64,
+    read_back_batch: f64,
+    read_back_elem: f64,
+    rss_set_mib: f64,
+    rss_peak_mib: f64,
+}
+
+/// A: batch full sync on fresh maps, then the delta through
+/// `EntryMaps::apply` (the headline figure), then the reverse delta phase
+/// by phase (for the profile), then a read-back of the full maps.
+fn round_batch(caps: &Capacities, sets: &Sets, r: &mut Round) -> Result<()> {
+    let mut kc = KernelClassifier::new(caps).context("loading the XDP program")?;
+    let maps = kc.maps_mut();
+    let f = full_sync(maps, &sets.full)?;
+    r.batch_read = f.read;
+    r.batch_build = f.build;
+    r.batch_sync = f.sync;
+    r.batch_total = f.total;
+
+    // The delta: apply diffs against the shadow copy the full sync left.
+    let t = Instant::now();
+    let st = maps.apply(&sets.after, 0)?;
+    r.delta_apply = secs(t.elapsed());
+    let (a, p) = sets.churn_split;
+    if st.added != a + p || st.removed != a + p || st.refused != 0 {
+        bail!("delta: unexpected outcome {st:?}");
+    }
+
+    // The same-sized delta back to the full set, phase by phase: what
+    // apply does (shadow = what apply just built, so rebuild it untimed).
+    let after = Desired::build(&sets.after, &ids_of(&f.desired));
+    let t0 = Instant::now();
+    let ids = ids_of(&after);
+    let t1 = Instant::now();
+    let back = Desired::build(&sets.full, &ids);
+    let t2 = Instant::now();
+    let st = maps.sync(&after, &back, 0)?;
+    let t3 = Instant::now();
+    if st.added != a + p || st.removed != a + p {
+        bail!("reverse delta: unexpected outcome {st:?}");
+    }
+    r.delta_ids = secs(t1 - t0);
+    r.delta_build = secs(t2 - t1);
+    r.delta_sync = secs(t3 - t2);
+    // sync ends by cloning the desired state into the shadow copy.
+    let t = Instant::now();
+    let copy = back.clone();
+    r.delta_clone = secs(t.elapsed());
+    drop(copy);
+
+    // Read-back of the full maps (restart without a shadow, reconcile).
+    let t = Instant::now();
+    let read = maps.read()?;
+    r.read_back_batch = secs(t.elapsed());
+    if read.addr_v4.len() != ADDRS || read.prefix_v4.len() != PREFIXES {
+        bail!(
+            "read-back: {} addresses, {} prefixes",
+            read.addr_v4.len(),
+            read.prefix_v4.len()
+        );
+    }
+    Ok(())
+}
+
+/// B: per-element full sync on fresh maps, then a per-element read-back.
+fn round_elem(caps: &Capacities, sets: &Sets, r: &mut Round) -> Result<()> {
+    let mut kc = KernelClassifier::new(caps).context("loading the XDP program")?;
+    let maps = kc.maps_mut();
+    maps.set_batch(false);
+    let f = full_sync(maps, &sets.full)?;
+    r.elem_read = f.read;
+    r.elem_build = f.build;
+    r.elem_sync = f.sync;
+    r.elem_total = f.total;
+    let t = Instant::now();
+    let read = maps.read()?;
+    r.read_back_elem = secs(t.elapsed());
+    if read.addr_v4.len() != ADDRS {
+        bail!("read-back: {} addresses", read.addr_v4.len());
+    }
+    Ok(())
+}
+
+/// `VmHWM` and `VmRSS` of this process, in KiB.
+fn self_rss_kib() -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let field = |name: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in /proc/self/status"))
+    };
+    Ok((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// The child: what the agent does for a full sync plus a delta, through
+/// `EntryMaps::apply`; prints its peak RSS after building the entry set and
+/// at the end.
+fn rss_child(o: &Opts) -> Result<()> {
+    let sets = generate(o.seed);
+    let (set_hwm, _) = self_rss_kib()?;
+    let mut kc = KernelClassifier::new(&capacities())?;
+    kc.maps_mut().apply(&sets.full, 0)?;
+    kc.maps_mut().apply(&sets.after, 0)?;
+    let (hwm, _) = self_rss_kib()?;
+    println!("set_hwm_kib={set_hwm} hwm_kib={hwm}");
+    Ok(())
+}
+
+/// D: run the child and read its peak RSS (its own `VmHWM`, cross-checked
+/// with `getrusage(RUSAGE_CHILDREN)`).
+fn round_rss(o: &Opts, r: &mut Round) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(&exe)
+        .args([RSS_CHILD, "--seed", &o.seed.to_string()])
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    if !out.status.success() {
+        bail!(
+            "the RSS child failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> Result<f64> {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("no {name} in the child's output {text:?}"))
+    };
+    let hwm = field("hwm_kib=")?;
+    r.rss_set_mib = field("set_hwm_kib=")? / 1024.0;
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN covers the waited-for children.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } == 0 {
+        // ru_maxrss is in KiB: the largest of all children so far, which
+        // are all this same child.
+        let maxrss = ru.ru_maxrss as f64;
+        if (maxrss - hwm).abs() > hwm * 0.05 && maxrss >= hwm {
+            eprintln!("note: getrusage says {maxrss} KiB, VmHWM {hwm} KiB");
+        }
+    }
+    r.rss_peak_mib = hwm / 1024.0;
+    Ok(())
+}
+
+// --------------------------------------------------------------- summary
+
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(mut v: Vec<f64>) -> Stat {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Stat {
+        median,
+        min: v[0],
+        max: v[n - 1],
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Unit {
+    Secs,
+    Ratio,
+    Percent,
+    Mib,
+}
+
+impl Unit {
+    fn fmt(self, x: f64) -> String {
+        match self {
+            Unit::Secs if x >= 1.0 => format!("{x:.2} s"),
+            Unit::Secs if x >= 0.01 => format!("{:.0} ms", x * 1e3),
+            Unit::Secs => format!("{:.1} ms", x * 1e3),
+            Unit::Ratio => format!("{x:.2}x"),
+            Unit::Percent => format!("{:.1}%", x * 100.0),
+            Unit::Mib => format!("{x:.0} MiB"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Secs => "s",
+            Unit::Ratio => "ratio",
+            Unit::Percent => "fraction",
+            Unit::Mib => "MiB",
+        }
+    }
+}
+
+struct Row {
+    key: &'static str,
+    label: &'static str,
+    unit: Unit,
+    stat: Stat,
+    /// Target text and whether the median meets it.
+    target: Option<(String, bool)>,
+}
+
+fn rows(rounds: &[Round]) -> Vec<Row> {
+    let col = |f: fn(&Round) -> f64| stat(rounds.iter().map(f).collect());
+    let mut out = Vec::new();
+    let mut row = |key, label, unit, f: fn(&Round) -> f64| {
+        out.push(Row {
+            key,
+            label,
+            unit,
+            stat: col(f),
+            target: None,
+        });
+    };
+    row(
+        "full_batch_read",
+        "Full sync, batch: read empty maps (`EntryMaps::read`)",
+        Unit::Secs,
+        |r| r.batch_read,
+    );
+    row(
+        "full_batch_build",
+        "Full sync, batch: build (`Desired::build`)",
+        Unit::Secs,
+        |r| r.batch_build,
+    );
+    row(
+        "full_batch_sync",
+        "Full sync, batch: kernel apply (`EntryMaps::sync`)",
+        Unit::Secs,
+        |r| r.batch_sync,
+    );
+    row(
+        "full_batch_total",
+        "**Full sync, batch: total**",
+        Unit::Secs,
+        |r| r.batch_total,
+    );
+    row(
+        "full_elem_build",
+        "Full sync, per-element: build (`Desired::build`)",
+        Unit::Secs,
+        |r| r.elem_build,
+    );
+    row(
+        "full_elem_sync",
+        "Full sync, per-element: kernel apply (`EntryMaps::sync`)",
+        Unit::Secs,
+        |r| r.elem_sync,
+    );
+    row(
+        "full_elem_total",
+        "Full sync, per-element: total",
+        Unit::Secs,
+        |r| r.elem_total,
+    );
+    row(
+        "elem_over_batch_sync",
+        "Per-element / batch, kernel apply",
+        Unit::Ratio,
+        |r| r.elem_sync / r.batch_sync,
+    );
+    row(
+        "elem_over_batch_total",
+        "Per-element / batch, total",
+        Unit::Ratio,
+        |r| r.elem_total / r.batch_total,
+    );
+    row(
+        "delta_apply",
+        "**1% delta (`EntryMaps::apply`, shadow copy)**",
+        Unit::Secs,
+        |r| r.delta_apply,
+    );
+    row(
+        "delta_over_full",
+        "**1% delta / full sync (batch total)**",
+        Unit::Percent,
+        |r| r.delta_apply / r.batch_total,
+    );
+    row(
+        "delta_ids",
+        "Delta phase: ids from the shadow (`ids_of`)",
+        Unit::Secs,
+        |r| r.delta_ids,
+    );
+    row(
+        "delta_build",
+        "Delta phase: build (`Desired::build`)",
+        Unit::Secs,
+        |r| r.delta_build,
+    );
+    row(
+        "delta_sync",
+        "Delta phase: diff + kernel apply (`EntryMaps::sync`)",
+        Unit::Secs,
+        |r| r.delta_sync,
+    );
+    row(
+        "delta_shadow_clone",
+        "…of which the shadow copy (`Desired::clone`)",
+        Unit::Secs,
+        |r| r.delta_clone,
+    );
+    row(
+        "read_back_batch",
+        "Read-back of the full maps, batch (`EntryMaps::read`)",
+        Unit::Secs,
+        |r| r.read_back_batch,
+    );
+    row(
+        "read_back_elem",
+        "Read-back of the full maps, per-element",
+        Unit::Secs,
+        |r| r.read_back_elem,
+    );
+    row(
+        "rss_set",
+        "Agent RSS after building the entry set",
+        Unit::Mib,
+        |r| r.rss_set_mib,
+    );
+    row(
+        "rss_peak",
+        "**Agent peak RSS (full sync + delta)**",
+        Unit::Mib,
+        |r| r.rss_peak_mib,
+    );
+    for r in &mut out {
+        r.target = match r.key {
+            "full_batch_total" => Some((
+                format!("≤ {TARGET_FULL_SECS:.1} s"),
+                r.stat.median <= TARGET_FULL_SECS,
+            )),
+            "delta_over_full" => Some((
+                format!("≤ {:.0}%", TARGET_DELTA_FRACTION * 100.0),
+                r.stat.median <= TARGET_DELTA_FRACTION,
+            )),
+            _ => None,
+        };
+    }
+    out
+}
+
+fn markdown(o: &Opts, sets: &Sets, rows: &[Row], elapsed: Duration) -> String {
+    let (a, p) = sets.churn_split;
+    let mut s = String::new();
+    s.push_str("## Agent: map sync\n\n");
+    s.push_str(&format!(
+        "Full sync of {ADDRS} IPv4 /32 entries and {PREFIXES} IPv4 prefixes (/9../31, lengths \
+         distributed as in the real netsets under `shared/data/feeds`, {MONITOR_PERCENT}% \
+         monitor) into empty maps of the real XDP program (private maps, freshly loaded every \
+         round), then a 1% churn delta on top of it ({} adds + {} removes: {a} /32 and {p} \
+         prefixes each). Build = `Desired::build` (userspace), kernel apply = \
+         `EntryMaps::sync` (the syscalls, the diff and the shadow copy). Batch = \
+         `BPF_MAP_*_BATCH` for the hash maps; the LPM tries are per-element on both paths. \
+         Peak RSS is `VmHWM` of a child process doing a full sync and the delta through \
+         `EntryMaps::apply`, with the entry sets in memory as the agent would hold them.\n\n",
+        a + p,
+        a + p
+    ));
+    s.push_str(&format!(
+        "{} rounds, interleaved (batch, per-element, RSS child; next round), seed {}, {:.0} s. \
+         Ratios are medians of the per-round ratios.\n\n",
+        o.rounds,
+        o.seed,
+        elapsed.as_secs_f64()
+    ));
+    s.push_str("| Measurement | Median | Min | Max | Target | Met |\n");
+    s.push_str("|---|---:|---:|---:|---|---|\n");
+    for r in rows {
+        let (target, met) = match &r.target {
+            Some((t, ok)) => (t.clone(), if *ok { "yes" } else { "**no**" }.to_string()),
+            None => (String::new(), String::new()),
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.label,
+            r.unit.fmt(r.stat.median),
+            r.unit.fmt(r.stat.min),
+            r.unit.fmt(r.stat.max),
+            target,
+            met
+        ));
+    }
+    s
+}
+
+fn to_json(o: &Opts, sets: &Sets, rows: &[Row]) -> serde_json::Value {
+    let mut figures = serde_json::Map::new();
+    for r in rows {
+        let mut v = json!({
+            "label": r.label.replace("**", "").replace('`', ""),
+            "unit": r.unit.name(),
+            "median": r.stat.median,
+            "min": r.stat.min,
+            "max": r.stat.max,
+        });
+        if let Some((t, ok)) = &r.target {
+            v["target"] = json!(t);
+            v["met"] = json!(ok);
+        }
+        figures.insert(r.key.to_string(), v);
+    }
+    json!({
+        "bench": "sync",
+        "rounds": o.rounds,
+        "seed": o.seed,
+        "set": {
+            "addr_v4": ADDRS,
+            "prefix_v4": PREFIXES,
+            "churn_adds": sets.churn_split.0 + sets.churn_split.1,
+            "churn_removes": sets.churn_split.0 + sets.churn_split.1,
+        },
+        "figures": figures,
+    })
+}
+
+fn sync_bench(o: &Opts) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("ef-bench sync loads BPF programs and maps: run it as root");
+    }
+    let start = Instant::now();
+    eprintln!(
+        "ef-bench sync: generating the entry sets (seed {})…",
+        o.seed
+    );
+    let sets = generate(o.seed);
+    let caps = capacities();
+    let mut rounds = Vec::with_capacity(o.rounds);
+    for i in 0..o.rounds {
+        let mut r = Round::default();
+        round_batch(&caps, &sets, &mut r)?;
+        settle();
+        round_elem(&caps, &sets, &mut r)?;
+        settle();
+        round_rss(o, &mut r)?;
+        settle();
+        eprintln!(
+            "round {}/{}: full batch {:.3} s (build {:.3} + sync {:.3}), per-element {:.3} s, \
+             delta {:.3} s, peak RSS {:.0} MiB",
+            i + 1,
+            o.rounds,
+            r.batch_total,
+            r.batch_build,
+            r.batch_sync,
+            r.elem_total,
+            r.delta_apply,
+            r.rss_peak_mib
+        );
+        rounds.push(r);
+    }
+    let rows = rows(&rounds);
+    let json = to_json(o, &sets, &rows);
+    if let Some(path) = &o.json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        print!("{}", markdown(o, &sets, &rows, start.elapsed()));
+    }
+    Ok(())
+}
+
+/// Let the kernel free the last round's maps (deferred work) before the
+/// next measurement starts.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(300));
+}

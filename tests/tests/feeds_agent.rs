@@ -1,0 +1,1363 @@
+//! The feed-driven agent (`edge-filter run --config FILE`) against real
+//! components: a real HTTP server started by the test (on the loopback of
+//! the agent's own network namespace), real feed files, the real binary,
+//! the kernel maps read back through the library, and real datagrams
+//! through a veth pair.
+//!
+//! - `feeds_faults_keep_enforced_set`: a good feed, then 500s, a hang past
+//!   the timeout, a truncated body, garbage, oversized bodies (with and
+//!   without `Content-Length`) and 304 Not Modified. After each: the kernel
+//!   enforces exactly the same entries (a thread reads the maps back all
+//!   along, and every read must equal the expected set), and the fault is
+//!   in `status.json` (`last_error` or `held`) and on stderr. While the
+//!   HTTP feed hangs, an edit of a file feed still applies at once.
+//! - `feeds_shrink_is_held_until_it_persists`: a 90% shrink is held (maps
+//!   unchanged, `held` reported) on its first and second sighting and
+//!   applied on the third (`hold_refreshes = 3`; the server honours ETags,
+//!   so the later sightings are 304s).
+//! - `feeds_force_feed_applies_held_shrink_at_once`: with an hourly
+//!   refresh, `edge-filter force-feed` applies a held shrink at once; first
+//!   from a server without validators (the forced refetch is a 200), then
+//!   from one with an ETag (the forced refetch is a 304).
+//! - `feeds_restart_with_all_feeds_down`: a file feed and an HTTP feed
+//!   applied, the agent SIGKILLed, the server stopped and the file deleted:
+//!   a new agent adopts the pins, enforces the same entries from the
+//!   last-known-good copies (never fewer, read back all along) and reports
+//!   both feeds' errors.
+//! - `feeds_action_change_takes_effect_within_a_refresh`: a JSON Lines file
+//!   feed monitors a sender; its datagrams arrive and `monitor_addr` counts
+//!   them; the entry becomes `drop` and within one refresh they stop and
+//!   `drop_addr` counts them; the entry is removed and they arrive again.
+//!   Exact counts from `edge-filter stats --json`.
+//!
+//! Root only (each test prints `skipping: needs root` otherwise). Build the
+//! binary first, in the same profile:
+//!
+//! ```text
+//! cargo build -p edge-filter
+//! cargo test -p edge-filter-tests --test feeds_agent -- --nocapture
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
+use edge_filter::feed_agent::{FeedHealth, Status};
+use edge_filter_tests::httpd::{HttpServer, Length, Reply};
+use edge_filter_tests::netns::{self, Agent, Count, Lab, RECEIVER_IF, Stats, recv_until_marker};
+use ipnet::IpNet;
+
+/// The line a config agent prints once its interface is attached or adopted.
+const READY: &str = "ready: ef-rcv";
+/// How long a fault may take to show up in `status.json`.
+const REPORT_BOUND: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------
+// Entries.
+
+fn net(s: &str) -> IpNet {
+    let n: IpNet = s
+        .parse()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .unwrap_or_else(|e| panic!("{s}: {e}"));
+    n.trunc()
+}
+
+fn drop_(s: &str) -> Entry {
+    Entry::new(net(s), None, Action::Drop)
+}
+
+fn monitor(s: &str) -> Entry {
+    Entry::new(net(s), None, Action::Monitor)
+}
+
+fn with_port(mut e: Entry, proto: Proto, port: u16, side: Side) -> Entry {
+    e.port = Some(PortMatch { proto, port, side });
+    e
+}
+
+/// The entry set the kernel should hold for `entries` (no allowlist), in
+/// the order `to_entry_set` returns.
+fn set_of(entries: impl IntoIterator<Item = Entry>) -> EntrySet {
+    let mut entries: Vec<Entry> = entries.into_iter().collect();
+    entries.sort();
+    entries.dedup();
+    EntrySet {
+        allow: Vec::new(),
+        entries,
+    }
+}
+
+fn union(a: &EntrySet, b: &EntrySet) -> EntrySet {
+    set_of(a.entries.iter().chain(&b.entries).copied())
+}
+
+fn show(set: &EntrySet) -> String {
+    let mut s: Vec<String> = set.entries.iter().map(|e| e.to_string()).collect();
+    s.extend(set.allow.iter().map(|n| format!("allow {n}")));
+    format!("{} entries [{}]", s.len(), s.join(", "))
+}
+
+/// A plain list of `entries` (drop, no ports), with a header comment.
+fn plain(entries: &[Entry]) -> String {
+    let mut t = String::from("# edge-filter test feed\n");
+    for e in entries {
+        t.push_str(&format!("{}\n", e.net));
+    }
+    t
+}
+
+// ---------------------------------------------------------------------------
+// Config and status.
+
+struct FeedDef {
+    name: &'static str,
+    source: String,
+    format: &'static str,
+    refresh: &'static str,
+}
+
+impl FeedDef {
+    fn http(
+        name: &'static str,
+        srv: &HttpServer,
+        format: &'static str,
+        refresh: &'static str,
+    ) -> Self {
+        FeedDef {
+            name,
+            source: srv.url(&format!("/{name}.txt")),
+            format,
+            refresh,
+        }
+    }
+
+    fn file(name: &'static str, path: &Path, format: &'static str, refresh: &'static str) -> Self {
+        FeedDef {
+            name,
+            source: format!("file:{}", path.display()),
+            format,
+            refresh,
+        }
+    }
+}
+
+/// Write the agent's config into the lab's directory: the receiver's veth,
+/// the lab's pin root, a state directory in the lab's directory.
+fn write_config(lab: &Lab, feeds: &[FeedDef], limits: &str, safety: &str) -> PathBuf {
+    let lit = |p: &Path| {
+        let s = p.display().to_string();
+        assert!(!s.contains('\''), "path with a quote: {s}");
+        format!("'{s}'")
+    };
+    let mut t = format!(
+        "state_dir = {}\nbpffs = {}\n\n[[interface]]\nname = \"{RECEIVER_IF}\"\n\n[limits]\n{limits}\n\n[safety]\n{safety}\n",
+        lit(&state_dir(lab)),
+        lit(&lab.bpffs),
+    );
+    for f in feeds {
+        t.push_str(&format!(
+            "\n[[feed]]\nname = \"{}\"\nsource = \"{}\"\nformat = \"{}\"\nrefresh = \"{}\"\n",
+            f.name, f.source, f.format, f.refresh
+        ));
+    }
+    lab.write_file("edge-filter.toml", &t)
+}
+
+fn state_dir(lab: &Lab) -> PathBuf {
+    lab.dir.join("state")
+}
+
+fn status_text(lab: &Lab) -> String {
+    std::fs::read_to_string(state_dir(lab).join("status.json")).unwrap_or_default()
+}
+
+fn status(lab: &Lab) -> Option<Status> {
+    serde_json::from_str(&status_text(lab)).ok()
+}
+
+fn health(lab: &Lab, feed: &str) -> Option<FeedHealth> {
+    status(lab)?.feeds.into_iter().find(|f| f.name == feed)
+}
+
+fn start(lab: &Lab, config: &Path) -> Agent {
+    let agent = lab.start_config_agent(config);
+    agent.wait_ready_line(READY);
+    agent
+}
+
+/// Poll `f` every 50 ms until it returns `Some`, at most `bound`; panics
+/// with the status file and the agent's output otherwise (or when the agent
+/// exits). Returns the value and how long it took.
+fn wait_until<T>(
+    what: &str,
+    bound: Duration,
+    lab: &Lab,
+    agent: &Agent,
+    mut f: impl FnMut() -> Option<T>,
+) -> (T, Duration) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, t0.elapsed());
+        }
+        assert!(
+            agent.is_running(),
+            "{what}: the agent exited\n{}",
+            agent.tail(40)
+        );
+        assert!(
+            t0.elapsed() < bound,
+            "{what}: not within {bound:?}\nenforced: {}\nstatus.json: {}\n{}",
+            lab.try_enforced().map(|s| show(&s)).unwrap_or_else(|e| e),
+            status_text(lab),
+            agent.tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait until the kernel enforces exactly `want`.
+fn wait_enforced(
+    what: &str,
+    bound: Duration,
+    lab: &Lab,
+    agent: &Agent,
+    want: &EntrySet,
+) -> Duration {
+    wait_until(what, bound, lab, agent, || {
+        (lab.try_enforced().ok().as_ref() == Some(want)).then_some(())
+    })
+    .1
+}
+
+fn assert_enforced(what: &str, lab: &Lab, agent: &Agent, want: &EntrySet) {
+    let got = lab.enforced();
+    assert!(
+        &got == want,
+        "{what}: the kernel enforces\n  {}\nexpected\n  {}\nstatus.json: {}\n{}",
+        show(&got),
+        show(want),
+        status_text(lab),
+        agent.tail(40)
+    );
+}
+
+/// A stderr line of the agent containing every one of `needles`.
+fn stderr_line(agent: &Agent, needles: &[&str]) -> Option<String> {
+    agent
+        .stderr_text()
+        .lines()
+        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_string)
+}
+
+// ---------------------------------------------------------------------------
+// Reading the maps back all along.
+
+/// A thread that reads what the kernel enforces every few milliseconds and
+/// records every read that is none of the accepted sets.
+struct Watch {
+    lab_bpffs: PathBuf,
+    accept: Arc<Mutex<Vec<EntrySet>>>,
+    stop: Arc<AtomicBool>,
+    reads: Arc<AtomicUsize>,
+    bad: Arc<Mutex<Vec<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watch {
+    fn start(lab: &Lab, want: &EntrySet) -> Watch {
+        let accept = Arc::new(Mutex::new(vec![want.clone()]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicUsize::new(0));
+        let bad = Arc::new(Mutex::new(Vec::new()));
+        let (a, s, r, b) = (accept.clone(), stop.clone(), reads.clone(), bad.clone());
+        let bpffs = lab.bpffs.clone();
+        let t0 = Instant::now();
+        let thread = std::thread::spawn(move || {
+            let paths = edge_filter::paths::Paths::new(&bpffs);
+            while !s.load(Ordering::SeqCst) {
+                let got = edge_filter::attach::open_pinned(&paths, RECEIVER_IF)
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| m.read().map_err(|e| e.to_string()))
+                    .map(|d| d.to_entry_set());
+                // Compare against the accepted sets as they are *after*
+                // the read: a narrowing never races with a read that saw
+                // an accepted state.
+                let ok = match &got {
+                    Ok(set) => a.lock().unwrap().iter().any(|w| w == set),
+                    Err(_) => false,
+                };
+                r.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    let mut bad = b.lock().unwrap();
+                    if bad.len() < 5 {
+                        bad.push(format!(
+                            "at {:.3?}: {}",
+                            t0.elapsed(),
+                            match got {
+                                Ok(set) => show(&set),
+                                Err(e) => format!("read failed: {e}"),
+                            }
+                        ));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Watch {
+            lab_bpffs: lab.bpffs.clone(),
+            accept,
+            stop,
+            reads,
+            bad,
+            thread: Some(thread),
+        }
+    }
+
+    /// From now on accept any of `sets`.
+    fn accept(&self, sets: &[&EntrySet]) {
+        *self.accept.lock().unwrap() = sets.iter().map(|s| (*s).clone()).collect();
+    }
+
+    /// Panic when any read so far was not accepted.
+    fn check(&self, what: &str, agent: &Agent) {
+        let bad = self.bad.lock().unwrap().clone();
+        assert!(
+            bad.is_empty(),
+            "{what}: the kernel maps under {} held an unexpected set while watched \
+             ({} reads; accepted: {}):\n  {}\n{}",
+            self.lab_bpffs.display(),
+            self.reads.load(Ordering::Relaxed),
+            self.accept
+                .lock()
+                .unwrap()
+                .iter()
+                .map(show)
+                .collect::<Vec<_>>()
+                .join(" | "),
+            bad.join("\n  "),
+            agent.tail(40)
+        );
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Feed faults.
+
+const FAULT_LIMITS: &str = "timeout = \"500ms\"\nretries = 1\nmax_bytes = 2000";
+const SAFETY: &str = "max_shrink = 0.5\nhold_refreshes = 3";
+
+/// The faults test's state.
+struct FaultRun<'a> {
+    lab: &'a Lab,
+    agent: &'a Agent,
+    srv: &'a HttpServer,
+    watch: &'a Watch,
+    good: Reply,
+    /// What the kernel must enforce.
+    want: EntrySet,
+    /// Entries of the HTTP feed.
+    web_entries: usize,
+}
+
+impl FaultRun<'_> {
+    fn health(&self) -> Option<FeedHealth> {
+        health(self.lab, "web")
+    }
+
+    /// Serve `reply`; wait until `web`'s `last_error` contains `needle` and
+    /// the failure repeats once more; check nothing changed; then serve the
+    /// good feed again and wait until the feed is healthy.
+    fn failure(&self, label: &str, reply: Reply, needle: &str) {
+        let t = Instant::now();
+        self.srv.set(reply);
+        let (h, took) = wait_until(
+            &format!("{label}: last_error with `{needle}`"),
+            REPORT_BOUND,
+            self.lab,
+            self.agent,
+            || {
+                let h = self.health()?;
+                h.last_error.as_deref()?.contains(needle).then_some(h)
+            },
+        );
+        assert!(
+            h.consecutive_failures >= 1 && h.held.is_none(),
+            "{label}: {h:?}"
+        );
+        assert_eq!(h.entries, self.web_entries, "{label}: {h:?}");
+        assert_enforced(label, self.lab, self.agent, &self.want);
+        let err = h.last_error.clone().unwrap_or_default();
+        // The same failure once more: still nothing changes.
+        wait_until(
+            &format!("{label}: a second failed refresh"),
+            REPORT_BOUND,
+            self.lab,
+            self.agent,
+            || (self.health()?.consecutive_failures >= 2).then_some(()),
+        );
+        assert_enforced(
+            &format!("{label} (again)"),
+            self.lab,
+            self.agent,
+            &self.want,
+        );
+        assert!(
+            stderr_line(
+                self.agent,
+                &[
+                    "feed web: ",
+                    needle,
+                    "last-known-good entries stay enforced"
+                ]
+            )
+            .is_some(),
+            "{label}: not on stderr\n{}",
+            self.agent.tail(30)
+        );
+        self.recover(label);
+        self.watch.check(label, self.agent);
+        println!(
+            "faults: {label}: reported after {took:.1?} as `{err}`; enforced set unchanged ({:.1?} in all)",
+            t.elapsed()
+        );
+    }
+
+    /// Serve the good feed again; wait until `web` is healthy.
+    fn recover(&self, label: &str) {
+        self.srv.set(self.good.clone());
+        wait_until(
+            &format!("{label}: recovery"),
+            REPORT_BOUND,
+            self.lab,
+            self.agent,
+            || {
+                let h = self.health()?;
+                (h.last_error.is_none() && h.consecutive_failures == 0 && h.held.is_none())
+                    .then_some(())
+            },
+        );
+        assert_enforced(
+            &format!("{label} (recovered)"),
+            self.lab,
+            self.agent,
+            &self.want,
+        );
+    }
+}
+
+/// Deterministic junk: an HTML error page then binary bytes.
+fn garbage() -> Vec<u8> {
+    let mut g = b"<html><head><title>502 Bad Gateway</title></head>\n<body><h1>Bad Gateway</h1>\n<p>The upstream server returned an invalid response.</p></body></html>\n".to_vec();
+    let mut x: u32 = 0x1234_5678;
+    for _ in 0..600 {
+        // xorshift32
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        g.push((x >> 24) as u8);
+    }
+    g
+}
+
+#[test]
+fn feeds_faults_keep_enforced_set() {
+    if netns::skip_unless_root("feeds_faults_keep_enforced_set") {
+        return;
+    }
+    let t0 = Instant::now();
+    let lab = Lab::create();
+    let web = vec![
+        drop_("198.51.100.1"),
+        drop_("198.51.100.2"),
+        drop_("198.51.100.3"),
+        drop_("203.0.113.0/26"),
+        drop_("2001:db8:77::/48"),
+        drop_("2001:db8:78::1"),
+    ];
+    let local1 = vec![drop_("192.0.2.200")];
+    let local2 = vec![drop_("192.0.2.200"), drop_("192.0.2.201")];
+    let good = Reply::ok(plain(&web)).etag("v1");
+    let srv = HttpServer::start_in(&lab.receiver, good.clone());
+    let local = lab.write_file("local.txt", &plain(&local1));
+    let cfg = write_config(
+        &lab,
+        &[
+            FeedDef::http("web", &srv, "plain", "1s"),
+            FeedDef::file("local", &local, "plain", "1s"),
+        ],
+        FAULT_LIMITS,
+        SAFETY,
+    );
+    let agent = start(&lab, &cfg);
+    let mut want = set_of(web.iter().chain(&local1).copied());
+    let took = wait_enforced("the good feed", REPORT_BOUND, &lab, &agent, &want);
+    println!(
+        "faults: good feed enforced {took:.1?} after ready: {}",
+        show(&want)
+    );
+    let first = srv.requests();
+    assert!(
+        first[0].status == 200 && first[0].header("If-None-Match").is_none(),
+        "first request: {:?}",
+        first[0]
+    );
+    assert!(
+        state_dir(&lab).join("lkg/web.json").is_file(),
+        "no last-known-good copy of web"
+    );
+    let watch = Watch::start(&lab, &want);
+    let url = srv.url("/web.txt");
+    let mut run = FaultRun {
+        lab: &lab,
+        agent: &agent,
+        srv: &srv,
+        watch: &watch,
+        good: good.clone(),
+        want: want.clone(),
+        web_entries: web.len(),
+    };
+
+    // 304 Not Modified: every refresh is conditional on the ETag and
+    // answered 304; the feed stays healthy and nothing changes.
+    let n0 = srv.request_count();
+    let last_success = health(&lab, "web").and_then(|h| h.last_success);
+    wait_until(
+        "three conditional refreshes",
+        REPORT_BOUND,
+        &lab,
+        &agent,
+        || (srv.request_count() >= n0 + 3).then_some(()),
+    );
+    for r in &srv.requests()[n0..] {
+        assert_eq!(r.header("If-None-Match"), Some("\"v1\""), "{r:?}");
+        assert_eq!(r.status, 304, "{r:?}");
+    }
+    let (h, _) = wait_until(
+        "last_success after a 304",
+        REPORT_BOUND,
+        &lab,
+        &agent,
+        || {
+            let h = health(&lab, "web")?;
+            (h.last_success > last_success).then_some(h)
+        },
+    );
+    assert!(h.last_error.is_none() && h.held.is_none(), "{h:?}");
+    assert_eq!(h.entries, web.len());
+    assert_enforced("304 Not Modified", &lab, &agent, &want);
+    watch.check("304 Not Modified", &agent);
+    println!("faults: 304: If-None-Match sent, 304 answered, feed healthy, set unchanged");
+
+    // 500s (retried once, then the refresh fails).
+    run.failure(
+        "HTTP 500",
+        Reply::status(500, "internal error\n"),
+        &format!("{url}: HTTP 500 Internal Server Error after 2 attempts"),
+    );
+
+    // A hang past the timeout; meanwhile a file feed's edit still applies.
+    let t = Instant::now();
+    srv.set(good.clone().delay(Duration::from_secs(20)));
+    wait_until("the hang starts", REPORT_BOUND, &lab, &agent, || {
+        srv.requests()
+            .last()
+            .is_some_and(|r| r.at > t)
+            .then_some(())
+    });
+    let want2 = set_of(web.iter().chain(&local2).copied());
+    watch.accept(&[&want, &want2]);
+    lab.replace_file("local.txt", &plain(&local2));
+    let took = wait_enforced(
+        "a file feed edit while the HTTP feed hangs",
+        Duration::from_secs(3),
+        &lab,
+        &agent,
+        &want2,
+    );
+    watch.accept(&[&want2]);
+    watch.check("file feed edit during the hang", &agent);
+    println!("faults: hang: a file feed edit applied after {took:.1?} while the HTTP feed hangs");
+    want = want2;
+    run.want = want.clone();
+    run.failure(
+        "hang",
+        good.clone().delay(Duration::from_secs(20)),
+        &format!("{url}: no complete response within 500ms after 2 attempts"),
+    );
+
+    // A truncated body: Content-Length larger than what is sent, then close.
+    let part = plain(&web[..2]);
+    let n = part.len();
+    run.failure(
+        "truncated body",
+        Reply::ok(part).length(Length::Lie(n + 1000)),
+        &format!("{url}: body truncated"),
+    );
+    assert!(
+        stderr_line(
+            &agent,
+            &["feed web: ", "body truncated", "after 2 attempts"]
+        )
+        .is_some(),
+        "truncation not retried\n{}",
+        agent.tail(30)
+    );
+
+    // Oversized: valid entries, more than max_bytes; announced, then not.
+    let big: Vec<Entry> = (0..200u32)
+        .map(|i| drop_(&Ipv4Addr::from(0xc633_6400 + i).to_string()))
+        .collect();
+    let big = plain(&big);
+    assert!(big.len() > 2000);
+    run.failure(
+        "oversized body (Content-Length)",
+        Reply::ok(big.clone()),
+        &format!("{url}: larger than the 2000-byte limit"),
+    );
+    run.failure(
+        "oversized body (no Content-Length)",
+        Reply::ok(big).length(Length::Close),
+        &format!("{url}: larger than the 2000-byte limit"),
+    );
+
+    // Garbage: every line rejected, so a 100% shrink: held, not applied.
+    // Served twice (held twice), then the good feed again: the third
+    // sighting that would apply it never comes.
+    let t = Instant::now();
+    srv.queue(Reply::ok(garbage()), 2);
+    let held1 = format!(
+        "update from {} to 0 entries (100% fewer) held: seen 1 of 3 refreshes",
+        web.len()
+    );
+    let (h, took) = wait_until("garbage held", REPORT_BOUND, &lab, &agent, || {
+        let h = health(&lab, "web")?;
+        h.held.as_deref()?.contains(&held1).then_some(h)
+    });
+    assert!(h.last_error.is_none(), "{h:?}");
+    assert_eq!(h.entries, web.len());
+    assert_enforced("garbage (first sighting)", &lab, &agent, &want);
+    let held2 = held1.replace("seen 1 of 3", "seen 2 of 3");
+    wait_until("garbage held twice", REPORT_BOUND, &lab, &agent, || {
+        health(&lab, "web")?
+            .held
+            .as_deref()?
+            .contains(&held2)
+            .then_some(())
+    });
+    assert_enforced("garbage (second sighting)", &lab, &agent, &want);
+    assert!(
+        stderr_line(&agent, &["feed web: line 1: "]).is_some()
+            && stderr_line(&agent, &["feed web: ", &held1]).is_some(),
+        "garbage not reported on stderr\n{}",
+        agent.tail(30)
+    );
+    wait_until("garbage gone", REPORT_BOUND, &lab, &agent, || {
+        let h = health(&lab, "web")?;
+        (srv.queued() == 0 && h.held.is_none() && h.last_error.is_none()).then_some(())
+    });
+    assert_enforced("after garbage", &lab, &agent, &want);
+    watch.check("garbage", &agent);
+    println!(
+        "faults: garbage: held ({took:.1?}) as `{}`; enforced set unchanged ({:.1?} in all)",
+        h.held.unwrap_or_default(),
+        t.elapsed()
+    );
+
+    assert!(agent.is_running(), "{}", agent.tail(30));
+    assert!(watch.reads() > 100, "only {} map reads", watch.reads());
+    watch.check("all faults", &agent);
+    println!(
+        "faults: done in {:.1?} ({} map reads, all equal to the expected set)",
+        t0.elapsed(),
+        watch.reads()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Shrink guard.
+
+/// 18 addresses and 2 prefixes; the shrunk copy keeps 2 of the 20.
+fn shrink_sets() -> (Vec<Entry>, Vec<Entry>) {
+    let mut full: Vec<Entry> = (1..=18)
+        .map(|i| drop_(&format!("198.51.100.{i}")))
+        .collect();
+    full.push(drop_("203.0.113.0/28"));
+    full.push(drop_("2001:db8:99::/48"));
+    let shrunk = vec![full[0], full[18]];
+    (full, shrunk)
+}
+
+#[test]
+fn feeds_shrink_is_held_until_it_persists() {
+    if netns::skip_unless_root("feeds_shrink_is_held_until_it_persists") {
+        return;
+    }
+    let t0 = Instant::now();
+    let lab = Lab::create();
+    let (full, shrunk) = shrink_sets();
+    let srv = HttpServer::start_in(&lab.receiver, Reply::ok(plain(&full)).etag("v1"));
+    let cfg = write_config(
+        &lab,
+        &[FeedDef::http("web", &srv, "plain", "1s")],
+        FAULT_LIMITS,
+        SAFETY,
+    );
+    let agent = start(&lab, &cfg);
+    let want_full = set_of(full.iter().copied());
+    let want_shrunk = set_of(shrunk.iter().copied());
+    wait_enforced("the full feed", REPORT_BOUND, &lab, &agent, &want_full);
+    let watch = Watch::start(&lab, &want_full);
+
+    // The shrink persists on every refresh (a 200, then 304s for its ETag).
+    let n0 = srv.request_count();
+    watch.accept(&[&want_full, &want_shrunk]);
+    srv.set(Reply::ok(plain(&shrunk)).etag("s1"));
+    let msg = |seen: u32| {
+        format!(
+            "update from 20 to 2 entries (90% fewer) held: seen {seen} of 3 refreshes (or `edge-filter force-feed web`)"
+        )
+    };
+    let mut seen_msgs = BTreeSet::new();
+    let mut held_twice_and_unchanged = false;
+    let (applied_at, took) = wait_until(
+        "the shrink applied",
+        Duration::from_secs(15),
+        &lab,
+        &agent,
+        || {
+            // Status first, then the maps: a "seen 2" status and the full set
+            // read after it mean the second sighting did not apply it.
+            let held = health(&lab, "web").and_then(|h| h.held);
+            let now = lab.try_enforced().ok()?;
+            if let Some(m) = held {
+                if m == msg(2) && now == want_full {
+                    held_twice_and_unchanged = true;
+                }
+                seen_msgs.insert(m);
+            }
+            (now == want_shrunk).then(Instant::now)
+        },
+    );
+    let reqs = srv.requests()[n0..].to_vec();
+    assert!(
+        seen_msgs.contains(&msg(1)) && held_twice_and_unchanged,
+        "the shrink was not reported held (with the maps unchanged) on its first and second \
+         sightings; held messages seen: {seen_msgs:?}\nrequests: {reqs:?}\n{}",
+        agent.tail(30)
+    );
+    assert!(
+        !seen_msgs.iter().any(|m| m.contains("seen 3 of")),
+        "{seen_msgs:?}"
+    );
+    // Applied after the third sighting, not before, and promptly.
+    assert!(
+        reqs.len() >= 3,
+        "applied after {} requests: {reqs:?}",
+        reqs.len()
+    );
+    assert_eq!(reqs[0].status, 200, "{:?}", reqs[0]);
+    for r in &reqs[1..3] {
+        assert_eq!(r.status, 304, "{r:?}");
+        assert_eq!(r.header("If-None-Match"), Some("\"s1\""), "{r:?}");
+    }
+    assert!(
+        reqs[2].at < applied_at && applied_at - reqs[2].at < Duration::from_millis(1500),
+        "applied {:?} after the third sighting",
+        applied_at.checked_duration_since(reqs[2].at)
+    );
+    let h = health(&lab, "web").expect("web health");
+    assert!(h.held.is_none() && h.entries == 2, "{h:?}");
+    assert!(
+        stderr_line(&agent, &["feed web: ", &msg(1)]).is_some()
+            && stderr_line(&agent, &["feed web: ", &msg(2)]).is_some(),
+        "held updates not on stderr\n{}",
+        agent.tail(30)
+    );
+    let lkg = std::fs::read_to_string(state_dir(&lab).join("lkg/web.json")).unwrap_or_default();
+    let lkg: serde_json::Value = serde_json::from_str(&lkg).expect("lkg/web.json");
+    assert_eq!(lkg["entries"].as_array().map(Vec::len), Some(2), "{lkg}");
+    watch.accept(&[&want_shrunk]);
+    std::thread::sleep(Duration::from_millis(1500));
+    watch.check("the applied shrink", &agent);
+    println!(
+        "shrink: held on sightings 1 and 2, applied {:.0?} after sighting 3 ({took:.1?} after the change); done in {:.1?}",
+        applied_at - reqs[2].at,
+        t0.elapsed()
+    );
+}
+
+/// Run `edge-filter force-feed web --config CFG`; returns its stdout.
+fn force_feed(lab: &Lab, cfg: &Path, agent: &Agent) -> String {
+    let mut cmd = lab.edge_filter_cmd();
+    cmd.args(["force-feed", "web", "--config"]).arg(cfg);
+    let out = netns::run_ok(&mut cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains(&format!(
+            "asked the agent (pid {}) to refetch now",
+            agent.pid()
+        )),
+        "force-feed did not signal the agent: {stdout}"
+    );
+    stdout
+}
+
+/// SIGHUP the agent and wait until the server has answered one more
+/// request and `web`'s status shows `f` true.
+fn refetch<T>(
+    what: &str,
+    lab: &Lab,
+    agent: &Agent,
+    srv: &HttpServer,
+    mut f: impl FnMut(&FeedHealth) -> Option<T>,
+) -> T {
+    let n = srv.request_count();
+    assert!(agent.signal(libc::SIGHUP), "agent gone\n{}", agent.tail(30));
+    wait_until(what, REPORT_BOUND, lab, agent, || {
+        if srv.request_count() <= n {
+            return None;
+        }
+        f(&health(lab, "web")?)
+    })
+    .0
+}
+
+#[test]
+fn feeds_force_feed_applies_held_shrink_at_once() {
+    if netns::skip_unless_root("feeds_force_feed_applies_held_shrink_at_once") {
+        return;
+    }
+    let t0 = Instant::now();
+    let lab = Lab::create();
+    let (full, shrunk) = shrink_sets();
+    let want_full = set_of(full.iter().copied());
+    let want_shrunk = set_of(shrunk.iter().copied());
+    // A refresh of an hour: every fetch after the first is a SIGHUP's.
+    let srv = HttpServer::start_in(&lab.receiver, Reply::ok(plain(&full)));
+    let cfg = write_config(
+        &lab,
+        &[FeedDef::http("web", &srv, "plain", "1h")],
+        FAULT_LIMITS,
+        SAFETY,
+    );
+    let agent = start(&lab, &cfg);
+    wait_enforced("the full feed", REPORT_BOUND, &lab, &agent, &want_full);
+    let held1 = "update from 20 to 2 entries (90% fewer) held: seen 1 of 3 refreshes";
+
+    for (round, etag) in [("no validators", None), ("ETag", Some("s"))] {
+        // The shrink, fetched once: held.
+        srv.set(match etag {
+            Some(t) => Reply::ok(plain(&shrunk)).etag(&format!("{t}-{}", srv.request_count())),
+            None => Reply::ok(plain(&shrunk)),
+        });
+        let h = refetch("the shrink held", &lab, &agent, &srv, |h| {
+            h.held.as_deref()?.contains(held1).then(|| h.clone())
+        });
+        assert_enforced(&format!("{round}: held"), &lab, &agent, &want_full);
+        assert_eq!(h.entries, 20, "{h:?}");
+
+        // Forced: applied at once (the forced refetch is a 200 without
+        // validators, a 304 with the ETag).
+        let n = srv.request_count();
+        let t = Instant::now();
+        force_feed(&lab, &cfg, &agent);
+        wait_enforced(
+            &format!("{round}: the forced shrink"),
+            Duration::from_secs(3),
+            &lab,
+            &agent,
+            &want_shrunk,
+        );
+        let took = t.elapsed();
+        let reqs = srv.requests()[n..].to_vec();
+        let h = health(&lab, "web").expect("web health");
+        assert!(h.held.is_none() && h.entries == 2, "{round}: {h:?}");
+        println!(
+            "force-feed ({round}): applied {:.1?} after force-feed (forced refetch answered {:?})",
+            took,
+            reqs.iter().map(|r| r.status).collect::<Vec<_>>()
+        );
+        if etag.is_some() {
+            assert!(
+                reqs.iter().any(|r| r.status == 304),
+                "the forced refetch was not conditional: {reqs:?}"
+            );
+        }
+
+        // Back to the full feed (growth: applied at once).
+        srv.set(match etag {
+            Some(t) => Reply::ok(plain(&full)).etag(&format!("{t}-full")),
+            None => Reply::ok(plain(&full)),
+        });
+        refetch("the full feed again", &lab, &agent, &srv, |h| {
+            (h.entries == 20).then_some(())
+        });
+        wait_enforced(
+            &format!("{round}: the full feed again"),
+            REPORT_BOUND,
+            &lab,
+            &agent,
+            &want_full,
+        );
+    }
+    println!("force-feed: done in {:.1?}", t0.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 2. Restart with every feed down.
+
+#[test]
+fn feeds_restart_with_all_feeds_down() {
+    if netns::skip_unless_root("feeds_restart_with_all_feeds_down") {
+        return;
+    }
+    let t0 = Instant::now();
+    let lab = Lab::create();
+    let remote = vec![
+        drop_("198.51.100.11"),
+        drop_("198.51.100.12"),
+        drop_("203.0.113.64/27"),
+        drop_("2001:db8:aa::/48"),
+    ];
+    let local_jsonl = concat!(
+        "{\"net\":\"192.0.2.50\",\"indicator\":\"L-1\"}\n",
+        "{\"net\":\"2001:db8:5::/48\",\"action\":\"monitor\"}\n",
+        "{\"net\":\"203.0.113.9\",\"proto\":\"tcp\",\"port\":443}\n",
+        "{\"net\":\"198.18.0.0/24\",\"proto\":\"udp\",\"port\":53,\"side\":\"dst\",\"action\":\"monitor\"}\n",
+    );
+    let local = set_of([
+        drop_("192.0.2.50"),
+        monitor("2001:db8:5::/48"),
+        with_port(drop_("203.0.113.9"), Proto::Tcp, 443, Side::Src),
+        with_port(monitor("198.18.0.0/24"), Proto::Udp, 53, Side::Dst),
+    ]);
+    let want = union(&set_of(remote.iter().copied()), &local);
+    let srv = HttpServer::start_in(&lab.receiver, Reply::ok(plain(&remote)).etag("r1"));
+    let local_path = lab.write_file("local.jsonl", local_jsonl);
+    let cfg = write_config(
+        &lab,
+        &[
+            FeedDef::http("remote", &srv, "plain", "1s"),
+            FeedDef::file("local", &local_path, "jsonl", "1s"),
+        ],
+        FAULT_LIMITS,
+        SAFETY,
+    );
+    let agent = start(&lab, &cfg);
+    let took = wait_enforced("both feeds", REPORT_BOUND, &lab, &agent, &want);
+    println!(
+        "restart: both feeds enforced {took:.1?} after ready: {}",
+        show(&want)
+    );
+    for f in ["remote", "local"] {
+        wait_until(&format!("lkg/{f}.json"), REPORT_BOUND, &lab, &agent, || {
+            state_dir(&lab)
+                .join(format!("lkg/{f}.json"))
+                .is_file()
+                .then_some(())
+        });
+    }
+    let watch = Watch::start(&lab, &want);
+
+    // SIGKILL, then every feed becomes unreachable.
+    let st = agent.signal_and_wait(libc::SIGKILL, Duration::from_secs(10));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL),
+        "{st}"
+    );
+    drop(agent);
+    let url = srv.url("/remote.txt");
+    let addr = srv.addr();
+    srv.stop();
+    std::fs::remove_file(&local_path).expect("delete the local feed");
+    assert!(
+        lab.receiver
+            .enter(|| std::net::TcpStream::connect(addr))
+            .is_err(),
+        "the HTTP feed is still reachable"
+    );
+
+    // A new agent with the same config: same entries, from last-known-good.
+    let t = Instant::now();
+    let agent = start(&lab, &cfg);
+    let ready = t.elapsed();
+    assert_enforced("right after the restart", &lab, &agent, &want);
+    let adopted = stderr_line(&agent, &["adopted ", RECEIVER_IF]).unwrap_or_default();
+    assert!(
+        adopted.contains(&format!(
+            "with {} entries (0 added, 0 removed)",
+            want.entries.len()
+        )),
+        "no adoption without changes: `{adopted}`\n{}",
+        agent.tail(30)
+    );
+    for f in ["remote", "local"] {
+        assert!(
+            stderr_line(
+                &agent,
+                &[&format!("feed {f}: "), "from last-known-good copy"]
+            )
+            .is_some(),
+            "feed {f}: no last-known-good load logged\n{}",
+            agent.tail(30)
+        );
+    }
+    let (hs, took) = wait_until(
+        "both feeds' errors reported",
+        REPORT_BOUND,
+        &lab,
+        &agent,
+        || {
+            let r = health(&lab, "remote")?;
+            let l = health(&lab, "local")?;
+            let ok = |h: &FeedHealth, needle: &str| {
+                h.consecutive_failures >= 2
+                    && h.last_error.as_deref().is_some_and(|e| e.contains(needle))
+            };
+            (ok(&r, &format!("{url}: connection failed")) && ok(&l, "No such file or directory"))
+                .then_some((r, l))
+        },
+    );
+    for (h, n) in [(&hs.0, 4), (&hs.1, 4)] {
+        assert!(
+            h.from_last_known_good && h.entries == n && h.held.is_none(),
+            "{h:?}"
+        );
+        assert!(
+            stderr_line(
+                &agent,
+                &[
+                    &format!("feed {}: ", h.name),
+                    "last-known-good entries stay enforced"
+                ]
+            )
+            .is_some(),
+            "feed {}: error not on stderr\n{}",
+            h.name,
+            agent.tail(30)
+        );
+    }
+    let st = status(&lab).expect("status.json");
+    assert_eq!(st.entries, want.entries.len(), "{st:?}");
+    assert_enforced("with every feed down", &lab, &agent, &want);
+    watch.check("restart with every feed down", &agent);
+    assert!(
+        !agent
+            .stderr_text()
+            .lines()
+            .any(|l| l.contains(" removed") && !l.contains(" 0 removed")),
+        "the agent removed entries\n{}",
+        agent.tail(30)
+    );
+    println!(
+        "restart: ready {ready:.1?} after start with every feed down; errors reported after {took:.1?}: \
+         remote `{}`, local `{}`; {} map reads all equal; done in {:.1?}",
+        hs.0.last_error.unwrap_or_default(),
+        hs.1.last_error.unwrap_or_default(),
+        watch.reads(),
+        t0.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. Packet level: a change of action within one refresh.
+
+const RECV4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+/// Never in any feed: the end-of-flow markers' source.
+const MARK4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+/// The address whose action changes.
+const SUSPECT4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 20));
+const PORT: u16 = 5001;
+const FLOW: usize = 8;
+/// Refresh of the file feed, and the bound on a change: 2 refreshes + 1 s.
+const CHANGE_BOUND: Duration = Duration::from_secs(3);
+
+/// The feed: the suspect with `action` (absent: not listed) and four
+/// bystanders, so removing the suspect is a 20% shrink.
+fn watch_feed(action: Option<&str>) -> String {
+    let mut t = String::from("# SOC watch list\n");
+    if let Some(a) = action {
+        t.push_str(&format!(
+            "{{\"net\":\"{SUSPECT4}\",\"action\":\"{a}\",\"indicator\":\"SOC-20\",\"confidence\":70}}\n"
+        ));
+    }
+    for i in 1..=4 {
+        t.push_str(&format!(
+            "{{\"net\":\"198.51.100.{i}\",\"indicator\":\"SOC-{i}\"}}\n"
+        ));
+    }
+    t
+}
+
+fn bystanders() -> Vec<Entry> {
+    (1..=4).map(|i| drop_(&format!("198.51.100.{i}"))).collect()
+}
+
+/// Expected counters by reason (packets, bytes) and the flows sent.
+#[derive(Default)]
+struct Ledger {
+    expected: BTreeMap<&'static str, Count>,
+    markers: u64,
+}
+
+impl Ledger {
+    fn add(&mut self, reason: &'static str, payload_len: usize) {
+        let c = self.expected.entry(reason).or_default();
+        c.packets += 1;
+        c.bytes += 14 + 20 + 8 + payload_len as u64;
+    }
+
+    /// Compare `after - before` with what was sent: exactly for every
+    /// reason except the ones background traffic moves.
+    fn check(&self, what: &str, before: &Stats, after: &Stats, agent: &Agent) {
+        let mut bad = Vec::new();
+        for (reason, a) in &after.by_reason {
+            let b = before.get(reason);
+            let got = Count {
+                packets: a.packets - b.packets,
+                bytes: a.bytes - b.bytes,
+            };
+            let want = self
+                .expected
+                .get(reason.as_str())
+                .copied()
+                .unwrap_or_default();
+            match reason.as_str() {
+                "pass_no_match" => {
+                    if got.packets < want.packets + self.markers {
+                        bad.push(format!(
+                            "{reason}: {} packets, expected at least {}",
+                            got.packets,
+                            want.packets + self.markers
+                        ));
+                    }
+                }
+                "pass_non_ip" => {}
+                _ => {
+                    if got != want {
+                        bad.push(format!(
+                            "{reason}: {}p/{}B, expected {}p/{}B",
+                            got.packets, got.bytes, want.packets, want.bytes
+                        ));
+                    }
+                }
+            }
+        }
+        for reason in self.expected.keys() {
+            if !after.by_reason.contains_key(*reason) {
+                bad.push(format!("{reason}: missing from stats --json"));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{what}: counters off:\n  {}\nstats: {}\n{}",
+            bad.join("\n  "),
+            after.summary(),
+            agent.tail(30)
+        );
+    }
+}
+
+/// Send `n` datagrams from the suspect, then a marker from [`MARK4`];
+/// returns how many of the `n` arrived and records their verdict (`reason`
+/// when delivered, `dropped` otherwise) in the ledger.
+fn flow(
+    lab: &Lab,
+    sink: &UdpSocket,
+    ledger: &mut Ledger,
+    n: usize,
+    delivered_as: &'static str,
+    dropped_as: &'static str,
+) -> usize {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let s = SEQ.fetch_add(1, Ordering::Relaxed);
+    let payloads: Vec<Vec<u8>> = (0..n).map(|i| format!("f{s}#{i}").into_bytes()).collect();
+    let dst = SocketAddr::new(RECV4, PORT);
+    lab.send_udp(SocketAddr::new(SUSPECT4, 40000), dst, &payloads);
+    let marker = format!("marker{s}").into_bytes();
+    lab.send_udp(
+        SocketAddr::new(MARK4, 40001),
+        dst,
+        std::slice::from_ref(&marker),
+    );
+    ledger.markers += 1;
+    let got = recv_until_marker(sink, &marker, Duration::from_secs(5));
+    let prefix = format!("f{s}#");
+    let mine: BTreeSet<Vec<u8>> = got
+        .iter()
+        .filter(|(from, p)| from.ip() == SUSPECT4 && p.starts_with(prefix.as_bytes()))
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert_eq!(
+        mine.len(),
+        got.len(),
+        "stray datagrams: {:?}",
+        got.iter()
+            .map(|(a, p)| format!("{a} {}", String::from_utf8_lossy(p)))
+            .collect::<Vec<_>>()
+    );
+    for p in &payloads {
+        ledger.add(
+            if mine.contains(p) {
+                delivered_as
+            } else {
+                dropped_as
+            },
+            p.len(),
+        );
+    }
+    mine.len()
+}
+
+/// Send one datagram every 100 ms until one is (`delivered`) or is not
+/// delivered; returns how long that took after `since`.
+#[allow(clippy::too_many_arguments)]
+fn probe_until(
+    what: &str,
+    lab: &Lab,
+    sink: &UdpSocket,
+    ledger: &mut Ledger,
+    agent: &Agent,
+    since: Instant,
+    delivered: bool,
+    delivered_as: &'static str,
+    dropped_as: &'static str,
+) -> Duration {
+    loop {
+        let got = flow(lab, sink, ledger, 1, delivered_as, dropped_as);
+        if (got == 1) == delivered {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < CHANGE_BOUND,
+            "{what}: not in effect within {CHANGE_BOUND:?}\nenforced: {}\n{}",
+            show(&lab.enforced()),
+            agent.tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn feeds_action_change_takes_effect_within_a_refresh() {
+    if netns::skip_unless_root("feeds_action_change_takes_effect_within_a_refresh") {
+        return;
+    }
+    let t0 = Instant::now();
+    let lab = Lab::create();
+    lab.add_receiver_addr(RECV4, 24);
+    lab.add_sender_addr(MARK4, 24);
+    lab.add_sender_addr(SUSPECT4, 24);
+    let feed = lab.write_file("soc.jsonl", &watch_feed(Some("monitor")));
+    let cfg = write_config(
+        &lab,
+        &[FeedDef::file("soc", &feed, "jsonl", "1s")],
+        "",
+        SAFETY,
+    );
+    let agent = start(&lab, &cfg);
+    let suspect = IpNet::from(SUSPECT4).to_string();
+    let with = |e: Entry| set_of(bystanders().into_iter().chain([e]));
+    wait_enforced(
+        "the monitor entry",
+        REPORT_BOUND,
+        &lab,
+        &agent,
+        &with(monitor(&suspect)),
+    );
+    let sink = lab.udp_sink(SocketAddr::new(RECV4, PORT));
+    let mut ledger = Ledger::default();
+    let before = lab.stats();
+
+    // Monitor: delivered and counted.
+    let got = flow(&lab, &sink, &mut ledger, FLOW, "monitor_addr", "dropped");
+    assert_eq!(got, FLOW, "monitored datagrams lost\n{}", agent.tail(30));
+    ledger.check("monitor", &before, &lab.stats(), &agent);
+
+    // Monitor -> drop: within one refresh.
+    let t = Instant::now();
+    lab.replace_file("soc.jsonl", &watch_feed(Some("drop")));
+    let took = probe_until(
+        "monitor -> drop",
+        &lab,
+        &sink,
+        &mut ledger,
+        &agent,
+        t,
+        false,
+        "monitor_addr",
+        "drop_addr",
+    );
+    assert_enforced("drop", &lab, &agent, &with(drop_(&suspect)));
+    let got = flow(&lab, &sink, &mut ledger, FLOW, "monitor_addr", "drop_addr");
+    assert_eq!(
+        got,
+        0,
+        "datagrams of a dropped source arrived\n{}",
+        agent.tail(30)
+    );
+    ledger.check("drop", &before, &lab.stats(), &agent);
+    println!("action: monitor -> drop in effect after {took:.2?}");
+
+    // Entry removed: delivered again, counted as no match.
+    let t = Instant::now();
+    lab.replace_file("soc.jsonl", &watch_feed(None));
+    let took2 = probe_until(
+        "entry removed",
+        &lab,
+        &sink,
+        &mut ledger,
+        &agent,
+        t,
+        true,
+        "pass_no_match",
+        "drop_addr",
+    );
+    assert_enforced("removed", &lab, &agent, &set_of(bystanders()));
+    let got = flow(&lab, &sink, &mut ledger, FLOW, "pass_no_match", "drop_addr");
+    assert_eq!(
+        got,
+        FLOW,
+        "datagrams lost after the entry was removed\n{}",
+        agent.tail(30)
+    );
+    let after = lab.stats();
+    ledger.check("removed", &before, &after, &agent);
+    println!("action: drop -> removed in effect after {took2:.2?}");
+    let h = health(&lab, "soc").expect("soc health");
+    assert!(
+        h.last_error.is_none() && h.held.is_none() && h.entries == 4,
+        "{h:?}"
+    );
+    println!(
+        "action: counters {}; done in {:.1?}",
+        ["monitor_addr", "drop_addr"]
+            .iter()
+            .map(|r| format!("{r}={}", after.packets(r) - before.packets(r)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        t0.elapsed()
+    );
+}
