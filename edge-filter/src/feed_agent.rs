@@ -423,10 +423,12 @@ impl FeedAgent {
                 // Not modified *held* content is another sighting of it,
                 // once per refresh interval (file feeds are polled faster).
                 let refresh = self.cfg.feed(&feed).map_or(Duration::ZERO, |f| f.refresh);
+                // An operator's force-feed makes it due at once.
+                let forced = self.state.force_path(&feed).is_ok_and(|p| p.exists());
                 let due = self
                     .held
                     .get(&feed)
-                    .is_some_and(|(_, _, seen)| at - *seen >= refresh);
+                    .is_some_and(|(_, _, seen)| forced || at - *seen >= refresh);
                 if due && let Some((parse, validators, _)) = self.held.remove(&feed) {
                     self.on_parsed(feed, parse, validators, at);
                     return;

@@ -4,6 +4,7 @@
 //! One module per subcommand. Narration goes to stdout, the commands run are
 //! echoed to stderr beside their own output, errors go to stderr with a
 //! non-zero exit status.
+mod bench;
 mod check;
 mod setup;
 mod test;
@@ -35,6 +36,7 @@ enum Cmd {
     Setup(setup::Args),
     Check(check::Args),
     Test(test::Args),
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Cmd::Setup(args) => setup::run(args),
         Cmd::Check(args) => check::run(args),
         Cmd::Test(args) => test::run(args),
+        Cmd::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,5 +54,6 @@ pub enum Command {
     /// Validate a configuration file and show what it would enforce (no kernel, no network).
     CheckConfig(check_config::CheckConfigArgs),
     /// Replay captures through the real XDP program (private maps) and report what an entry set would do.
+    #[command(long_about = replay::LONG_ABOUT)]
     Replay(replay::ReplayArgs),
 }

@@ -7,25 +7,36 @@ use edge_filter::agent;
 use edge_filter::entry::EntryKey;
 use edge_filter::replay::{self, EntryInput, Request};
 
-/// Replay captures through the real XDP program and report what an entry set would do.
-///
-/// Every frame of every capture (pcap or pcapng; directories are searched
-/// for *.pcap, *.pcapng, *.cap) runs through the XDP program with
-/// BPF_PROG_TEST_RUN, loaded with private maps: the pinned maps of a running
-/// filter are never touched, so it is safe on a production gateway. Needs
-/// CAP_BPF (root); --live needs root.
-///
-/// Link types: Ethernet; Linux cooked capture (SLL, SLL2) and raw IP are
-/// rewrapped into Ethernet; others are reported per capture and skipped.
-///
-/// CI gate:
-///   edge-filter replay caps/ --blocklist new.txt --write-expect expect.json
-///   edge-filter replay caps/ --blocklist new.txt --expect expect.json   # exit 1 on any difference
-///
-/// What a new blocklist would change:
-///   edge-filter replay caps/ --blocklist new.txt --diff-against-blocklist old.txt
+/// The long help of `edge-filter replay`.
+pub const LONG_ABOUT: &str = "\
+Replay captures through the real XDP program and report what an entry set would do.
+
+Every frame of every capture (pcap or pcapng; directories are searched for
+*.pcap, *.pcapng and *.cap) runs through the XDP program with
+BPF_PROG_TEST_RUN, loaded with private maps: the pinned maps of a running
+filter are never touched, so it is safe on a production gateway. Needs root
+(CAP_BPF); --live needs root.
+
+Link types: Ethernet; Linux cooked capture (SLL, SLL2) and raw IP are
+rewrapped into Ethernet; other link types are reported per capture and
+skipped. Frames shorter than 14 bytes get the malformed l2_truncated verdict
+from the reference classifier (marked userspace); frames longer than 3520
+bytes are cut to it (what XDP without fragments sees).
+
+CI gate:
+  edge-filter replay caps/ --blocklist new.txt --write-expect expect.json
+  edge-filter replay caps/ --blocklist new.txt --expect expect.json
+  (exit 1 and the differences on stderr when the verdicts change)
+
+What a new blocklist would change:
+  edge-filter replay caps/ --blocklist new.txt --diff-against-blocklist old.txt
+
+The same, sent through a veth pair in private network namespaces, checked
+against the in-kernel replay:
+  edge-filter replay caps/ --blocklist new.txt --live";
+
+/// Replay captures through the real XDP program (see [`LONG_ABOUT`]).
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
 pub struct ReplayArgs {
     /// Capture files (pcap, pcapng) or directories.
     #[arg(required = true, value_name = "CAPTURE")]

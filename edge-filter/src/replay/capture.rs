@@ -328,12 +328,20 @@ impl Capture {
                 done: false,
             });
         }
-        let reader = PcapReader::new(file).map_err(|e| {
-            format!(
-                "not a pcap or pcapng file, or its header is invalid: {}",
-                describe(&e)
-            )
-        })?;
+        const PCAP_MAGICS: [[u8; 4]; 4] = [
+            [0xd4, 0xc3, 0xb2, 0xa1],
+            [0xa1, 0xb2, 0xc3, 0xd4],
+            [0x4d, 0x3c, 0xb2, 0xa1],
+            [0xa1, 0xb2, 0x3c, 0x4d],
+        ];
+        if !PCAP_MAGICS.contains(&magic) {
+            return Err(format!(
+                "not a pcap or pcapng file (magic {:02x}{:02x}{:02x}{:02x})",
+                magic[0], magic[1], magic[2], magic[3]
+            ));
+        }
+        let reader =
+            PcapReader::new(file).map_err(|e| format!("invalid pcap header: {}", describe(&e)))?;
         let h = reader.header();
         let linktype = u32::from(h.datalink) & LINKTYPE_MASK;
         let nsec = h.ts_resolution == TsResolution::NanoSecond;

@@ -339,6 +339,8 @@ pub struct DiffReport {
     pub released: u64,
     /// Monitored now, neither monitored nor dropped under the baseline.
     pub newly_monitored: u64,
+    /// Monitored under the baseline, passed now.
+    pub no_longer_monitored: u64,
     /// Same verdict, different reason (e.g. another entry kind decides).
     pub reason_only: u64,
     /// Packets per `(baseline verdict, verdict)` pair that differ.
@@ -649,6 +651,7 @@ impl Sink for Summary {
                     (_, "drop") => diff.newly_dropped += 1,
                     ("drop", _) => diff.released += 1,
                     ("pass", "monitor") => diff.newly_monitored += 1,
+                    ("monitor", "pass") => diff.no_longer_monitored += 1,
                     _ => {}
                 }
                 *self.transitions.entry((from, to)).or_default() += 1;
@@ -847,12 +850,13 @@ pub fn print_human(doc: &SummaryDoc, out: &mut dyn Write) -> Result<()> {
 fn print_diff(d: &DiffReport, out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
-        "against {}: {} change verdict ({} newly dropped, {} released, {} newly monitored); {} change reason only",
+        "against {}: {} change verdict ({} newly dropped, {} released, {} newly monitored, {} no longer monitored); {} change reason only",
         d.against,
         plural(d.changed, "packet", "packets"),
         d.newly_dropped,
         d.released,
         d.newly_monitored,
+        d.no_longer_monitored,
         d.reason_only
     )?;
     if d.transitions.is_empty() {
@@ -880,7 +884,15 @@ fn print_diff(d: &DiffReport, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "sources with changed verdicts:\n{t}")?;
     }
     let mut t = table(&[
-        "packet", "time", "src", "dst", "proto", "baseline", "now", "entry", "feed",
+        "packet",
+        "time",
+        "src",
+        "dst",
+        "proto",
+        "baseline",
+        "now",
+        "entry (the baseline's if passed now)",
+        "feed",
     ]);
     for p in &d.packets {
         let b = p.baseline.as_ref();

@@ -427,8 +427,10 @@ fn rss_child(o: &Opts) -> Result<()> {
     Ok(())
 }
 
-/// D: run the child and read its peak RSS (its own `VmHWM`, cross-checked
-/// with `getrusage(RUSAGE_CHILDREN)`).
+/// D: run the child and read its peak RSS: its own `VmHWM`, read at its
+/// end. (`getrusage(RUSAGE_CHILDREN)` would not do: the child's mm before
+/// `exec` is a copy of this process, whose RSS holds the sets too, and
+/// `ru_maxrss` keeps that high-water mark.)
 fn round_rss(o: &Opts, r: &mut Round) -> Result<()> {
     let exe = std::env::current_exe()?;
     let out = Command::new(&exe)
@@ -451,17 +453,6 @@ fn round_rss(o: &Opts, r: &mut Round) -> Result<()> {
     };
     let hwm = field("hwm_kib=")?;
     r.rss_set_mib = field("set_hwm_kib=")? / 1024.0;
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_CHILDREN covers the waited-for children.
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } == 0 {
-        // ru_maxrss is in KiB: the largest of all children so far, which
-        // are all this same child.
-        let maxrss = ru.ru_maxrss as f64;
-        if (maxrss - hwm).abs() > hwm * 0.05 && maxrss >= hwm {
-            eprintln!("note: getrusage says {maxrss} KiB, VmHWM {hwm} KiB");
-        }
-    }
     r.rss_peak_mib = hwm / 1024.0;
     Ok(())
 }
