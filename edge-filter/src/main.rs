@@ -23,6 +23,10 @@ fn main() -> std::process::ExitCode {
         Command::ForceFeed(a) => cli::force_feed::run(a),
         Command::CheckConfig(a) => cli::check_config::run(a),
         Command::Replay(a) => cli::replay::run(a),
+        Command::Status(a) => cli::status::run(a),
+        Command::Explain(a) => cli::explain::run(a),
+        Command::Completions(a) => cli::completions::completions(a),
+        Command::Man(a) => cli::completions::man(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -677,6 +677,82 @@ fn diff_against_an_edited_real_feed() {
     );
 }
 
+/// The same edit through the agent's config: `--config NEW --diff-against
+/// OLD` names the feed (not the file), and `--feed FILE` replays a feed file
+/// exactly as `--blocklist` does for a plain list.
+#[test]
+fn diff_against_config_and_feed_inputs() {
+    let _g = lock();
+    let Some(data) = setup("diff_against_config_and_feed_inputs") else {
+        return;
+    };
+    let pcaps = data.join("pcaps");
+    let tmp = TempDir::new("diffcfg");
+    let feed = data.join("feeds/plain/c2theg_whitelist_dns_servers_mixed_v4_v6.txt");
+    let old = tmp.path("old.txt");
+    let new = tmp.path("new.txt");
+    std::fs::copy(&feed, &old).unwrap();
+    let orig = std::fs::read_to_string(&feed).unwrap();
+    let mut edited: String = orig
+        .lines()
+        .filter(|l| l.trim() != "1.1.1.1")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    edited.push_str("116.63.66.108\n8.8.8.8\n");
+    std::fs::write(&new, edited).unwrap();
+    let config = |name: &str, file: &Path| {
+        let p = tmp.path(&format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[[interface]]\nname = \"replay\"\n[[feed]]\nname = \"resolvers\"\nsource = \"file:{}\"\n",
+                file.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let (old_cfg, new_cfg) = (config("old", &old), config("new", &new));
+
+    // Reference numbers from the plain-blocklist path.
+    let by_list = summary(&[
+        os(&pcaps),
+        "--blocklist".as_ref(),
+        os(&new),
+        "--diff-against-blocklist".as_ref(),
+        os(&old),
+    ]);
+    let by_cfg = summary(&[
+        os(&pcaps),
+        "--config".as_ref(),
+        os(&new_cfg),
+        "--diff-against".as_ref(),
+        os(&old_cfg),
+        "--max-changes".as_ref(),
+        "1000".as_ref(),
+    ]);
+    for k in ["newly_dropped", "released", "changed"] {
+        assert_eq!(
+            by_cfg["diff"][k], by_list["diff"][k],
+            "{k}: {}",
+            by_cfg["diff"]
+        );
+    }
+    assert!(by_cfg["diff"]["changed"].as_u64().unwrap() > 0);
+    for p in by_cfg["diff"]["packets"].as_array().unwrap() {
+        let feeds = if p["verdict"] == "drop" {
+            &p["feeds"]
+        } else {
+            &p["baseline"]["feeds"]
+        };
+        assert_eq!(feeds[0], "resolvers", "{p}");
+    }
+    // --feed gives the same totals as --blocklist for a plain list.
+    let by_feed = summary(&[os(&pcaps), "--feed".as_ref(), os(&new)]);
+    let by_bl = summary(&[os(&pcaps), "--blocklist".as_ref(), os(&new)]);
+    assert_eq!(by_reason(&by_feed), by_reason(&by_bl));
+}
+
 // ---------------------------------------------------------------------------
 // --live.
 

@@ -1,11 +1,14 @@
 //! The command line: one file per subcommand.
 
 pub mod check_config;
+pub mod completions;
 pub mod detach;
+pub mod explain;
 pub mod force_feed;
 pub mod replay;
 pub mod run;
 pub mod stats;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -56,4 +59,14 @@ pub enum Command {
     /// Replay captures through the real XDP program (private maps) and report what an entry set would do.
     #[command(long_about = replay::LONG_ABOUT)]
     Replay(replay::ReplayArgs),
+    /// Show attached interfaces (mode, program, map occupancy), feed health and whether the agent is up.
+    #[command(long_about = status::LONG_ABOUT)]
+    Status(status::StatusArgs),
+    /// Explain the verdict a packet from an address would get, and every entry, feed and indicator behind it.
+    #[command(long_about = explain::LONG_ABOUT)]
+    Explain(explain::ExplainArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff), generated from these definitions.
+    Man(completions::ManArgs),
 }

@@ -4,8 +4,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use edge_filter::agent;
+use edge_filter::config::{Config, Source};
 use edge_filter::entry::EntryKey;
+use edge_filter::feeds::parse_feed;
+use edge_filter::fetch::{FetchPolicy, Fetched, Fetcher, Location, Validators};
 use edge_filter::replay::{self, EntryInput, Request};
+use edge_filter::sync::{FeedSnapshot, merge};
+use ipnet::IpNet;
 
 /// The long help of `edge-filter replay`.
 pub const LONG_ABOUT: &str = "\
@@ -28,8 +33,13 @@ CI gate:
   edge-filter replay caps/ --blocklist new.txt --expect expect.json
   (exit 1 and the differences on stderr when the verdicts change)
 
-What a new blocklist would change:
+Entries: --blocklist FILE (the `run` syntax), --feed FILE (feed formats,
+repeatable), or --config FILE (the agent's config: every feed read or fetched
+once and merged exactly as the agent merges them).
+
+What a new blocklist or config would change:
   edge-filter replay caps/ --blocklist new.txt --diff-against-blocklist old.txt
+  edge-filter replay caps/ --config new.toml --diff-against current.toml
 
 The same, sent through a veth pair in private network namespaces, checked
 against the in-kernel replay:
@@ -41,12 +51,22 @@ pub struct ReplayArgs {
     /// Capture files (pcap, pcapng) or directories.
     #[arg(required = true, value_name = "CAPTURE")]
     pub captures: Vec<PathBuf>,
+    /// Agent config file: replay under what its feeds assert now (file
+    /// feeds are read, HTTP feeds fetched once), merged exactly as the agent
+    /// merges them (allowlist, confidence thresholds, TTLs, breadth limits).
+    #[arg(long, short, conflicts_with_all = ["blocklist", "feed"])]
+    pub config: Option<PathBuf>,
+    /// A feed file to replay under (format detected; repeatable); its name
+    /// is the file name.
+    #[arg(long, value_name = "FILE", conflicts_with = "blocklist")]
+    pub feed: Vec<PathBuf>,
     /// Blocklist file (the `run` syntax) to replay under.
-    #[arg(long, short)]
-    pub blocklist: PathBuf,
+    #[arg(long, short, required_unless_present_any = ["config", "feed"])]
+    pub blocklist: Option<PathBuf>,
     /// Allowlist file: addresses or prefixes that always pass (applies to
-    /// the --diff-against-blocklist side too).
-    #[arg(long, short)]
+    /// the --diff-against-blocklist side too). With --config, the config's
+    /// [allowlist] applies instead.
+    #[arg(long, short, conflicts_with = "config")]
     pub allowlist: Option<PathBuf>,
     /// Drop malformed IP packets instead of passing them.
     #[arg(long)]
@@ -73,13 +93,17 @@ pub struct ReplayArgs {
     /// whose verdict changes: newly dropped, released.
     #[arg(long, value_name = "FILE")]
     pub diff_against_blocklist: Option<PathBuf>,
+    /// Also replay under this agent config (the baseline) and report packets
+    /// whose verdict changes.
+    #[arg(long, value_name = "CONFIG", conflicts_with = "diff_against_blocklist")]
+    pub diff_against: Option<PathBuf>,
     /// Changed packets listed in the --diff-against-blocklist summary.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub max_changes: usize,
     /// Also send the frames through a veth pair in private network
     /// namespaces with the filter attached, and fail unless its counters
     /// equal the in-kernel replay's (root only).
-    #[arg(long, conflicts_with = "diff_against_blocklist")]
+    #[arg(long, conflicts_with_all = ["diff_against_blocklist", "diff_against"])]
     pub live: bool,
 }
 
@@ -100,25 +124,150 @@ fn blocklist_input(
         log::warn!("{e}");
     }
     let feed = file_name(blocklist);
+    let allow_feed = allowlist.map(file_name);
     Ok(EntryInput {
         label: format!("blocklist {}", blocklist.display()),
         set: loaded.set,
         provenance: Some(Box::new(move |_: &EntryKey| vec![feed.clone()])),
-        allow_feed: allowlist.map(file_name),
+        allow_provenance: allow_feed.map(|f| {
+            Box::new(move |_: &IpNet| vec![f.clone()]) as Box<replay::AllowProvenance<'static>>
+        }),
     })
 }
 
+/// Read (file) or fetch once (HTTP) every feed of `cfg` and merge them as
+/// the agent does.
+fn config_input(cfg: &Config, label: String) -> anyhow::Result<EntryInput<'static>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let fetcher = Fetcher::new()?;
+    let policy = FetchPolicy {
+        timeout: cfg.limits.timeout,
+        max_bytes: cfg.limits.max_bytes as u64,
+        retries: cfg.limits.retries,
+        ..FetchPolicy::default()
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let mut snapshots = Vec::new();
+    for f in &cfg.feeds {
+        let loc = match &f.source {
+            Source::File(p) => Location::File(p),
+            Source::Http(u) => Location::Http(u),
+        };
+        let bytes = match rt.block_on(fetcher.fetch(loc, &Validators::default(), &policy)) {
+            Ok(Fetched::Body { bytes, .. }) => bytes,
+            Ok(Fetched::NotModified) => anyhow::bail!("feed {}: unexpected 304", f.name),
+            Err(e) => anyhow::bail!("feed {}: {e}", f.name),
+        };
+        let format = f.format.resolve(&f.source.format_hint(), &bytes);
+        let parsed = parse_feed(format, &bytes, &f.feed_options(&cfg.limits))
+            .map_err(|e| anyhow::anyhow!("feed {}: {e}", f.name))?;
+        for r in parsed.rejected.iter().take(5) {
+            log::warn!("feed {}: line {}: {}", f.name, r.index, r.reason);
+        }
+        snapshots.push(FeedSnapshot {
+            feed: f.name.clone(),
+            entries: parsed.entries,
+            asserted_at: now,
+        });
+    }
+    let d = merge(cfg, &snapshots, now);
+    for r in d.rejected.iter().take(5) {
+        log::warn!("feed {}: {} rejected: {}", r.feed, r.entry, r.reason);
+    }
+    let prov = d.provenance.clone();
+    let allow = d.allow_sources.clone();
+    Ok(EntryInput {
+        label,
+        set: d.set,
+        provenance: Some(Box::new(move |k: &EntryKey| {
+            let mut v: Vec<String> = prov
+                .get(k)
+                .map(|ps| ps.iter().map(|p| p.feed.clone()).collect())
+                .unwrap_or_default();
+            v.dedup();
+            v
+        })),
+        allow_provenance: Some(Box::new(move |n: &IpNet| {
+            allow.get(n).cloned().unwrap_or_default()
+        })),
+    })
+}
+
+/// `--feed FILE...` as a config: one drop feed per file, format detected,
+/// with the allowlist file (if any) inline, never attached anywhere.
+fn feeds_config(feeds: &[PathBuf], allowlist: Option<&Path>) -> anyhow::Result<Config> {
+    let mut toml = String::from(
+        "# replay only: the interface is never attached (private maps)\n[[interface]]\nname = \"replay\"\n",
+    );
+    if let Some(a) = allowlist {
+        let loaded = agent::load_files(Path::new("/dev/null"), Some(a))?;
+        for e in &loaded.errors {
+            log::warn!("{e}");
+        }
+        let nets: Vec<String> = loaded
+            .set
+            .allow
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect();
+        toml.push_str(&format!("[allowlist]\nentries = [{}]\n", nets.join(", ")));
+    }
+    for (i, f) in feeds.iter().enumerate() {
+        let abs = std::fs::canonicalize(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let stem: String = file_name(f)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .take(48)
+            .collect();
+        toml.push_str(&format!(
+            "[[feed]]\nname = \"{stem}_{i}\"\nsource = {:?}\n",
+            format!("file:{}", abs.display())
+        ));
+    }
+    Ok(Config::from_str_named(&toml, "--feed")?)
+}
+
+fn input_for(a: &ReplayArgs) -> anyhow::Result<EntryInput<'static>> {
+    if let Some(c) = &a.config {
+        let cfg = Config::load(c)?;
+        return config_input(&cfg, format!("config {}", c.display()));
+    }
+    if !a.feed.is_empty() {
+        let cfg = feeds_config(&a.feed, a.allowlist.as_deref())?;
+        return config_input(&cfg, "feeds".to_string());
+    }
+    let b = a.blocklist.as_ref().expect("clap requires one input");
+    blocklist_input(b, a.allowlist.as_deref())
+}
+
 pub fn run(a: ReplayArgs) -> anyhow::Result<()> {
-    let main = blocklist_input(&a.blocklist, a.allowlist.as_deref())?;
-    let baseline = match &a.diff_against_blocklist {
-        Some(p) => Some(blocklist_input(p, a.allowlist.as_deref())?),
-        None => None,
+    let main = input_for(&a)?;
+    let malformed_drop = a.drop_malformed
+        || match &a.config {
+            Some(c) => Config::load(c)?.malformed_drop(),
+            None => false,
+        };
+    let baseline = match (&a.diff_against_blocklist, &a.diff_against) {
+        (Some(p), _) => Some(blocklist_input(p, a.allowlist.as_deref())?),
+        (None, Some(c)) => {
+            let cfg = Config::load(c)?;
+            Some(config_input(&cfg, format!("config {}", c.display()))?)
+        }
+        (None, None) => None,
     };
     let req = Request {
         captures: a.captures,
         main,
         baseline,
-        malformed_drop: a.drop_malformed,
+        malformed_drop,
         per_packet: a.per_packet,
         json: a.json,
         top: a.top,

@@ -93,6 +93,9 @@ pub type Result<T, E = ReplayError> = std::result::Result<T, E>;
 /// blocklist names itself).
 pub type Provenance<'a> = dyn Fn(&EntryKey) -> Vec<String> + 'a;
 
+/// Sources of an allowlist net (the allowlist file, or allowlist feeds).
+pub type AllowProvenance<'a> = dyn Fn(&IpNet) -> Vec<String> + 'a;
+
 /// One entry set to replay under.
 pub struct EntryInput<'a> {
     /// How it is named in messages and the summary (e.g. the blocklist path).
@@ -101,8 +104,9 @@ pub struct EntryInput<'a> {
     pub set: EntrySet,
     /// The feeds each entry came from; `None` shows `-`.
     pub provenance: Option<Box<Provenance<'a>>>,
-    /// The name shown as the feed of allowlisted packets (the allowlist file).
-    pub allow_feed: Option<String>,
+    /// The sources of each allowlist net (shown as the feed of allowlisted
+    /// packets); `None` shows `-`.
+    pub allow_provenance: Option<Box<AllowProvenance<'a>>>,
 }
 
 /// How a verdict was reached.
@@ -214,8 +218,9 @@ pub struct Evaluator<'a> {
     kernel: KernelClassifier,
     by_id: HashMap<u32, Decider>,
     provenance: Option<Box<Provenance<'a>>>,
+    allow_provenance: Option<Box<AllowProvenance<'a>>>,
+    /// Feeds by decider id, computed once per id.
     feeds: HashMap<u32, Rc<[String]>>,
-    allow_feed: Rc<[String]>,
     none: Rc<[String]>,
     malformed_drop: bool,
     /// The input's label.
@@ -263,8 +268,8 @@ impl<'a> Evaluator<'a> {
             kernel,
             by_id,
             provenance: input.provenance,
+            allow_provenance: input.allow_provenance,
             feeds: HashMap::new(),
-            allow_feed: input.allow_feed.into_iter().collect(),
             none: Rc::from(Vec::new()),
             malformed_drop,
             label: input.label,
@@ -303,20 +308,18 @@ impl<'a> Evaluator<'a> {
             (None, self.none.clone())
         } else {
             let d = self.by_id.get(&kv.entry_id).copied();
-            let feeds = match d {
-                Some(Decider::Allow(_)) => self.allow_feed.clone(),
-                Some(Decider::Entry(e)) => match self.feeds.get(&kv.entry_id) {
-                    Some(f) => f.clone(),
-                    None => {
-                        let f: Rc<[String]> = match &self.provenance {
-                            Some(p) => p(&e.key()).into(),
-                            None => self.none.clone(),
-                        };
-                        self.feeds.insert(kv.entry_id, f.clone());
-                        f
-                    }
-                },
-                None => self.none.clone(),
+            let feeds = match (d, self.feeds.get(&kv.entry_id)) {
+                (None, _) => self.none.clone(),
+                (Some(_), Some(f)) => f.clone(),
+                (Some(d), None) => {
+                    let f: Rc<[String]> = match (d, &self.provenance, &self.allow_provenance) {
+                        (Decider::Entry(e), Some(p), _) => p(&e.key()).into(),
+                        (Decider::Allow(n), _, Some(p)) => p(&n).into(),
+                        _ => self.none.clone(),
+                    };
+                    self.feeds.insert(kv.entry_id, f.clone());
+                    f
+                }
             };
             (d, feeds)
         };

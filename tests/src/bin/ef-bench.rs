@@ -319,6 +319,10 @@ struct Round {
     delta_clone: f64,
     read_back_batch: f64,
     read_back_elem: f64,
+    prof_build_addrs: f64,
+    prof_build_prefixes: f64,
+    prof_sync_lpm: f64,
+    prof_sync_hash_batch: f64,
     rss_set_mib: f64,
     rss_peak_mib: f64,
 }
@@ -396,6 +400,48 @@ fn round_elem(caps: &Capacities, sets: &Sets, r: &mut Round) -> Result<()> {
     if read.addr_v4.len() != ADDRS {
         bail!("read-back: {} addresses", read.addr_v4.len());
     }
+    Ok(())
+}
+
+/// C (profile): where a batch full sync spends its time. Build of the
+/// /32 entries alone and of the prefixes alone (the latter includes the trie
+/// flattening); then, on fresh maps, the kernel apply of the prefixes alone
+/// (per-element LPM inserts) and of the /32 entries on top (the batch hash
+/// update, plus the shadow copy of the full state).
+fn round_profile(caps: &Capacities, sets: &Sets, r: &mut Round) -> Result<()> {
+    let (addrs, prefixes): (Vec<Entry>, Vec<Entry>) = sets
+        .full
+        .entries
+        .iter()
+        .partition(|e| e.net.prefix_len() == 32);
+    let only = |entries| EntrySet {
+        allow: Vec::new(),
+        entries,
+    };
+    let (addrs, prefixes) = (only(addrs), only(prefixes));
+    let none = Default::default();
+    let t = Instant::now();
+    let d_addrs = Desired::build(&addrs, &none);
+    r.prof_build_addrs = secs(t.elapsed());
+    let t = Instant::now();
+    let d_prefixes = Desired::build(&prefixes, &none);
+    r.prof_build_prefixes = secs(t.elapsed());
+    drop(d_addrs);
+    // The same ids as a full build: build the full state, then split it.
+    let full = Desired::build(&sets.full, &none);
+    let prefix_part = Desired {
+        prefix_v4: full.prefix_v4.clone(),
+        ..Default::default()
+    };
+    drop(d_prefixes);
+    let mut kc = KernelClassifier::new(caps).context("loading the XDP program")?;
+    let maps = kc.maps_mut();
+    let t = Instant::now();
+    maps.sync(&Desired::default(), &prefix_part, 0)?;
+    r.prof_sync_lpm = secs(t.elapsed());
+    let t = Instant::now();
+    maps.sync(&prefix_part, &full, 0)?;
+    r.prof_sync_hash_batch = secs(t.elapsed());
     Ok(())
 }
 
@@ -519,208 +565,262 @@ struct Row {
     target: Option<(String, bool)>,
 }
 
-fn rows(rounds: &[Round]) -> Vec<Row> {
-    let col = |f: fn(&Round) -> f64| stat(rounds.iter().map(f).collect());
-    let mut out = Vec::new();
-    let mut row = |key, label, unit, f: fn(&Round) -> f64| {
-        out.push(Row {
-            key,
-            label,
-            unit,
-            stat: col(f),
-            target: None,
-        });
-    };
-    row(
-        "full_batch_read",
-        "Full sync, batch: read empty maps (`EntryMaps::read`)",
-        Unit::Secs,
-        |r| r.batch_read,
-    );
-    row(
+type Figure = (&'static str, &'static str, Unit, fn(&Round) -> f64);
+
+/// The headline figures (the issue's questions).
+const HEADLINE: &[Figure] = &[
+    (
         "full_batch_build",
         "Full sync, batch: build (`Desired::build`)",
         Unit::Secs,
         |r| r.batch_build,
-    );
-    row(
+    ),
+    (
         "full_batch_sync",
         "Full sync, batch: kernel apply (`EntryMaps::sync`)",
         Unit::Secs,
         |r| r.batch_sync,
-    );
-    row(
+    ),
+    (
         "full_batch_total",
         "**Full sync, batch: total**",
         Unit::Secs,
         |r| r.batch_total,
-    );
-    row(
+    ),
+    (
         "full_elem_build",
         "Full sync, per-element: build (`Desired::build`)",
         Unit::Secs,
         |r| r.elem_build,
-    );
-    row(
+    ),
+    (
         "full_elem_sync",
         "Full sync, per-element: kernel apply (`EntryMaps::sync`)",
         Unit::Secs,
         |r| r.elem_sync,
-    );
-    row(
+    ),
+    (
         "full_elem_total",
         "Full sync, per-element: total",
         Unit::Secs,
         |r| r.elem_total,
-    );
-    row(
+    ),
+    (
         "elem_over_batch_sync",
-        "Per-element / batch, kernel apply",
+        "**Per-element / batch, kernel apply**",
         Unit::Ratio,
         |r| r.elem_sync / r.batch_sync,
-    );
-    row(
+    ),
+    (
         "elem_over_batch_total",
         "Per-element / batch, total",
         Unit::Ratio,
         |r| r.elem_total / r.batch_total,
-    );
-    row(
+    ),
+    (
         "delta_apply",
-        "**1% delta (`EntryMaps::apply`, shadow copy)**",
+        "**1% delta (`EntryMaps::apply` on the shadow copy)**",
         Unit::Secs,
         |r| r.delta_apply,
-    );
-    row(
+    ),
+    (
         "delta_over_full",
         "**1% delta / full sync (batch total)**",
         Unit::Percent,
         |r| r.delta_apply / r.batch_total,
-    );
-    row(
-        "delta_ids",
-        "Delta phase: ids from the shadow (`ids_of`)",
-        Unit::Secs,
-        |r| r.delta_ids,
-    );
-    row(
-        "delta_build",
-        "Delta phase: build (`Desired::build`)",
-        Unit::Secs,
-        |r| r.delta_build,
-    );
-    row(
-        "delta_sync",
-        "Delta phase: diff + kernel apply (`EntryMaps::sync`)",
-        Unit::Secs,
-        |r| r.delta_sync,
-    );
-    row(
-        "delta_shadow_clone",
-        "…of which the shadow copy (`Desired::clone`)",
-        Unit::Secs,
-        |r| r.delta_clone,
-    );
-    row(
-        "read_back_batch",
-        "Read-back of the full maps, batch (`EntryMaps::read`)",
-        Unit::Secs,
-        |r| r.read_back_batch,
-    );
-    row(
-        "read_back_elem",
-        "Read-back of the full maps, per-element",
-        Unit::Secs,
-        |r| r.read_back_elem,
-    );
-    row(
-        "rss_set",
-        "Agent RSS after building the entry set",
-        Unit::Mib,
-        |r| r.rss_set_mib,
-    );
-    row(
+    ),
+    (
         "rss_peak",
         "**Agent peak RSS (full sync + delta)**",
         Unit::Mib,
         |r| r.rss_peak_mib,
-    );
-    for r in &mut out {
-        r.target = match r.key {
-            "full_batch_total" => Some((
-                format!("≤ {TARGET_FULL_SECS:.1} s"),
-                r.stat.median <= TARGET_FULL_SECS,
-            )),
-            "delta_over_full" => Some((
-                format!("≤ {:.0}%", TARGET_DELTA_FRACTION * 100.0),
-                r.stat.median <= TARGET_DELTA_FRACTION,
-            )),
-            _ => None,
-        };
-    }
-    out
+    ),
+];
+
+/// Where the time goes.
+const PROFILE: &[Figure] = &[
+    (
+        "full_batch_read",
+        "Full sync: read-back of the empty maps (`EntryMaps::read`)",
+        Unit::Secs,
+        |r| r.batch_read,
+    ),
+    (
+        "build_addrs_only",
+        "Build, the 1M /32 entries alone",
+        Unit::Secs,
+        |r| r.prof_build_addrs,
+    ),
+    (
+        "build_prefixes_only",
+        "Build, the 100k prefixes alone (incl. trie flattening)",
+        Unit::Secs,
+        |r| r.prof_build_prefixes,
+    ),
+    (
+        "sync_lpm_only",
+        "Kernel apply, the 100k prefixes alone (LPM, per-element)",
+        Unit::Secs,
+        |r| r.prof_sync_lpm,
+    ),
+    (
+        "sync_hash_batch",
+        "Kernel apply, the 1M /32 on top (hash, batch; incl. shadow copy)",
+        Unit::Secs,
+        |r| r.prof_sync_hash_batch,
+    ),
+    (
+        "delta_ids",
+        "Delta phase 1: ids from the shadow copy (`ids_of`)",
+        Unit::Secs,
+        |r| r.delta_ids,
+    ),
+    (
+        "delta_build",
+        "Delta phase 2: build of the whole set (`Desired::build`)",
+        Unit::Secs,
+        |r| r.delta_build,
+    ),
+    (
+        "delta_sync",
+        "Delta phase 3: diff + kernel apply (`EntryMaps::sync`)",
+        Unit::Secs,
+        |r| r.delta_sync,
+    ),
+    (
+        "shadow_clone",
+        "Shadow copy of the full state (`Desired::clone`, inside sync)",
+        Unit::Secs,
+        |r| r.delta_clone,
+    ),
+    (
+        "read_back_batch",
+        "Read-back of the full maps, batch (`EntryMaps::read`)",
+        Unit::Secs,
+        |r| r.read_back_batch,
+    ),
+    (
+        "read_back_elem",
+        "Read-back of the full maps, per-element",
+        Unit::Secs,
+        |r| r.read_back_elem,
+    ),
+    (
+        "rss_set",
+        "Agent peak RSS after generating the entry sets, before any sync",
+        Unit::Mib,
+        |r| r.rss_set_mib,
+    ),
+];
+
+fn rows(rounds: &[Round], figures: &[Figure]) -> Vec<Row> {
+    figures
+        .iter()
+        .map(|&(key, label, unit, f)| {
+            let stat = stat(rounds.iter().map(f).collect());
+            let target = match key {
+                "full_batch_total" => Some((
+                    format!("≤ {TARGET_FULL_SECS:.1} s"),
+                    stat.median <= TARGET_FULL_SECS,
+                )),
+                "delta_over_full" => Some((
+                    format!("≤ {:.0}%", TARGET_DELTA_FRACTION * 100.0),
+                    stat.median <= TARGET_DELTA_FRACTION,
+                )),
+                _ => None,
+            };
+            Row {
+                key,
+                label,
+                unit,
+                stat,
+                target,
+            }
+        })
+        .collect()
 }
 
-fn markdown(o: &Opts, sets: &Sets, rows: &[Row], elapsed: Duration) -> String {
-    let (a, p) = sets.churn_split;
+fn table(rows: &[Row], targets: bool) -> String {
     let mut s = String::new();
-    s.push_str("## Agent: map sync\n\n");
-    s.push_str(&format!(
-        "Full sync of {ADDRS} IPv4 /32 entries and {PREFIXES} IPv4 prefixes (/9../31, lengths \
-         distributed as in the real netsets under `shared/data/feeds`, {MONITOR_PERCENT}% \
-         monitor) into empty maps of the real XDP program (private maps, freshly loaded every \
-         round), then a 1% churn delta on top of it ({} adds + {} removes: {a} /32 and {p} \
-         prefixes each). Build = `Desired::build` (userspace), kernel apply = \
-         `EntryMaps::sync` (the syscalls, the diff and the shadow copy). Batch = \
-         `BPF_MAP_*_BATCH` for the hash maps; the LPM tries are per-element on both paths. \
-         Peak RSS is `VmHWM` of a child process doing a full sync and the delta through \
-         `EntryMaps::apply`, with the entry sets in memory as the agent would hold them.\n\n",
-        a + p,
-        a + p
-    ));
-    s.push_str(&format!(
-        "{} rounds, interleaved (batch, per-element, RSS child; next round), seed {}, {:.0} s. \
-         Ratios are medians of the per-round ratios.\n\n",
-        o.rounds,
-        o.seed,
-        elapsed.as_secs_f64()
-    ));
-    s.push_str("| Measurement | Median | Min | Max | Target | Met |\n");
-    s.push_str("|---|---:|---:|---:|---|---|\n");
+    if targets {
+        s.push_str("| Measurement | Median | Min | Max | Target | Met |\n");
+        s.push_str("|---|---:|---:|---:|---|---|\n");
+    } else {
+        s.push_str("| Measurement | Median | Min | Max |\n");
+        s.push_str("|---|---:|---:|---:|\n");
+    }
     for r in rows {
-        let (target, met) = match &r.target {
-            Some((t, ok)) => (t.clone(), if *ok { "yes" } else { "**no**" }.to_string()),
-            None => (String::new(), String::new()),
-        };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} |",
             r.label,
             r.unit.fmt(r.stat.median),
             r.unit.fmt(r.stat.min),
             r.unit.fmt(r.stat.max),
-            target,
-            met
         ));
+        if targets {
+            match &r.target {
+                Some((t, ok)) => {
+                    s.push_str(&format!(" {t} | {} |", if *ok { "yes" } else { "**no**" }))
+                }
+                None => s.push_str(" | |"),
+            }
+        }
+        s.push('\n');
     }
     s
 }
 
-fn to_json(o: &Opts, sets: &Sets, rows: &[Row]) -> serde_json::Value {
-    let mut figures = serde_json::Map::new();
-    for r in rows {
-        let mut v = json!({
-            "label": r.label.replace("**", "").replace('`', ""),
-            "unit": r.unit.name(),
-            "median": r.stat.median,
-            "min": r.stat.min,
-            "max": r.stat.max,
-        });
-        if let Some((t, ok)) = &r.target {
-            v["target"] = json!(t);
-            v["met"] = json!(ok);
+fn markdown(o: &Opts, sets: &Sets, headline: &[Row], profile: &[Row], elapsed: Duration) -> String {
+    let (a, p) = sets.churn_split;
+    let mut s = String::new();
+    s.push_str("## Agent: map sync\n\n");
+    s.push_str(&format!(
+        "Full sync of 1,000,000 IPv4 /32 entries and 100,000 IPv4 prefixes (/9../31, lengths \
+         distributed as in the real netsets under `shared/data/feeds`, no host bits, \
+         {MONITOR_PERCENT}% monitor) into empty maps of the real XDP program (private maps, \
+         loaded fresh for every full sync, outside the timed region), then a 1% churn delta on \
+         top of it: {} adds + {} removes ({a} /32 and {p} prefixes each). Build = \
+         `Desired::build` (userspace); kernel apply = `EntryMaps::sync` (the diff, the \
+         syscalls and the shadow copy). Batch = `BPF_MAP_*_BATCH` for the hash maps; the LPM \
+         tries have no batch support and are per-element on both paths. Peak RSS = `VmHWM` of \
+         a child process (this binary re-executed) doing a full sync and the delta through \
+         `EntryMaps::apply`, with its entry sets in memory as the agent holds them.\n\n",
+        a + p,
+        a + p
+    ));
+    s.push_str(&format!(
+        "{} rounds in {:.0} s, each running A (batch full sync, delta, read-back), B \
+         (per-element full sync, read-back), C (profile), D (RSS child) in turn; seed {}. \
+         Ratios are medians of the per-round ratios.\n\n",
+        o.rounds,
+        elapsed.as_secs_f64(),
+        o.seed,
+    ));
+    s.push_str(&table(headline, true));
+    s.push_str("\n### Where the time goes\n\n");
+    s.push_str(&table(profile, false));
+    s
+}
+
+fn to_json(o: &Opts, sets: &Sets, headline: &[Row], profile: &[Row]) -> serde_json::Value {
+    let figures = |rows: &[Row]| {
+        let mut m = serde_json::Map::new();
+        for r in rows {
+            let mut v = json!({
+                "label": r.label.replace("**", "").replace('`', ""),
+                "unit": r.unit.name(),
+                "median": r.stat.median,
+                "min": r.stat.min,
+                "max": r.stat.max,
+            });
+            if let Some((t, ok)) = &r.target {
+                v["target"] = json!(t);
+                v["met"] = json!(ok);
+            }
+            m.insert(r.key.to_string(), v);
         }
-        figures.insert(r.key.to_string(), v);
-    }
+        serde_json::Value::Object(m)
+    };
     json!({
         "bench": "sync",
         "rounds": o.rounds,
@@ -731,7 +831,8 @@ fn to_json(o: &Opts, sets: &Sets, rows: &[Row]) -> serde_json::Value {
             "churn_adds": sets.churn_split.0 + sets.churn_split.1,
             "churn_removes": sets.churn_split.0 + sets.churn_split.1,
         },
-        "figures": figures,
+        "figures": figures(headline),
+        "profile": figures(profile),
     })
 }
 
@@ -754,6 +855,8 @@ fn sync_bench(o: &Opts) -> Result<()> {
         settle();
         round_elem(&caps, &sets, &mut r)?;
         settle();
+        round_profile(&caps, &sets, &mut r)?;
+        settle();
         round_rss(o, &mut r)?;
         settle();
         eprintln!(
@@ -770,8 +873,9 @@ fn sync_bench(o: &Opts) -> Result<()> {
         );
         rounds.push(r);
     }
-    let rows = rows(&rounds);
-    let json = to_json(o, &sets, &rows);
+    let headline = rows(&rounds, HEADLINE);
+    let profile = rows(&rounds, PROFILE);
+    let json = to_json(o, &sets, &headline, &profile);
     if let Some(path) = &o.json_out {
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
@@ -779,7 +883,10 @@ fn sync_bench(o: &Opts) -> Result<()> {
     if o.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        print!("{}", markdown(o, &sets, &rows, start.elapsed()));
+        print!(
+            "{}",
+            markdown(o, &sets, &headline, &profile, start.elapsed())
+        );
     }
     Ok(())
 }

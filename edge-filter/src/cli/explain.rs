@@ -1,0 +1,444 @@
+//! `edge-filter explain`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{ArgGroup, Args, ValueEnum};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use edge_filter::config::Config;
+use edge_filter::entry::Proto;
+use edge_filter::explain::{Explanation, KernelCheck, Knowledge, Query, cross_check};
+use edge_filter::feed_agent::{STATUS_FILE, Status};
+use edge_filter::paths::{DEFAULT_ROOT, Paths};
+use edge_filter::state::StateDir;
+use edge_filter::sync::{FeedSnapshot, merge};
+use edge_filter::{attach, explain::EntryReport};
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// `explain --help`.
+pub const LONG_ABOUT: &str = "\
+Explain the verdict a packet from ADDRESS would get now, and every entry,
+feed and indicator behind it, or why it passes (allowlisted: by which net and
+source; or no match).
+
+With --config the last-known-good copy of every configured feed (the agent's
+state_dir) is merged with the config exactly as the agent merges it; with
+--blocklist the files are read as `run --blocklist` reads them, and each
+entry's source is FILE:LINE.
+
+Matching entries are ranked as the filter decides: drop beats monitor, then
+the most specific kind (addr_port, prefix_port, addr, prefix), then the
+longest prefix; the first decides unless the source is allowlisted. Port
+entries that depend on a port the query leaves open are listed as
+conditional (give --dst-port, or PORT, to decide them). PORT and --dst-port
+imply --proto tcp unless --proto says udp; without any of them the packet
+has no ports (ICMP and the like).
+
+When the filter is attached (--iface, else every attached interface), the
+pinned maps are read back and compared: every difference is reported
+(\"kernel does not hold ...\"), and `kernel[].agrees` in --json is false.
+
+Examples:
+  edge-filter explain 203.0.113.7 --config /etc/edge-filter/edge-filter.toml
+  edge-filter explain 192.0.2.1 443 --proto tcp --blocklist blocklist.txt
+  edge-filter explain 198.51.100.9 40000 --dst-port 22 -c edge-filter.toml --json";
+
+/// Transport protocol of the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtoArg {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// Options of `edge-filter explain`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("entries").required(true).args(["config", "blocklist"])))]
+pub struct ExplainArgs {
+    /// Source address of the packet (IPv4 or IPv6).
+    pub address: IpAddr,
+    /// Source port of the packet (implies --proto tcp unless --proto udp).
+    pub port: Option<u16>,
+    /// Transport protocol of the packet.
+    #[arg(long, value_enum)]
+    pub proto: Option<ProtoArg>,
+    /// Destination port of the packet (the local service).
+    #[arg(long, visible_alias = "side-port", value_name = "PORT")]
+    pub dst_port: Option<u16>,
+    /// The agent's configuration: explain with every feed's last-known-good copy.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A blocklist file (the `run --blocklist` format).
+    #[arg(long, short, value_name = "FILE", conflicts_with = "config")]
+    pub blocklist: Option<PathBuf>,
+    /// An allowlist file (with --blocklist).
+    #[arg(long, short, value_name = "FILE", requires = "blocklist")]
+    pub allowlist: Option<PathBuf>,
+    /// Compare with the kernel maps of this interface only (default: every
+    /// attached interface).
+    #[arg(long, short)]
+    pub iface: Option<String>,
+    /// Root of the pins (default: the config's bpffs, else /sys/fs/bpf/edge-filter).
+    #[arg(long, env = "EDGE_FILTER_BPFFS", value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The kernel comparison of one interface ([`KernelCheck`] plus whether
+/// the maps could be read at all).
+#[derive(Serialize)]
+struct KernelOut {
+    iface: String,
+    /// Whether the maps could be read.
+    checked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    verdict: Option<&'static str>,
+    reason: Option<String>,
+    deciding: Option<String>,
+    allowlisted_by: Option<ipnet::IpNet>,
+    agrees: Option<bool>,
+    mismatches: Vec<String>,
+}
+
+impl KernelOut {
+    fn checked(c: KernelCheck) -> Self {
+        KernelOut {
+            iface: c.iface,
+            checked: true,
+            error: None,
+            verdict: Some(c.verdict),
+            reason: Some(c.reason),
+            deciding: c.deciding,
+            allowlisted_by: c.allowlisted_by,
+            agrees: Some(c.agrees),
+            mismatches: c.mismatches,
+        }
+    }
+
+    fn failed(iface: String, error: String) -> Self {
+        KernelOut {
+            iface,
+            checked: false,
+            error: Some(error),
+            verdict: None,
+            reason: None,
+            deciding: None,
+            allowlisted_by: None,
+            agrees: None,
+            mismatches: Vec::new(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Out<'a> {
+    #[serde(flatten)]
+    explanation: &'a Explanation,
+    /// `config` or `files`.
+    source: &'static str,
+    /// Feeds without a usable last-known-good copy and the like.
+    notes: Vec<String>,
+    /// One per interface compared (empty when nothing is attached).
+    kernel: Vec<KernelOut>,
+}
+
+pub fn run(a: ExplainArgs) -> anyhow::Result<()> {
+    let proto = match (a.proto, a.port.is_some() || a.dst_port.is_some()) {
+        (Some(ProtoArg::Udp), _) => Some(Proto::Udp),
+        (Some(ProtoArg::Tcp), _) | (None, true) => Some(Proto::Tcp),
+        (None, false) => None,
+    };
+    let query = match proto {
+        Some(p) => Query::with_ports(a.address, p, a.port, a.dst_port),
+        None => Query::addr(a.address),
+    };
+    let mut notes = Vec::new();
+    let (knowledge, root, source) = if let Some(path) = &a.config {
+        let cfg = Config::load(path)?;
+        let k = from_config(&cfg, &mut notes)?;
+        (k, a.bpffs.clone().unwrap_or(cfg.bpffs.clone()), "config")
+    } else {
+        let bl = a
+            .blocklist
+            .as_ref()
+            .expect("clap requires --config or --blocklist");
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))
+        };
+        let bl_text = read(bl)?;
+        let al_text = a.allowlist.as_deref().map(read).transpose()?;
+        let bl_name = bl.display().to_string();
+        let al_name = a.allowlist.as_ref().map(|p| p.display().to_string());
+        let k = Knowledge::from_files(
+            (&bl_name, &bl_text),
+            al_name.as_deref().zip(al_text.as_deref()),
+        );
+        (
+            k,
+            a.bpffs.clone().unwrap_or_else(|| DEFAULT_ROOT.into()),
+            "files",
+        )
+    };
+    let ex = knowledge.explain(&query);
+    let kernel = kernel_checks(&ex, &Paths::new(root), a.iface.as_deref())?;
+    let out = Out {
+        explanation: &ex,
+        source,
+        notes,
+        kernel,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_text(&out);
+    }
+    Ok(())
+}
+
+/// Merge the last-known-good copies of every configured feed with the
+/// config, as the agent does. A feed's TTL counts from its last successful
+/// fetch: the later of the copy's fetch time and `last_success` in the
+/// agent's status (a "not modified" refresh re-asserts the copy).
+fn from_config(cfg: &Config, notes: &mut Vec<String>) -> anyhow::Result<Knowledge> {
+    let mut snapshots = Vec::new();
+    if cfg.state_dir.is_dir() {
+        let status: Option<Status> =
+            std::fs::read(cfg.state_dir.join(format!("{STATUS_FILE}.json")))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+        let last_success: BTreeMap<String, OffsetDateTime> = status
+            .iter()
+            .flat_map(|s| &s.feeds)
+            .filter_map(|h| Some((h.name.clone(), h.last_success?)))
+            .collect();
+        let state = StateDir::open(&cfg.state_dir)?;
+        let mut lkgs = state.load_all_lkg()?;
+        for f in &cfg.feeds {
+            match lkgs.remove(&f.name) {
+                Some(Ok(lkg)) => {
+                    let asserted_at = last_success
+                        .get(&f.name)
+                        .map_or(lkg.fetched_at, |t| (*t).max(lkg.fetched_at));
+                    snapshots.push(FeedSnapshot {
+                        feed: f.name.clone(),
+                        entries: lkg.entries,
+                        asserted_at,
+                    });
+                }
+                Some(Err(e)) => notes.push(format!(
+                    "feed {}: last-known-good copy unreadable ({e}); its entries are left out",
+                    f.name
+                )),
+                None => notes.push(format!(
+                    "feed {}: no last-known-good copy yet (never fetched successfully); it contributes nothing",
+                    f.name
+                )),
+            }
+        }
+    } else {
+        notes.push(format!(
+            "state_dir {} does not exist: no feed has been fetched yet; only the inline allowlist applies",
+            cfg.state_dir.display()
+        ));
+    }
+    let desired = merge(cfg, &snapshots, OffsetDateTime::now_utc());
+    Ok(Knowledge::from_desired(&desired))
+}
+
+fn kernel_checks(
+    ex: &Explanation,
+    paths: &Paths,
+    iface: Option<&str>,
+) -> anyhow::Result<Vec<KernelOut>> {
+    // An interface named on the command line must be readable.
+    let named = iface.is_some();
+    let ifaces = match iface {
+        Some(i) => vec![i.to_string()],
+        None => paths.attached(),
+    };
+    let mut out = Vec::new();
+    for iface in ifaces {
+        let read = attach::open_pinned(paths, &iface).and_then(|m| m.read());
+        match read {
+            Ok(d) => out.push(KernelOut::checked(cross_check(
+                ex,
+                &d.to_entry_set(),
+                &iface,
+            ))),
+            Err(e) if named => return Err(e.into()),
+            Err(e) => out.push(KernelOut::failed(iface, e.to_string())),
+        }
+    }
+    Ok(out)
+}
+
+fn ts(t: Option<OffsetDateTime>) -> String {
+    t.and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "never".into())
+}
+
+fn entry_table(rows: &[EntryReport], with_condition: bool) -> Table {
+    // Provenance columns that no row fills are left out.
+    let provs = || rows.iter().flat_map(|e| &e.provenance);
+    let show = [
+        provs().any(|p| p.indicator.is_some()),
+        provs().any(|p| p.confidence.is_some()),
+        provs().any(|p| p.expires.is_some()),
+        provs().any(|p| p.description.is_some()),
+    ];
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    let mut header = vec!["entry", "kind", "action"];
+    if with_condition {
+        header.push("condition");
+    }
+    header.push("source");
+    for (name, on) in ["indicator", "confidence", "expires", "description"]
+        .into_iter()
+        .zip(show)
+    {
+        if on {
+            header.push(name);
+        }
+    }
+    t.set_header(header);
+    for e in rows {
+        let mut first = vec![
+            format!(
+                "{}{}",
+                e.entry,
+                if e.deciding { "  <- decides" } else { "" }
+            ),
+            e.kind.to_string(),
+            e.action.name().to_string(),
+        ];
+        if with_condition {
+            first.push(e.condition.clone().unwrap_or_default());
+        }
+        let blank = first.len();
+        if e.provenance.is_empty() {
+            first.push("(unknown)".to_string());
+            t.add_row(first);
+            continue;
+        }
+        for (i, p) in e.provenance.iter().enumerate() {
+            let mut row = if i == 0 {
+                first.clone()
+            } else {
+                vec![String::new(); blank]
+            };
+            let mut who = p
+                .feed
+                .clone()
+                .or_else(|| p.location.clone())
+                .unwrap_or_default();
+            if p.action != e.action {
+                who.push_str(&format!(" (asks {})", p.action.name()));
+            }
+            row.push(who);
+            let cells = [
+                p.indicator.clone().unwrap_or_default(),
+                p.confidence.map(|c| c.to_string()).unwrap_or_default(),
+                if p.expires.is_some() {
+                    ts(p.expires)
+                } else {
+                    String::new()
+                },
+                p.description.clone().unwrap_or_default(),
+            ];
+            row.extend(
+                cells
+                    .into_iter()
+                    .zip(show)
+                    .filter(|(_, on)| *on)
+                    .map(|(c, _)| c),
+            );
+            t.add_row(row);
+        }
+    }
+    t
+}
+
+fn print_text(out: &Out) {
+    let ex = out.explanation;
+    println!("packet: {}", ex.query.describe());
+    println!("{}", ex.summary);
+    if !ex.allowlist.is_empty() {
+        println!();
+        println!(
+            "allowlist nets containing {} (longest first):",
+            ex.query.address
+        );
+        for a in &ex.allowlist {
+            println!(
+                "  {} from {}{}",
+                a.net,
+                if a.sources.is_empty() {
+                    "(unknown)".to_string()
+                } else {
+                    a.sources.join(", ")
+                },
+                if ex.allowlisted_by.as_ref().is_some_and(|b| b.net == a.net) {
+                    "  <- decides"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    if !ex.matching.is_empty() {
+        println!();
+        println!(
+            "matching entries ({}, ranked: drop before monitor, most specific first):",
+            ex.matching.len()
+        );
+        println!("{}", entry_table(&ex.matching, false));
+    }
+    if !ex.conditional.is_empty() {
+        println!();
+        println!(
+            "entries that depend on a port the query leaves open ({}):",
+            ex.conditional.len()
+        );
+        println!("{}", entry_table(&ex.conditional, true));
+    }
+    println!();
+    if out.kernel.is_empty() {
+        println!("kernel: not compared (no edge-filter attachment found)");
+    }
+    for k in &out.kernel {
+        match (k.agrees, &k.error) {
+            (Some(true), _) => println!(
+                "kernel {}: agrees ({}{})",
+                k.iface,
+                k.reason.as_deref().unwrap_or_default(),
+                k.deciding
+                    .as_ref()
+                    .map(|d| format!(" by {d}"))
+                    .or_else(|| k.allowlisted_by.map(|n| format!(" by allowlist net {n}")))
+                    .unwrap_or_default()
+            ),
+            (Some(false), _) => {
+                println!("kernel {}: MISMATCH", k.iface);
+                for m in &k.mismatches {
+                    println!("  - {m}");
+                }
+            }
+            (None, e) => println!(
+                "kernel {}: not compared: {}",
+                k.iface,
+                e.as_deref().unwrap_or("unknown error")
+            ),
+        }
+    }
+    for n in &out.notes {
+        println!("note: {n}");
+    }
+}
