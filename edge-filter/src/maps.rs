@@ -24,7 +24,6 @@ use ipnet::IpNet;
 
 use crate::entry::{Action, Entry, EntrySet};
 use crate::error::{Error, Result};
-use edge_filter_common::EntryKind;
 
 /// Contents of every entry map.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,105 +83,447 @@ fn value(action: Action, id: u32) -> EntryValue {
     }
 }
 
+/// Where one entry lives: its map and typed key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    AllowV4(u32, [u8; 4]),
+    AllowV6(u32, [u8; 16]),
+    AddrV4([u8; 4]),
+    AddrV6([u8; 16]),
+    PrefixV4(u32, [u8; 4]),
+    PrefixV6(u32, [u8; 16]),
+    PortV4(PortKeyV4),
+    PortV6(PortKeyV6),
+    PPrefixV4(u32, PortPrefixV4),
+    PPrefixV6(u32, PortPrefixV6),
+}
+
+fn allow_slot(net: &IpNet) -> Slot {
+    let l = net.prefix_len() as u32;
+    match net {
+        IpNet::V4(_) => Slot::AllowV4(l, v4(net)),
+        IpNet::V6(_) => Slot::AllowV6(l, v6(net)),
+    }
+}
+
+fn entry_slot(key: &crate::entry::EntryKey) -> Slot {
+    let net = &key.net;
+    let plen = net.prefix_len() as u32;
+    let exact = net.prefix_len() == net.max_prefix_len();
+    match (key.port, net, exact) {
+        (None, IpNet::V4(_), true) => Slot::AddrV4(v4(net)),
+        (None, IpNet::V6(_), true) => Slot::AddrV6(v6(net)),
+        (None, IpNet::V4(_), false) => Slot::PrefixV4(plen, v4(net)),
+        (None, IpNet::V6(_), false) => Slot::PrefixV6(plen, v6(net)),
+        (Some(pm), IpNet::V4(_), true) => Slot::PortV4(PortKeyV4 {
+            addr: v4(net),
+            proto: pm.proto.number(),
+            side: pm.side.abi(),
+            port: pm.port.to_be_bytes(),
+        }),
+        (Some(pm), IpNet::V6(_), true) => Slot::PortV6(PortKeyV6 {
+            addr: v6(net),
+            proto: pm.proto.number(),
+            side: pm.side.abi(),
+            port: pm.port.to_be_bytes(),
+        }),
+        (Some(pm), IpNet::V4(_), false) => Slot::PPrefixV4(
+            PORT_PREFIX_FIXED_BITS + plen,
+            PortPrefixV4 {
+                proto: pm.proto.number(),
+                side: pm.side.abi(),
+                port: pm.port.to_be_bytes(),
+                addr: v4(net),
+            },
+        ),
+        (Some(pm), IpNet::V6(_), false) => Slot::PPrefixV6(
+            PORT_PREFIX_FIXED_BITS + plen,
+            PortPrefixV6 {
+                proto: pm.proto.number(),
+                side: pm.side.abi(),
+                port: pm.port.to_be_bytes(),
+                addr: v6(net),
+            },
+        ),
+    }
+}
+
+/// Trie keys whose leading `bits` can be kept (masked) or filled (the last
+/// key a prefix covers), for flattening and for finding covered nodes.
+trait TrieKey: Copy + Ord {
+    /// Keep the first `bits` bits, zero the rest.
+    fn masked(&self, bits: u32) -> Self;
+    /// Keep the first `bits` bits, set the rest to one.
+    fn filled(&self, bits: u32) -> Self;
+}
+
+fn mask_bytes<const N: usize>(mut b: [u8; N], bits: u32, fill: bool) -> [u8; N] {
+    for (i, x) in b.iter_mut().enumerate() {
+        let lo = i as u32 * 8;
+        let keep: u8 = if lo >= bits {
+            0
+        } else if lo + 8 > bits {
+            0xffu8 << (8 - (bits - lo))
+        } else {
+            0xff
+        };
+        *x = if fill { *x | !keep } else { *x & keep };
+    }
+    b
+}
+
+impl<const N: usize> TrieKey for [u8; N] {
+    fn masked(&self, bits: u32) -> Self {
+        mask_bytes(*self, bits, false)
+    }
+    fn filled(&self, bits: u32) -> Self {
+        mask_bytes(*self, bits, true)
+    }
+}
+
+macro_rules! port_prefix_key {
+    ($t:ty, $n:expr) => {
+        impl TrieKey for $t {
+            fn masked(&self, bits: u32) -> Self {
+                self.with(bits, false)
+            }
+            fn filled(&self, bits: u32) -> Self {
+                self.with(bits, true)
+            }
+        }
+        impl PortPrefixBytes for $t {
+            fn with(&self, bits: u32, fill: bool) -> Self {
+                let mut b = [0u8; $n];
+                b[0] = self.proto;
+                b[1] = self.side;
+                b[2..4].copy_from_slice(&self.port);
+                b[4..].copy_from_slice(&self.addr);
+                let b = mask_bytes(b, bits, fill);
+                let mut out = *self;
+                out.proto = b[0];
+                out.side = b[1];
+                out.port = [b[2], b[3]];
+                out.addr.copy_from_slice(&b[4..]);
+                out
+            }
+        }
+    };
+}
+
+trait PortPrefixBytes {
+    fn with(&self, bits: u32, fill: bool) -> Self;
+}
+
+port_prefix_key!(PortPrefixV4, 8);
+port_prefix_key!(PortPrefixV6, 20);
+
+/// Distinct prefix lengths of a trie, longest first.
+fn lengths_or_empty<K>(trie: &BTreeMap<(u32, K), EntryValue>) -> Vec<u32> {
+    let mut lens: Vec<u32> = Vec::new();
+    // Keys are ordered by length first, so equal lengths are adjacent.
+    for (l, _) in trie.keys() {
+        if lens.last() != Some(l) {
+            lens.push(*l);
+        }
+    }
+    lens.reverse();
+    lens
+}
+
+/// The strongest action among node `(len, key)` and the shorter nodes
+/// covering it (ties keep the longer, more specific node as decider).
+fn flat_value<K: TrieKey>(
+    trie: &BTreeMap<(u32, K), EntryValue>,
+    lens: &[u32],
+    fixed: u32,
+    len: u32,
+    key: K,
+    own: EntryValue,
+) -> EntryValue {
+    let mut best = (own.own_action, own.id);
+    for &l in lens.iter().filter(|&&l| l < len && l >= fixed) {
+        if let Some(c) = trie.get(&(l, key.masked(l)))
+            && c.own_action > best.0
+        {
+            best = (c.own_action, c.id);
+        }
+    }
+    EntryValue {
+        action: best.0,
+        decider: best.1,
+        ..own
+    }
+}
+
+/// Flatten every node of a trie.
+fn flatten<K: TrieKey>(trie: &mut BTreeMap<(u32, K), EntryValue>, fixed: u32) {
+    if trie.is_empty() {
+        return;
+    }
+    let lens = lengths_or_empty(trie);
+    let flat: Vec<((u32, K), EntryValue)> = trie
+        .iter()
+        .map(|(&(l, k), &v)| ((l, k), flat_value(trie, &lens, fixed, l, k, v)))
+        .collect();
+    for (k, v) in flat {
+        trie.insert(k, v);
+    }
+}
+
+/// Every existing node covered by prefix `(len, key)`, itself included.
+fn covered<K: TrieKey>(
+    trie: &BTreeMap<(u32, K), EntryValue>,
+    lens: &[u32],
+    len: u32,
+    key: K,
+) -> Vec<(u32, K)> {
+    let (lo, hi) = (key.masked(len), key.filled(len));
+    let mut out = Vec::new();
+    for &l in lens.iter().filter(|&&l| l >= len) {
+        out.extend(trie.range((l, lo)..=(l, hi)).map(|(k, _)| *k));
+    }
+    out
+}
+
+/// What an incremental update changed: the old and new values of every
+/// touched key (a key absent from `new` is removed).
+#[derive(Default)]
+struct Touched {
+    old: Desired,
+    new: Desired,
+}
+
 impl Desired {
     /// Build the contents for `set`. `ids` maps keys already in the kernel to
     /// their ids (see [`EntryMaps::ids`]); new keys get fresh ids above them.
     pub fn build(set: &EntrySet, ids: &HashMap<SlotKey, u32>) -> Desired {
         let mut next = ids.values().copied().max().map_or(0, |m| m + 1);
-        let mut id_of = |k: SlotKey| -> u32 {
-            if let Some(&id) = ids.get(&k) {
-                id
-            } else {
-                let id = next;
+        let mut d = Desired::default();
+        d.fill(set, |k| {
+            ids.get(&k).copied().unwrap_or_else(|| {
                 next += 1;
-                id
-            }
-        };
-        // Merge duplicates: strongest action per key.
-        let mut merged: BTreeMap<crate::entry::EntryKey, Action> = BTreeMap::new();
+                next - 1
+            })
+        });
+        d
+    }
+
+    /// Build the contents for `set`, keeping the ids `current` gives its
+    /// keys (typed lookups: no id table of the whole set is built).
+    pub fn build_from(set: &EntrySet, current: &Desired) -> Desired {
+        let mut next = current.max_id().map_or(0, |m| m + 1);
+        let mut d = Desired::default();
+        d.fill_typed(set, current, &mut next);
+        d
+    }
+
+    /// The largest id in use.
+    pub fn max_id(&self) -> Option<u32> {
+        fn h<K>(m: &HashMap<K, EntryValue>) -> Option<u32> {
+            m.values().map(|v| v.id).max()
+        }
+        fn t<K>(m: &BTreeMap<K, EntryValue>) -> Option<u32> {
+            m.values().map(|v| v.id).max()
+        }
+        [
+            t(&self.allow_v4),
+            t(&self.allow_v6),
+            h(&self.addr_v4),
+            h(&self.addr_v6),
+            t(&self.prefix_v4),
+            t(&self.prefix_v6),
+            h(&self.port_v4),
+            h(&self.port_v6),
+            t(&self.pprefix_v4),
+            t(&self.pprefix_v6),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    }
+
+    fn get(&self, slot: &Slot) -> Option<EntryValue> {
+        match slot {
+            Slot::AllowV4(l, k) => self.allow_v4.get(&(*l, *k)),
+            Slot::AllowV6(l, k) => self.allow_v6.get(&(*l, *k)),
+            Slot::AddrV4(k) => self.addr_v4.get(k),
+            Slot::AddrV6(k) => self.addr_v6.get(k),
+            Slot::PrefixV4(l, k) => self.prefix_v4.get(&(*l, *k)),
+            Slot::PrefixV6(l, k) => self.prefix_v6.get(&(*l, *k)),
+            Slot::PortV4(k) => self.port_v4.get(k),
+            Slot::PortV6(k) => self.port_v6.get(k),
+            Slot::PPrefixV4(l, k) => self.pprefix_v4.get(&(*l, *k)),
+            Slot::PPrefixV6(l, k) => self.pprefix_v6.get(&(*l, *k)),
+        }
+        .copied()
+    }
+
+    fn put(&mut self, slot: Slot, v: Option<EntryValue>) {
+        macro_rules! put {
+            ($m:expr, $k:expr) => {
+                match v {
+                    Some(v) => {
+                        $m.insert($k, v);
+                    }
+                    None => {
+                        $m.remove(&$k);
+                    }
+                }
+            };
+        }
+        match slot {
+            Slot::AllowV4(l, k) => put!(self.allow_v4, (l, k)),
+            Slot::AllowV6(l, k) => put!(self.allow_v6, (l, k)),
+            Slot::AddrV4(k) => put!(self.addr_v4, k),
+            Slot::AddrV6(k) => put!(self.addr_v6, k),
+            Slot::PrefixV4(l, k) => put!(self.prefix_v4, (l, k)),
+            Slot::PrefixV6(l, k) => put!(self.prefix_v6, (l, k)),
+            Slot::PortV4(k) => put!(self.port_v4, k),
+            Slot::PortV6(k) => put!(self.port_v6, k),
+            Slot::PPrefixV4(l, k) => put!(self.pprefix_v4, (l, k)),
+            Slot::PPrefixV6(l, k) => put!(self.pprefix_v6, (l, k)),
+        }
+    }
+
+    /// Own values of every key of `set` (duplicates merge: drop wins), ids
+    /// from `id_of`; then flatten the tries.
+    fn fill(&mut self, set: &EntrySet, mut id_of: impl FnMut(SlotKey) -> u32) {
+        let mut allow: Vec<IpNet> = set.allow.iter().map(|n| n.trunc()).collect();
+        allow.sort_unstable();
+        allow.dedup();
+        for net in allow {
+            let v = value(Action::Drop, id_of(SlotKey::Allow(net)));
+            self.put(allow_slot(&net), Some(v));
+        }
+        let mut merged: HashMap<crate::entry::EntryKey, Action> =
+            HashMap::with_capacity(set.entries.len());
         for e in &set.entries {
             let e = Entry::new(e.net, e.port, e.action);
             let a = merged.entry(e.key()).or_insert(e.action);
             *a = (*a).max(e.action);
         }
-        let mut d = Desired::default();
-        let mut allow: Vec<IpNet> = set.allow.iter().map(|n| n.trunc()).collect();
-        allow.sort();
-        allow.dedup();
-        for net in allow {
-            let v = value(Action::Drop, id_of(SlotKey::Allow(net)));
-            match net {
-                IpNet::V4(_) => d.allow_v4.insert((net.prefix_len() as u32, v4(&net)), v),
-                IpNet::V6(_) => d.allow_v6.insert((net.prefix_len() as u32, v6(&net)), v),
-            };
-        }
         for (key, action) in merged {
             let v = value(action, id_of(SlotKey::Entry(key)));
-            let e = Entry {
-                net: key.net,
-                port: key.port,
-                action,
+            self.put(entry_slot(&key), Some(v));
+        }
+        self.flatten_all();
+    }
+
+    /// Like [`Desired::fill`], with ids looked up in `current` by typed key.
+    fn fill_typed(&mut self, set: &EntrySet, current: &Desired, next: &mut u32) {
+        let mut id_of = |slot: &Slot| -> u32 {
+            current.get(slot).map_or_else(
+                || {
+                    *next += 1;
+                    *next - 1
+                },
+                |v| v.id,
+            )
+        };
+        let mut allow: Vec<IpNet> = set.allow.iter().map(|n| n.trunc()).collect();
+        allow.sort_unstable();
+        allow.dedup();
+        for net in allow {
+            let slot = allow_slot(&net);
+            let v = value(Action::Drop, id_of(&slot));
+            self.put(slot, Some(v));
+        }
+        self.addr_v4.reserve(set.entries.len());
+        for e in &set.entries {
+            let key = crate::entry::EntryKey {
+                net: e.net.trunc(),
+                port: e.port,
             };
-            let plen = key.net.prefix_len() as u32;
-            match (e.kind(), key.net, key.port) {
-                (EntryKind::Addr, IpNet::V4(_), _) => {
-                    d.addr_v4.insert(v4(&key.net), v);
+            let slot = entry_slot(&key);
+            match self.get(&slot) {
+                // Duplicate key: the strongest action wins, the id stays.
+                Some(mut v) => {
+                    if e.action.abi() > v.own_action {
+                        v.own_action = e.action.abi();
+                        v.action = v.own_action;
+                        self.put(slot, Some(v));
+                    }
                 }
-                (EntryKind::Addr, IpNet::V6(_), _) => {
-                    d.addr_v6.insert(v6(&key.net), v);
-                }
-                (EntryKind::Prefix, IpNet::V4(_), _) => {
-                    d.prefix_v4.insert((plen, v4(&key.net)), v);
-                }
-                (EntryKind::Prefix, IpNet::V6(_), _) => {
-                    d.prefix_v6.insert((plen, v6(&key.net)), v);
-                }
-                (EntryKind::AddrPort, IpNet::V4(_), Some(pm)) => {
-                    let k = PortKeyV4 {
-                        addr: v4(&key.net),
-                        proto: pm.proto.number(),
-                        side: pm.side.abi(),
-                        port: pm.port.to_be_bytes(),
-                    };
-                    d.port_v4.insert(k, v);
-                }
-                (EntryKind::AddrPort, IpNet::V6(_), Some(pm)) => {
-                    let k = PortKeyV6 {
-                        addr: v6(&key.net),
-                        proto: pm.proto.number(),
-                        side: pm.side.abi(),
-                        port: pm.port.to_be_bytes(),
-                    };
-                    d.port_v6.insert(k, v);
-                }
-                (EntryKind::PrefixPort, IpNet::V4(_), Some(pm)) => {
-                    let k = PortPrefixV4 {
-                        proto: pm.proto.number(),
-                        side: pm.side.abi(),
-                        port: pm.port.to_be_bytes(),
-                        addr: v4(&key.net),
-                    };
-                    d.pprefix_v4.insert((PORT_PREFIX_FIXED_BITS + plen, k), v);
-                }
-                (EntryKind::PrefixPort, IpNet::V6(_), Some(pm)) => {
-                    let k = PortPrefixV6 {
-                        proto: pm.proto.number(),
-                        side: pm.side.abi(),
-                        port: pm.port.to_be_bytes(),
-                        addr: v6(&key.net),
-                    };
-                    d.pprefix_v6.insert((PORT_PREFIX_FIXED_BITS + plen, k), v);
-                }
-                (EntryKind::AddrPort | EntryKind::PrefixPort, _, None) => {
-                    unreachable!("port kinds have a port")
+                None => {
+                    let v = value(e.action, id_of(&slot));
+                    self.put(slot, Some(v));
                 }
             }
         }
-        flatten(&mut d.prefix_v4, |k| k.to_vec(), 0);
-        flatten(&mut d.prefix_v6, |k| k.to_vec(), 0);
-        flatten(&mut d.pprefix_v4, pp4_bytes, PORT_PREFIX_FIXED_BITS);
-        flatten(&mut d.pprefix_v6, pp6_bytes, PORT_PREFIX_FIXED_BITS);
-        d
+        self.flatten_all();
+    }
+
+    fn flatten_all(&mut self) {
+        flatten(&mut self.prefix_v4, 0);
+        flatten(&mut self.prefix_v6, 0);
+        flatten(&mut self.pprefix_v4, PORT_PREFIX_FIXED_BITS);
+        flatten(&mut self.pprefix_v6, PORT_PREFIX_FIXED_BITS);
+    }
+
+    /// Apply key-level changes in place (`None` removes), re-flattening only
+    /// the trie nodes the changed prefixes cover. Returns the old and new
+    /// values of every touched key, for a minimal kernel sync.
+    fn update(&mut self, changes: &[(Slot, Option<Action>)], next: &mut u32) -> Touched {
+        let mut t = Touched::default();
+        // Tries: remember the old values of every node a changed prefix
+        // covers, before changing anything.
+        macro_rules! trie_old {
+            ($field:ident, $variant:ident) => {{
+                let lens = lengths_or_empty(&self.$field);
+                let mut dirty = Vec::new();
+                for (slot, _) in changes {
+                    if let Slot::$variant(l, k) = slot {
+                        dirty.push((*l, *k));
+                        for n in covered(&self.$field, &lens, *l, *k) {
+                            t.old.$field.insert(n, self.$field[&n]);
+                        }
+                    }
+                }
+                dirty
+            }};
+        }
+        let d_prefix_v4 = trie_old!(prefix_v4, PrefixV4);
+        let d_prefix_v6 = trie_old!(prefix_v6, PrefixV6);
+        let d_pprefix_v4 = trie_old!(pprefix_v4, PPrefixV4);
+        let d_pprefix_v6 = trie_old!(pprefix_v6, PPrefixV6);
+        for (slot, action) in changes {
+            let old = self.get(slot);
+            let new = action.map(|a| {
+                let id = old.map_or_else(
+                    || {
+                        *next += 1;
+                        *next - 1
+                    },
+                    |v| v.id,
+                );
+                value(a, id)
+            });
+            if let Some(o) = old {
+                t.old.put(*slot, Some(o));
+            }
+            self.put(*slot, new);
+            if let Some(n) = new {
+                t.new.put(*slot, Some(n));
+            }
+        }
+        macro_rules! trie_new {
+            ($field:ident, $dirty:expr, $fixed:expr) => {{
+                let lens = lengths_or_empty(&self.$field);
+                for (l, k) in $dirty {
+                    for n in covered(&self.$field, &lens, l, k) {
+                        let own = self.$field[&n];
+                        let v = flat_value(&self.$field, &lens, $fixed, n.0, n.1, own);
+                        self.$field.insert(n, v);
+                        t.new.$field.insert(n, v);
+                    }
+                }
+            }};
+        }
+        trie_new!(prefix_v4, d_prefix_v4, 0);
+        trie_new!(prefix_v6, d_prefix_v6, 0);
+        trie_new!(pprefix_v4, d_pprefix_v4, PORT_PREFIX_FIXED_BITS);
+        trie_new!(pprefix_v6, d_pprefix_v6, PORT_PREFIX_FIXED_BITS);
+        t
     }
 
     /// The `Config::nonempty` bitmask for these contents.
@@ -225,63 +566,6 @@ impl Desired {
     }
 }
 
-fn pp4_bytes(k: &PortPrefixV4) -> Vec<u8> {
-    let mut v = vec![k.proto, k.side, k.port[0], k.port[1]];
-    v.extend_from_slice(&k.addr);
-    v
-}
-
-fn pp6_bytes(k: &PortPrefixV6) -> Vec<u8> {
-    let mut v = vec![k.proto, k.side, k.port[0], k.port[1]];
-    v.extend_from_slice(&k.addr);
-    v
-}
-
-/// Keep the first `bits` bits of `data`, zero the rest.
-fn mask(data: &[u8], bits: u32) -> Vec<u8> {
-    let mut out = data.to_vec();
-    for (i, b) in out.iter_mut().enumerate() {
-        let lo = i as u32 * 8;
-        if lo >= bits {
-            *b = 0;
-        } else if lo + 8 > bits {
-            *b &= 0xffu8 << (8 - (bits - lo));
-        }
-    }
-    out
-}
-
-/// Give every trie node the strongest action among itself and the shorter
-/// nodes covering it. Ties keep the most specific node as decider. `fixed`
-/// bits (protocol, side, port of prefix+port keys) must always match.
-fn flatten<K: Copy + Ord>(
-    trie: &mut BTreeMap<(u32, K), EntryValue>,
-    bytes: impl Fn(&K) -> Vec<u8>,
-    fixed: u32,
-) {
-    let mut lens: Vec<u32> = trie.keys().map(|(l, _)| *l).collect();
-    lens.sort_unstable();
-    lens.dedup();
-    let by_bytes: HashMap<(u32, Vec<u8>), EntryValue> = trie
-        .iter()
-        .map(|((l, k), v)| ((*l, bytes(k)), *v))
-        .collect();
-    for ((len, key), v) in trie.iter_mut() {
-        let data = bytes(key);
-        let mut best = (v.own_action, v.id);
-        // Shorter covering prefixes, longest first, so ties keep the longer.
-        for &l in lens.iter().rev().filter(|&&l| l < *len && l >= fixed) {
-            if let Some(c) = by_bytes.get(&(l, mask(&data, l)))
-                && c.own_action > best.0
-            {
-                best = (c.own_action, c.id);
-            }
-        }
-        v.action = best.0;
-        v.decider = best.1;
-    }
-}
-
 /// Typed handles to every map of one loaded or pinned program instance.
 pub struct EntryMaps {
     allow_v4: LpmTrie<MapData, [u8; 4], EntryValue>,
@@ -302,6 +586,11 @@ pub struct EntryMaps {
     shadow: Option<Desired>,
     /// Use BPF batch syscalls for hash maps (off only to benchmark).
     batch: bool,
+    /// The entry set the shadow was built from (sorted, one entry per key),
+    /// so the next apply can diff sets instead of rebuilding every map.
+    last_set: Option<EntrySet>,
+    /// Next free entry id (above every id in the shadow).
+    next_id: u32,
 }
 
 /// Every map name, in pin order.
@@ -379,6 +668,8 @@ impl EntryMaps {
             last: m!(abi::MAP_LAST),
             shadow: None,
             batch: true,
+            last_set: None,
+            next_id: 0,
         })
     }
 
@@ -390,6 +681,7 @@ impl EntryMaps {
     /// Forget the shadow copy: the next apply reads the kernel first.
     pub fn forget_shadow(&mut self) {
         self.shadow = None;
+        self.last_set = None;
     }
 
     /// Read the whole current contents back from the kernel.
@@ -414,14 +706,46 @@ impl EntryMaps {
         Ok(ids_of(&self.read()?))
     }
 
-    /// Build the contents for `set` (keeping existing ids) and apply them.
+    /// Make the maps enforce `set` (keeping existing ids).
+    ///
+    /// After a first full build, later calls diff the new set against the
+    /// previous one (both sorted: one linear pass) and update only the keys
+    /// that changed, re-flattening only the trie nodes they cover, so a small
+    /// change to a large set costs in proportion to the change.
     pub fn apply(&mut self, set: &EntrySet, flags: u32) -> Result<SyncStats> {
-        let current = match self.shadow.take() {
-            Some(s) => s,
-            None => self.read()?,
-        };
-        let desired = Desired::build(set, &ids_of(&current));
-        self.sync(&current, &desired, flags)
+        let set = normalized(set);
+        if let (Some(prev), Some(mut shadow)) = (self.last_set.take(), self.shadow.take()) {
+            let changes = diff_sets(&prev, &set);
+            let mut next = self.next_id;
+            let old_mask = shadow.nonempty();
+            let touched = shadow.update(&changes, &mut next);
+            let new_mask = shadow.nonempty();
+            let st = self.sync_inner(
+                &touched.old,
+                &touched.new,
+                flags,
+                old_mask | new_mask,
+                new_mask,
+            )?;
+            if st.refused == 0 {
+                self.shadow = Some(shadow);
+                self.last_set = Some(set);
+                self.next_id = next;
+            } else {
+                // Refusals: the kernel differs from the plan; rebuild the
+                // shadow from what landed next time.
+                self.shadow = None;
+            }
+            return Ok(st);
+        }
+        let current = self.read()?;
+        let desired = Desired::build_from(&set, &current);
+        let st = self.sync(&current, &desired, flags)?;
+        if st.refused == 0 {
+            self.next_id = desired.max_id().map_or(0, |m| m + 1);
+            self.last_set = Some(set);
+        }
+        Ok(st)
     }
 
     /// Change the kernel maps *without* updating the shadow copy, as another
@@ -465,12 +789,37 @@ impl EntryMaps {
     /// Make the maps equal `desired`, given that they hold `current`.
     /// Adds and changes go first, then the config, then removals.
     pub fn sync(&mut self, current: &Desired, desired: &Desired, flags: u32) -> Result<SyncStats> {
+        self.last_set = None;
+        let grow = current.nonempty() | desired.nonempty();
+        let st = self.sync_inner(current, desired, flags, grow, desired.nonempty())?;
+        // What landed: the desired state minus refusals. Refusals are rare
+        // (a full map), and then the kernel is read back to know exactly.
+        let landed = if st.refused == 0 {
+            desired.clone()
+        } else {
+            self.read()?
+        };
+        self.set_config(flags, landed.nonempty())?;
+        self.shadow = Some(landed);
+        Ok(st)
+    }
+
+    /// Write the difference between `current` and `desired` (which may be
+    /// partial: only the keys they mention are touched). The config's
+    /// nonempty mask is `grow_mask` while writing and `final_mask` after.
+    fn sync_inner(
+        &mut self,
+        current: &Desired,
+        desired: &Desired,
+        flags: u32,
+        grow_mask: u32,
+        final_mask: u32,
+    ) -> Result<SyncStats> {
         let mut st = SyncStats::default();
         let b = self.batch;
         // Widen the nonempty mask first so new entries are looked up as soon
         // as they land; narrow it after removals.
-        let grow = current.nonempty() | desired.nonempty();
-        self.set_config(flags, grow)?;
+        self.set_config(flags, grow_mask)?;
         let (c, d) = (current, desired);
         upsert_lpm(
             &mut self.allow_v4,
@@ -557,15 +906,7 @@ impl EntryMaps {
         remove_hash(&mut self.port_v6, &c.port_v6, &d.port_v6, b, &mut st)?;
         remove_lpm(&mut self.pprefix_v4, &c.pprefix_v4, &d.pprefix_v4, &mut st)?;
         remove_lpm(&mut self.pprefix_v6, &c.pprefix_v6, &d.pprefix_v6, &mut st)?;
-        // What landed: the desired state minus refusals. Refusals are rare
-        // (a full map), and then the kernel is read back to know exactly.
-        let landed = if st.refused == 0 {
-            desired.clone()
-        } else {
-            self.read()?
-        };
-        self.set_config(flags, landed.nonempty())?;
-        self.shadow = Some(landed);
+        self.set_config(flags, final_mask)?;
         Ok(st)
     }
 
@@ -1019,4 +1360,82 @@ fn remove_lpm<K: Pod + Ord>(
         }
     }
     Ok(())
+}
+
+/// `set` with normalised nets, entries sorted by key with one entry per key
+/// (drop wins), and the allowlist sorted and unique.
+fn normalized(set: &EntrySet) -> EntrySet {
+    let mut entries: Vec<Entry> = set
+        .entries
+        .iter()
+        .map(|e| Entry::new(e.net, e.port, e.action))
+        .collect();
+    let sorted_unique = entries.windows(2).all(|w| w[0].key() < w[1].key());
+    if !sorted_unique {
+        // Sort by key, drop first among equal keys, then keep the first.
+        entries.sort_unstable_by(|a, b| a.key().cmp(&b.key()).then(b.action.cmp(&a.action)));
+        entries.dedup_by(|b, a| a.key() == b.key());
+    }
+    let mut allow: Vec<IpNet> = set.allow.iter().map(|n| n.trunc()).collect();
+    allow.sort_unstable();
+    allow.dedup();
+    EntrySet { allow, entries }
+}
+
+/// Key-level changes from `prev` to `new` (both [`normalized`]): one merge
+/// pass over the sorted lists. `None` removes a key.
+fn diff_sets(prev: &EntrySet, new: &EntrySet) -> Vec<(Slot, Option<Action>)> {
+    use std::cmp::Ordering;
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    let (a, b) = (&prev.allow, &new.allow);
+    while i < a.len() || j < b.len() {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x == y => {
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x < y => {
+                out.push((allow_slot(x), None));
+                i += 1;
+            }
+            (Some(x), None) => {
+                out.push((allow_slot(x), None));
+                i += 1;
+            }
+            (_, Some(y)) => {
+                out.push((allow_slot(y), Some(Action::Drop)));
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    let (a, b) = (&prev.entries, &new.entries);
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let ord = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) => x.key().cmp(&y.key()),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => break,
+        };
+        match ord {
+            Ordering::Equal => {
+                if a[i].action != b[j].action {
+                    out.push((entry_slot(&b[j].key()), Some(b[j].action)));
+                }
+                i += 1;
+                j += 1;
+            }
+            Ordering::Less => {
+                out.push((entry_slot(&a[i].key()), None));
+                i += 1;
+            }
+            Ordering::Greater => {
+                out.push((entry_slot(&b[j].key()), Some(b[j].action)));
+                j += 1;
+            }
+        }
+    }
+    out
 }

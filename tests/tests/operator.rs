@@ -1048,7 +1048,7 @@ fn operator_completions_and_man() {
         "check-config",
     ];
     for (shell, marker) in [
-        ("bash", "complete -F _edge-filter"),
+        ("bash", "complete -F _edge__filter"),
         ("zsh", "#compdef edge-filter"),
         ("fish", "complete -c edge-filter"),
     ] {
@@ -1057,10 +1057,52 @@ fn operator_completions_and_man() {
         for sub in subcommands {
             assert!(s.contains(sub), "{shell} completions lack {sub}");
         }
+        let (watch, dst) = if shell == "fish" {
+            ("-l watch", "-l dst-port")
+        } else {
+            ("--watch", "--dst-port")
+        };
         assert!(
-            s.contains("--watch") && s.contains("--dst-port"),
+            s.contains(watch) && s.contains(dst),
             "{shell}: options missing"
         );
+    }
+    // Bash really completes subcommand options and values (the script is
+    // patched for clap-rs/clap#6421; without that nothing completes after
+    // a subcommand of a hyphenated binary).
+    if std::path::Path::new("/bin/bash").exists() {
+        let dir = std::env::temp_dir().join(format!("ef-compl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("edge-filter.bash");
+        std::fs::write(&script, run(&["completions", "bash"])).unwrap();
+        let complete = |words: &[&str]| -> String {
+            // _edge__filter CMD CUR PREV with COMP_WORDS/COMP_CWORD set.
+            let cword = words.len() - 1;
+            let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+            let prog = format!(
+                "source '{}'; COMP_WORDS=({}); COMP_CWORD={cword}; _edge__filter edge-filter '{}' '{}'; echo \"${{COMPREPLY[*]}}\"",
+                script.display(),
+                quoted.join(" "),
+                words[cword],
+                words[cword - 1]
+            );
+            let out = std::process::Command::new("/bin/bash")
+                .args(["-c", &prog])
+                .output()
+                .expect("run bash");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(complete(&["edge-filter", "sta"]), "stats status");
+        assert_eq!(complete(&["edge-filter", "stats", "--wa"]), "--watch");
+        assert_eq!(
+            complete(&["edge-filter", "explain", "192.0.2.1", "--pr"]),
+            "--proto"
+        );
+        assert_eq!(
+            complete(&["edge-filter", "explain", "192.0.2.1", "--proto", ""]),
+            "tcp udp"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
     let page = run(&["man"]);
     assert!(

@@ -9,6 +9,7 @@ mod check;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,7 @@ enum Cmd {
     Check(check::Args),
     Test(test::Args),
     Bench(bench::Args),
+    VmTest(vm::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Cmd::Check(args) => check::run(args),
         Cmd::Test(args) => test::run(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::VmTest(args) => vm::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

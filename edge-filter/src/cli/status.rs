@@ -482,14 +482,22 @@ fn parse_reply(b: &[u8], seq: u32) -> std::io::Result<Option<XdpInfo>> {
 // ---------------------------------------------------------------------------
 // The agent and its feeds.
 
+/// Whether `pid` is a live edge-filter process: `(alive, what it is
+/// otherwise)`. A zombie (exited, not yet reaped by its parent) is not alive.
 fn pid_is_edge_filter(pid: u32) -> (bool, Option<String>) {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|c| c.trim().to_string());
-    match comm {
-        None => (false, None),
-        Some(c) => (c.starts_with("edge-filter"), Some(c)),
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return (false, None);
+    };
+    // `PID (COMM) STATE ...`; COMM may contain spaces and parentheses.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return (false, None);
+    };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].trim_start().chars().next();
+    if matches!(state, Some('Z' | 'X' | 'x')) {
+        return (false, Some(format!("{comm}, exited but not reaped")));
     }
+    (comm.starts_with("edge-filter"), Some(comm.to_string()))
 }
 
 fn age_s(now: OffsetDateTime, t: Option<OffsetDateTime>) -> Option<f64> {
@@ -555,7 +563,7 @@ fn agent_and_feeds(cfg: &Config, now: OffsetDateTime) -> (AgentStatus, Vec<FeedS
                 (false, _, Some(c)) => (
                     "down",
                     format!(
-                        "pid {} is now another process ({c}); status last updated {ago}",
+                        "pid {} is not running edge-filter ({c}); status last updated {ago}",
                         st.pid
                     ),
                 ),
@@ -784,6 +792,23 @@ mod tests {
         let none = attr(IFLA_XDP_ATTACHED, &[0]);
         let x = parse_reply(&reply(1, &none), 1).unwrap().unwrap();
         assert!(x.mode_of(Some(5)).1.unwrap().starts_with("no XDP program"));
+    }
+
+    #[test]
+    fn own_process_is_alive_and_a_missing_pid_is_not() {
+        // This test binary's comm is not edge-filter.
+        let (alive, what) = pid_is_edge_filter(std::process::id());
+        assert!(!alive);
+        assert!(what.is_some_and(|c| !c.contains("exited")));
+        assert_eq!(pid_is_edge_filter(u32::MAX), (false, None));
+        // A zombie: a child that exited and is not reaped yet.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (alive, what) = pid_is_edge_filter(pid);
+        assert!(!alive);
+        assert!(what.unwrap().contains("exited but not reaped"));
+        child.wait().unwrap();
     }
 
     #[test]
