@@ -309,14 +309,25 @@ impl FeedAgent {
         let flags = flags(&cfg);
         let mut ifaces = Vec::new();
         for i in &cfg.interfaces {
-            let att = attach::attach_or_adopt(
-                &paths,
-                &i.name,
-                i.mode,
-                &cfg.capacities,
-                &desired.set,
-                flags,
-            )?;
+            // A pinned filter and no last-known-good feed copy at all (a new
+            // or lost state directory): keep what the kernel enforces until
+            // the first feed arrives instead of emptying the maps.
+            let keep = snapshots.is_empty() && paths.link(&i.name).exists();
+            let kept;
+            let set = if keep {
+                kept = attach::open_pinned(&paths, &i.name)?.read()?.to_entry_set();
+                log::warn!(
+                    "{}: no last-known-good feed copies in {}: keeping the {} entries the pinned filter enforces until the first feed arrives",
+                    i.name,
+                    cfg.state_dir.display(),
+                    kept.entries.len()
+                );
+                &kept
+            } else {
+                &desired.set
+            };
+            let att =
+                attach::attach_or_adopt(&paths, &i.name, i.mode, &cfg.capacities, set, flags)?;
             log::info!(
                 "{} {} with {} entries ({} added, {} removed)",
                 if att.adopted {
