@@ -257,10 +257,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     require_tools(!names.is_empty(), args.fetch_only)?;
 
-    // 1. Kernels.
+    // 1. Kernels, in the order given: fetched images, or the reason why not.
     let fetcher = Fetcher::new(&cache, &args)?;
-    let mut kernels = Vec::new();
-    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut slots: Vec<std::result::Result<Kernel, Outcome>> = Vec::new();
     for name in &names {
         let t = Instant::now();
         match fetcher.kernel(name) {
@@ -270,17 +269,17 @@ pub fn run(args: Args) -> Result<()> {
                     k.source,
                     human(t.elapsed())
                 );
-                kernels.push(k);
+                slots.push(Ok(k));
             }
             Err(e) => {
                 let why = format!("{e:#}");
                 println!("vm-test: kernel {name}: cannot fetch: {why}");
-                outcomes.push(Outcome {
+                slots.push(Err(Outcome {
                     label: name.clone(),
                     source: "not fetched".into(),
                     problems: vec![format!("not fetched: {why}")],
                     ..Default::default()
-                });
+                }));
             }
         }
     }
@@ -289,26 +288,31 @@ pub fn run(args: Args) -> Result<()> {
             || path.display().to_string(),
             |n| n.to_string_lossy().into(),
         );
-        match check_bzimage(path) {
-            Ok(()) => kernels.push(Kernel {
+        slots.push(match check_bzimage(path) {
+            Ok(()) => Ok(Kernel {
                 label,
                 source: path.display().to_string(),
                 image: path.clone(),
             }),
-            Err(e) => outcomes.push(Outcome {
+            Err(e) => Err(Outcome {
                 label,
                 source: path.display().to_string(),
                 problems: vec![format!("{e:#}")],
                 ..Default::default()
             }),
-        }
+        });
     }
+    let kernels: Vec<Kernel> = slots
+        .iter()
+        .filter_map(|s| s.as_ref().ok().cloned())
+        .collect();
     if args.fetch_only {
         for k in &kernels {
             println!("{}\t{}\t{}", k.label, k.source, k.image.display());
         }
-        if !outcomes.is_empty() {
-            bail!("{} kernel(s) could not be fetched", outcomes.len());
+        let failed = slots.len() - kernels.len();
+        if failed > 0 {
+            bail!("{failed} kernel(s) could not be fetched");
         }
         return Ok(());
     }
@@ -353,8 +357,14 @@ pub fn run(args: Args) -> Result<()> {
         .jobs
         .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
         .clamp(1, kernels.len().max(1));
-    let booted = boot_all(&kernels, &initrd, &run_dir.join("logs"), &args, jobs);
-    outcomes.extend(booted);
+    let mut booted = boot_all(&kernels, &initrd, &run_dir.join("logs"), &args, jobs).into_iter();
+    let outcomes: Vec<Outcome> = slots
+        .into_iter()
+        .filter_map(|s| match s {
+            Ok(_) => booted.next(),
+            Err(o) => Some(o),
+        })
+        .collect();
 
     // 4. Summary.
     println!();
@@ -979,10 +989,11 @@ fn extract_vmlinuz(
     }
     let depends = field("Depends").unwrap_or_default();
     for dep in dependency_names(&depends) {
-        if dep != package && (dep.starts_with("linux-binary-") || dep.starts_with("linux-image-")) {
-            if extract_vmlinuz(apt, &dep, debs, out, depth + 1).is_ok() {
-                return Ok(version);
-            }
+        if dep != package
+            && (dep.starts_with("linux-binary-") || dep.starts_with("linux-image-"))
+            && extract_vmlinuz(apt, &dep, debs, out, depth + 1).is_ok()
+        {
+            return Ok(version);
         }
     }
     bail!(
@@ -1108,11 +1119,11 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 /// Refuses files that are not x86 bzImages (the "HdrS" magic of the boot
 /// protocol at offset 0x202).
 fn check_bzimage(path: &Path) -> Result<()> {
-    let mut head = [0u8; 0x206];
+    let mut head = Vec::with_capacity(0x206);
     fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
+        .and_then(|f| f.take(0x206).read_to_end(&mut head))
         .with_context(|| format!("reading kernel image {}", path.display()))?;
-    if &head[0x202..0x206] != b"HdrS" {
+    if head.len() < 0x206 || &head[0x202..0x206] != b"HdrS" {
         bail!(
             "{} is not an x86 kernel image (bzImage/vmlinuz): no HdrS boot header",
             path.display()

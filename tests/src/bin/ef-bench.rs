@@ -17,6 +17,8 @@
 //! the per-round ratios.
 //!
 //! Markdown goes to stdout (or JSON with `--json`); progress to stderr.
+//! `ef-bench delta-loop --rounds N` repeats the delta for `perf record`
+//! (see `docs/bench/SYNC-PROFILE.md`).
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use edge_filter::entry::{Action, Entry, EntrySet};
-use edge_filter::maps::{Desired, EntryMaps, ids_of};
+use edge_filter::maps::{Desired, EntryMaps};
 use edge_filter::program::Capacities;
 use edge_filter::testrun::KernelClassifier;
 use ipnet::{IpNet, Ipv4Net};
@@ -88,6 +90,10 @@ usage: ef-bench sync [--rounds N] [--seed S] [--json] [--json-out FILE]
   sync   full sync of 1,000,000 IPv4 /32 + 100,000 IPv4 prefixes into empty
          maps (batch and per-element), a 1% churn delta on top of it, the
          read-back of the full maps and the agent's peak RSS; needs root.
+
+  delta-loop  one full sync, then --rounds pairs of 1% deltas (there and
+         back) through `EntryMaps::apply`, printing each time: a workload
+         for `perf record` (profiling the delta path); needs root.
 
   --rounds N       rounds, each measurement once per round (default 10)
   --seed S         seed of the generated entry sets (default fixed)
@@ -155,6 +161,7 @@ fn run() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("sync") => sync_bench(&parse_opts(&args[1..])?),
         Some(RSS_CHILD) => rss_child(&parse_opts(&args[1..])?),
+        Some("delta-loop") => delta_loop(&parse_opts(&args[1..])?),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -242,6 +249,11 @@ fn generate(seed: u64) -> Sets {
         .map(|(_, e)| *e)
         .collect();
     after.extend(added);
+    // Sorted by key, one entry per key: what the agent's desired state
+    // (`sync::desired::merge`) hands to `EntryMaps::apply`.
+    let mut full_entries = full_entries;
+    full_entries.sort_unstable_by_key(Entry::key);
+    after.sort_unstable_by_key(Entry::key);
     Sets {
         full: EntrySet {
             allow: Vec::new(),
@@ -318,6 +330,7 @@ struct Round {
     prof_sync_lpm: f64,
     prof_sync_hash_batch: f64,
     prof_shadow_clone: f64,
+    prof_sort: f64,
     rss_set_mib: f64,
     rss_peak_mib: f64,
 }
@@ -420,6 +433,12 @@ fn round_profile(caps: &Capacities, sets: &Sets, r: &mut Round) -> Result<()> {
         entries,
     };
     let (addrs, prefixes) = (only(addrs), only(prefixes));
+    let mut shuffled = sets.full.entries.clone();
+    shuffled.shuffle(&mut StdRng::seed_from_u64(SEED));
+    let t = Instant::now();
+    shuffled.sort_unstable_by_key(Entry::key);
+    r.prof_sort = secs(t.elapsed());
+    drop(shuffled);
     let empty = Desired::default();
     let t = Instant::now();
     let d_addrs = Desired::build_from(&addrs, &empty);
@@ -449,6 +468,29 @@ fn round_profile(caps: &Capacities, sets: &Sets, r: &mut Round) -> Result<()> {
     Ok(())
 }
 
+/// `delta-loop`: a steady stream of deltas to profile with `perf record`.
+fn delta_loop(o: &Opts) -> Result<()> {
+    let sets = generate(o.seed);
+    let mut kc = load(&capacities())?;
+    let maps = kc.maps_mut();
+    maps.apply(&sets.full, 0)?;
+    for i in 0..o.rounds {
+        let t = Instant::now();
+        maps.apply(&sets.after, 0)?;
+        let there = secs(t.elapsed());
+        let t = Instant::now();
+        maps.apply(&sets.full, 0)?;
+        let back = secs(t.elapsed());
+        eprintln!(
+            "delta {}: {:.1} ms there, {:.1} ms back",
+            i + 1,
+            there * 1e3,
+            back * 1e3
+        );
+    }
+    Ok(())
+}
+
 /// `VmHWM` and `VmRSS` of this process, in KiB.
 fn self_rss_kib() -> Result<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status")?;
@@ -464,16 +506,20 @@ fn self_rss_kib() -> Result<(u64, u64)> {
 }
 
 /// The child: what the agent does for a full sync plus a delta, through
-/// `EntryMaps::apply`; prints its peak RSS after building the entry set and
-/// at the end.
+/// `EntryMaps::apply`, holding the two entry sets as the agent holds the
+/// previous and the new desired state. The generator's temporaries must not
+/// count, so the peak is reset (`/proc/self/clear_refs`, 5) once the sets
+/// exist. Prints the RSS then (the sets) and the peak at the end.
 fn rss_child(o: &Opts) -> Result<()> {
     let sets = generate(o.seed);
-    let (set_hwm, _) = self_rss_kib()?;
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
+    let (_, base) = self_rss_kib()?;
     let mut kc = KernelClassifier::new(&capacities())?;
     kc.maps_mut().apply(&sets.full, 0)?;
     kc.maps_mut().apply(&sets.after, 0)?;
     let (hwm, _) = self_rss_kib()?;
-    println!("set_hwm_kib={set_hwm} hwm_kib={hwm}");
+    println!("base_kib={base} hwm_kib={hwm}");
+    drop(sets);
     Ok(())
 }
 
@@ -501,9 +547,8 @@ fn round_rss(o: &Opts, r: &mut Round) -> Result<()> {
             .and_then(|v| v.parse::<f64>().ok())
             .with_context(|| format!("no {name} in the child's output {text:?}"))
     };
-    let hwm = field("hwm_kib=")?;
-    r.rss_set_mib = field("set_hwm_kib=")? / 1024.0;
-    r.rss_peak_mib = hwm / 1024.0;
+    r.rss_set_mib = field("base_kib=")? / 1024.0;
+    r.rss_peak_mib = field("hwm_kib=")? / 1024.0;
     Ok(())
 }
 
@@ -650,10 +695,10 @@ const HEADLINE: &[Figure] = &[
 /// Where the time goes.
 const PROFILE: &[Figure] = &[
     (
-        "apply_minus_phases",
-        "Full sync: `apply` − (read + build + sync) ≈ set normalisation (sort, dedup)",
+        "sort_unsorted_set",
+        "Sorting the 1.1M entries by key (what `apply` adds when its input is not sorted)",
         Unit::Secs,
-        |r| r.full_apply - r.batch_phases(),
+        |r| r.prof_sort,
     ),
     (
         "full_batch_read",
@@ -710,8 +755,14 @@ const PROFILE: &[Figure] = &[
         |r| r.read_back_elem,
     ),
     (
+        "rss_sync",
+        "Agent peak RSS increase from the sync itself (peak − before)",
+        Unit::Mib,
+        |r| r.rss_peak_mib - r.rss_set_mib,
+    ),
+    (
         "rss_set",
-        "Agent peak RSS after generating the entry sets, before any sync",
+        "Agent RSS before the sync: the two entry sets (1.1M entries each) and the binary",
         Unit::Mib,
         |r| r.rss_set_mib,
     ),
@@ -781,21 +832,28 @@ fn markdown(o: &Opts, sets: &Sets, headline: &[Row], profile: &[Row], elapsed: D
     s.push_str(&format!(
         "Full sync of 1,000,000 IPv4 /32 entries and 100,000 IPv4 prefixes (/9../31, lengths \
          distributed as in the real netsets under `shared/data/feeds`, no host bits, \
-         {MONITOR_PERCENT}% monitor) into empty maps of the real XDP program (private maps, \
+         {MONITOR_PERCENT}% monitor; sorted by key with one entry per key, as the agent's merged \
+         desired state is) into empty maps of the real XDP program (private maps, \
          loaded fresh for every full sync, outside the timed region), then a 1% churn delta on \
-         top of it: {} adds + {} removes ({a} /32 and {p} prefixes each). Build = \
-         `Desired::build` (userspace); kernel apply = `EntryMaps::sync` (the diff, the \
-         syscalls and the shadow copy). Batch = `BPF_MAP_*_BATCH` for the hash maps; the LPM \
-         tries have no batch support and are per-element on both paths. Peak RSS = `VmHWM` of \
+         top of it: {} adds + {} removes ({a} /32 and {p} prefixes each). Total = \
+         `EntryMaps::apply`, what the agent calls; its phases, timed separately on other fresh \
+         maps: read = `EntryMaps::read` of the empty maps, build = `Desired::build_from` \
+         (userspace), kernel apply = `EntryMaps::sync` (the diff, the syscalls and the shadow \
+         copy). The delta is `EntryMaps::apply` of the changed set after the full sync (it \
+         diffs the sorted sets and touches only changed keys). Batch = `BPF_MAP_*_BATCH` for \
+         the hash maps; the LPM tries have no batch support and are per-element on both paths. Peak RSS = `VmHWM` of \
          a child process (this binary re-executed) doing a full sync and the delta through \
-         `EntryMaps::apply`, with its entry sets in memory as the agent holds them.\n\n",
+         `EntryMaps::apply`, holding the two entry sets as the agent holds the previous and \
+         the new desired state (the peak is reset once the sets exist, so the generator's \
+         temporaries do not count).\n\n",
         a + p,
         a + p
     ));
     s.push_str(&format!(
-        "{} rounds in {:.0} s, each running A (batch full sync, delta, read-back), B \
-         (per-element full sync, read-back), C (profile), D (RSS child) in turn; seed {}. \
-         Ratios are medians of the per-round ratios.\n\n",
+        "{} rounds in {:.0} s, each running in turn, on freshly loaded maps: A (full sync \
+         through `EntryMaps::apply`, the delta, the delta back, read-back), B (full sync phase \
+         by phase, batch), C (the same, per-element; read-back), P (profile), D (RSS child); \
+         seed {}. Ratios are medians of the per-round ratios.\n\n",
         o.rounds,
         elapsed.as_secs_f64(),
         o.seed,
@@ -866,14 +924,14 @@ fn sync_bench(o: &Opts) -> Result<()> {
         round_rss(o, &mut r)?;
         settle();
         eprintln!(
-            "round {}/{}: full batch {:.3} s (build {:.3} + sync {:.3}), per-element {:.3} s, \
-             delta {:.3} s, peak RSS {:.0} MiB",
+            "round {}/{}: full sync {:.3} s (phases: build {:.3} + sync {:.3}), per-element \
+             phases {:.3} s, delta {:.3} s, peak RSS {:.0} MiB",
             i + 1,
             o.rounds,
-            r.batch_total,
+            r.full_apply,
             r.batch_build,
             r.batch_sync,
-            r.elem_total,
+            r.elem_phases(),
             r.delta_apply,
             r.rss_peak_mib
         );
