@@ -1479,10 +1479,11 @@ impl Outcome {
         }
         match g.get("load") {
             Some(l) if l.starts_with("loaded") => {}
-            Some(_) => {
+            Some("rejected") => {
                 out.push("the verifier rejected the program:".into());
                 out.extend(g.all("verifier").iter().map(|l| format!("  | {l}")));
             }
+            Some(other) => out.push(format!("loading the program: {other}")),
             None => out.push("the guest printed no load result".into()),
         }
         if let Some(e) = g.get("error") {

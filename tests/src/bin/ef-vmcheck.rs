@@ -207,9 +207,14 @@ fn check(args: &[String]) -> Result<bool> {
     let t = Instant::now();
     let mut kernel = match KernelClassifier::new(&Capacities::small()) {
         Ok(k) => k,
-        Err(e) => {
+        Err(e @ edge_filter::error::Error::Verifier { .. }) => {
             line("load", "rejected");
             line("verifier", e.to_string());
+            line("result", "fail");
+            return Ok(false);
+        }
+        Err(e) => {
+            line("load", format!("failed: {e}"));
             line("result", "fail");
             return Ok(false);
         }
