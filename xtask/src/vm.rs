@@ -143,7 +143,7 @@ replay step is skipped). Builds edge-filter and ef-vmcheck (--profile).";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {
-    /// `cargo build --release` (a cold build takes ~12 min on 2 cores).
+    /// `cargo build --release` (a cold build takes 7 to 12 min on 2 cores).
     Release,
     /// The dev profile (what `cargo xtask test` already built).
     Dev,
@@ -1473,8 +1473,17 @@ impl Outcome {
             out.push(format!("kernel panic: {p}"));
         }
         if g.get("kernel").is_none() {
-            out.push("the checks did not start in the guest; last console lines:".into());
-            out.extend(g.tail.iter().map(|l| format!("  | {l}")));
+            if g.tail.iter().all(|l| l.trim().is_empty()) {
+                out.push(
+                    "the checks did not start and the console stayed silent: the kernel never \
+                     reached its serial console (not an x86-64 kernel for a PC, no 8250 serial \
+                     console built in, too little --memory, or it reset while booting)"
+                        .into(),
+                );
+            } else {
+                out.push("the checks did not start in the guest; last console lines:".into());
+                out.extend(g.tail.iter().map(|l| format!("  | {l}")));
+            }
             return out;
         }
         match g.get("load") {
