@@ -6,19 +6,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use edge_filter::entry::{EntrySet, Proto};
+use edge_filter::entry::EntrySet;
 use edge_filter::maps::SlotKey;
 use edge_filter::program::Capacities;
-use edge_filter::reference::{Reference, Verdict};
-use edge_filter::testrun::{KernelClassifier, KernelVerdict, MAX_FRAME, MIN_FRAME};
-use edge_filter_common::{self as abi, ReasonInfo};
+use edge_filter::reference::Reference;
+use edge_filter::testrun::{KernelClassifier, MAX_FRAME, MIN_FRAME};
+use edge_filter_common as abi;
 use edge_filter_tests::corpus::{
     Packet, entry_sets, generated_corpus, pcap_corpus, random_seed, shared_data_dir,
 };
+use edge_filter_tests::differential::compare;
 
 const FIXED_SEED: u64 = 0x00ed_9ef1_17e7;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -36,63 +35,6 @@ struct Mismatch {
 
 fn hex(data: &[u8]) -> String {
     data.iter().take(96).map(|b| format!("{b:02x}")).collect()
-}
-
-/// Compare one verdict pair; `ids` maps kernel entry ids to map keys.
-fn compare(
-    k: &KernelVerdict,
-    r: &Verdict,
-    reference: &Reference,
-    ids: &HashMap<u32, SlotKey>,
-) -> Option<String> {
-    if k.reason != r.reason {
-        return Some(format!(
-            "reason: kernel {} ({}), reference {} ({})",
-            k.reason,
-            edge_filter::counters::reason_name(k.reason),
-            r.reason,
-            edge_filter::counters::reason_name(r.reason)
-        ));
-    }
-    let want_action = if r.is_drop() { XDP_DROP } else { XDP_PASS };
-    if k.action != want_action {
-        return Some(format!(
-            "XDP action: kernel {}, reference wants {want_action}",
-            k.action
-        ));
-    }
-    // The deciding entry the kernel names must be one the reference says
-    // matches, with the deciding action and kind (ties may pick either).
-    if let Some(ReasonInfo::Entry { kind, action }) = ReasonInfo::decode(k.reason) {
-        let Some(SlotKey::Entry(key)) = ids.get(&k.entry_id) else {
-            return Some(format!("kernel decider id {} is not an entry", k.entry_id));
-        };
-        let info = r.info.as_ref()?;
-        let ports = info.ports.map(|(s, d)| {
-            let proto = if info.proto == abi::PROTO_TCP {
-                Proto::Tcp
-            } else {
-                Proto::Udp
-            };
-            (proto, s, d)
-        });
-        let ok = reference
-            .matching(info.src, ports)
-            .iter()
-            .any(|e| e.key() == *key && e.kind() == kind && e.action.abi() == action);
-        if !ok {
-            return Some(format!(
-                "kernel decider {key:?} is not a matching {} {} entry",
-                kind.name(),
-                if action == abi::ACTION_DROP {
-                    "drop"
-                } else {
-                    "monitor"
-                }
-            ));
-        }
-    }
-    None
 }
 
 #[test]

@@ -46,19 +46,18 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use edge_filter::attach::{self, Mode};
-use edge_filter::entry::{EntrySet, Proto};
+use edge_filter::entry::EntrySet;
 use edge_filter::maps::SlotKey;
 use edge_filter::paths::Paths;
 use edge_filter::program::Capacities;
-use edge_filter::reference::{Reference, Verdict};
-use edge_filter::testrun::{KernelClassifier, KernelVerdict, MAX_FRAME, MIN_FRAME};
-use edge_filter_common::{self as abi, ReasonInfo};
+use edge_filter::reference::Reference;
+use edge_filter::testrun::{KernelClassifier, MAX_FRAME, MIN_FRAME};
+use edge_filter_common as abi;
 use edge_filter_tests::corpus::{Packet, entry_sets, generated_corpus, pcap_corpus};
+use edge_filter_tests::differential::compare;
 
 /// The fixed seed of `tests/tests/differential.rs`.
 const FIXED_SEED: u64 = 0x00ed_9ef1_17e7;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 /// Disagreements printed in full.
 const MAX_LISTED: usize = 10;
 
@@ -418,56 +417,6 @@ struct Differential {
 
 fn hex(data: &[u8]) -> String {
     data.iter().take(96).map(|b| format!("{b:02x}")).collect()
-}
-
-/// What `tests/tests/differential.rs` compares: reason, XDP action, and
-/// that the deciding entry the kernel names is one the reference says
-/// matches with the deciding kind and action.
-fn compare(
-    k: &KernelVerdict,
-    r: &Verdict,
-    reference: &Reference,
-    ids: &HashMap<u32, SlotKey>,
-) -> Option<String> {
-    if k.reason != r.reason {
-        return Some(format!(
-            "reason: kernel {}, reference {}",
-            edge_filter::counters::reason_name(k.reason),
-            edge_filter::counters::reason_name(r.reason)
-        ));
-    }
-    let want_action = if r.is_drop() { XDP_DROP } else { XDP_PASS };
-    if k.action != want_action {
-        return Some(format!(
-            "XDP action: kernel {}, reference wants {want_action}",
-            k.action
-        ));
-    }
-    if let Some(ReasonInfo::Entry { kind, action }) = ReasonInfo::decode(k.reason) {
-        let Some(SlotKey::Entry(key)) = ids.get(&k.entry_id) else {
-            return Some(format!("kernel decider id {} is not an entry", k.entry_id));
-        };
-        let info = r.info.as_ref()?;
-        let ports = info.ports.map(|(s, d)| {
-            let proto = if info.proto == abi::PROTO_TCP {
-                Proto::Tcp
-            } else {
-                Proto::Udp
-            };
-            (proto, s, d)
-        });
-        let ok = reference
-            .matching(info.src, ports)
-            .iter()
-            .any(|e| e.key() == *key && e.kind() == kind && e.action.abi() == action);
-        if !ok {
-            return Some(format!(
-                "kernel decider {key:?} is not a matching {} entry",
-                kind.name()
-            ));
-        }
-    }
-    None
 }
 
 fn differential(
