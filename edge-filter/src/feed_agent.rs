@@ -103,6 +103,8 @@ enum Msg {
         feed: String,
         parse: FeedParse,
         validators: Validators,
+        /// Digest of the body, kept with the last-known-good copy.
+        digest: String,
         at: OffsetDateTime,
     },
     /// The copy in hand is still current.
@@ -168,6 +170,7 @@ async fn feed_task(
                 bytes,
                 validators: v,
             }) => {
+                let digest = crate::state::digest(&bytes);
                 let (fc, c) = (f.clone(), cfg.clone());
                 let parsed = tokio::task::spawn_blocking(move || parse_body(&fc, &c, &bytes))
                     .await
@@ -179,6 +182,7 @@ async fn feed_task(
                             feed: f.name.clone(),
                             parse,
                             validators: v,
+                            digest,
                             at,
                         }
                     }
@@ -237,7 +241,7 @@ struct FeedAgent {
     desired: DesiredState,
     status: Status,
     /// Updates the shrink guard holds, kept to apply once they persist.
-    held: BTreeMap<String, (FeedParse, Validators, OffsetDateTime)>,
+    held: BTreeMap<String, (FeedParse, Validators, String, OffsetDateTime)>,
 }
 
 fn state_err(op: &str, e: impl std::fmt::Display) -> Error {
@@ -439,9 +443,9 @@ impl FeedAgent {
                 let due = self
                     .held
                     .get(&feed)
-                    .is_some_and(|(_, _, seen)| forced || at - *seen >= refresh);
-                if due && let Some((parse, validators, _)) = self.held.remove(&feed) {
-                    self.on_parsed(feed, parse, validators, at);
+                    .is_some_and(|(_, _, _, seen)| forced || at - *seen >= refresh);
+                if due && let Some((parse, validators, digest, _)) = self.held.remove(&feed) {
+                    self.on_parsed(feed, parse, validators, digest, at);
                     return;
                 }
                 let h = self.health.entry(feed.clone()).or_default();
@@ -465,8 +469,9 @@ impl FeedAgent {
                 feed,
                 parse,
                 validators,
+                digest,
                 at,
-            } => self.on_parsed(feed, parse, validators, at),
+            } => self.on_parsed(feed, parse, validators, digest, at),
         }
     }
 
@@ -475,6 +480,7 @@ impl FeedAgent {
         feed: String,
         parse: FeedParse,
         validators: Validators,
+        digest: String,
         at: OffsetDateTime,
     ) {
         for r in parse.rejected.iter().take(20) {
@@ -519,7 +525,7 @@ impl FeedAgent {
                 );
                 log::warn!("feed {feed}: {what}");
                 h.held = Some(what);
-                self.held.insert(feed, (parse, validators, at));
+                self.held.insert(feed, (parse, validators, digest, at));
             }
             GuardDecision::Apply => {
                 self.held.remove(&feed);
@@ -540,7 +546,7 @@ impl FeedAgent {
                     validators,
                     entries: parse.entries.clone(),
                     rejected_lines: parse.rejected.len(),
-                    source_digest: String::new(),
+                    source_digest: digest,
                 };
                 if let Err(e) = self.state.save_lkg(&lkg) {
                     log::error!("feed {feed}: saving last-known-good copy: {e}");

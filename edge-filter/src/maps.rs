@@ -1,6 +1,6 @@
 //! What the kernel maps must hold for an [`EntrySet`], and making them hold it.
 //!
-//! [`Desired::build`] turns entries into per-map contents: duplicate keys
+//! [`Desired::build_from`] turns entries into per-map contents: duplicate keys
 //! merge (drop beats monitor), ids stay stable per key (taken from the maps
 //! themselves, so a restarted agent keeps them), and trie nodes are flattened
 //! so a single longest-prefix lookup sees the strongest covering action.
@@ -294,20 +294,6 @@ struct Touched {
 }
 
 impl Desired {
-    /// Build the contents for `set`. `ids` maps keys already in the kernel to
-    /// their ids (see [`EntryMaps::ids`]); new keys get fresh ids above them.
-    pub fn build(set: &EntrySet, ids: &HashMap<SlotKey, u32>) -> Desired {
-        let mut next = ids.values().copied().max().map_or(0, |m| m + 1);
-        let mut d = Desired::default();
-        d.fill(set, |k| {
-            ids.get(&k).copied().unwrap_or_else(|| {
-                next += 1;
-                next - 1
-            })
-        });
-        d
-    }
-
     /// Build the contents for `set`, keeping the ids `current` gives its
     /// keys (typed lookups: no id table of the whole set is built).
     pub fn build_from(set: &EntrySet, current: &Desired) -> Desired {
@@ -386,30 +372,8 @@ impl Desired {
     }
 
     /// Own values of every key of `set` (duplicates merge: drop wins), ids
-    /// from `id_of`; then flatten the tries.
-    fn fill(&mut self, set: &EntrySet, mut id_of: impl FnMut(SlotKey) -> u32) {
-        let mut allow: Vec<IpNet> = set.allow.iter().map(|n| n.trunc()).collect();
-        allow.sort_unstable();
-        allow.dedup();
-        for net in allow {
-            let v = value(Action::Drop, id_of(SlotKey::Allow(net)));
-            self.put(allow_slot(&net), Some(v));
-        }
-        let mut merged: HashMap<crate::entry::EntryKey, Action> =
-            HashMap::with_capacity(set.entries.len());
-        for e in &set.entries {
-            let e = Entry::new(e.net, e.port, e.action);
-            let a = merged.entry(e.key()).or_insert(e.action);
-            *a = (*a).max(e.action);
-        }
-        for (key, action) in merged {
-            let v = value(action, id_of(SlotKey::Entry(key)));
-            self.put(entry_slot(&key), Some(v));
-        }
-        self.flatten_all();
-    }
-
-    /// Like [`Desired::fill`], with ids looked up in `current` by typed key.
+    /// looked up in `current` by typed key (new keys count up from `next`);
+    /// then flatten the tries.
     fn fill_typed(&mut self, set: &EntrySet, current: &Desired, next: &mut u32) {
         let mut id_of = |slot: &Slot| -> u32 {
             current.get(slot).map_or_else(
@@ -701,11 +665,6 @@ impl EntryMaps {
         })
     }
 
-    /// The ids of every key currently in the maps.
-    pub fn ids(&self) -> Result<HashMap<SlotKey, u32>> {
-        Ok(ids_of(&self.read()?))
-    }
-
     /// Make the maps enforce `set` (keeping existing ids).
     ///
     /// After a first full build, later calls diff the new set against the
@@ -995,9 +954,9 @@ pub fn ids_of(d: &Desired) -> HashMap<SlotKey, u32> {
 }
 
 impl Desired {
-    /// Every key with its value, in entry terms (the inverse of [`build`]).
+    /// Every key with its value, in entry terms (the inverse of [`build_from`]).
     ///
-    /// [`build`]: Desired::build
+    /// [`build_from`]: Desired::build_from
     pub fn entries(&self) -> Vec<(SlotKey, EntryValue)> {
         use crate::entry::{EntryKey, PortMatch, Proto, Side};
         use std::net::{Ipv4Addr, Ipv6Addr};

@@ -70,7 +70,7 @@ fn contents_read_back_and_deltas_are_minimal() {
     assert_eq!(k.last_sync.added, 5000 + 6 + 2, "{:?}", k.last_sync);
     let back = k.maps().read().expect("read");
     assert_eq!(back.to_entry_set().entries.len(), 5006);
-    let want = Desired::build(&s1, &edge_filter::maps::ids_of(&back));
+    let want = Desired::build_from(&s1, &back);
     assert_eq!(
         drift(&back, &want),
         0,
