@@ -87,6 +87,34 @@ pub struct InterfaceConfig {
     pub mode: Mode,
 }
 
+/// Where the agent serves Prometheus metrics (`[metrics]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `HOST:PORT` for `GET /metrics`, or `"off"`. Unset: the default,
+    /// [`DEFAULT_METRICS_LISTEN`] (loopback only), where a port already in
+    /// use is logged and the agent runs on; a port set here that cannot be
+    /// bound stops the agent at start.
+    pub listen: Option<String>,
+}
+
+/// The metrics address when `[metrics] listen` is unset.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9436";
+
+impl MetricsConfig {
+    /// The address to serve on (`None`: off) and whether it was configured
+    /// explicitly.
+    pub fn listen_addr(&self) -> Result<(Option<std::net::SocketAddr>, bool), String> {
+        match self.listen.as_deref() {
+            None => Ok((DEFAULT_METRICS_LISTEN.parse().ok(), false)),
+            Some("off") => Ok((None, true)),
+            Some(s) => s.parse().map(|a| (Some(a), true)).map_err(|e| {
+                format!("[metrics] listen = {s:?}: {e} (want HOST:PORT like \"127.0.0.1:9436\" or \"off\")")
+            }),
+        }
+    }
+}
+
 /// Input limits of every feed, and how feeds are fetched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -548,6 +576,9 @@ pub struct Config {
     /// Malformed IP packets: `pass` (default) or `drop`.
     #[serde(default)]
     pub malformed: Malformed,
+    /// `[metrics]`: the Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// `[[interface]]`: at least one.
     #[serde(rename = "interface", default)]
     pub interfaces: Vec<InterfaceConfig>,
@@ -623,6 +654,9 @@ impl Config {
         }
         if self.reconcile_interval.is_zero() {
             p.push("reconcile_interval must be greater than zero".to_string());
+        }
+        if let Err(e) = self.metrics.listen_addr() {
+            p.push(e);
         }
         let l = &self.limits;
         for (key, zero) in [

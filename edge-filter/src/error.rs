@@ -29,6 +29,23 @@ pub enum Error {
         /// The last lines of the verifier log.
         tail: String,
     },
+    /// The kernel lacks a feature a command needs (found by
+    /// [`crate::features`] before anything was changed).
+    #[error(
+        "{command} needs {feature} (Linux {since}+), which this kernel does not offer ({detail}); it is used for {why}. `edge-filter features` lists what this kernel has"
+    )]
+    KernelFeature {
+        /// The command that refused.
+        command: &'static str,
+        /// The feature, in the kernel's terms.
+        feature: &'static str,
+        /// The upstream release that added it.
+        since: &'static str,
+        /// What edge-filter uses it for.
+        why: &'static str,
+        /// The kernel's answer to the probe.
+        detail: String,
+    },
     /// The network interface does not exist.
     #[error("interface {0:?} does not exist (see `ip link`)")]
     NoInterface(String),

@@ -242,6 +242,8 @@ struct FeedAgent {
     status: Status,
     /// Updates the shrink guard holds, kept to apply once they persist.
     held: BTreeMap<String, (FeedParse, Validators, String, OffsetDateTime)>,
+    /// The Prometheus exporter's view of the agent, when it serves one.
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 fn state_err(op: &str, e: impl std::fmt::Display) -> Error {
@@ -366,7 +368,45 @@ impl FeedAgent {
             desired,
             status,
             held: BTreeMap::new(),
+            metrics: None,
         })
+    }
+
+    /// Start the Prometheus endpoint of `[metrics]`. An address set in the
+    /// config that cannot be bound stops the agent; the default one only
+    /// logs (another agent or program may hold the port).
+    async fn start_metrics(&mut self) -> Result<()> {
+        let (addr, explicit) = self
+            .cfg
+            .metrics
+            .listen_addr()
+            .map_err(|e| state_err("[metrics]", e))?;
+        let Some(addr) = addr else {
+            log::info!("metrics endpoint off ([metrics] listen = \"off\")");
+            return Ok(());
+        };
+        let listener = match crate::metrics::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if !explicit => {
+                log::warn!(
+                    "{e}; running without metrics (set [metrics] listen to choose another address)"
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(state_err("starting the metrics endpoint", e)),
+        };
+        let m = crate::metrics::Metrics::new(
+            self.cfg.bpffs.clone(),
+            self.cfg.interfaces.iter().map(|i| i.name.clone()).collect(),
+            self.cfg.capacities,
+        );
+        log::info!(
+            "metrics at http://{}/metrics",
+            listener.local_addr().unwrap_or(addr)
+        );
+        tokio::spawn(crate::metrics::serve(listener, std::sync::Arc::clone(&m)));
+        self.metrics = Some(m);
+        Ok(())
     }
 
     async fn run(&mut self, signals: Signals) -> Result<()> {
@@ -378,6 +418,7 @@ impl FeedAgent {
         let fetcher = std::sync::Arc::new(
             Fetcher::new().map_err(|e| state_err("creating the HTTP client", e))?,
         );
+        self.start_metrics().await?;
         let (tx, mut rx) = mpsc::channel(64);
         let (refetch_tx, _) = broadcast::channel(4);
         for f in &self.cfg.feeds {
@@ -459,6 +500,9 @@ impl FeedAgent {
                 }
             }
             Msg::Failed { feed, error, at } => {
+                if let Some(m) = &self.metrics {
+                    m.fetch_failed(&feed);
+                }
                 log::error!("feed {feed}: {error}; its last-known-good entries stay enforced");
                 let h = self.health.entry(feed).or_default();
                 h.last_attempt = Some(at);
@@ -598,6 +642,9 @@ impl FeedAgent {
         self.status.syncs += 1;
         self.status.refused = refused;
         self.status.last_sync_ms = t.elapsed().as_secs_f64() * 1e3;
+        if let Some(m) = &self.metrics {
+            m.observe_sync(t.elapsed().as_secs_f64());
+        }
     }
 
     fn reconcile(&mut self) {
@@ -624,6 +671,16 @@ impl FeedAgent {
         self.status.rejected_entries = self.desired.rejected.len();
         if let Err(e) = self.state.save_json(STATUS_FILE, &self.status) {
             log::error!("writing status: {e}");
+        }
+        if let Some(m) = &self.metrics {
+            m.publish(crate::metrics::Published {
+                status: self.status.clone(),
+                maps: self
+                    .ifaces
+                    .iter()
+                    .filter_map(|(i, maps)| Some((i.clone(), maps.shadow()?.counts().to_vec())))
+                    .collect(),
+            });
         }
     }
 }

@@ -648,6 +648,11 @@ impl EntryMaps {
         self.last_set = None;
     }
 
+    /// The agent's copy of what the maps hold (after the first sync).
+    pub fn shadow(&self) -> Option<&Desired> {
+        self.shadow.as_ref()
+    }
+
     /// Read the whole current contents back from the kernel.
     pub fn read(&self) -> Result<Desired> {
         let b = self.batch;

@@ -29,9 +29,10 @@ const BPF_LINKER_SERIES: &str = "0.13.";
 pub enum Group {
     /// The integration tests (network namespaces, veth pairs, ping). Always installed.
     Test,
-    /// `cargo xtask bench`: the nftables/iptables/ipset baselines.
+    /// `cargo xtask bench`: the nftables/iptables/ipset baselines. Always installed.
     Bench,
-    /// The VM tests: a throwaway kernel under qemu with a busybox initramfs.
+    /// The VM tests (`cargo xtask test` runs them): a throwaway kernel under
+    /// qemu with a busybox initramfs. Always installed.
     Vm,
 }
 
@@ -64,7 +65,10 @@ that it was already done, so a second run takes about a second. Steps:
               ~/.cache/edge-filter/rust-src and linked into the nightly sysroot)
   bpf-linker  the linker of the eBPF object: `cargo install bpf-linker` built
               against the LLVM that ships with the nightly toolchain
-  packages    Debian packages the tests use, installed with apt-get (needs root)
+  packages    Debian packages the tests and benchmarks use (iproute2,
+              iputils-ping; qemu-system-x86, busybox-static, cpio for the
+              kernel matrix; nftables, iptables, ipset for the baselines),
+              installed with apt-get (needs root)
 
 Any step that cannot finish stops setup with a message naming what is missing \
 and how to provide it, and a non-zero exit status.";
@@ -80,7 +84,7 @@ pub struct Args {
     pub quiet: bool,
 
     /// Also install the Debian packages of these groups (comma-separated).
-    /// The `test` group is always installed.
+    /// Every group is installed already; kept so older command lines work.
     #[arg(long = "with", value_name = "GROUP", value_enum, value_delimiter = ',')]
     pub with: Vec<Group>,
 
@@ -153,7 +157,9 @@ pub fn run(args: Args) -> Result<()> {
         .toolchain_cache
         .clone()
         .unwrap_or_else(|| workspace_root().join("..").join("shared").join("toolchain"));
-    let mut groups = vec![Group::Test];
+    // Everything the README's test and bench commands use is installed by
+    // default, so a fresh machine needs this one command.
+    let mut groups = vec![Group::Test, Group::Vm, Group::Bench];
     for g in &args.with {
         if !groups.contains(g) {
             groups.push(*g);

@@ -2,6 +2,7 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail};
+use clap::Parser as _;
 
 use crate::util::{self, human};
 
@@ -12,10 +13,19 @@ pub const EBPF_PACKAGE: &str = "edge-filter-ebpf";
 
 const LONG_ABOUT: &str = "\
 Run the whole test suite: the unit and integration tests of every crate (all \
-targets), then the doc tests.
+targets), then the doc tests, then the kernel matrix in VMs.
 
   cargo test --workspace --exclude edge-filter-ebpf --all-targets
   cargo test --workspace --exclude edge-filter-ebpf --doc
+  cargo xtask vm-test --kernel bookworm --kernel bullseye
+
+The first two test this machine's own kernel. The VM step boots Debian 12's \
+6.1 and Debian 11's 5.10 (the minimum supported kernel) under QEMU and runs \
+the verifier load, the kernel feature probes, the differential replay and \
+`edge-filter replay --expect` in each (see `cargo xtask vm-test --help`; about \
+7 minutes plus a release build). It needs `cargo xtask setup` (qemu) and root; \
+--vm-kernel picks other kernels, --no-vm skips it (a warning says so; CI=true \
+refuses --no-vm).
 
 Building the tests builds the XDP program too, so run `cargo xtask setup` \
 first on a new machine.
@@ -39,15 +49,32 @@ pub struct Args {
     #[arg(long)]
     pub require_root: bool,
 
+    /// Skip the VM step (the kernel matrix under QEMU).
+    #[arg(long)]
+    pub no_vm: bool,
+
+    /// Kernels of the VM step (as `cargo xtask vm-test --kernel`).
+    /// Repeatable. [default: bookworm, bullseye]
+    #[arg(long = "vm-kernel", value_name = "NAME")]
+    pub vm_kernels: Vec<String>,
+
     /// Arguments for the test binaries: a test name filter, --nocapture,
     /// --test-threads=N, ….
     #[arg(last = true, value_name = "TEST_ARGS")]
     pub test_args: Vec<String>,
 }
 
+/// Kernels the VM step boots unless --vm-kernel says otherwise: the oldest
+/// supported one and the oldest one most gateways still run.
+pub const VM_KERNELS: &[&str] = &["bookworm", "bullseye"];
+
 pub fn run(args: Args) -> Result<()> {
     // CI (CI=true) must never let the root-only tests skip unnoticed.
-    let require_root = args.require_root || std::env::var("CI").is_ok_and(|v| v == "true");
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let require_root = args.require_root || ci;
+    if args.no_vm && ci {
+        bail!("--no-vm with CI=true: CI must run the kernel matrix");
+    }
     if !util::is_root() {
         if require_root {
             bail!(
@@ -72,10 +99,39 @@ pub fn run(args: Args) -> Result<()> {
         util::run(&mut cmd)?;
         timings.push(format!("{name} {}", human(t.elapsed())));
     }
+    if args.no_vm {
+        eprintln!("warning: --no-vm: the kernel matrix (cargo xtask vm-test) did not run");
+    } else if !args.test_args.is_empty() {
+        eprintln!("note: test arguments given: the VM step is skipped (it runs everything)");
+    } else if !util::is_root() {
+        eprintln!("warning: not root: the VM step (cargo xtask vm-test) is skipped");
+    } else {
+        let t = Instant::now();
+        let kernels: Vec<String> = if args.vm_kernels.is_empty() {
+            VM_KERNELS.iter().map(|s| s.to_string()).collect()
+        } else {
+            args.vm_kernels.clone()
+        };
+        let mut argv = vec!["vm-test".to_string()];
+        for k in &kernels {
+            argv.push("--kernel".into());
+            argv.push(k.clone());
+        }
+        println!("test: kernel matrix: cargo xtask {}", argv.join(" "));
+        crate::vm::run(VmCli::parse_from(argv).args)?;
+        timings.push(format!("kernel matrix {}", human(t.elapsed())));
+    }
     println!(
         "test: passed in {} ({})",
         human(start.elapsed()),
         timings.join(", ")
     );
     Ok(())
+}
+
+/// `vm-test`'s options, parsed the way its command line would be.
+#[derive(clap::Parser)]
+struct VmCli {
+    #[command(flatten)]
+    args: crate::vm::Args,
 }

@@ -1503,6 +1503,11 @@ impl Outcome {
         {
             out.push(format!("attach: {a}"));
         }
+        if let Some(f) = g.get("features")
+            && !f.starts_with("ok")
+        {
+            out.push(format!("kernel feature probes: {f}"));
+        }
         for m in g.all("mismatch") {
             out.push(format!("disagreement: {m}"));
         }
@@ -1743,6 +1748,7 @@ fn summary_table(outcomes: &[Outcome]) -> String {
         "release",
         "load",
         "verifier insns",
+        "missing features",
         "checked",
         "disagree",
         "replay",
@@ -1773,6 +1779,13 @@ fn summary_table(outcomes: &[Outcome]) -> String {
             g.get("kernel").unwrap_or("-").to_string(),
             load,
             insns,
+            match g.get("features") {
+                Some(f) if f.starts_with("ok") => {
+                    g.field("features", "missing").unwrap_or_default()
+                }
+                Some(_) => "FAIL".into(),
+                None => "-".into(),
+            },
             g.field("differential", "checked")
                 .unwrap_or_else(|| "-".into()),
             g.field("differential", "disagreements")

@@ -4,6 +4,7 @@ pub mod check_config;
 pub mod completions;
 pub mod detach;
 pub mod explain;
+pub mod features;
 pub mod force_feed;
 pub mod replay;
 pub mod run;
@@ -65,6 +66,9 @@ pub enum Command {
     /// Explain the verdict a packet from an address would get, and every entry, feed and indicator behind it.
     #[command(long_about = explain::LONG_ABOUT)]
     Explain(explain::ExplainArgs),
+    /// Probe the kernel for the BPF features edge-filter uses.
+    #[command(long_about = features::LONG_ABOUT)]
+    Features(features::FeaturesArgs),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff), generated from these definitions.

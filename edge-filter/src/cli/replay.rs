@@ -263,6 +263,11 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
+    edge_filter::features::require(if a.live {
+        edge_filter::features::Use::ReplayLive
+    } else {
+        edge_filter::features::Use::Replay
+    })?;
     let req = Request {
         captures: a.captures,
         main,

@@ -78,6 +78,7 @@ pub struct RunArgs {
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.config {
         let cfg = edge_filter::config::Config::load(path)?;
+        edge_filter::features::require(edge_filter::features::Use::Run)?;
         edge_filter::feed_agent::run(cfg).await?;
         return Ok(());
     }
@@ -96,6 +97,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.poll_seconds.is_nan() || a.poll_seconds <= 0.0 {
         anyhow::bail!("--poll-seconds must be positive");
     }
+    edge_filter::features::require(edge_filter::features::Use::Run)?;
     agent::run(agent::RunOptions {
         iface,
         blocklist,

@@ -223,6 +223,9 @@ fn check(args: &[String]) -> Result<bool> {
 
     line("probe-batch", probe_batch());
     let mut ok = true;
+    let (features, features_ok) = check_features();
+    line("features", features);
+    ok &= features_ok;
     if o.contains_key("attach-lo") {
         match attach_lo() {
             Ok(how) => line("attach", format!("ok ({how})")),
@@ -325,6 +328,63 @@ fn verified_insns() -> String {
             ),
             None => "n/a (no verified_insns in the program info: kernel before 5.16)".into(),
         },
+    }
+}
+
+/// The start-up probes of `edge-filter` (`edge_filter::features`) on this
+/// kernel, checked against its version: every feature from a release at or
+/// before this kernel's must be found, every later one must be found
+/// missing (Debian does not backport these), and `require` must refuse the
+/// uses that need a missing one, naming it. Prints
+/// `ok missing=ID,ID` or `fail: …`.
+fn check_features() -> (String, bool) {
+    use edge_filter::features::{self, Status, Use};
+    let report = features::probe_all();
+    let Some(version) = features::parse_version(&report.kernel) else {
+        return (
+            format!("fail: cannot parse the kernel release {:?}", report.kernel),
+            false,
+        );
+    };
+    let mut problems = Vec::new();
+    let mut missing = Vec::new();
+    for p in &report.features {
+        let f = &p.feature;
+        if f.id == "kernel-btf" {
+            continue; // a build option, not a version
+        }
+        let since = features::parse_version(f.since).expect("since");
+        match (&p.status, version >= since) {
+            (Status::Present, true) => {}
+            (Status::Missing(_), false) => missing.push(f.id),
+            (Status::Present, false) => problems.push(format!(
+                "{} (Linux {}+) found on {}",
+                f.id, f.since, report.kernel
+            )),
+            (s, _) => problems.push(format!("{} (Linux {}+): {s:?}", f.id, f.since)),
+        }
+    }
+    for u in [Use::Run, Use::Replay, Use::ReplayLive, Use::LiveTraffic] {
+        let expect_missing = report.missing_for(u);
+        match (features::require(u), expect_missing) {
+            (Ok(()), None) => {}
+            (Err(e), Some(p)) if e.to_string().contains(p.feature.title) => {}
+            (r, m) => problems.push(format!(
+                "require({u:?}) = {:?}, expected a refusal naming {:?}",
+                r.err().map(|e| e.to_string()),
+                m.map(|p| p.feature.id)
+            )),
+        }
+    }
+    let missing = if missing.is_empty() {
+        "none".to_string()
+    } else {
+        missing.join(",")
+    };
+    if problems.is_empty() {
+        (format!("ok missing={missing}"), true)
+    } else {
+        (format!("fail: {}", problems.join("; ")), false)
     }
 }
 

@@ -1,0 +1,395 @@
+//! The agent's Prometheus endpoint: `GET /metrics` in the OpenMetrics text
+//! format (`prometheus-client`), served with hyper.
+//!
+//! Kernel numbers are read at scrape time from the pinned maps, like
+//! `edge-filter stats` does, so a scrape always shows what the kernel
+//! counted, not a copy; the agent's own numbers (feed health, syncs, drift
+//! repairs) come from the status it publishes after every sync and status
+//! write ([`Metrics::publish`]). Each scrape builds a fresh registry: values
+//! read from the kernel are totals, and a new counter set to a total is the
+//! simplest honest way to expose them. Only the sync-duration histogram and
+//! the fetch-failure counters live across scrapes.
+//!
+//! Names follow the Prometheus conventions: `edge_filter_` prefix,
+//! `_total` for counters, seconds and bytes as units.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::feed_agent::Status;
+use crate::paths::Paths;
+use crate::program::Capacities;
+
+/// The content type of the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// What the agent publishes for the exporter.
+#[derive(Clone, Debug, Default)]
+pub struct Published {
+    /// The agent's status (feeds, syncs, drift repairs).
+    pub status: Status,
+    /// Entries per map per interface, from the agent's shadow of the maps.
+    pub maps: Vec<(String, Vec<(&'static str, usize)>)>,
+}
+
+/// Shared between the agent loop and the HTTP server.
+pub struct Metrics {
+    paths: Paths,
+    ifaces: Vec<String>,
+    caps: Capacities,
+    published: Mutex<Published>,
+    sync_seconds: Histogram,
+    fetch_failures: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    /// An exporter for the attachments of `ifaces` under `bpffs`.
+    pub fn new(bpffs: PathBuf, ifaces: Vec<String>, caps: Capacities) -> Arc<Metrics> {
+        Arc::new(Metrics {
+            paths: Paths::new(bpffs),
+            ifaces,
+            caps,
+            published: Mutex::new(Published::default()),
+            // 1 ms .. ~33 s: from a one-entry delta to a cold million-entry sync.
+            sync_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            fetch_failures: Family::default(),
+        })
+    }
+
+    /// Replace the agent's published state.
+    pub fn publish(&self, p: Published) {
+        if let Ok(mut g) = self.published.lock() {
+            *g = p;
+        }
+    }
+
+    /// Record one sync's duration.
+    pub fn observe_sync(&self, seconds: f64) {
+        self.sync_seconds.observe(seconds);
+    }
+
+    /// Count a failed fetch or parse of `feed`.
+    pub fn fetch_failed(&self, feed: &str) {
+        self.fetch_failures
+            .get_or_create(&vec![("feed", feed.to_string())])
+            .inc();
+    }
+
+    /// The exposition text, as a scrape sees it.
+    pub fn render(&self) -> String {
+        let mut r = Registry::with_prefix("edge_filter");
+        let published = self.published.lock().map(|g| g.clone()).unwrap_or_default();
+        self.kernel(&mut r, &published);
+        agent(&mut r, &published.status);
+        r.register(
+            "sync_duration_seconds",
+            "Time to bring the kernel maps to the desired state, per sync",
+            self.sync_seconds.clone(),
+        );
+        r.register(
+            "feed_fetch_failures",
+            "Fetches or parses of a feed that failed since the agent started",
+            self.fetch_failures.clone(),
+        );
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &r);
+        out
+    }
+
+    fn kernel(&self, r: &mut Registry, p: &Published) {
+        let packets = Family::<Labels, Counter>::default();
+        let bytes = Family::<Labels, Counter>::default();
+        let attached = Family::<Labels, Gauge>::default();
+        let scrape_errors = Family::<Labels, Gauge>::default();
+        for iface in &self.ifaces {
+            let il = vec![("iface", iface.clone())];
+            let maps = match crate::attach::open_pinned(&self.paths, iface) {
+                Ok(m) => m,
+                Err(e) => {
+                    log::debug!("metrics: {iface}: {e}");
+                    attached.get_or_create(&il).set(0);
+                    continue;
+                }
+            };
+            attached.get_or_create(&il).set(1);
+            match maps.counters() {
+                Ok(c) => {
+                    let (rows, _) = crate::counters::named(&c);
+                    for row in rows {
+                        let l = vec![
+                            ("iface", iface.clone()),
+                            ("reason", row.reason.clone()),
+                            ("verdict", row.verdict.to_string()),
+                        ];
+                        packets.get_or_create(&l).inc_by(row.packets);
+                        bytes.get_or_create(&l).inc_by(row.bytes);
+                    }
+                }
+                Err(e) => {
+                    log::warn!("metrics: {iface}: reading counters: {e}");
+                    scrape_errors.get_or_create(&il).set(1);
+                }
+            }
+        }
+        r.register(
+            "packets",
+            "Packets the XDP program saw, by interface, verdict (pass, drop, monitor) and reason",
+            packets,
+        );
+        r.register(
+            "bytes",
+            "Bytes of the packets the XDP program saw, by interface, verdict and reason",
+            bytes,
+        );
+        r.register(
+            "attached",
+            "1 when the interface has a pinned edge-filter attachment",
+            attached,
+        );
+        r.register(
+            "counter_read_errors",
+            "1 when the counters of the interface could not be read at this scrape",
+            scrape_errors,
+        );
+
+        let entries = Family::<Labels, Gauge>::default();
+        let capacity = Family::<Labels, Gauge>::default();
+        let caps = self.caps.per_map();
+        for (iface, counts) in &p.maps {
+            for (map, n) in counts {
+                let l = vec![("iface", iface.clone()), ("map", map.to_string())];
+                entries.get_or_create(&l).set(*n as i64);
+                if let Some((_, c)) = caps.iter().find(|(m, _)| m == map) {
+                    capacity.get_or_create(&l).set(i64::from(*c));
+                }
+            }
+        }
+        r.register(
+            "map_entries",
+            "Entries in each kernel map (the agent's copy after its last sync)",
+            entries,
+        );
+        r.register(
+            "map_capacity_entries",
+            "Capacity (max_entries) of each kernel map",
+            capacity,
+        );
+    }
+}
+
+/// The agent's own numbers.
+fn agent(r: &mut Registry, s: &Status) {
+    let gauge = |r: &mut Registry, name: &str, help: &str, v: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        r.register(name, help, g);
+    };
+    let counter = |r: &mut Registry, name: &str, help: &str, v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        r.register(name, help, c);
+    };
+    if let Some(t) = s.started {
+        let g = FloatGauge::default();
+        g.set(t.unix_timestamp_nanos() as f64 / 1e9);
+        r.register(
+            "agent_start_time_seconds",
+            "When the agent started (Unix time)",
+            g,
+        );
+    }
+    gauge(
+        r,
+        "desired_entries",
+        "Block and monitor entries the agent enforces (all feeds merged)",
+        s.entries as i64,
+    );
+    gauge(
+        r,
+        "allowlist_entries",
+        "Allowlist entries the agent enforces",
+        s.allowlisted as i64,
+    );
+    gauge(
+        r,
+        "rejected_entries",
+        "Entries refused by the safety rules (too broad) at the last merge",
+        s.rejected_entries as i64,
+    );
+    gauge(
+        r,
+        "refused_entries",
+        "Entries refused at the last sync because a map was full",
+        s.refused as i64,
+    );
+    counter(r, "syncs", "Syncs applied to the kernel maps", s.syncs);
+    counter(
+        r,
+        "drift_repairs",
+        "Map keys found changed behind the agent's back and repaired",
+        s.drift_repairs,
+    );
+
+    let entries = Family::<Labels, Gauge>::default();
+    let rejected = Family::<Labels, Gauge>::default();
+    let unsupported = Family::<Labels, Gauge>::default();
+    let last_success = Family::<Labels, FloatGauge>::default();
+    let last_attempt = Family::<Labels, FloatGauge>::default();
+    let up = Family::<Labels, Gauge>::default();
+    let failures = Family::<Labels, Gauge>::default();
+    let held = Family::<Labels, Gauge>::default();
+    let from_lkg = Family::<Labels, Gauge>::default();
+    for f in &s.feeds {
+        let l = vec![("feed", f.name.clone())];
+        entries.get_or_create(&l).set(f.entries as i64);
+        rejected.get_or_create(&l).set(f.rejected_lines as i64);
+        unsupported.get_or_create(&l).set(f.unsupported as i64);
+        if let Some(t) = f.last_success {
+            last_success
+                .get_or_create(&l)
+                .set(t.unix_timestamp_nanos() as f64 / 1e9);
+        }
+        if let Some(t) = f.last_attempt {
+            last_attempt
+                .get_or_create(&l)
+                .set(t.unix_timestamp_nanos() as f64 / 1e9);
+        }
+        up.get_or_create(&l).set(i64::from(
+            f.last_success.is_some() && f.last_error.is_none(),
+        ));
+        failures
+            .get_or_create(&l)
+            .set(i64::from(f.consecutive_failures));
+        held.get_or_create(&l).set(i64::from(f.held.is_some()));
+        from_lkg
+            .get_or_create(&l)
+            .set(i64::from(f.from_last_known_good));
+    }
+    r.register(
+        "feed_entries",
+        "Entries of the copy of each feed being enforced",
+        entries,
+    );
+    r.register(
+        "feed_rejected_lines",
+        "Lines or objects of the enforced copy of each feed that were rejected",
+        rejected,
+    );
+    r.register(
+        "feed_unsupported_records",
+        "Records of the enforced copy that edge-filter cannot express (STIX patterns)",
+        unsupported,
+    );
+    r.register(
+        "feed_last_success_timestamp_seconds",
+        "Last fetch of each feed that gave a usable copy (Unix time); age = time() - this",
+        last_success,
+    );
+    r.register(
+        "feed_last_attempt_timestamp_seconds",
+        "Last fetch attempt of each feed (Unix time)",
+        last_attempt,
+    );
+    r.register("feed_up", "1 when the last fetch of the feed succeeded", up);
+    r.register(
+        "feed_consecutive_failures",
+        "Failed fetches of the feed since its last success",
+        failures,
+    );
+    r.register(
+        "feed_held_update",
+        "1 when the shrink guard is holding an update of the feed",
+        held,
+    );
+    r.register(
+        "feed_from_last_known_good",
+        "1 when the enforced copy of the feed was loaded from the state directory at start",
+        from_lkg,
+    );
+}
+
+/// Answer one request: `/metrics` or 404.
+fn respond(m: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => {
+            *resp.body_mut() = Full::new(Bytes::from(m.render()));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(CONTENT_TYPE),
+            );
+        }
+        (&hyper::Method::GET, "/") => {
+            *resp.body_mut() = Full::new(Bytes::from_static(
+                b"edge-filter agent: metrics at /metrics\n",
+            ));
+        }
+        _ => *resp.status_mut() = StatusCode::NOT_FOUND,
+    }
+    resp
+}
+
+/// Bind `addr` (errors name the address).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("binding the metrics endpoint {addr}: {e}"),
+        )
+    })
+}
+
+/// Serve `/metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, m: Arc<Metrics>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                log::warn!("metrics: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let m = Arc::clone(&m);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let m = Arc::clone(&m);
+                // Reading the pinned maps is blocking syscalls: keep them
+                // off the runtime's worker threads.
+                async move {
+                    let resp = tokio::task::spawn_blocking(move || respond(&m, &req))
+                        .await
+                        .unwrap_or_else(|_| {
+                            let mut r = Response::new(Full::new(Bytes::new()));
+                            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                            r
+                        });
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await
+            {
+                log::debug!("metrics: connection: {e}");
+            }
+        });
+    }
+}

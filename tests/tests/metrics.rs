@@ -1,0 +1,237 @@
+//! The agent's Prometheus endpoint, scraped over HTTP while real traffic
+//! crosses the filter.
+//!
+//! A config agent filters the receiving end of a veth pair with two file
+//! feeds (one `drop`, one `monitor`) and one feed whose file is missing.
+//! The test sends known numbers of UDP datagrams of known sizes from a
+//! dropped, a monitored and an unlisted source, then scrapes
+//! `http://127.0.0.1:PORT/metrics` inside the receiving namespace and checks
+//! the counters against what it sent, and the feed and map gauges against
+//! the config.
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use edge_filter_tests::netns::{self, Lab, RECEIVER_IF};
+
+const RECV4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 66, 0, 1));
+const BLOCKED4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 66, 0, 20));
+const WATCHED4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 66, 0, 21));
+const OTHER4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 66, 0, 22));
+const PORT: u16 = 7409;
+const METRICS_PORT: u16 = 19436;
+/// Ethernet + IPv4 + UDP headers: what a datagram adds on the wire.
+const HEADERS: u64 = 14 + 20 + 8;
+
+/// `GET path` over HTTP/1.1 inside the receiving namespace: status line,
+/// headers and body.
+fn get(lab: &Lab, path: &str) -> (String, String, String) {
+    lab.receiver.enter(|| {
+        let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT))
+            .unwrap_or_else(|e| panic!("connect to the metrics endpoint: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).expect("read the response");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP head and body");
+        let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+        (status.to_string(), headers.to_lowercase(), body.to_string())
+    })
+}
+
+/// `name{labels} value` lines → value, keyed by everything before the value.
+fn samples(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            (
+                k.to_string(),
+                v.parse()
+                    .unwrap_or_else(|e| panic!("bad value in {l:?}: {e}")),
+            )
+        })
+        .collect()
+}
+
+fn value(s: &BTreeMap<String, f64>, key: &str, body: &str) -> f64 {
+    *s.get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in the scrape:\n{body}"))
+}
+
+fn packets_key(reason: &str, verdict: &str) -> String {
+    format!(
+        "edge_filter_packets_total{{iface=\"{RECEIVER_IF}\",reason=\"{reason}\",verdict=\"{verdict}\"}}"
+    )
+}
+
+fn bytes_key(reason: &str, verdict: &str) -> String {
+    format!(
+        "edge_filter_bytes_total{{iface=\"{RECEIVER_IF}\",reason=\"{reason}\",verdict=\"{verdict}\"}}"
+    )
+}
+
+#[test]
+fn metrics_scrape_matches_traffic() {
+    if netns::skip_unless_root("metrics_scrape_matches_traffic") {
+        return;
+    }
+    let lab = Lab::create();
+    lab.add_receiver_addr(RECV4, 24);
+    for a in [BLOCKED4, WATCHED4, OTHER4] {
+        lab.add_sender_addr(a, 24);
+    }
+    lab.receiver.ip(&["link", "set", "lo", "up"]);
+    let blk = lab.write_file(
+        "blk.txt",
+        &format!("{BLOCKED4}\n# comment\nnot-an-address\n"),
+    );
+    let watch = lab.write_file("watch.txt", &format!("{WATCHED4}\n"));
+    let missing = lab.dir.join("missing.txt");
+    let cfg = lab.write_file(
+        "edge-filter.toml",
+        &format!(
+            "state_dir = '{state}'\nbpffs = '{bpffs}'\n\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n\n\
+             [[interface]]\nname = \"{RECEIVER_IF}\"\n\n\
+             [[feed]]\nname = \"blk\"\nsource = \"file:{blk}\"\nformat = \"plain\"\nrefresh = \"1s\"\n\n\
+             [[feed]]\nname = \"watch\"\nsource = \"file:{watch}\"\nformat = \"plain\"\nrefresh = \"1s\"\naction = \"monitor\"\n\n\
+             [[feed]]\nname = \"gone\"\nsource = \"file:{missing}\"\nformat = \"plain\"\nrefresh = \"1s\"\n",
+            state = lab.dir.join("state").display(),
+            bpffs = lab.bpffs.display(),
+            blk = blk.display(),
+            watch = watch.display(),
+            missing = missing.display(),
+        ),
+    );
+    let agent = lab.start_config_agent(&cfg);
+    agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
+
+    // Wait until both feeds are enforced (the scrape says so itself).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let map_key = format!("edge_filter_map_entries{{iface=\"{RECEIVER_IF}\",map=\"ADDR_V4\"}}");
+    loop {
+        let (_, _, body) = get(&lab, "/metrics");
+        let s = samples(&body);
+        if s.get(&map_key) == Some(&2.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the two feed entries never reached ADDR_V4:\n{body}\n{}",
+            agent.tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (_, _, body0) = get(&lab, "/metrics");
+    let before = samples(&body0);
+    let count = |s: &BTreeMap<String, f64>, k: &str| s.get(k).copied().unwrap_or(0.0);
+
+    // Known traffic: 7 dropped datagrams of 100 bytes, 5 monitored of 60,
+    // 3 unlisted of 30.
+    let sink = lab.udp_sink(SocketAddr::new(RECV4, PORT));
+    let dst = SocketAddr::new(RECV4, PORT);
+    lab.send_udp(
+        SocketAddr::new(BLOCKED4, 40000),
+        dst,
+        &vec![vec![b'd'; 100]; 7],
+    );
+    lab.send_udp(
+        SocketAddr::new(WATCHED4, 40001),
+        dst,
+        &vec![vec![b'm'; 60]; 5],
+    );
+    lab.send_udp(
+        SocketAddr::new(OTHER4, 40002),
+        dst,
+        &vec![vec![b'o'; 30]; 3],
+    );
+    // The 8 that pass arrive; then every counter has moved.
+    let mut buf = [0u8; 256];
+    let mut got = 0;
+    let until = Instant::now() + Duration::from_secs(5);
+    while got < 8 && Instant::now() < until {
+        if sink.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+    }
+    assert_eq!(got, 8, "monitored and unlisted datagrams must arrive");
+
+    let (status, headers, body) = get(&lab, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        headers.contains("content-type: application/openmetrics-text"),
+        "{headers}"
+    );
+    assert!(
+        body.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
+    let after = samples(&body);
+    let delta = |k: String| value(&after, &k, &body) - count(&before, &k);
+    assert_eq!(delta(packets_key("drop_addr", "drop")), 7.0, "{body}");
+    assert_eq!(
+        delta(bytes_key("drop_addr", "drop")),
+        7.0 * (100.0 + HEADERS as f64)
+    );
+    assert_eq!(delta(packets_key("monitor_addr", "monitor")), 5.0);
+    assert_eq!(
+        delta(bytes_key("monitor_addr", "monitor")),
+        5.0 * (60.0 + HEADERS as f64)
+    );
+    // Unlisted sources pass as no match; ARP may add to it, never remove.
+    assert!(delta(packets_key("pass_no_match", "pass")) >= 3.0);
+
+    // Feeds: entries, health, the failing one, its failures counted.
+    let feed = |name: &str, f: &str| format!("edge_filter_{name}{{feed=\"{f}\"}}");
+    assert_eq!(value(&after, &feed("feed_entries", "blk"), &body), 1.0);
+    assert_eq!(
+        value(&after, &feed("feed_rejected_lines", "blk"), &body),
+        1.0
+    );
+    assert_eq!(value(&after, &feed("feed_entries", "watch"), &body), 1.0);
+    assert_eq!(value(&after, &feed("feed_up", "blk"), &body), 1.0);
+    assert_eq!(value(&after, &feed("feed_up", "gone"), &body), 0.0);
+    assert!(value(&after, &feed("feed_fetch_failures_total", "gone"), &body) >= 1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let fresh = value(
+        &after,
+        &feed("feed_last_success_timestamp_seconds", "blk"),
+        &body,
+    );
+    assert!(
+        (now - fresh).abs() < 60.0,
+        "last success {fresh} vs now {now}"
+    );
+
+    // Maps and the agent.
+    assert_eq!(value(&after, &map_key, &body), 2.0);
+    let cap =
+        format!("edge_filter_map_capacity_entries{{iface=\"{RECEIVER_IF}\",map=\"ADDR_V4\"}}");
+    assert_eq!(value(&after, &cap, &body), 1_048_576.0);
+    assert_eq!(value(&after, "edge_filter_desired_entries", &body), 2.0);
+    assert!(value(&after, "edge_filter_syncs_total", &body) >= 1.0);
+    assert!(value(&after, "edge_filter_sync_duration_seconds_count", &body) >= 1.0);
+    assert_eq!(value(&after, "edge_filter_drift_repairs_total", &body), 0.0);
+    let attached = format!("edge_filter_attached{{iface=\"{RECEIVER_IF}\"}}");
+    assert_eq!(value(&after, &attached, &body), 1.0);
+
+    // Anything else is 404.
+    let (status, _, _) = get(&lab, "/nope");
+    assert!(status.contains("404"), "{status}");
+    println!(
+        "metrics: {} samples; drop_addr +7, monitor_addr +5 as sent",
+        after.len()
+    );
+}
