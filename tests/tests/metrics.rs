@@ -231,7 +231,7 @@ fn metrics_scrape_matches_traffic() {
     let (status, _, _) = get(&lab, "/nope");
     assert!(status.contains("404"), "{status}");
     println!(
-        "metrics: {} samples; drop_addr +7, monitor_addr +5 as sent",
+        "metrics: {} samples; drop_addr +7, monitor_addr +5 as sent\n{body}",
         after.len()
     );
 }
