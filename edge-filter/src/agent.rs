@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub paths: Paths,
     /// How often to check the files for changes.
     pub poll: Duration,
+    /// The Prometheus endpoint.
+    pub metrics: crate::config::MetricsConfig,
 }
 
 /// The entry set from the files, with every bad line reported.
@@ -116,6 +118,19 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut last = stamp(&refs);
     let loaded = load_files(&opts.blocklist, opts.allowlist.as_deref())?;
     report(&loaded);
+    // Bind the metrics port before touching the kernel: an address that is
+    // taken stops the agent before it attaches or adopts anything.
+    let metrics = crate::metrics::start(
+        &opts.metrics,
+        opts.paths.root().to_path_buf(),
+        vec![opts.iface.clone()],
+        opts.caps,
+    )
+    .await
+    .map_err(|source| Error::Pin {
+        op: "starting the metrics endpoint".into(),
+        source,
+    })?;
     let mut att = attach::attach_or_adopt(
         &opts.paths,
         &opts.iface,
@@ -152,6 +167,33 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         opts.iface,
         if att.adopted { "adopted" } else { "attached" }
     );
+    let mut status = crate::feed_agent::Status {
+        pid: std::process::id(),
+        started: Some(time::OffsetDateTime::now_utc()),
+        interfaces: vec![opts.iface.clone()],
+        ..Default::default()
+    };
+    let publish = |status: &mut crate::feed_agent::Status,
+                   att: &attach::Attachment,
+                   set: &EntrySet,
+                   refused: usize| {
+        status.updated = Some(time::OffsetDateTime::now_utc());
+        status.entries = set.entries.len();
+        status.allowlisted = set.allow.len();
+        status.refused = refused;
+        if let Some(m) = &metrics {
+            m.publish(crate::metrics::Published {
+                status: status.clone(),
+                maps: att
+                    .maps
+                    .shadow()
+                    .map(|d| vec![(opts.iface.clone(), d.counts().to_vec())])
+                    .unwrap_or_default(),
+            });
+        }
+    };
+    status.syncs = 1;
+    publish(&mut status, &att, &loaded.set, s.refused);
     let mut tick = tokio::time::interval(opts.poll);
     loop {
         let forced = tokio::select! {
@@ -168,8 +210,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         match load_files(&opts.blocklist, opts.allowlist.as_deref()) {
             Ok(l) => {
                 report(&l);
+                let t = std::time::Instant::now();
                 match att.maps.apply(&l.set, flags) {
                     Ok(s) => {
+                        status.syncs += 1;
+                        status.last_sync_ms = t.elapsed().as_secs_f64() * 1e3;
+                        if let Some(m) = &metrics {
+                            m.observe_sync(t.elapsed().as_secs_f64());
+                        }
+                        publish(&mut status, &att, &l.set, s.refused);
                         log::info!(
                             "reloaded: {} added, {} changed, {} removed, {} lines rejected",
                             s.added,

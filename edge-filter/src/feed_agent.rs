@@ -220,7 +220,18 @@ pub async fn run(cfg: Config) -> Result<()> {
         term: sig(SignalKind::terminate())?,
         int: sig(SignalKind::interrupt())?,
     };
+    // Bind the metrics port before touching the kernel: an address that is
+    // taken stops the agent before it attaches anything.
+    let metrics = crate::metrics::start(
+        &cfg.metrics,
+        cfg.bpffs.clone(),
+        cfg.interfaces.iter().map(|i| i.name.clone()).collect(),
+        cfg.capacities,
+    )
+    .await
+    .map_err(|e| state_err("starting the metrics endpoint", e))?;
     let mut agent = FeedAgent::start(cfg)?;
+    agent.metrics = metrics;
     agent.run(signals).await
 }
 
@@ -372,43 +383,6 @@ impl FeedAgent {
         })
     }
 
-    /// Start the Prometheus endpoint of `[metrics]`. An address set in the
-    /// config that cannot be bound stops the agent; the default one only
-    /// logs (another agent or program may hold the port).
-    async fn start_metrics(&mut self) -> Result<()> {
-        let (addr, explicit) = self
-            .cfg
-            .metrics
-            .listen_addr()
-            .map_err(|e| state_err("[metrics]", e))?;
-        let Some(addr) = addr else {
-            log::info!("metrics endpoint off ([metrics] listen = \"off\")");
-            return Ok(());
-        };
-        let listener = match crate::metrics::bind(addr).await {
-            Ok(l) => l,
-            Err(e) if !explicit => {
-                log::warn!(
-                    "{e}; running without metrics (set [metrics] listen to choose another address)"
-                );
-                return Ok(());
-            }
-            Err(e) => return Err(state_err("starting the metrics endpoint", e)),
-        };
-        let m = crate::metrics::Metrics::new(
-            self.cfg.bpffs.clone(),
-            self.cfg.interfaces.iter().map(|i| i.name.clone()).collect(),
-            self.cfg.capacities,
-        );
-        log::info!(
-            "metrics at http://{}/metrics",
-            listener.local_addr().unwrap_or(addr)
-        );
-        tokio::spawn(crate::metrics::serve(listener, std::sync::Arc::clone(&m)));
-        self.metrics = Some(m);
-        Ok(())
-    }
-
     async fn run(&mut self, signals: Signals) -> Result<()> {
         let Signals {
             mut hup,
@@ -418,7 +392,6 @@ impl FeedAgent {
         let fetcher = std::sync::Arc::new(
             Fetcher::new().map_err(|e| state_err("creating the HTTP client", e))?,
         );
-        self.start_metrics().await?;
         let (tx, mut rx) = mpsc::channel(64);
         let (refetch_tx, _) = broadcast::channel(4);
         for f in &self.cfg.feeds {

@@ -346,6 +346,40 @@ fn respond(m: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     resp
 }
 
+/// Start the endpoint `cfg` asks for, serving the attachments of `ifaces`
+/// under `bpffs`. `Ok(None)`: off, or the default address could not be bound
+/// (logged: another agent or program may hold the port). An address set
+/// explicitly that cannot be bound is an error: the operator asked for it.
+pub async fn start(
+    cfg: &crate::config::MetricsConfig,
+    bpffs: PathBuf,
+    ifaces: Vec<String>,
+    caps: Capacities,
+) -> std::io::Result<Option<Arc<Metrics>>> {
+    let (addr, explicit) = cfg
+        .listen_addr()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let Some(addr) = addr else {
+        log::info!("metrics endpoint off");
+        return Ok(None);
+    };
+    let listener = match bind(addr).await {
+        Ok(l) => l,
+        Err(e) if !explicit => {
+            log::warn!("{e}; running without metrics (choose another address to enable them)");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let m = Metrics::new(bpffs, ifaces, caps);
+    log::info!(
+        "metrics at http://{}/metrics",
+        listener.local_addr().unwrap_or(addr)
+    );
+    tokio::spawn(serve(listener, Arc::clone(&m)));
+    Ok(Some(m))
+}
+
 /// Bind `addr` (errors name the address).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {

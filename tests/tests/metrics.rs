@@ -28,8 +28,12 @@ const HEADERS: u64 = 14 + 20 + 8;
 /// `GET path` over HTTP/1.1 inside the receiving namespace: status line,
 /// headers and body.
 fn get(lab: &Lab, path: &str) -> (String, String, String) {
+    get_port(lab, METRICS_PORT, path)
+}
+
+fn get_port(lab: &Lab, port: u16, path: &str) -> (String, String, String) {
     lab.receiver.enter(|| {
-        let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT))
+        let mut s = TcpStream::connect(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("connect to the metrics endpoint: {e}"));
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
@@ -234,4 +238,83 @@ fn metrics_scrape_matches_traffic() {
         "metrics: {} samples; drop_addr +7, monitor_addr +5 as sent\n{body}",
         after.len()
     );
+}
+
+/// The simple agent (`run --iface --blocklist`) serves the same kernel
+/// families; an explicit address that is taken stops it at start.
+#[test]
+fn metrics_simple_agent() {
+    if netns::skip_unless_root("metrics_simple_agent") {
+        return;
+    }
+    const PORT2: u16 = 19437;
+    let lab = Lab::create();
+    lab.add_receiver_addr(RECV4, 24);
+    lab.add_sender_addr(BLOCKED4, 24);
+    lab.receiver.ip(&["link", "set", "lo", "up"]);
+    let list = lab.write_file(
+        "blocklist.txt",
+        &format!("{BLOCKED4}\n10.66.9.0/24 monitor\n"),
+    );
+    let listen = format!("127.0.0.1:{PORT2}");
+    let agent = lab.start_agent(&[
+        "--blocklist",
+        list.to_str().unwrap(),
+        "--metrics-listen",
+        &listen,
+    ]);
+    agent.wait_ready_line(&format!("ready: {RECEIVER_IF} attached"));
+    let (_, _, body0) = get_port(&lab, PORT2, "/metrics");
+    let before = samples(&body0);
+    let dst = SocketAddr::new(RECV4, PORT);
+    lab.send_udp(
+        SocketAddr::new(BLOCKED4, 40000),
+        dst,
+        &vec![vec![b'd'; 50]; 4],
+    );
+    // Dropped datagrams leave no trace at the receiver: poll the scrape.
+    let key = packets_key("drop_addr", "drop");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (body, after) = loop {
+        let (_, _, body) = get_port(&lab, PORT2, "/metrics");
+        let after = samples(&body);
+        if value(&after, &key, &body) - before.get(&key).copied().unwrap_or(0.0) >= 4.0 {
+            break (body, after);
+        }
+        assert!(Instant::now() < deadline, "drops never counted:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        value(&after, &key, &body) - before.get(&key).copied().unwrap_or(0.0),
+        4.0
+    );
+    let m = |map: &str| format!("edge_filter_map_entries{{iface=\"{RECEIVER_IF}\",map=\"{map}\"}}");
+    assert_eq!(value(&after, &m("ADDR_V4"), &body), 1.0);
+    assert_eq!(value(&after, &m("PREFIX_V4"), &body), 1.0);
+    assert_eq!(value(&after, "edge_filter_desired_entries", &body), 2.0);
+
+    // A second agent asking for the same, taken, address refuses to start.
+    let other = lab.edge_filter(&[
+        "run",
+        "--iface",
+        RECEIVER_IF,
+        "--blocklist",
+        list.to_str().unwrap(),
+        "--metrics-listen",
+        &listen,
+    ]);
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        !other.status.success(),
+        "a taken explicit address must be fatal: {err}"
+    );
+    assert!(
+        err.contains(&format!("binding the metrics endpoint {listen}")),
+        "the error names the address: {err}"
+    );
+    assert!(
+        !err.contains("adopted") && !err.contains("reloaded"),
+        "refused before adopting the pins: {err}"
+    );
+    assert!(agent.is_running(), "the first agent keeps running");
 }

@@ -71,6 +71,11 @@ pub struct RunArgs {
     /// Capacity of the allowlist (per family).
     #[arg(long, default_value_t = Capacities::default().allow)]
     pub max_allow: u32,
+    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or
+    /// "off"). Unset: 127.0.0.1:9436 when that port is free. With --config
+    /// use its [metrics] listen instead.
+    #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub pins: PinArgs,
 }
@@ -97,6 +102,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.poll_seconds.is_nan() || a.poll_seconds <= 0.0 {
         anyhow::bail!("--poll-seconds must be positive");
     }
+    let metrics = edge_filter::config::MetricsConfig {
+        listen: a.metrics_listen,
+    };
+    if let Err(e) = metrics.listen_addr() {
+        anyhow::bail!("--metrics-listen: {e}");
+    }
     edge_filter::features::require(edge_filter::features::Use::Run)?;
     agent::run(agent::RunOptions {
         iface,
@@ -107,6 +118,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         malformed_drop: a.drop_malformed,
         paths: Paths::new(a.pins.bpffs),
         poll: Duration::from_secs_f64(a.poll_seconds),
+        metrics,
     })
     .await?;
     Ok(())
