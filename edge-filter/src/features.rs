@@ -32,6 +32,8 @@ pub enum Use {
     ReplayLive,
     /// `cargo xtask bench`, live section: the traffic generator.
     LiveTraffic,
+    /// `edge-filter events`: sampled packets from the ring buffer.
+    Events,
 }
 
 impl Use {
@@ -42,6 +44,7 @@ impl Use {
             Use::Replay => "replay",
             Use::ReplayLive => "replay --live",
             Use::LiveTraffic => "bench (live)",
+            Use::Events => "events",
         }
     }
 
@@ -52,6 +55,7 @@ impl Use {
             Use::Replay => "edge-filter replay",
             Use::ReplayLive => "edge-filter replay --live",
             Use::LiveTraffic => "the live traffic generator of `cargo xtask bench`",
+            Use::Events => "edge-filter events",
         }
     }
 }
@@ -134,6 +138,14 @@ pub const FEATURES: &[Feature] = &[
         why: "writing a million entries in a few hundred syscalls",
         need: Need::Fallback("map sync writes one element per syscall"),
         required_by: &[],
+    },
+    Feature {
+        id: "ringbuf-map",
+        title: "BPF ring buffer maps",
+        since: "5.8",
+        why: "the sampled packet events (the program declares the map, so loading needs it)",
+        need: Need::Required,
+        required_by: &[Use::Run, Use::Replay, Use::ReplayLive, Use::Events],
     },
     Feature {
         id: "xdp-link",
@@ -259,6 +271,7 @@ pub fn probe(id: &str) -> Status {
         "percpu-array-map" => map_create(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, 0).map(drop),
         "lpm-trie-map" => map_create(BPF_MAP_TYPE_LPM_TRIE, 8, 8, 16, BPF_F_NO_PREALLOC).map(drop),
         "xdp-program" => load_xdp(XDP_PASS).map(drop),
+        "ringbuf-map" => map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, page_size(), 0).map(drop),
         "xdp-test-run" => probe_test_run(),
         "batch-map-ops" => probe_batch(),
         "xdp-link" => return probe_xdp_link(),
@@ -331,6 +344,7 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
+const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
@@ -360,6 +374,13 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     } else {
         Ok(rc)
     }
+}
+
+/// A ring buffer's size must be a power-of-two multiple of the page size.
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u32 } else { 4096 }
 }
 
 fn owned(fd: libc::c_long) -> OwnedFd {
@@ -668,7 +689,13 @@ mod tests {
                 );
             }
         }
-        for u in [Use::Run, Use::Replay, Use::ReplayLive, Use::LiveTraffic] {
+        for u in [
+            Use::Run,
+            Use::Replay,
+            Use::ReplayLive,
+            Use::LiveTraffic,
+            Use::Events,
+        ] {
             if let Err(e) = require(u) {
                 panic!("{u:?}: {e}");
             }

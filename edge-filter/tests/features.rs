@@ -91,6 +91,7 @@ fn features_reports_everything_present_here() {
         "percpu-array-map",
         "xdp-program",
         "lpm-trie-map",
+        "ringbuf-map",
         "xdp-test-run",
         "batch-map-ops",
         "xdp-link",

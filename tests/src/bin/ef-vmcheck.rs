@@ -364,7 +364,13 @@ fn check_features() -> (String, bool) {
             (s, _) => problems.push(format!("{} (Linux {}+): {s:?}", f.id, f.since)),
         }
     }
-    for u in [Use::Run, Use::Replay, Use::ReplayLive, Use::LiveTraffic] {
+    for u in [
+        Use::Run,
+        Use::Replay,
+        Use::ReplayLive,
+        Use::LiveTraffic,
+        Use::Events,
+    ] {
         let expect_missing = report.missing_for(u);
         match (features::require(u), expect_missing) {
             (Ok(()), None) => {}
