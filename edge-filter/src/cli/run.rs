@@ -71,6 +71,11 @@ pub struct RunArgs {
     /// Capacity of the allowlist (per family).
     #[arg(long, default_value_t = Capacities::default().allow)]
     pub max_allow: u32,
+    /// Entry ids with their own hit counters (`top`, `explain`); hits on
+    /// higher ids are counted together as overflow. Memory: N x 24 bytes x
+    /// possible CPUs.
+    #[arg(long, default_value_t = Capacities::default().entry_stats, value_name = "N")]
+    pub max_entry_stats: u32,
     #[command(flatten)]
     pub pins: PinArgs,
 }
@@ -92,6 +97,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         port_v4: a.max_ports,
         port_v6: a.max_ports,
         allow: a.max_allow,
+        entry_stats: a.max_entry_stats,
     };
     if a.poll_seconds.is_nan() || a.poll_seconds <= 0.0 {
         anyhow::bail!("--poll-seconds must be positive");
