@@ -18,6 +18,7 @@ pub mod explain;
 pub mod feed_agent;
 pub mod feeds;
 pub mod fetch;
+pub mod hits;
 pub mod maps;
 pub mod paths;
 pub mod program;

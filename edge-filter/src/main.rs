@@ -25,6 +25,7 @@ fn main() -> std::process::ExitCode {
         Command::Replay(a) => cli::replay::run(a),
         Command::Status(a) => cli::status::run(a),
         Command::Explain(a) => cli::explain::run(a),
+        Command::Top(a) => cli::top::run(a),
         Command::Completions(a) => cli::completions::completions(a),
         Command::Man(a) => cli::completions::man(a),
     };

@@ -986,7 +986,9 @@ impl EntryMaps {
     /// `edge-filter events` (see [`EntryMaps::set_sampling_flag`]): the
     /// kernel's current value of that bit is kept, whatever `flags` says.
     pub fn set_config(&mut self, flags: u32, nonempty: u32) -> Result<()> {
-        let keep = self.config().map_or(0, |c| c.flags & abi::CONFIG_SAMPLE_EVENTS);
+        let keep = self
+            .config()
+            .map_or(0, |c| c.flags & abi::CONFIG_SAMPLE_EVENTS);
         let flags = (flags & !abi::CONFIG_SAMPLE_EVENTS) | keep;
         self.config
             .set(0, Config { flags, nonempty }, 0)

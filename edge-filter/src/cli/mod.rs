@@ -9,6 +9,7 @@ pub mod replay;
 pub mod run;
 pub mod stats;
 pub mod status;
+pub mod top;
 
 use std::path::PathBuf;
 
@@ -65,6 +66,9 @@ pub enum Command {
     /// Explain the verdict a packet from an address would get, and every entry, feed and indicator behind it.
     #[command(long_about = explain::LONG_ABOUT)]
     Explain(explain::ExplainArgs),
+    /// The entries deciding the most packets (per-entry kernel counters), with feeds and indicators.
+    #[command(long_about = top::LONG_ABOUT)]
+    Top(top::TopArgs),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff), generated from these definitions.
