@@ -14,6 +14,7 @@ pub mod config;
 pub mod counters;
 pub mod entry;
 pub mod error;
+pub mod events;
 pub mod explain;
 pub mod feed_agent;
 pub mod feeds;

@@ -502,3 +502,397 @@ fn hits_overflow_beyond_capacity() {
     drop(agent);
     assert!(lab.detach().status.success());
 }
+
+const SOC: &str = r#"{"net":"192.0.2.20","indicator":"SOC-20"}
+{"net":"192.0.2.21","action":"monitor","indicator":"SOC-21"}
+"#;
+const DROPLIST: &str = "192.0.2.20\n192.0.2.23\n";
+
+fn write_config(lab: &Lab, soc: &Path, droplist: &Path) -> std::path::PathBuf {
+    let lit = |p: &Path| format!("'{}'", p.display());
+    let text = format!(
+        "state_dir = {}\nbpffs = {}\nreconcile_interval = \"2s\"\n\n\
+         [[interface]]\nname = \"{RECEIVER_IF}\"\n\n\
+         [[feed]]\nname = \"soc\"\nsource = \"file:{}\"\nformat = \"jsonl\"\nrefresh = \"1s\"\n\n\
+         [[feed]]\nname = \"droplist\"\nsource = \"file:{}\"\nformat = \"plain\"\nrefresh = \"1s\"\n",
+        lit(&lab.dir.join("state")),
+        lit(&lab.bpffs),
+        soc.display(),
+        droplist.display(),
+    );
+    lab.write_file("edge-filter.toml", &text)
+}
+
+fn feed_row<'a>(status: &'a Value, feed: &str) -> &'a Value {
+    status["feeds"]
+        .as_array()
+        .expect("feeds")
+        .iter()
+        .find(|f| f["name"] == feed)
+        .unwrap_or_else(|| panic!("no feed {feed}: {status:#}"))
+}
+
+#[test]
+fn hits_per_feed_in_status_and_top() {
+    if netns::skip_unless_root("hits_per_feed_in_status_and_top") {
+        return;
+    }
+    let lab = Lab::create();
+    lab.add_receiver_addr(RECV4, 24);
+    for a in ["192.0.2.9", "192.0.2.20", "192.0.2.21", "192.0.2.23"] {
+        lab.add_sender_addr(ip(a), 24);
+    }
+    let soc = lab.write_file("soc.jsonl", SOC);
+    let droplist = lab.write_file("droplist.txt", DROPLIST);
+    let cfg = write_config(&lab, &soc, &droplist);
+    let cfg_s = path_str(&cfg).to_string();
+    let agent = lab.start_config_agent(&cfg);
+    agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
+    poll("both feeds enforced", &agent, || {
+        let (_, r) = top_rows(&lab, &["--config", &cfg_s]);
+        (r.len() == 3).then_some(())
+    });
+    let sink = lab.udp_sink(SocketAddr::new(RECV4, PORT));
+    let dst = SocketAddr::new(RECV4, PORT);
+    for (src, n) in [("192.0.2.20", 5), ("192.0.2.21", 3), ("192.0.2.23", 4)] {
+        burst(&lab, &sink, SocketAddr::new(ip(src), 40000), dst, n);
+    }
+
+    // status: a hit counts for every feed asserting the deciding entry.
+    let st = ef_json(&lab, &["status", "--config", &cfg_s]);
+    let soc_row = feed_row(&st, "soc");
+    assert_eq!(soc_row["hits"]["drops"]["packets"], 5, "{soc_row:#}");
+    assert_eq!(soc_row["hits"]["drops"]["bytes"], 5 * FRAME4);
+    assert_eq!(soc_row["hits"]["monitors"]["packets"], 3);
+    assert_eq!(soc_row["hits"]["monitors"]["bytes"], 3 * FRAME4);
+    assert_eq!(soc_row["entries_hit"], 2);
+    let dl = feed_row(&st, "droplist");
+    assert_eq!(dl["hits"]["drops"]["packets"], 9, "{dl:#}");
+    assert_eq!(dl["hits"]["drops"]["bytes"], 9 * FRAME4);
+    assert_eq!(dl["hits"]["monitors"]["packets"], 0);
+    assert_eq!(dl["entries_hit"], 2);
+    let i = &st["interfaces"][0];
+    assert_eq!(i["events_sampling"], false);
+    let text = ef_ok(&lab, &["status", "--config", &cfg_s]);
+    println!("status:\n{text}");
+    assert!(
+        text.contains("dropped") && text.contains("monitored"),
+        "{text}"
+    );
+
+    // top --feed: only that feed's entries, with indicator ids.
+    let v = ef_json(
+        &lab,
+        &[
+            "top", "--config", &cfg_s, "--feed", "soc", "--action", "any",
+        ],
+    );
+    let top: Vec<(&str, u64, &Value)> = v["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["entry"].as_str().unwrap(),
+                r["packets"].as_u64().unwrap(),
+                r,
+            )
+        })
+        .collect();
+    assert_eq!(
+        top.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>(),
+        [("192.0.2.20", 5), ("192.0.2.21", 3)]
+    );
+    assert_eq!(top[0].2["indicators"][0], "SOC-20");
+    let mut feeds: Vec<&str> = top[0].2["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    feeds.sort();
+    assert_eq!(feeds, ["droplist", "soc"]);
+    assert_eq!(top[1].2["action"], "monitor");
+    let f = v["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["feed"] == "droplist")
+        .unwrap();
+    assert_eq!(f["drops"]["packets"], 9);
+    assert_eq!(f["interfaces"][0]["iface"], RECEIVER_IF);
+    assert_eq!(f["interfaces"][0]["drops"]["packets"], 9);
+    let text = ef_ok(&lab, &["top", "--config", &cfg_s]);
+    println!("top --config:\n{text}");
+    assert!(
+        text.contains("SOC-20") && text.contains("feed droplist: dropped 9 packets"),
+        "{text}"
+    );
+    let out = lab.edge_filter(&["top", "--config", &cfg_s, "--feed", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("feed \"nope\" is not in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // explain shows the deciding entry's hits.
+    let ex = ef_json(&lab, &["explain", "192.0.2.20", "--config", &cfg_s]);
+    let h = &ex["kernel"][0]["hits"];
+    assert_eq!(h.as_array().map(Vec::len), Some(1), "{ex:#}");
+    assert_eq!(h[0]["entry"], "192.0.2.20");
+    assert_eq!(h[0]["packets"], 5);
+    assert_eq!(h[0]["bytes"], 5 * FRAME4);
+    let text = ef_ok(&lab, &["explain", "192.0.2.20", "--config", &cfg_s]);
+    assert!(
+        text.contains(&format!(
+            "hits on {RECEIVER_IF}: 192.0.2.20 (id {}, drop): 5 packets, {} bytes, last hit",
+            h[0]["id"],
+            5 * FRAME4
+        )),
+        "{text}"
+    );
+    drop(agent);
+    assert!(lab.detach().status.success());
+}
+
+// ---------------------------------------------------------------------------
+// events
+
+fn events_cmd(lab: &Lab, args: &[&str]) -> Agent {
+    let mut cmd = lab.edge_filter_cmd();
+    cmd.args(["events", "--iface", RECEIVER_IF, "--bpffs"])
+        .arg(&lab.bpffs)
+        .args(args);
+    let a = Agent::spawn(cmd, RECEIVER_IF);
+    assert!(
+        a.wait_stderr("events: sampling", BOUND),
+        "events did not start:\n{}",
+        a.tail(20)
+    );
+    a
+}
+
+fn wait_exit(a: &Agent) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = a.try_status() {
+            // Let the readers drain the pipes.
+            std::thread::sleep(Duration::from_millis(100));
+            return st;
+        }
+        assert!(t0.elapsed() < BOUND, "events did not exit:\n{}", a.tail(20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sampling_on(lab: &Lab) -> bool {
+    let st = ef_json(lab, &["status"]);
+    st["interfaces"][0]["events_sampling"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("{st:#}"))
+}
+
+/// `(emitted, lost, capped)` from the summary line on stderr.
+fn summary(a: &Agent) -> (u64, u64, u64) {
+    let text = a.stderr_text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("events: {RECEIVER_IF}: ")))
+        .unwrap_or_else(|| panic!("no summary:\n{text}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1], nums[2])
+}
+
+#[test]
+fn events_sampled_json_lines() {
+    if netns::skip_unless_root("events_sampled_json_lines") {
+        return;
+    }
+    let ncpus = aya::util::nr_cpus().expect("cpus") as u64;
+    let lab = Lab::create();
+    lab.add_receiver_addr(RECV4, 24);
+    lab.add_receiver_addr(recv6(), 64);
+    for a in [
+        "192.0.2.9",
+        "2001:db8::9",
+        "192.0.2.11",
+        "192.0.2.13",
+        "192.0.2.14",
+        "2001:db8::11",
+    ] {
+        let a = ip(a);
+        lab.add_sender_addr(a, if a.is_ipv4() { 24 } else { 64 });
+    }
+    let bl = lab.write_file(
+        "blocklist.txt",
+        "192.0.2.11\nudp 192.0.2.13:5353\n192.0.2.14 monitor\n2001:db8::11\n",
+    );
+    let agent = lab.start_agent(&["--blocklist", path_str(&bl)]);
+    agent.wait_ready("attached");
+    assert!(!sampling_on(&lab), "sampling is off by default");
+    let sink = lab.udp_sink(SocketAddr::new(RECV4, PORT));
+    let sink6 = lab.udp_sink(SocketAddr::new(recv6(), PORT));
+    let dst4 = SocketAddr::new(RECV4, PORT);
+    let dst6 = SocketAddr::new(recv6(), PORT);
+
+    // Every drop and monitor, exactly; passes (the markers) are not events.
+    let ev = events_cmd(
+        &lab,
+        &[
+            "--sample",
+            "1",
+            "--count",
+            "8",
+            "--json",
+            "--blocklist",
+            path_str(&bl),
+        ],
+    );
+    assert!(sampling_on(&lab));
+    // A second reader is refused while the first one runs.
+    let out = lab.edge_filter(&["events", "--iface", RECEIVER_IF, "--count", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("event sampling is already on for ef-rcv"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t_start = now_unix();
+    burst(
+        &lab,
+        &sink,
+        SocketAddr::new(ip("192.0.2.11"), 40001),
+        dst4,
+        3,
+    );
+    burst(
+        &lab,
+        &sink,
+        SocketAddr::new(ip("192.0.2.13"), 5353),
+        dst4,
+        2,
+    );
+    burst(
+        &lab,
+        &sink,
+        SocketAddr::new(ip("192.0.2.14"), 40002),
+        dst4,
+        2,
+    );
+    burst(
+        &lab,
+        &sink6,
+        SocketAddr::new(ip("2001:db8::11"), 40003),
+        dst6,
+        1,
+    );
+    let t_end = now_unix();
+    let st = wait_exit(&ev);
+    assert!(st.success(), "events failed:\n{}", ev.tail(20));
+    let lines = ev.stdout_lines();
+    assert_eq!(lines.len(), 8, "{lines:#?}");
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let by_src = |s: &str| events.iter().filter(|e| e["src"] == s).collect::<Vec<_>>();
+    let e11 = by_src("192.0.2.11");
+    assert_eq!(e11.len(), 3);
+    for e in &e11 {
+        assert_eq!(e["iface"], RECEIVER_IF);
+        assert_eq!(e["dst"], "192.0.2.1");
+        assert_eq!(e["proto"], "udp");
+        assert_eq!(e["src_port"], 40001);
+        assert_eq!(e["dst_port"], PORT);
+        assert_eq!(e["verdict"], "drop");
+        assert_eq!(e["reason"], "drop_addr");
+        assert_eq!(e["entry"], "192.0.2.11");
+        assert_eq!(e["sources"][0], format!("{}:1", bl.display()));
+        assert_eq!(e["len"], FRAME4);
+        let t = unix(&e["time"]);
+        assert!(t >= t_start - 1.0 && t <= t_end + 1.0, "{e}");
+    }
+    let e13 = by_src("192.0.2.13");
+    assert_eq!(e13.len(), 2);
+    assert_eq!(e13[0]["reason"], "drop_addr_port");
+    assert_eq!(e13[0]["entry"], "udp 192.0.2.13:5353");
+    assert_eq!(e13[0]["src_port"], 5353);
+    let e14 = by_src("192.0.2.14");
+    assert_eq!(e14.len(), 2);
+    assert_eq!(e14[0]["verdict"], "monitor");
+    assert_eq!(e14[0]["reason"], "monitor_addr");
+    let e6 = by_src("2001:db8::11");
+    assert_eq!(e6.len(), 1);
+    assert_eq!(e6[0]["dst"], "2001:db8::1");
+    assert_eq!(e6[0]["len"], FRAME6);
+    assert_eq!(e6[0]["entry"], "2001:db8::11");
+    assert_eq!(summary(&ev), (8, 0, 0));
+    assert!(
+        !sampling_on(&lab),
+        "sampling is off again after events exits"
+    );
+
+    // One in three per CPU.
+    let ev = events_cmd(&lab, &["--sample", "3", "--duration", "3", "--json"]);
+    burst(
+        &lab,
+        &sink,
+        SocketAddr::new(ip("192.0.2.11"), 40004),
+        dst4,
+        30,
+    );
+    assert!(wait_exit(&ev).success(), "{}", ev.tail(20));
+    let n = ev.stdout_lines().len() as u64;
+    assert!(
+        (10..10 + ncpus).contains(&n),
+        "1 in 3 of 30 per CPU: {n} events on {ncpus} CPUs"
+    );
+    assert_eq!(summary(&ev), (n, 0, 0));
+
+    // A cap of 3 per second per CPU: the rest of a burst is counted as capped.
+    let ev = events_cmd(&lab, &["--cap", "3", "--duration", "3", "--json"]);
+    burst(
+        &lab,
+        &sink,
+        SocketAddr::new(ip("192.0.2.11"), 40005),
+        dst4,
+        10,
+    );
+    assert!(wait_exit(&ev).success(), "{}", ev.tail(20));
+    let n = ev.stdout_lines().len() as u64;
+    let (emitted, lost, capped) = summary(&ev);
+    assert!((3..=3 * ncpus).contains(&n), "{n} events");
+    assert_eq!((emitted, lost, capped), (n, 0, 10 - n));
+
+    // Ctrl-C ends a stream and switches sampling off; text lines by default.
+    let ev = events_cmd(&lab, &[]);
+    burst(
+        &lab,
+        &sink,
+        SocketAddr::new(ip("192.0.2.11"), 40006),
+        dst4,
+        1,
+    );
+    let t0 = Instant::now();
+    while ev.stdout_lines().is_empty() {
+        assert!(t0.elapsed() < BOUND, "no event line:\n{}", ev.tail(20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = ev.signal_and_wait(libc::SIGINT, BOUND);
+    assert!(st.success(), "{st}: {}", ev.tail(20));
+    let line = &ev.stdout_lines()[0];
+    println!("events (text): {line}");
+    assert!(
+        line.contains(
+            " ef-rcv DROP drop_addr udp 192.0.2.11:40006 -> 192.0.2.1:5001 66 bytes entry "
+        ),
+        "{line}"
+    );
+    assert!(!sampling_on(&lab));
+    drop(agent);
+    assert!(lab.detach().status.success());
+}

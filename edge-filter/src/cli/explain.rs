@@ -101,6 +101,9 @@ struct KernelOut {
     allowlisted_by: Option<ipnet::IpNet>,
     agrees: Option<bool>,
     mismatches: Vec<String>,
+    /// Per-entry counters of the matching (and conditional) entries and
+    /// the allowlist net, as this interface's kernel counts them.
+    hits: Vec<edge_filter::hits::EntryHits>,
 }
 
 impl KernelOut {
@@ -115,6 +118,7 @@ impl KernelOut {
             allowlisted_by: c.allowlisted_by,
             agrees: Some(c.agrees),
             mismatches: c.mismatches,
+            hits: Vec::new(),
         }
     }
 
@@ -129,6 +133,7 @@ impl KernelOut {
             allowlisted_by: None,
             agrees: None,
             mismatches: Vec::new(),
+            hits: Vec::new(),
         }
     }
 }
@@ -217,11 +222,28 @@ fn kernel_checks(
     for iface in ifaces {
         let read = attach::open_pinned(paths, &iface).and_then(|m| m.read());
         match read {
-            Ok(d) => out.push(KernelOut::checked(cross_check(
-                ex,
-                &d.to_entry_set(),
-                &iface,
-            ))),
+            Ok(d) => {
+                let mut k = KernelOut::checked(cross_check(ex, &d.to_entry_set(), &iface));
+                let wanted: Vec<String> = ex
+                    .matching
+                    .iter()
+                    .chain(&ex.conditional)
+                    .map(|e| e.entry.clone())
+                    .chain(ex.allowlisted_by.as_ref().map(|a| a.net.to_string()))
+                    .collect();
+                let clock = edge_filter::hits::Clock::now();
+                match edge_filter::hits::read_iface(paths, &iface, &clock) {
+                    Ok(h) => {
+                        k.hits = h
+                            .entries
+                            .into_iter()
+                            .filter(|e| wanted.contains(&e.entry))
+                            .collect();
+                    }
+                    Err(e) => k.error = Some(format!("reading the per-entry counters: {e}")),
+                }
+                out.push(k);
+            }
             Err(e) if named => return Err(e.into()),
             Err(e) => out.push(KernelOut::failed(iface, e.to_string())),
         }
@@ -386,6 +408,26 @@ fn print_text(out: &Out) {
                 k.iface,
                 e.as_deref().unwrap_or("unknown error")
             ),
+        }
+        let now = time::OffsetDateTime::now_utc();
+        for h in &k.hits {
+            println!(
+                "  hits on {}: {} (id {}, {}): {}",
+                k.iface,
+                h.entry,
+                h.id,
+                h.action,
+                if h.counted {
+                    format!(
+                        "{} packets, {} bytes, last hit {}",
+                        h.hits.packets,
+                        h.hits.bytes,
+                        super::top::last_hit_text(h.hits.last_hit, now)
+                    )
+                } else {
+                    "not counted (id beyond the counter capacity)".into()
+                }
+            );
         }
     }
     for n in &out.notes {

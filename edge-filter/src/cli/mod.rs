@@ -3,6 +3,7 @@
 pub mod check_config;
 pub mod completions;
 pub mod detach;
+pub mod events;
 pub mod explain;
 pub mod force_feed;
 pub mod replay;
@@ -69,6 +70,9 @@ pub enum Command {
     /// The entries deciding the most packets (per-entry kernel counters), with feeds and indicators.
     #[command(long_about = top::LONG_ABOUT)]
     Top(top::TopArgs),
+    /// Stream sampled dropped and monitored packets (ring buffer), as text or JSON Lines.
+    #[command(long_about = events::LONG_ABOUT)]
+    Events(events::EventsArgs),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff), generated from these definitions.
