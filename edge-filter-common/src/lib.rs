@@ -208,9 +208,9 @@ pub struct EntryStat {
     pub packets: u64,
     /// Bytes (frame length as seen by XDP).
     pub bytes: u64,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last hit on this CPU;
-    /// 0 = never. Userspace converts it to wall-clock time.
-    pub last_ns: u64,
+    /// `bpf_jiffies64()` at the last hit on this CPU; 0 = never.
+    /// Userspace converts it to wall-clock time (tick resolution).
+    pub last_jiffies: u64,
 }
 
 /// Sampling settings in [`MAP_SAMPLE`] slot 0 (read only while

@@ -51,12 +51,12 @@ pub struct Hits {
 }
 
 impl Hits {
-    /// From a kernel counter, `last_ns` converted with `clock`.
+    /// From a kernel counter, `last_jiffies` converted with `clock`.
     pub fn from_stat(s: &EntryStat, clock: &Clock) -> Hits {
         Hits {
             packets: s.packets,
             bytes: s.bytes,
-            last_hit: clock.wall(s.last_ns),
+            last_hit: clock.wall_of_jiffies(s.last_jiffies),
         }
     }
 
@@ -68,12 +68,76 @@ impl Hits {
     }
 }
 
-/// Converts `bpf_ktime_get_ns()` values (CLOCK_MONOTONIC) to wall-clock
-/// time, from one reading of both clocks.
+/// Converts kernel timestamps to wall-clock time, from one reading of the
+/// clocks: `bpf_ktime_get_ns()` values (CLOCK_MONOTONIC, events) and
+/// `bpf_jiffies64()` values (per-entry last hits).
+///
+/// Jiffies: the kernel's tick counter, `HZ` per second. Its relation to
+/// CLOCK_MONOTONIC is read once per process from `/proc/timer_list`
+/// (`now at N nsecs` and `jiffies: J`, root only), twice 60 ms apart to
+/// learn `HZ` (the nearest of the values Linux can be built with). Without
+/// that file last hits are unknown (`None`); counts are unaffected.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     mono_ns: u64,
     wall: OffsetDateTime,
+    jiffies: Option<JiffiesRef>,
+}
+
+/// A (CLOCK_MONOTONIC ns, jiffies) pair and the tick rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct JiffiesRef {
+    /// CLOCK_MONOTONIC at `jiffies`.
+    pub mono_ns: u64,
+    /// The jiffies value then.
+    pub jiffies: u64,
+    /// Ticks per second.
+    pub hz: u32,
+}
+
+/// `(now at, jiffies)` from the text of `/proc/timer_list`.
+pub fn parse_timer_list(text: &str) -> Option<(u64, u64)> {
+    let now = text.lines().find_map(|l| {
+        l.strip_prefix("now at ")?
+            .strip_suffix(" nsecs")?
+            .parse()
+            .ok()
+    })?;
+    let j = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("jiffies: ")?.trim().parse().ok())?;
+    Some((now, j))
+}
+
+/// The `HZ` Linux can be built with nearest to `ticks` per `ns`.
+pub fn nearest_hz(ticks: u64, ns: u64) -> Option<u32> {
+    if ns == 0 {
+        return None;
+    }
+    let rate = ticks as f64 * 1e9 / ns as f64;
+    [24u32, 48, 100, 250, 300, 1000, 1024, 1200]
+        .into_iter()
+        .min_by(|a, b| {
+            (f64::from(*a) - rate)
+                .abs()
+                .total_cmp(&(f64::from(*b) - rate).abs())
+        })
+}
+
+fn jiffies_ref() -> Option<JiffiesRef> {
+    static REF: std::sync::OnceLock<Option<JiffiesRef>> = std::sync::OnceLock::new();
+    *REF.get_or_init(|| {
+        let read = || parse_timer_list(&std::fs::read_to_string("/proc/timer_list").ok()?);
+        let (m0, j0) = read()?;
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let (m1, j1) = read()?;
+        let hz = nearest_hz(j1.checked_sub(j0)?, m1.checked_sub(m0)?)?;
+        Some(JiffiesRef {
+            mono_ns: m1,
+            jiffies: j1,
+            hz,
+        })
+    })
 }
 
 impl Clock {
@@ -88,7 +152,29 @@ impl Clock {
         Clock {
             mono_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
             wall: OffsetDateTime::now_utc(),
+            jiffies: jiffies_ref(),
         }
+    }
+
+    /// A clock from explicit readings (tests, or callers with their own).
+    pub fn at(mono_ns: u64, wall: OffsetDateTime, jiffies: Option<JiffiesRef>) -> Clock {
+        Clock {
+            mono_ns,
+            wall,
+            jiffies,
+        }
+    }
+
+    /// Wall-clock time of a `bpf_jiffies64()` value; `None` for 0 (never)
+    /// or when the jiffies reference is unknown.
+    pub fn wall_of_jiffies(&self, j: u64) -> Option<OffsetDateTime> {
+        let r = self.jiffies?;
+        if j == 0 {
+            return None;
+        }
+        let delta_ns = (j as i128 - r.jiffies as i128) * 1_000_000_000 / i128::from(r.hz);
+        let mono = (r.mono_ns as i128 + delta_ns).clamp(1, i128::from(u64::MAX)) as u64;
+        self.wall(mono)
     }
 
     /// Wall-clock time of a monotonic timestamp; `None` for 0 (never).
@@ -411,8 +497,23 @@ mod tests {
         EntryStat {
             packets: p,
             bytes: b,
-            last_ns: t,
+            last_jiffies: t,
         }
+    }
+
+    #[test]
+    fn timer_list_and_hz() {
+        let text = "Timer List Version: v0.9\nHRTIMER_MAX_CLOCK_BASES: 8\nnow at 13646505282728 nsecs\n\ncpu: 0\n jiffies: 4298303868\n";
+        assert_eq!(
+            parse_timer_list(text),
+            Some((13_646_505_282_728, 4_298_303_868))
+        );
+        // 15 ticks in 60 ms: 250 Hz; 16 in 60.4 ms too; 18 in 60 ms: 300 Hz.
+        assert_eq!(nearest_hz(15, 60_000_000), Some(250));
+        assert_eq!(nearest_hz(16, 60_400_000), Some(250));
+        assert_eq!(nearest_hz(18, 60_000_000), Some(300));
+        assert_eq!(nearest_hz(60, 60_000_000), Some(1000));
+        assert_eq!(nearest_hz(6, 60_000_000), Some(100));
     }
 
     #[test]
@@ -437,13 +538,19 @@ mod tests {
                 .id as usize
         };
         let mut stats = vec![EntryStat::default(); 4];
-        stats[id("192.0.2.1/32")] = stat(5, 500, 1_000);
-        stats[id("198.51.100.0/24")] = stat(2, 120, 2_000);
-        stats[id("10.0.0.0/8")] = stat(7, 700, 3_000);
-        let clock = Clock {
-            mono_ns: 10_000,
-            wall: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(100),
-        };
+        stats[id("192.0.2.1/32")] = stat(5, 500, 750);
+        stats[id("198.51.100.0/24")] = stat(2, 120, 900);
+        stats[id("10.0.0.0/8")] = stat(7, 700, 1_000);
+        // 250 Hz; jiffies 1,000 at monotonic 10 s.
+        let clock = Clock::at(
+            10_000_000_000,
+            OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(100),
+            Some(JiffiesRef {
+                mono_ns: 10_000_000_000,
+                jiffies: 1_000,
+                hz: 250,
+            }),
+        );
         let i = join("eth1", &d, &stats, &stat(1, 60, 0), 4, &clock);
         assert_eq!(i.verdicts.drops.packets, 5);
         assert_eq!(i.verdicts.drops.bytes, 500);
@@ -454,10 +561,10 @@ mod tests {
         let e = i.entries.iter().find(|e| e.entry == "192.0.2.1").unwrap();
         assert_eq!(e.kind, "addr");
         assert_eq!(e.action, "drop");
-        // 9,000 ns before the clock's reading.
+        // 250 jiffies (one second) before the reference.
         assert_eq!(
             e.hits.last_hit,
-            Some(clock.wall - time::Duration::nanoseconds(9_000))
+            Some(clock.wall - time::Duration::seconds(1))
         );
 
         let k = Knowledge::from_files(("bl.txt", "192.0.2.1\n198.51.100.0/24 monitor\n"), None);

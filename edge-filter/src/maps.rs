@@ -1039,7 +1039,7 @@ impl EntryMaps {
     }
 
     /// Hit counters of every id below the capacity, summed over CPUs
-    /// (`last_ns`: the latest CPU's), indexed by id.
+    /// (`last_jiffies`: the latest CPU's), indexed by id.
     pub fn entry_stats(&self) -> Result<Vec<abi::EntryStat>> {
         let cap = self.entry_stats.len() as usize;
         let ncpus = possible_cpus()?;
@@ -1047,7 +1047,7 @@ impl EntryMaps {
         let fold = |into: &mut abi::EntryStat, s: &abi::EntryStat| {
             into.packets += s.packets;
             into.bytes += s.bytes;
-            into.last_ns = into.last_ns.max(s.last_ns);
+            into.last_jiffies = into.last_jiffies.max(s.last_jiffies);
         };
         if self.batch {
             let fd = self.entry_stats.map().fd().as_fd();
@@ -1097,7 +1097,7 @@ impl EntryMaps {
         for s in per_cpu.iter() {
             sum.packets += s.packets;
             sum.bytes += s.bytes;
-            sum.last_ns = sum.last_ns.max(s.last_ns);
+            sum.last_jiffies = sum.last_jiffies.max(s.last_jiffies);
         }
         Ok(sum)
     }
