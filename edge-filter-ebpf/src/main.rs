@@ -17,7 +17,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
@@ -146,7 +146,7 @@ fn count_entry(id: u32, len: u64) {
     // (measured here: ~0 vs ~40 ns per counted packet); the last hit only
     // needs tick resolution. Linux 5.5+.
     // SAFETY: a helper without arguments or preconditions.
-    let now = unsafe { bpf_jiffies64() };
+    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() };
     let slot = match ENTRY_STATS.get_ptr_mut(id) {
         Some(s) => s,
         None => match STATS_OVERFLOW.get_ptr_mut(0) {
