@@ -354,6 +354,64 @@ impl IdAlloc {
     }
 }
 
+#[cfg(test)]
+mod id_alloc_tests {
+    use super::*;
+
+    fn set(addrs: &[&str]) -> EntrySet {
+        EntrySet {
+            allow: Vec::new(),
+            entries: addrs
+                .iter()
+                .map(|a| Entry::new(a.parse().unwrap(), None, Action::Drop))
+                .collect(),
+        }
+    }
+
+    fn id_of(d: &Desired, a: &str) -> u32 {
+        let k: IpNet = a.parse().unwrap();
+        d.entries()
+            .into_iter()
+            .find(|(s, _)| matches!(s, SlotKey::Entry(e) if e.net == k))
+            .unwrap()
+            .1
+            .id
+    }
+
+    #[test]
+    fn lowest_free_first_and_released_ids_wait_for_commit() {
+        let d = Desired::build_from(
+            &set(&["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"]),
+            &Desired::default(),
+        );
+        let mut ids = IdAlloc::from_desired(&d);
+        assert_eq!(ids.alloc(), 3);
+        ids.release(1);
+        // Not reusable in the sync that released it.
+        assert_eq!(ids.alloc(), 4);
+        ids.commit();
+        assert_eq!(ids.alloc(), 1);
+        assert_eq!(ids.take_assigned(), vec![3, 4, 1]);
+        assert!(ids.take_assigned().is_empty());
+    }
+
+    #[test]
+    fn build_fills_gaps_and_keeps_existing_ids() {
+        let d = Desired::build_from(
+            &set(&["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"]),
+            &Desired::default(),
+        );
+        let two = id_of(&d, "10.0.0.2/32");
+        // 10.0.0.2 gone: its id is a gap the next new key fills.
+        let d2 = Desired::build_from(&set(&["10.0.0.1/32", "10.0.0.3/32"]), &d);
+        let d3 = Desired::build_from(&set(&["10.0.0.1/32", "10.0.0.3/32", "10.0.0.9/32"]), &d2);
+        assert_eq!(id_of(&d3, "10.0.0.9/32"), two);
+        for a in ["10.0.0.1/32", "10.0.0.3/32"] {
+            assert_eq!(id_of(&d3, a), id_of(&d, a));
+        }
+    }
+}
+
 /// What an incremental update changed: the old and new values of every
 /// touched key (a key absent from `new` is removed).
 #[derive(Default)]
