@@ -21,7 +21,7 @@
 //! let paths = Paths::new(edge_filter::paths::DEFAULT_ROOT);
 //! let report = hits::Report::read(&paths, &paths.attached(), None).unwrap();
 //! for f in &report.feeds {
-//!     println!("{} dropped {} packets", f.feed, f.drops.packets);
+//!     println!("{} dropped {} packets", f.feed, f.verdicts.drops.packets);
 //! }
 //! ```
 
