@@ -16,6 +16,11 @@
 //! | [`MAP_CONFIG`] | array, 1 slot | `u32` | [`Config`] |
 //! | [`MAP_COUNTERS`] | per-CPU array | `u32` ([`Reason`]) | [`Counter`] |
 //! | [`MAP_LAST`] | per-CPU array, 1 slot | `u32` | [`LastVerdict`] |
+//! | [`MAP_ENTRY_STATS`] | per-CPU array | `u32` (entry id) | [`EntryStat`] |
+//! | [`MAP_STATS_OVERFLOW`] | per-CPU array, 1 slot | `u32` | [`EntryStat`] |
+//! | [`MAP_EVENTS`] | ring buffer | - | [`Event`] records |
+//! | [`MAP_SAMPLE`] | array, 1 slot | `u32` | [`SampleConfig`] |
+//! | [`MAP_SAMPLE_STATE`] | per-CPU array, 1 slot | `u32` | [`SampleState`] |
 //!
 //! LPM tries return only the longest match, but the verdict semantics say that
 //! *any* matching drop entry wins over a more specific monitor entry. The agent
@@ -143,6 +148,12 @@ pub const CONFIG_MALFORMED_DROP: u32 = 1 << 0;
 /// the production datapath leaves it off).
 pub const CONFIG_RECORD_LAST: u32 = 1 << 1;
 
+/// Emit sampled drop/monitor [`Event`]s into [`MAP_EVENTS`] as
+/// [`MAP_SAMPLE`] says. Off by default: with the bit clear the datapath
+/// does not even look at the sampling maps. `edge-filter events --sample`
+/// sets it for its own lifetime; the agent preserves it across syncs.
+pub const CONFIG_SAMPLE_EVENTS: u32 = 1 << 2;
+
 /// [`Config::nonempty`] bits, one per entry map.
 pub const MAPBIT_ALLOW_V4: u32 = 1 << 0;
 /// See [`MAPBIT_ALLOW_V4`].
@@ -186,6 +197,83 @@ pub struct LastVerdict {
 
 /// [`LastVerdict::entry_id`] when no entry decided.
 pub const NO_ENTRY: u32 = u32::MAX;
+
+/// Per-CPU hit counter of one entry id ([`MAP_ENTRY_STATS`]): every packet
+/// whose verdict an entry decided (drop, monitor, or allowlist pass) counts
+/// on that entry's id (the trie node's `decider`, not the longest match).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryStat {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (frame length as seen by XDP).
+    pub bytes: u64,
+    /// `bpf_jiffies64()` at the last hit on this CPU; 0 = never.
+    /// Userspace converts it to wall-clock time (tick resolution).
+    pub last_jiffies: u64,
+}
+
+/// Sampling settings in [`MAP_SAMPLE`] slot 0 (read only while
+/// [`CONFIG_SAMPLE_EVENTS`] is set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleConfig {
+    /// Emit one in `every` drop/monitor verdicts per CPU (0 = none).
+    pub every: u32,
+    /// At most this many events per second per CPU (0 = no cap), so an
+    /// attack cannot flood the ring buffer or its reader.
+    pub cap_per_sec: u32,
+}
+
+/// Per-CPU sampling state and outcome counters ([`MAP_SAMPLE_STATE`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleState {
+    /// Drop/monitor verdicts still to skip before the next sample.
+    pub skip: u32,
+    /// Events emitted in the current one-second window.
+    pub in_window: u32,
+    /// Start of the current window (`bpf_ktime_get_ns`).
+    pub window_start: u64,
+    /// Events written to the ring buffer.
+    pub emitted: u64,
+    /// Samples not emitted because the ring buffer was full.
+    pub lost: u64,
+    /// Samples not emitted because of the per-second cap.
+    pub capped: u64,
+}
+
+/// A sampled packet, as written to [`MAP_EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` when the verdict was made.
+    pub time_ns: u64,
+    /// Source address (IPv4 in the first 4 bytes), network byte order.
+    pub src: [u8; 16],
+    /// Destination address, as `src`.
+    pub dst: [u8; 16],
+    /// Frame length.
+    pub len: u32,
+    /// [`Reason`] of the verdict.
+    pub reason: u32,
+    /// Deciding entry id.
+    pub entry_id: u32,
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol when `has_ports` (TCP or UDP), else 0.
+    pub proto: u8,
+    /// 1 when `sport`/`dport` are valid.
+    pub has_ports: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+    /// Source port, network byte order.
+    pub sport: [u8; 2],
+    /// Destination port, network byte order.
+    pub dport: [u8; 2],
+    /// Explicit padding to a multiple of 8 bytes.
+    pub _pad2: [u8; 4],
+}
 
 /// Entry kinds, ordered by specificity (higher is more specific).
 #[repr(u8)]
@@ -428,6 +516,18 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 /// See the table in the crate docs.
 pub const MAP_LAST: &str = "LAST";
 
+/// See the table in the crate docs.
+pub const MAP_ENTRY_STATS: &str = "ENTRY_STATS";
+/// See the table in the crate docs: hits on ids at or beyond the capacity
+/// of [`MAP_ENTRY_STATS`] (counted here, never lost).
+pub const MAP_STATS_OVERFLOW: &str = "STATS_OVERFLOW";
+/// See the table in the crate docs.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// See the table in the crate docs.
+pub const MAP_SAMPLE: &str = "SAMPLE";
+/// See the table in the crate docs.
+pub const MAP_SAMPLE_STATE: &str = "SAMPLE_STATE";
+
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "edge_filter";
 
@@ -441,6 +541,12 @@ pub const DEFAULT_PREFIX_ENTRIES: u32 = 1 << 18;
 pub const DEFAULT_PORT_ENTRIES: u32 = 1 << 18;
 /// See [`DEFAULT_ADDR_V4_ENTRIES`].
 pub const DEFAULT_ALLOW_ENTRIES: u32 = 1 << 16;
+
+/// Default capacity of [`MAP_ENTRY_STATS`]: entry ids below it are counted
+/// individually. Memory: capacity x 24 bytes x possible CPUs (6 MiB per CPU).
+pub const DEFAULT_ENTRY_STATS_ENTRIES: u32 = 1 << 18;
+/// Size of the [`MAP_EVENTS`] ring buffer in bytes (4096 events).
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 
 /// IPv6 extension headers walked before giving up (a seventh is malformed).
 pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
@@ -457,6 +563,10 @@ const _: () = {
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<LastVerdict>() == 8);
     assert!(REASON_COUNT == 29);
+    assert!(core::mem::size_of::<EntryStat>() == 24);
+    assert!(core::mem::size_of::<SampleConfig>() == 8);
+    assert!(core::mem::size_of::<SampleState>() == 40);
+    assert!(core::mem::size_of::<Event>() == 64);
 };
 
 #[cfg(feature = "user")]
@@ -481,4 +591,12 @@ mod pod {
     unsafe impl aya::Pod for Counter {}
     // SAFETY: see module docs.
     unsafe impl aya::Pod for LastVerdict {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for EntryStat {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for SampleConfig {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for SampleState {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for Event {}
 }

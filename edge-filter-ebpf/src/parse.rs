@@ -39,10 +39,12 @@ pub enum Parsed {
     Malformed(MalformedClass),
     V4 {
         src: [u8; 4],
+        dst: [u8; 4],
         ports: Option<Source>,
     },
     V6 {
         src: [u8; 16],
+        dst: [u8; 16],
         ports: Option<Source>,
     },
 }
@@ -116,13 +118,14 @@ fn parse_v4(ctx: &XdpContext, l3: usize, frame_len: usize) -> Parsed {
         return Parsed::Malformed(MalformedClass::Ipv4Length);
     }
     let src = [h[12], h[13], h[14], h[15]];
+    let dst = [h[16], h[17], h[18], h[19]];
     let frag_off = be16([h[6], h[7]]) & 0x1fff;
     let ports = if frag_off != 0 {
         None
     } else {
         ports(ctx, h[9], l3 + hlen, l3 + total)
     };
-    Parsed::V4 { src, ports }
+    Parsed::V4 { src, dst, ports }
 }
 
 #[inline(always)]
@@ -141,6 +144,8 @@ fn parse_v6(ctx: &XdpContext, l3: usize, frame_len: usize) -> Parsed {
     let ip_end = if plen == 0 { frame_len } else { l3 + 40 + plen };
     let mut src = [0u8; 16];
     src.copy_from_slice(&h[8..24]);
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&h[24..40]);
 
     let mut next = h[6];
     let mut off = l3 + 40;
@@ -187,7 +192,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize, frame_len: usize) -> Parsed {
     } else {
         ports(ctx, next, off, ip_end)
     };
-    Parsed::V6 { src, ports }
+    Parsed::V6 { src, dst, ports }
 }
 
 /// Ports of a TCP/UDP header at `l4`, if its base header fits in the frame

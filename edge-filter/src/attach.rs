@@ -133,6 +133,7 @@ pub fn attach_or_adopt(
     let result = (|| {
         EntryMaps::pin_all(&ebpf, &dir)?;
         let mut maps = open_pinned(paths, iface)?;
+        maps.assume_fresh_stats();
         let initial_sync = maps.apply(set, flags)?;
         let used = attach_link(&mut ebpf, paths, iface, mode)?;
         Ok(Attachment {

@@ -156,3 +156,77 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
         first = false;
     }
 }
+
+/// Read elements `0..` of a per-CPU array: `(keys, values)` where the value
+/// of `keys[i]` on CPU `c` is `values[i * ncpus + c]` (`V`'s size must be a
+/// multiple of 8, as the kernel lays per-CPU values out in 8-byte steps).
+pub fn lookup_all_percpu<V: Pod + Default>(
+    fd: BorrowedFd<'_>,
+    ncpus: usize,
+) -> io::Result<(Vec<u32>, Vec<V>)> {
+    assert_eq!(std::mem::size_of::<V>() % 8, 0);
+    let (mut out_k, mut out_v) = (Vec::new(), Vec::new());
+    let mut keys = vec![0u32; CHUNK];
+    let mut vals = vec![V::default(); CHUNK * ncpus];
+    let mut cursor_in = [0u8; 64];
+    let mut cursor_out = [0u8; 64];
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                cursor_in.as_mut_ptr() as u64
+            },
+            out_batch: cursor_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: vals.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let r = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = (attr.count as usize).min(CHUNK);
+        out_k.extend_from_slice(&keys[..n]);
+        out_v.extend_from_slice(&vals[..n * ncpus]);
+        match r {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok((out_k, out_v)),
+            Err(e) => return Err(e),
+        }
+        cursor_in = cursor_out;
+        first = false;
+    }
+}
+
+/// Write `values[i * ncpus .. (i + 1) * ncpus]` (one value per CPU) to
+/// `keys[i]` of a per-CPU map, one chunk per syscall.
+pub fn update_percpu<V: Pod>(
+    fd: BorrowedFd<'_>,
+    keys: &[u32],
+    values: &[V],
+    ncpus: usize,
+) -> Partial {
+    assert_eq!(std::mem::size_of::<V>() % 8, 0);
+    assert_eq!(keys.len() * ncpus, values.len());
+    let mut done = 0;
+    while done < keys.len() {
+        let n = (keys.len() - done).min(CHUNK);
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done * ncpus..].as_ptr() as u64,
+            count: n as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let r = sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
+        done += (attr.count as usize).min(n);
+        if let Err(e) = r {
+            return Partial {
+                done,
+                error: Some(e),
+            };
+        }
+    }
+    Partial { done, error: None }
+}

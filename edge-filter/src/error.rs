@@ -46,6 +46,11 @@ pub enum Error {
         /// The kernel's answer to the probe.
         detail: String,
     },
+    /// Event sampling is already on for the interface.
+    #[error(
+        "event sampling is already on for {0} (another `edge-filter events` is reading it, or one was killed: pass --takeover to take it over)"
+    )]
+    SamplingBusy(String),
     /// The network interface does not exist.
     #[error("interface {0:?} does not exist (see `ip link`)")]
     NoInterface(String),

@@ -29,10 +29,13 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::blocklist::{parse_allowlist, parse_blocklist};
+use crate::config::Config;
 use crate::counters::reason_name;
 use crate::entry::{Action, Entry, EntryKey, EntrySet, PortMatch, Proto, Side};
+use crate::feed_agent::{STATUS_FILE, Status};
 use crate::reference::Reference;
-use crate::sync::DesiredState;
+use crate::state::{StateDir, StateError};
+use crate::sync::{DesiredState, FeedSnapshot, merge};
 
 /// The packet to explain. Ports the query leaves open (`None`) match no
 /// port entry; entries that depend on them are reported as conditional.
@@ -201,6 +204,56 @@ impl Knowledge {
         }
     }
 
+    /// Merge the last-known-good copies of every configured feed with the
+    /// config, as the agent does. A feed's TTL counts from its last successful
+    /// fetch: the later of the copy's fetch time and `last_success` in the
+    /// agent's status (a "not modified" refresh re-asserts the copy).
+    pub fn from_config(cfg: &Config, notes: &mut Vec<String>) -> Result<Knowledge, StateError> {
+        let mut snapshots = Vec::new();
+        if cfg.state_dir.is_dir() {
+            let status: Option<Status> =
+                std::fs::read(cfg.state_dir.join(format!("{STATUS_FILE}.json")))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+            let last_success: BTreeMap<String, OffsetDateTime> = status
+                .iter()
+                .flat_map(|s| &s.feeds)
+                .filter_map(|h| Some((h.name.clone(), h.last_success?)))
+                .collect();
+            let state = StateDir::open(&cfg.state_dir)?;
+            let mut lkgs = state.load_all_lkg()?;
+            for f in &cfg.feeds {
+                match lkgs.remove(&f.name) {
+                    Some(Ok(lkg)) => {
+                        let asserted_at = last_success
+                            .get(&f.name)
+                            .map_or(lkg.fetched_at, |t| (*t).max(lkg.fetched_at));
+                        snapshots.push(FeedSnapshot {
+                            feed: f.name.clone(),
+                            entries: lkg.entries,
+                            asserted_at,
+                        });
+                    }
+                    Some(Err(e)) => notes.push(format!(
+                        "feed {}: last-known-good copy unreadable ({e}); its entries are left out",
+                        f.name
+                    )),
+                    None => notes.push(format!(
+                        "feed {}: no last-known-good copy yet (never fetched successfully); it contributes nothing",
+                        f.name
+                    )),
+                }
+            }
+        } else {
+            notes.push(format!(
+                "state_dir {} does not exist: no feed has been fetched yet; only the inline allowlist applies",
+                cfg.state_dir.display()
+            ));
+        }
+        let desired = merge(cfg, &snapshots, OffsetDateTime::now_utc());
+        Ok(Knowledge::from_desired(&desired))
+    }
+
     /// From blocklist and allowlist texts, each entry's provenance being
     /// `NAME:LINE`. Lines are parsed one by one with the agent's own parsers
     /// (comments, byte-order mark, `monitor`), so the set equals what `run
@@ -365,7 +418,8 @@ impl Knowledge {
 }
 
 /// `tcp 192.0.2.1:443`, `198.51.100.0/24`, `udp [2001:db8::1]:53 dst`.
-fn key_text(k: &EntryKey) -> String {
+/// An entry key in blocklist syntax (without the action).
+pub fn key_text(k: &EntryKey) -> String {
     Entry {
         net: k.net,
         port: k.port,

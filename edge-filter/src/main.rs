@@ -26,6 +26,8 @@ fn main() -> std::process::ExitCode {
         Command::Status(a) => cli::status::run(a),
         Command::Explain(a) => cli::explain::run(a),
         Command::Features(a) => cli::features::run(a),
+        Command::Top(a) => cli::top::run(a),
+        Command::Events(a) => cli::events::run(a),
         Command::Completions(a) => cli::completions::completions(a),
         Command::Man(a) => cli::completions::man(a),
     };

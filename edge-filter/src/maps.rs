@@ -7,7 +7,7 @@
 //! [`EntryMaps::sync`] applies it as a diff: adds and changes first, removals
 //! last, so an entry present before and after an update is never absent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
@@ -285,6 +285,133 @@ fn covered<K: TrieKey>(
     out
 }
 
+/// Entry id allocation. Ids index the per-entry hit counters
+/// (`ENTRY_STATS`), so they are kept dense: the lowest free id is handed out
+/// first, and ids of removed entries are reused. An id released by a sync
+/// becomes free only once that sync has landed ([`IdAlloc::commit`]): the
+/// old key is gone from the kernel before a new key gets its id. Every id
+/// handed out is recorded, so its counters can be zeroed before its entry
+/// lands and a new entry never inherits an old one's hits.
+#[derive(Clone, Debug, Default)]
+pub struct IdAlloc {
+    /// Free ids below `next`.
+    free: BTreeSet<u32>,
+    /// Every id at or above this is free.
+    next: u32,
+    /// Released by the sync in progress (free after `commit`).
+    released: Vec<u32>,
+    /// Handed out since the last `take_assigned`.
+    assigned: Vec<u32>,
+}
+
+impl IdAlloc {
+    /// The allocator for maps holding `d`: the gaps between its ids are free.
+    pub fn from_desired(d: &Desired) -> IdAlloc {
+        let mut used: Vec<u64> = Vec::new();
+        let mut max: Option<u32> = None;
+        d.for_each_id(|id| {
+            let (w, b) = ((id / 64) as usize, id % 64);
+            if used.len() <= w {
+                used.resize(w + 1, 0);
+            }
+            used[w] |= 1 << b;
+            max = Some(max.map_or(id, |m| m.max(id)));
+        });
+        let next = max.map_or(0, |m| m + 1);
+        let free = (0..next)
+            .filter(|&id| used[(id / 64) as usize] & (1 << (id % 64)) == 0)
+            .collect();
+        IdAlloc {
+            free,
+            next,
+            ..Default::default()
+        }
+    }
+
+    /// The lowest free id.
+    pub fn alloc(&mut self) -> u32 {
+        let id = self.free.pop_first().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        });
+        self.assigned.push(id);
+        id
+    }
+
+    /// `id` is no longer used once the sync in progress lands.
+    pub fn release(&mut self, id: u32) {
+        self.released.push(id);
+    }
+
+    /// The sync landed: released ids become free.
+    pub fn commit(&mut self) {
+        self.free.extend(self.released.drain(..));
+    }
+
+    /// Ids handed out since the last call.
+    pub fn take_assigned(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.assigned)
+    }
+}
+
+#[cfg(test)]
+mod id_alloc_tests {
+    use super::*;
+
+    fn set(addrs: &[&str]) -> EntrySet {
+        EntrySet {
+            allow: Vec::new(),
+            entries: addrs
+                .iter()
+                .map(|a| Entry::new(a.parse().unwrap(), None, Action::Drop))
+                .collect(),
+        }
+    }
+
+    fn id_of(d: &Desired, a: &str) -> u32 {
+        let k: IpNet = a.parse().unwrap();
+        d.entries()
+            .into_iter()
+            .find(|(s, _)| matches!(s, SlotKey::Entry(e) if e.net == k))
+            .unwrap()
+            .1
+            .id
+    }
+
+    #[test]
+    fn lowest_free_first_and_released_ids_wait_for_commit() {
+        let d = Desired::build_from(
+            &set(&["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"]),
+            &Desired::default(),
+        );
+        let mut ids = IdAlloc::from_desired(&d);
+        assert_eq!(ids.alloc(), 3);
+        ids.release(1);
+        // Not reusable in the sync that released it.
+        assert_eq!(ids.alloc(), 4);
+        ids.commit();
+        assert_eq!(ids.alloc(), 1);
+        assert_eq!(ids.take_assigned(), vec![3, 4, 1]);
+        assert!(ids.take_assigned().is_empty());
+    }
+
+    #[test]
+    fn build_fills_gaps_and_keeps_existing_ids() {
+        let d = Desired::build_from(
+            &set(&["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"]),
+            &Desired::default(),
+        );
+        let two = id_of(&d, "10.0.0.2/32");
+        // 10.0.0.2 gone: its id is a gap the next new key fills.
+        let d2 = Desired::build_from(&set(&["10.0.0.1/32", "10.0.0.3/32"]), &d);
+        let d3 = Desired::build_from(&set(&["10.0.0.1/32", "10.0.0.3/32", "10.0.0.9/32"]), &d2);
+        assert_eq!(id_of(&d3, "10.0.0.9/32"), two);
+        for a in ["10.0.0.1/32", "10.0.0.3/32"] {
+            assert_eq!(id_of(&d3, a), id_of(&d, a));
+        }
+    }
+}
+
 /// What an incremental update changed: the old and new values of every
 /// touched key (a key absent from `new` is removed).
 #[derive(Default)]
@@ -295,12 +422,31 @@ struct Touched {
 
 impl Desired {
     /// Build the contents for `set`, keeping the ids `current` gives its
-    /// keys (typed lookups: no id table of the whole set is built).
+    /// keys (typed lookups: no id table of the whole set is built); new
+    /// keys get the lowest ids `current` leaves free.
     pub fn build_from(set: &EntrySet, current: &Desired) -> Desired {
-        let mut next = current.max_id().map_or(0, |m| m + 1);
+        Self::build_with(set, current, &mut IdAlloc::from_desired(current))
+    }
+
+    /// [`Desired::build_from`] with new ids from `ids`.
+    pub fn build_with(set: &EntrySet, current: &Desired, ids: &mut IdAlloc) -> Desired {
         let mut d = Desired::default();
-        d.fill_typed(set, current, &mut next);
+        d.fill_typed(set, current, ids);
         d
+    }
+
+    /// Call `f` with every id in use.
+    pub fn for_each_id(&self, mut f: impl FnMut(u32)) {
+        self.allow_v4.values().for_each(|v| f(v.id));
+        self.allow_v6.values().for_each(|v| f(v.id));
+        self.addr_v4.values().for_each(|v| f(v.id));
+        self.addr_v6.values().for_each(|v| f(v.id));
+        self.prefix_v4.values().for_each(|v| f(v.id));
+        self.prefix_v6.values().for_each(|v| f(v.id));
+        self.port_v4.values().for_each(|v| f(v.id));
+        self.port_v6.values().for_each(|v| f(v.id));
+        self.pprefix_v4.values().for_each(|v| f(v.id));
+        self.pprefix_v6.values().for_each(|v| f(v.id));
     }
 
     /// The largest id in use.
@@ -374,16 +520,9 @@ impl Desired {
     /// Own values of every key of `set` (duplicates merge: drop wins), ids
     /// looked up in `current` by typed key (new keys count up from `next`);
     /// then flatten the tries.
-    fn fill_typed(&mut self, set: &EntrySet, current: &Desired, next: &mut u32) {
-        let mut id_of = |slot: &Slot| -> u32 {
-            current.get(slot).map_or_else(
-                || {
-                    *next += 1;
-                    *next - 1
-                },
-                |v| v.id,
-            )
-        };
+    fn fill_typed(&mut self, set: &EntrySet, current: &Desired, ids: &mut IdAlloc) {
+        let mut id_of =
+            |slot: &Slot| -> u32 { current.get(slot).map_or_else(|| ids.alloc(), |v| v.id) };
         let mut allow: Vec<IpNet> = set.allow.iter().map(|n| n.trunc()).collect();
         allow.sort_unstable();
         allow.dedup();
@@ -427,7 +566,7 @@ impl Desired {
     /// Apply key-level changes in place (`None` removes), re-flattening only
     /// the trie nodes the changed prefixes cover. Returns the old and new
     /// values of every touched key, for a minimal kernel sync.
-    fn update(&mut self, changes: &[(Slot, Option<Action>)], next: &mut u32) -> Touched {
+    fn update(&mut self, changes: &[(Slot, Option<Action>)], ids: &mut IdAlloc) -> Touched {
         let mut t = Touched::default();
         // Tries: remember the old values of every node a changed prefix
         // covers, before changing anything.
@@ -452,16 +591,10 @@ impl Desired {
         let d_pprefix_v6 = trie_old!(pprefix_v6, PPrefixV6);
         for (slot, action) in changes {
             let old = self.get(slot);
-            let new = action.map(|a| {
-                let id = old.map_or_else(
-                    || {
-                        *next += 1;
-                        *next - 1
-                    },
-                    |v| v.id,
-                );
-                value(a, id)
-            });
+            let new = action.map(|a| value(a, old.map_or_else(|| ids.alloc(), |v| v.id)));
+            if let (Some(o), None) = (old, new) {
+                ids.release(o.id);
+            }
             if let Some(o) = old {
                 t.old.put(*slot, Some(o));
             }
@@ -545,6 +678,11 @@ pub struct EntryMaps {
     config: aya::maps::Array<MapData, Config>,
     counters: aya::maps::PerCpuArray<MapData, abi::Counter>,
     last: aya::maps::PerCpuArray<MapData, abi::LastVerdict>,
+    entry_stats: aya::maps::PerCpuArray<MapData, abi::EntryStat>,
+    stats_overflow: aya::maps::PerCpuArray<MapData, abi::EntryStat>,
+    /// `ENTRY_STATS` is known to be all zero (a freshly created map): the
+    /// first build need not zero the ids it hands out.
+    stats_fresh: bool,
     /// What the last sync left in the maps, so deltas need not read them
     /// back; [`EntryMaps::reconcile`] checks it against the kernel.
     shadow: Option<Desired>,
@@ -553,12 +691,12 @@ pub struct EntryMaps {
     /// The entry set the shadow was built from (sorted, one entry per key),
     /// so the next apply can diff sets instead of rebuilding every map.
     last_set: Option<EntrySet>,
-    /// Next free entry id (above every id in the shadow).
-    next_id: u32,
+    /// Entry ids in use by the shadow, and the free ones.
+    ids: IdAlloc,
 }
 
 /// Every map name, in pin order.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 18] = [
     abi::MAP_ALLOW_V4,
     abi::MAP_ALLOW_V6,
     abi::MAP_ADDR_V4,
@@ -572,6 +710,11 @@ pub const ALL_MAPS: [&str; 13] = [
     abi::MAP_CONFIG,
     abi::MAP_COUNTERS,
     abi::MAP_LAST,
+    abi::MAP_ENTRY_STATS,
+    abi::MAP_STATS_OVERFLOW,
+    abi::MAP_EVENTS,
+    abi::MAP_SAMPLE,
+    abi::MAP_SAMPLE_STATE,
 ];
 
 /// Outcome of a sync.
@@ -599,14 +742,16 @@ fn conv<T>(name: &str, r: std::result::Result<T, MapError>) -> Result<T> {
 impl EntryMaps {
     /// Take the maps out of a freshly loaded object.
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<EntryMaps> {
-        Self::from_fn(|name| {
+        let mut maps = Self::from_fn(|name| {
             ebpf.take_map(name).ok_or_else(|| Error::Map {
                 op: format!("map {name} missing from the object"),
                 source: MapError::InvalidName {
                     name: name.to_string(),
                 },
             })
-        })
+        })?;
+        maps.stats_fresh = true;
+        Ok(maps)
     }
 
     /// Open pinned maps: `open(name)` returns the map of that name.
@@ -630,11 +775,20 @@ impl EntryMaps {
             config: m!(abi::MAP_CONFIG),
             counters: m!(abi::MAP_COUNTERS),
             last: m!(abi::MAP_LAST),
+            entry_stats: m!(abi::MAP_ENTRY_STATS),
+            stats_overflow: m!(abi::MAP_STATS_OVERFLOW),
+            stats_fresh: false,
             shadow: None,
             batch: true,
             last_set: None,
-            next_id: 0,
+            ids: IdAlloc::default(),
         })
+    }
+
+    /// The per-entry counters are known to be zero (the maps were just
+    /// created): the first apply skips zeroing the ids it assigns.
+    pub fn assume_fresh_stats(&mut self) {
+        self.stats_fresh = true;
     }
 
     /// Use (default) or avoid BPF batch syscalls for hash maps.
@@ -680,10 +834,11 @@ impl EntryMaps {
         let set = normalized(set);
         if let (Some(prev), Some(mut shadow)) = (self.last_set.take(), self.shadow.take()) {
             let changes = diff_sets(&prev, &set);
-            let mut next = self.next_id;
+            let mut ids = self.ids.clone();
             let old_mask = shadow.nonempty();
-            let touched = shadow.update(&changes, &mut next);
+            let touched = shadow.update(&changes, &mut ids);
             let new_mask = shadow.nonempty();
+            self.zero_entry_stats(&ids.take_assigned())?;
             let st = self.sync_inner(
                 &touched.old,
                 &touched.new,
@@ -694,7 +849,8 @@ impl EntryMaps {
             if st.refused == 0 {
                 self.shadow = Some(shadow);
                 self.last_set = Some(set);
-                self.next_id = next;
+                ids.commit();
+                self.ids = ids;
             } else {
                 // Refusals: the kernel differs from the plan; rebuild the
                 // shadow from what landed next time.
@@ -703,10 +859,15 @@ impl EntryMaps {
             return Ok(st);
         }
         let current = self.read()?;
-        let desired = Desired::build_from(&set, &current);
+        let mut ids = IdAlloc::from_desired(&current);
+        let desired = Desired::build_with(&set, &current, &mut ids);
+        let assigned = ids.take_assigned();
+        if !std::mem::take(&mut self.stats_fresh) {
+            self.zero_entry_stats(&assigned)?;
+        }
         let st = self.sync(&current, &desired, flags)?;
         if st.refused == 0 {
-            self.next_id = desired.max_id().map_or(0, |m| m + 1);
+            self.ids = IdAlloc::from_desired(&desired);
             self.last_set = Some(set);
         }
         Ok(st)
@@ -739,8 +900,10 @@ impl EntryMaps {
         if drift == 0 {
             let nonempty = want.nonempty();
             self.shadow = Some(want);
-            // The config slot can drift too.
-            if self.config()? != (Config { flags, nonempty }) {
+            // The config slot can drift too (the sampling bit is not ours).
+            let mut now = self.config()?;
+            now.flags &= !abi::CONFIG_SAMPLE_EVENTS;
+            if now != (Config { flags, nonempty }) {
                 self.set_config(flags, nonempty)?;
                 return Ok(1);
             }
@@ -882,8 +1045,14 @@ impl EntryMaps {
         })
     }
 
-    /// Write the runtime config.
+    /// Write the runtime config. [`abi::CONFIG_SAMPLE_EVENTS`] is owned by
+    /// `edge-filter events` (see [`EntryMaps::set_sampling_flag`]): the
+    /// kernel's current value of that bit is kept, whatever `flags` says.
     pub fn set_config(&mut self, flags: u32, nonempty: u32) -> Result<()> {
+        let keep = self
+            .config()
+            .map_or(0, |c| c.flags & abi::CONFIG_SAMPLE_EVENTS);
+        let flags = (flags & !abi::CONFIG_SAMPLE_EVENTS) | keep;
         self.config
             .set(0, Config { flags, nonempty }, 0)
             .map_err(|source| Error::Map {
@@ -910,6 +1079,134 @@ impl EntryMaps {
         Ok(out)
     }
 
+    /// Switch event sampling on or off (the one writer of
+    /// [`abi::CONFIG_SAMPLE_EVENTS`]); returns whether it was on.
+    pub fn set_sampling_flag(&mut self, on: bool) -> Result<bool> {
+        let mut c = self.config()?;
+        let was = c.flags & abi::CONFIG_SAMPLE_EVENTS != 0;
+        if on {
+            c.flags |= abi::CONFIG_SAMPLE_EVENTS;
+        } else {
+            c.flags &= !abi::CONFIG_SAMPLE_EVENTS;
+        }
+        self.config.set(0, c, 0).map_err(|source| Error::Map {
+            op: "writing CONFIG".into(),
+            source,
+        })?;
+        Ok(was)
+    }
+
+    /// Capacity of `ENTRY_STATS`: ids below it have their own counters.
+    pub fn entry_stats_capacity(&self) -> u32 {
+        self.entry_stats.len()
+    }
+
+    /// Hit counters of every id below the capacity, summed over CPUs
+    /// (`last_jiffies`: the latest CPU's), indexed by id.
+    pub fn entry_stats(&self) -> Result<Vec<abi::EntryStat>> {
+        let cap = self.entry_stats.len() as usize;
+        let ncpus = possible_cpus()?;
+        let mut out = vec![abi::EntryStat::default(); cap];
+        let fold = |into: &mut abi::EntryStat, s: &abi::EntryStat| {
+            into.packets += s.packets;
+            into.bytes += s.bytes;
+            into.last_jiffies = into.last_jiffies.max(s.last_jiffies);
+        };
+        if self.batch {
+            let fd = self.entry_stats.map().fd().as_fd();
+            match crate::batch::lookup_all_percpu::<abi::EntryStat>(fd, ncpus) {
+                Ok((keys, vals)) => {
+                    for (i, k) in keys.iter().enumerate() {
+                        if let Some(o) = out.get_mut(*k as usize) {
+                            for s in &vals[i * ncpus..(i + 1) * ncpus] {
+                                fold(o, s);
+                            }
+                        }
+                    }
+                    return Ok(out);
+                }
+                Err(e) if crate::batch::unsupported(&e) => {}
+                Err(source) => {
+                    return Err(Error::Pin {
+                        op: "reading ENTRY_STATS (batch)".into(),
+                        source,
+                    });
+                }
+            }
+        }
+        for (id, o) in out.iter_mut().enumerate() {
+            let per_cpu = self
+                .entry_stats
+                .get(&(id as u32), 0)
+                .map_err(|source| Error::Map {
+                    op: "reading ENTRY_STATS".into(),
+                    source,
+                })?;
+            per_cpu.iter().for_each(|s| fold(o, s));
+        }
+        Ok(out)
+    }
+
+    /// Hits on ids beyond the capacity of `ENTRY_STATS`, summed over CPUs.
+    pub fn stats_overflow(&self) -> Result<abi::EntryStat> {
+        let per_cpu = self
+            .stats_overflow
+            .get(&0, 0)
+            .map_err(|source| Error::Map {
+                op: "reading STATS_OVERFLOW".into(),
+                source,
+            })?;
+        let mut sum = abi::EntryStat::default();
+        for s in per_cpu.iter() {
+            sum.packets += s.packets;
+            sum.bytes += s.bytes;
+            sum.last_jiffies = sum.last_jiffies.max(s.last_jiffies);
+        }
+        Ok(sum)
+    }
+
+    /// Zero the hit counters of `ids` (those below the capacity) on every
+    /// CPU, before entries with these newly assigned ids land.
+    fn zero_entry_stats(&mut self, ids: &[u32]) -> Result<()> {
+        let cap = self.entry_stats.len();
+        let ids: Vec<u32> = ids.iter().copied().filter(|&i| i < cap).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ncpus = possible_cpus()?;
+        let mut start = 0;
+        if self.batch {
+            let zeros = vec![abi::EntryStat::default(); ids.len() * ncpus];
+            let fd = self.entry_stats.map().fd().as_fd();
+            let p = crate::batch::update_percpu(fd, &ids, &zeros, ncpus);
+            start = p.done;
+            match p.error {
+                None => return Ok(()),
+                Some(e) if crate::batch::unsupported(&e) => {}
+                Some(source) => {
+                    return Err(Error::Pin {
+                        op: "zeroing ENTRY_STATS (batch)".into(),
+                        source,
+                    });
+                }
+            }
+        }
+        for id in &ids[start..] {
+            let zero = aya::maps::PerCpuValues::try_from(vec![abi::EntryStat::default(); ncpus])
+                .map_err(|e| Error::Pin {
+                    op: "building per-CPU values".into(),
+                    source: e,
+                })?;
+            self.entry_stats
+                .set(*id, zero, 0)
+                .map_err(|source| Error::Map {
+                    op: "zeroing ENTRY_STATS".into(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     /// The last verdict recorded on each CPU (`CONFIG_RECORD_LAST`).
     pub fn last(&self) -> Result<Vec<abi::LastVerdict>> {
         let per_cpu = self.last.get(&0, 0).map_err(|source| Error::Map {
@@ -921,10 +1218,7 @@ impl EntryMaps {
 
     /// Reset the LAST slot on every CPU to `v`.
     pub fn set_last(&mut self, v: abi::LastVerdict) -> Result<()> {
-        let n = aya::util::nr_cpus().map_err(|(_, e)| Error::Pin {
-            op: "counting CPUs".into(),
-            source: e,
-        })?;
+        let n = possible_cpus()?;
         let vals = aya::maps::PerCpuValues::try_from(vec![v; n]).map_err(|e| Error::Pin {
             op: "building per-CPU values".into(),
             source: e,
@@ -951,6 +1245,14 @@ impl EntryMaps {
         }
         Ok(())
     }
+}
+
+/// Possible CPUs: the number of values of every per-CPU map element.
+pub fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, e)| Error::Pin {
+        op: "counting CPUs".into(),
+        source: e,
+    })
 }
 
 /// Ids by key, from map contents.

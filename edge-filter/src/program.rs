@@ -27,6 +27,10 @@ pub struct Capacities {
     pub port_v6: u32,
     /// Allowlist entries per family.
     pub allow: u32,
+    /// Entry ids with their own hit counters (`ENTRY_STATS`); hits on
+    /// higher ids are counted together in `STATS_OVERFLOW`. Memory:
+    /// this x 24 bytes x possible CPUs (the map is per-CPU).
+    pub entry_stats: u32,
 }
 
 impl Default for Capacities {
@@ -39,6 +43,7 @@ impl Default for Capacities {
             port_v4: abi::DEFAULT_PORT_ENTRIES,
             port_v6: abi::DEFAULT_PORT_ENTRIES,
             allow: abi::DEFAULT_ALLOW_ENTRIES,
+            entry_stats: abi::DEFAULT_ENTRY_STATS_ENTRIES,
         }
     }
 }
@@ -54,6 +59,7 @@ impl Capacities {
             port_v4: 65536,
             port_v6: 65536,
             allow: 4096,
+            entry_stats: 65536,
         }
     }
 
@@ -84,6 +90,7 @@ pub fn load(caps: &Capacities) -> Result<Ebpf> {
     for (name, n) in caps.per_map() {
         loader.map_max_entries(name, n.max(1));
     }
+    loader.map_max_entries(abi::MAP_ENTRY_STATS, caps.entry_stats.max(1));
     let mut ebpf = loader.load(OBJECT).map_err(|e| {
         if io_source(&e).is_some_and(is_permission) {
             Error::Permission {

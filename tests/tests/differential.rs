@@ -115,6 +115,13 @@ fn kernel_agrees_with_reference_on_every_packet() {
                 .collect();
             let before = kernel.maps().counters().expect("counters");
             let mut expected = vec![(0u64, 0u64); abi::REASON_COUNT as usize];
+            // Per-entry counters: every verdict an entry (or allowlist net)
+            // decided moves exactly that entry's counter; nothing else
+            // moves any. Ids beyond the capacity move the overflow slot.
+            let cap = kernel.maps().entry_stats_capacity();
+            let stats_before = kernel.maps().entry_stats().expect("entry stats");
+            let overflow_before = kernel.maps().stats_overflow().expect("overflow");
+            let mut expected_hits: HashMap<u32, (u64, u64)> = HashMap::new();
             for p in corpora.iter().flat_map(|(_, p)| p) {
                 if p.data.len() < MIN_FRAME {
                     // BPF_PROG_TEST_RUN refuses frames shorter than an
@@ -137,6 +144,46 @@ fn kernel_agrees_with_reference_on_every_packet() {
                     .or_default() += 1;
                 expected[r.reason as usize].0 += 1;
                 expected[r.reason as usize].1 += frame.len() as u64;
+                let decided_by_entry = matches!(
+                    abi::ReasonInfo::decode(r.reason),
+                    Some(abi::ReasonInfo::Entry { .. } | abi::ReasonInfo::Allowlisted)
+                );
+                if k.reason == r.reason {
+                    if decided_by_entry {
+                        let h = expected_hits.entry(k.entry_id).or_default();
+                        h.0 += 1;
+                        h.1 += frame.len() as u64;
+                        if r.reason == abi::REASON_PASS_ALLOWLIST {
+                            let ok = matches!(
+                                (ids.get(&k.entry_id), r.info.as_ref()),
+                                (Some(SlotKey::Allow(net)), Some(info)) if net.contains(&info.src)
+                            );
+                            if !ok {
+                                mismatches.push(Mismatch {
+                                    set: set_name.clone(),
+                                    malformed_drop: md,
+                                    packet: p.name.clone(),
+                                    what: format!(
+                                        "allowlisted by id {}, not an allowlist net containing the source",
+                                        k.entry_id
+                                    ),
+                                    hex: hex(frame),
+                                });
+                            }
+                        }
+                    } else if k.entry_id != abi::NO_ENTRY {
+                        mismatches.push(Mismatch {
+                            set: set_name.clone(),
+                            malformed_drop: md,
+                            packet: p.name.clone(),
+                            what: format!(
+                                "no entry decides, but the kernel names id {}",
+                                k.entry_id
+                            ),
+                            hex: hex(frame),
+                        });
+                    }
+                }
                 if let Some(what) = compare(&k, &r, &reference, &ids) {
                     mismatches.push(Mismatch {
                         set: set_name.clone(),
@@ -147,6 +194,39 @@ fn kernel_agrees_with_reference_on_every_packet() {
                     });
                 }
             }
+            let stats_after = kernel.maps().entry_stats().expect("entry stats");
+            let overflow_after = kernel.maps().stats_overflow().expect("overflow");
+            let mut want_overflow = (0u64, 0u64);
+            for (id, h) in &expected_hits {
+                if *id >= cap {
+                    want_overflow.0 += h.0;
+                    want_overflow.1 += h.1;
+                }
+            }
+            for (id, (a, b)) in stats_after.iter().zip(&stats_before).enumerate() {
+                let got = (a.packets - b.packets, a.bytes - b.bytes);
+                let want = expected_hits.get(&(id as u32)).copied().unwrap_or_default();
+                assert_eq!(
+                    got,
+                    want,
+                    "set {set_name} (malformed_drop={md}): entry id {id} ({:?}) counted {got:?} packets/bytes, expected {want:?}",
+                    ids.get(&(id as u32))
+                );
+                if want.0 > 0 {
+                    assert!(
+                        a.last_jiffies != 0 && a.last_jiffies >= b.last_jiffies,
+                        "entry id {id}: no last hit recorded"
+                    );
+                }
+            }
+            assert_eq!(
+                (
+                    overflow_after.packets - overflow_before.packets,
+                    overflow_after.bytes - overflow_before.bytes
+                ),
+                want_overflow,
+                "set {set_name}: overflow counter"
+            );
             // The per-reason counters must have moved by exactly what the
             // reference expects.
             let after = kernel.maps().counters().expect("counters");

@@ -1,6 +1,5 @@
 //! `edge-filter explain`.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -9,10 +8,7 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::config::Config;
 use edge_filter::entry::Proto;
 use edge_filter::explain::{Explanation, KernelCheck, Knowledge, Query, cross_check};
-use edge_filter::feed_agent::{STATUS_FILE, Status};
 use edge_filter::paths::{DEFAULT_ROOT, Paths};
-use edge_filter::state::StateDir;
-use edge_filter::sync::{FeedSnapshot, merge};
 use edge_filter::{attach, explain::EntryReport};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -105,6 +101,9 @@ struct KernelOut {
     allowlisted_by: Option<ipnet::IpNet>,
     agrees: Option<bool>,
     mismatches: Vec<String>,
+    /// Per-entry counters of the matching (and conditional) entries and
+    /// the allowlist net, as this interface's kernel counts them.
+    hits: Vec<edge_filter::hits::EntryHits>,
 }
 
 impl KernelOut {
@@ -119,6 +118,7 @@ impl KernelOut {
             allowlisted_by: c.allowlisted_by,
             agrees: Some(c.agrees),
             mismatches: c.mismatches,
+            hits: Vec::new(),
         }
     }
 
@@ -133,6 +133,7 @@ impl KernelOut {
             allowlisted_by: None,
             agrees: None,
             mismatches: Vec::new(),
+            hits: Vec::new(),
         }
     }
 }
@@ -202,54 +203,8 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Merge the last-known-good copies of every configured feed with the
-/// config, as the agent does. A feed's TTL counts from its last successful
-/// fetch: the later of the copy's fetch time and `last_success` in the
-/// agent's status (a "not modified" refresh re-asserts the copy).
 fn from_config(cfg: &Config, notes: &mut Vec<String>) -> anyhow::Result<Knowledge> {
-    let mut snapshots = Vec::new();
-    if cfg.state_dir.is_dir() {
-        let status: Option<Status> =
-            std::fs::read(cfg.state_dir.join(format!("{STATUS_FILE}.json")))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-        let last_success: BTreeMap<String, OffsetDateTime> = status
-            .iter()
-            .flat_map(|s| &s.feeds)
-            .filter_map(|h| Some((h.name.clone(), h.last_success?)))
-            .collect();
-        let state = StateDir::open(&cfg.state_dir)?;
-        let mut lkgs = state.load_all_lkg()?;
-        for f in &cfg.feeds {
-            match lkgs.remove(&f.name) {
-                Some(Ok(lkg)) => {
-                    let asserted_at = last_success
-                        .get(&f.name)
-                        .map_or(lkg.fetched_at, |t| (*t).max(lkg.fetched_at));
-                    snapshots.push(FeedSnapshot {
-                        feed: f.name.clone(),
-                        entries: lkg.entries,
-                        asserted_at,
-                    });
-                }
-                Some(Err(e)) => notes.push(format!(
-                    "feed {}: last-known-good copy unreadable ({e}); its entries are left out",
-                    f.name
-                )),
-                None => notes.push(format!(
-                    "feed {}: no last-known-good copy yet (never fetched successfully); it contributes nothing",
-                    f.name
-                )),
-            }
-        }
-    } else {
-        notes.push(format!(
-            "state_dir {} does not exist: no feed has been fetched yet; only the inline allowlist applies",
-            cfg.state_dir.display()
-        ));
-    }
-    let desired = merge(cfg, &snapshots, OffsetDateTime::now_utc());
-    Ok(Knowledge::from_desired(&desired))
+    Ok(Knowledge::from_config(cfg, notes)?)
 }
 
 fn kernel_checks(
@@ -267,11 +222,28 @@ fn kernel_checks(
     for iface in ifaces {
         let read = attach::open_pinned(paths, &iface).and_then(|m| m.read());
         match read {
-            Ok(d) => out.push(KernelOut::checked(cross_check(
-                ex,
-                &d.to_entry_set(),
-                &iface,
-            ))),
+            Ok(d) => {
+                let mut k = KernelOut::checked(cross_check(ex, &d.to_entry_set(), &iface));
+                let wanted: Vec<String> = ex
+                    .matching
+                    .iter()
+                    .chain(&ex.conditional)
+                    .map(|e| e.entry.clone())
+                    .chain(ex.allowlisted_by.as_ref().map(|a| a.net.to_string()))
+                    .collect();
+                let clock = edge_filter::hits::Clock::now();
+                match edge_filter::hits::read_iface(paths, &iface, &clock) {
+                    Ok(h) => {
+                        k.hits = h
+                            .entries
+                            .into_iter()
+                            .filter(|e| wanted.contains(&e.entry))
+                            .collect();
+                    }
+                    Err(e) => k.error = Some(format!("reading the per-entry counters: {e}")),
+                }
+                out.push(k);
+            }
             Err(e) if named => return Err(e.into()),
             Err(e) => out.push(KernelOut::failed(iface, e.to_string())),
         }
@@ -436,6 +408,26 @@ fn print_text(out: &Out) {
                 k.iface,
                 e.as_deref().unwrap_or("unknown error")
             ),
+        }
+        let now = time::OffsetDateTime::now_utc();
+        for h in &k.hits {
+            println!(
+                "  hits on {}: {} (id {}, {}): {}",
+                k.iface,
+                h.entry,
+                h.id,
+                h.action,
+                if h.counted {
+                    format!(
+                        "{} packets, {} bytes, last hit {}",
+                        h.hits.packets,
+                        h.hits.bytes,
+                        super::top::last_hit_text(h.hits.last_hit, now)
+                    )
+                } else {
+                    "not counted (id beyond the counter capacity)".into()
+                }
+            );
         }
     }
     for n in &out.notes {

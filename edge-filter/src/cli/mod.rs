@@ -3,6 +3,7 @@
 pub mod check_config;
 pub mod completions;
 pub mod detach;
+pub mod events;
 pub mod explain;
 pub mod features;
 pub mod force_feed;
@@ -10,6 +11,7 @@ pub mod replay;
 pub mod run;
 pub mod stats;
 pub mod status;
+pub mod top;
 
 use std::path::PathBuf;
 
@@ -69,6 +71,12 @@ pub enum Command {
     /// Probe the kernel for the BPF features edge-filter uses.
     #[command(long_about = features::LONG_ABOUT)]
     Features(features::FeaturesArgs),
+    /// The entries deciding the most packets (per-entry kernel counters), with feeds and indicators.
+    #[command(long_about = top::LONG_ABOUT)]
+    Top(top::TopArgs),
+    /// Stream sampled dropped and monitored packets (ring buffer), as text or JSON Lines.
+    #[command(long_about = events::LONG_ABOUT)]
+    Events(events::EventsArgs),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff), generated from these definitions.

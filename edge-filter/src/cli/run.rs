@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// use its [metrics] listen instead.
     #[arg(long, value_name = "ADDR", conflicts_with = "config")]
     pub metrics_listen: Option<String>,
+    /// Entry ids with their own hit counters (`top`, `explain`); hits on
+    /// higher ids are counted together as overflow. Memory: N x 24 bytes x
+    /// possible CPUs.
+    #[arg(long, default_value_t = Capacities::default().entry_stats, value_name = "N")]
+    pub max_entry_stats: u32,
     #[command(flatten)]
     pub pins: PinArgs,
 }
@@ -98,6 +103,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         port_v4: a.max_ports,
         port_v6: a.max_ports,
         allow: a.max_allow,
+        entry_stats: a.max_entry_stats,
     };
     if a.poll_seconds.is_nan() || a.poll_seconds <= 0.0 {
         anyhow::bail!("--poll-seconds must be positive");

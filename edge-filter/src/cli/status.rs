@@ -38,7 +38,9 @@ occupancy against its capacity.
 
 With --config: each feed's health from the agent's state_dir/status.json
 (last success and its age, entries, rejected lines, held updates, last
-error) and whether the agent is up: its pid is alive and it updated the
+error), the packets its entries dropped and monitored on the attached
+interfaces (per-entry kernel counters; a packet counts for every feed
+asserting the entry that decided it; `edge-filter top` has the detail) and whether the agent is up: its pid is alive and it updated the
 status within 2 x reconcile_interval + 10s (it writes it at least once per
 reconcile_interval). Configured interfaces without pins are listed as not
 attached.
@@ -86,6 +88,8 @@ struct IfaceStatus {
     mode_note: Option<String>,
     /// `pass` or `drop`.
     malformed: Option<&'static str>,
+    /// Whether drop/monitor events are being sampled (`edge-filter events`).
+    events_sampling: Option<bool>,
     /// Block and monitor entries, all maps.
     entries: usize,
     /// Allowlist nets.
@@ -128,6 +132,12 @@ struct FeedStatus {
     age_s: Option<f64>,
     #[serde(flatten)]
     health: FeedHealth,
+    /// Packets dropped / monitored by entries this feed asserts, summed
+    /// over the attached interfaces (from the per-entry counters; a packet
+    /// counts for every feed asserting its deciding entry).
+    hits: Option<edge_filter::hits::Verdicts>,
+    /// This feed's entries that decided at least one packet.
+    entries_hit: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -171,7 +181,7 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     let (agent, feeds) = match &cfg {
         Some(c) => {
-            let (a, f) = agent_and_feeds(c, now);
+            let (a, f) = agent_and_feeds(c, &paths, now);
             (Some(a), Some(f))
         }
         None => (None, None),
@@ -233,6 +243,7 @@ fn iface_status(paths: &Paths, iface: &str) -> IfaceStatus {
     match attach::open_pinned(paths, iface) {
         Ok(maps) => {
             if let Ok(c) = maps.config() {
+                s.events_sampling = Some(c.flags & abi::CONFIG_SAMPLE_EVENTS != 0);
                 s.malformed = Some(if c.flags & abi::CONFIG_MALFORMED_DROP != 0 {
                     "drop"
                 } else {
@@ -504,7 +515,11 @@ fn age_s(now: OffsetDateTime, t: Option<OffsetDateTime>) -> Option<f64> {
     t.map(|t| ((now - t).as_seconds_f64() * 10.0).round() / 10.0)
 }
 
-fn agent_and_feeds(cfg: &Config, now: OffsetDateTime) -> (AgentStatus, Vec<FeedStatus>) {
+fn agent_and_feeds(
+    cfg: &Config,
+    paths: &Paths,
+    now: OffsetDateTime,
+) -> (AgentStatus, Vec<FeedStatus>) {
     let file = cfg.state_dir.join(format!("{STATUS_FILE}.json"));
     let stale_after = 2.0 * cfg.reconcile_interval.as_secs_f64() + 10.0;
     let status: Result<Status, String> = std::fs::read(&file)
@@ -576,6 +591,14 @@ fn agent_and_feeds(cfg: &Config, now: OffsetDateTime) -> (AgentStatus, Vec<FeedS
             st.feeds.clone()
         }
     };
+    // Per-feed drops: the kernel's per-entry counters of every attached
+    // interface joined with the feeds' provenance.
+    let feed_hits = {
+        let attached = paths.attached();
+        edge_filter::explain::Knowledge::from_config(cfg, &mut Vec::new())
+            .ok()
+            .and_then(|k| edge_filter::hits::Report::read(paths, &attached, Some(&k)).ok())
+    };
     let feeds = cfg
         .feeds
         .iter()
@@ -597,10 +620,19 @@ fn agent_and_feeds(cfg: &Config, now: OffsetDateTime) -> (AgentStatus, Vec<FeedS
             } else {
                 "pending"
             };
+            let fh = feed_hits.as_ref().map(|r| {
+                r.feeds
+                    .iter()
+                    .find(|x| x.feed == f.name)
+                    .map(|x| (x.verdicts, x.entries_hit))
+                    .unwrap_or_default()
+            });
             FeedStatus {
                 state,
                 age_s: age_s(now, h.last_success),
                 health: h,
+                hits: fh.map(|x| x.0),
+                entries_hit: fh.map(|x| x.1),
             }
         })
         .collect();
@@ -721,6 +753,8 @@ fn print_text(out: &Out) {
             "age",
             "entries",
             "rejected lines",
+            "dropped",
+            "monitored",
             "held",
             "last error",
         ]);
@@ -733,6 +767,9 @@ fn print_text(out: &Out) {
                 human_age(f.age_s),
                 h.entries.to_string(),
                 h.rejected_lines.to_string(),
+                f.hits.map_or("-".into(), |v| v.drops.packets.to_string()),
+                f.hits
+                    .map_or("-".into(), |v| v.monitors.packets.to_string()),
                 h.held.as_deref().map_or("-".into(), |s| clip(s, 60)),
                 h.last_error.as_deref().map_or("-".into(), |s| clip(s, 60)),
             ]);

@@ -209,6 +209,8 @@ pub fn capacities_for(set: &EntrySet) -> Capacities {
         port_v4: at_least(c[4].max(pp[0])),
         port_v6: at_least(c[5].max(pp[1])),
         allow: at_least(a4.max(a6)),
+        // Every id of the set gets its own counter (ids are dense).
+        entry_stats: at_least((set.entries.len() + set.allow.len()) as u32),
     }
 }
 
