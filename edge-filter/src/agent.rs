@@ -184,6 +184,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         if let Some(m) = &metrics {
             m.publish(crate::metrics::Published {
                 status: status.clone(),
+                desired: None,
                 maps: att
                     .maps
                     .shadow()

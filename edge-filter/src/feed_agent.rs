@@ -249,7 +249,8 @@ struct FeedAgent {
     health: BTreeMap<String, FeedHealth>,
     guard: ShrinkGuard,
     ifaces: Vec<(String, EntryMaps)>,
-    desired: DesiredState,
+    /// Shared with the metrics exporter (per-feed hits need provenance).
+    desired: std::sync::Arc<DesiredState>,
     status: Status,
     /// Updates the shrink guard holds, kept to apply once they persist.
     held: BTreeMap<String, (FeedParse, Validators, String, OffsetDateTime)>,
@@ -321,7 +322,7 @@ impl FeedAgent {
         };
         let now = OffsetDateTime::now_utc();
         let snaps: Vec<FeedSnapshot> = snapshots.values().cloned().collect();
-        let desired = merge(&cfg, &snaps, now);
+        let desired = std::sync::Arc::new(merge(&cfg, &snaps, now));
         let paths = Paths::new(&cfg.bpffs);
         let flags = flags(&cfg);
         let mut ifaces = Vec::new();
@@ -585,7 +586,7 @@ impl FeedAgent {
     fn resync(&mut self, why: &str) {
         let t = Instant::now();
         let snaps: Vec<FeedSnapshot> = self.snapshots.values().cloned().collect();
-        self.desired = merge(&self.cfg, &snaps, OffsetDateTime::now_utc());
+        self.desired = std::sync::Arc::new(merge(&self.cfg, &snaps, OffsetDateTime::now_utc()));
         let flags = flags(&self.cfg);
         let mut refused = 0;
         for (iface, maps) in &mut self.ifaces {
@@ -648,6 +649,7 @@ impl FeedAgent {
         if let Some(m) = &self.metrics {
             m.publish(crate::metrics::Published {
                 status: self.status.clone(),
+                desired: Some(std::sync::Arc::clone(&self.desired)),
                 maps: self
                     .ifaces
                     .iter()

@@ -46,6 +46,8 @@ pub struct Published {
     pub status: Status,
     /// Entries per map per interface, from the agent's shadow of the maps.
     pub maps: Vec<(String, Vec<(&'static str, usize)>)>,
+    /// The merged feeds with provenance (config agent only): per-feed hits.
+    pub desired: Option<Arc<crate::sync::DesiredState>>,
 }
 
 /// Shared between the agent loop and the HTTP server.
@@ -96,6 +98,7 @@ impl Metrics {
         let mut r = Registry::with_prefix("edge_filter");
         let published = self.published.lock().map(|g| g.clone()).unwrap_or_default();
         self.kernel(&mut r, &published);
+        self.entry_hits(&mut r, published.desired.as_deref());
         agent(&mut r, &published.status);
         r.register(
             "sync_duration_seconds",
@@ -190,6 +193,71 @@ impl Metrics {
             "map_capacity_entries",
             "Capacity (max_entries) of each kernel map",
             capacity,
+        );
+    }
+}
+
+impl Metrics {
+    /// Per-feed drops and monitors from the per-entry kernel counters
+    /// (`ENTRY_STATS`) joined with the feeds asserting each entry: a packet
+    /// counts for every feed asserting the entry that decided it, so feed
+    /// totals can add up to more than the interface's. Reads each
+    /// attachment's maps in full, so a scrape costs time in proportion to
+    /// the entry count.
+    fn entry_hits(&self, r: &mut Registry, desired: Option<&crate::sync::DesiredState>) {
+        let clock = crate::hits::Clock::now();
+        let packets = Family::<Labels, Counter>::default();
+        let bytes = Family::<Labels, Counter>::default();
+        let overflow = Family::<Labels, Counter>::default();
+        for iface in &self.ifaces {
+            let h = match crate::hits::read_iface(&self.paths, iface, &clock) {
+                Ok(h) => h,
+                Err(e) => {
+                    log::debug!("metrics: {iface}: per-entry counters: {e}");
+                    continue;
+                }
+            };
+            overflow
+                .get_or_create(&vec![("iface", iface.clone())])
+                .inc_by(h.overflow.packets);
+            let Some(d) = desired else { continue };
+            for e in &h.entries {
+                let crate::maps::SlotKey::Entry(k) = &e.key else {
+                    continue;
+                };
+                if e.hits.packets == 0 {
+                    continue;
+                }
+                let mut seen: Vec<&str> = Vec::new();
+                for p in d.provenance.get(k).map_or(&[][..], Vec::as_slice) {
+                    if seen.contains(&p.feed.as_str()) {
+                        continue;
+                    }
+                    seen.push(&p.feed);
+                    let l = vec![
+                        ("feed", p.feed.clone()),
+                        ("iface", iface.clone()),
+                        ("action", e.action.to_string()),
+                    ];
+                    packets.get_or_create(&l).inc_by(e.hits.packets);
+                    bytes.get_or_create(&l).inc_by(e.hits.bytes);
+                }
+            }
+        }
+        r.register(
+            "feed_packets",
+            "Packets dropped or monitored (action) on an interface by entries a feed asserts",
+            packets,
+        );
+        r.register(
+            "feed_bytes",
+            "Bytes of the packets dropped or monitored by entries a feed asserts",
+            bytes,
+        );
+        r.register(
+            "entry_stats_overflow_packets",
+            "Packets decided by entries whose id is beyond the per-entry counter capacity",
+            overflow,
         );
     }
 }

@@ -194,6 +194,21 @@ fn metrics_scrape_matches_traffic() {
     // Unlisted sources pass as no match; ARP may add to it, never remove.
     assert!(delta(packets_key("pass_no_match", "pass")) >= 3.0);
 
+    // Per feed, from the per-entry kernel counters and provenance.
+    let fp = |m: &str, f: &str, action: &str| {
+        format!(
+            "edge_filter_feed_{m}_total{{feed=\"{f}\",iface=\"{RECEIVER_IF}\",action=\"{action}\"}}"
+        )
+    };
+    assert_eq!(delta(fp("packets", "blk", "drop")), 7.0, "{body}");
+    assert_eq!(
+        delta(fp("bytes", "blk", "drop")),
+        7.0 * (100.0 + HEADERS as f64)
+    );
+    assert_eq!(delta(fp("packets", "watch", "monitor")), 5.0);
+    assert!(!after.contains_key(&fp("packets", "blk", "monitor")));
+    assert!(!after.contains_key(&fp("packets", "watch", "drop")));
+
     // Feeds: entries, health, the failing one, its failures counted.
     let feed = |name: &str, f: &str| format!("edge_filter_{name}{{feed=\"{f}\"}}");
     assert_eq!(value(&after, &feed("feed_entries", "blk"), &body), 1.0);
