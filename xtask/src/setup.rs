@@ -29,7 +29,8 @@ const BPF_LINKER_SERIES: &str = "0.13.";
 pub enum Group {
     /// The integration tests (network namespaces, veth pairs, ping). Always installed.
     Test,
-    /// `cargo xtask bench`: the nftables/iptables/ipset baselines.
+    /// `cargo xtask bench`: the nftables/iptables/ipset baselines and ethtool
+    /// (GRO on the veth receiver).
     Bench,
     /// The VM tests: a throwaway kernel under qemu with a busybox initramfs.
     Vm,
@@ -43,6 +44,7 @@ pub const DEBIAN_PACKAGES: &[(Group, &str)] = &[
     (Group::Bench, "nftables"),
     (Group::Bench, "iptables"),
     (Group::Bench, "ipset"),
+    (Group::Bench, "ethtool"),
     (Group::Vm, "qemu-system-x86"),
     (Group::Vm, "busybox-static"),
     (Group::Vm, "cpio"),
