@@ -276,7 +276,7 @@ pub fn lookup_addr_v4(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lookup_prefix_v4(ctx: XdpContext) -> u32 {
     match parse(&ctx) {
-        Parsed::V4 { src, .. } => verdict(PREFIX_V4.get(&Key::new(32, src)).is_some()),
+        Parsed::V4 { src, .. } => verdict(PREFIX_V4.get(Key::new(32, src)).is_some()),
         _ => xdp_action::XDP_PASS,
     }
 }
@@ -316,7 +316,7 @@ pub fn lookup_addr_v6(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lookup_prefix_v6(ctx: XdpContext) -> u32 {
     match parse(&ctx) {
-        Parsed::V6 { src, .. } => verdict(PREFIX_V6.get(&Key::new(128, src)).is_some()),
+        Parsed::V6 { src, .. } => verdict(PREFIX_V6.get(Key::new(128, src)).is_some()),
         _ => xdp_action::XDP_PASS,
     }
 }
