@@ -372,6 +372,19 @@ impl Rig {
     }
 }
 
+/// `1000000` as `1,000,000`.
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Every number following the word `key` in `text`.
 fn counters_after(text: &str, key: &str) -> Vec<u64> {
     let w: Vec<&str> = text.split_whitespace().collect();
@@ -561,7 +574,7 @@ pub fn run(o: &Opts) -> Result<()> {
          the next source address from a 65,536-slot table into each 60-byte UDP frame, \
          fixes the IPv4 checksum and `XDP_TX`es it out of one end of a veth pair; the \
          other end, in a second namespace, holds one receiver at a time, each with the same \
-         {n}-address set. Mixes: 100% of the sources in the set (a flood from blocked \
+         {}-address set. Mixes: 100% of the sources in the set (a flood from blocked \
          sources) and 50% (the rest from 10.0.0.0/8, passed up the stack). {frames} frames \
          per measurement; rate = packets the receiver counted (XDP program counters, nft \
          rule counters, iptables rule counters) / time from the start of sending to the \
@@ -571,7 +584,8 @@ pub fn run(o: &Opts) -> Result<()> {
          packet the receiver processed, \"dropped\" the ones it dropped, \"delivered\" the \
          share of the sent frames the receiver saw (veth drops the rest when its ring is \
          full). The netfilter receivers run with GRO on (veth then accepts XDP frames \
-         without an XDP program). {nft_v}; {iptables_v}.\n\n"
+         without an XDP program). {nft_v}; {iptables_v}.\n\n",
+        thousands(n)
     ));
     md.push_str("| mix | receiver | seen Mpps | dropped Mpps | delivered | dropped / XDP_DROP's |\n|---|---|---:|---:|---:|---:|\n");
     let mut jmix = Vec::new();
