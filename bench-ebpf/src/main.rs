@@ -17,8 +17,9 @@
 //!   `XDP_TX`: run in live-frames mode it sends every frame out of a veth.
 //! - [`count_drop`]: the live receivers' ceiling, `XDP_DROP` with a counter.
 //!
-//! The entry maps are declared exactly as in `edge-filter-ebpf` (same names,
-//! types, key and value layouts), so the agent's own sync code fills them.
+//! The entry maps the single lookups read are declared as in
+//! `edge-filter-ebpf` (same names, types, key and value layouts); `ef-bench`
+//! fills them with the keys and values the agent's sync builds.
 #![no_std]
 #![no_main]
 
@@ -34,26 +35,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use edge_filter_common::{
-    Config, Counter, DEFAULT_ADDR_V4_ENTRIES, DEFAULT_ADDR_V6_ENTRIES, DEFAULT_ALLOW_ENTRIES,
-    DEFAULT_PORT_ENTRIES, DEFAULT_PREFIX_ENTRIES, EntryValue, LastVerdict, PortKeyV4, PortKeyV6,
-    PortPrefixV4, PortPrefixV6, REASON_COUNT, SIDE_SRC,
+    DEFAULT_ADDR_V4_ENTRIES, DEFAULT_ADDR_V6_ENTRIES, DEFAULT_PORT_ENTRIES, DEFAULT_PREFIX_ENTRIES,
+    EntryValue, PortKeyV4, PortKeyV6, SIDE_SRC,
 };
 
 use crate::parse::{Parsed, parse};
 
-// The entry maps, as in edge-filter-ebpf (the agent's EntryMaps opens all
-// of them by name, so even the unused ones are declared).
-#[map]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
-#[map]
-static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
-#[map]
-static LAST: PerCpuArray<LastVerdict> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-static ALLOW_V4: LpmTrie<[u8; 4], EntryValue> = LpmTrie::with_max_entries(DEFAULT_ALLOW_ENTRIES, 0);
-#[map]
-static ALLOW_V6: LpmTrie<[u8; 16], EntryValue> =
-    LpmTrie::with_max_entries(DEFAULT_ALLOW_ENTRIES, 0);
+// The entry maps the single lookups read, as in edge-filter-ebpf.
 #[map]
 static ADDR_V4: HashMap<[u8; 4], EntryValue> =
     HashMap::with_max_entries(DEFAULT_ADDR_V4_ENTRIES, 0);
@@ -70,12 +58,6 @@ static PREFIX_V6: LpmTrie<[u8; 16], EntryValue> =
 static PORT_V4: HashMap<PortKeyV4, EntryValue> = HashMap::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
 #[map]
 static PORT_V6: HashMap<PortKeyV6, EntryValue> = HashMap::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
-#[map]
-static PPREFIX_V4: LpmTrie<PortPrefixV4, EntryValue> =
-    LpmTrie::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
-#[map]
-static PPREFIX_V6: LpmTrie<PortPrefixV6, EntryValue> =
-    LpmTrie::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
 
 /// One source the rewriter writes into the frame (layout shared with
 /// `tests/src/bench/progs.rs`).

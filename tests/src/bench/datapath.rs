@@ -196,10 +196,7 @@ pub fn run(o: &Opts) -> Result<()> {
         mid_idx.push((n, efs.len() - 1));
     }
     let mut bench = BenchObj::load(&bench_obj, &Capacities::default())?;
-    let st = bench.maps.apply(&full_set, 0)?;
-    if st.refused != 0 {
-        bail!("bench object: {} entries refused", st.refused);
-    }
+    bench.load_entries(&full_set)?;
 
     // The cases.
     let mut cases: Vec<Case> = Vec::new();

@@ -17,12 +17,16 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, MapData, ProgramArray},
+    maps::{
+        Array, HashMap as AyaHash, MapData, ProgramArray,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{ProgramFd, Xdp},
 };
 use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
-use edge_filter::maps::EntryMaps;
+use edge_filter::maps::Desired;
 use edge_filter::program::Capacities;
+use edge_filter_common::{EntryValue, PortKeyV4, PortKeyV6};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -182,8 +186,6 @@ pub struct BenchObj {
     pub slots: Array<MapData, Slot>,
     pub rewrite: Array<MapData, Rewrite>,
     pub jump: ProgramArray<MapData>,
-    /// Its copies of edge-filter's entry maps (for the single lookups).
-    pub maps: EntryMaps,
 }
 
 impl BenchObj {
@@ -211,14 +213,48 @@ impl BenchObj {
         let slots = Array::try_from(take("SLOTS")?)?;
         let rewrite = Array::try_from(take("REWRITE")?)?;
         let jump = ProgramArray::try_from(take("JUMP")?)?;
-        let maps = EntryMaps::from_ebpf(&mut ebpf)?;
         Ok(BenchObj {
             ebpf,
             slots,
             rewrite,
             jump,
-            maps,
         })
+    }
+
+    /// Write the entries of `set` into the object's copies of the address,
+    /// prefix and address+port maps (what the single-lookup programs read),
+    /// with the keys and values the agent's sync would write. Through the
+    /// maps' own handles rather than [`EntryMaps`](edge_filter::maps::EntryMaps), so the bench object needs
+    /// to declare only the maps it reads.
+    pub fn load_entries(&mut self, set: &EntrySet) -> Result<()> {
+        let d = Desired::build_from(set, &Desired::default());
+        macro_rules! hash {
+            ($name:expr, $k:ty, $field:expr) => {{
+                let mut m: AyaHash<&mut MapData, $k, EntryValue> =
+                    AyaHash::try_from(self.ebpf.map_mut($name).context($name)?)?;
+                for (k, v) in &$field {
+                    m.insert(k, v, 0)
+                        .with_context(|| format!("filling {}", $name))?;
+                }
+            }};
+        }
+        macro_rules! trie {
+            ($name:expr, $k:ty, $field:expr) => {{
+                let mut m: LpmTrie<&mut MapData, $k, EntryValue> =
+                    LpmTrie::try_from(self.ebpf.map_mut($name).context($name)?)?;
+                for ((len, data), v) in &$field {
+                    m.insert(&Key::new(*len, *data), v, 0)
+                        .with_context(|| format!("filling {}", $name))?;
+                }
+            }};
+        }
+        hash!("ADDR_V4", [u8; 4], d.addr_v4);
+        hash!("ADDR_V6", [u8; 16], d.addr_v6);
+        hash!("PORT_V4", PortKeyV4, d.port_v4);
+        hash!("PORT_V6", PortKeyV6, d.port_v6);
+        trie!("PREFIX_V4", [u8; 4], d.prefix_v4);
+        trie!("PREFIX_V6", [u8; 16], d.prefix_v6);
+        Ok(())
     }
 
     /// A program of the object.
@@ -644,4 +680,108 @@ pub fn stat(v: &[f64]) -> Stat {
 /// `yes`/`no` for a target.
 pub fn met(ok: bool) -> &'static str {
     if ok { "yes" } else { "**no**" }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use etherparse::{Ipv4Header, LaxNetSlice, LaxSlicedPacket, TransportSlice};
+
+    use super::*;
+
+    fn source(bytes: &[u8]) -> (IpAddr, u16) {
+        let p = LaxSlicedPacket::from_ethernet(bytes).expect("parses");
+        let src = match p.net.as_ref().expect("IP") {
+            LaxNetSlice::Ipv4(s) => IpAddr::V4(s.header().source_addr()),
+            LaxNetSlice::Ipv6(s) => IpAddr::V6(s.header().source_addr()),
+            LaxNetSlice::Arp(_) => panic!("ARP"),
+        };
+        let Some(TransportSlice::Udp(u)) = p.transport.as_ref() else {
+            panic!("not UDP");
+        };
+        (src, u.source_port())
+    }
+
+    /// What the rewriter writes lands on the source address and port.
+    #[test]
+    fn rewrite_offsets_name_the_source_address_and_port() {
+        for v6 in [false, true] {
+            for vlan in [false, true] {
+                let f = frame(v6, vlan, [2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
+                let mut b = f.bytes.clone();
+                let addr: [u8; 16] = core::array::from_fn(|i| 0x20 + i as u8);
+                let n = f.addr_len as usize;
+                b[f.addr_off as usize..][..n].copy_from_slice(&addr[..n]);
+                b[f.port_off as usize..][..2].copy_from_slice(&4242u16.to_be_bytes());
+                let want = if v6 {
+                    IpAddr::V6(Ipv6Addr::from(addr))
+                } else {
+                    IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+                };
+                assert_eq!(source(&b), (want, 4242), "v6={v6} vlan={vlan}");
+            }
+        }
+    }
+
+    /// The netfilter receivers drop IPv4 frames with a bad header checksum
+    /// before their rules see them.
+    #[test]
+    fn ipv4_frames_carry_a_valid_header_checksum() {
+        for vlan in [false, true] {
+            let f = frame(false, vlan, [2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
+            let (h, _) = Ipv4Header::from_slice(&f.bytes[f.ip_off as usize..]).expect("IPv4");
+            assert_eq!(h.header_checksum, h.calc_header_checksum());
+        }
+    }
+
+    /// A table's hit share is what it says: every hit slot matches an entry
+    /// of the set, no miss slot does.
+    #[test]
+    fn tables_mix_hits_and_misses_as_stated() {
+        let sizes = PoolSizes {
+            v4_addrs: 50,
+            v4_prefixes: 10,
+            v4_ports: 10,
+            v6_addrs: 50,
+            v6_prefixes: 10,
+            v6_ports: 10,
+        };
+        let pool = Pool::generate(7, sizes);
+        let set = pool.entry_set(50, 50, true);
+        for v6 in [false, true] {
+            for kind in [
+                HitKind::Addr(20),
+                HitKind::Prefix,
+                HitKind::Port,
+                HitKind::All,
+            ] {
+                let t = table(&pool, v6, kind, 50, 11);
+                let hits = t
+                    .iter()
+                    .filter(|s| {
+                        let src = if v6 {
+                            IpAddr::V6(Ipv6Addr::from(s.addr))
+                        } else {
+                            IpAddr::V4(Ipv4Addr::new(s.addr[0], s.addr[1], s.addr[2], s.addr[3]))
+                        };
+                        let ports = Some((Proto::Udp, u16::from_be_bytes(s.port), 53));
+                        set.entries.iter().any(|e| e.matches(src, ports))
+                    })
+                    .count();
+                let share = hits as f64 / t.len() as f64;
+                assert!(
+                    (0.48..=0.52).contains(&share),
+                    "v6={v6} {kind:?}: {share} of the slots hit"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(stat(&[3.0, 1.0, 2.0]).median, 2.0);
+        assert_eq!(stat(&[4.0, 1.0, 2.0, 3.0]).median, 2.5);
+        assert!(stat(&[]).median.is_nan());
+    }
 }
