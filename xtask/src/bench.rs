@@ -51,9 +51,8 @@ struct SectionSpec {
     json: &'static str,
 }
 
-/// Every section, in report order. Later sections (datapath in the kernel,
-/// live veth receivers) add a [`Section`] variant, an entry here and an
-/// `ef-bench` subcommand.
+/// Every section, in report order. A new section is a [`Section`] variant,
+/// an entry here and an `ef-bench` subcommand.
 const SECTIONS: &[SectionSpec] = &[
     SectionSpec {
         section: Section::Sync,
