@@ -86,12 +86,18 @@ pub fn load(caps: &Capacities) -> Result<Ebpf> {
     if OBJECT.is_empty() {
         return Err(Error::NoObject);
     }
+    load_object(OBJECT, caps)
+}
+
+/// [`load`] for another build of the same program (`cargo xtask bench`
+/// compares builds with different cargo features).
+pub fn load_object(object: &[u8], caps: &Capacities) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     for (name, n) in caps.per_map() {
         loader.map_max_entries(name, n.max(1));
     }
     loader.map_max_entries(abi::MAP_ENTRY_STATS, caps.entry_stats.max(1));
-    let mut ebpf = loader.load(OBJECT).map_err(|e| {
+    let mut ebpf = loader.load(object).map_err(|e| {
         if io_source(&e).is_some_and(is_permission) {
             Error::Permission {
                 op: "creating BPF maps".into(),

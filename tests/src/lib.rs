@@ -1,4 +1,5 @@
 //! Shared helpers of the integration tests.
+pub mod bench;
 pub mod corpus;
 pub mod differential;
 pub mod httpd;

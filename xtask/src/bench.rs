@@ -32,6 +32,14 @@ pub enum Section {
     /// Agent: full sync and 1% delta of 1M /32 + 100k prefixes, batch vs
     /// per-element, peak RSS.
     Sync,
+    /// XDP program in the kernel (BPF_PROG_TEST_RUN): ns/packet against
+    /// bare drop, parse-only and single lookups; writes the plot.
+    Datapath,
+    /// Live frames on a veth pair: pps dropped by XDP_DROP, edge-filter,
+    /// nftables and iptables+ipset.
+    Live,
+    /// Kernel map memory per entry at 1M entries against the formulas.
+    Memory,
 }
 
 /// How a section is produced: `ef-bench <subcommand> --rounds N
@@ -43,14 +51,42 @@ struct SectionSpec {
     json: &'static str,
 }
 
-/// Every section, in report order. Later sections (datapath in the kernel,
-/// live veth receivers) add a [`Section`] variant, an entry here and an
-/// `ef-bench` subcommand.
-const SECTIONS: &[SectionSpec] = &[SectionSpec {
-    section: Section::Sync,
-    subcommand: "sync",
-    json: "sync.json",
-}];
+/// Every section, in report order. A new section is a [`Section`] variant,
+/// an entry here and an `ef-bench` subcommand.
+const SECTIONS: &[SectionSpec] = &[
+    SectionSpec {
+        section: Section::Sync,
+        subcommand: "sync",
+        json: "sync.json",
+    },
+    SectionSpec {
+        section: Section::Datapath,
+        subcommand: "datapath",
+        json: "datapath.json",
+    },
+    SectionSpec {
+        section: Section::Live,
+        subcommand: "live",
+        json: "live.json",
+    },
+    SectionSpec {
+        section: Section::Memory,
+        subcommand: "memory",
+        json: "memory.json",
+    },
+];
+
+/// The plot the datapath section draws, next to the report.
+const PLOT_FILE: &str = "datapath.svg";
+
+/// Tools of the live section and their Debian packages (installed by
+/// `cargo xtask setup`).
+const LIVE_TOOLS: [(&str, &str); 4] = [
+    ("nft", "nftables"),
+    ("iptables", "iptables"),
+    ("ipset", "ipset"),
+    ("ethtool", "ethtool"),
+];
 
 const LONG_ABOUT: &str = "\
 Run the benchmarks and write docs/bench/REPORT.md (also printed): the machine \
@@ -60,7 +96,22 @@ and kernel it ran on, then one section per benchmark.
   target/release/ef-bench <section> --rounds N --json-out docs/bench/<section>.json
 
 Sections (--only):
-  sync   the agent: full sync of 1M IPv4 /32 + 100k prefixes, 1% delta, peak RSS
+  sync      the agent: full sync of 1M IPv4 /32 + 100k prefixes, 1% delta, peak RSS
+  datapath  the XDP program in the kernel (BPF_PROG_TEST_RUN behind a source
+            rewriter): ns/packet against bare XDP_DROP, parse-only and single
+            lookups, 1K..1M entries, IPv4/IPv6, plain/VLAN, with and without
+            per-entry stats; also draws docs/bench/datapath.svg
+  live      a live-frames XDP generator into a veth pair: pps dropped by
+            XDP_DROP, edge-filter (native), nftables set, iptables raw + ipset,
+            each with the same 1M-address set (needs nftables, iptables, ipset,
+            ethtool: `sudo -E cargo xtask setup`)
+  memory    kernel map memory (fdinfo memlock) per entry at 1M entries against
+            each map type's formula
+
+The datapath and live sections also build bench-only eBPF objects (bench-ebpf, \
+and edge-filter with --features no-entry-stats) with the nightly toolchain, as \
+edge-filter/build.rs does. --quick runs smaller sets and fewer cases (a smoke \
+run: combine with --rounds 3).
 
 The sync section times a full sync into empty maps (batch and per-element \
 paths), a 1% churn delta on top of it, the read-back of the full maps, and \
@@ -86,6 +137,11 @@ pub struct Args {
     #[arg(long, value_enum, value_delimiter = ',', value_name = "SECTION")]
     pub only: Vec<Section>,
 
+    /// Smaller sets and fewer cases in the datapath, live and memory
+    /// sections (a smoke run; the sync section is unchanged).
+    #[arg(long)]
+    pub quick: bool,
+
     /// Write the report here instead of docs/bench/REPORT.md (the JSON
     /// figures still go to docs/bench).
     #[arg(long, value_name = "FILE")]
@@ -107,6 +163,26 @@ pub fn run(args: Args) -> Result<()> {
     let dir = root.join(REPORT_DIR);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let header = machine_header(&args)?;
+    let wanted = |s: Section| args.only.is_empty() || args.only.contains(&s);
+    if wanted(Section::Live) {
+        let missing: Vec<&str> = LIVE_TOOLS
+            .iter()
+            .filter(|(t, _)| util::find_on_path(t).is_none())
+            .map(|(_, p)| *p)
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "the live section needs the Debian packages {}: run \
+                 `sudo -E cargo xtask setup` (or skip it with --only)",
+                missing.join(", ")
+            );
+        }
+    }
+    let objects = if wanted(Section::Datapath) || wanted(Section::Live) {
+        Some(crate::bench_build::build(&target_dir(&root))?)
+    } else {
+        None
+    };
 
     let mut build = util::cargo();
     build.args(["build", "--release", "-p", PACKAGE, "--bin", BIN]);
@@ -122,7 +198,20 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         let t = Instant::now();
-        let md = run_section(&exe, spec, args.rounds, &dir.join(spec.json))?;
+        let mut extra: Vec<std::ffi::OsString> = Vec::new();
+        if spec.section != Section::Sync {
+            if args.quick {
+                extra.push("--quick".into());
+            }
+            if let Some(o) = &objects {
+                extra.extend(["--bench-object".into(), o.bench.clone().into()]);
+                extra.extend(["--nostats-object".into(), o.nostats.clone().into()]);
+            }
+            if spec.section == Section::Datapath {
+                extra.extend(["--svg-out".into(), dir.join(PLOT_FILE).into()]);
+            }
+        }
+        let md = run_section(&exe, spec, args.rounds, &dir.join(spec.json), &extra)?;
         report.push('\n');
         report.push_str(md.trim_end());
         report.push('\n');
@@ -145,9 +234,16 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Runs one section's `ef-bench` subcommand; its progress goes to the
 /// terminal, its Markdown (stdout) is returned.
-fn run_section(exe: &Path, spec: &SectionSpec, rounds: usize, json: &Path) -> Result<String> {
+fn run_section(
+    exe: &Path,
+    spec: &SectionSpec,
+    rounds: usize,
+    json: &Path,
+    extra: &[std::ffi::OsString],
+) -> Result<String> {
     let mut cmd = Command::new(exe);
     cmd.arg(spec.subcommand)
+        .args(extra)
         .args(["--rounds", &rounds.to_string()])
         .arg("--json-out")
         .arg(json)
@@ -206,6 +302,9 @@ fn machine_header(args: &Args) -> Result<String> {
     let mut rerun = String::from("sudo -E cargo xtask bench");
     if args.rounds != 10 {
         rerun.push_str(&format!(" --rounds {}", args.rounds));
+    }
+    if args.quick {
+        rerun.push_str(" --quick");
     }
     if !args.only.is_empty() {
         let names: Vec<String> = args

@@ -4,7 +4,7 @@ use std::{process::Command, time::Instant};
 use anyhow::{Result, bail};
 
 use crate::{
-    test::EBPF_PACKAGE,
+    test::{BENCH_EBPF_PACKAGE, EBPF_PACKAGE},
     util::{self, human},
 };
 
@@ -12,8 +12,10 @@ const LONG_ABOUT: &str = "\
 Check formatting and lints the way CI does; fails on any finding.
 
   cargo fmt --all -- --check
-  cargo clippy --workspace --exclude edge-filter-ebpf --all-targets -- -D warnings
-  cargo +nightly clippy --package edge-filter-ebpf --target bpfel-unknown-none \\
+  cargo clippy --workspace --exclude edge-filter-ebpf --exclude edge-filter-bench-ebpf \\
+      --all-targets -- -D warnings
+  cargo +nightly clippy --package edge-filter-ebpf --package edge-filter-bench-ebpf \\
+      --target bpfel-unknown-none \\
       -Z build-std=core --release -- -D warnings
 
 The host clippy builds the XDP program through edge-filter's build script, and \
@@ -38,6 +40,8 @@ pub fn run(_args: Args) -> Result<()> {
         "--workspace",
         "--exclude",
         EBPF_PACKAGE,
+        "--exclude",
+        BENCH_EBPF_PACKAGE,
         "--all-targets",
         "--",
         "-D",
@@ -48,6 +52,8 @@ pub fn run(_args: Args) -> Result<()> {
         "clippy",
         "--package",
         EBPF_PACKAGE,
+        "--package",
+        BENCH_EBPF_PACKAGE,
         "--target",
         "bpfel-unknown-none",
         "-Z",

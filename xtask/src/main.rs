@@ -5,6 +5,7 @@
 //! echoed to stderr beside their own output, errors go to stderr with a
 //! non-zero exit status.
 mod bench;
+mod bench_build;
 mod check;
 mod setup;
 mod test;

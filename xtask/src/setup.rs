@@ -29,7 +29,8 @@ const BPF_LINKER_SERIES: &str = "0.13.";
 pub enum Group {
     /// The integration tests (network namespaces, veth pairs, ping). Always installed.
     Test,
-    /// `cargo xtask bench`: the nftables/iptables/ipset baselines. Always installed.
+    /// `cargo xtask bench`: the nftables/iptables/ipset baselines and ethtool
+    /// (GRO on the veth receiver). Always installed.
     Bench,
     /// The VM tests (`cargo xtask test` runs them): a throwaway kernel under
     /// qemu with a busybox initramfs. Always installed.
@@ -44,6 +45,7 @@ pub const DEBIAN_PACKAGES: &[(Group, &str)] = &[
     (Group::Bench, "nftables"),
     (Group::Bench, "iptables"),
     (Group::Bench, "ipset"),
+    (Group::Bench, "ethtool"),
     (Group::Vm, "qemu-system-x86"),
     (Group::Vm, "busybox-static"),
     (Group::Vm, "cpio"),

@@ -10,6 +10,9 @@ use crate::util::{self, human};
 /// `edge-filter/build.rs`, and linted by `cargo xtask check`); host builds of
 /// the workspace leave it out.
 pub const EBPF_PACKAGE: &str = "edge-filter-ebpf";
+/// The benchmark-only XDP programs (built by `cargo xtask bench`); like
+/// [`EBPF_PACKAGE`], never built for the host.
+pub const BENCH_EBPF_PACKAGE: &str = "edge-filter-bench-ebpf";
 
 const LONG_ABOUT: &str = "\
 Run the whole test suite: the unit and integration tests of every crate (all \
@@ -92,7 +95,15 @@ pub fn run(args: Args) -> Result<()> {
     for (name, selector) in [("all targets", "--all-targets"), ("doc tests", "--doc")] {
         let t = Instant::now();
         let mut cmd = util::cargo();
-        cmd.args(["test", "--workspace", "--exclude", EBPF_PACKAGE, selector]);
+        cmd.args([
+            "test",
+            "--workspace",
+            "--exclude",
+            EBPF_PACKAGE,
+            "--exclude",
+            BENCH_EBPF_PACKAGE,
+            selector,
+        ]);
         if !args.test_args.is_empty() {
             cmd.arg("--").args(&args.test_args);
         }

@@ -95,6 +95,10 @@ usage: ef-bench sync [--rounds N] [--seed S] [--json] [--json-out FILE]
          back) through `EntryMaps::apply`, printing each time: a workload
          for `perf record` (profiling the delta path); needs root.
 
+  datapath | live | memory  [--rounds N] [--seed S] [--quick] [--json]
+         [--json-out FILE] [--bench-object FILE] [--nostats-object FILE]
+         [--svg-out FILE]: see below.
+
   --rounds N       rounds, each measurement once per round (default 10)
   --seed S         seed of the generated entry sets (default fixed)
   --json           print JSON instead of Markdown
@@ -162,8 +166,18 @@ fn run() -> Result<()> {
         Some("sync") => sync_bench(&parse_opts(&args[1..])?),
         Some(RSS_CHILD) => rss_child(&parse_opts(&args[1..])?),
         Some("delta-loop") => delta_loop(&parse_opts(&args[1..])?),
+        // The datapath, live and memory sections live in `edge_filter_tests::bench`.
+        Some(s @ ("datapath" | "live" | "memory")) => {
+            use edge_filter_tests::bench;
+            let o = bench::Opts::parse(&args[1..], ROUNDS, SEED)?;
+            match s {
+                "datapath" => bench::datapath::run(&o),
+                "live" => bench::live::run(&o),
+                _ => bench::memory::run(&o),
+            }
+        }
         Some("-h" | "--help") => {
-            println!("{USAGE}");
+            println!("{USAGE}\n\n{}", edge_filter_tests::bench::USAGE);
             Ok(())
         }
         _ => bail!("{USAGE}"),
