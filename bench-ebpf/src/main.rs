@@ -226,8 +226,10 @@ pub fn count_drop(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn parse_only(ctx: XdpContext) -> u32 {
     let x = match parse(&ctx) {
-        Parsed::V4 { src, ports } => src[0] ^ src[3] ^ ports.map_or(0, |p| p.sport[1] ^ p.dport[1]),
-        Parsed::V6 { src, ports } => {
+        Parsed::V4 { src, ports, .. } => {
+            src[0] ^ src[3] ^ ports.map_or(0, |p| p.sport[1] ^ p.dport[1])
+        }
+        Parsed::V6 { src, ports, .. } => {
             src[0] ^ src[15] ^ ports.map_or(0, |p| p.sport[1] ^ p.dport[1])
         }
         _ => return xdp_action::XDP_PASS,
@@ -270,6 +272,7 @@ pub fn lookup_port_v4(ctx: XdpContext) -> u32 {
         Parsed::V4 {
             src,
             ports: Some(p),
+            ..
         } => {
             let k = PortKeyV4 {
                 addr: src,
@@ -310,6 +313,7 @@ pub fn lookup_port_v6(ctx: XdpContext) -> u32 {
         Parsed::V6 {
             src,
             ports: Some(p),
+            ..
         } => {
             let k = PortKeyV6 {
                 addr: src,
