@@ -317,13 +317,11 @@ fn covered<K: TrieKey>(
     lens: &[u32],
     len: u32,
     key: K,
-) -> Vec<(u32, K)> {
+) -> impl Iterator<Item = ((u32, K), EntryValue)> {
     let (lo, hi) = (key.masked(len), key.filled(len));
-    let mut out = Vec::new();
-    for &l in lens.iter().filter(|&&l| l >= len) {
-        out.extend(trie.range((l, lo)..=(l, hi)).map(|(k, _)| *k));
-    }
-    out
+    lens.iter()
+        .filter(move |&&l| l >= len)
+        .flat_map(move |&l| trie.range((l, lo)..=(l, hi)).map(|(k, v)| (*k, *v)))
 }
 
 /// What an incremental update changed: the old and new values of every
@@ -548,6 +546,23 @@ impl Desired {
     /// values of every touched key, for a minimal kernel sync.
     fn update(&mut self, changes: &[(Slot, Option<Action>)], next: &mut u32) -> Touched {
         let mut t = Touched::default();
+        // Presize the touched hash maps: no rehashing while they fill.
+        let mut n = [0usize; 4];
+        for (slot, _) in changes {
+            match slot {
+                Slot::AddrV4(_) => n[0] += 1,
+                Slot::AddrV6(_) => n[1] += 1,
+                Slot::PortV4(_) => n[2] += 1,
+                Slot::PortV6(_) => n[3] += 1,
+                _ => {}
+            }
+        }
+        for d in [&mut t.old, &mut t.new] {
+            d.addr_v4.reserve(n[0]);
+            d.addr_v6.reserve(n[1]);
+            d.port_v4.reserve(n[2]);
+            d.port_v6.reserve(n[3]);
+        }
         // Tries: remember the old values of every node a changed prefix
         // covers, before changing anything.
         macro_rules! trie_old {
@@ -557,9 +572,7 @@ impl Desired {
                 for (slot, _) in changes {
                     if let Slot::$variant(l, k) = slot {
                         dirty.push((*l, *k));
-                        for n in covered(&self.$field, &lens, *l, *k) {
-                            t.old.$field.insert(n, self.$field[&n]);
-                        }
+                        t.old.$field.extend(covered(&self.$field, &lens, *l, *k));
                     }
                 }
                 dirty
