@@ -24,7 +24,7 @@ use crate::config::{Config, FeedConfig, Source};
 use crate::error::{Error, Result};
 use crate::feeds::{FeedParse, parse_feed};
 use crate::fetch::{FetchPolicy, Fetched, Fetcher, Location, Validators};
-use crate::maps::EntryMaps;
+use crate::maps::{EntryMaps, SetChanges};
 use crate::paths::Paths;
 use crate::state::{LastKnownGood, StateDir};
 use crate::sync::{DesiredState, FeedSnapshot, GuardDecision, ShrinkGuard, merge};
@@ -248,7 +248,9 @@ struct FeedAgent {
     lkg_meta: BTreeMap<String, (Validators, usize)>,
     health: BTreeMap<String, FeedHealth>,
     guard: ShrinkGuard,
-    ifaces: Vec<(String, EntryMaps)>,
+    /// Each interface's maps, and whether they enforce exactly
+    /// `desired.set` (then a resync applies only the changes).
+    ifaces: Vec<(String, EntryMaps, bool)>,
     /// Shared with the metrics exporter (per-feed hits need provenance).
     desired: std::sync::Arc<DesiredState>,
     status: Status,
@@ -361,7 +363,10 @@ impl FeedAgent {
             for r in &att.initial_sync.refusals {
                 log::error!("{}: {r}", i.name);
             }
-            ifaces.push((i.name.clone(), att.maps));
+            // Kept contents are not `desired.set`: the first resync diffs
+            // against what `apply` saw instead.
+            let synced = !keep && att.maps.in_sync();
+            ifaces.push((i.name.clone(), att.maps, synced));
         }
         let status = Status {
             pid: std::process::id(),
@@ -586,11 +591,26 @@ impl FeedAgent {
     fn resync(&mut self, why: &str) {
         let t = Instant::now();
         let snaps: Vec<FeedSnapshot> = self.snapshots.values().cloned().collect();
-        self.desired = std::sync::Arc::new(merge(&self.cfg, &snaps, OffsetDateTime::now_utc()));
+        let prev = std::mem::replace(
+            &mut self.desired,
+            std::sync::Arc::new(merge(&self.cfg, &snaps, OffsetDateTime::now_utc())),
+        );
         let flags = flags(&self.cfg);
         let mut refused = 0;
-        for (iface, maps) in &mut self.ifaces {
-            match maps.apply(&self.desired.set, flags) {
+        // The key-level changes, computed once for every interface whose
+        // maps enforce the previous set: applying them costs in proportion
+        // to the change, not to the set.
+        let mut changes: Option<SetChanges> = None;
+        for (iface, maps, synced) in &mut self.ifaces {
+            let r = if *synced && maps.in_sync() {
+                let ch = changes
+                    .get_or_insert_with(|| SetChanges::between(&prev.set, &self.desired.set));
+                maps.apply_changes(&self.desired.set, ch, flags)
+            } else {
+                maps.apply(&self.desired.set, flags)
+            };
+            *synced = matches!(&r, Ok(s) if s.refused == 0);
+            match r {
                 Ok(s) => {
                     refused += s.refused;
                     if s.added + s.changed + s.removed > 0 {
@@ -623,7 +643,7 @@ impl FeedAgent {
 
     fn reconcile(&mut self) {
         let flags = flags(&self.cfg);
-        for (iface, maps) in &mut self.ifaces {
+        for (iface, maps, _) in &mut self.ifaces {
             match maps.reconcile(flags) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -653,7 +673,7 @@ impl FeedAgent {
                 maps: self
                     .ifaces
                     .iter()
-                    .filter_map(|(i, maps)| Some((i.clone(), maps.shadow()?.counts().to_vec())))
+                    .filter_map(|(i, maps, _)| Some((i.clone(), maps.shadow()?.counts().to_vec())))
                     .collect(),
             });
         }

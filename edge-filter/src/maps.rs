@@ -7,7 +7,7 @@
 //! [`EntryMaps::sync`] applies it as a diff: adds and changes first, removals
 //! last, so an entry present before and after an update is never absent.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map, hash_map};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
@@ -25,6 +25,11 @@ use ipnet::IpNet;
 use crate::entry::{Action, Entry, EntrySet};
 use crate::error::{Error, Result};
 
+/// A hash map's contents by key. FxHash instead of SipHash: the keys are
+/// addresses and ports we put there ourselves (no HashDoS concern), and a
+/// full sync hashes every one of a million keys at least twice.
+pub type KeyMap<K> = HashMap<K, EntryValue, rustc_hash::FxBuildHasher>;
+
 /// Contents of every entry map.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -33,17 +38,17 @@ pub struct Desired {
     /// ALLOW_V6.
     pub allow_v6: BTreeMap<(u32, [u8; 16]), EntryValue>,
     /// ADDR_V4.
-    pub addr_v4: HashMap<[u8; 4], EntryValue>,
+    pub addr_v4: KeyMap<[u8; 4]>,
     /// ADDR_V6.
-    pub addr_v6: HashMap<[u8; 16], EntryValue>,
+    pub addr_v6: KeyMap<[u8; 16]>,
     /// PREFIX_V4.
     pub prefix_v4: BTreeMap<(u32, [u8; 4]), EntryValue>,
     /// PREFIX_V6.
     pub prefix_v6: BTreeMap<(u32, [u8; 16]), EntryValue>,
     /// PORT_V4.
-    pub port_v4: HashMap<PortKeyV4, EntryValue>,
+    pub port_v4: KeyMap<PortKeyV4>,
     /// PORT_V6.
-    pub port_v6: HashMap<PortKeyV6, EntryValue>,
+    pub port_v6: KeyMap<PortKeyV6>,
     /// PPREFIX_V4 by (trie prefix length, data).
     pub pprefix_v4: BTreeMap<(u32, PortPrefixV4), EntryValue>,
     /// PPREFIX_V6.
@@ -217,13 +222,22 @@ trait PortPrefixBytes {
 port_prefix_key!(PortPrefixV4, 8);
 port_prefix_key!(PortPrefixV6, 20);
 
-/// Distinct prefix lengths of a trie, longest first.
-fn lengths_or_empty<K>(trie: &BTreeMap<(u32, K), EntryValue>) -> Vec<u32> {
+/// Distinct prefix lengths of a trie, longest first: one range seek per
+/// distinct length (keys are ordered by length first), not a walk over
+/// every node, so an incremental update stays proportional to the change.
+fn lengths_or_empty<K: TrieKey>(trie: &BTreeMap<(u32, K), EntryValue>) -> Vec<u32> {
+    let Some((&(_, any), _)) = trie.first_key_value() else {
+        return Vec::new();
+    };
+    // All bits zero: the smallest key data of any length.
+    let zero = any.masked(0);
     let mut lens: Vec<u32> = Vec::new();
-    // Keys are ordered by length first, so equal lengths are adjacent.
-    for (l, _) in trie.keys() {
-        if lens.last() != Some(l) {
-            lens.push(*l);
+    let mut from = 0;
+    while let Some((&(l, _), _)) = trie.range((from, zero)..).next() {
+        lens.push(l);
+        match l.checked_add(1) {
+            Some(n) => from = n,
+            None => break,
         }
     }
     lens.reverse();
@@ -255,18 +269,45 @@ fn flat_value<K: TrieKey>(
     }
 }
 
-/// Flatten every node of a trie.
-fn flatten<K: TrieKey>(trie: &mut BTreeMap<(u32, K), EntryValue>, fixed: u32) {
+/// Flatten every node of a trie: the same result as [`flat_value`] for each
+/// node, in one sweep. Sorted by (data, length), a node comes right after
+/// the chain of nodes covering it, so a stack of that chain, each with the
+/// best (action, decider) of the chain down to it, gives every node's
+/// value from its nearest covering node: O(n log n) instead of one lookup
+/// per node and length. (Every node of a port-prefix trie has at least the
+/// fixed bits, so no covering node is shorter than them.)
+fn flatten<K: TrieKey>(trie: &mut BTreeMap<(u32, K), EntryValue>) {
     if trie.is_empty() {
         return;
     }
-    let lens = lengths_or_empty(trie);
-    let flat: Vec<((u32, K), EntryValue)> = trie
-        .iter()
-        .map(|(&(l, k), &v)| ((l, k), flat_value(trie, &lens, fixed, l, k, v)))
-        .collect();
-    for (k, v) in flat {
-        trie.insert(k, v);
+    let nodes: Vec<(u32, K, EntryValue)> = trie.iter().map(|(&(l, k), &v)| (l, k, v)).collect();
+    let mut order: Vec<u32> = (0..nodes.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| {
+        let (a, b) = (&nodes[a as usize], &nodes[b as usize]);
+        a.1.cmp(&b.1).then(a.0.cmp(&b.0))
+    });
+    // (length, data, best action, its id) of the covering chain.
+    let mut stack: Vec<(u32, K, u8, u32)> = Vec::new();
+    let mut flat: Vec<(u8, u32)> = vec![(0, 0); nodes.len()];
+    for i in order {
+        let (l, k, own) = nodes[i as usize];
+        while let Some(&(tl, tk, _, _)) = stack.last() {
+            if tl <= l && k.masked(tl) == tk {
+                break;
+            }
+            stack.pop();
+        }
+        // Strictly stronger beats; a tie keeps the longer node.
+        let best = match stack.last() {
+            Some(&(_, _, a, id)) if a > own.own_action => (a, id),
+            _ => (own.own_action, own.id),
+        };
+        flat[i as usize] = best;
+        stack.push((l, k, best.0, best.1));
+    }
+    for (v, (action, decider)) in trie.values_mut().zip(flat) {
+        v.action = action;
+        v.decider = decider;
     }
 }
 
@@ -276,13 +317,11 @@ fn covered<K: TrieKey>(
     lens: &[u32],
     len: u32,
     key: K,
-) -> Vec<(u32, K)> {
+) -> impl Iterator<Item = ((u32, K), EntryValue)> {
     let (lo, hi) = (key.masked(len), key.filled(len));
-    let mut out = Vec::new();
-    for &l in lens.iter().filter(|&&l| l >= len) {
-        out.extend(trie.range((l, lo)..=(l, hi)).map(|(k, _)| *k));
-    }
-    out
+    lens.iter()
+        .filter(move |&&l| l >= len)
+        .flat_map(move |&l| trie.range((l, lo)..=(l, hi)).map(|(k, v)| (*k, *v)))
 }
 
 /// Entry id allocation. Ids index the per-entry hit counters
@@ -451,7 +490,7 @@ impl Desired {
 
     /// The largest id in use.
     pub fn max_id(&self) -> Option<u32> {
-        fn h<K>(m: &HashMap<K, EntryValue>) -> Option<u32> {
+        fn h<K>(m: &KeyMap<K>) -> Option<u32> {
             m.values().map(|v| v.id).max()
         }
         fn t<K>(m: &BTreeMap<K, EntryValue>) -> Option<u32> {
@@ -490,6 +529,51 @@ impl Desired {
         .copied()
     }
 
+    /// Set `slot` to `f(old value)` (`None` removes) with one lookup;
+    /// returns the old and the new value.
+    fn replace(
+        &mut self,
+        slot: Slot,
+        f: impl FnOnce(Option<EntryValue>) -> Option<EntryValue>,
+    ) -> (Option<EntryValue>, Option<EntryValue>) {
+        macro_rules! replace {
+            ($m:expr, $k:expr, $mod:ident) => {
+                match $m.entry($k) {
+                    $mod::Entry::Occupied(mut o) => {
+                        let old = *o.get();
+                        let new = f(Some(old));
+                        match new {
+                            Some(v) => *o.get_mut() = v,
+                            None => {
+                                o.remove();
+                            }
+                        }
+                        (Some(old), new)
+                    }
+                    $mod::Entry::Vacant(e) => {
+                        let new = f(None);
+                        if let Some(v) = new {
+                            e.insert(v);
+                        }
+                        (None, new)
+                    }
+                }
+            };
+        }
+        match slot {
+            Slot::AllowV4(l, k) => replace!(self.allow_v4, (l, k), btree_map),
+            Slot::AllowV6(l, k) => replace!(self.allow_v6, (l, k), btree_map),
+            Slot::AddrV4(k) => replace!(self.addr_v4, k, hash_map),
+            Slot::AddrV6(k) => replace!(self.addr_v6, k, hash_map),
+            Slot::PrefixV4(l, k) => replace!(self.prefix_v4, (l, k), btree_map),
+            Slot::PrefixV6(l, k) => replace!(self.prefix_v6, (l, k), btree_map),
+            Slot::PortV4(k) => replace!(self.port_v4, k, hash_map),
+            Slot::PortV6(k) => replace!(self.port_v6, k, hash_map),
+            Slot::PPrefixV4(l, k) => replace!(self.pprefix_v4, (l, k), btree_map),
+            Slot::PPrefixV6(l, k) => replace!(self.pprefix_v6, (l, k), btree_map),
+        }
+    }
+
     fn put(&mut self, slot: Slot, v: Option<EntryValue>) {
         macro_rules! put {
             ($m:expr, $k:expr) => {
@@ -518,7 +602,7 @@ impl Desired {
     }
 
     /// Own values of every key of `set` (duplicates merge: drop wins), ids
-    /// looked up in `current` by typed key (new keys count up from `next`);
+    /// looked up in `current` by typed key (new keys get free ids from `ids`);
     /// then flatten the tries.
     fn fill_typed(&mut self, set: &EntrySet, current: &Desired, ids: &mut IdAlloc) {
         let mut id_of =
@@ -531,36 +615,69 @@ impl Desired {
             let v = value(Action::Drop, id_of(&slot));
             self.put(slot, Some(v));
         }
-        self.addr_v4.reserve(set.entries.len());
+        // Presize by kind counts: no rehashing while a million keys go in.
+        let (mut n_addr_v4, mut n_addr_v6, mut n_port_v4, mut n_port_v6) = (0, 0, 0, 0);
+        for e in &set.entries {
+            let exact = e.net.prefix_len() == e.net.max_prefix_len();
+            match (exact, e.port.is_some(), matches!(e.net, IpNet::V4(_))) {
+                (true, false, true) => n_addr_v4 += 1,
+                (true, false, false) => n_addr_v6 += 1,
+                (true, true, true) => n_port_v4 += 1,
+                (true, true, false) => n_port_v6 += 1,
+                _ => {}
+            }
+        }
+        self.addr_v4.reserve(n_addr_v4);
+        self.addr_v6.reserve(n_addr_v6);
+        self.port_v4.reserve(n_port_v4);
+        self.port_v6.reserve(n_port_v6);
         for e in &set.entries {
             let key = crate::entry::EntryKey {
                 net: e.net.trunc(),
                 port: e.port,
             };
             let slot = entry_slot(&key);
-            match self.get(&slot) {
-                // Duplicate key: the strongest action wins, the id stays.
-                Some(mut v) => {
-                    if e.action.abi() > v.own_action {
-                        v.own_action = e.action.abi();
-                        v.action = v.own_action;
-                        self.put(slot, Some(v));
+            let a = e.action.abi();
+            // One lookup per key: a duplicate key keeps its id and takes
+            // the strongest action.
+            macro_rules! merge {
+                ($m:expr, $k:expr, $mod:ident) => {
+                    match $m.entry($k) {
+                        $mod::Entry::Occupied(mut o) => {
+                            let v = o.get_mut();
+                            if a > v.own_action {
+                                v.own_action = a;
+                                v.action = a;
+                            }
+                        }
+                        $mod::Entry::Vacant(v) => {
+                            v.insert(value(e.action, id_of(&slot)));
+                        }
                     }
+                };
+            }
+            match slot {
+                Slot::AllowV4(..) | Slot::AllowV6(..) => {
+                    unreachable!("entries are not allow slots")
                 }
-                None => {
-                    let v = value(e.action, id_of(&slot));
-                    self.put(slot, Some(v));
-                }
+                Slot::AddrV4(k) => merge!(self.addr_v4, k, hash_map),
+                Slot::AddrV6(k) => merge!(self.addr_v6, k, hash_map),
+                Slot::PrefixV4(l, k) => merge!(self.prefix_v4, (l, k), btree_map),
+                Slot::PrefixV6(l, k) => merge!(self.prefix_v6, (l, k), btree_map),
+                Slot::PortV4(k) => merge!(self.port_v4, k, hash_map),
+                Slot::PortV6(k) => merge!(self.port_v6, k, hash_map),
+                Slot::PPrefixV4(l, k) => merge!(self.pprefix_v4, (l, k), btree_map),
+                Slot::PPrefixV6(l, k) => merge!(self.pprefix_v6, (l, k), btree_map),
             }
         }
         self.flatten_all();
     }
 
     fn flatten_all(&mut self) {
-        flatten(&mut self.prefix_v4, 0);
-        flatten(&mut self.prefix_v6, 0);
-        flatten(&mut self.pprefix_v4, PORT_PREFIX_FIXED_BITS);
-        flatten(&mut self.pprefix_v6, PORT_PREFIX_FIXED_BITS);
+        flatten(&mut self.prefix_v4);
+        flatten(&mut self.prefix_v6);
+        flatten(&mut self.pprefix_v4);
+        flatten(&mut self.pprefix_v6);
     }
 
     /// Apply key-level changes in place (`None` removes), re-flattening only
@@ -568,6 +685,23 @@ impl Desired {
     /// values of every touched key, for a minimal kernel sync.
     fn update(&mut self, changes: &[(Slot, Option<Action>)], ids: &mut IdAlloc) -> Touched {
         let mut t = Touched::default();
+        // Presize the touched hash maps: no rehashing while they fill.
+        let mut n = [0usize; 4];
+        for (slot, _) in changes {
+            match slot {
+                Slot::AddrV4(_) => n[0] += 1,
+                Slot::AddrV6(_) => n[1] += 1,
+                Slot::PortV4(_) => n[2] += 1,
+                Slot::PortV6(_) => n[3] += 1,
+                _ => {}
+            }
+        }
+        for d in [&mut t.old, &mut t.new] {
+            d.addr_v4.reserve(n[0]);
+            d.addr_v6.reserve(n[1]);
+            d.port_v4.reserve(n[2]);
+            d.port_v6.reserve(n[3]);
+        }
         // Tries: remember the old values of every node a changed prefix
         // covers, before changing anything.
         macro_rules! trie_old {
@@ -577,9 +711,7 @@ impl Desired {
                 for (slot, _) in changes {
                     if let Slot::$variant(l, k) = slot {
                         dirty.push((*l, *k));
-                        for n in covered(&self.$field, &lens, *l, *k) {
-                            t.old.$field.insert(n, self.$field[&n]);
-                        }
+                        t.old.$field.extend(covered(&self.$field, &lens, *l, *k));
                     }
                 }
                 dirty
@@ -590,25 +722,28 @@ impl Desired {
         let d_pprefix_v4 = trie_old!(pprefix_v4, PPrefixV4);
         let d_pprefix_v6 = trie_old!(pprefix_v6, PPrefixV6);
         for (slot, action) in changes {
-            let old = self.get(slot);
-            let new = action.map(|a| value(a, old.map_or_else(|| ids.alloc(), |v| v.id)));
+            // One lookup per key: old value out, new value in.
+            let (old, new) = self.replace(*slot, |old| {
+                action.map(|a| value(a, old.map_or_else(|| ids.alloc(), |v| v.id)))
+            });
             if let (Some(o), None) = (old, new) {
                 ids.release(o.id);
             }
             if let Some(o) = old {
                 t.old.put(*slot, Some(o));
             }
-            self.put(*slot, new);
             if let Some(n) = new {
                 t.new.put(*slot, Some(n));
             }
         }
+        // Re-flatten every node a changed prefix covers now: one that it
+        // covered before (remembered in `t.old`) or a changed one.
         macro_rules! trie_new {
             ($field:ident, $dirty:expr, $fixed:expr) => {{
                 let lens = lengths_or_empty(&self.$field);
-                for (l, k) in $dirty {
-                    for n in covered(&self.$field, &lens, l, k) {
-                        let own = self.$field[&n];
+                let nodes: Vec<_> = t.old.$field.keys().copied().chain($dirty).collect();
+                for n in nodes {
+                    if let Some(&own) = self.$field.get(&n) {
                         let v = flat_value(&self.$field, &lens, $fixed, n.0, n.1, own);
                         self.$field.insert(n, v);
                         t.new.$field.insert(n, v);
@@ -829,46 +964,105 @@ impl EntryMaps {
     /// After a first full build, later calls diff the new set against the
     /// previous one (both sorted: one linear pass) and update only the keys
     /// that changed, re-flattening only the trie nodes they cover, so a small
-    /// change to a large set costs in proportion to the change.
+    /// change to a large set costs in proportion to the change. A caller
+    /// that already holds the previous set (the feed agent) should use
+    /// [`EntryMaps::apply_changes`] instead: no copy of the set is kept and
+    /// no pass over it is made here.
     pub fn apply(&mut self, set: &EntrySet, flags: u32) -> Result<SyncStats> {
         let set = normalized(set);
-        if let (Some(prev), Some(mut shadow)) = (self.last_set.take(), self.shadow.take()) {
-            let changes = diff_sets(&prev, &set);
-            let mut ids = self.ids.clone();
-            let old_mask = shadow.nonempty();
-            let touched = shadow.update(&changes, &mut ids);
-            let new_mask = shadow.nonempty();
-            self.zero_entry_stats(&ids.take_assigned())?;
-            let st = self.sync_inner(
-                &touched.old,
-                &touched.new,
-                flags,
-                old_mask | new_mask,
-                new_mask,
-            )?;
-            if st.refused == 0 {
-                self.shadow = Some(shadow);
-                self.last_set = Some(set);
-                ids.commit();
-                self.ids = ids;
-            } else {
-                // Refusals: the kernel differs from the plan; rebuild the
-                // shadow from what landed next time.
-                self.shadow = None;
+        if let Some(prev) = self.last_set.take()
+            && self.shadow.is_some()
+        {
+            let changes = SetChanges::between(&prev, &set);
+            drop(prev);
+            let st = self.apply_slots(&changes.0, flags)?;
+            if self.shadow.is_some() {
+                self.last_set = Some(set.into_owned());
             }
             return Ok(st);
         }
+        self.apply_full(&set, flags, true)
+    }
+
+    /// Make the maps enforce `new`, given `changes` =
+    /// [`SetChanges::between`]`(prev, new)` where `prev` is the set the last
+    /// apply to these maps enforced. Costs in proportion to the changes:
+    /// the agent computes them once for all its interfaces and keeps no
+    /// second copy of the set.
+    ///
+    /// Without a shadow copy (nothing applied yet, or the last apply failed
+    /// or had refusals) this falls back to a full sync of `new`. The caller
+    /// must not pass changes against any other set than the one last
+    /// applied: keys the changes do not mention are left as they are.
+    pub fn apply_changes(
+        &mut self,
+        new: &EntrySet,
+        changes: &SetChanges,
+        flags: u32,
+    ) -> Result<SyncStats> {
+        // `apply` would diff against this copy; it no longer matches.
+        self.last_set = None;
+        if self.shadow.is_none() {
+            return self.apply_full(&normalized(new), flags, false);
+        }
+        self.apply_slots(&changes.0, flags)
+    }
+
+    /// Whether the maps hold exactly what the last apply asked for (it
+    /// succeeded without refusals), so [`EntryMaps::apply_changes`] can
+    /// build on it.
+    pub fn in_sync(&self) -> bool {
+        self.shadow.is_some()
+    }
+
+    /// Apply key-level changes to the shadow and the kernel. The shadow
+    /// must exist; it is dropped on refusals or errors (the next apply
+    /// reads the kernel back).
+    fn apply_slots(&mut self, changes: &[(Slot, Option<Action>)], flags: u32) -> Result<SyncStats> {
+        let mut shadow = self.shadow.take().expect("apply_slots needs the shadow");
+        let mut ids = self.ids.clone();
+        let old_mask = shadow.nonempty();
+        let touched = shadow.update(changes, &mut ids);
+        let new_mask = shadow.nonempty();
+        // A new entry must not inherit the hits of the one that had its id.
+        self.zero_entry_stats(&ids.take_assigned())?;
+        let st = self.sync_inner(
+            &touched.old,
+            &touched.new,
+            flags,
+            old_mask | new_mask,
+            new_mask,
+        )?;
+        if st.refused == 0 {
+            self.shadow = Some(shadow);
+            ids.commit();
+            self.ids = ids;
+        } else {
+            // Refusals: the kernel differs from the plan; rebuild the
+            // shadow from what landed next time.
+            self.last_set = None;
+        }
+        Ok(st)
+    }
+
+    /// Read the maps back, build the contents for `set` (normalised) and
+    /// sync; keep a copy of `set` for the next [`EntryMaps::apply`] if
+    /// `keep_set`.
+    fn apply_full(&mut self, set: &EntrySet, flags: u32, keep_set: bool) -> Result<SyncStats> {
         let current = self.read()?;
         let mut ids = IdAlloc::from_desired(&current);
-        let desired = Desired::build_with(&set, &current, &mut ids);
+        let desired = Desired::build_with(set, &current, &mut ids);
         let assigned = ids.take_assigned();
         if !std::mem::take(&mut self.stats_fresh) {
             self.zero_entry_stats(&assigned)?;
         }
-        let st = self.sync(&current, &desired, flags)?;
+        let landed_ids = IdAlloc::from_desired(&desired);
+        let st = self.sync_owned(&current, desired, flags)?;
         if st.refused == 0 {
-            self.ids = IdAlloc::from_desired(&desired);
-            self.last_set = Some(set);
+            self.ids = landed_ids;
+            if keep_set {
+                self.last_set = Some(set.clone());
+            }
         }
         Ok(st)
     }
@@ -909,21 +1103,34 @@ impl EntryMaps {
             }
             return Ok(0);
         }
-        self.sync(&kernel, &want, flags)?;
+        self.sync_owned(&kernel, want, flags)?;
         Ok(drift)
     }
 
     /// Make the maps equal `desired`, given that they hold `current`.
     /// Adds and changes go first, then the config, then removals.
     pub fn sync(&mut self, current: &Desired, desired: &Desired, flags: u32) -> Result<SyncStats> {
+        self.sync_owned(current, desired.clone(), flags)
+    }
+
+    /// [`EntryMaps::sync`], taking `desired` by value: it becomes the
+    /// shadow copy without being cloned (a full set's shadow is tens of MB).
+    pub fn sync_owned(
+        &mut self,
+        current: &Desired,
+        desired: Desired,
+        flags: u32,
+    ) -> Result<SyncStats> {
         self.last_set = None;
+        self.shadow = None;
         let grow = current.nonempty() | desired.nonempty();
-        let st = self.sync_inner(current, desired, flags, grow, desired.nonempty())?;
+        let st = self.sync_inner(current, &desired, flags, grow, desired.nonempty())?;
         // What landed: the desired state minus refusals. Refusals are rare
         // (a full map), and then the kernel is read back to know exactly.
         let landed = if st.refused == 0 {
-            desired.clone()
+            desired
         } else {
+            drop(desired);
             self.read()?
         };
         self.set_config(flags, landed.nonempty())?;
@@ -942,97 +1149,134 @@ impl EntryMaps {
         grow_mask: u32,
         final_mask: u32,
     ) -> Result<SyncStats> {
-        let mut st = SyncStats::default();
         let b = self.batch;
         // Widen the nonempty mask first so new entries are looked up as soon
         // as they land; narrow it after removals.
         self.set_config(flags, grow_mask)?;
         let (c, d) = (current, desired);
-        upsert_lpm(
-            &mut self.allow_v4,
-            &c.allow_v4,
-            &d.allow_v4,
-            abi::MAP_ALLOW_V4,
-            &mut st,
-        )?;
-        upsert_lpm(
-            &mut self.allow_v6,
-            &c.allow_v6,
-            &d.allow_v6,
-            abi::MAP_ALLOW_V6,
-            &mut st,
-        )?;
-        upsert_hash(
-            &mut self.addr_v4,
-            &c.addr_v4,
-            &d.addr_v4,
-            abi::MAP_ADDR_V4,
-            b,
-            &mut st,
-        )?;
-        upsert_hash(
-            &mut self.addr_v6,
-            &c.addr_v6,
-            &d.addr_v6,
-            abi::MAP_ADDR_V6,
-            b,
-            &mut st,
-        )?;
-        upsert_lpm(
-            &mut self.prefix_v4,
-            &c.prefix_v4,
-            &d.prefix_v4,
-            abi::MAP_PREFIX_V4,
-            &mut st,
-        )?;
-        upsert_lpm(
-            &mut self.prefix_v6,
-            &c.prefix_v6,
-            &d.prefix_v6,
-            abi::MAP_PREFIX_V6,
-            &mut st,
-        )?;
-        upsert_hash(
-            &mut self.port_v4,
-            &c.port_v4,
-            &d.port_v4,
-            abi::MAP_PORT_V4,
-            b,
-            &mut st,
-        )?;
-        upsert_hash(
-            &mut self.port_v6,
-            &c.port_v6,
-            &d.port_v6,
-            abi::MAP_PORT_V6,
-            b,
-            &mut st,
-        )?;
-        upsert_lpm(
-            &mut self.pprefix_v4,
-            &c.pprefix_v4,
-            &d.pprefix_v4,
-            abi::MAP_PPREFIX_V4,
-            &mut st,
-        )?;
-        upsert_lpm(
-            &mut self.pprefix_v6,
-            &c.pprefix_v6,
-            &d.pprefix_v6,
-            abi::MAP_PPREFIX_V6,
-            &mut st,
-        )?;
-
-        remove_lpm(&mut self.allow_v4, &c.allow_v4, &d.allow_v4, &mut st)?;
-        remove_lpm(&mut self.allow_v6, &c.allow_v6, &d.allow_v6, &mut st)?;
-        remove_hash(&mut self.addr_v4, &c.addr_v4, &d.addr_v4, b, &mut st)?;
-        remove_hash(&mut self.addr_v6, &c.addr_v6, &d.addr_v6, b, &mut st)?;
-        remove_lpm(&mut self.prefix_v4, &c.prefix_v4, &d.prefix_v4, &mut st)?;
-        remove_lpm(&mut self.prefix_v6, &c.prefix_v6, &d.prefix_v6, &mut st)?;
-        remove_hash(&mut self.port_v4, &c.port_v4, &d.port_v4, b, &mut st)?;
-        remove_hash(&mut self.port_v6, &c.port_v6, &d.port_v6, b, &mut st)?;
-        remove_lpm(&mut self.pprefix_v4, &c.pprefix_v4, &d.pprefix_v4, &mut st)?;
-        remove_lpm(&mut self.pprefix_v6, &c.pprefix_v6, &d.pprefix_v6, &mut st)?;
+        let EntryMaps {
+            allow_v4,
+            allow_v6,
+            addr_v4,
+            addr_v6,
+            prefix_v4,
+            prefix_v6,
+            port_v4,
+            port_v6,
+            pprefix_v4,
+            pprefix_v6,
+            ..
+        } = self;
+        // The LPM tries (per-element syscalls) and the hash maps (batch)
+        // are written on two threads: different maps, and the kernel work
+        // of each is CPU-bound. Removals start only once every add landed.
+        let (hash_up, lpm_up) = both(
+            || -> Result<SyncStats> {
+                let mut st = SyncStats::default();
+                upsert_hash(
+                    addr_v4,
+                    &c.addr_v4,
+                    &d.addr_v4,
+                    abi::MAP_ADDR_V4,
+                    b,
+                    &mut st,
+                )?;
+                upsert_hash(
+                    addr_v6,
+                    &c.addr_v6,
+                    &d.addr_v6,
+                    abi::MAP_ADDR_V6,
+                    b,
+                    &mut st,
+                )?;
+                upsert_hash(
+                    port_v4,
+                    &c.port_v4,
+                    &d.port_v4,
+                    abi::MAP_PORT_V4,
+                    b,
+                    &mut st,
+                )?;
+                upsert_hash(
+                    port_v6,
+                    &c.port_v6,
+                    &d.port_v6,
+                    abi::MAP_PORT_V6,
+                    b,
+                    &mut st,
+                )?;
+                Ok(st)
+            },
+            || -> Result<SyncStats> {
+                let mut st = SyncStats::default();
+                upsert_lpm(
+                    allow_v4,
+                    &c.allow_v4,
+                    &d.allow_v4,
+                    abi::MAP_ALLOW_V4,
+                    &mut st,
+                )?;
+                upsert_lpm(
+                    allow_v6,
+                    &c.allow_v6,
+                    &d.allow_v6,
+                    abi::MAP_ALLOW_V6,
+                    &mut st,
+                )?;
+                upsert_lpm(
+                    prefix_v4,
+                    &c.prefix_v4,
+                    &d.prefix_v4,
+                    abi::MAP_PREFIX_V4,
+                    &mut st,
+                )?;
+                upsert_lpm(
+                    prefix_v6,
+                    &c.prefix_v6,
+                    &d.prefix_v6,
+                    abi::MAP_PREFIX_V6,
+                    &mut st,
+                )?;
+                upsert_lpm(
+                    pprefix_v4,
+                    &c.pprefix_v4,
+                    &d.pprefix_v4,
+                    abi::MAP_PPREFIX_V4,
+                    &mut st,
+                )?;
+                upsert_lpm(
+                    pprefix_v6,
+                    &c.pprefix_v6,
+                    &d.pprefix_v6,
+                    abi::MAP_PPREFIX_V6,
+                    &mut st,
+                )?;
+                Ok(st)
+            },
+        );
+        let mut st = merge_stats(hash_up?, lpm_up?);
+        let (hash_rm, lpm_rm) = both(
+            || -> Result<SyncStats> {
+                let mut st = SyncStats::default();
+                remove_hash(addr_v4, &c.addr_v4, &d.addr_v4, b, &mut st)?;
+                remove_hash(addr_v6, &c.addr_v6, &d.addr_v6, b, &mut st)?;
+                remove_hash(port_v4, &c.port_v4, &d.port_v4, b, &mut st)?;
+                remove_hash(port_v6, &c.port_v6, &d.port_v6, b, &mut st)?;
+                Ok(st)
+            },
+            || -> Result<SyncStats> {
+                let mut st = SyncStats::default();
+                remove_lpm(allow_v4, &c.allow_v4, &d.allow_v4, &mut st)?;
+                remove_lpm(allow_v6, &c.allow_v6, &d.allow_v6, &mut st)?;
+                remove_lpm(prefix_v4, &c.prefix_v4, &d.prefix_v4, &mut st)?;
+                remove_lpm(prefix_v6, &c.prefix_v6, &d.prefix_v6, &mut st)?;
+                remove_lpm(pprefix_v4, &c.pprefix_v4, &d.pprefix_v4, &mut st)?;
+                remove_lpm(pprefix_v6, &c.pprefix_v6, &d.pprefix_v6, &mut st)?;
+                Ok(st)
+            },
+        );
+        st = merge_stats(st, hash_rm?);
+        st = merge_stats(st, lpm_rm?);
         self.set_config(flags, final_mask)?;
         Ok(st)
     }
@@ -1369,7 +1613,7 @@ impl Desired {
 fn read_hash<K: Pod + Eq + Hash + Default>(
     m: &BpfHash<MapData, K, EntryValue>,
     batch: bool,
-) -> Result<HashMap<K, EntryValue>> {
+) -> Result<KeyMap<K>> {
     if batch {
         match crate::batch::lookup_all::<K, EntryValue>(IterableMap::map(m).fd().as_fd()) {
             Ok(v) => return Ok(v.into_iter().collect()),
@@ -1382,7 +1626,7 @@ fn read_hash<K: Pod + Eq + Hash + Default>(
             }
         }
     }
-    let mut out = HashMap::new();
+    let mut out = KeyMap::default();
     for kv in m.iter() {
         let (k, v) = kv.map_err(|source| Error::Map {
             op: "reading a hash map".into(),
@@ -1407,21 +1651,74 @@ fn read_lpm<K: Pod + Ord>(
     Ok(out)
 }
 
+/// Run `a` and `b` at once (`b` on a scoped thread), returning both
+/// results; a panic in either is propagated.
+fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    std::thread::scope(|sc| {
+        let hb = sc.spawn(b);
+        let ra = a();
+        let rb = hb.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (ra, rb)
+    })
+}
+
+fn merge_stats(mut a: SyncStats, b: SyncStats) -> SyncStats {
+    a.added += b.added;
+    a.changed += b.changed;
+    a.removed += b.removed;
+    a.refused += b.refused;
+    a.refusals.extend(b.refusals);
+    a
+}
+
 fn is_full(e: &MapError) -> bool {
     matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) || s.io_error.raw_os_error() == Some(libc::ENOSPC))
 }
 
+/// Keys per batch syscall when writing a hash map: the keys and values to
+/// write are gathered this many at a time, not all at once (a full sync
+/// would otherwise hold a second copy of a million keys).
+const HASH_CHUNK: usize = 16 * 1024;
+
 fn upsert_hash<K: Pod + Eq + Hash>(
     m: &mut BpfHash<MapData, K, EntryValue>,
-    cur: &HashMap<K, EntryValue>,
-    want: &HashMap<K, EntryValue>,
+    cur: &KeyMap<K>,
+    want: &KeyMap<K>,
     name: &'static str,
     batch: bool,
     st: &mut SyncStats,
 ) -> Result<()> {
-    let mut keys = Vec::new();
-    let mut vals = Vec::new();
-    let mut changed = 0;
+    let fd = if batch {
+        Some(
+            IterableMap::map(m)
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| Error::Pin {
+                    op: format!("duplicating the fd of {name}"),
+                    source,
+                })?,
+        )
+    } else {
+        None
+    };
+    let mut batch_ok = batch;
+    let cap = HASH_CHUNK.min(want.len());
+    let (mut keys, mut vals) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
+    let (mut changed, mut written, mut refused) = (0, 0, 0);
+    let mut flush = |m: &mut BpfHash<MapData, K, EntryValue>,
+                     keys: &mut Vec<K>,
+                     vals: &mut Vec<EntryValue>|
+     -> Result<()> {
+        let fd = fd.as_ref().filter(|_| batch_ok).map(|f| f.as_fd());
+        let (r, batch_works) = write_hash_chunk(m, fd, keys, vals, name)?;
+        batch_ok &= batch_works;
+        refused += r;
+        written += keys.len();
+        keys.clear();
+        vals.clear();
+        Ok(())
+    };
     for (k, v) in want {
         match cur.get(k) {
             Some(old) if old == v => continue,
@@ -1430,24 +1727,42 @@ fn upsert_hash<K: Pod + Eq + Hash>(
         }
         keys.push(*k);
         vals.push(*v);
+        if keys.len() == HASH_CHUNK {
+            flush(m, &mut keys, &mut vals)?;
+        }
     }
+    if !keys.is_empty() {
+        flush(m, &mut keys, &mut vals)?;
+    }
+    // Refusals are new keys (updates of existing keys always fit).
+    st.changed += changed;
+    st.added += written - changed - refused;
+    note_refused(name, refused, st);
+    Ok(())
+}
+
+/// Write one chunk: batch when `fd` is given, per-element for the rest.
+/// Returns the refusals (map full) and whether batch syscalls work.
+fn write_hash_chunk<K: Pod + Eq + Hash>(
+    m: &mut BpfHash<MapData, K, EntryValue>,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+    keys: &[K],
+    vals: &[EntryValue],
+    name: &'static str,
+) -> Result<(usize, bool)> {
     let mut refused = 0;
     let mut start = 0;
-    if batch {
-        let fd = IterableMap::map(m)
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| Error::Pin {
-                op: format!("duplicating the fd of {name}"),
-                source,
-            })?;
+    let mut batch_works = fd.is_some();
+    if let Some(fd) = fd {
         while start < keys.len() {
-            let p = crate::batch::update(fd.as_fd(), &keys[start..], &vals[start..]);
+            let p = crate::batch::update(fd, &keys[start..], &vals[start..]);
             start += p.done;
             match p.error {
                 None => break,
-                Some(e) if crate::batch::unsupported(&e) && p.done == 0 => break,
+                Some(e) if crate::batch::unsupported(&e) && p.done == 0 => {
+                    batch_works = false;
+                    break;
+                }
                 Some(e) if is_full_io(&e) => {
                     // The element at `start` did not fit; skip it.
                     refused += 1;
@@ -1475,11 +1790,7 @@ fn upsert_hash<K: Pod + Eq + Hash>(
             }
         }
     }
-    // Refusals are new keys (updates of existing keys always fit).
-    st.changed += changed;
-    st.added += keys.len() - changed - refused;
-    note_refused(name, refused, st);
-    Ok(())
+    Ok((refused, batch_works))
 }
 
 fn is_full_io(e: &std::io::Error) -> bool {
@@ -1531,8 +1842,8 @@ fn note_refused(name: &'static str, refused: usize, st: &mut SyncStats) {
 
 fn remove_hash<K: Pod + Eq + Hash>(
     m: &mut BpfHash<MapData, K, EntryValue>,
-    cur: &HashMap<K, EntryValue>,
-    want: &HashMap<K, EntryValue>,
+    cur: &KeyMap<K>,
+    want: &KeyMap<K>,
     batch: bool,
     st: &mut SyncStats,
 ) -> Result<()> {
@@ -1587,7 +1898,7 @@ fn remove_hash<K: Pod + Eq + Hash>(
 /// Keys that differ between two contents (present in one only, or with
 /// different values).
 pub fn drift(a: &Desired, b: &Desired) -> usize {
-    fn d<K: Eq + Hash>(x: &HashMap<K, EntryValue>, y: &HashMap<K, EntryValue>) -> usize {
+    fn d<K: Eq + Hash>(x: &KeyMap<K>, y: &KeyMap<K>) -> usize {
         x.iter().filter(|(k, v)| y.get(k) != Some(v)).count()
             + y.keys().filter(|k| !x.contains_key(k)).count()
     }
@@ -1628,30 +1939,72 @@ fn remove_lpm<K: Pod + Ord>(
     Ok(())
 }
 
+/// Whether `set` is already what [`normalized`] makes of it.
+fn is_normalized(set: &EntrySet) -> bool {
+    set.entries.iter().all(|e| e.net == e.net.trunc())
+        && set.entries.windows(2).all(|w| w[0].key() < w[1].key())
+        && set.allow.iter().all(|n| *n == n.trunc())
+        && set.allow.windows(2).all(|w| w[0] < w[1])
+}
+
 /// `set` with normalised nets, entries sorted by key with one entry per key
-/// (drop wins), and the allowlist sorted and unique.
-fn normalized(set: &EntrySet) -> EntrySet {
+/// (drop wins), and the allowlist sorted and unique. Borrowed when it
+/// already is (the agent's merged desired state always is).
+fn normalized(set: &EntrySet) -> std::borrow::Cow<'_, EntrySet> {
+    if is_normalized(set) {
+        return std::borrow::Cow::Borrowed(set);
+    }
     let mut entries: Vec<Entry> = set
         .entries
         .iter()
         .map(|e| Entry::new(e.net, e.port, e.action))
         .collect();
-    let sorted_unique = entries.windows(2).all(|w| w[0].key() < w[1].key());
-    if !sorted_unique {
-        // Sort by key, drop first among equal keys, then keep the first.
-        entries.sort_unstable_by(|a, b| a.key().cmp(&b.key()).then(b.action.cmp(&a.action)));
-        entries.dedup_by(|b, a| a.key() == b.key());
-    }
+    // Sort by key, drop first among equal keys, then keep the first.
+    entries.sort_unstable_by(|a, b| a.key().cmp(&b.key()).then(b.action.cmp(&a.action)));
+    entries.dedup_by(|b, a| a.key() == b.key());
     let mut allow: Vec<IpNet> = set.allow.iter().map(|n| n.trunc()).collect();
     allow.sort_unstable();
     allow.dedup();
-    EntrySet { allow, entries }
+    std::borrow::Cow::Owned(EntrySet { allow, entries })
+}
+
+/// The key-level changes from one entry set to another: every key added
+/// (with its action), removed, or whose action changed. What
+/// [`EntryMaps::apply_changes`] applies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetChanges(Vec<(Slot, Option<Action>)>);
+
+impl SetChanges {
+    /// The changes from `prev` to `new`: one merge pass over both, with no
+    /// copy of either.
+    ///
+    /// Both must be normalised: nets without host bits, entries sorted by
+    /// key with one entry per key, the allowlist sorted and unique, as
+    /// [`crate::sync::merge`] makes them (`EntryMaps::apply` normalises its
+    /// input; this does not, to stay clear of whole-set passes beyond the
+    /// one merge pass). Debug builds check it.
+    pub fn between(prev: &EntrySet, new: &EntrySet) -> SetChanges {
+        debug_assert!(
+            is_normalized(prev) && is_normalized(new),
+            "SetChanges::between needs normalised sets"
+        );
+        SetChanges(diff_sets(prev, new))
+    }
+
+    /// How many keys change.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Key-level changes from `prev` to `new` (both [`normalized`]): one merge
 /// pass over the sorted lists. `None` removes a key.
 fn diff_sets(prev: &EntrySet, new: &EntrySet) -> Vec<(Slot, Option<Action>)> {
-    use std::cmp::Ordering;
     let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
     let (a, b) = (&prev.allow, &new.allow);
@@ -1676,20 +2029,44 @@ fn diff_sets(prev: &EntrySet, new: &EntrySet) -> Vec<(Slot, Option<Action>)> {
             (None, None) => break,
         }
     }
-    let (a, b) = (&prev.entries, &new.entries);
+    let (a, b) = (&prev.entries[..], &new.entries[..]);
+    // Two halves at once (the merge pass streams both sets through memory):
+    // split `new` in the middle and `prev` at the same key.
+    if b.len() >= PARALLEL_DIFF_MIN {
+        let mid = b.len() / 2;
+        let key = b[mid].key();
+        let pa = a.partition_point(|e| e.key() < key);
+        let (lo, hi) = both(
+            || diff_entries(&a[..pa], &b[..mid]),
+            || diff_entries(&a[pa..], &b[mid..]),
+        );
+        out.extend(lo);
+        out.extend(hi);
+    } else {
+        out.extend(diff_entries(a, b));
+    }
+    out
+}
+
+/// Below this many entries the diff runs on one thread.
+const PARALLEL_DIFF_MIN: usize = 64 * 1024;
+
+/// The entry part of [`diff_sets`] over two sorted slices.
+fn diff_entries(a: &[Entry], b: &[Entry]) -> Vec<(Slot, Option<Action>)> {
+    use std::cmp::Ordering;
+    let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        let ord = match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) => x.key().cmp(&y.key()),
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (None, None) => break,
-        };
-        match ord {
+    while i < a.len() && j < b.len() {
+        // Nearly every entry is unchanged: an equality test is cheaper
+        // than ordering the keys.
+        if a[i] == b[j] {
+            i += 1;
+            j += 1;
+            continue;
+        }
+        match a[i].key().cmp(&b[j].key()) {
             Ordering::Equal => {
-                if a[i].action != b[j].action {
-                    out.push((entry_slot(&b[j].key()), Some(b[j].action)));
-                }
+                out.push((entry_slot(&b[j].key()), Some(b[j].action)));
                 i += 1;
                 j += 1;
             }
@@ -1703,5 +2080,108 @@ fn diff_sets(prev: &EntrySet, new: &EntrySet) -> Vec<(Slot, Option<Action>)> {
             }
         }
     }
+    out.extend(a[i..].iter().map(|e| (entry_slot(&e.key()), None)));
+    out.extend(
+        b[j..]
+            .iter()
+            .map(|e| (entry_slot(&e.key()), Some(e.action))),
+    );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The one-sweep [`flatten`] gives every node what the per-node
+    /// definition ([`flat_value`]) does, on random nested tries with ties.
+    #[test]
+    fn flatten_sweep_equals_per_node_definition() {
+        let seed: u64 = rand::random();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for round in 0..50 {
+            let mut trie: BTreeMap<(u32, [u8; 4]), EntryValue> = BTreeMap::new();
+            for id in 0..rng.random_range(1..300) {
+                let len = [0u32, 1, 4, 8, 9, 16, 20, 24, 31, 32][rng.random_range(0..10)];
+                let addr = [
+                    10,
+                    rng.random_range(0..4),
+                    rng.random_range(0..4),
+                    rng.random(),
+                ];
+                let action = if rng.random_bool(0.5) {
+                    Action::Drop
+                } else {
+                    Action::Monitor
+                };
+                trie.insert((len, addr.masked(len)), value(action, id));
+            }
+            let lens = lengths_or_empty(&trie);
+            let want: BTreeMap<_, _> = trie
+                .iter()
+                .map(|(&(l, k), &v)| ((l, k), flat_value(&trie, &lens, 0, l, k, v)))
+                .collect();
+            let mut got = trie.clone();
+            flatten(&mut got);
+            assert_eq!(got, want, "round {round} (seed {seed})");
+        }
+    }
+
+    /// Lengths found by seeking equal those of a walk over every key.
+    #[test]
+    fn lengths_by_seek() {
+        let mut trie: BTreeMap<(u32, PortPrefixV4), EntryValue> = BTreeMap::new();
+        assert!(lengths_or_empty(&trie).is_empty());
+        for (l, a) in [(40u32, 1u8), (40, 2), (33, 0), (64, 9), (32, 0)] {
+            let k = PortPrefixV4 {
+                proto: 6,
+                side: 0,
+                port: [0, 80],
+                addr: [a, 0, 0, 0],
+            };
+            trie.insert((l, k.masked(l)), value(Action::Drop, 0));
+        }
+        assert_eq!(lengths_or_empty(&trie), vec![64, 40, 33, 32]);
+    }
+
+    /// The changes between sets: adds, removes and action changes only,
+    /// whatever runs of equal entries lie between them.
+    #[test]
+    fn set_changes_are_the_difference() {
+        let e = |s: &str, a| Entry::new(s.parse().unwrap(), None, a);
+        let prev = EntrySet {
+            allow: vec!["192.0.2.0/24".parse().unwrap()],
+            entries: vec![
+                e("10.0.0.1/32", Action::Drop),
+                e("10.0.0.2/32", Action::Drop),
+                e("10.0.0.3/32", Action::Monitor),
+                e("10.1.0.0/16", Action::Drop),
+            ],
+        };
+        let new = EntrySet {
+            allow: vec![],
+            entries: vec![
+                e("10.0.0.0/32", Action::Drop),
+                e("10.0.0.2/32", Action::Drop),
+                e("10.0.0.3/32", Action::Drop),
+                e("10.1.0.0/16", Action::Drop),
+                e("10.2.0.0/16", Action::Monitor),
+            ],
+        };
+        let ch = SetChanges::between(&prev, &new);
+        let mut got = ch.0.clone();
+        got.sort_by_key(|(s, a)| (format!("{s:?}"), *a));
+        let mut want = vec![
+            (Slot::AllowV4(24, [192, 0, 2, 0]), None),
+            (Slot::AddrV4([10, 0, 0, 0]), Some(Action::Drop)),
+            (Slot::AddrV4([10, 0, 0, 1]), None),
+            (Slot::AddrV4([10, 0, 0, 3]), Some(Action::Drop)),
+            (Slot::PrefixV4(16, [10, 2, 0, 0]), Some(Action::Monitor)),
+        ];
+        want.sort_by_key(|(s, a)| (format!("{s:?}"), *a));
+        assert_eq!(got, want);
+        assert_eq!(ch.len(), 5);
+        assert!(SetChanges::between(&new, &new).is_empty());
+    }
 }

@@ -183,54 +183,6 @@ fn incremental_updates_equal_a_full_rebuild() {
     use rand::{Rng, SeedableRng};
     let seed: u64 = rand::random();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let random_entry = |rng: &mut rand::rngs::StdRng| {
-        let v6 = rng.random_bool(0.3);
-        let len = if v6 {
-            [16u8, 24, 32, 48, 64, 120, 127, 128][rng.random_range(0..8)]
-        } else {
-            [8u8, 12, 16, 20, 24, 28, 31, 32][rng.random_range(0..8)]
-        };
-        let net: IpNet = if v6 {
-            let a = std::net::Ipv6Addr::new(
-                0x2001,
-                0xdb8,
-                rng.random_range(0..4),
-                0,
-                0,
-                0,
-                0,
-                rng.random_range(0..16),
-            );
-            IpNet::new(a.into(), len).unwrap()
-        } else {
-            let a = std::net::Ipv4Addr::new(
-                10,
-                rng.random_range(0..4),
-                rng.random_range(0..4),
-                rng.random_range(0..16),
-            );
-            IpNet::new(a.into(), len).unwrap()
-        };
-        let port = rng.random_bool(0.3).then(|| PortMatch {
-            proto: if rng.random_bool(0.5) {
-                Proto::Tcp
-            } else {
-                Proto::Udp
-            },
-            port: [22, 53, 443][rng.random_range(0..3)],
-            side: if rng.random_bool(0.5) {
-                Side::Src
-            } else {
-                Side::Dst
-            },
-        });
-        let action = if rng.random_bool(0.5) {
-            Action::Drop
-        } else {
-            Action::Monitor
-        };
-        Entry::new(net, port, action)
-    };
     let mut k = classifier();
     let mut set = EntrySet::default();
     for _ in 0..400 {
@@ -267,4 +219,144 @@ fn incremental_updates_equal_a_full_rebuild() {
             "round {round}: the incremental update differs from a full rebuild (seed {seed})"
         );
     }
+}
+
+/// A random entry over nested prefixes of both families, some with ports.
+fn random_entry(rng: &mut rand::rngs::StdRng) -> Entry {
+    use rand::Rng;
+    let v6 = rng.random_bool(0.3);
+    let len = if v6 {
+        [16u8, 24, 32, 48, 64, 120, 127, 128][rng.random_range(0..8)]
+    } else {
+        [8u8, 12, 16, 20, 24, 28, 31, 32][rng.random_range(0..8)]
+    };
+    let net: IpNet = if v6 {
+        let a = std::net::Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            rng.random_range(0..4),
+            0,
+            0,
+            0,
+            0,
+            rng.random_range(0..16),
+        );
+        IpNet::new(a.into(), len).unwrap()
+    } else {
+        let a = std::net::Ipv4Addr::new(
+            10,
+            rng.random_range(0..4),
+            rng.random_range(0..4),
+            rng.random_range(0..16),
+        );
+        IpNet::new(a.into(), len).unwrap()
+    };
+    let port = rng.random_bool(0.3).then(|| PortMatch {
+        proto: if rng.random_bool(0.5) {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        },
+        port: [22, 53, 443][rng.random_range(0..3)],
+        side: if rng.random_bool(0.5) {
+            Side::Src
+        } else {
+            Side::Dst
+        },
+    });
+    let action = if rng.random_bool(0.5) {
+        Action::Drop
+    } else {
+        Action::Monitor
+    };
+    Entry::new(net, port, action)
+}
+
+/// `set` as the agent's merged desired state has it: entries sorted by key,
+/// one per key (drop wins), the allowlist sorted and unique.
+fn normalise(set: &EntrySet) -> EntrySet {
+    let mut entries = set.entries.clone();
+    entries.sort_by(|a, b| a.key().cmp(&b.key()).then(b.action.cmp(&a.action)));
+    entries.dedup_by(|b, a| a.key() == b.key());
+    let mut allow = set.allow.clone();
+    allow.sort();
+    allow.dedup();
+    EntrySet { allow, entries }
+}
+
+/// The feed agent's path (`SetChanges::between` + `apply_changes`) over a
+/// random churn sequence must leave the kernel maps byte-identical (values,
+/// ids, deciders) to `apply` (its own diff) on other maps, and equal to a
+/// full rebuild with the same ids; an empty change set changes nothing.
+#[test]
+fn apply_changes_equals_apply_and_a_full_rebuild() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    use edge_filter::maps::SetChanges;
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = rand::random();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut a, mut b) = (classifier(), classifier());
+    let mut raw = EntrySet::default();
+    for _ in 0..400 {
+        raw.entries.push(random_entry(&mut rng));
+    }
+    raw.allow.push(random_entry(&mut rng).net);
+    let mut prev = normalise(&raw);
+    a.maps_mut().apply(&prev, 0).expect("first apply");
+    b.maps_mut().apply(&prev, 0).expect("first apply");
+    assert!(a.maps().in_sync());
+    for round in 0..25 {
+        raw.entries.retain(|_| rng.random_bool(0.9));
+        for e in raw.entries.iter_mut() {
+            if rng.random_bool(0.1) {
+                e.action = if e.action == Action::Drop {
+                    Action::Monitor
+                } else {
+                    Action::Drop
+                };
+            }
+        }
+        for _ in 0..rng.random_range(0..60) {
+            raw.entries.push(random_entry(&mut rng));
+        }
+        if rng.random_bool(0.5) {
+            raw.allow.push(random_entry(&mut rng).net);
+        } else {
+            raw.allow.pop();
+        }
+        let new = normalise(&raw);
+        let changes = SetChanges::between(&prev, &new);
+        let sa = a
+            .maps_mut()
+            .apply_changes(&new, &changes, 0)
+            .unwrap_or_else(|e| panic!("round {round} (seed {seed}): {e}"));
+        let sb = b.maps_mut().apply(&new, 0).expect("apply");
+        assert_eq!(sa, sb, "round {round}: stats differ (seed {seed})");
+        let (ka, kb) = (a.maps().read().unwrap(), b.maps().read().unwrap());
+        assert_eq!(
+            ka, kb,
+            "round {round}: apply_changes and apply left different maps (seed {seed})"
+        );
+        let rebuilt = Desired::build_from(&new, &ka);
+        assert_eq!(
+            drift(&ka, &rebuilt),
+            0,
+            "round {round}: apply_changes differs from a full rebuild (seed {seed})"
+        );
+        assert_eq!(ka.to_entry_set(), new, "round {round} (seed {seed})");
+        prev = new;
+    }
+    let none = SetChanges::between(&prev, &prev);
+    assert!(none.is_empty());
+    let st = a.maps_mut().apply_changes(&prev, &none, 0).unwrap();
+    assert_eq!((st.added, st.changed, st.removed), (0, 0, 0));
+    // Without a shadow (after a failure) it falls back to a full sync.
+    a.maps_mut().forget_shadow();
+    let st = a.maps_mut().apply_changes(&prev, &none, 0).unwrap();
+    assert_eq!((st.added, st.changed, st.removed), (0, 0, 0));
+    assert!(a.maps().in_sync());
+    assert_eq!(a.maps().read().unwrap().to_entry_set(), prev);
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use edge_filter::entry::{Action, Entry, EntrySet};
-use edge_filter::maps::{Desired, EntryMaps};
+use edge_filter::maps::{Desired, EntryMaps, SetChanges};
 use edge_filter::program::Capacities;
 use edge_filter::testrun::KernelClassifier;
 use ipnet::{IpNet, Ipv4Net};
@@ -92,7 +92,7 @@ usage: ef-bench sync [--rounds N] [--seed S] [--json] [--json-out FILE]
          read-back of the full maps and the agent's peak RSS; needs root.
 
   delta-loop  one full sync, then --rounds pairs of 1% deltas (there and
-         back) through `EntryMaps::apply`, printing each time: a workload
+         back) through the feed agent's path, printing each time: a workload
          for `perf record` (profiling the delta path); needs root.
 
   datapath | live | memory  [--rounds N] [--seed S] [--quick] [--json]
@@ -312,7 +312,7 @@ fn full_sync(maps: &mut EntryMaps, set: &EntrySet) -> Result<FullSync> {
     let t1 = Instant::now();
     let desired = Desired::build_from(set, &current);
     let t2 = Instant::now();
-    let st = maps.sync(&current, &desired, 0)?;
+    let st = maps.sync_owned(&current, desired, 0)?;
     let t3 = Instant::now();
     if st.refused != 0 || st.added != ADDRS + PREFIXES {
         bail!("full sync: unexpected outcome {st:?}");
@@ -363,10 +363,22 @@ fn load(caps: &Capacities) -> Result<KernelClassifier> {
     KernelClassifier::new(caps).context("loading the XDP program")
 }
 
+/// The feed agent's path on a feed change: the changes between the
+/// previous and the new desired set (`SetChanges::between`), applied with
+/// `EntryMaps::apply_changes`; both timed.
+fn delta(
+    maps: &mut EntryMaps,
+    prev: &EntrySet,
+    new: &EntrySet,
+) -> Result<edge_filter::maps::SyncStats> {
+    let changes = SetChanges::between(prev, new);
+    Ok(maps.apply_changes(new, &changes, 0)?)
+}
+
 /// A: the agent's path on fresh maps: a full sync through
-/// `EntryMaps::apply`, the 1% delta through `apply` (it diffs against the
-/// previous set and its shadow copy), the same-sized delta back, then a
-/// read-back of the full maps.
+/// `EntryMaps::apply`, the 1% delta as the feed agent applies it
+/// ([`delta`]), the same-sized delta back, then a read-back of the full
+/// maps.
 fn round_apply(caps: &Capacities, sets: &Sets, r: &mut Round) -> Result<()> {
     let mut kc = load(caps)?;
     let maps = kc.maps_mut();
@@ -378,13 +390,13 @@ fn round_apply(caps: &Capacities, sets: &Sets, r: &mut Round) -> Result<()> {
     }
     let (a, p) = sets.churn_split;
     let t = Instant::now();
-    let st = maps.apply(&sets.after, 0)?;
+    let st = delta(maps, &sets.full, &sets.after)?;
     r.delta_apply = secs(t.elapsed());
     if st.added != a + p || st.removed != a + p || st.refused != 0 {
         bail!("delta: unexpected outcome {st:?}");
     }
     let t = Instant::now();
-    let st = maps.apply(&sets.full, 0)?;
+    let st = delta(maps, &sets.after, &sets.full)?;
     r.delta_back = secs(t.elapsed());
     if st.added != a + p || st.removed != a + p || st.refused != 0 {
         bail!("delta back: unexpected outcome {st:?}");
@@ -468,13 +480,14 @@ fn round_profile(caps: &Capacities, sets: &Sets, r: &mut Round) -> Result<()> {
     };
     let mut kc = load(caps)?;
     let maps = kc.maps_mut();
+    let (prefix_copy, full_copy) = (prefix_part.clone(), full.clone());
     let t = Instant::now();
-    maps.sync(&empty, &prefix_part, 0)?;
+    maps.sync_owned(&empty, prefix_copy, 0)?;
     r.prof_sync_lpm = secs(t.elapsed());
     let t = Instant::now();
-    maps.sync(&prefix_part, &full, 0)?;
+    maps.sync_owned(&prefix_part, full_copy, 0)?;
     r.prof_sync_hash_batch = secs(t.elapsed());
-    // `sync` ends by cloning the desired state into the shadow copy.
+    // What `sync` (by reference) costs on top: a copy for the shadow.
     let t = Instant::now();
     let copy = full.clone();
     r.prof_shadow_clone = secs(t.elapsed());
@@ -490,15 +503,18 @@ fn delta_loop(o: &Opts) -> Result<()> {
     maps.apply(&sets.full, 0)?;
     for i in 0..o.rounds {
         let t = Instant::now();
-        maps.apply(&sets.after, 0)?;
+        let changes = SetChanges::between(&sets.full, &sets.after);
+        let diff = secs(t.elapsed());
+        maps.apply_changes(&sets.after, &changes, 0)?;
         let there = secs(t.elapsed());
         let t = Instant::now();
-        maps.apply(&sets.full, 0)?;
+        delta(maps, &sets.after, &sets.full)?;
         let back = secs(t.elapsed());
         eprintln!(
-            "delta {}: {:.1} ms there, {:.1} ms back",
+            "delta {}: {:.1} ms there ({:.1} ms of it `SetChanges::between`), {:.1} ms back",
             i + 1,
             there * 1e3,
+            diff * 1e3,
             back * 1e3
         );
     }
@@ -519,8 +535,8 @@ fn self_rss_kib() -> Result<(u64, u64)> {
     Ok((field("VmHWM:")?, field("VmRSS:")?))
 }
 
-/// The child: what the agent does for a full sync plus a delta, through
-/// `EntryMaps::apply`, holding the two entry sets as the agent holds the
+/// The child: what the agent does for a full sync (`EntryMaps::apply`)
+/// plus a delta ([`delta`]), holding the two entry sets as the agent holds the
 /// previous and the new desired state. The generator's temporaries must not
 /// count, so the peak is reset (`/proc/self/clear_refs`, 5) once the sets
 /// exist. Prints the RSS then (the sets) and the peak at the end.
@@ -530,7 +546,7 @@ fn rss_child(o: &Opts) -> Result<()> {
     let (_, base) = self_rss_kib()?;
     let mut kc = KernelClassifier::new(&capacities())?;
     kc.maps_mut().apply(&sets.full, 0)?;
-    kc.maps_mut().apply(&sets.after, 0)?;
+    delta(kc.maps_mut(), &sets.full, &sets.after)?;
     let (hwm, _) = self_rss_kib()?;
     println!("base_kib={base} hwm_kib={hwm}");
     drop(sets);
@@ -646,7 +662,7 @@ const HEADLINE: &[Figure] = &[
     ),
     (
         "full_batch_sync",
-        "Full sync, batch: kernel apply (`EntryMaps::sync`)",
+        "Full sync, batch: kernel apply (`EntryMaps::sync_owned`)",
         Unit::Secs,
         |r| r.batch_sync,
     ),
@@ -664,7 +680,7 @@ const HEADLINE: &[Figure] = &[
     ),
     (
         "full_elem_sync",
-        "Full sync, per-element: kernel apply (`EntryMaps::sync`)",
+        "Full sync, per-element: kernel apply (`EntryMaps::sync_owned`)",
         Unit::Secs,
         |r| r.elem_sync,
     ),
@@ -688,7 +704,7 @@ const HEADLINE: &[Figure] = &[
     ),
     (
         "delta_apply",
-        "**1% delta (`EntryMaps::apply` after the full sync)**",
+        "**1% delta (`SetChanges::between` + `EntryMaps::apply_changes`, the feed agent's path)**",
         Unit::Secs,
         |r| r.delta_apply,
     ),
@@ -740,19 +756,19 @@ const PROFILE: &[Figure] = &[
     ),
     (
         "sync_hash_batch",
-        "Kernel apply, the 1M /32 on top (hash, batch; incl. shadow copy)",
+        "Kernel apply, the 1M /32 on top (hash, batch)",
         Unit::Secs,
         |r| r.prof_sync_hash_batch,
     ),
     (
         "shadow_clone",
-        "Shadow copy of the full state (`Desired::clone`, inside `sync`)",
+        "Copy of the full state (`Desired::clone`; `sync_owned` moves it into the shadow instead)",
         Unit::Secs,
         |r| r.prof_shadow_clone,
     ),
     (
         "delta_back",
-        "1% delta back to the full set (`apply`, same size)",
+        "1% delta back to the full set (same path, same size)",
         Unit::Secs,
         |r| r.delta_back,
     ),
@@ -852,12 +868,14 @@ fn markdown(o: &Opts, sets: &Sets, headline: &[Row], profile: &[Row], elapsed: D
          top of it: {} adds + {} removes ({a} /32 and {p} prefixes each). Total = \
          `EntryMaps::apply`, what the agent calls; its phases, timed separately on other fresh \
          maps: read = `EntryMaps::read` of the empty maps, build = `Desired::build_from` \
-         (userspace), kernel apply = `EntryMaps::sync` (the diff, the syscalls and the shadow \
-         copy). The delta is `EntryMaps::apply` of the changed set after the full sync (it \
-         diffs the sorted sets and touches only changed keys). Batch = `BPF_MAP_*_BATCH` for \
+         (userspace), kernel apply = `EntryMaps::sync_owned` (the diff and the syscalls; the \
+         built state becomes the shadow copy without a copy). The delta is what the feed agent \
+         does on a feed change after the full sync: `SetChanges::between` (one merge pass over \
+         the previous and the new sorted set) and `EntryMaps::apply_changes` (touches only \
+         the changed keys), timed together. Batch = `BPF_MAP_*_BATCH` for \
          the hash maps; the LPM tries have no batch support and are per-element on both paths. Peak RSS = `VmHWM` of \
-         a child process (this binary re-executed) doing a full sync and the delta through \
-         `EntryMaps::apply`, holding the two entry sets as the agent holds the previous and \
+         a child process (this binary re-executed) doing a full sync (`EntryMaps::apply`) and the \
+         delta (the feed agent's path), holding the two entry sets as the agent holds the previous and \
          the new desired state (the peak is reset once the sets exist, so the generator's \
          temporaries do not count).\n\n",
         a + p,
