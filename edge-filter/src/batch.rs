@@ -36,20 +36,27 @@ struct BatchAttr {
 }
 
 fn sys_bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: attr is a valid, fully initialised bpf_attr prefix and its
-    // pointers reference live buffers of the declared sizes.
+    bpf(cmd, attr).map(drop)
+}
+
+/// `bpf(cmd, attr, sizeof attr)`. `T` is the prefix of `union bpf_attr` that
+/// `cmd` reads (kernels treat the rest as zero); shared with the kernel
+/// feature probes.
+pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: callers pass a fully initialised #[repr(C)] bpf_attr prefix for
+    // `cmd` whose pointers reference live buffers of the declared sizes.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
+            attr as *mut T,
+            std::mem::size_of::<T>() as u32,
         )
     };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(rc)
     }
 }
 
@@ -119,14 +126,17 @@ pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Partial {
     Partial { done, error: None }
 }
 
-/// Read every element of a hash map.
-pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
+/// Walk a whole map with `BPF_MAP_LOOKUP_BATCH`, `keys.len()` keys per
+/// syscall; `got(n, keys, vals)` sees each chunk's first `n` keys and their
+/// values.
+fn lookup_chunks<K: Pod, V: Pod>(
     fd: BorrowedFd<'_>,
-) -> io::Result<Vec<(K, V)>> {
-    let mut out = Vec::new();
-    let mut keys = vec![K::default(); CHUNK];
-    let mut vals = vec![V::default(); CHUNK];
-    // Hash maps use a u32 bucket cursor; give it room for any key size.
+    keys: &mut [K],
+    vals: &mut [V],
+    mut got: impl FnMut(usize, &[K], &[V]),
+) -> io::Result<()> {
+    // Hash maps use a u32 bucket cursor, arrays a u32 index; give it room
+    // for any key size.
     let mut cursor_in = [0u8; 64];
     let mut cursor_out = [0u8; 64];
     let mut first = true;
@@ -140,21 +150,33 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
             out_batch: cursor_out.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
             values: vals.as_mut_ptr() as u64,
-            count: CHUNK as u32,
+            count: keys.len() as u32,
             map_fd: fd.as_raw_fd() as u32,
             ..Default::default()
         };
         let r = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let n = (attr.count as usize).min(CHUNK);
-        out.extend(keys[..n].iter().copied().zip(vals[..n].iter().copied()));
+        got((attr.count as usize).min(keys.len()), keys, vals);
         match r {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Err(e) => return Err(e),
         }
         cursor_in = cursor_out;
         first = false;
     }
+}
+
+/// Read every element of a hash map.
+pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
+    fd: BorrowedFd<'_>,
+) -> io::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    let mut keys = vec![K::default(); CHUNK];
+    let mut vals = vec![V::default(); CHUNK];
+    lookup_chunks(fd, &mut keys, &mut vals, |n, k, v| {
+        out.extend(k[..n].iter().copied().zip(v[..n].iter().copied()))
+    })?;
+    Ok(out)
 }
 
 /// Read elements `0..` of a per-CPU array: `(keys, values)` where the value
@@ -168,35 +190,11 @@ pub fn lookup_all_percpu<V: Pod + Default>(
     let (mut out_k, mut out_v) = (Vec::new(), Vec::new());
     let mut keys = vec![0u32; CHUNK];
     let mut vals = vec![V::default(); CHUNK * ncpus];
-    let mut cursor_in = [0u8; 64];
-    let mut cursor_out = [0u8; 64];
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                cursor_in.as_mut_ptr() as u64
-            },
-            out_batch: cursor_out.as_mut_ptr() as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: vals.as_mut_ptr() as u64,
-            count: CHUNK as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        let r = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let n = (attr.count as usize).min(CHUNK);
-        out_k.extend_from_slice(&keys[..n]);
-        out_v.extend_from_slice(&vals[..n * ncpus]);
-        match r {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok((out_k, out_v)),
-            Err(e) => return Err(e),
-        }
-        cursor_in = cursor_out;
-        first = false;
-    }
+    lookup_chunks(fd, &mut keys, &mut vals, |n, k, v| {
+        out_k.extend_from_slice(&k[..n]);
+        out_v.extend_from_slice(&v[..n * ncpus]);
+    })?;
+    Ok((out_k, out_v))
 }
 
 /// Write `values[i * ncpus .. (i + 1) * ncpus]` (one value per CPU) to

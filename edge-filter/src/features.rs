@@ -17,6 +17,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
 use serde::Serialize;
 
+use crate::batch::bpf as sys_bpf;
 use crate::error::{Error, Result};
 
 /// A command that needs kernel features.
@@ -354,27 +355,6 @@ const XDP_DROP: i32 = 1;
 const XDP_PASS: i32 = 2;
 /// `offsetof(struct bpf_prog_info, verified_insns)` (Linux 5.16 uapi).
 const VERIFIED_INSNS_OFFSET: u32 = 216;
-
-/// `bpf(cmd, attr, sizeof attr)`; the attr structs below are prefixes of
-/// `union bpf_attr`, which every kernel accepts (the rest counts as zero).
-fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: attr is a fully initialised #[repr(C)] prefix of bpf_attr for
-    // `cmd`, and every pointer in it refers to a live buffer of the size
-    // given beside it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>() as u32,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
 
 /// A ring buffer's size must be a power-of-two multiple of the page size.
 fn page_size() -> u32 {

@@ -394,56 +394,16 @@ fn check_features() -> (String, bool) {
     }
 }
 
-/// Whether `BPF_MAP_UPDATE_BATCH` works on a hash map (Linux 5.6+).
+/// Whether `BPF_MAP_UPDATE_BATCH` works on a hash map (Linux 5.6+): the
+/// agent's own start-up probe.
 fn probe_batch() -> String {
-    #[repr(C)]
-    #[derive(Default)]
-    struct MapCreate {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-        inner_map_fd: u32,
-        numa_node: u32,
-        map_name: [u8; 16],
-    }
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_MAP_TYPE_HASH: u32 = 1;
-    let mut attr = MapCreate {
-        map_type: BPF_MAP_TYPE_HASH,
-        key_size: 4,
-        value_size: 8,
-        max_entries: 16,
-        ..Default::default()
-    };
-    // SAFETY: attr is a valid bpf_attr prefix for BPF_MAP_CREATE.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            &mut attr as *mut MapCreate,
-            std::mem::size_of::<MapCreate>() as u32,
-        )
-    };
-    if fd < 0 {
-        return format!(
-            "n/a (cannot create a hash map: {})",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: fd was just returned by the kernel and is owned here.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-    let keys = [1u32, 2, 3];
-    let values = [10u64, 20, 30];
-    let p = edge_filter::batch::update(std::os::fd::AsFd::as_fd(&fd), &keys, &values);
-    match p.error {
-        None if p.done == 3 => "supported".into(),
-        None => format!("partial ({} of 3)", p.done),
-        Some(e) if edge_filter::batch::unsupported(&e) => {
-            format!("unsupported ({e}): the agent uses per-element map operations")
+    use edge_filter::features::{Status, probe};
+    match probe("batch-map-ops") {
+        Status::Present => "supported".into(),
+        Status::Missing(d) => {
+            format!("unsupported ({d}): the agent uses per-element map operations")
         }
-        Some(e) => format!("error ({e})"),
+        Status::Unknown(d) => format!("n/a ({d})"),
     }
 }
 
