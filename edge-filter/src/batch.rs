@@ -126,6 +126,42 @@ pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Partial {
     Partial { done, error: None }
 }
 
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+/// `union bpf_attr`'s single-element member.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Update one element by fd (`BPF_ANY`): the per-element fallback for
+/// callers that share a map's fd between threads rather than the aya map.
+pub fn update_one<K: Pod, V: Pod>(fd: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: value as *const V as u64,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// Delete one element by fd; see [`update_one`].
+pub fn delete_one<K: Pod>(fd: BorrowedFd<'_>, key: &K) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
+}
+
 /// Walk a whole map with `BPF_MAP_LOOKUP_BATCH`, `keys.len()` keys per
 /// syscall; `got(n, keys, vals)` sees each chunk's first `n` keys and their
 /// values.

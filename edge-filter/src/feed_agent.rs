@@ -607,7 +607,8 @@ impl FeedAgent {
                     .get_or_insert_with(|| SetChanges::between(&prev.set, &self.desired.set));
                 maps.apply_changes(&self.desired.set, ch, flags)
             } else {
-                maps.apply(&self.desired.set, flags)
+                // The agent keeps the set itself: no copy in the maps.
+                maps.rebuild(&self.desired.set, flags)
             };
             *synced = matches!(&r, Ok(s) if s.refused == 0);
             match r {

@@ -359,4 +359,47 @@ fn apply_changes_equals_apply_and_a_full_rebuild() {
     assert_eq!((st.added, st.changed, st.removed), (0, 0, 0));
     assert!(a.maps().in_sync());
     assert_eq!(a.maps().read().unwrap().to_entry_set(), prev);
+
+    // Changes computed against another set than the one applied are a
+    // caller's bug; where they show, the maps still end up holding the new
+    // set (a full sync), with ids a full rebuild keeps.
+    let check = |a: &mut KernelClassifier, want: &EntrySet, what: &str| {
+        assert!(a.maps().in_sync(), "{what}: not in sync (seed {seed})");
+        let k = a.maps().read().unwrap();
+        assert_eq!(&k.to_entry_set(), want, "{what} (seed {seed})");
+        // The shadow copy the next delta builds on is what the kernel holds.
+        assert_eq!(a.maps().shadow(), Some(&k), "{what}: shadow (seed {seed})");
+        assert_eq!(
+            drift(&k, &Desired::build_from(want, &k)),
+            0,
+            "{what} (seed {seed})"
+        );
+    };
+    // Adds of keys the maps hold (written with fresh ids first).
+    let half = EntrySet {
+        allow: vec![],
+        entries: prev.entries[..prev.entries.len() / 2].to_vec(),
+    };
+    let bogus = SetChanges::between(&half, &prev);
+    assert!(!bogus.is_empty());
+    a.maps_mut().apply_changes(&prev, &bogus, 0).unwrap();
+    check(&mut a, &prev, "adds of present keys");
+    // A change of action of a key the maps lack (seen before anything is
+    // written).
+    let extra = loop {
+        let e = random_entry(&mut rng);
+        if prev.entries.iter().all(|p| p.key() != e.key()) {
+            break e;
+        }
+    };
+    let with = |action| {
+        let mut s = prev.clone();
+        s.entries.push(Entry { action, ..extra });
+        normalise(&s)
+    };
+    let (x, y) = (with(Action::Monitor), with(Action::Drop));
+    let bogus = SetChanges::between(&x, &y);
+    assert_eq!(bogus.len(), 1);
+    a.maps_mut().apply_changes(&y, &bogus, 0).unwrap();
+    check(&mut a, &y, "change of an absent key");
 }

@@ -264,7 +264,7 @@ fn generate(seed: u64) -> Sets {
         .collect();
     after.extend(added);
     // Sorted by key, one entry per key: what the agent's desired state
-    // (`sync::desired::merge`) hands to `EntryMaps::apply`.
+    // (`sync::desired::merge`) hands to `EntryMaps::rebuild`.
     let mut full_entries = full_entries;
     full_entries.sort_unstable_by_key(Entry::key);
     after.sort_unstable_by_key(Entry::key);
@@ -296,10 +296,10 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// A full sync into empty maps, phase by phase, as `EntryMaps::apply` does
-/// it when it has no previous state: read the maps back, build
-/// (`Desired::build_from`), sync. (`apply` also normalises the set first:
-/// sorted by key, one entry per key.)
+/// A full sync into empty maps, phase by phase, as `EntryMaps::rebuild`
+/// does it: read the maps back, build (`Desired::build_from`), sync.
+/// (`rebuild` also normalises the set first when it is not sorted by key
+/// with one entry per key; the agent's always is.)
 struct FullSync {
     read: f64,
     build: f64,
@@ -327,7 +327,7 @@ fn full_sync(maps: &mut EntryMaps, set: &EntrySet) -> Result<FullSync> {
 /// One round's figures, all in seconds (ratios are derived).
 #[derive(Default)]
 struct Round {
-    /// Full sync through `EntryMaps::apply`, batch (the agent's path).
+    /// Full sync through `EntryMaps::rebuild`, batch (the feed agent's path).
     full_apply: f64,
     batch_read: f64,
     batch_build: f64,
@@ -376,14 +376,14 @@ fn delta(
 }
 
 /// A: the agent's path on fresh maps: a full sync through
-/// `EntryMaps::apply`, the 1% delta as the feed agent applies it
+/// `EntryMaps::rebuild`, the 1% delta as the feed agent applies it
 /// ([`delta`]), the same-sized delta back, then a read-back of the full
 /// maps.
 fn round_apply(caps: &Capacities, sets: &Sets, r: &mut Round) -> Result<()> {
     let mut kc = load(caps)?;
     let maps = kc.maps_mut();
     let t = Instant::now();
-    let st = maps.apply(&sets.full, 0)?;
+    let st = maps.rebuild(&sets.full, 0)?;
     r.full_apply = secs(t.elapsed());
     if st.refused != 0 || st.added != ADDRS + PREFIXES {
         bail!("full sync: unexpected outcome {st:?}");
@@ -500,7 +500,7 @@ fn delta_loop(o: &Opts) -> Result<()> {
     let sets = generate(o.seed);
     let mut kc = load(&capacities())?;
     let maps = kc.maps_mut();
-    maps.apply(&sets.full, 0)?;
+    maps.rebuild(&sets.full, 0)?;
     for i in 0..o.rounds {
         let t = Instant::now();
         let changes = SetChanges::between(&sets.full, &sets.after);
@@ -535,7 +535,7 @@ fn self_rss_kib() -> Result<(u64, u64)> {
     Ok((field("VmHWM:")?, field("VmRSS:")?))
 }
 
-/// The child: what the agent does for a full sync (`EntryMaps::apply`)
+/// The child: what the agent does for a full sync (`EntryMaps::rebuild`)
 /// plus a delta ([`delta`]), holding the two entry sets as the agent holds the
 /// previous and the new desired state. The generator's temporaries must not
 /// count, so the peak is reset (`/proc/self/clear_refs`, 5) once the sets
@@ -545,7 +545,7 @@ fn rss_child(o: &Opts) -> Result<()> {
     std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
     let (_, base) = self_rss_kib()?;
     let mut kc = KernelClassifier::new(&capacities())?;
-    kc.maps_mut().apply(&sets.full, 0)?;
+    kc.maps_mut().rebuild(&sets.full, 0)?;
     delta(kc.maps_mut(), &sets.full, &sets.after)?;
     let (hwm, _) = self_rss_kib()?;
     println!("base_kib={base} hwm_kib={hwm}");
@@ -650,7 +650,7 @@ type Figure = (&'static str, &'static str, Unit, fn(&Round) -> f64);
 const HEADLINE: &[Figure] = &[
     (
         "full_apply",
-        "**Full sync, batch: total (`EntryMaps::apply` into empty maps)**",
+        "**Full sync, batch: total (`EntryMaps::rebuild` into empty maps)**",
         Unit::Secs,
         |r| r.full_apply,
     ),
@@ -866,15 +866,17 @@ fn markdown(o: &Opts, sets: &Sets, headline: &[Row], profile: &[Row], elapsed: D
          desired state is) into empty maps of the real XDP program (private maps, \
          loaded fresh for every full sync, outside the timed region), then a 1% churn delta on \
          top of it: {} adds + {} removes ({a} /32 and {p} prefixes each). Total = \
-         `EntryMaps::apply`, what the agent calls; its phases, timed separately on other fresh \
+         `EntryMaps::rebuild`, what the feed agent calls for a full sync; its phases, timed separately on other fresh \
          maps: read = `EntryMaps::read` of the empty maps, build = `Desired::build_from` \
          (userspace), kernel apply = `EntryMaps::sync_owned` (the diff and the syscalls; the \
          built state becomes the shadow copy without a copy). The delta is what the feed agent \
          does on a feed change after the full sync: `SetChanges::between` (one merge pass over \
-         the previous and the new sorted set) and `EntryMaps::apply_changes` (touches only \
-         the changed keys), timed together. Batch = `BPF_MAP_*_BATCH` for \
+         the previous and the new sorted set, which also tells adds from changes) and \
+         `EntryMaps::apply_changes` (touches only the changed keys: ids for the adds, then \
+         the hash-map writes on one thread while the other updates the shadow copy and writes \
+         the trie nodes, then the removals on both), timed together. Batch = `BPF_MAP_*_BATCH` for \
          the hash maps; the LPM tries have no batch support and are per-element on both paths. Peak RSS = `VmHWM` of \
-         a child process (this binary re-executed) doing a full sync (`EntryMaps::apply`) and the \
+         a child process (this binary re-executed) doing a full sync (`EntryMaps::rebuild`) and the \
          delta (the feed agent's path), holding the two entry sets as the agent holds the previous and \
          the new desired state (the peak is reset once the sets exist, so the generator's \
          temporaries do not count).\n\n",
@@ -883,7 +885,7 @@ fn markdown(o: &Opts, sets: &Sets, headline: &[Row], profile: &[Row], elapsed: D
     ));
     s.push_str(&format!(
         "{} rounds in {:.0} s, each running in turn, on freshly loaded maps: A (full sync \
-         through `EntryMaps::apply`, the delta, the delta back, read-back), B (full sync phase \
+         through `EntryMaps::rebuild`, the delta, the delta back, read-back), B (full sync phase \
          by phase, batch), C (the same, per-element; read-back), P (profile), D (RSS child); \
          seed {}. Ratios are medians of the per-round ratios.\n\n",
         o.rounds,
