@@ -72,6 +72,35 @@ pub fn open_pinned(paths: &Paths, iface: &str) -> Result<EntryMaps> {
         });
     }
     EntryMaps::from_fn(|name| open_map(&paths.map(iface, name)))
+        .map_err(|e| incompatible_pins(paths, iface).unwrap_or(e))
+}
+
+/// The error for an attachment pinned by a build with another set of maps:
+/// some of [`ALL_MAPS`] are pinned for `iface` and others are not (an older
+/// build, before `ENTRY_STATS`, `STATS_OVERFLOW`, `EVENTS`, `SAMPLE` and
+/// `SAMPLE_STATE` existed, pinned only the maps it had). `None` when every
+/// map is pinned, or none is (then the error of opening the first map says
+/// more). Only looked at after opening a map failed, so the usual path
+/// costs nothing.
+pub(crate) fn incompatible_pins(paths: &Paths, iface: &str) -> Option<Error> {
+    let missing: Vec<String> = ALL_MAPS
+        .iter()
+        .filter(|name| !paths.map(iface, name).exists())
+        .map(|name| name.to_string())
+        .collect();
+    if missing.is_empty() || missing.len() == ALL_MAPS.len() {
+        return None;
+    }
+    let mut detach = format!("edge-filter detach --iface {iface}");
+    if paths.root() != Path::new(crate::paths::DEFAULT_ROOT) {
+        detach.push_str(&format!(" --bpffs {}", paths.root().display()));
+    }
+    Some(Error::IncompatiblePins {
+        iface: iface.into(),
+        dir: paths.iface_dir(iface),
+        missing,
+        detach,
+    })
 }
 
 fn open_map(path: &Path) -> Result<Map> {
@@ -261,4 +290,102 @@ fn remove_pins(paths: &Paths, iface: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins as a build from before the per-entry counters and events
+    /// left them: a link and the thirteen maps it had. Plain files in a
+    /// temporary directory do: the check looks only at which pins exist,
+    /// and opening a plain file as a map fails as a missing pin does.
+    fn old_build_pins(tag: &str) -> (Paths, &'static str) {
+        let root = std::env::temp_dir().join(format!("ef-old-pins-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let paths = Paths::new(&root);
+        let iface = "ef-old0";
+        std::fs::create_dir_all(paths.maps_dir(iface)).unwrap();
+        std::fs::write(paths.link(iface), "").unwrap();
+        for name in &ALL_MAPS[..13] {
+            std::fs::write(paths.map(iface, name), "").unwrap();
+        }
+        (paths, iface)
+    }
+
+    #[test]
+    fn pins_of_an_older_build_are_named_as_such() {
+        let (paths, iface) = old_build_pins("maps");
+        let Err(e) = open_pinned(&paths, iface) else {
+            panic!("plain files opened as maps");
+        };
+        let Error::IncompatiblePins { missing, .. } = &e else {
+            panic!("want IncompatiblePins, got {e:?}");
+        };
+        assert_eq!(
+            missing,
+            &[
+                "ENTRY_STATS",
+                "STATS_OVERFLOW",
+                "EVENTS",
+                "SAMPLE",
+                "SAMPLE_STATE"
+            ]
+        );
+        let text = e.to_string();
+        for want in [
+            "pinned on ef-old0",
+            "older (or different) edge-filter build",
+            "lacks the maps ENTRY_STATS, STATS_OVERFLOW, EVENTS, SAMPLE, SAMPLE_STATE",
+            &format!(
+                "`edge-filter detach --iface ef-old0 --bpffs {}`",
+                paths.root().display()
+            ),
+            "re-run this command",
+        ] {
+            assert!(text.contains(want), "{want:?} not in: {text}");
+        }
+        // `edge-filter events` opens the ring buffer first: same message.
+        let Err(e) = crate::events::open_ring(&paths, iface) else {
+            panic!("a plain file opened as a ring buffer");
+        };
+        assert!(matches!(e, Error::IncompatiblePins { .. }), "{e:?}");
+        std::fs::remove_dir_all(paths.root()).unwrap();
+    }
+
+    #[test]
+    fn one_missing_map_and_the_default_root() {
+        let e = Error::IncompatiblePins {
+            iface: "eth1".into(),
+            dir: Path::new(crate::paths::DEFAULT_ROOT).join("eth1"),
+            missing: vec!["SAMPLE_STATE".into()],
+            detach: "edge-filter detach --iface eth1".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("lacks the map SAMPLE_STATE that")
+                && text.contains("`edge-filter detach --iface eth1`"),
+            "{text}"
+        );
+        let paths = Paths::new(crate::paths::DEFAULT_ROOT);
+        assert!(incompatible_pins(&paths, "ef-no-such-iface0").is_none());
+    }
+
+    #[test]
+    fn complete_or_absent_map_pins_keep_the_open_error() {
+        let (paths, iface) = old_build_pins("full");
+        for name in &ALL_MAPS[13..] {
+            std::fs::write(paths.map(iface, name), "").unwrap();
+        }
+        assert!(incompatible_pins(&paths, iface).is_none());
+        let e = open_pinned(&paths, iface)
+            .err()
+            .expect("plain files are no maps");
+        assert!(!matches!(e, Error::IncompatiblePins { .. }), "{e:?}");
+        for name in ALL_MAPS {
+            std::fs::remove_file(paths.map(iface, name)).unwrap();
+        }
+        assert!(incompatible_pins(&paths, iface).is_none());
+        std::fs::remove_dir_all(paths.root()).unwrap();
+    }
 }

@@ -70,6 +70,25 @@ pub enum Error {
         /// The pin directory looked at.
         path: PathBuf,
     },
+    /// Some of the attachment's map pins exist and others do not: it was
+    /// pinned by an edge-filter build with another set of maps (an older
+    /// one, before `ENTRY_STATS`, `EVENTS` and the like existed), which
+    /// this build cannot adopt or read.
+    #[error(
+        "the filter pinned on {iface} (under {dir}) was attached by an older (or different) edge-filter build: it lacks the map{plural} {missing_list} that this build uses, so it cannot be adopted or read; detach it with `{detach}` (traffic passes unfiltered until a filter is attached again), then re-run this command (for the agent, `edge-filter run` then attaches this build's filter)",
+        missing_list = .missing.join(", "),
+        plural = if .missing.len() == 1 { "" } else { "s" },
+    )]
+    IncompatiblePins {
+        /// Interface name.
+        iface: String,
+        /// The interface's pin directory.
+        dir: PathBuf,
+        /// The map names this build expects and found no pin of.
+        missing: Vec<String>,
+        /// The command that removes the old attachment.
+        detach: String,
+    },
     /// A map is full: the overflow was refused, the rest applied.
     #[error(
         "map {map} is full ({capacity} entries): {refused} entries refused; raise its capacity"

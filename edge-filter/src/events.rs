@@ -27,9 +27,12 @@ use crate::paths::Paths;
 
 fn open(paths: &Paths, iface: &str, name: &str) -> Result<Map> {
     let p = paths.map(iface, name);
-    let data = MapData::from_pin(&p).map_err(|source| Error::Map {
-        op: format!("opening pinned map {}", p.display()),
-        source,
+    let data = MapData::from_pin(&p).map_err(|source| {
+        // Pins of an older build lack the sampling maps: say so.
+        attach::incompatible_pins(paths, iface).unwrap_or_else(|| Error::Map {
+            op: format!("opening pinned map {}", p.display()),
+            source,
+        })
     })?;
     Map::from_map_data(data).map_err(|source| Error::Map {
         op: format!("opening pinned map {}", p.display()),

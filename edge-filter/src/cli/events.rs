@@ -7,14 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use edge_filter::config::Config;
 use edge_filter::events::{self, EventRecord, Sampling};
 use edge_filter::explain::{Knowledge, key_text};
 use edge_filter::hits::Clock;
 use edge_filter::maps::SlotKey;
-use edge_filter::paths::{DEFAULT_ROOT, Paths};
+use edge_filter::paths::Paths;
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
+
+use super::Pins;
 
 /// `events --help`.
 pub const LONG_ABOUT: &str = "\
@@ -133,24 +134,10 @@ fn index(
 }
 
 pub fn run(a: EventsArgs) -> anyhow::Result<()> {
-    let cfg = a.config.as_deref().map(Config::load).transpose()?;
+    let pins = Pins::resolve(a.config.as_deref(), a.bpffs.as_deref())?;
     edge_filter::features::require(edge_filter::features::Use::Events)?;
-    let root = a
-        .bpffs
-        .clone()
-        .or_else(|| cfg.as_ref().map(|c| c.bpffs.clone()))
-        .unwrap_or_else(|| DEFAULT_ROOT.into());
-    let paths = Paths::new(&root);
-    let ifaces = match &a.iface {
-        Some(i) => vec![i.clone()],
-        None => paths.attached(),
-    };
-    if ifaces.is_empty() {
-        anyhow::bail!(
-            "no edge-filter attachment under {} (start `edge-filter run` first, or pass --bpffs)",
-            root.display()
-        );
-    }
+    let ifaces = pins.ifaces_required(a.iface.as_deref())?;
+    let Pins { config: cfg, paths } = pins;
     if let Some(d) = a.duration
         && !(d.is_finite() && d > 0.0)
     {

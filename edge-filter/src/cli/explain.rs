@@ -8,11 +8,12 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::config::Config;
 use edge_filter::entry::Proto;
 use edge_filter::explain::{Explanation, KernelCheck, Knowledge, Query, cross_check};
-use edge_filter::paths::{DEFAULT_ROOT, Paths};
 use edge_filter::{attach, explain::EntryReport};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use super::Pins;
 
 /// `explain --help`.
 pub const LONG_ABOUT: &str = "\
@@ -161,10 +162,9 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<()> {
         None => Query::addr(a.address),
     };
     let mut notes = Vec::new();
-    let (knowledge, root, source) = if let Some(path) = &a.config {
-        let cfg = Config::load(path)?;
-        let k = from_config(&cfg, &mut notes)?;
-        (k, a.bpffs.clone().unwrap_or(cfg.bpffs.clone()), "config")
+    let pins = Pins::resolve(a.config.as_deref(), a.bpffs.as_deref())?;
+    let (knowledge, source) = if let Some(cfg) = &pins.config {
+        (from_config(cfg, &mut notes)?, "config")
     } else {
         let bl = a
             .blocklist
@@ -181,14 +181,10 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<()> {
             (&bl_name, &bl_text),
             al_name.as_deref().zip(al_text.as_deref()),
         );
-        (
-            k,
-            a.bpffs.clone().unwrap_or_else(|| DEFAULT_ROOT.into()),
-            "files",
-        )
+        (k, "files")
     };
     let ex = knowledge.explain(&query);
-    let kernel = kernel_checks(&ex, &Paths::new(root), a.iface.as_deref())?;
+    let kernel = kernel_checks(&ex, &pins, a.iface.as_deref())?;
     let out = Out {
         explanation: &ex,
         source,
@@ -209,17 +205,15 @@ fn from_config(cfg: &Config, notes: &mut Vec<String>) -> anyhow::Result<Knowledg
 
 fn kernel_checks(
     ex: &Explanation,
-    paths: &Paths,
+    pins: &Pins,
     iface: Option<&str>,
 ) -> anyhow::Result<Vec<KernelOut>> {
-    // An interface named on the command line must be readable.
+    // An interface named on the command line must be readable; with none
+    // attached there is nothing to compare (not an error).
     let named = iface.is_some();
-    let ifaces = match iface {
-        Some(i) => vec![i.to_string()],
-        None => paths.attached(),
-    };
+    let paths = &pins.paths;
     let mut out = Vec::new();
-    for iface in ifaces {
+    for iface in pins.ifaces(iface) {
         let read = attach::open_pinned(paths, &iface).and_then(|m| m.read());
         match read {
             Ok(d) => {

@@ -2,10 +2,10 @@
 
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use edge_filter::{attach, counters, paths::Paths};
+use edge_filter::{attach, counters};
 use serde::Serialize;
 
-use super::PinArgs;
+use super::{PinArgs, Pins};
 
 /// Show packets and bytes by verdict reason, read from the pinned maps.
 ///
@@ -46,20 +46,9 @@ pub fn run(a: StatsArgs) -> anyhow::Result<()> {
     if let Some(secs) = a.watch {
         return watch::run(&a, secs);
     }
-    let paths = Paths::new(&a.pins.bpffs);
-    let ifaces = match a.iface {
-        Some(i) => vec![i],
-        None => {
-            let v = paths.attached();
-            if v.is_empty() {
-                anyhow::bail!(
-                    "no edge-filter attachment found under {} (start one with `edge-filter run`)",
-                    paths.root().display()
-                );
-            }
-            v
-        }
-    };
+    let pins = Pins::resolve(None, Some(&a.pins.bpffs))?;
+    let ifaces = pins.ifaces_required(a.iface.as_deref())?;
+    let paths = pins.paths;
     let mut out = Vec::new();
     for iface in ifaces {
         let maps = attach::open_pinned(&paths, &iface)?;
@@ -102,11 +91,12 @@ mod watch {
     use std::time::{Duration, Instant};
 
     use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-    use edge_filter::{attach, counters, maps::EntryMaps, paths::Paths};
+    use edge_filter::{attach, counters, maps::EntryMaps};
     use serde::Serialize;
     use time::OffsetDateTime;
 
     use super::StatsArgs;
+    use crate::cli::Pins;
 
     static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -173,17 +163,9 @@ mod watch {
         if !(secs.is_finite() && secs >= 0.05) {
             anyhow::bail!("--watch needs at least 0.05 seconds between samples");
         }
-        let paths = Paths::new(&a.pins.bpffs);
-        let ifaces = match &a.iface {
-            Some(i) => vec![i.clone()],
-            None => paths.attached(),
-        };
-        if ifaces.is_empty() {
-            anyhow::bail!(
-                "no edge-filter attachment found under {} (start one with `edge-filter run`)",
-                paths.root().display()
-            );
-        }
+        let pins = Pins::resolve(None, Some(&a.pins.bpffs))?;
+        let ifaces = pins.ifaces_required(a.iface.as_deref())?;
+        let paths = pins.paths;
         let maps: Vec<(String, EntryMaps)> = ifaces
             .into_iter()
             .map(|i| attach::open_pinned(&paths, &i).map(|m| (i, m)))

@@ -20,12 +20,14 @@ use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::config::Config;
 use edge_filter::feed_agent::{FeedHealth, STATUS_FILE, Status};
-use edge_filter::paths::{DEFAULT_ROOT, Paths};
+use edge_filter::paths::Paths;
 use edge_filter::{attach, maps::Desired};
 use edge_filter_common as abi;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use super::Pins;
 
 /// `status --help`.
 pub const LONG_ABOUT: &str = "\
@@ -153,14 +155,10 @@ struct Out {
 }
 
 pub fn run(a: StatusArgs) -> anyhow::Result<()> {
-    let cfg = a.config.as_deref().map(Config::load).transpose()?;
-    let root = a
-        .bpffs
-        .clone()
-        .or_else(|| cfg.as_ref().map(|c| c.bpffs.clone()))
-        .unwrap_or_else(|| DEFAULT_ROOT.into());
-    let paths = Paths::new(&root);
-    let mut names = paths.attached();
+    let pins = Pins::resolve(a.config.as_deref(), a.bpffs.as_deref())?;
+    // Every attached interface, then the configured ones without pins.
+    let mut names = pins.ifaces(None);
+    let Pins { config: cfg, paths } = pins;
     if let Some(c) = &cfg {
         for i in &c.interfaces {
             if !names.contains(&i.name) {
@@ -187,7 +185,7 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
         None => (None, None),
     };
     let out = Out {
-        bpffs: root,
+        bpffs: paths.root().to_path_buf(),
         interfaces,
         config: a.config.clone(),
         agent,

@@ -4,13 +4,13 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use comfy_table::{CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
-use edge_filter::config::Config;
 use edge_filter::explain::Knowledge;
 use edge_filter::hits::{EntryHits, Hits, Report, Verdicts};
-use edge_filter::paths::{DEFAULT_ROOT, Paths};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use super::Pins;
 
 /// `top --help`.
 pub const LONG_ABOUT: &str = "\
@@ -123,23 +123,9 @@ struct Out<'a> {
 }
 
 pub fn run(a: TopArgs) -> anyhow::Result<()> {
-    let cfg = a.config.as_deref().map(Config::load).transpose()?;
-    let root = a
-        .bpffs
-        .clone()
-        .or_else(|| cfg.as_ref().map(|c| c.bpffs.clone()))
-        .unwrap_or_else(|| DEFAULT_ROOT.into());
-    let paths = Paths::new(&root);
-    let ifaces = match &a.iface {
-        Some(i) => vec![i.clone()],
-        None => paths.attached(),
-    };
-    if ifaces.is_empty() {
-        anyhow::bail!(
-            "no edge-filter attachment under {} (start `edge-filter run` first, or pass --bpffs)",
-            root.display()
-        );
-    }
+    let pins = Pins::resolve(a.config.as_deref(), a.bpffs.as_deref())?;
+    let ifaces = pins.ifaces_required(a.iface.as_deref())?;
+    let Pins { config: cfg, paths } = pins;
     let mut notes = Vec::new();
     let knowledge = match (&cfg, &a.blocklist) {
         (Some(c), _) => Some(Knowledge::from_config(c, &mut notes)?),

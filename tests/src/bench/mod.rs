@@ -1,6 +1,6 @@
 //! The datapath, live and memory benchmarks of `ef-bench` (run by
 //! `cargo xtask bench`). Each submodule is one report section; this module
-//! holds what they share: options, the benchmark-only XDP object
+//! holds what they share: the command line, the benchmark-only XDP object
 //! (`bench-ebpf`), test frames, generated entry sets and statistics.
 //!
 //! Never tests: the figures are reported against targets, not asserted.
@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{
@@ -23,6 +23,7 @@ use aya::{
     },
     programs::{ProgramFd, Xdp},
 };
+use clap::{Args, CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
 use edge_filter::maps::Desired;
 use edge_filter::program::Capacities;
@@ -31,85 +32,154 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// Options every section takes.
-#[derive(Debug, Clone)]
+/// Default `--rounds`.
+pub const DEFAULT_ROUNDS: usize = 10;
+/// Default `--seed` of the generated entry sets (fixed, so runs compare).
+pub const DEFAULT_SEED: u64 = 0xED6E_F11E;
+/// The hidden subcommand `ef-bench sync` re-executes itself with to measure
+/// the agent's peak RSS in a fresh process.
+pub const RSS_CHILD: &str = "__sync-rss-child";
+
+/// `ef-bench --help`.
+const LONG_ABOUT: &str = "\
+Benchmarks of edge-filter, run by `cargo xtask bench` (which collects their
+Markdown into docs/bench/REPORT.md): one subcommand per report section.
+Never a test: the figures are reported against targets, not asserted.
+
+Markdown goes to stdout (JSON with --json; --json-out FILE also writes the
+JSON to FILE), progress to stderr. Every section needs root (it loads BPF
+programs and maps).";
+
+/// Options of `ef-bench` as a whole (what `cargo xtask bench` runs).
+#[derive(Debug, Parser)]
+#[command(
+    name = "ef-bench",
+    about = "Benchmarks of edge-filter (run by `cargo xtask bench`); each needs root",
+    long_about = LONG_ABOUT,
+    arg_required_else_help = true,
+    args_override_self = true
+)]
+pub struct Cli {
+    /// The benchmark to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The benchmarks: `sync` and `delta-loop` live in the `ef-bench` binary,
+/// the others in this module's submodules.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Full sync of 1,000,000 IPv4 /32 + 100,000 IPv4 prefixes into empty
+    /// maps (batch and per-element), a 1% churn delta on top of it, the
+    /// read-back of the full maps and the agent's peak RSS; needs root.
+    Sync(Opts),
+    /// One full sync, then --rounds pairs of 1% deltas (there and back)
+    /// through the feed agent's path, printing each time: a workload for
+    /// `perf record` (profiling the delta path); needs root.
+    DeltaLoop(Opts),
+    /// The peak-RSS child of `sync` (this binary re-executed); not for
+    /// direct use.
+    #[command(name = RSS_CHILD, hide = true)]
+    SyncRssChild(Opts),
+    /// ns/packet in the kernel (BPF_PROG_TEST_RUN): bare XDP_DROP,
+    /// parse-only, single lookups, edge-filter with and without per-entry
+    /// stats, over 1K..1M entry sets, IPv4/IPv6, plain/VLAN; needs root.
+    Datapath(Opts),
+    /// pps dropped on a veth pair fed by an XDP live-frames generator:
+    /// XDP_DROP, edge-filter (native), nftables netdev set, iptables raw +
+    /// ipset, each with the same 1,000,000-address set; needs root.
+    Live(Opts),
+    /// Kernel map memory (fdinfo memlock) per entry at 1M entries against
+    /// the formula of each map type; needs root.
+    Memory(Opts),
+}
+
+/// Heading of the options only `datapath`, `live` and `memory` take.
+const SECTION_ONLY: &str = "Options of datapath, live and memory only";
+
+/// Options every benchmark takes (the last four only `datapath`, `live`
+/// and `memory`: [`Cli::try_parse_args`] refuses them elsewhere).
+#[derive(Debug, Clone, Args)]
 pub struct Opts {
-    /// Rounds (medians over these).
+    /// Rounds, each measurement once per round (medians over these).
+    #[arg(long, default_value_t = DEFAULT_ROUNDS, value_name = "N", value_parser = at_least_one)]
     pub rounds: usize,
-    /// Fewer cases, smaller sets, shorter runs (a smoke run).
-    pub quick: bool,
-    /// Seed of the generated sets.
+    /// Seed of the generated entry sets (the default is fixed, so runs
+    /// compare).
+    #[arg(long, default_value_t = DEFAULT_SEED, value_name = "S")]
     pub seed: u64,
     /// Print JSON instead of Markdown.
+    #[arg(long)]
     pub json: bool,
-    /// Also write the JSON here.
+    /// Also write the JSON to FILE.
+    #[arg(long, value_name = "FILE")]
     pub json_out: Option<PathBuf>,
-    /// The `bench-ebpf` object (`ef-bench-progs`).
+    /// Smaller run (fewer cases, smaller sets).
+    #[arg(long, help_heading = SECTION_ONLY)]
+    pub quick: bool,
+    /// The bench-ebpf object, `ef-bench-progs` (cargo xtask bench builds it).
+    #[arg(long, value_name = "FILE", help_heading = SECTION_ONLY)]
     pub bench_object: Option<PathBuf>,
-    /// edge-filter built with `--features no-entry-stats`.
+    /// edge-filter built with --features no-entry-stats.
+    #[arg(long, value_name = "FILE", help_heading = SECTION_ONLY)]
     pub nostats_object: Option<PathBuf>,
-    /// Where the datapath plot goes.
+    /// datapath: write the ns/packet plot here.
+    #[arg(long, value_name = "FILE", help_heading = SECTION_ONLY)]
     pub svg_out: Option<PathBuf>,
 }
 
-/// Usage of the sections in this module.
-pub const USAGE: &str = "\
-  datapath  ns/packet in the kernel (BPF_PROG_TEST_RUN): bare XDP_DROP,
-         parse-only, single lookups, edge-filter with and without per-entry
-         stats, over 1K..1M entry sets, IPv4/IPv6, plain/VLAN; needs root
-  live   pps dropped on a veth pair fed by an XDP live-frames generator:
-         XDP_DROP, edge-filter (native), nftables netdev set, iptables raw +
-         ipset, each with the same 1,000,000-address set; needs root
-  memory kernel map memory (fdinfo memlock) per entry at 1M entries against
-         the formula of each map type; needs root
+/// `--rounds`: a positive count.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a number ({e})")),
+    }
+}
 
-  --quick              smaller run (fewer cases, smaller sets)
-  --bench-object FILE  bench-ebpf object (cargo xtask bench builds it)
-  --nostats-object FILE  edge-filter built with --features no-entry-stats
-  --svg-out FILE       datapath: write the ns/packet plot here";
+impl Cli {
+    /// Parse a command line (program name first), refusing the options of
+    /// `datapath`, `live` and `memory` on the other subcommands as clap
+    /// refuses unknown ones.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args)?;
+        let (name, o) = match &cli.command {
+            Command::Sync(o) => ("sync", o),
+            Command::DeltaLoop(o) => ("delta-loop", o),
+            Command::SyncRssChild(o) => (RSS_CHILD, o),
+            Command::Datapath(_) | Command::Live(_) | Command::Memory(_) => return Ok(cli),
+        };
+        let given: Vec<&str> = [
+            ("--quick", o.quick),
+            ("--bench-object", o.bench_object.is_some()),
+            ("--nostats-object", o.nostats_object.is_some()),
+            ("--svg-out", o.svg_out.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect();
+        if !given.is_empty() {
+            let mut cmd = Cli::command();
+            // Built, so the usage line says `ef-bench sync`.
+            cmd.build();
+            let sub = cmd.find_subcommand_mut(name).expect("a subcommand of Cli");
+            return Err(sub.error(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "{} only applies to datapath, live and memory, not to `ef-bench {name}`",
+                    given.join(", ")
+                ),
+            ));
+        }
+        Ok(cli)
+    }
+}
 
 impl Opts {
-    /// Parse `args` (after the subcommand).
-    pub fn parse(args: &[String], default_rounds: usize, default_seed: u64) -> Result<Opts> {
-        let mut o = Opts {
-            rounds: default_rounds,
-            quick: false,
-            seed: default_seed,
-            json: false,
-            json_out: None,
-            bench_object: None,
-            nostats_object: None,
-            svg_out: None,
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = |name: &str| {
-                it.next()
-                    .cloned()
-                    .with_context(|| format!("{name} needs a value\n{USAGE}"))
-            };
-            match a.as_str() {
-                "--rounds" => {
-                    o.rounds = value("--rounds")?
-                        .parse()
-                        .context("--rounds takes a number")?;
-                    if o.rounds == 0 {
-                        bail!("--rounds must be at least 1");
-                    }
-                }
-                "--seed" => o.seed = value("--seed")?.parse().context("--seed takes a number")?,
-                "--quick" => o.quick = true,
-                "--json" => o.json = true,
-                "--json-out" => o.json_out = Some(value("--json-out")?.into()),
-                "--bench-object" => o.bench_object = Some(value("--bench-object")?.into()),
-                "--nostats-object" => o.nostats_object = Some(value("--nostats-object")?.into()),
-                "--svg-out" => o.svg_out = Some(value("--svg-out")?.into()),
-                other => bail!("unknown option {other}\n{USAGE}"),
-            }
-        }
-        Ok(o)
-    }
-
     /// Print Markdown (or JSON) and write the JSON file.
     pub fn emit(&self, markdown: &str, json: &serde_json::Value) -> Result<()> {
         if let Some(p) = &self.json_out {
@@ -776,6 +846,114 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_args(std::iter::once("ef-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// What `cargo xtask bench` runs (xtask/src/bench.rs, `run_section`).
+    #[test]
+    fn xtask_invocations_parse() {
+        let cli = parse(&[
+            "datapath",
+            "--quick",
+            "--bench-object",
+            "/t/bench.o",
+            "--nostats-object",
+            "/t/nostats.o",
+            "--svg-out",
+            "docs/bench/datapath.svg",
+            "--rounds",
+            "3",
+            "--json-out",
+            "docs/bench/datapath.json",
+        ])
+        .unwrap();
+        let Command::Datapath(o) = cli.command else {
+            panic!("{cli:?}");
+        };
+        assert!(o.quick && !o.json);
+        assert_eq!(o.rounds, 3);
+        assert_eq!(o.seed, DEFAULT_SEED);
+        assert_eq!(o.bench_object, Some(PathBuf::from("/t/bench.o")));
+        assert_eq!(o.nostats_object, Some(PathBuf::from("/t/nostats.o")));
+        assert_eq!(o.svg_out, Some(PathBuf::from("docs/bench/datapath.svg")));
+        assert_eq!(o.json_out, Some(PathBuf::from("docs/bench/datapath.json")));
+        let cli = parse(&[
+            "sync",
+            "--rounds",
+            "10",
+            "--json-out",
+            "docs/bench/sync.json",
+        ])
+        .unwrap();
+        let Command::Sync(o) = cli.command else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(
+            (o.rounds, o.seed, o.json, o.quick),
+            (10, DEFAULT_SEED, false, false)
+        );
+        for sub in ["live", "memory"] {
+            parse(&[sub, "--bench-object", "b.o", "--rounds", "1", "--json"]).unwrap();
+        }
+    }
+
+    #[test]
+    fn defaults_and_the_rss_child() {
+        let Command::DeltaLoop(o) = parse(&["delta-loop"]).unwrap().command else {
+            panic!("not delta-loop");
+        };
+        assert_eq!((o.rounds, o.seed), (DEFAULT_ROUNDS, DEFAULT_SEED));
+        // As `round_rss` in the binary starts it.
+        let Command::SyncRssChild(o) = parse(&[RSS_CHILD, "--seed", "42"]).unwrap().command else {
+            panic!("not the RSS child");
+        };
+        assert_eq!(o.seed, 42);
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains(RSS_CHILD), "{help}");
+        for sub in ["sync", "delta-loop", "datapath", "live", "memory"] {
+            assert!(help.contains(sub), "{sub} missing from:\n{help}");
+        }
+        // The last occurrence wins, as before.
+        let Command::Live(o) = parse(&["live", "--rounds", "2", "--rounds", "5"])
+            .unwrap()
+            .command
+        else {
+            panic!("not live");
+        };
+        assert_eq!(o.rounds, 5);
+    }
+
+    #[test]
+    fn bad_command_lines_are_refused() {
+        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(
+            kind(&[]),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        assert_eq!(kind(&["sync", "--rounds", "0"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["sync", "--rounds", "x"]), ErrorKind::ValueValidation);
+        assert_eq!(
+            kind(&["datapath", "--round", "3"]),
+            ErrorKind::UnknownArgument
+        );
+        assert_eq!(kind(&["sync", "--json-out"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["bogus"]), ErrorKind::InvalidSubcommand);
+        let e = parse(&["sync", "--quick", "--svg-out", "x.svg"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+        let text = e.to_string();
+        assert!(
+            text.contains("--quick, --svg-out only applies to datapath, live and memory")
+                && text.contains("Usage: ef-bench sync"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -4,7 +4,13 @@
 //!
 //! ```text
 //! ef-bench sync [--rounds N] [--seed S] [--json] [--json-out FILE]
+//! ef-bench delta-loop [--rounds N] [--seed S]
+//! ef-bench datapath | live | memory [--rounds N] [--seed S] [--quick] [--json]
+//!     [--json-out FILE] [--bench-object FILE] [--nostats-object FILE] [--svg-out FILE]
 //! ```
+//!
+//! The command line is [`edge_filter_tests::bench::Cli`] (`ef-bench --help`);
+//! `datapath`, `live` and `memory` live in [`edge_filter_tests::bench`].
 //!
 //! `sync` measures the agent's map sync with the real XDP program's maps
 //! (private maps, loaded through [`KernelClassifier`]; needs root): a full
@@ -30,6 +36,7 @@ use edge_filter::entry::{Action, Entry, EntrySet};
 use edge_filter::maps::{Desired, EntryMaps, SetChanges};
 use edge_filter::program::Capacities;
 use edge_filter::testrun::KernelClassifier;
+use edge_filter_tests::bench::{self, Cli, Command as Bench, Opts};
 use ipnet::{IpNet, Ipv4Net};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -42,17 +49,16 @@ const ADDRS: usize = 1_000_000;
 const PREFIXES: usize = 100_000;
 /// Churn of the delta: this many adds and as many removes (1% of the set).
 const CHURN: usize = 10_000;
-/// Default rounds.
-const ROUNDS: usize = 10;
-/// Default seed of the generated sets (fixed, so runs compare).
-const SEED: u64 = 0xED6E_F11E;
+/// Default seed of the generated sets (fixed, so runs compare); also the
+/// fixed seed of the profile's shuffle.
+const SEED: u64 = bench::DEFAULT_SEED;
 /// Targets (reported, never asserted).
 const TARGET_FULL_SECS: f64 = 1.0;
 const TARGET_DELTA_FRACTION: f64 = 0.03;
 /// Share of monitor-only entries (the rest drop).
 const MONITOR_PERCENT: u32 = 10;
 /// The hidden subcommand the RSS measurement re-executes this binary with.
-const RSS_CHILD: &str = "__sync-rss-child";
+const RSS_CHILD: &str = bench::RSS_CHILD;
 
 /// Prefix-length distribution of the IPv4 prefixes, /9../31: how often each
 /// length occurs in the real netsets under `../shared/data/feeds`
@@ -84,26 +90,6 @@ const PREFIX_LENGTHS: [(u8, u32); 23] = [
     (31, 194),
 ];
 
-const USAGE: &str = "\
-usage: ef-bench sync [--rounds N] [--seed S] [--json] [--json-out FILE]
-
-  sync   full sync of 1,000,000 IPv4 /32 + 100,000 IPv4 prefixes into empty
-         maps (batch and per-element), a 1% churn delta on top of it, the
-         read-back of the full maps and the agent's peak RSS; needs root.
-
-  delta-loop  one full sync, then --rounds pairs of 1% deltas (there and
-         back) through the feed agent's path, printing each time: a workload
-         for `perf record` (profiling the delta path); needs root.
-
-  datapath | live | memory  [--rounds N] [--seed S] [--quick] [--json]
-         [--json-out FILE] [--bench-object FILE] [--nostats-object FILE]
-         [--svg-out FILE]: see below.
-
-  --rounds N       rounds, each measurement once per round (default 10)
-  --seed S         seed of the generated entry sets (default fixed)
-  --json           print JSON instead of Markdown
-  --json-out FILE  also write the JSON to FILE";
-
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,70 +103,16 @@ fn main() -> ExitCode {
     }
 }
 
-struct Opts {
-    rounds: usize,
-    seed: u64,
-    json: bool,
-    json_out: Option<std::path::PathBuf>,
-}
-
-fn parse_opts(args: &[String]) -> Result<Opts> {
-    let mut o = Opts {
-        rounds: ROUNDS,
-        seed: SEED,
-        json: false,
-        json_out: None,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
-            "--rounds" => {
-                o.rounds = value("--rounds")?
-                    .parse()
-                    .context("--rounds: not a number")?;
-                if o.rounds == 0 {
-                    bail!("--rounds must be at least 1");
-                }
-            }
-            "--seed" => o.seed = value("--seed")?.parse().context("--seed: not a number")?,
-            "--json" => o.json = true,
-            "--json-out" => o.json_out = Some(value("--json-out")?.into()),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
-    }
-    Ok(o)
-}
-
 fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("sync") => sync_bench(&parse_opts(&args[1..])?),
-        Some(RSS_CHILD) => rss_child(&parse_opts(&args[1..])?),
-        Some("delta-loop") => delta_loop(&parse_opts(&args[1..])?),
+    let cli = Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    match cli.command {
+        Bench::Sync(o) => sync_bench(&o),
+        Bench::SyncRssChild(o) => rss_child(&o),
+        Bench::DeltaLoop(o) => delta_loop(&o),
         // The datapath, live and memory sections live in `edge_filter_tests::bench`.
-        Some(s @ ("datapath" | "live" | "memory")) => {
-            use edge_filter_tests::bench;
-            let o = bench::Opts::parse(&args[1..], ROUNDS, SEED)?;
-            match s {
-                "datapath" => bench::datapath::run(&o),
-                "live" => bench::live::run(&o),
-                _ => bench::memory::run(&o),
-            }
-        }
-        Some("-h" | "--help") => {
-            println!("{USAGE}\n\n{}", edge_filter_tests::bench::USAGE);
-            Ok(())
-        }
-        _ => bail!("{USAGE}"),
+        Bench::Datapath(o) => bench::datapath::run(&o),
+        Bench::Live(o) => bench::live::run(&o),
+        Bench::Memory(o) => bench::memory::run(&o),
     }
 }
 
