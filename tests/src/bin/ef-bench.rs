@@ -804,9 +804,10 @@ fn markdown(o: &Opts, sets: &Sets, headline: &[Row], profile: &[Row], elapsed: D
          built state becomes the shadow copy without a copy). The delta is what the feed agent \
          does on a feed change after the full sync: `SetChanges::between` (one merge pass over \
          the previous and the new sorted set, which also tells adds from changes) and \
-         `EntryMaps::apply_changes` (touches only the changed keys: ids for the adds, then \
-         the hash-map writes on one thread while the other updates the shadow copy and writes \
-         the trie nodes, then the removals on both), timed together. Batch = `BPF_MAP_*_BATCH` for \
+         `EntryMaps::apply_changes` (touches only the changed keys: ids for the adds first; then \
+         two threads, one updating the hash maps' shadow copy, the other the tries' and writing \
+         the trie nodes, both taking 1024-key jobs of hash-map writes; then both share the \
+         removals), timed together. Batch = `BPF_MAP_*_BATCH` for \
          the hash maps; the LPM tries have no batch support and are per-element on both paths. Peak RSS = `VmHWM` of \
          a child process (this binary re-executed) doing a full sync (`EntryMaps::rebuild`) and the \
          delta (the feed agent's path), holding the two entry sets as the agent holds the previous and \
