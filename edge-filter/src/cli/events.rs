@@ -137,25 +137,14 @@ pub fn run(a: EventsArgs) -> anyhow::Result<()> {
     let pins = Pins::resolve(a.config.as_deref(), a.bpffs.as_deref())?;
     edge_filter::features::require(edge_filter::features::Use::Events)?;
     let ifaces = pins.ifaces_required(a.iface.as_deref())?;
-    let Pins { config: cfg, paths } = pins;
     if let Some(d) = a.duration
         && !(d.is_finite() && d > 0.0)
     {
         anyhow::bail!("--duration must be a positive number of seconds");
     }
     let mut notes = Vec::new();
-    let knowledge = match (&cfg, &a.blocklist) {
-        (Some(c), _) => Some(Knowledge::from_config(c, &mut notes)?),
-        (None, Some(bl)) => {
-            let text = std::fs::read_to_string(bl)
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", bl.display()))?;
-            Some(Knowledge::from_files(
-                (&bl.display().to_string(), &text),
-                None,
-            ))
-        }
-        (None, None) => None,
-    };
+    let knowledge = pins.knowledge(a.blocklist.as_deref(), &mut notes)?;
+    let paths = pins.paths;
     for n in &notes {
         eprintln!("note: {n}");
     }

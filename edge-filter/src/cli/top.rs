@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use comfy_table::{CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
-use edge_filter::explain::Knowledge;
 use edge_filter::hits::{EntryHits, Hits, Report, Verdicts};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -125,20 +124,9 @@ struct Out<'a> {
 pub fn run(a: TopArgs) -> anyhow::Result<()> {
     let pins = Pins::resolve(a.config.as_deref(), a.bpffs.as_deref())?;
     let ifaces = pins.ifaces_required(a.iface.as_deref())?;
-    let Pins { config: cfg, paths } = pins;
     let mut notes = Vec::new();
-    let knowledge = match (&cfg, &a.blocklist) {
-        (Some(c), _) => Some(Knowledge::from_config(c, &mut notes)?),
-        (None, Some(bl)) => {
-            let text = std::fs::read_to_string(bl)
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", bl.display()))?;
-            Some(Knowledge::from_files(
-                (&bl.display().to_string(), &text),
-                None,
-            ))
-        }
-        (None, None) => None,
-    };
+    let knowledge = pins.knowledge(a.blocklist.as_deref(), &mut notes)?;
+    let Pins { config: cfg, paths } = pins;
     if let (Some(f), Some(c)) = (&a.feed, &cfg)
         && c.feed(f).is_none()
     {
