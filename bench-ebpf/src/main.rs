@@ -60,7 +60,7 @@ static PORT_V4: HashMap<PortKeyV4, EntryValue> = HashMap::with_max_entries(DEFAU
 static PORT_V6: HashMap<PortKeyV6, EntryValue> = HashMap::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
 
 /// One source the rewriter writes into the frame (layout shared with
-/// `tests/src/bench/progs.rs`).
+/// `tests/src/bench/mod.rs`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Slot {

@@ -2,19 +2,16 @@
 //! ([`SetChanges`]) and applying them to the shadow copy and the kernel in
 //! proportion to the change, on two threads.
 
-use std::os::fd::AsFd;
-
 use aya::Pod;
-use aya::maps::{HashMap as BpfHash, IterableMap, MapData};
-use edge_filter_common::{self as abi, EntryValue, PORT_PREFIX_FIXED_BITS, PortKeyV4, PortKeyV6};
+use edge_filter_common::{EntryValue, PORT_PREFIX_FIXED_BITS, PortKeyV4, PortKeyV6};
 
 use super::trie::{TrieFilters, covered, flat_value, lengths_or_empty};
 use super::{
-    Desired, EntryMaps, Slot, SyncStats, allow_slot, both, entry_slot, is_full_io, is_normalized,
-    merge_stats, note_refused, remove_lpm, upsert_lpm, value,
+    Desired, EntryMaps, MAP_INDEX, Slot, SyncStats, allow_slot, both, delete_by_fd, entry_slot,
+    is_normalized, merge_stats, note_refused, value, write_by_fd,
 };
 use crate::entry::{Action, Entry, EntrySet};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// What an incremental update changed: the old and new values of every
 /// touched key (a key absent from `new` is removed).
@@ -303,31 +300,14 @@ impl EntryMaps {
         self.set_config(flags, grow_mask)?;
         let b = self.batch;
         let mut tries = shadow.take_tries();
-        let EntryMaps {
-            allow_v4,
-            allow_v6,
-            addr_v4,
-            addr_v6,
-            prefix_v4,
-            prefix_v6,
-            port_v4,
-            port_v6,
-            pprefix_v4,
-            pprefix_v6,
-            ..
-        } = self;
-        let fds = [
-            hash_fd(addr_v4),
-            hash_fd(addr_v6),
-            hash_fd(port_v4),
-            hash_fd(port_v6),
-        ];
+        let (hashes, mut trie_maps) = self.split();
+        let fds = hashes.fds();
         let p = &hash_plan;
         let mut jobs = Vec::new();
-        write_jobs(&mut jobs, 0, fds[0], &p.addr_v4, abi::MAP_ADDR_V4, b);
-        write_jobs(&mut jobs, 1, fds[1], &p.addr_v6, abi::MAP_ADDR_V6, b);
-        write_jobs(&mut jobs, 2, fds[2], &p.port_v4, abi::MAP_PORT_V4, b);
-        write_jobs(&mut jobs, 3, fds[3], &p.port_v6, abi::MAP_PORT_V6, b);
+        write_jobs(&mut jobs, 0, fds[0], &p.addr_v4, b);
+        write_jobs(&mut jobs, 1, fds[1], &p.addr_v6, b);
+        write_jobs(&mut jobs, 2, fds[2], &p.port_v4, b);
+        write_jobs(&mut jobs, 3, fds[3], &p.port_v6, b);
         let writes = Jobs::new(jobs);
         let (hash_up, trie_up) = both(
             || -> Result<([usize; 4], Updated)> {
@@ -337,50 +317,8 @@ impl EntryMaps {
             },
             || -> Result<(SyncStats, Updated, [usize; 4])> {
                 let t_up = tries.update_tries(&trie_changes, &mut filters);
-                let (c, d) = (&t_up.touched.old, &t_up.touched.new);
                 let mut st = SyncStats::default();
-                upsert_lpm(
-                    allow_v4,
-                    &c.allow_v4,
-                    &d.allow_v4,
-                    abi::MAP_ALLOW_V4,
-                    &mut st,
-                )?;
-                upsert_lpm(
-                    allow_v6,
-                    &c.allow_v6,
-                    &d.allow_v6,
-                    abi::MAP_ALLOW_V6,
-                    &mut st,
-                )?;
-                upsert_lpm(
-                    prefix_v4,
-                    &c.prefix_v4,
-                    &d.prefix_v4,
-                    abi::MAP_PREFIX_V4,
-                    &mut st,
-                )?;
-                upsert_lpm(
-                    prefix_v6,
-                    &c.prefix_v6,
-                    &d.prefix_v6,
-                    abi::MAP_PREFIX_V6,
-                    &mut st,
-                )?;
-                upsert_lpm(
-                    pprefix_v4,
-                    &c.pprefix_v4,
-                    &d.pprefix_v4,
-                    abi::MAP_PPREFIX_V4,
-                    &mut st,
-                )?;
-                upsert_lpm(
-                    pprefix_v6,
-                    &c.pprefix_v6,
-                    &d.pprefix_v6,
-                    abi::MAP_PPREFIX_V6,
-                    &mut st,
-                )?;
+                trie_maps.upsert(&t_up.touched.old, &t_up.touched.new, &mut st)?;
                 // Then help the other thread with the hash writes.
                 let refused = writes.run()?;
                 Ok((st, t_up, refused))
@@ -389,15 +327,16 @@ impl EntryMaps {
         drop(writes);
         let (mut st, t_up, refused_t) = trie_up?;
         let (refused_h, h_up) = hash_up?;
-        for (i, (name, w)) in [
-            (abi::MAP_ADDR_V4, p.addr_v4.counts()),
-            (abi::MAP_ADDR_V6, p.addr_v6.counts()),
-            (abi::MAP_PORT_V4, p.port_v4.counts()),
-            (abi::MAP_PORT_V6, p.port_v6.counts()),
+        for (i, w) in [
+            p.addr_v4.counts(),
+            p.addr_v6.counts(),
+            p.port_v4.counts(),
+            p.port_v6.counts(),
         ]
         .into_iter()
         .enumerate()
         {
+            let name = MAP_INDEX[i];
             let refused = refused_h[i] + refused_t[i];
             // Refusals are new keys (updates of existing keys always fit).
             st.changed += w.1;
@@ -414,14 +353,8 @@ impl EntryMaps {
         let (hash_rm, lpm_rm) = both(
             || deletes.run(),
             || -> Result<(SyncStats, [usize; 4])> {
-                let (c, d) = (&t_up.touched.old, &t_up.touched.new);
                 let mut st = SyncStats::default();
-                remove_lpm(allow_v4, &c.allow_v4, &d.allow_v4, &mut st)?;
-                remove_lpm(allow_v6, &c.allow_v6, &d.allow_v6, &mut st)?;
-                remove_lpm(prefix_v4, &c.prefix_v4, &d.prefix_v4, &mut st)?;
-                remove_lpm(prefix_v6, &c.prefix_v6, &d.prefix_v6, &mut st)?;
-                remove_lpm(pprefix_v4, &c.pprefix_v4, &d.pprefix_v4, &mut st)?;
-                remove_lpm(pprefix_v6, &c.pprefix_v6, &d.pprefix_v6, &mut st)?;
+                trie_maps.remove(&t_up.touched.old, &t_up.touched.new, &mut st)?;
                 let removed = deletes.run()?;
                 Ok((st, removed))
             },
@@ -492,21 +425,16 @@ impl<'a> Jobs<'a> {
     }
 }
 
-/// A hash map's fd, for work on it from two threads (both only write
-/// through the fd; the kernel serialises per bucket).
-fn hash_fd<K: Pod>(m: &BpfHash<MapData, K, EntryValue>) -> std::os::fd::BorrowedFd<'_> {
-    IterableMap::map(m).fd().as_fd()
-}
-
-/// Queue the writes of `w` in [`JOB_KEYS`] chunks.
+/// Queue the writes of `w` to hash map `map` ([`MAP_INDEX`]) in
+/// [`JOB_KEYS`] chunks.
 fn write_jobs<'a, K: Pod + Sync>(
     jobs: &mut Vec<Job<'a>>,
     map: usize,
     fd: std::os::fd::BorrowedFd<'a>,
     w: &'a HashWrites<K>,
-    name: &'static str,
     batch: bool,
 ) {
+    let name = MAP_INDEX[map];
     for (keys, vals) in w.keys.chunks(JOB_KEYS).zip(w.vals.chunks(JOB_KEYS)) {
         jobs.push((
             map,
@@ -526,74 +454,6 @@ fn delete_jobs<'a, K: Pod + Sync>(
     for keys in keys.chunks(JOB_KEYS) {
         jobs.push((map, Box::new(move || delete_by_fd(fd, keys, batch))));
     }
-}
-
-/// Write `keys[i] -> vals[i]` (batch when `batch` and supported); returns
-/// how many were refused because the map is full.
-fn write_by_fd<K: Pod>(
-    fd: std::os::fd::BorrowedFd<'_>,
-    keys: &[K],
-    vals: &[EntryValue],
-    name: &'static str,
-    batch: bool,
-) -> Result<usize> {
-    let err = |source| Error::Pin {
-        op: format!("updating {name}"),
-        source,
-    };
-    let (mut start, mut refused) = (0, 0);
-    while batch && start < keys.len() {
-        let p = crate::batch::update(fd, &keys[start..], &vals[start..]);
-        start += p.done;
-        match p.error {
-            None => return Ok(refused),
-            Some(e) if crate::batch::unsupported(&e) && p.done == 0 => break,
-            // The element at `start` did not fit; skip it.
-            Some(e) if is_full_io(&e) => {
-                refused += 1;
-                start += 1;
-            }
-            Some(e) => return Err(err(e)),
-        }
-    }
-    for (k, v) in keys[start..].iter().zip(&vals[start..]) {
-        match crate::batch::update_one(fd, k, v) {
-            Ok(()) => {}
-            Err(e) if is_full_io(&e) => refused += 1,
-            Err(e) => return Err(err(e)),
-        }
-    }
-    Ok(refused)
-}
-
-/// Delete `keys` (batch when `batch` and supported); keys already gone are
-/// fine. Returns how many were removed.
-fn delete_by_fd<K: Pod>(fd: std::os::fd::BorrowedFd<'_>, keys: &[K], batch: bool) -> Result<usize> {
-    let err = |source| Error::Pin {
-        op: "removing entries".into(),
-        source,
-    };
-    let (mut start, mut removed) = (0, 0);
-    while batch && start < keys.len() {
-        let p = crate::batch::delete(fd, &keys[start..]);
-        start += p.done;
-        removed += p.done;
-        match p.error {
-            None => return Ok(removed),
-            Some(e) if crate::batch::unsupported(&e) && p.done == 0 => break,
-            // Already gone (someone else removed it): fine.
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => start += 1,
-            Some(e) => return Err(err(e)),
-        }
-    }
-    for k in &keys[start..] {
-        match crate::batch::delete_one(fd, k) {
-            Ok(()) => removed += 1,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(err(e)),
-        }
-    }
-    Ok(removed)
 }
 
 /// The key-level changes from one entry set to another: every key added

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, btree_map, hash_map};
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::{
     Ebpf, Pod,
@@ -512,6 +512,149 @@ pub struct SyncStats {
     pub refusals: Vec<String>,
 }
 
+/// The hash maps of [`EntryMaps`], borrowed together ([`EntryMaps::split`]).
+struct HashMaps<'a> {
+    addr_v4: &'a mut BpfHash<MapData, [u8; 4], EntryValue>,
+    addr_v6: &'a mut BpfHash<MapData, [u8; 16], EntryValue>,
+    port_v4: &'a mut BpfHash<MapData, PortKeyV4, EntryValue>,
+    port_v6: &'a mut BpfHash<MapData, PortKeyV6, EntryValue>,
+}
+
+impl HashMaps<'_> {
+    /// Write the keys of `want` whose values differ from `cur`.
+    fn upsert(&self, cur: &Desired, want: &Desired, b: bool, st: &mut SyncStats) -> Result<()> {
+        upsert_hash(
+            self.addr_v4,
+            &cur.addr_v4,
+            &want.addr_v4,
+            abi::MAP_ADDR_V4,
+            b,
+            st,
+        )?;
+        upsert_hash(
+            self.addr_v6,
+            &cur.addr_v6,
+            &want.addr_v6,
+            abi::MAP_ADDR_V6,
+            b,
+            st,
+        )?;
+        upsert_hash(
+            self.port_v4,
+            &cur.port_v4,
+            &want.port_v4,
+            abi::MAP_PORT_V4,
+            b,
+            st,
+        )?;
+        upsert_hash(
+            self.port_v6,
+            &cur.port_v6,
+            &want.port_v6,
+            abi::MAP_PORT_V6,
+            b,
+            st,
+        )
+    }
+
+    /// Delete the keys of `cur` that `want` lacks.
+    fn remove(&self, cur: &Desired, want: &Desired, b: bool, st: &mut SyncStats) -> Result<()> {
+        remove_hash(self.addr_v4, &cur.addr_v4, &want.addr_v4, b, st)?;
+        remove_hash(self.addr_v6, &cur.addr_v6, &want.addr_v6, b, st)?;
+        remove_hash(self.port_v4, &cur.port_v4, &want.port_v4, b, st)?;
+        remove_hash(self.port_v6, &cur.port_v6, &want.port_v6, b, st)
+    }
+
+    /// Their fds, in [`MAP_INDEX`] order, for writes from two threads.
+    fn fds(&self) -> [BorrowedFd<'_>; 4] {
+        [
+            hash_fd(self.addr_v4),
+            hash_fd(self.addr_v6),
+            hash_fd(self.port_v4),
+            hash_fd(self.port_v6),
+        ]
+    }
+}
+
+/// The LPM tries of [`EntryMaps`], borrowed together ([`EntryMaps::split`]).
+struct TrieMaps<'a> {
+    allow_v4: &'a mut LpmTrie<MapData, [u8; 4], EntryValue>,
+    allow_v6: &'a mut LpmTrie<MapData, [u8; 16], EntryValue>,
+    prefix_v4: &'a mut LpmTrie<MapData, [u8; 4], EntryValue>,
+    prefix_v6: &'a mut LpmTrie<MapData, [u8; 16], EntryValue>,
+    pprefix_v4: &'a mut LpmTrie<MapData, PortPrefixV4, EntryValue>,
+    pprefix_v6: &'a mut LpmTrie<MapData, PortPrefixV6, EntryValue>,
+}
+
+impl TrieMaps<'_> {
+    /// Write the nodes of `want` whose values differ from `cur`
+    /// (per element: LPM tries have no batch operations).
+    fn upsert(&mut self, cur: &Desired, want: &Desired, st: &mut SyncStats) -> Result<()> {
+        let (c, w) = (cur, want);
+        upsert_lpm(
+            self.allow_v4,
+            &c.allow_v4,
+            &w.allow_v4,
+            abi::MAP_ALLOW_V4,
+            st,
+        )?;
+        upsert_lpm(
+            self.allow_v6,
+            &c.allow_v6,
+            &w.allow_v6,
+            abi::MAP_ALLOW_V6,
+            st,
+        )?;
+        upsert_lpm(
+            self.prefix_v4,
+            &c.prefix_v4,
+            &w.prefix_v4,
+            abi::MAP_PREFIX_V4,
+            st,
+        )?;
+        upsert_lpm(
+            self.prefix_v6,
+            &c.prefix_v6,
+            &w.prefix_v6,
+            abi::MAP_PREFIX_V6,
+            st,
+        )?;
+        upsert_lpm(
+            self.pprefix_v4,
+            &c.pprefix_v4,
+            &w.pprefix_v4,
+            abi::MAP_PPREFIX_V4,
+            st,
+        )?;
+        upsert_lpm(
+            self.pprefix_v6,
+            &c.pprefix_v6,
+            &w.pprefix_v6,
+            abi::MAP_PPREFIX_V6,
+            st,
+        )
+    }
+
+    /// Delete the nodes of `cur` that `want` lacks.
+    fn remove(&mut self, cur: &Desired, want: &Desired, st: &mut SyncStats) -> Result<()> {
+        let (c, w) = (cur, want);
+        remove_lpm(self.allow_v4, &c.allow_v4, &w.allow_v4, st)?;
+        remove_lpm(self.allow_v6, &c.allow_v6, &w.allow_v6, st)?;
+        remove_lpm(self.prefix_v4, &c.prefix_v4, &w.prefix_v4, st)?;
+        remove_lpm(self.prefix_v6, &c.prefix_v6, &w.prefix_v6, st)?;
+        remove_lpm(self.pprefix_v4, &c.pprefix_v4, &w.pprefix_v4, st)?;
+        remove_lpm(self.pprefix_v6, &c.pprefix_v6, &w.pprefix_v6, st)
+    }
+}
+
+/// Index of each hash map in [`HashMaps::fds`] and in per-map sums.
+const MAP_INDEX: [&str; 4] = [
+    abi::MAP_ADDR_V4,
+    abi::MAP_ADDR_V6,
+    abi::MAP_PORT_V4,
+    abi::MAP_PORT_V6,
+];
+
 fn conv<T>(name: &str, r: std::result::Result<T, MapError>) -> Result<T> {
     r.map_err(|source| Error::Map {
         op: format!("opening map {name}"),
@@ -788,103 +931,19 @@ impl EntryMaps {
         // as they land; narrow it after removals.
         self.set_config(flags, grow_mask)?;
         let (c, d) = (current, desired);
-        let EntryMaps {
-            allow_v4,
-            allow_v6,
-            addr_v4,
-            addr_v6,
-            prefix_v4,
-            prefix_v6,
-            port_v4,
-            port_v6,
-            pprefix_v4,
-            pprefix_v6,
-            ..
-        } = self;
+        let (hashes, mut tries) = self.split();
         // The LPM tries (per-element syscalls) and the hash maps (batch)
         // are written on two threads: different maps, and the kernel work
         // of each is CPU-bound. Removals start only once every add landed.
         let (hash_up, lpm_up) = both(
             || -> Result<SyncStats> {
                 let mut st = SyncStats::default();
-                upsert_hash(
-                    addr_v4,
-                    &c.addr_v4,
-                    &d.addr_v4,
-                    abi::MAP_ADDR_V4,
-                    b,
-                    &mut st,
-                )?;
-                upsert_hash(
-                    addr_v6,
-                    &c.addr_v6,
-                    &d.addr_v6,
-                    abi::MAP_ADDR_V6,
-                    b,
-                    &mut st,
-                )?;
-                upsert_hash(
-                    port_v4,
-                    &c.port_v4,
-                    &d.port_v4,
-                    abi::MAP_PORT_V4,
-                    b,
-                    &mut st,
-                )?;
-                upsert_hash(
-                    port_v6,
-                    &c.port_v6,
-                    &d.port_v6,
-                    abi::MAP_PORT_V6,
-                    b,
-                    &mut st,
-                )?;
+                hashes.upsert(c, d, b, &mut st)?;
                 Ok(st)
             },
             || -> Result<SyncStats> {
                 let mut st = SyncStats::default();
-                upsert_lpm(
-                    allow_v4,
-                    &c.allow_v4,
-                    &d.allow_v4,
-                    abi::MAP_ALLOW_V4,
-                    &mut st,
-                )?;
-                upsert_lpm(
-                    allow_v6,
-                    &c.allow_v6,
-                    &d.allow_v6,
-                    abi::MAP_ALLOW_V6,
-                    &mut st,
-                )?;
-                upsert_lpm(
-                    prefix_v4,
-                    &c.prefix_v4,
-                    &d.prefix_v4,
-                    abi::MAP_PREFIX_V4,
-                    &mut st,
-                )?;
-                upsert_lpm(
-                    prefix_v6,
-                    &c.prefix_v6,
-                    &d.prefix_v6,
-                    abi::MAP_PREFIX_V6,
-                    &mut st,
-                )?;
-                upsert_lpm(
-                    pprefix_v4,
-                    &c.pprefix_v4,
-                    &d.pprefix_v4,
-                    abi::MAP_PPREFIX_V4,
-                    &mut st,
-                )?;
-                upsert_lpm(
-                    pprefix_v6,
-                    &c.pprefix_v6,
-                    &d.pprefix_v6,
-                    abi::MAP_PPREFIX_V6,
-                    &mut st,
-                )?;
+                tries.upsert(c, d, &mut st)?;
                 Ok(st)
             },
         );
@@ -892,20 +951,12 @@ impl EntryMaps {
         let (hash_rm, lpm_rm) = both(
             || -> Result<SyncStats> {
                 let mut st = SyncStats::default();
-                remove_hash(addr_v4, &c.addr_v4, &d.addr_v4, b, &mut st)?;
-                remove_hash(addr_v6, &c.addr_v6, &d.addr_v6, b, &mut st)?;
-                remove_hash(port_v4, &c.port_v4, &d.port_v4, b, &mut st)?;
-                remove_hash(port_v6, &c.port_v6, &d.port_v6, b, &mut st)?;
+                hashes.remove(c, d, b, &mut st)?;
                 Ok(st)
             },
             || -> Result<SyncStats> {
                 let mut st = SyncStats::default();
-                remove_lpm(allow_v4, &c.allow_v4, &d.allow_v4, &mut st)?;
-                remove_lpm(allow_v6, &c.allow_v6, &d.allow_v6, &mut st)?;
-                remove_lpm(prefix_v4, &c.prefix_v4, &d.prefix_v4, &mut st)?;
-                remove_lpm(prefix_v6, &c.prefix_v6, &d.prefix_v6, &mut st)?;
-                remove_lpm(pprefix_v4, &c.pprefix_v4, &d.pprefix_v4, &mut st)?;
-                remove_lpm(pprefix_v6, &c.pprefix_v6, &d.pprefix_v6, &mut st)?;
+                tries.remove(c, d, &mut st)?;
                 Ok(st)
             },
         );
@@ -913,6 +964,27 @@ impl EntryMaps {
         st = merge_stats(st, lpm_rm?);
         self.set_config(flags, final_mask)?;
         Ok(st)
+    }
+
+    /// The hash maps and the tries, borrowed apart so that two threads can
+    /// write them.
+    fn split(&mut self) -> (HashMaps<'_>, TrieMaps<'_>) {
+        (
+            HashMaps {
+                addr_v4: &mut self.addr_v4,
+                addr_v6: &mut self.addr_v6,
+                port_v4: &mut self.port_v4,
+                port_v6: &mut self.port_v6,
+            },
+            TrieMaps {
+                allow_v4: &mut self.allow_v4,
+                allow_v6: &mut self.allow_v6,
+                prefix_v4: &mut self.prefix_v4,
+                prefix_v6: &mut self.prefix_v6,
+                pprefix_v4: &mut self.pprefix_v4,
+                pprefix_v6: &mut self.pprefix_v6,
+            },
+        )
     }
 
     /// Read the runtime config.
@@ -1315,44 +1387,17 @@ fn is_full(e: &MapError) -> bool {
 const HASH_CHUNK: usize = 16 * 1024;
 
 fn upsert_hash<K: Pod + Eq + Hash>(
-    m: &mut BpfHash<MapData, K, EntryValue>,
+    m: &BpfHash<MapData, K, EntryValue>,
     cur: &KeyMap<K>,
     want: &KeyMap<K>,
     name: &'static str,
     batch: bool,
     st: &mut SyncStats,
 ) -> Result<()> {
-    let fd = if batch {
-        Some(
-            IterableMap::map(m)
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|source| Error::Pin {
-                    op: format!("duplicating the fd of {name}"),
-                    source,
-                })?,
-        )
-    } else {
-        None
-    };
-    let mut batch_ok = batch;
+    let fd = hash_fd(m);
     let cap = HASH_CHUNK.min(want.len());
     let (mut keys, mut vals) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
     let (mut changed, mut written, mut refused) = (0, 0, 0);
-    let mut flush = |m: &mut BpfHash<MapData, K, EntryValue>,
-                     keys: &mut Vec<K>,
-                     vals: &mut Vec<EntryValue>|
-     -> Result<()> {
-        let fd = fd.as_ref().filter(|_| batch_ok).map(|f| f.as_fd());
-        let (r, batch_works) = write_hash_chunk(m, fd, keys, vals, name)?;
-        batch_ok &= batch_works;
-        refused += r;
-        written += keys.len();
-        keys.clear();
-        vals.clear();
-        Ok(())
-    };
     for (k, v) in want {
         match cur.get(k) {
             Some(old) if old == v => continue,
@@ -1362,11 +1407,15 @@ fn upsert_hash<K: Pod + Eq + Hash>(
         keys.push(*k);
         vals.push(*v);
         if keys.len() == HASH_CHUNK {
-            flush(m, &mut keys, &mut vals)?;
+            refused += write_by_fd(fd, &keys, &vals, name, batch)?;
+            written += keys.len();
+            keys.clear();
+            vals.clear();
         }
     }
     if !keys.is_empty() {
-        flush(m, &mut keys, &mut vals)?;
+        refused += write_by_fd(fd, &keys, &vals, name, batch)?;
+        written += keys.len();
     }
     // Refusals are new keys (updates of existing keys always fit).
     st.changed += changed;
@@ -1375,56 +1424,79 @@ fn upsert_hash<K: Pod + Eq + Hash>(
     Ok(())
 }
 
-/// Write one chunk: batch when `fd` is given, per-element for the rest.
-/// Returns the refusals (map full) and whether batch syscalls work.
-fn write_hash_chunk<K: Pod + Eq + Hash>(
-    m: &mut BpfHash<MapData, K, EntryValue>,
-    fd: Option<std::os::fd::BorrowedFd<'_>>,
+/// A hash map's fd, for writes through raw syscalls (batch, or from two
+/// threads: the kernel serialises per bucket).
+fn hash_fd<K: Pod>(m: &BpfHash<MapData, K, EntryValue>) -> BorrowedFd<'_> {
+    IterableMap::map(m).fd().as_fd()
+}
+
+/// Write `keys[i] -> vals[i]` (batch when `batch` and supported, else one
+/// element at a time); returns how many were refused because the map is
+/// full. The rest is written.
+fn write_by_fd<K: Pod>(
+    fd: BorrowedFd<'_>,
     keys: &[K],
     vals: &[EntryValue],
     name: &'static str,
-) -> Result<(usize, bool)> {
-    let mut refused = 0;
-    let mut start = 0;
-    let mut batch_works = fd.is_some();
-    if let Some(fd) = fd {
-        while start < keys.len() {
-            let p = crate::batch::update(fd, &keys[start..], &vals[start..]);
-            start += p.done;
-            match p.error {
-                None => break,
-                Some(e) if crate::batch::unsupported(&e) && p.done == 0 => {
-                    batch_works = false;
-                    break;
-                }
-                Some(e) if is_full_io(&e) => {
-                    // The element at `start` did not fit; skip it.
-                    refused += 1;
-                    start += 1;
-                }
-                Some(e) => {
-                    return Err(Error::Pin {
-                        op: format!("updating {name} (batch)"),
-                        source: e,
-                    });
-                }
+    batch: bool,
+) -> Result<usize> {
+    let err = |source| Error::Pin {
+        op: format!("updating {name}"),
+        source,
+    };
+    let (mut start, mut refused) = (0, 0);
+    while batch && start < keys.len() {
+        let p = crate::batch::update(fd, &keys[start..], &vals[start..]);
+        start += p.done;
+        match p.error {
+            None => return Ok(refused),
+            Some(e) if crate::batch::unsupported(&e) && p.done == 0 => break,
+            // The element at `start` did not fit; skip it.
+            Some(e) if is_full_io(&e) => {
+                refused += 1;
+                start += 1;
             }
+            Some(e) => return Err(err(e)),
         }
     }
-    // Per-element path: batch off, unsupported, or the rest after it.
-    for i in start..keys.len() {
-        match m.insert(keys[i], vals[i], 0) {
+    for (k, v) in keys[start..].iter().zip(&vals[start..]) {
+        match crate::batch::update_one(fd, k, v) {
             Ok(()) => {}
-            Err(e) if is_full(&e) => refused += 1,
-            Err(source) => {
-                return Err(Error::Map {
-                    op: format!("updating {name}"),
-                    source,
-                });
-            }
+            Err(e) if is_full_io(&e) => refused += 1,
+            Err(e) => return Err(err(e)),
         }
     }
-    Ok((refused, batch_works))
+    Ok(refused)
+}
+
+/// Delete `keys` (batch when `batch` and supported, else one element at a
+/// time); keys already gone are fine. Returns how many were removed.
+fn delete_by_fd<K: Pod>(fd: BorrowedFd<'_>, keys: &[K], batch: bool) -> Result<usize> {
+    let err = |source| Error::Pin {
+        op: "removing entries".into(),
+        source,
+    };
+    let (mut start, mut removed) = (0, 0);
+    while batch && start < keys.len() {
+        let p = crate::batch::delete(fd, &keys[start..]);
+        start += p.done;
+        removed += p.done;
+        match p.error {
+            None => return Ok(removed),
+            Some(e) if crate::batch::unsupported(&e) && p.done == 0 => break,
+            // Already gone (someone else removed it): fine.
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => start += 1,
+            Some(e) => return Err(err(e)),
+        }
+    }
+    for k in &keys[start..] {
+        match crate::batch::delete_one(fd, k) {
+            Ok(()) => removed += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(removed)
 }
 
 fn is_full_io(e: &std::io::Error) -> bool {
@@ -1475,7 +1547,7 @@ fn note_refused(name: &'static str, refused: usize, st: &mut SyncStats) {
 }
 
 fn remove_hash<K: Pod + Eq + Hash>(
-    m: &mut BpfHash<MapData, K, EntryValue>,
+    m: &BpfHash<MapData, K, EntryValue>,
     cur: &KeyMap<K>,
     want: &KeyMap<K>,
     batch: bool,
@@ -1486,60 +1558,7 @@ fn remove_hash<K: Pod + Eq + Hash>(
         .filter(|k| !want.contains_key(k))
         .copied()
         .collect();
-    delete_hash_keys(m, &keys, batch, st)
-}
-
-/// Delete `keys` (batch when `batch` and supported); keys already gone are
-/// fine.
-fn delete_hash_keys<K: Pod + Eq + Hash>(
-    m: &mut BpfHash<MapData, K, EntryValue>,
-    keys: &[K],
-    batch: bool,
-    st: &mut SyncStats,
-) -> Result<()> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let mut start = 0;
-    if batch {
-        let fd = IterableMap::map(m)
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| Error::Pin {
-                op: "duplicating a map fd".into(),
-                source,
-            })?;
-        while start < keys.len() {
-            let p = crate::batch::delete(fd.as_fd(), &keys[start..]);
-            start += p.done;
-            st.removed += p.done;
-            match p.error {
-                None => break,
-                Some(e) if crate::batch::unsupported(&e) && p.done == 0 => break,
-                // Already gone (someone else removed it): fine.
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => start += 1,
-                Some(e) => {
-                    return Err(Error::Pin {
-                        op: "removing entries (batch)".into(),
-                        source: e,
-                    });
-                }
-            }
-        }
-    }
-    for k in &keys[start..] {
-        match m.remove(k) {
-            Ok(()) => st.removed += 1,
-            Err(MapError::KeyNotFound) => {}
-            Err(source) => {
-                return Err(Error::Map {
-                    op: "removing an entry".into(),
-                    source,
-                });
-            }
-        }
-    }
+    st.removed += delete_by_fd(hash_fd(m), &keys, batch)?;
     Ok(())
 }
 

@@ -157,22 +157,14 @@ pub fn run(o: &Opts) -> Result<()> {
     let start = Instant::now();
     let bench_obj = read_object(&o.bench_object, "the bench-ebpf object")?;
     let nostats_obj = read_object(&o.nostats_object, "the no-entry-stats edge-filter object")?;
-    let big = if o.quick { 100_000 } else { 1_000_000 };
-    let sizes = PoolSizes {
-        v4_addrs: big,
-        v4_prefixes: big / 10,
-        v4_ports: big / 10,
-        v6_addrs: big / 10,
-        v6_prefixes: big / 100,
-        v6_ports: big / 100,
-    };
+    let sizes = PoolSizes::standard(o.quick);
     eprintln!("datapath: generating entry sets ({sizes:?})");
     let pool = Pool::generate(o.seed, sizes);
     let small = 1000;
     let full_set = pool.entry_set(sizes.v4_addrs, sizes.v6_addrs, true);
     let small_set = pool.entry_set(small, small, false);
     let mut mid: Vec<usize> = vec![10_000, 100_000];
-    mid.retain(|&n| n > small && n < big);
+    mid.retain(|&n| n > small && n < sizes.v4_addrs);
 
     let mut efs = vec![
         load_ef("edge-filter 1K", None, &small_set)?,

@@ -132,15 +132,7 @@ fn formula(m: &MapMem, entries: u64, cpus: u64) -> Option<(u64, String)> {
 }
 
 pub fn run(o: &Opts) -> Result<()> {
-    let big = if o.quick { 100_000 } else { 1_000_000 };
-    let sizes = PoolSizes {
-        v4_addrs: big,
-        v4_prefixes: big / 10,
-        v4_ports: big / 10,
-        v6_addrs: big / 10,
-        v6_prefixes: big / 100,
-        v6_ports: big / 100,
-    };
+    let sizes = PoolSizes::standard(o.quick);
     let pool = Pool::generate(o.seed, sizes);
     let set = pool.entry_set(sizes.v4_addrs, sizes.v6_addrs, true);
     let mut ebpf = program::load(&Capacities::default())?;

@@ -470,6 +470,24 @@ pub struct PoolSizes {
     pub v6_ports: usize,
 }
 
+impl PoolSizes {
+    /// The sets the datapath and memory sections measure: `big` IPv4
+    /// addresses (1M, or 100k with `--quick`), a tenth as many IPv4
+    /// prefixes, address+port entries and IPv6 addresses, a hundredth as
+    /// many IPv6 prefixes and address+port entries.
+    pub fn standard(quick: bool) -> PoolSizes {
+        let big = if quick { 100_000 } else { 1_000_000 };
+        PoolSizes {
+            v4_addrs: big,
+            v4_prefixes: big / 10,
+            v4_ports: big / 10,
+            v6_addrs: big / 10,
+            v6_prefixes: big / 100,
+            v6_ports: big / 100,
+        }
+    }
+}
+
 /// Lengths of the IPv4 prefixes, weighted roughly like real block lists
 /// (mostly /22../24).
 const V4_LENS: [(u8, u32); 7] = [

@@ -516,27 +516,6 @@ fn round_rss(o: &Opts, r: &mut Round) -> Result<()> {
 
 // --------------------------------------------------------------- summary
 
-struct Stat {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn stat(mut v: Vec<f64>) -> Stat {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Stat {
-        median,
-        min: v[0],
-        max: v[n - 1],
-    }
-}
-
 #[derive(Clone, Copy)]
 enum Unit {
     Secs,
@@ -571,7 +550,7 @@ struct Row {
     key: &'static str,
     label: &'static str,
     unit: Unit,
-    stat: Stat,
+    stat: bench::Stat,
     /// Target text and whether the median meets it.
     target: Option<(String, bool)>,
 }
@@ -734,7 +713,7 @@ fn rows(rounds: &[Round], figures: &[Figure]) -> Vec<Row> {
     figures
         .iter()
         .map(|&(key, label, unit, f)| {
-            let stat = stat(rounds.iter().map(f).collect());
+            let stat = bench::stat(&rounds.iter().map(f).collect::<Vec<_>>());
             let target = match key {
                 "full_apply" => Some((
                     format!("≤ {TARGET_FULL_SECS:.1} s"),
