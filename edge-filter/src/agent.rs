@@ -10,12 +10,19 @@ use std::time::{Duration, SystemTime};
 
 use edge_filter_common as abi;
 
+use std::sync::Arc;
+
 use crate::attach::{self, Mode};
 use crate::blocklist::{LineError, parse_allowlist, parse_blocklist};
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
+use crate::feed_agent::{FeedHealth, Status};
+use crate::lock::AgentLock;
+use crate::metrics::{Metrics, Published};
 use crate::paths::Paths;
 use crate::program::Capacities;
+use crate::sync::shrink_fraction;
+use crate::watch::Watch;
 
 /// Everything `run` needs.
 #[derive(Clone, Debug)]
@@ -38,7 +45,20 @@ pub struct RunOptions {
     pub poll: Duration,
     /// The Prometheus endpoint.
     pub metrics: crate::config::MetricsConfig,
+    /// A reload that removes more than this fraction of the blocklist's
+    /// entries is held until the operator confirms it with SIGHUP (an
+    /// emptied or truncated file looks exactly like this). In (0, 1]; 1
+    /// never holds.
+    pub max_shrink: f64,
 }
+
+/// The name the blocklist file goes by in status and metrics (where the
+/// config agent names its feeds).
+pub const BLOCKLIST_FEED: &str = "blocklist";
+
+/// How often the kernel's maps are read back, repaired and counted against
+/// the set.
+const CENSUS_EVERY: Duration = Duration::from_secs(30);
 
 /// The entry set from the files, with every bad line reported.
 pub struct Loaded {
@@ -104,6 +124,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut hup = sig(SignalKind::hangup())?;
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;
+    // One agent per interface: refuse before anything else.
+    let lock = AgentLock::acquire(opts.paths.root(), &opts.iface)?;
     let flags = if opts.malformed_drop {
         abi::CONFIG_MALFORMED_DROP
     } else {
@@ -118,6 +140,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut last = stamp(&refs);
     let loaded = load_files(&opts.blocklist, opts.allowlist.as_deref())?;
     report(&loaded);
+    let mut links = crate::watch::monitor();
     // Bind the metrics port before touching the kernel: an address that is
     // taken stops the agent before it attaches or adopts anything.
     let metrics = crate::metrics::start(
@@ -140,7 +163,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         flags,
     )?;
     let s = &att.initial_sync;
-    if att.adopted {
+    if att.reattached {
+        log::error!(
+            "{}: enforcement gap: the pinned filter was not attached (the interface was deleted or recreated while no agent ran); traffic passed unfiltered for an unknown time until now; re-attached in {} mode ({} added, {} changed, {} removed)",
+            opts.iface,
+            att.mode.unwrap_or("?"),
+            s.added,
+            s.changed,
+            s.removed
+        );
+    } else if att.adopted {
         log::info!(
             "adopted the pinned filter on {} ({} added, {} changed, {} removed)",
             opts.iface,
@@ -167,39 +199,63 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         opts.iface,
         if att.adopted { "adopted" } else { "attached" }
     );
-    let mut status = crate::feed_agent::Status {
-        pid: std::process::id(),
-        started: Some(time::OffsetDateTime::now_utc()),
-        interfaces: vec![opts.iface.clone()],
-        ..Default::default()
+    let mut agent = BlocklistAgent {
+        status: Status {
+            pid: std::process::id(),
+            started: Some(time::OffsetDateTime::now_utc()),
+            interfaces: vec![opts.iface.clone()],
+            syncs: 1,
+            refused: s.refused,
+            ..Default::default()
+        },
+        health: FeedHealth {
+            name: BLOCKLIST_FEED.to_string(),
+            source: opts.blocklist.display().to_string(),
+            entries: loaded.set.entries.len(),
+            rejected_lines: loaded.errors.len(),
+            last_attempt: Some(time::OffsetDateTime::now_utc()),
+            last_success: Some(time::OffsetDateTime::now_utc()),
+            ..Default::default()
+        },
+        watch: Watch::new(
+            &opts.paths,
+            &opts.iface,
+            opts.mode,
+            &opts.caps,
+            att.reattached,
+        ),
+        set: Arc::new(loaded.set),
+        held: None,
+        metrics,
+        flags,
     };
-    let publish = |status: &mut crate::feed_agent::Status,
-                   att: &attach::Attachment,
-                   set: &EntrySet,
-                   refused: usize| {
-        status.updated = Some(time::OffsetDateTime::now_utc());
-        status.entries = set.entries.len();
-        status.allowlisted = set.allow.len();
-        status.refused = refused;
-        if let Some(m) = &metrics {
-            m.publish(crate::metrics::Published {
-                status: status.clone(),
-                desired: None,
-                maps: att
-                    .maps
-                    .shadow()
-                    .map(|d| vec![(opts.iface.clone(), d.counts().to_vec())])
-                    .unwrap_or_default(),
-            });
-        }
-    };
-    status.syncs = 1;
-    publish(&mut status, &att, &loaded.set, s.refused);
+    agent.census(&att.maps);
+    agent.publish();
     let mut tick = tokio::time::interval(opts.poll);
+    let mut link_check = tokio::time::interval(crate::watch::CHECK_EVERY);
+    link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut census = tokio::time::interval(CENSUS_EVERY);
+    census.tick().await;
     loop {
         let forced = tokio::select! {
             _ = hup.recv() => true,
             _ = tick.tick() => false,
+            ev = crate::watch::next_event(&mut links) => {
+                log::debug!("link event: {ev:?}");
+                agent.watch.check();
+                agent.publish();
+                continue;
+            }
+            _ = link_check.tick() => {
+                agent.watch.check();
+                agent.publish();
+                continue;
+            }
+            _ = census.tick() => {
+                agent.reconcile(&mut att.maps);
+                agent.publish();
+                continue;
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
@@ -211,36 +267,154 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         match load_files(&opts.blocklist, opts.allowlist.as_deref()) {
             Ok(l) => {
                 report(&l);
-                let t = std::time::Instant::now();
-                match att.maps.apply(&l.set, flags) {
-                    Ok(s) => {
-                        status.syncs += 1;
-                        status.last_sync_ms = t.elapsed().as_secs_f64() * 1e3;
-                        if let Some(m) = &metrics {
-                            m.observe_sync(t.elapsed().as_secs_f64());
-                        }
-                        publish(&mut status, &att, &l.set, s.refused);
-                        log::info!(
-                            "reloaded: {} added, {} changed, {} removed, {} lines rejected",
-                            s.added,
-                            s.changed,
-                            s.removed,
-                            l.errors.len()
-                        );
-                        for r in &s.refusals {
-                            log::error!("{r}");
-                        }
-                    }
-                    Err(e) => log::error!("reload failed, previous entries stay enforced: {e}"),
+                agent.reload(&mut att.maps, l, forced, &opts);
+            }
+            Err(e) => {
+                agent.health.last_attempt = Some(time::OffsetDateTime::now_utc());
+                agent.health.last_error = Some(e.to_string());
+                log::error!("reload skipped, previous entries stay enforced: {e}");
+            }
+        }
+        agent.publish();
+    }
+    if agent.watch.attached() {
+        let mut detach = format!("edge-filter detach --iface {}", opts.iface);
+        if opts.paths.root() != Path::new(crate::paths::DEFAULT_ROOT) {
+            detach.push_str(&format!(" --bpffs {}", opts.paths.root().display()));
+        }
+        log::info!(
+            "stopping; the filter stays attached to {} (remove it with `{detach}`)",
+            opts.iface
+        );
+    } else {
+        log::warn!(
+            "stopping; {} is not filtered: {}",
+            opts.iface,
+            agent.watch.health().detail.unwrap_or_default()
+        );
+    }
+    drop(lock);
+    Ok(())
+}
+
+/// The blocklist agent's state between events.
+struct BlocklistAgent {
+    status: Status,
+    /// The blocklist file, reported like a feed.
+    health: FeedHealth,
+    watch: Watch,
+    /// What the kernel should enforce.
+    set: Arc<EntrySet>,
+    /// A reload held by the shrink guard: its entry set and the entry
+    /// count it would leave.
+    held: Option<Loaded>,
+    metrics: Option<Arc<Metrics>>,
+    flags: u32,
+}
+
+impl BlocklistAgent {
+    /// Apply a reloaded blocklist, unless it shrinks the enforced set by
+    /// more than `max_shrink` and the operator did not confirm (`forced`:
+    /// SIGHUP).
+    fn reload(
+        &mut self,
+        maps: &mut crate::maps::EntryMaps,
+        l: Loaded,
+        forced: bool,
+        opts: &RunOptions,
+    ) {
+        let at = time::OffsetDateTime::now_utc();
+        self.health.last_attempt = Some(at);
+        self.health.last_error = None;
+        let (prev, new) = (self.set.entries.len(), l.set.entries.len());
+        let fraction = shrink_fraction(prev, new);
+        if !forced && fraction > opts.max_shrink {
+            let what = format!(
+                "reload from {prev} to {new} entries ({:.0}% fewer) held: send SIGHUP (`kill -HUP {}`) to apply it, or fix {}",
+                fraction * 100.0,
+                std::process::id(),
+                opts.blocklist.display()
+            );
+            log::warn!("{what}");
+            self.health.held = Some(what);
+            self.held = Some(l);
+            return;
+        }
+        if forced && self.held.is_some() {
+            log::warn!("SIGHUP: applying the held reload");
+        }
+        self.held = None;
+        self.health.held = None;
+        let t = std::time::Instant::now();
+        match maps.apply(&l.set, self.flags) {
+            Ok(s) => {
+                self.status.syncs += 1;
+                self.status.refused = s.refused;
+                self.status.last_sync_ms = t.elapsed().as_secs_f64() * 1e3;
+                if let Some(m) = &self.metrics {
+                    m.observe_sync(t.elapsed().as_secs_f64());
+                }
+                self.health.last_success = Some(at);
+                self.health.entries = l.set.entries.len();
+                self.health.rejected_lines = l.errors.len();
+                log::info!(
+                    "reloaded: {} added, {} changed, {} removed, {} lines rejected",
+                    s.added,
+                    s.changed,
+                    s.removed,
+                    l.errors.len()
+                );
+                for r in &s.refusals {
+                    log::error!("{r}");
                 }
             }
-            Err(e) => log::error!("reload skipped, previous entries stay enforced: {e}"),
+            Err(e) => {
+                self.health.last_error = Some(e.to_string());
+                log::error!("reload failed, previous entries stay enforced: {e}");
+                maps.forget_shadow();
+            }
+        }
+        self.set = Arc::new(l.set);
+        self.census(maps);
+    }
+
+    /// Count what the kernel's maps hold against the set.
+    fn census(&mut self, maps: &crate::maps::EntryMaps) {
+        self.watch.count(maps, &self.set);
+    }
+
+    /// Read the kernel's maps back: repair what was changed behind the
+    /// agent's back, count what they hold against the set.
+    fn reconcile(&mut self, maps: &mut crate::maps::EntryMaps) {
+        match maps.reconcile_with(self.flags, Some(&self.set)) {
+            Ok((drift, census)) => {
+                if drift > 0 {
+                    log::warn!(
+                        "{}: {drift} map entries had been changed behind the agent's back; repaired",
+                        self.watch.iface()
+                    );
+                    self.status.drift_repairs += drift as u64;
+                }
+                if let Some(c) = census {
+                    self.watch.set_census(c.entries, c.missing);
+                }
+            }
+            Err(e) => log::error!("{}: reconcile failed: {e}", self.watch.iface()),
         }
     }
-    log::info!(
-        "stopping; the filter stays attached to {} (remove it with `edge-filter detach --iface {}`)",
-        opts.iface,
-        opts.iface
-    );
-    Ok(())
+
+    fn publish(&mut self) {
+        self.status.updated = Some(time::OffsetDateTime::now_utc());
+        self.status.entries = self.set.entries.len();
+        self.status.allowlisted = self.set.allow.len();
+        self.status.feeds = vec![self.health.clone()];
+        self.status.ifaces = vec![self.watch.health()];
+        if let Some(m) = &self.metrics {
+            m.publish(Published {
+                status: self.status.clone(),
+                set: Some(Arc::clone(&self.set)),
+                desired: None,
+            });
+        }
+    }
 }

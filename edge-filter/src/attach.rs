@@ -46,10 +46,174 @@ pub struct Attachment {
     pub maps: EntryMaps,
     /// True when an existing pinned attachment was adopted.
     pub adopted: bool,
-    /// The mode used when this agent attached (None when adopted).
+    /// The mode used when this agent attached (None when adopted as is).
     pub mode: Option<&'static str>,
+    /// The pinned link was found not attached to the interface (it was
+    /// deleted or recreated while no agent ran) and the program was
+    /// attached again with the pinned maps: nothing was filtered before.
+    pub reattached: bool,
     /// What the initial sync did.
     pub initial_sync: SyncStats,
+}
+
+/// Whether a pinned filter is in force on its interface, as the kernel says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkHealth {
+    /// The pinned link holds the program on the interface of that name in
+    /// this network namespace.
+    Attached {
+        /// The bpf_link's id.
+        link_id: u32,
+        /// The program's id.
+        prog_id: u32,
+        /// The interface's index.
+        ifindex: u32,
+    },
+    /// No link is pinned for the interface.
+    NotPinned,
+    /// A link is pinned but filters nothing here: its interface was deleted
+    /// (the kernel detached the program; `link_ifindex` 0) or the link is
+    /// on another interface than the one with this name now (recreated, or
+    /// in another network namespace).
+    Defunct {
+        /// The interface the link is attached to (0: none).
+        link_ifindex: u32,
+        /// The index of the interface with this name here, if there is one.
+        iface_ifindex: Option<u32>,
+    },
+}
+
+impl LinkHealth {
+    /// The filter is in force.
+    pub fn is_attached(&self) -> bool {
+        matches!(self, LinkHealth::Attached { .. })
+    }
+
+    /// Why the filter is not in force, for an operator.
+    pub fn describe(&self, iface: &str) -> String {
+        match self {
+            LinkHealth::Attached { .. } => format!("attached to {iface}"),
+            LinkHealth::NotPinned => format!("no filter is pinned for {iface}"),
+            LinkHealth::Defunct {
+                iface_ifindex: None,
+                ..
+            } => format!("interface {iface} does not exist (deleted?): nothing is filtered"),
+            LinkHealth::Defunct {
+                link_ifindex: 0,
+                iface_ifindex: Some(_),
+            } => format!(
+                "the pinned filter is detached from {iface} (the interface was deleted and created again): nothing is filtered"
+            ),
+            LinkHealth::Defunct {
+                link_ifindex,
+                iface_ifindex: Some(i),
+            } => format!(
+                "the pinned filter is attached to interface index {link_ifindex}, not to {iface} (index {i}): the interface was recreated or the link lives in another network namespace"
+            ),
+        }
+    }
+}
+
+/// `struct bpf_link_info` up to the XDP member of its union.
+#[repr(C)]
+#[derive(Default)]
+struct BpfLinkInfo {
+    type_: u32,
+    id: u32,
+    prog_id: u32,
+    _pad: u32,
+    /// `xdp.ifindex` for an XDP link (the union starts 8-byte aligned).
+    ifindex: u32,
+    _rest: [u32; 11],
+}
+
+/// `union bpf_attr`'s `info` member.
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_TYPE_XDP: u32 = 6;
+
+/// Is the filter pinned for `iface` in force there? Asks the kernel about the
+/// pinned link (`BPF_OBJ_GET_INFO_BY_FD`: which interface the XDP link is
+/// on; 0 once its interface is gone) and compares with the interface of
+/// that name in this network namespace.
+pub fn link_health(paths: &Paths, iface: &str) -> Result<LinkHealth> {
+    use std::os::fd::AsRawFd;
+    let pin = paths.link(iface);
+    if !pin.exists() {
+        return Ok(LinkHealth::NotPinned);
+    }
+    let link = obj_get(&pin).map_err(|source| {
+        if is_permission(&source) {
+            Error::Permission {
+                op: format!("opening pinned link {}", pin.display()),
+            }
+        } else {
+            Error::Pin {
+                op: format!("opening pinned link {}", pin.display()),
+                source,
+            }
+        }
+    })?;
+    let mut info = BpfLinkInfo::default();
+    let mut attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<BpfLinkInfo>() as u32,
+        info: &mut info as *mut BpfLinkInfo as u64,
+    };
+    crate::batch::bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|source| Error::Pin {
+        op: format!("reading the link info of {}", pin.display()),
+        source,
+    })?;
+    if info.type_ != BPF_LINK_TYPE_XDP {
+        return Err(Error::Pin {
+            op: format!("checking {}", pin.display()),
+            source: std::io::Error::other(format!(
+                "the pinned object is a bpf_link of type {}, not an XDP link",
+                info.type_
+            )),
+        });
+    }
+    let here = ifindex(iface).ok();
+    if info.ifindex != 0 && here == Some(info.ifindex) {
+        return Ok(LinkHealth::Attached {
+            link_id: info.id,
+            prog_id: info.prog_id,
+            ifindex: info.ifindex,
+        });
+    }
+    Ok(LinkHealth::Defunct {
+        link_ifindex: info.ifindex,
+        iface_ifindex: here,
+    })
+}
+
+/// `BPF_OBJ_GET`: open the object pinned at `path`.
+fn obj_get(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    #[repr(C)]
+    #[derive(Default)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        ..Default::default()
+    };
+    let fd = crate::batch::bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Interface index, or a clear error when it does not exist.
@@ -135,19 +299,26 @@ pub fn attach_or_adopt(
     flags: u32,
 ) -> Result<Attachment> {
     ifindex(iface)?;
+    let root_existed = paths.root().exists();
     paths.ensure()?;
     if paths.link(iface).exists() {
-        // Validate the link pin before trusting it.
-        PinnedLink::from_pin(paths.link(iface)).map_err(|e| Error::Pin {
-            op: format!("opening pinned link {}", paths.link(iface).display()),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        // Adopt only a link that is in force: one left behind by an
+        // interface that was deleted (and perhaps created again) filters
+        // nothing, so the program is attached again with the same maps.
+        let health = link_health(paths, iface)?;
         let mut maps = open_pinned(paths, iface)?;
         let initial_sync = maps.apply(set, flags)?;
+        let (mode, reattached) = if health.is_attached() {
+            (None, false)
+        } else {
+            log::warn!("{}: re-attaching", health.describe(iface));
+            (Some(reattach(paths, iface, mode, caps)?), true)
+        };
         return Ok(Attachment {
             maps,
             adopted: true,
-            mode: None,
+            mode,
+            reattached,
             initial_sync,
         });
     }
@@ -164,26 +335,83 @@ pub fn attach_or_adopt(
         let mut maps = open_pinned(paths, iface)?;
         maps.assume_fresh_stats();
         let initial_sync = maps.apply(set, flags)?;
-        let used = attach_link(&mut ebpf, paths, iface, mode)?;
+        let used = attach_link(&mut ebpf, iface, mode, &paths.link(iface))?;
         Ok(Attachment {
             maps,
             adopted: false,
             mode: Some(used),
+            reattached: false,
             initial_sync,
         })
     })();
     if result.is_err() {
         let _ = remove_pins(paths, iface);
+        // Leave no trace: the pin root too, when this call made it (and
+        // nothing else is in it).
+        if !root_existed {
+            let _ = std::fs::remove_dir(paths.root());
+        }
     }
     result
 }
 
-fn attach_link(
-    ebpf: &mut aya::Ebpf,
-    paths: &Paths,
-    iface: &str,
-    mode: Mode,
-) -> Result<&'static str> {
+/// Attach the program again to `iface` with the maps pinned for it (their
+/// contents, counters and ids stay), and pin the new link over the old one.
+/// For a pinned link that filters nothing because its interface was deleted
+/// or recreated ([`LinkHealth::Defunct`]). Returns the mode used.
+pub fn reattach(paths: &Paths, iface: &str, mode: Mode, caps: &Capacities) -> Result<&'static str> {
+    ifindex(iface)?;
+    let pins: Vec<(&'static str, std::path::PathBuf)> = ALL_MAPS
+        .iter()
+        .map(|name| (*name, paths.map(iface, name)))
+        .collect();
+    if let Some((name, p)) = pins.iter().find(|(_, p)| !p.exists()) {
+        return Err(Error::Pin {
+            op: format!(
+                "re-attaching to {iface}: map {name} is not pinned at {}",
+                p.display()
+            ),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        });
+    }
+    let mut ebpf = program::load_with_pinned(caps, &pins)?;
+    // Pin beside the old link, then rename over it: the link pin is never
+    // missing, and the old (detached) link is released with its pin. (No
+    // dot in the name: bpffs refuses those.)
+    let fresh = paths.iface_dir(iface).join("link-new");
+    if fresh.exists() {
+        std::fs::remove_file(&fresh).map_err(|source| Error::Pin {
+            op: format!("removing {}", fresh.display()),
+            source,
+        })?;
+    }
+    let used = attach_link(&mut ebpf, iface, mode, &fresh)?;
+    std::fs::rename(&fresh, paths.link(iface)).map_err(|source| Error::Pin {
+        op: format!(
+            "replacing {} with {}",
+            paths.link(iface).display(),
+            fresh.display()
+        ),
+        source,
+    })?;
+    Ok(used)
+}
+
+/// Attach the XDP program of `ebpf` to `iface` and pin the link at `pin`.
+fn attach_link(ebpf: &mut aya::Ebpf, iface: &str, mode: Mode, pin: &Path) -> Result<&'static str> {
+    // Another XDP program on the interface makes every attach fail (and
+    // Auto's fallback to skb mode fail the same way): say which one.
+    if let Ok(idx) = ifindex(iface)
+        && let Ok(x) = crate::netlink::xdp_info(idx)
+    {
+        let others = x.programs();
+        if !others.is_empty() {
+            return Err(Error::XdpBusy {
+                iface: iface.to_string(),
+                holders: crate::netlink::describe(&others),
+            });
+        }
+    }
     let prog = program::xdp_mut(ebpf)?;
     let attempt = |prog: &mut aya::programs::Xdp, m: XdpMode| prog.attach(iface, m);
     let (id, used) = match mode {
@@ -216,8 +444,8 @@ fn attach_link(
         op: "converting the XDP attachment to a bpf_link (kernel 5.9+ needed)".into(),
         source: std::io::Error::other(format!("{e}")),
     })?;
-    fd_link.pin(paths.link(iface)).map_err(|e| Error::Pin {
-        op: format!("pinning the link at {}", paths.link(iface).display()),
+    fd_link.pin(pin).map_err(|e| Error::Pin {
+        op: format!("pinning the link at {}", pin.display()),
         source: std::io::Error::other(e.to_string()),
     })?;
     Ok(used)
@@ -248,6 +476,19 @@ pub fn detach(paths: &Paths, iface: &str) -> Result<()> {
         });
     }
     if link.exists() {
+        // Ask the kernel first: a plain errno says whether privileges lack.
+        obj_get(&link).map_err(|source| {
+            if is_permission(&source) {
+                Error::Permission {
+                    op: format!("opening pinned link {}", link.display()),
+                }
+            } else {
+                Error::Pin {
+                    op: format!("opening pinned link {}", link.display()),
+                    source,
+                }
+            }
+        })?;
         let pinned = PinnedLink::from_pin(&link).map_err(|e| Error::Pin {
             op: format!("opening pinned link {}", link.display()),
             source: std::io::Error::other(e.to_string()),
@@ -273,7 +514,7 @@ fn remove_pins(paths: &Paths, iface: &str) -> Result<()> {
             })?;
         }
     }
-    for p in [paths.link(iface)] {
+    for p in [paths.link(iface), paths.iface_dir(iface).join("link-new")] {
         if p.exists() {
             std::fs::remove_file(&p).map_err(|source| Error::Pin {
                 op: format!("removing {}", p.display()),

@@ -19,6 +19,18 @@ pub enum Error {
         /// What was being done.
         op: String,
     },
+    /// The process lacks capabilities a command needs (checked before it
+    /// creates or changes anything).
+    #[error(
+        "{command} needs {missing_list}, which this process does not have: run it as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (see deploy/edge-filter.service); nothing was changed",
+        missing_list = .missing.join(", ")
+    )]
+    Capabilities {
+        /// The command that refused.
+        command: &'static str,
+        /// The capabilities missing.
+        missing: Vec<&'static str>,
+    },
     /// The kernel's verifier rejected the program.
     #[error(
         "the kernel verifier rejected the XDP program ({errno}); end of the verifier log:\n{tail}"
@@ -128,6 +140,38 @@ pub enum Error {
     /// Loading the object failed for a reason other than the verifier.
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
+    /// Another XDP program is attached to the interface.
+    #[error(
+        "{iface} already runs another XDP program ({holders}); edge-filter cannot attach beside it. Remove it first (an edge-filter attachment: `edge-filter detach --iface {iface}` with its --bpffs; one attached with ip: `ip link set dev {iface} xdp off`)"
+    )]
+    XdpBusy {
+        /// Interface name.
+        iface: String,
+        /// The programs found, with their modes.
+        holders: String,
+    },
+    /// Another agent manages the interface's pins (it holds the lock).
+    #[error(
+        "{iface} is already managed by {holder} (lock {lock}); one agent per interface: stop that one first (or use `edge-filter status` to see what it does)",
+        holder = match .pid { Some(p) => format!("edge-filter agent pid {p}"), None => "another edge-filter agent".to_string() },
+        lock = .lock.display(),
+    )]
+    AlreadyManaged {
+        /// Interface name.
+        iface: String,
+        /// The holder's pid, when the kernel says.
+        pid: Option<u32>,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// Taking the one-agent-per-interface lock failed.
+    #[error("{op}: {source}")]
+    Lock {
+        /// What was being done.
+        op: String,
+        /// The error.
+        source: std::io::Error,
+    },
     /// Pinning or unpinning failed.
     #[error("{op}: {source}")]
     Pin {

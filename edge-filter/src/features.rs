@@ -251,6 +251,15 @@ pub fn probe_all() -> Report {
 /// not refuse here: the command's own first BPF call reports the
 /// permission problem with the capabilities it needs.
 pub fn require(use_: Use) -> Result<()> {
+    if matches!(use_, Use::Run | Use::ReplayLive) {
+        let missing = missing_capabilities(capabilities());
+        if !missing.is_empty() {
+            return Err(Error::Capabilities {
+                command: use_.command(),
+                missing,
+            });
+        }
+    }
     for f in FEATURES.iter().filter(|f| f.required_by.contains(&use_)) {
         if let Status::Missing(detail) = probe(f.id) {
             return Err(Error::KernelFeature {
@@ -680,5 +689,69 @@ mod tests {
                 panic!("{u:?}: {e}");
             }
         }
+    }
+}
+
+/// Capability numbers (`linux/capability.h`).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// This process's effective capability set (`CapEff` of
+/// `/proc/self/status`); all bits when it cannot be read, so that the
+/// kernel's own refusal speaks then.
+pub fn capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("CapEff:"))?;
+            u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// The capabilities attaching and running the filter needs that `caps`
+/// lacks: CAP_NET_ADMIN, and CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN,
+/// which covers both on every kernel).
+pub fn missing_capabilities(caps: u64) -> Vec<&'static str> {
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    let mut out = Vec::new();
+    if !has(CAP_NET_ADMIN) {
+        out.push("CAP_NET_ADMIN");
+    }
+    if !has(CAP_SYS_ADMIN) {
+        if !has(CAP_BPF) {
+            out.push("CAP_BPF");
+        }
+        if !has(CAP_PERFMON) {
+            out.push("CAP_PERFMON");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod capability_tests {
+    use super::*;
+
+    #[test]
+    fn capability_sets() {
+        let bit = |c: u32| 1u64 << c;
+        assert!(missing_capabilities(u64::MAX).is_empty());
+        assert_eq!(
+            missing_capabilities(0),
+            vec!["CAP_NET_ADMIN", "CAP_BPF", "CAP_PERFMON"]
+        );
+        // The systemd unit's set.
+        assert!(
+            missing_capabilities(bit(CAP_NET_ADMIN) | bit(CAP_BPF) | bit(CAP_PERFMON)).is_empty()
+        );
+        // Older kernels: CAP_SYS_ADMIN instead of CAP_BPF and CAP_PERFMON.
+        assert!(missing_capabilities(bit(CAP_NET_ADMIN) | bit(CAP_SYS_ADMIN)).is_empty());
+        assert_eq!(
+            missing_capabilities(bit(CAP_BPF) | bit(CAP_NET_ADMIN)),
+            vec!["CAP_PERFMON"]
+        );
     }
 }

@@ -24,10 +24,12 @@ use crate::config::{Config, FeedConfig, Source};
 use crate::error::{Error, Result};
 use crate::feeds::{FeedParse, parse_feed};
 use crate::fetch::{FetchPolicy, Fetched, Fetcher, Location, Validators};
+use crate::lock::AgentLock;
 use crate::maps::{EntryMaps, SetChanges};
 use crate::paths::Paths;
 use crate::state::{LastKnownGood, StateDir};
 use crate::sync::{DesiredState, FeedSnapshot, GuardDecision, ShrinkGuard, merge};
+use crate::watch::{IfaceHealth, Watch};
 
 /// Name of the status blob in the state directory (read by `status`).
 pub const STATUS_FILE: &str = "status";
@@ -63,6 +65,11 @@ pub struct FeedHealth {
     pub from_last_known_good: bool,
     /// Failed attempts since the last success.
     pub consecutive_failures: u32,
+    /// Why the enforced copy could not be saved as the last-known-good
+    /// copy (a full or read-only state directory), while that lasts: a
+    /// restart would then enforce an older copy.
+    #[serde(default)]
+    pub persist_error: Option<String>,
 }
 
 /// Everything the agent reports about itself.
@@ -94,6 +101,17 @@ pub struct Status {
     pub drift_repairs: u64,
     /// Entries refused because a map was full (last sync).
     pub refused: usize,
+    /// Per interface: whether the filter is in force, enforcement gaps, and
+    /// what the kernel's maps hold against the desired set.
+    #[serde(default)]
+    pub ifaces: Vec<IfaceHealth>,
+    /// Writes to the state directory (last-known-good copies, guard, this
+    /// status) that failed since the agent started.
+    #[serde(default)]
+    pub persist_failures: u64,
+    /// The latest such failure, while writes keep failing.
+    #[serde(default)]
+    pub persist_error: Option<String>,
 }
 
 /// What a feed task reports.
@@ -220,6 +238,16 @@ pub async fn run(cfg: Config) -> Result<()> {
         term: sig(SignalKind::terminate())?,
         int: sig(SignalKind::interrupt())?,
     };
+    // One agent per interface: refuse before binding a port or touching
+    // the kernel when another agent manages one of ours.
+    let paths = Paths::new(&cfg.bpffs);
+    let locks = cfg
+        .interfaces
+        .iter()
+        .map(|i| AgentLock::acquire(paths.root(), &i.name))
+        .collect::<Result<Vec<_>>>()?;
+    // Follow link events from before anything is attached.
+    let links = crate::watch::monitor();
     // Bind the metrics port before touching the kernel: an address that is
     // taken stops the agent before it attaches anything.
     let metrics = crate::metrics::start(
@@ -232,13 +260,28 @@ pub async fn run(cfg: Config) -> Result<()> {
     .map_err(|e| state_err("starting the metrics endpoint", e))?;
     let mut agent = FeedAgent::start(cfg)?;
     agent.metrics = metrics;
-    agent.run(signals).await
+    agent.run(signals, links).await?;
+    drop(locks);
+    Ok(())
 }
 
 struct Signals {
     hup: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+}
+
+/// One interface the agent filters.
+struct Enforced {
+    name: String,
+    maps: EntryMaps,
+    /// The maps enforce exactly `desired.set` (then a resync applies only
+    /// the changes).
+    synced: bool,
+    /// The last sync failed or was refused in part: the reconcile tries
+    /// again, so the maps converge whenever the set fits.
+    incomplete: bool,
+    watch: Watch,
 }
 
 struct FeedAgent {
@@ -248,9 +291,8 @@ struct FeedAgent {
     lkg_meta: BTreeMap<String, (Validators, usize)>,
     health: BTreeMap<String, FeedHealth>,
     guard: ShrinkGuard,
-    /// Each interface's maps, and whether they enforce exactly
-    /// `desired.set` (then a resync applies only the changes).
-    ifaces: Vec<(String, EntryMaps, bool)>,
+    /// The interfaces filtered.
+    ifaces: Vec<Enforced>,
     /// Shared with the metrics exporter (per-feed hits need provenance).
     desired: std::sync::Arc<DesiredState>,
     status: Status,
@@ -350,23 +392,37 @@ impl FeedAgent {
                 attach::attach_or_adopt(&paths, &i.name, i.mode, &cfg.capacities, set, flags)?;
             log::info!(
                 "{} {} with {} entries ({} added, {} removed)",
-                if att.adopted {
-                    "adopted"
-                } else {
-                    "attached to"
+                match (att.adopted, att.reattached) {
+                    (_, true) => "re-attached",
+                    (true, false) => "adopted",
+                    (false, false) => "attached to",
                 },
                 i.name,
                 desired.set.entries.len(),
                 att.initial_sync.added,
                 att.initial_sync.removed
             );
+            if att.reattached {
+                log::error!(
+                    "{}: enforcement gap: the pinned filter was not attached (the interface was deleted or recreated while no agent ran); traffic passed unfiltered for an unknown time until now",
+                    i.name
+                );
+            }
             for r in &att.initial_sync.refusals {
                 log::error!("{}: {r}", i.name);
             }
+            let mut watch = Watch::new(&paths, &i.name, i.mode, &cfg.capacities, att.reattached);
+            watch.count(&att.maps, set);
             // Kept contents are not `desired.set`: the first resync diffs
             // against what `apply` saw instead.
             let synced = !keep && att.maps.in_sync();
-            ifaces.push((i.name.clone(), att.maps, synced));
+            ifaces.push(Enforced {
+                name: i.name.clone(),
+                incomplete: att.initial_sync.refused > 0,
+                maps: att.maps,
+                synced,
+                watch,
+            });
         }
         let status = Status {
             pid: std::process::id(),
@@ -389,7 +445,11 @@ impl FeedAgent {
         })
     }
 
-    async fn run(&mut self, signals: Signals) -> Result<()> {
+    async fn run(
+        &mut self,
+        signals: Signals,
+        mut links: Option<crate::netlink::LinkMonitor>,
+    ) -> Result<()> {
         let Signals {
             mut hup,
             mut term,
@@ -420,11 +480,18 @@ impl FeedAgent {
         println!("ready: {}", self.status.interfaces.join(" "));
         let mut reconcile = tokio::time::interval(self.cfg.reconcile_interval);
         reconcile.tick().await;
+        let mut link_check = tokio::time::interval(crate::watch::CHECK_EVERY);
+        link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let expiry = self.next_expiry();
             tokio::select! {
                 Some(msg) = rx.recv() => self.on_msg(msg),
                 _ = reconcile.tick() => self.reconcile(),
+                ev = crate::watch::next_event(&mut links) => {
+                    log::debug!("link event: {ev:?}");
+                    self.check_links();
+                }
+                _ = link_check.tick() => self.check_links(),
                 _ = tokio::time::sleep(expiry) => self.resync("expiry"),
                 _ = hup.recv() => {
                     log::info!("SIGHUP: refetching every feed");
@@ -435,11 +502,35 @@ impl FeedAgent {
             }
             self.write_status();
         }
-        log::info!(
-            "stopping; the filter stays attached to {} (remove with `edge-filter detach`)",
-            self.status.interfaces.join(", ")
-        );
+        let (kept, gone): (Vec<&Watch>, Vec<&Watch>) = self
+            .ifaces
+            .iter()
+            .map(|i| &i.watch)
+            .partition(|w| w.attached());
+        if !kept.is_empty() {
+            let names: Vec<&str> = kept.iter().map(|w| w.iface()).collect();
+            log::info!(
+                "stopping; the filter stays attached to {} (remove with `edge-filter detach --iface IFACE{}`)",
+                names.join(", "),
+                bpffs_arg(&self.cfg)
+            );
+        }
+        for w in gone {
+            log::warn!(
+                "stopping; {} is not filtered: {}",
+                w.iface(),
+                w.health().detail.unwrap_or_default()
+            );
+        }
         Ok(())
+    }
+
+    /// Check every interface's attachment (after a link event, and every
+    /// second); a re-attached interface gets the maps it already had.
+    fn check_links(&mut self) {
+        for i in &mut self.ifaces {
+            i.watch.check();
+        }
     }
 
     fn next_expiry(&self) -> Duration {
@@ -526,9 +617,8 @@ impl FeedAgent {
         let decision =
             self.guard
                 .evaluate(&feed, prev, parse.entries.len(), &self.cfg.safety, forced);
-        if let Err(e) = self.state.save_json(GUARD_FILE, &self.guard) {
-            log::error!("saving guard state: {e}");
-        }
+        let saved = self.state.save_json(GUARD_FILE, &self.guard);
+        self.persisted("the shrink-guard state", saved.map_err(|e| e.to_string()));
         let h = self.health.entry(feed.clone()).or_default();
         h.last_attempt = Some(at);
         h.last_success = Some(at);
@@ -571,9 +661,13 @@ impl FeedAgent {
                     rejected_lines: parse.rejected.len(),
                     source_digest: digest,
                 };
-                if let Err(e) = self.state.save_lkg(&lkg) {
-                    log::error!("feed {feed}: saving last-known-good copy: {e}");
+                let saved = self.state.save_lkg(&lkg).map_err(|e| e.to_string());
+                if let Some(h) = self.health.get_mut(&feed) {
+                    h.persist_error = saved.as_ref().err().map(|e| {
+                        format!("its last-known-good copy could not be saved ({e}): a restart would enforce an older copy")
+                    });
                 }
+                self.persisted(&format!("the last-known-good copy of feed {feed}"), saved);
                 self.snapshots.insert(
                     feed.clone(),
                     FeedSnapshot {
@@ -601,7 +695,14 @@ impl FeedAgent {
         // maps enforce the previous set: applying them costs in proportion
         // to the change, not to the set.
         let mut changes: Option<SetChanges> = None;
-        for (iface, maps, synced) in &mut self.ifaces {
+        for Enforced {
+            name: iface,
+            maps,
+            synced,
+            incomplete,
+            watch,
+        } in &mut self.ifaces
+        {
             let r = if *synced && maps.in_sync() {
                 let ch = changes
                     .get_or_insert_with(|| SetChanges::between(&prev.set, &self.desired.set));
@@ -611,6 +712,7 @@ impl FeedAgent {
                 maps.rebuild(&self.desired.set, flags)
             };
             *synced = matches!(&r, Ok(s) if s.refused == 0);
+            *incomplete = !*synced;
             match r {
                 Ok(s) => {
                     refused += s.refused;
@@ -627,12 +729,11 @@ impl FeedAgent {
                     }
                 }
                 Err(e) => {
-                    log::error!(
-                        "{iface}: applying failed, the maps keep their previous contents: {e}"
-                    );
+                    log::error!("{iface}: applying failed (retried at the next reconcile): {e}");
                     maps.forget_shadow();
                 }
             }
+            watch.count(maps, &self.desired.set);
         }
         self.status.syncs += 1;
         self.status.refused = refused;
@@ -643,15 +744,40 @@ impl FeedAgent {
     }
 
     fn reconcile(&mut self) {
+        // An interface whose last sync failed or was refused in part is
+        // brought to the desired state again: it converges whenever the
+        // set fits (a map freed, a transient error gone).
+        if self.ifaces.iter().any(|i| i.incomplete) {
+            self.resync("retry of an incomplete sync");
+        }
         let flags = flags(&self.cfg);
-        for (iface, maps, _) in &mut self.ifaces {
-            match maps.reconcile(flags) {
-                Ok(0) => {}
-                Ok(n) => {
-                    log::warn!(
-                        "{iface}: {n} map entries had been changed behind the agent's back; repaired"
-                    );
-                    self.status.drift_repairs += n as u64;
+        for Enforced {
+            name: iface,
+            maps,
+            watch,
+            ..
+        } in &mut self.ifaces
+        {
+            // One read of the kernel: drift repaired, then what the maps
+            // hold against the desired set.
+            match maps.reconcile_with(flags, Some(&self.desired.set)) {
+                Ok((drift, census)) => {
+                    if drift > 0 {
+                        log::warn!(
+                            "{iface}: {drift} map entries had been changed behind the agent's back; repaired"
+                        );
+                        self.status.drift_repairs += drift as u64;
+                    }
+                    if let Some(c) = census {
+                        watch.set_census(c.entries, c.missing);
+                        if c.missing > 0 {
+                            log::error!(
+                                "{iface}: the kernel enforces {} entries; {} of the desired set are missing",
+                                c.entries,
+                                c.missing
+                            );
+                        }
+                    }
                 }
                 Err(e) => log::error!("{iface}: reconcile failed: {e}"),
             }
@@ -664,20 +790,48 @@ impl FeedAgent {
         self.status.entries = self.desired.set.entries.len();
         self.status.allowlisted = self.desired.set.allow.len();
         self.status.rejected_entries = self.desired.rejected.len();
-        if let Err(e) = self.state.save_json(STATUS_FILE, &self.status) {
-            log::error!("writing status: {e}");
-        }
+        self.status.ifaces = self.ifaces.iter().map(|i| i.watch.health()).collect();
+        let saved = self.state.save_json(STATUS_FILE, &self.status);
+        self.persisted("status", saved.map_err(|e| e.to_string()));
         if let Some(m) = &self.metrics {
             m.publish(crate::metrics::Published {
                 status: self.status.clone(),
+                // The exporter takes the set from `desired`.
+                set: None,
                 desired: Some(std::sync::Arc::clone(&self.desired)),
-                maps: self
-                    .ifaces
-                    .iter()
-                    .filter_map(|(i, maps, _)| Some((i.clone(), maps.shadow()?.counts().to_vec())))
-                    .collect(),
             });
         }
+    }
+}
+
+impl FeedAgent {
+    /// Account for one write to the state directory: failures are counted
+    /// and reported (status, metrics, log) until a write succeeds again.
+    fn persisted(&mut self, what: &str, r: std::result::Result<(), String>) {
+        match r {
+            Ok(()) => {
+                if what == "status" {
+                    self.status.persist_error = None;
+                }
+            }
+            Err(e) => {
+                let msg = format!("writing {what} to {}: {e}", self.cfg.state_dir.display());
+                if self.status.persist_error.as_deref() != Some(msg.as_str()) {
+                    log::error!("{msg}");
+                }
+                self.status.persist_failures += 1;
+                self.status.persist_error = Some(msg);
+            }
+        }
+    }
+}
+
+/// ` --bpffs DIR` when the pins are not under the default root.
+fn bpffs_arg(cfg: &Config) -> String {
+    if cfg.bpffs == std::path::Path::new(crate::paths::DEFAULT_ROOT) {
+        String::new()
+    } else {
+        format!(" --bpffs {}", cfg.bpffs.display())
     }
 }
 

@@ -34,8 +34,44 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("edge-filter: error: {e:#}");
+            eprintln!("edge-filter: error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, each cause once: most of our
+/// errors already say their cause in their own message (`"{op}: {source}"`),
+/// and printing the chain as well would repeat it ("os error 2 ... os error 2").
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let e = anyhow::Error::new(edge_filter::error::Error::Read {
+            path: "/x".into(),
+            source: io,
+        })
+        .context("loading the blocklist");
+        let text = one_line(&e);
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+        assert!(
+            text.starts_with("loading the blocklist: reading /x: "),
+            "{text}"
+        );
     }
 }

@@ -42,10 +42,12 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 /// What the agent publishes for the exporter.
 #[derive(Clone, Debug, Default)]
 pub struct Published {
-    /// The agent's status (feeds, syncs, drift repairs).
+    /// The agent's status (feeds, syncs, drift repairs, interfaces).
     pub status: Status,
-    /// Entries per map per interface, from the agent's shadow of the maps.
-    pub maps: Vec<(String, Vec<(&'static str, usize)>)>,
+    /// The entry set the kernel should enforce, when `desired` does not
+    /// carry it (the blocklist agent): a scrape counts what the kernel's
+    /// maps lack of it.
+    pub set: Option<Arc<crate::entry::EntrySet>>,
     /// The merged feeds with provenance (config agent only): per-feed hits.
     pub desired: Option<Arc<crate::sync::DesiredState>>,
 }
@@ -98,7 +100,6 @@ impl Metrics {
         let mut r = Registry::with_prefix("edge_filter");
         let published = self.published.lock().map(|g| g.clone()).unwrap_or_default();
         self.kernel(&mut r, &published);
-        self.entry_hits(&mut r, published.desired.as_deref());
         agent(&mut r, &published.status);
         r.register(
             "sync_duration_seconds",
@@ -116,22 +117,37 @@ impl Metrics {
         out
     }
 
+    /// Everything read from the kernel, one pass per interface: whether the
+    /// filter is in force, the counters, the maps' contents (occupancy, what
+    /// they lack of the desired set) and the per-entry counters joined with
+    /// the feeds asserting each entry. Reads each attachment's maps in full,
+    /// so a scrape costs time in proportion to the entry count.
     fn kernel(&self, r: &mut Registry, p: &Published) {
         let packets = Family::<Labels, Counter>::default();
         let bytes = Family::<Labels, Counter>::default();
         let attached = Family::<Labels, Gauge>::default();
         let scrape_errors = Family::<Labels, Gauge>::default();
+        let entries = Family::<Labels, Gauge>::default();
+        let capacity = Family::<Labels, Gauge>::default();
+        let kernel_entries = Family::<Labels, Gauge>::default();
+        let missing = Family::<Labels, Gauge>::default();
+        let feed_packets = Family::<Labels, Counter>::default();
+        let feed_bytes = Family::<Labels, Counter>::default();
+        let overflow = Family::<Labels, Counter>::default();
+        let clock = crate::hits::Clock::now();
+        let caps = self.caps.per_map();
         for iface in &self.ifaces {
             let il = vec![("iface", iface.clone())];
+            let in_force =
+                crate::attach::link_health(&self.paths, iface).is_ok_and(|h| h.is_attached());
+            attached.get_or_create(&il).set(i64::from(in_force));
             let maps = match crate::attach::open_pinned(&self.paths, iface) {
                 Ok(m) => m,
                 Err(e) => {
                     log::debug!("metrics: {iface}: {e}");
-                    attached.get_or_create(&il).set(0);
                     continue;
                 }
             };
-            attached.get_or_create(&il).set(1);
             match maps.counters() {
                 Ok(c) => {
                     let (rows, _) = crate::counters::named(&c);
@@ -150,77 +166,53 @@ impl Metrics {
                     scrape_errors.get_or_create(&il).set(1);
                 }
             }
-        }
-        r.register(
-            "packets",
-            "Packets the XDP program saw, by interface, verdict (pass, drop, monitor) and reason",
-            packets,
-        );
-        r.register(
-            "bytes",
-            "Bytes of the packets the XDP program saw, by interface, verdict and reason",
-            bytes,
-        );
-        r.register(
-            "attached",
-            "1 when the interface has a pinned edge-filter attachment",
-            attached,
-        );
-        r.register(
-            "counter_read_errors",
-            "1 when the counters of the interface could not be read at this scrape",
-            scrape_errors,
-        );
-
-        let entries = Family::<Labels, Gauge>::default();
-        let capacity = Family::<Labels, Gauge>::default();
-        let caps = self.caps.per_map();
-        for (iface, counts) in &p.maps {
-            for (map, n) in counts {
+            let contents = match maps.read() {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("metrics: {iface}: reading the maps: {e}");
+                    scrape_errors.get_or_create(&il).set(1);
+                    continue;
+                }
+            };
+            let mut held = 0;
+            for (map, n) in contents.counts() {
                 let l = vec![("iface", iface.clone()), ("map", map.to_string())];
-                entries.get_or_create(&l).set(*n as i64);
-                if let Some((_, c)) = caps.iter().find(|(m, _)| m == map) {
+                entries.get_or_create(&l).set(n as i64);
+                if let Some((_, c)) = caps.iter().find(|(m, _)| *m == map) {
                     capacity.get_or_create(&l).set(i64::from(*c));
                 }
+                if map != edge_filter_common::MAP_ALLOW_V4
+                    && map != edge_filter_common::MAP_ALLOW_V6
+                {
+                    held += n;
+                }
             }
-        }
-        r.register(
-            "map_entries",
-            "Entries in each kernel map (the agent's copy after its last sync)",
-            entries,
-        );
-        r.register(
-            "map_capacity_entries",
-            "Capacity (max_entries) of each kernel map",
-            capacity,
-        );
-    }
-}
-
-impl Metrics {
-    /// Per-feed drops and monitors from the per-entry kernel counters
-    /// (`ENTRY_STATS`) joined with the feeds asserting each entry: a packet
-    /// counts for every feed asserting the entry that decided it, so feed
-    /// totals can add up to more than the interface's. Reads each
-    /// attachment's maps in full, so a scrape costs time in proportion to
-    /// the entry count.
-    fn entry_hits(&self, r: &mut Registry, desired: Option<&crate::sync::DesiredState>) {
-        let clock = crate::hits::Clock::now();
-        let packets = Family::<Labels, Counter>::default();
-        let bytes = Family::<Labels, Counter>::default();
-        let overflow = Family::<Labels, Counter>::default();
-        for iface in &self.ifaces {
-            let h = match crate::hits::read_iface(&self.paths, iface, &clock) {
-                Ok(h) => h,
-                Err(e) => {
+            kernel_entries.get_or_create(&il).set(held as i64);
+            let set = p.desired.as_deref().map(|d| &d.set).or(p.set.as_deref());
+            if let Some(set) = set {
+                missing
+                    .get_or_create(&il)
+                    .set(contents.census(set).missing as i64);
+            }
+            let (stats, over) = match (maps.entry_stats(), maps.stats_overflow()) {
+                (Ok(s), Ok(o)) => (s, o),
+                (Err(e), _) | (_, Err(e)) => {
                     log::debug!("metrics: {iface}: per-entry counters: {e}");
                     continue;
                 }
             };
-            overflow
-                .get_or_create(&vec![("iface", iface.clone())])
-                .inc_by(h.overflow.packets);
-            let Some(d) = desired else { continue };
+            let h = crate::hits::join(
+                iface,
+                &contents,
+                &stats,
+                &over,
+                maps.entry_stats_capacity(),
+                &clock,
+            );
+            overflow.get_or_create(&il).inc_by(h.overflow.packets);
+            let Some(d) = p.desired.as_deref() else {
+                continue;
+            };
             for e in &h.entries {
                 let crate::maps::SlotKey::Entry(k) = &e.key else {
                     continue;
@@ -239,20 +231,60 @@ impl Metrics {
                         ("iface", iface.clone()),
                         ("action", e.action.to_string()),
                     ];
-                    packets.get_or_create(&l).inc_by(e.hits.packets);
-                    bytes.get_or_create(&l).inc_by(e.hits.bytes);
+                    feed_packets.get_or_create(&l).inc_by(e.hits.packets);
+                    feed_bytes.get_or_create(&l).inc_by(e.hits.bytes);
                 }
             }
         }
         r.register(
+            "packets",
+            "Packets the XDP program saw, by interface, verdict (pass, drop, monitor) and reason",
+            packets,
+        );
+        r.register(
+            "bytes",
+            "Bytes of the packets the XDP program saw, by interface, verdict and reason",
+            bytes,
+        );
+        r.register(
+            "attached",
+            "1 when the filter is in force on the interface (its pinned link is attached to the interface of that name), 0 when it is not (interface deleted or recreated, filter detached)",
+            attached,
+        );
+        r.register(
+            "counter_read_errors",
+            "1 when the counters or maps of the interface could not be read at this scrape",
+            scrape_errors,
+        );
+        r.register(
+            "map_entries",
+            "Entries in each kernel map, read from the kernel at this scrape",
+            entries,
+        );
+        r.register(
+            "map_capacity_entries",
+            "Capacity (max_entries) of each kernel map",
+            capacity,
+        );
+        r.register(
+            "kernel_entries",
+            "Block and monitor entries the kernel's maps hold, read at this scrape",
+            kernel_entries,
+        );
+        r.register(
+            "missing_entries",
+            "Entries of the desired set the kernel's maps lack or hold with another action, at this scrape (0: the kernel enforces the whole set)",
+            missing,
+        );
+        r.register(
             "feed_packets",
             "Packets dropped or monitored (action) on an interface by entries a feed asserts",
-            packets,
+            feed_packets,
         );
         r.register(
             "feed_bytes",
             "Bytes of the packets dropped or monitored by entries a feed asserts",
-            bytes,
+            feed_bytes,
         );
         r.register(
             "entry_stats_overflow_packets",
@@ -310,6 +342,35 @@ fn agent(r: &mut Registry, s: &Status) {
     counter(r, "syncs", "Syncs applied to the kernel maps", s.syncs);
     counter(
         r,
+        "state_write_failures",
+        "Writes to the state directory (last-known-good copies, guard, status) that failed",
+        s.persist_failures,
+    );
+    gauge(
+        r,
+        "state_write_ok",
+        "0 while writes to the state directory fail (a restart would enforce older copies)",
+        i64::from(s.persist_error.is_none()),
+    );
+    let gaps = Family::<Labels, Counter>::default();
+    let gap_seconds = Family::<Labels, Counter<f64, AtomicU64>>::default();
+    for i in &s.ifaces {
+        let l = vec![("iface", i.name.clone())];
+        gaps.get_or_create(&l).inc_by(i.gaps);
+        gap_seconds.get_or_create(&l).inc_by(i.gap_seconds);
+    }
+    r.register(
+        "enforcement_gaps",
+        "Times the agent found the interface unfiltered (deleted, recreated or detached) since it started",
+        gaps,
+    );
+    r.register(
+        "enforcement_gap_seconds",
+        "Time the interface was unfiltered while the agent ran, the current gap included",
+        gap_seconds,
+    );
+    counter(
+        r,
         "drift_repairs",
         "Map keys found changed behind the agent's back and repaired",
         s.drift_repairs,
@@ -324,6 +385,7 @@ fn agent(r: &mut Registry, s: &Status) {
     let failures = Family::<Labels, Gauge>::default();
     let held = Family::<Labels, Gauge>::default();
     let from_lkg = Family::<Labels, Gauge>::default();
+    let lkg_saved = Family::<Labels, Gauge>::default();
     for f in &s.feeds {
         let l = vec![("feed", f.name.clone())];
         entries.get_or_create(&l).set(f.entries as i64);
@@ -349,6 +411,9 @@ fn agent(r: &mut Registry, s: &Status) {
         from_lkg
             .get_or_create(&l)
             .set(i64::from(f.from_last_known_good));
+        lkg_saved
+            .get_or_create(&l)
+            .set(i64::from(f.persist_error.is_none()));
     }
     r.register(
         "feed_entries",
@@ -385,6 +450,11 @@ fn agent(r: &mut Registry, s: &Status) {
         "feed_held_update",
         "1 when the shrink guard is holding an update of the feed",
         held,
+    );
+    r.register(
+        "feed_last_known_good_saved",
+        "0 when the enforced copy of the feed could not be saved to the state directory",
+        lkg_saved,
     );
     r.register(
         "feed_from_last_known_good",

@@ -81,6 +81,7 @@ impl Paths {
             })?;
             mount_bpffs(mount)?;
         }
+        let existed = self.root.exists();
         std::fs::create_dir_all(&self.root).map_err(|source| {
             if crate::error::is_permission(&source) {
                 Error::Permission {
@@ -95,6 +96,9 @@ impl Paths {
         })?;
         let parent = self.root.parent().unwrap_or(&self.root);
         if !is_bpffs(&self.root) && !is_bpffs(parent) {
+            if !existed {
+                let _ = std::fs::remove_dir(&self.root);
+            }
             return Err(Error::BpffsMount {
                 path: self.root.clone(),
                 source: std::io::Error::other("not on a bpf filesystem"),

@@ -1,5 +1,7 @@
 //! The embedded XDP object and loading it into the kernel.
 
+use std::path::PathBuf;
+
 use aya::{Ebpf, EbpfLoader, programs::Xdp};
 use edge_filter_common as abi;
 
@@ -92,11 +94,28 @@ pub fn load(caps: &Capacities) -> Result<Ebpf> {
 /// [`load`] for another build of the same program (`cargo xtask bench`
 /// compares builds with different cargo features).
 pub fn load_object(object: &[u8], caps: &Capacities) -> Result<Ebpf> {
+    load_inner(object, caps, &[])
+}
+
+/// [`load`], but every map named in `pins` is the map pinned at that path
+/// (its contents and counters stay): a second instance of the program on
+/// the same maps, to attach again to a recreated interface.
+pub fn load_with_pinned(caps: &Capacities, pins: &[(&'static str, PathBuf)]) -> Result<Ebpf> {
+    if OBJECT.is_empty() {
+        return Err(Error::NoObject);
+    }
+    load_inner(OBJECT, caps, pins)
+}
+
+fn load_inner(object: &[u8], caps: &Capacities, pins: &[(&'static str, PathBuf)]) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     for (name, n) in caps.per_map() {
         loader.map_max_entries(name, n.max(1));
     }
     loader.map_max_entries(abi::MAP_ENTRY_STATS, caps.entry_stats.max(1));
+    for (name, path) in pins {
+        loader.map_pin_path(name, path.as_path());
+    }
     let mut ebpf = loader.load(object).map_err(|e| {
         if io_source(&e).is_some_and(is_permission) {
             Error::Permission {

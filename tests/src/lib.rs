@@ -4,3 +4,5 @@ pub mod corpus;
 pub mod differential;
 pub mod httpd;
 pub mod netns;
+pub mod scrape;
+pub mod traffic;

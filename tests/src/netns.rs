@@ -746,6 +746,15 @@ impl Lab {
             }
             ns.ip(&["link", "set", "lo", "up"]);
         }
+        lab.create_veth();
+        lab
+    }
+
+    /// Create the veth pair between the namespaces, both ends up (also
+    /// after [`Lab::delete_veth`]: the same names and MAC addresses, no IP
+    /// addresses).
+    pub fn create_veth(&self) {
+        let lab = self;
         lab.sender.ip(&[
             "link",
             "add",
@@ -765,7 +774,12 @@ impl Lab {
         lab.sender.ip(&["link", "set", SENDER_IF, "up"]);
         lab.receiver.ip(&["link", "set", RECEIVER_IF, "up"]);
         lab.wait_link_up();
-        lab
+    }
+
+    /// Delete the veth pair (from the receiving side: the filtered
+    /// interface goes away, and its peer with it).
+    pub fn delete_veth(&self) {
+        self.receiver.ip(&["link", "del", RECEIVER_IF]);
     }
 
     fn wait_link_up(&self) {

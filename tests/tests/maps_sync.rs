@@ -140,6 +140,81 @@ fn full_map_refuses_overflow_and_applies_the_rest() {
     assert_eq!(back.allow_v6.len(), 1);
 }
 
+/// Issue #13, bug 1: a set rotated to as many *different* keys at (near)
+/// capacity used to add before it removed, fill the map and keep only a
+/// fraction; and a sync after a crash in the middle of such a rotation
+/// (the kernel holding a mix) refused the same way. Removals that make
+/// room now go first, on every path: `apply` (diff of sets), a full
+/// rebuild, and `apply_changes` (the feed agent's delta).
+#[test]
+fn rotation_at_capacity_lands_whole() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let caps = Capacities {
+        addr_v4: 1000,
+        prefix_v4: 8,
+        ..Capacities::small()
+    };
+    // 990 addresses (+ 2 v4 prefixes of 8) rotated to 990 others.
+    let old = set(990, 0);
+    let new = set(990, 10_000);
+    let check = |k: &KernelClassifier, want: &EntrySet, what: &str| {
+        assert_eq!(k.last_sync.refused, 0, "{what}: {:?}", k.last_sync);
+        let back = k.maps().read().expect("read");
+        let census = back.census(want);
+        assert_eq!(census.missing, 0, "{what}: {census:?}");
+        assert_eq!(
+            drift(&back, &Desired::build_from(want, &back)),
+            0,
+            "{what}: kernel differs from the desired state"
+        );
+    };
+
+    // The simple agent's path: apply() diffs the two sets.
+    let mut k = KernelClassifier::new(&caps).expect("load");
+    k.set_entries(&old, false).expect("old");
+    check(&k, &old, "old set");
+    k.set_entries(&new, false).expect("rotation");
+    check(&k, &new, "apply() rotation");
+    assert_eq!(k.last_sync.removed, 990, "{:?}", k.last_sync);
+
+    // The feed agent's path: apply_changes() with the delta.
+    let mut k = KernelClassifier::new(&caps).expect("load");
+    k.set_entries(&old, false).expect("old");
+    let changes = edge_filter::maps::SetChanges::between(&normalise(&old), &normalise(&new));
+    let st = k
+        .maps_mut()
+        .apply_changes(&normalise(&new), &changes, 0)
+        .expect("delta");
+    assert_eq!(st.refused, 0, "{st:?}");
+    k.last_sync = st;
+    check(&k, &new, "apply_changes() rotation");
+
+    // After a crash in the middle: the kernel holds half of each set (the
+    // agent's shadow is gone: a new agent reads the kernel back).
+    let mut k = KernelClassifier::new(&caps).expect("load");
+    let mut mixed = set(495, 0);
+    mixed.entries.extend(set(495, 10_000).entries);
+    k.set_entries(&mixed, false).expect("mixed");
+    k.maps_mut().forget_shadow();
+    k.maps_mut()
+        .rebuild(&new, 0)
+        .map(|st| k.last_sync = st)
+        .expect("restart");
+    check(&k, &new, "rebuild after a crash");
+
+    // A set that does not fit still refuses only its overflow.
+    let mut k = KernelClassifier::new(&caps).expect("load");
+    k.set_entries(&old, false).expect("old");
+    k.set_entries(&set(1200, 10_000), false).expect("too big");
+    assert_eq!(k.last_sync.refused, 200, "{:?}", k.last_sync);
+    let back = k.maps().read().unwrap();
+    assert_eq!(back.addr_v4.len(), 1000);
+    assert_eq!(back.census(&set(1200, 10_000)).missing, 200);
+}
+
 #[test]
 fn reconcile_repairs_drift() {
     if !is_root() {

@@ -10,11 +10,11 @@
 //! the config.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use edge_filter_tests::netns::{self, Lab, RECEIVER_IF};
+use edge_filter_tests::scrape::{self, samples, value};
 
 const RECV4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 66, 0, 1));
 const BLOCKED4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 66, 0, 20));
@@ -25,50 +25,8 @@ const METRICS_PORT: u16 = 19436;
 /// Ethernet + IPv4 + UDP headers: what a datagram adds on the wire.
 const HEADERS: u64 = 14 + 20 + 8;
 
-/// `GET path` over HTTP/1.1 inside the receiving namespace: status line,
-/// headers and body.
 fn get(lab: &Lab, path: &str) -> (String, String, String) {
-    get_port(lab, METRICS_PORT, path)
-}
-
-fn get_port(lab: &Lab, port: u16, path: &str) -> (String, String, String) {
-    lab.receiver.enter(|| {
-        let mut s = TcpStream::connect(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("connect to the metrics endpoint: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).expect("read the response");
-        let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP head and body");
-        let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-        (status.to_string(), headers.to_lowercase(), body.to_string())
-    })
-}
-
-/// `name{labels} value` lines → value, keyed by everything before the value.
-fn samples(body: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (k, v) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad line {l:?}"));
-            (
-                k.to_string(),
-                v.parse()
-                    .unwrap_or_else(|e| panic!("bad value in {l:?}: {e}")),
-            )
-        })
-        .collect()
-}
-
-fn value(s: &BTreeMap<String, f64>, key: &str, body: &str) -> f64 {
-    *s.get(key)
-        .unwrap_or_else(|| panic!("no sample {key} in the scrape:\n{body}"))
+    scrape::get(&lab.receiver, METRICS_PORT, path)
 }
 
 fn packets_key(reason: &str, verdict: &str) -> String {
@@ -279,7 +237,7 @@ fn metrics_simple_agent() {
         &listen,
     ]);
     agent.wait_ready_line(&format!("ready: {RECEIVER_IF} attached"));
-    let (_, _, body0) = get_port(&lab, PORT2, "/metrics");
+    let (_, _, body0) = scrape::get(&lab.receiver, PORT2, "/metrics");
     let before = samples(&body0);
     let dst = SocketAddr::new(RECV4, PORT);
     lab.send_udp(
@@ -291,7 +249,7 @@ fn metrics_simple_agent() {
     let key = packets_key("drop_addr", "drop");
     let deadline = Instant::now() + Duration::from_secs(5);
     let (body, after) = loop {
-        let (_, _, body) = get_port(&lab, PORT2, "/metrics");
+        let (_, _, body) = scrape::get(&lab.receiver, PORT2, "/metrics");
         let after = samples(&body);
         if value(&after, &key, &body) - before.get(&key).copied().unwrap_or(0.0) >= 4.0 {
             break (body, after);

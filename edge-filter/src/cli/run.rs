@@ -25,8 +25,16 @@ or HTTP(S)), merges them with provenance and keeps every configured
 interface in sync; check a config first with `edge-filter check-config`.
 
 The file is re-read when it changes and on SIGHUP; bad lines are reported
-with file and line and the rest applies. Stopping the agent leaves the
-filter attached; a new agent adopts it. `edge-filter detach` removes it.
+with file and line and the rest applies. A change that removes more than
+--max-shrink of the entries (an emptied or truncated file) is held until
+you confirm it with SIGHUP. Stopping the agent leaves the filter attached;
+a new agent adopts it. `edge-filter detach` removes it. One agent per
+interface: a second `run` on it refuses, naming the first one's pid.
+
+The agent follows its interface: when it is deleted the filter is gone and
+the agent reports an enforcement gap; when an interface of that name
+appears again the agent attaches the filter to it again with the same
+entries and counters, and reports how long the gap lasted.
 
 Example (as root):
   edge-filter run --iface eth1 --blocklist /etc/edge-filter/blocklist.txt";
@@ -76,6 +84,16 @@ pub struct RunArgs {
     /// use its [metrics] listen instead.
     #[arg(long, value_name = "ADDR", conflicts_with = "config")]
     pub metrics_listen: Option<String>,
+    /// Hold a reload that removes more than this fraction of the
+    /// blocklist's entries (an emptied or truncated file) until you confirm
+    /// it with SIGHUP. 1 never holds. With --config use [safety] max_shrink.
+    #[arg(
+        long,
+        default_value_t = 0.5,
+        value_name = "FRACTION",
+        conflicts_with = "config"
+    )]
+    pub max_shrink: f64,
     /// Entry ids with their own hit counters (`top`, `explain`); hits on
     /// higher ids are counted together as overflow. Memory: N x 24 bytes x
     /// possible CPUs.
@@ -108,6 +126,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.poll_seconds.is_nan() || a.poll_seconds <= 0.0 {
         anyhow::bail!("--poll-seconds must be positive");
     }
+    if !(a.max_shrink > 0.0 && a.max_shrink <= 1.0) {
+        anyhow::bail!(
+            "--max-shrink {} is out of range (more than 0, at most 1)",
+            a.max_shrink
+        );
+    }
     let metrics = edge_filter::config::MetricsConfig {
         listen: a.metrics_listen,
     };
@@ -125,6 +149,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         paths: Paths::new(a.pins.bpffs),
         poll: Duration::from_secs_f64(a.poll_seconds),
         metrics,
+        max_shrink: a.max_shrink,
     })
     .await?;
     Ok(())

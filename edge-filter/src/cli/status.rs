@@ -10,18 +10,18 @@
 //! agent's `state_dir/status.json` adds each feed's health and whether the
 //! agent is up.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use aya::maps::MapInfo;
-use aya::programs::links::{FdLink, PinnedLink};
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use edge_filter::attach::{self, LinkHealth};
 use edge_filter::config::Config;
 use edge_filter::feed_agent::{FeedHealth, STATUS_FILE, Status};
+use edge_filter::maps::Desired;
 use edge_filter::paths::Paths;
-use edge_filter::{attach, maps::Desired};
+use edge_filter::watch::IfaceHealth;
 use edge_filter_common as abi;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -76,8 +76,31 @@ struct MapOccupancy {
 #[derive(Serialize, Default)]
 struct IfaceStatus {
     iface: String,
-    /// A pinned link exists.
+    /// The filter is in force: its pinned link is attached to the interface
+    /// of this name in this network namespace (the kernel's word).
     attached: bool,
+    /// A link is pinned (it may filter nothing: see `attached`).
+    pinned: bool,
+    /// Why `attached` could not be determined (then it is false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link_error: Option<String>,
+    /// Block and monitor entries the kernel's maps hold (read now).
+    kernel_entries: usize,
+    /// Desired entries the kernel lacks, as the agent last counted them
+    /// (with --config; `agent_checked` says when).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missing_entries: Option<usize>,
+    /// When the agent last counted the kernel's maps against the set.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    agent_checked: Option<OffsetDateTime>,
+    /// Enforcement gaps the agent saw since it started, and their seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gaps: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gap_seconds: Option<f64>,
     /// Listed in the config (only with --config).
     #[serde(skip_serializing_if = "Option::is_none")]
     configured: Option<bool>,
@@ -123,6 +146,11 @@ struct AgentStatus {
     allowlisted: Option<usize>,
     rejected_entries: Option<usize>,
     refused: Option<usize>,
+    /// The pid holding the interface lock (`/run/edge-filter/locks`), from
+    /// the kernel's lock table.
+    lock_holder: Option<u32>,
+    /// Writes to the state directory are failing: the latest error.
+    persist_error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -166,7 +194,7 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let interfaces = names
+    let mut interfaces: Vec<IfaceStatus> = names
         .iter()
         .map(|n| {
             let mut s = iface_status(&paths, n);
@@ -179,7 +207,15 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     let (agent, feeds) = match &cfg {
         Some(c) => {
-            let (a, f) = agent_and_feeds(c, &paths, now);
+            let (a, f, ifaces) = agent_and_feeds(c, &paths, now);
+            for i in &mut interfaces {
+                if let Some(h) = ifaces.iter().find(|h| h.name == i.iface) {
+                    i.missing_entries = h.missing_entries;
+                    i.agent_checked = h.kernel_checked;
+                    i.gaps = Some(h.gaps);
+                    i.gap_seconds = Some(h.gap_seconds);
+                }
+            }
             (Some(a), Some(f))
         }
         None => (None, None),
@@ -202,29 +238,37 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
 fn iface_status(paths: &Paths, iface: &str) -> IfaceStatus {
     let mut s = IfaceStatus {
         iface: iface.to_string(),
-        attached: paths.link(iface).exists(),
+        pinned: paths.link(iface).exists(),
         ..Default::default()
     };
-    if !s.attached {
+    if !s.pinned {
         s.mode_note = Some("not attached (no pinned link)".into());
         return s;
     }
-    match PinnedLink::from_pin(paths.link(iface)) {
-        Ok(pinned) => {
-            // Dropping the FdLink closes our fd only: the pin keeps it attached.
-            let link: FdLink = pinned.into();
-            match link.info() {
-                Ok(info) => {
-                    s.link_id = Some(info.id());
-                    s.program_id = Some(info.program_id());
-                }
-                Err(e) => s.error = Some(format!("reading the link info: {e}")),
+    match attach::link_health(paths, iface) {
+        Ok(h) => {
+            s.attached = h.is_attached();
+            if let LinkHealth::Attached {
+                link_id, prog_id, ..
+            } = h
+            {
+                s.link_id = Some(link_id);
+                s.program_id = Some(prog_id);
+            } else {
+                s.error = Some(h.describe(iface));
             }
         }
-        Err(e) => s.error = Some(format!("opening {}: {e}", paths.link(iface).display())),
+        Err(e) => s.link_error = Some(format!("cannot tell whether the filter is in force: {e}")),
     }
     match attach::ifindex(iface) {
-        Ok(idx) => match xdp_info(idx) {
+        Ok(_) if s.program_id.is_none() => {
+            s.mode_note = Some(
+                s.link_error
+                    .clone()
+                    .unwrap_or_else(|| "unknown: the filter is not in force (see below)".into()),
+            )
+        }
+        Ok(idx) => match edge_filter::netlink::xdp_info(idx) {
             Ok(x) => {
                 let (mode, note) = x.mode_of(s.program_id);
                 s.mode = mode;
@@ -267,6 +311,7 @@ fn fill_maps(s: &mut IfaceStatus, paths: &Paths, iface: &str, d: &Desired) {
             s.allowlisted += n;
         } else {
             s.entries += n;
+            s.kernel_entries += n;
         }
         s.maps.push(MapOccupancy {
             map: name,
@@ -274,218 +319,6 @@ fn fill_maps(s: &mut IfaceStatus, paths: &Paths, iface: &str, d: &Desired) {
             capacity,
         });
     }
-}
-
-// ---------------------------------------------------------------------------
-// The attach mode, from the kernel (rtnetlink).
-
-const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const IFLA_EXT_MASK: u16 = 29;
-const IFLA_XDP: u16 = 43;
-const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
-const IFLA_XDP_ATTACHED: u16 = 2;
-const IFLA_XDP_PROG_ID: u16 = 4;
-const IFLA_XDP_DRV_PROG_ID: u16 = 5;
-const IFLA_XDP_SKB_PROG_ID: u16 = 6;
-const IFLA_XDP_HW_PROG_ID: u16 = 7;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
-/// What `IFLA_XDP` of an interface says.
-#[derive(Debug, Default)]
-struct XdpInfo {
-    /// `XDP_ATTACHED_*`: 0 none, 1 driver, 2 generic, 3 offload, 4 several.
-    attached: u8,
-    prog_id: Option<u32>,
-    drv: Option<u32>,
-    skb: Option<u32>,
-    hw: Option<u32>,
-}
-
-impl XdpInfo {
-    /// The mode our program (`ours`) runs in, or why that is unknown.
-    fn mode_of(&self, ours: Option<u32>) -> (Option<&'static str>, Option<String>) {
-        let slots = [(self.drv, "native"), (self.skb, "skb"), (self.hw, "hw")];
-        // Older kernels report only IFLA_XDP_PROG_ID and the mode.
-        let single = match self.attached {
-            1 => Some("native"),
-            2 => Some("skb"),
-            3 => Some("hw"),
-            _ => None,
-        };
-        if let Some(ours) = ours {
-            if let Some((_, m)) = slots.iter().find(|(id, _)| *id == Some(ours)) {
-                return (Some(m), None);
-            }
-            if self.prog_id == Some(ours) && single.is_some() {
-                return (single, None);
-            }
-        }
-        let others: Vec<String> = slots
-            .iter()
-            .filter_map(|(id, m)| id.map(|id| format!("program {id} in {m} mode")))
-            .collect();
-        let note = match (self.attached, others.is_empty(), self.prog_id) {
-            (0, _, _) => "no XDP program on this interface in this network namespace (the pinned link may belong to an interface elsewhere, or the interface was recreated)".to_string(),
-            (_, false, _) => format!("not our program: {}", others.join(", ")),
-            (_, true, Some(id)) => format!("not our program: program {id}"),
-            _ => "the kernel does not report the XDP program".to_string(),
-        };
-        (None, Some(note))
-    }
-}
-
-fn nl_err(what: &str) -> std::io::Error {
-    let e = std::io::Error::last_os_error();
-    std::io::Error::new(e.kind(), format!("{what}: {e}"))
-}
-
-/// Ask the kernel (`RTM_GETLINK` for one interface) about its XDP programs.
-fn xdp_info(ifindex: u32) -> std::io::Result<XdpInfo> {
-    // SAFETY: plain socket(2); the result is checked before use.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if raw < 0 {
-        return Err(nl_err("netlink socket"));
-    }
-    // SAFETY: `raw` is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let timeout = libc::timeval {
-        tv_sec: 2,
-        tv_usec: 0,
-    };
-    // SAFETY: a valid timeval of the size given.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
-    // nlmsghdr (16) + ifinfomsg (16) + IFLA_EXT_MASK attribute (8).
-    const SEQ: u32 = 0x6566_0001;
-    let mut req = Vec::with_capacity(40);
-    req.extend_from_slice(&40u32.to_ne_bytes());
-    req.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
-    req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    req.extend_from_slice(&SEQ.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.push(libc::AF_UNSPEC as u8);
-    req.push(0);
-    req.extend_from_slice(&0u16.to_ne_bytes());
-    req.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(&8u16.to_ne_bytes());
-    req.extend_from_slice(&IFLA_EXT_MASK.to_ne_bytes());
-    req.extend_from_slice(&RTEXT_FILTER_SKIP_STATS.to_ne_bytes());
-    // SAFETY: zeroed sockaddr_nl is valid; nl_pid 0 addresses the kernel.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: buffer and address are valid for the lengths given.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(nl_err("netlink send"));
-    }
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        // SAFETY: the buffer is valid for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(nl_err("netlink receive"));
-        }
-        if let Some(r) = parse_reply(&buf[..n as usize], SEQ)? {
-            return Ok(r);
-        }
-    }
-}
-
-fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(off..off + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(off..off + 4)?.try_into().ok()?))
-}
-
-/// Attributes `(type, payload)` in `b` (rtattr: len u16, type u16, payload,
-/// padded to 4 bytes).
-fn attrs(b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while let (Some(len), Some(ty)) = (u16_at(b, off), u16_at(b, off + 2)) {
-        let len = len as usize;
-        if len < 4 || off + len > b.len() {
-            break;
-        }
-        out.push((ty & NLA_TYPE_MASK, &b[off + 4..off + len]));
-        off += (len + 3) & !3;
-    }
-    out
-}
-
-/// The answer in one datagram of replies, if it holds ours.
-fn parse_reply(b: &[u8], seq: u32) -> std::io::Result<Option<XdpInfo>> {
-    let mut off = 0;
-    while let (Some(len), Some(ty), Some(s)) =
-        (u32_at(b, off), u16_at(b, off + 4), u32_at(b, off + 8))
-    {
-        let len = len as usize;
-        if len < 16 || off + len > b.len() {
-            break;
-        }
-        let msg = &b[off..off + len];
-        if s == seq {
-            match ty {
-                NLMSG_ERROR => {
-                    let code = u32_at(msg, 16).map_or(0, |c| c as i32);
-                    if code != 0 {
-                        return Err(std::io::Error::from_raw_os_error(-code));
-                    }
-                }
-                RTM_NEWLINK => {
-                    let mut x = XdpInfo::default();
-                    for (t, p) in attrs(msg.get(32..).unwrap_or_default()) {
-                        if t != IFLA_XDP {
-                            continue;
-                        }
-                        for (t, v) in attrs(p) {
-                            match t {
-                                IFLA_XDP_ATTACHED => x.attached = v.first().copied().unwrap_or(0),
-                                IFLA_XDP_PROG_ID => x.prog_id = u32_at(v, 0),
-                                IFLA_XDP_DRV_PROG_ID => x.drv = u32_at(v, 0),
-                                IFLA_XDP_SKB_PROG_ID => x.skb = u32_at(v, 0),
-                                IFLA_XDP_HW_PROG_ID => x.hw = u32_at(v, 0),
-                                _ => {}
-                            }
-                        }
-                    }
-                    return Ok(Some(x));
-                }
-                _ => {}
-            }
-        }
-        off += (len + 3) & !3;
-    }
-    Ok(None)
 }
 
 // ---------------------------------------------------------------------------
@@ -517,7 +350,7 @@ fn agent_and_feeds(
     cfg: &Config,
     paths: &Paths,
     now: OffsetDateTime,
-) -> (AgentStatus, Vec<FeedStatus>) {
+) -> (AgentStatus, Vec<FeedStatus>, Vec<IfaceHealth>) {
     let file = cfg.state_dir.join(format!("{STATUS_FILE}.json"));
     let stale_after = 2.0 * cfg.reconcile_interval.as_secs_f64() + 10.0;
     let status: Result<Status, String> = std::fs::read(&file)
@@ -541,7 +374,19 @@ fn agent_and_feeds(
         allowlisted: None,
         rejected_entries: None,
         refused: None,
+        lock_holder: None,
+        persist_error: None,
     };
+    // The agent's lock, from the kernel's lock table: found even when the
+    // agent cannot write its status (a full state directory).
+    agent.lock_holder = cfg
+        .interfaces
+        .iter()
+        .find_map(|i| edge_filter::lock::holder(paths.root(), &i.name));
+    let ifaces = status
+        .as_ref()
+        .map(|s| s.ifaces.clone())
+        .unwrap_or_default();
     let health: Vec<FeedHealth> = match &status {
         Err(e) => {
             agent.detail = format!("no agent status at {}: {e}", file.display());
@@ -562,6 +407,7 @@ fn agent_and_feeds(
             agent.allowlisted = Some(st.allowlisted);
             agent.rejected_entries = Some(st.rejected_entries);
             agent.refused = Some(st.refused);
+            agent.persist_error = st.persist_error.clone();
             let fresh = age.is_some_and(|a| a <= stale_after);
             let ago = age.map_or("never".to_string(), |a| format!("{a:.0}s ago"));
             (agent.state, agent.detail) = match (alive, fresh, comm) {
@@ -589,6 +435,24 @@ fn agent_and_feeds(
             st.feeds.clone()
         }
     };
+    // The lock says who runs, whatever the status file says.
+    if let Some(pid) = agent.lock_holder
+        && !agent.up
+    {
+        let why = match (&status, agent.updated_age_s) {
+            (Err(_), _) => "it has written no status file".to_string(),
+            (Ok(_), Some(a)) if agent.pid == Some(pid) => format!(
+                "its status file is {a:.0}s old: it cannot write to {} (full or read-only?)",
+                cfg.state_dir.display()
+            ),
+            (Ok(_), _) => "the status file is another agent's".to_string(),
+        };
+        agent.state = "up";
+        agent.up = true;
+        agent.pid = Some(pid);
+        agent.pid_alive = Some(true);
+        agent.detail = format!("pid {pid} holds the interface lock; {why}");
+    }
     // Per-feed drops: the kernel's per-entry counters of every attached
     // interface joined with the feeds' provenance.
     let feed_hits = {
@@ -634,7 +498,7 @@ fn agent_and_feeds(
             }
         })
         .collect();
-    (agent, feeds)
+    (agent, feeds, ifaces)
 }
 
 // ---------------------------------------------------------------------------
@@ -685,7 +549,12 @@ fn print_text(out: &Out) {
         for i in &out.interfaces {
             t.add_row([
                 i.iface.clone(),
-                if i.attached { "yes" } else { "no" }.to_string(),
+                match (i.attached, &i.link_error) {
+                    (true, _) => "yes",
+                    (false, None) => "no",
+                    (false, Some(_)) => "?",
+                }
+                .to_string(),
                 i.mode.unwrap_or("?").to_string(),
                 id(i.program_id),
                 id(i.link_id),
@@ -701,6 +570,22 @@ fn print_text(out: &Out) {
             }
             if let Some(e) = &i.error {
                 println!("{}: error: {e}", i.iface);
+            }
+            match i.missing_entries {
+                Some(0) | None => {}
+                Some(m) => println!(
+                    "{}: NOT ENFORCING THE WHOLE SET: the kernel lacks {m} desired entries (counted by the agent at {}); see the agent's log",
+                    i.iface,
+                    ts(i.agent_checked)
+                ),
+            }
+            if let (Some(g), Some(secs)) = (i.gaps, i.gap_seconds)
+                && g > 0
+            {
+                println!(
+                    "{}: {g} enforcement gap(s) since the agent started, {secs:.1} s unfiltered in all",
+                    i.iface
+                );
             }
         }
         for i in out.interfaces.iter().filter(|i| !i.maps.is_empty()) {
@@ -725,6 +610,9 @@ fn print_text(out: &Out) {
     if let Some(a) = &out.agent {
         println!();
         println!("agent: {} ({})", a.state, a.detail);
+        if let Some(e) = &a.persist_error {
+            println!("  state directory: {e}");
+        }
         if let (Some(syncs), Some(ms), Some(drift)) = (a.syncs, a.last_sync_ms, a.drift_repairs) {
             println!(
                 "  started {}, {} entries, {} allowlisted, {} rejected as too broad; {syncs} syncs (last {ms:.1} ms), {drift} drift repairs, {} refused (map full)",
@@ -769,7 +657,10 @@ fn print_text(out: &Out) {
                 f.hits
                     .map_or("-".into(), |v| v.monitors.packets.to_string()),
                 h.held.as_deref().map_or("-".into(), |s| clip(s, 60)),
-                h.last_error.as_deref().map_or("-".into(), |s| clip(s, 60)),
+                h.last_error
+                    .as_deref()
+                    .or(h.persist_error.as_deref())
+                    .map_or("-".into(), |s| clip(s, 60)),
             ]);
         }
         println!("{t}");
@@ -779,55 +670,6 @@ fn print_text(out: &Out) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(payload);
-        while v.len() % 4 != 0 {
-            v.push(0);
-        }
-        v
-    }
-
-    fn reply(seq: u32, xdp: &[u8]) -> Vec<u8> {
-        let mut body = vec![0u8; 16];
-        body.extend(attr(3, b"ef-rcv\0"));
-        body.extend(attr(IFLA_XDP | 0x8000, xdp));
-        let mut m = Vec::new();
-        m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-        m.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
-        m.extend_from_slice(&0u16.to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend(body);
-        m
-    }
-
-    #[test]
-    fn parses_ifla_xdp_and_names_the_mode() {
-        let mut xdp = attr(IFLA_XDP_ATTACHED, &[2]);
-        xdp.extend(attr(IFLA_XDP_SKB_PROG_ID, &77u32.to_ne_bytes()));
-        xdp.extend(attr(IFLA_XDP_PROG_ID, &77u32.to_ne_bytes()));
-        let x = parse_reply(&reply(9, &xdp), 9).unwrap().unwrap();
-        assert_eq!((x.attached, x.skb, x.prog_id), (2, Some(77), Some(77)));
-        assert_eq!(x.mode_of(Some(77)), (Some("skb"), None));
-        let (m, note) = x.mode_of(Some(78));
-        assert_eq!(m, None);
-        assert_eq!(note.unwrap(), "not our program: program 77 in skb mode");
-        // Another sequence number: not ours.
-        assert!(parse_reply(&reply(8, &xdp), 9).unwrap().is_none());
-        // Older kernels: only the mode and the program id.
-        let mut old = attr(IFLA_XDP_ATTACHED, &[1]);
-        old.extend(attr(IFLA_XDP_PROG_ID, &5u32.to_ne_bytes()));
-        let x = parse_reply(&reply(1, &old), 1).unwrap().unwrap();
-        assert_eq!(x.mode_of(Some(5)), (Some("native"), None));
-        // Nothing attached.
-        let none = attr(IFLA_XDP_ATTACHED, &[0]);
-        let x = parse_reply(&reply(1, &none), 1).unwrap().unwrap();
-        assert!(x.mode_of(Some(5)).1.unwrap().starts_with("no XDP program"));
-    }
 
     #[test]
     fn own_process_is_alive_and_a_missing_pid_is_not() {
@@ -844,19 +686,5 @@ mod tests {
         assert!(!alive);
         assert!(what.unwrap().contains("exited but not reaped"));
         child.wait().unwrap();
-    }
-
-    #[test]
-    fn netlink_errors_are_reported() {
-        let mut m = Vec::new();
-        m.extend_from_slice(&36u32.to_ne_bytes());
-        m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        m.extend_from_slice(&0u16.to_ne_bytes());
-        m.extend_from_slice(&4u32.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(&(-libc::ENODEV).to_ne_bytes());
-        m.extend_from_slice(&[0u8; 16]);
-        let e = parse_reply(&m, 4).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::ENODEV));
     }
 }

@@ -293,6 +293,23 @@ impl EntryMaps {
                 trie_changes.push(p);
             }
         }
+        // A map that cannot take its adds before its removals needs the
+        // removals-first order of a full sync: nothing is touched here.
+        let mut adds = [0usize; 10];
+        for p in hash_changes.iter().chain(&trie_changes) {
+            if let Change::Add(_) = p.change {
+                let i = super::MAP_BITS
+                    .iter()
+                    .position(|b| *b == p.slot.map_bit())
+                    .expect("every slot has a map bit");
+                adds[i] += 1;
+            }
+        }
+        if super::tight_maps(&shadow.counts(), &adds, &self.caps) != 0 {
+            self.shadow = Some(shadow);
+            self.filters = Some(filters);
+            return Ok(None);
+        }
         // A new entry must not inherit the hits of the one that had its id.
         self.zero_entry_stats(&ids.take_assigned())?;
         // Widen the nonempty mask first so new entries are looked up as soon
@@ -318,7 +335,7 @@ impl EntryMaps {
             || -> Result<(SyncStats, Updated, [usize; 4])> {
                 let t_up = tries.update_tries(&trie_changes, &mut filters);
                 let mut st = SyncStats::default();
-                trie_maps.upsert(&t_up.touched.old, &t_up.touched.new, &mut st)?;
+                trie_maps.upsert(&t_up.touched.old, &t_up.touched.new, &mut st, u32::MAX)?;
                 // Then help the other thread with the hash writes.
                 let refused = writes.run()?;
                 Ok((st, t_up, refused))
@@ -354,7 +371,7 @@ impl EntryMaps {
             || deletes.run(),
             || -> Result<(SyncStats, [usize; 4])> {
                 let mut st = SyncStats::default();
-                trie_maps.remove(&t_up.touched.old, &t_up.touched.new, &mut st)?;
+                trie_maps.remove(&t_up.touched.old, &t_up.touched.new, &mut st, u32::MAX)?;
                 let removed = deletes.run()?;
                 Ok((st, removed))
             },

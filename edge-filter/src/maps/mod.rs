@@ -5,7 +5,9 @@
 //! themselves, so a restarted agent keeps them), and trie nodes are flattened
 //! so a single longest-prefix lookup sees the strongest covering action.
 //! [`EntryMaps::sync`] applies it as a diff: adds and changes first, removals
-//! last, so an entry present before and after an update is never absent.
+//! last, so an entry present before and after an update is never absent;
+//! only a map too full to hold old and new keys at once takes its removals
+//! first (else a rotation of a near-capacity set could never land).
 
 use std::collections::{BTreeMap, HashMap, btree_map, hash_map};
 use std::hash::Hash;
@@ -423,6 +425,38 @@ impl Desired {
         m
     }
 
+    /// How these contents (read back from the kernel) stand against the
+    /// entry set that should be enforced: entries held, and entries of
+    /// `set` missing or held with another action (allowlist nets
+    /// included).
+    pub fn census(&self, set: &EntrySet) -> Census {
+        let set = normalized(set);
+        let held = self
+            .counts()
+            .iter()
+            .zip(MAP_BITS)
+            .filter(|(_, bit)| *bit & (abi::MAPBIT_ALLOW_V4 | abi::MAPBIT_ALLOW_V6) == 0)
+            .map(|((_, n), _)| n)
+            .sum();
+        let allow_missing = set
+            .allow
+            .iter()
+            .filter(|n| self.get(&allow_slot(n)).is_none())
+            .count();
+        let entries_missing = set
+            .entries
+            .iter()
+            .filter(|e| {
+                self.get(&entry_slot(&e.key()))
+                    .is_none_or(|v| v.own_action != e.action.abi())
+            })
+            .count();
+        Census {
+            entries: held,
+            missing: allow_missing + entries_missing,
+        }
+    }
+
     /// Entries per map, in [`crate::program::Capacities::per_map`] order.
     pub fn counts(&self) -> [(&'static str, usize); 10] {
         [
@@ -473,6 +507,9 @@ pub struct EntryMaps {
     last_set: Option<EntrySet>,
     /// Entry ids in use by the shadow, and the free ones.
     ids: IdAlloc,
+    /// Each entry map's capacity (`max_entries`), in [`Desired::counts`]
+    /// order.
+    caps: [u32; 10],
 }
 
 /// Every map name, in pin order.
@@ -496,6 +533,17 @@ pub const ALL_MAPS: [&str; 18] = [
     abi::MAP_SAMPLE,
     abi::MAP_SAMPLE_STATE,
 ];
+
+/// The kernel's maps against the set they should enforce
+/// ([`Desired::census`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Census {
+    /// Block and monitor entries held (allowlist nets not counted).
+    pub entries: usize,
+    /// Entries and allowlist nets of the set that are not held as they
+    /// should be.
+    pub missing: usize,
+}
 
 /// Outcome of a sync.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -521,48 +569,57 @@ struct HashMaps<'a> {
 }
 
 impl HashMaps<'_> {
-    /// Write the keys of `want` whose values differ from `cur`.
-    fn upsert(&self, cur: &Desired, want: &Desired, b: bool, st: &mut SyncStats) -> Result<()> {
-        upsert_hash(
-            self.addr_v4,
-            &cur.addr_v4,
-            &want.addr_v4,
-            abi::MAP_ADDR_V4,
-            b,
-            st,
-        )?;
-        upsert_hash(
-            self.addr_v6,
-            &cur.addr_v6,
-            &want.addr_v6,
-            abi::MAP_ADDR_V6,
-            b,
-            st,
-        )?;
-        upsert_hash(
-            self.port_v4,
-            &cur.port_v4,
-            &want.port_v4,
-            abi::MAP_PORT_V4,
-            b,
-            st,
-        )?;
-        upsert_hash(
-            self.port_v6,
-            &cur.port_v6,
-            &want.port_v6,
-            abi::MAP_PORT_V6,
-            b,
-            st,
-        )
+    /// Write the keys of `want` whose values differ from `cur`, in the maps
+    /// whose `MAPBIT_*` is in `only`.
+    fn upsert(
+        &self,
+        cur: &Desired,
+        want: &Desired,
+        b: bool,
+        st: &mut SyncStats,
+        only: u32,
+    ) -> Result<()> {
+        if only & abi::MAPBIT_ADDR_V4 != 0 {
+            let (c, w) = (&cur.addr_v4, &want.addr_v4);
+            upsert_hash(self.addr_v4, c, w, abi::MAP_ADDR_V4, b, st)?;
+        }
+        if only & abi::MAPBIT_ADDR_V6 != 0 {
+            let (c, w) = (&cur.addr_v6, &want.addr_v6);
+            upsert_hash(self.addr_v6, c, w, abi::MAP_ADDR_V6, b, st)?;
+        }
+        if only & abi::MAPBIT_PORT_V4 != 0 {
+            let (c, w) = (&cur.port_v4, &want.port_v4);
+            upsert_hash(self.port_v4, c, w, abi::MAP_PORT_V4, b, st)?;
+        }
+        if only & abi::MAPBIT_PORT_V6 != 0 {
+            let (c, w) = (&cur.port_v6, &want.port_v6);
+            upsert_hash(self.port_v6, c, w, abi::MAP_PORT_V6, b, st)?;
+        }
+        Ok(())
     }
 
-    /// Delete the keys of `cur` that `want` lacks.
-    fn remove(&self, cur: &Desired, want: &Desired, b: bool, st: &mut SyncStats) -> Result<()> {
-        remove_hash(self.addr_v4, &cur.addr_v4, &want.addr_v4, b, st)?;
-        remove_hash(self.addr_v6, &cur.addr_v6, &want.addr_v6, b, st)?;
-        remove_hash(self.port_v4, &cur.port_v4, &want.port_v4, b, st)?;
-        remove_hash(self.port_v6, &cur.port_v6, &want.port_v6, b, st)
+    /// Delete the keys of `cur` that `want` lacks, in the maps in `only`.
+    fn remove(
+        &self,
+        cur: &Desired,
+        want: &Desired,
+        b: bool,
+        st: &mut SyncStats,
+        only: u32,
+    ) -> Result<()> {
+        if only & abi::MAPBIT_ADDR_V4 != 0 {
+            remove_hash(self.addr_v4, &cur.addr_v4, &want.addr_v4, b, st)?;
+        }
+        if only & abi::MAPBIT_ADDR_V6 != 0 {
+            remove_hash(self.addr_v6, &cur.addr_v6, &want.addr_v6, b, st)?;
+        }
+        if only & abi::MAPBIT_PORT_V4 != 0 {
+            remove_hash(self.port_v4, &cur.port_v4, &want.port_v4, b, st)?;
+        }
+        if only & abi::MAPBIT_PORT_V6 != 0 {
+            remove_hash(self.port_v6, &cur.port_v6, &want.port_v6, b, st)?;
+        }
+        Ok(())
     }
 
     /// Their fds, in [`MAP_INDEX`] order, for writes from two threads.
@@ -588,63 +645,144 @@ struct TrieMaps<'a> {
 
 impl TrieMaps<'_> {
     /// Write the nodes of `want` whose values differ from `cur`
-    /// (per element: LPM tries have no batch operations).
-    fn upsert(&mut self, cur: &Desired, want: &Desired, st: &mut SyncStats) -> Result<()> {
+    /// (per element: LPM tries have no batch operations), in the tries
+    /// whose `MAPBIT_*` is in `only`.
+    fn upsert(
+        &mut self,
+        cur: &Desired,
+        want: &Desired,
+        st: &mut SyncStats,
+        only: u32,
+    ) -> Result<()> {
         let (c, w) = (cur, want);
-        upsert_lpm(
-            self.allow_v4,
-            &c.allow_v4,
-            &w.allow_v4,
-            abi::MAP_ALLOW_V4,
-            st,
-        )?;
-        upsert_lpm(
-            self.allow_v6,
-            &c.allow_v6,
-            &w.allow_v6,
-            abi::MAP_ALLOW_V6,
-            st,
-        )?;
-        upsert_lpm(
-            self.prefix_v4,
-            &c.prefix_v4,
-            &w.prefix_v4,
-            abi::MAP_PREFIX_V4,
-            st,
-        )?;
-        upsert_lpm(
-            self.prefix_v6,
-            &c.prefix_v6,
-            &w.prefix_v6,
-            abi::MAP_PREFIX_V6,
-            st,
-        )?;
-        upsert_lpm(
-            self.pprefix_v4,
-            &c.pprefix_v4,
-            &w.pprefix_v4,
-            abi::MAP_PPREFIX_V4,
-            st,
-        )?;
-        upsert_lpm(
-            self.pprefix_v6,
-            &c.pprefix_v6,
-            &w.pprefix_v6,
-            abi::MAP_PPREFIX_V6,
-            st,
-        )
+        if only & abi::MAPBIT_ALLOW_V4 != 0 {
+            upsert_lpm(
+                self.allow_v4,
+                &c.allow_v4,
+                &w.allow_v4,
+                abi::MAP_ALLOW_V4,
+                st,
+            )?;
+        }
+        if only & abi::MAPBIT_ALLOW_V6 != 0 {
+            upsert_lpm(
+                self.allow_v6,
+                &c.allow_v6,
+                &w.allow_v6,
+                abi::MAP_ALLOW_V6,
+                st,
+            )?;
+        }
+        if only & abi::MAPBIT_PREFIX_V4 != 0 {
+            upsert_lpm(
+                self.prefix_v4,
+                &c.prefix_v4,
+                &w.prefix_v4,
+                abi::MAP_PREFIX_V4,
+                st,
+            )?;
+        }
+        if only & abi::MAPBIT_PREFIX_V6 != 0 {
+            upsert_lpm(
+                self.prefix_v6,
+                &c.prefix_v6,
+                &w.prefix_v6,
+                abi::MAP_PREFIX_V6,
+                st,
+            )?;
+        }
+        if only & abi::MAPBIT_PPREFIX_V4 != 0 {
+            let (cm, wm) = (&c.pprefix_v4, &w.pprefix_v4);
+            upsert_lpm(self.pprefix_v4, cm, wm, abi::MAP_PPREFIX_V4, st)?;
+        }
+        if only & abi::MAPBIT_PPREFIX_V6 != 0 {
+            let (cm, wm) = (&c.pprefix_v6, &w.pprefix_v6);
+            upsert_lpm(self.pprefix_v6, cm, wm, abi::MAP_PPREFIX_V6, st)?;
+        }
+        Ok(())
     }
 
-    /// Delete the nodes of `cur` that `want` lacks.
-    fn remove(&mut self, cur: &Desired, want: &Desired, st: &mut SyncStats) -> Result<()> {
+    /// Delete the nodes of `cur` that `want` lacks, in the tries in `only`.
+    fn remove(
+        &mut self,
+        cur: &Desired,
+        want: &Desired,
+        st: &mut SyncStats,
+        only: u32,
+    ) -> Result<()> {
         let (c, w) = (cur, want);
-        remove_lpm(self.allow_v4, &c.allow_v4, &w.allow_v4, st)?;
-        remove_lpm(self.allow_v6, &c.allow_v6, &w.allow_v6, st)?;
-        remove_lpm(self.prefix_v4, &c.prefix_v4, &w.prefix_v4, st)?;
-        remove_lpm(self.prefix_v6, &c.prefix_v6, &w.prefix_v6, st)?;
-        remove_lpm(self.pprefix_v4, &c.pprefix_v4, &w.pprefix_v4, st)?;
-        remove_lpm(self.pprefix_v6, &c.pprefix_v6, &w.pprefix_v6, st)
+        if only & abi::MAPBIT_ALLOW_V4 != 0 {
+            remove_lpm(self.allow_v4, &c.allow_v4, &w.allow_v4, st)?;
+        }
+        if only & abi::MAPBIT_ALLOW_V6 != 0 {
+            remove_lpm(self.allow_v6, &c.allow_v6, &w.allow_v6, st)?;
+        }
+        if only & abi::MAPBIT_PREFIX_V4 != 0 {
+            remove_lpm(self.prefix_v4, &c.prefix_v4, &w.prefix_v4, st)?;
+        }
+        if only & abi::MAPBIT_PREFIX_V6 != 0 {
+            remove_lpm(self.prefix_v6, &c.prefix_v6, &w.prefix_v6, st)?;
+        }
+        if only & abi::MAPBIT_PPREFIX_V4 != 0 {
+            remove_lpm(self.pprefix_v4, &c.pprefix_v4, &w.pprefix_v4, st)?;
+        }
+        if only & abi::MAPBIT_PPREFIX_V6 != 0 {
+            remove_lpm(self.pprefix_v6, &c.pprefix_v6, &w.pprefix_v6, st)?;
+        }
+        Ok(())
     }
+}
+
+/// Every entry map's `MAPBIT_*`, in [`Desired::counts`] order.
+const MAP_BITS: [u32; 10] = [
+    abi::MAPBIT_ALLOW_V4,
+    abi::MAPBIT_ALLOW_V6,
+    abi::MAPBIT_ADDR_V4,
+    abi::MAPBIT_ADDR_V6,
+    abi::MAPBIT_PREFIX_V4,
+    abi::MAPBIT_PREFIX_V6,
+    abi::MAPBIT_PORT_V4,
+    abi::MAPBIT_PORT_V6,
+    abi::MAPBIT_PPREFIX_V4,
+    abi::MAPBIT_PPREFIX_V6,
+];
+
+/// The maps (a `MAPBIT_*` mask) that cannot take their adds before their
+/// removals: `current` keys plus keys `adds` would add exceed `caps`
+/// (in [`Desired::counts`] order). For those, removals that make room go
+/// first, so that a set that fits always lands whole (a feed rotating a
+/// near-capacity map to as many different keys, or a sync after a crash
+/// in the middle of one).
+fn tight_maps(current: &[(&'static str, usize); 10], adds: &[usize; 10], caps: &[u32; 10]) -> u32 {
+    let mut tight = 0;
+    for i in 0..10 {
+        if current[i].1 + adds[i] > caps[i] as usize {
+            tight |= MAP_BITS[i];
+        }
+    }
+    tight
+}
+
+/// Keys of `want` that `cur` lacks, per map in [`Desired::counts`] order.
+fn new_keys(cur: &Desired, want: &Desired) -> [usize; 10] {
+    fn h<K: Eq + Hash>(c: &KeyMap<K>, w: &KeyMap<K>) -> usize {
+        w.keys().filter(|k| !c.contains_key(k)).count()
+    }
+    fn t<K: Ord>(c: &BTreeMap<K, EntryValue>, w: &BTreeMap<K, EntryValue>) -> usize {
+        w.keys().filter(|k| !c.contains_key(k)).count()
+    }
+    [
+        t(&cur.allow_v4, &want.allow_v4),
+        t(&cur.allow_v6, &want.allow_v6),
+        h(&cur.addr_v4, &want.addr_v4),
+        h(&cur.addr_v6, &want.addr_v6),
+        t(&cur.prefix_v4, &want.prefix_v4),
+        t(&cur.prefix_v6, &want.prefix_v6),
+        h(&cur.port_v4, &want.port_v4),
+        h(&cur.port_v6, &want.port_v6),
+        t(&cur.pprefix_v4, &want.pprefix_v4),
+        t(&cur.pprefix_v6, &want.pprefix_v6),
+    ]
 }
 
 /// Index of each hash map in [`HashMaps::fds`] and in per-map sums.
@@ -706,7 +844,34 @@ impl EntryMaps {
             batch: true,
             last_set: None,
             ids: IdAlloc::default(),
-        })
+            caps: [u32::MAX; 10],
+        }
+        .with_capacities())
+    }
+
+    /// Read each entry map's capacity from the kernel.
+    fn with_capacities(mut self) -> Self {
+        fn cap<M: IterableMap<K, V>, K: Pod, V: Pod>(m: &M) -> u32 {
+            m.map().info().map_or(u32::MAX, |i| i.max_entries())
+        }
+        self.caps = [
+            cap(&self.allow_v4),
+            cap(&self.allow_v6),
+            cap(&self.addr_v4),
+            cap(&self.addr_v6),
+            cap(&self.prefix_v4),
+            cap(&self.prefix_v6),
+            cap(&self.port_v4),
+            cap(&self.port_v6),
+            cap(&self.pprefix_v4),
+            cap(&self.pprefix_v6),
+        ];
+        self
+    }
+
+    /// Each entry map's capacity, in [`Desired::counts`] order.
+    pub fn capacities(&self) -> [u32; 10] {
+        self.caps
     }
 
     /// The per-entry counters are known to be zero (the maps were just
@@ -860,30 +1025,44 @@ impl EntryMaps {
     /// repair any difference (someone changed them behind our back).
     /// Returns how many keys had drifted.
     pub fn reconcile(&mut self, flags: u32) -> Result<usize> {
+        Ok(self.reconcile_with(flags, None)?.0)
+    }
+
+    /// [`EntryMaps::reconcile`], and from the same read of the kernel,
+    /// how the maps then stand against `set` (when given).
+    pub fn reconcile_with(
+        &mut self,
+        flags: u32,
+        set: Option<&EntrySet>,
+    ) -> Result<(usize, Option<Census>)> {
+        let kernel = self.read()?;
         let Some(want) = self.shadow.take() else {
             // Nothing applied yet: nothing to hold the kernel to.
-            return Ok(0);
+            return Ok((0, set.map(|s| kernel.census(s))));
         };
-        let kernel = self.read()?;
         let drift = drift(&kernel, &want);
         if drift == 0 {
             let nonempty = want.nonempty();
+            let census = set.map(|s| kernel.census(s));
             self.shadow = Some(want);
             // The config slot can drift too (the sampling bit is not ours).
             let mut now = self.config()?;
             now.flags &= !abi::CONFIG_SAMPLE_EVENTS;
             if now != (Config { flags, nonempty }) {
                 self.set_config(flags, nonempty)?;
-                return Ok(1);
+                return Ok((1, census));
             }
-            return Ok(0);
+            return Ok((0, census));
         }
         self.sync_owned(&kernel, want, flags)?;
-        Ok(drift)
+        // What landed is now the shadow (read back on refusals).
+        let census = set.and_then(|s| Some(self.shadow.as_ref()?.census(s)));
+        Ok((drift, census))
     }
 
     /// Make the maps equal `desired`, given that they hold `current`.
-    /// Adds and changes go first, then the config, then removals.
+    /// Adds and changes go first, then removals; in a map that cannot hold
+    /// its adds on top of its current keys, removals go first.
     pub fn sync(&mut self, current: &Desired, desired: &Desired, flags: u32) -> Result<SyncStats> {
         self.sync_owned(current, desired.clone(), flags)
     }
@@ -931,32 +1110,63 @@ impl EntryMaps {
         // as they land; narrow it after removals.
         self.set_config(flags, grow_mask)?;
         let (c, d) = (current, desired);
+        let tight = tight_maps(&c.counts(), &new_keys(c, d), &self.caps);
+        let all = u32::MAX;
         let (hashes, mut tries) = self.split();
+        let mut st = SyncStats::default();
+        if tight != 0 {
+            // A map that cannot take its adds on top of what it holds: first
+            // everything that can land without a removal (a new covering
+            // prefix lands before the entries it replaces go), then the
+            // tight maps' removals, then their adds. Only an address whose
+            // old and new entries are both in a tight map can pass in
+            // between.
+            let names: Vec<&str> = MAP_BITS
+                .iter()
+                .zip(c.counts())
+                .filter(|(bit, _)| tight & **bit != 0)
+                .map(|(_, (n, _))| n)
+                .collect();
+            log::info!(
+                "{} cannot take the new entries before the old ones leave: removing first",
+                names.join(", ")
+            );
+            tries.upsert(c, d, &mut st, !tight)?;
+            hashes.upsert(c, d, b, &mut st, !tight)?;
+            tries.remove(c, d, &mut st, tight)?;
+            hashes.remove(c, d, b, &mut st, tight)?;
+            tries.upsert(c, d, &mut st, tight)?;
+            hashes.upsert(c, d, b, &mut st, tight)?;
+            tries.remove(c, d, &mut st, !tight)?;
+            hashes.remove(c, d, b, &mut st, !tight)?;
+            self.set_config(flags, final_mask)?;
+            return Ok(st);
+        }
         // The LPM tries (per-element syscalls) and the hash maps (batch)
         // are written on two threads: different maps, and the kernel work
         // of each is CPU-bound. Removals start only once every add landed.
         let (hash_up, lpm_up) = both(
             || -> Result<SyncStats> {
                 let mut st = SyncStats::default();
-                hashes.upsert(c, d, b, &mut st)?;
+                hashes.upsert(c, d, b, &mut st, all)?;
                 Ok(st)
             },
             || -> Result<SyncStats> {
                 let mut st = SyncStats::default();
-                tries.upsert(c, d, &mut st)?;
+                tries.upsert(c, d, &mut st, all)?;
                 Ok(st)
             },
         );
-        let mut st = merge_stats(hash_up?, lpm_up?);
+        st = merge_stats(st, merge_stats(hash_up?, lpm_up?));
         let (hash_rm, lpm_rm) = both(
             || -> Result<SyncStats> {
                 let mut st = SyncStats::default();
-                hashes.remove(c, d, b, &mut st)?;
+                hashes.remove(c, d, b, &mut st, all)?;
                 Ok(st)
             },
             || -> Result<SyncStats> {
                 let mut st = SyncStats::default();
-                tries.remove(c, d, &mut st)?;
+                tries.remove(c, d, &mut st, all)?;
                 Ok(st)
             },
         );

@@ -18,4 +18,4 @@ pub mod guard;
 pub use desired::{
     DesiredState, FeedCounts, FeedSnapshot, KindCounts, Provenance, RejectedEntry, merge,
 };
-pub use guard::{GuardDecision, HeldShrink, ShrinkGuard};
+pub use guard::{GuardDecision, HeldShrink, ShrinkGuard, shrink_fraction};
