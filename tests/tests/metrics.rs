@@ -266,16 +266,19 @@ fn metrics_simple_agent() {
     assert_eq!(value(&after, &m("PREFIX_V4"), &body), 1.0);
     assert_eq!(value(&after, "edge_filter_desired_entries", &body), 2.0);
 
-    // A second agent asking for the same, taken, address refuses to start.
-    let other = lab.edge_filter(&[
-        "run",
-        "--iface",
-        RECEIVER_IF,
-        "--blocklist",
-        list.to_str().unwrap(),
-        "--metrics-listen",
-        &listen,
-    ]);
+    // A second agent (on other pins: the same ones are refused by the
+    // one-agent-per-interface lock first) asking for the same, taken,
+    // address refuses to start, before it touches the kernel.
+    let other_pins = lab.bpffs.with_extension("other");
+    let other = lab
+        .edge_filter_cmd()
+        .args(["run", "--iface", RECEIVER_IF, "--blocklist"])
+        .arg(&list)
+        .args(["--metrics-listen", &listen, "--bpffs"])
+        .arg(&other_pins)
+        .output()
+        .expect("run edge-filter");
+    assert!(!other_pins.exists(), "pins made before the port was bound");
     let err = String::from_utf8_lossy(&other.stderr);
     assert!(
         !other.status.success(),

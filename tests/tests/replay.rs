@@ -868,7 +868,11 @@ fn live_needs_root() {
         return;
     }
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("--live: needs root"), "{err}");
+    assert!(
+        err.contains("edge-filter replay --live needs CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------
