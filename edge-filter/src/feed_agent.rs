@@ -307,9 +307,12 @@ impl FeedAgent {
                 Ok(Some(lkg)) => {
                     h.rejected_lines = lkg.rejected_lines;
                     h.from_last_known_good = true;
+                    let distinct: std::collections::HashSet<_> =
+                        lkg.entries.iter().map(|e| e.entry.key()).collect();
                     log::info!(
-                        "feed {}: {} entries from last-known-good copy of {}",
+                        "feed {}: {} distinct entries ({} listed) from last-known-good copy of {}",
                         f.name,
+                        distinct.len(),
                         lkg.entries.len(),
                         lkg.fetched_at
                     );
