@@ -178,6 +178,12 @@ pub struct Safety {
     /// IPv6 prefixes shorter than this are rejected unless the feed has
     /// `allow_broad`. Default 32.
     pub broadest_v6: u8,
+    /// A copy of a feed where more than this fraction of the data lines
+    /// (or STIX objects) is rejected is a failed fetch: the last-known-good
+    /// copy stays enforced and the bad copy is never saved. A copy where
+    /// nothing parses always fails. In [0, 1]; a feed's own
+    /// `max_rejected_share` overrides it. Default 0.5.
+    pub max_rejected_share: f64,
 }
 
 impl Default for Safety {
@@ -187,6 +193,7 @@ impl Default for Safety {
             hold_refreshes: 3,
             broadest_v4: 8,
             broadest_v6: 32,
+            max_rejected_share: 0.5,
         }
     }
 }
@@ -502,7 +509,7 @@ impl CsvConfig {
 }
 
 /// One `[[feed]]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
     /// Unique name, `[a-z0-9_-]`, 1-64 characters (it names state files).
@@ -539,6 +546,9 @@ pub struct FeedConfig {
     /// TCP address+port entry. Default false (broader than the URL).
     #[serde(default)]
     pub url_ip_hosts: bool,
+    /// This feed's `[safety] max_rejected_share`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rejected_share: Option<f64>,
 }
 
 impl FeedConfig {
@@ -550,7 +560,15 @@ impl FeedConfig {
             action: self.action,
             csv: self.csv.as_ref().map(CsvConfig::mapping),
             url_ip_hosts: self.url_ip_hosts,
+            // Known only once the body is fetched.
+            end_unproven: false,
         }
+    }
+
+    /// The largest share of rejected lines a usable copy of this feed may
+    /// have (its own `max_rejected_share`, else `[safety]`'s).
+    pub fn max_rejected_share(&self, safety: &Safety) -> f64 {
+        self.max_rejected_share.unwrap_or(safety.max_rejected_share)
     }
 
     /// Whether the feed's addresses join the allowlist.
@@ -691,6 +709,12 @@ impl Config {
                 s.broadest_v6
             ));
         }
+        if !(0.0..=1.0).contains(&s.max_rejected_share) {
+            p.push(format!(
+                "[safety] max_rejected_share = {} is out of range (0 to 1)",
+                s.max_rejected_share
+            ));
+        }
         let mut by_name: BTreeMap<&str, &FeedConfig> = BTreeMap::new();
         for f in &self.feeds {
             if !valid_feed_name(&f.name) {
@@ -789,6 +813,11 @@ fn feed_problems(f: &FeedConfig) -> Vec<String> {
     }
     if f.is_allow() && f.confidence_threshold.is_some() {
         p.push("confidence_threshold has no effect on an allow feed".to_string());
+    }
+    if let Some(x) = f.max_rejected_share
+        && !(0.0..=1.0).contains(&x)
+    {
+        p.push(format!("max_rejected_share = {x} is out of range (0 to 1)"));
     }
     p
 }
@@ -1095,7 +1124,7 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
             err("\n[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nrefesh = \"5m\"\n"),
             "test.toml:7:1: unknown field `refesh`, expected one of `name`, `source`, `format`, \
              `refresh`, `action`, `confidence_threshold`, `ttl`, `allow_broad`, `role`, `csv`, \
-             `url_ip_hosts` (at `refesh = \"5m\"`)"
+             `url_ip_hosts`, `max_rejected_share` (at `refesh = \"5m\"`)"
         );
         let e = err("[safety]\nmax_shrnk = 0.2\n");
         assert!(
@@ -1275,6 +1304,22 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
                 "[safety] broadest_v6 = 129 is out of range (0-128)",
             ),
             (
+                "[safety]\nmax_rejected_share = 1.01\n".to_string(),
+                "[safety] max_rejected_share = 1.01 is out of range (0 to 1)",
+            ),
+            (
+                "[safety]\nmax_rejected_share = -0.1\n".to_string(),
+                "[safety] max_rejected_share = -0.1 is out of range (0 to 1)",
+            ),
+            (
+                "[safety]\nmax_rejected_share = nan\n".to_string(),
+                "[safety] max_rejected_share = NaN is out of range (0 to 1)",
+            ),
+            (
+                feed("a", "max_rejected_share = 2"),
+                "feed 'a': max_rejected_share = 2 is out of range (0 to 1)",
+            ),
+            (
                 "[limits]\nmax_entries = 0\n".to_string(),
                 "[limits] max_entries must be greater than zero",
             ),
@@ -1373,6 +1418,18 @@ role = "allow"
     }
 
     #[test]
+    fn rejected_share_default_global_and_per_feed() {
+        let feeds = "[[feed]]\nname = \"a\"\nsource = \"file:/a\"\n\n[[feed]]\nname = \"b\"\nsource = \"file:/b\"\nmax_rejected_share = 0\n";
+        let c = cfg(feeds).unwrap();
+        assert_eq!(c.safety.max_rejected_share, 0.5);
+        assert_eq!(c.feeds[0].max_rejected_share(&c.safety), 0.5);
+        assert_eq!(c.feeds[1].max_rejected_share(&c.safety), 0.0);
+        let c = cfg(&format!("[safety]\nmax_rejected_share = 1\n{feeds}")).unwrap();
+        assert_eq!(c.feeds[0].max_rejected_share(&c.safety), 1.0);
+        assert_eq!(c.feeds[1].max_rejected_share(&c.safety), 0.0);
+    }
+
+    #[test]
     fn round_trips_through_toml() {
         let c =
             Config::from_str_named(include_str!("../../examples/edge-filter.toml"), "ex").unwrap();
@@ -1397,6 +1454,7 @@ role = "allow"
         assert!(c.feeds.iter().any(|f| f.confidence_threshold.is_some()));
         assert!(c.feeds.iter().any(|f| f.allow_broad));
         assert!(c.feeds.iter().any(|f| f.url_ip_hosts));
+        assert!(c.feeds.iter().any(|f| f.max_rejected_share.is_some()));
         assert!(c.feeds.iter().any(|f| f.is_allow()));
         assert!(!c.allowlist.entries.is_empty());
         // Every key of every table appears: the example is the reference.
@@ -1423,6 +1481,7 @@ role = "allow"
             "hold_refreshes",
             "broadest_v4",
             "broadest_v6",
+            "max_rejected_share",
             "entries",
             "feeds",
             "format",

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::config::{self, Config};
+use edge_filter::escape::{self, Escaped};
 use edge_filter::sync::check::{self, CheckReport, FeedStatus};
 use serde::Serialize;
 
@@ -19,8 +20,13 @@ use serde::Serialize;
 /// Never touches the kernel and never uses the network: http(s) feeds are
 /// listed as "not fetched (http)" and left out of the totals.
 ///
+/// A file: feed where no line parses, or where more rejected lines than
+/// [safety] max_rejected_share allows, is FAILED (the agent would keep its
+/// last-known-good copy), with its first rejected lines.
+///
 /// Exit status: 0 when everything loads; 1 when the configuration is
-/// invalid, a file: feed cannot be loaded, or a map would overflow.
+/// invalid, a file: feed cannot be loaded or is not usable, or a map would
+/// overflow.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CheckConfigArgs {
@@ -58,7 +64,7 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<()> {
                     settings: None,
                     report: None,
                 };
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                println!("{}", escape::json(serde_json::to_string_pretty(&out)?));
             }
             return Err(e.into());
         }
@@ -71,7 +77,7 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<()> {
             settings: Some(&cfg),
             report: Some(&report),
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", escape::json(serde_json::to_string_pretty(&out)?));
     } else {
         print_text(&cfg, &report);
     }
@@ -145,8 +151,10 @@ fn print_text(cfg: &Config, r: &CheckReport) {
             FeedStatus::Failed => {
                 println!(
                     "  FAILED: {}",
-                    f.error.as_deref().unwrap_or("unknown error")
+                    Escaped(f.error.as_deref().unwrap_or("unknown error"))
                 );
+                // Refused for its rejected lines: show them.
+                print_examples(&f.rejected_examples, f.rejected_lines, "rejected");
                 continue;
             }
             FeedStatus::Loaded => {}
@@ -242,7 +250,7 @@ fn print_text(cfg: &Config, r: &CheckReport) {
         r.rejected_entries.len()
     );
     for x in r.rejected_entries.iter().take(check::EXAMPLES) {
-        println!("    {}: {}: {}", x.feed, x.entry, x.reason);
+        println!("    {}: {}: {}", x.feed, x.entry, Escaped(&x.reason));
     }
     if r.rejected_entries.len() > check::EXAMPLES {
         println!(
@@ -267,7 +275,7 @@ fn print_examples(examples: &[String], total: usize, what: &str) {
     }
     println!("  first {what}:");
     for e in examples {
-        println!("    {e}");
+        println!("    {}", Escaped(e));
     }
     if total > examples.len() {
         println!("    ... and {} more", total - examples.len());

@@ -94,6 +94,11 @@ pub struct RunArgs {
         conflicts_with = "config"
     )]
     pub max_shrink: f64,
+    /// Refuse a reload where more than this share of the lines are rejected
+    /// (or none parses): the previous entries stay enforced. With --config
+    /// use [safety] max_rejected_share.
+    #[arg(long, default_value_t = 0.5, value_name = "SHARE", conflicts_with = "config")]
+    pub max_rejected_share: f64,
     /// Entry ids with their own hit counters (`top`, `explain`); hits on
     /// higher ids are counted together as overflow. Memory: N x 24 bytes x
     /// possible CPUs.
@@ -126,6 +131,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     if a.poll_seconds.is_nan() || a.poll_seconds <= 0.0 {
         anyhow::bail!("--poll-seconds must be positive");
     }
+    if !(0.0..=1.0).contains(&a.max_rejected_share) {
+        anyhow::bail!(
+            "--max-rejected-share {} is out of range (0 to 1)",
+            a.max_rejected_share
+        );
+    }
     if !(a.max_shrink > 0.0 && a.max_shrink <= 1.0) {
         anyhow::bail!(
             "--max-shrink {} is out of range (more than 0, at most 1)",
@@ -150,6 +161,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         poll: Duration::from_secs_f64(a.poll_seconds),
         metrics,
         max_shrink: a.max_shrink,
+        max_rejected_share: a.max_rejected_share,
     })
     .await?;
     Ok(())

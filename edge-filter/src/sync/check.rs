@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 
 use super::desired::{FeedCounts, FeedSnapshot, KindCounts, RejectedEntry, merge};
 use crate::config::{Config, FeedConfig, Role, Source};
+use crate::escape::Escaped;
 use crate::feeds::{self, FeedError, Format};
 
 /// How many rejected lines and ignored indicators a feed report quotes.
@@ -28,7 +29,8 @@ pub enum FeedStatus {
     /// An HTTP feed: check-config does not use the network.
     NotFetched,
     /// Could not be read, or refused as a whole (size or entry limit, not
-    /// JSON, unusable CSV header).
+    /// JSON, unusable CSV header, nothing parsed or too many lines
+    /// rejected: the agent would keep its last-known-good copy).
     Failed,
 }
 
@@ -66,13 +68,15 @@ pub struct FeedReport {
     pub counts: FeedCounts,
     /// Malformed lines or objects.
     pub rejected_lines: usize,
-    /// The first few of them, `line N: reason: text`.
+    /// The first few of them, `line N: reason: text` (control characters
+    /// escaped).
     pub rejected_examples: Vec<String>,
     /// Well-formed indicators a source-address filter cannot express.
     pub unsupported: usize,
     /// Revoked or already expired indicators.
     pub skipped: usize,
-    /// The first few unsupported or skipped indicators, with the reason.
+    /// The first few unsupported or skipped indicators, with the reason
+    /// (control characters escaped).
     pub ignored_examples: Vec<String>,
 }
 
@@ -284,8 +288,20 @@ fn check_feed(
         .ignored
         .iter()
         .take(EXAMPLES)
-        .map(|x| format!("{unit} {}: {}: {}", x.index, x.reason, x.text))
+        .map(|x| {
+            format!(
+                "{unit} {}: {}: {}",
+                x.index,
+                Escaped(&x.reason),
+                Escaped(&x.text)
+            )
+        })
         .collect();
+    // A copy the agent would refuse is reported with its rejected lines
+    // and left out of the totals, as the agent leaves it out.
+    if let Err(e) = parse.usable(f.max_rejected_share(&cfg.safety), format) {
+        return fail(r, e.to_string());
+    }
     let snapshot = FeedSnapshot {
         feed: f.name.clone(),
         entries: parse.entries,
@@ -453,6 +469,71 @@ role = "allow"
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["feeds"][2]["status"], "not_fetched");
         assert_eq!(json["maps"][2]["map"], edge_filter_common::MAP_ADDR_V4);
+    }
+
+    /// A feed with duplicates and a bad line counts distinct entries; a
+    /// feed where nothing parses, or where too many lines are rejected, is
+    /// FAILED (as the agent would refuse it) with its rejected lines shown,
+    /// and left out of the totals.
+    #[test]
+    fn distinct_counts_and_unusable_copies() {
+        let d = TempDir::new("unusable");
+        let dups = d.write(
+            "dups.txt",
+            "203.0.113.1\n203.0.113.1\n203.0.113.2\nbogus\n203.0.113.2\n",
+        );
+        let html = d.write(
+            "html.txt",
+            "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\x1b[2J</body>\n</html>\n",
+        );
+        let mostly = d.write(
+            "mostly.txt",
+            &format!(
+                "198.51.100.1\n198.51.100.2\n198.51.100.3\n{}",
+                "junk\n".repeat(7)
+            ),
+        );
+        let text = format!(
+            "[[interface]]\nname = \"e\"\n[[feed]]\nname = \"dups\"\nsource = \"file:{dups}\"\n[[feed]]\nname = \"html\"\nsource = \"file:{html}\"\n[[feed]]\nname = \"mostly\"\nsource = \"file:{mostly}\"\n[[feed]]\nname = \"lenient\"\nsource = \"file:{mostly}\"\nmax_rejected_share = 0.8\n"
+        );
+        let cfg = Config::from_str_named(&text, "c").unwrap();
+        let r = check(&cfg, "c", NOW);
+        let f = &r.feeds[0];
+        assert_eq!(f.status, FeedStatus::Loaded);
+        assert_eq!(
+            (f.parsed, f.counts.entries, f.rejected_lines),
+            (4, 2, 1),
+            "{f:?}"
+        );
+        let h = &r.feeds[1];
+        assert_eq!(h.status, FeedStatus::Failed);
+        assert_eq!(
+            h.error.as_deref(),
+            Some(
+                "0 of 4 lines parsed (every one rejected; line 1: invalid address '<html>': <html>)"
+            )
+        );
+        assert_eq!(h.rejected_lines, 4);
+        assert_eq!(h.counts.entries, 0, "left out of the totals");
+        assert!(
+            h.rejected_examples[2].ends_with("<body>\\x1b[2J</body>"),
+            "escaped: {:?}",
+            h.rejected_examples
+        );
+        let m = &r.feeds[2];
+        assert_eq!(m.status, FeedStatus::Failed);
+        assert!(
+            m.error
+                .as_deref()
+                .unwrap()
+                .starts_with("rejected 70% of lines (7 of 10, limit 50%; first: line 4: "),
+            "{m:?}"
+        );
+        assert_eq!(r.feeds[3].status, FeedStatus::Loaded, "its own limit");
+        assert_eq!(r.feeds[3].counts.entries, 3);
+        assert_eq!(r.failed().count(), 2);
+        // The totals: dups' 2 and lenient's 3.
+        assert_eq!(r.entries, 5);
     }
 
     #[test]
