@@ -71,6 +71,7 @@ pub fn open_pinned(paths: &Paths, iface: &str) -> Result<EntryMaps> {
             path: paths.iface_dir(iface),
         });
     }
+    paths.check_iface(iface)?;
     EntryMaps::from_fn(|name| open_map(&paths.map(iface, name)))
         .map_err(|e| incompatible_pins(paths, iface).unwrap_or(e))
 }
@@ -136,6 +137,8 @@ pub fn attach_or_adopt(
 ) -> Result<Attachment> {
     ifindex(iface)?;
     paths.ensure()?;
+    // Pins another user could have replaced are neither adopted nor removed.
+    paths.check_iface(iface)?;
     if paths.link(iface).exists() {
         // Validate the link pin before trusting it.
         PinnedLink::from_pin(paths.link(iface)).map_err(|e| Error::Pin {
@@ -155,10 +158,7 @@ pub fn attach_or_adopt(
     remove_pins(paths, iface)?;
     let mut ebpf = program::load(caps)?;
     let dir = paths.maps_dir(iface);
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Pin {
-        op: format!("creating {}", dir.display()),
-        source,
-    })?;
+    paths.create_iface_dirs(iface)?;
     let result = (|| {
         EntryMaps::pin_all(&ebpf, &dir)?;
         let mut maps = open_pinned(paths, iface)?;
@@ -247,6 +247,7 @@ pub fn detach(paths: &Paths, iface: &str) -> Result<()> {
             path: paths.iface_dir(iface),
         });
     }
+    paths.check_iface(iface)?;
     if link.exists() {
         let pinned = PinnedLink::from_pin(&link).map_err(|e| Error::Pin {
             op: format!("opening pinned link {}", link.display()),

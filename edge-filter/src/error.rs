@@ -128,6 +128,10 @@ pub enum Error {
     /// Loading the object failed for a reason other than the verifier.
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
+    /// A pin directory or pin that another user could write (see
+    /// [`crate::trust`]): refused, with the command that fixes it.
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::TrustError),
     /// Pinning or unpinning failed.
     #[error("{op}: {source}")]
     Pin {

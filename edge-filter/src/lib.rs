@@ -5,7 +5,8 @@
 //! (the feed-driven agent), [`mod@reference`] (the plain-Rust classifier the kernel
 //! program is tested against), [`program`] (the embedded XDP object),
 //! [`maps`] (what the maps must hold and syncing them), [`testrun`]
-//! (classifying packets in the kernel without an interface).
+//! (classifying packets in the kernel without an interface), [`trust`]
+//! (refusing paths another user could write).
 pub mod agent;
 pub mod attach;
 pub mod batch;
@@ -30,3 +31,4 @@ pub mod replay;
 pub mod state;
 pub mod sync;
 pub mod testrun;
+pub mod trust;
