@@ -151,6 +151,11 @@ struct Dir(std::path::PathBuf);
 impl Dir {
     fn new(tag: &str) -> Dir {
         use std::os::unix::fs::PermissionsExt;
+        // Files written here must not be writable by others whatever the
+        // umask the tests started with: check-config would (rightly) flag
+        // them.
+        // SAFETY: umask cannot fail; it only sets the process's mask.
+        unsafe { libc::umask(0o022) };
         let d = std::env::temp_dir().join(format!("ef-cli-cc-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
