@@ -316,6 +316,8 @@ fn user(uid: u32) -> String {
 }
 
 fn user_name(uid: u32) -> Option<String> {
+    // SAFETY: passwd is plain old data (integers and pointers); all zero is
+    // a valid value that getpwuid_r overwrites.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 4096];
     let mut out: *mut libc::passwd = std::ptr::null_mut();
@@ -1019,9 +1021,7 @@ mod tests {
         let pins = s.0.join("pins");
         create_dir(&pins, Role::PinRoot).unwrap();
         assert_eq!(mode(&pins) & 0o022, 0);
-        // A dangling link planted where a directory is to be made: the
-        // link's target is not created through it when the link is not
-        // trusted, and a directory that is not ours is refused.
+        // Nothing is created below a directory others can write.
         let world = s.dir("world", 0o777);
         let e = create_dir(&world.join("state"), Role::StateDir).unwrap_err();
         assert!(matches!(e, TrustError::Writable { .. }), "{e}");
