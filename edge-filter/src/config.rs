@@ -618,15 +618,17 @@ pub struct Config {
 }
 
 impl Config {
-    /// Read, parse and validate `path`. Relative `file:` sources are made
-    /// relative to the file's directory (the agent's working directory is
-    /// usually `/`, not where the config lives).
+    /// Read, parse and validate `path`. Every relative path in it
+    /// (`state_dir`, `bpffs`, `file:` sources) is made relative to the
+    /// file's directory, made absolute: the agent's working directory is
+    /// usually `/`, not where the config lives, and one rule for every path
+    /// is the one nobody has to remember.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         load(path)
     }
 
-    /// Parse and validate `text`; `name` labels errors. Relative `file:`
-    /// sources stay relative (to the working directory).
+    /// Parse and validate `text`; `name` labels errors. Relative paths stay
+    /// relative (to the working directory).
     pub fn from_str_named(text: &str, name: &str) -> Result<Config, ConfigError> {
         Self::parse(text, name, None)
     }
@@ -634,12 +636,14 @@ impl Config {
     fn parse(text: &str, name: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| syntax(name, text, &e))?;
         if let Some(base) = base {
+            let mut paths: Vec<&mut PathBuf> = vec![&mut cfg.state_dir, &mut cfg.bpffs];
             for f in &mut cfg.feeds {
-                if let Source::File(p) = &mut f.source
-                    && p.is_relative()
-                {
-                    *p = base.join(&*p);
+                if let Source::File(p) = &mut f.source {
+                    paths.push(p);
                 }
+            }
+            for p in paths.into_iter().filter(|p| p.is_relative()) {
+                *p = base.join(&*p);
             }
         }
         let problems = cfg.validate();
@@ -697,17 +701,23 @@ impl Config {
         if s.hold_refreshes == 0 {
             p.push("[safety] hold_refreshes must be at least 1".to_string());
         }
-        if s.broadest_v4 > 32 {
-            p.push(format!(
-                "[safety] broadest_v4 = {} is out of range (0-32)",
-                s.broadest_v4
-            ));
-        }
-        if s.broadest_v6 > 128 {
-            p.push(format!(
-                "[safety] broadest_v6 = {} is out of range (0-128)",
-                s.broadest_v6
-            ));
+        for (key, value, max, everything) in [
+            ("broadest_v4", s.broadest_v4, 32, "0.0.0.0/0"),
+            ("broadest_v6", s.broadest_v6, 128, "::/0"),
+        ] {
+            if value > max {
+                p.push(format!(
+                    "[safety] {key} = {value} is out of range (1-{max})"
+                ));
+            } else if value == 0 {
+                // Refused rather than warned about: 0 turns the breadth
+                // check off for every feed, so one bad line (`{everything}`)
+                // blocks every source; a feed that really lists broad
+                // prefixes says so itself with allow_broad.
+                p.push(format!(
+                    "[safety] {key} = 0 turns the breadth check off: any feed line such as {everything} would block every source (set allow_broad = true on the feeds that may list broad prefixes instead)"
+                ));
+            }
         }
         if !(0.0..=1.0).contains(&s.max_rejected_share) {
             p.push(format!(
@@ -763,6 +773,39 @@ impl Config {
         p
     }
 
+    /// Settings that are valid but weaken a safety net, one message each
+    /// naming the key (empty when none). `check-config` prints them and the
+    /// agent logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let s = &self.safety;
+        let d = Safety::default();
+        if s.max_shrink >= 1.0 {
+            w.push(format!(
+                "[safety] max_shrink = {} turns the shrink guard off: an empty or truncated download removes all of a feed's entries at once (default {})",
+                s.max_shrink, d.max_shrink
+            ));
+        }
+        if s.hold_refreshes == 1 {
+            w.push(format!(
+                "[safety] hold_refreshes = 1 applies a shrink on its first sighting, so the shrink guard never holds one (default {})",
+                d.hold_refreshes
+            ));
+        }
+        for (key, value, default, bits) in [
+            ("broadest_v4", s.broadest_v4, d.broadest_v4, 32u32),
+            ("broadest_v6", s.broadest_v6, d.broadest_v6, 128),
+        ] {
+            if value > 0 && value < default {
+                w.push(format!(
+                    "[safety] {key} = {value} lets any feed block a /{value} (2^{} addresses) by one line (default {default}; prefer allow_broad = true on the feeds that need broad prefixes)",
+                    bits - u32::from(value)
+                ));
+            }
+        }
+        w
+    }
+
     /// The feed called `name`.
     pub fn feed(&self, name: &str) -> Option<&FeedConfig> {
         self.feeds.iter().find(|f| f.name == name)
@@ -781,8 +824,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         file: name.clone(),
         source,
     })?;
-    let base = path.parent().filter(|p| !p.as_os_str().is_empty());
-    Config::parse(&text, &name, base)
+    // The directory of `path`, absolute (`c.toml` is in the working
+    // directory).
+    let base = std::path::absolute(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    Config::parse(&text, &name, base.as_deref())
 }
 
 /// Problems of one feed on its own (prefixed with the feed by the caller).
@@ -1109,12 +1156,87 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
         let c = load(&path).unwrap();
         assert_eq!(c.feeds[0].source, Source::File(dir.join("feeds/a.txt")));
         assert_eq!(c.feeds[1].source, Source::File("/abs/b.txt".into()));
+        // Defaults are absolute already.
+        assert_eq!(c.state_dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(c.bpffs, Path::new(crate::paths::DEFAULT_ROOT));
         std::fs::remove_dir_all(&dir).unwrap();
         let missing = dir.join("nope.toml");
         let e = load(&missing).unwrap_err().to_string();
         assert!(
             e.starts_with(&format!("{}: cannot read: ", missing.display())),
             "{e}"
+        );
+    }
+
+    /// state_dir and bpffs follow the same rule as file: sources: relative
+    /// to the config's directory, whatever the working directory, also when
+    /// the config itself is named by a relative path.
+    #[test]
+    fn every_relative_path_follows_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("ef-config-rel-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let text = "state_dir = \"state\"\nbpffs = \"../pins\"\n[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"a\"\nsource = \"file:feeds/a.txt\"\n";
+        let path = dir.join("sub/c.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = load(&path).unwrap();
+        let sub = dir.join("sub");
+        assert_eq!(c.state_dir, sub.join("state"));
+        assert_eq!(c.bpffs, sub.join("../pins"));
+        assert_eq!(c.feeds[0].source, Source::File(sub.join("feeds/a.txt")));
+        // A config named by a path relative to the working directory
+        // resolves the same, to absolute paths (spelt through `..` here:
+        // tests run in parallel, so the working directory stays).
+        let cwd = std::env::current_dir().unwrap();
+        let up = "../".repeat(cwd.components().count() - 1);
+        let rel = PathBuf::from(format!("{up}{}", path.strip_prefix("/").unwrap().display()));
+        assert!(rel.is_relative());
+        let c2 = load(&rel).unwrap();
+        assert!(c2.state_dir.is_absolute() && c2.bpffs.is_absolute());
+        assert!(
+            c2.state_dir.ends_with("sub/state"),
+            "{}",
+            c2.state_dir.display()
+        );
+        assert_eq!(
+            c2.state_dir.parent().unwrap().canonicalize().unwrap(),
+            sub.canonicalize().unwrap()
+        );
+        // Absolute paths are kept.
+        std::fs::write(
+            &path,
+            "state_dir = \"/var/lib/x\"\n[[interface]]\nname = \"eth0\"\n",
+        )
+        .unwrap();
+        assert_eq!(load(&path).unwrap().state_dir, Path::new("/var/lib/x"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        // from_str_named has no file: paths stay as written.
+        let c = Config::from_str_named("state_dir = \"s\"\n[[interface]]\nname = \"e\"\n", "x")
+            .unwrap();
+        assert_eq!(c.state_dir, Path::new("s"));
+    }
+
+    #[test]
+    fn safety_values_that_weaken_the_guards_are_warned_about() {
+        assert!(cfg("").unwrap().warnings().is_empty());
+        assert!(
+            cfg("[safety]\nmax_shrink = 0.9\nhold_refreshes = 2\nbroadest_v4 = 16\nbroadest_v6 = 48\n")
+                .unwrap()
+                .warnings()
+                .is_empty()
+        );
+        let w = cfg(
+            "[safety]\nmax_shrink = 1.0\nhold_refreshes = 1\nbroadest_v4 = 4\nbroadest_v6 = 16\n",
+        )
+        .unwrap()
+        .warnings();
+        assert_eq!(
+            w,
+            [
+                "[safety] max_shrink = 1 turns the shrink guard off: an empty or truncated download removes all of a feed's entries at once (default 0.5)",
+                "[safety] hold_refreshes = 1 applies a shrink on its first sighting, so the shrink guard never holds one (default 3)",
+                "[safety] broadest_v4 = 4 lets any feed block a /4 (2^28 addresses) by one line (default 8; prefer allow_broad = true on the feeds that need broad prefixes)",
+                "[safety] broadest_v6 = 16 lets any feed block a /16 (2^112 addresses) by one line (default 32; prefer allow_broad = true on the feeds that need broad prefixes)",
+            ]
         );
     }
 
@@ -1297,11 +1419,19 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
             ),
             (
                 "[safety]\nbroadest_v4 = 33\n".to_string(),
-                "[safety] broadest_v4 = 33 is out of range (0-32)",
+                "[safety] broadest_v4 = 33 is out of range (1-32)",
             ),
             (
                 "[safety]\nbroadest_v6 = 129\n".to_string(),
-                "[safety] broadest_v6 = 129 is out of range (0-128)",
+                "[safety] broadest_v6 = 129 is out of range (1-128)",
+            ),
+            (
+                "[safety]\nbroadest_v4 = 0\n".to_string(),
+                "[safety] broadest_v4 = 0 turns the breadth check off: any feed line such as 0.0.0.0/0 would block every source (set allow_broad = true on the feeds that may list broad prefixes instead)",
+            ),
+            (
+                "[safety]\nbroadest_v6 = 0\n".to_string(),
+                "[safety] broadest_v6 = 0 turns the breadth check off: any feed line such as ::/0 would block every source (set allow_broad = true on the feeds that may list broad prefixes instead)",
             ),
             (
                 "[safety]\nmax_rejected_share = 1.01\n".to_string(),

@@ -6,7 +6,8 @@
 //! program is tested against), [`program`] (the embedded XDP object),
 //! [`maps`] (what the maps must hold and syncing them), [`testrun`]
 //! (classifying packets in the kernel without an interface), [`escape`]
-//! (feed text made safe for logs and terminals).
+//! (feed text made safe for logs and terminals), [`trust`]
+//! (refusing paths another user could write).
 pub mod agent;
 pub mod attach;
 pub mod batch;
@@ -34,4 +35,5 @@ pub mod replay;
 pub mod state;
 pub mod sync;
 pub mod testrun;
+pub mod trust;
 pub mod watch;

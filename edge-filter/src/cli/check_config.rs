@@ -7,6 +7,7 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::config::{self, Config};
 use edge_filter::escape::{self, Escaped};
 use edge_filter::sync::check::{self, CheckReport, FeedStatus};
+use edge_filter::trust::{self, Role, TrustError};
 use serde::Serialize;
 
 /// Validate a configuration file and show what the agent would enforce.
@@ -24,9 +25,17 @@ use serde::Serialize;
 /// [safety] max_rejected_share allows, is FAILED (the agent would keep its
 /// last-known-good copy), with its first rejected lines.
 ///
+/// Also checks, without creating anything, that no other user can write
+/// the configuration file, the state_dir or the bpffs pin root (the agent
+/// refuses to start otherwise), and warns about file: feeds another user
+/// can write and about [safety] values that weaken a guard.
+///
+/// The verdict comes last, once: "FILE: configuration is valid" on stdout,
+/// or one error line on stderr listing every problem.
+///
 /// Exit status: 0 when everything loads; 1 when the configuration is
-/// invalid, a file: feed cannot be loaded or is not usable, or a map would
-/// overflow.
+/// invalid, a file: feed cannot be loaded or is not usable, a map would
+/// overflow, or the agent would refuse a path.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CheckConfigArgs {
@@ -43,9 +52,13 @@ pub struct CheckConfigArgs {
 
 #[derive(Serialize)]
 struct JsonOut<'a> {
+    /// The verdict: no problem at all (the exit status is 0).
     valid: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// Every problem, one line each (empty when valid).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    problems: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     settings: Option<&'a Config>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,6 +74,7 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<()> {
                 let out = JsonOut {
                     valid: false,
                     error: Some(e.to_string()),
+                    problems: Vec::new(),
                     settings: None,
                     report: None,
                 };
@@ -69,11 +83,17 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    let report = check::check(&cfg, &name, time::OffsetDateTime::now_utc());
+    let mut report = check::check(&cfg, &name, time::OffsetDateTime::now_utc());
+    // `run --config` refuses a configuration file another user could write.
+    if let Some(e) = config_file_problem(&a.file) {
+        report.path_problems.insert(0, e);
+    }
+    let problems = report.problems();
     if a.json {
         let out = JsonOut {
-            valid: true,
+            valid: problems.is_empty(),
             error: None,
+            problems: problems.clone(),
             settings: Some(&cfg),
             report: Some(&report),
         };
@@ -81,30 +101,40 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<()> {
     } else {
         print_text(&cfg, &report);
     }
-    let failed: Vec<&str> = report.failed().map(|f| f.name.as_str()).collect();
-    if !failed.is_empty() {
+    // The verdict, once, after every finding.
+    if !problems.is_empty() {
         anyhow::bail!(
-            "{name}: {} feed(s) could not be loaded: {}",
-            failed.len(),
-            failed.join(", ")
+            "{name}: configuration has {} problem{}: {}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("; ")
         );
     }
-    let over: Vec<String> = report
-        .over_capacity()
-        .map(|m| format!("{} ({} > {})", m.map, m.entries, m.capacity))
-        .collect();
-    if !over.is_empty() {
-        anyhow::bail!(
-            "{name}: maps would overflow (raise [capacities]): {}",
-            over.join(", ")
-        );
+    if !a.json {
+        match report.warnings.len() {
+            0 => println!("{name}: configuration is valid"),
+            n => println!(
+                "{name}: configuration is valid, with {n} warning{} above",
+                if n == 1 { "" } else { "s" }
+            ),
+        }
     }
     Ok(())
 }
 
+/// Why `run --config FILE` would refuse `file` ([`trust::check_file`]),
+/// `None` when it would not (or the file cannot be looked at: loading it
+/// then already failed).
+fn config_file_problem(file: &std::path::Path) -> Option<String> {
+    match trust::check_file(file, Role::Config) {
+        Ok(()) | Err(TrustError::Io { .. }) => None,
+        Err(e) => Some(e.to_string()),
+    }
+}
+
 fn print_text(cfg: &Config, r: &CheckReport) {
     let d = |t: std::time::Duration| humantime_serde::re::humantime::format_duration(t).to_string();
-    println!("{}: configuration is valid", r.config);
+    println!("configuration file {}", r.config);
     println!("  interfaces: {}", r.interfaces.join(", "));
     println!(
         "  state_dir {}, bpffs {}, reconcile every {}, malformed packets: {}",
@@ -266,6 +296,13 @@ fn print_text(cfg: &Config, r: &CheckReport) {
     }
     if r.incomplete {
         println!("note: http(s) feeds were not fetched; the totals do not include them");
+    }
+    if !r.warnings.is_empty() {
+        println!();
+        println!("warnings:");
+        for w in &r.warnings {
+            println!("  {w}");
+        }
     }
 }
 

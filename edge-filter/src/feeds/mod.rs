@@ -226,9 +226,13 @@ impl FeedParse {
         } else {
             ("line", "lines")
         };
-        Unusable::check(self.records, self.rejected.len(), max_rejected_share, unit, || {
-            format!("{one} {}", self.rejected[0])
-        })
+        Unusable::check(
+            self.records,
+            self.rejected.len(),
+            max_rejected_share,
+            unit,
+            || format!("{one} {}", self.rejected[0]),
+        )
     }
 }
 
