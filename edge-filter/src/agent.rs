@@ -50,6 +50,10 @@ pub struct RunOptions {
     /// emptied or truncated file looks exactly like this). In (0, 1]; 1
     /// never holds.
     pub max_shrink: f64,
+    /// A reload where more than this share of the lines are rejected (or
+    /// none parses) is refused: the previous entries stay enforced, as for
+    /// a feed ([`crate::feeds::Unusable`]). In [0, 1].
+    pub max_rejected_share: f64,
 }
 
 /// The name the blocklist file goes by in status and metrics (where the
@@ -211,7 +215,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         health: FeedHealth {
             name: BLOCKLIST_FEED.to_string(),
             source: opts.blocklist.display().to_string(),
-            entries: loaded.set.entries.len(),
+            entries: distinct(&loaded.set),
             rejected_lines: loaded.errors.len(),
             last_attempt: Some(time::OffsetDateTime::now_utc()),
             last_success: Some(time::OffsetDateTime::now_utc()),
@@ -297,6 +301,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
+/// Distinct entries of a set (a file may list one twice).
+fn distinct(set: &EntrySet) -> usize {
+    set.entries
+        .iter()
+        .map(|e| (e.net.trunc(), e.port))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
 /// The blocklist agent's state between events.
 struct BlocklistAgent {
     status: Status,
@@ -326,6 +339,22 @@ impl BlocklistAgent {
         let at = time::OffsetDateTime::now_utc();
         self.health.last_attempt = Some(at);
         self.health.last_error = None;
+        // A file where nothing (or too little) parses is not a blocklist:
+        // keep what is enforced.
+        let records = l.set.entries.len() + l.set.allow.len();
+        if let Err(e) = crate::feeds::Unusable::check(
+            records,
+            l.errors.len(),
+            opts.max_rejected_share,
+            "lines",
+            || l.errors[0].to_string(),
+        ) {
+            log::error!("reload refused, previous entries stay enforced: {e}");
+            self.health.last_error = Some(e.to_string());
+            self.health.consecutive_failures += 1;
+            return;
+        }
+        self.health.consecutive_failures = 0;
         let (prev, new) = (self.set.entries.len(), l.set.entries.len());
         let fraction = shrink_fraction(prev, new);
         if !forced && fraction > opts.max_shrink {
@@ -355,7 +384,7 @@ impl BlocklistAgent {
                     m.observe_sync(t.elapsed().as_secs_f64());
                 }
                 self.health.last_success = Some(at);
-                self.health.entries = l.set.entries.len();
+                self.health.entries = distinct(&l.set);
                 self.health.rejected_lines = l.errors.len();
                 log::info!(
                     "reloaded: {} added, {} changed, {} removed, {} lines rejected",

@@ -235,6 +235,7 @@ pub fn open_pinned(paths: &Paths, iface: &str) -> Result<EntryMaps> {
             path: paths.iface_dir(iface),
         });
     }
+    paths.check_iface(iface)?;
     EntryMaps::from_fn(|name| open_map(&paths.map(iface, name)))
         .map_err(|e| incompatible_pins(paths, iface).unwrap_or(e))
 }
@@ -301,6 +302,8 @@ pub fn attach_or_adopt(
     ifindex(iface)?;
     let root_existed = paths.root().exists();
     paths.ensure()?;
+    // Pins another user could have replaced are neither adopted nor removed.
+    paths.check_iface(iface)?;
     if paths.link(iface).exists() {
         // Adopt only a link that is in force: one left behind by an
         // interface that was deleted (and perhaps created again) filters
@@ -326,10 +329,7 @@ pub fn attach_or_adopt(
     remove_pins(paths, iface)?;
     let mut ebpf = program::load(caps)?;
     let dir = paths.maps_dir(iface);
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Pin {
-        op: format!("creating {}", dir.display()),
-        source,
-    })?;
+    paths.create_iface_dirs(iface)?;
     let result = (|| {
         EntryMaps::pin_all(&ebpf, &dir)?;
         let mut maps = open_pinned(paths, iface)?;
@@ -475,6 +475,7 @@ pub fn detach(paths: &Paths, iface: &str) -> Result<()> {
             path: paths.iface_dir(iface),
         });
     }
+    paths.check_iface(iface)?;
     if link.exists() {
         // Ask the kernel first: a plain errno says whether privileges lack.
         obj_get(&link).map_err(|source| {

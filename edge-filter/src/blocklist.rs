@@ -37,6 +37,7 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 use crate::entry::{Action, Entry, PortMatch, Proto, Side};
+use crate::escape::Escaped;
 
 /// Longest accepted line, in bytes (without the line terminator).
 pub const MAX_LINE_LEN: usize = 4096;
@@ -122,9 +123,10 @@ pub enum EntryError {
 
 /// One bad line.
 ///
-/// Displays as `FILE:LINE: REASON: TEXT`.
+/// Displays as `FILE:LINE: REASON: TEXT`, with control characters of the
+/// reason and text escaped (see [`crate::escape`]).
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
-#[error("{file}:{line}: {reason}: {text}")]
+#[error("{file}:{line}: {}: {}", Escaped(reason), Escaped(text))]
 pub struct LineError {
     /// The file name given to the parser.
     pub file: String,

@@ -178,6 +178,12 @@ pub struct Safety {
     /// IPv6 prefixes shorter than this are rejected unless the feed has
     /// `allow_broad`. Default 32.
     pub broadest_v6: u8,
+    /// A copy of a feed where more than this fraction of the data lines
+    /// (or STIX objects) is rejected is a failed fetch: the last-known-good
+    /// copy stays enforced and the bad copy is never saved. A copy where
+    /// nothing parses always fails. In [0, 1]; a feed's own
+    /// `max_rejected_share` overrides it. Default 0.5.
+    pub max_rejected_share: f64,
 }
 
 impl Default for Safety {
@@ -187,6 +193,7 @@ impl Default for Safety {
             hold_refreshes: 3,
             broadest_v4: 8,
             broadest_v6: 32,
+            max_rejected_share: 0.5,
         }
     }
 }
@@ -502,7 +509,7 @@ impl CsvConfig {
 }
 
 /// One `[[feed]]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
     /// Unique name, `[a-z0-9_-]`, 1-64 characters (it names state files).
@@ -539,6 +546,9 @@ pub struct FeedConfig {
     /// TCP address+port entry. Default false (broader than the URL).
     #[serde(default)]
     pub url_ip_hosts: bool,
+    /// This feed's `[safety] max_rejected_share`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rejected_share: Option<f64>,
 }
 
 impl FeedConfig {
@@ -550,7 +560,15 @@ impl FeedConfig {
             action: self.action,
             csv: self.csv.as_ref().map(CsvConfig::mapping),
             url_ip_hosts: self.url_ip_hosts,
+            // Known only once the body is fetched.
+            end_unproven: false,
         }
+    }
+
+    /// The largest share of rejected lines a usable copy of this feed may
+    /// have (its own `max_rejected_share`, else `[safety]`'s).
+    pub fn max_rejected_share(&self, safety: &Safety) -> f64 {
+        self.max_rejected_share.unwrap_or(safety.max_rejected_share)
     }
 
     /// Whether the feed's addresses join the allowlist.
@@ -600,15 +618,17 @@ pub struct Config {
 }
 
 impl Config {
-    /// Read, parse and validate `path`. Relative `file:` sources are made
-    /// relative to the file's directory (the agent's working directory is
-    /// usually `/`, not where the config lives).
+    /// Read, parse and validate `path`. Every relative path in it
+    /// (`state_dir`, `bpffs`, `file:` sources) is made relative to the
+    /// file's directory, made absolute: the agent's working directory is
+    /// usually `/`, not where the config lives, and one rule for every path
+    /// is the one nobody has to remember.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         load(path)
     }
 
-    /// Parse and validate `text`; `name` labels errors. Relative `file:`
-    /// sources stay relative (to the working directory).
+    /// Parse and validate `text`; `name` labels errors. Relative paths stay
+    /// relative (to the working directory).
     pub fn from_str_named(text: &str, name: &str) -> Result<Config, ConfigError> {
         Self::parse(text, name, None)
     }
@@ -616,12 +636,14 @@ impl Config {
     fn parse(text: &str, name: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| syntax(name, text, &e))?;
         if let Some(base) = base {
+            let mut paths: Vec<&mut PathBuf> = vec![&mut cfg.state_dir, &mut cfg.bpffs];
             for f in &mut cfg.feeds {
-                if let Source::File(p) = &mut f.source
-                    && p.is_relative()
-                {
-                    *p = base.join(&*p);
+                if let Source::File(p) = &mut f.source {
+                    paths.push(p);
                 }
+            }
+            for p in paths.into_iter().filter(|p| p.is_relative()) {
+                *p = base.join(&*p);
             }
         }
         let problems = cfg.validate();
@@ -679,16 +701,28 @@ impl Config {
         if s.hold_refreshes == 0 {
             p.push("[safety] hold_refreshes must be at least 1".to_string());
         }
-        if s.broadest_v4 > 32 {
-            p.push(format!(
-                "[safety] broadest_v4 = {} is out of range (0-32)",
-                s.broadest_v4
-            ));
+        for (key, value, max, everything) in [
+            ("broadest_v4", s.broadest_v4, 32, "0.0.0.0/0"),
+            ("broadest_v6", s.broadest_v6, 128, "::/0"),
+        ] {
+            if value > max {
+                p.push(format!(
+                    "[safety] {key} = {value} is out of range (1-{max})"
+                ));
+            } else if value == 0 {
+                // Refused rather than warned about: 0 turns the breadth
+                // check off for every feed, so one bad line (`{everything}`)
+                // blocks every source; a feed that really lists broad
+                // prefixes says so itself with allow_broad.
+                p.push(format!(
+                    "[safety] {key} = 0 turns the breadth check off: any feed line such as {everything} would block every source (set allow_broad = true on the feeds that may list broad prefixes instead)"
+                ));
+            }
         }
-        if s.broadest_v6 > 128 {
+        if !(0.0..=1.0).contains(&s.max_rejected_share) {
             p.push(format!(
-                "[safety] broadest_v6 = {} is out of range (0-128)",
-                s.broadest_v6
+                "[safety] max_rejected_share = {} is out of range (0 to 1)",
+                s.max_rejected_share
             ));
         }
         let mut by_name: BTreeMap<&str, &FeedConfig> = BTreeMap::new();
@@ -739,6 +773,39 @@ impl Config {
         p
     }
 
+    /// Settings that are valid but weaken a safety net, one message each
+    /// naming the key (empty when none). `check-config` prints them and the
+    /// agent logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let s = &self.safety;
+        let d = Safety::default();
+        if s.max_shrink >= 1.0 {
+            w.push(format!(
+                "[safety] max_shrink = {} turns the shrink guard off: an empty or truncated download removes all of a feed's entries at once (default {})",
+                s.max_shrink, d.max_shrink
+            ));
+        }
+        if s.hold_refreshes == 1 {
+            w.push(format!(
+                "[safety] hold_refreshes = 1 applies a shrink on its first sighting, so the shrink guard never holds one (default {})",
+                d.hold_refreshes
+            ));
+        }
+        for (key, value, default, bits) in [
+            ("broadest_v4", s.broadest_v4, d.broadest_v4, 32u32),
+            ("broadest_v6", s.broadest_v6, d.broadest_v6, 128),
+        ] {
+            if value > 0 && value < default {
+                w.push(format!(
+                    "[safety] {key} = {value} lets any feed block a /{value} (2^{} addresses) by one line (default {default}; prefer allow_broad = true on the feeds that need broad prefixes)",
+                    bits - u32::from(value)
+                ));
+            }
+        }
+        w
+    }
+
     /// The feed called `name`.
     pub fn feed(&self, name: &str) -> Option<&FeedConfig> {
         self.feeds.iter().find(|f| f.name == name)
@@ -757,8 +824,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         file: name.clone(),
         source,
     })?;
-    let base = path.parent().filter(|p| !p.as_os_str().is_empty());
-    Config::parse(&text, &name, base)
+    // The directory of `path`, absolute (`c.toml` is in the working
+    // directory).
+    let base = std::path::absolute(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    Config::parse(&text, &name, base.as_deref())
 }
 
 /// Problems of one feed on its own (prefixed with the feed by the caller).
@@ -789,6 +860,11 @@ fn feed_problems(f: &FeedConfig) -> Vec<String> {
     }
     if f.is_allow() && f.confidence_threshold.is_some() {
         p.push("confidence_threshold has no effect on an allow feed".to_string());
+    }
+    if let Some(x) = f.max_rejected_share
+        && !(0.0..=1.0).contains(&x)
+    {
+        p.push(format!("max_rejected_share = {x} is out of range (0 to 1)"));
     }
     p
 }
@@ -1080,6 +1156,9 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
         let c = load(&path).unwrap();
         assert_eq!(c.feeds[0].source, Source::File(dir.join("feeds/a.txt")));
         assert_eq!(c.feeds[1].source, Source::File("/abs/b.txt".into()));
+        // Defaults are absolute already.
+        assert_eq!(c.state_dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(c.bpffs, Path::new(crate::paths::DEFAULT_ROOT));
         std::fs::remove_dir_all(&dir).unwrap();
         let missing = dir.join("nope.toml");
         let e = load(&missing).unwrap_err().to_string();
@@ -1089,13 +1168,85 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
         );
     }
 
+    /// state_dir and bpffs follow the same rule as file: sources: relative
+    /// to the config's directory, whatever the working directory, also when
+    /// the config itself is named by a relative path.
+    #[test]
+    fn every_relative_path_follows_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("ef-config-rel-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let text = "state_dir = \"state\"\nbpffs = \"../pins\"\n[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"a\"\nsource = \"file:feeds/a.txt\"\n";
+        let path = dir.join("sub/c.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = load(&path).unwrap();
+        let sub = dir.join("sub");
+        assert_eq!(c.state_dir, sub.join("state"));
+        assert_eq!(c.bpffs, sub.join("../pins"));
+        assert_eq!(c.feeds[0].source, Source::File(sub.join("feeds/a.txt")));
+        // A config named by a path relative to the working directory
+        // resolves the same, to absolute paths (spelt through `..` here:
+        // tests run in parallel, so the working directory stays).
+        let cwd = std::env::current_dir().unwrap();
+        let up = "../".repeat(cwd.components().count() - 1);
+        let rel = PathBuf::from(format!("{up}{}", path.strip_prefix("/").unwrap().display()));
+        assert!(rel.is_relative());
+        let c2 = load(&rel).unwrap();
+        assert!(c2.state_dir.is_absolute() && c2.bpffs.is_absolute());
+        assert!(
+            c2.state_dir.ends_with("sub/state"),
+            "{}",
+            c2.state_dir.display()
+        );
+        assert_eq!(
+            c2.state_dir.parent().unwrap().canonicalize().unwrap(),
+            sub.canonicalize().unwrap()
+        );
+        // Absolute paths are kept.
+        std::fs::write(
+            &path,
+            "state_dir = \"/var/lib/x\"\n[[interface]]\nname = \"eth0\"\n",
+        )
+        .unwrap();
+        assert_eq!(load(&path).unwrap().state_dir, Path::new("/var/lib/x"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        // from_str_named has no file: paths stay as written.
+        let c = Config::from_str_named("state_dir = \"s\"\n[[interface]]\nname = \"e\"\n", "x")
+            .unwrap();
+        assert_eq!(c.state_dir, Path::new("s"));
+    }
+
+    #[test]
+    fn safety_values_that_weaken_the_guards_are_warned_about() {
+        assert!(cfg("").unwrap().warnings().is_empty());
+        assert!(
+            cfg("[safety]\nmax_shrink = 0.9\nhold_refreshes = 2\nbroadest_v4 = 16\nbroadest_v6 = 48\n")
+                .unwrap()
+                .warnings()
+                .is_empty()
+        );
+        let w = cfg(
+            "[safety]\nmax_shrink = 1.0\nhold_refreshes = 1\nbroadest_v4 = 4\nbroadest_v6 = 16\n",
+        )
+        .unwrap()
+        .warnings();
+        assert_eq!(
+            w,
+            [
+                "[safety] max_shrink = 1 turns the shrink guard off: an empty or truncated download removes all of a feed's entries at once (default 0.5)",
+                "[safety] hold_refreshes = 1 applies a shrink on its first sighting, so the shrink guard never holds one (default 3)",
+                "[safety] broadest_v4 = 4 lets any feed block a /4 (2^28 addresses) by one line (default 8; prefer allow_broad = true on the feeds that need broad prefixes)",
+                "[safety] broadest_v6 = 16 lets any feed block a /16 (2^112 addresses) by one line (default 32; prefer allow_broad = true on the feeds that need broad prefixes)",
+            ]
+        );
+    }
+
     #[test]
     fn unknown_keys_name_file_line_and_key() {
         assert_eq!(
             err("\n[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nrefesh = \"5m\"\n"),
             "test.toml:7:1: unknown field `refesh`, expected one of `name`, `source`, `format`, \
              `refresh`, `action`, `confidence_threshold`, `ttl`, `allow_broad`, `role`, `csv`, \
-             `url_ip_hosts` (at `refesh = \"5m\"`)"
+             `url_ip_hosts`, `max_rejected_share` (at `refesh = \"5m\"`)"
         );
         let e = err("[safety]\nmax_shrnk = 0.2\n");
         assert!(
@@ -1268,11 +1419,35 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
             ),
             (
                 "[safety]\nbroadest_v4 = 33\n".to_string(),
-                "[safety] broadest_v4 = 33 is out of range (0-32)",
+                "[safety] broadest_v4 = 33 is out of range (1-32)",
             ),
             (
                 "[safety]\nbroadest_v6 = 129\n".to_string(),
-                "[safety] broadest_v6 = 129 is out of range (0-128)",
+                "[safety] broadest_v6 = 129 is out of range (1-128)",
+            ),
+            (
+                "[safety]\nbroadest_v4 = 0\n".to_string(),
+                "[safety] broadest_v4 = 0 turns the breadth check off: any feed line such as 0.0.0.0/0 would block every source (set allow_broad = true on the feeds that may list broad prefixes instead)",
+            ),
+            (
+                "[safety]\nbroadest_v6 = 0\n".to_string(),
+                "[safety] broadest_v6 = 0 turns the breadth check off: any feed line such as ::/0 would block every source (set allow_broad = true on the feeds that may list broad prefixes instead)",
+            ),
+            (
+                "[safety]\nmax_rejected_share = 1.01\n".to_string(),
+                "[safety] max_rejected_share = 1.01 is out of range (0 to 1)",
+            ),
+            (
+                "[safety]\nmax_rejected_share = -0.1\n".to_string(),
+                "[safety] max_rejected_share = -0.1 is out of range (0 to 1)",
+            ),
+            (
+                "[safety]\nmax_rejected_share = nan\n".to_string(),
+                "[safety] max_rejected_share = NaN is out of range (0 to 1)",
+            ),
+            (
+                feed("a", "max_rejected_share = 2"),
+                "feed 'a': max_rejected_share = 2 is out of range (0 to 1)",
             ),
             (
                 "[limits]\nmax_entries = 0\n".to_string(),
@@ -1373,6 +1548,18 @@ role = "allow"
     }
 
     #[test]
+    fn rejected_share_default_global_and_per_feed() {
+        let feeds = "[[feed]]\nname = \"a\"\nsource = \"file:/a\"\n\n[[feed]]\nname = \"b\"\nsource = \"file:/b\"\nmax_rejected_share = 0\n";
+        let c = cfg(feeds).unwrap();
+        assert_eq!(c.safety.max_rejected_share, 0.5);
+        assert_eq!(c.feeds[0].max_rejected_share(&c.safety), 0.5);
+        assert_eq!(c.feeds[1].max_rejected_share(&c.safety), 0.0);
+        let c = cfg(&format!("[safety]\nmax_rejected_share = 1\n{feeds}")).unwrap();
+        assert_eq!(c.feeds[0].max_rejected_share(&c.safety), 1.0);
+        assert_eq!(c.feeds[1].max_rejected_share(&c.safety), 0.0);
+    }
+
+    #[test]
     fn round_trips_through_toml() {
         let c =
             Config::from_str_named(include_str!("../../examples/edge-filter.toml"), "ex").unwrap();
@@ -1397,6 +1584,7 @@ role = "allow"
         assert!(c.feeds.iter().any(|f| f.confidence_threshold.is_some()));
         assert!(c.feeds.iter().any(|f| f.allow_broad));
         assert!(c.feeds.iter().any(|f| f.url_ip_hosts));
+        assert!(c.feeds.iter().any(|f| f.max_rejected_share.is_some()));
         assert!(c.feeds.iter().any(|f| f.is_allow()));
         assert!(!c.allowlist.entries.is_empty());
         // Every key of every table appears: the example is the reference.
@@ -1423,6 +1611,7 @@ role = "allow"
             "hold_refreshes",
             "broadest_v4",
             "broadest_v6",
+            "max_rejected_share",
             "entries",
             "feeds",
             "format",

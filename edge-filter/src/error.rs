@@ -172,6 +172,15 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// A pin directory or pin that another user could write (see
+    /// [`crate::trust`]): refused, with the command that fixes it.
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::TrustError),
+    /// The state directory could not be opened, or another user could
+    /// write it. Shown as the state error's own message, which names the
+    /// path (and, when untrusted, the fix), and not chained again.
+    #[error("{0}")]
+    State(crate::state::StateError),
     /// Pinning or unpinning failed.
     #[error("{op}: {source}")]
     Pin {

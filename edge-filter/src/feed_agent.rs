@@ -23,7 +23,7 @@ use crate::attach;
 use crate::config::{Config, FeedConfig, Source};
 use crate::error::{Error, Result};
 use crate::feeds::{FeedParse, parse_feed};
-use crate::fetch::{FetchPolicy, Fetched, Fetcher, Location, Validators};
+use crate::fetch::{FetchPolicy, Fetched, Fetcher, Framing, Location, Validators};
 use crate::lock::AgentLock;
 use crate::maps::{EntryMaps, SetChanges};
 use crate::paths::Paths;
@@ -51,7 +51,10 @@ pub struct FeedHealth {
     pub last_success: Option<OffsetDateTime>,
     /// The error of the last attempt, if it failed.
     pub last_error: Option<String>,
-    /// Entries of the copy being enforced.
+    /// Distinct entries the enforced copy contributes to the desired state
+    /// (`check-config`'s "distinct"): duplicates, rejected lines, and
+    /// entries left out as too broad, expired or not yet valid are not
+    /// counted.
     pub entries: usize,
     /// Lines or objects of that copy that were rejected.
     pub rejected_lines: usize,
@@ -146,14 +149,26 @@ fn source_hint(f: &FeedConfig) -> PathBuf {
     f.source.format_hint()
 }
 
-/// Parse a fetched body per the feed's config.
-fn parse_body(
+/// Parse a fetched body per the feed's config. A body that is not a usable
+/// copy of the feed (nothing parses, or too many lines are rejected: see
+/// [`FeedParse::usable`]) is an error like a failed fetch, so it never
+/// replaces the last-known-good copy. `framing` says whether the transport
+/// proved the body whole; if not, a last line without a newline is
+/// rejected.
+pub fn parse_body(
     f: &FeedConfig,
     cfg: &Config,
     bytes: &[u8],
+    framing: Framing,
 ) -> std::result::Result<FeedParse, String> {
     let format = f.format.resolve(&source_hint(f), bytes);
-    parse_feed(format, bytes, &f.feed_options(&cfg.limits)).map_err(|e| e.to_string())
+    let mut opts = f.feed_options(&cfg.limits);
+    opts.end_unproven = framing.end_unproven();
+    let parse = parse_feed(format, bytes, &opts).map_err(|e| e.to_string())?;
+    parse
+        .usable(f.max_rejected_share(&cfg.safety), format)
+        .map_err(|e| e.to_string())?;
+    Ok(parse)
 }
 
 /// One feed's fetch loop.
@@ -187,12 +202,14 @@ async fn feed_task(
             Ok(Fetched::Body {
                 bytes,
                 validators: v,
+                framing,
             }) => {
                 let digest = crate::state::digest(&bytes);
                 let (fc, c) = (f.clone(), cfg.clone());
-                let parsed = tokio::task::spawn_blocking(move || parse_body(&fc, &c, &bytes))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("parser task failed: {e}")));
+                let parsed =
+                    tokio::task::spawn_blocking(move || parse_body(&fc, &c, &bytes, framing))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("parser task failed: {e}")));
                 match parsed {
                     Ok(parse) => {
                         validators = v.clone();
@@ -314,8 +331,7 @@ impl FeedAgent {
     /// interface with that state, before any feed is fetched: a restart
     /// with every feed unreachable enforces exactly what was enforced.
     fn start(cfg: Config) -> Result<FeedAgent> {
-        let state = StateDir::open(&cfg.state_dir)
-            .map_err(|e| state_err("opening the state directory", e))?;
+        let state = StateDir::open(&cfg.state_dir).map_err(Error::State)?;
         let mut snapshots = BTreeMap::new();
         let mut lkg_meta = BTreeMap::new();
         let mut health = BTreeMap::new();
@@ -330,12 +346,14 @@ impl FeedAgent {
             };
             match state.load_lkg(&f.name) {
                 Ok(Some(lkg)) => {
-                    h.entries = lkg.entries.len();
                     h.rejected_lines = lkg.rejected_lines;
                     h.from_last_known_good = true;
+                    let distinct: std::collections::HashSet<_> =
+                        lkg.entries.iter().map(|e| e.entry.key()).collect();
                     log::info!(
-                        "feed {}: {} entries from last-known-good copy of {}",
+                        "feed {}: {} distinct entries ({} listed) from last-known-good copy of {}",
                         f.name,
+                        distinct.len(),
                         lkg.entries.len(),
                         lkg.fetched_at
                     );
@@ -643,7 +661,6 @@ impl FeedAgent {
             GuardDecision::Apply => {
                 self.held.remove(&feed);
                 h.held = None;
-                h.entries = parse.entries.len();
                 h.rejected_lines = parse.rejected.len();
                 h.unsupported = parse.unsupported;
                 h.from_last_known_good = false;
@@ -786,7 +803,15 @@ impl FeedAgent {
 
     fn write_status(&mut self) {
         self.status.updated = Some(OffsetDateTime::now_utc());
-        self.status.feeds = self.health.values().cloned().collect();
+        // Per-feed entries as the merge counts them: distinct, enforced.
+        self.status.feeds = self
+            .health
+            .values()
+            .map(|h| FeedHealth {
+                entries: self.desired.per_feed.get(&h.name).map_or(0, |c| c.entries),
+                ..h.clone()
+            })
+            .collect();
         self.status.entries = self.desired.set.entries.len();
         self.status.allowlisted = self.desired.set.allow.len();
         self.status.rejected_entries = self.desired.rejected.len();

@@ -29,7 +29,11 @@
 //!   or after the server's `Retry-After` (seconds, capped by
 //!   [`FetchPolicy::backoff_max`]); other statuses, oversized bodies and
 //!   local errors are not retried. `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY`
-//!   are honoured by [`Fetcher::new`].
+//!   are honoured by [`Fetcher::new`]. A body with neither
+//!   `Content-Length` nor chunked framing ends when the server closes the
+//!   connection, so a cut connection cannot be told from its end: it comes
+//!   back marked [`Framing::ConnectionClose`] and the parser rejects its
+//!   last line when it has no newline.
 //!
 //! Errors name the location (URLs with passwords and credential-like query
 //! parameters masked, see [`Location`]'s `Display`) and how many attempts
@@ -45,7 +49,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{
-    CONTENT_LENGTH, ETAG, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER,
+    CONTENT_LENGTH, ETAG, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    RETRY_AFTER, TRANSFER_ENCODING,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -104,7 +109,37 @@ pub enum Fetched {
         bytes: Vec<u8>,
         /// What to pass to the next fetch of this feed.
         validators: Validators,
+        /// Whether the transport proved the bytes whole.
+        framing: Framing,
     },
+}
+
+/// Whether the end of a body is known to be its real end.
+///
+/// HTTP/1 has three ways to end a body: `Content-Length` (the client knows
+/// how much to expect, and a shorter body is [`FetchError::Truncated`]),
+/// chunked encoding (a final empty chunk ends it; a connection that closes
+/// before it is [`FetchError::Truncated`] too) and neither, where the body
+/// simply ends when the server closes the connection. In that last case a
+/// connection cut by a proxy, a crash or a network fault looks exactly like
+/// the end, so the last bytes may be half a line: the parser is told
+/// ([`crate::feeds::FeedOptions::end_unproven`]) and rejects a last line
+/// without a newline instead of trusting it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// Proven whole: a local file read at a stable size, an HTTP body of
+    /// its `Content-Length`, a chunked body with its final chunk, or an
+    /// HTTP/2 or later stream (framed by the protocol).
+    Proven,
+    /// An HTTP/1 body delimited only by the connection closing.
+    ConnectionClose,
+}
+
+impl Framing {
+    /// Whether the body may have been cut short unnoticed.
+    pub fn end_unproven(self) -> bool {
+        self == Framing::ConnectionClose
+    }
 }
 
 /// Limits and retry behaviour of one fetch.
@@ -533,6 +568,24 @@ async fn attempt(
     if announced.is_some_and(|n| n > policy.max_bytes) {
         return Err(Failure::TooLarge);
     }
+    // The body's end is proven by its length (checked below), by chunked
+    // framing (the last transfer coding; hyper fails a chunked body that
+    // stops before its final chunk) or by the protocol (HTTP/2 and later).
+    let chunked = resp
+        .headers()
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .rfind(|c| !c.is_empty())
+        .is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+    let framed_by_protocol = resp.version() >= reqwest::Version::HTTP_2;
+    let framing = if announced.is_some() || chunked || framed_by_protocol {
+        Framing::Proven
+    } else {
+        Framing::ConnectionClose
+    };
     let cap = announced.unwrap_or(0).min(policy.max_bytes).min(16 << 20);
     let mut bytes = Vec::with_capacity(usize::try_from(cap).unwrap_or(0));
     while let Some(chunk) = resp.chunk().await.map_err(|e| classify(e, policy))? {
@@ -549,7 +602,11 @@ async fn attempt(
             bytes.len()
         )));
     }
-    Ok(Fetched::Body { bytes, validators })
+    Ok(Fetched::Body {
+        bytes,
+        validators,
+        framing,
+    })
 }
 
 /// Sort a reqwest error into retryable and not.
@@ -673,6 +730,7 @@ fn read_file(path: &Path, prev: Option<(i64, u64)>, max: u64) -> Result<Fetched,
                     file_stamp: Some(by_fd),
                     ..Validators::default()
                 },
+                framing: Framing::Proven,
             });
         }
     }
@@ -745,6 +803,12 @@ mod tests {
         Close,
         /// A `Content-Length` of this many bytes, whatever the body is.
         Lie(usize),
+        /// `Transfer-Encoding: chunked`, in chunks of at most this many
+        /// bytes, with the final empty chunk.
+        Chunked(usize),
+        /// `Transfer-Encoding: chunked` cut off: these chunks, then the
+        /// connection closes without the final chunk.
+        ChunkedCut(usize),
     }
 
     /// One scripted reply.
@@ -882,6 +946,22 @@ mod tests {
             Length::Exact => head.push_str(&format!("Content-Length: {}\r\n", r.body.len())),
             Length::Lie(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
             Length::Close => {}
+            Length::Chunked(n) | Length::ChunkedCut(n) => {
+                head.push_str("Transfer-Encoding: chunked\r\n");
+                head.push_str("\r\n");
+                let mut out = head.into_bytes();
+                for c in r.body.chunks(n.max(1)) {
+                    out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                    out.extend_from_slice(c);
+                    out.extend_from_slice(b"\r\n");
+                }
+                if matches!(r.length, Length::Chunked(_)) {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                sock.write_all(&out).await?;
+                sock.flush().await?;
+                return sock.shutdown().await;
+            }
         }
         head.push_str("\r\n");
         sock.write_all(head.as_bytes()).await?;
@@ -936,10 +1016,16 @@ mod tests {
             .fetch(Location::Http(&url), &Validators::default(), &quick())
             .await
             .unwrap();
-        let Fetched::Body { bytes, validators } = first else {
+        let Fetched::Body {
+            bytes,
+            validators,
+            framing,
+        } = first
+        else {
             panic!("expected a body, got {first:?}");
         };
         assert_eq!(bytes, b"192.0.2.1\n");
+        assert_eq!(framing, Framing::Proven);
         assert_eq!(validators.etag.as_deref(), Some("\"v1\""));
         assert_eq!(validators.last_modified.as_deref(), Some(lm));
         assert_eq!(validators.file_stamp, None);
@@ -997,7 +1083,8 @@ mod tests {
             got,
             Fetched::Body {
                 bytes: b"ok".to_vec(),
-                validators: Validators::default()
+                validators: Validators::default(),
+                framing: Framing::Proven,
             }
         );
         assert_eq!(srv.seen().len(), 3);
@@ -1208,6 +1295,44 @@ mod tests {
         }
     }
 
+    /// Only a body that ends when the connection closes (no
+    /// `Content-Length`, not chunked) is reported as of unproven length; a
+    /// chunked body cut before its final chunk is an error, like a body
+    /// shorter than its `Content-Length`.
+    #[tokio::test]
+    async fn fetch_http_framing_says_whether_the_end_is_proven() {
+        let body = b"192.0.2.1\n203.0.113.77";
+        for (length, want) in [
+            (Length::Exact, Framing::Proven),
+            (Length::Chunked(7), Framing::Proven),
+            (Length::Close, Framing::ConnectionClose),
+        ] {
+            let mut r = Reply::new(200, body);
+            r.length = length;
+            let srv = Server::start(vec![r]).await;
+            let got = get(&srv.url("/"), &Validators::default(), &quick())
+                .await
+                .unwrap();
+            let Fetched::Body { bytes, framing, .. } = got else {
+                panic!("{got:?}")
+            };
+            assert_eq!(bytes, body, "{length:?}");
+            assert_eq!(framing, want, "{length:?}");
+            assert_eq!(framing.end_unproven(), want == Framing::ConnectionClose);
+        }
+        let mut r = Reply::new(200, body);
+        r.length = Length::ChunkedCut(7);
+        let srv = Server::start(vec![r]).await;
+        let policy = FetchPolicy {
+            retries: 0,
+            ..quick()
+        };
+        let err = get(&srv.url("/"), &Validators::default(), &policy)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Truncated { .. }), "{err:?}");
+    }
+
     #[tokio::test]
     async fn fetch_http_connection_refused_is_retried() {
         // A port that was just free: nothing listens there.
@@ -1336,10 +1461,16 @@ mod tests {
             .fetch(Location::File(&path), &Validators::default(), &policy)
             .await
             .unwrap();
-        let Fetched::Body { bytes, validators } = got else {
+        let Fetched::Body {
+            bytes,
+            validators,
+            framing,
+        } = got
+        else {
             panic!("{got:?}")
         };
         assert_eq!(bytes, b"192.0.2.1\n");
+        assert_eq!(framing, Framing::Proven, "a file is read whole");
         let (_, len) = validators.file_stamp.unwrap();
         assert_eq!(len, 10);
         assert_eq!(validators.etag, None);
@@ -1363,6 +1494,7 @@ mod tests {
         let Fetched::Body {
             bytes,
             validators: v2,
+            ..
         } = got
         else {
             panic!("{got:?}")

@@ -5,7 +5,9 @@
 //! (the feed-driven agent), [`mod@reference`] (the plain-Rust classifier the kernel
 //! program is tested against), [`program`] (the embedded XDP object),
 //! [`maps`] (what the maps must hold and syncing them), [`testrun`]
-//! (classifying packets in the kernel without an interface).
+//! (classifying packets in the kernel without an interface), [`escape`]
+//! (feed text made safe for logs and terminals), [`trust`]
+//! (refusing paths another user could write).
 pub mod agent;
 pub mod attach;
 pub mod batch;
@@ -14,6 +16,7 @@ pub mod config;
 pub mod counters;
 pub mod entry;
 pub mod error;
+pub mod escape;
 pub mod events;
 pub mod explain;
 pub mod features;
@@ -32,4 +35,5 @@ pub mod replay;
 pub mod state;
 pub mod sync;
 pub mod testrun;
+pub mod trust;
 pub mod watch;

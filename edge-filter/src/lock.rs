@@ -17,7 +17,7 @@
 use std::fs::File;
 use std::io::{Read as _, Seek as _, Write as _};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -84,12 +84,18 @@ impl AgentLock {
                 }
             }
         };
+        // Created as ours, and refused when another user could write it
+        // (and so take or fake the locks).
         let dir = path.parent().expect("lock path has a directory");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(|e| err("creating the directory of", e))?;
+        crate::trust::create_dir(dir, crate::trust::Role::RunDir).map_err(|e| {
+            if e.is_permission() {
+                Error::Permission {
+                    op: format!("creating {}", dir.display()),
+                }
+            } else {
+                Error::Untrusted(e)
+            }
+        })?;
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

@@ -8,7 +8,7 @@ use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
+        .format(log_line)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -34,10 +34,30 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("edge-filter: error: {}", one_line(&e));
+            // Errors can quote feed content (see `log_line`).
+            let e = one_line(&e);
+            eprintln!("edge-filter: error: {}", edge_filter::escape::Escaped(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// One log line: env_logger's default layout (`[TIME LEVEL target]
+/// message`), with the message escaped: log messages quote feed content
+/// (rejected lines, server errors), and a `\r`, `\n` or ESC in it must not
+/// forge lines or drive the terminal (see `edge_filter::escape`).
+fn log_line(buf: &mut env_logger::fmt::Formatter, record: &log::Record<'_>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let style = buf.default_level_style(record.level());
+    let message = record.args().to_string();
+    writeln!(
+        buf,
+        "[{} {style}{:<5}{style:#} {}] {}",
+        buf.timestamp_millis(),
+        record.level(),
+        record.target(),
+        edge_filter::escape::Escaped(&message)
+    )
 }
 
 /// The error and its causes on one line, each cause once: most of our

@@ -417,7 +417,7 @@ fn agent(r: &mut Registry, s: &Status) {
     }
     r.register(
         "feed_entries",
-        "Entries of the copy of each feed being enforced",
+        "Distinct entries the enforced copy of each feed contributes (no duplicates or rejected lines)",
         entries,
     );
     r.register(

@@ -6,11 +6,15 @@
 //! <root>/<iface>/maps/<NAME>   every map of that attachment
 //! ```
 //! Nothing about an attachment lives only in the agent's memory: a new agent
-//! (or `stats`, `detach`) finds everything from these pins.
+//! (or `stats`, `detach`) finds everything from these pins. So another user
+//! must not be able to write any of them: the root and the interface
+//! directories are created owned by the agent, mode 0755, and checked with
+//! [`crate::trust`] before pins are adopted, read or removed.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::trust::{self, Role, TrustError};
 
 /// Where bpffs is normally mounted.
 pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
@@ -82,16 +86,15 @@ impl Paths {
             mount_bpffs(mount)?;
         }
         let existed = self.root.exists();
-        std::fs::create_dir_all(&self.root).map_err(|source| {
-            if crate::error::is_permission(&source) {
+        // Created as ours (never through a link or directory another user
+        // planted) and refused when another user can write it.
+        trust::create_dir(&self.root, Role::PinRoot).map_err(|e| {
+            if e.is_permission() {
                 Error::Permission {
                     op: format!("creating {}", self.root.display()),
                 }
             } else {
-                Error::Pin {
-                    op: format!("creating {}", self.root.display()),
-                    source,
-                }
+                Error::Untrusted(e)
             }
         })?;
         let parent = self.root.parent().unwrap_or(&self.root);
@@ -105,6 +108,41 @@ impl Paths {
             });
         }
         Ok(())
+    }
+}
+
+impl Paths {
+    /// Check that no other user can write the pins of `iface`: the root, the
+    /// interface's directories and every entry in them (see
+    /// [`crate::trust`]). What does not exist is not checked.
+    pub fn check_iface(&self, iface: &str) -> Result<(), TrustError> {
+        if std::fs::symlink_metadata(&self.root).is_err() {
+            return Ok(());
+        }
+        trust::check_dir(&self.root, Role::PinRoot)?;
+        for dir in [self.iface_dir(iface), self.maps_dir(iface)] {
+            match trust::check_dir(&dir, Role::PinDir) {
+                Err(e) if e.is_not_found() => continue,
+                r => r?,
+            };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if path == self.maps_dir(iface) {
+                    continue;
+                }
+                trust::check_entry(&path, Role::Pin)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Create the interface's pin directories (as [`Paths::ensure`] creates
+    /// the root).
+    pub fn create_iface_dirs(&self, iface: &str) -> Result<(), TrustError> {
+        trust::create_dir(&self.maps_dir(iface), Role::PinDir).map(drop)
     }
 }
 
@@ -147,4 +185,110 @@ fn mount_bpffs(at: &Path) -> Result<()> {
     }
     log::info!("mounted bpffs at {}", at.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// A pin root in the temporary directory (the checks look at owners
+    /// and modes only, which work the same on any filesystem), removed on
+    /// drop.
+    struct Root(Paths);
+
+    impl Root {
+        fn new(tag: &str) -> Root {
+            let p = std::env::temp_dir().join(format!("ef-paths-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            Root(Paths::new(p))
+        }
+    }
+
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.root());
+        }
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn pins_others_can_write_are_refused() {
+        let r = Root::new("trust");
+        let paths = &r.0;
+        // Nothing there yet: nothing to refuse.
+        paths.check_iface("eth9").unwrap();
+        trust::create_dir(paths.root(), Role::PinRoot).unwrap();
+        paths.create_iface_dirs("eth9").unwrap();
+        for d in [
+            paths.root(),
+            &paths.iface_dir("eth9"),
+            &paths.maps_dir("eth9"),
+        ] {
+            let m = std::fs::metadata(d).unwrap();
+            assert!(m.is_dir() && m.mode() & 0o022 == 0, "{}", d.display());
+        }
+        std::fs::write(paths.link("eth9"), "").unwrap();
+        std::fs::write(paths.map("eth9", "ADDR_V4"), "").unwrap();
+        paths.check_iface("eth9").unwrap();
+
+        // A world-writable root: another user could hide the pins.
+        chmod(paths.root(), 0o1777);
+        let e = paths.check_iface("eth9").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "bpffs pin root {}: it is writable by group and others (mode 1777)",
+                paths.root().display()
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("hide or replace the filter's pins"), "{msg}");
+        assert!(
+            msg.contains(&format!("chmod 0755 {}", paths.root().display())),
+            "{msg}"
+        );
+        chmod(paths.root(), 0o755);
+
+        // A writable maps directory, a writable map pin, a link where a
+        // pin should be.
+        chmod(&paths.maps_dir("eth9"), 0o777);
+        assert!(matches!(
+            paths.check_iface("eth9"),
+            Err(TrustError::Writable { .. })
+        ));
+        chmod(&paths.maps_dir("eth9"), 0o755);
+        chmod(&paths.map("eth9", "ADDR_V4"), 0o666);
+        let e = paths.check_iface("eth9").unwrap_err();
+        assert!(e.to_string().starts_with("pin "), "{e}");
+        chmod(&paths.map("eth9", "ADDR_V4"), 0o600);
+        std::fs::remove_file(paths.link("eth9")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", paths.link("eth9")).unwrap();
+        assert!(matches!(
+            paths.check_iface("eth9"),
+            Err(TrustError::Kind { .. })
+        ));
+        std::fs::remove_file(paths.link("eth9")).unwrap();
+        paths.check_iface("eth9").unwrap();
+
+        // Another user's interface directory.
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(paths.iface_dir("eth9"), Some(65534), Some(65534)).unwrap();
+            let e = paths.check_iface("eth9").unwrap_err();
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+            // Refused by the library's entry points too.
+            let e = crate::attach::detach(paths, "eth9").unwrap_err();
+            assert!(matches!(e, Error::Untrusted(_)), "{e}");
+            let e = crate::attach::open_pinned(paths, "eth9").err().unwrap();
+            assert!(matches!(e, Error::Untrusted(_)), "{e}");
+            assert!(
+                paths.maps_dir("eth9").exists(),
+                "detach removed untrusted pins"
+            );
+        }
+    }
 }

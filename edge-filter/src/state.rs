@@ -24,11 +24,17 @@
 //! The methods do blocking I/O (including `fsync`); from async code, call
 //! the ones that write or read a large last-known-good copy through
 //! `tokio::task::spawn_blocking`.
+//!
+//! What is read here is enforced as root, so another user must not be able
+//! to write any of it ([`crate::trust`]): [`StateDir::open`] refuses a
+//! directory (or a parent of it) that another user owns or can write, and
+//! every file is opened without following links and refused unless owned
+//! by root (or the user running edge-filter) and writable by nobody else.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -40,6 +46,7 @@ use time::OffsetDateTime;
 
 use crate::feeds::FeedEntry;
 use crate::fetch::Validators;
+use crate::trust::{self, Role, TrustError};
 
 /// Subdirectory of last-known-good copies.
 const LKG_DIR: &str = "lkg";
@@ -95,6 +102,10 @@ pub enum StateError {
         "{0:?} cannot name a state file (empty, or longer than {MAX_FILE_NAME} bytes once encoded)"
     )]
     BadName(String),
+    /// The directory, a parent of it, or a file in it could be written by
+    /// another user: refused (the message names the fix).
+    #[error(transparent)]
+    Untrusted(#[from] TrustError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
@@ -149,26 +160,23 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Open (creating it and its parents if needed) the state directory at
-    /// `root`, make it mode 0700, and remove stale temporary files.
+    /// Open (creating it and its parents if needed, mode 0700) the state
+    /// directory at `root` and remove stale temporary files. A directory
+    /// (or a parent, or `lkg/`, `force/`) that another user owns or can
+    /// write is refused ([`StateError::Untrusted`]), not repaired: files
+    /// may have been planted in it. A trusted one readable by others (0755)
+    /// is made 0700.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StateError> {
         let root = root.into();
         let dir = StateDir { root };
-        for d in [
-            dir.root.clone(),
-            dir.root.join(LKG_DIR),
-            dir.root.join(FORCE_DIR),
-        ] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&d)
-                .map_err(io_err(&d))?;
-        }
+        trust::create_dir(&dir.root, Role::StateDir)?;
         let meta = fs::metadata(&dir.root).map_err(io_err(&dir.root))?;
         if meta.permissions().mode() & 0o777 != 0o700 {
             fs::set_permissions(&dir.root, fs::Permissions::from_mode(0o700))
                 .map_err(io_err(&dir.root))?;
+        }
+        for d in [dir.root.join(LKG_DIR), dir.root.join(FORCE_DIR)] {
+            trust::create_dir(&d, Role::StateDir)?;
         }
         dir.remove_stale_temps(&dir.root);
         dir.remove_stale_temps(&dir.root.join(LKG_DIR));
@@ -287,7 +295,18 @@ impl StateDir {
         let now = OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        fs::write(&path, format!("{now}\n")).map_err(io_err(&path))
+        // Never through a link: the directory is ours, but a link in it
+        // would make root write wherever it points.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        f.write_all(format!("{now}\n").as_bytes())
+            .map_err(io_err(&path))
     }
 
     /// Whether a force was requested for `feed`, consuming the request.
@@ -347,13 +366,14 @@ fn decode_name(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Read and parse a JSON file; `None` if it does not exist.
+/// Read and parse a JSON file; `None` if it does not exist. A file another
+/// user owns or can write, or a link, is [`StateError::Untrusted`].
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(path)(e)),
+    let Some(mut file) = trust::open_file(path, Role::StateFile)? else {
+        return Ok(None);
     };
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut file, &mut bytes).map_err(io_err(path))?;
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|source| StateError::Corrupt {
@@ -660,6 +680,133 @@ mod tests {
             fs::metadata(dir.root()).unwrap().permissions().mode() & 0o777,
             0o700
         );
+    }
+
+    fn is_root() -> bool {
+        // SAFETY: no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// An unprivileged uid that owns nothing here.
+    const NOBODY: u32 = 65534;
+
+    #[test]
+    fn state_open_refuses_a_directory_others_can_write() {
+        let s = Scratch::new();
+        fs::create_dir_all(&s.0).unwrap();
+        fs::set_permissions(&s.0, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = StateDir::open(&s.0).unwrap_err();
+        assert!(matches!(err, StateError::Untrusted(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("writable by group and others (mode 0777)"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!("chmod 0700 {}", s.0.display())),
+            "{msg}"
+        );
+        // Refused, not silently repaired: files may have been planted.
+        assert_eq!(
+            fs::metadata(&s.0).unwrap().permissions().mode() & 0o777,
+            0o777
+        );
+        // A writable lkg/ below a good directory is refused as well.
+        fs::set_permissions(&s.0, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::create_dir_all(s.0.join(LKG_DIR)).unwrap();
+        fs::set_permissions(s.0.join(LKG_DIR), fs::Permissions::from_mode(0o733)).unwrap();
+        let err = StateDir::open(&s.0).unwrap_err();
+        assert!(err.to_string().contains("/lkg: it is writable"), "{err}");
+    }
+
+    #[test]
+    fn state_open_refuses_a_directory_another_user_owns() {
+        if !is_root() {
+            println!("skipping: needs root to chown");
+            return;
+        }
+        let s = Scratch::new();
+        fs::create_dir_all(&s.0).unwrap();
+        fs::set_permissions(&s.0, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&s.0, Some(NOBODY), Some(NOBODY)).unwrap();
+        let err = StateDir::open(&s.0).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("owned by uid 65534"), "{msg}");
+        assert!(
+            msg.contains(&format!("chown -R root:root {}", s.0.display())),
+            "{msg}"
+        );
+        // And below a directory another user owns.
+        std::os::unix::fs::chown(&s.0, Some(0), Some(0)).unwrap();
+        let home = s.0.join("home");
+        fs::create_dir(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+        let err = StateDir::open(home.join("state")).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "its parent directory {} is owned by uid 65534",
+                home.display()
+            )),
+            "{err}"
+        );
+        assert!(!home.join("state").exists());
+    }
+
+    #[test]
+    fn state_planted_files_are_refused() {
+        let s = Scratch::new();
+        let dir = StateDir::open(&s.0).unwrap();
+        dir.save_lkg(&sample("good")).unwrap();
+        // A link to a good copy is not followed.
+        let link = dir.lkg_path("linked").unwrap();
+        let mut other = sample("linked");
+        other.entries.truncate(1);
+        let real = s.0.join("elsewhere.json");
+        fs::write(&real, serde_json::to_vec(&other).unwrap()).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = dir.load_lkg("linked").unwrap_err();
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
+        // A copy others can write.
+        let ww = dir.lkg_path("ww").unwrap();
+        fs::write(&ww, serde_json::to_vec(&sample("ww")).unwrap()).unwrap();
+        fs::set_permissions(&ww, fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(matches!(dir.load_lkg("ww"), Err(StateError::Untrusted(_))));
+        if is_root() {
+            // A copy another user owns (planted, or chowned): refused,
+            // naming the fix; the others still load.
+            let planted = dir.lkg_path("planted").unwrap();
+            fs::write(&planted, serde_json::to_vec(&sample("planted")).unwrap()).unwrap();
+            fs::set_permissions(&planted, fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&planted, Some(NOBODY), Some(NOBODY)).unwrap();
+            let err = dir.load_lkg("planted").unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("state file"), "{msg}");
+            assert!(msg.contains("owned by uid 65534"), "{msg}");
+            assert!(
+                msg.contains(&format!("chown root:root {}", planted.display())),
+                "{msg}"
+            );
+            let all = dir.load_all_lkg().unwrap();
+            assert!(matches!(all["planted"], Err(StateError::Untrusted(_))));
+            // Saving over it replaces it with our own file.
+            dir.save_lkg(&sample("planted")).unwrap();
+            assert_eq!(dir.load_lkg("planted").unwrap(), Some(sample("planted")));
+        }
+        assert!(dir.load_all_lkg().unwrap()["good"].is_ok());
+        // Guard state and other blobs are checked the same way.
+        let blob = s.0.join("shrink-guard.json");
+        fs::write(&blob, b"{}").unwrap();
+        fs::set_permissions(&blob, fs::Permissions::from_mode(0o646)).unwrap();
+        assert!(matches!(
+            dir.load_json::<BTreeMap<String, u32>>("shrink-guard"),
+            Err(StateError::Untrusted(_))
+        ));
+        // A force request is never written through a link.
+        let target = s.0.join("target");
+        fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.force_path("tor").unwrap()).unwrap();
+        assert!(dir.request_force("tor").is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
     }
 
     #[test]

@@ -733,6 +733,17 @@ impl Lab {
             agents: Mutex::new(Vec::new()),
         };
         std::fs::create_dir_all(&lab.dir).expect("create the test directory");
+        // The agent refuses a config, state_dir or pin root others can write
+        // (see edge_filter::trust): whatever umask the tests were started
+        // with, make the lab's directory and the files tests write into it
+        // (with the default modes) writable by root only.
+        // SAFETY: umask cannot fail; it only sets the process's mask.
+        unsafe { libc::umask(0o022) };
+        std::fs::set_permissions(
+            &lab.dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod the test directory");
         for ns in [&lab.sender, &lab.receiver] {
             for (k, v) in [
                 ("net.ipv6.conf.default.accept_dad", "0"),

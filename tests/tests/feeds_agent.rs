@@ -9,9 +9,20 @@
 //!   without `Content-Length`), 304 Not Modified (the ETag honoured) and a
 //!   304 to an unconditional request. After each: the kernel
 //!   enforces exactly the same entries (a thread reads the maps back all
-//!   along, and every read must equal the expected set), and the fault is
-//!   in `status.json` (`last_error` or `held`) and on stderr. While the
-//!   HTTP feed hangs, an edit of a file feed still applies at once.
+//!   along, and every read must equal the expected set), the last-known-good
+//!   file is unchanged byte for byte, and the fault is in `status.json`
+//!   (`last_error`) and on stderr. While the HTTP feed hangs, an edit of a
+//!   file feed still applies at once.
+//! - `feeds_bad_bodies_fail_and_counts_are_honest`: a feed with duplicates
+//!   and a line carrying `\r` and ESC: status, metrics and check-config
+//!   count the same distinct entries, and the line reaches stderr escaped.
+//!   An HTML page (nothing parses) and a body 70% rejected are failed
+//!   fetches (state `failing` in `status`, `edge_filter_feed_up 0`,
+//!   consecutive failures, the reason in `last_error`), the kernel's set and
+//!   the last-known-good file unchanged. A close-delimited body cut
+//!   mid-address (`203.0.113.77` arriving as `203.0.113.7`) has its last
+//!   line rejected and counted; the same bytes with a `Content-Length`
+//!   (proven whole) are the producer's and enforced.
 //! - `feeds_shrink_is_held_until_it_persists`: a 90% shrink is held (maps
 //!   unchanged, `held` reported) on its first and second sighting and
 //!   applied on the third (`hold_refreshes = 3`; the server honours ETags,
@@ -184,6 +195,12 @@ fn status(lab: &Lab) -> Option<Status> {
 
 fn health(lab: &Lab, feed: &str) -> Option<FeedHealth> {
     status(lab)?.feeds.into_iter().find(|f| f.name == feed)
+}
+
+/// The bytes of `feed`'s last-known-good file (panics when absent).
+fn lkg_bytes(lab: &Lab, feed: &str) -> Vec<u8> {
+    let p = state_dir(lab).join(format!("lkg/{feed}.json"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn start(lab: &Lab, config: &Path) -> Agent {
@@ -428,7 +445,8 @@ impl FaultRun<'_> {
     }
 
     /// Serve `reply`; wait until `web`'s `last_error` contains `needle` and
-    /// the failure repeats once more; check nothing changed; then serve the
+    /// the failure repeats once more; check nothing changed (the kernel's
+    /// set, and the last-known-good file byte for byte); then serve the
     /// good feed again and wait until the feed is healthy.
     fn failure(&self, label: &str, reply: Reply, needle: &str) {
         let t = Instant::now();
@@ -450,6 +468,8 @@ impl FaultRun<'_> {
         assert_eq!(h.entries, self.web_entries, "{label}: {h:?}");
         assert_enforced(label, self.lab, self.agent, &self.want);
         let err = h.last_error.clone().unwrap_or_default();
+        // Read once the failure shows: every fetch from now on gets `reply`.
+        let lkg = lkg_bytes(self.lab, "web");
         // The same failure once more: still nothing changes.
         wait_until(
             &format!("{label}: a second failed refresh"),
@@ -463,6 +483,10 @@ impl FaultRun<'_> {
             self.lab,
             self.agent,
             &self.want,
+        );
+        assert!(
+            lkg_bytes(self.lab, "web") == lkg,
+            "{label}: the last-known-good copy of web changed"
         );
         assert!(
             stderr_line(
@@ -683,47 +707,12 @@ fn feeds_faults_keep_enforced_set() {
         &format!("{url}: larger than the 2000-byte limit"),
     );
 
-    // Garbage: every line rejected, so a 100% shrink: held, not applied.
-    // Served twice (held twice), then the good feed again: the third
-    // sighting that would apply it never comes.
-    let t = Instant::now();
-    srv.queue(Reply::ok(garbage()), 2);
-    let held1 = format!(
-        "update from {} to 0 entries (100% fewer) held: seen 1 of 3 refreshes",
-        web.len()
-    );
-    let (h, took) = wait_until("garbage held", REPORT_BOUND, &lab, &agent, || {
-        let h = health(&lab, "web")?;
-        h.held.as_deref()?.contains(&held1).then_some(h)
-    });
-    assert!(h.last_error.is_none(), "{h:?}");
-    assert_eq!(h.entries, web.len());
-    assert_enforced("garbage (first sighting)", &lab, &agent, &want);
-    let held2 = held1.replace("seen 1 of 3", "seen 2 of 3");
-    wait_until("garbage held twice", REPORT_BOUND, &lab, &agent, || {
-        health(&lab, "web")?
-            .held
-            .as_deref()?
-            .contains(&held2)
-            .then_some(())
-    });
-    assert_enforced("garbage (second sighting)", &lab, &agent, &want);
-    assert!(
-        stderr_line(&agent, &["feed web: line 1: "]).is_some()
-            && stderr_line(&agent, &["feed web: ", &held1]).is_some(),
-        "garbage not reported on stderr\n{}",
-        agent.tail(30)
-    );
-    wait_until("garbage gone", REPORT_BOUND, &lab, &agent, || {
-        let h = health(&lab, "web")?;
-        (srv.queued() == 0 && h.held.is_none() && h.last_error.is_none()).then_some(())
-    });
-    assert_enforced("after garbage", &lab, &agent, &want);
-    watch.check("garbage", &agent);
-    println!(
-        "faults: garbage: held ({took:.1?}) as `{}`; enforced set unchanged ({:.1?} in all)",
-        h.held.unwrap_or_default(),
-        t.elapsed()
+    // Garbage: every line rejected. A failed fetch, not an empty feed (it
+    // never reaches the shrink guard, and never replaces the copy).
+    run.failure(
+        "garbage",
+        Reply::ok(garbage()),
+        "lines parsed (every one rejected; line 1: ",
     );
 
     // A 304 to an unconditional request (a broken cache in front of the
@@ -1191,6 +1180,318 @@ fn feeds_restart_with_all_feeds_down() {
         hs.1.last_error.unwrap_or_default(),
         watch.reads(),
         t0.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2b. Bodies that are not a usable copy; honest counts; escaped logs.
+
+/// The agent's default metrics address (inside its namespace).
+const METRICS: (&str, u16) = ("127.0.0.1", 9436);
+
+/// `GET /metrics` inside the receiving namespace: the body.
+fn scrape(lab: &Lab) -> String {
+    use std::io::{Read as _, Write as _};
+    lab.receiver.enter(|| {
+        let mut s = std::net::TcpStream::connect(METRICS)
+            .unwrap_or_else(|e| panic!("connect to the metrics endpoint: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).expect("read the response");
+        raw.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// The value of the sample `key` (`name{labels}`) in a scrape.
+fn sample(body: &str, key: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Run `edge-filter ARGS...` in the receiving namespace; stdout (must
+/// succeed).
+fn ef_stdout(lab: &Lab, args: &[&str]) -> String {
+    let mut cmd = lab.edge_filter_cmd();
+    cmd.args(args);
+    String::from_utf8_lossy(&netns::run_ok(&mut cmd).stdout).into_owned()
+}
+
+/// No raw control character but newlines in `text`.
+fn assert_no_controls(what: &str, text: &str) {
+    let bad: Vec<(usize, char)> = text
+        .char_indices()
+        .filter(|(_, c)| c.is_control() && *c != '\n')
+        .take(5)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: raw control characters {bad:?} in\n{text}"
+    );
+}
+
+#[test]
+fn feeds_bad_bodies_fail_and_counts_are_honest() {
+    if netns::skip_unless_root("feeds_bad_bodies_fail_and_counts_are_honest") {
+        return;
+    }
+    let t0 = Instant::now();
+    let lab = Lab::create();
+    // 7 entries listed, 5 distinct; one line with control characters.
+    let good = concat!(
+        "# web feed\n",
+        "198.51.100.1\n",
+        "198.51.100.2\n",
+        "198.51.100.2\n",
+        "203.0.113.0/26\n",
+        "203.0.113.0/26\n",
+        "2001:db8:77::/48\n",
+        "203.0.113.99\r[ERROR] forged line \x1b[31mred\n",
+        "203.0.113.77\n",
+    );
+    let web = set_of(
+        [
+            "198.51.100.1",
+            "198.51.100.2",
+            "203.0.113.0/26",
+            "2001:db8:77::/48",
+            "203.0.113.77",
+        ]
+        .map(drop_),
+    );
+    let local_text = "192.0.2.200\n192.0.2.200\n192.0.2.201\n";
+    let local = set_of(["192.0.2.200", "192.0.2.201"].map(drop_));
+    let srv = HttpServer::start_in(&lab.receiver, Reply::ok(good).etag("g1"));
+    let local_path = lab.write_file("local.txt", local_text);
+    let cfg = write_config(
+        &lab,
+        &[
+            FeedDef::http("web", &srv, "plain", "1s"),
+            FeedDef::file("local", &local_path, "plain", "1s"),
+        ],
+        FAULT_LIMITS,
+        SAFETY,
+    );
+    let cfg_s = cfg.display().to_string();
+    let agent = start(&lab, &cfg);
+    let mut want = union(&web, &local);
+    wait_enforced("the good feeds", REPORT_BOUND, &lab, &agent, &want);
+    let (h, _) = wait_until("web healthy", REPORT_BOUND, &lab, &agent, || {
+        health(&lab, "web").filter(|h| h.last_success.is_some())
+    });
+
+    // Counts: distinct entries, the same on every surface.
+    assert_eq!((h.entries, h.rejected_lines), (5, 1), "{h:?}");
+    assert_eq!(health(&lab, "local").map(|h| h.entries), Some(2));
+    let m = scrape(&lab);
+    for (feed, n) in [("web", 5.0), ("local", 2.0)] {
+        assert_eq!(
+            sample(&m, &format!("edge_filter_feed_entries{{feed=\"{feed}\"}}")),
+            Some(n),
+            "{feed}:\n{m}"
+        );
+    }
+    let cc = ef_stdout(&lab, &["check-config", &cfg_s]);
+    assert!(
+        cc.contains("3 entries parsed, 2 distinct: 2 drop, 0 monitor"),
+        "check-config:\n{cc}"
+    );
+    let st_text = ef_stdout(&lab, &["status", "--config", &cfg_s, "--json"]);
+    let st_json: serde_json::Value =
+        serde_json::from_str(&st_text).unwrap_or_else(|e| panic!("status --json: {e}\n{st_text}"));
+    let feed_json = |st: &serde_json::Value, name: &str| {
+        st["feeds"]
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no feed {name}: {st:#}"))
+    };
+    assert_eq!(feed_json(&st_json, "web")["entries"], 5);
+    assert_eq!(feed_json(&st_json, "local")["entries"], 2);
+    println!(
+        "bad bodies: counts agree: web 5 distinct of 7 listed, local 2 of 3 (status, metrics, check-config)"
+    );
+
+    // The rejected line reaches stderr escaped, and nothing raw does.
+    let forged = stderr_line(&agent, &["feed web: line 8: "])
+        .unwrap_or_else(|| panic!("the rejected line is not logged\n{}", agent.tail(30)));
+    assert!(
+        forged.contains(r"203.0.113.99\r[ERROR] forged line \x1b[31mred"),
+        "{forged}"
+    );
+    assert!(
+        !agent
+            .stderr_text()
+            .lines()
+            .any(|l| l.starts_with("[ERROR] forged")),
+        "a forged log line\n{}",
+        agent.tail(30)
+    );
+    assert_no_controls("agent stderr", &agent.stderr_text());
+    println!("bad bodies: logged as `{forged}`");
+
+    let lkg = lkg_bytes(&lab, "web");
+    let watch = Watch::start(&lab, &want);
+    // A body that is not a usable copy: a failed fetch. Status, metrics and
+    // the log say why; the kernel's set and the last-known-good file stay.
+    let unusable = |label: &str, body: &[u8], needle: &str| {
+        let n0 = health(&lab, "web").map_or(0, |h| h.consecutive_failures);
+        srv.set(Reply::ok(body.to_vec()));
+        let (h, took) = wait_until(
+            &format!("{label}: failing twice"),
+            REPORT_BOUND,
+            &lab,
+            &agent,
+            || {
+                let h = health(&lab, "web")?;
+                (h.consecutive_failures >= n0 + 2 && h.last_error.as_deref()?.contains(needle))
+                    .then_some(h)
+            },
+        );
+        assert_eq!((h.entries, h.rejected_lines), (5, 1), "{label}: {h:?}");
+        assert!(h.held.is_none(), "{label}: {h:?}");
+        assert_enforced(label, &lab, &agent, &want);
+        assert!(
+            lkg_bytes(&lab, "web") == lkg,
+            "{label}: the last-known-good copy changed"
+        );
+        let st: serde_json::Value =
+            serde_json::from_str(&ef_stdout(&lab, &["status", "--config", &cfg_s, "--json"]))
+                .expect("status --json");
+        let f = feed_json(&st, "web");
+        assert_eq!(f["state"], "failing", "{label}: {f:#}");
+        assert!(
+            f["consecutive_failures"].as_u64() >= Some(2),
+            "{label}: {f:#}"
+        );
+        let text = ef_stdout(&lab, &["status", "--config", &cfg_s]);
+        assert_no_controls(&format!("{label}: status"), &text);
+        let m = scrape(&lab);
+        assert_eq!(
+            sample(&m, "edge_filter_feed_up{feed=\"web\"}"),
+            Some(0.0),
+            "{label}\n{m}"
+        );
+        assert!(
+            sample(&m, "edge_filter_feed_consecutive_failures{feed=\"web\"}") >= Some(2.0),
+            "{label}\n{m}"
+        );
+        assert_eq!(
+            sample(&m, "edge_filter_feed_entries{feed=\"web\"}"),
+            Some(5.0),
+            "{label}\n{m}"
+        );
+        assert!(
+            stderr_line(
+                &agent,
+                &[
+                    "feed web: ",
+                    needle,
+                    "last-known-good entries stay enforced"
+                ]
+            )
+            .is_some(),
+            "{label}: not on stderr\n{}",
+            agent.tail(30)
+        );
+        assert_no_controls(&format!("{label}: agent stderr"), &agent.stderr_text());
+        // Back to the good copy: 304s against the ETag kept, healthy.
+        srv.set(Reply::ok(good).etag("g1"));
+        wait_until(
+            &format!("{label}: recovery"),
+            REPORT_BOUND,
+            &lab,
+            &agent,
+            || {
+                let h = health(&lab, "web")?;
+                (h.last_error.is_none() && h.consecutive_failures == 0).then_some(())
+            },
+        );
+        assert!(
+            lkg_bytes(&lab, "web") == lkg,
+            "{label}: the last-known-good copy changed"
+        );
+        watch.check(label, &agent);
+        println!(
+            "bad bodies: {label}: failing after {took:.1?} as `{}`; set and last-known-good unchanged",
+            h.last_error.unwrap_or_default()
+        );
+    };
+    unusable(
+        "HTML page",
+        b"<html>\x1b]0;pwned\x07<head><title>502 Bad Gateway</title></head>\n<body>\n<h1>Bad Gateway</h1>\n</body></html>\n",
+        "0 of 4 lines parsed (every one rejected; line 1: ",
+    );
+    let mostly_bad = format!(
+        "198.51.100.1\n198.51.100.2\n203.0.113.77\n{}",
+        "<p>maintenance</p>\n".repeat(7)
+    );
+    unusable(
+        "70% rejected",
+        mostly_bad.as_bytes(),
+        "rejected 70% of lines (7 of 10, limit 50%; first: line 4: ",
+    );
+
+    // Cut mid-address: the good feed without its last newline and last
+    // digit, so `203.0.113.77` arrives as `203.0.113.7`.
+    let cut = &good[..good.len() - 2];
+    assert!(cut.ends_with("203.0.113.7"));
+    let no_77: Vec<Entry> = web
+        .entries
+        .iter()
+        .copied()
+        .filter(|e| e.net != net("203.0.113.77"))
+        .collect();
+    let want_cut = union(&set_of(no_77.iter().copied()), &local);
+    watch.between(&want, &want_cut);
+    srv.set(Reply::ok(cut).length(Length::Close));
+    let took = wait_enforced("the cut body", REPORT_BOUND, &lab, &agent, &want_cut);
+    watch.exactly(&want_cut);
+    let (h, _) = wait_until("the cut body counted", REPORT_BOUND, &lab, &agent, || {
+        health(&lab, "web").filter(|h| h.rejected_lines == 2)
+    });
+    assert!(h.last_error.is_none() && h.held.is_none(), "{h:?}");
+    assert_eq!(h.entries, 4, "{h:?}");
+    let line = stderr_line(&agent, &["feed web: line 9: ", "may be cut short"])
+        .unwrap_or_else(|| panic!("the cut line is not reported\n{}", agent.tail(30)));
+    assert!(line.ends_with(": 203.0.113.7"), "{line}");
+    assert!(
+        !lab.enforced()
+            .entries
+            .iter()
+            .any(|e| e.net == net("203.0.113.7"))
+    );
+    watch.check("the cut body", &agent);
+    println!(
+        "bad bodies: close-delimited body cut mid-line: applied after {took:.1?} without its last line: `{line}`"
+    );
+    want = want_cut;
+
+    // The same bytes with a Content-Length: proven whole, so the last line
+    // is the producer's and is enforced.
+    let want_whole = union(&want, &set_of([drop_("203.0.113.7")]));
+    watch.between(&want, &want_whole);
+    srv.set(Reply::ok(cut));
+    let took = wait_enforced("the framed body", REPORT_BOUND, &lab, &agent, &want_whole);
+    watch.exactly(&want_whole);
+    wait_until(
+        "the framed body counted",
+        REPORT_BOUND,
+        &lab,
+        &agent,
+        || health(&lab, "web").filter(|h| h.rejected_lines == 1 && h.entries == 5),
+    );
+    watch.check("the framed body", &agent);
+    assert_no_controls("agent stderr", &agent.stderr_text());
+    println!(
+        "bad bodies: the same bytes with Content-Length: last line enforced after {took:.1?}; done in {:.1?} ({} map reads)",
+        t0.elapsed(),
+        watch.reads()
     );
 }
 

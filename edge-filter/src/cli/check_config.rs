@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::config::{self, Config};
+use edge_filter::escape::{self, Escaped};
 use edge_filter::sync::check::{self, CheckReport, FeedStatus};
+use edge_filter::trust::{self, Role, TrustError};
 use serde::Serialize;
 
 /// Validate a configuration file and show what the agent would enforce.
@@ -19,8 +21,21 @@ use serde::Serialize;
 /// Never touches the kernel and never uses the network: http(s) feeds are
 /// listed as "not fetched (http)" and left out of the totals.
 ///
+/// A file: feed where no line parses, or where more rejected lines than
+/// [safety] max_rejected_share allows, is FAILED (the agent would keep its
+/// last-known-good copy), with its first rejected lines.
+///
+/// Also checks, without creating anything, that no other user can write
+/// the configuration file, the state_dir or the bpffs pin root (the agent
+/// refuses to start otherwise), and warns about file: feeds another user
+/// can write and about [safety] values that weaken a guard.
+///
+/// The verdict comes last, once: "FILE: configuration is valid" on stdout,
+/// or one error line on stderr listing every problem.
+///
 /// Exit status: 0 when everything loads; 1 when the configuration is
-/// invalid, a file: feed cannot be loaded, or a map would overflow.
+/// invalid, a file: feed cannot be loaded or is not usable, a map would
+/// overflow, or the agent would refuse a path.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CheckConfigArgs {
@@ -37,9 +52,13 @@ pub struct CheckConfigArgs {
 
 #[derive(Serialize)]
 struct JsonOut<'a> {
+    /// The verdict: no problem at all (the exit status is 0).
     valid: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// Every problem, one line each (empty when valid).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    problems: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     settings: Option<&'a Config>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,50 +74,67 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<()> {
                 let out = JsonOut {
                     valid: false,
                     error: Some(e.to_string()),
+                    problems: Vec::new(),
                     settings: None,
                     report: None,
                 };
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                println!("{}", escape::json(serde_json::to_string_pretty(&out)?));
             }
             return Err(e.into());
         }
     };
-    let report = check::check(&cfg, &name, time::OffsetDateTime::now_utc());
+    let mut report = check::check(&cfg, &name, time::OffsetDateTime::now_utc());
+    // `run --config` refuses a configuration file another user could write.
+    if let Some(e) = config_file_problem(&a.file) {
+        report.path_problems.insert(0, e);
+    }
+    let problems = report.problems();
     if a.json {
         let out = JsonOut {
-            valid: true,
+            valid: problems.is_empty(),
             error: None,
+            problems: problems.clone(),
             settings: Some(&cfg),
             report: Some(&report),
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", escape::json(serde_json::to_string_pretty(&out)?));
     } else {
         print_text(&cfg, &report);
     }
-    let failed: Vec<&str> = report.failed().map(|f| f.name.as_str()).collect();
-    if !failed.is_empty() {
+    // The verdict, once, after every finding.
+    if !problems.is_empty() {
         anyhow::bail!(
-            "{name}: {} feed(s) could not be loaded: {}",
-            failed.len(),
-            failed.join(", ")
+            "{name}: configuration has {} problem{}: {}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("; ")
         );
     }
-    let over: Vec<String> = report
-        .over_capacity()
-        .map(|m| format!("{} ({} > {})", m.map, m.entries, m.capacity))
-        .collect();
-    if !over.is_empty() {
-        anyhow::bail!(
-            "{name}: maps would overflow (raise [capacities]): {}",
-            over.join(", ")
-        );
+    if !a.json {
+        match report.warnings.len() {
+            0 => println!("{name}: configuration is valid"),
+            n => println!(
+                "{name}: configuration is valid, with {n} warning{} above",
+                if n == 1 { "" } else { "s" }
+            ),
+        }
     }
     Ok(())
 }
 
+/// Why `run --config FILE` would refuse `file` ([`trust::check_file`]),
+/// `None` when it would not (or the file cannot be looked at: loading it
+/// then already failed).
+fn config_file_problem(file: &std::path::Path) -> Option<String> {
+    match trust::check_file(file, Role::Config) {
+        Ok(()) | Err(TrustError::Io { .. }) => None,
+        Err(e) => Some(e.to_string()),
+    }
+}
+
 fn print_text(cfg: &Config, r: &CheckReport) {
     let d = |t: std::time::Duration| humantime_serde::re::humantime::format_duration(t).to_string();
-    println!("{}: configuration is valid", r.config);
+    println!("configuration file {}", r.config);
     println!("  interfaces: {}", r.interfaces.join(", "));
     println!(
         "  state_dir {}, bpffs {}, reconcile every {}, malformed packets: {}",
@@ -145,8 +181,10 @@ fn print_text(cfg: &Config, r: &CheckReport) {
             FeedStatus::Failed => {
                 println!(
                     "  FAILED: {}",
-                    f.error.as_deref().unwrap_or("unknown error")
+                    Escaped(f.error.as_deref().unwrap_or("unknown error"))
                 );
+                // Refused for its rejected lines: show them.
+                print_examples(&f.rejected_examples, f.rejected_lines, "rejected");
                 continue;
             }
             FeedStatus::Loaded => {}
@@ -242,7 +280,7 @@ fn print_text(cfg: &Config, r: &CheckReport) {
         r.rejected_entries.len()
     );
     for x in r.rejected_entries.iter().take(check::EXAMPLES) {
-        println!("    {}: {}: {}", x.feed, x.entry, x.reason);
+        println!("    {}: {}: {}", x.feed, x.entry, Escaped(&x.reason));
     }
     if r.rejected_entries.len() > check::EXAMPLES {
         println!(
@@ -259,6 +297,13 @@ fn print_text(cfg: &Config, r: &CheckReport) {
     if r.incomplete {
         println!("note: http(s) feeds were not fetched; the totals do not include them");
     }
+    if !r.warnings.is_empty() {
+        println!();
+        println!("warnings:");
+        for w in &r.warnings {
+            println!("  {w}");
+        }
+    }
 }
 
 fn print_examples(examples: &[String], total: usize, what: &str) {
@@ -267,7 +312,7 @@ fn print_examples(examples: &[String], total: usize, what: &str) {
     }
     println!("  first {what}:");
     for e in examples {
-        println!("    {e}");
+        println!("    {}", Escaped(e));
     }
     if total > examples.len() {
         println!("    ... and {} more", total - examples.len());

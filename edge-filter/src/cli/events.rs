@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use edge_filter::escape::{self, Escaped};
 use edge_filter::events::{self, EventRecord, Sampling};
 use edge_filter::explain::{Knowledge, key_text};
 use edge_filter::hits::Clock;
@@ -146,7 +147,7 @@ pub fn run(a: EventsArgs) -> anyhow::Result<()> {
     let knowledge = pins.knowledge(a.blocklist.as_deref(), &mut notes)?;
     let paths = pins.paths;
     for n in &notes {
-        eprintln!("note: {n}");
+        eprintln!("note: {}", Escaped(n));
     }
     // SAFETY: the handler only stores to an atomic (async-signal-safe).
     unsafe {
@@ -210,16 +211,14 @@ pub fn run(a: EventsArgs) -> anyhow::Result<()> {
                     }
                     let info = indexes[n].get(&ev.entry_id).cloned().unwrap_or_default();
                     if a.json {
-                        serde_json::to_writer(
-                            &mut stdout,
-                            &Line {
-                                event: &ev,
-                                entry: &info,
-                            },
-                        )?;
-                        writeln!(stdout)?;
+                        let line = serde_json::to_string(&Line {
+                            event: &ev,
+                            entry: &info,
+                        })?;
+                        writeln!(stdout, "{}", escape::json(line))?;
                     } else {
-                        writeln!(stdout, "{}", text_line(&ev, &info))?;
+                        // Indicator ids come from feeds.
+                        writeln!(stdout, "{}", Escaped(&text_line(&ev, &info)))?;
                     }
                     stdout.flush()?;
                     printed += 1;

@@ -7,6 +7,7 @@ use clap::{ArgGroup, Args, ValueEnum};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::config::Config;
 use edge_filter::entry::Proto;
+use edge_filter::escape::{self, Escaped, escape};
 use edge_filter::explain::{Explanation, KernelCheck, Knowledge, Query, cross_check};
 use edge_filter::{attach, explain::EntryReport};
 use serde::Serialize;
@@ -192,7 +193,7 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<()> {
         kernel,
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", escape::json(serde_json::to_string_pretty(&out)?));
     } else {
         print_text(&out);
     }
@@ -309,15 +310,18 @@ fn entry_table(rows: &[EntryReport], with_condition: bool) -> Table {
                 who.push_str(&format!(" (asks {})", p.action.name()));
             }
             row.push(who);
+            // Indicator ids and descriptions come from feeds.
+            let feed_text =
+                |t: &Option<String>| escape(t.as_deref().unwrap_or_default()).into_owned();
             let cells = [
-                p.indicator.clone().unwrap_or_default(),
+                feed_text(&p.indicator),
                 p.confidence.map(|c| c.to_string()).unwrap_or_default(),
                 if p.expires.is_some() {
                     ts(p.expires)
                 } else {
                     String::new()
                 },
-                p.description.clone().unwrap_or_default(),
+                feed_text(&p.description),
             ];
             row.extend(
                 cells
@@ -335,7 +339,8 @@ fn entry_table(rows: &[EntryReport], with_condition: bool) -> Table {
 fn print_text(out: &Out) {
     let ex = out.explanation;
     println!("packet: {}", ex.query.describe());
-    println!("{}", ex.summary);
+    // The summary names indicator ids, which come from feeds.
+    println!("{}", Escaped(&ex.summary));
     if !ex.allowlist.is_empty() {
         println!();
         println!(
@@ -394,7 +399,7 @@ fn print_text(out: &Out) {
             (Some(false), _) => {
                 println!("kernel {}: MISMATCH", k.iface);
                 for m in &k.mismatches {
-                    println!("  - {m}");
+                    println!("  - {}", Escaped(m));
                 }
             }
             (None, e) => println!(
@@ -425,6 +430,6 @@ fn print_text(out: &Out) {
         }
     }
     for n in &out.notes {
-        println!("note: {n}");
+        println!("note: {}", Escaped(n));
     }
 }

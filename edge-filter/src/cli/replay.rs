@@ -6,7 +6,7 @@ use clap::Args;
 use edge_filter::agent;
 use edge_filter::config::{Config, Source};
 use edge_filter::entry::EntryKey;
-use edge_filter::feeds::parse_feed;
+use edge_filter::feed_agent::parse_body;
 use edge_filter::fetch::{FetchPolicy, Fetched, Fetcher, Location, Validators};
 use edge_filter::replay::{self, EntryInput, Request};
 use edge_filter::sync::{FeedSnapshot, merge};
@@ -155,16 +155,18 @@ fn config_input(cfg: &Config, label: String) -> anyhow::Result<EntryInput<'stati
             Source::File(p) => Location::File(p),
             Source::Http(u) => Location::Http(u),
         };
-        let bytes = match rt.block_on(fetcher.fetch(loc, &Validators::default(), &policy)) {
-            Ok(Fetched::Body { bytes, .. }) => bytes,
-            Ok(Fetched::NotModified) => anyhow::bail!("feed {}: unexpected 304", f.name),
-            Err(e) => anyhow::bail!("feed {}: {e}", f.name),
-        };
-        let format = f.format.resolve(&f.source.format_hint(), &bytes);
-        let parsed = parse_feed(format, &bytes, &f.feed_options(&cfg.limits))
+        let (bytes, framing) =
+            match rt.block_on(fetcher.fetch(loc, &Validators::default(), &policy)) {
+                Ok(Fetched::Body { bytes, framing, .. }) => (bytes, framing),
+                Ok(Fetched::NotModified) => anyhow::bail!("feed {}: unexpected 304", f.name),
+                Err(e) => anyhow::bail!("feed {}: {e}", f.name),
+            };
+        // Exactly as the agent parses it: a copy the agent would refuse
+        // (nothing parses, too many rejected lines) is an error here too.
+        let parsed = parse_body(f, cfg, &bytes, framing)
             .map_err(|e| anyhow::anyhow!("feed {}: {e}", f.name))?;
         for r in parsed.rejected.iter().take(5) {
-            log::warn!("feed {}: line {}: {}", f.name, r.index, r.reason);
+            log::warn!("feed {}: line {r}", f.name);
         }
         snapshots.push(FeedSnapshot {
             feed: f.name.clone(),

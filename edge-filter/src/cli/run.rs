@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use edge_filter::trust::{self, Role};
 use edge_filter::{agent, attach::Mode, paths::Paths, program::Capacities};
 
 use super::PinArgs;
@@ -94,6 +95,16 @@ pub struct RunArgs {
         conflicts_with = "config"
     )]
     pub max_shrink: f64,
+    /// Refuse a reload where more than this share of the lines are rejected
+    /// (or none parses): the previous entries stay enforced. With --config
+    /// use [safety] max_rejected_share.
+    #[arg(
+        long,
+        default_value_t = 0.5,
+        value_name = "SHARE",
+        conflicts_with = "config"
+    )]
+    pub max_rejected_share: f64,
     /// Entry ids with their own hit counters (`top`, `explain`); hits on
     /// higher ids are counted together as overflow. Memory: N x 24 bytes x
     /// possible CPUs.
@@ -105,7 +116,24 @@ pub struct RunArgs {
 
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.config {
+        // The config decides what root enforces and which files it reads:
+        // one another user could write is refused before it is parsed.
+        trust::check_file(path, Role::Config).or_else(|e| {
+            if e.is_not_found() || e.is_permission() {
+                Ok(()) // loading it says so
+            } else {
+                Err(e)
+            }
+        })?;
         let cfg = edge_filter::config::Config::load(path)?;
+        for w in cfg.warnings() {
+            log::warn!("{}: {w}", path.display());
+        }
+        for f in &cfg.feeds {
+            if let edge_filter::config::Source::File(p) = &f.source {
+                warn_data_file(&format!("feed {}", f.name), p);
+            }
+        }
         edge_filter::features::require(edge_filter::features::Use::Run)?;
         edge_filter::feed_agent::run(cfg).await?;
         return Ok(());
@@ -113,6 +141,10 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let (Some(iface), Some(blocklist)) = (a.iface, a.blocklist) else {
         anyhow::bail!("--iface and --blocklist are required without --config");
     };
+    warn_data_file("--blocklist", &blocklist);
+    if let Some(allow) = &a.allowlist {
+        warn_data_file("--allowlist", allow);
+    }
     let caps = Capacities {
         addr_v4: a.max_addr_v4,
         addr_v6: a.max_addr_v6,
@@ -125,6 +157,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     if a.poll_seconds.is_nan() || a.poll_seconds <= 0.0 {
         anyhow::bail!("--poll-seconds must be positive");
+    }
+    if !(0.0..=1.0).contains(&a.max_rejected_share) {
+        anyhow::bail!(
+            "--max-rejected-share {} is out of range (0 to 1)",
+            a.max_rejected_share
+        );
     }
     if !(a.max_shrink > 0.0 && a.max_shrink <= 1.0) {
         anyhow::bail!(
@@ -150,7 +188,21 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         poll: Duration::from_secs_f64(a.poll_seconds),
         metrics,
         max_shrink: a.max_shrink,
+        max_rejected_share: a.max_rejected_share,
     })
     .await?;
     Ok(())
+}
+
+/// Log (once, at start) that another user could write a feed, blocklist or
+/// allowlist file. A warning, not a refusal: its content is parsed as
+/// untrusted input like a download (limits, breadth check, shrink guard),
+/// and a file kept by another user (a download job) can be deliberate; but
+/// that user decides what it lists. A missing file is reported when read.
+fn warn_data_file(what: &str, path: &std::path::Path) {
+    match trust::check_file(path, Role::FeedFile) {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() || e.is_permission() => {}
+        Err(e) => log::warn!("{what}: {e} (read anyway: feed content is checked like a download)"),
+    }
 }

@@ -18,6 +18,7 @@ use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::attach::{self, LinkHealth};
 use edge_filter::config::Config;
+use edge_filter::escape::{self, escape};
 use edge_filter::feed_agent::{FeedHealth, STATUS_FILE, Status};
 use edge_filter::maps::Desired;
 use edge_filter::paths::Paths;
@@ -228,7 +229,7 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
         feeds,
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", escape::json(serde_json::to_string_pretty(&out)?));
     } else {
         print_text(&out);
     }
@@ -656,11 +657,14 @@ fn print_text(out: &Out) {
                 f.hits.map_or("-".into(), |v| v.drops.packets.to_string()),
                 f.hits
                     .map_or("-".into(), |v| v.monitors.packets.to_string()),
-                h.held.as_deref().map_or("-".into(), |s| clip(s, 60)),
+                // Errors can quote the feed (a rejected line).
+                h.held
+                    .as_deref()
+                    .map_or("-".into(), |s| clip(&escape(s), 60)),
                 h.last_error
                     .as_deref()
                     .or(h.persist_error.as_deref())
-                    .map_or("-".into(), |s| clip(s, 60)),
+                    .map_or("-".into(), |s| clip(&escape(s), 60)),
             ]);
         }
         println!("{t}");

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use comfy_table::{CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
+use edge_filter::escape;
 use edge_filter::hits::{EntryHits, Hits, Report, Verdicts};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -173,7 +174,7 @@ pub fn run(a: TopArgs) -> anyhow::Result<()> {
         notes: &notes,
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", escape::json(serde_json::to_string_pretty(&out)?));
     } else {
         print_text(&out, cfg.is_some(), a.blocklist.is_some());
     }
@@ -225,7 +226,8 @@ fn print_text(out: &Out, with_feeds: bool, with_sources: bool) {
                 } else {
                     e.feeds.join(", ")
                 });
-                row.push(e.indicators.join(", "));
+                // Indicator ids come from feeds.
+                row.push(escape::escape(&e.indicators.join(", ")).into_owned());
             } else if with_sources {
                 row.push(e.sources.join(", "));
             }
@@ -279,6 +281,6 @@ fn print_text(out: &Out, with_feeds: bool, with_sources: bool) {
         }
     }
     for n in out.notes {
-        println!("note: {n}");
+        println!("note: {}", escape::Escaped(n));
     }
 }

@@ -26,7 +26,21 @@
 //! malformed input; `unsupported` counts indicators that are well-formed but
 //! cannot be expressed by a source-address filter (URLs, domains, hashes,
 //! ASNs, ...); `skipped` counts revoked or already expired indicators. The
-//! reasons for the last two are in [`FeedParse::ignored`].
+//! reasons for the last two are in [`FeedParse::ignored`]. `records` counts
+//! the lines or objects that were well-formed (they produced entries or were
+//! ignored on purpose), so `records + rejected` is the feed's data.
+//!
+//! Whether a copy is usable at all is [`FeedParse::usable`]: a copy where
+//! nothing parses (an HTML error page, the wrong format, binary junk) or
+//! where rejected lines exceed a share of the data is a failed fetch, not an
+//! empty or shrunken feed.
+//!
+//! A last line without a newline is parsed like any other, unless
+//! [`FeedOptions::end_unproven`] says the input may have been cut short (an
+//! HTTP body that ended when the connection closed, with no
+//! `Content-Length` and no chunked framing to prove it whole): then it is
+//! rejected, because a cut line can still parse (`203.0.113.77` cut after
+//! `203.0.113.7` is a different, valid address).
 
 pub mod alienvault;
 pub mod csv;
@@ -52,9 +66,14 @@ use time::macros::format_description;
 
 use crate::blocklist::clip;
 use crate::entry::{Action, Entry};
+use crate::escape::Escaped;
 
 /// How much of a bad line or object a [`Rejected`] quotes.
 const QUOTE_LEN: usize = 200;
+
+/// Why a last line without a newline is rejected when the input's end is
+/// not proven ([`FeedOptions::end_unproven`]).
+pub const UNTERMINATED: &str = "last line has no newline and the body's end is unproven (the server closed the connection without Content-Length or chunked framing): it may be cut short";
 
 /// An [`Entry`] with its provenance.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -121,9 +140,16 @@ pub struct Rejected {
 }
 
 impl fmt::Display for Rejected {
-    /// `INDEX: REASON: TEXT`.
+    /// `INDEX: REASON: TEXT`, with control characters of the reason and
+    /// text escaped (they come from the feed; see [`crate::escape`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.index, self.reason, self.text)
+        write!(
+            f,
+            "{}: {}: {}",
+            self.index,
+            Escaped(&self.reason),
+            Escaped(&self.text)
+        )
     }
 }
 
@@ -166,6 +192,10 @@ pub struct FeedParse {
     pub skipped: usize,
     /// One explanation per unsupported or skipped indicator.
     pub ignored: Vec<Ignored>,
+    /// Lines or objects that were well-formed: they produced entries or
+    /// were ignored on purpose. Comments, blank lines and record headers
+    /// (Tor's `ExitNode`) are neither this nor rejected.
+    pub records: usize,
 }
 
 impl fmt::Display for FeedParse {
@@ -180,6 +210,108 @@ impl fmt::Display for FeedParse {
             self.skipped
         )
     }
+}
+
+impl FeedParse {
+    /// Whether this copy can stand for the feed, given that at most
+    /// `max_rejected_share` (0 to 1) of its data (`records + rejected`) may
+    /// be rejected. A copy where nothing parses is never usable, whatever
+    /// the share: an HTML error page or a feed in another format rejects
+    /// every line, and applying it as an empty feed would unblock
+    /// everything. A copy with no data at all (empty, or only comments) is
+    /// usable: an empty feed is the shrink guard's business.
+    pub fn usable(&self, max_rejected_share: f64, format: Format) -> Result<(), Unusable> {
+        let (one, unit) = if format == Format::Stix {
+            ("object", "objects")
+        } else {
+            ("line", "lines")
+        };
+        Unusable::check(
+            self.records,
+            self.rejected.len(),
+            max_rejected_share,
+            unit,
+            || format!("{one} {}", self.rejected[0]),
+        )
+    }
+}
+
+impl Unusable {
+    /// Judge a copy of `records` well-formed and `rejected` rejected lines
+    /// or objects (`unit`) against `max_rejected_share` (see
+    /// [`FeedParse::usable`]); `first` describes the first rejection.
+    pub fn check(
+        records: usize,
+        rejected: usize,
+        max_rejected_share: f64,
+        unit: &'static str,
+        first: impl FnOnce() -> String,
+    ) -> Result<(), Unusable> {
+        if rejected == 0 {
+            return Ok(());
+        }
+        if records == 0 {
+            return Err(Unusable::NothingParsed {
+                rejected,
+                unit,
+                first: first(),
+            });
+        }
+        let total = records + rejected;
+        if rejected as f64 > max_rejected_share * total as f64 {
+            return Err(Unusable::TooManyRejected {
+                rejected,
+                total,
+                unit,
+                share: percent(rejected as f64 / total as f64),
+                limit: percent(max_rejected_share),
+                first: first(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `0.7` as `70%`, `1/3` as `33.3%`.
+fn percent(share: f64) -> String {
+    let p = share * 100.0;
+    if (p - p.round()).abs() < 0.05 {
+        format!("{p:.0}%")
+    } else {
+        format!("{p:.1}%")
+    }
+}
+
+/// Why a parsed copy of a feed is not used (see [`FeedParse::usable`]): the
+/// fetch counts as failed and the last-known-good copy stays enforced.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum Unusable {
+    /// Every line or object was rejected.
+    #[error("0 of {rejected} {unit} parsed (every one rejected; {first})")]
+    NothingParsed {
+        /// Rejected lines or objects.
+        rejected: usize,
+        /// `lines` or `objects`.
+        unit: &'static str,
+        /// The first rejection, `line INDEX: REASON: TEXT` (escaped).
+        first: String,
+    },
+    /// More than the allowed share was rejected.
+    #[error("rejected {share} of {unit} ({rejected} of {total}, limit {limit}; first: {first})")]
+    TooManyRejected {
+        /// Rejected lines or objects.
+        rejected: usize,
+        /// Rejected plus well-formed ones.
+        total: usize,
+        /// `lines` or `objects`.
+        unit: &'static str,
+        /// `rejected / total`, as a percentage (`70%`).
+        share: String,
+        /// The limit, as a percentage.
+        limit: String,
+        /// The first rejection, `line INDEX: REASON: TEXT` (escaped).
+        first: String,
+    },
 }
 
 /// Input limits. A feed over `max_bytes` or producing more than
@@ -223,6 +355,14 @@ pub struct FeedOptions {
     /// (`https://198.51.100.7:2967/x`) into a TCP address+port entry. Off by
     /// default: blocking the endpoint is broader than the URL.
     pub url_ip_hosts: bool,
+    /// The input may have been cut short without anyone noticing: an HTTP
+    /// body that ended when the server closed the connection, with neither
+    /// `Content-Length` nor chunked framing to prove it whole. Then a last
+    /// line without a newline is rejected instead of parsed (a cut line can
+    /// still parse, as a different entry). Off by default: files and
+    /// length-framed bodies are known to be whole, and their last line is
+    /// the producer's, newline or not.
+    pub end_unproven: bool,
 }
 
 impl Default for FeedOptions {
@@ -233,6 +373,7 @@ impl Default for FeedOptions {
             action: Action::Drop,
             csv: None,
             url_ip_hosts: false,
+            end_unproven: false,
         }
     }
 }
@@ -463,6 +604,9 @@ pub(crate) struct Sink<'a> {
     pub out: FeedParse,
     pub opts: &'a FeedOptions,
     pub now: OffsetDateTime,
+    /// The last index counted in [`FeedParse::records`] (a line or object
+    /// can produce several entries; it counts once).
+    counted: Option<usize>,
 }
 
 impl<'a> Sink<'a> {
@@ -478,6 +622,7 @@ impl<'a> Sink<'a> {
             out: FeedParse::default(),
             opts,
             now: opts.now.unwrap_or_else(OffsetDateTime::now_utc),
+            counted: None,
         })
     }
 
@@ -490,7 +635,16 @@ impl<'a> Sink<'a> {
             });
         }
         self.out.entries.push(entry);
+        self.count(index);
         Ok(())
+    }
+
+    /// Count the line or object at `index` as well-formed, once.
+    fn count(&mut self, index: usize) {
+        if self.counted != Some(index) {
+            self.counted = Some(index);
+            self.out.records += 1;
+        }
     }
 
     /// Record a malformed line or object.
@@ -514,6 +668,7 @@ impl<'a> Sink<'a> {
             IgnoreKind::Unsupported => self.out.unsupported += 1,
             IgnoreKind::Revoked | IgnoreKind::Expired => self.out.skipped += 1,
         }
+        self.count(index);
         self.out.ignored.push(Ignored {
             index,
             kind,
@@ -529,7 +684,9 @@ impl<'a> Sink<'a> {
 
     /// Run `f` on every line (1-based number, text without the terminator),
     /// rejecting lines over the length limit and lines that are not UTF-8.
-    /// A UTF-8 byte-order mark at the start is skipped.
+    /// A UTF-8 byte-order mark at the start is skipped. With
+    /// [`FeedOptions::end_unproven`], a non-blank last line without a
+    /// newline is rejected (it may be cut short).
     pub fn lines(
         &mut self,
         bytes: &[u8],
@@ -539,9 +696,20 @@ impl<'a> Sink<'a> {
         if bytes.is_empty() {
             return Ok(());
         }
+        let terminated = bytes.ends_with(b"\n");
         let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let last = bytes.iter().filter(|&&b| b == b'\n').count();
         for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
             let index = i + 1;
+            if i == last
+                && !terminated
+                && self.opts.end_unproven
+                && !raw.iter().all(u8::is_ascii_whitespace)
+            {
+                let text = String::from_utf8_lossy(&raw[..raw.len().min(QUOTE_LEN)]).into_owned();
+                self.reject(index, UNTERMINATED, &text);
+                continue;
+            }
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
             if raw.len() > self.opts.limits.max_line_len {
                 let reason = format!(
@@ -697,6 +865,172 @@ mod tests {
             p.rejected[1].to_string(),
             "3: not valid UTF-8 at byte 10: 203.0.113.\u{fffd}"
         );
+    }
+
+    #[test]
+    fn unterminated_last_line_is_rejected_only_when_the_end_is_unproven() {
+        let cut = FeedOptions {
+            end_unproven: true,
+            ..opts()
+        };
+        // A body cut mid-address: `203.0.113.77` arrived as `203.0.113.7`.
+        let body = b"198.51.100.1\n203.0.113.7";
+        let whole = parse_feed(Format::Plain, body, &opts()).unwrap();
+        assert_eq!(
+            whole.entries.len(),
+            2,
+            "a file's last line is the producer's"
+        );
+        assert!(whole.rejected.is_empty());
+        for f in [Format::Plain, Format::Spamhaus, Format::Ipsum] {
+            let p = parse_feed(f, body, &cut).unwrap();
+            assert_eq!(p.rejected.len(), 1, "{f}: {p:?}");
+            assert_eq!(p.rejected[0].index, 2, "{f}");
+            assert_eq!(p.rejected[0].reason, UNTERMINATED, "{f}");
+            assert_eq!(p.rejected[0].text, "203.0.113.7", "{f}");
+            assert!(
+                !p.entries
+                    .iter()
+                    .any(|e| e.entry.net.to_string() == "203.0.113.7/32"),
+                "{f}: the cut address must not be enforced"
+            );
+        }
+        let p = parse_feed(Format::Plain, body, &cut).unwrap();
+        assert_eq!((p.entries.len(), p.records), (1, 1));
+        // Terminated, or ending in blanks: nothing to distrust.
+        for body in [
+            &b"198.51.100.1\n203.0.113.77\n"[..],
+            b"198.51.100.1\r\n",
+            b"198.51.100.1\n  ",
+        ] {
+            let p = parse_feed(Format::Plain, body, &cut).unwrap();
+            assert!(p.rejected.is_empty(), "{body:?}: {p:?}");
+        }
+        // A one-line body without a newline: nothing is left, so the copy
+        // is unusable (it would otherwise replace the feed with nothing).
+        let p = parse_feed(Format::Plain, b"203.0.113.7", &cut).unwrap();
+        assert!(p.entries.is_empty());
+        assert!(matches!(
+            p.usable(1.0, Format::Plain),
+            Err(Unusable::NothingParsed { rejected: 1, .. })
+        ));
+        // JSON Lines: a cut object is invalid JSON anyway; the reason says why.
+        let jsonl = b"{\"net\":\"198.51.100.1\"}\n{\"net\":\"203.0.113.7\"}";
+        let p = parse_feed(Format::Jsonl, jsonl, &cut).unwrap();
+        assert_eq!((p.entries.len(), p.rejected.len()), (1, 1), "{p:?}");
+        assert_eq!(p.rejected[0].reason, UNTERMINATED);
+        // CSV: the header is whole, the last record is cut.
+        // (`192.0.2.2,443` cut to port 44 would be a wrong entry.)
+        let csv = b"ip,port\n192.0.2.1,443\n192.0.2.2,44";
+        let p = parse_feed(Format::Csv, csv, &cut).unwrap();
+        assert_eq!((p.records, p.rejected.len()), (1, 1), "{p:?}");
+        assert_eq!(p.rejected[0].index, 3);
+        assert_eq!(parse_feed(Format::Csv, csv, &opts()).unwrap().records, 2);
+    }
+
+    #[test]
+    fn records_count_lines_not_entries() {
+        // A range expands to several entries but is one record; comments
+        // and blanks are not records; duplicates are.
+        let p = parse_feed(
+            Format::Plain,
+            b"# c\n\n198.51.100.0-198.51.100.2\n203.0.113.1\n203.0.113.1\nbad\n",
+            &opts(),
+        )
+        .unwrap();
+        assert_eq!(p.records, 3, "{p:?}");
+        assert_eq!(p.rejected.len(), 1);
+        assert!(p.entries.len() > 3);
+        // Unsupported and expired STIX indicators are well-formed records.
+        let stix = br#"{"type":"bundle","id":"bundle--1","objects":[
+            {"type":"indicator","spec_version":"2.1","id":"indicator--1","pattern":"[domain-name:value = 'x.example']","pattern_type":"stix","valid_from":"2024-01-01T00:00:00Z"},
+            {"type":"indicator","spec_version":"2.1","id":"indicator--2","pattern":"[ipv4-addr:value = '203.0.113.5']","pattern_type":"stix","valid_from":"2024-01-01T00:00:00Z"},
+            {"type":"indicator","spec_version":"2.1","id":"indicator--3"}]}"#;
+        let p = parse_feed(Format::Stix, stix, &opts()).unwrap();
+        assert_eq!(
+            (p.records, p.unsupported, p.rejected.len()),
+            (2, 1, 1),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn usable_copies() {
+        let parse = |text: &str| parse_feed(Format::Plain, text.as_bytes(), &opts()).unwrap();
+        // Nothing parses: an HTML error page.
+        let html = parse("<html>\n<body>502 Bad Gateway</body>\n</html>\n");
+        let e = html.usable(0.5, Format::Plain).unwrap_err();
+        assert!(
+            matches!(e, Unusable::NothingParsed { rejected: 3, .. }),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("0 of 3 lines parsed (every one rejected; line 1: "),
+            "{e}"
+        );
+        // Even with no limit on the share.
+        assert!(html.usable(1.0, Format::Plain).is_err());
+        // 7 of 10 rejected.
+        let mostly_bad = parse(&format!(
+            "{}{}",
+            "203.0.113.1\n203.0.113.2\n203.0.113.3\n",
+            "junk\n".repeat(7)
+        ));
+        let e = mostly_bad.usable(0.5, Format::Plain).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "rejected 70% of lines (7 of 10, limit 50%; first: line 4: invalid address 'junk': junk)"
+        );
+        assert!(
+            mostly_bad.usable(0.7, Format::Plain).is_ok(),
+            "at the limit is fine"
+        );
+        assert!(mostly_bad.usable(1.0, Format::Plain).is_ok());
+        let third = parse("203.0.113.1\n203.0.113.2\nx\n");
+        assert!(
+            third
+                .usable(0.25, Format::Plain)
+                .unwrap_err()
+                .to_string()
+                .starts_with("rejected 33.3% of lines (1 of 3, limit 25%;"),
+        );
+        // Nothing rejected, or no data at all: usable (an empty feed is the
+        // shrink guard's business), even with a zero limit.
+        for text in ["203.0.113.1\n", "", "# only a comment\n"] {
+            assert!(parse(text).usable(0.0, Format::Plain).is_ok(), "{text:?}");
+        }
+        assert!(third.usable(0.0, Format::Plain).is_err());
+        // STIX counts objects.
+        let stix = parse_feed(
+            Format::Stix,
+            br#"[{"type":"indicator","id":"indicator--1"}]"#,
+            &opts(),
+        )
+        .unwrap();
+        assert!(
+            stix.usable(0.5, Format::Stix)
+                .unwrap_err()
+                .to_string()
+                .starts_with("0 of 1 objects parsed (every one rejected; object 1: "),
+        );
+    }
+
+    #[test]
+    fn rejected_text_is_escaped_when_shown() {
+        let p = parse_feed(
+            Format::Plain,
+            b"203.0.113.1\rINFO forged line\x1b[2J\n",
+            &opts(),
+        )
+        .unwrap();
+        let r = &p.rejected[0];
+        // Kept as it was (quoted text is data) ...
+        assert!(r.text.contains('\r'));
+        // ... and escaped wherever it is shown.
+        let shown = r.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.contains("\\rINFO forged line\\x1b[2J"), "{shown}");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //!
 //! It never touches the kernel and never uses the network: HTTP feeds are
 //! listed as not fetched, so the totals are a lower bound when there are
-//! any (the report says so).
+//! any (the report says so). It looks at the state directory and the pin
+//! root the way the agent will ([`crate::trust`]), without creating them:
+//! one another user could write is a problem (the agent refuses it), a
+//! feed file another user could write is a warning (feeds are data).
 
 use std::io::Read;
 use std::path::Path;
@@ -14,7 +17,10 @@ use time::OffsetDateTime;
 
 use super::desired::{FeedCounts, FeedSnapshot, KindCounts, RejectedEntry, merge};
 use crate::config::{Config, FeedConfig, Role, Source};
+use crate::escape::Escaped;
 use crate::feeds::{self, FeedError, Format};
+use crate::paths::Paths;
+use crate::trust::{self, TrustError};
 
 /// How many rejected lines and ignored indicators a feed report quotes.
 pub const EXAMPLES: usize = 5;
@@ -28,7 +34,8 @@ pub enum FeedStatus {
     /// An HTTP feed: check-config does not use the network.
     NotFetched,
     /// Could not be read, or refused as a whole (size or entry limit, not
-    /// JSON, unusable CSV header).
+    /// JSON, unusable CSV header, nothing parsed or too many lines
+    /// rejected: the agent would keep its last-known-good copy).
     Failed,
 }
 
@@ -66,13 +73,15 @@ pub struct FeedReport {
     pub counts: FeedCounts,
     /// Malformed lines or objects.
     pub rejected_lines: usize,
-    /// The first few of them, `line N: reason: text`.
+    /// The first few of them, `line N: reason: text` (control characters
+    /// escaped).
     pub rejected_examples: Vec<String>,
     /// Well-formed indicators a source-address filter cannot express.
     pub unsupported: usize,
     /// Revoked or already expired indicators.
     pub skipped: usize,
-    /// The first few unsupported or skipped indicators, with the reason.
+    /// The first few unsupported or skipped indicators, with the reason
+    /// (control characters escaped).
     pub ignored_examples: Vec<String>,
 }
 
@@ -135,6 +144,12 @@ pub struct CheckReport {
     pub next_change: Option<OffsetDateTime>,
     /// Whether HTTP feeds were left out of the totals.
     pub incomplete: bool,
+    /// Valid settings that weaken a safety net ([`Config::warnings`]), and
+    /// `file:` feeds another user could write.
+    pub warnings: Vec<String>,
+    /// The state directory or pins another user could write: the agent
+    /// would refuse to start (see [`crate::trust`]).
+    pub path_problems: Vec<String>,
 }
 
 impl CheckReport {
@@ -147,6 +162,84 @@ impl CheckReport {
     pub fn over_capacity(&self) -> impl Iterator<Item = &MapUse> {
         self.maps.iter().filter(|m| m.over())
     }
+
+    /// Everything that makes the configuration fail the check, one line
+    /// each: feeds that could not be loaded, maps that would overflow,
+    /// paths the agent would refuse. Empty: it passes.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let failed: Vec<&str> = self.failed().map(|f| f.name.as_str()).collect();
+        if !failed.is_empty() {
+            p.push(format!(
+                "{} feed(s) could not be loaded: {}",
+                failed.len(),
+                failed.join(", ")
+            ));
+        }
+        let over: Vec<String> = self
+            .over_capacity()
+            .map(|m| format!("{} ({} > {})", m.map, m.entries, m.capacity))
+            .collect();
+        if !over.is_empty() {
+            p.push(format!(
+                "maps would overflow (raise [capacities]): {}",
+                over.join(", ")
+            ));
+        }
+        p.extend(self.path_problems.iter().cloned());
+        p
+    }
+}
+
+/// A trust finding as a line, `None` when there is none or the path could
+/// merely not be looked at (missing, or not readable by this user: the
+/// agent creates it, or runs as root).
+fn finding<T>(r: Result<T, TrustError>) -> Option<String> {
+    match r {
+        Ok(_) | Err(TrustError::Io { .. }) => None,
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// What the agent would refuse of `cfg`'s state directory and pins, as it
+/// finds them now (nothing is created).
+pub fn path_problems(cfg: &Config) -> Vec<String> {
+    let mut p = Vec::new();
+    let state = &cfg.state_dir;
+    p.extend(finding(trust::check_creatable(
+        state,
+        trust::Role::StateDir,
+    )));
+    if p.is_empty() {
+        for sub in ["lkg", "force"] {
+            p.extend(finding(trust::check_creatable(
+                &state.join(sub),
+                trust::Role::StateDir,
+            )));
+        }
+    }
+    match finding(trust::check_creatable(&cfg.bpffs, trust::Role::PinRoot)) {
+        Some(e) => p.push(e),
+        None => {
+            let paths = Paths::new(&cfg.bpffs);
+            for i in &cfg.interfaces {
+                p.extend(finding(paths.check_iface(&i.name)));
+            }
+        }
+    }
+    p
+}
+
+/// `file:` feeds another user could write (feeds are data: a warning).
+fn feed_file_warnings(cfg: &Config) -> Vec<String> {
+    cfg.feeds
+        .iter()
+        .filter_map(|f| match &f.source {
+            Source::File(path) => finding(trust::check_file(path, trust::Role::FeedFile))
+                .map(|e| format!("feed {}: {e} (the agent reads it anyway: feed content is checked like a download)", f.name)),
+            Source::Http(_) => None,
+        })
+        .collect()
 }
 
 /// Read and parse every `file:` feed of `cfg` at `now`, merge them and
@@ -214,6 +307,12 @@ pub fn check(cfg: &Config, name: &str, now: OffsetDateTime) -> CheckReport {
         next_change: st.next_change(),
         incomplete: feeds.iter().any(|f| f.status == FeedStatus::NotFetched),
         feeds,
+        warnings: cfg
+            .warnings()
+            .into_iter()
+            .chain(feed_file_warnings(cfg))
+            .collect(),
+        path_problems: path_problems(cfg),
     }
 }
 
@@ -284,8 +383,20 @@ fn check_feed(
         .ignored
         .iter()
         .take(EXAMPLES)
-        .map(|x| format!("{unit} {}: {}: {}", x.index, x.reason, x.text))
+        .map(|x| {
+            format!(
+                "{unit} {}: {}: {}",
+                x.index,
+                Escaped(&x.reason),
+                Escaped(&x.text)
+            )
+        })
         .collect();
+    // A copy the agent would refuse is reported with its rejected lines
+    // and left out of the totals, as the agent leaves it out.
+    if let Err(e) = parse.usable(f.max_rejected_share(&cfg.safety), format) {
+        return fail(r, e.to_string());
+    }
     let snapshot = FeedSnapshot {
         feed: f.name.clone(),
         entries: parse.entries,
@@ -453,6 +564,155 @@ role = "allow"
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["feeds"][2]["status"], "not_fetched");
         assert_eq!(json["maps"][2]["map"], edge_filter_common::MAP_ADDR_V4);
+    }
+
+    /// A feed with duplicates and a bad line counts distinct entries; a
+    /// feed where nothing parses, or where too many lines are rejected, is
+    /// FAILED (as the agent would refuse it) with its rejected lines shown,
+    /// and left out of the totals.
+    #[test]
+    fn distinct_counts_and_unusable_copies() {
+        let d = TempDir::new("unusable");
+        let dups = d.write(
+            "dups.txt",
+            "203.0.113.1\n203.0.113.1\n203.0.113.2\nbogus\n203.0.113.2\n",
+        );
+        let html = d.write(
+            "html.txt",
+            "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\x1b[2J</body>\n</html>\n",
+        );
+        let mostly = d.write(
+            "mostly.txt",
+            &format!(
+                "198.51.100.1\n198.51.100.2\n198.51.100.3\n{}",
+                "junk\n".repeat(7)
+            ),
+        );
+        let text = format!(
+            "[[interface]]\nname = \"e\"\n[[feed]]\nname = \"dups\"\nsource = \"file:{dups}\"\n[[feed]]\nname = \"html\"\nsource = \"file:{html}\"\n[[feed]]\nname = \"mostly\"\nsource = \"file:{mostly}\"\n[[feed]]\nname = \"lenient\"\nsource = \"file:{mostly}\"\nmax_rejected_share = 0.8\n"
+        );
+        let cfg = Config::from_str_named(&text, "c").unwrap();
+        let r = check(&cfg, "c", NOW);
+        let f = &r.feeds[0];
+        assert_eq!(f.status, FeedStatus::Loaded);
+        assert_eq!(
+            (f.parsed, f.counts.entries, f.rejected_lines),
+            (4, 2, 1),
+            "{f:?}"
+        );
+        let h = &r.feeds[1];
+        assert_eq!(h.status, FeedStatus::Failed);
+        assert_eq!(
+            h.error.as_deref(),
+            Some(
+                "0 of 4 lines parsed (every one rejected; line 1: invalid address '<html>': <html>)"
+            )
+        );
+        assert_eq!(h.rejected_lines, 4);
+        assert_eq!(h.counts.entries, 0, "left out of the totals");
+        assert!(
+            h.rejected_examples[2].ends_with("<body>\\x1b[2J</body>"),
+            "escaped: {:?}",
+            h.rejected_examples
+        );
+        let m = &r.feeds[2];
+        assert_eq!(m.status, FeedStatus::Failed);
+        assert!(
+            m.error
+                .as_deref()
+                .unwrap()
+                .starts_with("rejected 70% of lines (7 of 10, limit 50%; first: line 4: "),
+            "{m:?}"
+        );
+        assert_eq!(r.feeds[3].status, FeedStatus::Loaded, "its own limit");
+        assert_eq!(r.feeds[3].counts.entries, 3);
+        assert_eq!(r.failed().count(), 2);
+        // The totals: dups' 2 and lenient's 3.
+        assert_eq!(r.entries, 5);
+    }
+
+    #[test]
+    fn paths_others_can_write_are_problems_feed_files_warnings() {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let d = TempDir::new("trust");
+        let feed = d.write("f.txt", "203.0.113.1\n");
+        let state = d.0.join("state");
+        std::fs::create_dir(&state).unwrap();
+        let pins = d.0.join("pins");
+        let text = format!(
+            "state_dir = '{}'\nbpffs = '{}'\n[[interface]]\nname = \"e\"\n[safety]\nbroadest_v4 = 4\n[[feed]]\nname = \"f\"\nsource = \"file:{feed}\"\n",
+            state.display(),
+            pins.display()
+        );
+        let cfg = Config::from_str_named(&text, "c").unwrap();
+        // Good as made (the pin root does not exist yet: the agent makes it).
+        chmod(&state, 0o700);
+        let r = check(&cfg, "c", NOW);
+        assert_eq!(r.path_problems, Vec::<String>::new());
+        assert_eq!(r.problems(), Vec::<String>::new());
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].starts_with("[safety] broadest_v4 = 4 "),
+            "{:?}",
+            r.warnings
+        );
+
+        // A state_dir others can write, a world-writable feed file.
+        chmod(&state, 0o777);
+        chmod(Path::new(&feed), 0o666);
+        let r = check(&cfg, "c", NOW);
+        assert_eq!(r.path_problems.len(), 1, "{:?}", r.path_problems);
+        assert!(
+            r.path_problems[0].starts_with(&format!(
+                "state directory {}: it is writable by group and others (mode 0777)",
+                state.display()
+            )),
+            "{:?}",
+            r.path_problems
+        );
+        assert_eq!(r.problems(), r.path_problems);
+        assert_eq!(r.feeds[0].status, FeedStatus::Loaded, "data is still read");
+        assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
+        assert!(
+            r.warnings[1].starts_with(&format!(
+                "feed f: feed file {feed}: it is writable by group and others (mode 0666)"
+            )),
+            "{:?}",
+            r.warnings
+        );
+        assert!(
+            r.warnings[1].contains("the agent reads it anyway"),
+            "{:?}",
+            r.warnings
+        );
+
+        // A world-writable pin root; and a pin directory of a configured
+        // interface.
+        chmod(&state, 0o700);
+        chmod(Path::new(&feed), 0o644);
+        std::fs::create_dir(&pins).unwrap();
+        chmod(&pins, 0o777);
+        let r = check(&cfg, "c", NOW);
+        assert_eq!(r.path_problems.len(), 1, "{:?}", r.path_problems);
+        assert!(
+            r.path_problems[0].starts_with("bpffs pin root "),
+            "{:?}",
+            r.path_problems
+        );
+        chmod(&pins, 0o755);
+        std::fs::create_dir(pins.join("e")).unwrap();
+        chmod(&pins.join("e"), 0o777);
+        let r = check(&cfg, "c", NOW);
+        assert!(
+            r.path_problems[0].starts_with("pin directory "),
+            "{:?}",
+            r.path_problems
+        );
+        chmod(&pins.join("e"), 0o755);
+        assert!(check(&cfg, "c", NOW).problems().is_empty());
     }
 
     #[test]
