@@ -85,6 +85,18 @@ impl Paths {
             })?;
             mount_bpffs(mount)?;
         }
+        // bpffs refuses names with a dot (EPERM, which would read as missing
+        // privileges).
+        if let Ok(below) = self.root.strip_prefix(mount)
+            && below.iter().any(|c| c.to_string_lossy().contains('.'))
+        {
+            return Err(Error::Pin {
+                op: format!("using {} as the pin root", self.root.display()),
+                source: std::io::Error::other(
+                    "bpffs does not allow a '.' in a file or directory name: choose a root without one",
+                ),
+            });
+        }
         let existed = self.root.exists();
         // Created as ours (never through a link or directory another user
         // planted) and refused when another user can write it.

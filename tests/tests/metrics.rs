@@ -269,7 +269,7 @@ fn metrics_simple_agent() {
     // A second agent (on other pins: the same ones are refused by the
     // one-agent-per-interface lock first) asking for the same, taken,
     // address refuses to start, before it touches the kernel.
-    let other_pins = lab.bpffs.with_extension("other");
+    let other_pins = std::path::PathBuf::from(format!("{}-other", lab.bpffs.display()));
     let other = lab
         .edge_filter_cmd()
         .args(["run", "--iface", RECEIVER_IF, "--blocklist"])

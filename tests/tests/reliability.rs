@@ -545,3 +545,68 @@ fn full_state_dir_is_reported() {
     agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
     drop(fs);
 }
+
+/// Bug 13: messages that name the fix. Another XDP program on the
+/// interface is named (no misleading fallback to skb mode and a second
+/// copy of the error); an unprivileged user reading or detaching the
+/// filter is told about privileges, not shown a bare `BPF_OBJ_GET failed`.
+#[test]
+fn messages_name_the_fix() {
+    if netns::skip_unless_root("messages_name_the_fix") {
+        return;
+    }
+    let (lab, _probe) = lab();
+    let list = lab.write_file("blocklist.txt", &format!("{BLOCKED}\n"));
+    let agent = lab.start_agent(&["--blocklist", list.to_str().unwrap(), "--metrics-listen", "off"]);
+    agent.wait_ready("attached");
+    let prog = lab.xdp_prog_id().expect("an XDP program");
+
+    // A second filter on other pins: the interface is taken.
+    let other = std::path::PathBuf::from(format!("{}-other", lab.bpffs.display()));
+    let out = lab
+        .edge_filter_cmd()
+        .args(["run", "--iface", RECEIVER_IF, "--blocklist"])
+        .arg(&list)
+        .args(["--metrics-listen", "off", "--bpffs"])
+        .arg(&other)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{RECEIVER_IF} already runs another XDP program (program {prog} in "
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("falling back"), "misleading fallback: {err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+    assert!(!other.exists(), "the refused run left {}", other.display());
+
+    // An unprivileged user.
+    let bin = netns::edge_filter_bin();
+    for args in [vec!["detach", "--iface", RECEIVER_IF], vec!["stats", "--iface", RECEIVER_IF]] {
+        let out = lab
+            .receiver
+            .command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(&args)
+            .arg("--bpffs")
+            .arg(&lab.bpffs)
+            .output()
+            .expect("setpriv");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("Permission denied") && !err.contains("edge-filter:") {
+            println!("skipping the unprivileged part: the binary is not reachable by uid 65534");
+            return;
+        }
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("permission denied: run as root or grant CAP_BPF"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("BPF_OBJ_GET"), "{args:?}: {err}");
+    }
+    assert_eq!(lab.xdp_prog_id(), Some(prog), "the filter changed");
+}
