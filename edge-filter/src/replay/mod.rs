@@ -10,6 +10,8 @@
 //!
 //! - [`capture`] reads pcap and pcapng one record at a time and rewraps
 //!   Linux cooked (SLL, SLL2) and raw IP link layers into Ethernet;
+//!   [`reader`] parses the two formats in bounded memory, whatever lengths
+//!   a file claims;
 //! - [`report`] accumulates the summary (by verdict, reason, feed, file, top
 //!   dropped sources) and prints it and the per-packet lines;
 //! - [`expect`] writes and checks expectations files (the CI gate);
@@ -28,6 +30,7 @@
 pub mod capture;
 pub mod expect;
 pub mod live;
+pub mod reader;
 pub mod report;
 
 use std::collections::HashMap;
@@ -88,6 +91,23 @@ pub enum ReplayError {
 
 /// Result alias.
 pub type Result<T, E = ReplayError> = std::result::Result<T, E>;
+
+/// `s` with control characters escaped (`\r`, `\u{1b}`), so that text taken
+/// from a file or its name cannot forge lines or terminal output.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
 
 /// Feed names of an entry (for `--feed` / `--config` inputs; a plain
 /// blocklist names itself).
@@ -479,7 +499,6 @@ impl<'a> Replay<'a> {
     pub fn run(&mut self, files: &[(String, PathBuf)], sink: &mut dyn Sink) -> Result<RunStats> {
         let start = Instant::now();
         let mut stats = RunStats::default();
-        let mut cut = Vec::with_capacity(MAX_FRAME);
         for (file_no, (name, path)) in files.iter().enumerate() {
             sink.begin_file(file_no, name)?;
             let mut rep = FileReport {
@@ -489,7 +508,7 @@ impl<'a> Replay<'a> {
             let mut cap = match Capture::open(path) {
                 Ok(c) => c,
                 Err(e) => {
-                    rep.error = Some(e);
+                    rep.error = Some(printable(&e));
                     sink.end_file(&rep)?;
                     stats.files.push(rep);
                     continue;
@@ -503,7 +522,7 @@ impl<'a> Replay<'a> {
                 let rec = match rec {
                     Ok(r) => r,
                     Err(e) => {
-                        rep.error = Some(e);
+                        rep.error = Some(printable(&e));
                         break;
                     }
                 };
@@ -517,15 +536,11 @@ impl<'a> Replay<'a> {
                 if rec.short_link_header {
                     rep.short_link_header += 1;
                 }
-                let truncated = frame.len() > MAX_FRAME;
-                let frame = if truncated {
+                // The capture hands out at most MAX_FRAME bytes of a frame.
+                let truncated = rec.frame_len > MAX_FRAME;
+                if truncated {
                     rep.truncated += 1;
-                    cut.clear();
-                    cut.extend_from_slice(&frame[..MAX_FRAME]);
-                    &cut[..]
-                } else {
-                    frame
-                };
+                }
                 let decision = self.main.evaluate(frame)?;
                 if decision.evaluated == Evaluated::Userspace {
                     rep.userspace += 1;
@@ -540,7 +555,7 @@ impl<'a> Replay<'a> {
                     index: rec.index,
                     ts: rec.ts,
                     frame,
-                    wire_len: rec.frame.as_ref().map_or(0, Vec::len),
+                    wire_len: rec.frame_len,
                     truncated,
                     parsed: parse(frame),
                     decision: &decision,
@@ -704,4 +719,15 @@ pub fn execute(req: Request<'_>, out: &mut dyn Write, err: &mut dyn Write) -> Re
         }
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("caps/ok é.pcap"), "caps/ok é.pcap");
+        assert_eq!(printable("a\rb\x1b[2J\tc\n"), "a\\rb\\u{1b}[2J\\tc\\n");
+    }
 }
