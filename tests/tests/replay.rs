@@ -161,6 +161,10 @@ fn os(p: &Path) -> &OsStr {
     p.as_os_str()
 }
 
+/// The shared captures include files that are unreadable on purpose
+/// (MANIFEST.tsv): replays of the whole directory say so explicitly.
+const ALLOW_UNREADABLE: &str = "--allow-unreadable";
+
 // ---------------------------------------------------------------------------
 // Link types.
 
@@ -284,6 +288,8 @@ fn every_link_type_is_rewrapped_or_reported() {
     }
     let mut a: Vec<&OsStr> = args.iter().map(|p| p.as_os_str()).collect();
     a.extend([OsStr::new("--blocklist"), os(&bl)]);
+    // Two of them cannot be read to the end: listed, not failing.
+    a.push(OsStr::new(ALLOW_UNREADABLE));
     let (packets, sum) = per_packet(&a);
 
     let name = |f: &str| pcaps.join(f).display().to_string();
@@ -401,6 +407,7 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
 
     let out = replay(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&bl),
         "--write-expect".as_ref(),
@@ -421,6 +428,7 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
     assert!(doc["packets"]["tcpdump/tfo-5c1fa7f9ae91.pcap"].is_array());
     let out = replay(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&bl),
         "--write-expect".as_ref(),
@@ -440,6 +448,7 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
             .args([
                 "replay".as_ref(),
                 os(&pcaps),
+                ALLOW_UNREADABLE.as_ref(),
                 "--blocklist".as_ref(),
                 os(&bl),
             ])
@@ -458,6 +467,7 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
     std::fs::write(&bl, format!("{text}1.1.1.1\n")).unwrap();
     let out = replay(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&bl),
         "--expect".as_ref(),
@@ -484,6 +494,7 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
     // Totals-only expectations fail on the same edit.
     let out = replay(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&bl),
         "--expect".as_ref(),
@@ -500,6 +511,7 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
     std::fs::write(&bl, format!("{text}192.168.0.0/16\n")).unwrap();
     let out = replay(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&bl),
         "--expect".as_ref(),
@@ -550,7 +562,8 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
         "--expect".as_ref(),
         os(&hand),
     ]);
-    assert_eq!(exit_code(&out), Some(1));
+    // Exit 4: the replay could not run (not 1: nothing was compared).
+    assert_eq!(exit_code(&out), Some(4));
     assert!(
         text_of(&out.stderr).contains("unknown reason \"drop_everything\""),
         "{}",
@@ -592,7 +605,12 @@ fn diff_against_an_edited_real_feed() {
     std::fs::write(&new, edited).unwrap();
 
     // What each source sends, from the per-packet output under the old feed.
-    let (packets, _) = per_packet(&[os(&pcaps), "--blocklist".as_ref(), os(&old)]);
+    let (packets, _) = per_packet(&[
+        os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
+        "--blocklist".as_ref(),
+        os(&old),
+    ]);
     let from = |a: &str| packets.iter().filter(|p| p["src"] == a).count() as u64;
     let (released, added) = (from("1.1.1.1"), from("116.63.66.108") + from("8.8.8.8"));
     assert!(released > 0 && added > 0, "{released} {added}");
@@ -605,6 +623,7 @@ fn diff_against_an_edited_real_feed() {
 
     let sum = summary(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&new),
         "--diff-against-blocklist".as_ref(),
@@ -662,6 +681,7 @@ fn diff_against_an_edited_real_feed() {
     // The human form names both directions.
     let out = replay(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&new),
         "--diff-against-blocklist".as_ref(),
@@ -717,6 +737,7 @@ fn diff_against_config_and_feed_inputs() {
     // Reference numbers from the plain-blocklist path.
     let by_list = summary(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&new),
         "--diff-against-blocklist".as_ref(),
@@ -724,6 +745,7 @@ fn diff_against_config_and_feed_inputs() {
     ]);
     let by_cfg = summary(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--config".as_ref(),
         os(&new_cfg),
         "--diff-against".as_ref(),
@@ -748,8 +770,18 @@ fn diff_against_config_and_feed_inputs() {
         assert_eq!(feeds[0], "resolvers", "{p}");
     }
     // --feed gives the same totals as --blocklist for a plain list.
-    let by_feed = summary(&[os(&pcaps), "--feed".as_ref(), os(&new)]);
-    let by_bl = summary(&[os(&pcaps), "--blocklist".as_ref(), os(&new)]);
+    let by_feed = summary(&[
+        os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
+        "--feed".as_ref(),
+        os(&new),
+    ]);
+    let by_bl = summary(&[
+        os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
+        "--blocklist".as_ref(),
+        os(&new),
+    ]);
     assert_eq!(by_reason(&by_feed), by_reason(&by_bl));
 }
 
@@ -778,6 +810,7 @@ fn live_totals_equal_in_kernel_totals() {
     for extra in [&[][..], &["--drop-malformed"][..]] {
         let mut args: Vec<&OsStr> = vec![
             os(&pcaps),
+            ALLOW_UNREADABLE.as_ref(),
             "--blocklist".as_ref(),
             os(&bl),
             "--allowlist".as_ref(),
@@ -867,7 +900,8 @@ fn live_needs_root() {
         println!("skipping live_needs_root: the binary is not reachable by an unprivileged user");
         return;
     }
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Exit 4: the replay could not run.
+    assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("--live: needs root"), "{err}");
 }
 
