@@ -56,6 +56,13 @@ struct Src<R> {
 impl<R: BufRead> Src<R> {
     /// Fill `buf` as far as the file goes; fewer bytes only at its end.
     fn fill(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Usually the read buffer holds it all (this runs once per packet).
+        if let Some(b) = self.r.fill_buf()?.get(..buf.len()) {
+            buf.copy_from_slice(b);
+            self.r.consume(buf.len());
+            self.pos += buf.len() as u64;
+            return Ok(buf.len());
+        }
         let mut n = 0;
         while n < buf.len() {
             match self.r.read(&mut buf[n..]) {
@@ -108,16 +115,49 @@ impl<R: BufRead> Src<R> {
     ) -> Result<()> {
         let k = usize::try_from(caplen).unwrap_or(usize::MAX).min(keep);
         data.clear();
-        data.resize(k, 0);
-        self.exact(data, span)?;
+        // Copied out of the read buffer (no zero-filling first: this runs
+        // once per packet).
+        while data.len() < k {
+            let avail = match self.r.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if avail.is_empty() {
+                return Err(span.truncated(self.pos));
+            }
+            let n = avail.len().min(k - data.len());
+            data.extend_from_slice(&avail[..n]);
+            self.r.consume(n);
+            self.pos += n as u64;
+        }
         self.skip(total - k as u64, span)
+    }
+}
+
+/// What is being read, named only when an error needs it (this is built
+/// once per packet).
+#[derive(Clone, Copy)]
+enum What {
+    /// pcap record `n`.
+    Record(u64),
+    /// pcapng block `n` of a type.
+    Block(u64, u32),
+}
+
+impl std::fmt::Display for What {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            What::Record(n) => write!(f, "record {n}"),
+            What::Block(n, ty) => write!(f, "block {n} ({})", block_name(*ty)),
+        }
     }
 }
 
 /// A record or block being read: `what` at byte `start`, `claims` bytes
 /// long.
 struct Span {
-    what: String,
+    what: What,
     start: u64,
     claims: u64,
 }
@@ -266,7 +306,7 @@ impl<R: BufRead> PcapReader<R> {
             orig_len: u32_of(&h[12..16], be),
         };
         let span = Span {
-            what: format!("record {n}"),
+            what: What::Record(n),
             start,
             claims: 16 + u64::from(rec.caplen),
         };
@@ -285,6 +325,7 @@ impl<R: BufRead> PcapReader<R> {
 /// (the same in both byte orders).
 pub const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
+const SHB: u32 = 0x0a0d_0d0a;
 const IDB: u32 = 1;
 const PB: u32 = 2;
 const SPB: u32 = 3;
@@ -295,7 +336,7 @@ const IF_TSOFFSET: u16 = 14;
 
 fn block_name(ty: u32) -> &'static str {
     match ty {
-        0x0a0d_0d0a => "Section Header Block",
+        SHB => "Section Header Block",
         IDB => "Interface Description Block",
         PB => "Packet Block",
         SPB => "Simple Packet Block",
@@ -415,7 +456,7 @@ impl<R: BufRead> PcapNgReader<R> {
         let ty = self.u32(&head[0..4]);
         let len = self.u32(&head[4..8]);
         let span = Span {
-            what: format!("block {n} ({})", block_name(ty)),
+            what: What::Block(n, ty),
             start,
             claims: u64::from(len),
         };
@@ -461,7 +502,7 @@ impl<R: BufRead> PcapNgReader<R> {
         };
         let len = self.u32(&raw_len);
         let span = Span {
-            what: format!("block {n} (Section Header Block)"),
+            what: What::Block(n, SHB),
             start,
             claims: u64::from(len),
         };
