@@ -3,9 +3,13 @@
 //! SLL2, raw IP, raw IPv4 and IPv6 link types, and a BSD loopback one for the
 //! "not supported" report), the expectations gate (a pass and deliberate
 //! failures), `--diff-against-blocklist` on a real feed edited to add and
-//! remove entries, `--live` totals against the in-kernel ones, and a
+//! remove entries, `--live` totals against the in-kernel ones, a
 //! generated capture of 1,000,000 packets (totals against the reference
-//! classifier, peak RSS and packets per second).
+//! classifier, peak RSS and packets per second), and input a gate must not
+//! pass on: unreadable, cut and empty captures (exit 3, no expectations
+//! written, every file listed; `--allow-unreadable`, `--allow-empty`), a
+//! 9 MB pcapng packet (replayed, cut and counted) and a block claiming
+//! 4 GiB (a clear error under a 1 GiB address-space limit).
 //!
 //! Needs root for `BPF_PROG_TEST_RUN` (each test prints `skipping: needs
 //! root` and passes otherwise) and the `edge-filter` binary of the same
@@ -161,6 +165,10 @@ fn os(p: &Path) -> &OsStr {
     p.as_os_str()
 }
 
+/// The shared captures include files that are unreadable on purpose
+/// (MANIFEST.tsv): replays of the whole directory say so explicitly.
+const ALLOW_UNREADABLE: &str = "--allow-unreadable";
+
 // ---------------------------------------------------------------------------
 // Link types.
 
@@ -284,6 +292,8 @@ fn every_link_type_is_rewrapped_or_reported() {
     }
     let mut a: Vec<&OsStr> = args.iter().map(|p| p.as_os_str()).collect();
     a.extend([OsStr::new("--blocklist"), os(&bl)]);
+    // Two of them cannot be read to the end: listed, not failing.
+    a.push(OsStr::new(ALLOW_UNREADABLE));
     let (packets, sum) = per_packet(&a);
 
     let name = |f: &str| pcaps.join(f).display().to_string();
@@ -401,6 +411,7 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
 
     let out = replay(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&bl),
         "--write-expect".as_ref(),
@@ -421,6 +432,7 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
     assert!(doc["packets"]["tcpdump/tfo-5c1fa7f9ae91.pcap"].is_array());
     let out = replay(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&bl),
         "--write-expect".as_ref(),
@@ -440,6 +452,7 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
             .args([
                 "replay".as_ref(),
                 os(&pcaps),
+                ALLOW_UNREADABLE.as_ref(),
                 "--blocklist".as_ref(),
                 os(&bl),
             ])
@@ -458,6 +471,7 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
     std::fs::write(&bl, format!("{text}1.1.1.1\n")).unwrap();
     let out = replay(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&bl),
         "--expect".as_ref(),
@@ -484,6 +498,7 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
     // Totals-only expectations fail on the same edit.
     let out = replay(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&bl),
         "--expect".as_ref(),
@@ -500,6 +515,7 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
     std::fs::write(&bl, format!("{text}192.168.0.0/16\n")).unwrap();
     let out = replay(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&bl),
         "--expect".as_ref(),
@@ -550,7 +566,8 @@ fn expectation_gate_passes_then_fails_on_a_blocklist_edit() {
         "--expect".as_ref(),
         os(&hand),
     ]);
-    assert_eq!(exit_code(&out), Some(1));
+    // Exit 4: the replay could not run (not 1: nothing was compared).
+    assert_eq!(exit_code(&out), Some(4));
     assert!(
         text_of(&out.stderr).contains("unknown reason \"drop_everything\""),
         "{}",
@@ -592,7 +609,12 @@ fn diff_against_an_edited_real_feed() {
     std::fs::write(&new, edited).unwrap();
 
     // What each source sends, from the per-packet output under the old feed.
-    let (packets, _) = per_packet(&[os(&pcaps), "--blocklist".as_ref(), os(&old)]);
+    let (packets, _) = per_packet(&[
+        os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
+        "--blocklist".as_ref(),
+        os(&old),
+    ]);
     let from = |a: &str| packets.iter().filter(|p| p["src"] == a).count() as u64;
     let (released, added) = (from("1.1.1.1"), from("116.63.66.108") + from("8.8.8.8"));
     assert!(released > 0 && added > 0, "{released} {added}");
@@ -605,6 +627,7 @@ fn diff_against_an_edited_real_feed() {
 
     let sum = summary(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&new),
         "--diff-against-blocklist".as_ref(),
@@ -662,6 +685,7 @@ fn diff_against_an_edited_real_feed() {
     // The human form names both directions.
     let out = replay(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&new),
         "--diff-against-blocklist".as_ref(),
@@ -717,6 +741,7 @@ fn diff_against_config_and_feed_inputs() {
     // Reference numbers from the plain-blocklist path.
     let by_list = summary(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--blocklist".as_ref(),
         os(&new),
         "--diff-against-blocklist".as_ref(),
@@ -724,6 +749,7 @@ fn diff_against_config_and_feed_inputs() {
     ]);
     let by_cfg = summary(&[
         os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
         "--config".as_ref(),
         os(&new_cfg),
         "--diff-against".as_ref(),
@@ -748,8 +774,18 @@ fn diff_against_config_and_feed_inputs() {
         assert_eq!(feeds[0], "resolvers", "{p}");
     }
     // --feed gives the same totals as --blocklist for a plain list.
-    let by_feed = summary(&[os(&pcaps), "--feed".as_ref(), os(&new)]);
-    let by_bl = summary(&[os(&pcaps), "--blocklist".as_ref(), os(&new)]);
+    let by_feed = summary(&[
+        os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
+        "--feed".as_ref(),
+        os(&new),
+    ]);
+    let by_bl = summary(&[
+        os(&pcaps),
+        ALLOW_UNREADABLE.as_ref(),
+        "--blocklist".as_ref(),
+        os(&new),
+    ]);
     assert_eq!(by_reason(&by_feed), by_reason(&by_bl));
 }
 
@@ -778,6 +814,7 @@ fn live_totals_equal_in_kernel_totals() {
     for extra in [&[][..], &["--drop-malformed"][..]] {
         let mut args: Vec<&OsStr> = vec![
             os(&pcaps),
+            ALLOW_UNREADABLE.as_ref(),
             "--blocklist".as_ref(),
             os(&bl),
             "--allowlist".as_ref(),
@@ -867,7 +904,8 @@ fn live_needs_root() {
         println!("skipping live_needs_root: the binary is not reachable by an unprivileged user");
         return;
     }
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Exit 4: the replay could not run.
+    assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(
         err.contains("edge-filter replay --live needs CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON")
             && err.contains("nothing was changed"),
@@ -1117,4 +1155,611 @@ fn a_million_packets_stream_in_bounded_memory() {
             .unwrap()
             .starts_with("2023-11-14T22:13:2")
     );
+}
+
+// ---------------------------------------------------------------------------
+// Unreadable input, empty input and records of any legal size: a gate must
+// not pass on garbage, nor be written from it.
+
+/// A little-endian pcapng block: type, length, body padded to 4, length.
+fn ng_block(ty: u32, body: &[u8]) -> Vec<u8> {
+    let pad = (4 - body.len() % 4) % 4;
+    let len = (12 + body.len() + pad) as u32;
+    let mut b = Vec::with_capacity(len as usize);
+    b.extend_from_slice(&ty.to_le_bytes());
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(body);
+    b.extend_from_slice(&[0; 3][..pad]);
+    b.extend_from_slice(&len.to_le_bytes());
+    b
+}
+
+/// Section Header Block (little-endian, version 1.0, unknown length).
+fn ng_shb() -> Vec<u8> {
+    let mut body = vec![0x4d, 0x3c, 0x2b, 0x1a, 1, 0, 0, 0];
+    body.extend_from_slice(&(-1i64).to_le_bytes());
+    ng_block(0x0a0d_0d0a, &body)
+}
+
+/// Interface Description Block: Ethernet, the given snap length (0: no
+/// limit).
+fn ng_idb(snaplen: u32) -> Vec<u8> {
+    let mut body = vec![1, 0, 0, 0];
+    body.extend_from_slice(&snaplen.to_le_bytes());
+    ng_block(1, &body)
+}
+
+/// Enhanced Packet Block on interface 0, microsecond timestamp `ts`.
+fn ng_epb(ts: u64, frame: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(20 + frame.len());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body.extend_from_slice(&((ts >> 32) as u32).to_le_bytes());
+    body.extend_from_slice(&(ts as u32).to_le_bytes());
+    body.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    body.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    body.extend_from_slice(frame);
+    ng_block(6, &body)
+}
+
+/// An IPv6 jumbogram (payload length 0, Hop-by-Hop Jumbo Payload option)
+/// carrying UDP, `len` bytes in all.
+fn jumbogram_v6(src: Ipv6Addr, len: usize) -> Vec<u8> {
+    let mut f = eth(0x86dd, None);
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 0, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1).octets());
+    // The Jumbo Payload length: everything after the IPv6 header.
+    let jumbo = (len - f.len()) as u32;
+    f.extend_from_slice(&[17, 0, 0xc2, 4]);
+    f.extend_from_slice(&jumbo.to_be_bytes());
+    f.extend_from_slice(&l4(17, 4000, 53));
+    f.resize(len, 0xa5);
+    f
+}
+
+/// `replay` with extra process limits: the address space capped at
+/// `as_bytes` (so allocating what a length field claims would fail).
+fn replay_limited(args: &[&OsStr], as_bytes: u64) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(edge_filter_bin());
+    c.arg("replay").args(args).env("RUST_LOG", "warn");
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing
+    // else of the parent.
+    unsafe {
+        c.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: as_bytes,
+                rlim_max: as_bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.output().expect("run edge-filter replay")
+}
+
+/// Files in `dir` (to check nothing was left behind).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn unreadable_captures_fail_and_write_no_expectations() {
+    let _g = lock();
+    if skip_unless_root("unreadable_captures_fail_and_write_no_expectations") {
+        return;
+    }
+    let tmp = TempDir::new("garbage");
+    let caps = tmp.path("caps");
+    std::fs::create_dir(&caps).unwrap();
+    // Garbage with control characters in its bytes and in a file name.
+    std::fs::write(caps.join("html.pcap"), "<html>\r\n\x1b[2Jnot found</html>").unwrap();
+    std::fs::write(
+        caps.join("evil\x1b[2J\rname.pcapng"),
+        [0x0a, 0x0d, 0x0d, 0x0a, 1],
+    )
+    .unwrap();
+    std::fs::write(caps.join("short.cap"), [0xd4, 0xc3]).unwrap();
+    // A pcap header whose first record is cut.
+    let mut cut = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+    cut.extend_from_slice(&[0; 8]);
+    cut.extend_from_slice(&[0, 0, 4, 0, 1, 0, 0, 0]);
+    cut.extend_from_slice(&[0; 8]);
+    cut.extend_from_slice(&60u32.to_le_bytes());
+    cut.extend_from_slice(&60u32.to_le_bytes());
+    cut.extend_from_slice(&[0; 20]);
+    std::fs::write(caps.join("cut.pcap"), &cut).unwrap();
+    let bl = tmp.path("bl.txt");
+    std::fs::write(&bl, "192.0.2.1\n").unwrap();
+    let exp = tmp.path("expect.json");
+    let before = listing(&tmp.0);
+
+    // The gate is not made from garbage: exit 3, no file, no leftovers.
+    let out = replay(&[
+        os(&caps),
+        "--blocklist".as_ref(),
+        os(&bl),
+        "--write-expect".as_ref(),
+        os(&exp),
+    ]);
+    let err = text(&out.stderr);
+    println!("{err}");
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(!exp.exists());
+    assert_eq!(listing(&tmp.0), before);
+    let path = |f: &str| caps.join(f).display().to_string();
+    for (f, why) in [
+        ("html.pcap", "not a pcap or pcapng file (magic 3c68746d)"),
+        ("short.cap", "too short to be a capture (less than 4 bytes)"),
+        (
+            "cut.pcap",
+            "broken after 0 records: file ends inside record 1 at byte 24, which claims 76 bytes: 36 are present",
+        ),
+    ] {
+        assert!(
+            err.contains(&format!("unreadable capture {}: {why}\n", path(f))),
+            "{f}: {err}"
+        );
+    }
+    // The name's control characters are escaped; none reach the terminal.
+    assert!(
+        err.contains(&format!(
+            "unreadable capture {}: invalid pcapng section header: file ends inside the header of block 1 at byte 0: 5 of 8 bytes are present",
+            caps.join("evil\\u{1b}[2J\\rname.pcapng").display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+    assert!(!text(&out.stdout).contains('\x1b'));
+    assert!(
+        err.contains("4 of 4 captures could not be read (listed above; --allow-unreadable"),
+        "{err}"
+    );
+    assert!(
+        err.contains("no packet was replayed from 4 captures (4 unreadable)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("--write-expect: {} not written", exp.display())),
+        "{err}"
+    );
+
+    // Expectations of nothing (as the old behaviour let anyone write) do
+    // not make garbage pass either.
+    std::fs::write(&exp, r#"{"totals": {"packets": 0}}"#).unwrap();
+    let out = replay(&[
+        os(&caps),
+        "--blocklist".as_ref(),
+        os(&bl),
+        "--expect".as_ref(),
+        os(&exp),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // Allowing unreadable captures still leaves a replay of nothing.
+    let out = replay(&[
+        os(&caps),
+        "--blocklist".as_ref(),
+        os(&bl),
+        "--expect".as_ref(),
+        os(&exp),
+        ALLOW_UNREADABLE.as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // Both allowances: exit 0, and every file still listed.
+    let out = replay(&[
+        os(&caps),
+        "--blocklist".as_ref(),
+        os(&bl),
+        ALLOW_UNREADABLE.as_ref(),
+        "--allow-empty".as_ref(),
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.matches("unreadable capture ").count(), 4, "{err}");
+    assert!(
+        err.contains("4 of 4 captures could not be read: allowed by --allow-unreadable"),
+        "{err}"
+    );
+    // ... but --write-expect never writes expectations of nothing.
+    std::fs::remove_file(&exp).unwrap();
+    let out = replay(&[
+        os(&caps),
+        "--blocklist".as_ref(),
+        os(&bl),
+        ALLOW_UNREADABLE.as_ref(),
+        "--allow-empty".as_ref(),
+        "--write-expect".as_ref(),
+        os(&exp),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not written: no packet was replayed"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!exp.exists());
+}
+
+#[test]
+fn a_capture_without_packets_fails_unless_allowed() {
+    let _g = lock();
+    if skip_unless_root("a_capture_without_packets_fails_unless_allowed") {
+        return;
+    }
+    let tmp = TempDir::new("empty");
+    let cap = tmp.path("empty.pcap");
+    write_pcap(&cap, 0, |_| unreachable!());
+    let ng = tmp.path("empty.pcapng");
+    let mut f = ng_shb();
+    f.extend(ng_idb(0));
+    std::fs::write(&ng, f).unwrap();
+    let bl = tmp.path("bl.txt");
+    std::fs::write(&bl, "192.0.2.1\n").unwrap();
+    for c in [&cap, &ng] {
+        let out = replay(&[os(c), "--blocklist".as_ref(), os(&bl)]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(
+            err.contains(
+                "no packet was replayed from 1 capture (1 without packet records): a replay of nothing checks nothing (--allow-empty accepts it)"
+            ),
+            "{err}"
+        );
+        // The summary still went to stdout.
+        assert!(text(&out.stdout).starts_with("replayed 0 packets from 1 capture"));
+        let out = replay(&[
+            os(c),
+            "--blocklist".as_ref(),
+            os(&bl),
+            "--allow-empty".as_ref(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    // An expectations file already in place is left as it was.
+    let exp = tmp.path("expect.json");
+    std::fs::write(&exp, "precious").unwrap();
+    let out = replay(&[
+        os(&cap),
+        "--blocklist".as_ref(),
+        os(&bl),
+        "--allow-empty".as_ref(),
+        "--write-expect".as_ref(),
+        os(&exp),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&exp).unwrap(), "precious");
+    // A directory without captures, a path that does not exist: exit 3.
+    let none = tmp.path("none");
+    std::fs::create_dir(&none).unwrap();
+    for p in [&none, &tmp.path("missing.pcap")] {
+        let out = replay(&[os(p), "--blocklist".as_ref(), os(&bl)]);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn a_mixed_directory_with_allow_unreadable() {
+    let _g = lock();
+    if skip_unless_root("a_mixed_directory_with_allow_unreadable") {
+        return;
+    }
+    let tmp = TempDir::new("mixed");
+    let caps = tmp.path("caps");
+    std::fs::create_dir(&caps).unwrap();
+    let good = caps.join("good.pcap");
+    write_pcap(&good, 20, |i| {
+        frame_v4(Ipv4Addr::new(192, 0, 2, (i % 4) as u8), 17, 1000, 53, None)
+    });
+    std::fs::write(caps.join("garbage.pcap"), b"GIF89a, not a capture").unwrap();
+    // Three records, the third cut: the two before it are replayed.
+    let partial = caps.join("partial.pcap");
+    write_pcap(&partial, 3, |_| {
+        frame_v4(Ipv4Addr::new(192, 0, 2, 1), 6, 1, 2, None)
+    });
+    let len = std::fs::metadata(&partial).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&partial)
+        .unwrap();
+    f.set_len(len - 10).unwrap();
+    let bl = tmp.path("bl.txt");
+    std::fs::write(&bl, "192.0.2.1\n").unwrap();
+    let exp = tmp.path("expect.json");
+    let args = |extra: &[&'static str]| -> Vec<std::ffi::OsString> {
+        let mut a = vec![caps.clone().into_os_string(), "--blocklist".into()];
+        a.push(bl.clone().into_os_string());
+        a.extend(extra.iter().map(|s| s.into()));
+        a
+    };
+    let run = |extra: &[&'static str], more: &[&OsStr]| {
+        let mut a = args(extra);
+        a.extend(more.iter().map(|s| s.to_os_string()));
+        let a: Vec<&OsStr> = a.iter().map(|s| s.as_os_str()).collect();
+        replay(&a)
+    };
+
+    // Without the flag: exit 3 and no expectations.
+    let out = run(&[], &["--write-expect".as_ref(), os(&exp)]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(!exp.exists());
+    assert!(
+        err.contains("--allow-unreadable writes expectations for the others"),
+        "{err}"
+    );
+
+    // With it: exit 0, both files listed with their reasons, and the
+    // expectations cover what was read (the packets before the break too).
+    let out = run(
+        &[ALLOW_UNREADABLE],
+        &["--write-expect".as_ref(), os(&exp), "--json".as_ref()],
+    );
+    let err = text(&out.stderr);
+    println!("{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "unreadable capture {}: not a pcap or pcapng file (magic 47494638)",
+            caps.join("garbage.pcap").display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "unreadable capture {}: broken after 2 records: file ends inside record 3 at byte 164, which claims 70 bytes: 60 are present",
+            partial.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 of 3 captures could not be read: allowed by --allow-unreadable"),
+        "{err}"
+    );
+    let sum: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sum["packets"].as_u64(), Some(22));
+    assert_eq!(
+        file_report(&sum, "partial.pcap")["replayed"].as_u64(),
+        Some(2)
+    );
+    let doc: Value = serde_json::from_slice(&std::fs::read(&exp).unwrap()).unwrap();
+    assert_eq!(doc["totals"]["packets"].as_u64(), Some(22));
+    assert_eq!(doc["totals"]["by_verdict"]["drop"].as_u64(), Some(7));
+    assert_eq!(doc["packets"]["partial.pcap"].as_array().unwrap().len(), 2);
+
+    // The gate passes on the same input, with the flag...
+    let out = run(&[ALLOW_UNREADABLE], &["--expect".as_ref(), os(&exp)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("expectations met"));
+    // ... fails without it (3 wins over a clean comparison) ...
+    let out = run(&[], &["--expect".as_ref(), os(&exp)]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // ... and a readable capture turning unreadable fails it even with the
+    // flag: its expected packets go missing.
+    std::fs::write(&good, b"\xd4\xc3\xb2\xa1").unwrap();
+    let out = run(&[ALLOW_UNREADABLE], &["--expect".as_ref(), os(&exp)]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("good.pcap#1: expected pass (pass_no_match), but the capture has no such replayed packet"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_nine_megabyte_pcapng_packet_is_replayed() {
+    let _g = lock();
+    if skip_unless_root("a_nine_megabyte_pcapng_packet_is_replayed") {
+        return;
+    }
+    const BIG: usize = 9_000_000;
+    let tmp = TempDir::new("big");
+    let cap = tmp.path("big.pcapng");
+    let blocked = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 1);
+    // Snap length 0: no limit, so 9 MB packets are legal.
+    let mut f = ng_shb();
+    f.extend(ng_idb(0));
+    f.extend(ng_epb(1, &jumbogram_v6(blocked, BIG)));
+    // IPv4 from a blocked source, its total length at the 65,535 maximum.
+    let mut v4 = frame_v4(Ipv4Addr::new(192, 0, 2, 1), 17, 1, 2, None);
+    v4[16..18].copy_from_slice(&u16::MAX.to_be_bytes());
+    v4.resize(BIG + 3, 0x5a);
+    f.extend(ng_epb(2, &v4));
+    f.extend(ng_epb(
+        3,
+        &frame_v4(Ipv4Addr::new(192, 0, 2, 9), 6, 1, 2, None),
+    ));
+    std::fs::write(&cap, &f).unwrap();
+    drop(f);
+    let bl = tmp.path("bl.txt");
+    std::fs::write(&bl, format!("{blocked}\n192.0.2.1\n")).unwrap();
+
+    // The address space is capped well below what holding the file would
+    // take twice over; the packets stream as prefixes.
+    let out = replay_limited(
+        &[
+            os(&cap),
+            "--blocklist".as_ref(),
+            os(&bl),
+            "--json".as_ref(),
+            "--per-packet".as_ref(),
+        ],
+        1 << 30,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    // The jumbogram: cut to what XDP sees linearly, decided by the kernel
+    // on its (blocked) source.
+    let p = &lines[0];
+    println!("{p}");
+    assert_eq!(p["truncated"], true, "{p}");
+    assert_eq!(p["len"].as_u64(), Some(3520), "{p}");
+    assert_eq!(p["src"], blocked.to_string(), "{p}");
+    assert_eq!(
+        (&p["verdict"], &p["reason"]),
+        (&"drop".into(), &"drop_addr".into()),
+        "{p}"
+    );
+    assert_eq!(p["evaluated"], "kernel");
+    // What XDP sees linearly of it: an IPv4 header claiming more than the
+    // frame holds, malformed by the semantics (passed by default).
+    let p = &lines[1];
+    println!("{p}");
+    assert_eq!(p["truncated"], true, "{p}");
+    assert_eq!(p["reason"], "malformed_pass_ipv4_length", "{p}");
+    assert_eq!(lines[2]["truncated"], false);
+    assert_eq!(lines[2]["verdict"], "pass");
+    let sum = &lines[3]["summary"];
+    assert_eq!(sum["packets"].as_u64(), Some(3));
+    assert_eq!(sum["truncated"].as_u64(), Some(2));
+    let r = file_report(sum, &cap.display().to_string());
+    assert!(r["error"].is_null(), "{r}");
+    assert_eq!(r["truncated"].as_u64(), Some(2), "{r}");
+    assert_eq!(r["records"].as_u64(), Some(3), "{r}");
+}
+
+#[test]
+fn a_block_claiming_four_gib_is_a_clear_error_in_bounded_memory() {
+    let _g = lock();
+    if skip_unless_root("a_block_claiming_four_gib_is_a_clear_error_in_bounded_memory") {
+        return;
+    }
+    let tmp = TempDir::new("claim");
+    let cap = tmp.path("claim.pcapng");
+    let mut f = ng_shb();
+    f.extend(ng_idb(0));
+    f.extend(ng_epb(
+        1,
+        &frame_v4(Ipv4Addr::new(192, 0, 2, 1), 17, 1, 2, None),
+    ));
+    let at = f.len();
+    // An Enhanced Packet Block whose lengths claim 4 GiB - 4, in a file of
+    // a few hundred bytes.
+    f.extend_from_slice(&6u32.to_le_bytes());
+    f.extend_from_slice(&0xffff_fffcu32.to_le_bytes());
+    for w in [0u32, 0, 2, 0xffff_ffdc, 0xffff_ffdc] {
+        f.extend_from_slice(&w.to_le_bytes());
+    }
+    f.extend_from_slice(&[0xab; 200]);
+    std::fs::write(&cap, &f).unwrap();
+    let bl = tmp.path("bl.txt");
+    std::fs::write(&bl, "192.0.2.1\n").unwrap();
+    // An address space of 1 GiB: allocating what the block claims fails.
+    let out = replay_limited(&[os(&cap), "--blocklist".as_ref(), os(&bl)], 1 << 30);
+    let err = text(&out.stderr);
+    println!("{err}");
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            "unreadable capture {}: broken after 1 packet blocks: file ends inside block 4 (Enhanced Packet Block) at byte {at}, which claims 4294967292 bytes: 228 are present",
+            cap.display()
+        )),
+        "{err}"
+    );
+    // The packet before it is replayed (and dropped).
+    let out = replay_limited(
+        &[
+            os(&cap),
+            "--blocklist".as_ref(),
+            os(&bl),
+            ALLOW_UNREADABLE.as_ref(),
+            "--json".as_ref(),
+        ],
+        1 << 30,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let sum: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sum["totals"]["dropped"].as_u64(), Some(1), "{sum}");
+}
+
+/// The project's own gate (`.ci/run`) replays a directory that holds
+/// unreadable captures on purpose, so it says `--allow-unreadable`; without
+/// it the same command fails with exit 3.
+#[test]
+fn the_ci_gate_on_the_shared_captures_says_allow_unreadable() {
+    let _g = lock();
+    let Some(data) = setup("the_ci_gate_on_the_shared_captures_says_allow_unreadable") else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let line = script
+        .lines()
+        .find(|l| l.contains("edge-filter replay"))
+        .expect("a replay gate in .ci/run");
+    let gate = script[script.find(line).unwrap()..]
+        .split("\n\n")
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(gate.contains("--allow-unreadable"), "{gate}");
+    let pcaps = data.join("pcaps");
+    let (bl, exp) = (
+        root.join("ci/replay-blocklist.txt"),
+        root.join("ci/replay-expect.json"),
+    );
+    let gate_args = |allow: bool| {
+        let mut a: Vec<&OsStr> = vec![
+            os(&pcaps),
+            "--blocklist".as_ref(),
+            os(&bl),
+            "--expect".as_ref(),
+            os(&exp),
+        ];
+        if allow {
+            a.push(ALLOW_UNREADABLE.as_ref());
+        }
+        a
+    };
+    let out = replay(&gate_args(true));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("expectations met"), "{err}");
+    // Exactly the captures MANIFEST.tsv describes as damaged beyond reading.
+    let listed: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("unreadable capture "))
+        .collect();
+    println!("{}", listed.join("\n"));
+    assert_eq!(listed.len(), 2, "{err}");
+    assert!(
+        listed[0].contains("libpcap/shb-option-too-long.pcapng: invalid pcapng section header")
+    );
+    assert!(listed[1].contains("suricata-verify/bug-6875-01__fuzz.pcap: broken after 1 records"));
+    let out = replay(&gate_args(false));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+}
+
+/// The exit statuses are documented where a CI author looks, and usage
+/// errors keep clap's 2 (no root needed).
+#[test]
+fn exit_statuses_are_documented() {
+    let out = replay(&["--help".as_ref()]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for l in [
+        "Exit status:",
+        "0  replayed, and every check passed",
+        "1  the verdicts differ from --expect",
+        "2  usage error",
+        "3  input problem",
+        "4  the replay could not run",
+        "--allow-unreadable",
+        "--allow-empty",
+    ] {
+        assert!(help.contains(l), "{l}: {help}");
+    }
+    let out = replay(&["x.pcap".as_ref(), "--no-such-flag".as_ref()]);
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -1185,8 +1185,11 @@ fn replay_fixture(
             .arg(&al),
     )?;
     let mut w = Command::new(ef);
+    // The corpus holds captures that are unreadable on purpose: allowed
+    // explicitly, here and in the guest.
     w.arg("replay")
         .arg(data.join("pcaps"))
+        .arg("--allow-unreadable")
         .arg("--blocklist")
         .arg(&bl)
         .arg("--allowlist")
@@ -1357,7 +1360,7 @@ fn init_script(spec: &InitramfsSpec<'_>) -> String {
     }
     let replay = match spec.replay {
         ReplayFixture::Ready(_) => "\
-/ef/edge-filter replay /ef/data/pcaps --blocklist /ef/replay/blocklist.txt \\
+/ef/edge-filter replay /ef/data/pcaps --allow-unreadable --blocklist /ef/replay/blocklist.txt \\
     --allowlist /ef/replay/allowlist.txt --expect /ef/replay/expect.json >/tmp/replay.out 2>&1
 rc=$?
 head -n 3 /tmp/replay.out | sed 's/^/EFVM replay-out: /'

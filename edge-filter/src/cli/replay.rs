@@ -26,12 +26,30 @@ Link types: Ethernet; Linux cooked capture (SLL, SLL2) and raw IP are
 rewrapped into Ethernet; other link types are reported per capture and
 skipped. Frames shorter than 14 bytes get the malformed l2_truncated verdict
 from the reference classifier (marked userspace); frames longer than 3520
-bytes are cut to it (what XDP without fragments sees).
+bytes are cut to it (what XDP without fragments sees) and counted. Records
+of any length the formats allow (up to 4 GiB) are read in bounded memory.
+
+Unreadable input fails the replay: every capture that cannot be read, or
+breaks part-way, is listed on stderr with its path and the reason, and the
+exit status is 3; so it is when no packet at all was replayed.
+--allow-unreadable replays the readable captures without failing (the others
+still listed); --allow-empty accepts a replay of no packet. --write-expect
+never writes expectations from no packet, nor, without --allow-unreadable,
+when a capture could not be read.
 
 CI gate:
   edge-filter replay caps/ --blocklist new.txt --write-expect expect.json
   edge-filter replay caps/ --blocklist new.txt --expect expect.json
   (exit 1 and the differences on stderr when the verdicts change)
+
+Exit status:
+  0  replayed, and every check passed
+  1  the verdicts differ from --expect, or the --live counters differ
+  2  usage error (invalid arguments)
+  3  input problem: a capture could not be read or broke part-way, no packet
+     was replayed, or --write-expect refused to write (wins over 1)
+  4  the replay could not run (entries, expectations file, kernel program,
+     permissions, output)
 
 Entries: --blocklist FILE (the `run` syntax), --feed FILE (feed formats,
 repeatable), or --config FILE (the agent's config: every feed read or fetched
@@ -105,6 +123,17 @@ pub struct ReplayArgs {
     /// equal the in-kernel replay's (root only).
     #[arg(long, conflicts_with_all = ["diff_against_blocklist", "diff_against"])]
     pub live: bool,
+    /// Captures that cannot be read, or break part-way, are still listed on
+    /// stderr but do not fail the replay (exit 0 instead of 3); the packets
+    /// before a break are replayed. With --write-expect, expectations cover
+    /// the readable captures only.
+    #[arg(long)]
+    pub allow_unreadable: bool,
+    /// A replay of no packet at all (empty or unreadable captures, only
+    /// unsupported link types) does not fail (exit 0 instead of 3);
+    /// --write-expect still refuses to write expectations of nothing.
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 fn file_name(p: &Path) -> String {
@@ -250,7 +279,37 @@ fn input_for(a: &ReplayArgs) -> anyhow::Result<EntryInput<'static>> {
     blocklist_input(b, a.allowlist.as_deref())
 }
 
+/// Run `edge-filter replay` and end the process with its documented exit
+/// status ([`replay::Exit`]): the generic error path of `main` knows only
+/// 0 and 1, and a CI gate must tell differences (1) from unreadable input
+/// (3) from a replay that could not run (4). Messages keep `main`'s
+/// `edge-filter: error: ` form.
 pub fn run(a: ReplayArgs) -> anyhow::Result<()> {
+    let exit = match replay_args(a) {
+        Ok(outcome) => {
+            let messages = outcome.messages();
+            if !messages.is_empty() {
+                eprintln!("edge-filter: error: {}", messages.join("; "));
+            }
+            outcome.exit()
+        }
+        Err(e) => {
+            eprintln!("edge-filter: error: {e:#}");
+            e.downcast_ref::<replay::ReplayError>()
+                .map_or(replay::Exit::Error, replay::ReplayError::exit)
+        }
+    };
+    if exit != replay::Exit::Ok {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // Everything replay set up (namespaces, links, temporary files) was
+        // dropped when `replay_args` returned.
+        std::process::exit(i32::from(exit.code()));
+    }
+    Ok(())
+}
+
+fn replay_args(a: ReplayArgs) -> anyhow::Result<replay::Outcome> {
     let main = input_for(&a)?;
     let malformed_drop = a.drop_malformed
         || match &a.config {
@@ -283,19 +342,17 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<()> {
         totals_only: a.totals_only,
         expect: a.expect,
         live: a.live,
+        allow_unreadable: a.allow_unreadable,
+        allow_empty: a.allow_empty,
     };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    let outcome = match replay::execute(req, &mut stdout.lock(), &mut stderr.lock()) {
-        Ok(o) => o,
+    match replay::execute(req, &mut stdout.lock(), &mut stderr.lock()) {
+        Ok(o) => Ok(o),
         // The reader went away (`| head`): nothing left to tell it.
         Err(replay::ReplayError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            return Ok(());
+            Ok(replay::Outcome::default())
         }
-        Err(e) => return Err(e.into()),
-    };
-    if !outcome.failures.is_empty() {
-        anyhow::bail!("{}", outcome.failures.join("; "));
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }

@@ -3,9 +3,12 @@
 //! layers the filter can reason about into the Ethernet frames the XDP
 //! program expects.
 //!
-//! Memory stays bounded: pcap-file keeps one fixed read buffer per open file
-//! (8 MB) and a record is copied out, rewrapped and handed on before the next
-//! one is read. A record larger than that buffer ends the file with an error.
+//! Memory stays bounded whatever the file claims: [`super::reader`] keeps
+//! one read buffer per open file and, of each record, only the bytes that
+//! make the first [`MAX_FRAME`] bytes of its frame (what XDP without
+//! fragments sees); the rest is read past. Records up to the formats' own
+//! limit (32-bit lengths: 4 GiB) are read; a length that claims more than
+//! the file holds ends the file with an error saying so.
 //!
 //! Link types:
 //!
@@ -22,21 +25,17 @@
 //! mid-way ends with an error after the records before the break.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use pcap_file::pcap::PcapReader;
-use pcap_file::pcapng::PcapNgReader;
-use pcap_file::pcapng::blocks::Block;
-use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
-use pcap_file::{DataLink, Endianness, PcapError, TsResolution};
+use pcap_file::DataLink;
+
+use super::reader::{PCAP_MAGICS, PCAPNG_MAGIC, PcapNgReader, PcapReader};
+use crate::testrun::MAX_FRAME;
 
 /// libpcap's `LT_LINKTYPE`: the link type bits of the pcap header's link
 /// type field (the upper bits may carry FCS length information).
 pub const LINKTYPE_MASK: u32 = 0x03ff_ffff;
-
-/// First four bytes of a pcapng file (Section Header Block type).
-const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
 /// Linux cooked capture v1 header length.
 const SLL_HLEN: usize = 16;
@@ -222,6 +221,13 @@ impl Timestamp {
     }
 }
 
+/// Bytes of a record's data kept: enough for the first [`MAX_FRAME`] bytes
+/// of its frame after the longest link header replay strips (SLL2).
+const KEEP: usize = MAX_FRAME + SLL2_HLEN;
+
+/// How much buffered reading runs ahead of the record being read.
+const READ_BUFFER: usize = 128 * 1024;
+
 /// One packet record of a capture.
 #[derive(Clone, Debug)]
 pub struct Record {
@@ -234,11 +240,16 @@ pub struct Record {
     pub linktype: u32,
     /// Length on the wire, from the record header.
     pub orig_len: u32,
-    /// Bytes captured (before any rewrap).
+    /// Bytes captured (before any rewrap), all of them: the record may be
+    /// far longer than what [`Record::frame`] holds.
     pub caplen: usize,
-    /// The Ethernet frame to replay, `None` when the link type is not
+    /// The Ethernet frame to replay, cut to [`MAX_FRAME`] bytes (the rest
+    /// of the record was read past); `None` when the link type is not
     /// supported.
     pub frame: Option<Vec<u8>>,
+    /// The length of the whole rewrapped frame (more than `frame` holds
+    /// when it was cut); 0 when `frame` is `None`.
+    pub frame_len: usize,
     /// The link-layer header was shorter than its fixed size (the frame is
     /// then empty).
     pub short_link_header: bool,
@@ -274,13 +285,13 @@ impl Format {
 
 enum Inner {
     Pcap {
-        reader: Box<PcapReader<File>>,
+        reader: PcapReader<BufReader<File>>,
         linktype: u32,
         link: Option<Link>,
         nsec: bool,
     },
     PcapNg {
-        reader: Box<PcapNgReader<File>>,
+        reader: PcapNgReader<BufReader<File>>,
     },
 }
 
@@ -290,74 +301,58 @@ pub struct Capture {
     format: Format,
     frames: u64,
     done: bool,
-}
-
-/// How a capture failed to open or broke.
-pub fn describe(e: &PcapError) -> String {
-    match e {
-        PcapError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            "file ends inside a record (unexpected end of file)".to_string()
-        }
-        PcapError::IoError(io) => format!("I/O error: {io}"),
-        other => other.to_string(),
-    }
+    /// The kept prefix of the record being read (at most [`KEEP`] bytes).
+    data: Vec<u8>,
 }
 
 impl Capture {
     /// Open `path`, telling pcap from pcapng by the magic (not the name).
     pub fn open(path: &Path) -> Result<Capture, String> {
+        let file = File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+        let mut r = BufReader::with_capacity(READ_BUFFER, file);
         let mut magic = [0u8; 4];
-        File::open(path)
-            .and_then(|mut f| f.read_exact(&mut magic))
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => {
-                    "too short to be a capture (less than 4 bytes)".to_string()
-                }
-                _ => format!("cannot read: {e}"),
-            })?;
-        let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+        r.read_exact(&mut magic).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                "too short to be a capture (less than 4 bytes)".to_string()
+            }
+            _ => format!("cannot read: {e}"),
+        })?;
+        let data = Vec::with_capacity(KEEP);
         if magic == PCAPNG_MAGIC {
-            let reader = PcapNgReader::new(file)
-                .map_err(|e| format!("invalid pcapng section header: {}", describe(&e)))?;
+            let reader = PcapNgReader::after_magic(r)
+                .map_err(|e| format!("invalid pcapng section header: {e}"))?;
             return Ok(Capture {
-                inner: Inner::PcapNg {
-                    reader: Box::new(reader),
-                },
+                inner: Inner::PcapNg { reader },
                 format: Format::PcapNg,
                 frames: 0,
                 done: false,
+                data,
             });
         }
-        const PCAP_MAGICS: [[u8; 4]; 4] = [
-            [0xd4, 0xc3, 0xb2, 0xa1],
-            [0xa1, 0xb2, 0xc3, 0xd4],
-            [0x4d, 0x3c, 0xb2, 0xa1],
-            [0xa1, 0xb2, 0x3c, 0x4d],
-        ];
-        if !PCAP_MAGICS.contains(&magic) {
+        if !PCAP_MAGICS.iter().any(|(m, _, _)| *m == magic) {
             return Err(format!(
                 "not a pcap or pcapng file (magic {:02x}{:02x}{:02x}{:02x})",
                 magic[0], magic[1], magic[2], magic[3]
             ));
         }
         let reader =
-            PcapReader::new(file).map_err(|e| format!("invalid pcap header: {}", describe(&e)))?;
+            PcapReader::after_magic(magic, r).map_err(|e| format!("invalid pcap header: {e}"))?;
         let h = reader.header();
-        let linktype = u32::from(h.datalink) & LINKTYPE_MASK;
-        let nsec = h.ts_resolution == TsResolution::NanoSecond;
+        let linktype = h.linktype & LINKTYPE_MASK;
         Ok(Capture {
             inner: Inner::Pcap {
-                reader: Box::new(reader),
+                reader,
                 linktype,
                 link: Link::from_linktype(linktype),
-                nsec,
+                nsec: h.nsec,
             },
             format: Format::Pcap {
-                nsec,
-                big_endian: h.endianness == Endianness::Big,
+                nsec: h.nsec,
+                big_endian: h.big_endian,
             },
             frames: 0,
             done: false,
+            data,
         })
     }
 
@@ -387,8 +382,8 @@ impl Capture {
                 linktype,
                 link,
                 nsec,
-            } => next_pcap(reader, *linktype, *link, *nsec, self.frames),
-            Inner::PcapNg { reader } => next_pcapng(reader, self.frames),
+            } => next_pcap(reader, *linktype, *link, *nsec, self.frames, &mut self.data),
+            Inner::PcapNg { reader } => next_pcapng(reader, self.frames, &mut self.data),
         };
         match &r {
             Some(Ok(_)) => self.frames += 1,
@@ -399,23 +394,18 @@ impl Capture {
 }
 
 fn next_pcap(
-    reader: &mut PcapReader<File>,
+    reader: &mut PcapReader<BufReader<File>>,
     linktype: u32,
     link: Option<Link>,
     nsec: bool,
     frames: u64,
+    data: &mut Vec<u8>,
 ) -> Option<Result<Record, String>> {
-    // The raw reader: the validated one rejects records with
-    // orig_len > snaplen (every capture taken with a short snap length) and
-    // timestamps it deems invalid; neither matters for replay.
-    let raw = match reader.next_raw_packet()? {
+    // Neither orig_len > snaplen (every capture taken with a short snap
+    // length) nor odd timestamps matter for replay: not checked.
+    let raw = match reader.next_record(KEEP, data)? {
         Ok(raw) => raw,
-        Err(e) => {
-            return Some(Err(format!(
-                "broken after {frames} records: {}",
-                describe(&e)
-            )));
-        }
+        Err(e) => return Some(Err(format!("broken after {frames} records: {e}"))),
     };
     let frac = if nsec {
         i128::from(raw.ts_frac)
@@ -432,22 +422,29 @@ fn next_pcap(
         linktype,
         link,
         raw.orig_len,
-        &raw.data,
+        raw.caplen as usize,
+        data,
     )))
 }
 
+/// A record from its kept `prefix` of `caplen` captured bytes.
 fn make_record(
     index: u64,
     ts: Option<Timestamp>,
     linktype: u32,
     link: Option<Link>,
     orig_len: u32,
-    data: &[u8],
+    caplen: usize,
+    prefix: &[u8],
 ) -> Record {
     let mut short = false;
+    let mut frame_len = 0;
     let frame = link.map(|l| {
         let mut out = Vec::new();
-        short = to_ethernet(l, data, &mut out);
+        short = to_ethernet(l, prefix, &mut out);
+        // Bytes past the prefix are payload, one frame byte each.
+        frame_len = out.len() + (caplen - prefix.len());
+        out.truncate(MAX_FRAME);
         out
     });
     Record {
@@ -455,25 +452,18 @@ fn make_record(
         ts,
         linktype,
         orig_len,
-        caplen: data.len(),
+        caplen,
         frame,
+        frame_len,
         short_link_header: short,
     }
 }
 
-/// Timestamp units of a pcapng interface: `if_tsresol` (default 10^-6) and
-/// `if_tsoffset` (seconds).
-fn pcapng_ts(options: &[InterfaceDescriptionOption<'_>], raw: u64) -> Timestamp {
-    let mut resol: u8 = 6;
-    let mut offset: i128 = 0;
-    for o in options {
-        match o {
-            InterfaceDescriptionOption::IfTsResol(r) => resol = *r,
-            // if_tsoffset is a signed 64-bit count of seconds.
-            InterfaceDescriptionOption::IfTsOffset(s) => offset = i128::from(*s as i64),
-            _ => {}
-        }
-    }
+/// Timestamp of a pcapng packet in its interface's units: `if_tsresol`
+/// (`resol`, 6 when absent: microseconds) and `if_tsoffset` (`offset`
+/// seconds).
+fn pcapng_ts(resol: u8, offset: i64, raw: u64) -> Timestamp {
+    let offset = i128::from(offset);
     let raw = i128::from(raw);
     let (nanos, digits) = if resol & 0x80 == 0 {
         let e = u32::from(resol);
@@ -497,63 +487,35 @@ fn clamp_nanos(n: i128) -> i64 {
     n.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
-fn next_pcapng(reader: &mut PcapNgReader<File>, frames: u64) -> Option<Result<Record, String>> {
-    loop {
-        let block = match reader.next_block()? {
-            Ok(b) => b,
-            Err(e) => {
-                return Some(Err(format!(
-                    "broken after {frames} packet blocks: {}",
-                    describe(&e)
-                )));
-            }
-        };
-        // Copy what is needed so the reader's interface list can be read.
-        let (iface, raw_ts, orig_len, mut data, simple) = match block {
-            Block::EnhancedPacket(b) => (
-                b.interface_id,
-                Some(b.timestamp.as_nanos() as u64),
-                b.original_len,
-                b.data.into_owned(),
-                false,
-            ),
-            Block::Packet(b) => (
-                u32::from(b.interface_id),
-                Some(b.timestamp),
-                b.original_len,
-                b.data.into_owned(),
-                false,
-            ),
-            Block::SimplePacket(b) => (0, None, b.original_len, b.data.into_owned(), true),
-            _ => continue,
-        };
-        if simple {
-            // The SPB's data includes the block padding: the packet is
-            // min(original length, snaplen of interface 0) bytes.
-            let snaplen = reader.interfaces().first().map_or(0, |i| i.snaplen);
-            let mut len = orig_len as usize;
-            if snaplen != 0 {
-                len = len.min(snaplen as usize);
-            }
-            data.truncate(len);
+fn next_pcapng(
+    reader: &mut PcapNgReader<BufReader<File>>,
+    frames: u64,
+    data: &mut Vec<u8>,
+) -> Option<Result<Record, String>> {
+    let p = match reader.next_packet(KEEP, data)? {
+        Ok(p) => p,
+        Err(e) => {
+            return Some(Err(format!("broken after {frames} packet blocks: {e}")));
         }
-        let index = frames + 1;
-        let Some(idb) = reader.interfaces().get(iface as usize) else {
-            return Some(Err(format!(
-                "packet {index} names interface {iface}, which is not described"
-            )));
-        };
-        let linktype = u32::from(idb.linktype) & LINKTYPE_MASK;
-        let ts = raw_ts.map(|raw| pcapng_ts(&idb.options, raw));
-        return Some(Ok(make_record(
-            index,
-            ts,
-            linktype,
-            Link::from_linktype(linktype),
-            orig_len,
-            &data,
+    };
+    let index = frames + 1;
+    let Some(idb) = reader.interfaces().get(p.iface as usize) else {
+        return Some(Err(format!(
+            "packet {index} names interface {}, which is not described",
+            p.iface
         )));
-    }
+    };
+    let linktype = idb.linktype & LINKTYPE_MASK;
+    let ts = p.ts.map(|raw| pcapng_ts(idb.tsresol, idb.tsoffset, raw));
+    Some(Ok(make_record(
+        index,
+        ts,
+        linktype,
+        Link::from_linktype(linktype),
+        p.orig_len,
+        p.caplen as usize,
+        data,
+    )))
 }
 
 /// Expand the command line's capture arguments: files as given, directories
@@ -562,7 +524,9 @@ fn next_pcapng(reader: &mut PcapNgReader<File>, frames: u64) -> Option<Result<Re
 /// a file found in a directory is named by its path relative to that
 /// directory (`tcpdump/dns.pcap`), so names (and expectations keyed by
 /// them) do not depend on where the captures live, unless two arguments
-/// yield the same relative name: those keep their full paths.
+/// yield the same relative name: those keep their full paths. Control
+/// characters in names are escaped (`\r`): names reach terminals, tab-separated
+/// lines and logs.
 pub fn expand(args: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, String> {
     let mut out = Vec::new();
     for a in args {
@@ -582,10 +546,10 @@ pub fn expand(args: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, String> {
                     .strip_prefix(a)
                     .map(|r| r.display().to_string())
                     .unwrap_or_else(|_| p.display().to_string());
-                out.push((rel, p));
+                out.push((super::printable(&rel), p));
             }
         } else {
-            out.push((a.display().to_string(), a.clone()));
+            out.push((super::printable(&a.display().to_string()), a.clone()));
         }
     }
     let mut seen = std::collections::HashMap::new();
@@ -594,7 +558,7 @@ pub fn expand(args: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, String> {
     }
     for (name, path) in &mut out {
         if seen[name.as_str()] > 1 {
-            *name = path.display().to_string();
+            *name = super::printable(&path.display().to_string());
         }
     }
     Ok(out)
@@ -660,6 +624,29 @@ mod tests {
     }
 
     #[test]
+    fn long_records_keep_a_cut_frame_and_their_length() {
+        let prefix: Vec<u8> = (0..KEEP).map(|i| i as u8).collect();
+        let r = make_record(1, None, 1, Some(Link::Ethernet), 9, 9_000_000, &prefix);
+        assert_eq!(r.frame.as_deref(), Some(&prefix[..MAX_FRAME]));
+        assert_eq!((r.caplen, r.frame_len), (9_000_000, 9_000_000));
+        // SLL: 16 bytes of link header become 14 of Ethernet.
+        let r = make_record(1, None, 113, Some(Link::Sll), 9, 10_000, &prefix);
+        assert_eq!(r.frame.as_ref().map(Vec::len), Some(MAX_FRAME));
+        assert_eq!(r.frame_len, 10_000 - 2);
+        assert_eq!(r.frame.unwrap()[14..20], prefix[16..22]);
+        let r = make_record(1, None, 276, Some(Link::Sll2), 9, 10_000, &prefix);
+        assert_eq!(r.frame_len, 10_000 - 6);
+        assert_eq!(r.frame.unwrap().len(), MAX_FRAME);
+        let r = make_record(1, None, 101, Some(Link::RawIp), 9, 10_000, &prefix);
+        assert_eq!(r.frame_len, 10_014);
+        // Short records are whole; unsupported link types have no frame.
+        let r = make_record(1, None, 1, Some(Link::Ethernet), 9, 60, &prefix[..60]);
+        assert_eq!((r.frame.unwrap().len(), r.frame_len), (60, 60));
+        let r = make_record(1, None, 0, None, 9, 60, &prefix[..60]);
+        assert_eq!((r.frame, r.frame_len, r.caplen), (None, 0, 60));
+    }
+
+    #[test]
     fn names() {
         assert_eq!(
             unsupported_message(0),
@@ -678,11 +665,13 @@ mod tests {
             digits: 6,
         };
         assert_eq!(t.rfc3339(), "2023-11-14T22:13:20.123456Z");
-        let ts = pcapng_ts(&[InterfaceDescriptionOption::IfTsResol(9)], 5);
+        let ts = pcapng_ts(9, 0, 5);
         assert_eq!(ts.nanos, 5);
-        let ts = pcapng_ts(&[], 5);
+        let ts = pcapng_ts(6, 0, 5);
         assert_eq!(ts.nanos, 5000);
-        let ts = pcapng_ts(&[InterfaceDescriptionOption::IfTsResol(0x80 | 1)], 3);
+        let ts = pcapng_ts(0x80 | 1, 0, 3);
         assert_eq!(ts.nanos, 1_500_000_000);
+        let ts = pcapng_ts(9, -2, 5);
+        assert_eq!(ts.nanos, 5 - 2_000_000_000);
     }
 }

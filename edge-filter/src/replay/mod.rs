@@ -10,6 +10,8 @@
 //!
 //! - [`capture`] reads pcap and pcapng one record at a time and rewraps
 //!   Linux cooked (SLL, SLL2) and raw IP link layers into Ethernet;
+//!   [`reader`] parses the two formats in bounded memory, whatever lengths
+//!   a file claims;
 //! - [`report`] accumulates the summary (by verdict, reason, feed, file, top
 //!   dropped sources) and prints it and the per-packet lines;
 //! - [`expect`] writes and checks expectations files (the CI gate);
@@ -28,6 +30,7 @@
 pub mod capture;
 pub mod expect;
 pub mod live;
+pub mod reader;
 pub mod report;
 
 use std::collections::HashMap;
@@ -86,8 +89,66 @@ pub enum ReplayError {
     Inconsistent(String),
 }
 
+impl ReplayError {
+    /// The exit status this error ends `edge-filter replay` with: a capture
+    /// argument that names nothing readable is an input problem, the rest
+    /// means the replay could not run.
+    pub fn exit(&self) -> Exit {
+        match self {
+            ReplayError::Captures(_) => Exit::Input,
+            _ => Exit::Error,
+        }
+    }
+}
+
 /// Result alias.
 pub type Result<T, E = ReplayError> = std::result::Result<T, E>;
+
+/// The exit status of `edge-filter replay`, as its `--help` and the README
+/// document it: a CI gate must tell "the verdicts changed" from "the input
+/// was garbage" from "the tool could not run".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Replayed, and every check passed.
+    Ok = 0,
+    /// A check failed: the verdicts differ from `--expect`, or the `--live`
+    /// counters differ from the in-kernel replay.
+    Differences = 1,
+    /// Invalid arguments (clap's own status for usage errors).
+    Usage = 2,
+    /// An input problem: a capture could not be read, or broke part-way
+    /// (unless `--allow-unreadable`); no packet was replayed (unless
+    /// `--allow-empty`); `--write-expect` refused to write. Takes precedence
+    /// over [`Exit::Differences`], which unreadable input may cause.
+    Input = 3,
+    /// The replay could not run: the entries, the expectations file, the
+    /// program (kernel, permissions) or the output failed.
+    Error = 4,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// `s` with control characters escaped (`\r`, `\u{1b}`), so that text taken
+/// from a file or its name cannot forge lines or terminal output.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
 
 /// Feed names of an entry (for `--feed` / `--config` inputs; a plain
 /// blocklist names itself).
@@ -479,7 +540,6 @@ impl<'a> Replay<'a> {
     pub fn run(&mut self, files: &[(String, PathBuf)], sink: &mut dyn Sink) -> Result<RunStats> {
         let start = Instant::now();
         let mut stats = RunStats::default();
-        let mut cut = Vec::with_capacity(MAX_FRAME);
         for (file_no, (name, path)) in files.iter().enumerate() {
             sink.begin_file(file_no, name)?;
             let mut rep = FileReport {
@@ -489,7 +549,7 @@ impl<'a> Replay<'a> {
             let mut cap = match Capture::open(path) {
                 Ok(c) => c,
                 Err(e) => {
-                    rep.error = Some(e);
+                    rep.error = Some(printable(&e));
                     sink.end_file(&rep)?;
                     stats.files.push(rep);
                     continue;
@@ -503,7 +563,7 @@ impl<'a> Replay<'a> {
                 let rec = match rec {
                     Ok(r) => r,
                     Err(e) => {
-                        rep.error = Some(e);
+                        rep.error = Some(printable(&e));
                         break;
                     }
                 };
@@ -517,15 +577,11 @@ impl<'a> Replay<'a> {
                 if rec.short_link_header {
                     rep.short_link_header += 1;
                 }
-                let truncated = frame.len() > MAX_FRAME;
-                let frame = if truncated {
+                // The capture hands out at most MAX_FRAME bytes of a frame.
+                let truncated = rec.frame_len > MAX_FRAME;
+                if truncated {
                     rep.truncated += 1;
-                    cut.clear();
-                    cut.extend_from_slice(&frame[..MAX_FRAME]);
-                    &cut[..]
-                } else {
-                    frame
-                };
+                }
                 let decision = self.main.evaluate(frame)?;
                 if decision.evaluated == Evaluated::Userspace {
                     rep.userspace += 1;
@@ -540,7 +596,7 @@ impl<'a> Replay<'a> {
                     index: rec.index,
                     ts: rec.ts,
                     frame,
-                    wire_len: rec.frame.as_ref().map_or(0, Vec::len),
+                    wire_len: rec.frame_len,
                     truncated,
                     parsed: parse(frame),
                     decision: &decision,
@@ -592,13 +648,75 @@ pub struct Request<'a> {
     pub expect: Option<PathBuf>,
     /// Also send the frames through a veth pair.
     pub live: bool,
+    /// Captures that cannot be read (or break part-way) are listed but do
+    /// not fail the replay.
+    pub allow_unreadable: bool,
+    /// A replay of no packet at all does not fail (`--write-expect` still
+    /// refuses to write from it).
+    pub allow_empty: bool,
 }
 
-/// How a replay ended: the failures make the command exit non-zero.
+/// How a replay ended: anything listed makes the command exit non-zero.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// One line per failed check (expectations, live comparison).
+    /// One line per failed check (expectations, live comparison):
+    /// [`Exit::Differences`].
     pub failures: Vec<String>,
+    /// One line per input problem the request does not allow (unreadable
+    /// captures, no packet replayed, expectations not written):
+    /// [`Exit::Input`].
+    pub input_problems: Vec<String>,
+}
+
+impl Outcome {
+    /// The exit status: input problems first (they may cause differences).
+    pub fn exit(&self) -> Exit {
+        if !self.input_problems.is_empty() {
+            Exit::Input
+        } else if !self.failures.is_empty() {
+            Exit::Differences
+        } else {
+            Exit::Ok
+        }
+    }
+
+    /// Every line, input problems first.
+    pub fn messages(&self) -> Vec<String> {
+        self.input_problems
+            .iter()
+            .chain(&self.failures)
+            .cloned()
+            .collect()
+    }
+}
+
+/// `n captures` / `1 capture`.
+fn captures(n: usize) -> String {
+    format!("{n} capture{}", if n == 1 { "" } else { "s" })
+}
+
+/// Why nothing was replayed: the captures by what they held.
+fn nothing_replayed(files: &[FileReport]) -> String {
+    let unreadable = files.iter().filter(|f| f.error.is_some()).count();
+    let empty = files
+        .iter()
+        .filter(|f| f.error.is_none() && f.records == 0)
+        .count();
+    let unsupported = files.len() - unreadable - empty;
+    let parts: Vec<String> = [
+        (unreadable, "unreadable"),
+        (empty, "without packet records"),
+        (unsupported, "with unsupported link types only"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    format!(
+        "no packet was replayed from {} ({})",
+        captures(files.len()),
+        parts.join(", ")
+    )
 }
 
 /// Run a [`Request`], writing the report to `out` and diagnostics to `err`.
@@ -656,8 +774,60 @@ pub fn execute(req: Request<'_>, out: &mut dyn Write, err: &mut dyn Write) -> Re
         None => None,
     };
     let doc = summary.finish(&replay, &stats, live_report.as_ref());
+
+    // Input problems. Each unreadable capture by its path (what the
+    // operator can open), with control characters escaped.
+    let unreadable: Vec<String> = files
+        .iter()
+        .zip(&stats.files)
+        .filter_map(|((_, path), rep)| {
+            rep.error
+                .as_ref()
+                .map(|e| format!("{}: {}", printable(&path.display().to_string()), e))
+        })
+        .collect();
+    let empty = stats.packets == 0;
+    if !unreadable.is_empty() && !req.allow_unreadable {
+        outcome.input_problems.push(format!(
+            "{} of {} could not be read (listed above; --allow-unreadable replays the others without failing)",
+            unreadable.len(),
+            captures(files.len())
+        ));
+    }
+    if empty && !req.allow_empty {
+        outcome.input_problems.push(format!(
+            "{}: a replay of nothing checks nothing (--allow-empty accepts it)",
+            nothing_replayed(&stats.files)
+        ));
+    }
+    // A gate must not be made from garbage: no expectations from nothing,
+    // nor from unreadable captures unless they were allowed.
     if let Some(w) = writer {
-        w.finish(&doc)?;
+        let refuse = if empty {
+            Some("no packet was replayed, and expectations of nothing pass on any input".into())
+        } else if !unreadable.is_empty() && !req.allow_unreadable {
+            Some(format!(
+                "{} of {} could not be read (--allow-unreadable writes expectations for the others)",
+                unreadable.len(),
+                captures(files.len())
+            ))
+        } else {
+            None
+        };
+        match refuse {
+            None => w.finish(&doc)?,
+            Some(why) => {
+                // Dropping the writer removes its temporary file; a file
+                // already at the destination stays as it was.
+                drop(w);
+                outcome.input_problems.push(format!(
+                    "--write-expect: {} not written: {why}",
+                    req.write_expect
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string())
+                ));
+            }
+        }
     }
     if req.json {
         if req.per_packet {
@@ -672,6 +842,25 @@ pub fn execute(req: Request<'_>, out: &mut dyn Write, err: &mut dyn Write) -> Re
         }
     } else {
         report::print_human(&doc, &mut *out)?;
+    }
+    out.flush()?;
+    for u in &unreadable {
+        writeln!(err, "unreadable capture {u}")?;
+    }
+    if !unreadable.is_empty() && req.allow_unreadable {
+        writeln!(
+            err,
+            "{} of {} could not be read: allowed by --allow-unreadable",
+            unreadable.len(),
+            captures(files.len())
+        )?;
+    }
+    if empty && req.allow_empty {
+        writeln!(
+            err,
+            "{}: allowed by --allow-empty",
+            nothing_replayed(&stats.files)
+        )?;
     }
     if let Some(l) = &live_report
         && !l.equal
@@ -704,4 +893,57 @@ pub fn execute(req: Request<'_>, out: &mut dyn Write, err: &mut dyn Write) -> Re
         }
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("caps/ok é.pcap"), "caps/ok é.pcap");
+        assert_eq!(printable("a\rb\x1b[2J\tc\n"), "a\\rb\\u{1b}[2J\\tc\\n");
+    }
+
+    #[test]
+    fn input_problems_win_over_differences() {
+        let mut o = Outcome::default();
+        assert_eq!(o.exit(), Exit::Ok);
+        o.failures.push("2 differences".into());
+        assert_eq!(o.exit(), Exit::Differences);
+        o.input_problems
+            .push("1 of 2 captures could not be read".into());
+        assert_eq!(o.exit(), Exit::Input);
+        assert_eq!(o.messages()[0], "1 of 2 captures could not be read");
+        assert_eq!(
+            [
+                Exit::Ok,
+                Exit::Differences,
+                Exit::Usage,
+                Exit::Input,
+                Exit::Error
+            ]
+            .map(Exit::code),
+            [0, 1, 2, 3, 4]
+        );
+        assert_eq!(ReplayError::Captures("x".into()).exit(), Exit::Input);
+        assert_eq!(ReplayError::Live("x".into()).exit(), Exit::Error);
+    }
+
+    #[test]
+    fn why_nothing_was_replayed() {
+        let f = |error: bool, records: u64| FileReport {
+            error: error.then(|| "bad".to_string()),
+            records,
+            ..Default::default()
+        };
+        assert_eq!(
+            nothing_replayed(&[f(true, 0), f(true, 3), f(false, 0), f(false, 5)]),
+            "no packet was replayed from 4 captures (2 unreadable, 1 without packet records, 1 with unsupported link types only)"
+        );
+        assert_eq!(
+            nothing_replayed(&[f(false, 0)]),
+            "no packet was replayed from 1 capture (1 without packet records)"
+        );
+    }
 }
