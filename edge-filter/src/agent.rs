@@ -12,15 +12,15 @@ use edge_filter_common as abi;
 
 use std::sync::Arc;
 
-use crate::attach::{self, Mode};
 use crate::blocklist::{LineError, parse_allowlist, parse_blocklist};
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
 use crate::feed_agent::{FeedHealth, Status};
-use crate::lock::AgentLock;
+use crate::kernel::attach::{self, Mode};
+use crate::kernel::lock::AgentLock;
+use crate::kernel::paths::Paths;
+use crate::kernel::program::Capacities;
 use crate::metrics::{Metrics, Published};
-use crate::paths::Paths;
-use crate::program::Capacities;
 use crate::sync::shrink_fraction;
 use crate::watch::Watch;
 
@@ -283,7 +283,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     if agent.watch.attached() {
         let mut detach = format!("edge-filter detach --iface {}", opts.iface);
-        if opts.paths.root() != Path::new(crate::paths::DEFAULT_ROOT) {
+        if opts.paths.root() != Path::new(crate::kernel::paths::DEFAULT_ROOT) {
             detach.push_str(&format!(" --bpffs {}", opts.paths.root().display()));
         }
         log::info!(
@@ -331,7 +331,7 @@ impl BlocklistAgent {
     /// SIGHUP).
     fn reload(
         &mut self,
-        maps: &mut crate::maps::EntryMaps,
+        maps: &mut crate::kernel::maps::EntryMaps,
         l: Loaded,
         forced: bool,
         opts: &RunOptions,
@@ -408,13 +408,13 @@ impl BlocklistAgent {
     }
 
     /// Count what the kernel's maps hold against the set.
-    fn census(&mut self, maps: &crate::maps::EntryMaps) {
+    fn census(&mut self, maps: &crate::kernel::maps::EntryMaps) {
         self.watch.count(maps, &self.set);
     }
 
     /// Read the kernel's maps back: repair what was changed behind the
     /// agent's back, count what they hold against the set.
-    fn reconcile(&mut self, maps: &mut crate::maps::EntryMaps) {
+    fn reconcile(&mut self, maps: &mut crate::kernel::maps::EntryMaps) {
         match maps.reconcile_with(self.flags, Some(&self.set)) {
             Ok((drift, census)) => {
                 if drift > 0 {

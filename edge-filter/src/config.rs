@@ -20,11 +20,11 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
-use crate::attach::Mode;
 use crate::entry::{Action, Proto, Side};
 use crate::feeds::csv::{Column, CsvMapping, ProtoSpec};
 use crate::feeds::{self, FeedLimits, FeedOptions, Format};
-use crate::program::Capacities;
+use crate::kernel::attach::Mode;
+use crate::kernel::program::Capacities;
 
 /// Where the agent keeps last-known-good feed contents and guard state.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/edge-filter";
@@ -918,7 +918,7 @@ fn default_state_dir() -> PathBuf {
 }
 
 fn default_bpffs() -> PathBuf {
-    PathBuf::from(crate::paths::DEFAULT_ROOT)
+    PathBuf::from(crate::kernel::paths::DEFAULT_ROOT)
 }
 
 fn default_reconcile() -> Duration {
@@ -1051,7 +1051,7 @@ mod tests {
     fn defaults() {
         let c = cfg("").unwrap();
         assert_eq!(c.state_dir, Path::new("/var/lib/edge-filter"));
-        assert_eq!(c.bpffs, Path::new(crate::paths::DEFAULT_ROOT));
+        assert_eq!(c.bpffs, Path::new(crate::kernel::paths::DEFAULT_ROOT));
         assert_eq!(c.reconcile_interval, Duration::from_secs(30));
         assert_eq!(c.malformed, Malformed::Pass);
         assert!(!c.malformed_drop());
@@ -1158,7 +1158,7 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
         assert_eq!(c.feeds[1].source, Source::File("/abs/b.txt".into()));
         // Defaults are absolute already.
         assert_eq!(c.state_dir, Path::new(DEFAULT_STATE_DIR));
-        assert_eq!(c.bpffs, Path::new(crate::paths::DEFAULT_ROOT));
+        assert_eq!(c.bpffs, Path::new(crate::kernel::paths::DEFAULT_ROOT));
         std::fs::remove_dir_all(&dir).unwrap();
         let missing = dir.join("nope.toml");
         let e = load(&missing).unwrap_err().to_string();

@@ -42,7 +42,7 @@ pub enum Error {
         tail: String,
     },
     /// The kernel lacks a feature a command needs (found by
-    /// [`crate::features`] before anything was changed).
+    /// [`crate::kernel::features`] before anything was changed).
     #[error(
         "{command} needs {feature} (Linux {since}+), which this kernel does not offer ({detail}); it is used for {why}. `edge-filter features` lists what this kernel has"
     )]

@@ -30,9 +30,9 @@ use time::OffsetDateTime;
 
 use crate::blocklist::{parse_allowlist, parse_blocklist};
 use crate::config::Config;
-use crate::counters::reason_name;
 use crate::entry::{Action, Entry, EntryKey, EntrySet, PortMatch, Proto, Side};
 use crate::feed_agent::{STATUS_FILE, Status};
+use crate::kernel::counters::reason_name;
 use crate::reference::Reference;
 use crate::state::{StateDir, StateError};
 use crate::sync::{DesiredState, FeedSnapshot, merge};

@@ -19,14 +19,14 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::attach;
 use crate::config::{Config, FeedConfig, Source};
 use crate::error::{Error, Result};
 use crate::feeds::{FeedParse, parse_feed};
 use crate::fetch::{FetchPolicy, Fetched, Fetcher, Framing, Location, Validators};
-use crate::lock::AgentLock;
-use crate::maps::{EntryMaps, SetChanges};
-use crate::paths::Paths;
+use crate::kernel::attach;
+use crate::kernel::lock::AgentLock;
+use crate::kernel::maps::{EntryMaps, SetChanges};
+use crate::kernel::paths::Paths;
 use crate::state::{LastKnownGood, StateDir};
 use crate::sync::{DesiredState, FeedSnapshot, GuardDecision, ShrinkGuard, merge};
 use crate::watch::{IfaceHealth, Watch};
@@ -466,7 +466,7 @@ impl FeedAgent {
     async fn run(
         &mut self,
         signals: Signals,
-        mut links: Option<crate::netlink::LinkMonitor>,
+        mut links: Option<crate::kernel::netlink::LinkMonitor>,
     ) -> Result<()> {
         let Signals {
             mut hup,
@@ -853,7 +853,7 @@ impl FeedAgent {
 
 /// ` --bpffs DIR` when the pins are not under the default root.
 fn bpffs_arg(cfg: &Config) -> String {
-    if cfg.bpffs == std::path::Path::new(crate::paths::DEFAULT_ROOT) {
+    if cfg.bpffs == std::path::Path::new(crate::kernel::paths::DEFAULT_ROOT) {
         String::new()
     } else {
         format!(" --bpffs {}", cfg.bpffs.display())

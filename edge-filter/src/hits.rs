@@ -17,8 +17,8 @@
 //!
 //! ```no_run
 //! use edge_filter::hits;
-//! use edge_filter::paths::Paths;
-//! let paths = Paths::new(edge_filter::paths::DEFAULT_ROOT);
+//! use edge_filter::kernel::paths::Paths;
+//! let paths = Paths::new(edge_filter::kernel::paths::DEFAULT_ROOT);
 //! let report = hits::Report::read(&paths, &paths.attached(), None).unwrap();
 //! for f in &report.feeds {
 //!     println!("{} dropped {} packets", f.feed, f.verdicts.drops.packets);
@@ -31,12 +31,12 @@ use edge_filter_common::{self as abi, EntryStat};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::attach;
 use crate::entry::EntryKey;
 use crate::error::Result;
 use crate::explain::{Assertion, Knowledge, key_text};
-use crate::maps::{Desired, SlotKey};
-use crate::paths::Paths;
+use crate::kernel::attach;
+use crate::kernel::maps::{Desired, SlotKey};
+use crate::kernel::paths::Paths;
 
 /// Packets, bytes and the last hit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

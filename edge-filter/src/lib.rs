@@ -9,31 +9,21 @@
 //! (feed text made safe for logs and terminals), [`trust`]
 //! (refusing paths another user could write).
 pub mod agent;
-pub mod attach;
-pub mod batch;
 pub mod blocklist;
 pub mod config;
-pub mod counters;
 pub mod entry;
 pub mod error;
 pub mod escape;
-pub mod events;
 pub mod explain;
-pub mod features;
 pub mod feed_agent;
 pub mod feeds;
 pub mod fetch;
 pub mod hits;
-pub mod lock;
-pub mod maps;
+pub mod kernel;
 pub mod metrics;
-pub mod netlink;
-pub mod paths;
-pub mod program;
 pub mod reference;
 pub mod replay;
 pub mod state;
 pub mod sync;
-pub mod testrun;
 pub mod trust;
 pub mod watch;

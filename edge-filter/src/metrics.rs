@@ -30,8 +30,8 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use crate::feed_agent::Status;
-use crate::paths::Paths;
-use crate::program::Capacities;
+use crate::kernel::paths::Paths;
+use crate::kernel::program::Capacities;
 
 /// The content type of the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -138,10 +138,10 @@ impl Metrics {
         let caps = self.caps.per_map();
         for iface in &self.ifaces {
             let il = vec![("iface", iface.clone())];
-            let in_force =
-                crate::attach::link_health(&self.paths, iface).is_ok_and(|h| h.is_attached());
+            let in_force = crate::kernel::attach::link_health(&self.paths, iface)
+                .is_ok_and(|h| h.is_attached());
             attached.get_or_create(&il).set(i64::from(in_force));
-            let maps = match crate::attach::open_pinned(&self.paths, iface) {
+            let maps = match crate::kernel::attach::open_pinned(&self.paths, iface) {
                 Ok(m) => m,
                 Err(e) => {
                     log::debug!("metrics: {iface}: {e}");
@@ -150,7 +150,7 @@ impl Metrics {
             };
             match maps.counters() {
                 Ok(c) => {
-                    let (rows, _) = crate::counters::named(&c);
+                    let (rows, _) = crate::kernel::counters::named(&c);
                     for row in rows {
                         let l = vec![
                             ("iface", iface.clone()),
@@ -214,7 +214,7 @@ impl Metrics {
                 continue;
             };
             for e in &h.entries {
-                let crate::maps::SlotKey::Entry(k) = &e.key else {
+                let crate::kernel::maps::SlotKey::Entry(k) = &e.key else {
                     continue;
                 };
                 if e.hits.packets == 0 {

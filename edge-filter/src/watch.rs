@@ -3,7 +3,7 @@
 //! Deleting an interface detaches its XDP program: the pinned link lives on
 //! but filters nothing, and a new interface with the same name starts
 //! without a filter. Nothing fails loudly, so the agent watches: rtnetlink
-//! link events ([`crate::netlink::LinkMonitor`]) make it look at once, and a
+//! link events ([`crate::kernel::netlink::LinkMonitor`]) make it look at once, and a
 //! check every second catches anything the events missed. When the interface
 //! is gone the agent reports an *enforcement gap*; when an interface with
 //! that name is back it attaches the program again with the same pinned
@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::attach::{self, LinkHealth, Mode};
-use crate::paths::Paths;
-use crate::program::Capacities;
+use crate::kernel::attach::{self, LinkHealth, Mode};
+use crate::kernel::paths::Paths;
+use crate::kernel::program::Capacities;
 
 /// What an agent reports about one interface it filters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -114,7 +114,7 @@ impl Watch {
     /// when it landed whole (every write confirmed by the kernel, so its
     /// shadow copy is what the kernel holds), else read back from the
     /// kernel. Logs when entries are missing.
-    pub fn count(&mut self, maps: &crate::maps::EntryMaps, set: &crate::entry::EntrySet) {
+    pub fn count(&mut self, maps: &crate::kernel::maps::EntryMaps, set: &crate::entry::EntrySet) {
         let c = match maps.shadow() {
             Some(shadow) => shadow.census(set),
             None => match maps.read() {
@@ -233,8 +233,8 @@ impl Watch {
 
 /// Start the link monitor, or say why the agent runs on the periodic check
 /// alone.
-pub fn monitor() -> Option<crate::netlink::LinkMonitor> {
-    match crate::netlink::LinkMonitor::start() {
+pub fn monitor() -> Option<crate::kernel::netlink::LinkMonitor> {
+    match crate::kernel::netlink::LinkMonitor::start() {
         Ok(m) => Some(m),
         Err(e) => {
             log::warn!(
@@ -248,8 +248,8 @@ pub fn monitor() -> Option<crate::netlink::LinkMonitor> {
 /// The next link event, or never when there is no monitor (for
 /// `tokio::select!`).
 pub async fn next_event(
-    m: &mut Option<crate::netlink::LinkMonitor>,
-) -> Option<crate::netlink::LinkEvent> {
+    m: &mut Option<crate::kernel::netlink::LinkMonitor>,
+) -> Option<crate::kernel::netlink::LinkEvent> {
     match m {
         Some(m) => match m.next().await {
             Some(e) => Some(e),

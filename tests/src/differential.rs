@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 
 use edge_filter::entry::Proto;
-use edge_filter::maps::SlotKey;
+use edge_filter::kernel::classifier::KernelVerdict;
+use edge_filter::kernel::maps::SlotKey;
 use edge_filter::reference::{Reference, Verdict};
-use edge_filter::testrun::KernelVerdict;
 use edge_filter_common::{self as abi, ReasonInfo};
 
 /// XDP_DROP.
@@ -28,9 +28,9 @@ pub fn compare(
         return Some(format!(
             "reason: kernel {} ({}), reference {} ({})",
             k.reason,
-            edge_filter::counters::reason_name(k.reason),
+            edge_filter::kernel::counters::reason_name(k.reason),
             r.reason,
-            edge_filter::counters::reason_name(r.reason)
+            edge_filter::kernel::counters::reason_name(r.reason)
         ));
     }
     let want_action = if r.is_drop() { XDP_DROP } else { XDP_PASS };

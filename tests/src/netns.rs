@@ -1163,9 +1163,9 @@ impl Lab {
 
     /// [`Lab::enforced`], or why the maps could not be read.
     pub fn try_enforced(&self) -> Result<edge_filter::entry::EntrySet, String> {
-        let paths = edge_filter::paths::Paths::new(&self.bpffs);
-        let maps =
-            edge_filter::attach::open_pinned(&paths, RECEIVER_IF).map_err(|e| e.to_string())?;
+        let paths = edge_filter::kernel::paths::Paths::new(&self.bpffs);
+        let maps = edge_filter::kernel::attach::open_pinned(&paths, RECEIVER_IF)
+            .map_err(|e| e.to_string())?;
         Ok(maps.read().map_err(|e| e.to_string())?.to_entry_set())
     }
 }

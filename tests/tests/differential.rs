@@ -7,10 +7,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use edge_filter::entry::EntrySet;
-use edge_filter::maps::SlotKey;
-use edge_filter::program::Capacities;
+use edge_filter::kernel::classifier::{KernelClassifier, MAX_FRAME, MIN_FRAME};
+use edge_filter::kernel::maps::SlotKey;
+use edge_filter::kernel::program::Capacities;
 use edge_filter::reference::Reference;
-use edge_filter::testrun::{KernelClassifier, MAX_FRAME, MIN_FRAME};
 use edge_filter_common as abi;
 use edge_filter_tests::corpus::{
     Packet, entry_sets, generated_corpus, pcap_corpus, random_seed, shared_data_dir,
@@ -140,7 +140,7 @@ fn kernel_agrees_with_reference_on_every_packet() {
                 let r = reference.classify(frame, md);
                 checked += 1;
                 *by_reason
-                    .entry(edge_filter::counters::reason_name(r.reason))
+                    .entry(edge_filter::kernel::counters::reason_name(r.reason))
                     .or_default() += 1;
                 expected[r.reason as usize].0 += 1;
                 expected[r.reason as usize].1 += frame.len() as u64;
@@ -237,7 +237,7 @@ fn kernel_agrees_with_reference_on_every_packet() {
                     (dp, db),
                     (*pk, *by),
                     "set {set_name} (malformed_drop={md}): counter {} moved by {dp} packets/{db} bytes, expected {pk}/{by}",
-                    edge_filter::counters::reason_name(i as u32)
+                    edge_filter::kernel::counters::reason_name(i as u32)
                 );
             }
         }

@@ -342,9 +342,9 @@ impl Watch {
         let bpffs = lab.bpffs.clone();
         let t0 = Instant::now();
         let thread = std::thread::spawn(move || {
-            let paths = edge_filter::paths::Paths::new(&bpffs);
+            let paths = edge_filter::kernel::paths::Paths::new(&bpffs);
             while !s.load(Ordering::SeqCst) {
-                let got = edge_filter::attach::open_pinned(&paths, RECEIVER_IF)
+                let got = edge_filter::kernel::attach::open_pinned(&paths, RECEIVER_IF)
                     .map_err(|e| e.to_string())
                     .and_then(|m| m.read().map_err(|e| e.to_string()))
                     .map(|d| d.to_entry_set());

@@ -4,9 +4,9 @@
 //! and applies the rest, and reconcile repairs drift. Root only.
 
 use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
-use edge_filter::maps::{Desired, drift};
-use edge_filter::program::Capacities;
-use edge_filter::testrun::KernelClassifier;
+use edge_filter::kernel::classifier::KernelClassifier;
+use edge_filter::kernel::maps::{Desired, drift};
+use edge_filter::kernel::program::Capacities;
 use ipnet::IpNet;
 
 fn is_root() -> bool {
@@ -88,8 +88,8 @@ fn contents_read_back_and_deltas_are_minimal() {
     );
     // Ids of surviving keys are stable.
     let back2 = k.maps().read().expect("read");
-    let ids1 = edge_filter::maps::ids_of(&back);
-    let ids2 = edge_filter::maps::ids_of(&back2);
+    let ids1 = edge_filter::kernel::maps::ids_of(&back);
+    let ids2 = edge_filter::kernel::maps::ids_of(&back2);
     let kept = ids2
         .iter()
         .filter(|(key, id)| ids1.get(key) == Some(id))
@@ -183,7 +183,8 @@ fn rotation_at_capacity_lands_whole() {
     // The feed agent's path: apply_changes() with the delta.
     let mut k = KernelClassifier::new(&caps).expect("load");
     k.set_entries(&old, false).expect("old");
-    let changes = edge_filter::maps::SetChanges::between(&normalise(&old), &normalise(&new));
+    let changes =
+        edge_filter::kernel::maps::SetChanges::between(&normalise(&old), &normalise(&new));
     let st = k
         .maps_mut()
         .apply_changes(&normalise(&new), &changes, 0)
@@ -369,7 +370,7 @@ fn apply_changes_equals_apply_and_a_full_rebuild() {
         eprintln!("skipping: needs root");
         return;
     }
-    use edge_filter::maps::SetChanges;
+    use edge_filter::kernel::maps::SetChanges;
     use rand::{Rng, SeedableRng};
     let seed: u64 = rand::random();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

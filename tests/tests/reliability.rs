@@ -324,8 +324,8 @@ fn rotation_at_capacity_and_restart_converge() {
     // last-known-good copy) must converge.
     agent.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
     {
-        let paths = edge_filter::paths::Paths::new(&lab.bpffs);
-        let mut maps = edge_filter::attach::open_pinned(&paths, RECEIVER_IF).expect("maps");
+        let paths = edge_filter::kernel::paths::Paths::new(&lab.bpffs);
+        let mut maps = edge_filter::kernel::attach::open_pinned(&paths, RECEIVER_IF).expect("maps");
         let mut mixed: edge_filter::entry::EntrySet = edge_filter::entry::EntrySet::default();
         for (base, take) in [(0x0b00_0000u32, n / 2), (0x0c00_0000, n / 2 + 9)] {
             for i in 0..take {
@@ -557,7 +557,12 @@ fn messages_name_the_fix() {
     }
     let (lab, _probe) = lab();
     let list = lab.write_file("blocklist.txt", &format!("{BLOCKED}\n"));
-    let agent = lab.start_agent(&["--blocklist", list.to_str().unwrap(), "--metrics-listen", "off"]);
+    let agent = lab.start_agent(&[
+        "--blocklist",
+        list.to_str().unwrap(),
+        "--metrics-listen",
+        "off",
+    ]);
     agent.wait_ready("attached");
     let prog = lab.xdp_prog_id().expect("an XDP program");
 
@@ -585,7 +590,10 @@ fn messages_name_the_fix() {
 
     // An unprivileged user.
     let bin = netns::edge_filter_bin();
-    for args in [vec!["detach", "--iface", RECEIVER_IF], vec!["stats", "--iface", RECEIVER_IF]] {
+    for args in [
+        vec!["detach", "--iface", RECEIVER_IF],
+        vec!["stats", "--iface", RECEIVER_IF],
+    ] {
         let out = lab
             .receiver
             .command("setpriv")

@@ -35,7 +35,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use edge_filter::agent::load_files;
-use edge_filter::counters::reason_name;
+use edge_filter::kernel::counters::reason_name;
 use edge_filter::reference::Reference;
 use edge_filter_tests::corpus::shared_data_dir;
 use edge_filter_tests::netns::{edge_filter_bin, skip_unless_root, unique_tag};

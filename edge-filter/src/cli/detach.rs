@@ -1,7 +1,7 @@
 //! `edge-filter detach`.
 
 use clap::Args;
-use edge_filter::{attach, paths::Paths};
+use edge_filter::kernel::{attach, paths::Paths};
 
 use super::PinArgs;
 

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use edge_filter::escape::{self, Escaped};
-use edge_filter::events::{self, EventRecord, Sampling};
 use edge_filter::explain::{Knowledge, key_text};
 use edge_filter::hits::Clock;
-use edge_filter::maps::SlotKey;
-use edge_filter::paths::Paths;
+use edge_filter::kernel::events::{self, EventRecord, Sampling};
+use edge_filter::kernel::maps::SlotKey;
+use edge_filter::kernel::paths::Paths;
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
@@ -104,7 +104,7 @@ fn index(
     iface: &str,
     k: Option<&Knowledge>,
 ) -> anyhow::Result<HashMap<u32, EntryInfo>> {
-    let maps = edge_filter::attach::open_pinned(paths, iface)?;
+    let maps = edge_filter::kernel::attach::open_pinned(paths, iface)?;
     let mut out = HashMap::new();
     for (key, v) in maps.read()?.entries() {
         let mut info = EntryInfo::default();
@@ -136,7 +136,7 @@ fn index(
 
 pub fn run(a: EventsArgs) -> anyhow::Result<()> {
     let pins = Pins::resolve(a.config.as_deref(), a.bpffs.as_deref())?;
-    edge_filter::features::require(edge_filter::features::Use::Events)?;
+    edge_filter::kernel::features::require(edge_filter::kernel::features::Use::Events)?;
     let ifaces = pins.ifaces_required(a.iface.as_deref())?;
     if let Some(d) = a.duration
         && !(d.is_finite() && d > 0.0)

@@ -2,7 +2,7 @@
 
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use edge_filter::features::{self, Need, Status};
+use edge_filter::kernel::features::{self, Need, Status};
 
 /// `features --help`.
 pub const LONG_ABOUT: &str = "\

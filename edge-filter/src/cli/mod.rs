@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use edge_filter::config::Config;
 use edge_filter::explain::Knowledge;
-use edge_filter::paths::{DEFAULT_ROOT, Paths};
+use edge_filter::kernel::paths::{DEFAULT_ROOT, Paths};
 
 /// XDP edge filter: drops packets from blocklisted sources at the driver.
 ///
@@ -44,7 +44,7 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct PinArgs {
     /// Root directory of edge-filter's pins on bpffs (mounted when missing).
-    #[arg(long, env = "EDGE_FILTER_BPFFS", default_value = edge_filter::paths::DEFAULT_ROOT, global = true)]
+    #[arg(long, env = "EDGE_FILTER_BPFFS", default_value = edge_filter::kernel::paths::DEFAULT_ROOT, global = true)]
     pub bpffs: PathBuf,
 }
 

@@ -324,10 +324,10 @@ fn replay_args(a: ReplayArgs) -> anyhow::Result<replay::Outcome> {
         }
         (None, None) => None,
     };
-    edge_filter::features::require(if a.live {
-        edge_filter::features::Use::ReplayLive
+    edge_filter::kernel::features::require(if a.live {
+        edge_filter::kernel::features::Use::ReplayLive
     } else {
-        edge_filter::features::Use::Replay
+        edge_filter::kernel::features::Use::Replay
     })?;
     let req = Request {
         captures: a.captures,

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use edge_filter::agent;
+use edge_filter::kernel::{attach::Mode, paths::Paths, program::Capacities};
 use edge_filter::trust::{self, Role};
-use edge_filter::{agent, attach::Mode, paths::Paths, program::Capacities};
 
 use super::PinArgs;
 
@@ -134,7 +135,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
                 warn_data_file(&format!("feed {}", f.name), p);
             }
         }
-        edge_filter::features::require(edge_filter::features::Use::Run)?;
+        edge_filter::kernel::features::require(edge_filter::kernel::features::Use::Run)?;
         edge_filter::feed_agent::run(cfg).await?;
         return Ok(());
     }
@@ -176,7 +177,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     if let Err(e) = metrics.listen_addr() {
         anyhow::bail!("--metrics-listen: {e}");
     }
-    edge_filter::features::require(edge_filter::features::Use::Run)?;
+    edge_filter::kernel::features::require(edge_filter::kernel::features::Use::Run)?;
     agent::run(agent::RunOptions {
         iface,
         blocklist,

@@ -2,7 +2,7 @@
 
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use edge_filter::{attach, counters};
+use edge_filter::kernel::{attach, counters};
 use serde::Serialize;
 
 use super::{PinArgs, Pins};
@@ -91,7 +91,7 @@ mod watch {
     use std::time::{Duration, Instant};
 
     use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-    use edge_filter::{attach, counters, maps::EntryMaps};
+    use edge_filter::kernel::{attach, counters, maps::EntryMaps};
     use serde::Serialize;
     use time::OffsetDateTime;
 

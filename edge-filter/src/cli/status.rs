@@ -16,12 +16,12 @@ use std::time::Duration;
 use aya::maps::MapInfo;
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use edge_filter::attach::{self, LinkHealth};
 use edge_filter::config::Config;
 use edge_filter::escape::{self, escape};
 use edge_filter::feed_agent::{FeedHealth, STATUS_FILE, Status};
-use edge_filter::maps::Desired;
-use edge_filter::paths::Paths;
+use edge_filter::kernel::attach::{self, LinkHealth};
+use edge_filter::kernel::maps::Desired;
+use edge_filter::kernel::paths::Paths;
 use edge_filter::watch::IfaceHealth;
 use edge_filter_common as abi;
 use serde::Serialize;
@@ -269,7 +269,7 @@ fn iface_status(paths: &Paths, iface: &str) -> IfaceStatus {
                     .unwrap_or_else(|| "unknown: the filter is not in force (see below)".into()),
             )
         }
-        Ok(idx) => match edge_filter::netlink::xdp_info(idx) {
+        Ok(idx) => match edge_filter::kernel::netlink::xdp_info(idx) {
             Ok(x) => {
                 let (mode, note) = x.mode_of(s.program_id);
                 s.mode = mode;
@@ -383,7 +383,7 @@ fn agent_and_feeds(
     agent.lock_holder = cfg
         .interfaces
         .iter()
-        .find_map(|i| edge_filter::lock::holder(paths.root(), &i.name));
+        .find_map(|i| edge_filter::kernel::lock::holder(paths.root(), &i.name));
     let ifaces = status
         .as_ref()
         .map(|s| s.ifaces.clone())

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use pcap_file::DataLink;
 
 use super::reader::{PCAP_MAGICS, PCAPNG_MAGIC, PcapNgReader, PcapReader};
-use crate::testrun::MAX_FRAME;
+use crate::kernel::classifier::MAX_FRAME;
 
 /// libpcap's `LT_LINKTYPE`: the link type bits of the pcap header's link
 /// type field (the upper bits may carry FCS length information).

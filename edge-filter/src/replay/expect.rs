@@ -45,7 +45,7 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::report::{SummaryDoc, VERDICTS, VERSION, reason_by_name};
 use super::{FileReport, Packet, ReplayError, Result, Sink, verdict_of};
-use crate::counters::reason_name;
+use crate::kernel::counters::reason_name;
 
 /// Per-packet differences listed before the rest are only counted.
 pub const MAX_LISTED: usize = 20;

@@ -36,10 +36,10 @@ use edge_filter_common::{self as abi, Counter};
 use serde::Serialize;
 
 use super::{Packet, ReplayError, Result, Sink, capacities_for, verdict_of};
-use crate::counters::reason_name;
 use crate::entry::EntrySet;
-use crate::maps::EntryMaps;
-use crate::program;
+use crate::kernel::counters::reason_name;
+use crate::kernel::maps::EntryMaps;
+use crate::kernel::program;
 
 /// Prefix of the namespaces `--live` creates.
 pub const NETNS_PREFIX: &str = "ef-replay-";
@@ -50,8 +50,8 @@ pub const RECEIVER_IF: &str = "efr-rcv";
 /// The veth MTU: the largest that native XDP on veth accepts for a program
 /// without fragment support (a page minus XDP headroom and
 /// `skb_shared_info`, minus the Ethernet header), so frames up to
-/// [`crate::testrun::MAX_FRAME`] bytes go through.
-pub const MTU: usize = crate::testrun::MAX_FRAME - 14;
+/// [`crate::kernel::classifier::MAX_FRAME`] bytes go through.
+pub const MTU: usize = crate::kernel::classifier::MAX_FRAME - 14;
 /// Frames sent between two waits for the counters to catch up.
 pub const BATCH: u64 = 64;
 /// How long the counters may lag behind the frames sent.
@@ -445,7 +445,7 @@ impl Live {
 
 impl Sink for Live {
     fn packet(&mut self, p: &Packet<'_>) -> Result<()> {
-        if p.frame.len() < crate::testrun::MIN_FRAME {
+        if p.frame.len() < crate::kernel::classifier::MIN_FRAME {
             self.excluded_short += 1;
             return Ok(());
         }

@@ -45,10 +45,10 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::entry::{Action, Entry, EntryKey, EntrySet};
-use crate::maps::SlotKey;
-use crate::program::Capacities;
+use crate::kernel::classifier::{KernelClassifier, MAX_FRAME, MIN_FRAME};
+use crate::kernel::maps::SlotKey;
+use crate::kernel::program::Capacities;
 use crate::reference::{Parsed, Reference, parse};
-use crate::testrun::{KernelClassifier, MAX_FRAME, MIN_FRAME};
 
 use capture::{Capture, Timestamp};
 
@@ -235,7 +235,7 @@ impl Decision {
 
     /// The reason's stable name.
     pub fn reason_name(&self) -> String {
-        crate::counters::reason_name(self.reason)
+        crate::kernel::counters::reason_name(self.reason)
     }
 }
 
@@ -364,7 +364,7 @@ impl<'a> Evaluator<'a> {
             return Err(ReplayError::Inconsistent(format!(
                 "the XDP program returned action {} but recorded reason {}",
                 kv.action,
-                crate::counters::reason_name(kv.reason)
+                crate::kernel::counters::reason_name(kv.reason)
             )));
         }
         let (decider, feeds) = if kv.entry_id == abi::NO_ENTRY {

@@ -5,7 +5,7 @@
 //! capture up to 4 GiB, a pcapng block may be up to 4 GiB long, and an
 //! interface snap length of 0 means "no limit", so a 9 MB packet in an
 //! Enhanced Packet Block is legal. Replay evaluates only the first
-//! [`crate::testrun::MAX_FRAME`] bytes of a frame (what XDP without
+//! [`crate::kernel::classifier::MAX_FRAME`] bytes of a frame (what XDP without
 //! fragments sees), so a record is read as a prefix of at most `keep` bytes
 //! and the rest is read past, never held. Memory is one read buffer and one
 //! prefix per open file; no length field is ever an allocation size. A

@@ -16,7 +16,7 @@ use super::live::LiveReport;
 use super::{
     Decider, Decision, Evaluated, FileReport, Packet, Replay, Result, RunStats, Sink, verdict_of,
 };
-use crate::counters::{ReasonCount, Totals, named};
+use crate::kernel::counters::{ReasonCount, Totals, named};
 use crate::reference::Parsed;
 
 /// Distinct dropped sources tracked exactly; beyond it the least-dropped
@@ -722,7 +722,7 @@ pub fn print_human(doc: &SummaryDoc, out: &mut dyn Write) -> Result<()> {
             "  {} shorter than an Ethernet header (decided in userspace), {} longer than {} bytes (cut to it)",
             plural(doc.evaluated.userspace, "frame", "frames"),
             plural(doc.truncated, "frame", "frames"),
-            crate::testrun::MAX_FRAME
+            crate::kernel::classifier::MAX_FRAME
         )?;
     }
     let mut t = table(&["reason", "verdict", "packets", "bytes"]);
@@ -808,7 +808,7 @@ pub fn print_human(doc: &SummaryDoc, out: &mut dyn Write) -> Result<()> {
             notes.push(format!(
                 "{} cut to {} bytes",
                 f.truncated,
-                crate::testrun::MAX_FRAME
+                crate::kernel::classifier::MAX_FRAME
             ));
         }
         if f.userspace > 0 {
@@ -951,7 +951,7 @@ pub fn reason_by_name(name: &str) -> Option<abi::Reason> {
     TABLE
         .get_or_init(|| {
             (0..abi::REASON_COUNT)
-                .map(|r| (crate::counters::reason_name(r), r))
+                .map(|r| (crate::kernel::counters::reason_name(r), r))
                 .collect()
         })
         .get(name)

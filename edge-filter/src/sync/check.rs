@@ -19,7 +19,7 @@ use super::desired::{FeedCounts, FeedSnapshot, KindCounts, RejectedEntry, merge}
 use crate::config::{Config, FeedConfig, Role, Source};
 use crate::escape::Escaped;
 use crate::feeds::{self, FeedError, Format};
-use crate::paths::Paths;
+use crate::kernel::paths::Paths;
 use crate::trust::{self, TrustError};
 
 /// How many rejected lines and ignored indicators a feed report quotes.
@@ -277,9 +277,9 @@ pub fn check(cfg: &Config, name: &str, now: OffsetDateTime) -> CheckReport {
             .iter()
             .map(|i| {
                 let mode = match i.mode {
-                    crate::attach::Mode::Native => "native",
-                    crate::attach::Mode::Skb => "skb",
-                    crate::attach::Mode::Auto => "auto",
+                    crate::kernel::attach::Mode::Native => "native",
+                    crate::kernel::attach::Mode::Skb => "skb",
+                    crate::kernel::attach::Mode::Auto => "auto",
                 };
                 format!("{} ({mode})", i.name)
             })

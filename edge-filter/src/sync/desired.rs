@@ -124,8 +124,11 @@ pub struct KindCounts {
 
 impl KindCounts {
     /// `(map name, entries, capacity)` for every entry map, in
-    /// [`crate::program::Capacities::per_map`] order.
-    pub fn per_map(&self, caps: &crate::program::Capacities) -> Vec<(&'static str, usize, u32)> {
+    /// [`crate::kernel::program::Capacities::per_map`] order.
+    pub fn per_map(
+        &self,
+        caps: &crate::kernel::program::Capacities,
+    ) -> Vec<(&'static str, usize, u32)> {
         let counts = [
             self.allow_v4,
             self.allow_v6,

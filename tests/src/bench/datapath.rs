@@ -22,8 +22,8 @@ use aya::{
     programs::{ProgramFd, TestRun as _, TestRunOptions},
 };
 use edge_filter::entry::EntrySet;
-use edge_filter::maps::EntryMaps;
-use edge_filter::program::{self, Capacities};
+use edge_filter::kernel::maps::EntryMaps;
+use edge_filter::kernel::program::{self, Capacities};
 use edge_filter_common::{
     self as abi, ACTION_DROP, EntryKind, MAPBIT_ADDR_V4, MAPBIT_ADDR_V6, MAPBIT_PORT_V4,
     MAPBIT_PORT_V6, MAPBIT_PREFIX_V4, MAPBIT_PREFIX_V6,

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use aya::maps::PerCpuArray;
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
-use edge_filter::maps::EntryMaps;
-use edge_filter::program::{self, Capacities};
+use edge_filter::kernel::maps::EntryMaps;
+use edge_filter::kernel::program::{self, Capacities};
 use edge_filter_common::{self as abi, ACTION_DROP, EntryKind};
 use serde_json::json;
 

@@ -7,8 +7,8 @@ use std::fs;
 
 use anyhow::{Context as _, Result};
 use aya::maps::MapInfo;
-use edge_filter::maps::EntryMaps;
-use edge_filter::program::{self, Capacities};
+use edge_filter::kernel::maps::EntryMaps;
+use edge_filter::kernel::program::{self, Capacities};
 use serde_json::json;
 
 use super::{Opts, Pool, PoolSizes};

@@ -25,8 +25,8 @@ use aya::{
 };
 use clap::{Args, CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
-use edge_filter::maps::Desired;
-use edge_filter::program::Capacities;
+use edge_filter::kernel::maps::Desired;
+use edge_filter::kernel::program::Capacities;
 use edge_filter_common::{EntryValue, PortKeyV4, PortKeyV6};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::rngs::StdRng;
@@ -294,7 +294,7 @@ impl BenchObj {
     /// Write the entries of `set` into the object's copies of the address,
     /// prefix and address+port maps (what the single-lookup programs read),
     /// with the keys and values the agent's sync would write. Through the
-    /// maps' own handles rather than [`EntryMaps`](edge_filter::maps::EntryMaps), so the bench object needs
+    /// maps' own handles rather than [`EntryMaps`](edge_filter::kernel::maps::EntryMaps), so the bench object needs
     /// to declare only the maps it reads.
     pub fn load_entries(&mut self, set: &EntrySet) -> Result<()> {
         let d = Desired::build_from(set, &Desired::default());

@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use edge_filter::entry::{Action, Entry, EntrySet};
-use edge_filter::maps::{Desired, EntryMaps, SetChanges};
-use edge_filter::program::Capacities;
-use edge_filter::testrun::KernelClassifier;
+use edge_filter::kernel::classifier::KernelClassifier;
+use edge_filter::kernel::maps::{Desired, EntryMaps, SetChanges};
+use edge_filter::kernel::program::Capacities;
 use edge_filter_tests::bench::{self, Cli, Command as Bench, Opts};
 use ipnet::{IpNet, Ipv4Net};
 use rand::rngs::StdRng;
@@ -302,7 +302,7 @@ fn delta(
     maps: &mut EntryMaps,
     prev: &EntrySet,
     new: &EntrySet,
-) -> Result<edge_filter::maps::SyncStats> {
+) -> Result<edge_filter::kernel::maps::SyncStats> {
     let changes = SetChanges::between(prev, new);
     Ok(maps.apply_changes(new, &changes, 0)?)
 }

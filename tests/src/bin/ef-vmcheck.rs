@@ -45,13 +45,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
-use edge_filter::attach::{self, Mode};
 use edge_filter::entry::EntrySet;
-use edge_filter::maps::SlotKey;
-use edge_filter::paths::Paths;
-use edge_filter::program::Capacities;
+use edge_filter::kernel::attach::{self, Mode};
+use edge_filter::kernel::classifier::{KernelClassifier, MAX_FRAME, MIN_FRAME};
+use edge_filter::kernel::maps::SlotKey;
+use edge_filter::kernel::paths::Paths;
+use edge_filter::kernel::program::Capacities;
 use edge_filter::reference::Reference;
-use edge_filter::testrun::{KernelClassifier, MAX_FRAME, MIN_FRAME};
 use edge_filter_common as abi;
 use edge_filter_tests::corpus::{Packet, entry_sets, generated_corpus, pcap_corpus};
 use edge_filter_tests::differential::compare;
@@ -331,14 +331,14 @@ fn verified_insns() -> String {
     }
 }
 
-/// The start-up probes of `edge-filter` (`edge_filter::features`) on this
+/// The start-up probes of `edge-filter` (`edge_filter::kernel::features`) on this
 /// kernel, checked against its version: every feature from a release at or
 /// before this kernel's must be found, every later one must be found
 /// missing (Debian does not backport these), and `require` must refuse the
 /// uses that need a missing one, naming it. Prints
 /// `ok missing=ID,ID` or `fail: …`.
 fn check_features() -> (String, bool) {
-    use edge_filter::features::{self, Status, Use};
+    use edge_filter::kernel::features::{self, Status, Use};
     let report = features::probe_all();
     let Some(version) = features::parse_version(&report.kernel) else {
         return (
@@ -397,7 +397,7 @@ fn check_features() -> (String, bool) {
 /// Whether `BPF_MAP_UPDATE_BATCH` works on a hash map (Linux 5.6+): the
 /// agent's own start-up probe.
 fn probe_batch() -> String {
-    use edge_filter::features::{Status, probe};
+    use edge_filter::kernel::features::{Status, probe};
     match probe("batch-map-ops") {
         Status::Present => "supported".into(),
         Status::Missing(d) => {
@@ -501,7 +501,7 @@ fn differential(
                 let r = reference.classify(frame, md);
                 n += 1;
                 *by_reason
-                    .entry(edge_filter::counters::reason_name(r.reason))
+                    .entry(edge_filter::kernel::counters::reason_name(r.reason))
                     .or_default() += 1;
                 expected[r.reason as usize].0 += 1;
                 expected[r.reason as usize].1 += frame.len() as u64;
@@ -521,7 +521,7 @@ fn differential(
                 if (dp, db) != (*pk, *by) {
                     d.counter_errors.push(format!(
                         "set={set_name} malformed_drop={md}: counter {} moved by {dp}/{db}, expected {pk}/{by}",
-                        edge_filter::counters::reason_name(i as u32)
+                        edge_filter::kernel::counters::reason_name(i as u32)
                     ));
                 }
             }

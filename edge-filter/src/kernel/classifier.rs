@@ -10,8 +10,8 @@ use edge_filter_common::{self as abi, LastVerdict};
 
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
-use crate::maps::{EntryMaps, SyncStats};
-use crate::program::{self, Capacities};
+use crate::kernel::maps::{EntryMaps, SyncStats};
+use crate::kernel::program::{self, Capacities};
 
 /// Smallest frame BPF_PROG_TEST_RUN accepts for XDP (an Ethernet header).
 pub const MIN_FRAME: usize = 14;

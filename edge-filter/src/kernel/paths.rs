@@ -293,9 +293,11 @@ mod tests {
             let e = paths.check_iface("eth9").unwrap_err();
             assert!(e.to_string().contains("owned by uid 65534"), "{e}");
             // Refused by the library's entry points too.
-            let e = crate::attach::detach(paths, "eth9").unwrap_err();
+            let e = crate::kernel::attach::detach(paths, "eth9").unwrap_err();
             assert!(matches!(e, Error::Untrusted(_)), "{e}");
-            let e = crate::attach::open_pinned(paths, "eth9").err().unwrap();
+            let e = crate::kernel::attach::open_pinned(paths, "eth9")
+                .err()
+                .unwrap();
             assert!(matches!(e, Error::Untrusted(_)), "{e}");
             assert!(
                 paths.maps_dir("eth9").exists(),

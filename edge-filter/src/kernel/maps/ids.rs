@@ -82,7 +82,7 @@ impl IdAlloc {
 mod id_alloc_tests {
     use super::*;
     use crate::entry::{Action, Entry, EntrySet};
-    use crate::maps::SlotKey;
+    use crate::kernel::maps::SlotKey;
     use ipnet::IpNet;
 
     fn set(addrs: &[&str]) -> EntrySet {

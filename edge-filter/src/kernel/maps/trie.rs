@@ -346,7 +346,7 @@ impl TrieFilters {
 mod tests {
     use super::*;
     use crate::entry::Action;
-    use crate::maps::value;
+    use crate::kernel::maps::value;
     use rand::{Rng, SeedableRng};
 
     /// The one-sweep [`flatten`] gives every node what the per-node

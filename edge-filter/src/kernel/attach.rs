@@ -1,5 +1,5 @@
 //! Attaching the program to an interface, adopting an existing attachment,
-//! and detaching. All state lives in bpffs pins (see [`crate::paths`]).
+//! and detaching. All state lives in bpffs pins (see [`crate::kernel::paths`]).
 
 use std::path::Path;
 
@@ -13,9 +13,9 @@ use aya::{
 
 use crate::entry::EntrySet;
 use crate::error::{Error, Result, is_permission};
-use crate::maps::{ALL_MAPS, EntryMaps, SyncStats};
-use crate::paths::Paths;
-use crate::program::{self, Capacities};
+use crate::kernel::maps::{ALL_MAPS, EntryMaps, SyncStats};
+use crate::kernel::paths::Paths;
+use crate::kernel::program::{self, Capacities};
 
 /// How to attach.
 #[derive(
@@ -167,7 +167,7 @@ pub fn link_health(paths: &Paths, iface: &str) -> Result<LinkHealth> {
         info_len: std::mem::size_of::<BpfLinkInfo>() as u32,
         info: &mut info as *mut BpfLinkInfo as u64,
     };
-    crate::batch::bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|source| Error::Pin {
+    crate::kernel::sys::bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|source| Error::Pin {
         op: format!("reading the link info of {}", pin.display()),
         source,
     })?;
@@ -211,7 +211,7 @@ fn obj_get(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
         pathname: c.as_ptr() as u64,
         ..Default::default()
     };
-    let fd = crate::batch::bpf(BPF_OBJ_GET, &mut attr)?;
+    let fd = crate::kernel::sys::bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: the kernel returned a new descriptor that we now own.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -257,7 +257,7 @@ pub(crate) fn incompatible_pins(paths: &Paths, iface: &str) -> Option<Error> {
         return None;
     }
     let mut detach = format!("edge-filter detach --iface {iface}");
-    if paths.root() != Path::new(crate::paths::DEFAULT_ROOT) {
+    if paths.root() != Path::new(crate::kernel::paths::DEFAULT_ROOT) {
         detach.push_str(&format!(" --bpffs {}", paths.root().display()));
     }
     Some(Error::IncompatiblePins {
@@ -270,7 +270,7 @@ pub(crate) fn incompatible_pins(paths: &Paths, iface: &str) -> Option<Error> {
 
 fn open_map(path: &Path) -> Result<Map> {
     let data = MapData::from_pin(path).map_err(|source| {
-        let perm = crate::program::io_source(&source).is_some_and(is_permission);
+        let perm = crate::kernel::program::io_source(&source).is_some_and(is_permission);
         if perm {
             Error::Permission {
                 op: format!("opening {}", path.display()),
@@ -402,13 +402,13 @@ fn attach_link(ebpf: &mut aya::Ebpf, iface: &str, mode: Mode, pin: &Path) -> Res
     // Another XDP program on the interface makes every attach fail (and
     // Auto's fallback to skb mode fail the same way): say which one.
     if let Ok(idx) = ifindex(iface)
-        && let Ok(x) = crate::netlink::xdp_info(idx)
+        && let Ok(x) = crate::kernel::netlink::xdp_info(idx)
     {
         let others = x.programs();
         if !others.is_empty() {
             return Err(Error::XdpBusy {
                 iface: iface.to_string(),
-                holders: crate::netlink::describe(&others),
+                holders: crate::kernel::netlink::describe(&others),
             });
         }
     }
@@ -455,7 +455,7 @@ fn attach_err(iface: &str, e: aya::programs::ProgramError) -> Error {
     if let aya::programs::ProgramError::UnknownInterface { .. } = e {
         return Error::NoInterface(iface.into());
     }
-    if crate::program::io_source(&e).is_some_and(is_permission) {
+    if crate::kernel::program::io_source(&e).is_some_and(is_permission) {
         return Error::Permission {
             op: format!("attaching XDP to {iface}"),
         };
@@ -588,7 +588,7 @@ mod tests {
             assert!(text.contains(want), "{want:?} not in: {text}");
         }
         // `edge-filter events` opens the ring buffer first: same message.
-        let Err(e) = crate::events::open_ring(&paths, iface) else {
+        let Err(e) = crate::kernel::events::open_ring(&paths, iface) else {
             panic!("a plain file opened as a ring buffer");
         };
         assert!(matches!(e, Error::IncompatiblePins { .. }), "{e:?}");
@@ -599,7 +599,7 @@ mod tests {
     fn one_missing_map_and_the_default_root() {
         let e = Error::IncompatiblePins {
             iface: "eth1".into(),
-            dir: Path::new(crate::paths::DEFAULT_ROOT).join("eth1"),
+            dir: Path::new(crate::kernel::paths::DEFAULT_ROOT).join("eth1"),
             missing: vec!["SAMPLE_STATE".into()],
             detach: "edge-filter detach --iface eth1".into(),
         };
@@ -609,7 +609,7 @@ mod tests {
                 && text.contains("`edge-filter detach --iface eth1`"),
             "{text}"
         );
-        let paths = Paths::new(crate::paths::DEFAULT_ROOT);
+        let paths = Paths::new(crate::kernel::paths::DEFAULT_ROOT);
         assert!(incompatible_pins(&paths, "ef-no-such-iface0").is_none());
     }
 

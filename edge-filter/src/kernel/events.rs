@@ -19,11 +19,11 @@ use edge_filter_common::{self as abi, Event, SampleConfig, SampleState};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::attach;
 use crate::error::{Error, Result};
 use crate::hits::Clock;
-use crate::maps::{EntryMaps, possible_cpus};
-use crate::paths::Paths;
+use crate::kernel::attach;
+use crate::kernel::maps::{EntryMaps, possible_cpus};
+use crate::kernel::paths::Paths;
 
 fn open(paths: &Paths, iface: &str, name: &str) -> Result<Map> {
     let p = paths.map(iface, name);
@@ -225,7 +225,7 @@ pub fn decode(bytes: &[u8], iface: &str, clock: &Clock) -> Option<EventRecord> {
         src_port: ports.then(|| u16::from_be_bytes(e.sport)),
         dst_port: ports.then(|| u16::from_be_bytes(e.dport)),
         verdict: abi::ReasonInfo::decode(e.reason).map_or("unknown", |r| r.verdict()),
-        reason: crate::counters::reason_name(e.reason),
+        reason: crate::kernel::counters::reason_name(e.reason),
         len: e.len,
         entry_id: e.entry_id,
     })

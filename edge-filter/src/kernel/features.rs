@@ -17,8 +17,8 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
 use serde::Serialize;
 
-use crate::batch::bpf as sys_bpf;
 use crate::error::{Error, Result};
+use crate::kernel::sys::bpf as sys_bpf;
 
 /// A command that needs kernel features.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -524,14 +524,14 @@ fn probe_live_frames() -> Probe {
 
 fn probe_batch() -> Probe {
     let map = map_create(BPF_MAP_TYPE_HASH, 4, 8, 16, 0)?;
-    let p = crate::batch::update(map.as_fd(), &[1u32, 2, 3], &[10u64, 20, 30]);
+    let p = crate::kernel::sys::update(map.as_fd(), &[1u32, 2, 3], &[10u64, 20, 30]);
     match p.error {
         None if p.done == 3 => Ok(()),
         None => Err(Outcome::Missing(format!(
             "only {} of 3 elements written",
             p.done
         ))),
-        Some(e) if crate::batch::unsupported(&e) => Err(Outcome::Missing(format!(
+        Some(e) if crate::kernel::sys::unsupported(&e) => Err(Outcome::Missing(format!(
             "BPF_MAP_UPDATE_BATCH refused: {e}"
         ))),
         Some(e) => Err(e.into()),

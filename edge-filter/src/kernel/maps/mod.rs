@@ -457,7 +457,7 @@ impl Desired {
         }
     }
 
-    /// Entries per map, in [`crate::program::Capacities::per_map`] order.
+    /// Entries per map, in [`crate::kernel::program::Capacities::per_map`] order.
     pub fn counts(&self) -> [(&'static str, usize); 10] {
         [
             (abi::MAP_ALLOW_V4, self.allow_v4.len()),
@@ -1274,7 +1274,7 @@ impl EntryMaps {
         };
         if self.batch {
             let fd = self.entry_stats.map().fd().as_fd();
-            match crate::batch::lookup_all_percpu::<abi::EntryStat>(fd, ncpus) {
+            match crate::kernel::sys::lookup_all_percpu::<abi::EntryStat>(fd, ncpus) {
                 Ok((keys, vals)) => {
                     for (i, k) in keys.iter().enumerate() {
                         if let Some(o) = out.get_mut(*k as usize) {
@@ -1285,7 +1285,7 @@ impl EntryMaps {
                     }
                     return Ok(out);
                 }
-                Err(e) if crate::batch::unsupported(&e) => {}
+                Err(e) if crate::kernel::sys::unsupported(&e) => {}
                 Err(source) => {
                     return Err(Error::Pin {
                         op: "reading ENTRY_STATS (batch)".into(),
@@ -1338,11 +1338,11 @@ impl EntryMaps {
         if self.batch {
             let zeros = vec![abi::EntryStat::default(); ids.len() * ncpus];
             let fd = self.entry_stats.map().fd().as_fd();
-            let p = crate::batch::update_percpu(fd, &ids, &zeros, ncpus);
+            let p = crate::kernel::sys::update_percpu(fd, &ids, &zeros, ncpus);
             start = p.done;
             match p.error {
                 None => return Ok(()),
-                Some(e) if crate::batch::unsupported(&e) => {}
+                Some(e) if crate::kernel::sys::unsupported(&e) => {}
                 Some(source) => {
                     return Err(Error::Pin {
                         op: "zeroing ENTRY_STATS (batch)".into(),
@@ -1531,9 +1531,9 @@ fn read_hash<K: Pod + Eq + Hash + Default>(
     batch: bool,
 ) -> Result<KeyMap<K>> {
     if batch {
-        match crate::batch::lookup_all::<K, EntryValue>(IterableMap::map(m).fd().as_fd()) {
+        match crate::kernel::sys::lookup_all::<K, EntryValue>(IterableMap::map(m).fd().as_fd()) {
             Ok(v) => return Ok(v.into_iter().collect()),
-            Err(e) if crate::batch::unsupported(&e) => {}
+            Err(e) if crate::kernel::sys::unsupported(&e) => {}
             Err(e) => {
                 return Err(Error::Pin {
                     op: "reading a hash map (batch)".into(),
@@ -1656,11 +1656,11 @@ fn write_by_fd<K: Pod>(
     };
     let (mut start, mut refused) = (0, 0);
     while batch && start < keys.len() {
-        let p = crate::batch::update(fd, &keys[start..], &vals[start..]);
+        let p = crate::kernel::sys::update(fd, &keys[start..], &vals[start..]);
         start += p.done;
         match p.error {
             None => return Ok(refused),
-            Some(e) if crate::batch::unsupported(&e) && p.done == 0 => break,
+            Some(e) if crate::kernel::sys::unsupported(&e) && p.done == 0 => break,
             // The element at `start` did not fit; skip it.
             Some(e) if is_full_io(&e) => {
                 refused += 1;
@@ -1670,7 +1670,7 @@ fn write_by_fd<K: Pod>(
         }
     }
     for (k, v) in keys[start..].iter().zip(&vals[start..]) {
-        match crate::batch::update_one(fd, k, v) {
+        match crate::kernel::sys::update_one(fd, k, v) {
             Ok(()) => {}
             Err(e) if is_full_io(&e) => refused += 1,
             Err(e) => return Err(err(e)),
@@ -1688,19 +1688,19 @@ fn delete_by_fd<K: Pod>(fd: BorrowedFd<'_>, keys: &[K], batch: bool) -> Result<u
     };
     let (mut start, mut removed) = (0, 0);
     while batch && start < keys.len() {
-        let p = crate::batch::delete(fd, &keys[start..]);
+        let p = crate::kernel::sys::delete(fd, &keys[start..]);
         start += p.done;
         removed += p.done;
         match p.error {
             None => return Ok(removed),
-            Some(e) if crate::batch::unsupported(&e) && p.done == 0 => break,
+            Some(e) if crate::kernel::sys::unsupported(&e) && p.done == 0 => break,
             // Already gone (someone else removed it): fine.
             Some(e) if e.raw_os_error() == Some(libc::ENOENT) => start += 1,
             Some(e) => return Err(err(e)),
         }
     }
     for k in &keys[start..] {
-        match crate::batch::delete_one(fd, k) {
+        match crate::kernel::sys::delete_one(fd, k) {
             Ok(()) => removed += 1,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(err(e)),
