@@ -12,16 +12,16 @@ use edge_filter_common as abi;
 
 use std::sync::Arc;
 
-use crate::blocklist::{LineError, parse_allowlist, parse_blocklist};
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
 use crate::feed_agent::{FeedHealth, Status};
+use crate::intel::blocklist::{LineError, parse_allowlist, parse_blocklist};
+use crate::intel::guard::shrink_fraction;
 use crate::kernel::attach::{self, Mode};
 use crate::kernel::lock::AgentLock;
 use crate::kernel::paths::Paths;
 use crate::kernel::program::Capacities;
 use crate::metrics::{Metrics, Published};
-use crate::sync::shrink_fraction;
 use crate::watch::Watch;
 
 /// Everything `run` needs.
@@ -44,7 +44,7 @@ pub struct RunOptions {
     /// How often to check the files for changes.
     pub poll: Duration,
     /// The Prometheus endpoint.
-    pub metrics: crate::config::MetricsConfig,
+    pub metrics: crate::intel::config::MetricsConfig,
     /// A reload that removes more than this fraction of the blocklist's
     /// entries is held until the operator confirms it with SIGHUP (an
     /// emptied or truncated file looks exactly like this). In (0, 1]; 1
@@ -52,7 +52,7 @@ pub struct RunOptions {
     pub max_shrink: f64,
     /// A reload where more than this share of the lines are rejected (or
     /// none parses) is refused: the previous entries stay enforced, as for
-    /// a feed ([`crate::feeds::Unusable`]). In [0, 1].
+    /// a feed ([`crate::intel::feeds::Unusable`]). In [0, 1].
     pub max_rejected_share: f64,
 }
 
@@ -342,7 +342,7 @@ impl BlocklistAgent {
         // A file where nothing (or too little) parses is not a blocklist:
         // keep what is enforced.
         let records = l.set.entries.len() + l.set.allow.len();
-        if let Err(e) = crate::feeds::Unusable::check(
+        if let Err(e) = crate::intel::feeds::Unusable::check(
             records,
             l.errors.len(),
             opts.max_rejected_share,

@@ -180,7 +180,7 @@ pub enum Error {
     /// write it. Shown as the state error's own message, which names the
     /// path (and, when untrusted, the fix), and not chained again.
     #[error("{0}")]
-    State(crate::state::StateError),
+    State(crate::intel::state::StateError),
     /// Pinning or unpinning failed.
     #[error("{op}: {source}")]
     Pin {

@@ -28,14 +28,14 @@ use ipnet::IpNet;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::blocklist::{parse_allowlist, parse_blocklist};
-use crate::config::Config;
 use crate::entry::{Action, Entry, EntryKey, EntrySet, PortMatch, Proto, Side};
 use crate::feed_agent::{STATUS_FILE, Status};
+use crate::intel::blocklist::{parse_allowlist, parse_blocklist};
+use crate::intel::config::Config;
+use crate::intel::desired::{DesiredState, FeedSnapshot, merge};
+use crate::intel::state::{StateDir, StateError};
 use crate::kernel::counters::reason_name;
 use crate::reference::Reference;
-use crate::state::{StateDir, StateError};
-use crate::sync::{DesiredState, FeedSnapshot, merge};
 
 /// The packet to explain. Ports the query leaves open (`None`) match no
 /// port entry; entries that depend on them are reported as conditional.
@@ -690,9 +690,9 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use crate::config::Config;
-    use crate::feeds::FeedEntry;
-    use crate::sync::{FeedSnapshot, merge};
+    use crate::intel::config::Config;
+    use crate::intel::desired::{FeedSnapshot, merge};
+    use crate::intel::feeds::FeedEntry;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -948,7 +948,7 @@ udp 192.0.2.13:53
     const NOW: OffsetDateTime = datetime!(2025-06-01 12:00 UTC);
 
     fn fe(text: &str, f: impl FnOnce(&mut FeedEntry)) -> FeedEntry {
-        let mut e = FeedEntry::new(crate::blocklist::parse_entry(text).unwrap());
+        let mut e = FeedEntry::new(crate::intel::blocklist::parse_entry(text).unwrap());
         f(&mut e);
         e
     }
@@ -1097,7 +1097,7 @@ udp 192.0.2.13:53
         let mut extra = k.set.clone();
         extra
             .entries
-            .push(crate::blocklist::parse_entry("tcp 192.0.2.20:443").unwrap());
+            .push(crate::intel::blocklist::parse_entry("tcp 192.0.2.20:443").unwrap());
         let c = cross_check(&ex, &extra, "eth1");
         assert_eq!(
             c.mismatches,

@@ -19,16 +19,17 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::config::{Config, FeedConfig, Source};
 use crate::error::{Error, Result};
-use crate::feeds::{FeedParse, parse_feed};
-use crate::fetch::{FetchPolicy, Fetched, Fetcher, Framing, Location, Validators};
+use crate::intel::config::{Config, FeedConfig, Source};
+use crate::intel::desired::{DesiredState, FeedSnapshot, merge};
+use crate::intel::feeds::{FeedParse, parse_feed};
+use crate::intel::fetch::{FetchPolicy, Fetched, Fetcher, Framing, Location, Validators};
+use crate::intel::guard::{GuardDecision, ShrinkGuard};
+use crate::intel::state::{LastKnownGood, StateDir};
 use crate::kernel::attach;
 use crate::kernel::lock::AgentLock;
 use crate::kernel::maps::{EntryMaps, SetChanges};
 use crate::kernel::paths::Paths;
-use crate::state::{LastKnownGood, StateDir};
-use crate::sync::{DesiredState, FeedSnapshot, GuardDecision, ShrinkGuard, merge};
 use crate::watch::{IfaceHealth, Watch};
 
 /// Name of the status blob in the state directory (read by `status`).
@@ -204,7 +205,7 @@ async fn feed_task(
                 validators: v,
                 framing,
             }) => {
-                let digest = crate::state::digest(&bytes);
+                let digest = crate::intel::state::digest(&bytes);
                 let (fc, c) = (f.clone(), cfg.clone());
                 let parsed =
                     tokio::task::spawn_blocking(move || parse_body(&fc, &c, &bytes, framing))

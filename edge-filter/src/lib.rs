@@ -9,21 +9,16 @@
 //! (feed text made safe for logs and terminals), [`trust`]
 //! (refusing paths another user could write).
 pub mod agent;
-pub mod blocklist;
-pub mod config;
 pub mod entry;
 pub mod error;
 pub mod escape;
 pub mod explain;
 pub mod feed_agent;
-pub mod feeds;
-pub mod fetch;
 pub mod hits;
+pub mod intel;
 pub mod kernel;
 pub mod metrics;
 pub mod reference;
 pub mod replay;
-pub mod state;
-pub mod sync;
 pub mod trust;
 pub mod watch;

@@ -49,7 +49,7 @@ pub struct Published {
     /// maps lack of it.
     pub set: Option<Arc<crate::entry::EntrySet>>,
     /// The merged feeds with provenance (config agent only): per-feed hits.
-    pub desired: Option<Arc<crate::sync::DesiredState>>,
+    pub desired: Option<Arc<crate::intel::desired::DesiredState>>,
 }
 
 /// Shared between the agent loop and the HTTP server.
@@ -489,7 +489,7 @@ fn respond(m: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 /// (logged: another agent or program may hold the port). An address set
 /// explicitly that cannot be bound is an error: the operator asked for it.
 pub async fn start(
-    cfg: &crate::config::MetricsConfig,
+    cfg: &crate::intel::config::MetricsConfig,
     bpffs: PathBuf,
     ifaces: Vec<String>,
     caps: Capacities,

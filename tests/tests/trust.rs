@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use edge_filter::entry::{Action, Entry};
-use edge_filter::feeds::FeedEntry;
-use edge_filter::state::{LastKnownGood, StateDir};
+use edge_filter::intel::feeds::FeedEntry;
+use edge_filter::intel::state::{LastKnownGood, StateDir};
 use edge_filter_tests::netns::{self, Agent, Lab, RECEIVER_IF};
 
 /// An unprivileged uid that owns nothing here.

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use edge_filter::config::{self, Config};
 use edge_filter::escape::{self, Escaped};
-use edge_filter::sync::check::{self, CheckReport, FeedStatus};
+use edge_filter::intel::check::{self, CheckReport, FeedStatus};
+use edge_filter::intel::config::{self, Config};
 use edge_filter::trust::{self, Role, TrustError};
 use serde::Serialize;
 

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use clap::{ArgGroup, Args, ValueEnum};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use edge_filter::config::Config;
 use edge_filter::entry::Proto;
 use edge_filter::escape::{self, Escaped, escape};
 use edge_filter::explain::EntryReport;
 use edge_filter::explain::{Explanation, KernelCheck, Knowledge, Query, cross_check};
+use edge_filter::intel::config::Config;
 use edge_filter::kernel::attach;
 use serde::Serialize;
 use time::OffsetDateTime;

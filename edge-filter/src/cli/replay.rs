@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use edge_filter::agent;
-use edge_filter::config::{Config, Source};
 use edge_filter::entry::EntryKey;
 use edge_filter::feed_agent::parse_body;
-use edge_filter::fetch::{FetchPolicy, Fetched, Fetcher, Location, Validators};
+use edge_filter::intel::config::{Config, Source};
+use edge_filter::intel::desired::{FeedSnapshot, merge};
+use edge_filter::intel::fetch::{FetchPolicy, Fetched, Fetcher, Location, Validators};
 use edge_filter::replay::{self, EntryInput, Request};
-use edge_filter::sync::{FeedSnapshot, merge};
 use ipnet::IpNet;
 
 /// The long help of `edge-filter replay`.

@@ -126,12 +126,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
                 Err(e)
             }
         })?;
-        let cfg = edge_filter::config::Config::load(path)?;
+        let cfg = edge_filter::intel::config::Config::load(path)?;
         for w in cfg.warnings() {
             log::warn!("{}: {w}", path.display());
         }
         for f in &cfg.feeds {
-            if let edge_filter::config::Source::File(p) = &f.source {
+            if let edge_filter::intel::config::Source::File(p) = &f.source {
                 warn_data_file(&format!("feed {}", f.name), p);
             }
         }
@@ -171,7 +171,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
             a.max_shrink
         );
     }
-    let metrics = edge_filter::config::MetricsConfig {
+    let metrics = edge_filter::intel::config::MetricsConfig {
         listen: a.metrics_listen,
     };
     if let Err(e) = metrics.listen_addr() {

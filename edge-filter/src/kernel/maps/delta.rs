@@ -485,7 +485,7 @@ impl SetChanges {
     ///
     /// Both must be normalised: nets without host bits, entries sorted by
     /// key with one entry per key, the allowlist sorted and unique, as
-    /// [`crate::sync::merge`] makes them (`EntryMaps::apply` normalises its
+    /// [`crate::intel::desired::merge`] makes them (`EntryMaps::apply` normalises its
     /// input; this does not, to stay clear of whole-set passes beyond the
     /// one merge pass). Debug builds check it.
     pub fn between(prev: &EntrySet, new: &EntrySet) -> SetChanges {

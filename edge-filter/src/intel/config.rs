@@ -21,8 +21,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 use crate::entry::{Action, Proto, Side};
-use crate::feeds::csv::{Column, CsvMapping, ProtoSpec};
-use crate::feeds::{self, FeedLimits, FeedOptions, Format};
+use crate::intel::feeds::csv::{Column, CsvMapping, ProtoSpec};
+use crate::intel::feeds::{self, FeedLimits, FeedOptions, Format};
 use crate::kernel::attach::Mode;
 use crate::kernel::program::Capacities;
 
@@ -899,7 +899,8 @@ fn syntax(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
             let line_start = before.rfind('\n').map_or(0, |i| i + 1);
             let column = text[line_start..start].chars().count() + 1;
             let line_text = text[line_start..].lines().next().unwrap_or("").trim();
-            let context = (!line_text.is_empty()).then(|| crate::blocklist::clip(line_text, 120));
+            let context =
+                (!line_text.is_empty()).then(|| crate::intel::blocklist::clip(line_text, 120));
             (line, column, context)
         }
         None => (0, 0, None),
@@ -944,7 +945,7 @@ fn de_nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
     texts
         .iter()
         .map(|t| {
-            crate::blocklist::parse_net(t.trim())
+            crate::intel::blocklist::parse_net(t.trim())
                 .map(|n| n.trunc())
                 .map_err(|e| serde::de::Error::custom(format!("allowlist entry '{t}': {e}")))
         })
@@ -1561,8 +1562,8 @@ role = "allow"
 
     #[test]
     fn round_trips_through_toml() {
-        let c =
-            Config::from_str_named(include_str!("../../examples/edge-filter.toml"), "ex").unwrap();
+        let c = Config::from_str_named(include_str!("../../../examples/edge-filter.toml"), "ex")
+            .unwrap();
         let text = toml::to_string(&c).unwrap();
         let again = Config::from_str_named(&text, "again").unwrap();
         assert_eq!(c, again);
@@ -1572,7 +1573,7 @@ role = "allow"
     #[test]
     fn example_config_loads() {
         let c = Config::from_str_named(
-            include_str!("../../examples/edge-filter.toml"),
+            include_str!("../../../examples/edge-filter.toml"),
             "examples/edge-filter.toml",
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1588,7 +1589,7 @@ role = "allow"
         assert!(c.feeds.iter().any(|f| f.is_allow()));
         assert!(!c.allowlist.entries.is_empty());
         // Every key of every table appears: the example is the reference.
-        let text = include_str!("../../examples/edge-filter.toml");
+        let text = include_str!("../../../examples/edge-filter.toml");
         for key in [
             "state_dir",
             "bpffs",

@@ -27,9 +27,9 @@ use ipnet::IpNet;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::config::{Config, FeedConfig};
 use crate::entry::{Action, Entry, EntryKey, EntrySet};
-use crate::feeds::FeedEntry;
+use crate::intel::config::{Config, FeedConfig};
+use crate::intel::feeds::FeedEntry;
 
 /// The allowlist source label of `[allowlist] entries`.
 pub const INLINE: &str = "inline";
@@ -431,11 +431,11 @@ mod tests {
     }
 
     fn net(s: &str) -> IpNet {
-        crate::blocklist::parse_net(s).unwrap().trunc()
+        crate::intel::blocklist::parse_net(s).unwrap().trunc()
     }
 
     fn fe(text: &str) -> FeedEntry {
-        FeedEntry::new(crate::blocklist::parse_entry(text).unwrap())
+        FeedEntry::new(crate::intel::blocklist::parse_entry(text).unwrap())
     }
 
     fn with(mut e: FeedEntry, f: impl FnOnce(&mut FeedEntry)) -> FeedEntry {
@@ -452,7 +452,7 @@ mod tests {
     }
 
     fn key(s: &str) -> EntryKey {
-        crate::blocklist::parse_entry(s).unwrap().key()
+        crate::intel::blocklist::parse_entry(s).unwrap().key()
     }
 
     fn action_of(st: &DesiredState, s: &str) -> Option<Action> {

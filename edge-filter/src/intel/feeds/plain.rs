@@ -18,8 +18,8 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Subnets, Ipv6Subnets};
 
 use super::{FeedEntry, FeedError, FeedOptions, FeedParse, Sink};
-use crate::blocklist::{EntryError, parse_net};
 use crate::entry::Entry;
+use crate::intel::blocklist::{EntryError, parse_net};
 
 /// Parse a plain list.
 pub fn parse(bytes: &[u8], opts: &FeedOptions) -> Result<FeedParse, FeedError> {

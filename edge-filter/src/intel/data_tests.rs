@@ -28,9 +28,9 @@ use time::macros::datetime;
 
 use super::check::{FeedStatus, check};
 use super::desired::{FeedCounts, FeedSnapshot, merge};
-use crate::config::Config;
 use crate::entry::{Action, EntryKey};
-use crate::feeds;
+use crate::intel::config::Config;
+use crate::intel::feeds;
 
 const NOW: OffsetDateTime = datetime!(2025-06-01 0:00 UTC);
 
@@ -89,7 +89,7 @@ fn snapshots(cfg: &Config) -> Vec<FeedSnapshot> {
     cfg.feeds
         .iter()
         .map(|f| {
-            let crate::config::Source::File(path) = &f.source else {
+            let crate::intel::config::Source::File(path) = &f.source else {
                 unreachable!("file feeds only")
             };
             let bytes = std::fs::read(path).unwrap();

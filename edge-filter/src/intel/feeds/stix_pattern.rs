@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::blocklist::parse_net;
 use crate::entry::{PortMatch, Proto, Side};
+use crate::intel::blocklist::parse_net;
 
 /// A literal value.
 #[derive(Clone, Debug, PartialEq)]

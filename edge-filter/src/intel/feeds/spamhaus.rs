@@ -17,8 +17,8 @@
 use serde_json::Value;
 
 use super::{FeedEntry, FeedError, FeedOptions, FeedParse, IgnoreKind, Sink};
-use crate::blocklist::parse_net;
 use crate::entry::Entry;
+use crate::intel::blocklist::parse_net;
 
 /// Parse a Spamhaus list (text or JSON lines).
 pub fn parse(bytes: &[u8], opts: &FeedOptions) -> Result<FeedParse, FeedError> {

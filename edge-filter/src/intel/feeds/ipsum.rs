@@ -5,8 +5,8 @@
 //! Lines with only an address (the `levels/N.txt` files) are accepted too.
 
 use super::{FeedEntry, FeedError, FeedOptions, FeedParse, Sink};
-use crate::blocklist::parse_net;
 use crate::entry::Entry;
+use crate::intel::blocklist::parse_net;
 
 /// Parse an IPsum list.
 pub fn parse(bytes: &[u8], opts: &FeedOptions) -> Result<FeedParse, FeedError> {

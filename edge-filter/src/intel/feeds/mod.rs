@@ -64,9 +64,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
-use crate::blocklist::clip;
 use crate::entry::{Action, Entry};
 use crate::escape::Escaped;
+use crate::intel::blocklist::clip;
 
 /// How much of a bad line or object a [`Rejected`] quotes.
 const QUOTE_LEN: usize = 200;
@@ -333,7 +333,7 @@ impl Default for FeedLimits {
         FeedLimits {
             max_bytes: 64 << 20,
             max_entries: 1_000_000,
-            max_line_len: crate::blocklist::MAX_LINE_LEN,
+            max_line_len: crate::intel::blocklist::MAX_LINE_LEN,
         }
     }
 }
@@ -580,7 +580,7 @@ pub fn detect_format(path: &Path, bytes: &[u8]) -> Format {
     let first_field_is_addr = |l: &str, sep: &[char]| {
         l.split(sep)
             .next()
-            .is_some_and(|a| crate::blocklist::parse_net(a).is_ok())
+            .is_some_and(|a| crate::intel::blocklist::parse_net(a).is_ok())
     };
     if data.first().is_some_and(|l| {
         let f: Vec<&str> = l.split('#').collect();

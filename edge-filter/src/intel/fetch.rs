@@ -123,7 +123,7 @@ pub enum Fetched {
 /// simply ends when the server closes the connection. In that last case a
 /// connection cut by a proxy, a crash or a network fault looks exactly like
 /// the end, so the last bytes may be half a line: the parser is told
-/// ([`crate::feeds::FeedOptions::end_unproven`]) and rejects a last line
+/// ([`crate::intel::feeds::FeedOptions::end_unproven`]) and rejects a last line
 /// without a newline instead of trusting it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -151,7 +151,7 @@ pub struct FetchPolicy {
     /// Longest the TCP+TLS connection set-up may take. Default 10 s.
     pub connect_timeout: Duration,
     /// Largest accepted body or file, in bytes. Default 64 MiB (the
-    /// parsers' default [`crate::feeds::FeedLimits::max_bytes`]).
+    /// parsers' default [`crate::intel::feeds::FeedLimits::max_bytes`]).
     pub max_bytes: u64,
     /// How many times a transient HTTP failure is retried (so at most
     /// `retries + 1` attempts). Default 3.

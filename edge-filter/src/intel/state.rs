@@ -44,8 +44,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::OffsetDateTime;
 
-use crate::feeds::FeedEntry;
-use crate::fetch::Validators;
+use crate::intel::feeds::FeedEntry;
+use crate::intel::fetch::Validators;
 use crate::trust::{self, Role, TrustError};
 
 /// Subdirectory of last-known-good copies.

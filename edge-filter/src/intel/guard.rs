@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Safety;
+use crate::intel::config::Safety;
 
 /// One feed's held update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

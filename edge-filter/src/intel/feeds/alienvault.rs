@@ -5,8 +5,8 @@
 //! `ACTIVITY; risk N; COUNTRY CITY`. No indicator (the feed has no ids).
 
 use super::{FeedEntry, FeedError, FeedOptions, FeedParse, Sink};
-use crate::blocklist::parse_net;
 use crate::entry::Entry;
+use crate::intel::blocklist::parse_net;
 
 /// Parse an AlienVault reputation file.
 pub fn parse(bytes: &[u8], opts: &FeedOptions) -> Result<FeedParse, FeedError> {

@@ -16,9 +16,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::desired::{FeedCounts, FeedSnapshot, KindCounts, RejectedEntry, merge};
-use crate::config::{Config, FeedConfig, Role, Source};
 use crate::escape::Escaped;
-use crate::feeds::{self, FeedError, Format};
+use crate::intel::config::{Config, FeedConfig, Role, Source};
+use crate::intel::feeds::{self, FeedError, Format};
 use crate::kernel::paths::Paths;
 use crate::trust::{self, TrustError};
 
@@ -357,7 +357,7 @@ fn check_feed(
     };
     let format = f.format.resolve(&f.source.format_hint(), &bytes);
     r.format = Some(format.name().to_string());
-    r.format_detected = f.format == crate::config::FeedFormat::Auto;
+    r.format_detected = f.format == crate::intel::config::FeedFormat::Auto;
     let mut opts = f.feed_options(&cfg.limits);
     opts.now = Some(now);
     let parse = match feeds::parse_feed(format, &bytes, &opts) {

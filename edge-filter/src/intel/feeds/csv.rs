@@ -25,8 +25,8 @@ use ::csv::{ReaderBuilder, StringRecord, Trim};
 use super::{
     FeedEntry, FeedError, FeedOptions, FeedParse, IgnoreKind, Sink, parse_confidence, parse_time,
 };
-use crate::blocklist::{parse_net, parse_port, parse_proto};
 use crate::entry::{Entry, PortMatch, Proto, Side};
+use crate::intel::blocklist::{parse_net, parse_port, parse_proto};
 
 /// A column, by header name (case-insensitive) or 0-based position.
 #[derive(Clone, Debug, PartialEq, Eq)]

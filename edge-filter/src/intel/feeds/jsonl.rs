@@ -23,8 +23,8 @@
 use serde_json::{Map, Value};
 
 use super::{FeedEntry, FeedError, FeedOptions, FeedParse, IgnoreKind, Sink, parse_time};
-use crate::blocklist::parse_net;
 use crate::entry::{Action, Entry, PortMatch, Proto, Side};
+use crate::intel::blocklist::parse_net;
 
 const FIELDS: [&str; 10] = [
     "net",

@@ -18,8 +18,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::{FeedEntry, FeedError, FeedOptions, FeedParse, Sink};
-use crate::blocklist::EntryError;
 use crate::entry::Entry;
+use crate::intel::blocklist::EntryError;
 
 /// Parse an `exit-addresses` file.
 pub fn parse(bytes: &[u8], opts: &FeedOptions) -> Result<FeedParse, FeedError> {

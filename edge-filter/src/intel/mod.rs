@@ -1,0 +1,26 @@
+//! Threat intelligence in: what the agent is told to enforce, and deciding
+//! what that means. Reads files and fetches feeds; never touches the
+//! kernel's maps (it knows the kernel only for the names of its settings:
+//! attach modes, map capacities, the pin root).
+//!
+//! - inputs: [`blocklist`] (the `run --blocklist` format), [`feeds`] (feed
+//!   formats), [`fetch`] (a feed's bytes from a file or over HTTP(S)),
+//!   [`config`] (the agent's TOML), [`state`] (last-known-good copies on
+//!   disk);
+//! - the sync engine's pure parts: [`desired`] (merging feed snapshots into
+//!   the desired state, with provenance, expiry, the breadth limit and the
+//!   allowlist) and [`guard`] (the shrink guard that holds a suspicious drop
+//!   in a feed's size until it persists);
+//! - [`check`]: what `edge-filter check-config` reports (reads `file:`
+//!   feeds, never fetches).
+
+pub mod blocklist;
+pub mod check;
+pub mod config;
+#[cfg(test)]
+mod data_tests;
+pub mod desired;
+pub mod feeds;
+pub mod fetch;
+pub mod guard;
+pub mod state;
