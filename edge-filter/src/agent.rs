@@ -21,7 +21,7 @@ use crate::kernel::attach::{self, Mode};
 use crate::kernel::lock::AgentLock;
 use crate::kernel::paths::Paths;
 use crate::kernel::program::Capacities;
-use crate::metrics::{Metrics, Published};
+use crate::ops::metrics::{Metrics, Published};
 use crate::watch::Watch;
 
 /// Everything `run` needs.
@@ -147,7 +147,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut links = crate::watch::monitor();
     // Bind the metrics port before touching the kernel: an address that is
     // taken stops the agent before it attaches or adopts anything.
-    let metrics = crate::metrics::start(
+    let metrics = crate::ops::metrics::start(
         &opts.metrics,
         opts.paths.root().to_path_buf(),
         vec![opts.iface.clone()],

@@ -268,7 +268,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let links = crate::watch::monitor();
     // Bind the metrics port before touching the kernel: an address that is
     // taken stops the agent before it attaches anything.
-    let metrics = crate::metrics::start(
+    let metrics = crate::ops::metrics::start(
         &cfg.metrics,
         cfg.bpffs.clone(),
         cfg.interfaces.iter().map(|i| i.name.clone()).collect(),
@@ -317,7 +317,7 @@ struct FeedAgent {
     /// Updates the shrink guard holds, kept to apply once they persist.
     held: BTreeMap<String, (FeedParse, Validators, String, OffsetDateTime)>,
     /// The Prometheus exporter's view of the agent, when it serves one.
-    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    metrics: Option<std::sync::Arc<crate::ops::metrics::Metrics>>,
 }
 
 fn state_err(op: &str, e: impl std::fmt::Display) -> Error {
@@ -820,7 +820,7 @@ impl FeedAgent {
         let saved = self.state.save_json(STATUS_FILE, &self.status);
         self.persisted("status", saved.map_err(|e| e.to_string()));
         if let Some(m) = &self.metrics {
-            m.publish(crate::metrics::Published {
+            m.publish(crate::ops::metrics::Published {
                 status: self.status.clone(),
                 // The exporter takes the set from `desired`.
                 set: None,

@@ -7,10 +7,10 @@ use clap::{ArgGroup, Args, ValueEnum};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::entry::Proto;
 use edge_filter::escape::{self, Escaped, escape};
-use edge_filter::explain::EntryReport;
-use edge_filter::explain::{Explanation, KernelCheck, Knowledge, Query, cross_check};
 use edge_filter::intel::config::Config;
 use edge_filter::kernel::attach;
+use edge_filter::ops::explain::EntryReport;
+use edge_filter::ops::explain::{Explanation, KernelCheck, Knowledge, Query, cross_check};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -106,7 +106,7 @@ struct KernelOut {
     mismatches: Vec<String>,
     /// Per-entry counters of the matching (and conditional) entries and
     /// the allowlist net, as this interface's kernel counts them.
-    hits: Vec<edge_filter::hits::EntryHits>,
+    hits: Vec<edge_filter::ops::hits::EntryHits>,
 }
 
 impl KernelOut {
@@ -227,8 +227,8 @@ fn kernel_checks(
                     .map(|e| e.entry.clone())
                     .chain(ex.allowlisted_by.as_ref().map(|a| a.net.to_string()))
                     .collect();
-                let clock = edge_filter::hits::Clock::now();
-                match edge_filter::hits::read_iface(paths, &iface, &clock) {
+                let clock = edge_filter::ops::hits::Clock::now();
+                match edge_filter::ops::hits::read_iface(paths, &iface, &clock) {
                     Ok(h) => {
                         k.hits = h
                             .entries

@@ -16,9 +16,9 @@ pub mod top;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
-use edge_filter::explain::Knowledge;
 use edge_filter::intel::config::Config;
 use edge_filter::kernel::paths::{DEFAULT_ROOT, Paths};
+use edge_filter::ops::explain::Knowledge;
 
 /// XDP edge filter: drops packets from blocklisted sources at the driver.
 ///

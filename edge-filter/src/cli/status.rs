@@ -166,7 +166,7 @@ struct FeedStatus {
     /// Packets dropped / monitored by entries this feed asserts, summed
     /// over the attached interfaces (from the per-entry counters; a packet
     /// counts for every feed asserting its deciding entry).
-    hits: Option<edge_filter::hits::Verdicts>,
+    hits: Option<edge_filter::ops::hits::Verdicts>,
     /// This feed's entries that decided at least one packet.
     entries_hit: Option<usize>,
 }
@@ -458,9 +458,9 @@ fn agent_and_feeds(
     // interface joined with the feeds' provenance.
     let feed_hits = {
         let attached = paths.attached();
-        edge_filter::explain::Knowledge::from_config(cfg, &mut Vec::new())
+        edge_filter::ops::explain::Knowledge::from_config(cfg, &mut Vec::new())
             .ok()
-            .and_then(|k| edge_filter::hits::Report::read(paths, &attached, Some(&k)).ok())
+            .and_then(|k| edge_filter::ops::hits::Report::read(paths, &attached, Some(&k)).ok())
     };
     let feeds = cfg
         .feeds

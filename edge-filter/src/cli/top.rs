@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use comfy_table::{CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::escape;
-use edge_filter::hits::{EntryHits, Hits, Report, Verdicts};
+use edge_filter::ops::hits::{EntryHits, Hits, Report, Verdicts};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -117,7 +117,7 @@ struct Out<'a> {
     by: &'static str,
     interfaces: Vec<IfaceOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    feeds: Option<&'a [edge_filter::hits::FeedHits]>,
+    feeds: Option<&'a [edge_filter::ops::hits::FeedHits]>,
     top: Vec<&'a EntryHits>,
     notes: &'a [String],
 }

@@ -16,7 +16,7 @@
 //! are only counted together ([`IfaceHits::overflow`]).
 //!
 //! ```no_run
-//! use edge_filter::hits;
+//! use edge_filter::ops::hits;
 //! use edge_filter::kernel::paths::Paths;
 //! let paths = Paths::new(edge_filter::kernel::paths::DEFAULT_ROOT);
 //! let report = hits::Report::read(&paths, &paths.attached(), None).unwrap();
@@ -33,10 +33,10 @@ use time::OffsetDateTime;
 
 use crate::entry::EntryKey;
 use crate::error::Result;
-use crate::explain::{Assertion, Knowledge, key_text};
 use crate::kernel::attach;
 use crate::kernel::maps::{Desired, SlotKey};
 use crate::kernel::paths::Paths;
+use crate::ops::explain::{Assertion, Knowledge, key_text};
 
 /// Packets, bytes and the last hit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

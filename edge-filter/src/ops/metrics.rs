@@ -134,7 +134,7 @@ impl Metrics {
         let feed_packets = Family::<Labels, Counter>::default();
         let feed_bytes = Family::<Labels, Counter>::default();
         let overflow = Family::<Labels, Counter>::default();
-        let clock = crate::hits::Clock::now();
+        let clock = crate::ops::hits::Clock::now();
         let caps = self.caps.per_map();
         for iface in &self.ifaces {
             let il = vec![("iface", iface.clone())];
@@ -201,7 +201,7 @@ impl Metrics {
                     continue;
                 }
             };
-            let h = crate::hits::join(
+            let h = crate::ops::hits::join(
                 iface,
                 &contents,
                 &stats,
