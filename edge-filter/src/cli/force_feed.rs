@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use edge_filter::feed_agent::STATUS_FILE;
+use edge_filter::agent::feeds::STATUS_FILE;
 use edge_filter::intel::{config::Config, state::StateDir};
 
 /// Apply a feed update that the shrink guard is holding.

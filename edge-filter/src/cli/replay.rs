@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use edge_filter::agent;
+use edge_filter::agent::feeds::parse_body;
 use edge_filter::entry::EntryKey;
-use edge_filter::feed_agent::parse_body;
 use edge_filter::intel::config::{Config, Source};
 use edge_filter::intel::desired::{FeedSnapshot, merge};
 use edge_filter::intel::fetch::{FetchPolicy, Fetched, Fetcher, Location, Validators};
@@ -148,7 +148,7 @@ fn blocklist_input(
     blocklist: &Path,
     allowlist: Option<&Path>,
 ) -> anyhow::Result<EntryInput<'static>> {
-    let loaded = agent::load_files(blocklist, allowlist)?;
+    let loaded = agent::files::load_files(blocklist, allowlist)?;
     for e in &loaded.errors {
         log::warn!("{e}");
     }
@@ -233,7 +233,7 @@ fn feeds_config(feeds: &[PathBuf], allowlist: Option<&Path>) -> anyhow::Result<C
         "# replay only: the interface is never attached (private maps)\n[[interface]]\nname = \"replay\"\n",
     );
     if let Some(a) = allowlist {
-        let loaded = agent::load_files(Path::new("/dev/null"), Some(a))?;
+        let loaded = agent::files::load_files(Path::new("/dev/null"), Some(a))?;
         for e in &loaded.errors {
             log::warn!("{e}");
         }

@@ -136,7 +136,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
             }
         }
         edge_filter::kernel::features::require(edge_filter::kernel::features::Use::Run)?;
-        edge_filter::feed_agent::run(cfg).await?;
+        agent::feeds::run(cfg).await?;
         return Ok(());
     }
     let (Some(iface), Some(blocklist)) = (a.iface, a.blocklist) else {
@@ -178,7 +178,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("--metrics-listen: {e}");
     }
     edge_filter::kernel::features::require(edge_filter::kernel::features::Use::Run)?;
-    agent::run(agent::RunOptions {
+    agent::files::run(agent::files::RunOptions {
         iface,
         blocklist,
         allowlist: a.allowlist,

@@ -28,8 +28,8 @@ use ipnet::IpNet;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::agent::feeds::{STATUS_FILE, Status};
 use crate::entry::{Action, Entry, EntryKey, EntrySet, PortMatch, Proto, Side};
-use crate::feed_agent::{STATUS_FILE, Status};
 use crate::intel::blocklist::{parse_allowlist, parse_blocklist};
 use crate::intel::config::Config;
 use crate::intel::desired::{DesiredState, FeedSnapshot, merge};

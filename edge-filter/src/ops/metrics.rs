@@ -29,7 +29,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::feed_agent::Status;
+use crate::agent::feeds::Status;
 use crate::kernel::paths::Paths;
 use crate::kernel::program::Capacities;
 

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::agent::watch::{IfaceHealth, Watch};
 use crate::error::{Error, Result};
 use crate::intel::config::{Config, FeedConfig, Source};
 use crate::intel::desired::{DesiredState, FeedSnapshot, merge};
@@ -30,7 +31,6 @@ use crate::kernel::attach;
 use crate::kernel::lock::AgentLock;
 use crate::kernel::maps::{EntryMaps, SetChanges};
 use crate::kernel::paths::Paths;
-use crate::watch::{IfaceHealth, Watch};
 
 /// Name of the status blob in the state directory (read by `status`).
 pub const STATUS_FILE: &str = "status";
@@ -265,7 +265,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         .map(|i| AgentLock::acquire(paths.root(), &i.name))
         .collect::<Result<Vec<_>>>()?;
     // Follow link events from before anything is attached.
-    let links = crate::watch::monitor();
+    let links = crate::agent::watch::monitor();
     // Bind the metrics port before touching the kernel: an address that is
     // taken stops the agent before it attaches anything.
     let metrics = crate::ops::metrics::start(
@@ -499,14 +499,14 @@ impl FeedAgent {
         println!("ready: {}", self.status.interfaces.join(" "));
         let mut reconcile = tokio::time::interval(self.cfg.reconcile_interval);
         reconcile.tick().await;
-        let mut link_check = tokio::time::interval(crate::watch::CHECK_EVERY);
+        let mut link_check = tokio::time::interval(crate::agent::watch::CHECK_EVERY);
         link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let expiry = self.next_expiry();
             tokio::select! {
                 Some(msg) = rx.recv() => self.on_msg(msg),
                 _ = reconcile.tick() => self.reconcile(),
-                ev = crate::watch::next_event(&mut links) => {
+                ev = crate::agent::watch::next_event(&mut links) => {
                     log::debug!("link event: {ev:?}");
                     self.check_links();
                 }

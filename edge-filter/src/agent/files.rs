@@ -12,9 +12,10 @@ use edge_filter_common as abi;
 
 use std::sync::Arc;
 
+use crate::agent::feeds::{FeedHealth, Status};
+use crate::agent::watch::Watch;
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
-use crate::feed_agent::{FeedHealth, Status};
 use crate::intel::blocklist::{LineError, parse_allowlist, parse_blocklist};
 use crate::intel::guard::shrink_fraction;
 use crate::kernel::attach::{self, Mode};
@@ -22,7 +23,6 @@ use crate::kernel::lock::AgentLock;
 use crate::kernel::paths::Paths;
 use crate::kernel::program::Capacities;
 use crate::ops::metrics::{Metrics, Published};
-use crate::watch::Watch;
 
 /// Everything `run` needs.
 #[derive(Clone, Debug)]
@@ -144,7 +144,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut last = stamp(&refs);
     let loaded = load_files(&opts.blocklist, opts.allowlist.as_deref())?;
     report(&loaded);
-    let mut links = crate::watch::monitor();
+    let mut links = crate::agent::watch::monitor();
     // Bind the metrics port before touching the kernel: an address that is
     // taken stops the agent before it attaches or adopts anything.
     let metrics = crate::ops::metrics::start(
@@ -236,7 +236,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     agent.census(&att.maps);
     agent.publish();
     let mut tick = tokio::time::interval(opts.poll);
-    let mut link_check = tokio::time::interval(crate::watch::CHECK_EVERY);
+    let mut link_check = tokio::time::interval(crate::agent::watch::CHECK_EVERY);
     link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut census = tokio::time::interval(CENSUS_EVERY);
     census.tick().await;
@@ -244,7 +244,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let forced = tokio::select! {
             _ = hup.recv() => true,
             _ = tick.tick() => false,
-            ev = crate::watch::next_event(&mut links) => {
+            ev = crate::agent::watch::next_event(&mut links) => {
                 log::debug!("link event: {ev:?}");
                 agent.watch.check();
                 agent.publish();
