@@ -58,8 +58,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use edge_filter::agent::feeds::{FeedHealth, Status};
 use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
+use edge_filter::ops::status::{FeedHealth, Status};
 use edge_filter_tests::httpd::{HttpServer, Length, Reply};
 use edge_filter_tests::netns::{self, Agent, Count, Lab, RECEIVER_IF, Stats, recv_until_marker};
 use ipnet::IpNet;

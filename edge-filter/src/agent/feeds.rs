@@ -15,11 +15,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::agent::watch::{IfaceHealth, Watch};
+use crate::agent::watch::Watch;
 use crate::error::{Error, Result};
 use crate::intel::config::{Config, FeedConfig, Source};
 use crate::intel::desired::{DesiredState, FeedSnapshot, merge};
@@ -31,92 +30,10 @@ use crate::kernel::attach;
 use crate::kernel::lock::AgentLock;
 use crate::kernel::maps::{EntryMaps, SetChanges};
 use crate::kernel::paths::Paths;
+use crate::ops::status::{FeedHealth, STATUS_FILE, Status};
 
-/// Name of the status blob in the state directory (read by `status`).
-pub const STATUS_FILE: &str = "status";
 /// Name of the shrink-guard blob in the state directory.
 const GUARD_FILE: &str = "guard";
-
-/// Health of one feed, as `edge-filter status` shows it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct FeedHealth {
-    /// Feed name.
-    pub name: String,
-    /// Where it comes from (URL credentials redacted).
-    pub source: String,
-    /// Last fetch attempt.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub last_attempt: Option<OffsetDateTime>,
-    /// Last fetch that returned a usable copy (new or not modified).
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub last_success: Option<OffsetDateTime>,
-    /// The error of the last attempt, if it failed.
-    pub last_error: Option<String>,
-    /// Distinct entries the enforced copy contributes to the desired state
-    /// (`check-config`'s "distinct"): duplicates, rejected lines, and
-    /// entries left out as too broad, expired or not yet valid are not
-    /// counted.
-    pub entries: usize,
-    /// Lines or objects of that copy that were rejected.
-    pub rejected_lines: usize,
-    /// STIX patterns or records that cannot be expressed.
-    pub unsupported: usize,
-    /// First few rejection reasons of the latest copy (`line N: reason`).
-    pub rejected_examples: Vec<String>,
-    /// A held update, if one is waiting.
-    pub held: Option<String>,
-    /// Whether the enforced copy came from the state directory at start.
-    pub from_last_known_good: bool,
-    /// Failed attempts since the last success.
-    pub consecutive_failures: u32,
-    /// Why the enforced copy could not be saved as the last-known-good
-    /// copy (a full or read-only state directory), while that lasts: a
-    /// restart would then enforce an older copy.
-    #[serde(default)]
-    pub persist_error: Option<String>,
-}
-
-/// Everything the agent reports about itself.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Status {
-    /// Agent process id.
-    pub pid: u32,
-    /// When the agent started.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub started: Option<OffsetDateTime>,
-    /// When this status was written.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub updated: Option<OffsetDateTime>,
-    /// Interfaces filtered.
-    pub interfaces: Vec<String>,
-    /// Per feed.
-    pub feeds: Vec<FeedHealth>,
-    /// Entries in the desired state.
-    pub entries: usize,
-    /// Allowlist size.
-    pub allowlisted: usize,
-    /// Entries rejected by the safety rules (too broad).
-    pub rejected_entries: usize,
-    /// Syncs applied.
-    pub syncs: u64,
-    /// Duration of the last sync, milliseconds.
-    pub last_sync_ms: f64,
-    /// Keys found changed behind the agent's back and repaired.
-    pub drift_repairs: u64,
-    /// Entries refused because a map was full (last sync).
-    pub refused: usize,
-    /// Per interface: whether the filter is in force, enforcement gaps, and
-    /// what the kernel's maps hold against the desired set.
-    #[serde(default)]
-    pub ifaces: Vec<IfaceHealth>,
-    /// Writes to the state directory (last-known-good copies, guard, this
-    /// status) that failed since the agent started.
-    #[serde(default)]
-    pub persist_failures: u64,
-    /// The latest such failure, while writes keep failing.
-    #[serde(default)]
-    pub persist_error: Option<String>,
-}
 
 /// What a feed task reports.
 enum Msg {

@@ -12,7 +12,6 @@ use edge_filter_common as abi;
 
 use std::sync::Arc;
 
-use crate::agent::feeds::{FeedHealth, Status};
 use crate::agent::watch::Watch;
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
@@ -23,6 +22,7 @@ use crate::kernel::lock::AgentLock;
 use crate::kernel::paths::Paths;
 use crate::kernel::program::Capacities;
 use crate::ops::metrics::{Metrics, Published};
+use crate::ops::status::{FeedHealth, Status};
 
 /// Everything `run` needs.
 #[derive(Clone, Debug)]

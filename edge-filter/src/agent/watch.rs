@@ -12,41 +12,12 @@
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::kernel::attach::{self, LinkHealth, Mode};
 use crate::kernel::paths::Paths;
 use crate::kernel::program::Capacities;
-
-/// What an agent reports about one interface it filters.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct IfaceHealth {
-    /// Interface name.
-    pub name: String,
-    /// The filter is in force on it (the kernel's word, checked every
-    /// second and on every link event).
-    pub attached: bool,
-    /// Why not, when it is not.
-    pub detail: Option<String>,
-    /// Enforcement gaps since the agent started: times the interface was
-    /// found unfiltered (deleted, recreated, detached).
-    pub gaps: u64,
-    /// Their total duration in seconds, the current one included.
-    pub gap_seconds: f64,
-    /// When the current gap began, while one lasts.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub gap_since: Option<OffsetDateTime>,
-    /// Block and monitor entries the kernel's maps held at the last count.
-    pub kernel_entries: Option<usize>,
-    /// Desired entries the kernel's maps lacked (or held with another
-    /// action) at the last count; 0 when the kernel enforces the whole set.
-    pub missing_entries: Option<usize>,
-    /// When the kernel's maps were last counted.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub kernel_checked: Option<OffsetDateTime>,
-}
+use crate::ops::status::IfaceHealth;
 
 /// The watch over one interface.
 pub struct Watch {

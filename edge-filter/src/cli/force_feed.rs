@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use edge_filter::agent::feeds::STATUS_FILE;
 use edge_filter::intel::{config::Config, state::StateDir};
+use edge_filter::ops::status::STATUS_FILE;
 
 /// Apply a feed update that the shrink guard is holding.
 ///

@@ -16,13 +16,12 @@ use std::time::Duration;
 use aya::maps::MapInfo;
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use edge_filter::agent::feeds::{FeedHealth, STATUS_FILE, Status};
-use edge_filter::agent::watch::IfaceHealth;
 use edge_filter::escape::{self, escape};
 use edge_filter::intel::config::Config;
 use edge_filter::kernel::attach::{self, LinkHealth};
 use edge_filter::kernel::maps::Desired;
 use edge_filter::kernel::paths::Paths;
+use edge_filter::ops::status::{FeedHealth, IfaceHealth, Status};
 use edge_filter_common as abi;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -352,11 +351,9 @@ fn agent_and_feeds(
     paths: &Paths,
     now: OffsetDateTime,
 ) -> (AgentStatus, Vec<FeedStatus>, Vec<IfaceHealth>) {
-    let file = cfg.state_dir.join(format!("{STATUS_FILE}.json"));
+    let file = Status::path(&cfg.state_dir);
     let stale_after = 2.0 * cfg.reconcile_interval.as_secs_f64() + 10.0;
-    let status: Result<Status, String> = std::fs::read(&file)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("not valid: {e}")));
+    let status = Status::read(&cfg.state_dir);
     let mut agent = AgentStatus {
         status_file: file.clone(),
         state: "unknown",

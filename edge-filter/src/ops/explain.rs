@@ -28,13 +28,13 @@ use ipnet::IpNet;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::agent::feeds::{STATUS_FILE, Status};
 use crate::entry::{Action, Entry, EntryKey, EntrySet, PortMatch, Proto, Side};
 use crate::intel::blocklist::{parse_allowlist, parse_blocklist};
 use crate::intel::config::Config;
 use crate::intel::desired::{DesiredState, FeedSnapshot, merge};
 use crate::intel::state::{StateDir, StateError};
 use crate::kernel::counters::reason_name;
+use crate::ops::status::Status;
 use crate::reference::Reference;
 
 /// The packet to explain. Ports the query leaves open (`None`) match no
@@ -211,10 +211,7 @@ impl Knowledge {
     pub fn from_config(cfg: &Config, notes: &mut Vec<String>) -> Result<Knowledge, StateError> {
         let mut snapshots = Vec::new();
         if cfg.state_dir.is_dir() {
-            let status: Option<Status> =
-                std::fs::read(cfg.state_dir.join(format!("{STATUS_FILE}.json")))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok());
+            let status = Status::read(&cfg.state_dir).ok();
             let last_success: BTreeMap<String, OffsetDateTime> = status
                 .iter()
                 .flat_map(|s| &s.feeds)

@@ -29,9 +29,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::agent::feeds::Status;
 use crate::kernel::paths::Paths;
 use crate::kernel::program::Capacities;
+use crate::ops::status::Status;
 
 /// The content type of the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -6,3 +6,4 @@
 pub mod explain;
 pub mod hits;
 pub mod metrics;
+pub mod status;
