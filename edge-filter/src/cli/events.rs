@@ -11,8 +11,8 @@ use edge_filter::escape::{self, Escaped};
 use edge_filter::kernel::events::{self, EventRecord, Sampling};
 use edge_filter::kernel::maps::SlotKey;
 use edge_filter::kernel::paths::Paths;
-use edge_filter::ops::explain::{Knowledge, key_text};
 use edge_filter::ops::hits::Clock;
+use edge_filter::ops::knowledge::{Knowledge, key_text};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
@@ -144,7 +144,12 @@ pub fn run(a: EventsArgs) -> anyhow::Result<()> {
         anyhow::bail!("--duration must be a positive number of seconds");
     }
     let mut notes = Vec::new();
-    let knowledge = pins.knowledge(a.blocklist.as_deref(), &mut notes)?;
+    let knowledge = Knowledge::from_sources(
+        pins.config.as_ref(),
+        a.blocklist.as_deref(),
+        None,
+        &mut notes,
+    )?;
     let paths = pins.paths;
     for n in &notes {
         eprintln!("note: {}", Escaped(n));

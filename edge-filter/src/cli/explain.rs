@@ -1,16 +1,16 @@
 //! `edge-filter explain`.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, ValueEnum};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::entry::Proto;
 use edge_filter::escape::{self, Escaped, escape};
-use edge_filter::intel::config::Config;
 use edge_filter::kernel::attach;
 use edge_filter::ops::explain::EntryReport;
-use edge_filter::ops::explain::{Explanation, KernelCheck, Knowledge, Query, cross_check};
+use edge_filter::ops::explain::{Explanation, KernelCheck, Query, cross_check};
+use edge_filter::ops::knowledge::Knowledge;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -165,25 +165,17 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<()> {
     };
     let mut notes = Vec::new();
     let pins = Pins::resolve(a.config.as_deref(), a.bpffs.as_deref())?;
-    let (knowledge, source) = if let Some(cfg) = &pins.config {
-        (from_config(cfg, &mut notes)?, "config")
+    let knowledge = Knowledge::from_sources(
+        pins.config.as_ref(),
+        a.blocklist.as_deref(),
+        a.allowlist.as_deref(),
+        &mut notes,
+    )?
+    .expect("clap requires --config or --blocklist");
+    let source = if pins.config.is_some() {
+        "config"
     } else {
-        let bl = a
-            .blocklist
-            .as_ref()
-            .expect("clap requires --config or --blocklist");
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))
-        };
-        let bl_text = read(bl)?;
-        let al_text = a.allowlist.as_deref().map(read).transpose()?;
-        let bl_name = bl.display().to_string();
-        let al_name = a.allowlist.as_ref().map(|p| p.display().to_string());
-        let k = Knowledge::from_files(
-            (&bl_name, &bl_text),
-            al_name.as_deref().zip(al_text.as_deref()),
-        );
-        (k, "files")
+        "files"
     };
     let ex = knowledge.explain(&query);
     let kernel = kernel_checks(&ex, &pins, a.iface.as_deref())?;
@@ -199,10 +191,6 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<()> {
         print_text(&out);
     }
     Ok(())
-}
-
-fn from_config(cfg: &Config, notes: &mut Vec<String>) -> anyhow::Result<Knowledge> {
-    Ok(Knowledge::from_config(cfg, notes)?)
 }
 
 fn kernel_checks(

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use edge_filter::intel::config::Config;
 use edge_filter::kernel::paths::{DEFAULT_ROOT, Paths};
-use edge_filter::ops::explain::Knowledge;
 
 /// XDP edge filter: drops packets from blocklisted sources at the driver.
 ///
@@ -93,29 +92,6 @@ impl Pins {
             Some(i) => vec![i.to_string()],
             None => self.paths.attached(),
         }
-    }
-
-    /// What the entries' provenance is known from, for `top` and `events`:
-    /// the loaded `--config`'s feeds (notes on feeds it could not read go
-    /// to `notes`), else a `--blocklist` file, else nothing (entries are
-    /// then shown by key only).
-    pub fn knowledge(
-        &self,
-        blocklist: Option<&Path>,
-        notes: &mut Vec<String>,
-    ) -> anyhow::Result<Option<Knowledge>> {
-        Ok(match (&self.config, blocklist) {
-            (Some(c), _) => Some(Knowledge::from_config(c, notes)?),
-            (None, Some(bl)) => {
-                let text = std::fs::read_to_string(bl)
-                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", bl.display()))?;
-                Some(Knowledge::from_files(
-                    (&bl.display().to_string(), &text),
-                    None,
-                ))
-            }
-            (None, None) => None,
-        })
     }
 
     /// [`Pins::ifaces`] for subcommands that have nothing to show without

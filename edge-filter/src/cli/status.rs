@@ -455,7 +455,7 @@ fn agent_and_feeds(
     // interface joined with the feeds' provenance.
     let feed_hits = {
         let attached = paths.attached();
-        edge_filter::ops::explain::Knowledge::from_config(cfg, &mut Vec::new())
+        edge_filter::ops::knowledge::Knowledge::from_config(cfg, &mut Vec::new())
             .ok()
             .and_then(|k| edge_filter::ops::hits::Report::read(paths, &attached, Some(&k)).ok())
     };

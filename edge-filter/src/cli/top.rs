@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use comfy_table::{CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::escape;
 use edge_filter::ops::hits::{EntryHits, Hits, Report, Verdicts};
+use edge_filter::ops::knowledge::Knowledge;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -126,7 +127,12 @@ pub fn run(a: TopArgs) -> anyhow::Result<()> {
     let pins = Pins::resolve(a.config.as_deref(), a.bpffs.as_deref())?;
     let ifaces = pins.ifaces_required(a.iface.as_deref())?;
     let mut notes = Vec::new();
-    let knowledge = pins.knowledge(a.blocklist.as_deref(), &mut notes)?;
+    let knowledge = Knowledge::from_sources(
+        pins.config.as_ref(),
+        a.blocklist.as_deref(),
+        None,
+        &mut notes,
+    )?;
     let Pins { config: cfg, paths } = pins;
     if let (Some(f), Some(c)) = (&a.feed, &cfg)
         && c.feed(f).is_none()

@@ -1,12 +1,5 @@
 //! Why a packet gets the verdict it gets: the logic of `edge-filter explain`.
 //!
-//! [`Knowledge`] is what is (or should be) enforced together with why: the
-//! entry set plus, per entry key, every assertion behind it (feed, indicator,
-//! confidence, expiry, description; or the blocklist file and line), and per
-//! allowlisted net its sources (`inline` or feed names). It is built from a
-//! merged [`DesiredState`] (`--config`), from blocklist and allowlist files
-//! (`--blocklist`), or from what the kernel maps hold (no provenance).
-//!
 //! [`Knowledge::explain`] answers for one [`Query`]: the verdict and counter
 //! reason, the deciding entry or allowlist net, and every entry that matches
 //! (ranked: the first decides) or that *would* match depending on a port the
@@ -18,7 +11,8 @@
 //! (the same query over the entry set read back from the pinned maps) and
 //! names every difference (`kernel does not hold ...`).
 //!
-//! Everything here is pure: no kernel, no files, no clock.
+//! Everything here is pure: no kernel, no files, no clock ([`Knowledge`]
+//! is built by the caller, from files or the state directory).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -26,15 +20,10 @@ use std::net::IpAddr;
 use edge_filter_common::{REASON_PASS_ALLOWLIST, REASON_PASS_NO_MATCH, reason_entry};
 use ipnet::IpNet;
 use serde::Serialize;
-use time::OffsetDateTime;
 
-use crate::entry::{Action, Entry, EntryKey, EntrySet, PortMatch, Proto, Side};
-use crate::intel::blocklist::{parse_allowlist, parse_blocklist};
-use crate::intel::config::Config;
-use crate::intel::desired::{DesiredState, FeedSnapshot, merge};
-use crate::intel::state::{StateDir, StateError};
+use crate::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
 use crate::kernel::counters::reason_name;
-use crate::ops::status::Status;
+use crate::ops::knowledge::{Assertion, Knowledge, key_text};
 use crate::reference::Reference;
 
 /// The packet to explain. Ports the query leaves open (`None`) match no
@@ -101,206 +90,7 @@ impl Query {
     }
 }
 
-/// One source's assertion of an entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Assertion {
-    /// The feed (config mode).
-    pub feed: Option<String>,
-    /// `FILE:LINE` (blocklist mode).
-    pub location: Option<String>,
-    /// The feed's identifier for it.
-    pub indicator: Option<String>,
-    /// The action this source asks for (after the feed's confidence threshold).
-    pub action: Action,
-    /// Confidence 0-100, when the source says.
-    pub confidence: Option<u8>,
-    /// When this assertion lapses (`None`: never).
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub expires: Option<OffsetDateTime>,
-    /// Free text.
-    pub description: Option<String>,
-}
-
-impl Assertion {
-    /// `feed soc (indicator SOC-20)`, `blocklist.txt:3`.
-    pub fn describe(&self) -> String {
-        let mut s = match (&self.feed, &self.location) {
-            (Some(f), _) => format!("feed {f}"),
-            (None, Some(l)) => l.clone(),
-            (None, None) => "unknown source".to_string(),
-        };
-        if let Some(i) = &self.indicator {
-            s.push_str(&format!(" (indicator {i})"));
-        }
-        s
-    }
-}
-
-/// What is enforced and why.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Knowledge {
-    /// The allowlist (normalised, sorted, unique) and one entry per key with
-    /// its strongest action (sorted by key).
-    pub set: EntrySet,
-    /// Assertions behind each key (empty for kernel contents).
-    pub provenance: BTreeMap<EntryKey, Vec<Assertion>>,
-    /// Sources of each allowlisted net: `inline`, feed names or `FILE:LINE`.
-    pub allow_sources: BTreeMap<IpNet, Vec<String>>,
-}
-
 impl Knowledge {
-    /// From entries and allowlist nets: duplicate keys merge (drop beats
-    /// monitor), nets are normalised.
-    fn build(
-        entries: impl IntoIterator<Item = Entry>,
-        allow: impl IntoIterator<Item = IpNet>,
-    ) -> EntrySet {
-        let mut merged: BTreeMap<EntryKey, Action> = BTreeMap::new();
-        for e in entries {
-            let e = Entry::new(e.net, e.port, e.action);
-            let a = merged.entry(e.key()).or_insert(e.action);
-            *a = (*a).max(e.action);
-        }
-        let allow: BTreeSet<IpNet> = allow.into_iter().map(|n| n.trunc()).collect();
-        EntrySet {
-            allow: allow.into_iter().collect(),
-            entries: merged
-                .into_iter()
-                .map(|(k, action)| Entry {
-                    net: k.net,
-                    port: k.port,
-                    action,
-                })
-                .collect(),
-        }
-    }
-
-    /// From the agent's merged desired state (`sync::merge`), with every
-    /// feed's provenance.
-    pub fn from_desired(d: &DesiredState) -> Self {
-        let provenance = d
-            .provenance
-            .iter()
-            .map(|(k, provs)| {
-                let v = provs
-                    .iter()
-                    .map(|p| Assertion {
-                        feed: Some(p.feed.clone()),
-                        location: None,
-                        indicator: p.indicator.clone(),
-                        action: p.action,
-                        confidence: p.confidence,
-                        expires: p.expires,
-                        description: p.description.clone(),
-                    })
-                    .collect();
-                (*k, v)
-            })
-            .collect();
-        Knowledge {
-            set: Self::build(d.set.entries.iter().copied(), d.set.allow.iter().copied()),
-            provenance,
-            allow_sources: d.allow_sources.clone(),
-        }
-    }
-
-    /// Merge the last-known-good copies of every configured feed with the
-    /// config, as the agent does. A feed's TTL counts from its last successful
-    /// fetch: the later of the copy's fetch time and `last_success` in the
-    /// agent's status (a "not modified" refresh re-asserts the copy).
-    pub fn from_config(cfg: &Config, notes: &mut Vec<String>) -> Result<Knowledge, StateError> {
-        let mut snapshots = Vec::new();
-        if cfg.state_dir.is_dir() {
-            let status = Status::read(&cfg.state_dir).ok();
-            let last_success: BTreeMap<String, OffsetDateTime> = status
-                .iter()
-                .flat_map(|s| &s.feeds)
-                .filter_map(|h| Some((h.name.clone(), h.last_success?)))
-                .collect();
-            let state = StateDir::open(&cfg.state_dir)?;
-            let mut lkgs = state.load_all_lkg()?;
-            for f in &cfg.feeds {
-                match lkgs.remove(&f.name) {
-                    Some(Ok(lkg)) => {
-                        let asserted_at = last_success
-                            .get(&f.name)
-                            .map_or(lkg.fetched_at, |t| (*t).max(lkg.fetched_at));
-                        snapshots.push(FeedSnapshot {
-                            feed: f.name.clone(),
-                            entries: lkg.entries,
-                            asserted_at,
-                        });
-                    }
-                    Some(Err(e)) => notes.push(format!(
-                        "feed {}: last-known-good copy unreadable ({e}); its entries are left out",
-                        f.name
-                    )),
-                    None => notes.push(format!(
-                        "feed {}: no last-known-good copy yet (never fetched successfully); it contributes nothing",
-                        f.name
-                    )),
-                }
-            }
-        } else {
-            notes.push(format!(
-                "state_dir {} does not exist: no feed has been fetched yet; only the inline allowlist applies",
-                cfg.state_dir.display()
-            ));
-        }
-        let desired = merge(cfg, &snapshots, OffsetDateTime::now_utc());
-        Ok(Knowledge::from_desired(&desired))
-    }
-
-    /// From blocklist and allowlist texts, each entry's provenance being
-    /// `NAME:LINE`. Lines are parsed one by one with the agent's own parsers
-    /// (comments, byte-order mark, `monitor`), so the set equals what `run
-    /// --blocklist` enforces; bad lines are skipped (as the agent does).
-    pub fn from_files(blocklist: (&str, &str), allowlist: Option<(&str, &str)>) -> Self {
-        let mut entries = Vec::new();
-        let mut provenance: BTreeMap<EntryKey, Vec<Assertion>> = BTreeMap::new();
-        let (name, text) = blocklist;
-        for (i, line) in text.lines().enumerate() {
-            for e in parse_blocklist(name, line).entries {
-                let e = Entry::new(e.net, e.port, e.action);
-                entries.push(e);
-                provenance.entry(e.key()).or_default().push(Assertion {
-                    feed: None,
-                    location: Some(format!("{name}:{}", i + 1)),
-                    indicator: None,
-                    action: e.action,
-                    confidence: None,
-                    expires: None,
-                    description: None,
-                });
-            }
-        }
-        let mut allow_sources: BTreeMap<IpNet, Vec<String>> = BTreeMap::new();
-        if let Some((name, text)) = allowlist {
-            for (i, line) in text.lines().enumerate() {
-                for net in parse_allowlist(name, line).nets {
-                    allow_sources
-                        .entry(net.trunc())
-                        .or_default()
-                        .push(format!("{name}:{}", i + 1));
-                }
-            }
-        }
-        Knowledge {
-            set: Self::build(entries, allow_sources.keys().copied()),
-            provenance,
-            allow_sources,
-        }
-    }
-
-    /// From what the kernel maps hold (`Desired::to_entry_set`): no provenance.
-    pub fn from_entry_set(set: &EntrySet) -> Self {
-        Knowledge {
-            set: Self::build(set.entries.iter().copied(), set.allow.iter().copied()),
-            provenance: BTreeMap::new(),
-            allow_sources: BTreeMap::new(),
-        }
-    }
-
     /// Explain `q` against this knowledge.
     pub fn explain(&self, q: &Query) -> Explanation {
         let src = q.address;
@@ -412,17 +202,6 @@ impl Knowledge {
         ex.summary = summary(&ex);
         ex
     }
-}
-
-/// `tcp 192.0.2.1:443`, `198.51.100.0/24`, `udp [2001:db8::1]:53 dst`.
-/// An entry key in blocklist syntax (without the action).
-pub fn key_text(k: &EntryKey) -> String {
-    Entry {
-        net: k.net,
-        port: k.port,
-        action: Action::Drop,
-    }
-    .to_string()
 }
 
 fn condition_text(pm: PortMatch) -> String {
@@ -684,11 +463,12 @@ pub fn cross_check(ex: &Explanation, kernel: &EntrySet, iface: &str) -> KernelCh
 mod tests {
     use std::str::FromStr;
 
+    use time::OffsetDateTime;
     use time::macros::datetime;
 
     use super::*;
     use crate::intel::config::Config;
-    use crate::intel::desired::{FeedSnapshot, merge};
+    use crate::intel::desired::{DesiredState, FeedSnapshot, merge};
     use crate::intel::feeds::FeedEntry;
 
     fn ip(s: &str) -> IpAddr {

@@ -36,7 +36,7 @@ use crate::error::Result;
 use crate::kernel::attach;
 use crate::kernel::maps::{Desired, SlotKey};
 use crate::kernel::paths::Paths;
-use crate::ops::explain::{Assertion, Knowledge, key_text};
+use crate::ops::knowledge::{Assertion, Knowledge, key_text};
 
 /// Packets, bytes and the last hit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

@@ -5,5 +5,6 @@
 
 pub mod explain;
 pub mod hits;
+pub mod knowledge;
 pub mod metrics;
 pub mod status;
