@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use edge_filter::escape::{self, Escaped};
+use edge_filter::kernel::clock::Clock;
 use edge_filter::kernel::events::{self, EventRecord, Sampling};
 use edge_filter::kernel::maps::SlotKey;
 use edge_filter::kernel::paths::Paths;
-use edge_filter::ops::hits::Clock;
 use edge_filter::ops::knowledge::{Knowledge, key_text};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;

@@ -215,7 +215,7 @@ fn kernel_checks(
                     .map(|e| e.entry.clone())
                     .chain(ex.allowlisted_by.as_ref().map(|a| a.net.to_string()))
                     .collect();
-                let clock = edge_filter::ops::hits::Clock::now();
+                let clock = edge_filter::kernel::clock::Clock::now();
                 match edge_filter::ops::hits::read_iface(paths, &iface, &clock) {
                     Ok(h) => {
                         k.hits = h

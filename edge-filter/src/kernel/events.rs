@@ -21,9 +21,9 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::kernel::attach;
+use crate::kernel::clock::Clock;
 use crate::kernel::maps::{EntryMaps, possible_cpus};
 use crate::kernel::paths::Paths;
-use crate::ops::hits::Clock;
 
 fn open(paths: &Paths, iface: &str, name: &str) -> Result<Map> {
     let p = paths.map(iface, name);

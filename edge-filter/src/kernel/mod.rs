@@ -7,6 +7,7 @@
 
 pub mod attach;
 pub mod classifier;
+pub mod clock;
 pub mod counters;
 pub mod events;
 pub mod features;

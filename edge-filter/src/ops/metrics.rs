@@ -134,7 +134,7 @@ impl Metrics {
         let feed_packets = Family::<Labels, Counter>::default();
         let feed_bytes = Family::<Labels, Counter>::default();
         let overflow = Family::<Labels, Counter>::default();
-        let clock = crate::ops::hits::Clock::now();
+        let clock = crate::kernel::clock::Clock::now();
         let caps = self.caps.per_map();
         for iface in &self.ifaces {
             let il = vec![("iface", iface.clone())];
