@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::trust::TrustError;
+
 /// Everything the library can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -175,12 +177,14 @@ pub enum Error {
     /// A pin directory or pin that another user could write (see
     /// [`crate::trust`]): refused, with the command that fixes it.
     #[error(transparent)]
-    Untrusted(#[from] crate::trust::TrustError),
+    Untrusted(#[from] TrustError),
     /// The state directory could not be opened, or another user could
-    /// write it. Shown as the state error's own message, which names the
-    /// path (and, when untrusted, the fix), and not chained again.
+    /// write it: an `intel::state::StateError`, boxed (the foundation does
+    /// not know the layers above it). Shown as the state error's own
+    /// message, which names the path (and, when untrusted, the fix), and
+    /// not chained again.
     #[error("{0}")]
-    State(crate::intel::state::StateError),
+    State(Box<dyn std::error::Error + Send + Sync>),
     /// Pinning or unpinning failed.
     #[error("{op}: {source}")]
     Pin {
@@ -193,8 +197,3 @@ pub enum Error {
 
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Whether an io error means "not permitted".
-pub(crate) fn is_permission(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
-}

@@ -266,8 +266,14 @@ impl TrustError {
 
     /// Whether looking at or creating the path was not permitted.
     pub fn is_permission(&self) -> bool {
-        matches!(self, TrustError::Io { source, .. } if crate::error::is_permission(source))
+        matches!(self, TrustError::Io { source, .. } if is_permission(source))
     }
+}
+
+/// Whether an io error means "not permitted" (`EPERM`, `EACCES`): this
+/// process may not look at or change a path, or make a syscall.
+pub fn is_permission(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
 }
 
 fn subject(path: &Path, at: &Path, itself: bool) -> String {

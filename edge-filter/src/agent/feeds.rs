@@ -249,7 +249,7 @@ impl FeedAgent {
     /// interface with that state, before any feed is fetched: a restart
     /// with every feed unreachable enforces exactly what was enforced.
     fn start(cfg: Config) -> Result<FeedAgent> {
-        let state = StateDir::open(&cfg.state_dir).map_err(Error::State)?;
+        let state = StateDir::open(&cfg.state_dir).map_err(|e| Error::State(Box::new(e)))?;
         let mut snapshots = BTreeMap::new();
         let mut lkg_meta = BTreeMap::new();
         let mut health = BTreeMap::new();

@@ -12,10 +12,11 @@ use aya::{
 };
 
 use crate::entry::EntrySet;
-use crate::error::{Error, Result, is_permission};
+use crate::error::{Error, Result};
 use crate::kernel::maps::{ALL_MAPS, EntryMaps, SyncStats};
 use crate::kernel::paths::Paths;
 use crate::kernel::program::{self, Capacities};
+use crate::trust::is_permission;
 
 /// How to attach.
 #[derive(

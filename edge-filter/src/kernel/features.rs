@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::kernel::sys::bpf as sys_bpf;
+use crate::trust::is_permission;
 
 /// A command that needs kernel features.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -340,10 +341,6 @@ impl From<io::Error> for Outcome {
 }
 
 type Probe = std::result::Result<(), Outcome>;
-
-fn is_permission(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
-}
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;

@@ -73,7 +73,7 @@ impl AgentLock {
     fn acquire_in(run_dir: &Path, root: &Path, iface: &str) -> Result<AgentLock> {
         let path = lock_path_in(run_dir, root, iface);
         let err = |op: &str, source: std::io::Error| {
-            if crate::error::is_permission(&source) {
+            if crate::trust::is_permission(&source) {
                 Error::Permission {
                     op: format!("{op} {}", path.display()),
                 }

@@ -185,7 +185,7 @@ fn mount_bpffs(at: &Path) -> Result<()> {
     };
     if rc != 0 {
         let source = std::io::Error::last_os_error();
-        if crate::error::is_permission(&source) {
+        if trust::is_permission(&source) {
             return Err(Error::Permission {
                 op: format!("mounting bpffs at {}", at.display()),
             });

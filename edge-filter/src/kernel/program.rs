@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use aya::{Ebpf, EbpfLoader, programs::Xdp};
 use edge_filter_common as abi;
 
-use crate::error::{Error, Result, is_permission};
+use crate::error::{Error, Result};
+use crate::trust::is_permission;
 
 /// The eBPF object built by `build.rs`, embedded so the agent is one file.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge-filter"));
