@@ -3,7 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use super::Desired;
+use super::contents::Desired;
 
 /// Entry id allocation. Ids index the per-entry hit counters
 /// (`ENTRY_STATS`), so they are kept dense: the lowest free id is handed out

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use edge_filter_common::{EntryValue, PORT_PREFIX_FIXED_BITS, PortPrefixV4, PortPrefixV6};
 
-use super::{Desired, Slot};
+use super::contents::{Desired, Slot};
 
 /// Trie keys whose leading `bits` can be kept (masked) or filled (the last
 /// key a prefix covers), for flattening and for finding covered nodes.
@@ -344,9 +344,9 @@ impl TrieFilters {
 
 #[cfg(test)]
 mod tests {
+    use super::super::contents::value;
     use super::*;
     use crate::entry::Action;
-    use crate::kernel::maps::value;
     use rand::{Rng, SeedableRng};
 
     /// The one-sweep [`flatten`] gives every node what the per-node

@@ -1,0 +1,820 @@
+//! What the kernel maps must hold for an [`EntrySet`], as plain data:
+//! [`Desired`] is the contents of every entry map, by typed key.
+//!
+//! [`Desired::build_from`] turns entries into per-map contents: duplicate
+//! keys merge (drop beats monitor), ids stay stable per key (taken from the
+//! contents the maps hold, so a restarted agent keeps them), and trie nodes
+//! are flattened so a single longest-prefix lookup sees the strongest
+//! covering action ([`super::trie`]). [`Desired::entries`] is the inverse;
+//! [`Desired::census`] and [`drift`] compare contents with a set or with
+//! each other. Pure: no kernel, no syscalls (the maps themselves are
+//! [`super::EntryMaps`]).
+
+use std::collections::{BTreeMap, HashMap, btree_map, hash_map};
+use std::hash::Hash;
+use std::net::IpAddr;
+
+use edge_filter_common::{
+    self as abi, EntryValue, PORT_PREFIX_FIXED_BITS, PortKeyV4, PortKeyV6, PortPrefixV4,
+    PortPrefixV6,
+};
+use ipnet::IpNet;
+
+use super::ids::IdAlloc;
+use super::trie::flatten;
+use crate::entry::{Action, Entry, EntryKey, EntrySet};
+
+/// A hash map's contents by key. FxHash instead of SipHash: the keys are
+/// addresses and ports we put there ourselves (no HashDoS concern), and a
+/// full sync hashes every one of a million keys at least twice.
+pub type KeyMap<K> = HashMap<K, EntryValue, rustc_hash::FxBuildHasher>;
+
+/// Contents of every entry map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// ALLOW_V4 by (prefix length, address).
+    pub allow_v4: BTreeMap<(u32, [u8; 4]), EntryValue>,
+    /// ALLOW_V6.
+    pub allow_v6: BTreeMap<(u32, [u8; 16]), EntryValue>,
+    /// ADDR_V4.
+    pub addr_v4: KeyMap<[u8; 4]>,
+    /// ADDR_V6.
+    pub addr_v6: KeyMap<[u8; 16]>,
+    /// PREFIX_V4.
+    pub prefix_v4: BTreeMap<(u32, [u8; 4]), EntryValue>,
+    /// PREFIX_V6.
+    pub prefix_v6: BTreeMap<(u32, [u8; 16]), EntryValue>,
+    /// PORT_V4.
+    pub port_v4: KeyMap<PortKeyV4>,
+    /// PORT_V6.
+    pub port_v6: KeyMap<PortKeyV6>,
+    /// PPREFIX_V4 by (trie prefix length, data).
+    pub pprefix_v4: BTreeMap<(u32, PortPrefixV4), EntryValue>,
+    /// PPREFIX_V6.
+    pub pprefix_v6: BTreeMap<(u32, PortPrefixV6), EntryValue>,
+}
+
+/// A map key in entry terms, for id bookkeeping across maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SlotKey {
+    /// An allowlist net.
+    Allow(IpNet),
+    /// A block/monitor entry key.
+    Entry(EntryKey),
+}
+
+fn v4(net: &IpNet) -> [u8; 4] {
+    match net.addr() {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(_) => unreachable!("v4 net"),
+    }
+}
+
+fn v6(net: &IpNet) -> [u8; 16] {
+    match net.addr() {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(_) => unreachable!("v6 net"),
+    }
+}
+
+pub(super) fn value(action: Action, id: u32) -> EntryValue {
+    EntryValue {
+        action: action.abi(),
+        own_action: action.abi(),
+        _pad: [0; 2],
+        id,
+        decider: id,
+    }
+}
+
+/// Where one entry lives: its map and typed key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Slot {
+    AllowV4(u32, [u8; 4]),
+    AllowV6(u32, [u8; 16]),
+    AddrV4([u8; 4]),
+    AddrV6([u8; 16]),
+    PrefixV4(u32, [u8; 4]),
+    PrefixV6(u32, [u8; 16]),
+    PortV4(PortKeyV4),
+    PortV6(PortKeyV6),
+    PPrefixV4(u32, PortPrefixV4),
+    PPrefixV6(u32, PortPrefixV6),
+}
+
+impl Slot {
+    /// The slot's map's `MAPBIT_*`.
+    pub(super) fn map_bit(&self) -> u32 {
+        match self {
+            Slot::AllowV4(..) => abi::MAPBIT_ALLOW_V4,
+            Slot::AllowV6(..) => abi::MAPBIT_ALLOW_V6,
+            Slot::AddrV4(_) => abi::MAPBIT_ADDR_V4,
+            Slot::AddrV6(_) => abi::MAPBIT_ADDR_V6,
+            Slot::PrefixV4(..) => abi::MAPBIT_PREFIX_V4,
+            Slot::PrefixV6(..) => abi::MAPBIT_PREFIX_V6,
+            Slot::PortV4(_) => abi::MAPBIT_PORT_V4,
+            Slot::PortV6(_) => abi::MAPBIT_PORT_V6,
+            Slot::PPrefixV4(..) => abi::MAPBIT_PPREFIX_V4,
+            Slot::PPrefixV6(..) => abi::MAPBIT_PPREFIX_V6,
+        }
+    }
+}
+
+pub(super) fn allow_slot(net: &IpNet) -> Slot {
+    let l = net.prefix_len() as u32;
+    match net {
+        IpNet::V4(_) => Slot::AllowV4(l, v4(net)),
+        IpNet::V6(_) => Slot::AllowV6(l, v6(net)),
+    }
+}
+
+pub(super) fn entry_slot(key: &EntryKey) -> Slot {
+    let net = &key.net;
+    let plen = net.prefix_len() as u32;
+    let exact = net.prefix_len() == net.max_prefix_len();
+    match (key.port, net, exact) {
+        (None, IpNet::V4(_), true) => Slot::AddrV4(v4(net)),
+        (None, IpNet::V6(_), true) => Slot::AddrV6(v6(net)),
+        (None, IpNet::V4(_), false) => Slot::PrefixV4(plen, v4(net)),
+        (None, IpNet::V6(_), false) => Slot::PrefixV6(plen, v6(net)),
+        (Some(pm), IpNet::V4(_), true) => Slot::PortV4(PortKeyV4 {
+            addr: v4(net),
+            proto: pm.proto.number(),
+            side: pm.side.abi(),
+            port: pm.port.to_be_bytes(),
+        }),
+        (Some(pm), IpNet::V6(_), true) => Slot::PortV6(PortKeyV6 {
+            addr: v6(net),
+            proto: pm.proto.number(),
+            side: pm.side.abi(),
+            port: pm.port.to_be_bytes(),
+        }),
+        (Some(pm), IpNet::V4(_), false) => Slot::PPrefixV4(
+            PORT_PREFIX_FIXED_BITS + plen,
+            PortPrefixV4 {
+                proto: pm.proto.number(),
+                side: pm.side.abi(),
+                port: pm.port.to_be_bytes(),
+                addr: v4(net),
+            },
+        ),
+        (Some(pm), IpNet::V6(_), false) => Slot::PPrefixV6(
+            PORT_PREFIX_FIXED_BITS + plen,
+            PortPrefixV6 {
+                proto: pm.proto.number(),
+                side: pm.side.abi(),
+                port: pm.port.to_be_bytes(),
+                addr: v6(net),
+            },
+        ),
+    }
+}
+
+impl Desired {
+    /// Build the contents for `set`, keeping the ids `current` gives its
+    /// keys (typed lookups: no id table of the whole set is built); new
+    /// keys get the lowest ids `current` leaves free.
+    pub fn build_from(set: &EntrySet, current: &Desired) -> Desired {
+        Self::build_with(set, current, &mut IdAlloc::from_desired(current))
+    }
+
+    /// [`Desired::build_from`] with new ids from `ids`.
+    pub fn build_with(set: &EntrySet, current: &Desired, ids: &mut IdAlloc) -> Desired {
+        let mut d = Desired::default();
+        d.fill_typed(set, current, ids);
+        d
+    }
+
+    /// Call `f` with every id in use.
+    pub fn for_each_id(&self, mut f: impl FnMut(u32)) {
+        self.allow_v4.values().for_each(|v| f(v.id));
+        self.allow_v6.values().for_each(|v| f(v.id));
+        self.addr_v4.values().for_each(|v| f(v.id));
+        self.addr_v6.values().for_each(|v| f(v.id));
+        self.prefix_v4.values().for_each(|v| f(v.id));
+        self.prefix_v6.values().for_each(|v| f(v.id));
+        self.port_v4.values().for_each(|v| f(v.id));
+        self.port_v6.values().for_each(|v| f(v.id));
+        self.pprefix_v4.values().for_each(|v| f(v.id));
+        self.pprefix_v6.values().for_each(|v| f(v.id));
+    }
+
+    pub(super) fn get(&self, slot: &Slot) -> Option<EntryValue> {
+        match slot {
+            Slot::AllowV4(l, k) => self.allow_v4.get(&(*l, *k)),
+            Slot::AllowV6(l, k) => self.allow_v6.get(&(*l, *k)),
+            Slot::AddrV4(k) => self.addr_v4.get(k),
+            Slot::AddrV6(k) => self.addr_v6.get(k),
+            Slot::PrefixV4(l, k) => self.prefix_v4.get(&(*l, *k)),
+            Slot::PrefixV6(l, k) => self.prefix_v6.get(&(*l, *k)),
+            Slot::PortV4(k) => self.port_v4.get(k),
+            Slot::PortV6(k) => self.port_v6.get(k),
+            Slot::PPrefixV4(l, k) => self.pprefix_v4.get(&(*l, *k)),
+            Slot::PPrefixV6(l, k) => self.pprefix_v6.get(&(*l, *k)),
+        }
+        .copied()
+    }
+
+    /// Set `slot` to `f(old value)` (`None` removes) with one lookup;
+    /// returns the old and the new value.
+    pub(super) fn replace(
+        &mut self,
+        slot: Slot,
+        f: impl FnOnce(Option<EntryValue>) -> Option<EntryValue>,
+    ) -> (Option<EntryValue>, Option<EntryValue>) {
+        macro_rules! replace {
+            ($m:expr, $k:expr, $mod:ident) => {
+                match $m.entry($k) {
+                    $mod::Entry::Occupied(mut o) => {
+                        let old = *o.get();
+                        let new = f(Some(old));
+                        match new {
+                            Some(v) => *o.get_mut() = v,
+                            None => {
+                                o.remove();
+                            }
+                        }
+                        (Some(old), new)
+                    }
+                    $mod::Entry::Vacant(e) => {
+                        let new = f(None);
+                        if let Some(v) = new {
+                            e.insert(v);
+                        }
+                        (None, new)
+                    }
+                }
+            };
+        }
+        match slot {
+            Slot::AllowV4(l, k) => replace!(self.allow_v4, (l, k), btree_map),
+            Slot::AllowV6(l, k) => replace!(self.allow_v6, (l, k), btree_map),
+            Slot::AddrV4(k) => replace!(self.addr_v4, k, hash_map),
+            Slot::AddrV6(k) => replace!(self.addr_v6, k, hash_map),
+            Slot::PrefixV4(l, k) => replace!(self.prefix_v4, (l, k), btree_map),
+            Slot::PrefixV6(l, k) => replace!(self.prefix_v6, (l, k), btree_map),
+            Slot::PortV4(k) => replace!(self.port_v4, k, hash_map),
+            Slot::PortV6(k) => replace!(self.port_v6, k, hash_map),
+            Slot::PPrefixV4(l, k) => replace!(self.pprefix_v4, (l, k), btree_map),
+            Slot::PPrefixV6(l, k) => replace!(self.pprefix_v6, (l, k), btree_map),
+        }
+    }
+
+    pub(super) fn put(&mut self, slot: Slot, v: Option<EntryValue>) {
+        macro_rules! put {
+            ($m:expr, $k:expr) => {
+                match v {
+                    Some(v) => {
+                        $m.insert($k, v);
+                    }
+                    None => {
+                        $m.remove(&$k);
+                    }
+                }
+            };
+        }
+        match slot {
+            Slot::AllowV4(l, k) => put!(self.allow_v4, (l, k)),
+            Slot::AllowV6(l, k) => put!(self.allow_v6, (l, k)),
+            Slot::AddrV4(k) => put!(self.addr_v4, k),
+            Slot::AddrV6(k) => put!(self.addr_v6, k),
+            Slot::PrefixV4(l, k) => put!(self.prefix_v4, (l, k)),
+            Slot::PrefixV6(l, k) => put!(self.prefix_v6, (l, k)),
+            Slot::PortV4(k) => put!(self.port_v4, k),
+            Slot::PortV6(k) => put!(self.port_v6, k),
+            Slot::PPrefixV4(l, k) => put!(self.pprefix_v4, (l, k)),
+            Slot::PPrefixV6(l, k) => put!(self.pprefix_v6, (l, k)),
+        }
+    }
+
+    /// Own values of every key of `set` (duplicates merge: drop wins), ids
+    /// looked up in `current` by typed key (new keys get free ids from `ids`);
+    /// then flatten the tries.
+    fn fill_typed(&mut self, set: &EntrySet, current: &Desired, ids: &mut IdAlloc) {
+        let mut id_of =
+            |slot: &Slot| -> u32 { current.get(slot).map_or_else(|| ids.alloc(), |v| v.id) };
+        let mut allow: Vec<IpNet> = set.allow.iter().map(|n| n.trunc()).collect();
+        allow.sort_unstable();
+        allow.dedup();
+        for net in allow {
+            let slot = allow_slot(&net);
+            let v = value(Action::Drop, id_of(&slot));
+            self.put(slot, Some(v));
+        }
+        // Presize by kind counts: no rehashing while a million keys go in.
+        let (mut n_addr_v4, mut n_addr_v6, mut n_port_v4, mut n_port_v6) = (0, 0, 0, 0);
+        for e in &set.entries {
+            let exact = e.net.prefix_len() == e.net.max_prefix_len();
+            match (exact, e.port.is_some(), matches!(e.net, IpNet::V4(_))) {
+                (true, false, true) => n_addr_v4 += 1,
+                (true, false, false) => n_addr_v6 += 1,
+                (true, true, true) => n_port_v4 += 1,
+                (true, true, false) => n_port_v6 += 1,
+                _ => {}
+            }
+        }
+        self.addr_v4.reserve(n_addr_v4);
+        self.addr_v6.reserve(n_addr_v6);
+        self.port_v4.reserve(n_port_v4);
+        self.port_v6.reserve(n_port_v6);
+        for e in &set.entries {
+            let key = EntryKey {
+                net: e.net.trunc(),
+                port: e.port,
+            };
+            let slot = entry_slot(&key);
+            let a = e.action.abi();
+            // One lookup per key: a duplicate key keeps its id and takes
+            // the strongest action.
+            macro_rules! merge {
+                ($m:expr, $k:expr, $mod:ident) => {
+                    match $m.entry($k) {
+                        $mod::Entry::Occupied(mut o) => {
+                            let v = o.get_mut();
+                            if a > v.own_action {
+                                v.own_action = a;
+                                v.action = a;
+                            }
+                        }
+                        $mod::Entry::Vacant(v) => {
+                            v.insert(value(e.action, id_of(&slot)));
+                        }
+                    }
+                };
+            }
+            match slot {
+                Slot::AllowV4(..) | Slot::AllowV6(..) => {
+                    unreachable!("entries are not allow slots")
+                }
+                Slot::AddrV4(k) => merge!(self.addr_v4, k, hash_map),
+                Slot::AddrV6(k) => merge!(self.addr_v6, k, hash_map),
+                Slot::PrefixV4(l, k) => merge!(self.prefix_v4, (l, k), btree_map),
+                Slot::PrefixV6(l, k) => merge!(self.prefix_v6, (l, k), btree_map),
+                Slot::PortV4(k) => merge!(self.port_v4, k, hash_map),
+                Slot::PortV6(k) => merge!(self.port_v6, k, hash_map),
+                Slot::PPrefixV4(l, k) => merge!(self.pprefix_v4, (l, k), btree_map),
+                Slot::PPrefixV6(l, k) => merge!(self.pprefix_v6, (l, k), btree_map),
+            }
+        }
+        self.flatten_all();
+    }
+
+    fn flatten_all(&mut self) {
+        flatten(&mut self.prefix_v4);
+        flatten(&mut self.prefix_v6);
+        flatten(&mut self.pprefix_v4);
+        flatten(&mut self.pprefix_v6);
+    }
+
+    /// The `Config::nonempty` bitmask for these contents.
+    pub fn nonempty(&self) -> u32 {
+        let mut m = 0;
+        let bits = [
+            (self.allow_v4.is_empty(), abi::MAPBIT_ALLOW_V4),
+            (self.allow_v6.is_empty(), abi::MAPBIT_ALLOW_V6),
+            (self.addr_v4.is_empty(), abi::MAPBIT_ADDR_V4),
+            (self.addr_v6.is_empty(), abi::MAPBIT_ADDR_V6),
+            (self.prefix_v4.is_empty(), abi::MAPBIT_PREFIX_V4),
+            (self.prefix_v6.is_empty(), abi::MAPBIT_PREFIX_V6),
+            (self.port_v4.is_empty(), abi::MAPBIT_PORT_V4),
+            (self.port_v6.is_empty(), abi::MAPBIT_PORT_V6),
+            (self.pprefix_v4.is_empty(), abi::MAPBIT_PPREFIX_V4),
+            (self.pprefix_v6.is_empty(), abi::MAPBIT_PPREFIX_V6),
+        ];
+        for (empty, bit) in bits {
+            if !empty {
+                m |= bit;
+            }
+        }
+        m
+    }
+
+    /// How these contents (read back from the kernel) stand against the
+    /// entry set that should be enforced: entries held, and entries of
+    /// `set` missing or held with another action (allowlist nets
+    /// included).
+    pub fn census(&self, set: &EntrySet) -> Census {
+        let set = normalized(set);
+        let held = self
+            .counts()
+            .iter()
+            .zip(MAP_BITS)
+            .filter(|(_, bit)| *bit & (abi::MAPBIT_ALLOW_V4 | abi::MAPBIT_ALLOW_V6) == 0)
+            .map(|((_, n), _)| n)
+            .sum();
+        let allow_missing = set
+            .allow
+            .iter()
+            .filter(|n| self.get(&allow_slot(n)).is_none())
+            .count();
+        let entries_missing = set
+            .entries
+            .iter()
+            .filter(|e| {
+                self.get(&entry_slot(&e.key()))
+                    .is_none_or(|v| v.own_action != e.action.abi())
+            })
+            .count();
+        Census {
+            entries: held,
+            missing: allow_missing + entries_missing,
+        }
+    }
+
+    /// Entries per map, in [`crate::kernel::program::Capacities::per_map`] order.
+    pub fn counts(&self) -> [(&'static str, usize); 10] {
+        [
+            (abi::MAP_ALLOW_V4, self.allow_v4.len()),
+            (abi::MAP_ALLOW_V6, self.allow_v6.len()),
+            (abi::MAP_ADDR_V4, self.addr_v4.len()),
+            (abi::MAP_ADDR_V6, self.addr_v6.len()),
+            (abi::MAP_PREFIX_V4, self.prefix_v4.len()),
+            (abi::MAP_PREFIX_V6, self.prefix_v6.len()),
+            (abi::MAP_PORT_V4, self.port_v4.len()),
+            (abi::MAP_PORT_V6, self.port_v6.len()),
+            (abi::MAP_PPREFIX_V4, self.pprefix_v4.len()),
+            (abi::MAP_PPREFIX_V6, self.pprefix_v6.len()),
+        ]
+    }
+}
+
+/// The kernel's maps against the set they should enforce
+/// ([`Desired::census`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Census {
+    /// Block and monitor entries held (allowlist nets not counted).
+    pub entries: usize,
+    /// Entries and allowlist nets of the set that are not held as they
+    /// should be.
+    pub missing: usize,
+}
+
+/// Every entry map's `MAPBIT_*`, in [`Desired::counts`] order.
+pub(super) const MAP_BITS: [u32; 10] = [
+    abi::MAPBIT_ALLOW_V4,
+    abi::MAPBIT_ALLOW_V6,
+    abi::MAPBIT_ADDR_V4,
+    abi::MAPBIT_ADDR_V6,
+    abi::MAPBIT_PREFIX_V4,
+    abi::MAPBIT_PREFIX_V6,
+    abi::MAPBIT_PORT_V4,
+    abi::MAPBIT_PORT_V6,
+    abi::MAPBIT_PPREFIX_V4,
+    abi::MAPBIT_PPREFIX_V6,
+];
+
+/// The maps (a `MAPBIT_*` mask) that cannot take their adds before their
+/// removals: `current` keys plus keys `adds` would add exceed `caps`
+/// (in [`Desired::counts`] order). For those, removals that make room go
+/// first, so that a set that fits always lands whole (a feed rotating a
+/// near-capacity map to as many different keys, or a sync after a crash
+/// in the middle of one).
+pub(super) fn tight_maps(
+    current: &[(&'static str, usize); 10],
+    adds: &[usize; 10],
+    caps: &[u32; 10],
+) -> u32 {
+    let mut tight = 0;
+    for i in 0..10 {
+        if current[i].1 + adds[i] > caps[i] as usize {
+            tight |= MAP_BITS[i];
+        }
+    }
+    tight
+}
+
+/// Keys of `want` that `cur` lacks, per map in [`Desired::counts`] order.
+pub(super) fn new_keys(cur: &Desired, want: &Desired) -> [usize; 10] {
+    fn h<K: Eq + Hash>(c: &KeyMap<K>, w: &KeyMap<K>) -> usize {
+        w.keys().filter(|k| !c.contains_key(k)).count()
+    }
+    fn t<K: Ord>(c: &BTreeMap<K, EntryValue>, w: &BTreeMap<K, EntryValue>) -> usize {
+        w.keys().filter(|k| !c.contains_key(k)).count()
+    }
+    [
+        t(&cur.allow_v4, &want.allow_v4),
+        t(&cur.allow_v6, &want.allow_v6),
+        h(&cur.addr_v4, &want.addr_v4),
+        h(&cur.addr_v6, &want.addr_v6),
+        t(&cur.prefix_v4, &want.prefix_v4),
+        t(&cur.prefix_v6, &want.prefix_v6),
+        h(&cur.port_v4, &want.port_v4),
+        h(&cur.port_v6, &want.port_v6),
+        t(&cur.pprefix_v4, &want.pprefix_v4),
+        t(&cur.pprefix_v6, &want.pprefix_v6),
+    ]
+}
+
+/// Ids by key, from map contents.
+pub fn ids_of(d: &Desired) -> HashMap<SlotKey, u32> {
+    d.entries().into_iter().map(|(k, v)| (k, v.id)).collect()
+}
+
+impl Desired {
+    /// Every key with its value, in entry terms (the inverse of [`build_from`]).
+    ///
+    /// [`build_from`]: Desired::build_from
+    pub fn entries(&self) -> Vec<(SlotKey, EntryValue)> {
+        use crate::entry::{EntryKey, PortMatch, Proto, Side};
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let n4 =
+            |a: [u8; 4], l: u32| IpNet::new(IpAddr::V4(Ipv4Addr::from(a)), l as u8).expect("len");
+        let n6 =
+            |a: [u8; 16], l: u32| IpNet::new(IpAddr::V6(Ipv6Addr::from(a)), l as u8).expect("len");
+        let pm = |proto: u8, side: u8, port: [u8; 2]| PortMatch {
+            proto: if proto == abi::PROTO_TCP {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            },
+            port: u16::from_be_bytes(port),
+            side: if side == abi::SIDE_DST {
+                Side::Dst
+            } else {
+                Side::Src
+            },
+        };
+        let ek = |net, port| SlotKey::Entry(EntryKey { net, port });
+        let mut out = Vec::new();
+        out.extend(
+            self.allow_v4
+                .iter()
+                .map(|(&(l, a), v)| (SlotKey::Allow(n4(a, l)), *v)),
+        );
+        out.extend(
+            self.allow_v6
+                .iter()
+                .map(|(&(l, a), v)| (SlotKey::Allow(n6(a, l)), *v)),
+        );
+        out.extend(self.addr_v4.iter().map(|(&a, v)| (ek(n4(a, 32), None), *v)));
+        out.extend(
+            self.addr_v6
+                .iter()
+                .map(|(&a, v)| (ek(n6(a, 128), None), *v)),
+        );
+        out.extend(
+            self.prefix_v4
+                .iter()
+                .map(|(&(l, a), v)| (ek(n4(a, l), None), *v)),
+        );
+        out.extend(
+            self.prefix_v6
+                .iter()
+                .map(|(&(l, a), v)| (ek(n6(a, l), None), *v)),
+        );
+        out.extend(
+            self.port_v4
+                .iter()
+                .map(|(k, v)| (ek(n4(k.addr, 32), Some(pm(k.proto, k.side, k.port))), *v)),
+        );
+        out.extend(
+            self.port_v6
+                .iter()
+                .map(|(k, v)| (ek(n6(k.addr, 128), Some(pm(k.proto, k.side, k.port))), *v)),
+        );
+        out.extend(self.pprefix_v4.iter().map(|(&(l, k), v)| {
+            (
+                ek(
+                    n4(k.addr, l - PORT_PREFIX_FIXED_BITS),
+                    Some(pm(k.proto, k.side, k.port)),
+                ),
+                *v,
+            )
+        }));
+        out.extend(self.pprefix_v6.iter().map(|(&(l, k), v)| {
+            (
+                ek(
+                    n6(k.addr, l - PORT_PREFIX_FIXED_BITS),
+                    Some(pm(k.proto, k.side, k.port)),
+                ),
+                *v,
+            )
+        }));
+        out
+    }
+
+    /// The entry set these contents enforce (own actions, not flattened).
+    pub fn to_entry_set(&self) -> EntrySet {
+        let mut set = EntrySet::default();
+        for (k, v) in self.entries() {
+            match k {
+                SlotKey::Allow(n) => set.allow.push(n),
+                SlotKey::Entry(key) => set.entries.push(Entry {
+                    net: key.net,
+                    port: key.port,
+                    action: if v.own_action == abi::ACTION_DROP {
+                        Action::Drop
+                    } else {
+                        Action::Monitor
+                    },
+                }),
+            }
+        }
+        set.allow.sort();
+        set.entries.sort();
+        set
+    }
+}
+
+/// Keys that differ between two contents (present in one only, or with
+/// different values).
+pub fn drift(a: &Desired, b: &Desired) -> usize {
+    fn d<K: Eq + Hash>(x: &KeyMap<K>, y: &KeyMap<K>) -> usize {
+        x.iter().filter(|(k, v)| y.get(k) != Some(v)).count()
+            + y.keys().filter(|k| !x.contains_key(k)).count()
+    }
+    fn t<K: Ord>(x: &BTreeMap<K, EntryValue>, y: &BTreeMap<K, EntryValue>) -> usize {
+        x.iter().filter(|(k, v)| y.get(k) != Some(v)).count()
+            + y.keys().filter(|k| !x.contains_key(k)).count()
+    }
+    t(&a.allow_v4, &b.allow_v4)
+        + t(&a.allow_v6, &b.allow_v6)
+        + d(&a.addr_v4, &b.addr_v4)
+        + d(&a.addr_v6, &b.addr_v6)
+        + t(&a.prefix_v4, &b.prefix_v4)
+        + t(&a.prefix_v6, &b.prefix_v6)
+        + d(&a.port_v4, &b.port_v4)
+        + d(&a.port_v6, &b.port_v6)
+        + t(&a.pprefix_v4, &b.pprefix_v4)
+        + t(&a.pprefix_v6, &b.pprefix_v6)
+}
+
+/// Whether `set` is already what [`normalized`] makes of it.
+pub(super) fn is_normalized(set: &EntrySet) -> bool {
+    set.entries.iter().all(|e| e.net == e.net.trunc())
+        && set.entries.windows(2).all(|w| w[0].key() < w[1].key())
+        && set.allow.iter().all(|n| *n == n.trunc())
+        && set.allow.windows(2).all(|w| w[0] < w[1])
+}
+
+/// `set` with normalised nets, entries sorted by key with one entry per key
+/// (drop wins), and the allowlist sorted and unique. Borrowed when it
+/// already is (the agent's merged desired state always is).
+pub(super) fn normalized(set: &EntrySet) -> std::borrow::Cow<'_, EntrySet> {
+    if is_normalized(set) {
+        return std::borrow::Cow::Borrowed(set);
+    }
+    let mut entries: Vec<Entry> = set
+        .entries
+        .iter()
+        .map(|e| Entry::new(e.net, e.port, e.action))
+        .collect();
+    // Sort by key, drop first among equal keys, then keep the first.
+    entries.sort_unstable_by(|a, b| a.key().cmp(&b.key()).then(b.action.cmp(&a.action)));
+    entries.dedup_by(|b, a| a.key() == b.key());
+    let mut allow: Vec<IpNet> = set.allow.iter().map(|n| n.trunc()).collect();
+    allow.sort_unstable();
+    allow.dedup();
+    std::borrow::Cow::Owned(EntrySet { allow, entries })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{PortMatch, Proto, Side};
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn entry(s: &str, port: Option<(Proto, u16, Side)>, action: Action) -> Entry {
+        let port = port.map(|(proto, port, side)| PortMatch { proto, port, side });
+        Entry::new(net(s), port, action)
+    }
+
+    /// One entry of every kind, both families, an allowlist, a duplicate
+    /// key (weaker first) and a monitor prefix inside a drop prefix.
+    fn every_kind() -> EntrySet {
+        use Action::{Drop, Monitor};
+        EntrySet {
+            allow: vec![net("192.0.2.128/25"), net("2001:db8:ffff::/48")],
+            entries: vec![
+                entry("10.0.0.1/32", None, Monitor),
+                entry("10.0.0.1/32", None, Drop),
+                entry("2001:db8::1/128", None, Drop),
+                entry("10.1.0.0/16", None, Drop),
+                entry("10.1.2.0/24", None, Monitor),
+                entry("2001:db8:bad::/48", None, Monitor),
+                entry("10.0.0.2/32", Some((Proto::Tcp, 443, Side::Src)), Drop),
+                entry("2001:db8::2/128", Some((Proto::Udp, 53, Side::Dst)), Drop),
+                entry("10.2.0.0/16", Some((Proto::Tcp, 22, Side::Dst)), Monitor),
+                entry("2001:db8:2::/64", Some((Proto::Udp, 123, Side::Src)), Drop),
+            ],
+        }
+    }
+
+    #[test]
+    fn every_kind_lands_in_its_map_and_duplicates_merge() {
+        let d = Desired::build_from(&every_kind(), &Desired::default());
+        let counts: Vec<usize> = d.counts().iter().map(|(_, n)| *n).collect();
+        // ALLOW v4/v6, ADDR, PREFIX, PORT, PPREFIX; the duplicate is one key.
+        assert_eq!(counts, [1, 1, 1, 1, 2, 1, 1, 1, 1, 1]);
+        assert_eq!(d.nonempty(), MAP_BITS.iter().fold(0, |m, b| m | b));
+        let v = d.addr_v4[&[10, 0, 0, 1]];
+        assert_eq!(v.own_action, Action::Drop.abi(), "drop beats monitor");
+        let mut ids = Vec::new();
+        d.for_each_id(|id| ids.push(id));
+        ids.sort_unstable();
+        assert_eq!(ids, (0..11).collect::<Vec<u32>>(), "one id per key");
+        assert_eq!(Desired::default().nonempty(), 0);
+    }
+
+    #[test]
+    fn tries_are_flattened_to_the_strongest_covering_action() {
+        let d = Desired::build_from(&every_kind(), &Desired::default());
+        // The monitor /24 inside the drop /16: looked up alone it must drop.
+        let inner = d.prefix_v4[&(24, [10, 1, 2, 0])];
+        assert_eq!(inner.own_action, Action::Monitor.abi());
+        assert_eq!(inner.action, Action::Drop.abi());
+        let outer = d.prefix_v4[&(16, [10, 1, 0, 0])];
+        assert_eq!(inner.decider, outer.id, "the covering prefix decides");
+    }
+
+    #[test]
+    fn entries_are_the_inverse_of_build() {
+        let set = every_kind();
+        let d = Desired::build_from(&set, &Desired::default());
+        let back = d.to_entry_set();
+        assert_eq!(back, normalized(&set).into_owned());
+        assert_eq!(Desired::build_from(&back, &d), d, "same ids, same values");
+        let ids = ids_of(&d);
+        assert_eq!(ids.len(), 11);
+        assert_eq!(
+            ids[&SlotKey::Allow(net("192.0.2.128/25"))],
+            d.allow_v4[&(25, [192, 0, 2, 128])].id
+        );
+    }
+
+    #[test]
+    fn census_counts_what_is_held_and_what_is_missing() {
+        let set = every_kind();
+        let d = Desired::build_from(&set, &Desired::default());
+        let c = d.census(&set);
+        assert_eq!(
+            c,
+            Census {
+                entries: 9,
+                missing: 0
+            },
+            "allowlist not counted"
+        );
+        let mut held = d.clone();
+        held.addr_v6.clear();
+        held.allow_v4.clear();
+        // A key held with another action counts as missing too.
+        held.addr_v4.get_mut(&[10, 0, 0, 1]).unwrap().own_action = Action::Monitor.abi();
+        assert_eq!(
+            held.census(&set),
+            Census {
+                entries: 8,
+                missing: 3
+            }
+        );
+        assert_eq!(drift(&d, &held), 3);
+        assert_eq!(drift(&held, &d), 3);
+        assert_eq!(drift(&d, &d), 0);
+    }
+
+    #[test]
+    fn normalized_sorts_dedups_and_clears_host_bits() {
+        use Action::{Drop, Monitor};
+        let set = EntrySet {
+            allow: vec![net("192.0.2.7/24"), net("192.0.2.0/24")],
+            entries: vec![
+                Entry {
+                    net: net("10.9.9.9/16"),
+                    port: None,
+                    action: Monitor,
+                },
+                entry("10.0.0.1/32", None, Monitor),
+                entry("10.0.0.1/32", None, Drop),
+            ],
+        };
+        assert!(!is_normalized(&set));
+        let n = normalized(&set);
+        assert!(is_normalized(&n));
+        assert_eq!(n.allow, [net("192.0.2.0/24")]);
+        assert_eq!(
+            n.entries,
+            [
+                entry("10.0.0.1/32", None, Drop),
+                entry("10.9.0.0/16", None, Monitor)
+            ]
+        );
+        assert!(matches!(normalized(&n), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn tight_maps_are_those_that_cannot_take_their_adds_first() {
+        let d = Desired::build_from(&every_kind(), &Desired::default());
+        let mut caps = [u32::MAX; 10];
+        let adds = [0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(tight_maps(&d.counts(), &adds, &caps), 0);
+        caps[2] = 1; // ADDR_V4 holds its one key and has no room for another
+        assert_eq!(tight_maps(&d.counts(), &adds, &caps), MAP_BITS[2]);
+        let mut more = every_kind();
+        more.entries.push(entry("10.0.0.9/32", None, Action::Drop));
+        let want = Desired::build_from(&more, &d);
+        assert_eq!(new_keys(&d, &want), adds);
+    }
+}
