@@ -600,3 +600,67 @@ mod pod {
     // SAFETY: see module docs.
     unsafe impl aya::Pod for Event {}
 }
+
+/// The entry maps by name, in the one order userspace lists them per map
+/// (contents, counts, capacities, occupancy): allowlist, exact addresses,
+/// prefixes, address+port, prefix+port; IPv4 before IPv6 in each. The map
+/// at index `i` has the [`Config::nonempty`] bit [`entry_map_bit`]`(i)`.
+pub const ENTRY_MAPS: [&str; 10] = [
+    MAP_ALLOW_V4,
+    MAP_ALLOW_V6,
+    MAP_ADDR_V4,
+    MAP_ADDR_V6,
+    MAP_PREFIX_V4,
+    MAP_PREFIX_V6,
+    MAP_PORT_V4,
+    MAP_PORT_V6,
+    MAP_PPREFIX_V4,
+    MAP_PPREFIX_V6,
+];
+
+/// Every map of the program, in pin order: the [`ENTRY_MAPS`], then the
+/// runtime config, the counters and per-entry statistics, the event ring
+/// and its sampling state. A pinned attachment has a pin for each.
+pub const ALL_MAPS: [&str; 18] = {
+    let mut all = [""; 18];
+    let mut i = 0;
+    while i < ENTRY_MAPS.len() {
+        all[i] = ENTRY_MAPS[i];
+        i += 1;
+    }
+    let rest = [
+        MAP_CONFIG,
+        MAP_COUNTERS,
+        MAP_LAST,
+        MAP_ENTRY_STATS,
+        MAP_STATS_OVERFLOW,
+        MAP_EVENTS,
+        MAP_SAMPLE,
+        MAP_SAMPLE_STATE,
+    ];
+    let mut j = 0;
+    while j < rest.len() {
+        all[ENTRY_MAPS.len() + j] = rest[j];
+        j += 1;
+    }
+    all
+};
+
+/// The `MAPBIT_*` of `ENTRY_MAPS[i]`.
+pub const fn entry_map_bit(i: usize) -> u32 {
+    1 << i
+}
+
+const _: () = {
+    // The bits follow the table's order.
+    assert!(entry_map_bit(0) == MAPBIT_ALLOW_V4);
+    assert!(entry_map_bit(1) == MAPBIT_ALLOW_V6);
+    assert!(entry_map_bit(2) == MAPBIT_ADDR_V4);
+    assert!(entry_map_bit(3) == MAPBIT_ADDR_V6);
+    assert!(entry_map_bit(4) == MAPBIT_PREFIX_V4);
+    assert!(entry_map_bit(5) == MAPBIT_PREFIX_V6);
+    assert!(entry_map_bit(6) == MAPBIT_PORT_V4);
+    assert!(entry_map_bit(7) == MAPBIT_PORT_V6);
+    assert!(entry_map_bit(8) == MAPBIT_PPREFIX_V4);
+    assert!(entry_map_bit(9) == MAPBIT_PPREFIX_V6);
+};

@@ -124,7 +124,7 @@ pub struct KindCounts {
 
 impl KindCounts {
     /// `(map name, entries, capacity)` for every entry map, in
-    /// [`crate::kernel::program::Capacities::per_map`] order.
+    /// [`edge_filter_common::ENTRY_MAPS`] order.
     pub fn per_map(
         &self,
         caps: &crate::kernel::program::Capacities,

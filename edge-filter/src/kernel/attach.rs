@@ -11,9 +11,11 @@ use aya::{
     },
 };
 
+use edge_filter_common as abi;
+
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
-use crate::kernel::maps::{ALL_MAPS, EntryMaps, SyncStats};
+use crate::kernel::maps::{EntryMaps, SyncStats};
 use crate::kernel::paths::Paths;
 use crate::kernel::program::{self, Capacities};
 use crate::trust::is_permission;
@@ -242,19 +244,19 @@ pub fn open_pinned(paths: &Paths, iface: &str) -> Result<EntryMaps> {
 }
 
 /// The error for an attachment pinned by a build with another set of maps:
-/// some of [`ALL_MAPS`] are pinned for `iface` and others are not (an older
+/// some of [`abi::ALL_MAPS`] are pinned for `iface` and others are not (an older
 /// build, before `ENTRY_STATS`, `STATS_OVERFLOW`, `EVENTS`, `SAMPLE` and
 /// `SAMPLE_STATE` existed, pinned only the maps it had). `None` when every
 /// map is pinned, or none is (then the error of opening the first map says
 /// more). Only looked at after opening a map failed, so the usual path
 /// costs nothing.
 pub(crate) fn incompatible_pins(paths: &Paths, iface: &str) -> Option<Error> {
-    let missing: Vec<String> = ALL_MAPS
+    let missing: Vec<String> = abi::ALL_MAPS
         .iter()
         .filter(|name| !paths.map(iface, name).exists())
         .map(|name| name.to_string())
         .collect();
-    if missing.is_empty() || missing.len() == ALL_MAPS.len() {
+    if missing.is_empty() || missing.len() == abi::ALL_MAPS.len() {
         return None;
     }
     let mut detach = format!("edge-filter detach --iface {iface}");
@@ -362,7 +364,7 @@ pub fn attach_or_adopt(
 /// or recreated ([`LinkHealth::Defunct`]). Returns the mode used.
 pub fn reattach(paths: &Paths, iface: &str, mode: Mode, caps: &Capacities) -> Result<&'static str> {
     ifindex(iface)?;
-    let pins: Vec<(&'static str, std::path::PathBuf)> = ALL_MAPS
+    let pins: Vec<(&'static str, std::path::PathBuf)> = abi::ALL_MAPS
         .iter()
         .map(|name| (*name, paths.map(iface, name)))
         .collect();
@@ -507,7 +509,7 @@ pub fn detach(paths: &Paths, iface: &str) -> Result<()> {
 
 /// Remove every pin of an interface (maps, link) and its directories.
 fn remove_pins(paths: &Paths, iface: &str) -> Result<()> {
-    for name in ALL_MAPS {
+    for name in abi::ALL_MAPS {
         let p = paths.map(iface, name);
         if p.exists() {
             std::fs::remove_file(&p).map_err(|source| Error::Pin {
@@ -550,7 +552,7 @@ mod tests {
         let iface = "ef-old0";
         std::fs::create_dir_all(paths.maps_dir(iface)).unwrap();
         std::fs::write(paths.link(iface), "").unwrap();
-        for name in &ALL_MAPS[..13] {
+        for name in &abi::ALL_MAPS[..13] {
             std::fs::write(paths.map(iface, name), "").unwrap();
         }
         (paths, iface)
@@ -617,7 +619,7 @@ mod tests {
     #[test]
     fn complete_or_absent_map_pins_keep_the_open_error() {
         let (paths, iface) = old_build_pins("full");
-        for name in &ALL_MAPS[13..] {
+        for name in &abi::ALL_MAPS[13..] {
             std::fs::write(paths.map(iface, name), "").unwrap();
         }
         assert!(incompatible_pins(&paths, iface).is_none());
@@ -625,7 +627,7 @@ mod tests {
             .err()
             .expect("plain files are no maps");
         assert!(!matches!(e, Error::IncompatiblePins { .. }), "{e:?}");
-        for name in ALL_MAPS {
+        for name in abi::ALL_MAPS {
             std::fs::remove_file(paths.map(iface, name)).unwrap();
         }
         assert!(incompatible_pins(&paths, iface).is_none());

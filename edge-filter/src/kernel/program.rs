@@ -66,20 +66,22 @@ impl Capacities {
         }
     }
 
-    /// `(map name, capacity)` for every entry map.
+    /// `(map name, capacity)` for every entry map, in
+    /// [`abi::ENTRY_MAPS`] order.
     pub fn per_map(&self) -> [(&'static str, u32); 10] {
-        [
-            (abi::MAP_ALLOW_V4, self.allow),
-            (abi::MAP_ALLOW_V6, self.allow),
-            (abi::MAP_ADDR_V4, self.addr_v4),
-            (abi::MAP_ADDR_V6, self.addr_v6),
-            (abi::MAP_PREFIX_V4, self.prefix_v4),
-            (abi::MAP_PREFIX_V6, self.prefix_v6),
-            (abi::MAP_PORT_V4, self.port_v4),
-            (abi::MAP_PORT_V6, self.port_v6),
-            (abi::MAP_PPREFIX_V4, self.port_v4),
-            (abi::MAP_PPREFIX_V6, self.port_v6),
-        ]
+        let caps = [
+            self.allow,
+            self.allow,
+            self.addr_v4,
+            self.addr_v6,
+            self.prefix_v4,
+            self.prefix_v6,
+            self.port_v4,
+            self.port_v6,
+            self.port_v4,
+            self.port_v6,
+        ];
+        std::array::from_fn(|i| (abi::ENTRY_MAPS[i], caps[i]))
     }
 }
 

@@ -103,20 +103,25 @@ pub(super) enum Slot {
 }
 
 impl Slot {
+    /// The slot's map: its index in [`abi::ENTRY_MAPS`].
+    pub(super) fn map_index(&self) -> usize {
+        match self {
+            Slot::AllowV4(..) => 0,
+            Slot::AllowV6(..) => 1,
+            Slot::AddrV4(_) => 2,
+            Slot::AddrV6(_) => 3,
+            Slot::PrefixV4(..) => 4,
+            Slot::PrefixV6(..) => 5,
+            Slot::PortV4(_) => 6,
+            Slot::PortV6(_) => 7,
+            Slot::PPrefixV4(..) => 8,
+            Slot::PPrefixV6(..) => 9,
+        }
+    }
+
     /// The slot's map's `MAPBIT_*`.
     pub(super) fn map_bit(&self) -> u32 {
-        match self {
-            Slot::AllowV4(..) => abi::MAPBIT_ALLOW_V4,
-            Slot::AllowV6(..) => abi::MAPBIT_ALLOW_V6,
-            Slot::AddrV4(_) => abi::MAPBIT_ADDR_V4,
-            Slot::AddrV6(_) => abi::MAPBIT_ADDR_V6,
-            Slot::PrefixV4(..) => abi::MAPBIT_PREFIX_V4,
-            Slot::PrefixV6(..) => abi::MAPBIT_PREFIX_V6,
-            Slot::PortV4(_) => abi::MAPBIT_PORT_V4,
-            Slot::PortV6(_) => abi::MAPBIT_PORT_V6,
-            Slot::PPrefixV4(..) => abi::MAPBIT_PPREFIX_V4,
-            Slot::PPrefixV6(..) => abi::MAPBIT_PPREFIX_V6,
-        }
+        abi::entry_map_bit(self.map_index())
     }
 }
 
@@ -368,25 +373,9 @@ impl Desired {
 
     /// The `Config::nonempty` bitmask for these contents.
     pub fn nonempty(&self) -> u32 {
-        let mut m = 0;
-        let bits = [
-            (self.allow_v4.is_empty(), abi::MAPBIT_ALLOW_V4),
-            (self.allow_v6.is_empty(), abi::MAPBIT_ALLOW_V6),
-            (self.addr_v4.is_empty(), abi::MAPBIT_ADDR_V4),
-            (self.addr_v6.is_empty(), abi::MAPBIT_ADDR_V6),
-            (self.prefix_v4.is_empty(), abi::MAPBIT_PREFIX_V4),
-            (self.prefix_v6.is_empty(), abi::MAPBIT_PREFIX_V6),
-            (self.port_v4.is_empty(), abi::MAPBIT_PORT_V4),
-            (self.port_v6.is_empty(), abi::MAPBIT_PORT_V6),
-            (self.pprefix_v4.is_empty(), abi::MAPBIT_PPREFIX_V4),
-            (self.pprefix_v6.is_empty(), abi::MAPBIT_PPREFIX_V6),
-        ];
-        for (empty, bit) in bits {
-            if !empty {
-                m |= bit;
-            }
-        }
-        m
+        (self.lens().iter().enumerate())
+            .filter(|(_, n)| **n > 0)
+            .fold(0, |m, (i, _)| m | abi::entry_map_bit(i))
     }
 
     /// How these contents (read back from the kernel) stand against the
@@ -398,9 +387,8 @@ impl Desired {
         let held = self
             .counts()
             .iter()
-            .zip(MAP_BITS)
-            .filter(|(_, bit)| *bit & (abi::MAPBIT_ALLOW_V4 | abi::MAPBIT_ALLOW_V6) == 0)
-            .map(|((_, n), _)| n)
+            .filter(|(map, _)| ![abi::MAP_ALLOW_V4, abi::MAP_ALLOW_V6].contains(map))
+            .map(|(_, n)| n)
             .sum();
         let allow_missing = set
             .allow
@@ -421,19 +409,25 @@ impl Desired {
         }
     }
 
-    /// Entries per map, in [`crate::kernel::program::Capacities::per_map`] order.
+    /// Entries per map, by name, in [`abi::ENTRY_MAPS`] order.
     pub fn counts(&self) -> [(&'static str, usize); 10] {
+        let lens = self.lens();
+        std::array::from_fn(|i| (abi::ENTRY_MAPS[i], lens[i]))
+    }
+
+    /// Entries per map, in [`abi::ENTRY_MAPS`] order.
+    fn lens(&self) -> [usize; 10] {
         [
-            (abi::MAP_ALLOW_V4, self.allow_v4.len()),
-            (abi::MAP_ALLOW_V6, self.allow_v6.len()),
-            (abi::MAP_ADDR_V4, self.addr_v4.len()),
-            (abi::MAP_ADDR_V6, self.addr_v6.len()),
-            (abi::MAP_PREFIX_V4, self.prefix_v4.len()),
-            (abi::MAP_PREFIX_V6, self.prefix_v6.len()),
-            (abi::MAP_PORT_V4, self.port_v4.len()),
-            (abi::MAP_PORT_V6, self.port_v6.len()),
-            (abi::MAP_PPREFIX_V4, self.pprefix_v4.len()),
-            (abi::MAP_PPREFIX_V6, self.pprefix_v6.len()),
+            self.allow_v4.len(),
+            self.allow_v6.len(),
+            self.addr_v4.len(),
+            self.addr_v6.len(),
+            self.prefix_v4.len(),
+            self.prefix_v6.len(),
+            self.port_v4.len(),
+            self.port_v6.len(),
+            self.pprefix_v4.len(),
+            self.pprefix_v6.len(),
         ]
     }
 }
@@ -449,23 +443,9 @@ pub struct Census {
     pub missing: usize,
 }
 
-/// Every entry map's `MAPBIT_*`, in [`Desired::counts`] order.
-pub(super) const MAP_BITS: [u32; 10] = [
-    abi::MAPBIT_ALLOW_V4,
-    abi::MAPBIT_ALLOW_V6,
-    abi::MAPBIT_ADDR_V4,
-    abi::MAPBIT_ADDR_V6,
-    abi::MAPBIT_PREFIX_V4,
-    abi::MAPBIT_PREFIX_V6,
-    abi::MAPBIT_PORT_V4,
-    abi::MAPBIT_PORT_V6,
-    abi::MAPBIT_PPREFIX_V4,
-    abi::MAPBIT_PPREFIX_V6,
-];
-
 /// The maps (a `MAPBIT_*` mask) that cannot take their adds before their
 /// removals: `current` keys plus keys `adds` would add exceed `caps`
-/// (in [`Desired::counts`] order). For those, removals that make room go
+/// (in [`abi::ENTRY_MAPS`] order). For those, removals that make room go
 /// first, so that a set that fits always lands whole (a feed rotating a
 /// near-capacity map to as many different keys, or a sync after a crash
 /// in the middle of one).
@@ -477,13 +457,13 @@ pub(super) fn tight_maps(
     let mut tight = 0;
     for i in 0..10 {
         if current[i].1 + adds[i] > caps[i] as usize {
-            tight |= MAP_BITS[i];
+            tight |= abi::entry_map_bit(i);
         }
     }
     tight
 }
 
-/// Keys of `want` that `cur` lacks, per map in [`Desired::counts`] order.
+/// Keys of `want` that `cur` lacks, per map in [`abi::ENTRY_MAPS`] order.
 pub(super) fn new_keys(cur: &Desired, want: &Desired) -> [usize; 10] {
     fn h<K: Eq + Hash>(c: &KeyMap<K>, w: &KeyMap<K>) -> usize {
         w.keys().filter(|k| !c.contains_key(k)).count()
@@ -709,7 +689,7 @@ mod tests {
         let counts: Vec<usize> = d.counts().iter().map(|(_, n)| *n).collect();
         // ALLOW v4/v6, ADDR, PREFIX, PORT, PPREFIX; the duplicate is one key.
         assert_eq!(counts, [1, 1, 1, 1, 2, 1, 1, 1, 1, 1]);
-        assert_eq!(d.nonempty(), MAP_BITS.iter().fold(0, |m, b| m | b));
+        assert_eq!(d.nonempty(), (1 << abi::ENTRY_MAPS.len()) - 1);
         let v = d.addr_v4[&[10, 0, 0, 1]];
         assert_eq!(v.own_action, Action::Drop.abi(), "drop beats monitor");
         let mut ids = Vec::new();
@@ -811,7 +791,7 @@ mod tests {
         let adds = [0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(tight_maps(&d.counts(), &adds, &caps), 0);
         caps[2] = 1; // ADDR_V4 holds its one key and has no room for another
-        assert_eq!(tight_maps(&d.counts(), &adds, &caps), MAP_BITS[2]);
+        assert_eq!(tight_maps(&d.counts(), &adds, &caps), abi::MAPBIT_ADDR_V4);
         let mut more = every_kind();
         more.entries.push(entry("10.0.0.9/32", None, Action::Drop));
         let want = Desired::build_from(&more, &d);

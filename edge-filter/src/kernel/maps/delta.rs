@@ -6,7 +6,7 @@ use aya::Pod;
 
 use super::both;
 use super::changes::{Change, HashPlan, HashWrites, Planned, Updated};
-use super::contents::{MAP_BITS, Slot, tight_maps};
+use super::contents::{Slot, tight_maps};
 use super::entry_maps::{
     EntryMaps, MAP_INDEX, SyncStats, delete_by_fd, merge_stats, note_refused, write_by_fd,
 };
@@ -72,11 +72,7 @@ impl EntryMaps {
         let mut adds = [0usize; 10];
         for p in hash_changes.iter().chain(&trie_changes) {
             if let Change::Add(_) = p.change {
-                let i = MAP_BITS
-                    .iter()
-                    .position(|b| *b == p.slot.map_bit())
-                    .expect("every slot has a map bit");
-                adds[i] += 1;
+                adds[p.slot.map_index()] += 1;
             }
         }
         if tight_maps(&shadow.counts(), &adds, &self.caps) != 0 {

@@ -24,7 +24,7 @@ use edge_filter_common::{
 
 use super::both;
 use super::changes::SetChanges;
-use super::contents::{Census, Desired, KeyMap, MAP_BITS, drift, new_keys, normalized, tight_maps};
+use super::contents::{Census, Desired, KeyMap, drift, new_keys, normalized, tight_maps};
 use super::ids::IdAlloc;
 use super::trie::TrieFilters;
 use crate::entry::EntrySet;
@@ -63,32 +63,10 @@ pub struct EntryMaps {
     pub(super) last_set: Option<EntrySet>,
     /// Entry ids in use by the shadow, and the free ones.
     pub(super) ids: IdAlloc,
-    /// Each entry map's capacity (`max_entries`), in [`Desired::counts`]
+    /// Each entry map's capacity (`max_entries`), in [`abi::ENTRY_MAPS`]
     /// order.
     pub(super) caps: [u32; 10],
 }
-
-/// Every map name, in pin order.
-pub const ALL_MAPS: [&str; 18] = [
-    abi::MAP_ALLOW_V4,
-    abi::MAP_ALLOW_V6,
-    abi::MAP_ADDR_V4,
-    abi::MAP_ADDR_V6,
-    abi::MAP_PREFIX_V4,
-    abi::MAP_PREFIX_V6,
-    abi::MAP_PORT_V4,
-    abi::MAP_PORT_V6,
-    abi::MAP_PPREFIX_V4,
-    abi::MAP_PPREFIX_V6,
-    abi::MAP_CONFIG,
-    abi::MAP_COUNTERS,
-    abi::MAP_LAST,
-    abi::MAP_ENTRY_STATS,
-    abi::MAP_STATS_OVERFLOW,
-    abi::MAP_EVENTS,
-    abi::MAP_SAMPLE,
-    abi::MAP_SAMPLE_STATE,
-];
 
 /// Outcome of a sync.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -362,7 +340,7 @@ impl EntryMaps {
         self
     }
 
-    /// Each entry map's capacity, in [`Desired::counts`] order.
+    /// Each entry map's capacity, in [`abi::ENTRY_MAPS`] order.
     pub fn capacities(&self) -> [u32; 10] {
         self.caps
     }
@@ -614,11 +592,9 @@ impl EntryMaps {
             // tight maps' removals, then their adds. Only an address whose
             // old and new entries are both in a tight map can pass in
             // between.
-            let names: Vec<&str> = MAP_BITS
-                .iter()
-                .zip(c.counts())
-                .filter(|(bit, _)| tight & **bit != 0)
-                .map(|(_, (n, _))| n)
+            let names: Vec<&str> = (abi::ENTRY_MAPS.iter().enumerate())
+                .filter(|(i, _)| tight & abi::entry_map_bit(*i) != 0)
+                .map(|(_, name)| *name)
                 .collect();
             log::info!(
                 "{} cannot take the new entries before the old ones leave: removing first",
@@ -884,7 +860,7 @@ impl EntryMaps {
 
     /// Pin every map under `dir` (which must exist).
     pub fn pin_all(ebpf: &Ebpf, dir: &std::path::Path) -> Result<()> {
-        for name in ALL_MAPS {
+        for name in abi::ALL_MAPS {
             let map = ebpf.map(name).ok_or_else(|| Error::Map {
                 op: format!("map {name} missing from the object"),
                 source: MapError::InvalidName {

@@ -25,7 +25,7 @@ mod trie;
 
 pub use changes::SetChanges;
 pub use contents::{Census, Desired, KeyMap, SlotKey, drift, ids_of};
-pub use entry_maps::{ALL_MAPS, EntryMaps, SyncStats, possible_cpus};
+pub use entry_maps::{EntryMaps, SyncStats, possible_cpus};
 pub use ids::IdAlloc;
 
 /// Run `a` and `b` at once (`b` on a scoped thread), returning both
