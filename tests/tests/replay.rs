@@ -34,7 +34,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use edge_filter::agent::files::load_files;
+use edge_filter::intel::blocklist::load_files;
 use edge_filter::kernel::counters::reason_name;
 use edge_filter::reference::Reference;
 use edge_filter_tests::corpus::shared_data_dir;

@@ -12,7 +12,6 @@
 //! and the merge is redone when the next entry expires.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -22,9 +21,10 @@ use crate::agent::watch::Watch;
 use crate::error::{Error, Result};
 use crate::intel::config::{Config, FeedConfig, Source};
 use crate::intel::desired::{DesiredState, FeedSnapshot, merge};
-use crate::intel::feeds::{FeedParse, parse_feed};
-use crate::intel::fetch::{FetchPolicy, Fetched, Fetcher, Framing, Location, Validators};
+use crate::intel::feeds::FeedParse;
+use crate::intel::fetch::{Fetched, Fetcher, Location, Validators};
 use crate::intel::guard::{GuardDecision, ShrinkGuard};
+use crate::intel::intake;
 use crate::intel::state::{LastKnownGood, StateDir};
 use crate::kernel::attach;
 use crate::kernel::lock::AgentLock;
@@ -56,39 +56,6 @@ enum Msg {
     },
 }
 
-fn location(f: &FeedConfig) -> Location<'_> {
-    match &f.source {
-        Source::File(p) => Location::File(p),
-        Source::Http(u) => Location::Http(u),
-    }
-}
-
-fn source_hint(f: &FeedConfig) -> PathBuf {
-    f.source.format_hint()
-}
-
-/// Parse a fetched body per the feed's config. A body that is not a usable
-/// copy of the feed (nothing parses, or too many lines are rejected: see
-/// [`FeedParse::usable`]) is an error like a failed fetch, so it never
-/// replaces the last-known-good copy. `framing` says whether the transport
-/// proved the body whole; if not, a last line without a newline is
-/// rejected.
-pub fn parse_body(
-    f: &FeedConfig,
-    cfg: &Config,
-    bytes: &[u8],
-    framing: Framing,
-) -> std::result::Result<FeedParse, String> {
-    let format = f.format.resolve(&source_hint(f), bytes);
-    let mut opts = f.feed_options(&cfg.limits);
-    opts.end_unproven = framing.end_unproven();
-    let parse = parse_feed(format, bytes, &opts).map_err(|e| e.to_string())?;
-    parse
-        .usable(f.max_rejected_share(&cfg.safety), format)
-        .map_err(|e| e.to_string())?;
-    Ok(parse)
-}
-
 /// One feed's fetch loop.
 async fn feed_task(
     f: FeedConfig,
@@ -98,19 +65,16 @@ async fn feed_task(
     tx: mpsc::Sender<Msg>,
     mut refetch: broadcast::Receiver<()>,
 ) {
-    let policy = FetchPolicy {
-        timeout: cfg.limits.timeout,
-        max_bytes: cfg.limits.max_bytes as u64,
-        retries: cfg.limits.retries,
-        ..FetchPolicy::default()
-    };
+    let policy = intake::policy(&cfg.limits);
     let interval = match f.source {
         // Files are watched: a stat per second, a read only on change.
         Source::File(_) => f.refresh.min(Duration::from_secs(1)),
         Source::Http(_) => f.refresh,
     };
     loop {
-        let res = fetcher.fetch(location(&f), &validators, &policy).await;
+        let res = fetcher
+            .fetch(intake::location(&f), &validators, &policy)
+            .await;
         let at = OffsetDateTime::now_utc();
         let msg = match res {
             Ok(Fetched::NotModified) => Msg::NotModified {
@@ -124,10 +88,11 @@ async fn feed_task(
             }) => {
                 let digest = crate::intel::state::digest(&bytes);
                 let (fc, c) = (f.clone(), cfg.clone());
-                let parsed =
-                    tokio::task::spawn_blocking(move || parse_body(&fc, &c, &bytes, framing))
-                        .await
-                        .unwrap_or_else(|e| Err(format!("parser task failed: {e}")));
+                let parsed = tokio::task::spawn_blocking(move || {
+                    intake::parse_body(&fc, &c, &bytes, framing)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("parser task failed: {e}")));
                 match parsed {
                     Ok(parse) => {
                         validators = v.clone();
@@ -256,7 +221,7 @@ impl FeedAgent {
         for f in &cfg.feeds {
             let mut h = FeedHealth {
                 name: f.name.clone(),
-                source: match location(f) {
+                source: match intake::location(f) {
                     l @ Location::Http(_) => l.to_string(),
                     Location::File(p) => p.display().to_string(),
                 },

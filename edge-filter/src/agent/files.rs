@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::agent::watch::Watch;
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
-use crate::intel::blocklist::{LineError, parse_allowlist, parse_blocklist};
+use crate::intel::blocklist::{Loaded, load_files};
 use crate::intel::guard::shrink_fraction;
 use crate::kernel::attach::{self, Mode};
 use crate::kernel::lock::AgentLock;
@@ -63,39 +63,6 @@ pub const BLOCKLIST_FEED: &str = "blocklist";
 /// How often the kernel's maps are read back, repaired and counted against
 /// the set.
 const CENSUS_EVERY: Duration = Duration::from_secs(30);
-
-/// The entry set from the files, with every bad line reported.
-pub struct Loaded {
-    /// What to enforce.
-    pub set: EntrySet,
-    /// Bad lines (the rest applied).
-    pub errors: Vec<LineError>,
-}
-
-/// Read and parse the blocklist and allowlist. A file that cannot be read is
-/// an error (the caller keeps what is enforced); bad lines are not.
-pub fn load_files(blocklist: &Path, allowlist: Option<&Path>) -> Result<Loaded> {
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|source| Error::Read {
-            path: p.into(),
-            source,
-        })
-    };
-    let text = read(blocklist)?;
-    let b = parse_blocklist(&blocklist.display().to_string(), &text);
-    let mut set = EntrySet {
-        allow: Vec::new(),
-        entries: b.entries,
-    };
-    let mut errors = b.errors;
-    if let Some(a) = allowlist {
-        let text = read(a)?;
-        let out = parse_allowlist(&a.display().to_string(), &text);
-        set.allow = out.nets;
-        errors.extend(out.errors);
-    }
-    Ok(Loaded { set, errors })
-}
 
 fn report(loaded: &Loaded) {
     for e in &loaded.errors {

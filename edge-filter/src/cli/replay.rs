@@ -1,16 +1,10 @@
 //! `edge-filter replay`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
-use edge_filter::agent;
-use edge_filter::agent::feeds::parse_body;
-use edge_filter::entry::EntryKey;
-use edge_filter::intel::config::{Config, Source};
-use edge_filter::intel::desired::{FeedSnapshot, merge};
-use edge_filter::intel::fetch::{FetchPolicy, Fetched, Fetcher, Location, Validators};
-use edge_filter::replay::{self, EntryInput, Request};
-use ipnet::IpNet;
+use edge_filter::intel::config::Config;
+use edge_filter::replay::{self, EntryInput, Request, input};
 
 /// The long help of `edge-filter replay`.
 pub const LONG_ABOUT: &str = "\
@@ -136,147 +130,17 @@ pub struct ReplayArgs {
     pub allow_empty: bool,
 }
 
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| p.display().to_string())
-}
-
-/// A blocklist (plus the shared allowlist) as an entry input: every entry's
-/// feed is the blocklist's file name.
-fn blocklist_input(
-    blocklist: &Path,
-    allowlist: Option<&Path>,
-) -> anyhow::Result<EntryInput<'static>> {
-    let loaded = agent::files::load_files(blocklist, allowlist)?;
-    for e in &loaded.errors {
-        log::warn!("{e}");
-    }
-    let feed = file_name(blocklist);
-    let allow_feed = allowlist.map(file_name);
-    Ok(EntryInput {
-        label: format!("blocklist {}", blocklist.display()),
-        set: loaded.set,
-        provenance: Some(Box::new(move |_: &EntryKey| vec![feed.clone()])),
-        allow_provenance: allow_feed.map(|f| {
-            Box::new(move |_: &IpNet| vec![f.clone()]) as Box<replay::AllowProvenance<'static>>
-        }),
-    })
-}
-
-/// Read (file) or fetch once (HTTP) every feed of `cfg` and merge them as
-/// the agent does.
-fn config_input(cfg: &Config, label: String) -> anyhow::Result<EntryInput<'static>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let fetcher = Fetcher::new()?;
-    let policy = FetchPolicy {
-        timeout: cfg.limits.timeout,
-        max_bytes: cfg.limits.max_bytes as u64,
-        retries: cfg.limits.retries,
-        ..FetchPolicy::default()
-    };
-    let now = time::OffsetDateTime::now_utc();
-    let mut snapshots = Vec::new();
-    for f in &cfg.feeds {
-        let loc = match &f.source {
-            Source::File(p) => Location::File(p),
-            Source::Http(u) => Location::Http(u),
-        };
-        let (bytes, framing) =
-            match rt.block_on(fetcher.fetch(loc, &Validators::default(), &policy)) {
-                Ok(Fetched::Body { bytes, framing, .. }) => (bytes, framing),
-                Ok(Fetched::NotModified) => anyhow::bail!("feed {}: unexpected 304", f.name),
-                Err(e) => anyhow::bail!("feed {}: {e}", f.name),
-            };
-        // Exactly as the agent parses it: a copy the agent would refuse
-        // (nothing parses, too many rejected lines) is an error here too.
-        let parsed = parse_body(f, cfg, &bytes, framing)
-            .map_err(|e| anyhow::anyhow!("feed {}: {e}", f.name))?;
-        for r in parsed.rejected.iter().take(5) {
-            log::warn!("feed {}: line {r}", f.name);
-        }
-        snapshots.push(FeedSnapshot {
-            feed: f.name.clone(),
-            entries: parsed.entries,
-            asserted_at: now,
-        });
-    }
-    let d = merge(cfg, &snapshots, now);
-    for r in d.rejected.iter().take(5) {
-        log::warn!("feed {}: {} rejected: {}", r.feed, r.entry, r.reason);
-    }
-    let prov = d.provenance.clone();
-    let allow = d.allow_sources.clone();
-    Ok(EntryInput {
-        label,
-        set: d.set,
-        provenance: Some(Box::new(move |k: &EntryKey| {
-            let mut v: Vec<String> = prov
-                .get(k)
-                .map(|ps| ps.iter().map(|p| p.feed.clone()).collect())
-                .unwrap_or_default();
-            v.dedup();
-            v
-        })),
-        allow_provenance: Some(Box::new(move |n: &IpNet| {
-            allow.get(n).cloned().unwrap_or_default()
-        })),
-    })
-}
-
-/// `--feed FILE...` as a config: one drop feed per file, format detected,
-/// with the allowlist file (if any) inline, never attached anywhere.
-fn feeds_config(feeds: &[PathBuf], allowlist: Option<&Path>) -> anyhow::Result<Config> {
-    let mut toml = String::from(
-        "# replay only: the interface is never attached (private maps)\n[[interface]]\nname = \"replay\"\n",
-    );
-    if let Some(a) = allowlist {
-        let loaded = agent::files::load_files(Path::new("/dev/null"), Some(a))?;
-        for e in &loaded.errors {
-            log::warn!("{e}");
-        }
-        let nets: Vec<String> = loaded
-            .set
-            .allow
-            .iter()
-            .map(|n| format!("\"{n}\""))
-            .collect();
-        toml.push_str(&format!("[allowlist]\nentries = [{}]\n", nets.join(", ")));
-    }
-    for (i, f) in feeds.iter().enumerate() {
-        let abs = std::fs::canonicalize(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-        let stem: String = file_name(f)
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .take(48)
-            .collect();
-        toml.push_str(&format!(
-            "[[feed]]\nname = \"{stem}_{i}\"\nsource = {:?}\n",
-            format!("file:{}", abs.display())
-        ));
-    }
-    Ok(Config::from_str_named(&toml, "--feed")?)
-}
-
 fn input_for(a: &ReplayArgs) -> anyhow::Result<EntryInput<'static>> {
     if let Some(c) = &a.config {
         let cfg = Config::load(c)?;
-        return config_input(&cfg, format!("config {}", c.display()));
+        return Ok(input::config(&cfg, format!("config {}", c.display()))?);
     }
     if !a.feed.is_empty() {
-        let cfg = feeds_config(&a.feed, a.allowlist.as_deref())?;
-        return config_input(&cfg, "feeds".to_string());
+        let cfg = input::feed_files(&a.feed, a.allowlist.as_deref())?;
+        return Ok(input::config(&cfg, "feeds".to_string())?);
     }
     let b = a.blocklist.as_ref().expect("clap requires one input");
-    blocklist_input(b, a.allowlist.as_deref())
+    Ok(input::blocklist(b, a.allowlist.as_deref())?)
 }
 
 /// Run `edge-filter replay` and end the process with its documented exit
@@ -317,10 +181,10 @@ fn replay_args(a: ReplayArgs) -> anyhow::Result<replay::Outcome> {
             None => false,
         };
     let baseline = match (&a.diff_against_blocklist, &a.diff_against) {
-        (Some(p), _) => Some(blocklist_input(p, a.allowlist.as_deref())?),
+        (Some(p), _) => Some(input::blocklist(p, a.allowlist.as_deref())?),
         (None, Some(c)) => {
             let cfg = Config::load(c)?;
-            Some(config_input(&cfg, format!("config {}", c.display()))?)
+            Some(input::config(&cfg, format!("config {}", c.display()))?)
         }
         (None, None) => None,
     };

@@ -29,14 +29,18 @@
 //!
 //! [`parse_entry`] and [`parse_net`] parse a single entry or address and are
 //! shared with the feed parsers, so every input reports the same reasons.
+//! [`load_files`] reads a blocklist and an allowlist file into the entry set
+//! they describe.
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::Path;
 
 use ipnet::IpNet;
 use thiserror::Error;
 
-use crate::entry::{Action, Entry, PortMatch, Proto, Side};
+use crate::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
+use crate::error::{Error, Result as FilterResult};
 use crate::escape::Escaped;
 
 /// Longest accepted line, in bytes (without the line terminator).
@@ -273,6 +277,39 @@ pub(crate) fn clip(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}...", &text[..end])
+}
+
+/// The entry set from the files, with every bad line reported.
+pub struct Loaded {
+    /// What to enforce.
+    pub set: EntrySet,
+    /// Bad lines (the rest applied).
+    pub errors: Vec<LineError>,
+}
+
+/// Read and parse the blocklist and allowlist. A file that cannot be read is
+/// an error (the caller keeps what is enforced); bad lines are not.
+pub fn load_files(blocklist: &Path, allowlist: Option<&Path>) -> FilterResult<Loaded> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| Error::Read {
+            path: p.into(),
+            source,
+        })
+    };
+    let text = read(blocklist)?;
+    let b = parse_blocklist(&blocklist.display().to_string(), &text);
+    let mut set = EntrySet {
+        allow: Vec::new(),
+        entries: b.entries,
+    };
+    let mut errors = b.errors;
+    if let Some(a) = allowlist {
+        let text = read(a)?;
+        let out = parse_allowlist(&a.display().to_string(), &text);
+        set.allow = out.nets;
+        errors.extend(out.errors);
+    }
+    Ok(Loaded { set, errors })
 }
 
 /// Run `f` on the body (comment removed, trimmed) of every non-blank line,

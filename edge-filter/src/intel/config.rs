@@ -552,6 +552,25 @@ pub struct FeedConfig {
 }
 
 impl FeedConfig {
+    /// A feed of `source` with every other option at its default: what a
+    /// `[[feed]]` table with only `name` and `source` reads as.
+    pub fn new(name: impl Into<String>, source: Source) -> FeedConfig {
+        FeedConfig {
+            name: name.into(),
+            source,
+            format: FeedFormat::default(),
+            refresh: default_refresh(),
+            action: default_action(),
+            confidence_threshold: None,
+            ttl: None,
+            allow_broad: false,
+            role: Role::default(),
+            csv: None,
+            url_ip_hosts: false,
+            max_rejected_share: None,
+        }
+    }
+
     /// How to parse this feed under `limits`.
     pub fn feed_options(&self, limits: &Limits) -> FeedOptions {
         FeedOptions {
@@ -631,6 +650,49 @@ impl Config {
     /// relative (to the working directory).
     pub fn from_str_named(text: &str, name: &str) -> Result<Config, ConfigError> {
         Self::parse(text, name, None)
+    }
+
+    /// A configuration of `interfaces` (attach mode `auto`), the inline
+    /// `allowlist` and `feeds`, every other option at its default (what a
+    /// file with only those reads as), validated like a file; `name` labels
+    /// errors.
+    pub fn new(
+        name: &str,
+        interfaces: &[&str],
+        allowlist: Vec<IpNet>,
+        feeds: Vec<FeedConfig>,
+    ) -> Result<Config, ConfigError> {
+        let cfg = Config {
+            state_dir: default_state_dir(),
+            bpffs: default_bpffs(),
+            reconcile_interval: default_reconcile(),
+            malformed: Malformed::default(),
+            metrics: MetricsConfig::default(),
+            interfaces: interfaces
+                .iter()
+                .map(|i| InterfaceConfig {
+                    name: i.to_string(),
+                    mode: Mode::default(),
+                })
+                .collect(),
+            capacities: Capacities::default(),
+            limits: Limits::default(),
+            safety: Safety::default(),
+            allowlist: AllowlistConfig {
+                entries: allowlist.iter().map(IpNet::trunc).collect(),
+                feeds: Vec::new(),
+            },
+            feeds,
+        };
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                file: name.to_string(),
+                problems,
+            })
+        }
     }
 
     fn parse(text: &str, name: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
@@ -1035,6 +1097,30 @@ mod tests {
     fn cfg(extra: &str) -> Result<Config, ConfigError> {
         let text = format!("[[interface]]\nname = \"eth1\"\n{extra}");
         Config::from_str_named(&text, "test.toml")
+    }
+
+    /// What `Config::new` builds is what the same file reads as: its
+    /// defaults are serde's.
+    #[test]
+    fn built_config_equals_the_file_it_stands_for() {
+        let feeds = vec![
+            FeedConfig::new("a_0", Source::File("/f/a.txt".into())),
+            FeedConfig::new("b_1", "https://example.org/b.csv".parse().unwrap()),
+        ];
+        let allow = vec![
+            "192.0.2.7/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        let built = Config::new("t", &["eth1"], allow, feeds).unwrap();
+        let read = cfg(
+            "[allowlist]\nentries = [\"192.0.2.7/24\", \"2001:db8::/32\"]\n\
+             [[feed]]\nname = \"a_0\"\nsource = \"file:/f/a.txt\"\n\
+             [[feed]]\nname = \"b_1\"\nsource = \"https://example.org/b.csv\"\n",
+        )
+        .unwrap();
+        assert_eq!(built, read);
+        let e = Config::new("--feed", &[], Vec::new(), Vec::new()).unwrap_err();
+        assert!(e.to_string().starts_with("--feed: at least one"), "{e}");
     }
 
     fn err(extra: &str) -> String {

@@ -11,6 +11,8 @@
 //!   the desired state, with provenance, expiry, the breadth limit and the
 //!   allowlist) and [`guard`] (the shrink guard that holds a suspicious drop
 //!   in a feed's size until it persists);
+//! - [`intake`]: a feed's fetched body parsed as its config says, and every
+//!   feed of a config read once and merged;
 //! - [`check`]: what `edge-filter check-config` reports (reads `file:`
 //!   feeds, never fetches).
 
@@ -23,4 +25,5 @@ pub mod desired;
 pub mod feeds;
 pub mod fetch;
 pub mod guard;
+pub mod intake;
 pub mod state;

@@ -29,6 +29,7 @@
 
 pub mod capture;
 pub mod expect;
+pub mod input;
 pub mod live;
 pub mod reader;
 pub mod report;
