@@ -7,8 +7,8 @@
 use edge_filter_common::{EntryValue, PORT_PREFIX_FIXED_BITS, PortKeyV4, PortKeyV6};
 
 use super::both;
-use super::contents::{Desired, Slot, allow_slot, entry_slot, is_normalized, value};
-use super::trie::{TrieFilters, covered, flat_value, lengths_or_empty};
+use super::contents::{Desired, Slot, allow_slot, entry_slot, is_normalized};
+use super::trie::{LenFilter, covered, flat_value, lengths_or_empty, value};
 use crate::entry::{Action, Entry, EntrySet};
 
 /// What an incremental update changed: the old and new values of every
@@ -360,6 +360,48 @@ fn diff_entries(a: &[Entry], b: &[Entry]) -> Vec<(Slot, Change)> {
             .map(|e| (entry_slot(&e.key()), Change::Add(e.action))),
     );
     out
+}
+
+/// A [`LenFilter`] per flattened trie of a [`Desired`] (the allowlist
+/// tries are not flattened, so nothing probes them).
+#[derive(Clone, Debug, Default)]
+pub(super) struct TrieFilters {
+    pub(super) prefix_v4: LenFilter,
+    pub(super) prefix_v6: LenFilter,
+    pub(super) pprefix_v4: LenFilter,
+    pub(super) pprefix_v6: LenFilter,
+}
+
+impl TrieFilters {
+    pub(super) fn build(d: &Desired) -> TrieFilters {
+        TrieFilters {
+            prefix_v4: LenFilter::build(&d.prefix_v4),
+            prefix_v6: LenFilter::build(&d.prefix_v6),
+            pprefix_v4: LenFilter::build(&d.pprefix_v4),
+            pprefix_v6: LenFilter::build(&d.pprefix_v6),
+        }
+    }
+
+    /// Follow a node of `slot` that was (`was`) and is (`is`) in `d`'s
+    /// tries (`d` already changed).
+    pub(super) fn note(&mut self, d: &Desired, slot: &Slot, was: bool, is: bool) {
+        macro_rules! note {
+            ($f:ident, $l:expr, $k:expr) => {
+                match (was, is) {
+                    (false, true) => self.$f.add($l, $k),
+                    (true, false) => self.$f.remove(&d.$f, $l, $k),
+                    _ => {}
+                }
+            };
+        }
+        match slot {
+            Slot::PrefixV4(l, k) => note!(prefix_v4, *l, k),
+            Slot::PrefixV6(l, k) => note!(prefix_v6, *l, k),
+            Slot::PPrefixV4(l, k) => note!(pprefix_v4, *l, k),
+            Slot::PPrefixV6(l, k) => note!(pprefix_v6, *l, k),
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use edge_filter_common::{
 use ipnet::IpNet;
 
 use super::ids::IdAlloc;
-use super::trie::flatten;
+use super::trie::{flatten, value};
 use crate::entry::{Action, Entry, EntryKey, EntrySet};
 
 /// A hash map's contents by key. FxHash instead of SipHash: the keys are
@@ -74,16 +74,6 @@ fn v6(net: &IpNet) -> [u8; 16] {
     match net.addr() {
         IpAddr::V6(a) => a.octets(),
         IpAddr::V4(_) => unreachable!("v6 net"),
-    }
-}
-
-pub(super) fn value(action: Action, id: u32) -> EntryValue {
-    EntryValue {
-        action: action.abi(),
-        own_action: action.abi(),
-        _pad: [0; 2],
-        id,
-        decider: id,
     }
 }
 
@@ -180,7 +170,7 @@ impl Desired {
     /// keys (typed lookups: no id table of the whole set is built); new
     /// keys get the lowest ids `current` leaves free.
     pub fn build_from(set: &EntrySet, current: &Desired) -> Desired {
-        Self::build_with(set, current, &mut IdAlloc::from_desired(current))
+        Self::build_with(set, current, &mut IdAlloc::in_use(current.ids()))
     }
 
     /// [`Desired::build_from`] with new ids from `ids`.
@@ -190,18 +180,19 @@ impl Desired {
         d
     }
 
-    /// Call `f` with every id in use.
-    pub fn for_each_id(&self, mut f: impl FnMut(u32)) {
-        self.allow_v4.values().for_each(|v| f(v.id));
-        self.allow_v6.values().for_each(|v| f(v.id));
-        self.addr_v4.values().for_each(|v| f(v.id));
-        self.addr_v6.values().for_each(|v| f(v.id));
-        self.prefix_v4.values().for_each(|v| f(v.id));
-        self.prefix_v6.values().for_each(|v| f(v.id));
-        self.port_v4.values().for_each(|v| f(v.id));
-        self.port_v6.values().for_each(|v| f(v.id));
-        self.pprefix_v4.values().for_each(|v| f(v.id));
-        self.pprefix_v6.values().for_each(|v| f(v.id));
+    /// Every id in use.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        (self.allow_v4.values())
+            .chain(self.allow_v6.values())
+            .chain(self.addr_v4.values())
+            .chain(self.addr_v6.values())
+            .chain(self.prefix_v4.values())
+            .chain(self.prefix_v6.values())
+            .chain(self.port_v4.values())
+            .chain(self.port_v6.values())
+            .chain(self.pprefix_v4.values())
+            .chain(self.pprefix_v6.values())
+            .map(|v| v.id)
     }
 
     pub(super) fn get(&self, slot: &Slot) -> Option<EntryValue> {
@@ -693,7 +684,7 @@ mod tests {
         let v = d.addr_v4[&[10, 0, 0, 1]];
         assert_eq!(v.own_action, Action::Drop.abi(), "drop beats monitor");
         let mut ids = Vec::new();
-        d.for_each_id(|id| ids.push(id));
+        ids.extend(d.ids());
         ids.sort_unstable();
         assert_eq!(ids, (0..11).collect::<Vec<u32>>(), "one id per key");
         assert_eq!(Desired::default().nonempty(), 0);
@@ -796,5 +787,64 @@ mod tests {
         more.entries.push(entry("10.0.0.9/32", None, Action::Drop));
         let want = Desired::build_from(&more, &d);
         assert_eq!(new_keys(&d, &want), adds);
+    }
+}
+
+#[cfg(test)]
+mod id_alloc_tests {
+    use super::super::ids::IdAlloc;
+    use super::*;
+
+    fn set(addrs: &[&str]) -> EntrySet {
+        EntrySet {
+            allow: Vec::new(),
+            entries: addrs
+                .iter()
+                .map(|a| Entry::new(a.parse().unwrap(), None, Action::Drop))
+                .collect(),
+        }
+    }
+
+    fn id_of(d: &Desired, a: &str) -> u32 {
+        let k: IpNet = a.parse().unwrap();
+        d.entries()
+            .into_iter()
+            .find(|(s, _)| matches!(s, SlotKey::Entry(e) if e.net == k))
+            .unwrap()
+            .1
+            .id
+    }
+
+    #[test]
+    fn lowest_free_first_and_released_ids_wait_for_commit() {
+        let d = Desired::build_from(
+            &set(&["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"]),
+            &Desired::default(),
+        );
+        let mut ids = IdAlloc::in_use(d.ids());
+        assert_eq!(ids.alloc(), 3);
+        ids.release(1);
+        // Not reusable in the sync that released it.
+        assert_eq!(ids.alloc(), 4);
+        ids.commit();
+        assert_eq!(ids.alloc(), 1);
+        assert_eq!(ids.take_assigned(), vec![3, 4, 1]);
+        assert!(ids.take_assigned().is_empty());
+    }
+
+    #[test]
+    fn build_fills_gaps_and_keeps_existing_ids() {
+        let d = Desired::build_from(
+            &set(&["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"]),
+            &Desired::default(),
+        );
+        let two = id_of(&d, "10.0.0.2/32");
+        // 10.0.0.2 gone: its id is a gap the next new key fills.
+        let d2 = Desired::build_from(&set(&["10.0.0.1/32", "10.0.0.3/32"]), &d);
+        let d3 = Desired::build_from(&set(&["10.0.0.1/32", "10.0.0.3/32", "10.0.0.9/32"]), &d2);
+        assert_eq!(id_of(&d3, "10.0.0.9/32"), two);
+        for a in ["10.0.0.1/32", "10.0.0.3/32"] {
+            assert_eq!(id_of(&d3, a), id_of(&d, a));
+        }
     }
 }

@@ -24,9 +24,9 @@ use edge_filter_common::{
 
 use super::both;
 use super::changes::SetChanges;
+use super::changes::TrieFilters;
 use super::contents::{Census, Desired, KeyMap, drift, new_keys, normalized, tight_maps};
 use super::ids::IdAlloc;
-use super::trie::TrieFilters;
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
 
@@ -461,13 +461,13 @@ impl EntryMaps {
     /// `keep_set`.
     fn apply_full(&mut self, set: &EntrySet, flags: u32, keep_set: bool) -> Result<SyncStats> {
         let current = self.read()?;
-        let mut ids = IdAlloc::from_desired(&current);
+        let mut ids = IdAlloc::in_use(current.ids());
         let desired = Desired::build_with(set, &current, &mut ids);
         let assigned = ids.take_assigned();
         if !std::mem::take(&mut self.stats_fresh) {
             self.zero_entry_stats(&assigned)?;
         }
-        let landed_ids = IdAlloc::from_desired(&desired);
+        let landed_ids = IdAlloc::in_use(desired.ids());
         let st = self.sync_owned(&current, desired, flags)?;
         if st.refused == 0 {
             self.ids = landed_ids;

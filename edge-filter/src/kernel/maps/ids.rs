@@ -3,8 +3,6 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use super::contents::Desired;
-
 /// Entry id allocation. Ids index the per-entry hit counters
 /// (`ENTRY_STATS`), so they are kept dense: the lowest free id is handed out
 /// first, and ids of removed entries are reused. An id released by a sync
@@ -28,11 +26,13 @@ pub struct IdAlloc {
 }
 
 impl IdAlloc {
-    /// The allocator for maps holding `d`: the gaps between its ids are free.
-    pub fn from_desired(d: &Desired) -> IdAlloc {
+    /// The allocator for maps whose entries have the ids `in_use`
+    /// ([`Desired::ids`](super::Desired::ids)): the gaps between them are
+    /// free.
+    pub fn in_use(in_use: impl IntoIterator<Item = u32>) -> IdAlloc {
         let mut used: Vec<u64> = Vec::new();
         let mut max: Option<u32> = None;
-        d.for_each_id(|id| {
+        in_use.into_iter().for_each(|id| {
             let (w, b) = ((id / 64) as usize, id % 64);
             if used.len() <= w {
                 used.resize(w + 1, 0);
@@ -75,66 +75,5 @@ impl IdAlloc {
     /// Ids handed out since the last call.
     pub fn take_assigned(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.assigned)
-    }
-}
-
-#[cfg(test)]
-mod id_alloc_tests {
-    use super::*;
-    use crate::entry::{Action, Entry, EntrySet};
-    use crate::kernel::maps::SlotKey;
-    use ipnet::IpNet;
-
-    fn set(addrs: &[&str]) -> EntrySet {
-        EntrySet {
-            allow: Vec::new(),
-            entries: addrs
-                .iter()
-                .map(|a| Entry::new(a.parse().unwrap(), None, Action::Drop))
-                .collect(),
-        }
-    }
-
-    fn id_of(d: &Desired, a: &str) -> u32 {
-        let k: IpNet = a.parse().unwrap();
-        d.entries()
-            .into_iter()
-            .find(|(s, _)| matches!(s, SlotKey::Entry(e) if e.net == k))
-            .unwrap()
-            .1
-            .id
-    }
-
-    #[test]
-    fn lowest_free_first_and_released_ids_wait_for_commit() {
-        let d = Desired::build_from(
-            &set(&["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"]),
-            &Desired::default(),
-        );
-        let mut ids = IdAlloc::from_desired(&d);
-        assert_eq!(ids.alloc(), 3);
-        ids.release(1);
-        // Not reusable in the sync that released it.
-        assert_eq!(ids.alloc(), 4);
-        ids.commit();
-        assert_eq!(ids.alloc(), 1);
-        assert_eq!(ids.take_assigned(), vec![3, 4, 1]);
-        assert!(ids.take_assigned().is_empty());
-    }
-
-    #[test]
-    fn build_fills_gaps_and_keeps_existing_ids() {
-        let d = Desired::build_from(
-            &set(&["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"]),
-            &Desired::default(),
-        );
-        let two = id_of(&d, "10.0.0.2/32");
-        // 10.0.0.2 gone: its id is a gap the next new key fills.
-        let d2 = Desired::build_from(&set(&["10.0.0.1/32", "10.0.0.3/32"]), &d);
-        let d3 = Desired::build_from(&set(&["10.0.0.1/32", "10.0.0.3/32", "10.0.0.9/32"]), &d2);
-        assert_eq!(id_of(&d3, "10.0.0.9/32"), two);
-        for a in ["10.0.0.1/32", "10.0.0.3/32"] {
-            assert_eq!(id_of(&d3, a), id_of(&d, a));
-        }
     }
 }

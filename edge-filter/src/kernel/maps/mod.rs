@@ -6,10 +6,15 @@
 //!   built from an [`EntrySet`](crate::entry::EntrySet) with stable ids,
 //!   read back as entries, counted and compared ([`drift`]);
 //! - `trie`: flattening the LPM tries so one lookup sees the strongest
-//!   covering action, and probe filters for incremental updates;
+//!   covering action, and the per-length probe filter;
 //! - `ids`: entry ids (lowest free first, released only once committed);
 //! - `changes`: the key-level changes between two sets ([`SetChanges`])
-//!   and applying them to a shadow copy.
+//!   and applying them to a shadow copy, with the trie probe filters that
+//!   keep that in proportion to the change.
+//!
+//! Imports run one way: `trie` and `ids` know nothing of the others,
+//! `contents` builds on them, `changes` on `contents`, and the two I/O
+//! files on all of them.
 //!
 //! The kernel's maps:
 //! - `entry_maps`: [`EntryMaps`], typed handles to every map of one program

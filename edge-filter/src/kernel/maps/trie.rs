@@ -1,13 +1,27 @@
 //! Trie bookkeeping: keys masked to a prefix length, flattening (each node
 //! carries the strongest action of the prefixes covering it, so one
-//! longest-prefix lookup in the kernel sees it), and the probe filters that
-//! keep an incremental update's trie work in proportion to the change.
+//! longest-prefix lookup in the kernel sees it), and the per-length probe
+//! filter ([`LenFilter`]) that keeps an incremental update's trie work in
+//! proportion to the change. Knows tries as ordered maps of
+//! `(length, key)`, nothing of the maps they belong to.
 
 use std::collections::BTreeMap;
 
 use edge_filter_common::{EntryValue, PORT_PREFIX_FIXED_BITS, PortPrefixV4, PortPrefixV6};
 
-use super::contents::{Desired, Slot};
+use crate::entry::Action;
+
+/// The value of a key or node for an entry of `action` with `id`: it
+/// decides for itself until flattening says otherwise.
+pub(super) fn value(action: Action, id: u32) -> EntryValue {
+    EntryValue {
+        action: action.abi(),
+        own_action: action.abi(),
+        _pad: [0; 2],
+        id,
+        decider: id,
+    }
+}
 
 /// Trie keys whose leading `bits` can be kept (masked) or filled (the last
 /// key a prefix covers), for flattening and for finding covered nodes.
@@ -234,7 +248,7 @@ impl LenFilter {
         }
     }
 
-    fn build<K: TrieKey>(trie: &BTreeMap<(u32, K), EntryValue>) -> LenFilter {
+    pub(super) fn build<K: TrieKey>(trie: &BTreeMap<(u32, K), EntryValue>) -> LenFilter {
         let mut f = LenFilter::default();
         for (l, k) in trie.keys() {
             f.add(*l, k);
@@ -243,7 +257,7 @@ impl LenFilter {
     }
 
     /// Node `(len, key)` arrived.
-    fn add<K: TrieKey>(&mut self, len: u32, key: &K) {
+    pub(super) fn add<K: TrieKey>(&mut self, len: u32, key: &K) {
         let l = len as usize;
         if self.by_len.len() <= l {
             self.by_len.resize_with(l + 1, || None);
@@ -255,7 +269,12 @@ impl LenFilter {
     }
 
     /// Node `(len, key)` left `trie` (already removed from it).
-    fn remove<K: TrieKey>(&mut self, trie: &BTreeMap<(u32, K), EntryValue>, len: u32, key: &K) {
+    pub(super) fn remove<K: TrieKey>(
+        &mut self,
+        trie: &BTreeMap<(u32, K), EntryValue>,
+        len: u32,
+        key: &K,
+    ) {
         if K::BUCKET_AT != 0 {
             return;
         }
@@ -300,53 +319,9 @@ impl LenFilter {
     }
 }
 
-/// A [`LenFilter`] per flattened trie of a [`Desired`] (the allowlist
-/// tries are not flattened, so nothing probes them).
-#[derive(Clone, Debug, Default)]
-pub(super) struct TrieFilters {
-    pub(super) prefix_v4: LenFilter,
-    pub(super) prefix_v6: LenFilter,
-    pub(super) pprefix_v4: LenFilter,
-    pub(super) pprefix_v6: LenFilter,
-}
-
-impl TrieFilters {
-    pub(super) fn build(d: &Desired) -> TrieFilters {
-        TrieFilters {
-            prefix_v4: LenFilter::build(&d.prefix_v4),
-            prefix_v6: LenFilter::build(&d.prefix_v6),
-            pprefix_v4: LenFilter::build(&d.pprefix_v4),
-            pprefix_v6: LenFilter::build(&d.pprefix_v6),
-        }
-    }
-
-    /// Follow a node of `slot` that was (`was`) and is (`is`) in `d`'s
-    /// tries (`d` already changed).
-    pub(super) fn note(&mut self, d: &Desired, slot: &Slot, was: bool, is: bool) {
-        macro_rules! note {
-            ($f:ident, $l:expr, $k:expr) => {
-                match (was, is) {
-                    (false, true) => self.$f.add($l, $k),
-                    (true, false) => self.$f.remove(&d.$f, $l, $k),
-                    _ => {}
-                }
-            };
-        }
-        match slot {
-            Slot::PrefixV4(l, k) => note!(prefix_v4, *l, k),
-            Slot::PrefixV6(l, k) => note!(prefix_v6, *l, k),
-            Slot::PPrefixV4(l, k) => note!(pprefix_v4, *l, k),
-            Slot::PPrefixV6(l, k) => note!(pprefix_v6, *l, k),
-            _ => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::contents::value;
     use super::*;
-    use crate::entry::Action;
     use rand::{Rng, SeedableRng};
 
     /// The one-sweep [`flatten`] gives every node what the per-node
