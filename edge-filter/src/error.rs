@@ -43,8 +43,8 @@ pub enum Error {
         /// The last lines of the verifier log.
         tail: String,
     },
-    /// The kernel lacks a feature a command needs (found by
-    /// [`crate::kernel::features`] before anything was changed).
+    /// The kernel lacks a feature a command needs (found by the kernel
+    /// feature probes before anything was changed).
     #[error(
         "{command} needs {feature} (Linux {since}+), which this kernel does not offer ({detail}); it is used for {why}. `edge-filter features` lists what this kernel has"
     )]

@@ -693,7 +693,7 @@ pub fn create_dir(path: &Path, role: Role) -> Result<PathBuf, TrustError> {
 /// symbolic link is refused, not followed), owned by a trusted user and
 /// writable by nobody else, checked on the open descriptor. `None` when it
 /// does not exist. Only the file is checked: its directory must have been
-/// checked with [`check_dir`] (as [`crate::intel::state::StateDir::open`] does).
+/// checked with [`check_dir`] (as the state directory is when it is opened).
 pub fn open_file(path: &Path, role: Role) -> Result<Option<File>, TrustError> {
     let file = match fs::OpenOptions::new()
         .read(true)

@@ -249,7 +249,7 @@ impl SetChanges {
     ///
     /// Both must be normalised: nets without host bits, entries sorted by
     /// key with one entry per key, the allowlist sorted and unique, as
-    /// [`crate::intel::desired::merge`] makes them (`EntryMaps::apply` normalises its
+    /// the agent's merge of its feeds makes them (`EntryMaps::apply` normalises its
     /// input; this does not, to stay clear of whole-set passes beyond the
     /// one merge pass). Debug builds check it.
     pub fn between(prev: &EntrySet, new: &EntrySet) -> SetChanges {
