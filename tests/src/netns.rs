@@ -27,13 +27,14 @@
 //! next to the test executable's `deps/` directory (or takes the path from
 //! `EDGE_FILTER_BIN`).
 //!
-//! Build it first, in the same profile: `cargo build -p edge-filter`. Neither
-//! `cargo test -p edge-filter-tests` nor a plain `cargo test` builds it: this
-//! crate depends on the `edge-filter` *library*, and cargo builds a package's
-//! binaries for tests only when that package's own integration tests are
-//! built (`edge-filter` has none). A binary older than any of its inputs
-//! (the files cargo's `edge-filter.d` lists next to it) is refused, so the
-//! tests never exercise stale code.
+//! `cargo test` of the workspace (and `cargo xtask test`) builds it: cargo
+//! builds a package's binaries for tests when that package's own
+//! integration tests are built, and `edge-filter` has some
+//! (`edge-filter/tests/`). `cargo test -p edge-filter-tests` alone does not:
+//! this crate depends on the `edge-filter` *library* only. Then build it
+//! first, in the same profile: `cargo build -p edge-filter`. A binary older
+//! than any of its inputs (the files cargo's `edge-filter.d` lists next to
+//! it) is refused, so the tests never exercise stale code.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -108,7 +109,7 @@ pub fn edge_filter_bin() -> PathBuf {
         bin.is_file(),
         "the edge-filter binary is missing at {} (looked next to the test executable {}). \
          Build it first, in the same profile as the tests: `cargo build -p edge-filter` \
-         (`cargo test` does not build it); or point EDGE_FILTER_BIN at one",
+         (`cargo test -p edge-filter-tests` alone does not build it); or point EDGE_FILTER_BIN at one",
         bin.display(),
         exe.display()
     );

@@ -34,13 +34,10 @@ pub fn run_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), PathBuf::from)
 }
 
-/// The lock file of the attachment of `iface` under the pin root `root`.
-/// Both are percent-encoded (`%`, `/`, `@`) into one file name, so that every
-/// (root, interface) pair has its own file and the name stays readable.
-pub fn lock_path(root: &Path, iface: &str) -> PathBuf {
-    lock_path_in(&run_dir(), root, iface)
-}
-
+/// The lock file of the attachment of `iface` under the pin root `root`,
+/// in `run_dir`. Both are percent-encoded (`%`, `/`, `@`) into one file
+/// name, so that every (root, interface) pair has its own file and the name
+/// stays readable.
 fn lock_path_in(run_dir: &Path, root: &Path, iface: &str) -> PathBuf {
     fn enc(s: &str) -> String {
         s.replace('%', "%25")

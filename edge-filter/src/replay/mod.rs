@@ -1,5 +1,6 @@
-//! `edge-filter replay`: what an entry set (a blocklist, and later a config
-//! or feeds) would do to captured traffic, decided by the real XDP program.
+//! `edge-filter replay`: what an entry set (a blocklist, a config's feeds,
+//! or feed files) would do to captured traffic, decided by the real XDP
+//! program.
 //!
 //! Every frame of every capture goes through the program with
 //! `BPF_PROG_TEST_RUN`, loaded with *private* maps ([`KernelClassifier`]):
@@ -25,7 +26,8 @@
 //! (XDP without fragments sees only the linear part) and counted.
 //!
 //! Entry inputs plug in through [`EntryInput`]: an [`EntrySet`] plus an
-//! optional provenance function naming the feeds an entry came from.
+//! optional provenance function naming the feeds an entry came from;
+//! [`input`] builds the three the command line offers.
 
 pub mod capture;
 pub mod expect;

@@ -13,9 +13,7 @@ use serde::Serialize;
 
 use super::capture::Timestamp;
 use super::live::LiveReport;
-use super::{
-    Decider, Decision, Evaluated, FileReport, Packet, Replay, Result, RunStats, Sink, verdict_of,
-};
+use super::{Decider, Decision, Evaluated, FileReport, Packet, Replay, Result, RunStats, Sink};
 use crate::kernel::counters::{ReasonCount, Totals, named};
 use crate::reference::Parsed;
 
@@ -956,9 +954,4 @@ pub fn reason_by_name(name: &str) -> Option<abi::Reason> {
         })
         .get(name)
         .copied()
-}
-
-/// Verdict of a reason name (for expectations that only name the reason).
-pub fn verdict_of_name(name: &str) -> Option<&'static str> {
-    reason_by_name(name).map(verdict_of)
 }
