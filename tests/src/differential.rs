@@ -5,10 +5,27 @@
 use std::collections::HashMap;
 
 use edge_filter::entry::Proto;
-use edge_filter::kernel::classifier::KernelVerdict;
+use edge_filter::kernel::classifier::{KernelClassifier, KernelVerdict};
 use edge_filter::kernel::maps::SlotKey;
 use edge_filter::reference::{Reference, Verdict};
 use edge_filter_common::{self as abi, ReasonInfo};
+
+/// The verdict reasons of matching and non-matching packets (every entry
+/// kind, drop and monitor; the malformed classes come on top): a corpus
+/// run over the shared entry sets must reach each one.
+pub const MATCH_REASONS: [&str; 11] = [
+    "pass_no_match",
+    "pass_allowlist",
+    "pass_non_ip",
+    "drop_addr",
+    "drop_prefix",
+    "drop_addr_port",
+    "drop_prefix_port",
+    "monitor_addr",
+    "monitor_prefix",
+    "monitor_addr_port",
+    "monitor_prefix_port",
+];
 
 /// XDP_DROP.
 pub const XDP_DROP: u32 = 1;
@@ -72,4 +89,18 @@ pub fn compare(
         }
     }
     None
+}
+
+/// Which key (entry or allowlist net) has which id in `kernel`'s maps: what
+/// a verdict's deciding id names.
+pub fn keys_by_id(
+    kernel: &KernelClassifier,
+) -> Result<HashMap<u32, SlotKey>, edge_filter::error::Error> {
+    Ok(kernel
+        .maps()
+        .read()?
+        .entries()
+        .into_iter()
+        .map(|(k, v)| (v.id, k))
+        .collect())
 }

@@ -1,8 +1,12 @@
 //! Shared helpers of the integration tests.
 pub mod bench;
+pub mod cli;
+pub mod config;
 pub mod corpus;
 pub mod differential;
 pub mod httpd;
+pub mod literal;
 pub mod netns;
 pub mod scrape;
 pub mod traffic;
+pub mod wait;

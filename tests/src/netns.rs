@@ -562,15 +562,22 @@ impl Agent {
     /// Send `sig` and wait (bounded) for the agent to exit.
     pub fn signal_and_wait(&self, sig: libc::c_int, timeout: Duration) -> ExitStatus {
         self.signal(sig);
+        self.wait_exit(timeout, &format!("after signal {sig}"))
+    }
+
+    /// Wait (at most `timeout`) for the process to exit, then for its
+    /// output to drain; panics naming `what` with its last output lines
+    /// when it does not.
+    pub fn wait_exit(&self, timeout: Duration, what: &str) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.try_status() {
-                std::thread::sleep(Duration::from_millis(50)); // let readers drain
+                std::thread::sleep(Duration::from_millis(100)); // let readers drain
                 return st;
             }
             assert!(
                 Instant::now() < deadline,
-                "agent did not exit within {timeout:?} after signal {sig}\n{}",
+                "did not exit within {timeout:?} {what}\n{}",
                 self.tail(30)
             );
             std::thread::sleep(Duration::from_millis(20));

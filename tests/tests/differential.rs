@@ -15,14 +15,10 @@ use edge_filter_common as abi;
 use edge_filter_tests::corpus::{
     Packet, entry_sets, generated_corpus, pcap_corpus, random_seed, shared_data_dir,
 };
-use edge_filter_tests::differential::compare;
+use edge_filter_tests::differential::{MATCH_REASONS, compare, keys_by_id};
+use edge_filter_tests::netns::is_root;
 
 const FIXED_SEED: u64 = 0x00ed_9ef1_17e7;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// One disagreement, described well enough to reproduce it.
 struct Mismatch {
@@ -105,14 +101,7 @@ fn kernel_agrees_with_reference_on_every_packet() {
                 kernel.last_sync.refusals
             );
             let reference = Reference::new(set);
-            let ids: HashMap<u32, SlotKey> = kernel
-                .maps()
-                .read()
-                .unwrap_or_else(|e| panic!("reading maps: {e}"))
-                .entries()
-                .into_iter()
-                .map(|(k, v)| (v.id, k))
-                .collect();
+            let ids = keys_by_id(&kernel).unwrap_or_else(|e| panic!("reading maps: {e}"));
             let before = kernel.maps().counters().expect("counters");
             let mut expected = vec![(0u64, 0u64); abi::REASON_COUNT as usize];
             // Per-entry counters: every verdict an entry (or allowlist net)
@@ -268,19 +257,7 @@ fn kernel_agrees_with_reference_on_every_packet() {
     }
     // Every reason class the corpus can reach must have been reached, so the
     // test cannot pass by never exercising a path.
-    for must in [
-        "pass_no_match",
-        "pass_allowlist",
-        "pass_non_ip",
-        "drop_addr",
-        "drop_prefix",
-        "drop_addr_port",
-        "drop_prefix_port",
-        "monitor_addr",
-        "monitor_prefix",
-        "monitor_addr_port",
-        "monitor_prefix_port",
-    ] {
+    for must in MATCH_REASONS {
         assert!(
             by_reason.get(must).copied().unwrap_or(0) > 0,
             "no packet was classified {must}: the corpus or the entry sets lost coverage"

@@ -11,9 +11,9 @@
 //!
 //! Needs root (each test prints `skipping: needs root` and passes
 //! otherwise), `ip`, `nsenter` and `ping` (`cargo xtask setup`), and the
-//! `edge-filter` binary of the same profile, built first: `cargo test` does
-//! not build it, and a binary older than its sources is refused (see
-//! [`netns::edge_filter_bin`]). Run:
+//! `edge-filter` binary of the same profile (`cargo test` of the workspace
+//! builds it; `-p edge-filter-tests` alone does not), and a binary older
+//! than its sources is refused (see [`netns::edge_filter_bin`]). Run:
 //!
 //! ```text
 //! cargo build -p edge-filter
@@ -27,14 +27,12 @@
 //! are checked with `>=`; every other reason must equal what was sent.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use edge_filter_tests::netns::{
-    self, Agent, Connect, Count, Lab, RECEIVER_IF, Stats, recv_until_marker,
-};
+use edge_filter_tests::literal::path_str;
+use edge_filter_tests::netns::{self, Agent, Connect, Count, Lab, RECEIVER_IF, Stats};
+use edge_filter_tests::traffic::{self, Flow, Probe};
 
 // ---------------------------------------------------------------------------
 // Addresses (documentation ranges, only ever inside the test namespaces).
@@ -118,9 +116,10 @@ fn lab() -> Lab {
     lab
 }
 
-/// UDP sinks and TCP listeners of the receiver.
+/// UDP sinks (with the markers of their family) and TCP listeners of the
+/// receiver.
 struct Servers {
-    udp: Vec<UdpSocket>,
+    udp: Vec<Probe>,
     _tcp: Vec<TcpListener>,
 }
 
@@ -130,7 +129,7 @@ impl Servers {
         let mut tcp = Vec::new();
         for ip in [RECV4, RECV6] {
             for port in [OPEN_PORT, TCP_BLOCKED] {
-                udp.push(lab.udp_sink(SocketAddr::new(ip, port)));
+                udp.push(Probe::new(lab, SocketAddr::new(ip, port), mark_of(ip)));
             }
             for port in [TCP_BLOCKED, TCP_OPEN] {
                 tcp.push(lab.tcp_listener(SocketAddr::new(ip, port)));
@@ -139,10 +138,10 @@ impl Servers {
         Servers { udp, _tcp: tcp }
     }
 
-    fn sink(&self, dst: SocketAddr) -> &UdpSocket {
+    fn probe(&self, dst: SocketAddr) -> &Probe {
         self.udp
             .iter()
-            .find(|s| s.local_addr().ok() == Some(dst))
+            .find(|p| p.addr() == dst)
             .unwrap_or_else(|| panic!("no UDP sink on {dst}"))
     }
 }
@@ -227,10 +226,11 @@ impl Run {
         n: usize,
         v: Verdict,
     ) {
-        let (got, seq) = udp_flow(lab, srv, src, dst, n);
+        let f = udp_flow(lab, srv, src, dst, n);
+        let got = f.arrived();
         let want = if v.delivered() { n } else { 0 };
-        let bytes: u64 = (0..n)
-            .map(|i| l3_overhead(src.ip()) + 8 + payload(seq, i).len() as u64)
+        let bytes: u64 = (f.sent.iter())
+            .map(|p| l3_overhead(src.ip()) + 8 + p.len() as u64)
             .sum();
         self.count(v.reason(), n as u64, bytes);
         // The marker is a passing packet too.
@@ -362,58 +362,24 @@ impl Run {
     }
 }
 
-fn payload(seq: usize, i: usize) -> String {
-    format!("flow{seq}#{i}")
-}
-
-/// Send `n` datagrams `src -> dst` and a marker after them; return how many
-/// of the flow's datagrams the receiver got, and the flow's sequence number
-/// (unique in the process; it names the payloads).
-fn udp_flow(
-    lab: &Lab,
-    srv: &Servers,
-    src: SocketAddr,
-    dst: SocketAddr,
-    n: usize,
-) -> (usize, usize) {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let s = SEQ.fetch_add(1, Ordering::Relaxed);
-    let payloads: Vec<Vec<u8>> = (0..n).map(|i| payload(s, i).into_bytes()).collect();
-    lab.send_udp(src, dst, &payloads);
-    let marker = format!("marker{s}").into_bytes();
-    lab.send_udp(
-        SocketAddr::new(mark_of(src.ip()), 0),
-        dst,
-        std::slice::from_ref(&marker),
-    );
-    let sink = srv.sink(dst);
-    let mut got = recv_until_marker(sink, &marker, Duration::from_secs(5));
-    // Grace for a datagram reordered behind the marker (different CPU backlog).
-    std::thread::sleep(Duration::from_millis(20));
-    let mut buf = [0u8; 2048];
-    sink.set_nonblocking(true).expect("nonblocking");
-    while let Ok((len, from)) = sink.recv_from(&mut buf) {
-        got.push((from, buf[..len].to_vec()));
-    }
-    sink.set_nonblocking(false).expect("blocking");
-    let prefix = format!("flow{s}#");
-    let stray: Vec<_> = got
-        .iter()
-        .filter(|(from, p)| from.ip() != src.ip() || !p.starts_with(prefix.as_bytes()))
-        .map(|(from, p)| format!("{from} {}", String::from_utf8_lossy(p)))
-        .collect();
+/// Send `n` datagrams `src -> dst` and a marker after them
+/// ([`traffic::send`]); every datagram the receiver got meanwhile must be
+/// the flow's.
+fn udp_flow(lab: &Lab, srv: &Servers, src: SocketAddr, dst: SocketAddr, n: usize) -> Flow {
+    let f = srv.probe(dst).send(lab, src, n);
     assert!(
-        stray.is_empty(),
-        "unexpected datagrams on {dst} during flow {src}: {stray:?}"
+        f.stray.is_empty(),
+        "unexpected datagrams on {dst} during flow {src}: {:?}",
+        f.stray_lines()
     );
-    (got.len(), s)
+    f
 }
 
 /// Whether one datagram from `src` (ephemeral port) to the receiver's open
 /// UDP port gets through.
 fn passes(lab: &Lab, srv: &Servers, src: IpAddr) -> bool {
     let dst = SocketAddr::new(recv_of(src), OPEN_PORT);
-    udp_flow(lab, srv, SocketAddr::new(src, 0), dst, 1).0 == 1
+    udp_flow(lab, srv, SocketAddr::new(src, 0), dst, 1).arrived() == 1
 }
 
 /// Poll (one datagram per source every 100 ms) until every source's
@@ -425,31 +391,13 @@ fn wait_for_state(
     want: &[(IpAddr, bool)],
     what: &str,
 ) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        let now: Vec<(IpAddr, bool)> = want
-            .iter()
-            .map(|&(ip, _)| (ip, passes(lab, srv, ip)))
-            .collect();
-        if now == want {
-            return t0.elapsed();
-        }
-        if t0.elapsed() > RELOAD_BOUND {
-            let show = |v: &[(IpAddr, bool)]| {
-                v.iter()
-                    .map(|(ip, p)| format!("{ip}: {}", if *p { "passes" } else { "dropped" }))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            panic!(
-                "{what}: not in effect after {RELOAD_BOUND:?}\n  wanted: {}\n  got:    {}\n{}",
-                show(want),
-                show(&now),
-                agent.tail(30)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    traffic::wait_for(want, RELOAD_BOUND, |ip| passes(lab, srv, ip)).unwrap_or_else(|seen| {
+        panic!(
+            "{what}: not in effect after {RELOAD_BOUND:?}\n  wanted: {}\n  got:    {seen}\n{}",
+            traffic::describe(want),
+            agent.tail(30)
+        )
+    })
 }
 
 /// `edge-filter detach`, then: `ip link` shows no `xdp`, the pins are gone,
@@ -478,10 +426,6 @@ fn detach_and_verify(lab: &Lab, srv: &Servers, blocked: IpAddr) {
         passes(lab, srv, blocked),
         "{blocked} is still dropped after detach (link: {link})"
     );
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
 }
 
 fn start_agent(lab: &Lab, extra: &[&str], how: &str) -> Agent {

@@ -60,8 +60,11 @@ use std::time::{Duration, Instant};
 
 use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
 use edge_filter::ops::status::{FeedHealth, Status};
+use edge_filter_tests::config::AgentConfig;
 use edge_filter_tests::httpd::{HttpServer, Length, Reply};
-use edge_filter_tests::netns::{self, Agent, Count, Lab, RECEIVER_IF, Stats, recv_until_marker};
+use edge_filter_tests::literal::net;
+use edge_filter_tests::netns::{self, Agent, Count, Lab, RECEIVER_IF, Stats};
+use edge_filter_tests::{scrape, traffic, wait};
 use ipnet::IpNet;
 
 /// The line a config agent prints once its interface is attached or adopted.
@@ -71,14 +74,6 @@ const REPORT_BOUND: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // Entries.
-
-fn net(s: &str) -> IpNet {
-    let n: IpNet = s
-        .parse()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .unwrap_or_else(|e| panic!("{s}: {e}"));
-    n.trunc()
-}
 
 fn drop_(s: &str) -> Entry {
     Entry::new(net(s), None, Action::Drop)
@@ -162,23 +157,13 @@ impl FeedDef {
 /// Write the agent's config into the lab's directory: the receiver's veth,
 /// the lab's pin root, a state directory in the lab's directory.
 fn write_config(lab: &Lab, feeds: &[FeedDef], limits: &str, safety: &str) -> PathBuf {
-    let lit = |p: &Path| {
-        let s = p.display().to_string();
-        assert!(!s.contains('\''), "path with a quote: {s}");
-        format!("'{s}'")
-    };
-    let mut t = format!(
-        "state_dir = {}\nbpffs = {}\n\n[[interface]]\nname = \"{RECEIVER_IF}\"\n\n[limits]\n{limits}\n\n[safety]\n{safety}\n",
-        lit(&state_dir(lab)),
-        lit(&lab.bpffs),
-    );
+    let mut c = AgentConfig::new(lab, &state_dir(lab))
+        .table(&format!("[limits]\n{limits}"))
+        .table(&format!("[safety]\n{safety}"));
     for f in feeds {
-        t.push_str(&format!(
-            "\n[[feed]]\nname = \"{}\"\nsource = \"{}\"\nformat = \"{}\"\nrefresh = \"{}\"\n",
-            f.name, f.source, f.format, f.refresh
-        ));
+        c = c.feed(f.name, &f.source, f.format, f.refresh);
     }
-    lab.write_file("edge-filter.toml", &t)
+    c.write(lab)
 }
 
 fn state_dir(lab: &Lab) -> PathBuf {
@@ -876,20 +861,6 @@ fn feeds_shrink_is_held_until_it_persists() {
 /// How soon `force-feed` must apply a held update.
 const FORCE_BOUND: Duration = Duration::from_secs(3);
 
-/// Poll `f` every 50 ms for at most `bound`.
-fn poll<T>(bound: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if t0.elapsed() > bound {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Run `edge-filter force-feed web --config CFG`; returns its stdout.
 fn force_feed(lab: &Lab, cfg: &Path, agent: &Agent) -> String {
     let mut cmd = lab.edge_filter_cmd();
@@ -965,7 +936,7 @@ fn feeds_force_feed_applies_held_shrink_at_once() {
         let n = srv.request_count();
         let t = Instant::now();
         force_feed(&lab, &cfg, &agent);
-        let applied = poll(FORCE_BOUND, || {
+        let applied = wait::within(FORCE_BOUND, || {
             (lab.try_enforced().ok()? == want_shrunk).then_some(())
         });
         let took = t.elapsed();
@@ -1186,42 +1157,8 @@ fn feeds_restart_with_all_feeds_down() {
 // ---------------------------------------------------------------------------
 // 2b. Bodies that are not a usable copy; honest counts; escaped logs.
 
-/// The agent's default metrics address (inside its namespace).
-const METRICS: (&str, u16) = ("127.0.0.1", 9436);
-
-/// `GET /metrics` inside the receiving namespace: the body.
-fn scrape(lab: &Lab) -> String {
-    use std::io::{Read as _, Write as _};
-    lab.receiver.enter(|| {
-        let mut s = std::net::TcpStream::connect(METRICS)
-            .unwrap_or_else(|e| panic!("connect to the metrics endpoint: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).expect("read the response");
-        raw.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default()
-    })
-}
-
-/// The value of the sample `key` (`name{labels}`) in a scrape.
-fn sample(body: &str, key: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Run `edge-filter ARGS...` in the receiving namespace; stdout (must
-/// succeed).
-fn ef_stdout(lab: &Lab, args: &[&str]) -> String {
-    let mut cmd = lab.edge_filter_cmd();
-    cmd.args(args);
-    String::from_utf8_lossy(&netns::run_ok(&mut cmd).stdout).into_owned()
-}
+/// The agent's default metrics port (on 127.0.0.1 inside its namespace).
+const METRICS_PORT: u16 = 9436;
 
 /// No raw control character but newlines in `text`.
 fn assert_no_controls(what: &str, text: &str) {
@@ -1289,20 +1226,21 @@ fn feeds_bad_bodies_fail_and_counts_are_honest() {
     // Counts: distinct entries, the same on every surface.
     assert_eq!((h.entries, h.rejected_lines), (5, 1), "{h:?}");
     assert_eq!(health(&lab, "local").map(|h| h.entries), Some(2));
-    let m = scrape(&lab);
+    let (m, body) = scrape::metrics(&lab.receiver, METRICS_PORT);
     for (feed, n) in [("web", 5.0), ("local", 2.0)] {
         assert_eq!(
-            sample(&m, &format!("edge_filter_feed_entries{{feed=\"{feed}\"}}")),
+            m.get(&format!("edge_filter_feed_entries{{feed=\"{feed}\"}}"))
+                .copied(),
             Some(n),
-            "{feed}:\n{m}"
+            "{feed}:\n{body}"
         );
     }
-    let cc = ef_stdout(&lab, &["check-config", &cfg_s]);
+    let cc = lab.ef_ok_unpinned(&["check-config", &cfg_s]);
     assert!(
         cc.contains("3 entries parsed, 2 distinct: 2 drop, 0 monitor"),
         "check-config:\n{cc}"
     );
-    let st_text = ef_stdout(&lab, &["status", "--config", &cfg_s, "--json"]);
+    let st_text = lab.ef_ok_unpinned(&["status", "--config", &cfg_s, "--json"]);
     let st_json: serde_json::Value =
         serde_json::from_str(&st_text).unwrap_or_else(|e| panic!("status --json: {e}\n{st_text}"));
     let feed_json = |st: &serde_json::Value, name: &str| {
@@ -1361,7 +1299,7 @@ fn feeds_bad_bodies_fail_and_counts_are_honest() {
             "{label}: the last-known-good copy changed"
         );
         let st: serde_json::Value =
-            serde_json::from_str(&ef_stdout(&lab, &["status", "--config", &cfg_s, "--json"]))
+            serde_json::from_str(&lab.ef_ok_unpinned(&["status", "--config", &cfg_s, "--json"]))
                 .expect("status --json");
         let f = feed_json(&st, "web");
         assert_eq!(f["state"], "failing", "{label}: {f:#}");
@@ -1369,22 +1307,24 @@ fn feeds_bad_bodies_fail_and_counts_are_honest() {
             f["consecutive_failures"].as_u64() >= Some(2),
             "{label}: {f:#}"
         );
-        let text = ef_stdout(&lab, &["status", "--config", &cfg_s]);
+        let text = lab.ef_ok_unpinned(&["status", "--config", &cfg_s]);
         assert_no_controls(&format!("{label}: status"), &text);
-        let m = scrape(&lab);
+        let (m, body) = scrape::metrics(&lab.receiver, METRICS_PORT);
         assert_eq!(
-            sample(&m, "edge_filter_feed_up{feed=\"web\"}"),
+            m.get("edge_filter_feed_up{feed=\"web\"}").copied(),
             Some(0.0),
-            "{label}\n{m}"
+            "{label}\n{body}"
         );
         assert!(
-            sample(&m, "edge_filter_feed_consecutive_failures{feed=\"web\"}") >= Some(2.0),
-            "{label}\n{m}"
+            m.get("edge_filter_feed_consecutive_failures{feed=\"web\"}")
+                .copied()
+                >= Some(2.0),
+            "{label}\n{body}"
         );
         assert_eq!(
-            sample(&m, "edge_filter_feed_entries{feed=\"web\"}"),
+            m.get("edge_filter_feed_entries{feed=\"web\"}").copied(),
             Some(5.0),
-            "{label}\n{m}"
+            "{label}\n{body}"
         );
         assert!(
             stderr_line(
@@ -1605,36 +1545,19 @@ fn flow(
     delivered_as: &'static str,
     dropped_as: &'static str,
 ) -> usize {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let s = SEQ.fetch_add(1, Ordering::Relaxed);
-    let payloads: Vec<Vec<u8>> = (0..n).map(|i| format!("f{s}#{i}").into_bytes()).collect();
-    let dst = SocketAddr::new(RECV4, PORT);
-    lab.send_udp(SocketAddr::new(SUSPECT4, 40000), dst, &payloads);
-    let marker = format!("marker{s}").into_bytes();
-    lab.send_udp(
+    let f = traffic::send(
+        lab,
+        sink,
+        SocketAddr::new(SUSPECT4, 40000),
+        SocketAddr::new(RECV4, PORT),
         SocketAddr::new(MARK4, 40001),
-        dst,
-        std::slice::from_ref(&marker),
+        n,
     );
     ledger.markers += 1;
-    let got = recv_until_marker(sink, &marker, Duration::from_secs(5));
-    let prefix = format!("f{s}#");
-    let mine: BTreeSet<Vec<u8>> = got
-        .iter()
-        .filter(|(from, p)| from.ip() == SUSPECT4 && p.starts_with(prefix.as_bytes()))
-        .map(|(_, p)| p.clone())
-        .collect();
-    assert_eq!(
-        mine.len(),
-        got.len(),
-        "stray datagrams: {:?}",
-        got.iter()
-            .map(|(a, p)| format!("{a} {}", String::from_utf8_lossy(p)))
-            .collect::<Vec<_>>()
-    );
-    for p in &payloads {
+    assert!(f.stray.is_empty(), "stray datagrams: {:?}", f.stray_lines());
+    for p in &f.sent {
         ledger.add(
-            if mine.contains(p) {
+            if f.delivered(p) {
                 delivered_as
             } else {
                 dropped_as
@@ -1642,7 +1565,7 @@ fn flow(
             p.len(),
         );
     }
-    mine.len()
+    f.arrived()
 }
 
 /// Send one datagram every 100 ms until one is (`delivered`) or is not

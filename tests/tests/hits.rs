@@ -33,105 +33,35 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::Path;
-use std::process::Output;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use edge_filter_tests::netns::{self, Agent, Lab, RECEIVER_IF, recv_until_marker};
+use edge_filter_tests::config::AgentConfig;
+use edge_filter_tests::literal::{ip, path_str};
+use edge_filter_tests::netns::{self, Agent, Lab, RECEIVER_IF};
+use edge_filter_tests::traffic::{PAYLOAD, Probe};
+use edge_filter_tests::wait::poll;
 use serde_json::Value;
 
 const RECV4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 const MARK4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
 const PORT: u16 = 5001;
 const SVC_PORT: u16 = 7001;
-const PAYLOAD: usize = 24;
 /// Ethernet + IPv4 + UDP + payload.
 const FRAME4: u64 = 14 + 20 + 8 + PAYLOAD as u64;
 /// Ethernet + IPv6 + UDP + payload.
 const FRAME6: u64 = 14 + 40 + 8 + PAYLOAD as u64;
 const BOUND: Duration = Duration::from_secs(10);
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
 fn recv6() -> IpAddr {
     ip("2001:db8::1")
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
-fn check_ok(out: &Output, args: &[&str]) -> String {
-    assert!(
-        out.status.success(),
-        "edge-filter {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ef_ok(lab: &Lab, args: &[&str]) -> String {
-    check_ok(&lab.edge_filter(args), args)
-}
-
-fn ef_json(lab: &Lab, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.push("--json");
-    let text = ef_ok(lab, &a);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} --json: {e}:\n{text}"))
-}
-
-/// Send `n` datagrams of [`PAYLOAD`] bytes from `src` to `dst`, then a
-/// marker from [`MARK4`] to `marker_dst` and wait for it: every frame
-/// before it has been through the filter.
-fn burst(lab: &Lab, sink: &UdpSocket, src: SocketAddr, dst: SocketAddr, n: usize) {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let s = SEQ.fetch_add(1, Ordering::Relaxed);
-    let payloads: Vec<Vec<u8>> = (0..n)
-        .map(|i| format!("{:<width$}", format!("h{s}#{i}"), width = PAYLOAD).into_bytes())
-        .collect();
-    lab.send_udp(src, dst, &payloads);
-    let marker = format!("marker{s}").into_bytes();
-    let to = sink.local_addr().expect("sink addr");
-    let from = if to.is_ipv4() {
-        MARK4
-    } else {
-        ip("2001:db8::9")
-    };
-    lab.send_udp(
-        SocketAddr::new(from, 40999),
-        to,
-        std::slice::from_ref(&marker),
-    );
-    recv_until_marker(sink, &marker, Duration::from_secs(5));
-}
-
-fn poll<T>(what: &str, agent: &Agent, mut f: impl FnMut() -> Option<T>) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < BOUND,
-            "{what}: not within {BOUND:?}\n{}",
-            agent.tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `top --json --zero --action any -n 1000` rows by entry text.
 fn top_rows(lab: &Lab, extra: &[&str]) -> (Value, BTreeMap<String, Value>) {
     let mut args = vec!["top", "--zero", "--action", "any", "-n", "1000"];
     args.extend_from_slice(extra);
-    let v = ef_json(lab, &args);
+    let v = lab.ef_json(&args);
     let rows = v["top"]
         .as_array()
         .expect("top array")
@@ -207,9 +137,9 @@ fn hits_top_counts_every_entry_kind_exactly() {
     let bl = lab.write_file("blocklist.txt", BLOCKLIST);
     let mut agent = lab.start_agent(&["--blocklist", path_str(&bl), "--poll-seconds", "0.2"]);
     agent.wait_ready("attached");
-    let sink = lab.udp_sink(SocketAddr::new(RECV4, PORT));
+    let sink = Probe::new(&lab, SocketAddr::new(RECV4, PORT), MARK4);
     let _svc = lab.udp_sink(SocketAddr::new(RECV4, SVC_PORT));
-    let sink6 = lab.udp_sink(SocketAddr::new(recv6(), PORT));
+    let sink6 = Probe::new(&lab, SocketAddr::new(recv6(), PORT), ip("2001:db8::9"));
     let dst4 = SocketAddr::new(RECV4, PORT);
     let dst6 = SocketAddr::new(recv6(), PORT);
     let sa = |s: &str, p: u16| SocketAddr::new(ip(s), p);
@@ -253,7 +183,7 @@ fn hits_top_counts_every_entry_kind_exactly() {
     let stats_before = lab.stats();
     for (src, sport, dst, n, _, _) in plan {
         let s = if dst.is_ipv4() { &sink } else { &sink6 };
-        burst(&lab, s, sa(src, sport), dst, n);
+        s.send_to(&lab, sa(src, sport), dst, n);
     }
     let t_end = now_unix();
     let stats_after = lab.stats();
@@ -349,7 +279,7 @@ fn hits_top_counts_every_entry_kind_exactly() {
             .collect()
     };
     assert_eq!(
-        names(&ef_json(&lab, &["top", "-n", "3"])),
+        names(&lab.ef_json(&["top", "-n", "3"])),
         [
             "192.0.2.128/25",
             "udp 192.0.2.64/26:7001 dst",
@@ -357,7 +287,7 @@ fn hits_top_counts_every_entry_kind_exactly() {
         ]
     );
     assert_eq!(
-        names(&ef_json(&lab, &["top", "-n", "3", "--by", "bytes"])),
+        names(&lab.ef_json(&["top", "-n", "3", "--by", "bytes"])),
         [
             "192.0.2.128/25",
             "udp 192.0.2.64/26:7001 dst",
@@ -365,10 +295,10 @@ fn hits_top_counts_every_entry_kind_exactly() {
         ]
     );
     assert_eq!(
-        names(&ef_json(&lab, &["top", "--action", "monitor"])),
+        names(&lab.ef_json(&["top", "--action", "monitor"])),
         ["192.0.2.32/27", "2001:db8::100/120"]
     );
-    let text = ef_ok(&lab, &["top", "-n", "3"]);
+    let text = lab.ef_ok(&["top", "-n", "3"]);
     println!("top:\n{text}");
     assert!(
         text.contains("192.0.2.128/25")
@@ -394,11 +324,11 @@ fn hits_top_counts_every_entry_kind_exactly() {
         .map(|l| format!("{l}\n"))
         .collect();
     lab.replace_file("blocklist.txt", &without);
-    poll("192.0.2.11 removed", &agent, || {
+    poll("192.0.2.11 removed", BOUND, &agent, || {
         (!top_rows(&lab, &[]).1.contains_key("192.0.2.11")).then_some(())
     });
     lab.replace_file("blocklist.txt", &format!("{without}192.0.2.21\n"));
-    let rows2 = poll("192.0.2.21 added", &agent, || {
+    let rows2 = poll("192.0.2.21 added", BOUND, &agent, || {
         let (_, r) = top_rows(&lab, &[]);
         r.contains_key("192.0.2.21").then_some(r)
     });
@@ -417,7 +347,7 @@ fn hits_top_counts_every_entry_kind_exactly() {
         assert_eq!(r["id"].as_u64(), Some(ids[e]), "{e} keeps its id");
         assert_eq!(hits(r), hits(&rows[e]), "{e} keeps its counts");
     }
-    burst(&lab, &sink, sa("192.0.2.21", 40007), dst4, 2);
+    sink.send_to(&lab, sa("192.0.2.21", 40007), dst4, 2);
     let (_, rows3) = top_rows(&lab, &[]);
     assert_eq!(hits(&rows3["192.0.2.21"]), (2, 2 * FRAME4));
 
@@ -456,10 +386,10 @@ fn hits_overflow_beyond_capacity() {
     let bl = lab.write_file("blocklist.txt", &srcs.map(|s| format!("{s}\n")).concat());
     let agent = lab.start_agent(&["--blocklist", path_str(&bl), "--max-entry-stats", "2"]);
     agent.wait_ready("attached");
-    let sink = lab.udp_sink(SocketAddr::new(RECV4, PORT));
+    let sink = Probe::new(&lab, SocketAddr::new(RECV4, PORT), MARK4);
     let dst = SocketAddr::new(RECV4, PORT);
     for (i, s) in srcs.iter().enumerate() {
-        burst(&lab, &sink, SocketAddr::new(ip(s), 40000), dst, i + 1);
+        sink.send_to(&lab, SocketAddr::new(ip(s), 40000), dst, i + 1);
     }
     let (v, rows) = top_rows(&lab, &[]);
     let mut overflow = (0, 0);
@@ -490,7 +420,7 @@ fn hits_overflow_beyond_capacity() {
         (Some(overflow.0), Some(overflow.1)),
         "{i:#}"
     );
-    let text = ef_ok(&lab, &["top", "--zero"]);
+    let text = lab.ef_ok(&["top", "--zero"]);
     assert!(
         text.contains("(not counted: id beyond capacity)")
             && text.contains(&format!(
@@ -507,21 +437,6 @@ const SOC: &str = r#"{"net":"192.0.2.20","indicator":"SOC-20"}
 {"net":"192.0.2.21","action":"monitor","indicator":"SOC-21"}
 "#;
 const DROPLIST: &str = "192.0.2.20\n192.0.2.23\n";
-
-fn write_config(lab: &Lab, soc: &Path, droplist: &Path) -> std::path::PathBuf {
-    let lit = |p: &Path| format!("'{}'", p.display());
-    let text = format!(
-        "state_dir = {}\nbpffs = {}\nreconcile_interval = \"2s\"\n\n\
-         [[interface]]\nname = \"{RECEIVER_IF}\"\n\n\
-         [[feed]]\nname = \"soc\"\nsource = \"file:{}\"\nformat = \"jsonl\"\nrefresh = \"1s\"\n\n\
-         [[feed]]\nname = \"droplist\"\nsource = \"file:{}\"\nformat = \"plain\"\nrefresh = \"1s\"\n",
-        lit(&lab.dir.join("state")),
-        lit(&lab.bpffs),
-        soc.display(),
-        droplist.display(),
-    );
-    lab.write_file("edge-filter.toml", &text)
-}
 
 fn feed_row<'a>(status: &'a Value, feed: &str) -> &'a Value {
     status["feeds"]
@@ -544,22 +459,22 @@ fn hits_per_feed_in_status_and_top() {
     }
     let soc = lab.write_file("soc.jsonl", SOC);
     let droplist = lab.write_file("droplist.txt", DROPLIST);
-    let cfg = write_config(&lab, &soc, &droplist);
+    let cfg = AgentConfig::soc_and_droplist(&lab, &soc, &droplist).write(&lab);
     let cfg_s = path_str(&cfg).to_string();
     let agent = lab.start_config_agent(&cfg);
     agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
-    poll("both feeds enforced", &agent, || {
+    poll("both feeds enforced", BOUND, &agent, || {
         let (_, r) = top_rows(&lab, &["--config", &cfg_s]);
         (r.len() == 3).then_some(())
     });
-    let sink = lab.udp_sink(SocketAddr::new(RECV4, PORT));
+    let sink = Probe::new(&lab, SocketAddr::new(RECV4, PORT), MARK4);
     let dst = SocketAddr::new(RECV4, PORT);
     for (src, n) in [("192.0.2.20", 5), ("192.0.2.21", 3), ("192.0.2.23", 4)] {
-        burst(&lab, &sink, SocketAddr::new(ip(src), 40000), dst, n);
+        sink.send_to(&lab, SocketAddr::new(ip(src), 40000), dst, n);
     }
 
     // status: a hit counts for every feed asserting the deciding entry.
-    let st = ef_json(&lab, &["status", "--config", &cfg_s]);
+    let st = lab.ef_json(&["status", "--config", &cfg_s]);
     let soc_row = feed_row(&st, "soc");
     assert_eq!(soc_row["hits"]["drops"]["packets"], 5, "{soc_row:#}");
     assert_eq!(soc_row["hits"]["drops"]["bytes"], 5 * FRAME4);
@@ -573,7 +488,7 @@ fn hits_per_feed_in_status_and_top() {
     assert_eq!(dl["entries_hit"], 2);
     let i = &st["interfaces"][0];
     assert_eq!(i["events_sampling"], false);
-    let text = ef_ok(&lab, &["status", "--config", &cfg_s]);
+    let text = lab.ef_ok(&["status", "--config", &cfg_s]);
     println!("status:\n{text}");
     assert!(
         text.contains("dropped") && text.contains("monitored"),
@@ -581,12 +496,9 @@ fn hits_per_feed_in_status_and_top() {
     );
 
     // top --feed: only that feed's entries, with indicator ids.
-    let v = ef_json(
-        &lab,
-        &[
-            "top", "--config", &cfg_s, "--feed", "soc", "--action", "any",
-        ],
-    );
+    let v = lab.ef_json(&[
+        "top", "--config", &cfg_s, "--feed", "soc", "--action", "any",
+    ]);
     let top: Vec<(&str, u64, &Value)> = v["top"]
         .as_array()
         .unwrap()
@@ -622,7 +534,7 @@ fn hits_per_feed_in_status_and_top() {
     assert_eq!(f["drops"]["packets"], 9);
     assert_eq!(f["interfaces"][0]["iface"], RECEIVER_IF);
     assert_eq!(f["interfaces"][0]["drops"]["packets"], 9);
-    let text = ef_ok(&lab, &["top", "--config", &cfg_s]);
+    let text = lab.ef_ok(&["top", "--config", &cfg_s]);
     println!("top --config:\n{text}");
     assert!(
         text.contains("SOC-20") && text.contains("feed droplist: dropped 9 packets"),
@@ -637,13 +549,13 @@ fn hits_per_feed_in_status_and_top() {
     );
 
     // explain shows the deciding entry's hits.
-    let ex = ef_json(&lab, &["explain", "192.0.2.20", "--config", &cfg_s]);
+    let ex = lab.ef_json(&["explain", "192.0.2.20", "--config", &cfg_s]);
     let h = &ex["kernel"][0]["hits"];
     assert_eq!(h.as_array().map(Vec::len), Some(1), "{ex:#}");
     assert_eq!(h[0]["entry"], "192.0.2.20");
     assert_eq!(h[0]["packets"], 5);
     assert_eq!(h[0]["bytes"], 5 * FRAME4);
-    let text = ef_ok(&lab, &["explain", "192.0.2.20", "--config", &cfg_s]);
+    let text = lab.ef_ok(&["explain", "192.0.2.20", "--config", &cfg_s]);
     assert!(
         text.contains(&format!(
             "hits on {RECEIVER_IF}: 192.0.2.20 (id {}, drop): 5 packets, {} bytes, last hit",
@@ -673,21 +585,8 @@ fn events_cmd(lab: &Lab, args: &[&str]) -> Agent {
     a
 }
 
-fn wait_exit(a: &Agent) -> std::process::ExitStatus {
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = a.try_status() {
-            // Let the readers drain the pipes.
-            std::thread::sleep(Duration::from_millis(100));
-            return st;
-        }
-        assert!(t0.elapsed() < BOUND, "events did not exit:\n{}", a.tail(20));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn sampling_on(lab: &Lab) -> bool {
-    let st = ef_json(lab, &["status"]);
+    let st = lab.ef_json(&["status"]);
     st["interfaces"][0]["events_sampling"]
         .as_bool()
         .unwrap_or_else(|| panic!("{st:#}"))
@@ -734,8 +633,8 @@ fn events_sampled_json_lines() {
     let agent = lab.start_agent(&["--blocklist", path_str(&bl)]);
     agent.wait_ready("attached");
     assert!(!sampling_on(&lab), "sampling is off by default");
-    let sink = lab.udp_sink(SocketAddr::new(RECV4, PORT));
-    let sink6 = lab.udp_sink(SocketAddr::new(recv6(), PORT));
+    let sink = Probe::new(&lab, SocketAddr::new(RECV4, PORT), MARK4);
+    let sink6 = Probe::new(&lab, SocketAddr::new(recv6(), PORT), ip("2001:db8::9"));
     let dst4 = SocketAddr::new(RECV4, PORT);
     let dst6 = SocketAddr::new(recv6(), PORT);
 
@@ -762,36 +661,12 @@ fn events_sampled_json_lines() {
         String::from_utf8_lossy(&out.stderr)
     );
     let t_start = now_unix();
-    burst(
-        &lab,
-        &sink,
-        SocketAddr::new(ip("192.0.2.11"), 40001),
-        dst4,
-        3,
-    );
-    burst(
-        &lab,
-        &sink,
-        SocketAddr::new(ip("192.0.2.13"), 5353),
-        dst4,
-        2,
-    );
-    burst(
-        &lab,
-        &sink,
-        SocketAddr::new(ip("192.0.2.14"), 40002),
-        dst4,
-        2,
-    );
-    burst(
-        &lab,
-        &sink6,
-        SocketAddr::new(ip("2001:db8::11"), 40003),
-        dst6,
-        1,
-    );
+    sink.send_to(&lab, SocketAddr::new(ip("192.0.2.11"), 40001), dst4, 3);
+    sink.send_to(&lab, SocketAddr::new(ip("192.0.2.13"), 5353), dst4, 2);
+    sink.send_to(&lab, SocketAddr::new(ip("192.0.2.14"), 40002), dst4, 2);
+    sink6.send_to(&lab, SocketAddr::new(ip("2001:db8::11"), 40003), dst6, 1);
     let t_end = now_unix();
-    let st = wait_exit(&ev);
+    let st = ev.wait_exit(BOUND, "(events)");
     assert!(st.success(), "events failed:\n{}", ev.tail(20));
     let lines = ev.stdout_lines();
     assert_eq!(lines.len(), 8, "{lines:#?}");
@@ -838,14 +713,8 @@ fn events_sampled_json_lines() {
 
     // One in three per CPU.
     let ev = events_cmd(&lab, &["--sample", "3", "--duration", "3", "--json"]);
-    burst(
-        &lab,
-        &sink,
-        SocketAddr::new(ip("192.0.2.11"), 40004),
-        dst4,
-        30,
-    );
-    assert!(wait_exit(&ev).success(), "{}", ev.tail(20));
+    sink.send_to(&lab, SocketAddr::new(ip("192.0.2.11"), 40004), dst4, 30);
+    assert!(ev.wait_exit(BOUND, "(events)").success(), "{}", ev.tail(20));
     let n = ev.stdout_lines().len() as u64;
     assert!(
         (10..10 + ncpus).contains(&n),
@@ -855,14 +724,8 @@ fn events_sampled_json_lines() {
 
     // A cap of 3 per second per CPU: the rest of a burst is counted as capped.
     let ev = events_cmd(&lab, &["--cap", "3", "--duration", "3", "--json"]);
-    burst(
-        &lab,
-        &sink,
-        SocketAddr::new(ip("192.0.2.11"), 40005),
-        dst4,
-        10,
-    );
-    assert!(wait_exit(&ev).success(), "{}", ev.tail(20));
+    sink.send_to(&lab, SocketAddr::new(ip("192.0.2.11"), 40005), dst4, 10);
+    assert!(ev.wait_exit(BOUND, "(events)").success(), "{}", ev.tail(20));
     let n = ev.stdout_lines().len() as u64;
     let (emitted, lost, capped) = summary(&ev);
     assert!((3..=3 * ncpus).contains(&n), "{n} events");
@@ -870,13 +733,7 @@ fn events_sampled_json_lines() {
 
     // Ctrl-C ends a stream and switches sampling off; text lines by default.
     let ev = events_cmd(&lab, &[]);
-    burst(
-        &lab,
-        &sink,
-        SocketAddr::new(ip("192.0.2.11"), 40006),
-        dst4,
-        1,
-    );
+    sink.send_to(&lab, SocketAddr::new(ip("192.0.2.11"), 40006), dst4, 1);
     let t0 = Instant::now();
     while ev.stdout_lines().is_empty() {
         assert!(t0.elapsed() < BOUND, "no event line:\n{}", ev.tail(20));

@@ -7,16 +7,9 @@ use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
 use edge_filter::kernel::classifier::KernelClassifier;
 use edge_filter::kernel::maps::{Desired, drift};
 use edge_filter::kernel::program::Capacities;
+use edge_filter_tests::literal::net;
+use edge_filter_tests::netns::is_root;
 use ipnet::IpNet;
-
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
 
 /// `n` exact IPv4 addresses, a few prefixes and port entries, both families.
 fn set(n: u32, offset: u32) -> EntrySet {

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use edge_filter_tests::config::AgentConfig;
 use edge_filter_tests::netns::{self, Lab, RECEIVER_IF};
 use edge_filter_tests::scrape::{self, samples, value};
 
@@ -58,21 +59,13 @@ fn metrics_scrape_matches_traffic() {
     );
     let watch = lab.write_file("watch.txt", &format!("{WATCHED4}\n"));
     let missing = lab.dir.join("missing.txt");
-    let cfg = lab.write_file(
-        "edge-filter.toml",
-        &format!(
-            "state_dir = '{state}'\nbpffs = '{bpffs}'\n\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n\n\
-             [[interface]]\nname = \"{RECEIVER_IF}\"\n\n\
-             [[feed]]\nname = \"blk\"\nsource = \"file:{blk}\"\nformat = \"plain\"\nrefresh = \"1s\"\n\n\
-             [[feed]]\nname = \"watch\"\nsource = \"file:{watch}\"\nformat = \"plain\"\nrefresh = \"1s\"\naction = \"monitor\"\n\n\
-             [[feed]]\nname = \"gone\"\nsource = \"file:{missing}\"\nformat = \"plain\"\nrefresh = \"1s\"\n",
-            state = lab.dir.join("state").display(),
-            bpffs = lab.bpffs.display(),
-            blk = blk.display(),
-            watch = watch.display(),
-            missing = missing.display(),
-        ),
-    );
+    let cfg = AgentConfig::new(&lab, &lab.dir.join("state"))
+        .table(&format!("[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\""))
+        .file_feed("blk", &blk, "plain", "1s")
+        .file_feed("watch", &watch, "plain", "1s")
+        .line("action = \"monitor\"")
+        .file_feed("gone", &missing, "plain", "1s")
+        .write(&lab);
     let agent = lab.start_config_agent(&cfg);
     agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
 

@@ -37,16 +37,17 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
 use edge_filter_common as abi;
-use edge_filter_tests::netns::{self, Agent, Lab, RECEIVER_IF, Stats, recv_until_marker};
-use ipnet::IpNet;
+use edge_filter_tests::cli::stdout_of;
+use edge_filter_tests::config::AgentConfig;
+use edge_filter_tests::literal::{ip, net, path_str};
+use edge_filter_tests::netns::{self, Agent, Lab, RECEIVER_IF, Stats};
+use edge_filter_tests::traffic::{PAYLOAD, Probe};
+use edge_filter_tests::wait::poll;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
@@ -58,88 +59,14 @@ const MARK4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
 const PORT: u16 = 5001;
 /// The destination port of the `dst` port entries.
 const SVC_PORT: u16 = 7001;
-/// Payload length of every test datagram (so byte counts are exact).
-const PAYLOAD: usize = 24;
 /// Bytes a test datagram is counted with: Ethernet + IPv4 + UDP + payload.
 const FRAME: u64 = 14 + 20 + 8 + PAYLOAD as u64;
 /// Bound for an agent's change to show up.
 const BOUND: Duration = Duration::from_secs(10);
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
-/// Run `edge-filter ARGS... --bpffs ROOT` in the receiving namespace;
-/// panics unless it succeeds; returns stdout.
-fn ef_ok(lab: &Lab, args: &[&str]) -> String {
-    let out = lab.edge_filter(args);
-    check_ok(&out, args)
-}
-
-fn check_ok(out: &Output, args: &[&str]) -> String {
-    assert!(
-        out.status.success(),
-        "edge-filter {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `ef_ok` with `--json`, parsed.
-fn ef_json(lab: &Lab, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.push("--json");
-    let text = ef_ok(lab, &a);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} --json: {e}:\n{text}"))
-}
-
-/// Send `n` datagrams from `src` to `dst` (every one [`PAYLOAD`] bytes),
-/// then a marker from [`MARK4`]; returns how many of the `n` arrived.
-fn burst(lab: &Lab, sink: &UdpSocket, src: SocketAddr, dst: SocketAddr, n: usize) -> usize {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let s = SEQ.fetch_add(1, Ordering::Relaxed);
-    let payloads: Vec<Vec<u8>> = (0..n)
-        .map(|i| format!("{:<width$}", format!("b{s}#{i}"), width = PAYLOAD).into_bytes())
-        .collect();
-    assert!(payloads.iter().all(|p| p.len() == PAYLOAD));
-    lab.send_udp(src, dst, &payloads);
-    let marker = format!("marker{s}").into_bytes();
-    lab.send_udp(
-        SocketAddr::new(MARK4, 40999),
-        dst,
-        std::slice::from_ref(&marker),
-    );
-    let got = recv_until_marker(sink, &marker, Duration::from_secs(5));
-    let prefix = format!("b{s}#");
-    got.iter()
-        .filter(|(from, p)| from.ip() == src.ip() && p.starts_with(prefix.as_bytes()))
-        .count()
-}
-
 /// Packets of `reason` between two `stats --json` reads.
 fn delta(before: &Stats, after: &Stats, reason: &str) -> u64 {
     after.packets(reason) - before.packets(reason)
-}
-
-fn poll<T>(what: &str, bound: Duration, agent: &Agent, mut f: impl FnMut() -> Option<T>) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < bound,
-            "{what}: not within {bound:?}\n{}",
-            agent.tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The map row `name` of an interface in `status --json`.
@@ -254,7 +181,7 @@ fn status_case(mode: &str, caps: Option<(u32, u32, u32, u32, u32)>) {
         abi::DEFAULT_ALLOW_ENTRIES,
     )));
 
-    let status = ef_json(&lab, &["status"]);
+    let status = lab.ef_json(&["status"]);
     let i = status_iface(&status);
     let kernel_mode = if lab.receiver_link().contains("xdpgeneric") {
         "skb"
@@ -279,7 +206,7 @@ fn status_case(mode: &str, caps: Option<(u32, u32, u32, u32, u32)>) {
     assert!(status.get("agent").is_none() && status.get("feeds").is_none());
 
     // The table says the same.
-    let text = ef_ok(&lab, &["status"]);
+    let text = lab.ef_ok(&["status"]);
     let row = text
         .lines()
         .find(|l| l.contains(RECEIVER_IF) && l.contains(mode))
@@ -305,7 +232,7 @@ fn status_case(mode: &str, caps: Option<(u32, u32, u32, u32, u32)>) {
         &format!("{STATUS_BLOCKLIST}192.0.2.16\n192.0.2.17\n"),
     );
     poll("two more ADDR_V4 entries", BOUND, &agent, || {
-        let s = ef_json(&lab, &["status"]);
+        let s = lab.ef_json(&["status"]);
         (map_row(status_iface(&s), abi::MAP_ADDR_V4)["entries"] == 5).then_some(())
     });
     println!("status ({mode}):\n{text}");
@@ -400,8 +327,7 @@ fn operator_stats_watch_rates_per_window() {
     );
     let agent = lab.start_agent(&["--blocklist", path_str(&bl)]);
     agent.wait_ready("attached");
-    let sink = lab.udp_sink(SocketAddr::new(RECV4, PORT));
-    let dst = SocketAddr::new(RECV4, PORT);
+    let sink = Probe::new(&lab, SocketAddr::new(RECV4, PORT), MARK4);
     let before = lab.stats();
 
     let mut cmd = lab.edge_filter_cmd();
@@ -446,27 +372,27 @@ fn operator_stats_watch_rates_per_window() {
             prev = Sample::parse(&watcher.stdout_lines()[start_lines - 1]);
             seen = start_lines;
         }
-        let delivered_drop = burst(
-            &lab,
-            &sink,
-            SocketAddr::new(drop4, 40000),
-            dst,
-            want["drop_addr"] as usize,
-        );
-        let delivered_port = burst(
-            &lab,
-            &sink,
-            SocketAddr::new(port4, 5353),
-            dst,
-            want["drop_addr_port"] as usize,
-        );
-        let delivered_mon = burst(
-            &lab,
-            &sink,
-            SocketAddr::new(mon4, 40000),
-            dst,
-            want["monitor_addr"] as usize,
-        );
+        let delivered_drop = sink
+            .send(
+                &lab,
+                SocketAddr::new(drop4, 40000),
+                want["drop_addr"] as usize,
+            )
+            .arrived();
+        let delivered_port = sink
+            .send(
+                &lab,
+                SocketAddr::new(port4, 5353),
+                want["drop_addr_port"] as usize,
+            )
+            .arrived();
+        let delivered_mon = sink
+            .send(
+                &lab,
+                SocketAddr::new(mon4, 40000),
+                want["monitor_addr"] as usize,
+            )
+            .arrived();
         assert_eq!(
             (delivered_drop, delivered_port),
             (0, 0),
@@ -605,14 +531,6 @@ const SOC: &str = r#"{"net":"192.0.2.20","indicator":"SOC-20","confidence":70,"d
 "#;
 const DROPLIST: &str = "# drop list\n192.0.2.20\n203.0.113.0/24\nnot-an-address\n";
 
-fn net(s: &str) -> IpNet {
-    let n: IpNet = s
-        .parse()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .unwrap_or_else(|e| panic!("{s}: {e}"));
-    n.trunc()
-}
-
 fn feeds_set() -> EntrySet {
     let e = |s: &str, a| Entry::new(net(s), None, a);
     let mut entries = vec![
@@ -635,22 +553,6 @@ fn feeds_set() -> EntrySet {
         allow: vec![net("192.0.2.30")],
         entries,
     }
-}
-
-fn write_config(lab: &Lab, soc: &Path, droplist: &Path) -> PathBuf {
-    let lit = |p: &Path| format!("'{}'", p.display());
-    let text = format!(
-        "state_dir = {}\nbpffs = {}\nreconcile_interval = \"2s\"\n\n\
-         [[interface]]\nname = \"{RECEIVER_IF}\"\n\n\
-         [allowlist]\nentries = [\"192.0.2.30\"]\n\n\
-         [[feed]]\nname = \"soc\"\nsource = \"file:{}\"\nformat = \"jsonl\"\nrefresh = \"1s\"\n\n\
-         [[feed]]\nname = \"droplist\"\nsource = \"file:{}\"\nformat = \"plain\"\nrefresh = \"1s\"\n",
-        lit(&lab.dir.join("state")),
-        lit(&lab.bpffs),
-        soc.display(),
-        droplist.display(),
-    );
-    lab.write_file("edge-filter.toml", &text)
 }
 
 fn provenance<'a>(entry: &'a Value, feed: &str) -> &'a Value {
@@ -697,7 +599,9 @@ fn operator_explain_and_status_with_feeds() {
     }
     let soc = lab.write_file("soc.jsonl", SOC);
     let droplist = lab.write_file("droplist.txt", DROPLIST);
-    let cfg = write_config(&lab, &soc, &droplist);
+    let cfg = AgentConfig::soc_and_droplist(&lab, &soc, &droplist)
+        .table("[allowlist]\nentries = [\"192.0.2.30\"]")
+        .write(&lab);
     let cfg_s = path_str(&cfg).to_string();
     let agent = lab.start_config_agent(&cfg);
     agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
@@ -705,13 +609,12 @@ fn operator_explain_and_status_with_feeds() {
     poll("both feeds enforced", BOUND, &agent, || {
         (lab.try_enforced().ok().as_ref() == Some(&want)).then_some(())
     });
-    let sink = lab.udp_sink(SocketAddr::new(RECV4, PORT));
-    let svc = lab.udp_sink(SocketAddr::new(RECV4, SVC_PORT));
-    let dst = SocketAddr::new(RECV4, PORT);
+    let sink = Probe::new(&lab, SocketAddr::new(RECV4, PORT), MARK4);
+    let svc = Probe::new(&lab, SocketAddr::new(RECV4, SVC_PORT), MARK4);
     const N: usize = 6;
 
     // A blocked address asserted by both feeds.
-    let ex = ef_json(&lab, &["explain", "192.0.2.20", "--config", &cfg_s]);
+    let ex = lab.ef_json(&["explain", "192.0.2.20", "--config", &cfg_s]);
     assert_eq!(ex["source"], "config");
     assert_eq!(ex["verdict"], "drop", "{ex:#}");
     assert_eq!(ex["reason"], "drop_addr");
@@ -733,7 +636,7 @@ fn operator_explain_and_status_with_feeds() {
     assert_eq!(ex["matching"][0]["deciding"], true);
     assert_kernel_agrees(&ex);
     assert_eq!(kernel_of(&ex)["deciding"], "192.0.2.20");
-    let text = ef_ok(&lab, &["explain", "192.0.2.20", "--config", &cfg_s]);
+    let text = lab.ef_ok(&["explain", "192.0.2.20", "--config", &cfg_s]);
     assert!(
         text.contains("DROP (drop_addr): decided by 192.0.2.20 (addr, drop) from feed soc (indicator SOC-20), feed droplist")
             && text.contains("kernel ef-rcv: agrees (drop_addr by 192.0.2.20)"),
@@ -742,20 +645,17 @@ fn operator_explain_and_status_with_feeds() {
     println!("explain (blocked):\n{text}");
 
     // A destination-port entry: decided with the port, conditional without.
-    let ex = ef_json(
-        &lab,
-        &[
-            "explain",
-            "192.0.2.22",
-            "40000",
-            "--proto",
-            "udp",
-            "--dst-port",
-            "7001",
-            "--config",
-            &cfg_s,
-        ],
-    );
+    let ex = lab.ef_json(&[
+        "explain",
+        "192.0.2.22",
+        "40000",
+        "--proto",
+        "udp",
+        "--dst-port",
+        "7001",
+        "--config",
+        &cfg_s,
+    ]);
     assert_eq!(
         (ex["verdict"].as_str(), ex["reason"].as_str()),
         (Some("drop"), Some("drop_addr_port")),
@@ -766,18 +666,15 @@ fn operator_explain_and_status_with_feeds() {
     assert_eq!(ex["deciding"]["port"], 7001);
     assert_eq!(provenance(&ex["deciding"], "soc")["indicator"], "SOC-22");
     assert_kernel_agrees(&ex);
-    let ex = ef_json(
-        &lab,
-        &[
-            "explain",
-            "192.0.2.22",
-            "40000",
-            "--proto",
-            "udp",
-            "--config",
-            &cfg_s,
-        ],
-    );
+    let ex = lab.ef_json(&[
+        "explain",
+        "192.0.2.22",
+        "40000",
+        "--proto",
+        "udp",
+        "--config",
+        &cfg_s,
+    ]);
     assert_eq!(ex["decision"], "no_match", "{ex:#}");
     assert_eq!(ex["conditional"][0]["entry"], "udp 192.0.2.22:7001 dst");
     assert_eq!(
@@ -787,7 +684,7 @@ fn operator_explain_and_status_with_feeds() {
     assert_kernel_agrees(&ex);
 
     // A monitored address.
-    let ex = ef_json(&lab, &["explain", "192.0.2.21", "--config", &cfg_s]);
+    let ex = lab.ef_json(&["explain", "192.0.2.21", "--config", &cfg_s]);
     assert_eq!(
         (ex["verdict"].as_str(), ex["reason"].as_str()),
         (Some("monitor"), Some("monitor_addr")),
@@ -797,7 +694,7 @@ fn operator_explain_and_status_with_feeds() {
     assert_kernel_agrees(&ex);
 
     // An allowlisted address (also asserted by a feed).
-    let ex = ef_json(&lab, &["explain", "192.0.2.30", "--config", &cfg_s]);
+    let ex = lab.ef_json(&["explain", "192.0.2.30", "--config", &cfg_s]);
     assert_eq!(ex["verdict"], "pass", "{ex:#}");
     assert_eq!(ex["reason"], "pass_allowlist");
     assert_eq!(ex["decision"], "allowlisted");
@@ -812,7 +709,7 @@ fn operator_explain_and_status_with_feeds() {
     assert_eq!(provenance(&ex["matching"][0], "soc")["indicator"], "SOC-30");
     assert_kernel_agrees(&ex);
     assert_eq!(kernel_of(&ex)["allowlisted_by"], "192.0.2.30/32");
-    let text = ef_ok(&lab, &["explain", "192.0.2.30", "--config", &cfg_s]);
+    let text = lab.ef_ok(&["explain", "192.0.2.30", "--config", &cfg_s]);
     assert!(
         text.contains("PASS (pass_allowlist): 192.0.2.30 is allowlisted by 192.0.2.30/32 (inline)"),
         "{text}"
@@ -820,7 +717,7 @@ fn operator_explain_and_status_with_feeds() {
     println!("explain (allowlisted):\n{text}");
 
     // An unknown address.
-    let ex = ef_json(&lab, &["explain", "192.0.2.40", "--config", &cfg_s]);
+    let ex = lab.ef_json(&["explain", "192.0.2.40", "--config", &cfg_s]);
     assert_eq!(
         (
             ex["verdict"].as_str(),
@@ -834,7 +731,7 @@ fn operator_explain_and_status_with_feeds() {
     assert_eq!(ex["conditional"].as_array().map(Vec::len), Some(0));
     assert_eq!(ex["allowlist"].as_array().map(Vec::len), Some(0));
     assert_kernel_agrees(&ex);
-    let text = ef_ok(&lab, &["explain", "192.0.2.40", "--config", &cfg_s]);
+    let text = lab.ef_ok(&["explain", "192.0.2.40", "--config", &cfg_s]);
     assert!(
         text.contains("PASS (pass_no_match): no entry matches 192.0.2.40"),
         "{text}"
@@ -843,21 +740,12 @@ fn operator_explain_and_status_with_feeds() {
     // Real datagrams get exactly those verdicts.
     let before = lab.stats();
     let src = |a: &str, port: u16| SocketAddr::new(ip(a), port);
-    assert_eq!(burst(&lab, &sink, src("192.0.2.20", 40000), dst, N), 0);
-    assert_eq!(
-        burst(
-            &lab,
-            &svc,
-            src("192.0.2.22", 40000),
-            SocketAddr::new(RECV4, SVC_PORT),
-            N
-        ),
-        0
-    );
-    assert_eq!(burst(&lab, &sink, src("192.0.2.22", 40000), dst, N), N);
-    assert_eq!(burst(&lab, &sink, src("192.0.2.21", 40000), dst, N), N);
-    assert_eq!(burst(&lab, &sink, src("192.0.2.30", 40000), dst, N), N);
-    assert_eq!(burst(&lab, &sink, src("192.0.2.40", 40000), dst, N), N);
+    assert_eq!(sink.send(&lab, src("192.0.2.20", 40000), N).arrived(), 0);
+    assert_eq!(svc.send(&lab, src("192.0.2.22", 40000), N).arrived(), 0);
+    assert_eq!(sink.send(&lab, src("192.0.2.22", 40000), N).arrived(), N);
+    assert_eq!(sink.send(&lab, src("192.0.2.21", 40000), N).arrived(), N);
+    assert_eq!(sink.send(&lab, src("192.0.2.30", 40000), N).arrived(), N);
+    assert_eq!(sink.send(&lab, src("192.0.2.40", 40000), N).arrived(), N);
     let after = lab.stats();
     for (reason, n) in [
         ("drop_addr", N),
@@ -886,10 +774,7 @@ fn operator_explain_and_status_with_feeds() {
 
     // Lists the kernel does not enforce: every difference is named.
     let other = lab.write_file("other.txt", "192.0.2.40\n");
-    let ex = ef_json(
-        &lab,
-        &["explain", "192.0.2.40", "--blocklist", path_str(&other)],
-    );
+    let ex = lab.ef_json(&["explain", "192.0.2.40", "--blocklist", path_str(&other)]);
     assert_eq!(ex["source"], "files");
     assert_eq!(
         ex["deciding"]["provenance"][0]["location"],
@@ -908,10 +793,7 @@ fn operator_explain_and_status_with_feeds() {
         mismatches.contains(&"kernel does not hold the deciding entry 192.0.2.40 (drop)"),
         "{mismatches:?}"
     );
-    let ex = ef_json(
-        &lab,
-        &["explain", "192.0.2.20", "--blocklist", path_str(&other)],
-    );
+    let ex = lab.ef_json(&["explain", "192.0.2.20", "--blocklist", path_str(&other)]);
     let mismatches: Vec<&str> = kernel_of(&ex)["mismatches"]
         .as_array()
         .unwrap()
@@ -922,10 +804,7 @@ fn operator_explain_and_status_with_feeds() {
         mismatches.contains(&"kernel holds 192.0.2.20 (drop), which the given lists do not"),
         "{mismatches:?}"
     );
-    let text = ef_ok(
-        &lab,
-        &["explain", "192.0.2.40", "--blocklist", path_str(&other)],
-    );
+    let text = lab.ef_ok(&["explain", "192.0.2.40", "--blocklist", path_str(&other)]);
     assert!(
         text.contains("kernel ef-rcv: MISMATCH")
             && text.contains("  - kernel does not hold the deciding entry 192.0.2.40 (drop)"),
@@ -933,7 +812,7 @@ fn operator_explain_and_status_with_feeds() {
     );
 
     // status --config: feeds healthy, the agent up.
-    let st = ef_json(&lab, &["status", "--config", &cfg_s]);
+    let st = lab.ef_json(&["status", "--config", &cfg_s]);
     let i = status_iface(&st);
     assert_eq!(i["configured"], true);
     assert_eq!(i["program_id"], u64::from(lab.xdp_prog_id().unwrap()));
@@ -980,14 +859,14 @@ fn operator_explain_and_status_with_feeds() {
     assert_eq!(f["state"], "ok", "{f:#}");
     assert_eq!(f["entries"], 2);
     assert_eq!(f["rejected_lines"], 1);
-    let text = ef_ok(&lab, &["status", "--config", &cfg_s]);
+    let text = lab.ef_ok(&["status", "--config", &cfg_s]);
     assert!(text.contains("agent: up (pid "), "{text}");
     println!("status --config:\n{text}");
 
     // A vanished feed file: the feed is failing, its entries stay.
     std::fs::remove_file(&droplist).unwrap();
     let f = poll("droplist failing", BOUND, &agent, || {
-        let f = feed(&ef_json(&lab, &["status", "--config", &cfg_s]), "droplist");
+        let f = feed(&lab.ef_json(&["status", "--config", &cfg_s]), "droplist");
         (f["state"] == "failing").then_some(f)
     });
     assert!(
@@ -997,7 +876,7 @@ fn operator_explain_and_status_with_feeds() {
         "{f:#}"
     );
     assert_eq!(f["entries"], 2);
-    let text = ef_ok(&lab, &["status", "--config", &cfg_s]);
+    let text = lab.ef_ok(&["status", "--config", &cfg_s]);
     assert!(
         text.lines()
             .any(|l| l.contains("droplist") && l.contains("failing")),
@@ -1007,7 +886,7 @@ fn operator_explain_and_status_with_feeds() {
     // The agent stopped: down.
     let code = agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
     assert!(code.success(), "agent exited {code}");
-    let st = ef_json(&lab, &["status", "--config", &cfg_s]);
+    let st = lab.ef_json(&["status", "--config", &cfg_s]);
     assert_eq!(st["agent"]["state"], "down", "{:#}", st["agent"]);
     assert_eq!(st["agent"]["up"], false);
     assert!(
@@ -1020,7 +899,7 @@ fn operator_explain_and_status_with_feeds() {
     );
     // The filter stays attached and explain still works from the copies.
     assert_eq!(status_iface(&st)["attached"], true);
-    let ex = ef_json(&lab, &["explain", "192.0.2.20", "--config", &cfg_s]);
+    let ex = lab.ef_json(&["explain", "192.0.2.20", "--config", &cfg_s]);
     assert_eq!(ex["reason"], "drop_addr");
     assert_kernel_agrees(&ex);
     println!("explain/status with feeds: done in {:.1?}", t0.elapsed());
@@ -1032,13 +911,7 @@ fn operator_explain_and_status_with_feeds() {
 #[test]
 fn operator_completions_and_man() {
     let bin = netns::edge_filter_bin();
-    let run = |args: &[&str]| -> String {
-        let out = std::process::Command::new(&bin)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-        check_ok(&out, args)
-    };
+    let run = |args: &[&str]| -> String { stdout_of(std::process::Command::new(&bin).args(args)) };
     let subcommands = [
         "run",
         "stats",

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use edge_filter_tests::config::AgentConfig;
 use edge_filter_tests::netns::{self, Agent, Lab, RECEIVER_IF};
 use edge_filter_tests::scrape;
 use edge_filter_tests::traffic::Probe;
@@ -70,18 +71,13 @@ fn cli(lab: &Lab, args: &[&str], pins: bool) -> (i32, String, String) {
 
 /// A config agent's TOML: one interface, the lab's pins, file feeds.
 fn config(lab: &Lab, state: &Path, extra: &str, feeds: &[(&str, &Path)]) -> PathBuf {
-    let mut text = format!(
-        "state_dir = '{}'\nbpffs = '{}'\nreconcile_interval = \"1s\"\n{extra}\n[[interface]]\nname = \"{RECEIVER_IF}\"\n",
-        state.display(),
-        lab.bpffs.display()
-    );
+    let mut c = AgentConfig::new(lab, state)
+        .set("reconcile_interval = \"1s\"")
+        .table(extra);
     for (name, path) in feeds {
-        text.push_str(&format!(
-            "\n[[feed]]\nname = \"{name}\"\nsource = \"file:{}\"\nformat = \"plain\"\nrefresh = \"1s\"\n",
-            path.display()
-        ));
+        c = c.file_feed(name, path, "plain", "1s");
     }
-    lab.write_file("edge-filter.toml", &text)
+    c.write(lab)
 }
 
 /// Bug 4: a second agent on an interface an agent manages refuses, naming

@@ -11,12 +11,14 @@
 
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edge_filter::entry::{Action, Entry};
 use edge_filter::intel::feeds::FeedEntry;
 use edge_filter::intel::state::{LastKnownGood, StateDir};
-use edge_filter_tests::netns::{self, Agent, Lab, RECEIVER_IF};
+use edge_filter_tests::config::AgentConfig;
+use edge_filter_tests::netns::{self, Agent, Lab};
+use edge_filter_tests::wait;
 
 /// An unprivileged uid that owns nothing here.
 const NOBODY: u32 = 65534;
@@ -30,37 +32,17 @@ fn chmod(p: &Path, mode: u32) {
 /// A config agent's config in the lab: the receiver's veth, the lab's pin
 /// root, `state`, and one plain file feed per `(name, path)`.
 fn write_config(lab: &Lab, state: &Path, feeds: &[(&str, &Path)]) -> PathBuf {
-    let mut t = format!(
-        "state_dir = '{}'\nbpffs = '{}'\n\n[metrics]\nlisten = \"off\"\n\n[[interface]]\nname = \"{RECEIVER_IF}\"\n",
-        state.display(),
-        lab.bpffs.display()
-    );
+    let mut c = AgentConfig::new(lab, state).table("[metrics]\nlisten = \"off\"");
     for (name, path) in feeds {
-        t.push_str(&format!(
-            "\n[[feed]]\nname = \"{name}\"\nsource = \"file:{}\"\nformat = \"plain\"\nrefresh = \"1s\"\n",
-            path.display()
-        ));
+        c = c.file_feed(name, path, "plain", "1s");
     }
-    lab.write_file("edge-filter.toml", &t)
+    c.write(lab)
 }
 
 /// Wait for `agent` to exit (it must, by itself, within 30 s) and return
 /// its stderr; panics if it succeeded.
 fn refused(agent: &Agent) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = agent.try_status() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not refuse:\n{}",
-            agent.tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // Let the output readers drain.
-    std::thread::sleep(Duration::from_millis(100));
+    let status = agent.wait_exit(Duration::from_secs(30), "(the agent did not refuse)");
     assert!(!status.success(), "the agent exited 0:\n{}", agent.tail(30));
     agent.stderr_text()
 }
@@ -87,15 +69,12 @@ fn has(set: &edge_filter::entry::EntrySet, net: &str) -> bool {
 
 /// Wait until the kernel enforces `net` on the receiver.
 fn wait_enforced(lab: &Lab, agent: &Agent, net: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !lab.try_enforced().is_ok_and(|s| has(&s, net)) {
-        assert!(
-            Instant::now() < deadline,
-            "{net} never enforced:\n{}",
-            agent.tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait::poll(
+        &format!("{net} enforced"),
+        Duration::from_secs(15),
+        agent,
+        || lab.try_enforced().is_ok_and(|s| has(&s, net)).then_some(()),
+    );
 }
 
 #[test]

@@ -48,13 +48,12 @@ use anyhow::{Context as _, Result, bail};
 use edge_filter::entry::EntrySet;
 use edge_filter::kernel::attach::{self, Mode};
 use edge_filter::kernel::classifier::{KernelClassifier, MAX_FRAME, MIN_FRAME};
-use edge_filter::kernel::maps::SlotKey;
 use edge_filter::kernel::paths::Paths;
 use edge_filter::kernel::program::Capacities;
 use edge_filter::reference::Reference;
 use edge_filter_common as abi;
 use edge_filter_tests::corpus::{Packet, entry_sets, generated_corpus, pcap_corpus};
-use edge_filter_tests::differential::compare;
+use edge_filter_tests::differential::{MATCH_REASONS, compare, keys_by_id};
 
 /// The fixed seed of `tests/tests/differential.rs`.
 const FIXED_SEED: u64 = 0x00ed_9ef1_17e7;
@@ -478,14 +477,7 @@ fn differential(
                 );
             }
             let reference = Reference::new(set);
-            let ids: HashMap<u32, SlotKey> = kernel
-                .maps()
-                .read()
-                .context("reading the maps")?
-                .entries()
-                .into_iter()
-                .map(|(k, v)| (v.id, k))
-                .collect();
+            let ids = keys_by_id(&kernel).context("reading the maps")?;
             let before = kernel.maps().counters().context("reading counters")?;
             let mut expected = vec![(0u64, 0u64); abi::REASON_COUNT as usize];
             let mut n = 0usize;
@@ -538,22 +530,7 @@ fn differential(
     }
     // Coverage, as the differential test asserts it (reported here: with
     // --sets a subset may legitimately miss some).
-    let mut must: Vec<String> = [
-        "pass_no_match",
-        "pass_allowlist",
-        "pass_non_ip",
-        "drop_addr",
-        "drop_prefix",
-        "drop_addr_port",
-        "drop_prefix_port",
-        "monitor_addr",
-        "monitor_prefix",
-        "monitor_addr_port",
-        "monitor_prefix_port",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut must: Vec<String> = MATCH_REASONS.iter().map(|s| s.to_string()).collect();
     for class in abi::MalformedClass::ALL {
         for v in ["pass", "drop"] {
             must.push(format!("malformed_{v}_{}", class.name()));
