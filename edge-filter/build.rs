@@ -1,6 +1,6 @@
 //! Builds the XDP program (`edge-filter-ebpf`) for `bpfel-unknown-none` with
 //! the nightly toolchain and `-Z build-std=core`, and leaves the object in
-//! `OUT_DIR/edge-filter` where `src/program.rs` embeds it.
+//! `OUT_DIR/edge-filter` where `src/kernel/program.rs` embeds it.
 //!
 //! With `AYA_BUILD_SKIP=1` (handy for quick `cargo clippy`/`cargo doc` runs
 //! that need no object) an empty object is written instead; the loader then

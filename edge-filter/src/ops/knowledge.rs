@@ -98,7 +98,7 @@ impl Knowledge {
         }
     }
 
-    /// From the agent's merged desired state (`sync::merge`), with every
+    /// From the agent's merged desired state (`intel::desired::merge`), with every
     /// feed's provenance.
     pub fn from_desired(d: &DesiredState) -> Self {
         let provenance = d

@@ -196,7 +196,7 @@ fn generate(seed: u64) -> Sets {
         .collect();
     after.extend(added);
     // Sorted by key, one entry per key: what the agent's desired state
-    // (`sync::desired::merge`) hands to `EntryMaps::rebuild`.
+    // (`intel::desired::merge`) hands to `EntryMaps::rebuild`.
     let mut full_entries = full_entries;
     full_entries.sort_unstable_by_key(Entry::key);
     after.sort_unstable_by_key(Entry::key);
