@@ -7,4 +7,5 @@ pub mod explain;
 pub mod hits;
 pub mod knowledge;
 pub mod metrics;
+pub mod overview;
 pub mod status;
