@@ -477,7 +477,7 @@ fn differential(
                 );
             }
             let reference = Reference::new(set);
-            let ids = keys_by_id(&kernel).context("reading the maps")?;
+            let ids = keys_by_id(kernel).context("reading the maps")?;
             let before = kernel.maps().counters().context("reading counters")?;
             let mut expected = vec![(0u64, 0u64); abi::REASON_COUNT as usize];
             let mut n = 0usize;
