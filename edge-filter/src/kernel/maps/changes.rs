@@ -21,7 +21,7 @@ pub(super) struct Touched {
 
 /// What a key change does, as [`SetChanges::between`] found it: the key
 /// is new, its action changed, or it is gone. Knowing adds in advance lets
-/// [`EntryMaps::apply_changes`] hand out their ids before any map is touched.
+/// [`EntryMaps::apply_changes`](super::EntryMaps::apply_changes) hand out their ids before any map is touched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Change {
     Add(Action),
@@ -239,7 +239,7 @@ impl Desired {
 
 /// The key-level changes from one entry set to another: every key added
 /// (with its action), removed, or whose action changed. What
-/// [`EntryMaps::apply_changes`] applies.
+/// [`EntryMaps::apply_changes`](super::EntryMaps::apply_changes) applies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetChanges(pub(super) Vec<(Slot, Change)>);
 
@@ -271,7 +271,7 @@ impl SetChanges {
     }
 }
 
-/// Key-level changes from `prev` to `new` (both [`normalized`]): one merge
+/// Key-level changes from `prev` to `new` (both [`normalized`](super::contents::normalized)): one merge
 /// pass over the sorted lists. `None` removes a key.
 fn diff_sets(prev: &EntrySet, new: &EntrySet) -> Vec<(Slot, Change)> {
     let mut out = Vec::new();
