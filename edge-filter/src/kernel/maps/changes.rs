@@ -6,7 +6,6 @@
 
 use edge_filter_common::{EntryValue, PORT_PREFIX_FIXED_BITS, PortKeyV4, PortKeyV6};
 
-use super::both;
 use super::contents::{Desired, Slot, allow_slot, entry_slot, is_normalized};
 use super::trie::{LenFilter, covered, flat_value, lengths_or_empty, value};
 use crate::entry::{Action, Entry, EntrySet};
@@ -402,6 +401,20 @@ impl TrieFilters {
             _ => {}
         }
     }
+}
+
+/// Run `a` and `b` at once (`b` on a scoped thread), returning both
+/// results; a panic in either is propagated.
+pub(super) fn both<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    std::thread::scope(|sc| {
+        let hb = sc.spawn(b);
+        let ra = a();
+        let rb = hb.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (ra, rb)
+    })
 }
 
 #[cfg(test)]

@@ -4,9 +4,8 @@
 
 use aya::Pod;
 
-use super::both;
 use super::changes::TrieFilters;
-use super::changes::{Change, HashPlan, HashWrites, Planned, Updated};
+use super::changes::{Change, HashPlan, HashWrites, Planned, Updated, both};
 use super::contents::{Slot, tight_maps};
 use super::entry_maps::{
     EntryMaps, MAP_INDEX, SyncStats, delete_by_fd, merge_stats, note_refused, write_by_fd,

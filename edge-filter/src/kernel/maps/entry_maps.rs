@@ -22,9 +22,8 @@ use edge_filter_common::{
     self as abi, Config, EntryValue, PortKeyV4, PortKeyV6, PortPrefixV4, PortPrefixV6,
 };
 
-use super::both;
-use super::changes::SetChanges;
 use super::changes::TrieFilters;
+use super::changes::{SetChanges, both};
 use super::contents::{Census, Desired, KeyMap, drift, new_keys, normalized, tight_maps};
 use super::ids::IdAlloc;
 use crate::entry::EntrySet;

@@ -32,14 +32,3 @@ pub use changes::SetChanges;
 pub use contents::{Census, Desired, KeyMap, SlotKey, drift, ids_of};
 pub use entry_maps::{EntryMaps, SyncStats, possible_cpus};
 pub use ids::IdAlloc;
-
-/// Run `a` and `b` at once (`b` on a scoped thread), returning both
-/// results; a panic in either is propagated.
-fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
-    std::thread::scope(|sc| {
-        let hb = sc.spawn(b);
-        let ra = a();
-        let rb = hb.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-        (ra, rb)
-    })
-}
