@@ -3,7 +3,7 @@
 
 mod cli;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
@@ -28,8 +28,8 @@ fn main() -> std::process::ExitCode {
         Command::Features(a) => cli::features::run(a),
         Command::Top(a) => cli::top::run(a),
         Command::Events(a) => cli::events::run(a),
-        Command::Completions(a) => cli::completions::completions(a),
-        Command::Man(a) => cli::completions::man(a),
+        Command::Completions(a) => cli::completions::completions(a, Cli::command()),
+        Command::Man(a) => cli::completions::man(a, Cli::command()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

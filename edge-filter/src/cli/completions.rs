@@ -3,10 +3,8 @@
 
 use std::io::Write;
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 use clap_complete::Shell;
-
-use super::Cli;
 
 /// Print a shell completion script.
 ///
@@ -34,8 +32,8 @@ pub struct ManArgs {
     pub subcommand: Option<String>,
 }
 
-pub fn completions(a: CompletionsArgs) -> anyhow::Result<()> {
-    let mut cmd = Cli::command();
+/// Print the completion script of `cmd` (the whole command line).
+pub fn completions(a: CompletionsArgs, mut cmd: clap::Command) -> anyhow::Result<()> {
     let name = cmd.get_name().to_string();
     let mut out = Vec::new();
     clap_complete::generate(a.shell, &mut cmd, name.clone(), &mut out);
@@ -61,8 +59,9 @@ fn fix_bash_hyphen(script: &[u8], name: &str) -> Vec<u8> {
     text.replace(&wrong, &right).into_bytes()
 }
 
-pub fn man(a: ManArgs) -> anyhow::Result<()> {
-    let mut cmd = Cli::command();
+/// Print the man page of `cmd` (the whole command line) or of one of its
+/// subcommands.
+pub fn man(a: ManArgs, mut cmd: clap::Command) -> anyhow::Result<()> {
     cmd.build();
     let page = match &a.subcommand {
         None => cmd,

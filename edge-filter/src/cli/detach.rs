@@ -3,7 +3,7 @@
 use clap::Args;
 use edge_filter::kernel::{attach, paths::Paths};
 
-use super::PinArgs;
+use super::pins::PinArgs;
 
 /// Detach the filter from IFACE and remove its pinned maps.
 #[derive(Debug, Args)]

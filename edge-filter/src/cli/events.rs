@@ -16,7 +16,7 @@ use edge_filter::ops::knowledge::{Knowledge, key_text};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
-use super::Pins;
+use super::pins::Pins;
 
 /// `events --help`.
 pub const LONG_ABOUT: &str = "\

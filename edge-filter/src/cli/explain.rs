@@ -15,7 +15,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::Pins;
+use super::pins::Pins;
 
 /// `explain --help`.
 pub const LONG_ABOUT: &str = "\

@@ -8,7 +8,7 @@ use edge_filter::agent;
 use edge_filter::kernel::{attach::Mode, paths::Paths, program::Capacities};
 use edge_filter::trust::{self, Role};
 
-use super::PinArgs;
+use super::pins::PinArgs;
 
 /// `run --help`: the blocklist format and the agent's life cycle.
 pub const LONG_ABOUT: &str = "\

@@ -5,7 +5,7 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::kernel::{attach, counters};
 use serde::Serialize;
 
-use super::{PinArgs, Pins};
+use super::pins::{PinArgs, Pins};
 
 /// Show packets and bytes by verdict reason, read from the pinned maps.
 ///
@@ -96,7 +96,7 @@ mod watch {
     use time::OffsetDateTime;
 
     use super::StatsArgs;
-    use crate::cli::Pins;
+    use crate::cli::pins::Pins;
 
     static STOP: AtomicBool = AtomicBool::new(false);
 

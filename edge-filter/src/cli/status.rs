@@ -11,7 +11,7 @@ use edge_filter::ops::overview::Overview;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::Pins;
+use super::pins::Pins;
 
 /// `status --help`.
 pub const LONG_ABOUT: &str = "\

@@ -11,7 +11,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::Pins;
+use super::pins::Pins;
 
 /// `top --help`.
 pub const LONG_ABOUT: &str = "\
