@@ -4,3 +4,4 @@ pub mod corpus;
 pub mod differential;
 pub mod httpd;
 pub mod netns;
+pub mod soak;
