@@ -435,7 +435,9 @@ impl Plan {
             }
             StepKind::Kill => {
                 let during = self.rng.random_bool(0.5);
-                let delay_ms = self.rng.random_range(0..400);
+                // The sync of a rotation takes milliseconds here: kill within
+                // tens of them of the new copy being fetched.
+                let delay_ms = self.rng.random_range(0..40);
                 let during = during.then(|| {
                     let v = self.rotation();
                     self.model.serve(ROT, Serving::Valid(v.clone()));

@@ -857,20 +857,36 @@ impl Rig {
                     .start_agent(&["--blocklist", &bl, "--metrics-listen", "off"])
             }
         };
+        // The kernel is sampled all along: the first agent's reconcile may
+        // repair what the second one did before it is gone.
+        let mut changed: Option<edge_filter::entry::EntrySet> = None;
+        let sample = |lab: &Lab, changed: &mut Option<edge_filter::entry::EntrySet>| {
+            if changed.is_none()
+                && let (Ok(b), Ok(now)) = (&before, lab.try_enforced())
+                && *b != now
+            {
+                *changed = Some(now);
+            }
+        };
         let deadline = Instant::now() + SECOND_AGENT_BOUND;
         let mut outcome = None;
+        let mut ready_at = None;
         while Instant::now() < deadline {
+            sample(&self.lab, &mut changed);
             if let Some(st) = second.try_status() {
                 outcome = Some(st);
                 break;
             }
-            if second
-                .stdout_lines()
-                .iter()
-                .any(|l| l.starts_with("ready:"))
+            if ready_at.is_none()
+                && second
+                    .stdout_lines()
+                    .iter()
+                    .any(|l| l.starts_with("ready:"))
             {
-                // It took over; let it run a moment as a real one would.
-                std::thread::sleep(Duration::from_millis(500));
+                ready_at = Some(Instant::now());
+            }
+            // It took over: let it run a moment as a real one would.
+            if ready_at.is_some_and(|t: Instant| t.elapsed() > Duration::from_millis(500)) {
                 break;
             }
             if stop.stopped() {
@@ -916,10 +932,8 @@ impl Rig {
         }
         self.log_agent(&second, "second agent");
         drop(second); // SIGKILL if still running
-        let after = self.lab.try_enforced();
-        if let (Ok(b), Ok(a)) = (&before, &after)
-            && b != a
-        {
+        sample(&self.lab, &mut changed);
+        if let (Ok(b), Some(a)) = (&before, &changed) {
             let bs: std::collections::BTreeSet<_> = b.entries.iter().collect();
             let as_: std::collections::BTreeSet<_> = a.entries.iter().collect();
             v.push(Violation::new(
