@@ -11,12 +11,14 @@
 //!   `ef-e2e-<pid>-<n>-s` / `-r`, pins live under `/sys/fs/bpf/ef-test-<pid>-<n>`,
 //!   files under `$TMPDIR/ef-e2e-<pid>-<n>`; tests can run in parallel.
 //! - [`Lab`]'s `Drop` (which also runs when a test panics) kills the agents it
-//!   started, runs `edge-filter detach`, removes the pins, deletes both
-//!   namespaces and the temporary directory. Agents are spawned with
+//!   started, runs `edge-filter detach`, removes the pins, unmounts the tmpfs
+//!   it mounted ([`Lab::mount_tmpfs`]), deletes both namespaces and the
+//!   temporary directory. Agents are spawned with
 //!   `PR_SET_PDEATHSIG(SIGKILL)`, so they die with the test process even when
 //!   `Drop` never runs (SIGKILL, Ctrl-C); the namespaces, pins and files such
 //!   a process leaves behind are swept by the next [`Lab::create`] (their names
-//!   carry the dead process's pid).
+//!   carry the dead process's pid; mounts below its directory are unmounted
+//!   first).
 //! - The agent runs under `nsenter --net=/run/netns/NAME`, never under
 //!   `ip netns exec`, which remounts `/sys` and would hide the pins.
 //!

@@ -789,6 +789,9 @@ mod tests {
         let mut bad = good.clone();
         bad.received[1] = 3;
         bad.received[5] = 9;
+        // (the counters saw what the sink saw: 18 dropped)
+        bad.kernel_dropped = 18;
+        bad.kernel_passed += 2;
         let v = check_traffic(&drops, &bad);
         assert_eq!(
             kinds(&v),
