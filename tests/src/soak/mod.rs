@@ -211,11 +211,10 @@ fn drive(
         let Ok(mut v) = rig.ensure_agent(stop) else {
             break;
         };
-        let before = plan.model().expected();
+        let before = plan.model().clone();
         let step = plan.next_step();
-        let after = plan.model().expected();
         let desc = step.describe();
-        let res = rig.run_step(stop, &step, plan.model(), &before, &after);
+        let res = rig.run_step(stop, &step, &before, plan.model());
         let Ok(mut out) = res else {
             println!(
                 "step {:>4}: {desc}: cut short by the {}",

@@ -159,7 +159,8 @@ pub enum Serving {
     Valid(Vec<Ipv4Net>),
     /// A close-delimited body (HTTP only) that ends inside a line: the
     /// complete lines, then `partial` without a newline (itself a valid
-    /// but different address: `10.99.0.17` cut to `10.99.0.1`).
+    /// but different address, `10.99.0.17` cut to `10.99.0.1`, and one that
+    /// nothing lists).
     Truncated {
         /// Complete lines.
         complete: Vec<Ipv4Net>,

@@ -418,10 +418,7 @@ impl Plan {
             StepKind::Truncated => {
                 let feed = *[ROT, ALPHA].choose(&mut self.rng).expect("not empty");
                 let complete = self.small_change(feed);
-                // The cut line: `10.99.0.NN` cut after its first digit is
-                // `10.99.0.N`, a traffic source (1..=4).
-                let nn: u8 = self.rng.random_range(10..=48);
-                let partial = format!("10.99.0.{}", nn / 10);
+                let partial = self.cut_line(feed, &complete);
                 serve(self, feed, Serving::Truncated { complete, partial })
             }
             StepKind::FeedError => {
@@ -508,6 +505,33 @@ impl Plan {
             }
             FRIENDS => host(source_addr(r.random_range(35..43))),
             _ => unreachable!("feed index {feed}"),
+        }
+    }
+
+    /// The cut final line of a truncated body of `feed` whose complete
+    /// lines are `complete`: `10.99.0.NN` cut after its first digit, i.e. a
+    /// traffic source `10.99.0.N` (1..=4) that nothing lists or allows
+    /// once `complete` applies, so the cut line applied as an entry drops
+    /// its datagrams; when all four are listed, an address no feed uses
+    /// (`10.93.x.y`), which only the kernel check sees.
+    fn cut_line(&mut self, feed: usize, complete: &[Ipv4Net]) -> String {
+        let mut m = self.model.clone();
+        m.serve(feed, Serving::Valid(complete.to_vec()));
+        let exp = m.expected();
+        let free: Vec<usize> = (0..4)
+            .filter(|&i| {
+                let a = source_addr(i);
+                !exp.block.iter().any(|n| n.contains(&a))
+                    && !exp.allow.iter().any(|n| n.contains(&a))
+            })
+            .collect();
+        match free.choose(&mut self.rng) {
+            Some(&i) => source_addr(i).to_string(),
+            None => format!(
+                "10.93.{}.{}",
+                self.rng.random::<u8>(),
+                self.rng.random_range(1..=25u8)
+            ),
         }
     }
 
@@ -665,6 +689,19 @@ mod tests {
                 "step {}: {exact} exact addresses do not fit",
                 step.number
             );
+            if let Action::Serve {
+                serving: Serving::Truncated { partial, .. },
+                ..
+            } = &step.action
+            {
+                let a: Ipv4Addr = partial.parse().expect("the cut line is an address");
+                let e = m.expected();
+                assert!(
+                    !e.block.iter().chain(&e.allow).any(|n| n.contains(&a)),
+                    "step {}: the cut line {a} is listed, so applying it would go unseen",
+                    step.number
+                );
+            }
             if let Action::Serve {
                 feed: ROT,
                 serving: Serving::Valid(v),

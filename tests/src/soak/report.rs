@@ -11,8 +11,9 @@ use serde::Serialize;
 use super::check::{Violation, ViolationKind};
 use super::plan::StepKind;
 
-/// Violations kept in full in the JSON report (all are counted).
-const KEPT: usize = 500;
+/// Violations of each kind kept in full in the JSON report (all are
+/// counted).
+const KEPT_PER_KIND: usize = 50;
 /// Violations described per kind in the summary.
 const SHOWN_PER_KIND: usize = 3;
 
@@ -86,7 +87,7 @@ pub struct Report {
     pub steps_with_violation_by_kind: BTreeMap<String, usize>,
     /// By step kind, then kind.
     pub violations_by_step_kind: BTreeMap<String, BTreeMap<String, usize>>,
-    /// The first violations in full.
+    /// The first violations of each kind in full.
     pub violations: Vec<Found>,
     /// Every step.
     pub steps: Vec<StepRecord>,
@@ -132,7 +133,12 @@ impl Report {
                     .entry(v.kind.name())
                     .or_default() += 1;
             }
-            if self.violations.len() < KEPT {
+            let kept = self
+                .violations
+                .iter()
+                .filter(|f| f.violation.kind == v.kind)
+                .count();
+            if kept < KEPT_PER_KIND {
                 self.violations.push(Found {
                     step: number,
                     step_kind: kind.to_string(),
