@@ -1178,11 +1178,10 @@ fn add_addrs(
     let mut own = String::new();
     let mut neigh = String::new();
     for (addr, prefix) in addrs {
-        let family = if addr.is_ipv6() { "-6 " } else { "" };
+        // (`ip -batch` lines take no global options such as `-6`; the
+        // address says its family.)
         let nodad = if addr.is_ipv6() { " nodad" } else { "" };
-        own.push_str(&format!(
-            "{family}addr add {addr}/{prefix} dev {iface}{nodad}\n"
-        ));
+        own.push_str(&format!("addr add {addr}/{prefix} dev {iface}{nodad}\n"));
         neigh.push_str(&format!(
             "neigh replace {addr} lladdr {mac} dev {peer_if} nud permanent\n"
         ));
