@@ -6,3 +6,4 @@ pub mod httpd;
 pub mod netns;
 pub mod scrape;
 pub mod traffic;
+pub mod soak;
