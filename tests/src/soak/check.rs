@@ -73,6 +73,9 @@ pub enum ViolationKind {
     GapUnreported,
     /// A failed save (disk full) is not reported in status or metrics.
     PersistenceUnreported,
+    /// Once the disk had room again, the agent did not save what it could
+    /// not save before (a restart would then enforce older copies).
+    PersistenceNotRecovered,
 }
 
 impl ViolationKind {

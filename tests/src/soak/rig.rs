@@ -55,6 +55,9 @@ const OBSERVE_BOUND: Duration = Duration::from_secs(6);
 const SECOND_AGENT_BOUND: Duration = Duration::from_secs(10);
 /// How long reporting may lag the kernel.
 const REPORT_BOUND: Duration = Duration::from_secs(2);
+/// How long the agent may take to save what a full disk kept it from
+/// saving, once there is room (two reconciles and a status write).
+const RECOVER_BOUND: Duration = Duration::from_secs(6);
 
 /// Run-wide knobs.
 #[derive(Clone, Debug)]
@@ -1011,6 +1014,33 @@ impl Rig {
         })();
         let _ = std::fs::remove_file(&fill);
         res?;
+        // Room again: the agent saves what it could not (at its next
+        // reconcile) and says so; until then a restart would enforce older
+        // copies, which the model here does not follow.
+        let deadline = Instant::now() + RECOVER_BOUND;
+        loop {
+            stop.check()?;
+            let s = self.status_json().unwrap_or_default();
+            let clear = s["agent"]["persist_error"].is_null()
+                && s["feeds"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().all(|x| x["persist_error"].is_null()));
+            if clear {
+                break;
+            }
+            if Instant::now() > deadline {
+                v.push(Violation::new(
+                    ViolationKind::PersistenceNotRecovered,
+                    format!(
+                        "state_dir has room again, but {RECOVER_BOUND:?} later status still reports a persistence failure: {} / {}",
+                        s["agent"]["persist_error"],
+                        s["feeds"]
+                    ),
+                ));
+                break;
+            }
+            stop.sleep(Duration::from_millis(100))?;
+        }
         Ok(v)
     }
 }
