@@ -8,5 +8,6 @@ pub mod httpd;
 pub mod literal;
 pub mod netns;
 pub mod scrape;
+pub mod soak;
 pub mod traffic;
 pub mod wait;

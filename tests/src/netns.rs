@@ -11,12 +11,14 @@
 //!   `ef-e2e-<pid>-<n>-s` / `-r`, pins live under `/sys/fs/bpf/ef-test-<pid>-<n>`,
 //!   files under `$TMPDIR/ef-e2e-<pid>-<n>`; tests can run in parallel.
 //! - [`Lab`]'s `Drop` (which also runs when a test panics) kills the agents it
-//!   started, runs `edge-filter detach`, removes the pins, deletes both
-//!   namespaces and the temporary directory. Agents are spawned with
+//!   started, runs `edge-filter detach`, removes the pins, unmounts the tmpfs
+//!   it mounted ([`Lab::mount_tmpfs`]), deletes both namespaces and the
+//!   temporary directory. Agents are spawned with
 //!   `PR_SET_PDEATHSIG(SIGKILL)`, so they die with the test process even when
 //!   `Drop` never runs (SIGKILL, Ctrl-C); the namespaces, pins and files such
 //!   a process leaves behind are swept by the next [`Lab::create`] (their names
-//!   carry the dead process's pid).
+//!   carry the dead process's pid; mounts below its directory are unmounted
+//!   first).
 //! - The agent runs under `nsenter --net=/run/netns/NAME`, never under
 //!   `ip netns exec`, which remounts `/sys` and would hide the pins.
 //!
@@ -247,6 +249,10 @@ pub fn sweep_stale() {
     let tmp = std::env::temp_dir();
     for n in names(&tmp.to_string_lossy()) {
         if stale(&n, NETNS_PREFIX) {
+            for m in mounts_below(&tmp.join(&n)) {
+                eprintln!("sweeping stale mount {}", m.display());
+                let _ = unmount(&m);
+            }
             let _ = std::fs::remove_dir_all(tmp.join(&n));
         }
     }
@@ -350,6 +356,33 @@ impl Netns {
     pub fn ip(&self, args: &[&str]) -> String {
         let out = run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -n NAME -batch -` with `commands` (one per line) on stdin,
+    /// panicking on failure.
+    pub fn ip_batch(&self, commands: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run ip -batch: {e}"));
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(commands.as_bytes())
+            .expect("write to ip -batch");
+        let out = child.wait_with_output().expect("wait for ip -batch");
+        assert!(
+            out.status.success(),
+            "ip -n {} -batch failed ({}): {}\ncommands:\n{commands}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Write a sysctl of this namespace (`key` with dots, e.g. `net.ipv6.conf.all.accept_dad`).
@@ -716,6 +749,12 @@ pub struct Lab {
     pub receiver: Netns,
     bin: PathBuf,
     agents: Mutex<Vec<Arc<Mutex<Child>>>>,
+    /// Addresses added with [`Lab::add_sender_addr`] / [`Lab::add_receiver_addr`]
+    /// (`true`: sender side), re-added by [`Lab::add_veth`] after
+    /// [`Lab::delete_veth`].
+    addrs: Mutex<Vec<(bool, IpAddr, u8)>>,
+    /// tmpfs mounts made by [`Lab::mount_tmpfs`], unmounted on cleanup.
+    mounts: Mutex<Vec<PathBuf>>,
 }
 
 impl Lab {
@@ -739,6 +778,8 @@ impl Lab {
             tag,
             bin,
             agents: Mutex::new(Vec::new()),
+            addrs: Mutex::new(Vec::new()),
+            mounts: Mutex::new(Vec::new()),
         };
         std::fs::create_dir_all(&lab.dir).expect("create the test directory");
         // The agent refuses a config, state_dir or pin root others can write
@@ -765,16 +806,17 @@ impl Lab {
             }
             ns.ip(&["link", "set", "lo", "up"]);
         }
-        lab.create_veth();
+        lab.add_veth();
         lab
     }
 
-    /// Create the veth pair between the namespaces, both ends up (also
-    /// after [`Lab::delete_veth`]: the same names and MAC addresses, no IP
-    /// addresses).
-    pub fn create_veth(&self) {
-        let lab = self;
-        lab.sender.ip(&[
+    /// Create the veth pair ([`SENDER_IF`] in the sender, [`RECEIVER_IF`]
+    /// in the receiver, fixed MACs), bring both ends up, add back every
+    /// address and neighbor entry added so far, and wait until the link is
+    /// up. [`Lab::create`] calls it; call it again after
+    /// [`Lab::delete_veth`] to recreate the interface with the same name.
+    pub fn add_veth(&self) {
+        self.sender.ip(&[
             "link",
             "add",
             SENDER_IF,
@@ -788,15 +830,37 @@ impl Lab {
             "address",
             RECEIVER_MAC,
             "netns",
-            lab.receiver.name(),
+            self.receiver.name(),
         ]);
-        lab.sender.ip(&["link", "set", SENDER_IF, "up"]);
-        lab.receiver.ip(&["link", "set", RECEIVER_IF, "up"]);
-        lab.wait_link_up();
+        self.sender.ip(&["link", "set", SENDER_IF, "up"]);
+        self.receiver.ip(&["link", "set", RECEIVER_IF, "up"]);
+        let addrs = self.addrs.lock().unwrap().clone();
+        let (snd, rcv): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.0);
+        let pairs = |v: Vec<(bool, IpAddr, u8)>| -> Vec<(IpAddr, u8)> {
+            v.into_iter().map(|(_, a, p)| (a, p)).collect()
+        };
+        add_addrs(
+            &self.sender,
+            SENDER_IF,
+            &self.receiver,
+            RECEIVER_IF,
+            SENDER_MAC,
+            &pairs(snd),
+        );
+        add_addrs(
+            &self.receiver,
+            RECEIVER_IF,
+            &self.sender,
+            SENDER_IF,
+            RECEIVER_MAC,
+            &pairs(rcv),
+        );
+        self.wait_link_up();
     }
 
-    /// Delete the veth pair (from the receiving side: the filtered
-    /// interface goes away, and its peer with it).
+    /// Delete the veth pair (deleting [`RECEIVER_IF`] deletes both ends):
+    /// the interface the filter is attached to is gone until
+    /// [`Lab::add_veth`]. Addresses are remembered and added back then.
     pub fn delete_veth(&self) {
         self.receiver.ip(&["link", "del", RECEIVER_IF]);
     }
@@ -821,15 +885,54 @@ impl Lab {
     /// permanent neighbor entry for it in the receiver, so replies need no
     /// ARP or NDP.
     pub fn add_sender_addr(&self, addr: IpAddr, prefix: u8) {
-        add_addr(&self.sender, SENDER_IF, addr, prefix);
-        add_neigh(&self.receiver, RECEIVER_IF, addr, SENDER_MAC);
+        self.add_sender_addrs(&[(addr, prefix)]);
+    }
+
+    /// [`Lab::add_sender_addr`] for many addresses at once (two `ip -batch`
+    /// runs instead of two commands per address).
+    pub fn add_sender_addrs(&self, addrs: &[(IpAddr, u8)]) {
+        add_addrs(
+            &self.sender,
+            SENDER_IF,
+            &self.receiver,
+            RECEIVER_IF,
+            SENDER_MAC,
+            addrs,
+        );
+        let mut known = self.addrs.lock().unwrap();
+        known.extend(addrs.iter().map(|&(a, p)| (true, a, p)));
     }
 
     /// Add `addr/prefix` to the receiver's veth, and a permanent neighbor
     /// entry for it in the sender.
     pub fn add_receiver_addr(&self, addr: IpAddr, prefix: u8) {
-        add_addr(&self.receiver, RECEIVER_IF, addr, prefix);
-        add_neigh(&self.sender, SENDER_IF, addr, RECEIVER_MAC);
+        add_addrs(
+            &self.receiver,
+            RECEIVER_IF,
+            &self.sender,
+            SENDER_IF,
+            RECEIVER_MAC,
+            &[(addr, prefix)],
+        );
+        self.addrs.lock().unwrap().push((false, addr, prefix));
+    }
+
+    /// Mount a tmpfs of `size` (`mount -o size=`, e.g. `"1m"`) on the lab's
+    /// directory `name` (created) and return its path: a small file system
+    /// to fill up. Unmounted by the lab's cleanup (and by
+    /// [`sweep_stale`] when the process died first).
+    pub fn mount_tmpfs(&self, name: &str, size: &str) -> PathBuf {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size},mode=0700"))
+                .arg("ef-soak")
+                .arg(&dir),
+        );
+        self.mounts.lock().unwrap().push(dir.clone());
+        dir
     }
 
     /// Write (create or truncate and rewrite in place) a file in the lab's
@@ -902,8 +1005,20 @@ impl Lab {
     /// (from `prog/xdp id N` in `ip link show`).
     pub fn xdp_prog_id(&self) -> Option<u32> {
         let link = self.receiver_link();
-        let rest = link.split("prog/xdp id ").nth(1)?;
-        rest.split_whitespace().next()?.parse().ok()
+        parse_xdp_prog_id(&link)
+    }
+
+    /// [`Lab::xdp_prog_id`] without panicking: `Err` (with `ip`'s message)
+    /// when [`RECEIVER_IF`] does not exist.
+    pub fn try_xdp_prog_id(&self) -> Result<Option<u32>, String> {
+        let out = Command::new("ip")
+            .args(["-n", self.receiver.name(), "link", "show", RECEIVER_IF])
+            .output()
+            .map_err(|e| format!("cannot run ip: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(parse_xdp_prog_id(&String::from_utf8_lossy(&out.stdout)))
     }
 
     /// The pin directory of the receiver's veth.
@@ -1049,7 +1164,12 @@ impl Lab {
             eprintln!("cleanup: removing {}: {e}", self.bpffs.display());
         }
         // 3. The namespaces go when the fields drop (after this); the veth
-        //    pair goes with them. 4. The files.
+        //    pair goes with them. 4. The mounts, then the files.
+        for m in self.mounts.lock().unwrap().drain(..) {
+            if let Err(e) = unmount(&m) {
+                eprintln!("cleanup: umount {}: {e}", m.display());
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -1060,27 +1180,83 @@ impl Drop for Lab {
     }
 }
 
-fn add_addr(ns: &Netns, iface: &str, addr: IpAddr, prefix: u8) {
-    let cidr = format!("{addr}/{prefix}");
-    if addr.is_ipv6() {
-        ns.ip(&["-6", "addr", "add", &cidr, "dev", iface, "nodad"]);
+/// Add `addrs` to `iface` of `ns` (IPv6 with `nodad`) and a permanent
+/// neighbor entry for each, with `mac`, to `peer_if` of `peer`: one
+/// `ip -batch` per namespace.
+fn add_addrs(
+    ns: &Netns,
+    iface: &str,
+    peer: &Netns,
+    peer_if: &str,
+    mac: &str,
+    addrs: &[(IpAddr, u8)],
+) {
+    if addrs.is_empty() {
+        return;
+    }
+    let mut own = String::new();
+    let mut neigh = String::new();
+    for (addr, prefix) in addrs {
+        // (`ip -batch` lines take no global options such as `-6`; the
+        // address says its family.)
+        let nodad = if addr.is_ipv6() { " nodad" } else { "" };
+        own.push_str(&format!("addr add {addr}/{prefix} dev {iface}{nodad}\n"));
+        neigh.push_str(&format!(
+            "neigh replace {addr} lladdr {mac} dev {peer_if} nud permanent\n"
+        ));
+    }
+    ns.ip_batch(&own);
+    peer.ip_batch(&neigh);
+}
+
+fn parse_xdp_prog_id(link: &str) -> Option<u32> {
+    let rest = link.split("prog/xdp id ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Lazily unmount `path` (`umount2(MNT_DETACH)`).
+fn unmount(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
     } else {
-        ns.ip(&["addr", "add", &cidr, "dev", iface]);
+        Err(std::io::Error::last_os_error())
     }
 }
 
-fn add_neigh(ns: &Netns, iface: &str, addr: IpAddr, mac: &str) {
-    ns.ip(&[
-        "neigh",
-        "replace",
-        &addr.to_string(),
-        "lladdr",
-        mac,
-        "dev",
-        iface,
-        "nud",
-        "permanent",
-    ]);
+/// Mount points at or below `dir` (from `/proc/self/mountinfo`; octal
+/// escapes of the kernel decoded), deepest first.
+fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(decode_mountinfo(m)))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found
+}
+
+fn decode_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Receive datagrams from `sock` until one whose payload equals `marker`

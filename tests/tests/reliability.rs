@@ -193,8 +193,7 @@ fn interface_recreated_under_a_running_agent() {
 
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
-    lab.create_veth();
-    addresses(&lab);
+    lab.add_veth();
     wait_log(
         &agent,
         "the enforcement gap lasted",
@@ -242,8 +241,7 @@ fn restarted_agent_does_not_adopt_a_dead_link() {
     blocked_is_dropped(&lab, &probe, &agent, "before");
     agent.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
     lab.delete_veth();
-    lab.create_veth();
-    addresses(&lab);
+    lab.add_veth();
     // Nothing filters now, while status used to say "attached".
     assert!(probe.passes(&lab, BLOCKED), "the dead link still filters?");
     let (_, out, _) = cli(&lab, &["status", "--json"], true);

@@ -8,6 +8,7 @@ mod bench;
 mod bench_build;
 mod check;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -21,6 +22,7 @@ On a new machine:
   cargo xtask setup    install the toolchain pieces and Debian packages
   cargo xtask check    rustfmt and clippy, as CI runs them
   cargo xtask test     the whole test suite (run as root for the XDP tests)
+  cargo xtask soak     the fault soak of the agent (root)
 
 `cargo xtask <command> --help` explains each one.";
 
@@ -40,6 +42,7 @@ enum Cmd {
     Test(test::Args),
     Bench(bench::Args),
     VmTest(vm::Args),
+    Soak(soak::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Cmd::Test(args) => test::run(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::VmTest(args) => vm::run(args),
+        Cmd::Soak(args) => soak::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

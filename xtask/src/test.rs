@@ -16,11 +16,20 @@ pub const BENCH_EBPF_PACKAGE: &str = "edge-filter-bench-ebpf";
 
 const LONG_ABOUT: &str = "\
 Run the whole test suite: the unit and integration tests of every crate (all \
-targets), then the doc tests, then the kernel matrix in VMs.
+targets), then the doc tests, then a short fault soak, then the kernel \
+matrix in VMs.
 
   cargo test --workspace --exclude edge-filter-ebpf --all-targets
   cargo test --workspace --exclude edge-filter-ebpf --doc
+  cargo xtask soak --quick --seed 1
   cargo xtask vm-test --kernel bookworm --kernel bullseye
+
+The soak (about 3 minutes) runs the real agent through random faults \
+(feed changes and failures, SIGKILL, interface recreate, a second agent, a \
+full disk) and checks after every step that the kernel enforces exactly \
+what it should; its seed is fixed here so that CI is repeatable (`cargo \
+xtask soak` explores others). --no-soak skips it (a warning says so; \
+CI=true refuses --no-soak).
 
 The first two test this machine's own kernel. The VM step boots Debian 12's \
 6.1 and Debian 11's 5.10 (the minimum supported kernel) under QEMU and runs \
@@ -56,6 +65,10 @@ pub struct Args {
     #[arg(long)]
     pub no_vm: bool,
 
+    /// Skip the short fault soak (`cargo xtask soak --quick`).
+    #[arg(long)]
+    pub no_soak: bool,
+
     /// Kernels of the VM step (as `cargo xtask vm-test --kernel`).
     /// Repeatable. [default: bookworm, bullseye]
     #[arg(long = "vm-kernel", value_name = "NAME")]
@@ -77,6 +90,9 @@ pub fn run(args: Args) -> Result<()> {
     let require_root = args.require_root || ci;
     if args.no_vm && ci {
         bail!("--no-vm with CI=true: CI must run the kernel matrix");
+    }
+    if args.no_soak && ci {
+        bail!("--no-soak with CI=true: CI must run the fault soak");
     }
     if !util::is_root() {
         if require_root {
@@ -110,6 +126,20 @@ pub fn run(args: Args) -> Result<()> {
         util::run(&mut cmd)?;
         timings.push(format!("{name} {}", human(t.elapsed())));
     }
+    if args.no_soak {
+        eprintln!("warning: --no-soak: the fault soak (cargo xtask soak --quick) did not run");
+    } else if !args.test_args.is_empty() {
+        eprintln!("note: test arguments given: the fault soak is skipped");
+    } else if !util::is_root() {
+        eprintln!("warning: not root: the fault soak (cargo xtask soak --quick) is skipped");
+    } else {
+        let t = Instant::now();
+        println!("test: fault soak: cargo xtask soak --quick --seed {SOAK_SEED}");
+        crate::soak::run(
+            SoakCli::parse_from(["soak", "--quick", "--seed", &SOAK_SEED.to_string()]).args,
+        )?;
+        timings.push(format!("fault soak {}", human(t.elapsed())));
+    }
     if args.no_vm {
         eprintln!("warning: --no-vm: the kernel matrix (cargo xtask vm-test) did not run");
     } else if !args.test_args.is_empty() {
@@ -138,6 +168,16 @@ pub fn run(args: Args) -> Result<()> {
         timings.join(", ")
     );
     Ok(())
+}
+
+/// The seed of the soak in the test suite: fixed, so a failure replays.
+const SOAK_SEED: u64 = 1;
+
+/// `soak`'s options, parsed the way its command line would be.
+#[derive(clap::Parser)]
+struct SoakCli {
+    #[command(flatten)]
+    args: crate::soak::Args,
 }
 
 /// `vm-test`'s options, parsed the way its command line would be.

@@ -196,6 +196,10 @@ struct FeedAgent {
     /// Shared with the metrics exporter (per-feed hits need provenance).
     desired: std::sync::Arc<DesiredState>,
     status: Status,
+    /// Last-known-good copies that could not be saved (a full or read-only
+    /// state directory): retried at every reconcile until they are, so a
+    /// restart after the disk recovers enforces the newest copy.
+    unsaved: BTreeMap<String, LastKnownGood>,
     /// Updates the shrink guard holds, kept to apply once they persist.
     held: BTreeMap<String, (FeedParse, Validators, String, OffsetDateTime)>,
     /// The Prometheus exporter's view of the agent, when it serves one.
@@ -342,6 +346,7 @@ impl FeedAgent {
             desired,
             status,
             held: BTreeMap::new(),
+            unsaved: BTreeMap::new(),
             metrics: None,
         })
     }
@@ -561,13 +566,7 @@ impl FeedAgent {
                     rejected_lines: parse.rejected.len(),
                     source_digest: digest,
                 };
-                let saved = self.state.save_lkg(&lkg).map_err(|e| e.to_string());
-                if let Some(h) = self.health.get_mut(&feed) {
-                    h.persist_error = saved.as_ref().err().map(|e| {
-                        format!("its last-known-good copy could not be saved ({e}): a restart would enforce an older copy")
-                    });
-                }
-                self.persisted(&format!("the last-known-good copy of feed {feed}"), saved);
+                self.save_lkg(lkg);
                 self.snapshots.insert(
                     feed.clone(),
                     FeedSnapshot {
@@ -644,6 +643,7 @@ impl FeedAgent {
     }
 
     fn reconcile(&mut self) {
+        self.retry_unsaved();
         // An interface whose last sync failed or was refused in part is
         // brought to the desired state again: it converges whenever the
         // set fits (a map freed, a transient error gone).
@@ -713,12 +713,43 @@ impl FeedAgent {
 }
 
 impl FeedAgent {
+    /// Save a feed's copy as its last-known-good one; a copy that cannot be
+    /// saved is kept to retry ([`FeedAgent::retry_unsaved`]) and reported.
+    fn save_lkg(&mut self, lkg: LastKnownGood) {
+        let feed = lkg.feed.clone();
+        let saved = self.state.save_lkg(&lkg).map_err(|e| e.to_string());
+        if let Some(h) = self.health.get_mut(&feed) {
+            h.persist_error = saved.as_ref().err().map(|e| {
+                format!("its last-known-good copy could not be saved ({e}): a restart would enforce an older copy")
+            });
+        }
+        if saved.is_ok() {
+            self.unsaved.remove(&feed);
+        } else {
+            self.unsaved.insert(feed.clone(), lkg);
+        }
+        self.persisted(&format!("the last-known-good copy of feed {feed}"), saved);
+    }
+
+    /// Try again to save the copies that could not be saved.
+    fn retry_unsaved(&mut self) {
+        let pending: Vec<LastKnownGood> = std::mem::take(&mut self.unsaved).into_values().collect();
+        for lkg in pending {
+            let feed = lkg.feed.clone();
+            self.save_lkg(lkg);
+            if !self.unsaved.contains_key(&feed) {
+                log::info!("feed {feed}: its last-known-good copy is saved now");
+            }
+        }
+    }
+
     /// Account for one write to the state directory: failures are counted
-    /// and reported (status, metrics, log) until a write succeeds again.
+    /// and reported (status, metrics, log) until writes succeed again and
+    /// no copy waits to be saved.
     fn persisted(&mut self, what: &str, r: std::result::Result<(), String>) {
         match r {
             Ok(()) => {
-                if what == "status" {
+                if what == "status" && self.unsaved.is_empty() {
                     self.status.persist_error = None;
                 }
             }
