@@ -9,6 +9,8 @@ pub mod datapath;
 pub mod live;
 pub mod memory;
 pub mod plot;
+pub mod v2kernel;
+pub mod verify;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -92,6 +94,9 @@ pub enum Command {
     /// Kernel map memory (fdinfo memlock) per entry at 1M entries against
     /// the formula of each map type; needs root.
     Memory(Opts),
+    /// Load every program of the bench-ebpf object (the verifier) and
+    /// print loaded/rejected and instruction counts (kernel matrix).
+    Verify(Opts),
 }
 
 /// Heading of the options only `datapath`, `live` and `memory` take.
@@ -151,7 +156,9 @@ impl Cli {
             Command::Sync(o) => ("sync", o),
             Command::DeltaLoop(o) => ("delta-loop", o),
             Command::SyncRssChild(o) => (RSS_CHILD, o),
-            Command::Datapath(_) | Command::Live(_) | Command::Memory(_) => return Ok(cli),
+            Command::Datapath(_) | Command::Live(_) | Command::Memory(_) | Command::Verify(_) => {
+                return Ok(cli);
+            }
         };
         let given: Vec<&str> = [
             ("--quick", o.quick),
@@ -248,6 +255,10 @@ pub const BENCH_PROGRAMS: &[&str] = &[
     "lookup_addr_v6",
     "lookup_prefix_v6",
     "lookup_port_v6",
+    "edge_filter_v2",
+    "edge_filter_v2_nostats",
+    "edge_filter_v2_trie",
+    "one_load",
 ];
 
 /// The loaded bench-ebpf object with its maps taken out.
