@@ -21,6 +21,7 @@ pub mod feed_agent;
 pub mod feeds;
 pub mod fetch;
 pub mod hits;
+pub mod layout;
 pub mod maps;
 pub mod metrics;
 pub mod paths;
