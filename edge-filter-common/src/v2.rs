@@ -409,8 +409,16 @@ pub const fn summary_block6(first: u32, seed: u32, shift: u32) -> u32 {
     hash32(first, seed ^ 0x5bd1_e995) >> shift
 }
 
-/// Directory entries of [`MAP_V2_DIR4`] (one per `/16`).
+/// Directory words (one per `/16`).
 pub const DIR4_ENTRIES: u32 = 1 << 16;
+/// Directory words per element of [`MAP_V2_DIR4`]: array maps store
+/// elements at 8-byte multiples, so 4-byte elements would waste half the
+/// map; 64-byte elements of sixteen words keep it 256 KiB and line-sized.
+pub const DIR4_PER_LINE: u32 = 16;
+/// Elements of [`MAP_V2_DIR4`].
+pub const DIR4_LINES: u32 = DIR4_ENTRIES / DIR4_PER_LINE;
+/// One element of [`MAP_V2_DIR4`]: the words of sixteen consecutive `/16`s.
+pub type DirLine = [u32; DIR4_PER_LINE as usize];
 
 /// Value of the folded prefix tries: the [`Meta`] in the low 32 bits.
 pub type TrieValue = u64;
@@ -496,6 +504,7 @@ const _: () = {
     assert!(core::mem::offset_of!(Bucket6, metas) == 48);
     assert!(core::mem::offset_of!(Bucket6, hdr) == 60);
     assert!(core::mem::size_of::<Line>() == 64);
+    assert!(core::mem::size_of::<DirLine>() == 64);
     assert!(core::mem::size_of::<EntryCounter>() == 16);
     // Codes fit their field; the flag bits do not overlap the payload.
     assert!(CODE_DROP_ADDR <= META_CODE_MASK);

@@ -29,10 +29,10 @@ use edge_filter_common::{
     SIDE_DST, SIDE_SRC, reason_malformed,
     v2::{
         BPF_F_MMAPABLE, BTREE_MAX_DEPTH, Bucket4, Bucket6, CODE_ALLOW, CatalogWord, ConfigV2,
-        DIR_BLOCK, DIR_LINE_MASK, DIR4_ENTRIES, EntryCounter, Line, META_INDIRECT, META_PAYLOAD,
-        META_PORT_DST, META_PORT_SRC, META_SPILL, Meta, PORT_EMPTY, PORT_KEY_SHIFT, PORT_TREE,
-        PORT_TREE_DEPTH, SEED2_XOR, SLOTS4, SLOTS6, SUM_P, SUM_X, Slot4, TrieValue, V2_SHORT6,
-        code_rank, dir_depth, hash32, hash128, meta_code, port_entry_rank, port_key,
+        DIR_BLOCK, DIR_LINE_MASK, DIR4_LINES, DirLine, EntryCounter, Line, META_INDIRECT,
+        META_PAYLOAD, META_PORT_DST, META_PORT_SRC, META_SPILL, Meta, PORT_EMPTY, PORT_KEY_SHIFT,
+        PORT_TREE, PORT_TREE_DEPTH, SEED2_XOR, SLOTS4, SLOTS6, SUM_P, SUM_X, Slot4, TrieValue,
+        V2_SHORT6, code_rank, dir_depth, hash32, hash128, meta_code, port_entry_rank, port_key,
         summary_block6, summary_pos, summary_words, v6_words,
     },
 };
@@ -53,7 +53,7 @@ pub static V2_SUM4: Array<u64> = Array::with_max_entries(summary_words(16), BPF_
 pub static V2_EXACT4: Array<Bucket4> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// IPv4 `/16` directory.
 #[map]
-pub static V2_DIR4: Array<u32> = Array::with_max_entries(DIR4_ENTRIES, BPF_F_MMAPABLE);
+pub static V2_DIR4: Array<DirLine> = Array::with_max_entries(DIR4_LINES, BPF_F_MMAPABLE);
 /// B-tree nodes and port lists. Sized by the loader.
 #[map]
 pub static V2_HEAP: Array<Line> = Array::with_max_entries(1, BPF_F_MMAPABLE);
@@ -267,10 +267,11 @@ fn find4(b: &Bucket4, a: u32) -> (Option<Meta>, bool) {
 /// The `/16` directory word of `a`, then its B-tree.
 #[inline(always)]
 fn dir4(a: u32) -> Meta {
-    let Some(w) = V2_DIR4.get(a >> 16) else {
+    let hi = a >> 16;
+    let Some(d) = V2_DIR4.get(hi >> 4) else {
         return 0;
     };
-    let w = load(w);
+    let w = load(&d[(hi & 15) as usize]);
     if w & DIR_BLOCK == 0 {
         return w;
     }
@@ -300,8 +301,8 @@ fn dir4(a: u32) -> Meta {
 #[inline(always)]
 fn btree_pick(l: &Line, key: u32, shift: u32) -> u64 {
     let mut chosen = load(&l[0]);
-    for i in 1..l.len() {
-        let w = load(&l[i]);
+    for x in &l[1..] {
+        let w = load(x);
         let take = le_bit((w >> shift) & 0xffff_ffff, key as u64).wrapping_neg();
         chosen = (w & take) | (chosen & !take);
     }
@@ -442,8 +443,8 @@ fn port_find(l: &Line, key: u32) -> u64 {
     let e = if hdr & PORT_TREE == 0 {
         let mut e = 0u64;
         let mut any = 0u64;
-        for i in 1..l.len() {
-            let x = load(&l[i]);
+        for w in &l[1..] {
+            let x = load(w);
             let hit = eq_mask(x >> PORT_KEY_SHIFT, key as u64);
             e |= x & hit;
             any |= hit;

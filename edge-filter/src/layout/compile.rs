@@ -1051,8 +1051,12 @@ impl Compiler {
         }
         // New B-tree (or direct word), staged.
         let mut runs: Vec<Run> = Vec::new();
-        let word = if ranges.len() == 1 && ranges[0].1.ports.is_empty() {
-            self.encode(0, &ranges[0].1, ph)?.0
+        let word = if ranges.len() == 1 {
+            // Uniform: the decision word itself (its port list, if any,
+            // pointed to directly).
+            let (m, r) = self.encode(0, &ranges[0].1, ph)?;
+            runs.extend(r);
+            m
         } else {
             let mut entries = Vec::with_capacity(ranges.len());
             for (start, d) in &ranges {
