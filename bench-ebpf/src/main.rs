@@ -38,7 +38,7 @@ use aya_ebpf::{
 };
 use edge_filter_common::{
     PortKeyV4, PortKeyV6, SIDE_SRC,
-    v2::{Line, hash32},
+    v2::{BPF_F_MMAPABLE, Line, hash32},
 };
 use edge_filter_ebpf::{
     parse::{Parsed, parse},
@@ -54,7 +54,9 @@ pub struct Slot {
     pub addr: [u8; 16],
     /// Source port, network byte order.
     pub port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// Padding to the 8-byte multiple the kernel stores array elements at
+    /// (the table is written through an mmap).
+    pub _pad: [u8; 6],
 }
 
 /// Where and what the rewriter writes (layout shared with userspace).
@@ -75,9 +77,10 @@ pub struct Rewrite {
     pub csum_off: u32,
 }
 
-/// Tables of sources, one region per benchmark case.
+/// Tables of sources, one region per benchmark case; mmapable, so a case's
+/// table (up to 2^21 sources) is written with one copy.
 #[map]
-static SLOTS: Array<Slot> = Array::with_max_entries(1 << 21, 0);
+static SLOTS: Array<Slot> = Array::with_max_entries(1 << 21, BPF_F_MMAPABLE);
 #[map]
 static REWRITE: Array<Rewrite> = Array::with_max_entries(1, 0);
 /// Per-CPU run counter: which slot the next run takes.

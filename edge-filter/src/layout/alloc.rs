@@ -84,6 +84,61 @@ impl<K: Copy + Eq + Hash> Placement<K> {
         })
     }
 
+    /// Make room in bucket `b1` or `b2` by moving one occupant to its other
+    /// bucket (`pair_of` gives a key's two buckets); `None` when no
+    /// occupant's other bucket has room either. The freed slot is free at
+    /// once: the caller's relocation steps end with a grace period.
+    pub fn relocate_for(
+        &mut self,
+        b1: u32,
+        b2: u32,
+        pair_of: impl Fn(&K) -> (u32, u32),
+    ) -> Option<Move<K>> {
+        for b in [b1, b2] {
+            for s in 0..self.slots {
+                let from = b * self.slots + s;
+                let Some(k) = self.occ[from as usize] else {
+                    continue;
+                };
+                let (h1, h2) = pair_of(&k);
+                let alt = if b == h1 { h2 } else { h1 };
+                if alt == b {
+                    continue;
+                }
+                let Some(t) = self.free_in(alt) else {
+                    continue;
+                };
+                let to = alt * self.slots + t;
+                self.occ[from as usize] = None;
+                self.occ[to as usize] = Some(k);
+                self.pos.insert(k, to);
+                let mut spill_set = None;
+                let mut spill_clear = None;
+                if alt == h2 {
+                    let c = &mut self.spills[h1 as usize];
+                    *c += 1;
+                    if *c == 1 {
+                        spill_set = Some(h1);
+                    }
+                } else {
+                    let c = &mut self.spills[h1 as usize];
+                    *c -= 1;
+                    if *c == 0 {
+                        spill_clear = Some(h1);
+                    }
+                }
+                return Some(Move {
+                    key: k,
+                    from: (b, s),
+                    to: (alt, t),
+                    spill_set,
+                    spill_clear,
+                });
+            }
+        }
+        None
+    }
+
     /// Remove `k` (first bucket `b1`); its slot waits in quarantine.
     pub fn remove(&mut self, k: &K, b1: u32) -> Option<Placed> {
         let p = self.pos.remove(k)?;
@@ -117,6 +172,21 @@ impl<K: Copy + Eq + Hash> Placement<K> {
     pub fn holding(&self) -> bool {
         !self.quarantine.is_empty()
     }
+}
+
+/// One key moved to its other bucket to make room.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Move<K> {
+    pub key: K,
+    /// (bucket, slot) it left.
+    pub from: (u32, u32),
+    /// (bucket, slot) it went to.
+    pub to: (u32, u32),
+    /// A first bucket whose spill bit must now be set (before `from` is
+    /// cleared).
+    pub spill_set: Option<u32>,
+    /// A first bucket whose spill bit may now be cleared (after `from`).
+    pub spill_clear: Option<u32>,
 }
 
 /// A run of heap lines: `(first line, count)`.
@@ -176,6 +246,17 @@ impl Heap {
     /// Whether runs wait in quarantine.
     pub fn holding(&self) -> bool {
         !self.quarantine.is_empty()
+    }
+
+    /// Lines ever handed out (the bump pointer).
+    pub fn high_water(&self) -> u32 {
+        self.next
+    }
+
+    /// A new capacity, at least the high water.
+    pub fn set_cap(&mut self, cap: u32) {
+        debug_assert!(cap >= self.next);
+        self.cap = cap;
     }
 }
 

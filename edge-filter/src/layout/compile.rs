@@ -177,6 +177,8 @@ enum Phase {
 /// Stores being collected for a plan, each also applied to the image.
 struct Phases {
     record: bool,
+    /// Relocations: complete steps that run before everything else.
+    prefix: Vec<Step>,
     stage: Vec<Write>,
     publish: Vec<Write>,
     switch: Vec<Write>,
@@ -189,6 +191,7 @@ impl Phases {
     fn new(record: bool) -> Phases {
         Phases {
             record,
+            prefix: Vec::new(),
             stage: Vec::new(),
             publish: Vec::new(),
             switch: Vec::new(),
@@ -306,6 +309,23 @@ impl Compiler {
     /// Heap lines in use.
     pub fn heap_used(&self) -> u64 {
         self.heap.used
+    }
+
+    /// Shrink the heap of a fresh build to `headroom` times the lines it
+    /// has handed out (a power of two, at least 1024): build with a
+    /// generous heap, then fit it, since how many lines a set needs is
+    /// known only once it is compiled. Lines keep their indexes.
+    pub fn fit_heap(&mut self, headroom: f64) {
+        let high = self.heap.high_water() as f64;
+        let cap = ((high * headroom.max(1.0)).ceil() as u64)
+            .max(1024)
+            .next_power_of_two()
+            .min(self.geo.heap_lines as u64) as u32;
+        if cap as u64 >= self.heap.high_water() as u64 {
+            self.geo.heap_lines = cap;
+            self.heap.set_cap(cap);
+            self.tables.heap.truncate(cap as usize);
+        }
     }
 
     /// Records per family.
@@ -629,7 +649,7 @@ impl Compiler {
 
         // 8. The plan.
         let trailing = self.heap.holding() || self.place6.holding() || !ph.post.is_empty();
-        let mut steps = Vec::new();
+        let mut steps = std::mem::take(&mut ph.prefix);
         let any_before_switch = !ph.stage.is_empty() || !ph.publish.is_empty();
         if !ph.stage.is_empty() {
             steps.push(Step::Writes(std::mem::take(&mut ph.stage)));
@@ -855,9 +875,15 @@ impl Compiler {
             let (bucket, slot, flip) = match self.place4.get(&key) {
                 Some((b, s)) => (b, s, None),
                 None => {
-                    let p = self.place4.insert(key, b1, b2).ok_or(LayoutError::Full {
-                        what: "a pair of IPv4 buckets",
-                    })?;
+                    let p = match self.place4.insert(key, b1, b2) {
+                        Some(p) => p,
+                        None => {
+                            self.relocate4(b1, b2, ph)?;
+                            self.place4.insert(key, b1, b2).ok_or(LayoutError::Full {
+                                what: "a pair of IPv4 buckets",
+                            })?
+                        }
+                    };
                     (p.bucket, p.slot, p.spill_flip)
                 }
             };
@@ -885,9 +911,15 @@ impl Compiler {
                     },
                 ),
                 None => {
-                    let p = self.place6.insert(a, b1, b2).ok_or(LayoutError::Full {
-                        what: "a pair of IPv6 buckets",
-                    })?;
+                    let p = match self.place6.insert(a, b1, b2) {
+                        Some(p) => p,
+                        None => {
+                            self.relocate6(b1, b2, ph)?;
+                            self.place6.insert(a, b1, b2).ok_or(LayoutError::Full {
+                                what: "a pair of IPv6 buckets",
+                            })?
+                        }
+                    };
                     let (bucket, slot) = (p.bucket, p.slot);
                     if self.tables.exact6[bucket as usize].addrs[slot as usize] != bytes {
                         ph.push(
@@ -978,6 +1010,127 @@ impl Compiler {
             }
         }
         self.count_x(f, a, -1);
+    }
+
+    /// Both buckets of a new IPv4 key are full: move one of their keys to
+    /// its other bucket. Steps before the plan: the copy, the spill bit,
+    /// the old slot cleared, a grace period (the key is found at every
+    /// point; its verdict does not change).
+    fn relocate4(&mut self, b1: u32, b2: u32, ph: &mut Phases) -> Result<()> {
+        let (seed, mask) = (self.geo.seed4, self.geo.buckets4 - 1);
+        let mv = self
+            .place4
+            .relocate_for(b1, b2, |k| bucket_pair4(*k, seed, mask))
+            .ok_or(LayoutError::Full {
+                what: "a pair of IPv4 buckets",
+            })?;
+        let rec = self.tables.exact4[mv.from.0 as usize].slots[mv.from.1 as usize];
+        let meta = rec.meta & !META_SPILL;
+        let mut w = Vec::new();
+        let mut slot = |c: &mut Self, bucket: u32, slot: u32, mut s: Slot4| {
+            if slot as usize == SLOTS4 - 1 && c.place4.spilled(bucket) {
+                s.meta |= META_SPILL;
+            }
+            let x = Write::Slot4 {
+                bucket,
+                slot,
+                value: s.word(),
+            };
+            c.tables.apply(&x);
+            w.push(x);
+        };
+        slot(self, mv.to.0, mv.to.1, Slot4 { addr: mv.key, meta });
+        if let Some(b) = mv.spill_set {
+            let s7 = self.tables.exact4[b as usize].slots[SLOTS4 - 1];
+            slot(self, b, (SLOTS4 - 1) as u32, s7);
+        }
+        slot(
+            self,
+            mv.from.0,
+            mv.from.1,
+            Slot4 {
+                addr: mv.key,
+                meta: 0,
+            },
+        );
+        if let Some(b) = mv.spill_clear {
+            let s7 = self.tables.exact4[b as usize].slots[SLOTS4 - 1];
+            slot(
+                self,
+                b,
+                (SLOTS4 - 1) as u32,
+                Slot4 {
+                    meta: s7.meta & !META_SPILL,
+                    ..s7
+                },
+            );
+        }
+        if ph.record {
+            ph.prefix.push(Step::Writes(w));
+            ph.prefix.push(Step::Grace);
+        }
+        Ok(())
+    }
+
+    /// [`Compiler::relocate4`] for IPv6: the address is staged and a grace
+    /// period passes before the meta is published, and another after the
+    /// old slot is cleared (it is about to take a new address).
+    fn relocate6(&mut self, b1: u32, b2: u32, ph: &mut Phases) -> Result<()> {
+        let (seed, mask) = (self.geo.seed6, self.geo.buckets6 - 1);
+        let mv = self
+            .place6
+            .relocate_for(b1, b2, |k| {
+                bucket_pair6(v6_words(&k.to_be_bytes()), seed, mask)
+            })
+            .ok_or(LayoutError::Full {
+                what: "a pair of IPv6 buckets",
+            })?;
+        let (fb, fs) = mv.from;
+        let (tb, ts) = mv.to;
+        let meta = self.tables.exact6[fb as usize].metas[fs as usize];
+        let addr = mv.key.to_be_bytes();
+        let mut stage = Vec::new();
+        if self.tables.exact6[tb as usize].addrs[ts as usize] != addr {
+            stage.push(Write::Addr6 {
+                bucket: tb,
+                slot: ts,
+                addr,
+            });
+        }
+        let mut publish = vec![Write::Meta6 {
+            bucket: tb,
+            slot: ts,
+            meta,
+        }];
+        if let Some(b) = mv.spill_set {
+            publish.push(Write::Hdr6 {
+                bucket: b,
+                value: META_SPILL,
+            });
+        }
+        publish.push(Write::Meta6 {
+            bucket: fb,
+            slot: fs,
+            meta: 0,
+        });
+        if let Some(b) = mv.spill_clear {
+            publish.push(Write::Hdr6 {
+                bucket: b,
+                value: 0,
+            });
+        }
+        for x in stage.iter().chain(&publish) {
+            self.tables.apply(x);
+        }
+        if ph.record {
+            if !stage.is_empty() {
+                ph.prefix.push(Step::Writes(stage));
+                ph.prefix.push(Step::Grace);
+            }
+            ph.prefix.push(Step::Writes(publish));
+            ph.prefix.push(Step::Grace);
+        }
+        Ok(())
     }
 
     /// Store a slot; slot 7 carries the bucket's spill bit as it stands.

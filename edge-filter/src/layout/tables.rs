@@ -83,7 +83,12 @@ impl Geometry {
             buckets6: exact_buckets_for(cap6, 3),
             seed6: seed as u32 ^ 0xbb67_ae85,
             heap_lines: pow2(grow(4 * (c.nets4 + c.nets6) + 2 * c.ported) + 64, 1024),
-            ids: pow2(grow(c.ids), 1024),
+            // Arrays need no power of two: room for the ids, in pages.
+            ids: grow(c.ids)
+                .max(1024)
+                .div_ceil(4096)
+                .saturating_mul(4096)
+                .min(1 << 24) as u32,
             catalog6: pow2(grow(c.ids6), 64),
             trie_nodes4: pow2(grow(c.nets4), 64),
             trie_nodes6: pow2(grow(c.nets6), 64),

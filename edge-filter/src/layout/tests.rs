@@ -733,3 +733,82 @@ fn spills_come_and_go_under_readers() {
     }
     assert!(spill_flips > 0, "no spill bit changed (seed {seed})");
 }
+
+/// Both buckets of a new key are full: one of their keys moves to its
+/// other bucket first (steps before the plan, with grace periods), and
+/// readers never miss it.
+#[test]
+fn relocation_makes_room_under_readers() {
+    for six in [false, true] {
+        let seed = 0x5eed_u64 + six as u64;
+        let mut g = Geometry::for_counts(&Counts::default(), 1.0, seed);
+        g.buckets4 = 4;
+        g.buckets6 = 4;
+        let slots = if six { 3 } else { 8 };
+        let pair = |a: IpAddr| match a {
+            IpAddr::V4(x) => edge_filter_common::v2::bucket_pair4(u32::from(x), g.seed4, 3),
+            IpAddr::V6(x) => edge_filter_common::v2::bucket_pair6(
+                edge_filter_common::v2::v6_words(&x.octets()),
+                g.seed6,
+                3,
+            ),
+        };
+        let addr = |i: u32| {
+            if six {
+                IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | i as u128))
+            } else {
+                IpAddr::V4(Ipv4Addr::from(0x0a02_0000 + i))
+            }
+        };
+        // `slots` keys homed in bucket 0 (their other bucket 2), as many
+        // homed in 1 (other bucket 3), and one more that wants 0 or 1.
+        let (mut zero, mut one, mut extra) = (Vec::new(), Vec::new(), None);
+        let mut i = 0;
+        while zero.len() < slots || one.len() < slots || extra.is_none() {
+            let a = addr(i);
+            i += 1;
+            match pair(a) {
+                (0, 2) if zero.len() < slots => zero.push(a),
+                (1, 3) if one.len() < slots => one.push(a),
+                (0, 1) | (1, 0) if extra.is_none() => extra = Some(a),
+                _ => {}
+            }
+        }
+        let entry = |a: IpAddr| Entry::new(IpNet::from(a), None, Action::Drop);
+        let a_set = EntrySet {
+            allow: Vec::new(),
+            entries: zero.iter().chain(&one).map(|&a| entry(a)).collect(),
+        };
+        let mut b_set = a_set.clone();
+        b_set.entries.push(entry(extra.unwrap()));
+        let ids_a = assign_ids(&a_set, &Ids::default());
+        let ids_b = assign_ids(&b_set, &ids_a);
+        let packets: Vec<PacketInfo> = zero
+            .iter()
+            .chain(&one)
+            .chain(extra.as_ref())
+            .map(|&src| PacketInfo {
+                src,
+                dst: src,
+                proto: 17,
+                ports: Some((53, 53)),
+                vlan_tags: 0,
+                non_first_fragment: false,
+            })
+            .collect();
+        let (_, _, plan) =
+            check_interleavings(&a_set, &ids_a, &b_set, &ids_b, g, &packets, "relocation")
+                .expect("room was made");
+        assert!(
+            plan.graces() >= if six { 3 } else { 1 },
+            "six={six}: {plan:?}"
+        );
+        // And the result is what a fresh build of the new set holds.
+        let mut c = Compiler::build_lax(&a_set, &ids_a, g).unwrap();
+        c.update(&b_set, &ids_b).unwrap();
+        let fresh = Compiler::build_lax(&b_set, &ids_b, g).unwrap();
+        let (x, y) = (canonical(c.tables()), canonical(fresh.tables()));
+        assert_eq!(x.records4, y.records4);
+        assert_eq!(x.records6, y.records6);
+    }
+}

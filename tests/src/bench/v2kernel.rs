@@ -137,7 +137,7 @@ unsafe impl Sync for Mapped {}
 
 impl Mapped {
     /// Map `n` elements of `elem` bytes (rounded up to 8 as the kernel does).
-    fn new(map: MapData, elem: usize, n: usize) -> Result<Mapped> {
+    pub fn new(map: MapData, elem: usize, n: usize) -> Result<Mapped> {
         let page = 4096;
         let len = (elem.div_ceil(8) * 8 * n).div_ceil(page) * page;
         let fd = map.fd().as_fd().as_raw_fd();

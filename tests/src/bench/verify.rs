@@ -9,12 +9,12 @@
 use anyhow::{Context as _, Result};
 use aya::{EbpfLoader, programs::Xdp};
 
-use super::{BENCH_PROGRAMS, Opts, read_object};
+use super::{BENCH_PROGRAMS, Opts, bench_object};
 use edge_filter::program::Capacities;
 
 /// Load and report; `Ok(false)` if any program was rejected.
 pub fn run(o: &Opts) -> Result<bool> {
-    let object = read_object(&o.bench_object, "the bench-ebpf object")?;
+    let object = bench_object(o)?;
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("EFV2 kernel: {}", release.trim());
     let mut loader = EbpfLoader::new();
