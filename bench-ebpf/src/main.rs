@@ -43,6 +43,7 @@ use edge_filter_common::{
 use edge_filter_ebpf::{
     parse::{Parsed, parse},
     v1::{ADDR_V4, ADDR_V6, PORT_V4, PORT_V6, PREFIX_V4, PREFIX_V6},
+    v2,
 };
 
 /// One source the rewriter writes into the frame (layout shared with
@@ -197,20 +198,27 @@ pub fn generate(ctx: XdpContext) -> u32 {
 /// The v2 classifier with per-entry stats (`/16` directory for IPv4 prefixes).
 #[xdp]
 pub fn edge_filter_v2(ctx: XdpContext) -> u32 {
-    edge_filter_ebpf::v2::run::<true, false>(&ctx)
+    edge_filter_ebpf::v2::run::<{ v2::STATS_EXACT }, false>(&ctx)
 }
 
 /// [`edge_filter_v2`] without per-entry stats (prices them).
 #[xdp]
 pub fn edge_filter_v2_nostats(ctx: XdpContext) -> u32 {
-    edge_filter_ebpf::v2::run::<false, false>(&ctx)
+    edge_filter_ebpf::v2::run::<{ v2::STATS_NONE }, false>(&ctx)
+}
+
+/// [`edge_filter_v2`] counting one hit in 16 per CPU (sixteen at a time):
+/// the price of sampled per-entry counters.
+#[xdp]
+pub fn edge_filter_v2_sampled(ctx: XdpContext) -> u32 {
+    edge_filter_ebpf::v2::run::<{ v2::STATS_SAMPLED }, false>(&ctx)
 }
 
 /// [`edge_filter_v2`] with the folded LPM trie for IPv4 prefixes (the
 /// other candidate of `docs/datapath-v2.md`).
 #[xdp]
 pub fn edge_filter_v2_trie(ctx: XdpContext) -> u32 {
-    edge_filter_ebpf::v2::run::<true, true>(&ctx)
+    edge_filter_ebpf::v2::run::<{ v2::STATS_EXACT }, true>(&ctx)
 }
 
 /// The array [`one_load`] reads: as many lines as the v2 structure it
