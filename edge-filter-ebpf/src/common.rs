@@ -33,15 +33,18 @@ pub static SAMPLE: Array<SampleConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static SAMPLE_STATE: PerCpuArray<SampleState> = PerCpuArray::with_max_entries(1, 0);
 
-/// Count one verdict of `reason` on a `len`-byte frame.
+/// Count one verdict of `reason` on a `len`-byte frame; the reason's
+/// packets on this CPU so far (0 if the counter is missing).
 #[inline(always)]
-pub fn count_reason(reason: Reason, len: u64) {
-    if let Some(c) = COUNTERS.get_ptr_mut(reason) {
+pub fn count_reason(reason: Reason, len: u64) -> u64 {
+    match COUNTERS.get_ptr_mut(reason) {
         // SAFETY: per-CPU slot, XDP runs with preemption disabled.
-        unsafe {
+        Some(c) => unsafe {
             (*c).packets += 1;
             (*c).bytes += len;
-        }
+            (*c).packets
+        },
+        None => 0,
     }
 }
 

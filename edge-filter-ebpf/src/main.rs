@@ -44,7 +44,7 @@ pub fn edge_filter(ctx: XdpContext) -> u32 {
     let parsed = parse(&ctx);
     let (reason, entry_id, drop) = decide(&parsed, flags, nonempty);
     let len = (ctx.data_end() - ctx.data()) as u64;
-    count_reason(reason, len);
+    let _ = count_reason(reason, len);
     #[cfg(not(feature = "no-entry-stats"))]
     if entry_id != NO_ENTRY {
         count_entry(entry_id, len);

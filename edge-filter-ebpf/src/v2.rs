@@ -19,8 +19,9 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_get_smp_processor_id,
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, lpm_trie::Key},
     programs::XdpContext,
 };
 use edge_filter_common::{
@@ -75,9 +76,10 @@ pub static V2_TRIE4_A: LpmTrie<[u8; 4], TrieValue> = LpmTrie::with_max_entries(1
 /// IPv4 folded prefix trie, generation 1 (the trie variant only).
 #[map]
 pub static V2_TRIE4_B: LpmTrie<[u8; 4], TrieValue> = LpmTrie::with_max_entries(1, 0);
-/// Hits per entry id. Sized by the loader to cover every id.
+/// Hits per CPU and entry id (`cpu * stats_stride + id`). Sized by the
+/// loader to possible CPUs x the stride.
 #[map]
-pub static V2_STATS: PerCpuArray<EntryCounter> = PerCpuArray::with_max_entries(1, 0);
+pub static V2_STATS: Array<EntryCounter> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// Every entry's own identity by id (for the agent; never read here).
 #[map]
 pub static V2_CATALOG: Array<CatalogWord> = Array::with_max_entries(1, BPF_F_MMAPABLE);
@@ -126,17 +128,13 @@ pub const STATS_SAMPLED: u8 = 2;
 /// See [`STATS_SAMPLED`].
 pub const STATS_SAMPLE_EVERY: u32 = 16;
 
-/// Per-CPU countdown of the sampled per-entry counting.
-#[map]
-pub static V2_TICK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
 /// The whole program: parse, classify, count, record, return. `STATS`
 /// (`STATS_*`) counts hits on [`V2_STATS`]; `TRIE4` takes IPv4 prefixes
 /// from the tries instead of the directory.
 #[inline(always)]
 pub fn run<const STATS: u8, const TRIE4: bool>(ctx: &XdpContext) -> u32 {
-    let flags = match V2_CONFIG.get(0) {
-        Some(c) => load(&c.flags),
+    let (flags, stride) = match V2_CONFIG.get(0) {
+        Some(c) => (load(&c.flags), load(&c.stats_stride)),
         // Cannot happen for an array map.
         None => return xdp_action::XDP_PASS,
     };
@@ -158,26 +156,14 @@ pub fn run<const STATS: u8, const TRIE4: bool>(ctx: &XdpContext) -> u32 {
         }
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
-    count_reason(reason, len);
+    let seen = count_reason(reason, len);
     if STATS == STATS_EXACT && id != NO_ENTRY {
-        count_entry(id, 1, len);
+        count_entry(stride, id, 1, len);
     }
-    if STATS == STATS_SAMPLED
-        && id != NO_ENTRY
-        && let Some(t) = V2_TICK.get_ptr_mut(0)
-    {
-        // SAFETY: per-CPU slot, XDP runs with preemption disabled.
-        let tick = unsafe {
-            *t = (*t + 1) % STATS_SAMPLE_EVERY;
-            *t
-        };
-        if tick == 0 {
-            count_entry(
-                id,
-                STATS_SAMPLE_EVERY as u64,
-                len * STATS_SAMPLE_EVERY as u64,
-            );
-        }
+    // The reason's own per-CPU counter (a line just written) is the tick.
+    if STATS == STATS_SAMPLED && id != NO_ENTRY && seen % STATS_SAMPLE_EVERY as u64 == 0 {
+        let n = STATS_SAMPLE_EVERY as u64;
+        count_entry(stride, id, n, len * n);
     }
     if flags & CONFIG_SAMPLE_EVENTS != 0 && reason >= REASON_DROP_BASE {
         sample(&parsed, reason, id, len);
@@ -192,11 +178,17 @@ pub fn run<const STATS: u8, const TRIE4: bool>(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// One line per hit: packets and bytes of the deciding id on this CPU.
+/// One line per hit: packets and bytes of the deciding id on this CPU
+/// (this CPU's region of [`V2_STATS`], which no other CPU writes).
 #[inline(always)]
-fn count_entry(id: u32, packets: u64, bytes: u64) {
-    if let Some(s) = V2_STATS.get_ptr_mut(id) {
-        // SAFETY: per-CPU slot, XDP runs with preemption disabled.
+fn count_entry(stride: u32, id: u32, packets: u64, bytes: u64) {
+    if id >= stride {
+        return;
+    }
+    // SAFETY: a helper without arguments or preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    if let Some(s) = V2_STATS.get_ptr_mut(cpu.wrapping_mul(stride).wrapping_add(id)) {
+        // SAFETY: this CPU's element; XDP runs with preemption disabled.
         unsafe {
             (*s).packets += packets;
             (*s).bytes += bytes;

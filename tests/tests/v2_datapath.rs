@@ -231,7 +231,7 @@ fn v2_kernel_agrees_with_reference_on_every_packet() {
         for &md in settings {
             let flags = abi::CONFIG_RECORD_LAST | if md { abi::CONFIG_MALFORMED_DROP } else { 0 };
             maps.set_runtime_flags(flags);
-            let stats_before = stats_sum(&maps);
+            let stats_before = stats_sum(&maps, g.ids);
             let mut hits: HashMap<u32, (u64, u64)> = HashMap::new();
             for (pname, frame) in &frames {
                 let r = reference.classify(frame, md);
@@ -255,7 +255,7 @@ fn v2_kernel_agrees_with_reference_on_every_packet() {
                 }
             }
             // Per-entry counters moved by exactly the verdicts' ids.
-            let after = stats_sum(&maps);
+            let after = stats_sum(&maps, g.ids);
             for (id, (a, b)) in after.iter().zip(&stats_before).enumerate() {
                 let got = (a.0 - b.0, a.1 - b.1);
                 let want = hits.get(&(id as u32)).copied().unwrap_or_default();
@@ -299,15 +299,8 @@ fn v2_kernel_agrees_with_reference_on_every_packet() {
 }
 
 /// Per id: packets and bytes summed over CPUs.
-fn stats_sum(maps: &V2Maps) -> Vec<(u64, u64)> {
-    maps.stats
-        .iter()
-        .map(|r| {
-            let v = r.unwrap();
-            v.iter()
-                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
-        })
-        .collect()
+fn stats_sum(maps: &V2Maps, ids: u32) -> Vec<(u64, u64)> {
+    maps.stats(ids)
 }
 
 // ------------------------------------------------------------ concurrency

@@ -93,6 +93,7 @@ impl<K: Copy + Eq + Hash> Placement<K> {
         b1: u32,
         b2: u32,
         pair_of: impl Fn(&K) -> (u32, u32),
+        movable: impl Fn(&K) -> bool,
     ) -> Option<Move<K>> {
         for b in [b1, b2] {
             for s in 0..self.slots {
@@ -100,6 +101,9 @@ impl<K: Copy + Eq + Hash> Placement<K> {
                 let Some(k) = self.occ[from as usize] else {
                     continue;
                 };
+                if !movable(&k) {
+                    continue;
+                }
                 let (h1, h2) = pair_of(&k);
                 let alt = if b == h1 { h2 } else { h1 };
                 if alt == b {

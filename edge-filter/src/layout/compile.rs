@@ -239,6 +239,8 @@ pub struct Compiler {
     p6: FxHashMap<u32, u32>,
     cat6: Slots,
     cat6_of: FxHashMap<u32, u32>,
+    /// Spill bits new records' placements set, written after their slots.
+    planned_flips: [FxHashMap<u128, u32>; 2],
     poisoned: bool,
     /// Tests only: let the exact tables run past load 1/2 (to spill).
     lax: bool,
@@ -291,6 +293,7 @@ impl Compiler {
             p6: FxHashMap::default(),
             cat6: Slots::new(geo.catalog6),
             cat6_of: FxHashMap::default(),
+            planned_flips: Default::default(),
             poisoned: false,
             lax: false,
         }
@@ -456,8 +459,18 @@ impl Compiler {
             }
         }
 
-        // 2. Records: inserts and changes first (their stores see the spill
-        // bits and summary bits as they were), removals last.
+        // 2. Records. First place every new record, before anything is
+        // written: a key whose two buckets are full makes room by moving
+        // a key this update does not touch (its record, as readers see it
+        // now, is copied ahead of the plan). Then inserts and changes
+        // (their stores see the spill bits as they were), removals last.
+        for (f, rs) in recs.iter().enumerate() {
+            for &a in rs {
+                if self.fam[f].records.contains_key(&a) && !self.rec[f].contains_key(&a) {
+                    self.place_new(f, a, rs, &mut ph)?;
+                }
+            }
+        }
         for (f, rs) in recs.iter().enumerate() {
             let addrs: Vec<u128> = rs.iter().copied().collect();
             for &a in &addrs {
@@ -869,24 +882,14 @@ impl Compiler {
                 self.heap.free(*r);
             }
         }
+        // New records were placed by `place_new` before anything was
+        // written; `flip` is the spill bit their placement sets.
+        let flip = self.planned_flips[f].remove(&a);
         if f == 0 {
             let key = a as u32;
-            let (b1, b2) = bucket_pair4(key, self.geo.seed4, self.geo.buckets4 - 1);
-            let (bucket, slot, flip) = match self.place4.get(&key) {
-                Some((b, s)) => (b, s, None),
-                None => {
-                    let p = match self.place4.insert(key, b1, b2) {
-                        Some(p) => p,
-                        None => {
-                            self.relocate4(b1, b2, ph)?;
-                            self.place4.insert(key, b1, b2).ok_or(LayoutError::Full {
-                                what: "a pair of IPv4 buckets",
-                            })?
-                        }
-                    };
-                    (p.bucket, p.slot, p.spill_flip)
-                }
-            };
+            let (bucket, slot) = self.place4.get(&key).ok_or(LayoutError::Full {
+                what: "a pair of IPv4 buckets",
+            })?;
             self.write_slot4(
                 bucket,
                 slot,
@@ -899,59 +902,38 @@ impl Compiler {
             }
         } else {
             let bytes = a.to_be_bytes();
-            let (b1, b2) = bucket_pair6(v6_words(&bytes), self.geo.seed6, self.geo.buckets6 - 1);
-            match self.place6.get(&a) {
-                Some((b, s)) => ph.push(
+            let (bucket, slot) = self.place6.get(&a).ok_or(LayoutError::Full {
+                what: "a pair of IPv6 buckets",
+            })?;
+            if old.is_none() && self.tables.exact6[bucket as usize].addrs[slot as usize] != bytes {
+                ph.push(
+                    &mut self.tables,
+                    Phase::Stage,
+                    Write::Addr6 {
+                        bucket,
+                        slot,
+                        addr: bytes,
+                    },
+                );
+            }
+            ph.push(
+                &mut self.tables,
+                Phase::Publish,
+                Write::Meta6 {
+                    bucket,
+                    slot,
+                    meta: m,
+                },
+            );
+            if let Some(b) = flip {
+                ph.push(
                     &mut self.tables,
                     Phase::Publish,
-                    Write::Meta6 {
+                    Write::Hdr6 {
                         bucket: b,
-                        slot: s,
-                        meta: m,
+                        value: META_SPILL,
                     },
-                ),
-                None => {
-                    let p = match self.place6.insert(a, b1, b2) {
-                        Some(p) => p,
-                        None => {
-                            self.relocate6(b1, b2, ph)?;
-                            self.place6.insert(a, b1, b2).ok_or(LayoutError::Full {
-                                what: "a pair of IPv6 buckets",
-                            })?
-                        }
-                    };
-                    let (bucket, slot) = (p.bucket, p.slot);
-                    if self.tables.exact6[bucket as usize].addrs[slot as usize] != bytes {
-                        ph.push(
-                            &mut self.tables,
-                            Phase::Stage,
-                            Write::Addr6 {
-                                bucket,
-                                slot,
-                                addr: bytes,
-                            },
-                        );
-                    }
-                    ph.push(
-                        &mut self.tables,
-                        Phase::Publish,
-                        Write::Meta6 {
-                            bucket,
-                            slot,
-                            meta: m,
-                        },
-                    );
-                    if let Some(b) = p.spill_flip {
-                        ph.push(
-                            &mut self.tables,
-                            Phase::Publish,
-                            Write::Hdr6 {
-                                bucket: b,
-                                value: META_SPILL,
-                            },
-                        );
-                    }
-                }
+                );
             }
         }
         if old.is_none() {
@@ -1012,15 +994,70 @@ impl Compiler {
         self.count_x(f, a, -1);
     }
 
+    /// Place a new record's key; relocate an untouched key if need be.
+    fn place_new(
+        &mut self,
+        f: usize,
+        a: u128,
+        touched: &BTreeSet<u128>,
+        ph: &mut Phases,
+    ) -> Result<()> {
+        let flip = if f == 0 {
+            let key = a as u32;
+            let (b1, b2) = bucket_pair4(key, self.geo.seed4, self.geo.buckets4 - 1);
+            let p = match self.place4.insert(key, b1, b2) {
+                Some(p) => p,
+                None => {
+                    self.relocate4(b1, b2, touched, ph)?;
+                    self.place4.insert(key, b1, b2).ok_or(LayoutError::Full {
+                        what: "a pair of IPv4 buckets",
+                    })?
+                }
+            };
+            p.spill_flip
+        } else {
+            let (b1, b2) = bucket_pair6(
+                v6_words(&a.to_be_bytes()),
+                self.geo.seed6,
+                self.geo.buckets6 - 1,
+            );
+            let p = match self.place6.insert(a, b1, b2) {
+                Some(p) => p,
+                None => {
+                    self.relocate6(b1, b2, touched, ph)?;
+                    self.place6.insert(a, b1, b2).ok_or(LayoutError::Full {
+                        what: "a pair of IPv6 buckets",
+                    })?
+                }
+            };
+            p.spill_flip
+        };
+        if let Some(b) = flip {
+            self.planned_flips[f].insert(a, b);
+        }
+        Ok(())
+    }
+
     /// Both buckets of a new IPv4 key are full: move one of their keys to
     /// its other bucket. Steps before the plan: the copy, the spill bit,
     /// the old slot cleared, a grace period (the key is found at every
     /// point; its verdict does not change).
-    fn relocate4(&mut self, b1: u32, b2: u32, ph: &mut Phases) -> Result<()> {
+    fn relocate4(
+        &mut self,
+        b1: u32,
+        b2: u32,
+        touched: &BTreeSet<u128>,
+        ph: &mut Phases,
+    ) -> Result<()> {
         let (seed, mask) = (self.geo.seed4, self.geo.buckets4 - 1);
         let mv = self
             .place4
-            .relocate_for(b1, b2, |k| bucket_pair4(*k, seed, mask))
+            .relocate_for(
+                b1,
+                b2,
+                |k| bucket_pair4(*k, seed, mask),
+                |k| !touched.contains(&(*k as u128)),
+            )
             .ok_or(LayoutError::Full {
                 what: "a pair of IPv4 buckets",
             })?;
@@ -1075,13 +1112,22 @@ impl Compiler {
     /// [`Compiler::relocate4`] for IPv6: the address is staged and a grace
     /// period passes before the meta is published, and another after the
     /// old slot is cleared (it is about to take a new address).
-    fn relocate6(&mut self, b1: u32, b2: u32, ph: &mut Phases) -> Result<()> {
+    fn relocate6(
+        &mut self,
+        b1: u32,
+        b2: u32,
+        touched: &BTreeSet<u128>,
+        ph: &mut Phases,
+    ) -> Result<()> {
         let (seed, mask) = (self.geo.seed6, self.geo.buckets6 - 1);
         let mv = self
             .place6
-            .relocate_for(b1, b2, |k| {
-                bucket_pair6(v6_words(&k.to_be_bytes()), seed, mask)
-            })
+            .relocate_for(
+                b1,
+                b2,
+                |k| bucket_pair6(v6_words(&k.to_be_bytes()), seed, mask),
+                |k| !touched.contains(k),
+            )
             .ok_or(LayoutError::Full {
                 what: "a pair of IPv6 buckets",
             })?;

@@ -73,8 +73,9 @@ impl Geometry {
     /// per record or net (`summary_bits_for`), between 16 KiB and 4 MiB.
     pub fn for_counts(c: &Counts, headroom: f64, seed: u64) -> Geometry {
         let grow = |n: u64| (n as f64 * headroom.max(1.0)).ceil() as u64;
-        let cap4 = pow2(grow(c.records4), 64) as u64;
-        let cap6 = pow2(grow(c.records6), 64) as u64;
+        // One rounding only: the buckets (a power of two) for load <= 1/2.
+        let cap4 = grow(c.records4).max(64);
+        let cap6 = grow(c.records6).max(64);
         Geometry {
             sum4_bits: summary_bits_for(cap4 + grow(c.nets4)),
             buckets4: exact_buckets_for(cap4, SLOTS4 as u64),
@@ -117,6 +118,8 @@ impl Geometry {
             mask6: self.buckets6 - 1,
             shift6: 32 - self.sum6_bits,
             generation: 0,
+            stats_stride: self.ids,
+            _pad: 0,
         }
     }
 }

@@ -23,10 +23,13 @@ use aya::{
     maps::Array,
     programs::{ProgramFd, TestRun as _, TestRunOptions},
 };
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use edge_filter::entry::EntrySet;
 use edge_filter::layout::{Compiler, Geometry, Ids, assign_ids, counts};
 use edge_filter::maps::EntryMaps;
 use edge_filter::program::{self, Capacities};
+use edge_filter::reference::{PacketInfo, Reference};
 use edge_filter_common::{self as abi, ACTION_DROP, EntryKind};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
@@ -89,6 +92,7 @@ pub type Target = ([u8; 16], u16);
 struct SetRun {
     name: &'static str,
     targets: [Vec<Target>; 2],
+    legit: [Vec<Target>; 2],
     bench: BenchObj,
     _maps: V2Maps,
     old: (aya::Ebpf, EntryMaps, ProgramFd),
@@ -149,13 +153,7 @@ fn slot(addr: [u8; 16], port: u16) -> Slot {
 }
 
 /// The table of a mix over `targets` (IPv6 if `v6`).
-pub fn mix_table(
-    mix: Mix,
-    targets: &[Target],
-    v6: bool,
-    legit: &[[u8; 16]],
-    seed: u64,
-) -> Vec<Slot> {
+pub fn mix_table(mix: Mix, targets: &[Target], legit: &[Target], seed: u64) -> Vec<Slot> {
     let mut rng = StdRng::seed_from_u64(seed);
     match mix {
         Mix::Worst => {
@@ -179,11 +177,8 @@ pub fn mix_table(
                         let (a, p) = targets[r];
                         slot(a, p)
                     } else {
-                        let _ = v6;
-                        slot(
-                            legit[rng.random_range(0..legit.len())],
-                            rng.random_range(1024..=u16::MAX),
-                        )
+                        let (a, p) = legit[rng.random_range(0..legit.len())];
+                        slot(a, p)
                     }
                 })
                 .collect()
@@ -191,22 +186,37 @@ pub fn mix_table(
     }
 }
 
-/// Legitimate sources: never covered by an entry (10.0.0.0/8, fd00::/8).
-fn legit_sources(v6: bool, seed: u64) -> Vec<[u8; 16]> {
+/// Legitimate sources: random addresses of the whole unicast space
+/// (1.0.0.0-223.255.255.255, 2000::/3) with random ports that no entry of
+/// `set` matches (the reference says so), so they spread over the
+/// summary as real traffic does.
+fn legit_sources(reference: &Reference, v6: bool, seed: u64) -> Vec<Target> {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..LEGIT)
-        .map(|_| {
-            if v6 {
-                let a: u128 = rng.random();
-                ((a >> 8) | (0xfdu128 << 120)).to_be_bytes()
-            } else {
-                let a: u32 = rng.random();
-                let mut s = [0u8; 16];
-                s[..4].copy_from_slice(&((a >> 8) | (10 << 24)).to_be_bytes());
-                s
-            }
-        })
-        .collect()
+    let mut out = Vec::with_capacity(LEGIT);
+    while out.len() < LEGIT {
+        let (src, bytes) = if v6 {
+            let a: u128 = (rng.random::<u128>() & (u128::MAX >> 3)) | (1u128 << 125);
+            (IpAddr::V6(Ipv6Addr::from(a)), a.to_be_bytes())
+        } else {
+            let a: u32 = rng.random_range(0x0100_0000..0xe000_0000);
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.to_be_bytes());
+            (IpAddr::V4(Ipv4Addr::from(a)), b)
+        };
+        let port = rng.random_range(1024..=u16::MAX);
+        let info = PacketInfo {
+            src,
+            dst: src,
+            proto: 17,
+            ports: Some((port, 53)),
+            vlan_tags: 0,
+            non_first_fragment: false,
+        };
+        if reference.decide(&info).reason == abi::REASON_PASS_NO_MATCH {
+            out.push((bytes, port));
+        }
+    }
+    out
 }
 
 fn old_instance(
@@ -360,10 +370,17 @@ pub fn run(o: &Opts, bench_obj: &[u8], nostats_obj: &[u8]) -> Result<(String, se
             v2_bytes as f64 / 1048576.0
         );
         let targets = targets(&set, o.seed ^ 0x7a12 ^ i as u64);
+        let reference = Reference::new(&set);
+        let legit = [
+            legit_sources(&reference, false, o.seed ^ 1),
+            legit_sources(&reference, true, o.seed ^ 2),
+        ];
+        drop(reference);
         drop(set);
         sets.push(SetRun {
             name,
             targets,
+            legit,
             bench,
             _maps: maps,
             old,
@@ -380,10 +397,6 @@ pub fn run(o: &Opts, bench_obj: &[u8], nostats_obj: &[u8]) -> Result<(String, se
         mix: Mix,
         table: Vec<Slot>,
     }
-    let legit = [
-        legit_sources(false, o.seed ^ 1),
-        legit_sources(true, o.seed ^ 2),
-    ];
     let mut cases: Vec<Case> = Vec::new();
     for v6 in [false, true] {
         for (si, s) in sets.iter().enumerate() {
@@ -391,8 +404,7 @@ pub fn run(o: &Opts, bench_obj: &[u8], nostats_obj: &[u8]) -> Result<(String, se
                 let table = mix_table(
                     mix,
                     &s.targets[v6 as usize],
-                    v6,
-                    &legit[v6 as usize],
+                    &s.legit[v6 as usize],
                     o.seed ^ (cases.len() as u64 + 100),
                 );
                 cases.push(Case {
@@ -513,7 +525,8 @@ pub fn run(o: &Opts, bench_obj: &[u8], nostats_obj: &[u8]) -> Result<(String, se
          `/16` directory; \"v2 sampled stats\" counts one hit in 16 per CPU, sixteen at a \
          time) behind the same rewriter, same rounds. Sets per family: 1K exact \
          addresses, {0} exact addresses, and all = {0} exact + {1} prefixes + {1} \
-         address+port. Mixes: edge = 99% from {LEGIT} legitimate sources in no entry + 1% \
+         address+port. Mixes: edge = 99% from {LEGIT} legitimate sources (random addresses of \
+         the whole unicast space and random ports that no entry matches) + 1% \
          blocked sources drawn Zipf (s = {ZIPF_S}) over the set's entries ({MIX_TABLE}-slot \
          table); flood = 100% blocked, Zipf; worst = uniform over the whole set, every entry \
          once per pass of a table at least as large as the set. One load = the parser plus \

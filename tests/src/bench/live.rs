@@ -524,7 +524,7 @@ pub fn run(o: &Opts) -> Result<()> {
     ]
     .iter()
     .enumerate()
-    .map(|(i, m)| super::datapath_v2::mix_table(*m, &targets, false, &[], o.seed ^ 0x11 ^ i as u64))
+    .map(|(i, m)| super::datapath_v2::mix_table(*m, &targets, &[], o.seed ^ 0x11 ^ i as u64))
     .collect();
 
     let lab = Lab::create()?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
+    maps::{Map, MapData, lpm_trie::Key, lpm_trie::LpmTrie},
 };
 use edge_filter::layout::{Geometry, Plan, Step, Tables, Write};
 use edge_filter_common::v2::{
@@ -75,7 +75,7 @@ impl Sizes {
             buckets6: g.buckets6,
             trie4: g.trie_nodes4,
             trie6: g.trie_nodes6,
-            stats: g.ids,
+            stats: g.ids * possible_cpus(),
             catalog: g.ids,
             catalog6: g.catalog6,
             one_load_lines: 1,
@@ -103,6 +103,12 @@ impl Sizes {
             loader.map_max_entries(name, n.max(1));
         }
     }
+}
+
+/// Possible CPUs (`/sys/devices/system/cpu/possible`): the per-entry
+/// counters hold a stride of ids for each.
+pub fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n as u32)
 }
 
 /// Wait for a grace period: `membarrier(MEMBARRIER_CMD_GLOBAL)`, which is
@@ -256,8 +262,7 @@ pub struct V2Maps {
     catalog6: Mapped,
     trie4: [LpmTrie<MapData, [u8; 4], u64>; 2],
     trie6: [LpmTrie<MapData, [u8; 16], u64>; 2],
-    /// Per-entry counters.
-    pub stats: PerCpuArray<MapData, EntryCounter>,
+    stats: Mapped,
     sizes: Sizes,
 }
 
@@ -286,7 +291,6 @@ impl V2Maps {
             LpmTrie::try_from(trie(MAP_V2_TRIE6_A)?)?,
             LpmTrie::try_from(trie(MAP_V2_TRIE6_B)?)?,
         ];
-        let stats = PerCpuArray::try_from(trie(MAP_V2_STATS)?)?;
         Ok(V2Maps {
             config: array(ebpf, MAP_V2_CONFIG, size_of::<ConfigV2>(), 1)?,
             sum4: array(ebpf, MAP_V2_SUM4, 8, sizes.sum4_words)?,
@@ -299,9 +303,25 @@ impl V2Maps {
             catalog6: array(ebpf, MAP_V2_CATADDR6, 16, sizes.catalog6)?,
             trie4,
             trie6,
-            stats,
+            stats: array(ebpf, MAP_V2_STATS, size_of::<EntryCounter>(), sizes.stats)?,
             sizes,
         })
+    }
+
+    /// Per-entry counters of ids `0..ids`, summed over CPUs: (packets, bytes).
+    pub fn stats(&self, ids: u32) -> Vec<(u64, u64)> {
+        let stride = self
+            .config
+            .load32(std::mem::offset_of!(ConfigV2, stats_stride)) as usize;
+        let cpus = (self.sizes.stats as usize).checked_div(stride).unwrap_or(0);
+        (0..ids as usize)
+            .map(|id| {
+                (0..cpus).fold((0, 0), |(p, b), c| {
+                    let off = (c * stride + id) * size_of::<EntryCounter>();
+                    (p + self.stats.load64(off), b + self.stats.load64(off + 8))
+                })
+            })
+            .collect()
     }
 
     /// Set the agent's runtime flags (`CONFIG_*`), keeping the layout's.
