@@ -1049,6 +1049,7 @@ impl Compiler {
         touched: &BTreeSet<u128>,
         ph: &mut Phases,
     ) -> Result<()> {
+        let record = ph.record;
         let (seed, mask) = (self.geo.seed4, self.geo.buckets4 - 1);
         let mv = self
             .place4
@@ -1056,7 +1057,8 @@ impl Compiler {
                 b1,
                 b2,
                 |k| bucket_pair4(*k, seed, mask),
-                |k| !touched.contains(&(*k as u128)),
+                // A fresh build has no readers: any key may move.
+                |k| !record || !touched.contains(&(*k as u128)),
             )
             .ok_or(LayoutError::Full {
                 what: "a pair of IPv4 buckets",
@@ -1119,6 +1121,7 @@ impl Compiler {
         touched: &BTreeSet<u128>,
         ph: &mut Phases,
     ) -> Result<()> {
+        let record = ph.record;
         let (seed, mask) = (self.geo.seed6, self.geo.buckets6 - 1);
         let mv = self
             .place6
@@ -1126,7 +1129,7 @@ impl Compiler {
                 b1,
                 b2,
                 |k| bucket_pair6(v6_words(&k.to_be_bytes()), seed, mask),
-                |k| !touched.contains(k),
+                |k| !record || !touched.contains(k),
             )
             .ok_or(LayoutError::Full {
                 what: "a pair of IPv6 buckets",

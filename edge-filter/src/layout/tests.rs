@@ -812,3 +812,40 @@ fn relocation_makes_room_under_readers() {
         assert_eq!(x.records6, y.records6);
     }
 }
+
+/// A fresh build at load 1/2 (the tier policy's most) fits: keys whose two
+/// buckets are full make room by relocation.
+#[test]
+fn full_load_builds() {
+    let mut rng = StdRng::seed_from_u64(0xf111);
+    let mut set = EntrySet::default();
+    let mut seen = HashSet::new();
+    // 131,072 IPv4 and 98,304 IPv6 addresses: exactly load 1/2.
+    while seen.len() < 131_072 {
+        let a: u32 = rng.random();
+        if seen.insert(a) {
+            set.entries.push(Entry::new(
+                IpNet::from(IpAddr::V4(Ipv4Addr::from(a))),
+                None,
+                Action::Drop,
+            ));
+        }
+    }
+    let mut seen6 = HashSet::new();
+    while seen6.len() < 98_304 {
+        let a: u128 = rng.random();
+        if seen6.insert(a) {
+            set.entries.push(Entry::new(
+                IpNet::from(IpAddr::V6(Ipv6Addr::from(a))),
+                None,
+                Action::Monitor,
+            ));
+        }
+    }
+    let ids = assign_ids(&set, &Ids::default());
+    let g = Geometry::for_counts(&counts(&set, &ids).unwrap(), 1.0, 42);
+    assert_eq!(g.capacity4(), 131_072);
+    assert_eq!(g.capacity6(), 98_304);
+    let c = Compiler::build(&set, &ids, g).expect("a full tier builds");
+    assert_eq!(c.records(), [131_072, 98_304]);
+}
