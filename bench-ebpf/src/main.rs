@@ -17,47 +17,34 @@
 //!   `XDP_TX`: run in live-frames mode it sends every frame out of a veth.
 //! - [`count_drop`]: the live receivers' ceiling, `XDP_DROP` with a counter.
 //!
-//! The entry maps the single lookups read are declared as in
-//! `edge-filter-ebpf` (same names, types, key and value layouts); `ef-bench`
-//! fills them with the keys and values the agent's sync builds.
+//! - [`edge_filter_v2`] and its variants: the v2 classifier
+//!   (`edge_filter_ebpf::v2`) with and without per-entry stats, and with the
+//!   folded LPM trie instead of the `/16` directory for IPv4 prefixes.
+//! - [`one_load`]: the physical limit: the parser plus exactly one load
+//!   from an array as large as the v2 structure, at a uniformly random
+//!   index (the source address hashed).
+//!
+//! The entry maps the single lookups read, and the v2 maps, are the
+//! declarations of `edge-filter-ebpf` (its library); `ef-bench` fills them
+//! with what the agent's sync / the v2 compiler builds.
 #![no_std]
 #![no_main]
-
-// The malformed class is not needed here.
-#[allow(dead_code)]
-#[path = "../../edge-filter-ebpf/src/parse.rs"]
-mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, lpm_trie::Key},
+    maps::{Array, PerCpuArray, ProgramArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use edge_filter_common::{
-    DEFAULT_ADDR_V4_ENTRIES, DEFAULT_ADDR_V6_ENTRIES, DEFAULT_PORT_ENTRIES, DEFAULT_PREFIX_ENTRIES,
-    EntryValue, PortKeyV4, PortKeyV6, SIDE_SRC,
+    PortKeyV4, PortKeyV6, SIDE_SRC,
+    v2::{BPF_F_MMAPABLE, Line, hash32},
 };
-
-use crate::parse::{Parsed, parse};
-
-// The entry maps the single lookups read, as in edge-filter-ebpf.
-#[map]
-static ADDR_V4: HashMap<[u8; 4], EntryValue> =
-    HashMap::with_max_entries(DEFAULT_ADDR_V4_ENTRIES, 0);
-#[map]
-static ADDR_V6: HashMap<[u8; 16], EntryValue> =
-    HashMap::with_max_entries(DEFAULT_ADDR_V6_ENTRIES, 0);
-#[map]
-static PREFIX_V4: LpmTrie<[u8; 4], EntryValue> =
-    LpmTrie::with_max_entries(DEFAULT_PREFIX_ENTRIES, 0);
-#[map]
-static PREFIX_V6: LpmTrie<[u8; 16], EntryValue> =
-    LpmTrie::with_max_entries(DEFAULT_PREFIX_ENTRIES, 0);
-#[map]
-static PORT_V4: HashMap<PortKeyV4, EntryValue> = HashMap::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
-#[map]
-static PORT_V6: HashMap<PortKeyV6, EntryValue> = HashMap::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
+use edge_filter_ebpf::{
+    parse::{Parsed, parse},
+    v1::{ADDR_V4, ADDR_V6, PORT_V4, PORT_V6, PREFIX_V4, PREFIX_V6},
+    v2,
+};
 
 /// One source the rewriter writes into the frame (layout shared with
 /// `tests/src/bench/mod.rs`).
@@ -68,7 +55,9 @@ pub struct Slot {
     pub addr: [u8; 16],
     /// Source port, network byte order.
     pub port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// Padding to the 8-byte multiple the kernel stores array elements at
+    /// (the table is written through an mmap).
+    pub _pad: [u8; 6],
 }
 
 /// Where and what the rewriter writes (layout shared with userspace).
@@ -89,9 +78,10 @@ pub struct Rewrite {
     pub csum_off: u32,
 }
 
-/// Tables of sources, one region per benchmark case.
+/// Tables of sources, one region per benchmark case; mmapable, so a case's
+/// table (up to 2^21 sources) is written with one copy.
 #[map]
-static SLOTS: Array<Slot> = Array::with_max_entries(1 << 21, 0);
+static SLOTS: Array<Slot> = Array::with_max_entries(1 << 21, BPF_F_MMAPABLE);
 #[map]
 static REWRITE: Array<Rewrite> = Array::with_max_entries(1, 0);
 /// Per-CPU run counter: which slot the next run takes.
@@ -203,6 +193,60 @@ pub fn generate(ctx: XdpContext) -> u32 {
     }
     fix_ipv4_checksum(&ctx);
     xdp_action::XDP_TX
+}
+
+/// The v2 classifier with per-entry stats (`/16` directory for IPv4 prefixes).
+#[xdp]
+pub fn edge_filter_v2(ctx: XdpContext) -> u32 {
+    edge_filter_ebpf::v2::run::<{ v2::STATS_EXACT }, false>(&ctx)
+}
+
+/// [`edge_filter_v2`] without per-entry stats (prices them).
+#[xdp]
+pub fn edge_filter_v2_nostats(ctx: XdpContext) -> u32 {
+    edge_filter_ebpf::v2::run::<{ v2::STATS_NONE }, false>(&ctx)
+}
+
+/// [`edge_filter_v2`] counting one hit in 16 per CPU (sixteen at a time):
+/// the price of sampled per-entry counters.
+#[xdp]
+pub fn edge_filter_v2_sampled(ctx: XdpContext) -> u32 {
+    edge_filter_ebpf::v2::run::<{ v2::STATS_SAMPLED }, false>(&ctx)
+}
+
+/// [`edge_filter_v2`] with the folded LPM trie for IPv4 prefixes (the
+/// other candidate of `docs/datapath-v2.md`).
+#[xdp]
+pub fn edge_filter_v2_trie(ctx: XdpContext) -> u32 {
+    edge_filter_ebpf::v2::run::<{ v2::STATS_EXACT }, true>(&ctx)
+}
+
+/// The array [`one_load`] reads: as many lines as the v2 structure it
+/// stands for (set by the loader).
+#[map]
+static ONE_LOAD: Array<Line> = Array::with_max_entries(1, 0);
+/// Lines of [`ONE_LOAD`] minus one (a power of two minus one), slot 0.
+#[map]
+static ONE_LOAD_MASK: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The physical limit of a lookup: parse, then exactly one load from
+/// [`ONE_LOAD`] at a uniformly random line (the source address hashed).
+#[xdp]
+pub fn one_load(ctx: XdpContext) -> u32 {
+    let (key, salt) = match parse(&ctx) {
+        Parsed::V4 { src, .. } => (u32::from_be_bytes(src), 0),
+        Parsed::V6 { src, .. } => (
+            u32::from_be_bytes([src[12], src[13], src[14], src[15]]),
+            u32::from_be_bytes([src[8], src[9], src[10], src[11]]),
+        ),
+        _ => return xdp_action::XDP_PASS,
+    };
+    let mask = ONE_LOAD_MASK.get(0).copied().unwrap_or(0);
+    match ONE_LOAD.get(hash32(key ^ salt, 0x5eed) & mask) {
+        // SAFETY: a reference is valid for reads.
+        Some(l) => verdict(unsafe { core::ptr::read_volatile(&l[0]) } == 0xa5),
+        None => xdp_action::XDP_PASS,
+    }
 }
 
 /// The cheapest XDP program.

@@ -29,6 +29,8 @@
 //! longest-match lookup per trie is exact.
 #![no_std]
 
+pub mod v2;
+
 /// Action of an entry that says "count it, let it through".
 pub const ACTION_MONITOR: u8 = 1;
 /// Action of an entry that says "drop it".
@@ -599,6 +601,14 @@ mod pod {
     unsafe impl aya::Pod for SampleState {}
     // SAFETY: see module docs.
     unsafe impl aya::Pod for Event {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for crate::v2::ConfigV2 {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for crate::v2::Bucket4 {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for crate::v2::Bucket6 {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for crate::v2::EntryCounter {}
 }
 
 /// The entry maps by name, in the one order userspace lists them per map

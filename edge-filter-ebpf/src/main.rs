@@ -13,87 +13,25 @@
 #![no_std]
 #![no_main]
 
-mod parse;
-
-use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
-    macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, maps::lpm_trie::Key, programs::XdpContext};
 use edge_filter_common::{
-    ACTION_DROP, CONFIG_MALFORMED_DROP, CONFIG_RECORD_LAST, CONFIG_SAMPLE_EVENTS, Config, Counter,
-    DEFAULT_ADDR_V4_ENTRIES, DEFAULT_ADDR_V6_ENTRIES, DEFAULT_ALLOW_ENTRIES,
-    DEFAULT_ENTRY_STATS_ENTRIES, DEFAULT_PORT_ENTRIES, DEFAULT_PREFIX_ENTRIES, EVENTS_RING_BYTES,
-    EntryKind, EntryStat, EntryValue, Event, LastVerdict, MAPBIT_ADDR_V4, MAPBIT_ADDR_V6,
-    MAPBIT_ALLOW_V4, MAPBIT_ALLOW_V6, MAPBIT_PORT_V4, MAPBIT_PORT_V6, MAPBIT_PPREFIX_V4,
-    MAPBIT_PPREFIX_V6, MAPBIT_PREFIX_V4, MAPBIT_PREFIX_V6, NO_ENTRY, PORT_PREFIX_FIXED_BITS,
-    PortKeyV4, PortKeyV6, PortPrefixV4, PortPrefixV6, REASON_COUNT, REASON_DROP_BASE,
-    REASON_PASS_ALLOWLIST, REASON_PASS_NO_MATCH, REASON_PASS_NON_IP, Reason, SIDE_DST, SIDE_SRC,
-    SampleConfig, SampleState, reason_entry, reason_malformed,
+    ACTION_DROP, CONFIG_MALFORMED_DROP, CONFIG_RECORD_LAST, CONFIG_SAMPLE_EVENTS, EntryKind,
+    EntryValue, MAPBIT_ADDR_V4, MAPBIT_ADDR_V6, MAPBIT_ALLOW_V4, MAPBIT_ALLOW_V6, MAPBIT_PORT_V4,
+    MAPBIT_PORT_V6, MAPBIT_PPREFIX_V4, MAPBIT_PPREFIX_V6, MAPBIT_PREFIX_V4, MAPBIT_PREFIX_V6,
+    NO_ENTRY, PORT_PREFIX_FIXED_BITS, PortKeyV4, PortKeyV6, PortPrefixV4, PortPrefixV6,
+    REASON_DROP_BASE, REASON_PASS_ALLOWLIST, REASON_PASS_NO_MATCH, REASON_PASS_NON_IP, Reason,
+    SIDE_DST, SIDE_SRC, reason_entry, reason_malformed,
 };
-
-use crate::parse::{Parsed, Source, parse};
-
-#[map]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
-
-#[map]
-static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
-
-#[map]
-static LAST: PerCpuArray<LastVerdict> = PerCpuArray::with_max_entries(1, 0);
-
-/// Hits per entry id; ids at or beyond its capacity count in
-/// `STATS_OVERFLOW` (the lookup fails, nothing else happens).
-#[map]
-static ENTRY_STATS: PerCpuArray<EntryStat> =
-    PerCpuArray::with_max_entries(DEFAULT_ENTRY_STATS_ENTRIES, 0);
-
-#[map]
-static STATS_OVERFLOW: PerCpuArray<EntryStat> = PerCpuArray::with_max_entries(1, 0);
-
-#[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
-
-#[map]
-static SAMPLE: Array<SampleConfig> = Array::with_max_entries(1, 0);
-
-#[map]
-static SAMPLE_STATE: PerCpuArray<SampleState> = PerCpuArray::with_max_entries(1, 0);
-
-#[map]
-static ALLOW_V4: LpmTrie<[u8; 4], EntryValue> = LpmTrie::with_max_entries(DEFAULT_ALLOW_ENTRIES, 0);
-#[map]
-static ALLOW_V6: LpmTrie<[u8; 16], EntryValue> =
-    LpmTrie::with_max_entries(DEFAULT_ALLOW_ENTRIES, 0);
-
-#[map]
-static ADDR_V4: HashMap<[u8; 4], EntryValue> =
-    HashMap::with_max_entries(DEFAULT_ADDR_V4_ENTRIES, 0);
-#[map]
-static ADDR_V6: HashMap<[u8; 16], EntryValue> =
-    HashMap::with_max_entries(DEFAULT_ADDR_V6_ENTRIES, 0);
-
-#[map]
-static PREFIX_V4: LpmTrie<[u8; 4], EntryValue> =
-    LpmTrie::with_max_entries(DEFAULT_PREFIX_ENTRIES, 0);
-#[map]
-static PREFIX_V6: LpmTrie<[u8; 16], EntryValue> =
-    LpmTrie::with_max_entries(DEFAULT_PREFIX_ENTRIES, 0);
-
-#[map]
-static PORT_V4: HashMap<PortKeyV4, EntryValue> = HashMap::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
-#[map]
-static PORT_V6: HashMap<PortKeyV6, EntryValue> = HashMap::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
-
-#[map]
-static PPREFIX_V4: LpmTrie<PortPrefixV4, EntryValue> =
-    LpmTrie::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
-#[map]
-static PPREFIX_V6: LpmTrie<PortPrefixV6, EntryValue> =
-    LpmTrie::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
+#[cfg(not(feature = "no-entry-stats"))]
+use edge_filter_ebpf::v1::{ENTRY_STATS, STATS_OVERFLOW};
+use edge_filter_ebpf::{
+    common::{count_reason, record_last, sample},
+    parse::{Parsed, Source, parse},
+    v1::{
+        ADDR_V4, ADDR_V6, ALLOW_V4, ALLOW_V6, CONFIG, PORT_V4, PORT_V6, PPREFIX_V4, PPREFIX_V6,
+        PREFIX_V4, PREFIX_V6,
+    },
+};
 
 /// The XDP entry point: classify, count, record, return.
 #[xdp]
@@ -106,13 +44,7 @@ pub fn edge_filter(ctx: XdpContext) -> u32 {
     let parsed = parse(&ctx);
     let (reason, entry_id, drop) = decide(&parsed, flags, nonempty);
     let len = (ctx.data_end() - ctx.data()) as u64;
-    if let Some(c) = COUNTERS.get_ptr_mut(reason) {
-        // SAFETY: per-CPU slot, XDP runs with preemption disabled.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += len;
-        }
-    }
+    let _ = count_reason(reason, len);
     #[cfg(not(feature = "no-entry-stats"))]
     if entry_id != NO_ENTRY {
         count_entry(entry_id, len);
@@ -121,14 +53,8 @@ pub fn edge_filter(ctx: XdpContext) -> u32 {
     if flags & CONFIG_SAMPLE_EVENTS != 0 && reason >= REASON_DROP_BASE {
         sample(&parsed, reason, entry_id, len);
     }
-    if flags & CONFIG_RECORD_LAST != 0
-        && let Some(l) = LAST.get_ptr_mut(0)
-    {
-        // SAFETY: per-CPU slot, XDP runs with preemption disabled.
-        unsafe {
-            (*l).reason = reason;
-            (*l).entry_id = entry_id;
-        }
+    if flags & CONFIG_RECORD_LAST != 0 {
+        record_last(reason, entry_id);
     }
     if drop {
         xdp_action::XDP_DROP
@@ -160,72 +86,6 @@ fn count_entry(id: u32, len: u64) {
         (*slot).bytes += len;
         (*slot).last_jiffies = now;
     }
-}
-
-/// Emit one in `every` drop/monitor verdicts of this CPU into `EVENTS`, at
-/// most `cap_per_sec` per second; a full ring counts as lost.
-#[inline(never)]
-fn sample(parsed: &Parsed, reason: Reason, entry_id: u32, len: u64) {
-    let Some(cfg) = SAMPLE.get(0) else { return };
-    let Some(st) = SAMPLE_STATE.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU slot, XDP runs with preemption disabled.
-    let st = unsafe { &mut *st };
-    if cfg.every == 0 {
-        return;
-    }
-    if st.skip > 1 {
-        st.skip -= 1;
-        return;
-    }
-    st.skip = cfg.every;
-    // SAFETY: a helper without arguments or preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now.wrapping_sub(st.window_start) >= 1_000_000_000 {
-        st.window_start = now;
-        st.in_window = 0;
-    }
-    if cfg.cap_per_sec != 0 && st.in_window >= cfg.cap_per_sec {
-        st.capped += 1;
-        return;
-    }
-    st.in_window += 1;
-    let Some(mut e) = EVENTS.reserve::<Event>(0) else {
-        st.lost += 1;
-        return;
-    };
-    let mut ev = Event {
-        time_ns: now,
-        len: len as u32,
-        reason,
-        entry_id,
-        ..Event::default()
-    };
-    let ports = match parsed {
-        Parsed::V4 { src, dst, ports } => {
-            ev.family = 4;
-            ev.src[..4].copy_from_slice(src);
-            ev.dst[..4].copy_from_slice(dst);
-            ports
-        }
-        Parsed::V6 { src, dst, ports } => {
-            ev.family = 6;
-            ev.src = *src;
-            ev.dst = *dst;
-            ports
-        }
-        _ => &None,
-    };
-    if let Some(p) = ports {
-        ev.proto = p.proto;
-        ev.has_ports = 1;
-        ev.sport = p.sport;
-        ev.dport = p.dport;
-    }
-    e.write(ev);
-    e.submit(0);
-    st.emitted += 1;
 }
 
 /// Classify one parsed frame: `(reason, deciding entry id, drop?)`. Every

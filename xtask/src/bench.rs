@@ -38,7 +38,8 @@ pub enum Section {
     /// Live frames on a veth pair: pps dropped by XDP_DROP, edge-filter,
     /// nftables and iptables+ipset.
     Live,
-    /// Kernel map memory per entry at 1M entries against the formulas.
+    /// Kernel map memory per entry at 1M entries against the formulas,
+    /// and the old layout against v2 at 1K/100K/1M.
     Memory,
 }
 
@@ -100,13 +101,17 @@ Sections (--only):
   datapath  the XDP program in the kernel (BPF_PROG_TEST_RUN behind a source
             rewriter): ns/packet against bare XDP_DROP, parse-only and single
             lookups, 1K..1M entries, IPv4/IPv6, plain/VLAN, with and without
-            per-entry stats; also draws docs/bench/datapath.svg
+            per-entry stats; then today's layout against the v2 classifier
+            (docs/datapath-v2.md) and the one-load baseline over the edge,
+            flood and worst mixes at 1K, 1M and all; draws
+            docs/bench/datapath.svg
   live      a live-frames XDP generator into a veth pair: pps dropped by
-            XDP_DROP, edge-filter (native), nftables set, iptables raw + ipset,
-            each with the same 1M-address set (needs nftables, iptables, ipset,
-            ethtool: `sudo -E cargo xtask setup`)
+            XDP_DROP, edge-filter (old layout and v2, native), nftables set,
+            iptables raw + ipset, each with the same 1M-address set, flood and
+            worst mixes (needs nftables, iptables, ipset, ethtool:
+            `sudo -E cargo xtask setup`)
   memory    kernel map memory (fdinfo memlock) per entry at 1M entries against
-            each map type's formula
+            each map type's formula; old layout against v2 at 1K, 100K, 1M
 
 The datapath and live sections also build bench-only eBPF objects (bench-ebpf, \
 and edge-filter with --features no-entry-stats) with the nightly toolchain, as \
@@ -178,7 +183,7 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let objects = if wanted(Section::Datapath) || wanted(Section::Live) {
+    let objects = if wanted(Section::Datapath) || wanted(Section::Live) || wanted(Section::Memory) {
         Some(crate::bench_build::build(&target_dir(&root))?)
     } else {
         None

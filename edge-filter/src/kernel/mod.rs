@@ -11,6 +11,7 @@ pub mod clock;
 pub mod counters;
 pub mod events;
 pub mod features;
+pub mod layout;
 pub mod lock;
 pub mod maps;
 pub mod netlink;

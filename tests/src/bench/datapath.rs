@@ -31,8 +31,8 @@ use edge_filter_common::{
 use serde_json::json;
 
 use super::{
-    BenchObj, HitKind, Opts, Pool, PoolSizes, SLOTS_CAP, Stat, TABLE, frame, met, read_object,
-    stat, table,
+    BenchObj, HitKind, Opts, Pool, PoolSizes, Stat, TABLE, frame, met, read_object, stat,
+    table_len, table_n,
 };
 
 /// Share of the table that hits an entry.
@@ -102,7 +102,8 @@ struct Case {
     mask: u32,
     /// Single-lookup programs and how often edge-filter does that lookup.
     lookups: Vec<(&'static str, u32)>,
-    base: u32,
+    /// The case's source table ([`table_len`] slots: every hit entry once).
+    table: Vec<super::Slot>,
 }
 
 impl Case {
@@ -155,7 +156,7 @@ fn totals(maps: &EntryMaps) -> Result<(u64, u64)> {
 
 pub fn run(o: &Opts) -> Result<()> {
     let start = Instant::now();
-    let bench_obj = read_object(&o.bench_object, "the bench-ebpf object")?;
+    let bench_obj = super::bench_object(o)?;
     let nostats_obj = read_object(&o.nostats_object, "the no-entry-stats edge-filter object")?;
     let sizes = PoolSizes::standard(o.quick);
     eprintln!("datapath: generating entry sets ({sizes:?})");
@@ -245,7 +246,7 @@ pub fn run(o: &Opts) -> Result<()> {
                 nostats,
                 mask,
                 lookups,
-                base: 0,
+                table: Vec::new(),
             })
         };
         push(
@@ -318,20 +319,36 @@ pub fn run(o: &Opts) -> Result<()> {
             vec![(l_addr, 1), (l_prefix, 1), (l_port, 2)],
         );
     }
-    if cases.len() as u32 * TABLE > SLOTS_CAP {
-        bail!("too many cases for the SLOTS map");
-    }
-    // One table region per case.
+    // Each case's table: as many hit slots as its set has entries of the
+    // kind it hits, so every one of them is looked up.
     for (i, c) in cases.iter_mut().enumerate() {
-        c.base = i as u32 * TABLE;
-        let t = table(
-            &pool,
-            c.family == "IPv6",
-            c.kind,
-            HIT_PERCENT,
-            o.seed ^ (i as u64 + 1),
-        );
-        bench.fill(c.base, &t)?;
+        let v6 = c.family == "IPv6";
+        let hits = match c.kind {
+            HitKind::Addr(n) => n.min(if v6 { sizes.v6_addrs } else { sizes.v4_addrs }),
+            HitKind::Prefix => {
+                if v6 {
+                    sizes.v6_prefixes
+                } else {
+                    sizes.v4_prefixes
+                }
+            }
+            HitKind::Port => {
+                if v6 {
+                    sizes.v6_ports
+                } else {
+                    sizes.v4_ports
+                }
+            }
+            HitKind::All => {
+                if v6 {
+                    sizes.v6_addrs
+                } else {
+                    sizes.v4_addrs
+                }
+            }
+        };
+        let len = table_len(hits, HIT_PERCENT);
+        c.table = table_n(&pool, v6, c.kind, HIT_PERCENT, o.seed ^ (i as u64 + 1), len);
     }
     eprintln!(
         "datapath: {} cases, {} rounds, set-up in {:.1} s",
@@ -340,7 +357,7 @@ pub fn run(o: &Opts) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
 
-    let repeat = if o.quick { TABLE } else { 4 * TABLE };
+    let min_repeat = if o.quick { TABLE } else { 4 * TABLE };
     let mac_a = [2, 0, 0, 0, 0, 1];
     let mac_b = [2, 0, 0, 0, 0, 2];
     // Results[case][target] = ns per round.
@@ -359,7 +376,10 @@ pub fn run(o: &Opts) -> Result<()> {
     for round in 0..o.rounds {
         for (ci, c) in cases.iter().enumerate() {
             let f = frame(c.family == "IPv6", c.vlan, mac_b, mac_a);
-            bench.rewrite.set(0, f.rewrite(c.base, false), 0)?;
+            let len = c.table.len() as u32;
+            bench.fill(0, &c.table)?;
+            bench.rewrite.set(0, f.rewrite_n(0, len, false), 0)?;
+            let repeat = min_repeat.max(len);
             efs[c.ef].maps.set_config(0, c.mask)?;
             if let Some(n) = c.nostats {
                 efs[n].maps.set_config(0, c.mask)?;
@@ -410,13 +430,19 @@ pub fn run(o: &Opts) -> Result<()> {
     let _ = &efs.iter().map(|e| e.label).collect::<Vec<_>>();
 
     let report = Report::build(&cases, &targets, &ns, &hit_ratio);
-    let md = report.markdown(o, repeat, start.elapsed().as_secs_f64());
+    let mut md = report.markdown(o, min_repeat, start.elapsed().as_secs_f64());
+    drop(efs);
+    drop(bench);
+    let (v2_md, v2_json) = super::datapath_v2::run(o, &bench_obj, &nostats_obj)?;
+    md.push_str(&v2_md);
+    let mut json = report.json.clone();
+    json["v2"] = v2_json;
     if let Some(svg) = &o.svg_out {
         let series = report.plot_series(&cases);
         super::plot::ns_per_packet(svg, &series)?;
         eprintln!("datapath: plot written to {}", svg.display());
     }
-    o.emit(&md, &report.json)
+    o.emit(&md, &json)
 }
 
 /// Per-round values of one target, by label.
@@ -640,7 +666,7 @@ impl Report {
             "ns/packet, median of {} rounds (each round runs every case × program once, \
              interleaved), {} runs per measurement. Each run goes through a tiny XDP \
              *rewriter* harness (`bench-ebpf`'s `rewrite`): it writes the next source \
-             address and port from a 65,536-slot table into the frame and tail-calls the \
+             address and port from the case's table into the frame and tail-calls the \
              measured program, so every run looks up a different key ({HIT_PERCENT}% hits \
              drawn from the case's entries, the rest misses from 10.0.0.0/8 or fd00::/8). \
              BPF_PROG_TEST_RUN alone repeats one frame, whose single key stays warm in the \

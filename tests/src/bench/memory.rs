@@ -220,6 +220,140 @@ pub fn run(o: &Opts) -> Result<()> {
         total_entries,
         total as f64 / total_entries.max(1) as f64
     ));
-    let js = json!({"section": "memory", "possible_cpus": cpus, "maps": jrows, "total_bytes": total, "total_entries": total_entries});
+    drop(maps);
+    drop(ebpf);
+    let (v2_md, v2_json) = v2_memory(o, cpus)?;
+    md.push_str(&v2_md);
+    let js = json!({"section": "memory", "possible_cpus": cpus, "maps": jrows, "total_bytes": total, "total_entries": total_entries, "v2": v2_json});
     o.emit(&md, &js)
+}
+
+/// Kernel memory of today's maps and of the v2 maps for 1K, 100K and 1M
+/// IPv4 /32 entries (one object alive at a time, so the fd scan sees only
+/// its maps).
+fn v2_memory(o: &Opts, cpus: u64) -> Result<(String, serde_json::Value)> {
+    use edge_filter::kernel::layout::{Compiler, Geometry, Ids, assign_ids, counts};
+    use edge_filter_common::v2::MAP_V2_STATS;
+
+    const TARGET_PER_ADDR: f64 = 32.0;
+    const TARGET_1K_TOTAL: f64 = 2.0 * 1048576.0;
+    let bench_obj = super::bench_object(o)?;
+    let ns: &[usize] = if o.quick {
+        &[1000, 10_000, 100_000]
+    } else {
+        &[1000, 100_000, 1_000_000]
+    };
+    let pool = Pool::generate(
+        o.seed,
+        PoolSizes {
+            v4_addrs: *ns.last().expect("sizes"),
+            v4_prefixes: 0,
+            v4_ports: 0,
+            v6_addrs: 0,
+            v6_prefixes: 0,
+            v6_ports: 0,
+        },
+    );
+    // The maps the v2 program needs (the bench object also holds today's
+    // entry maps, the rewriter's and the baselines', which v2 does not).
+    let v2_map = |name: &str| {
+        name.starts_with("V2_")
+            || ["COUNTERS", "LAST", "EVENTS", "SAMPLE", "SAMPLE_STATE"].contains(&name)
+    };
+    let mut rows = Vec::new();
+    let mut jrows = Vec::new();
+    let mut targets = Vec::new();
+    for &n in ns {
+        let set = pool.entry_set(n, 0, false);
+        // Today's program, default capacities (what the agent loads).
+        let old_total = {
+            let mut ebpf = program::load(&Capacities::default())?;
+            let mut maps = EntryMaps::from_ebpf(&mut ebpf)?;
+            maps.apply(&set, 0)?;
+            scan()?.iter().map(|m| m.memlock).sum::<u64>()
+        };
+        // v2, its tier fitted to the set (no IPv4 trie: the directory).
+        let ids: Ids = assign_ids(&set, &Ids::default());
+        let c = counts(&set, &ids)?;
+        let mut g = Geometry::for_counts(&c, 1.0, o.seed);
+        g.heap_lines = g.heap_lines.max(1 << 16);
+        let mut comp = Compiler::build(&set, &ids, g)?;
+        comp.fit_heap(1.25);
+        let sizes = super::v2kernel::Sizes::of(comp.geometry());
+        let mut bench = super::BenchObj::load_with(&bench_obj, &Capacities::small(), &sizes)?;
+        let mut v2 = super::v2kernel::V2Maps::take(&mut bench.ebpf, sizes)?;
+        v2.write_image(comp.tables())?;
+        let mems: Vec<MapMem> = scan()?.into_iter().filter(|m| v2_map(&m.name)).collect();
+        drop(v2);
+        drop(bench);
+        let total: u64 = mems.iter().map(|m| m.memlock).sum();
+        let stats: u64 = mems
+            .iter()
+            .filter(|m| m.name == MAP_V2_STATS)
+            .map(|m| m.memlock)
+            .sum();
+        let classifier = total - stats;
+        let per = |b: u64| b as f64 / n as f64;
+        let breakdown: Vec<String> = mems
+            .iter()
+            .filter(|m| m.memlock >= 64 * 1024)
+            .map(|m| format!("{} {:.2}", m.name, m.memlock as f64 / 1048576.0))
+            .collect();
+        rows.push(format!(
+            "| {} | {:.1} MiB ({:.0} B) | {:.2} MiB ({:.1} B) | {:.2} MiB ({:.1} B) | {:.2} MiB ({:.1} B) | {} |",
+            super::datapath_v2::human(n),
+            old_total as f64 / 1048576.0,
+            per(old_total),
+            total as f64 / 1048576.0,
+            per(total),
+            classifier as f64 / 1048576.0,
+            per(classifier),
+            stats as f64 / 1048576.0,
+            per(stats),
+            breakdown.join(", ")
+        ));
+        jrows.push(json!({"entries": n, "old_bytes": old_total, "v2_bytes": total, "v2_without_stats_bytes": classifier, "v2_stats_bytes": stats, "v2_maps": mems}));
+        if n == 1000 {
+            targets.push(format!(
+                "| v2 at 1K: all maps | {:.2} MiB | ≤ 2 MiB | {} |",
+                total as f64 / 1048576.0,
+                super::met(total as f64 <= TARGET_1K_TOTAL)
+            ));
+        }
+        if n == *ns.last().expect("sizes") {
+            targets.push(format!(
+                "| v2 at {}: bytes per /32 without per-entry counters | {:.1} B | ≤ {TARGET_PER_ADDR} B | {} |",
+                super::datapath_v2::human(n),
+                per(classifier),
+                super::met(per(classifier) <= TARGET_PER_ADDR)
+            ));
+            targets.push(format!(
+                "| v2 at {}: bytes per /32 with per-entry counters ({cpus} CPUs) | {:.1} B | ≤ {TARGET_PER_ADDR} B | {} |",
+                super::datapath_v2::human(n),
+                per(total),
+                super::met(per(total) <= TARGET_PER_ADDR)
+            ));
+        }
+    }
+    let mut md = String::from("\n### Old layout against v2, by set size\n\n");
+    md.push_str(&format!(
+        "IPv4 /32 entries only. Old: today's program with the agent's default capacities \
+         (every map, memlock summed). v2: the maps `edge_filter_v2` uses (every `V2_*` map \
+         plus the per-reason counters, last verdict and event sampling maps), its tier \
+         fitted to the set (exact table at load <= 1/2, summary of `clamp(ceil(log2(32 x \
+         entries)), 16, 24)` bits, heap fitted to 1.25x its use, per-entry counters for \
+         the next power of two of ids on {cpus} possible CPUs, the catalog). Per-entry \
+         counters are shown apart: they grow with the CPUs, not the classifier.\n\n"
+    ));
+    md.push_str("| entries | old: all maps (per entry) | v2: all maps (per entry) | v2 without per-entry counters (per entry) | v2 per-entry counters (per entry) | v2 maps >= 64 KiB (MiB) |\n|---|---:|---:|---:|---:|---|\n");
+    for r in &rows {
+        md.push_str(r);
+        md.push('\n');
+    }
+    md.push_str("\n| figure | value | target | met |\n|---|---|---|---|\n");
+    for t in &targets {
+        md.push_str(t);
+        md.push('\n');
+    }
+    Ok((md, json!(jrows)))
 }

@@ -6,9 +6,12 @@
 //! Never tests: the figures are reported against targets, not asserted.
 
 pub mod datapath;
+pub mod datapath_v2;
 pub mod live;
 pub mod memory;
 pub mod plot;
+pub mod v2kernel;
+pub mod verify;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -92,6 +95,9 @@ pub enum Command {
     /// Kernel map memory (fdinfo memlock) per entry at 1M entries against
     /// the formula of each map type; needs root.
     Memory(Opts),
+    /// Load every program of the bench-ebpf object (the verifier) and
+    /// print loaded/rejected and instruction counts (kernel matrix).
+    Verify(Opts),
 }
 
 /// Heading of the options only `datapath`, `live` and `memory` take.
@@ -151,7 +157,9 @@ impl Cli {
             Command::Sync(o) => ("sync", o),
             Command::DeltaLoop(o) => ("delta-loop", o),
             Command::SyncRssChild(o) => (RSS_CHILD, o),
-            Command::Datapath(_) | Command::Live(_) | Command::Memory(_) => return Ok(cli),
+            Command::Datapath(_) | Command::Live(_) | Command::Memory(_) | Command::Verify(_) => {
+                return Ok(cli);
+            }
         };
         let given: Vec<&str> = [
             ("--quick", o.quick),
@@ -195,6 +203,18 @@ impl Opts {
     }
 }
 
+/// The bench-ebpf object: `--bench-object`, else the one `tests/build.rs`
+/// built into this binary.
+pub fn bench_object(o: &Opts) -> Result<Vec<u8>> {
+    match &o.bench_object {
+        Some(_) => read_object(&o.bench_object, "the bench-ebpf object"),
+        None if !v2kernel::BENCH_OBJECT.is_empty() => Ok(v2kernel::BENCH_OBJECT.to_vec()),
+        None => {
+            anyhow::bail!("no bench-ebpf object: built with AYA_BUILD_SKIP, and no --bench-object")
+        }
+    }
+}
+
 /// Read an object file named by an option, with a message saying who builds it.
 pub fn read_object(path: &Option<PathBuf>, what: &str) -> Result<Vec<u8>> {
     let p = path.as_ref().with_context(|| {
@@ -211,7 +231,7 @@ pub fn read_object(path: &Option<PathBuf>, what: &str) -> Result<Vec<u8>> {
 pub struct Slot {
     pub addr: [u8; 16],
     pub port: [u8; 2],
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 // SAFETY: repr(C), no padding, any bit pattern is valid.
 unsafe impl Pod for Slot {}
@@ -230,7 +250,8 @@ pub struct Rewrite {
 // SAFETY: repr(C), no padding, any bit pattern is valid.
 unsafe impl Pod for Rewrite {}
 
-/// Slots per case table (a power of two).
+/// Slots per case table (a power of two), at least; cases with bigger
+/// sets get tables as large as their set (see [`table_len`]).
 pub const TABLE: u32 = 1 << 16;
 /// Capacity of `SLOTS` in bench-ebpf.
 pub const SLOTS_CAP: u32 = 1 << 21;
@@ -248,12 +269,25 @@ pub const BENCH_PROGRAMS: &[&str] = &[
     "lookup_addr_v6",
     "lookup_prefix_v6",
     "lookup_port_v6",
+    "edge_filter_v2",
+    "edge_filter_v2_nostats",
+    "edge_filter_v2_sampled",
+    "edge_filter_v2_trie",
+    "one_load",
 ];
+
+/// Slots of a table whose `hit_percent` share draws every one of `hits`
+/// entries at least once: a power of two, at least [`TABLE`].
+pub fn table_len(hits: usize, hit_percent: u32) -> u32 {
+    let need = (hits as u64 * 100).div_ceil(hit_percent.max(1) as u64);
+    (need.max(TABLE as u64).next_power_of_two()).min(SLOTS_CAP as u64) as u32
+}
 
 /// The loaded bench-ebpf object with its maps taken out.
 pub struct BenchObj {
     pub ebpf: Ebpf,
-    pub slots: Array<MapData, Slot>,
+    /// `SLOTS`, mapped.
+    pub slots: v2kernel::Mapped,
     pub rewrite: Array<MapData, Rewrite>,
     pub jump: ProgramArray<MapData>,
 }
@@ -261,10 +295,20 @@ pub struct BenchObj {
 impl BenchObj {
     /// Load the object with entry maps sized `caps` and every program.
     pub fn load(object: &[u8], caps: &Capacities) -> Result<BenchObj> {
+        Self::load_with(object, caps, &v2kernel::Sizes::small())
+    }
+
+    /// [`BenchObj::load`] with v2 maps of `sizes`.
+    pub fn load_with(
+        object: &[u8],
+        caps: &Capacities,
+        sizes: &v2kernel::Sizes,
+    ) -> Result<BenchObj> {
         let mut loader = EbpfLoader::new();
         for (name, n) in caps.per_map() {
             loader.map_max_entries(name, n.max(1));
         }
+        sizes.apply(&mut loader);
         let mut ebpf = loader
             .load(object)
             .context("loading the bench-ebpf object")?;
@@ -280,7 +324,12 @@ impl BenchObj {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from bench-ebpf"))
         };
-        let slots = Array::try_from(take("SLOTS")?)?;
+        let slots = match take("SLOTS")? {
+            aya::maps::Map::Array(m) => {
+                v2kernel::Mapped::new(m, size_of::<Slot>(), SLOTS_CAP as usize)?
+            }
+            _ => anyhow::bail!("SLOTS is not an array"),
+        };
         let rewrite = Array::try_from(take("REWRITE")?)?;
         let jump = ProgramArray::try_from(take("JUMP")?)?;
         Ok(BenchObj {
@@ -341,11 +390,20 @@ impl BenchObj {
         Ok(self.prog(name)?.fd()?.try_clone()?)
     }
 
-    /// Write `table` at slot `base`.
+    /// Write `table` at slot `base` (one copy through the mapping).
     pub fn fill(&mut self, base: u32, table: &[Slot]) -> Result<()> {
-        for (i, s) in table.iter().enumerate() {
-            self.slots.set(base + i as u32, s, 0)?;
+        if base as usize + table.len() > SLOTS_CAP as usize {
+            anyhow::bail!(
+                "a table of {} slots at {base} does not fit SLOTS",
+                table.len()
+            );
         }
+        // SAFETY: Slot is plain data of 24 bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(table.as_ptr().cast::<u8>(), std::mem::size_of_val(table))
+        };
+        self.slots
+            .store_bytes(base as usize * size_of::<Slot>(), bytes);
         Ok(())
     }
 }
@@ -366,9 +424,14 @@ pub struct Frame {
 impl Frame {
     /// A rewriter config for this frame with a table at `base`.
     pub fn rewrite(&self, base: u32, csum: bool) -> Rewrite {
+        self.rewrite_n(base, TABLE, csum)
+    }
+
+    /// [`Frame::rewrite`] for a table of `len` slots (a power of two).
+    pub fn rewrite_n(&self, base: u32, len: u32, csum: bool) -> Rewrite {
         Rewrite {
             base,
-            mask: TABLE - 1,
+            mask: len - 1,
             addr_off: self.addr_off,
             addr_len: self.addr_len,
             port_off: self.port_off,
@@ -666,9 +729,25 @@ pub enum HitKind {
 /// (IPv6 if `v6`), the rest misses from 10.0.0.0/8 / fd00::/8 with random
 /// ports.
 pub fn table(pool: &Pool, v6: bool, kind: HitKind, hit_percent: u32, seed: u64) -> Vec<Slot> {
+    table_n(pool, v6, kind, hit_percent, seed, TABLE)
+}
+
+/// [`table`] of `len` slots. Exact-address hits walk the addresses in a
+/// shuffled order (every one of them once before any repeats), so a table
+/// of [`table_len`] slots touches the whole set.
+pub fn table_n(
+    pool: &Pool,
+    v6: bool,
+    kind: HitKind,
+    hit_percent: u32,
+    seed: u64,
+    len: u32,
+) -> Vec<Slot> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut out = Vec::with_capacity(TABLE as usize);
-    for _ in 0..TABLE {
+    let mut out = Vec::with_capacity(len as usize);
+    let mut order: Vec<usize> = Vec::new();
+    let mut next = 0usize;
+    for _ in 0..len {
         let mut s = Slot {
             port: rng.random_range(1024..=u16::MAX).to_be_bytes(),
             ..Default::default()
@@ -694,7 +773,7 @@ pub fn table(pool: &Pool, v6: bool, kind: HitKind, hit_percent: u32, seed: u64) 
             match kind {
                 HitKind::Addr(n) => {
                     let n = n.min(pool.v6_addrs.len());
-                    s.addr = pool.v6_addrs[rng.random_range(0..n)];
+                    s.addr = pool.v6_addrs[walk(&mut rng, &mut order, &mut next, n)];
                 }
                 HitKind::Prefix => {
                     let p = pool.v6_prefixes[rng.random_range(0..pool.v6_prefixes.len())];
@@ -711,7 +790,7 @@ pub fn table(pool: &Pool, v6: bool, kind: HitKind, hit_percent: u32, seed: u64) 
             let a = match kind {
                 HitKind::Addr(n) => {
                     let n = n.min(pool.v4_addrs.len());
-                    pool.v4_addrs[rng.random_range(0..n)]
+                    pool.v4_addrs[walk(&mut rng, &mut order, &mut next, n)]
                 }
                 HitKind::Prefix => {
                     let p = pool.v4_prefixes[rng.random_range(0..pool.v4_prefixes.len())];
@@ -729,6 +808,18 @@ pub fn table(pool: &Pool, v6: bool, kind: HitKind, hit_percent: u32, seed: u64) 
         out.push(s);
     }
     out
+}
+
+/// The next index of a shuffled walk over `0..n` (reshuffled when done).
+fn walk(rng: &mut StdRng, order: &mut Vec<usize>, next: &mut usize, n: usize) -> usize {
+    use rand::seq::SliceRandom as _;
+    if order.len() != n || *next >= n {
+        *order = (0..n).collect();
+        order.shuffle(rng);
+        *next = 0;
+    }
+    *next += 1;
+    order[*next - 1]
 }
 
 // -------------------------------------------------------------- statistics

@@ -113,6 +113,13 @@ fn run() -> Result<()> {
         Bench::Datapath(o) => bench::datapath::run(&o),
         Bench::Live(o) => bench::live::run(&o),
         Bench::Memory(o) => bench::memory::run(&o),
+        Bench::Verify(o) => {
+            if bench::verify::run(&o)? {
+                Ok(())
+            } else {
+                bail!("the kernel rejected a program")
+            }
+        }
     }
 }
 

@@ -1,0 +1,302 @@
+//! Where things go: slots of the 2-choice exact tables and runs of heap
+//! lines. Freed space is quarantined until the plan that freed it has
+//! been applied (ending with a grace period when readers might still
+//! hold it), then reused.
+
+use std::hash::Hash;
+
+use rustc_hash::FxHashMap;
+
+/// Slot placement of one exact table: `slots` per bucket, a key lives in
+/// its first bucket or, when that is full, its second (and the first's
+/// spill count says so).
+#[derive(Clone, Debug)]
+pub(crate) struct Placement<K: Copy + Eq + Hash> {
+    pub slots: u32,
+    occ: Vec<Option<K>>,
+    pos: FxHashMap<K, u32>,
+    /// Keys whose first bucket is this one that live in their second.
+    spills: Vec<u32>,
+    quarantine: Vec<u32>,
+    held: Vec<bool>,
+}
+
+/// Where an insert or removal happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Placed {
+    pub bucket: u32,
+    pub slot: u32,
+    /// The first bucket whose spill count went 0 -> 1 (insert) or
+    /// 1 -> 0 (removal): its spill bit changes.
+    pub spill_flip: Option<u32>,
+}
+
+impl<K: Copy + Eq + Hash> Placement<K> {
+    pub fn new(buckets: u32, slots: u32) -> Self {
+        let n = (buckets * slots) as usize;
+        Placement {
+            slots,
+            occ: vec![None; n],
+            pos: FxHashMap::default(),
+            spills: vec![0; buckets as usize],
+            quarantine: Vec::new(),
+            held: vec![false; n],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pos.len()
+    }
+
+    pub fn get(&self, k: &K) -> Option<(u32, u32)> {
+        self.pos.get(k).map(|&p| (p / self.slots, p % self.slots))
+    }
+
+    pub fn spilled(&self, bucket: u32) -> bool {
+        self.spills[bucket as usize] > 0
+    }
+
+    fn free_in(&self, b: u32) -> Option<u32> {
+        (0..self.slots).find(|&s| {
+            let p = (b * self.slots + s) as usize;
+            self.occ[p].is_none() && !self.held[p]
+        })
+    }
+
+    /// Place `k` (buckets `b1`, `b2`); `None` when both are full.
+    pub fn insert(&mut self, k: K, b1: u32, b2: u32) -> Option<Placed> {
+        let (bucket, slot, spill_flip) = if let Some(s) = self.free_in(b1) {
+            (b1, s, None)
+        } else if let Some(s) = self.free_in(b2) {
+            let c = &mut self.spills[b1 as usize];
+            *c += 1;
+            (b2, s, (*c == 1).then_some(b1))
+        } else {
+            return None;
+        };
+        let p = bucket * self.slots + slot;
+        self.occ[p as usize] = Some(k);
+        self.pos.insert(k, p);
+        Some(Placed {
+            bucket,
+            slot,
+            spill_flip,
+        })
+    }
+
+    /// Make room in bucket `b1` or `b2` by moving one occupant to its other
+    /// bucket (`pair_of` gives a key's two buckets); `None` when no
+    /// occupant's other bucket has room either. The freed slot is free at
+    /// once: the caller's relocation steps end with a grace period.
+    pub fn relocate_for(
+        &mut self,
+        b1: u32,
+        b2: u32,
+        pair_of: impl Fn(&K) -> (u32, u32),
+        movable: impl Fn(&K) -> bool,
+    ) -> Option<Move<K>> {
+        for b in [b1, b2] {
+            for s in 0..self.slots {
+                let from = b * self.slots + s;
+                let Some(k) = self.occ[from as usize] else {
+                    continue;
+                };
+                if !movable(&k) {
+                    continue;
+                }
+                let (h1, h2) = pair_of(&k);
+                let alt = if b == h1 { h2 } else { h1 };
+                if alt == b {
+                    continue;
+                }
+                let Some(t) = self.free_in(alt) else {
+                    continue;
+                };
+                let to = alt * self.slots + t;
+                self.occ[from as usize] = None;
+                self.occ[to as usize] = Some(k);
+                self.pos.insert(k, to);
+                let mut spill_set = None;
+                let mut spill_clear = None;
+                if alt == h2 {
+                    let c = &mut self.spills[h1 as usize];
+                    *c += 1;
+                    if *c == 1 {
+                        spill_set = Some(h1);
+                    }
+                } else {
+                    let c = &mut self.spills[h1 as usize];
+                    *c -= 1;
+                    if *c == 0 {
+                        spill_clear = Some(h1);
+                    }
+                }
+                return Some(Move {
+                    key: k,
+                    from: (b, s),
+                    to: (alt, t),
+                    spill_set,
+                    spill_clear,
+                });
+            }
+        }
+        None
+    }
+
+    /// Remove `k` (first bucket `b1`); its slot waits in quarantine.
+    pub fn remove(&mut self, k: &K, b1: u32) -> Option<Placed> {
+        let p = self.pos.remove(k)?;
+        self.occ[p as usize] = None;
+        self.held[p as usize] = true;
+        self.quarantine.push(p);
+        let (bucket, slot) = (p / self.slots, p % self.slots);
+        let mut spill_flip = None;
+        if bucket != b1 {
+            let c = &mut self.spills[b1 as usize];
+            *c -= 1;
+            if *c == 0 {
+                spill_flip = Some(b1);
+            }
+        }
+        Some(Placed {
+            bucket,
+            slot,
+            spill_flip,
+        })
+    }
+
+    /// Quarantined slots become free.
+    pub fn release(&mut self) {
+        for p in self.quarantine.drain(..) {
+            self.held[p as usize] = false;
+        }
+    }
+
+    /// Whether slots wait in quarantine.
+    pub fn holding(&self) -> bool {
+        !self.quarantine.is_empty()
+    }
+}
+
+/// One key moved to its other bucket to make room.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Move<K> {
+    pub key: K,
+    /// (bucket, slot) it left.
+    pub from: (u32, u32),
+    /// (bucket, slot) it went to.
+    pub to: (u32, u32),
+    /// A first bucket whose spill bit must now be set (before `from` is
+    /// cleared).
+    pub spill_set: Option<u32>,
+    /// A first bucket whose spill bit may now be cleared (after `from`).
+    pub spill_clear: Option<u32>,
+}
+
+/// A run of heap lines: `(first line, count)`.
+pub(crate) type Run = (u32, u32);
+
+/// Heap lines: runs by size, a bump pointer, a quarantine.
+#[derive(Clone, Debug)]
+pub(crate) struct Heap {
+    cap: u32,
+    next: u32,
+    free: FxHashMap<u32, Vec<u32>>,
+    quarantine: Vec<Run>,
+    /// Lines in use.
+    pub used: u64,
+}
+
+impl Heap {
+    pub fn new(cap: u32) -> Heap {
+        Heap {
+            cap,
+            next: 0,
+            free: FxHashMap::default(),
+            quarantine: Vec::new(),
+            used: 0,
+        }
+    }
+
+    /// A run of `n` lines, `None` when the heap is full.
+    pub fn alloc(&mut self, n: u32) -> Option<u32> {
+        let start = match self.free.get_mut(&n).and_then(Vec::pop) {
+            Some(s) => s,
+            None => {
+                if self.next as u64 + n as u64 > self.cap as u64 {
+                    return None;
+                }
+                self.next += n;
+                self.next - n
+            }
+        };
+        self.used += n as u64;
+        Some(start)
+    }
+
+    /// Free a run once the plan lands.
+    pub fn free(&mut self, r: Run) {
+        self.used -= r.1 as u64;
+        self.quarantine.push(r);
+    }
+
+    /// Quarantined runs become free.
+    pub fn release(&mut self) {
+        for (s, n) in self.quarantine.drain(..) {
+            self.free.entry(n).or_default().push(s);
+        }
+    }
+
+    /// Whether runs wait in quarantine.
+    pub fn holding(&self) -> bool {
+        !self.quarantine.is_empty()
+    }
+
+    /// Lines ever handed out (the bump pointer).
+    pub fn high_water(&self) -> u32 {
+        self.next
+    }
+
+    /// A new capacity, at least the high water.
+    pub fn set_cap(&mut self, cap: u32) {
+        debug_assert!(cap >= self.next);
+        self.cap = cap;
+    }
+}
+
+/// Indexes of a fixed-size array handed out lowest first.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Slots {
+    cap: u32,
+    next: u32,
+    free: Vec<u32>,
+    quarantine: Vec<u32>,
+}
+
+impl Slots {
+    pub fn new(cap: u32) -> Slots {
+        Slots {
+            cap,
+            ..Default::default()
+        }
+    }
+
+    pub fn alloc(&mut self) -> Option<u32> {
+        if let Some(i) = self.free.pop() {
+            return Some(i);
+        }
+        if self.next >= self.cap {
+            return None;
+        }
+        self.next += 1;
+        Some(self.next - 1)
+    }
+
+    pub fn free(&mut self, i: u32) {
+        self.quarantine.push(i);
+    }
+
+    pub fn release(&mut self) {
+        self.free.append(&mut self.quarantine);
+    }
+}

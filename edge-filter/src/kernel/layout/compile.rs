@@ -1,0 +1,1413 @@
+//! The compiler: an entry set (and its ids) to tables, and from one set to
+//! the next as a [`Plan`] of ordered stores and grace periods.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use edge_filter_common::v2::{
+    BTREE_FANOUT, CAT_ALLOW, CAT_DROP, CAT_DST, CAT_PORT, CAT_TCP, CAT_USED, CAT_V6, CODE_ALLOW,
+    CODE_NONE, DIR4_ENTRIES, Line, MAX_IDS, META_INDIRECT, META_SPILL, PORT_EMPTY, PORT_INLINE,
+    PORT_KEY_SHIFT, PORT_LIST_MAX, PORT_TREE_DEPTH, SLOTS4, SUM_P, SUM_X, Slot4, V2_SHORT6,
+    btree_entry, btree_port_inner, bucket_pair4, bucket_pair6, catalog_word, dir_block, meta,
+    port_key, port_list_header, summary_block6, summary_pos, v6_words,
+};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::alloc::{Heap, Placement, Run, Slots};
+use super::model::{Decision, Family, Net, Scope};
+use super::tables::{Counts, Geometry, Plan, Step, Tables, Write, key_of};
+use super::{IdKey, Ids, LayoutError, Result};
+use crate::entry::{Action, EntryKey, EntrySet, Proto, Side};
+
+/// What a key maps to in a normalised set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Val {
+    Allow(u32),
+    Entry { drop: bool, id: u32 },
+}
+
+impl Val {
+    fn id(self) -> u32 {
+        match self {
+            Val::Allow(id) | Val::Entry { id, .. } => id,
+        }
+    }
+}
+
+/// A normalised set: one value per key (duplicates merged, drop wins).
+type Spec = FxHashMap<IdKey, Val>;
+
+fn spec_of(set: &EntrySet, ids: &Ids) -> Result<Spec> {
+    let mut s = Spec::default();
+    let id_of = |k: &IdKey| -> Result<u32> {
+        let id = *ids.get(k).ok_or(LayoutError::MissingId(*k))?;
+        if id >= MAX_IDS {
+            return Err(LayoutError::IdTooLarge {
+                key: *k,
+                id,
+                max: MAX_IDS - 1,
+            });
+        }
+        Ok(id)
+    };
+    for n in &set.allow {
+        let k = IdKey::Allow(n.trunc());
+        let id = id_of(&k)?;
+        s.insert(k, Val::Allow(id));
+    }
+    for e in &set.entries {
+        let k = IdKey::Entry(EntryKey {
+            net: e.net.trunc(),
+            port: e.port,
+        });
+        let drop = e.action == Action::Drop;
+        match s.get_mut(&k) {
+            Some(Val::Entry { drop: d, .. }) => *d |= drop,
+            _ => {
+                let id = id_of(&k)?;
+                s.insert(k, Val::Entry { drop, id });
+            }
+        }
+    }
+    let mut seen: FxHashMap<u32, IdKey> = FxHashMap::default();
+    for (k, v) in &s {
+        if let Some(other) = seen.insert(v.id(), *k) {
+            return Err(LayoutError::DuplicateId {
+                id: v.id(),
+                a: other,
+                b: *k,
+            });
+        }
+    }
+    Ok(s)
+}
+
+/// Family index (0 = IPv4, 1 = IPv6), net and port key of a key.
+fn parts(k: &IdKey) -> (usize, Net, Option<u32>) {
+    let (net, port) = match k {
+        IdKey::Allow(n) => (*n, None),
+        IdKey::Entry(e) => (
+            e.net,
+            e.port
+                .map(|p| port_key(p.proto.number(), p.side.abi(), p.port)),
+        ),
+    };
+    let (f, addr) = match net.network() {
+        IpAddr::V4(a) => (0, u32::from(a) as u128),
+        IpAddr::V6(a) => (1, u128::from(a)),
+    };
+    (
+        f,
+        Net {
+            addr,
+            len: net.prefix_len(),
+        },
+        port,
+    )
+}
+
+/// The counts a set needs (for [`Geometry::for_counts`]).
+pub fn counts(set: &EntrySet, ids: &Ids) -> Result<Counts> {
+    let spec = spec_of(set, ids)?;
+    Ok(counts_of(&spec))
+}
+
+fn counts_of(spec: &Spec) -> Counts {
+    let mut c = Counts::default();
+    let mut rec: [FxHashSet<u128>; 2] = Default::default();
+    let mut nets: [FxHashSet<Net>; 2] = Default::default();
+    for (k, v) in spec {
+        let (f, net, port) = parts(k);
+        let width = if f == 0 { 32 } else { 128 };
+        c.ids = c.ids.max(v.id() as u64 + 1);
+        if f == 1 {
+            c.ids6 += 1;
+        }
+        if port.is_some() {
+            c.ported += 1;
+        }
+        match v {
+            Val::Entry { .. } if net.len == width => {
+                rec[f].insert(net.addr);
+            }
+            _ => {
+                nets[f].insert(net);
+            }
+        }
+    }
+    c.records4 = rec[0].len() as u64;
+    c.records6 = rec[1].len() as u64;
+    c.nets4 = nets[0].len() as u64;
+    c.nets6 = nets[1].len() as u64;
+    c
+}
+
+/// A catalog word and, for IPv6, its address slot and address.
+type CatalogEntry = (u64, Option<(u32, [u8; 16])>);
+
+/// The state of one record.
+#[derive(Clone, Debug)]
+struct Rec {
+    runs: Vec<Run>,
+    decision: Decision,
+}
+
+/// The state of one folded trie node.
+#[derive(Clone, Debug)]
+struct Node {
+    decision: Decision,
+    runs: Vec<Run>,
+}
+
+/// Which phase of a plan a store belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Unreachable memory: new lines, IPv6 slot addresses, inactive trie.
+    Stage,
+    /// Records: inserts, changes, spill bits.
+    Publish,
+    /// The prefix structure: directory words, the trie generation.
+    Switch,
+    /// Record removals, summary bits and flags cleared.
+    Remove,
+    /// After the last grace period: the now inactive trie generation.
+    Post,
+}
+
+/// Stores being collected for a plan, each also applied to the image.
+struct Phases {
+    record: bool,
+    /// Relocations: complete steps that run before everything else.
+    prefix: Vec<Step>,
+    stage: Vec<Write>,
+    publish: Vec<Write>,
+    switch: Vec<Write>,
+    remove: Vec<Write>,
+    post: Vec<Write>,
+    staged_addr6: bool,
+}
+
+impl Phases {
+    fn new(record: bool) -> Phases {
+        Phases {
+            record,
+            prefix: Vec::new(),
+            stage: Vec::new(),
+            publish: Vec::new(),
+            switch: Vec::new(),
+            remove: Vec::new(),
+            post: Vec::new(),
+            staged_addr6: false,
+        }
+    }
+
+    fn push(&mut self, t: &mut Tables, p: Phase, w: Write) {
+        t.apply(&w);
+        if !self.record {
+            return;
+        }
+        if matches!(w, Write::Addr6 { .. }) {
+            self.staged_addr6 = true;
+        }
+        match p {
+            Phase::Stage => self.stage.push(w),
+            Phase::Publish => self.publish.push(w),
+            Phase::Switch => self.switch.push(w),
+            Phase::Remove => self.remove.push(w),
+            Phase::Post => self.post.push(w),
+        }
+    }
+}
+
+/// Turns entry sets into v2 tables and updates into plans; keeps the image
+/// of what the kernel holds once every plan so far has been applied.
+#[derive(Clone, Debug)]
+pub struct Compiler {
+    geo: Geometry,
+    tables: Tables,
+    spec: Spec,
+    fam: [Family; 2],
+    place4: Placement<u32>,
+    place6: Placement<u128>,
+    heap: Heap,
+    rec: [FxHashMap<u128, Rec>; 2],
+    ranges4: Vec<Option<Vec<(u16, Decision)>>>,
+    blocks4: Vec<Vec<Run>>,
+    nodes: [BTreeMap<Net, Node>; 2],
+    x4: FxHashMap<u32, u32>,
+    x6: FxHashMap<u32, u32>,
+    p6: FxHashMap<u32, u32>,
+    cat6: Slots,
+    cat6_of: FxHashMap<u32, u32>,
+    /// Spill bits new records' placements set, written after their slots.
+    planned_flips: [FxHashMap<u128, u32>; 2],
+    poisoned: bool,
+    /// Tests only: let the exact tables run past load 1/2 (to spill).
+    lax: bool,
+}
+
+/// Widths of the two families.
+const WIDTH: [u8; 2] = [32, 128];
+
+impl Compiler {
+    /// Compile `set` with `ids` into fresh tables of geometry `geo` (no
+    /// plan: the tables are written whole, before the program uses them).
+    pub fn build(set: &EntrySet, ids: &Ids, geo: Geometry) -> Result<Compiler> {
+        Self::build_with(set, ids, geo, false)
+    }
+
+    /// [`Compiler::build`] whose exact tables may run past load 1/2, so
+    /// tests see keys spill to their second bucket.
+    #[cfg(test)]
+    pub(crate) fn build_lax(set: &EntrySet, ids: &Ids, geo: Geometry) -> Result<Compiler> {
+        Self::build_with(set, ids, geo, true)
+    }
+
+    fn build_with(set: &EntrySet, ids: &Ids, geo: Geometry, lax: bool) -> Result<Compiler> {
+        let spec = spec_of(set, ids)?;
+        let mut c = Compiler::empty(geo);
+        c.lax = lax;
+        c.check(&spec)?;
+        let changes: Vec<(IdKey, Option<Val>, Option<Val>)> =
+            spec.iter().map(|(k, v)| (*k, None, Some(*v))).collect();
+        c.apply(changes, false)?;
+        c.spec = spec;
+        Ok(c)
+    }
+
+    fn empty(geo: Geometry) -> Compiler {
+        Compiler {
+            geo,
+            tables: Tables::new(&geo),
+            spec: Spec::default(),
+            fam: [Family::new(32), Family::new(128)],
+            place4: Placement::new(geo.buckets4, SLOTS4 as u32),
+            place6: Placement::new(geo.buckets6, 3),
+            heap: Heap::new(geo.heap_lines),
+            rec: Default::default(),
+            ranges4: vec![None; DIR4_ENTRIES as usize],
+            blocks4: vec![Vec::new(); DIR4_ENTRIES as usize],
+            nodes: Default::default(),
+            x4: FxHashMap::default(),
+            x6: FxHashMap::default(),
+            p6: FxHashMap::default(),
+            cat6: Slots::new(geo.catalog6),
+            cat6_of: FxHashMap::default(),
+            planned_flips: Default::default(),
+            poisoned: false,
+            lax: false,
+        }
+    }
+
+    /// The tables as they are once every plan so far has been applied.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// Heap lines in use.
+    pub fn heap_used(&self) -> u64 {
+        self.heap.used
+    }
+
+    /// Shrink the heap of a fresh build to `headroom` times the lines it
+    /// has handed out (a power of two, at least 1024): build with a
+    /// generous heap, then fit it, since how many lines a set needs is
+    /// known only once it is compiled. Lines keep their indexes.
+    pub fn fit_heap(&mut self, headroom: f64) {
+        let high = self.heap.high_water() as f64;
+        let cap = ((high * headroom.max(1.0)).ceil() as u64)
+            .max(1024)
+            .next_power_of_two()
+            .min(self.geo.heap_lines as u64) as u32;
+        if cap as u64 >= self.heap.high_water() as u64 {
+            self.geo.heap_lines = cap;
+            self.heap.set_cap(cap);
+            self.tables.heap.truncate(cap as usize);
+        }
+    }
+
+    /// Records per family.
+    pub fn records(&self) -> [usize; 2] {
+        [self.place4.len(), self.place6.len()]
+    }
+
+    /// The plan that takes the tables to `set` with `ids`. The caller
+    /// must apply all of it (stores in order, a grace period at every
+    /// [`Step::Grace`]) before the next update. On an error the compiler
+    /// and the tables are unchanged for capacity and id errors (checked
+    /// first); a rare mid-way failure (both buckets of a key full, heap
+    /// fragmentation) leaves the compiler poisoned: build the next tier.
+    pub fn update(&mut self, set: &EntrySet, ids: &Ids) -> Result<Plan> {
+        if self.poisoned {
+            return Err(LayoutError::Poisoned);
+        }
+        let new = spec_of(set, ids)?;
+        self.check(&new)?;
+        let mut changes = Vec::new();
+        for (k, v) in &new {
+            match self.spec.get(k) {
+                Some(old) if old == v => {}
+                old => changes.push((*k, old.copied(), Some(*v))),
+            }
+        }
+        for (k, v) in &self.spec {
+            if !new.contains_key(k) {
+                changes.push((*k, Some(*v), None));
+            }
+        }
+        changes.sort_by_key(|c| c.0);
+        let plan = self.apply(changes, true)?;
+        self.spec = new;
+        Ok(plan)
+    }
+
+    /// Refuse a set the tier cannot hold, before touching anything.
+    fn check(&self, spec: &Spec) -> Result<()> {
+        let c = counts_of(spec);
+        let g = &self.geo;
+        let checks = [
+            ("IPv4 exact records", c.records4, g.capacity4()),
+            ("IPv6 exact records", c.records6, g.capacity6()),
+            ("entry ids", c.ids, g.ids as u64),
+            ("IPv6 catalog addresses", c.ids6, g.catalog6 as u64),
+            ("IPv6 trie nodes", c.nets6, g.trie_nodes6 as u64),
+            (
+                "IPv4 trie nodes",
+                if g.trie4 { c.nets4 } else { 0 },
+                g.trie_nodes4 as u64,
+            ),
+        ];
+        for (what, need, have) in checks {
+            if self.lax && what.contains("exact") {
+                continue;
+            }
+            if need > have {
+                return Err(LayoutError::Capacity { what, need, have });
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        changes: Vec<(IdKey, Option<Val>, Option<Val>)>,
+        record: bool,
+    ) -> Result<Plan> {
+        let r = self.apply_inner(changes, record);
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        r
+    }
+
+    fn apply_inner(
+        &mut self,
+        changes: Vec<(IdKey, Option<Val>, Option<Val>)>,
+        record: bool,
+    ) -> Result<Plan> {
+        let mut ph = Phases::new(record);
+        let old_sum4 = self.tables.sum4.clone();
+        let old_sum6 = self.tables.sum6.clone();
+        let old_flags = self.tables.config.flags;
+        let mut recs: [BTreeSet<u128>; 2] = Default::default();
+        let mut regions: [Vec<(u128, u128)>; 2] = Default::default();
+        let mut nets_changed: [BTreeSet<Net>; 2] = Default::default();
+        let mut cat_ids: BTreeSet<u32> = BTreeSet::new();
+        let mut new_keys: FxHashMap<u32, (IdKey, Val)> = FxHashMap::default();
+
+        // 1. The model.
+        for (key, old, new) in &changes {
+            let (f, net, port) = parts(key);
+            let fam = &mut self.fam[f];
+            let had_net = fam.nets.contains_key(&net);
+            match key {
+                IdKey::Allow(_) => fam.set_allow(net, new.map(|v| v.id())),
+                IdKey::Entry(_) => fam.set_entry(
+                    net,
+                    port,
+                    new.map(|v| match v {
+                        Val::Entry { drop, id } => (drop, id),
+                        Val::Allow(id) => (false, id),
+                    }),
+                ),
+            }
+            if had_net != fam.nets.contains_key(&net) {
+                nets_changed[f].insert(net);
+            }
+            if matches!(key, IdKey::Entry(_)) && net.len == WIDTH[f] {
+                recs[f].insert(net.addr);
+            } else {
+                regions[f].push((net.addr, net.last(WIDTH[f])));
+            }
+            if let Some(o) = old {
+                cat_ids.insert(o.id());
+            }
+            if let Some(n) = new {
+                cat_ids.insert(n.id());
+                new_keys.insert(n.id(), (*key, *n));
+            }
+        }
+        for (f, rs) in regions.iter().enumerate() {
+            for &(lo, hi) in rs {
+                let inside: Vec<u128> = self.fam[f].records_within(lo, hi).collect();
+                recs[f].extend(inside);
+            }
+        }
+
+        // 2. Records. First place every new record, before anything is
+        // written: a key whose two buckets are full makes room by moving
+        // a key this update does not touch (its record, as readers see it
+        // now, is copied ahead of the plan). Then inserts and changes
+        // (their stores see the spill bits as they were), removals last.
+        for (f, rs) in recs.iter().enumerate() {
+            for &a in rs {
+                if self.fam[f].records.contains_key(&a) && !self.rec[f].contains_key(&a) {
+                    self.place_new(f, a, rs, &mut ph)?;
+                }
+            }
+        }
+        for (f, rs) in recs.iter().enumerate() {
+            let addrs: Vec<u128> = rs.iter().copied().collect();
+            for &a in &addrs {
+                if self.fam[f].records.contains_key(&a) {
+                    self.upsert_record(f, a, &mut ph)?;
+                }
+            }
+            for &a in &addrs {
+                if !self.fam[f].records.contains_key(&a) && self.rec[f].contains_key(&a) {
+                    self.remove_record(f, a, &mut ph);
+                }
+            }
+        }
+
+        // 3. IPv4 /16 directory.
+        let mut his: BTreeSet<u32> = BTreeSet::new();
+        for &(lo, hi) in &regions[0] {
+            for h in (lo >> 16) as u32..=(hi >> 16) as u32 {
+                his.insert(h);
+            }
+        }
+        for h in his {
+            self.rebuild16(h, &mut ph)?;
+        }
+
+        // 4. Folded tries.
+        let gen_ = self.tables.config.generation & 1;
+        let mut trie_changed = false;
+        for (f, rs) in regions.iter().enumerate() {
+            if f == 0 && !self.geo.trie4 {
+                continue;
+            }
+            let mut nets: BTreeSet<Net> = BTreeSet::new();
+            for &(lo, hi) in rs {
+                nets.extend(self.fam[f].nets_within(lo, hi));
+                nets.extend(
+                    self.nodes[f]
+                        .range(Net { addr: lo, len: 0 }..=Net { addr: hi, len: 128 })
+                        .map(|(n, _)| *n),
+                );
+            }
+            for n in nets {
+                let new = self.fam[f].nets.contains_key(&n).then(|| {
+                    self.fam[f].decide(
+                        n.addr,
+                        Scope {
+                            max_len: n.len,
+                            exact: false,
+                        },
+                    )
+                });
+                let old = self.nodes[f].get(&n);
+                if old.map(|o| &o.decision) == new.as_ref() {
+                    continue;
+                }
+                if let Some(o) = self.nodes[f].remove(&n) {
+                    for r in o.runs {
+                        self.heap.free(r);
+                    }
+                }
+                let value = match new {
+                    Some(d) => {
+                        let (m, runs) = self.encode(f, &d, &mut ph)?;
+                        self.nodes[f].insert(n, Node { decision: d, runs });
+                        Some(m as u64)
+                    }
+                    None => None,
+                };
+                trie_changed = true;
+                let v6 = f == 1;
+                if record {
+                    let w = |g| Write::Trie {
+                        v6,
+                        generation: g,
+                        net: key_of(n),
+                        value,
+                    };
+                    ph.push(&mut self.tables, Phase::Stage, w(gen_ ^ 1));
+                    ph.push(&mut self.tables, Phase::Post, w(gen_));
+                } else {
+                    for g in 0..2 {
+                        let w = Write::Trie {
+                            v6,
+                            generation: g,
+                            net: key_of(n),
+                            value,
+                        };
+                        ph.push(&mut self.tables, Phase::Stage, w);
+                    }
+                }
+            }
+        }
+        if record && trie_changed {
+            let g = self.tables.config.generation ^ 1;
+            ph.push(&mut self.tables, Phase::Switch, Write::Generation(g));
+        }
+
+        // 5. IPv6 summary P bits and the short-prefix flag.
+        for &n in &nets_changed[1] {
+            if n.len < 32 {
+                continue;
+            }
+            let present = self.fam[1].nets.contains_key(&n);
+            let block = self.block6(n.addr);
+            let c = self.p6.entry(block).or_insert(0);
+            let before = *c;
+            if present {
+                *c += 1;
+            } else {
+                *c -= 1;
+            }
+            let after = *c;
+            if after == 0 {
+                self.p6.remove(&block);
+            }
+            if (before == 0) != (after == 0) {
+                self.set_bit6(block, SUM_P, after > 0);
+            }
+        }
+        let short = self.fam[1].shortest_net().is_some_and(|l| l < 32);
+        let flags = if short {
+            old_flags | V2_SHORT6
+        } else {
+            old_flags & !V2_SHORT6
+        };
+
+        // 6. Catalog.
+        for id in cat_ids {
+            let (word, addr6) = match new_keys.get(&id) {
+                Some((k, v)) => self.catalog_entry(id, k, *v)?,
+                None => {
+                    if let Some(i) = self.cat6_of.remove(&id) {
+                        self.cat6.free(i);
+                    }
+                    (0, None)
+                }
+            };
+            if let Some((i, a)) = addr6
+                && self.tables.catalog6[i as usize] != a
+            {
+                ph.push(
+                    &mut self.tables,
+                    Phase::Stage,
+                    Write::Catalog6 { index: i, addr: a },
+                );
+            }
+            if self.tables.catalog[id as usize] != word {
+                let p = if word == 0 {
+                    Phase::Remove
+                } else {
+                    Phase::Publish
+                };
+                ph.push(&mut self.tables, p, Write::Catalog { id, value: word });
+            }
+        }
+
+        // 7. Summary words and flags: the union first, the final value after
+        // the removals.
+        for (i, (&old, &new)) in old_sum4
+            .iter()
+            .zip(self.tables.sum4.clone().iter())
+            .enumerate()
+        {
+            if old != new {
+                self.summary_writes(&mut ph, true, i as u32, old, new);
+            }
+        }
+        for (i, (&old, &new)) in old_sum6
+            .iter()
+            .zip(self.tables.sum6.clone().iter())
+            .enumerate()
+        {
+            if old != new {
+                self.summary_writes(&mut ph, false, i as u32, old, new);
+            }
+        }
+        if flags != old_flags {
+            if flags | old_flags != old_flags {
+                ph.push(
+                    &mut self.tables,
+                    Phase::Stage,
+                    Write::Flags(flags | old_flags),
+                );
+            }
+            if flags != flags | old_flags {
+                ph.push(&mut self.tables, Phase::Remove, Write::Flags(flags));
+            }
+        }
+
+        // 8. The plan.
+        let trailing = self.heap.holding() || self.place6.holding() || !ph.post.is_empty();
+        let mut steps = std::mem::take(&mut ph.prefix);
+        let any_before_switch = !ph.stage.is_empty() || !ph.publish.is_empty();
+        if !ph.stage.is_empty() {
+            steps.push(Step::Writes(std::mem::take(&mut ph.stage)));
+        }
+        if ph.staged_addr6 {
+            steps.push(Step::Grace);
+        }
+        let published = !ph.publish.is_empty();
+        if published {
+            steps.push(Step::Writes(std::mem::take(&mut ph.publish)));
+        }
+        let switched = !ph.switch.is_empty();
+        if switched {
+            if published {
+                steps.push(Step::Grace);
+            }
+            steps.push(Step::Writes(std::mem::take(&mut ph.switch)));
+        }
+        if !ph.remove.is_empty() {
+            if switched {
+                steps.push(Step::Grace);
+            }
+            steps.push(Step::Writes(std::mem::take(&mut ph.remove)));
+        }
+        if record && trailing {
+            steps.push(Step::Grace);
+            if !ph.post.is_empty() {
+                steps.push(Step::Writes(std::mem::take(&mut ph.post)));
+            }
+        }
+        let _ = any_before_switch;
+        self.heap.release();
+        self.place4.release();
+        self.place6.release();
+        self.cat6.release();
+        Ok(Plan { steps })
+    }
+
+    /// The stores of a changed summary word: `old | new` before anything
+    /// reads the new state, `new` with the removals.
+    fn summary_writes(&mut self, ph: &mut Phases, v4: bool, word: u32, old: u64, new: u64) {
+        let mk = |value| {
+            if v4 {
+                Write::Sum4 { word, value }
+            } else {
+                Write::Sum6 { word, value }
+            }
+        };
+        if !ph.record {
+            return;
+        }
+        if old | new != old {
+            ph.stage.push(mk(old | new));
+        }
+        if new != old | new {
+            ph.remove.push(mk(new));
+        }
+    }
+
+    fn block4(&self, a: u128) -> u32 {
+        (a as u32) >> (32 - self.geo.sum4_bits)
+    }
+
+    fn block6(&self, a: u128) -> u32 {
+        summary_block6((a >> 96) as u32, self.geo.seed6, 32 - self.geo.sum6_bits)
+    }
+
+    fn set_bit4(&mut self, block: u32, bit: u64, on: bool) {
+        let (w, sh) = summary_pos(block);
+        let x = &mut self.tables.sum4[w as usize];
+        if on {
+            *x |= bit << sh;
+        } else {
+            *x &= !(bit << sh);
+        }
+    }
+
+    fn set_bit6(&mut self, block: u32, bit: u64, on: bool) {
+        let (w, sh) = summary_pos(block);
+        let x = &mut self.tables.sum6[w as usize];
+        if on {
+            *x |= bit << sh;
+        } else {
+            *x &= !(bit << sh);
+        }
+    }
+
+    /// Count a record in or out of its summary block.
+    fn count_x(&mut self, f: usize, a: u128, delta: i32) {
+        let block = if f == 0 {
+            self.block4(a)
+        } else {
+            self.block6(a)
+        };
+        let m = if f == 0 { &mut self.x4 } else { &mut self.x6 };
+        let c = m.entry(block).or_insert(0);
+        let before = *c;
+        *c = (*c as i32 + delta) as u32;
+        let after = *c;
+        if after == 0 {
+            m.remove(&block);
+        }
+        if (before == 0) != (after == 0) {
+            if f == 0 {
+                self.set_bit4(block, SUM_X, after > 0);
+            } else {
+                self.set_bit6(block, SUM_X, after > 0);
+            }
+        }
+    }
+
+    /// The meta of a decision, writing its port list (staged) if it has one.
+    fn encode(&mut self, f: usize, d: &Decision, ph: &mut Phases) -> Result<(u32, Vec<Run>)> {
+        let _ = f;
+        if d.code == CODE_ALLOW {
+            return Ok((meta(CODE_ALLOW, d.id, 0), Vec::new()));
+        }
+        if d.ports.is_empty() {
+            return Ok((
+                if d.code == CODE_NONE {
+                    0
+                } else {
+                    meta(d.code, d.id, 0)
+                },
+                Vec::new(),
+            ));
+        }
+        let (line, runs) = self.write_list(d.id, &d.ports, ph)?;
+        Ok((meta(d.code, line, META_INDIRECT | d.port_flags()), runs))
+    }
+
+    fn alloc_line(&mut self) -> Result<u32> {
+        self.heap
+            .alloc(1)
+            .ok_or(LayoutError::Full { what: "the heap" })
+    }
+
+    /// A port list: inline in its header line, or a fixed-depth B-tree.
+    fn write_list(&mut self, id: u32, ports: &[u64], ph: &mut Phases) -> Result<(u32, Vec<Run>)> {
+        if ports.len() > PORT_LIST_MAX {
+            return Err(LayoutError::PortList {
+                count: ports.len(),
+                max: PORT_LIST_MAX,
+            });
+        }
+        let mut runs = Vec::new();
+        let head = self.alloc_line()?;
+        runs.push((head, 1));
+        let mut hl: Line = [PORT_EMPTY; 8];
+        if ports.len() <= PORT_INLINE {
+            hl[0] = port_list_header(id, None);
+            hl[1..=ports.len()].copy_from_slice(ports);
+        } else {
+            // Leaves, then exactly PORT_TREE_DEPTH inner levels.
+            let mut level: Vec<(u32, u32)> = Vec::new();
+            for chunk in ports.chunks(BTREE_FANOUT) {
+                let l = self.alloc_line()?;
+                runs.push((l, 1));
+                let mut v: Line = [*chunk.last().expect("non-empty"); 8];
+                v[..chunk.len()].copy_from_slice(chunk);
+                ph.push(
+                    &mut self.tables,
+                    Phase::Stage,
+                    Write::Line { line: l, value: v },
+                );
+                level.push(((chunk[0] >> PORT_KEY_SHIFT) as u32, l));
+            }
+            for _ in 0..PORT_TREE_DEPTH {
+                let mut next = Vec::new();
+                for chunk in level.chunks(BTREE_FANOUT) {
+                    let l = self.alloc_line()?;
+                    runs.push((l, 1));
+                    let words: Vec<u64> =
+                        chunk.iter().map(|&(k, c)| btree_port_inner(k, c)).collect();
+                    let mut v: Line = [*words.last().expect("non-empty"); 8];
+                    v[..words.len()].copy_from_slice(&words);
+                    ph.push(
+                        &mut self.tables,
+                        Phase::Stage,
+                        Write::Line { line: l, value: v },
+                    );
+                    next.push((chunk[0].0, l));
+                }
+                level = next;
+            }
+            debug_assert_eq!(level.len(), 1);
+            hl[0] = port_list_header(id, Some(level[0].1));
+        }
+        ph.push(
+            &mut self.tables,
+            Phase::Stage,
+            Write::Line {
+                line: head,
+                value: hl,
+            },
+        );
+        Ok((head, runs))
+    }
+
+    /// Insert or change the record of `a`.
+    fn upsert_record(&mut self, f: usize, a: u128, ph: &mut Phases) -> Result<()> {
+        let d = self.fam[f].decide(
+            a,
+            Scope {
+                max_len: WIDTH[f],
+                exact: true,
+            },
+        );
+        if self.rec[f].get(&a).is_some_and(|r| r.decision == d) {
+            return Ok(());
+        }
+        let (m, runs) = self.encode(f, &d, ph)?;
+        debug_assert!(m != 0, "a record always decides something");
+        let old = self.rec[f].remove(&a);
+        if let Some(o) = &old {
+            for r in &o.runs {
+                self.heap.free(*r);
+            }
+        }
+        // New records were placed by `place_new` before anything was
+        // written; `flip` is the spill bit their placement sets.
+        let flip = self.planned_flips[f].remove(&a);
+        if f == 0 {
+            let key = a as u32;
+            let (bucket, slot) = self.place4.get(&key).ok_or(LayoutError::Full {
+                what: "a pair of IPv4 buckets",
+            })?;
+            self.write_slot4(
+                bucket,
+                slot,
+                Slot4 { addr: key, meta: m },
+                Phase::Publish,
+                ph,
+            );
+            if let Some(b) = flip {
+                self.write_spill4(b, Phase::Publish, ph);
+            }
+        } else {
+            let bytes = a.to_be_bytes();
+            let (bucket, slot) = self.place6.get(&a).ok_or(LayoutError::Full {
+                what: "a pair of IPv6 buckets",
+            })?;
+            if old.is_none() && self.tables.exact6[bucket as usize].addrs[slot as usize] != bytes {
+                ph.push(
+                    &mut self.tables,
+                    Phase::Stage,
+                    Write::Addr6 {
+                        bucket,
+                        slot,
+                        addr: bytes,
+                    },
+                );
+            }
+            ph.push(
+                &mut self.tables,
+                Phase::Publish,
+                Write::Meta6 {
+                    bucket,
+                    slot,
+                    meta: m,
+                },
+            );
+            if let Some(b) = flip {
+                ph.push(
+                    &mut self.tables,
+                    Phase::Publish,
+                    Write::Hdr6 {
+                        bucket: b,
+                        value: META_SPILL,
+                    },
+                );
+            }
+        }
+        if old.is_none() {
+            self.count_x(f, a, 1);
+        }
+        self.rec[f].insert(a, Rec { runs, decision: d });
+        Ok(())
+    }
+
+    /// Remove the record of `a`.
+    fn remove_record(&mut self, f: usize, a: u128, ph: &mut Phases) {
+        let Some(old) = self.rec[f].remove(&a) else {
+            return;
+        };
+        for r in &old.runs {
+            self.heap.free(*r);
+        }
+        if f == 0 {
+            let key = a as u32;
+            let (b1, _) = bucket_pair4(key, self.geo.seed4, self.geo.buckets4 - 1);
+            if let Some(p) = self.place4.remove(&key, b1) {
+                self.write_slot4(
+                    p.bucket,
+                    p.slot,
+                    Slot4 { addr: key, meta: 0 },
+                    Phase::Remove,
+                    ph,
+                );
+                if let Some(b) = p.spill_flip {
+                    self.write_spill4(b, Phase::Remove, ph);
+                }
+            }
+        } else {
+            let bytes = a.to_be_bytes();
+            let (b1, _) = bucket_pair6(v6_words(&bytes), self.geo.seed6, self.geo.buckets6 - 1);
+            if let Some(p) = self.place6.remove(&a, b1) {
+                ph.push(
+                    &mut self.tables,
+                    Phase::Remove,
+                    Write::Meta6 {
+                        bucket: p.bucket,
+                        slot: p.slot,
+                        meta: 0,
+                    },
+                );
+                if let Some(b) = p.spill_flip {
+                    ph.push(
+                        &mut self.tables,
+                        Phase::Remove,
+                        Write::Hdr6 {
+                            bucket: b,
+                            value: 0,
+                        },
+                    );
+                }
+            }
+        }
+        self.count_x(f, a, -1);
+    }
+
+    /// Place a new record's key; relocate an untouched key if need be.
+    fn place_new(
+        &mut self,
+        f: usize,
+        a: u128,
+        touched: &BTreeSet<u128>,
+        ph: &mut Phases,
+    ) -> Result<()> {
+        let flip = if f == 0 {
+            let key = a as u32;
+            let (b1, b2) = bucket_pair4(key, self.geo.seed4, self.geo.buckets4 - 1);
+            let p = match self.place4.insert(key, b1, b2) {
+                Some(p) => p,
+                None => {
+                    self.relocate4(b1, b2, touched, ph)?;
+                    self.place4.insert(key, b1, b2).ok_or(LayoutError::Full {
+                        what: "a pair of IPv4 buckets",
+                    })?
+                }
+            };
+            p.spill_flip
+        } else {
+            let (b1, b2) = bucket_pair6(
+                v6_words(&a.to_be_bytes()),
+                self.geo.seed6,
+                self.geo.buckets6 - 1,
+            );
+            let p = match self.place6.insert(a, b1, b2) {
+                Some(p) => p,
+                None => {
+                    self.relocate6(b1, b2, touched, ph)?;
+                    self.place6.insert(a, b1, b2).ok_or(LayoutError::Full {
+                        what: "a pair of IPv6 buckets",
+                    })?
+                }
+            };
+            p.spill_flip
+        };
+        if let Some(b) = flip {
+            self.planned_flips[f].insert(a, b);
+        }
+        Ok(())
+    }
+
+    /// Both buckets of a new IPv4 key are full: move one of their keys to
+    /// its other bucket. Steps before the plan: the copy, the spill bit,
+    /// the old slot cleared, a grace period (the key is found at every
+    /// point; its verdict does not change).
+    fn relocate4(
+        &mut self,
+        b1: u32,
+        b2: u32,
+        touched: &BTreeSet<u128>,
+        ph: &mut Phases,
+    ) -> Result<()> {
+        let record = ph.record;
+        let (seed, mask) = (self.geo.seed4, self.geo.buckets4 - 1);
+        let mv = self
+            .place4
+            .relocate_for(
+                b1,
+                b2,
+                |k| bucket_pair4(*k, seed, mask),
+                // A fresh build has no readers: any key may move.
+                |k| !record || !touched.contains(&(*k as u128)),
+            )
+            .ok_or(LayoutError::Full {
+                what: "a pair of IPv4 buckets",
+            })?;
+        let rec = self.tables.exact4[mv.from.0 as usize].slots[mv.from.1 as usize];
+        let meta = rec.meta & !META_SPILL;
+        let mut w = Vec::new();
+        let mut slot = |c: &mut Self, bucket: u32, slot: u32, mut s: Slot4| {
+            if slot as usize == SLOTS4 - 1 && c.place4.spilled(bucket) {
+                s.meta |= META_SPILL;
+            }
+            let x = Write::Slot4 {
+                bucket,
+                slot,
+                value: s.word(),
+            };
+            c.tables.apply(&x);
+            w.push(x);
+        };
+        slot(self, mv.to.0, mv.to.1, Slot4 { addr: mv.key, meta });
+        if let Some(b) = mv.spill_set {
+            let s7 = self.tables.exact4[b as usize].slots[SLOTS4 - 1];
+            slot(self, b, (SLOTS4 - 1) as u32, s7);
+        }
+        slot(
+            self,
+            mv.from.0,
+            mv.from.1,
+            Slot4 {
+                addr: mv.key,
+                meta: 0,
+            },
+        );
+        if let Some(b) = mv.spill_clear {
+            let s7 = self.tables.exact4[b as usize].slots[SLOTS4 - 1];
+            slot(
+                self,
+                b,
+                (SLOTS4 - 1) as u32,
+                Slot4 {
+                    meta: s7.meta & !META_SPILL,
+                    ..s7
+                },
+            );
+        }
+        if ph.record {
+            ph.prefix.push(Step::Writes(w));
+            ph.prefix.push(Step::Grace);
+        }
+        Ok(())
+    }
+
+    /// [`Compiler::relocate4`] for IPv6: the address is staged and a grace
+    /// period passes before the meta is published, and another after the
+    /// old slot is cleared (it is about to take a new address).
+    fn relocate6(
+        &mut self,
+        b1: u32,
+        b2: u32,
+        touched: &BTreeSet<u128>,
+        ph: &mut Phases,
+    ) -> Result<()> {
+        let record = ph.record;
+        let (seed, mask) = (self.geo.seed6, self.geo.buckets6 - 1);
+        let mv = self
+            .place6
+            .relocate_for(
+                b1,
+                b2,
+                |k| bucket_pair6(v6_words(&k.to_be_bytes()), seed, mask),
+                |k| !record || !touched.contains(k),
+            )
+            .ok_or(LayoutError::Full {
+                what: "a pair of IPv6 buckets",
+            })?;
+        let (fb, fs) = mv.from;
+        let (tb, ts) = mv.to;
+        let meta = self.tables.exact6[fb as usize].metas[fs as usize];
+        let addr = mv.key.to_be_bytes();
+        let mut stage = Vec::new();
+        if self.tables.exact6[tb as usize].addrs[ts as usize] != addr {
+            stage.push(Write::Addr6 {
+                bucket: tb,
+                slot: ts,
+                addr,
+            });
+        }
+        let mut publish = vec![Write::Meta6 {
+            bucket: tb,
+            slot: ts,
+            meta,
+        }];
+        if let Some(b) = mv.spill_set {
+            publish.push(Write::Hdr6 {
+                bucket: b,
+                value: META_SPILL,
+            });
+        }
+        publish.push(Write::Meta6 {
+            bucket: fb,
+            slot: fs,
+            meta: 0,
+        });
+        if let Some(b) = mv.spill_clear {
+            publish.push(Write::Hdr6 {
+                bucket: b,
+                value: 0,
+            });
+        }
+        for x in stage.iter().chain(&publish) {
+            self.tables.apply(x);
+        }
+        if ph.record {
+            if !stage.is_empty() {
+                ph.prefix.push(Step::Writes(stage));
+                ph.prefix.push(Step::Grace);
+            }
+            ph.prefix.push(Step::Writes(publish));
+            ph.prefix.push(Step::Grace);
+        }
+        Ok(())
+    }
+
+    /// Store a slot; slot 7 carries the bucket's spill bit as it stands.
+    fn write_slot4(&mut self, bucket: u32, slot: u32, mut s: Slot4, p: Phase, ph: &mut Phases) {
+        if slot as usize == SLOTS4 - 1 && self.place4.spilled(bucket) {
+            s.meta |= META_SPILL;
+        }
+        ph.push(
+            &mut self.tables,
+            p,
+            Write::Slot4 {
+                bucket,
+                slot,
+                value: s.word(),
+            },
+        );
+    }
+
+    /// Store slot 7 of `bucket` with its spill bit as it now stands.
+    fn write_spill4(&mut self, bucket: u32, p: Phase, ph: &mut Phases) {
+        let mut s = self.tables.exact4[bucket as usize].slots[SLOTS4 - 1];
+        s.meta &= !META_SPILL;
+        self.write_slot4(bucket, (SLOTS4 - 1) as u32, s, p, ph);
+    }
+
+    /// The ranges of `/16` number `h`: a boundary at every start and end
+    /// of a longer net inside it, adjacent equal decisions merged.
+    fn ranges16(&self, h: u32) -> Vec<(u16, Decision)> {
+        let fam = &self.fam[0];
+        let lo = (h as u128) << 16;
+        let hi = lo | 0xffff;
+        let mut bounds: BTreeSet<u32> = BTreeSet::new();
+        bounds.insert(0);
+        for n in fam.nets_within(lo, hi) {
+            if n.len <= 16 {
+                continue;
+            }
+            bounds.insert((n.addr & 0xffff) as u32);
+            let end = (n.last(32) & 0xffff) as u32 + 1;
+            if end <= 0xffff {
+                bounds.insert(end);
+            }
+        }
+        let mut out: Vec<(u16, Decision)> = Vec::new();
+        for b in bounds {
+            let d = fam.decide(
+                lo | b as u128,
+                Scope {
+                    max_len: 32,
+                    exact: false,
+                },
+            );
+            if out.last().is_some_and(|(_, x)| *x == d) {
+                continue;
+            }
+            out.push((b as u16, d));
+        }
+        out
+    }
+
+    /// Recompute `/16` number `h`: its directory word (a new B-tree staged,
+    /// the word switched) and the summary P bits of its blocks.
+    fn rebuild16(&mut self, h: u32, ph: &mut Phases) -> Result<()> {
+        let ranges = self.ranges16(h);
+        let same = match &self.ranges4[h as usize] {
+            Some(old) => *old == ranges,
+            None => ranges.len() == 1 && ranges[0].1.is_none(),
+        };
+        if same {
+            return Ok(());
+        }
+        // New B-tree (or direct word), staged.
+        let mut runs: Vec<Run> = Vec::new();
+        let word = if ranges.len() == 1 {
+            // Uniform: the decision word itself (its port list, if any,
+            // pointed to directly).
+            let (m, r) = self.encode(0, &ranges[0].1, ph)?;
+            runs.extend(r);
+            m
+        } else {
+            let mut entries = Vec::with_capacity(ranges.len());
+            for (start, d) in &ranges {
+                let (m, r) = self.encode(0, d, ph)?;
+                runs.extend(r);
+                entries.push(btree_entry(*start, m));
+            }
+            let mut level: Vec<(u16, u32)> = Vec::new();
+            for chunk in entries.chunks(BTREE_FANOUT) {
+                let l = self.alloc_line()?;
+                runs.push((l, 1));
+                let mut v: Line = [*chunk.last().expect("non-empty"); 8];
+                v[..chunk.len()].copy_from_slice(chunk);
+                ph.push(
+                    &mut self.tables,
+                    Phase::Stage,
+                    Write::Line { line: l, value: v },
+                );
+                level.push(((chunk[0] >> 48) as u16, l));
+            }
+            let mut depth = 0;
+            while level.len() > 1 {
+                let mut next = Vec::new();
+                for chunk in level.chunks(BTREE_FANOUT) {
+                    let l = self.alloc_line()?;
+                    runs.push((l, 1));
+                    let words: Vec<u64> = chunk.iter().map(|&(s, c)| btree_entry(s, c)).collect();
+                    let mut v: Line = [*words.last().expect("non-empty"); 8];
+                    v[..words.len()].copy_from_slice(&words);
+                    ph.push(
+                        &mut self.tables,
+                        Phase::Stage,
+                        Write::Line { line: l, value: v },
+                    );
+                    next.push((chunk[0].0, l));
+                }
+                level = next;
+                depth += 1;
+            }
+            dir_block(level[0].1, depth)
+        };
+        for r in std::mem::replace(&mut self.blocks4[h as usize], runs) {
+            self.heap.free(r);
+        }
+        if self.tables.dir4[h as usize] != word {
+            ph.push(
+                &mut self.tables,
+                Phase::Switch,
+                Write::Dir4 {
+                    index: h,
+                    value: word,
+                },
+            );
+        }
+        // Summary P bits of the blocks inside this /16.
+        let bits = self.geo.sum4_bits;
+        let per = 1u32 << (bits - 16);
+        let size = 1u32 << (32 - bits);
+        for i in 0..per {
+            let b_lo = i * size;
+            let b_hi = b_lo + size - 1;
+            let p = ranges.iter().enumerate().any(|(k, (s, d))| {
+                let start = *s as u32;
+                let end = ranges.get(k + 1).map_or(0xffff, |(n, _)| *n as u32 - 1);
+                !d.is_none() && start <= b_hi && end >= b_lo
+            });
+            self.set_bit4((h << (bits - 16)) | i, SUM_P, p);
+        }
+        self.ranges4[h as usize] = Some(ranges);
+        Ok(())
+    }
+
+    /// The catalog word of a key (and its IPv6 address slot).
+    fn catalog_entry(&mut self, id: u32, k: &IdKey, v: Val) -> Result<CatalogEntry> {
+        let (f, net, _) = parts(k);
+        let mut flags = CAT_USED;
+        let (port, proto_tcp, dst) = match k {
+            IdKey::Entry(EntryKey { port: Some(p), .. }) => {
+                flags |= CAT_PORT;
+                (p.port, p.proto == Proto::Tcp, p.side == Side::Dst)
+            }
+            _ => (0, false, false),
+        };
+        if proto_tcp {
+            flags |= CAT_TCP;
+        }
+        if dst {
+            flags |= CAT_DST;
+        }
+        match v {
+            Val::Allow(_) => flags |= CAT_ALLOW,
+            Val::Entry { drop: true, .. } => flags |= CAT_DROP,
+            Val::Entry { .. } => {}
+        }
+        if f == 0 {
+            if let Some(i) = self.cat6_of.remove(&id) {
+                self.cat6.free(i);
+            }
+            return Ok((catalog_word(flags, net.len, port, net.addr as u32), None));
+        }
+        flags |= CAT_V6;
+        let i = match self.cat6_of.get(&id) {
+            Some(&i) => i,
+            None => {
+                let i = self.cat6.alloc().ok_or(LayoutError::Full {
+                    what: "the IPv6 catalog",
+                })?;
+                self.cat6_of.insert(id, i);
+                i
+            }
+        };
+        Ok((
+            catalog_word(flags, net.len, port, i),
+            Some((i, net.addr.to_be_bytes())),
+        ))
+    }
+}
+
+/// Ids for `set`: `previous` ids kept, new keys get the lowest free ids
+/// (what the agent's sync does today; a freed id is reused only by a
+/// later set, never by the one that freed it).
+pub fn assign_ids(set: &EntrySet, previous: &Ids) -> Ids {
+    let mut keys: BTreeSet<IdKey> = BTreeSet::new();
+    for n in &set.allow {
+        keys.insert(IdKey::Allow(n.trunc()));
+    }
+    for e in &set.entries {
+        keys.insert(IdKey::Entry(EntryKey {
+            net: e.net.trunc(),
+            port: e.port,
+        }));
+    }
+    let used: FxHashSet<u32> = previous.values().copied().collect();
+    let mut out = Ids::default();
+    let mut next = 0u32;
+    for k in &keys {
+        if let Some(&id) = previous.get(k) {
+            out.insert(*k, id);
+        }
+    }
+    for k in keys {
+        if out.contains_key(&k) {
+            continue;
+        }
+        while used.contains(&next) {
+            next += 1;
+        }
+        out.insert(k, next);
+        next += 1;
+    }
+    out
+}

@@ -1,0 +1,370 @@
+//! The logical model: an entry set indexed per family, and the flattened
+//! decision of an address (a record), a range (the prefix structure) or a
+//! folded trie node, exactly as `docs/semantics.md` ranks matches.
+
+use std::collections::BTreeMap;
+
+use edge_filter_common::{
+    NO_ENTRY,
+    v2::{
+        CODE_ALLOW, CODE_DROP_ADDR, CODE_DROP_PREFIX, CODE_MON_ADDR, CODE_MON_PREFIX, CODE_NONE,
+        Code, META_PORT_DST, META_PORT_SRC, PortEntry, code_rank, port_entry, port_entry_rank,
+    },
+};
+use rustc_hash::FxHashMap;
+
+/// A normalised net of one family: `addr` has no host bits; IPv4
+/// addresses are `u32::from_be_bytes` values widened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Net {
+    pub addr: u128,
+    pub len: u8,
+}
+
+/// `a` with all but its first `len` of `width` bits cleared.
+pub(crate) fn mask(a: u128, len: u8, width: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        let shift = (width - len) as u32;
+        (a >> shift) << shift
+    }
+}
+
+impl Net {
+    /// The last address of the net.
+    pub fn last(&self, width: u8) -> u128 {
+        let host = (width - self.len) as u32;
+        let ones = if host >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host) - 1
+        };
+        let ones = if width == 32 {
+            ones & 0xffff_ffff
+        } else {
+            ones
+        };
+        self.addr | ones
+    }
+}
+
+/// The flattened decision of an address, range or trie node: the code of
+/// the portless head of the ranking, its entry id ([`NO_ENTRY`] for
+/// [`CODE_NONE`]) and the port entries that may outrank it (the best per
+/// (protocol, side, port), sorted by key).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Decision {
+    /// A `CODE_*` of `edge_filter_common::v2`.
+    pub code: Code,
+    /// The deciding entry (or allowlist net) of the portless decision.
+    pub id: u32,
+    /// Port entries that may outrank the portless decision.
+    pub ports: Vec<PortEntry>,
+}
+
+impl Decision {
+    /// No entry matches, with or without ports.
+    pub fn none() -> Decision {
+        Decision {
+            code: CODE_NONE,
+            id: NO_ENTRY,
+            ports: Vec::new(),
+        }
+    }
+
+    /// Whether nothing matches whatever the ports.
+    pub fn is_none(&self) -> bool {
+        self.code == CODE_NONE && self.ports.is_empty()
+    }
+
+    /// `META_PORT_SRC` / `META_PORT_DST` for the sides the ports use.
+    pub fn port_flags(&self) -> u32 {
+        let mut f = 0;
+        for e in &self.ports {
+            f |= if (e >> 55) & 1 == 0 {
+                META_PORT_SRC
+            } else {
+                META_PORT_DST
+            };
+        }
+        f
+    }
+}
+
+/// Which part of the set an evaluation sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Scope {
+    /// Nets longer than this are ignored (a trie node sees its ancestors).
+    pub max_len: u8,
+    /// Whether full-length entries (exact addresses, address+port) count:
+    /// records see them, ranges and trie nodes do not (an address with
+    /// such entries always has a record).
+    pub exact: bool,
+}
+
+/// What a present length list is for.
+#[derive(Clone, Copy)]
+enum Kind {
+    Allow,
+    Plain,
+    Ported,
+}
+
+/// One family's entries.
+#[derive(Clone, Debug)]
+pub(crate) struct Family {
+    /// 32 or 128.
+    pub width: u8,
+    /// Allowlist nets and their ids.
+    pub allow: FxHashMap<Net, u32>,
+    /// Entries without ports: (drop?, id).
+    pub plain: FxHashMap<Net, (bool, u32)>,
+    /// Entries with ports: port key -> (drop?, id).
+    pub ported: FxHashMap<Net, BTreeMap<u32, (bool, u32)>>,
+    /// Nets of the prefix structure (allow of any length, plain and
+    /// ported shorter than `width`), with the number of kinds using each.
+    pub nets: BTreeMap<Net, u32>,
+    /// Addresses with exact entries (plain or ported full-length), with
+    /// their count: these have records.
+    pub records: BTreeMap<u128, u32>,
+    counts: [[u32; 129]; 3],
+    lens: [Vec<u8>; 3],
+}
+
+impl Family {
+    pub fn new(width: u8) -> Family {
+        Family {
+            width,
+            allow: FxHashMap::default(),
+            plain: FxHashMap::default(),
+            ported: FxHashMap::default(),
+            nets: BTreeMap::new(),
+            records: BTreeMap::new(),
+            counts: [[0; 129]; 3],
+            lens: [Vec::new(), Vec::new(), Vec::new()],
+        }
+    }
+
+    fn count(&mut self, kind: Kind, len: u8, delta: i32) {
+        let k = kind as usize;
+        let c = &mut self.counts[k][len as usize];
+        let was = *c;
+        *c = (*c as i32 + delta) as u32;
+        if (was == 0) != (*c == 0) {
+            self.lens[k] = (0..=self.width)
+                .rev()
+                .filter(|&l| self.counts[k][l as usize] > 0)
+                .collect();
+        }
+    }
+
+    fn net_ref(&mut self, net: Net, delta: i32) {
+        let c = self.nets.entry(net).or_insert(0);
+        *c = (*c as i32 + delta) as u32;
+        if *c == 0 {
+            self.nets.remove(&net);
+        }
+    }
+
+    fn record_ref(&mut self, addr: u128, delta: i32) {
+        let c = self.records.entry(addr).or_insert(0);
+        *c = (*c as i32 + delta) as u32;
+        if *c == 0 {
+            self.records.remove(&addr);
+        }
+    }
+
+    /// Add or remove an allowlist net.
+    pub fn set_allow(&mut self, net: Net, id: Option<u32>) {
+        let had = match id {
+            Some(id) => self.allow.insert(net, id).is_some(),
+            None => self.allow.remove(&net).is_some(),
+        };
+        match (had, id.is_some()) {
+            (false, true) => {
+                self.count(Kind::Allow, net.len, 1);
+                self.net_ref(net, 1);
+            }
+            (true, false) => {
+                self.count(Kind::Allow, net.len, -1);
+                self.net_ref(net, -1);
+            }
+            _ => {}
+        }
+    }
+
+    /// Add, change or remove an entry (`port` = its port key).
+    pub fn set_entry(&mut self, net: Net, port: Option<u32>, val: Option<(bool, u32)>) {
+        let full = net.len == self.width;
+        let (had, has) = match port {
+            None => {
+                let had = match val {
+                    Some(v) => self.plain.insert(net, v).is_some(),
+                    None => self.plain.remove(&net).is_some(),
+                };
+                (had, val.is_some())
+            }
+            Some(key) => {
+                let had = match val {
+                    Some(v) => self.ported.entry(net).or_default().insert(key, v).is_some(),
+                    None => {
+                        let m = self.ported.get_mut(&net);
+                        let had = m.as_ref().is_some_and(|m| m.contains_key(&key));
+                        if let Some(m) = m {
+                            m.remove(&key);
+                            if m.is_empty() {
+                                self.ported.remove(&net);
+                            }
+                        }
+                        had
+                    }
+                };
+                (had, val.is_some())
+            }
+        };
+        let kind = if port.is_some() {
+            Kind::Ported
+        } else {
+            Kind::Plain
+        };
+        let delta = match (had, has) {
+            (false, true) => 1,
+            (true, false) => -1,
+            _ => return,
+        };
+        self.count(kind, net.len, delta);
+        if full {
+            self.record_ref(net.addr, delta);
+        } else {
+            self.net_ref(net, delta);
+        }
+    }
+
+    /// The flattened decision for address `s` under `scope`.
+    pub fn decide(&self, s: u128, scope: Scope) -> Decision {
+        let w = self.width;
+        let sees = |len: u8| len <= scope.max_len && (scope.exact || len < w);
+        for &len in &self.lens[Kind::Allow as usize] {
+            if len > scope.max_len {
+                continue;
+            }
+            if let Some(&id) = self.allow.get(&Net {
+                addr: mask(s, len, w),
+                len,
+            }) {
+                return Decision {
+                    code: CODE_ALLOW,
+                    id,
+                    ports: Vec::new(),
+                };
+            }
+        }
+        // Portless head: drop before monitor, then address before prefix,
+        // then the longer prefix (lengths run longest first).
+        let mut best: Option<(u32, Code, u32)> = None;
+        for &len in &self.lens[Kind::Plain as usize] {
+            if !sees(len) {
+                continue;
+            }
+            if let Some(&(drop, id)) = self.plain.get(&Net {
+                addr: mask(s, len, w),
+                len,
+            }) {
+                let code = match (drop, len == w) {
+                    (true, true) => CODE_DROP_ADDR,
+                    (true, false) => CODE_DROP_PREFIX,
+                    (false, true) => CODE_MON_ADDR,
+                    (false, false) => CODE_MON_PREFIX,
+                };
+                let rank = (code_rank(code) << 8) | len as u32;
+                if best.is_none_or(|(r, _, _)| rank > r) {
+                    best = Some((rank, code, id));
+                }
+            }
+        }
+        let (code, id) = best.map_or((CODE_NONE, NO_ENTRY), |(_, c, id)| (c, id));
+        // The best port entry per key.
+        let mut per_key: BTreeMap<u32, PortEntry> = BTreeMap::new();
+        for &len in &self.lens[Kind::Ported as usize] {
+            if !sees(len) {
+                continue;
+            }
+            if let Some(m) = self.ported.get(&Net {
+                addr: mask(s, len, w),
+                len,
+            }) {
+                for (&key, &(drop, id)) in m {
+                    let e = port_entry(key, drop, len, id);
+                    match per_key.get(&key) {
+                        Some(&old)
+                            if port_entry_rank(old, w as u32) >= port_entry_rank(e, w as u32) => {}
+                        _ => {
+                            per_key.insert(key, e);
+                        }
+                    }
+                }
+            }
+        }
+        // Only entries that can outrank the portless head.
+        let floor = code_rank(code);
+        let ports = per_key
+            .into_values()
+            .filter(|&e| port_entry_rank(e, w as u32) > floor)
+            .collect();
+        Decision { code, id, ports }
+    }
+
+    /// Nets of the prefix structure inside `[lo, hi]`.
+    pub fn nets_within(&self, lo: u128, hi: u128) -> impl Iterator<Item = Net> + '_ {
+        self.nets
+            .range(Net { addr: lo, len: 0 }..=Net { addr: hi, len: 128 })
+            .map(|(n, _)| *n)
+    }
+
+    /// Record addresses inside `[lo, hi]`.
+    pub fn records_within(&self, lo: u128, hi: u128) -> impl Iterator<Item = u128> + '_ {
+        self.records.range(lo..=hi).map(|(a, _)| *a)
+    }
+
+    /// Whether the family has no nets shorter than `len`.
+    pub fn shortest_net(&self) -> Option<u8> {
+        (0..=self.width).find(|&l| {
+            self.counts[Kind::Allow as usize][l as usize] > 0
+                || (l < self.width
+                    && (self.counts[Kind::Plain as usize][l as usize] > 0
+                        || self.counts[Kind::Ported as usize][l as usize] > 0))
+        })
+    }
+}
+
+/// The side bit of a port key (bit 16), as placed in a [`PortEntry`].
+pub(crate) const fn side_of(e: PortEntry) -> u64 {
+    (e >> 55) & 1
+}
+
+const _: () = {
+    // port_key puts the side at bit 16 and entries shift keys by 39.
+    assert!(
+        side_of(port_entry(
+            edge_filter_common::v2::port_key(6, 1, 80),
+            false,
+            0,
+            0
+        )) == 1
+    );
+    assert!(
+        side_of(port_entry(
+            edge_filter_common::v2::port_key(6, 0, 80),
+            false,
+            0,
+            0
+        )) == 0
+    );
+    let _ = (
+        CODE_MON_ADDR,
+        CODE_MON_PREFIX,
+        CODE_DROP_ADDR,
+        CODE_DROP_PREFIX,
+    );
+};
