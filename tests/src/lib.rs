@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod corpus;
 pub mod differential;
+pub mod frames;
 pub mod httpd;
 pub mod literal;
 pub mod netns;

@@ -202,27 +202,16 @@ fn wait_until<T>(
     bound: Duration,
     lab: &Lab,
     agent: &Agent,
-    mut f: impl FnMut() -> Option<T>,
+    f: impl FnMut() -> Option<T>,
 ) -> (T, Duration) {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return (v, t0.elapsed());
-        }
-        assert!(
-            agent.is_running(),
-            "{what}: the agent exited\n{}",
-            agent.tail(40)
-        );
-        assert!(
-            t0.elapsed() < bound,
-            "{what}: not within {bound:?}\nenforced: {}\nstatus.json: {}\n{}",
+    let context = || {
+        format!(
+            "enforced: {}\nstatus.json: {}\n",
             lab.try_enforced().map(|s| show(&s)).unwrap_or_else(|e| e),
-            status_text(lab),
-            agent.tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            status_text(lab)
+        )
+    };
+    wait::poll_with(what, bound, agent, context, f)
 }
 
 /// Wait until the kernel enforces exactly `want`.

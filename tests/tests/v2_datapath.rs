@@ -39,6 +39,7 @@ use edge_filter_tests::corpus::{
     Packet, entry_sets, generated_corpus, pcap_corpus, random_seed, shared_data_dir,
 };
 use edge_filter_tests::differential::{XDP_DROP, XDP_PASS};
+use edge_filter_tests::frames;
 use ipnet::IpNet;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -300,40 +301,9 @@ fn stats_sum(maps: &V2Maps, ids: u32) -> Vec<(u64, u64)> {
 
 // ------------------------------------------------------------ concurrency
 
+/// A TCP or UDP frame from `src`, padded as a NIC delivers it.
 fn frame(src: IpAddr, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
-    let mut b = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
-    let l4: Vec<u8> = {
-        let mut h = Vec::new();
-        h.extend_from_slice(&sport.to_be_bytes());
-        h.extend_from_slice(&dport.to_be_bytes());
-        if proto == 6 {
-            h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
-        } else {
-            h.extend_from_slice(&[0, 8, 0, 0]);
-        }
-        h
-    };
-    match src {
-        IpAddr::V4(a) => {
-            b.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
-            b.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-            b.extend_from_slice(&[0, 0, 0, 0, 64, proto, 0, 0]);
-            b.extend_from_slice(&a.octets());
-            b.extend_from_slice(&[192, 0, 2, 1]);
-        }
-        IpAddr::V6(a) => {
-            b.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-            b.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-            b.extend_from_slice(&[proto, 64]);
-            b.extend_from_slice(&a.octets());
-            b.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
-        }
-    }
-    b.extend_from_slice(&l4);
-    while b.len() < 60 {
-        b.push(0);
-    }
-    b
+    frames::padded(frames::l4_frame(src, proto, sport, dport, None))
 }
 
 const CPORTS: [u16; 3] = [53, 80, 4444];
