@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use edge_filter_tests::config::AgentConfig;
 use edge_filter_tests::netns::{self, Agent, Lab, RECEIVER_IF};
-use edge_filter_tests::scrape;
 use edge_filter_tests::traffic::Probe;
+use edge_filter_tests::{scrape, wait};
 
 const RECV4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 67, 0, 1));
 /// On every blocklist of these tests.
@@ -501,22 +501,20 @@ fn full_state_dir_is_reported() {
         "writing the last-known-good copy of feed f",
         "full disk",
     );
-    let (m, body) = scrape::metrics(&lab.receiver, METRICS);
-    assert_eq!(
-        scrape::value(&m, "edge_filter_state_write_ok", &body),
-        0.0,
-        "{body}"
-    );
-    assert!(scrape::value(&m, "edge_filter_state_write_failures_total", &body) >= 1.0);
-    assert_eq!(
-        scrape::value(
-            &m,
-            "edge_filter_feed_last_known_good_saved{feed=\"f\"}",
-            &body
-        ),
-        0.0,
-        "{body}"
-    );
+    // The log line comes first; the metrics follow within the same sync
+    // pass, so poll them (one scrape can fall between the two).
+    let saved = "edge_filter_feed_last_known_good_saved{feed=\"f\"}";
+    let reported = wait::within(BOUND, || {
+        let (m, body) = scrape::metrics(&lab.receiver, METRICS);
+        (scrape::value(&m, "edge_filter_state_write_ok", &body) == 0.0
+            && scrape::value(&m, "edge_filter_state_write_failures_total", &body) >= 1.0
+            && scrape::value(&m, saved, &body) == 0.0)
+            .then_some(())
+    });
+    if reported.is_none() {
+        let (_, body) = scrape::metrics(&lab.receiver, METRICS);
+        panic!("the failed save is not in the metrics within {BOUND:?}:\n{body}");
+    }
     // The new version is enforced all the same.
     assert_eq!(lab.enforced().entries.len(), 2);
     // No status file at all now (removed, and the space it freed taken):
