@@ -12,6 +12,7 @@
 //! and the merge is redone when the next entry expires.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -383,7 +384,12 @@ impl FeedAgent {
         }
         drop(tx);
         self.write_status();
-        println!("ready: {}", self.status.interfaces.join(" "));
+        // A supervisor that stopped reading must not stop the agent.
+        let _ = writeln!(
+            std::io::stdout(),
+            "ready: {}",
+            self.status.interfaces.join(" ")
+        );
         let mut reconcile = tokio::time::interval(self.cfg.reconcile_interval);
         reconcile.tick().await;
         let mut link_check = tokio::time::interval(crate::agent::watch::CHECK_EVERY);

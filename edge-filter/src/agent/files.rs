@@ -5,6 +5,7 @@
 //! and enforcing; `edge-filter detach` removes it. A restarted agent adopts
 //! the pinned link and maps.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -164,8 +165,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     for r in &s.refusals {
         log::error!("{r}");
     }
-    // Tell a supervisor (and tests) the filter is in place.
-    println!(
+    // Tell a supervisor (and tests) the filter is in place; one that
+    // stopped reading must not stop the agent.
+    let _ = writeln!(
+        std::io::stdout(),
         "ready: {} {}",
         opts.iface,
         if att.adopted { "adopted" } else { "attached" }

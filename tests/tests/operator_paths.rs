@@ -1,0 +1,167 @@
+//! The operator's paths through the command line (issue 18): what the tool
+//! says must be true, and what it prints as advice must work when pasted.
+//!
+//! - `closed_stdout_is_a_quiet_exit`: every subcommand run with its stdout
+//!   a pipe whose reader is already gone (`status | head -1` where `head`
+//!   has exited) exits with status 0 and no panic on stderr.
+//!
+//! Root only (`skipping: needs root` otherwise). Build the binary first, in
+//! the same profile:
+//!
+//! ```text
+//! cargo build -p edge-filter
+//! cargo test -p edge-filter-tests --test operator_paths -- --nocapture
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use edge_filter_tests::config::AgentConfig;
+use edge_filter_tests::netns::{self, Lab, RECEIVER_IF};
+
+const RECV4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+const BLOCKED4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Run `cmd` with stdout a pipe whose read end is already closed, stdin
+/// empty, and a deadline; returns its output (stdout empty).
+fn with_closed_stdout(mut cmd: Command, timeout: Duration) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    cmd.stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    // The pipe's write end lives on in the child only.
+    drop(cmd);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "still running after {timeout:?} with a closed stdout; stderr:\n{}",
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("wait")
+}
+
+/// A capture of one UDP datagram from `src` to the receiver.
+fn one_packet_pcap(path: &Path, src: Ipv4Addr) {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src.octets(), [192, 0, 2, 1], 64)
+        .udp(40000, 5001)
+        .write(&mut frame, b"x")
+        .expect("frame");
+    let file = std::fs::File::create(path).expect("create pcap");
+    let mut w = pcap_file::pcap::PcapWriter::new(file).expect("pcap header");
+    w.write_packet(&pcap_file::pcap::PcapPacket::new(
+        Duration::ZERO,
+        frame.len() as u32,
+        &frame,
+    ))
+    .expect("pcap packet");
+}
+
+#[test]
+fn closed_stdout_is_a_quiet_exit() {
+    if netns::skip_unless_root("closed_stdout_is_a_quiet_exit") {
+        return;
+    }
+    let lab = Lab::create();
+    lab.add_receiver_addr(RECV4, 24);
+    lab.add_sender_addr(BLOCKED4, 24);
+    let bl = lab.write_file("blocklist.txt", "192.0.2.7\n");
+    let agent = lab.start_agent(&["--blocklist", bl.to_str().unwrap()]);
+    agent.wait_ready("attached");
+    let state = lab.dir.join("state");
+    let cfg = AgentConfig::new(&lab, &state)
+        .file_feed("droplist", &bl, "plain", "1s")
+        .table("[metrics]\nlisten = \"off\"")
+        .write(&lab);
+    std::fs::create_dir_all(&state).unwrap();
+    let pcap = lab.dir.join("one.pcap");
+    one_packet_pcap(&pcap, Ipv4Addr::new(192, 0, 2, 7));
+    let (bl, cfg, pcap) = (path(&bl), path(&cfg), path(&pcap));
+
+    let mut cases: Vec<Vec<&str>> = vec![
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["status", "--config", &cfg],
+        vec!["stats"],
+        vec!["stats", "--json"],
+        vec!["stats", "--watch", "0.2"],
+        vec!["stats", "--watch", "0.2", "--json"],
+        vec!["top"],
+        vec!["top", "--json"],
+        vec!["explain", "192.0.2.7", "--blocklist", &bl],
+        vec!["explain", "192.0.2.7", "--blocklist", &bl, "--json"],
+        vec!["features"],
+        vec!["features", "--json"],
+        vec!["check-config", &cfg],
+        vec!["check-config", &cfg, "--json"],
+        vec!["replay", &pcap, "--blocklist", &bl],
+        vec!["replay", &pcap, "--blocklist", &bl, "--json"],
+        vec!["replay", &pcap, "--blocklist", &bl, "--per-packet"],
+        vec!["force-feed", "droplist", "--config", &cfg],
+        vec!["completions", "bash"],
+        vec!["man"],
+        vec!["--help"],
+        vec!["status", "--help"],
+        vec!["--version"],
+    ];
+    // `events` prints when a packet is dropped: send some while it waits.
+    cases.push(vec!["events", "--json"]);
+    cases.push(vec!["events"]);
+    // Last: it removes the filter.
+    cases.push(vec!["detach", "--iface", RECEIVER_IF]);
+    let mut failures = Vec::new();
+    for args in &cases {
+        let mut cmd = lab.edge_filter_cmd();
+        cmd.args(args).env("EDGE_FILTER_BPFFS", &lab.bpffs);
+        let out = if args[0] == "events" {
+            let sender = std::thread::scope(|s| {
+                let h = s.spawn(|| with_closed_stdout(cmd, Duration::from_secs(20)));
+                while !h.is_finished() {
+                    lab.send_udp(
+                        SocketAddr::new(BLOCKED4, 40000),
+                        SocketAddr::new(RECV4, 5001),
+                        &[b"x".to_vec()],
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                h.join().unwrap()
+            });
+            sender
+        } else {
+            with_closed_stdout(cmd, Duration::from_secs(30))
+        };
+        let err = text(&out.stderr);
+        if !out.status.success() || err.contains("panicked") || err.contains("Broken pipe") {
+            failures.push(format!("{args:?}: {}\n{err}", out.status));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "with stdout closed:\n{}",
+        failures.join("\n")
+    );
+}
+
+fn path(p: &PathBuf) -> String {
+    p.to_str().expect("UTF-8 path").to_string()
+}
