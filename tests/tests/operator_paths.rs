@@ -4,6 +4,10 @@
 //! - `closed_stdout_is_a_quiet_exit`: every subcommand run with its stdout
 //!   a pipe whose reader is already gone (`status | head -1` where `head`
 //!   has exited) exits with status 0 and no panic on stderr.
+//! - `stats_and_detach_take_config`: with a config agent whose pins live
+//!   under the config's own `bpffs`, `stats --config` (once and `--watch`)
+//!   finds the interface and counts its drops, and `detach --config`
+//!   removes the filter, neither given `--bpffs`.
 //!
 //! Root only (`skipping: needs root` otherwise). Build the binary first, in
 //! the same profile:
@@ -19,7 +23,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use edge_filter_tests::config::AgentConfig;
-use edge_filter_tests::netns::{self, Lab, RECEIVER_IF};
+use edge_filter_tests::netns::{self, Lab, RECEIVER_IF, Stats};
 
 const RECV4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 const BLOCKED4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
@@ -164,4 +168,85 @@ fn closed_stdout_is_a_quiet_exit() {
 
 fn path(p: &PathBuf) -> String {
     p.to_str().expect("UTF-8 path").to_string()
+}
+
+/// `edge-filter ARGS...` in the lab's receiving namespace, without
+/// `--bpffs` and without `EDGE_FILTER_BPFFS`.
+fn ef_without_root(lab: &Lab, args: &[&str]) -> Output {
+    let mut cmd = lab.edge_filter_cmd();
+    cmd.args(args).env_remove("EDGE_FILTER_BPFFS");
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn ok(args: &[&str], out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{args:?}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn stats_and_detach_take_config() {
+    if netns::skip_unless_root("stats_and_detach_take_config") {
+        return;
+    }
+    let lab = Lab::create();
+    lab.add_receiver_addr(RECV4, 24);
+    lab.add_sender_addr(BLOCKED4, 24);
+    let bl = lab.write_file("droplist.txt", "192.0.2.7\n");
+    let cfg = AgentConfig::new(&lab, &lab.dir.join("state"))
+        .file_feed("droplist", &bl, "plain", "1s")
+        .table("[metrics]\nlisten = \"off\"")
+        .write(&lab);
+    let agent = lab.start_config_agent(&cfg);
+    agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
+    let cfg = path(&cfg);
+    edge_filter_tests::wait::poll("the feed enforced", Duration::from_secs(20), &agent, || {
+        (!lab.enforced().entries.is_empty()).then_some(())
+    });
+    for _ in 0..3 {
+        lab.send_udp(
+            SocketAddr::new(BLOCKED4, 40000),
+            SocketAddr::new(RECV4, 5001),
+            &[b"x".to_vec()],
+        );
+    }
+
+    let args = ["stats", "--config", &cfg, "--json"];
+    let stats = Stats::parse(&ok(&args, &ef_without_root(&lab, &args)), RECEIVER_IF);
+    assert_eq!(stats.packets("drop_addr"), 3, "{}", stats.summary());
+    let args = ["stats", "--config", &cfg];
+    let table = ok(&args, &ef_without_root(&lab, &args));
+    assert!(table.contains(&format!("{RECEIVER_IF}: ")), "{table}");
+
+    // --watch: the first sample names the interface.
+    let mut cmd = lab.edge_filter_cmd();
+    cmd.args(["stats", "--config", &cfg, "--watch", "0.2", "--json"])
+        .env_remove("EDGE_FILTER_BPFFS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("stats --watch");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .expect("read a sample");
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        line.contains(&format!("\"{RECEIVER_IF}\"")),
+        "stats --watch --config: {line}\nstderr: {}",
+        text(&out.stderr)
+    );
+
+    let args = ["detach", "--iface", RECEIVER_IF, "--config", &cfg];
+    ok(&args, &ef_without_root(&lab, &args));
+    assert_eq!(lab.xdp_prog_id(), None, "{}", lab.receiver_link());
+    assert!(lab.try_enforced().is_err(), "the pins are still there");
 }
