@@ -8,6 +8,11 @@
 //!   under the config's own `bpffs`, `stats --config` (once and `--watch`)
 //!   finds the interface and counts its drops, and `detach --config`
 //!   removes the filter, neither given `--bpffs`.
+//! - `printed_hints_work_when_pasted`: the commands the agents print as
+//!   advice are run as printed, by `sh -c` in another directory with no
+//!   `EDGE_FILTER_BPFFS`: the shrink guard's `force-feed` hint applies the
+//!   held update; the config agent's and the blocklist agent's stop
+//!   messages (pins under a non-default root) detach the filter.
 //!
 //! Root only (`skipping: needs root` otherwise). Build the binary first, in
 //! the same profile:
@@ -249,4 +254,88 @@ fn stats_and_detach_take_config() {
     ok(&args, &ef_without_root(&lab, &args));
     assert_eq!(lab.xdp_prog_id(), None, "{}", lab.receiver_link());
     assert!(lab.try_enforced().is_err(), "the pins are still there");
+}
+
+/// The last command in backticks starting with `prefix` in `log` (a
+/// command the tool printed as advice).
+fn quoted_command(log: &str, prefix: &str) -> Option<String> {
+    let start = log.rfind(&format!("`{prefix}"))? + 1;
+    let end = log[start..].find('`')?;
+    Some(log[start..start + end].to_string())
+}
+
+/// Run `cmd` as an operator pasting it would: `sh -c` in the receiving
+/// namespace, from `/`, with this build's `edge-filter` first on PATH and
+/// no `EDGE_FILTER_BPFFS`.
+fn paste(lab: &Lab, cmd: &str) -> Output {
+    assert!(cmd.starts_with("edge-filter "), "not a command: {cmd}");
+    let bin = netns::edge_filter_bin();
+    let dir = bin.parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    lab.receiver
+        .command("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("PATH", path)
+        .env_remove("EDGE_FILTER_BPFFS")
+        .current_dir("/")
+        .output()
+        .unwrap_or_else(|e| panic!("sh -c {cmd}: {e}"))
+}
+
+#[test]
+fn printed_hints_work_when_pasted() {
+    if netns::skip_unless_root("printed_hints_work_when_pasted") {
+        return;
+    }
+    let lab = Lab::create();
+    let ten: String = (10..20).map(|i| format!("203.0.113.{i}\n")).collect();
+    let list = lab.write_file("droplist.txt", &ten);
+    let cfg = AgentConfig::new(&lab, &lab.dir.join("state"))
+        .set("reconcile_interval = \"2s\"")
+        .file_feed("droplist", &list, "plain", "1h")
+        .table("[metrics]\nlisten = \"off\"")
+        .write(&lab);
+    let agent = lab.start_config_agent(&cfg);
+    agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
+    let wait_entries = |n: usize, what: &str| {
+        edge_filter_tests::wait::poll(what, Duration::from_secs(20), &agent, || {
+            (lab.enforced().entries.len() == n).then_some(())
+        })
+    };
+    wait_entries(10, "the ten entries enforced");
+
+    // A shrink to 2 of 10 entries is held; the hint applies it.
+    lab.replace_file("droplist.txt", "203.0.113.10\n203.0.113.11\n");
+    assert!(
+        agent.wait_stderr("held", Duration::from_secs(20)),
+        "no held update\n{}",
+        agent.tail(20)
+    );
+    let hint = quoted_command(&agent.stderr_text(), "edge-filter force-feed")
+        .unwrap_or_else(|| panic!("no hint in\n{}", agent.tail(20)));
+    assert!(hint.contains("--config"), "{hint}");
+    ok(&[hint.as_str()], &paste(&lab, &hint));
+    wait_entries(2, "the held update applied after the pasted force-feed");
+
+    // The stop message names the interface and the pin root.
+    agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    let stop = quoted_command(&agent.stderr_text(), "edge-filter detach")
+        .unwrap_or_else(|| panic!("no detach hint in\n{}", agent.tail(20)));
+    ok(&[stop.as_str()], &paste(&lab, &stop));
+    assert_eq!(lab.xdp_prog_id(), None, "{stop}: {}", lab.receiver_link());
+
+    // The blocklist agent's.
+    let bl = lab.write_file("blocklist.txt", "203.0.113.7\n");
+    let agent = lab.start_agent(&["--blocklist", bl.to_str().unwrap()]);
+    agent.wait_ready("attached");
+    agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    let stop = quoted_command(&agent.stderr_text(), "edge-filter detach")
+        .unwrap_or_else(|| panic!("no detach hint in\n{}", agent.tail(20)));
+    ok(&[stop.as_str()], &paste(&lab, &stop));
+    assert_eq!(lab.xdp_prog_id(), None, "{stop}: {}", lab.receiver_link());
 }

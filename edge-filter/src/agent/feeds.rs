@@ -129,7 +129,7 @@ async fn feed_task(
 }
 
 /// Run the agent described by `cfg` until SIGINT/SIGTERM.
-pub async fn run(cfg: Config) -> Result<()> {
+pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     // Handlers before anything else: a SIGHUP during start-up must not kill
     // the agent.
@@ -161,6 +161,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     .map_err(|e| state_err("starting the metrics endpoint", e))?;
     let mut agent = FeedAgent::start(cfg)?;
     agent.metrics = metrics;
+    // Absolute: the advice it appears in is pasted in another directory.
+    agent.config_path =
+        std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf());
     agent.run(signals, links).await?;
     drop(locks);
     Ok(())
@@ -187,6 +190,8 @@ struct Enforced {
 
 struct FeedAgent {
     cfg: Config,
+    /// The configuration file, for the commands the agent advises.
+    config_path: std::path::PathBuf,
     state: StateDir,
     snapshots: BTreeMap<String, FeedSnapshot>,
     lkg_meta: BTreeMap<String, (Validators, usize)>,
@@ -338,6 +343,7 @@ impl FeedAgent {
         };
         Ok(FeedAgent {
             cfg,
+            config_path: std::path::PathBuf::new(),
             state,
             snapshots,
             lkg_meta,
@@ -419,12 +425,12 @@ impl FeedAgent {
             .iter()
             .map(|i| &i.watch)
             .partition(|w| w.attached());
-        if !kept.is_empty() {
-            let names: Vec<&str> = kept.iter().map(|w| w.iface()).collect();
+        let paths = Paths::new(&self.cfg.bpffs);
+        for w in kept {
             log::info!(
-                "stopping; the filter stays attached to {} (remove with `edge-filter detach --iface IFACE{}`)",
-                names.join(", "),
-                bpffs_arg(&self.cfg)
+                "stopping; the filter stays attached to {} (remove it with `{}`)",
+                w.iface(),
+                paths.detach_command(w.iface())
             );
         }
         for w in gone {
@@ -545,8 +551,10 @@ impl FeedAgent {
                 needed,
             } => {
                 let what = format!(
-                    "update from {previous} to {proposed} entries ({:.0}% fewer) held: seen {seen} of {needed} refreshes (or `edge-filter force-feed {feed}`)",
-                    shrink_fraction * 100.0
+                    "update from {previous} to {proposed} entries ({:.0}% fewer) held: seen {seen} of {needed} refreshes (or `edge-filter force-feed {} --config {}`)",
+                    shrink_fraction * 100.0,
+                    crate::escape::shell_word(&feed),
+                    crate::escape::shell_word(&self.config_path.to_string_lossy()),
                 );
                 log::warn!("feed {feed}: {what}");
                 h.held = Some(what);
@@ -768,15 +776,6 @@ impl FeedAgent {
                 self.status.persist_error = Some(msg);
             }
         }
-    }
-}
-
-/// ` --bpffs DIR` when the pins are not under the default root.
-fn bpffs_arg(cfg: &Config) -> String {
-    if cfg.bpffs == std::path::Path::new(crate::kernel::paths::DEFAULT_ROOT) {
-        String::new()
-    } else {
-        format!(" --bpffs {}", cfg.bpffs.display())
     }
 }
 

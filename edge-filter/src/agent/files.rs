@@ -252,10 +252,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         agent.publish();
     }
     if agent.watch.attached() {
-        let mut detach = format!("edge-filter detach --iface {}", opts.iface);
-        if opts.paths.root() != Path::new(crate::kernel::paths::DEFAULT_ROOT) {
-            detach.push_str(&format!(" --bpffs {}", opts.paths.root().display()));
-        }
+        let detach = opts.paths.detach_command(&opts.iface);
         log::info!(
             "stopping; the filter stays attached to {} (remove it with `{detach}`)",
             opts.iface

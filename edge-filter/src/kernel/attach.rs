@@ -259,10 +259,7 @@ pub(crate) fn incompatible_pins(paths: &Paths, iface: &str) -> Option<Error> {
     if missing.is_empty() || missing.len() == abi::ALL_MAPS.len() {
         return None;
     }
-    let mut detach = format!("edge-filter detach --iface {iface}");
-    if paths.root() != Path::new(crate::kernel::paths::DEFAULT_ROOT) {
-        detach.push_str(&format!(" --bpffs {}", paths.root().display()));
-    }
+    let detach = paths.detach_command(iface);
     Some(Error::IncompatiblePins {
         iface: iface.into(),
         dir: paths.iface_dir(iface),
