@@ -13,6 +13,11 @@
 //!   `EDGE_FILTER_BPFFS`: the shrink guard's `force-feed` hint applies the
 //!   held update; the config agent's and the blocklist agent's stop
 //!   messages (pins under a non-default root) detach the filter.
+//! - `status_exit_status_says_health`: `status --config` exits 0 while
+//!   everything is healthy, 3 (degraded) once a feed fails, printing the
+//!   error in full (the table clips it) with the next attempt, and still 3
+//!   with the agent stopped; 4 (not enforcing) once the filter is detached.
+//!   `--json` says the same in `health`, and `--help` documents the codes.
 //!
 //! Root only (`skipping: needs root` otherwise). Build the binary first, in
 //! the same profile:
@@ -338,4 +343,76 @@ fn printed_hints_work_when_pasted() {
         .unwrap_or_else(|| panic!("no detach hint in\n{}", agent.tail(20)));
     ok(&[stop.as_str()], &paste(&lab, &stop));
     assert_eq!(lab.xdp_prog_id(), None, "{stop}: {}", lab.receiver_link());
+}
+
+#[test]
+fn status_exit_status_says_health() {
+    if netns::skip_unless_root("status_exit_status_says_health") {
+        return;
+    }
+    let lab = Lab::create();
+    // A long name, so that the error is longer than the table's column.
+    let list = lab.write_file(
+        "a-droplist-file-with-a-rather-long-name-to-overflow-the-table.txt",
+        "203.0.113.10\n203.0.113.11\n",
+    );
+    let cfg = AgentConfig::new(&lab, &lab.dir.join("state"))
+        .set("reconcile_interval = \"1s\"")
+        .file_feed("droplist", &list, "plain", "1s")
+        .table("[metrics]\nlisten = \"off\"")
+        .write(&lab);
+    let agent = lab.start_config_agent(&cfg);
+    agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
+    let cfg = path(&cfg);
+    let until_code = |want: i32, what: &str| -> String {
+        edge_filter_tests::wait::poll(what, Duration::from_secs(20), &agent, || {
+            let (text, code) = lab.status_unpinned(&["--config", &cfg]);
+            (code == want).then_some(text)
+        })
+    };
+    let text = until_code(0, "status healthy (exit 0)");
+    assert!(text.contains("health: ok (exit 0)"), "{text}");
+
+    std::fs::remove_file(&list).unwrap();
+    let text = until_code(3, "status degraded (exit 3) with the feed failing");
+    let (json, code) = lab.status_json(&["--config", &cfg]);
+    assert_eq!(code, 3);
+    assert_eq!(json["health"]["code"], 3, "{json:#}");
+    assert_eq!(json["health"]["state"], "degraded", "{json:#}");
+    let feed = &json["feeds"][0];
+    let error = feed["last_error"].as_str().expect("last_error").to_string();
+    assert!(error.len() > 60, "a short error proves nothing: {error}");
+    assert!(
+        text.contains(&error),
+        "the error in full ({error}) is not in:\n{text}"
+    );
+    assert!(
+        text.contains("feed droplist: last error at ") && text.contains("next attempt "),
+        "{text}"
+    );
+    assert!(feed["next_attempt"].is_string(), "{feed:#}");
+    assert!(text.contains("health: degraded (exit 3)"), "{text}");
+
+    agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    let (text, code) = lab.status_unpinned(&["--config", &cfg]);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("agent down"), "{text}");
+
+    ok(&["detach"], &lab.detach());
+    let (text, code) = lab.status_unpinned(&["--config", &cfg]);
+    assert_eq!(code, 4, "{text}");
+    assert!(text.contains("health: not enforcing (exit 4)"), "{text}");
+    let (_, code) = lab.status(&[]);
+    assert_eq!(code, 4, "nothing attached");
+
+    let help = ok(
+        &["status", "--help"],
+        &lab.edge_filter_cmd()
+            .args(["status", "--help"])
+            .output()
+            .unwrap(),
+    );
+    for line in ["Exit status", "3  degraded", "4  not enforcing"] {
+        assert!(help.contains(line), "{line}: {help}");
+    }
 }

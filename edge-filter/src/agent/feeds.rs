@@ -57,13 +57,24 @@ enum Msg {
     },
 }
 
+impl Msg {
+    /// The feed it is about.
+    fn feed(&self) -> &str {
+        match self {
+            Msg::Parsed { feed, .. } | Msg::NotModified { feed, .. } | Msg::Failed { feed, .. } => {
+                feed
+            }
+        }
+    }
+}
+
 /// One feed's fetch loop.
 async fn feed_task(
     f: FeedConfig,
     cfg: Config,
     fetcher: std::sync::Arc<Fetcher>,
     mut validators: Validators,
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<(Msg, OffsetDateTime)>,
     mut refetch: broadcast::Receiver<()>,
 ) {
     let policy = intake::policy(&cfg.limits);
@@ -118,11 +129,13 @@ async fn feed_task(
                 at,
             },
         };
-        if tx.send(msg).await.is_err() {
+        let delay = interval;
+        let next = at + delay;
+        if tx.send((msg, next)).await.is_err() {
             return;
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(delay) => {}
             r = refetch.recv() => if matches!(r, Err(broadcast::error::RecvError::Closed)) { return },
         }
     }
@@ -403,7 +416,12 @@ impl FeedAgent {
         loop {
             let expiry = self.next_expiry();
             tokio::select! {
-                Some(msg) = rx.recv() => self.on_msg(msg),
+                Some((msg, next)) = rx.recv() => {
+                    if let Some(h) = self.health.get_mut(msg.feed()) {
+                        h.next_attempt = Some(next);
+                    }
+                    self.on_msg(msg);
+                }
                 _ = reconcile.tick() => self.reconcile(),
                 ev = crate::agent::watch::next_event(&mut links) => {
                     log::debug!("link event: {ev:?}");
