@@ -103,7 +103,7 @@ fn log_line(buf: &mut env_logger::fmt::Formatter, record: &log::Record<'_>) -> s
 /// The error and its causes on one line, each cause once: most of our
 /// errors already say their cause in their own message (`"{op}: {source}"`),
 /// and printing the chain as well would repeat it ("os error 2 ... os error 2").
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut out = e.to_string();
     for cause in e.chain().skip(1) {
         let c = cause.to_string();

@@ -18,6 +18,12 @@
 //!   error in full (the table clips it) with the next attempt, and still 3
 //!   with the agent stopped; 4 (not enforcing) once the filter is detached.
 //!   `--json` says the same in `health`, and `--help` documents the codes.
+//! - `smaller_disagreements` (item 11): a replay error names its cause
+//!   once; `stats --json` has the shape the README shows; `top`'s footer
+//!   counts entries and allowlist nets as `status` does; `replay
+//!   --per-packet --json` and `events --json` describe the same packet with
+//!   the same words (`"proto": "udp"`, `src_port`); `check-config` notes an
+//!   interface that does not exist here, and not one that does.
 //!
 //! Root only (`skipping: needs root` otherwise). Build the binary first, in
 //! the same profile:
@@ -414,5 +420,168 @@ fn status_exit_status_says_health() {
     );
     for line in ["Exit status", "3  degraded", "4  not enforcing"] {
         assert!(help.contains(line), "{line}: {help}");
+    }
+}
+
+/// The shape of a JSON value: objects by their keys (recursively), arrays
+/// by their first element, scalars by their type.
+fn shape(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(a) => Value::Array(a.first().map(shape).into_iter().collect()),
+        Value::Number(_) => Value::String("number".into()),
+        Value::String(_) => Value::String("string".into()),
+        Value::Bool(_) => Value::String("bool".into()),
+        Value::Null => Value::Null,
+    }
+}
+
+/// The JSON block of the README after the marker `<!-- NAME: ... -->`.
+fn readme_json(name: &str) -> serde_json::Value {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let at = readme
+        .find(&format!("<!-- {name}:"))
+        .unwrap_or_else(|| panic!("no <!-- {name}: --> in the README"));
+    let block = &readme[at..];
+    let start = block.find("```json\n").expect("```json") + "```json\n".len();
+    let end = block[start..].find("```").expect("end of the block");
+    serde_json::from_str(&block[start..start + end])
+        .unwrap_or_else(|e| panic!("README {name} block is not JSON: {e}"))
+}
+
+#[test]
+fn smaller_disagreements() {
+    if netns::skip_unless_root("smaller_disagreements") {
+        return;
+    }
+    let lab = Lab::create();
+    lab.add_receiver_addr(RECV4, 24);
+    lab.add_sender_addr(BLOCKED4, 24);
+
+    // A replay error: its cause once.
+    let out = lab
+        .edge_filter_cmd()
+        .args(["replay", "/nonexistent.pcap", "--blocklist"])
+        .arg(lab.dir.join("no-such-blocklist.txt"))
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+
+    let bl = lab.write_file("blocklist.txt", "192.0.2.7\n203.0.113.0/24\n");
+    let al = lab.write_file("allowlist.txt", "192.0.2.200\n");
+    let agent = lab.start_agent(&[
+        "--blocklist",
+        bl.to_str().unwrap(),
+        "--allowlist",
+        al.to_str().unwrap(),
+    ]);
+    agent.wait_ready("attached");
+    let (src, dst) = (
+        SocketAddr::new(BLOCKED4, 40000),
+        SocketAddr::new(RECV4, 5001),
+    );
+
+    // events and replay: the same packet in the same words.
+    let mut events = lab.edge_filter_cmd();
+    events
+        .args(["events", "--json", "--count", "1", "--bpffs"])
+        .arg(&lab.bpffs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = events.spawn().expect("events");
+    let line = std::thread::scope(|s| {
+        let h = s.spawn(|| child.wait_with_output().expect("events"));
+        while !h.is_finished() {
+            lab.send_udp(src, dst, &[b"x".to_vec()]);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = h.join().unwrap();
+        assert!(out.status.success(), "events: {}", text(&out.stderr));
+        text(&out.stdout)
+    });
+    let event: serde_json::Value = serde_json::from_str(line.trim()).expect("events JSON");
+    let pcap = lab.dir.join("one.pcap");
+    one_packet_pcap(&pcap, Ipv4Addr::new(192, 0, 2, 7));
+    let out = lab
+        .edge_filter_cmd()
+        .arg("replay")
+        .arg(&pcap)
+        .args([
+            "--blocklist",
+            bl.to_str().unwrap(),
+            "--per-packet",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let replayed = ok(&["replay"], &out);
+    let packet: serde_json::Value = replayed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "packet")
+        .unwrap_or_else(|| panic!("no packet line:\n{replayed}"));
+    assert_eq!(event["proto"], "udp", "{event}");
+    for key in [
+        "src", "proto", "src_port", "dst_port", "verdict", "reason", "entry",
+    ] {
+        assert_eq!(
+            event[key], packet[key],
+            "{key}: events {event}\nreplay {packet}"
+        );
+    }
+
+    // stats --json has the README's shape.
+    let stats = lab.ef_json(&["stats"]);
+    assert_eq!(
+        shape(&stats),
+        shape(&readme_json("stats-json")),
+        "stats --json: {stats:#}"
+    );
+
+    // top's footer counts what status counts.
+    let (st, _) = lab.status_json(&[]);
+    let top = lab.ef_json(&["top"]);
+    let (si, ti) = (&st["interfaces"][0], &top["interfaces"][0]);
+    assert_eq!(
+        (si["entries"].as_u64(), si["allowlisted"].as_u64()),
+        (Some(2), Some(1)),
+        "{si:#}"
+    );
+    assert_eq!(ti["entries"], si["entries"], "top {ti:#}");
+    assert_eq!(ti["allowlisted"], si["allowlisted"], "top {ti:#}");
+    let text_top = lab.ef_ok(&["top"]);
+    assert!(
+        text_top.contains("; 2 entries, 1 allowlisted"),
+        "{text_top}"
+    );
+
+    // check-config: an interface that is not here is noted.
+    let note = "does not exist on this host";
+    let state = lab.dir.join("state");
+    for (iface, noted) in [("ef-none0", true), (RECEIVER_IF, false)] {
+        let cfg = lab.write_file(
+            "check.toml",
+            &format!(
+                "state_dir = '{}'\nbpffs = '{}'\n[[interface]]\nname = \"{iface}\"\n",
+                state.display(),
+                lab.bpffs.display()
+            ),
+        );
+        let out = lab
+            .edge_filter_cmd()
+            .arg("check-config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{all}");
+        assert_eq!(all.contains(note), noted, "{iface}: {all}");
+        if noted {
+            assert!(all.contains(&format!("interface {iface} {note}")), "{all}");
+        }
     }
 }

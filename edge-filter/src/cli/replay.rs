@@ -158,7 +158,11 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<()> {
             outcome.exit()
         }
         Err(e) => {
-            eprintln!("edge-filter: error: {e:#}");
+            // Each cause once, escaped, as `main` prints errors.
+            eprintln!(
+                "edge-filter: error: {}",
+                edge_filter::escape::Escaped(&crate::one_line(&e))
+            );
             e.downcast_ref::<replay::ReplayError>()
                 .map_or(replay::Exit::Error, replay::ReplayError::exit)
         }
