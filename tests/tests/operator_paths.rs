@@ -24,6 +24,11 @@
 //!   --per-packet --json` and `events --json` describe the same packet with
 //!   the same words (`"proto": "udp"`, `src_port`); `check-config` notes an
 //!   interface that does not exist here, and not one that does.
+//! - `restart_with_a_feed_down_keeps_the_copy_age` (item 2): an HTTP feed
+//!   fetched, the agent stopped, the server stopped, the agent started
+//!   again: `status` still gives the first run's last success (and its
+//!   age), and `edge_filter_feed_last_success_timestamp_seconds` is still
+//!   scraped with that time, while the feed is failing.
 //!
 //! Root only (`skipping: needs root` otherwise). Build the binary first, in
 //! the same profile:
@@ -39,7 +44,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use edge_filter_tests::config::AgentConfig;
+use edge_filter_tests::httpd::{HttpServer, Reply};
 use edge_filter_tests::netns::{self, Lab, RECEIVER_IF, Stats};
+use edge_filter_tests::scrape;
 
 const RECV4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 const BLOCKED4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
@@ -584,4 +591,77 @@ fn smaller_disagreements() {
             assert!(all.contains(&format!("interface {iface} {note}")), "{all}");
         }
     }
+}
+
+/// The port the agents' metrics listen on (inside the lab's namespace).
+const METRICS_PORT: u16 = 19436;
+
+#[test]
+fn restart_with_a_feed_down_keeps_the_copy_age() {
+    if netns::skip_unless_root("restart_with_a_feed_down_keeps_the_copy_age") {
+        return;
+    }
+    let lab = Lab::create();
+    let srv = HttpServer::start_in(&lab.receiver, Reply::ok("203.0.113.5\n203.0.113.6\n"));
+    let cfg = AgentConfig::new(&lab, &lab.dir.join("state"))
+        .set("reconcile_interval = \"1s\"")
+        .feed("web", &srv.url("/list.txt"), "plain", "1h")
+        .table(&format!("[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\""))
+        .write(&lab);
+    let cfg_s = path(&cfg);
+    let metric = "edge_filter_feed_last_success_timestamp_seconds{feed=\"web\"}";
+    let web = |lab: &Lab| {
+        let (st, _) = lab.status_json(&["--config", &cfg_s]);
+        st["feeds"][0].clone()
+    };
+
+    let agent = lab.start_config_agent(&cfg);
+    agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
+    let first =
+        edge_filter_tests::wait::poll("the feed fetched", Duration::from_secs(20), &agent, || {
+            let f = web(&lab);
+            (f["state"] == "ok").then_some(f)
+        });
+    let success = first["last_success"]
+        .as_str()
+        .expect("last_success")
+        .to_string();
+    let (m, body) = edge_filter_tests::wait::poll(
+        "the last success published",
+        Duration::from_secs(20),
+        &agent,
+        || {
+            let (m, body) = scrape::metrics(&lab.receiver, METRICS_PORT);
+            m.contains_key(metric).then_some((m, body))
+        },
+    );
+    let stamp = scrape::value(&m, metric, &body);
+    agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+
+    // The feed goes down; the agent comes back.
+    srv.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    let agent = lab.start_config_agent(&cfg);
+    agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
+    let after =
+        edge_filter_tests::wait::poll("the feed failing", Duration::from_secs(20), &agent, || {
+            let f = web(&lab);
+            (f["state"] == "failing").then_some(f)
+        });
+    assert_eq!(after["last_success"], success.as_str(), "{after:#}");
+    assert!(
+        after["age_s"].as_f64().is_some_and(|a| a >= 1.0),
+        "{after:#}"
+    );
+    assert_eq!(after["from_last_known_good"], true, "{after:#}");
+    let (text, _) = lab.status_unpinned(&["--config", &cfg_s]);
+    assert!(text.contains(&success), "{text}");
+    let (m, body) = scrape::metrics(&lab.receiver, METRICS_PORT);
+    assert_eq!(scrape::value(&m, metric, &body), stamp, "{body}");
+    assert_eq!(
+        scrape::value(&m, "edge_filter_feed_up{feed=\"web\"}", &body),
+        0.0,
+        "{body}"
+    );
+    assert_eq!(lab.enforced().entries.len(), 2, "the copy stays enforced");
 }

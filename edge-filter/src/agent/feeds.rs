@@ -238,6 +238,10 @@ impl FeedAgent {
     /// with every feed unreachable enforces exactly what was enforced.
     fn start(cfg: Config) -> Result<FeedAgent> {
         let state = StateDir::open(&cfg.state_dir).map_err(|e| Error::State(Box::new(e)))?;
+        // The previous run's status: when each feed last succeeded (a 304
+        // confirms the copy without rewriting it), so a restart with a
+        // feed down still says how old the enforced copy is.
+        let previous = Status::read(&cfg.state_dir).ok();
         let mut snapshots = BTreeMap::new();
         let mut lkg_meta = BTreeMap::new();
         let mut health = BTreeMap::new();
@@ -254,6 +258,15 @@ impl FeedAgent {
                 Ok(Some(lkg)) => {
                     h.rejected_lines = lkg.rejected_lines;
                     h.from_last_known_good = true;
+                    // The copy is as fresh as its fetch, or as the last
+                    // success confirming it (not newer than the previous
+                    // status said, nor older than the copy).
+                    let confirmed = previous
+                        .as_ref()
+                        .and_then(|p| p.feeds.iter().find(|x| x.name == f.name))
+                        .and_then(|x| x.last_success);
+                    h.last_success =
+                        Some(confirmed.map_or(lkg.fetched_at, |c| c.max(lkg.fetched_at)));
                     let distinct: std::collections::HashSet<_> =
                         lkg.entries.iter().map(|e| e.entry.key()).collect();
                     log::info!(
