@@ -29,6 +29,10 @@
 //!   again: `status` still gives the first run's last success (and its
 //!   age), and `edge_filter_feed_last_success_timestamp_seconds` is still
 //!   scraped with that time, while the feed is failing.
+//! - `failed_feed_retried_with_backoff` (item 9): an HTTP feed refreshed
+//!   hourly that fails is fetched again after 1 s, 2 s, 4 s (`[limits]
+//!   retry_backoff = "1s"`) until it succeeds, not an hour later; a 503
+//!   with `Retry-After: 3` is next tried 3 s later.
 //!
 //! Root only (`skipping: needs root` otherwise). Build the binary first, in
 //! the same profile:
@@ -664,4 +668,64 @@ fn restart_with_a_feed_down_keeps_the_copy_age() {
         "{body}"
     );
     assert_eq!(lab.enforced().entries.len(), 2, "the copy stays enforced");
+}
+
+#[test]
+fn failed_feed_retried_with_backoff() {
+    if netns::skip_unless_root("failed_feed_retried_with_backoff") {
+        return;
+    }
+    let lab = Lab::create();
+    let srv = HttpServer::start_in(&lab.receiver, Reply::ok("203.0.113.5\n"));
+    srv.queue(Reply::status(503, "busy"), 3);
+    let cfg = AgentConfig::new(&lab, &lab.dir.join("state"))
+        .feed("web", &srv.url("/list.txt"), "plain", "1h")
+        .table("[limits]\nretries = 0\nretry_backoff = \"1s\"\nretry_backoff_max = \"4s\"")
+        .table("[metrics]\nlisten = \"off\"")
+        .write(&lab);
+    let agent = lab.start_config_agent(&cfg);
+    agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
+    edge_filter_tests::wait::poll(
+        "the feed fetched after 3 failures",
+        Duration::from_secs(30),
+        &agent,
+        || (lab.enforced().entries.len() == 1).then_some(()),
+    );
+    let reqs = srv.requests();
+    assert_eq!(
+        reqs.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [503, 503, 503, 200],
+        "{reqs:?}"
+    );
+    let gaps: Vec<f64> = reqs
+        .windows(2)
+        .map(|w| (w[1].at - w[0].at).as_secs_f64())
+        .collect();
+    for (gap, want) in gaps.iter().zip([1.0, 2.0, 4.0]) {
+        assert!(
+            *gap >= want - 0.1 && *gap < want + 1.5,
+            "gaps {gaps:?}, want about 1, 2, 4 s"
+        );
+    }
+
+    // Retry-After is honoured (3 s, not the 1 s backoff).
+    srv.queue(Reply::status(503, "later").header("Retry-After", "3"), 1);
+    let n0 = srv.request_count();
+    assert!(agent.signal(libc::SIGHUP));
+    let reqs = edge_filter_tests::wait::poll(
+        "the retry after Retry-After",
+        Duration::from_secs(20),
+        &agent,
+        || {
+            let r = srv.requests();
+            (r.len() >= n0 + 2).then_some(r)
+        },
+    );
+    let (failed, retried) = (&reqs[n0], &reqs[n0 + 1]);
+    assert_eq!((failed.status, retried.status), (503, 200), "{reqs:?}");
+    let gap = (retried.at - failed.at).as_secs_f64();
+    assert!(
+        (2.9..4.5).contains(&gap),
+        "retried {gap:.2} s after a Retry-After: 3"
+    );
 }

@@ -83,11 +83,15 @@ async fn feed_task(
         Source::File(_) => f.refresh.min(Duration::from_secs(1)),
         Source::Http(_) => f.refresh,
     };
+    // Failed refreshes in a row (HTTP feeds): the next attempt comes after
+    // a bounded exponential backoff, not a whole refresh later.
+    let mut failures = 0u32;
     loop {
         let res = fetcher
             .fetch(intake::location(&f), &validators, &policy)
             .await;
         let at = OffsetDateTime::now_utc();
+        let retry_after = res.as_ref().err().and_then(|e| e.retry_after());
         let msg = match res {
             Ok(Fetched::NotModified) => Msg::NotModified {
                 feed: f.name.clone(),
@@ -129,7 +133,28 @@ async fn feed_task(
                 at,
             },
         };
-        let delay = interval;
+        let delay = match (&msg, &f.source) {
+            (Msg::Failed { .. }, Source::Http(_)) => {
+                failures += 1;
+                let d = cfg.limits.retry_delay(failures, retry_after, f.refresh);
+                log::info!(
+                    "feed {}: next attempt in {} (failure {failures} in a row{})",
+                    f.name,
+                    humantime_serde::re::humantime::format_duration(Duration::from_secs(
+                        d.as_secs()
+                    )),
+                    retry_after.map_or(String::new(), |r| format!(
+                        "; the server asked for {}s",
+                        r.as_secs()
+                    ))
+                );
+                d
+            }
+            _ => {
+                failures = 0;
+                interval
+            }
+        };
         let next = at + delay;
         if tx.send((msg, next)).await.is_err() {
             return;
