@@ -33,6 +33,11 @@
 //!   hourly that fails is fetched again after 1 s, 2 s, 4 s (`[limits]
 //!   retry_backoff = "1s"`) until it succeeds, not an hour later; a 503
 //!   with `Retry-After: 3` is next tried 3 s later.
+//! - `replay_uses_last_known_good_copies` (item 1): with the feed server
+//!   of a config stopped, `replay --config` replays the agent's
+//!   last-known-good copy (saying so on stderr) and drops the listed
+//!   source; `--offline` does the same from the state directory alone; a
+//!   feed with neither a copy nor a server is an error naming it.
 //!
 //! Root only (`skipping: needs root` otherwise). Build the binary first, in
 //! the same profile:
@@ -728,4 +733,93 @@ fn failed_feed_retried_with_backoff() {
         (2.9..4.5).contains(&gap),
         "retried {gap:.2} s after a Retry-After: 3"
     );
+}
+
+/// The verdict of the one packet of `replay CAPTURE ARGS --per-packet
+/// --json`, and its stderr; panics unless it succeeds.
+fn replay_verdict(lab: &Lab, pcap: &Path, args: &[&str]) -> (String, String) {
+    let out = lab
+        .edge_filter_cmd()
+        .arg("replay")
+        .arg(pcap)
+        .args(args)
+        .args(["--per-packet", "--json"])
+        .output()
+        .unwrap();
+    let stdout = ok(args, &out);
+    let packet: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "packet")
+        .unwrap_or_else(|| panic!("no packet line:\n{stdout}"));
+    (
+        packet["verdict"].as_str().unwrap_or("?").to_string(),
+        text(&out.stderr),
+    )
+}
+
+#[test]
+fn replay_uses_last_known_good_copies() {
+    if netns::skip_unless_root("replay_uses_last_known_good_copies") {
+        return;
+    }
+    let lab = Lab::create();
+    let srv = HttpServer::start_in(&lab.receiver, Reply::ok("192.0.2.7\n"));
+    let url = srv.url("/list.txt");
+    let state = lab.dir.join("state");
+    let cfg = AgentConfig::new(&lab, &state)
+        .feed("web", &url, "plain", "1h")
+        .table("[metrics]\nlisten = \"off\"")
+        .write(&lab);
+    let cfg_s = path(&cfg);
+    let pcap = lab.dir.join("one.pcap");
+    one_packet_pcap(&pcap, Ipv4Addr::new(192, 0, 2, 7));
+
+    // Online: fetched.
+    let (verdict, _) = replay_verdict(&lab, &pcap, &["--config", &cfg_s]);
+    assert_eq!(verdict, "drop");
+    // The agent keeps a last-known-good copy; then the server goes away.
+    let agent = lab.start_config_agent(&cfg);
+    agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
+    edge_filter_tests::wait::poll("the copy saved", Duration::from_secs(20), &agent, || {
+        state.join("lkg/web.json").exists().then_some(())
+    });
+    agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    srv.stop();
+
+    let (verdict, err) = replay_verdict(&lab, &pcap, &["--config", &cfg_s]);
+    assert_eq!(verdict, "drop", "{err}");
+    assert!(
+        err.contains("feed web: ") && err.contains("replaying its last-known-good copy"),
+        "{err}"
+    );
+    let (verdict, err) = replay_verdict(&lab, &pcap, &["--config", &cfg_s, "--offline"]);
+    assert_eq!(verdict, "drop", "{err}");
+    assert!(
+        !err.contains("last-known-good"),
+        "offline fetches nothing: {err}"
+    );
+
+    // A feed with neither: an error naming it, online and offline.
+    let cfg2 = AgentConfig::new(&lab, &state)
+        .feed("web", &url, "plain", "1h")
+        .feed(
+            "other",
+            &url.replace("list.txt", "other.txt"),
+            "plain",
+            "1h",
+        )
+        .write(&lab);
+    for extra in [None, Some("--offline")] {
+        let mut cmd = lab.edge_filter_cmd();
+        cmd.arg("replay").arg(&pcap).arg("--config").arg(&cfg2);
+        cmd.args(extra);
+        let out = cmd.output().unwrap();
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{extra:?}: {err}");
+        assert!(
+            err.contains("feed other: ") && err.contains("no last-known-good copy in"),
+            "{extra:?}: {err}"
+        );
+    }
 }
