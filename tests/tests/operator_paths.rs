@@ -38,6 +38,10 @@
 //!   last-known-good copy (saying so on stderr) and drops the listed
 //!   source; `--offline` does the same from the state directory alone; a
 //!   feed with neither a copy nor a server is an error naming it.
+//! - `detach_under_a_running_agent` (item 3): `detach` names the agent
+//!   that still manages the interface and says it will not re-attach; the
+//!   agent reports the gap, does not re-attach, and on exit says the
+//!   interface is not filtered (not "stays attached").
 //!
 //! Root only (`skipping: needs root` otherwise). Build the binary first, in
 //! the same profile:
@@ -822,4 +826,43 @@ fn replay_uses_last_known_good_copies() {
             "{extra:?}: {err}"
         );
     }
+}
+
+#[test]
+fn detach_under_a_running_agent() {
+    if netns::skip_unless_root("detach_under_a_running_agent") {
+        return;
+    }
+    let lab = Lab::create();
+    let bl = lab.write_file("blocklist.txt", "203.0.113.7\n");
+    let agent = lab.start_agent(&["--blocklist", bl.to_str().unwrap()]);
+    agent.wait_ready("attached");
+    let said = ok(&["detach"], &lab.detach());
+    assert!(
+        said.contains(&format!(
+            "agent pid {} still manages {RECEIVER_IF}",
+            agent.pid()
+        )) && said.contains("does not attach the filter again"),
+        "{said}"
+    );
+    assert!(
+        agent.wait_stderr("enforcement gap started", Duration::from_secs(10)),
+        "{}",
+        agent.tail(20)
+    );
+    assert!(
+        agent.stderr_text().contains("does not attach it again"),
+        "{}",
+        agent.tail(20)
+    );
+    // As said: it stays detached.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lab.xdp_prog_id(), None, "{}", lab.receiver_link());
+    agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    let log = agent.stderr_text();
+    assert!(
+        log.contains(&format!("stopping; {RECEIVER_IF} is not filtered"))
+            && !log.contains("stays attached"),
+        "{log}"
+    );
 }
