@@ -42,6 +42,10 @@
 //!   that still manages the interface and says it will not re-attach; the
 //!   agent reports the gap, does not re-attach, and on exit says the
 //!   interface is not filtered (not "stays attached").
+//! - `restart_with_other_mode_or_sizes_says_so` (item 4): an agent
+//!   restarted with the same options adopts silently; one restarted with
+//!   another `--mode` and `--max-addr-v4` says the adopted filter differs,
+//!   how, and names the detach command that makes a new one.
 //!
 //! Root only (`skipping: needs root` otherwise). Build the binary first, in
 //! the same profile:
@@ -865,4 +869,49 @@ fn detach_under_a_running_agent() {
             && !log.contains("stays attached"),
         "{log}"
     );
+}
+
+#[test]
+fn restart_with_other_mode_or_sizes_says_so() {
+    if netns::skip_unless_root("restart_with_other_mode_or_sizes_says_so") {
+        return;
+    }
+    let lab = Lab::create();
+    let bl = lab.write_file("blocklist.txt", "203.0.113.7\n");
+    let bl = bl.to_str().unwrap();
+    let first = ["--blocklist", bl, "--mode", "skb", "--max-addr-v4", "4096"];
+    let agent = lab.start_agent(&first);
+    agent.wait_ready("attached");
+    agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+
+    let agent = lab.start_agent(&first);
+    agent.wait_ready("adopted");
+    agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    assert!(
+        !agent.stderr_text().contains("differs"),
+        "{}",
+        agent.tail(20)
+    );
+
+    let agent = lab.start_agent(&[
+        "--blocklist",
+        bl,
+        "--mode",
+        "native",
+        "--max-addr-v4",
+        "8192",
+    ]);
+    agent.wait_ready("adopted");
+    let log = agent.stderr_text();
+    for want in [
+        "adopted the pinned filter as it is, which differs from what was asked",
+        "it runs in skb mode, native was asked",
+        "ADDR_V4 holds 4096, 8192 was asked",
+        &format!(
+            "run `edge-filter detach --iface {RECEIVER_IF} --bpffs {}`",
+            lab.bpffs.display()
+        ),
+    ] {
+        assert!(log.contains(want), "{want}:\n{log}");
+    }
 }

@@ -364,6 +364,9 @@ impl FeedAgent {
                 att.initial_sync.added,
                 att.initial_sync.removed
             );
+            if let Some(m) = att.differs_message(&paths, &i.name) {
+                log::warn!("{m}");
+            }
             if att.reattached {
                 log::error!(
                     "{}: enforcement gap: the pinned filter was not attached (the interface was deleted or recreated while no agent ran); traffic passed unfiltered for an unknown time until now",

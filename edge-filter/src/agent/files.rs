@@ -145,6 +145,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             s.removed
         );
     } else if att.adopted {
+        if let Some(m) = att.differs_message(&opts.paths, &opts.iface) {
+            log::warn!("{m}");
+        }
         log::info!(
             "adopted the pinned filter on {} ({} added, {} changed, {} removed)",
             opts.iface,
