@@ -56,7 +56,7 @@
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -178,7 +178,7 @@ fn closed_stdout_is_a_quiet_exit() {
         let mut cmd = lab.edge_filter_cmd();
         cmd.args(args).env("EDGE_FILTER_BPFFS", &lab.bpffs);
         let out = if args[0] == "events" {
-            let sender = std::thread::scope(|s| {
+            std::thread::scope(|s| {
                 let h = s.spawn(|| with_closed_stdout(cmd, Duration::from_secs(20)));
                 while !h.is_finished() {
                     lab.send_udp(
@@ -189,8 +189,7 @@ fn closed_stdout_is_a_quiet_exit() {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 h.join().unwrap()
-            });
-            sender
+            })
         } else {
             with_closed_stdout(cmd, Duration::from_secs(30))
         };
@@ -206,7 +205,7 @@ fn closed_stdout_is_a_quiet_exit() {
     );
 }
 
-fn path(p: &PathBuf) -> String {
+fn path(p: &Path) -> String {
     p.to_str().expect("UTF-8 path").to_string()
 }
 
