@@ -213,3 +213,26 @@ pub struct EntrySet {
     /// Block and monitor entries (duplicates allowed; drop wins).
     pub entries: Vec<Entry>,
 }
+
+/// Name of an IP protocol number (`udp`, `tcp`, `icmpv6`, ...; the
+/// decimal number when it has none here): the one vocabulary of `replay`
+/// and `events` output.
+pub fn proto_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        2 => "igmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        41 => "ipv6".into(),
+        44 => "ipv6-frag".into(),
+        47 => "gre".into(),
+        50 => "esp".into(),
+        51 => "ah".into(),
+        58 => "icmpv6".into(),
+        59 => "ipv6-nonxt".into(),
+        103 => "pim".into(),
+        112 => "vrrp".into(),
+        132 => "sctp".into(),
+        n => n.to_string(),
+    }
+}

@@ -97,6 +97,22 @@ pub fn json(serialized: String) -> String {
     out
 }
 
+/// `word` as one shell word, for a command the tool prints as advice
+/// (`edge-filter detach --iface eth1 --bpffs DIR`): unchanged when it has
+/// only characters no shell treats specially, else single-quoted (a `'`
+/// inside becomes `'\''`). Pasted into sh, bash or zsh it is `word` again.
+pub fn shell_word(word: &str) -> Cow<'_, str> {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if plain {
+        Cow::Borrowed(word)
+    } else {
+        Cow::Owned(format!("'{}'", word.replace('\'', "'\\''")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +195,18 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&pretty).unwrap(),
             v
         );
+    }
+
+    #[test]
+    fn shell_words_survive_sh() {
+        for w in ["eth1", "/sys/fs/bpf/ef x", "it's", "", "a;b", "$HOME", "-x"] {
+            let quoted = super::shell_word(w);
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {quoted}"))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), w, "{quoted}");
+        }
     }
 }

@@ -10,6 +10,7 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(log_line)
         .init();
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => tokio::runtime::Builder::new_multi_thread()
@@ -33,6 +34,8 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader went away (`status | head -1`): nothing more to say.
+        Err(e) if closed_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Errors can quote feed content (see `log_line`).
             let e = one_line(&e);
@@ -40,6 +43,43 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has gone.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Exit quietly with status 0 when stdout's reader has gone (`status |
+/// head -1`, `events --json | jq 'first'`), as other Unix tools do.
+///
+/// Rust ignores SIGPIPE, so a write to a closed pipe fails with `EPIPE`
+/// and `println!` panics on it ("failed printing to stdout: Broken pipe",
+/// exit 101). Every subcommand prints with `println!` (and clap's
+/// generators write with `expect`), so the panic hook is the one place
+/// that catches them all: a panic whose message names `EPIPE` ends the
+/// process with status 0 and says nothing; any other panic keeps the
+/// default report. The agent (`run`) writes its `ready:` line without
+/// panicking, so a closed stdout never stops it.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        let epipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let os_epipe = std::io::Error::from_raw_os_error(libc::EPIPE).to_string();
+        if msg.contains(&os_epipe) || msg.contains(&epipe.to_string()) {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 /// One log line: env_logger's default layout (`[TIME LEVEL target]
@@ -63,7 +103,7 @@ fn log_line(buf: &mut env_logger::fmt::Formatter, record: &log::Record<'_>) -> s
 /// The error and its causes on one line, each cause once: most of our
 /// errors already say their cause in their own message (`"{op}: {source}"`),
 /// and printing the chain as well would repeat it ("os error 2 ... os error 2").
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut out = e.to_string();
     for cause in e.chain().skip(1) {
         let c = cause.to_string();

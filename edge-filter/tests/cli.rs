@@ -203,7 +203,7 @@ fn relative_config(d: &Dir, feed_text: Option<&str>, extra: &str) -> std::path::
     d.write(
         "edge-filter.toml",
         &format!(
-            "state_dir = \"state\"\nbpffs = \"pins\"\n{extra}\n[[interface]]\nname = \"eth1\"\n\n[[feed]]\nname = \"list\"\nsource = \"file:feeds/list.txt\"\n"
+            "state_dir = \"state\"\nbpffs = \"pins\"\n{extra}\n[[interface]]\nname = \"lo\"\n\n[[feed]]\nname = \"list\"\nsource = \"file:feeds/list.txt\"\n"
         ),
     )
 }

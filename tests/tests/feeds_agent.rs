@@ -771,9 +771,12 @@ fn feeds_shrink_is_held_until_it_persists() {
     // The shrink persists on every refresh (a 200, then 304s for its ETag).
     let n0 = srv.request_count();
     srv.set(Reply::ok(plain(&shrunk)).etag("s1"));
+    // The hint names the config, as an absolute path, to paste anywhere.
+    let abs_cfg = std::path::absolute(&cfg).unwrap();
     let msg = |seen: u32| {
         format!(
-            "update from 20 to 2 entries (90% fewer) held: seen {seen} of 3 refreshes (or `edge-filter force-feed web`)"
+            "update from 20 to 2 entries (90% fewer) held: seen {seen} of 3 refreshes (or `edge-filter force-feed web --config {}`)",
+            abs_cfg.display()
         )
     };
     let mut seen_msgs = BTreeSet::new();
@@ -1229,7 +1232,7 @@ fn feeds_bad_bodies_fail_and_counts_are_honest() {
         cc.contains("3 entries parsed, 2 distinct: 2 drop, 0 monitor"),
         "check-config:\n{cc}"
     );
-    let st_text = lab.ef_ok_unpinned(&["status", "--config", &cfg_s, "--json"]);
+    let st_text = lab.status_unpinned(&["--config", &cfg_s, "--json"]).0;
     let st_json: serde_json::Value =
         serde_json::from_str(&st_text).unwrap_or_else(|e| panic!("status --json: {e}\n{st_text}"));
     let feed_json = |st: &serde_json::Value, name: &str| {
@@ -1288,7 +1291,7 @@ fn feeds_bad_bodies_fail_and_counts_are_honest() {
             "{label}: the last-known-good copy changed"
         );
         let st: serde_json::Value =
-            serde_json::from_str(&lab.ef_ok_unpinned(&["status", "--config", &cfg_s, "--json"]))
+            serde_json::from_str(&lab.status_unpinned(&["--config", &cfg_s, "--json"]).0)
                 .expect("status --json");
         let f = feed_json(&st, "web");
         assert_eq!(f["state"], "failing", "{label}: {f:#}");
@@ -1296,7 +1299,7 @@ fn feeds_bad_bodies_fail_and_counts_are_honest() {
             f["consecutive_failures"].as_u64() >= Some(2),
             "{label}: {f:#}"
         );
-        let text = lab.ef_ok_unpinned(&["status", "--config", &cfg_s]);
+        let text = lab.status_unpinned(&["--config", &cfg_s]).0;
         assert_no_controls(&format!("{label}: status"), &text);
         let (m, body) = scrape::metrics(&lab.receiver, METRICS_PORT);
         assert_eq!(

@@ -474,7 +474,7 @@ fn hits_per_feed_in_status_and_top() {
     }
 
     // status: a hit counts for every feed asserting the deciding entry.
-    let st = lab.ef_json(&["status", "--config", &cfg_s]);
+    let st = lab.status_json(&["--config", &cfg_s]).0;
     let soc_row = feed_row(&st, "soc");
     assert_eq!(soc_row["hits"]["drops"]["packets"], 5, "{soc_row:#}");
     assert_eq!(soc_row["hits"]["drops"]["bytes"], 5 * FRAME4);
@@ -488,7 +488,7 @@ fn hits_per_feed_in_status_and_top() {
     assert_eq!(dl["entries_hit"], 2);
     let i = &st["interfaces"][0];
     assert_eq!(i["events_sampling"], false);
-    let text = lab.ef_ok(&["status", "--config", &cfg_s]);
+    let text = lab.status(&["--config", &cfg_s]).0;
     println!("status:\n{text}");
     assert!(
         text.contains("dropped") && text.contains("monitored"),
@@ -586,7 +586,7 @@ fn events_cmd(lab: &Lab, args: &[&str]) -> Agent {
 }
 
 fn sampling_on(lab: &Lab) -> bool {
-    let st = lab.ef_json(&["status"]);
+    let st = lab.status_json(&[]).0;
     st["interfaces"][0]["events_sampling"]
         .as_bool()
         .unwrap_or_else(|| panic!("{st:#}"))

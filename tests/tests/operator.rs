@@ -181,7 +181,7 @@ fn status_case(mode: &str, caps: Option<(u32, u32, u32, u32, u32)>) {
         abi::DEFAULT_ALLOW_ENTRIES,
     )));
 
-    let status = lab.ef_json(&["status"]);
+    let status = lab.status_json(&[]).0;
     let i = status_iface(&status);
     let kernel_mode = if lab.receiver_link().contains("xdpgeneric") {
         "skb"
@@ -206,7 +206,7 @@ fn status_case(mode: &str, caps: Option<(u32, u32, u32, u32, u32)>) {
     assert!(status.get("agent").is_none() && status.get("feeds").is_none());
 
     // The table says the same.
-    let text = lab.ef_ok(&["status"]);
+    let text = lab.status(&[]).0;
     let row = text
         .lines()
         .find(|l| l.contains(RECEIVER_IF) && l.contains(mode))
@@ -232,7 +232,7 @@ fn status_case(mode: &str, caps: Option<(u32, u32, u32, u32, u32)>) {
         &format!("{STATUS_BLOCKLIST}192.0.2.16\n192.0.2.17\n"),
     );
     poll("two more ADDR_V4 entries", BOUND, &agent, || {
-        let s = lab.ef_json(&["status"]);
+        let s = lab.status_json(&[]).0;
         (map_row(status_iface(&s), abi::MAP_ADDR_V4)["entries"] == 5).then_some(())
     });
     println!("status ({mode}):\n{text}");
@@ -812,7 +812,7 @@ fn operator_explain_and_status_with_feeds() {
     );
 
     // status --config: feeds healthy, the agent up.
-    let st = lab.ef_json(&["status", "--config", &cfg_s]);
+    let st = lab.status_json(&["--config", &cfg_s]).0;
     let i = status_iface(&st);
     assert_eq!(i["configured"], true);
     assert_eq!(i["program_id"], u64::from(lab.xdp_prog_id().unwrap()));
@@ -859,14 +859,14 @@ fn operator_explain_and_status_with_feeds() {
     assert_eq!(f["state"], "ok", "{f:#}");
     assert_eq!(f["entries"], 2);
     assert_eq!(f["rejected_lines"], 1);
-    let text = lab.ef_ok(&["status", "--config", &cfg_s]);
+    let text = lab.status(&["--config", &cfg_s]).0;
     assert!(text.contains("agent: up (pid "), "{text}");
     println!("status --config:\n{text}");
 
     // A vanished feed file: the feed is failing, its entries stay.
     std::fs::remove_file(&droplist).unwrap();
     let f = poll("droplist failing", BOUND, &agent, || {
-        let f = feed(&lab.ef_json(&["status", "--config", &cfg_s]), "droplist");
+        let f = feed(&lab.status_json(&["--config", &cfg_s]).0, "droplist");
         (f["state"] == "failing").then_some(f)
     });
     assert!(
@@ -876,7 +876,7 @@ fn operator_explain_and_status_with_feeds() {
         "{f:#}"
     );
     assert_eq!(f["entries"], 2);
-    let text = lab.ef_ok(&["status", "--config", &cfg_s]);
+    let text = lab.status(&["--config", &cfg_s]).0;
     assert!(
         text.lines()
             .any(|l| l.contains("droplist") && l.contains("failing")),
@@ -886,7 +886,7 @@ fn operator_explain_and_status_with_feeds() {
     // The agent stopped: down.
     let code = agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
     assert!(code.success(), "agent exited {code}");
-    let st = lab.ef_json(&["status", "--config", &cfg_s]);
+    let st = lab.status_json(&["--config", &cfg_s]).0;
     assert_eq!(st["agent"]["state"], "down", "{:#}", st["agent"]);
     assert_eq!(st["agent"]["up"], false);
     assert!(

@@ -366,9 +366,13 @@ fn every_link_type_is_rewrapped_or_reported() {
         if let (Some(src), Some(v)) = (src, views.get(&(rel.to_string(), index))) {
             let dst: IpAddr = p["dst"].as_str().unwrap().parse().unwrap();
             assert_eq!((src, dst), (v.0, v.1), "{rel}#{index}");
-            if let (Some(ports), Some(s), Some(d)) = (v.2, p["sport"].as_u64(), p["dport"].as_u64())
-            {
-                assert_eq!(ports, (s as u16, d as u16), "{rel}#{index}");
+            if let Some(ports) = v.2 {
+                let (s, d) = (p["src_port"].as_u64(), p["dst_port"].as_u64());
+                assert_eq!(
+                    Some(ports),
+                    s.zip(d).map(|(s, d)| (s as u16, d as u16)),
+                    "{rel}#{index}: {p}"
+                );
             }
             compared += 1;
         }

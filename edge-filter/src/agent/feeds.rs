@@ -12,6 +12,7 @@
 //! and the merge is redone when the next entry expires.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -56,13 +57,24 @@ enum Msg {
     },
 }
 
+impl Msg {
+    /// The feed it is about.
+    fn feed(&self) -> &str {
+        match self {
+            Msg::Parsed { feed, .. } | Msg::NotModified { feed, .. } | Msg::Failed { feed, .. } => {
+                feed
+            }
+        }
+    }
+}
+
 /// One feed's fetch loop.
 async fn feed_task(
     f: FeedConfig,
     cfg: Config,
     fetcher: std::sync::Arc<Fetcher>,
     mut validators: Validators,
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<(Msg, OffsetDateTime)>,
     mut refetch: broadcast::Receiver<()>,
 ) {
     let policy = intake::policy(&cfg.limits);
@@ -71,11 +83,15 @@ async fn feed_task(
         Source::File(_) => f.refresh.min(Duration::from_secs(1)),
         Source::Http(_) => f.refresh,
     };
+    // Failed refreshes in a row (HTTP feeds): the next attempt comes after
+    // a bounded exponential backoff, not a whole refresh later.
+    let mut failures = 0u32;
     loop {
         let res = fetcher
             .fetch(intake::location(&f), &validators, &policy)
             .await;
         let at = OffsetDateTime::now_utc();
+        let retry_after = res.as_ref().err().and_then(|e| e.retry_after());
         let msg = match res {
             Ok(Fetched::NotModified) => Msg::NotModified {
                 feed: f.name.clone(),
@@ -117,18 +133,41 @@ async fn feed_task(
                 at,
             },
         };
-        if tx.send(msg).await.is_err() {
+        let delay = match (&msg, &f.source) {
+            (Msg::Failed { .. }, Source::Http(_)) => {
+                failures += 1;
+                let d = cfg.limits.retry_delay(failures, retry_after, f.refresh);
+                log::info!(
+                    "feed {}: next attempt in {} (failure {failures} in a row{})",
+                    f.name,
+                    humantime_serde::re::humantime::format_duration(Duration::from_secs(
+                        d.as_secs()
+                    )),
+                    retry_after.map_or(String::new(), |r| format!(
+                        "; the server asked for {}s",
+                        r.as_secs()
+                    ))
+                );
+                d
+            }
+            _ => {
+                failures = 0;
+                interval
+            }
+        };
+        let next = at + delay;
+        if tx.send((msg, next)).await.is_err() {
             return;
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(delay) => {}
             r = refetch.recv() => if matches!(r, Err(broadcast::error::RecvError::Closed)) { return },
         }
     }
 }
 
 /// Run the agent described by `cfg` until SIGINT/SIGTERM.
-pub async fn run(cfg: Config) -> Result<()> {
+pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     // Handlers before anything else: a SIGHUP during start-up must not kill
     // the agent.
@@ -160,6 +199,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     .map_err(|e| state_err("starting the metrics endpoint", e))?;
     let mut agent = FeedAgent::start(cfg)?;
     agent.metrics = metrics;
+    // Absolute: the advice it appears in is pasted in another directory.
+    agent.config_path =
+        std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf());
     agent.run(signals, links).await?;
     drop(locks);
     Ok(())
@@ -186,6 +228,8 @@ struct Enforced {
 
 struct FeedAgent {
     cfg: Config,
+    /// The configuration file, for the commands the agent advises.
+    config_path: std::path::PathBuf,
     state: StateDir,
     snapshots: BTreeMap<String, FeedSnapshot>,
     lkg_meta: BTreeMap<String, (Validators, usize)>,
@@ -219,6 +263,10 @@ impl FeedAgent {
     /// with every feed unreachable enforces exactly what was enforced.
     fn start(cfg: Config) -> Result<FeedAgent> {
         let state = StateDir::open(&cfg.state_dir).map_err(|e| Error::State(Box::new(e)))?;
+        // The previous run's status: when each feed last succeeded (a 304
+        // confirms the copy without rewriting it), so a restart with a
+        // feed down still says how old the enforced copy is.
+        let previous = Status::read(&cfg.state_dir).ok();
         let mut snapshots = BTreeMap::new();
         let mut lkg_meta = BTreeMap::new();
         let mut health = BTreeMap::new();
@@ -235,6 +283,15 @@ impl FeedAgent {
                 Ok(Some(lkg)) => {
                     h.rejected_lines = lkg.rejected_lines;
                     h.from_last_known_good = true;
+                    // The copy is as fresh as its fetch, or as the last
+                    // success confirming it (not newer than the previous
+                    // status said, nor older than the copy).
+                    let confirmed = previous
+                        .as_ref()
+                        .and_then(|p| p.feeds.iter().find(|x| x.name == f.name))
+                        .and_then(|x| x.last_success);
+                    h.last_success =
+                        Some(confirmed.map_or(lkg.fetched_at, |c| c.max(lkg.fetched_at)));
                     let distinct: std::collections::HashSet<_> =
                         lkg.entries.iter().map(|e| e.entry.key()).collect();
                     log::info!(
@@ -307,6 +364,9 @@ impl FeedAgent {
                 att.initial_sync.added,
                 att.initial_sync.removed
             );
+            if let Some(m) = att.differs_message(&paths, &i.name) {
+                log::warn!("{m}");
+            }
             if att.reattached {
                 log::error!(
                     "{}: enforcement gap: the pinned filter was not attached (the interface was deleted or recreated while no agent ran); traffic passed unfiltered for an unknown time until now",
@@ -337,6 +397,7 @@ impl FeedAgent {
         };
         Ok(FeedAgent {
             cfg,
+            config_path: std::path::PathBuf::new(),
             state,
             snapshots,
             lkg_meta,
@@ -383,7 +444,12 @@ impl FeedAgent {
         }
         drop(tx);
         self.write_status();
-        println!("ready: {}", self.status.interfaces.join(" "));
+        // A supervisor that stopped reading must not stop the agent.
+        let _ = writeln!(
+            std::io::stdout(),
+            "ready: {}",
+            self.status.interfaces.join(" ")
+        );
         let mut reconcile = tokio::time::interval(self.cfg.reconcile_interval);
         reconcile.tick().await;
         let mut link_check = tokio::time::interval(crate::agent::watch::CHECK_EVERY);
@@ -391,7 +457,12 @@ impl FeedAgent {
         loop {
             let expiry = self.next_expiry();
             tokio::select! {
-                Some(msg) = rx.recv() => self.on_msg(msg),
+                Some((msg, next)) = rx.recv() => {
+                    if let Some(h) = self.health.get_mut(msg.feed()) {
+                        h.next_attempt = Some(next);
+                    }
+                    self.on_msg(msg);
+                }
                 _ = reconcile.tick() => self.reconcile(),
                 ev = crate::agent::watch::next_event(&mut links) => {
                     log::debug!("link event: {ev:?}");
@@ -413,12 +484,12 @@ impl FeedAgent {
             .iter()
             .map(|i| &i.watch)
             .partition(|w| w.attached());
-        if !kept.is_empty() {
-            let names: Vec<&str> = kept.iter().map(|w| w.iface()).collect();
+        let paths = Paths::new(&self.cfg.bpffs);
+        for w in kept {
             log::info!(
-                "stopping; the filter stays attached to {} (remove with `edge-filter detach --iface IFACE{}`)",
-                names.join(", "),
-                bpffs_arg(&self.cfg)
+                "stopping; the filter stays attached to {} (remove it with `{}`)",
+                w.iface(),
+                paths.detach_command(w.iface())
             );
         }
         for w in gone {
@@ -539,8 +610,10 @@ impl FeedAgent {
                 needed,
             } => {
                 let what = format!(
-                    "update from {previous} to {proposed} entries ({:.0}% fewer) held: seen {seen} of {needed} refreshes (or `edge-filter force-feed {feed}`)",
-                    shrink_fraction * 100.0
+                    "update from {previous} to {proposed} entries ({:.0}% fewer) held: seen {seen} of {needed} refreshes (or `edge-filter force-feed {} --config {}`)",
+                    shrink_fraction * 100.0,
+                    crate::escape::shell_word(&feed),
+                    crate::escape::shell_word(&self.config_path.to_string_lossy()),
                 );
                 log::warn!("feed {feed}: {what}");
                 h.held = Some(what);
@@ -762,15 +835,6 @@ impl FeedAgent {
                 self.status.persist_error = Some(msg);
             }
         }
-    }
-}
-
-/// ` --bpffs DIR` when the pins are not under the default root.
-fn bpffs_arg(cfg: &Config) -> String {
-    if cfg.bpffs == std::path::Path::new(crate::kernel::paths::DEFAULT_ROOT) {
-        String::new()
-    } else {
-        format!(" --bpffs {}", cfg.bpffs.display())
     }
 }
 

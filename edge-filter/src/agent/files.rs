@@ -5,6 +5,7 @@
 //! and enforcing; `edge-filter detach` removes it. A restarted agent adopts
 //! the pinned link and maps.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -144,6 +145,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             s.removed
         );
     } else if att.adopted {
+        if let Some(m) = att.differs_message(&opts.paths, &opts.iface) {
+            log::warn!("{m}");
+        }
         log::info!(
             "adopted the pinned filter on {} ({} added, {} changed, {} removed)",
             opts.iface,
@@ -164,8 +168,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     for r in &s.refusals {
         log::error!("{r}");
     }
-    // Tell a supervisor (and tests) the filter is in place.
-    println!(
+    // Tell a supervisor (and tests) the filter is in place; one that
+    // stopped reading must not stop the agent.
+    let _ = writeln!(
+        std::io::stdout(),
         "ready: {} {}",
         opts.iface,
         if att.adopted { "adopted" } else { "attached" }
@@ -249,10 +255,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         agent.publish();
     }
     if agent.watch.attached() {
-        let mut detach = format!("edge-filter detach --iface {}", opts.iface);
-        if opts.paths.root() != Path::new(crate::kernel::paths::DEFAULT_ROOT) {
-            detach.push_str(&format!(" --bpffs {}", opts.paths.root().display()));
-        }
+        let detach = opts.paths.detach_command(&opts.iface);
         log::info!(
             "stopping; the filter stays attached to {} (remove it with `{detach}`)",
             opts.iface

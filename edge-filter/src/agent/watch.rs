@@ -135,8 +135,14 @@ impl Watch {
             }
             LinkHealth::NotPinned => {
                 // Detached by an operator (`edge-filter detach`): not ours
-                // to undo, but nothing is filtered while this agent runs.
-                self.start_gap(&iface, &health.describe(&iface));
+                // to undo, but nothing is filtered while this agent runs
+                // (`detach` says the same to the operator).
+                self.start_gap(
+                    &iface,
+                    &format!(
+                        "the filter was removed from {iface} (`edge-filter detach`); this agent does not attach it again: restart it to filter {iface} again, or stop it"
+                    ),
+                );
                 false
             }
             LinkHealth::Defunct {

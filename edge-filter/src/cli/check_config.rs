@@ -28,7 +28,8 @@ use serde::Serialize;
 /// Also checks, without creating anything, that no other user can write
 /// the configuration file, the state_dir or the bpffs pin root (the agent
 /// refuses to start otherwise), and warns about file: feeds another user
-/// can write and about [safety] values that weaken a guard.
+/// can write, about [safety] values that weaken a guard, and about
+/// interfaces that do not exist on this host (in this network namespace).
 ///
 /// The verdict comes last, once: "FILE: configuration is valid" on stdout,
 /// or one error line on stderr listing every problem.
@@ -87,6 +88,16 @@ pub fn run(a: CheckConfigArgs) -> anyhow::Result<()> {
     // `run --config` refuses a configuration file another user could write.
     if let Some(e) = config_file_problem(&a.file) {
         report.path_problems.insert(0, e);
+    }
+    // A note, not a problem: the config may be checked on another host
+    // (CI) than the one it is for.
+    for i in &cfg.interfaces {
+        if edge_filter::kernel::attach::ifindex(&i.name).is_err() {
+            report.warnings.push(format!(
+                "interface {} does not exist on this host (in this network namespace): `run --config` here would fail to attach to it",
+                i.name
+            ));
+        }
     }
     let problems = report.problems();
     if a.json {

@@ -268,7 +268,10 @@ fn text_line(e: &EventRecord, info: &EntryInfo) -> String {
         e.iface,
         e.verdict.to_uppercase(),
         e.reason,
-        e.proto.map(|p| format!("{p} ")).unwrap_or_default(),
+        e.proto
+            .as_ref()
+            .map(|p| format!("{p} "))
+            .unwrap_or_default(),
         ep(e.src, e.src_port),
         ep(e.dst, e.dst_port),
         e.len,

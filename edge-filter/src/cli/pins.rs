@@ -15,6 +15,26 @@ pub struct PinArgs {
     pub bpffs: PathBuf,
 }
 
+/// `--config` and `--bpffs` of the subcommands that find pins the way
+/// [`Pins::resolve`] does (`stats`, `detach`): a config with its own
+/// `bpffs` is then enough to find its interfaces.
+#[derive(Debug, Args, Clone)]
+pub struct PinSource {
+    /// The agent's configuration: the pin root is its `bpffs`.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Root of the pins (overrides the config's bpffs; default /sys/fs/bpf/edge-filter).
+    #[arg(long, env = "EDGE_FILTER_BPFFS", value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
+}
+
+impl PinSource {
+    /// [`Pins::resolve`] of these options.
+    pub fn resolve(&self) -> anyhow::Result<Pins> {
+        Pins::resolve(self.config.as_deref(), self.bpffs.as_deref())
+    }
+}
+
 /// The pins a reading subcommand (`stats`, `top`, `events`, `status`,
 /// `explain`) works on: the loaded `--config` (if given), the pin root, and
 /// the interfaces to read.

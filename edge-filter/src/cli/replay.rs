@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use edge_filter::intel::config::Config;
+use edge_filter::intel::intake::Copies;
 use edge_filter::replay::{self, EntryInput, Request, input};
 
 /// The long help of `edge-filter replay`.
@@ -47,7 +48,11 @@ Exit status:
 
 Entries: --blocklist FILE (the `run` syntax), --feed FILE (feed formats,
 repeatable), or --config FILE (the agent's config: every feed read or fetched
-once and merged exactly as the agent merges them).
+once and merged exactly as the agent merges them). A feed of the config that
+cannot be read, fetched or used is replayed from its last-known-good copy in
+the config's state_dir (a warning on stderr says so), so a feed outage does
+not fail a CI gate; a feed with neither is an error naming it. --offline
+replays from the state_dir copies alone, fetching nothing.
 
 What a new blocklist or config would change:
   edge-filter replay caps/ --blocklist new.txt --diff-against-blocklist old.txt
@@ -68,6 +73,11 @@ pub struct ReplayArgs {
     /// merges them (allowlist, confidence thresholds, TTLs, breadth limits).
     #[arg(long, short, conflicts_with_all = ["blocklist", "feed"])]
     pub config: Option<PathBuf>,
+    /// With --config (and --diff-against): replay under the last-known-good
+    /// copies in the config's state_dir alone: no feed is fetched or read.
+    /// A feed without a copy there is an error naming it.
+    #[arg(long, requires = "config")]
+    pub offline: bool,
     /// A feed file to replay under (format detected; repeatable); its name
     /// is the file name.
     #[arg(long, value_name = "FILE", conflicts_with = "blocklist")]
@@ -130,14 +140,27 @@ pub struct ReplayArgs {
     pub allow_empty: bool,
 }
 
+/// Where the feeds of a `--config` come from.
+fn copies(a: &ReplayArgs) -> Copies {
+    if a.offline {
+        Copies::Offline
+    } else {
+        Copies::Fetch
+    }
+}
+
 fn input_for(a: &ReplayArgs) -> anyhow::Result<EntryInput<'static>> {
     if let Some(c) = &a.config {
         let cfg = Config::load(c)?;
-        return Ok(input::config(&cfg, format!("config {}", c.display()))?);
+        return Ok(input::config(
+            &cfg,
+            format!("config {}", c.display()),
+            copies(a),
+        )?);
     }
     if !a.feed.is_empty() {
         let cfg = input::feed_files(&a.feed, a.allowlist.as_deref())?;
-        return Ok(input::config(&cfg, "feeds".to_string())?);
+        return Ok(input::config(&cfg, "feeds".to_string(), Copies::FetchOnly)?);
     }
     let b = a.blocklist.as_ref().expect("clap requires one input");
     Ok(input::blocklist(b, a.allowlist.as_deref())?)
@@ -158,7 +181,11 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<()> {
             outcome.exit()
         }
         Err(e) => {
-            eprintln!("edge-filter: error: {e:#}");
+            // Each cause once, escaped, as `main` prints errors.
+            eprintln!(
+                "edge-filter: error: {}",
+                edge_filter::escape::Escaped(&crate::one_line(&e))
+            );
             e.downcast_ref::<replay::ReplayError>()
                 .map_or(replay::Exit::Error, replay::ReplayError::exit)
         }
@@ -184,7 +211,11 @@ fn replay_args(a: ReplayArgs) -> anyhow::Result<replay::Outcome> {
         (Some(p), _) => Some(input::blocklist(p, a.allowlist.as_deref())?),
         (None, Some(c)) => {
             let cfg = Config::load(c)?;
-            Some(input::config(&cfg, format!("config {}", c.display()))?)
+            Some(input::config(
+                &cfg,
+                format!("config {}", c.display()),
+                copies(&a),
+            )?)
         }
         (None, None) => None,
     };

@@ -136,7 +136,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
             }
         }
         edge_filter::kernel::features::require(edge_filter::kernel::features::Use::Run)?;
-        agent::feeds::run(cfg).await?;
+        agent::feeds::run(cfg, path).await?;
         return Ok(());
     }
     let (Some(iface), Some(blocklist)) = (a.iface, a.blocklist) else {

@@ -5,7 +5,7 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::kernel::{attach, counters};
 use serde::Serialize;
 
-use super::pins::{PinArgs, Pins};
+use super::pins::PinSource;
 
 /// Show packets and bytes by verdict reason, read from the pinned maps.
 ///
@@ -32,7 +32,7 @@ pub struct StatsArgs {
     #[arg(long, short, value_name = "SECONDS")]
     pub watch: Option<f64>,
     #[command(flatten)]
-    pub pins: PinArgs,
+    pub pins: PinSource,
 }
 
 #[derive(Serialize)]
@@ -46,7 +46,7 @@ pub fn run(a: StatsArgs) -> anyhow::Result<()> {
     if let Some(secs) = a.watch {
         return watch::run(&a, secs);
     }
-    let pins = Pins::resolve(None, Some(&a.pins.bpffs))?;
+    let pins = a.pins.resolve()?;
     let ifaces = pins.ifaces_required(a.iface.as_deref())?;
     let paths = pins.paths;
     let mut out = Vec::new();
@@ -96,7 +96,6 @@ mod watch {
     use time::OffsetDateTime;
 
     use super::StatsArgs;
-    use crate::cli::pins::Pins;
 
     static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -163,7 +162,7 @@ mod watch {
         if !(secs.is_finite() && secs >= 0.05) {
             anyhow::bail!("--watch needs at least 0.05 seconds between samples");
         }
-        let pins = Pins::resolve(None, Some(&a.pins.bpffs))?;
+        let pins = a.pins.resolve()?;
         let ifaces = pins.ifaces_required(a.iface.as_deref())?;
         let paths = pins.paths;
         let maps: Vec<(String, EntryMaps)> = ifaces

@@ -29,7 +29,20 @@ interfaces (per-entry kernel counters; a packet counts for every feed
 asserting the entry that decided it; `edge-filter top` has the detail) and whether the agent is up: its pid is alive and it updated the
 status within 2 x reconcile_interval + 10s (it writes it at least once per
 reconcile_interval). Configured interfaces without pins are listed as not
-attached.
+attached. Below the tables: each failing feed's last error in full, with its
+consecutive failures and when the agent tries next, and each held update in
+full (with the command that forces it).
+
+Exit status (the last line says it, and `health` in --json):
+  0  ok: every interface listed filters with the whole set; with --config,
+     the agent is up and every feed's last attempt succeeded
+  1  status itself failed (an unreadable config, ...)
+  2  usage error
+  3  degraded: the filter is in force with the whole set, but a feed is
+     failing (its last-known-good copy stays enforced), held or has no copy
+     yet, the agent is down or stale, or the state directory fails writes
+  4  not enforcing: an interface is not attached (or nothing is), or the
+     kernel lacks desired entries
 
 Examples:
   edge-filter status
@@ -57,8 +70,34 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
         println!("{}", escape::json(serde_json::to_string_pretty(&out)?));
     } else {
         print_text(&out);
+        print_health(&out);
+    }
+    if out.health.code != 0 {
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        std::process::exit(i32::from(out.health.code));
     }
     Ok(())
+}
+
+/// The last line: the verdict and its exit status.
+fn print_health(out: &Overview) {
+    let h = &out.health;
+    println!();
+    if h.problems.is_empty() {
+        println!("health: {} (exit {})", h.state, h.code);
+    } else {
+        println!(
+            "health: {} (exit {}): {} problem(s) above",
+            h.state,
+            h.code,
+            h.problems.len()
+        );
+        for p in &h.problems {
+            // Problems quote feed errors.
+            println!("  - {}", escape(p));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -227,5 +266,37 @@ fn print_text(out: &Overview) {
             ]);
         }
         println!("{t}");
+        // The table clips; the errors and held updates in full.
+        for f in feeds {
+            let h = &f.health;
+            if let Some(e) = &h.last_error {
+                println!(
+                    "feed {}: last error at {} ({} consecutive failures; next attempt {}): {}",
+                    h.name,
+                    ts(h.last_attempt),
+                    h.consecutive_failures,
+                    next_attempt(h.next_attempt),
+                    escape(e)
+                );
+            }
+            if let Some(held) = &h.held {
+                println!("feed {}: {}", h.name, escape(held));
+            }
+        }
+    }
+}
+
+/// When the next attempt is due: its time and how far off.
+fn next_attempt(t: Option<OffsetDateTime>) -> String {
+    match t {
+        None => "unknown".into(),
+        Some(t) => {
+            let secs = (t - OffsetDateTime::now_utc()).as_seconds_f64();
+            if secs <= 0.0 {
+                format!("due since {}", ts(Some(t)))
+            } else {
+                format!("at {}, in {}", ts(Some(t)), human_age(Some(secs)))
+            }
+        }
     }
 }

@@ -109,7 +109,10 @@ struct IfaceOut<'a> {
     allowed: &'a Hits,
     overflow: &'a Hits,
     capacity: u32,
+    /// Drop and monitor entries (`status`'s `entries`).
     entries: usize,
+    /// Allowlist nets (`status`'s `allowlisted`).
+    allowlisted: usize,
     uncounted_entries: usize,
 }
 
@@ -171,7 +174,8 @@ pub fn run(a: TopArgs) -> anyhow::Result<()> {
                 allowed: &i.allowed,
                 overflow: &i.overflow,
                 capacity: i.capacity,
-                entries: i.entries.len(),
+                entries: i.entries.iter().filter(|e| e.action != "allow").count(),
+                allowlisted: i.entries.iter().filter(|e| e.action == "allow").count(),
                 uncounted_entries: i.uncounted_entries,
             })
             .collect(),
@@ -256,7 +260,7 @@ fn print_text(out: &Out, with_feeds: bool, with_sources: bool) {
     }
     for i in &out.interfaces {
         println!(
-            "{}: dropped {} packets ({} bytes), monitored {} ({} bytes), allowlisted {}; {} entries{}",
+            "{}: dropped {} packets ({} bytes), monitored {} ({} bytes), passed {} by the allowlist; {} entries, {} allowlisted{}",
             i.iface,
             i.verdicts.drops.packets,
             i.verdicts.drops.bytes,
@@ -264,6 +268,7 @@ fn print_text(out: &Out, with_feeds: bool, with_sources: bool) {
             i.verdicts.monitors.bytes,
             i.allowed.packets,
             i.entries,
+            i.allowlisted,
             if i.uncounted_entries > 0 || i.overflow.packets > 0 {
                 format!(
                     "; {} beyond the counter capacity {} share {} packets (overflow)",

@@ -133,6 +133,16 @@ pub struct Limits {
     /// Retries of a failed HTTP fetch (with backoff) before the refresh is
     /// counted as failed. Default 3.
     pub retries: u32,
+    /// After a failed refresh of an HTTP feed, the next attempt comes
+    /// after this long instead of a whole `refresh`, doubling with each
+    /// consecutive failure up to `retry_backoff_max`, never later than
+    /// `refresh`, and not sooner than the server's `Retry-After`. Default
+    /// 30s.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Upper bound of that backoff. Default 1h.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
 }
 
 impl Default for Limits {
@@ -144,11 +154,31 @@ impl Default for Limits {
             max_line_len: f.max_line_len,
             timeout: Duration::from_secs(30),
             retries: 3,
+            retry_backoff: Duration::from_secs(30),
+            retry_backoff_max: Duration::from_secs(3600),
         }
     }
 }
 
 impl Limits {
+    /// How long after the `failures`-th consecutive failed refresh (1-based)
+    /// of a feed refreshed every `refresh` its next attempt comes:
+    /// `retry_backoff x 2^(failures-1)`, at most `retry_backoff_max`, at
+    /// least the server's `retry_after`, and never later than `refresh`.
+    pub fn retry_delay(
+        &self,
+        failures: u32,
+        retry_after: Option<Duration>,
+        refresh: Duration,
+    ) -> Duration {
+        let exp = failures.saturating_sub(1).min(31);
+        let backoff = self
+            .retry_backoff
+            .saturating_mul(1u32 << exp)
+            .min(self.retry_backoff_max);
+        backoff.max(retry_after.unwrap_or_default()).min(refresh)
+    }
+
     /// The parser's view of these limits.
     pub fn feed_limits(&self) -> FeedLimits {
         FeedLimits {
@@ -748,10 +778,14 @@ impl Config {
             ("max_entries", l.max_entries == 0),
             ("max_line_len", l.max_line_len == 0),
             ("timeout", l.timeout.is_zero()),
+            ("retry_backoff", l.retry_backoff.is_zero()),
         ] {
             if zero {
                 p.push(format!("[limits] {key} must be greater than zero"));
             }
+        }
+        if l.retry_backoff_max < l.retry_backoff {
+            p.push("[limits] retry_backoff_max must be at least retry_backoff".to_string());
         }
         let s = &self.safety;
         if !(s.max_shrink > 0.0 && s.max_shrink <= 1.0) {
@@ -1727,5 +1761,33 @@ role = "allow"
                 "example does not mention {key}"
             );
         }
+    }
+
+    #[test]
+    fn retry_delay_doubles_bounded_by_max_refresh_and_retry_after() {
+        let l = Limits {
+            retry_backoff: Duration::from_secs(30),
+            retry_backoff_max: Duration::from_secs(300),
+            ..Limits::default()
+        };
+        let day = Duration::from_secs(86400);
+        let d = |n, ra: Option<u64>, refresh| {
+            l.retry_delay(n, ra.map(Duration::from_secs), refresh)
+                .as_secs()
+        };
+        assert_eq!(
+            [d(1, None, day), d(2, None, day), d(3, None, day)],
+            [30, 60, 120]
+        );
+        assert_eq!(d(5, None, day), 300);
+        assert_eq!(d(40, None, day), 300);
+        assert_eq!(d(1, Some(90), day), 90, "Retry-After is honoured");
+        assert_eq!(d(3, Some(90), day), 120, "but never shortens the backoff");
+        assert_eq!(
+            d(1, None, Duration::from_secs(10)),
+            10,
+            "never beyond refresh"
+        );
+        assert_eq!(d(1, Some(7200), Duration::from_secs(3600)), 3600);
     }
 }

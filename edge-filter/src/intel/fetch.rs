@@ -212,6 +212,8 @@ pub enum FetchError {
         code: u16,
         /// Attempts made.
         attempts: u32,
+        /// The last response's `Retry-After`, when it had one.
+        retry_after: Option<Duration>,
     },
     /// No complete response within [`FetchPolicy::timeout`] (or no
     /// connection within [`FetchPolicy::connect_timeout`]). Retried.
@@ -271,6 +273,15 @@ impl FetchError {
         }
     }
 
+    /// How long the server asked to wait (`Retry-After` on the last
+    /// response), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// How many attempts were made (1 for errors that are never retried).
     pub fn attempts(&self) -> u32 {
         match self {
@@ -327,10 +338,11 @@ impl Failure {
 
     fn into_error(self, location: String, attempts: u32, policy: &FetchPolicy) -> FetchError {
         match self {
-            Failure::Status { code, .. } => FetchError::Status {
+            Failure::Status { code, retry_after } => FetchError::Status {
                 location,
                 code,
                 attempts,
+                retry_after,
             },
             Failure::Timeout(timeout) => FetchError::Timeout {
                 location,
@@ -493,6 +505,17 @@ fn make_client(connect_timeout: Duration, env_proxy: bool) -> Result<reqwest::Cl
     })
 }
 
+/// A `Retry-After` value (RFC 9110 10.2.3): delay-seconds, or an
+/// HTTP-date (then the time from `now` until it, zero when past).
+fn parse_retry_after(v: &str, now: time::OffsetDateTime) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
+    Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
+}
+
 /// The sleep before retry number `attempts` (1-based): uniformly random in
 /// `[0, min(backoff_max, backoff_base * 2^(attempts-1))]`.
 fn backoff(policy: &FetchPolicy, attempts: u32) -> Duration {
@@ -540,8 +563,7 @@ async fn attempt(
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, time::OffsetDateTime::now_utc()));
         return Err(Failure::Status {
             code: status.as_u16(),
             retry_after,
@@ -1567,5 +1589,23 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, FetchError::Io { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = time::macros::datetime!(2026-12-04 19:00:00 UTC);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 04 Dec 2026 19:02:30 GMT", now),
+            Some(Duration::from_secs(150))
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 04 Dec 2026 18:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 }

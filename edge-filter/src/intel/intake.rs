@@ -12,6 +12,7 @@ use crate::intel::feeds::{FeedParse, parse_feed};
 use crate::intel::fetch::{
     FetchError, FetchPolicy, Fetched, Fetcher, Framing, Location, Validators,
 };
+use crate::intel::state::StateDir;
 
 /// Why [`read_once`] could not read a config's feeds.
 #[derive(Debug, thiserror::Error)]
@@ -73,16 +74,34 @@ pub fn parse_body(
     Ok(parse)
 }
 
-/// Read (file) or fetch once (HTTP) every feed of `cfg`, parse each
-/// exactly as the agent does (a copy the agent would refuse is an error
-/// here too) and merge them as the agent does, asserted now. The first
-/// rejected lines of each feed and the first rejected entries are logged.
-pub fn read_once(cfg: &Config) -> Result<DesiredState, IntakeError> {
+/// Where [`read_once`] takes each feed's copy from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copies {
+    /// Read or fetch every feed now; a feed that cannot be read, fetched or
+    /// used falls back to its last-known-good copy in `state_dir` (a
+    /// warning says so); one with neither is an error naming it.
+    Fetch,
+    /// Only the last-known-good copies in `state_dir` (no network, no feed
+    /// file read); a feed without one is an error naming it.
+    Offline,
+    /// Read or fetch every feed now, without any fallback (feeds that are
+    /// not an agent's: `replay --feed`).
+    FetchOnly,
+}
+
+/// Every feed of `cfg` read (file) or fetched (HTTP) once, or taken from
+/// its last-known-good copy as `copies` says, each parsed exactly as the
+/// agent does (a copy the agent would refuse is a failure here too), and
+/// merged as the agent merges them. The first rejected lines of each feed
+/// and the first rejected entries are logged. The state directory is only
+/// read.
+pub fn read_once(cfg: &Config, copies: Copies) -> Result<DesiredState, IntakeError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let fetcher = Fetcher::new()?;
     let policy = policy(&cfg.limits);
+    let state = StateDir::read_only(&cfg.state_dir);
     let now = OffsetDateTime::now_utc();
     let mut snapshots = Vec::new();
     for f in &cfg.feeds {
@@ -90,21 +109,61 @@ pub fn read_once(cfg: &Config) -> Result<DesiredState, IntakeError> {
             feed: f.name.clone(),
             reason,
         };
-        let (bytes, framing) =
-            match rt.block_on(fetcher.fetch(location(f), &Validators::default(), &policy)) {
-                Ok(Fetched::Body { bytes, framing, .. }) => (bytes, framing),
-                Ok(Fetched::NotModified) => return Err(failed("unexpected 304".into())),
-                Err(e) => return Err(failed(e.to_string())),
-            };
-        let parsed = parse_body(f, cfg, &bytes, framing).map_err(failed)?;
-        for r in parsed.rejected.iter().take(5) {
-            log::warn!("feed {}: line {r}", f.name);
-        }
-        snapshots.push(FeedSnapshot {
-            feed: f.name.clone(),
-            entries: parsed.entries,
-            asserted_at: now,
-        });
+        let fresh = match copies {
+            Copies::Offline => Err("--offline".to_string()),
+            Copies::Fetch | Copies::FetchOnly => {
+                match rt.block_on(fetcher.fetch(location(f), &Validators::default(), &policy)) {
+                    Ok(Fetched::Body { bytes, framing, .. }) => parse_body(f, cfg, &bytes, framing),
+                    Ok(Fetched::NotModified) => Err("unexpected 304".into()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        let snapshot = match fresh {
+            Ok(parsed) => {
+                for r in parsed.rejected.iter().take(5) {
+                    log::warn!("feed {}: line {r}", f.name);
+                }
+                FeedSnapshot {
+                    feed: f.name.clone(),
+                    entries: parsed.entries,
+                    asserted_at: now,
+                }
+            }
+            Err(why) if copies == Copies::FetchOnly => return Err(failed(why)),
+            Err(why) => {
+                let lkg = state.load_lkg(&f.name).map_err(|e| {
+                    failed(format!(
+                        "{why}; its last-known-good copy is unreadable: {e}"
+                    ))
+                })?;
+                let Some(lkg) = lkg else {
+                    let dir = state.root().display();
+                    return Err(failed(match copies {
+                        Copies::Offline => {
+                            format!(
+                                "no last-known-good copy in {dir} (--offline replays only those)"
+                            )
+                        }
+                        _ => format!("{why}; and no last-known-good copy in {dir}"),
+                    }));
+                };
+                if copies == Copies::Fetch {
+                    log::warn!(
+                        "feed {}: {why}; replaying its last-known-good copy of {} from {}",
+                        f.name,
+                        lkg.fetched_at,
+                        state.root().display()
+                    );
+                }
+                FeedSnapshot {
+                    feed: f.name.clone(),
+                    entries: lkg.entries,
+                    asserted_at: lkg.fetched_at,
+                }
+            }
+        };
+        snapshots.push(snapshot);
     }
     let d = merge(cfg, &snapshots, now);
     for r in d.rejected.iter().take(5) {

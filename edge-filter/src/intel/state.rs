@@ -183,6 +183,13 @@ impl StateDir {
         Ok(dir)
     }
 
+    /// The state directory at `root` for reading only (`replay`): nothing
+    /// is created, changed or removed. Each copy read is still checked like
+    /// any state file (see [`StateDir::load_lkg`]).
+    pub fn read_only(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+
     /// The directory.
     pub fn root(&self) -> &Path {
         &self.root

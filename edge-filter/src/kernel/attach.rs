@@ -57,6 +57,65 @@ pub struct Attachment {
     pub reattached: bool,
     /// What the initial sync did.
     pub initial_sync: SyncStats,
+    /// How the adopted attachment differs from the mode and capacities
+    /// asked for (it is kept as it is), one item each; empty otherwise.
+    pub differs: Vec<String>,
+}
+
+impl Attachment {
+    /// What to tell the operator when the adopted attachment differs from
+    /// what was asked ([`Attachment::differs`]), naming the command that
+    /// makes a new one; `None` when it does not differ.
+    pub fn differs_message(&self, paths: &Paths, iface: &str) -> Option<String> {
+        if self.differs.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "{iface}: adopted the pinned filter as it is, which differs from what was asked: {}. \
+             The mode and map sizes of an attachment cannot change in place: to apply them, stop this agent, \
+             run `{}` and start it again (traffic on {iface} passes unfiltered in between)",
+            self.differs.join("; "),
+            paths.detach_command(iface)
+        ))
+    }
+}
+
+/// How the pinned attachment of `iface` differs from `mode` and `caps`:
+/// the attach mode the kernel reports against a `native` or `skb` asked
+/// for (`auto` accepts either), and each map's capacity.
+fn adopted_differences(paths: &Paths, iface: &str, mode: Mode, caps: &Capacities) -> Vec<String> {
+    let mut out = Vec::new();
+    let asked = match mode {
+        Mode::Native => Some("native"),
+        Mode::Skb => Some("skb"),
+        Mode::Auto => None,
+    };
+    if let (
+        Some(asked),
+        Ok(LinkHealth::Attached {
+            prog_id, ifindex, ..
+        }),
+    ) = (asked, link_health(paths, iface))
+        && let Ok(x) = crate::kernel::netlink::xdp_info(ifindex)
+        && let (Some(used), _) = x.mode_of(Some(prog_id))
+        && used != asked
+    {
+        out.push(format!("it runs in {used} mode, {asked} was asked"));
+    }
+    let mut wanted: Vec<(&'static str, u32)> = caps.per_map().to_vec();
+    wanted.push((abi::MAP_ENTRY_STATS, caps.entry_stats.max(1)));
+    for (name, want) in wanted {
+        let want = want.max(1);
+        if let Ok(info) = aya::maps::MapInfo::from_pin(paths.map(iface, name))
+            && info.max_entries() != want
+        {
+            out.push(format!(
+                "{name} holds {}, {want} was asked",
+                info.max_entries()
+            ));
+        }
+    }
+    out
 }
 
 /// Whether a pinned filter is in force on its interface, as the kernel says.
@@ -259,10 +318,7 @@ pub(crate) fn incompatible_pins(paths: &Paths, iface: &str) -> Option<Error> {
     if missing.is_empty() || missing.len() == abi::ALL_MAPS.len() {
         return None;
     }
-    let mut detach = format!("edge-filter detach --iface {iface}");
-    if paths.root() != Path::new(crate::kernel::paths::DEFAULT_ROOT) {
-        detach.push_str(&format!(" --bpffs {}", paths.root().display()));
-    }
+    let detach = paths.detach_command(iface);
     Some(Error::IncompatiblePins {
         iface: iface.into(),
         dir: paths.iface_dir(iface),
@@ -314,7 +370,7 @@ pub fn attach_or_adopt(
         let health = link_health(paths, iface)?;
         let mut maps = open_pinned(paths, iface)?;
         let initial_sync = maps.apply(set, flags)?;
-        let (mode, reattached) = if health.is_attached() {
+        let (used, reattached) = if health.is_attached() {
             (None, false)
         } else {
             log::warn!("{}: re-attaching", health.describe(iface));
@@ -323,9 +379,10 @@ pub fn attach_or_adopt(
         return Ok(Attachment {
             maps,
             adopted: true,
-            mode,
+            mode: used,
             reattached,
             initial_sync,
+            differs: adopted_differences(paths, iface, mode, caps),
         });
     }
     // A half-made attachment (maps pinned, no link) from a crash: start over.
@@ -345,6 +402,7 @@ pub fn attach_or_adopt(
             mode: Some(used),
             reattached: false,
             initial_sync,
+            differs: Vec::new(),
         })
     })();
     if result.is_err() {

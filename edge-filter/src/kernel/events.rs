@@ -181,8 +181,9 @@ pub struct EventRecord {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
-    /// `tcp` or `udp` when the packet has ports; `None` otherwise.
-    pub proto: Option<&'static str>,
+    /// The IP protocol by name (`tcp`, `udp`, `icmp`, ...:
+    /// [`crate::entry::proto_name`], as `replay` names it).
+    pub proto: Option<String>,
     /// Source port.
     pub src_port: Option<u16>,
     /// Destination port.
@@ -217,11 +218,7 @@ pub fn decode(bytes: &[u8], iface: &str, clock: &Clock) -> Option<EventRecord> {
         iface: iface.to_string(),
         src: addr(e.src),
         dst: addr(e.dst),
-        proto: match (ports, e.proto) {
-            (true, abi::PROTO_TCP) => Some("tcp"),
-            (true, abi::PROTO_UDP) => Some("udp"),
-            _ => None,
-        },
+        proto: Some(crate::entry::proto_name(e.proto)),
         src_port: ports.then(|| u16::from_be_bytes(e.sport)),
         dst_port: ports.then(|| u16::from_be_bytes(e.dport)),
         verdict: abi::ReasonInfo::decode(e.reason).map_or("unknown", |r| r.verdict()),

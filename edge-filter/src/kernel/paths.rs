@@ -40,6 +40,21 @@ impl Paths {
         &self.root
     }
 
+    /// The command that removes the filter from `iface` under this root,
+    /// ready to paste: `edge-filter detach --iface IFACE`, with `--bpffs
+    /// ROOT` unless the root is [`DEFAULT_ROOT`].
+    pub fn detach_command(&self, iface: &str) -> String {
+        let mut cmd = format!(
+            "edge-filter detach --iface {}",
+            crate::escape::shell_word(iface)
+        );
+        if self.root != Path::new(DEFAULT_ROOT) {
+            cmd.push_str(" --bpffs ");
+            cmd.push_str(&crate::escape::shell_word(&self.root.to_string_lossy()));
+        }
+        cmd
+    }
+
     /// Directory of one interface's attachment.
     pub fn iface_dir(&self, iface: &str) -> PathBuf {
         self.root.join(iface)

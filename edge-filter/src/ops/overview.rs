@@ -132,8 +132,117 @@ pub struct FeedStatus {
     pub entries_hit: Option<usize>,
 }
 
+/// `status`'s verdict for scripts: its exit status and why.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct Health {
+    /// The exit status of `status`: [`Health::OK`], [`Health::DEGRADED`]
+    /// or [`Health::NOT_ENFORCING`] (1 and 2 are the usual error and usage
+    /// error).
+    pub code: u8,
+    /// `ok`, `degraded` or `not enforcing`.
+    pub state: &'static str,
+    /// What is wrong, one line each (empty when `ok`).
+    pub problems: Vec<String>,
+}
+
+impl Health {
+    /// Every interface listed filters with the whole set; with a config,
+    /// the agent is up and every feed's last attempt succeeded.
+    pub const OK: u8 = 0;
+    /// The filter is in force with the whole set, but something needs
+    /// attention: a feed failing (its last-known-good copy is enforced),
+    /// held or without a copy yet, the agent down or stale, or the state
+    /// directory failing writes.
+    pub const DEGRADED: u8 = 3;
+    /// Traffic is not filtered as configured: an interface not attached
+    /// (or nothing attached at all), or desired entries missing from the
+    /// kernel's maps.
+    pub const NOT_ENFORCING: u8 = 4;
+
+    fn assess(o: &Overview) -> Health {
+        let mut worst = Health::OK;
+        let mut problems = Vec::new();
+        let mut note = |code: u8, what: String| {
+            worst = worst.max(code);
+            problems.push(what);
+        };
+        if o.interfaces.is_empty() {
+            note(
+                Health::NOT_ENFORCING,
+                format!("no interface attached under {}", o.bpffs.display()),
+            );
+        }
+        for i in &o.interfaces {
+            if !i.attached {
+                let why = i
+                    .error
+                    .as_deref()
+                    .or(i.link_error.as_deref())
+                    .or(i.mode_note.as_deref())
+                    .unwrap_or("not attached");
+                note(
+                    Health::NOT_ENFORCING,
+                    format!("{}: not filtered: {why}", i.iface),
+                );
+            }
+            if let Some(m) = i.missing_entries.filter(|m| *m > 0) {
+                note(
+                    Health::NOT_ENFORCING,
+                    format!("{}: the kernel lacks {m} desired entries", i.iface),
+                );
+            }
+        }
+        if let Some(a) = &o.agent {
+            if !a.up {
+                note(Health::DEGRADED, format!("agent {}: {}", a.state, a.detail));
+            }
+            if let Some(e) = &a.persist_error {
+                note(Health::DEGRADED, format!("state directory: {e}"));
+            }
+        }
+        for f in o.feeds.iter().flatten() {
+            let name = &f.health.name;
+            match f.state {
+                "ok" => {}
+                "failing" => note(
+                    Health::DEGRADED,
+                    format!(
+                        "feed {name} failing ({} consecutive failures; its last-known-good copy stays enforced)",
+                        f.health.consecutive_failures,
+                    ),
+                ),
+                "held" => note(
+                    Health::DEGRADED,
+                    format!(
+                        "feed {name}: {}",
+                        f.health.held.as_deref().unwrap_or("update held")
+                    ),
+                ),
+                other => note(
+                    Health::DEGRADED,
+                    format!("feed {name}: {other}, no copy yet"),
+                ),
+            }
+            if let Some(e) = &f.health.persist_error {
+                note(Health::DEGRADED, format!("feed {name}: {e}"));
+            }
+        }
+        Health {
+            code: worst,
+            state: match worst {
+                Health::OK => "ok",
+                Health::DEGRADED => "degraded",
+                _ => "not enforcing",
+            },
+            problems,
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub struct Overview {
+    /// The verdict for scripts (`status`'s exit status).
+    pub health: Health,
     pub bpffs: PathBuf,
     pub interfaces: Vec<IfaceStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -451,13 +560,20 @@ impl Overview {
             }
             None => (None, None),
         };
-        Overview {
+        let mut o = Overview {
+            health: Health {
+                code: Health::OK,
+                state: "ok",
+                problems: Vec::new(),
+            },
             bpffs: paths.root().to_path_buf(),
             interfaces,
             config: config_file,
             agent,
             feeds,
-        }
+        };
+        o.health = Health::assess(&o);
+        o
     }
 }
 

@@ -48,6 +48,9 @@ pub struct FeedHealth {
     pub from_last_known_good: bool,
     /// Failed attempts since the last success.
     pub consecutive_failures: u32,
+    /// When the agent fetches (or, for a file, looks at) the feed next.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub next_attempt: Option<OffsetDateTime>,
     /// Why the enforced copy could not be saved as the last-known-good
     /// copy (a full or read-only state directory), while that lasts: a
     /// restart would then enforce an older copy.

@@ -63,10 +63,15 @@ pub fn blocklist(
     })
 }
 
-/// Every feed of `cfg` read (file) or fetched once (HTTP) and merged as the
-/// agent does ([`intake::read_once`]), named `label`.
-pub fn config(cfg: &Config, label: String) -> Result<EntryInput<'static>, InputError> {
-    let d = intake::read_once(cfg)?;
+/// Every feed of `cfg` read (file) or fetched once (HTTP), or taken from
+/// its last-known-good copy, as `copies` says, and merged as the agent does
+/// ([`intake::read_once`]), named `label`.
+pub fn config(
+    cfg: &Config,
+    label: String,
+    copies: intake::Copies,
+) -> Result<EntryInput<'static>, InputError> {
+    let d = intake::read_once(cfg, copies)?;
     let prov = d.provenance.clone();
     let allow = d.allow_sources.clone();
     Ok(EntryInput {

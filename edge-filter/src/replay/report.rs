@@ -25,26 +25,7 @@ pub const SOURCE_CAP: usize = 50_000;
 /// The edge-filter version written into reports and expectations.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Name of an IP protocol number.
-pub fn proto_name(p: u8) -> String {
-    match p {
-        1 => "icmp".into(),
-        2 => "igmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        41 => "ipv6".into(),
-        44 => "ipv6-frag".into(),
-        47 => "gre".into(),
-        50 => "esp".into(),
-        51 => "ah".into(),
-        58 => "icmpv6".into(),
-        59 => "ipv6-nonxt".into(),
-        103 => "pim".into(),
-        112 => "vrrp".into(),
-        132 => "sctp".into(),
-        n => n.to_string(),
-    }
-}
+pub use crate::entry::proto_name;
 
 /// Name of a non-IP ethertype.
 fn ethertype_name(t: u16) -> String {
@@ -56,6 +37,14 @@ fn ethertype_name(t: u16) -> String {
         0x8863 | 0x8864 => "pppoe".into(),
         t if t < 0x0600 => format!("llc(len {t})"),
         t => format!("eth:{t:#06x}"),
+    }
+}
+
+/// `proto` by name: one vocabulary with `events` (`"udp"`, not `17`).
+fn proto_as_name<S: serde::Serializer>(p: &Option<u8>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_str(&proto_name(*p)),
+        None => s.serialize_none(),
     }
 }
 
@@ -75,11 +64,15 @@ pub struct PacketLine {
     pub src: Option<IpAddr>,
     /// Destination address.
     pub dst: Option<IpAddr>,
-    /// IP protocol number.
+    /// IP protocol number (in JSON its name, as `events` names it:
+    /// [`proto_name`]).
+    #[serde(serialize_with = "proto_as_name")]
     pub proto: Option<u8>,
     /// Source port.
+    #[serde(rename = "src_port")]
     pub sport: Option<u16>,
     /// Destination port.
+    #[serde(rename = "dst_port")]
     pub dport: Option<u16>,
     /// Ethertype of a non-IP frame.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -174,7 +167,7 @@ impl PacketLine {
     /// Header of the tab-separated lines.
     pub fn tsv_header(diff: bool) -> String {
         let mut h = String::from(
-            "#index\ttime\tfile\tsrc\tdst\tproto\tsport\tdport\tverdict\treason\tentry\tfeed",
+            "#index\ttime\tfile\tsrc\tdst\tproto\tsrc_port\tdst_port\tverdict\treason\tentry\tfeed",
         );
         if diff {
             h.push_str("\tbaseline_verdict\tbaseline_reason\tbaseline_entry\tbaseline_feed");
