@@ -34,7 +34,7 @@ use edge_filter::kernel::layout::{
 use edge_filter::kernel::program::Capacities;
 use edge_filter::reference::{Reference, Verdict};
 use edge_filter_common::{self as abi, LastVerdict, NO_ENTRY};
-use edge_filter_tests::bench::v2kernel::{BENCH_OBJECT, LAYOUT_FLAGS, Sizes, V2Maps};
+use edge_filter_tests::bench::v2kernel::{BENCH_OBJECT, BenchSizes, LAYOUT_FLAGS, V2Maps};
 use edge_filter_tests::corpus::{
     Packet, entry_sets, generated_corpus, pcap_corpus, random_seed, shared_data_dir,
 };
@@ -65,7 +65,7 @@ fn load(g: &Geometry) -> (Kernel, V2Maps) {
     for (name, n) in Capacities::small().per_map() {
         loader.map_max_entries(name, n);
     }
-    let sizes = Sizes::of(g);
+    let sizes = BenchSizes::of(g).expect("sizes");
     sizes.apply(&mut loader);
     let mut ebpf = loader.load(BENCH_OBJECT).expect("loading the bench object");
     for name in PROGRAMS {
@@ -76,7 +76,7 @@ fn load(g: &Geometry) -> (Kernel, V2Maps) {
             .unwrap();
         p.load().unwrap_or_else(|e| panic!("loading {name}: {e}"));
     }
-    let maps = V2Maps::take(&mut ebpf, sizes).expect("mapping the v2 maps");
+    let maps = V2Maps::take(&mut ebpf).expect("mapping the v2 maps");
     let last = PerCpuArray::try_from(ebpf.take_map("LAST").expect("LAST")).unwrap();
     (Kernel { ebpf, last }, maps)
 }
