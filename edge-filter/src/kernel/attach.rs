@@ -197,6 +197,45 @@ pub fn link_health(paths: &Paths, iface: &str) -> Result<LinkHealth> {
     })
 }
 
+/// Replace the program on the XDP link pinned at `link_pin` by the
+/// (loaded) program `prog`: `BPF_LINK_UPDATE` (Linux 5.9+), one syscall,
+/// every packet sees the old program or the new one. For a new capacity
+/// tier of the v2 maps: a new program instance on new maps, swapped in
+/// without a gap.
+pub fn swap_program(link_pin: &Path, prog: &aya::programs::Xdp) -> Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    #[repr(C)]
+    #[derive(Default)]
+    struct UpdateAttr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    let link = obj_get(link_pin).map_err(|source| Error::Pin {
+        op: format!("opening pinned link {}", link_pin.display()),
+        source,
+    })?;
+    let fd = prog.fd().map_err(|source| Error::Program {
+        op: "the new program's fd".into(),
+        source,
+    })?;
+    let mut attr = UpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: fd.as_fd().as_raw_fd() as u32,
+        ..Default::default()
+    };
+    crate::kernel::sys::bpf(BPF_LINK_UPDATE, &mut attr).map_err(|source| Error::Pin {
+        op: format!(
+            "replacing the program on the link {} (BPF_LINK_UPDATE, Linux 5.9+)",
+            link_pin.display()
+        ),
+        source,
+    })?;
+    Ok(())
+}
+
 /// `BPF_OBJ_GET`: open the object pinned at `path`.
 fn obj_get(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;

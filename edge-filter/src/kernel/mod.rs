@@ -19,3 +19,4 @@ pub mod paths;
 pub mod program;
 pub mod sys;
 pub mod v2maps;
+pub mod v2sync;
