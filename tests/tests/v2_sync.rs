@@ -277,3 +277,109 @@ fn a_new_tier_replaces_the_program_on_the_pinned_link() {
         assert_eq!(attached_prog(), prog_id(&new), "and keeps it");
     });
 }
+
+/// A set that outgrows its tier goes live on a pinned attachment
+/// (`attach::grow`): the link runs a new program on new v2 maps, pinned
+/// where the old ones were, with the per-reason counters reused by pin,
+/// and the pins adopt as the engine's set and ids, without drift.
+#[test]
+fn a_new_tier_goes_live_on_the_pinned_attachment() {
+    use aya::programs::{XdpMode, links::FdLink};
+    use edge_filter::kernel::attach::{LinkHealth, TierPins, grow, link_health};
+    use edge_filter::kernel::paths::Paths;
+    use edge_filter::kernel::program::load_v2_object;
+    use edge_filter_tests::netns::{BPFFS_MOUNT, Netns, ensure_bpffs, unique_tag};
+    if !edge_filter_tests::netns::is_root() {
+        eprintln!("skipping: needs root to attach XDP");
+        return;
+    }
+    const REUSE: [&str; 5] = ["COUNTERS", "LAST", "EVENTS", "SAMPLE", "SAMPLE_STATE"];
+    let tag = unique_tag();
+    let ns = Netns::create(&format!("efv2grow{tag}"));
+    ns.ip_batch("link add efa type veth peer name efb\nlink set efa up\nlink set efb up\n");
+    ensure_bpffs();
+    let root = std::path::PathBuf::from(BPFFS_MOUNT).join(format!("ef-test-v2grow-{tag}"));
+    let paths = Paths::new(&root);
+    let maps_dir = paths.maps_dir("efa");
+    std::fs::create_dir_all(&maps_dir).unwrap();
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(root.clone());
+    let mut extra: Vec<(&str, u32)> = Capacities::small().per_map().to_vec();
+    extra.push(("ONE_LOAD", 1));
+    let seed = random_seed();
+    let mut small = EntrySet::default();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut addr = || {
+        let a = Ipv4Addr::from(rng.random::<u32>() | 0x0100_0000);
+        Entry::new(IpNet::from(std::net::IpAddr::V4(a)), None, Action::Drop)
+    };
+    for _ in 0..100 {
+        small.entries.push(addr());
+    }
+    let mut big = small.clone();
+    for _ in 0..5000 {
+        big.entries.push(addr());
+    }
+    ns.enter(|| {
+        let tier = Tier::for_set(&small, assign_ids(&small, &Ids::default()), seed).unwrap();
+        let mut ebpf =
+            load_v2_object(BENCH_OBJECT, PROGRAM, &tier.sizes().unwrap(), &[], &extra).unwrap();
+        for name in REUSE {
+            ebpf.map(name).unwrap().pin(maps_dir.join(name)).unwrap();
+        }
+        let maps = V2Maps::take(&mut ebpf).unwrap();
+        maps.pin(&maps_dir).unwrap();
+        let mut sync = V2Sync::install(maps, tier, &small, seed).unwrap();
+        let p: &mut Xdp = ebpf.program_mut(PROGRAM).unwrap().try_into().unwrap();
+        let old_prog = p.info().unwrap().id();
+        let id = p
+            .attach("efa", XdpMode::Skb)
+            .expect("attaching to the veth");
+        let link: FdLink = p.take_link(id).unwrap().try_into().unwrap();
+        link.pin(paths.link("efa")).unwrap();
+        let map_id = |name: &str| {
+            MapData::from_pin(maps_dir.join(name))
+                .unwrap()
+                .info()
+                .unwrap()
+        };
+        let counters = map_id("COUNTERS").id();
+        let old_exact4 = map_id("V2_EXACT4").id();
+        let Applied::NewTier(t) = sync.apply(&big).unwrap() else {
+            panic!("5,100 addresses fit a tier made for 100");
+        };
+        let pins = TierPins {
+            maps_dir: &maps_dir,
+            link: &paths.link("efa"),
+            reuse: &REUSE,
+        };
+        grow(&mut sync, *t, &big, BENCH_OBJECT, PROGRAM, &pins, &extra).unwrap();
+        drop(ebpf);
+        match link_health(&paths, "efa").unwrap() {
+            LinkHealth::Attached { prog_id, .. } => {
+                assert_ne!(prog_id, old_prog, "the link still runs the old tier")
+            }
+            h => panic!("the link is not attached after growing: {h:?}"),
+        }
+        assert_eq!(map_id("COUNTERS").id(), counters, "COUNTERS reused by pin");
+        let exact4 = map_id("V2_EXACT4");
+        assert_ne!(exact4.id(), old_exact4, "the new tier's maps are pinned");
+        assert_eq!(
+            exact4.max_entries(),
+            sync.geometry().unwrap().buckets4,
+            "pinned at the new tier's size"
+        );
+        assert!(!maps_dir.join("v2-next").exists(), "staging pins left");
+        let open = |name: &str| -> edge_filter::error::Result<Map> {
+            Ok(Map::from_map_data(MapData::from_pin(maps_dir.join(name)).unwrap()).unwrap())
+        };
+        let (adopted, how) = V2Sync::adopt(V2Maps::from_fn(open).unwrap(), seed).unwrap();
+        assert!(!how.drift, "the grown tier adopts without drift");
+        assert_eq!(adopted.ids(), sync.ids());
+    });
+}
