@@ -185,6 +185,18 @@ pub enum Error {
     /// not chained again.
     #[error("{0}")]
     State(Box<dyn std::error::Error + Send + Sync>),
+    /// The v2 layout compiler refused a set (`kernel::layout::LayoutError`,
+    /// boxed: the foundation does not know the kernel layer).
+    #[error("compiling the entry set into the datapath tables: {0}")]
+    Layout(Box<dyn std::error::Error + Send + Sync>),
+    /// A system call on the v2 maps failed (`mmap`, `membarrier`).
+    #[error("{op}: {source}")]
+    Syscall {
+        /// What was being done.
+        op: String,
+        /// The error.
+        source: std::io::Error,
+    },
     /// Pinning or unpinning failed.
     #[error("{op}: {source}")]
     Pin {

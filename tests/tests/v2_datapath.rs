@@ -29,12 +29,12 @@ use aya::{
 };
 use edge_filter::entry::{Action, Entry, EntryKey, EntrySet, PortMatch, Proto, Side};
 use edge_filter::kernel::layout::{
-    Compiler, Counts, Geometry, IdKey, Ids, assign_ids, canonical, counts, decode,
+    Compiler, Counts, Geometry, IdKey, Ids, LayoutError, assign_ids, canonical, counts, decode,
 };
 use edge_filter::kernel::program::Capacities;
 use edge_filter::reference::{Reference, Verdict};
 use edge_filter_common::{self as abi, LastVerdict, NO_ENTRY};
-use edge_filter_tests::bench::v2kernel::{BENCH_OBJECT, LAYOUT_FLAGS, Sizes, V2Maps};
+use edge_filter_tests::bench::v2kernel::{BENCH_OBJECT, BenchSizes, LAYOUT_FLAGS, V2Maps};
 use edge_filter_tests::corpus::{
     Packet, entry_sets, generated_corpus, pcap_corpus, random_seed, shared_data_dir,
 };
@@ -66,7 +66,7 @@ fn load(g: &Geometry) -> (Kernel, V2Maps) {
     for (name, n) in Capacities::small().per_map() {
         loader.map_max_entries(name, n);
     }
-    let sizes = Sizes::of(g);
+    let sizes = BenchSizes::of(g).expect("sizes");
     sizes.apply(&mut loader);
     let mut ebpf = loader.load(BENCH_OBJECT).expect("loading the bench object");
     for name in PROGRAMS {
@@ -77,7 +77,7 @@ fn load(g: &Geometry) -> (Kernel, V2Maps) {
             .unwrap();
         p.load().unwrap_or_else(|e| panic!("loading {name}: {e}"));
     }
-    let maps = V2Maps::take(&mut ebpf, sizes).expect("mapping the v2 maps");
+    let maps = V2Maps::take(&mut ebpf).expect("mapping the v2 maps");
     let last = PerCpuArray::try_from(ebpf.take_map("LAST").expect("LAST")).unwrap();
     (Kernel { ebpf, last }, maps)
 }
@@ -178,9 +178,11 @@ fn v2_kernel_agrees_with_reference_on_every_packet() {
         chain.push((name, set, ids));
     }
     let refs: Vec<(&EntrySet, &Ids)> = chain.iter().map(|(_, s, i)| (s, i)).collect();
-    let g = geometry_for(&refs, fresh_seed);
+    let mut g = geometry_for(&refs, fresh_seed);
+    println!("v2 differential: fresh seed {fresh_seed:#x}");
     let (mut k, mut maps) = load(&g);
     let mut comp = Compiler::build(&chain[0].1, &chain[0].2, g).expect("compiling");
+    let mut tiers = 1;
     maps.write_image(comp.tables()).unwrap();
     let mut checked = 0usize;
     let mut mismatches: Vec<String> = Vec::new();
@@ -188,10 +190,21 @@ fn v2_kernel_agrees_with_reference_on_every_packet() {
     let mut grace_count = 0;
     for (i, (name, set, ids)) in chain.iter().enumerate() {
         if i > 0 {
-            let plan = comp
-                .update(set, ids)
-                .unwrap_or_else(|e| panic!("plan to {name}: {e}"));
-            grace_count += maps.apply(&plan).unwrap().grace_count;
+            match comp.update(set, ids) {
+                Ok(plan) => grace_count += maps.apply(&plan).unwrap().grace_count,
+                // Both buckets of a key full (rare at load 1/2): what the
+                // agent does, a fresh instance of the next size up.
+                Err(LayoutError::Full { what }) => {
+                    println!("set {name}: {what} is full: next tier");
+                    g.buckets4 *= 2;
+                    g.buckets6 *= 2;
+                    comp = Compiler::build(set, ids, g).expect("compiling the next tier");
+                    (k, maps) = load(&g);
+                    maps.write_image(comp.tables()).unwrap();
+                    tiers += 1;
+                }
+                Err(e) => panic!("plan to {name}: {e}"),
+            }
         }
         // The kernel holds what the compiler says, and it decodes.
         let mut read = maps.read().unwrap();
@@ -264,7 +277,7 @@ fn v2_kernel_agrees_with_reference_on_every_packet() {
         }
     }
     println!(
-        "v2 differential: {checked} verdicts over {} sets ({} frames, fresh seed {fresh_seed:#x}, {grace_count} grace periods); {} disagreements",
+        "v2 differential: {checked} verdicts over {} sets ({} frames, fresh seed {fresh_seed:#x}, {grace_count} grace periods, {tiers} tiers); {} disagreements",
         chain.len(),
         frames.len(),
         mismatches.len()

@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 use crate::kernel::maps::{EntryMaps, SyncStats};
 use crate::kernel::paths::Paths;
 use crate::kernel::program::{self, Capacities};
+use crate::kernel::v2maps::{V2_MAPS, V2Maps};
+use crate::kernel::v2sync::{Tier, V2Sync};
 use crate::trust::is_permission;
 
 /// How to attach.
@@ -254,6 +256,118 @@ pub fn link_health(paths: &Paths, iface: &str) -> Result<LinkHealth> {
         link_ifindex: info.ifindex,
         iface_ifindex: here,
     })
+}
+
+/// Replace the program on the XDP link pinned at `link_pin` by the
+/// (loaded) program `prog`: `BPF_LINK_UPDATE` (Linux 5.9+), one syscall,
+/// every packet sees the old program or the new one. For a new capacity
+/// tier of the v2 maps: a new program instance on new maps, swapped in
+/// without a gap.
+pub fn swap_program(link_pin: &Path, prog: &aya::programs::Xdp) -> Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    #[repr(C)]
+    #[derive(Default)]
+    struct UpdateAttr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    let link = obj_get(link_pin).map_err(|source| Error::Pin {
+        op: format!("opening pinned link {}", link_pin.display()),
+        source,
+    })?;
+    let fd = prog.fd().map_err(|source| Error::Program {
+        op: "the new program's fd".into(),
+        source,
+    })?;
+    let mut attr = UpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: fd.as_fd().as_raw_fd() as u32,
+        ..Default::default()
+    };
+    crate::kernel::sys::bpf(BPF_LINK_UPDATE, &mut attr).map_err(|source| Error::Pin {
+        op: format!(
+            "replacing the program on the link {} (BPF_LINK_UPDATE, Linux 5.9+)",
+            link_pin.display()
+        ),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Where an attachment's pins live, for [`grow`].
+pub struct TierPins<'a> {
+    /// The directory of the pinned maps.
+    pub maps_dir: &'a Path,
+    /// The pinned XDP link.
+    pub link: &'a Path,
+    /// Maps the new instance reuses by pin (their contents stay): the
+    /// per-reason counters, the last verdict, events, sampling.
+    pub reuse: &'a [&'a str],
+}
+
+/// Bring a new capacity tier live on a pinned attachment, without a gap:
+/// load `program` of `object` on new v2 maps of the tier's sizes (reusing
+/// the maps `pins.reuse` names), write the tier's image into them (the
+/// per-entry counters of kept ids carried over), pin them beside the old
+/// ones, swap the program on the link ([`swap_program`]), then rename the
+/// new pins over the old. `extra`: `max_entries` of the object's other maps.
+///
+/// A reader that opens the pins while they are renamed may see maps of
+/// both tiers for that moment; the link never runs without a program.
+pub fn grow(
+    sync: &mut V2Sync,
+    tier: Tier,
+    set: &EntrySet,
+    object: &[u8],
+    program: &str,
+    pins: &TierPins<'_>,
+    extra: &[(&str, u32)],
+) -> Result<()> {
+    let sizes = tier.sizes()?;
+    let reuse: Vec<(&str, std::path::PathBuf)> = pins
+        .reuse
+        .iter()
+        .map(|n| (*n, pins.maps_dir.join(n)))
+        .collect();
+    let mut ebpf = program::load_v2_object(object, program, &sizes, &reuse, extra)?;
+    let maps = V2Maps::take(&mut ebpf)?;
+    // No dot in the name: bpffs refuses those.
+    let staging = pins.maps_dir.join("v2-next");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|source| Error::Pin {
+            op: format!("removing {}", staging.display()),
+            source,
+        })?;
+    }
+    std::fs::create_dir(&staging).map_err(|source| Error::Pin {
+        op: format!("creating {}", staging.display()),
+        source,
+    })?;
+    maps.pin(&staging)?;
+    let _old = sync.replace(maps, tier, set)?;
+    let prog: &aya::programs::Xdp = ebpf
+        .program(program)
+        .ok_or_else(|| Error::Load(aya::EbpfError::NoBTF))?
+        .try_into()
+        .map_err(|source| Error::Program {
+            op: format!("finding the XDP program {program}"),
+            source,
+        })?;
+    swap_program(pins.link, prog)?;
+    for name in V2_MAPS {
+        let (from, to) = (staging.join(name), pins.maps_dir.join(name));
+        std::fs::rename(&from, &to).map_err(|source| Error::Pin {
+            op: format!("replacing {} with {}", to.display(), from.display()),
+            source,
+        })?;
+    }
+    let _ = std::fs::remove_dir(&staging);
+    // The link holds the new program, which holds its maps; the old
+    // instance goes with `_old` and the old program.
+    Ok(())
 }
 
 /// `BPF_OBJ_GET`: open the object pinned at `path`.

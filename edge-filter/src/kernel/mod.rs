@@ -18,3 +18,5 @@ pub mod netlink;
 pub mod paths;
 pub mod program;
 pub mod sys;
+pub mod v2maps;
+pub mod v2sync;

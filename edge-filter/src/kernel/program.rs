@@ -133,6 +133,47 @@ fn load_inner(object: &[u8], caps: &Capacities, pins: &[(&'static str, PathBuf)]
     Ok(ebpf)
 }
 
+/// Load an object with v2 maps of `sizes` and load its XDP program
+/// `program`: every map named in `pins` is the map pinned at that path
+/// (reused: the per-reason counters, the last verdict, events and
+/// sampling of an attachment that moves to a new tier), `extra` sets the
+/// `max_entries` of other maps. Nothing is attached or pinned.
+pub fn load_v2_object(
+    object: &[u8],
+    program: &str,
+    sizes: &crate::kernel::v2maps::Sizes,
+    pins: &[(&str, PathBuf)],
+    extra: &[(&str, u32)],
+) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for (name, n) in extra {
+        loader.map_max_entries(name, (*n).max(1));
+    }
+    sizes.apply(&mut loader);
+    for (name, path) in pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(object).map_err(|e| {
+        if io_source(&e).is_some_and(is_permission) {
+            Error::Permission {
+                op: "creating BPF maps".into(),
+            }
+        } else {
+            Error::Load(e)
+        }
+    })?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(program)
+        .ok_or_else(|| Error::Load(aya::EbpfError::NoBTF))?
+        .try_into()
+        .map_err(|source| Error::Program {
+            op: format!("finding the XDP program {program}"),
+            source,
+        })?;
+    prog.load().map_err(load_error)?;
+    Ok(ebpf)
+}
+
 /// The XDP program of a loaded object.
 pub fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     ebpf.program_mut(abi::PROGRAM_NAME)

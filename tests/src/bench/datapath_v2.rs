@@ -30,13 +30,13 @@ use edge_filter::kernel::layout::{Compiler, Geometry, Ids, assign_ids, counts};
 use edge_filter::kernel::maps::EntryMaps;
 use edge_filter::kernel::program::{self, Capacities};
 use edge_filter::reference::{PacketInfo, Reference};
-use edge_filter_common::{self as abi, ACTION_DROP, EntryKind};
+use edge_filter_common::{self as abi, ACTION_DROP, EntryKind, v2::summary_words};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use super::v2kernel::{Sizes, V2Maps};
+use super::v2kernel::{BenchSizes, V2Maps};
 use super::{BenchObj, Opts, Pool, PoolSizes, Slot, Stat, frame, met, stat};
 
 /// `1000` as `1K`, `1000000` as `1M`.
@@ -251,7 +251,7 @@ fn v2_instance(
     comp.fit_heap(1.25);
     let build = t.elapsed().as_secs_f64();
     let g = *comp.geometry();
-    let mut sizes = Sizes::of(&g);
+    let mut sizes = BenchSizes::of(&g)?;
     // The one-load baseline: an array as large as what a hit of each
     // family may touch (its summary and exact table), a power of two.
     let t4 = comp.tables();
@@ -262,7 +262,7 @@ fn v2_instance(
     ];
     sizes.one_load_lines = load_lines[0].max(load_lines[1]);
     let mut bench = BenchObj::load_with(object, &Capacities::small(), &sizes)?;
-    let mut maps = V2Maps::take(&mut bench.ebpf, sizes)?;
+    let mut maps = V2Maps::take(&mut bench.ebpf)?;
     maps.write_image(comp.tables())?;
     Ok((bench, maps, g, build, load_lines))
 }
@@ -358,10 +358,10 @@ pub fn run(o: &Opts, bench_obj: &[u8], nostats_obj: &[u8]) -> Result<(String, se
         let old_secs = t.elapsed().as_secs_f64();
         let (bench, maps, g, build_secs, load_lines) =
             v2_instance(bench_obj, &set, o.seed ^ i as u64)?;
-        let v2_bytes = Sizes::of(&g).sum4_words as u64 * 8
+        let v2_bytes = summary_words(g.sum4_bits) as u64 * 8
             + g.buckets4 as u64 * 64
             + g.heap_lines as u64 * 64
-            + Sizes::of(&g).sum6_words as u64 * 8
+            + summary_words(g.sum6_bits) as u64 * 8
             + g.buckets6 as u64 * 64
             + 65536 * 4;
         eprintln!(

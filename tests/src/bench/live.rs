@@ -502,9 +502,9 @@ pub fn run(o: &Opts) -> Result<()> {
         g.heap_lines = g.heap_lines.max(1 << 16);
         let mut comp = Compiler::build(&set, &ids, g)?;
         comp.fit_heap(1.25);
-        let sizes = super::v2kernel::Sizes::of(comp.geometry());
+        let sizes = super::v2kernel::BenchSizes::of(comp.geometry())?;
         let mut bench = BenchObj::load_with(&bench_obj, &Capacities::small(), &sizes)?;
-        let mut maps = super::v2kernel::V2Maps::take(&mut bench.ebpf, sizes)?;
+        let mut maps = super::v2kernel::V2Maps::take(&mut bench.ebpf)?;
         maps.write_image(comp.tables())?;
         (bench, maps)
     };

@@ -29,17 +29,7 @@ fn round8(n: u64) -> u64 {
 }
 
 fn possible_cpus() -> u64 {
-    // "0-1" or "0-3,5": count them.
-    let s = fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
-    s.trim()
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('-') {
-            Some((a, b)) => b.parse::<u64>().unwrap_or(0) - a.parse::<u64>().unwrap_or(0) + 1,
-            None => 1,
-        })
-        .sum::<u64>()
-        .max(1)
+    super::v2kernel::possible_cpus().map_or(1, u64::from)
 }
 
 /// One map's fdinfo.
@@ -279,9 +269,9 @@ fn v2_memory(o: &Opts, cpus: u64) -> Result<(String, serde_json::Value)> {
         g.heap_lines = g.heap_lines.max(1 << 16);
         let mut comp = Compiler::build(&set, &ids, g)?;
         comp.fit_heap(1.25);
-        let sizes = super::v2kernel::Sizes::of(comp.geometry());
+        let sizes = super::v2kernel::BenchSizes::of(comp.geometry())?;
         let mut bench = super::BenchObj::load_with(&bench_obj, &Capacities::small(), &sizes)?;
-        let mut v2 = super::v2kernel::V2Maps::take(&mut bench.ebpf, sizes)?;
+        let mut v2 = super::v2kernel::V2Maps::take(&mut bench.ebpf)?;
         v2.write_image(comp.tables())?;
         let mems: Vec<MapMem> = scan()?.into_iter().filter(|m| v2_map(&m.name)).collect();
         drop(v2);

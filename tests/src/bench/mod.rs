@@ -295,14 +295,14 @@ pub struct BenchObj {
 impl BenchObj {
     /// Load the object with entry maps sized `caps` and every program.
     pub fn load(object: &[u8], caps: &Capacities) -> Result<BenchObj> {
-        Self::load_with(object, caps, &v2kernel::Sizes::small())
+        Self::load_with(object, caps, &v2kernel::BenchSizes::small())
     }
 
     /// [`BenchObj::load`] with v2 maps of `sizes`.
     pub fn load_with(
         object: &[u8],
         caps: &Capacities,
-        sizes: &v2kernel::Sizes,
+        sizes: &v2kernel::BenchSizes,
     ) -> Result<BenchObj> {
         let mut loader = EbpfLoader::new();
         for (name, n) in caps.per_map() {
@@ -326,7 +326,7 @@ impl BenchObj {
         };
         let slots = match take("SLOTS")? {
             aya::maps::Map::Array(m) => {
-                v2kernel::Mapped::new(m, size_of::<Slot>(), SLOTS_CAP as usize)?
+                v2kernel::Mapped::with_len(m, size_of::<Slot>(), SLOTS_CAP)?
             }
             _ => anyhow::bail!("SLOTS is not an array"),
         };

@@ -21,7 +21,7 @@ pub fn run(o: &Opts) -> Result<bool> {
     for (name, n) in Capacities::small().per_map() {
         loader.map_max_entries(name, n);
     }
-    super::v2kernel::Sizes::small().apply(&mut loader);
+    super::v2kernel::BenchSizes::small().apply(&mut loader);
     let mut ebpf = loader
         .load(&object)
         .context("creating the bench object's maps")?;

@@ -176,7 +176,20 @@ impl Desired {
     /// [`Desired::build_from`] with new ids from `ids`.
     pub fn build_with(set: &EntrySet, current: &Desired, ids: &mut IdAlloc) -> Desired {
         let mut d = Desired::default();
-        d.fill_typed(set, current, ids);
+        d.fill_typed(set, &mut |slot, _| {
+            current.get(slot).map_or_else(|| ids.alloc(), |v| v.id)
+        });
+        d
+    }
+
+    /// The contents of `set` with the ids `ids` gives its keys (what the
+    /// v2 catalog decodes to); a key without one gets the lowest free id.
+    pub fn with_ids(set: &EntrySet, ids: &HashMap<SlotKey, u32>) -> Desired {
+        let mut alloc = IdAlloc::in_use(ids.values().copied());
+        let mut d = Desired::default();
+        d.fill_typed(set, &mut |_, key| {
+            ids.get(&key).copied().unwrap_or_else(|| alloc.alloc())
+        });
         d
     }
 
@@ -284,17 +297,15 @@ impl Desired {
     }
 
     /// Own values of every key of `set` (duplicates merge: drop wins), ids
-    /// looked up in `current` by typed key (new keys get free ids from `ids`);
-    /// then flatten the tries.
-    fn fill_typed(&mut self, set: &EntrySet, current: &Desired, ids: &mut IdAlloc) {
-        let mut id_of =
-            |slot: &Slot| -> u32 { current.get(slot).map_or_else(|| ids.alloc(), |v| v.id) };
+    /// from `id_of` (given the typed slot and the key); then flatten the
+    /// tries.
+    fn fill_typed(&mut self, set: &EntrySet, id_of: &mut dyn FnMut(&Slot, SlotKey) -> u32) {
         let mut allow: Vec<IpNet> = set.allow.iter().map(|n| n.trunc()).collect();
         allow.sort_unstable();
         allow.dedup();
         for net in allow {
             let slot = allow_slot(&net);
-            let v = value(Action::Drop, id_of(&slot));
+            let v = value(Action::Drop, id_of(&slot, SlotKey::Allow(net)));
             self.put(slot, Some(v));
         }
         // Presize by kind counts: no rehashing while a million keys go in.
@@ -333,7 +344,7 @@ impl Desired {
                             }
                         }
                         $mod::Entry::Vacant(v) => {
-                            v.insert(value(e.action, id_of(&slot)));
+                            v.insert(value(e.action, id_of(&slot, SlotKey::Entry(key))));
                         }
                     }
                 };
@@ -714,6 +725,19 @@ mod tests {
             ids[&SlotKey::Allow(net("192.0.2.128/25"))],
             d.allow_v4[&(25, [192, 0, 2, 128])].id
         );
+    }
+
+    #[test]
+    fn contents_with_given_ids_keep_them() {
+        let set = every_kind();
+        let d = Desired::build_from(&set, &Desired::default());
+        // The ids reversed: every key gets another id than a fresh build's.
+        let ids: HashMap<SlotKey, u32> = ids_of(&d).into_iter().map(|(k, v)| (k, 10 - v)).collect();
+        let w = Desired::with_ids(&set, &ids);
+        assert_eq!(ids_of(&w), ids);
+        assert_eq!(w.to_entry_set(), d.to_entry_set());
+        let outer = w.prefix_v4[&(16, [10, 1, 0, 0])];
+        assert_eq!(w.prefix_v4[&(24, [10, 1, 2, 0])].decider, outer.id);
     }
 
     #[test]

@@ -1,0 +1,750 @@
+//! The kernel side of the v2 tables (`docs/datapath-v2.md`): map sizes for
+//! a loader, `mmap`s of the array maps (`BPF_F_MMAPABLE`), writing compiled
+//! [`Tables`] and update [`Plan`]s into them with aligned atomic stores and
+//! grace periods (`membarrier`), reading the tables and the per-entry
+//! counters back.
+//!
+//! One writer: whoever holds `&mut V2Maps`. Readers (the XDP program, and
+//! [`V2Maps::read`] / [`V2Maps::stats`] here) see every word change
+//! atomically; the plan's order and grace periods make the verdicts they
+//! compute old-or-new (section 3 of the design).
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie},
+};
+use edge_filter_common::v2::{
+    Bucket4, Bucket6, ConfigV2, DIR4_ENTRIES, DIR4_LINES, EntryCounter, Line, MAP_V2_CATADDR6,
+    MAP_V2_CATALOG, MAP_V2_CONFIG, MAP_V2_DIR4, MAP_V2_EXACT4, MAP_V2_EXACT6, MAP_V2_HEAP,
+    MAP_V2_STATS, MAP_V2_SUM4, MAP_V2_SUM6, MAP_V2_TRIE4_A, MAP_V2_TRIE4_B, MAP_V2_TRIE6_A,
+    MAP_V2_TRIE6_B, V2_SHORT6, summary_words,
+};
+
+use crate::error::{Error, Result};
+use crate::kernel::layout::{Geometry, Plan, Step, Tables, Write};
+
+/// The flags of `V2_CONFIG` the compiler owns; the others (record last,
+/// malformed drop, sampling) are the agent's and survive its stores.
+pub const LAYOUT_FLAGS: u32 = V2_SHORT6;
+
+/// Every v2 map, in the order [`Sizes::per_map`] lists them.
+pub const V2_MAPS: [&str; 14] = [
+    MAP_V2_CONFIG,
+    MAP_V2_SUM4,
+    MAP_V2_EXACT4,
+    MAP_V2_DIR4,
+    MAP_V2_HEAP,
+    MAP_V2_SUM6,
+    MAP_V2_EXACT6,
+    MAP_V2_TRIE4_A,
+    MAP_V2_TRIE4_B,
+    MAP_V2_TRIE6_A,
+    MAP_V2_TRIE6_B,
+    MAP_V2_STATS,
+    MAP_V2_CATALOG,
+    MAP_V2_CATADDR6,
+];
+
+/// `max_entries` of every v2 map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// `V2_SUM4` words.
+    pub sum4_words: u32,
+    /// `V2_EXACT4` buckets.
+    pub buckets4: u32,
+    /// `V2_HEAP` lines.
+    pub heap_lines: u32,
+    /// `V2_SUM6` words.
+    pub sum6_words: u32,
+    /// `V2_EXACT6` buckets.
+    pub buckets6: u32,
+    /// Nodes of each IPv4 trie generation.
+    pub trie4: u32,
+    /// Nodes of each IPv6 trie generation.
+    pub trie6: u32,
+    /// `V2_STATS` elements: possible CPUs x the id stride.
+    pub stats: u32,
+    /// `V2_CATALOG` words (the id stride).
+    pub catalog: u32,
+    /// `V2_CATADDR6` addresses.
+    pub catalog6: u32,
+}
+
+impl Sizes {
+    /// Tiny maps: enough to load a program.
+    pub fn small() -> Sizes {
+        Sizes {
+            sum4_words: summary_words(16),
+            buckets4: 1,
+            heap_lines: 1,
+            sum6_words: summary_words(16),
+            buckets6: 1,
+            trie4: 1,
+            trie6: 1,
+            stats: 1,
+            catalog: 1,
+            catalog6: 1,
+        }
+    }
+
+    /// The maps of tables of geometry `g` on a machine of `cpus` possible
+    /// CPUs.
+    pub fn for_cpus(g: &Geometry, cpus: u32) -> Sizes {
+        Sizes {
+            sum4_words: summary_words(g.sum4_bits),
+            buckets4: g.buckets4,
+            heap_lines: g.heap_lines,
+            sum6_words: summary_words(g.sum6_bits),
+            buckets6: g.buckets6,
+            trie4: g.trie_nodes4,
+            trie6: g.trie_nodes6,
+            stats: g.ids.saturating_mul(cpus.max(1)),
+            catalog: g.ids,
+            catalog6: g.catalog6,
+        }
+    }
+
+    /// [`Sizes::for_cpus`] on this machine.
+    pub fn of(g: &Geometry) -> Result<Sizes> {
+        Ok(Sizes::for_cpus(g, possible_cpus()?))
+    }
+
+    /// `(map name, max_entries)` of every v2 map, in [`V2_MAPS`] order.
+    pub fn per_map(&self) -> [(&'static str, u32); 14] {
+        let n = [
+            1,
+            self.sum4_words,
+            self.buckets4,
+            DIR4_LINES,
+            self.heap_lines,
+            self.sum6_words,
+            self.buckets6,
+            self.trie4,
+            self.trie4,
+            self.trie6,
+            self.trie6,
+            self.stats,
+            self.catalog,
+            self.catalog6,
+        ];
+        std::array::from_fn(|i| (V2_MAPS[i], n[i].max(1)))
+    }
+
+    /// Set them on a loader of an object with the v2 maps.
+    pub fn apply(&self, loader: &mut EbpfLoader<'_>) {
+        for (name, n) in self.per_map() {
+            loader.map_max_entries(name, n);
+        }
+    }
+
+    /// Bytes of the array maps (tries aside): what a tier costs the kernel,
+    /// page rounding aside.
+    pub fn array_bytes(&self) -> u64 {
+        size_of::<ConfigV2>() as u64
+            + (self.sum4_words as u64 + self.sum6_words as u64) * 8
+            + (self.buckets4 as u64 + self.buckets6 as u64 + self.heap_lines as u64) * 64
+            + DIR4_LINES as u64 * 64
+            + self.stats as u64 * size_of::<EntryCounter>() as u64
+            + self.catalog as u64 * 8
+            + self.catalog6 as u64 * 16
+    }
+}
+
+/// Possible CPUs (`/sys/devices/system/cpu/possible`): the per-entry
+/// counters hold a stride of ids for each.
+pub fn possible_cpus() -> Result<u32> {
+    aya::util::nr_cpus()
+        .map(|n| n as u32)
+        .map_err(|(_, source)| Error::Syscall {
+            op: "counting possible CPUs".into(),
+            source,
+        })
+}
+
+/// Wait for a grace period: `membarrier(MEMBARRIER_CMD_GLOBAL)`, which is
+/// `synchronize_rcu()` (kernel/sched/membarrier.c) when more than one CPU
+/// is online; XDP programs and BPF_PROG_TEST_RUN run inside RCU read-side
+/// sections.
+pub fn grace_period() -> Result<()> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        return Err(Error::Syscall {
+            op: "waiting for a grace period (membarrier(MEMBARRIER_CMD_GLOBAL); nohz_full kernels refuse it)".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// A shared `mmap` of an array map (`BPF_F_MMAPABLE`).
+pub struct Mapped {
+    ptr: NonNull<u8>,
+    len: usize,
+    elems: u32,
+    map: MapData,
+}
+
+// SAFETY: the mapping is plain shared memory; every access goes through
+// atomics or copies, and the single writer is whoever holds `&mut`.
+unsafe impl Send for Mapped {}
+// SAFETY: see above.
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    /// Map the whole array (`max_entries` elements of `elem` bytes, each
+    /// rounded up to 8 as the kernel stores them).
+    pub fn new(map: MapData, elem: usize) -> Result<Mapped> {
+        let n = map
+            .info()
+            .map_err(|source| Error::Map {
+                op: "reading a v2 map's size".into(),
+                source,
+            })?
+            .max_entries();
+        Mapped::with_len(map, elem, n)
+    }
+
+    /// Map the first `n` elements of `elem` bytes.
+    pub fn with_len(map: MapData, elem: usize, n: u32) -> Result<Mapped> {
+        let page = 4096;
+        let len = (elem.div_ceil(8) * 8 * n as usize).div_ceil(page).max(1) * page;
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: a fresh shared mapping of a map fd; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::Syscall {
+                op: "mmap of a v2 map (created without BPF_F_MMAPABLE?)".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let ptr = NonNull::new(p.cast()).ok_or_else(|| Error::Syscall {
+            op: "mmap of a v2 map".into(),
+            source: std::io::Error::other("mmap returned null"),
+        })?;
+        Ok(Mapped {
+            ptr,
+            len,
+            elems: n,
+            map,
+        })
+    }
+
+    /// The map's elements (`max_entries`, or what [`Mapped::with_len`] mapped).
+    pub fn elems(&self) -> u32 {
+        self.elems
+    }
+
+    /// The map (to pin it, or to load another program on it).
+    pub fn map(&self) -> &MapData {
+        &self.map
+    }
+
+    fn check(&self, off: usize, size: usize) {
+        assert!(
+            off + size <= self.len && off.is_multiple_of(size),
+            "store out of the map"
+        );
+    }
+
+    /// Aligned 8-byte store at byte offset `off`.
+    pub fn store64(&self, off: usize, v: u64) {
+        self.check(off, 8);
+        // SAFETY: in bounds and aligned (checked); shared memory the kernel
+        // reads with plain loads.
+        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(off).cast()) }
+            .store(v, Ordering::Release);
+    }
+
+    /// Aligned 4-byte store at byte offset `off`.
+    pub fn store32(&self, off: usize, v: u32) {
+        self.check(off, 4);
+        // SAFETY: as store64.
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast()) }
+            .store(v, Ordering::Release);
+    }
+
+    /// Aligned 8-byte load.
+    pub fn load64(&self, off: usize) -> u64 {
+        self.check(off, 8);
+        // SAFETY: as store64.
+        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(off).cast()) }.load(Ordering::Acquire)
+    }
+
+    /// Aligned 4-byte load.
+    pub fn load32(&self, off: usize) -> u32 {
+        self.check(off, 4);
+        // SAFETY: as store64.
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast()) }.load(Ordering::Acquire)
+    }
+
+    /// Store bytes (memory no reader can reach yet, or before attach) as
+    /// 8-byte words.
+    pub fn store_bytes(&self, off: usize, bytes: &[u8]) {
+        assert!(bytes.len().is_multiple_of(8));
+        for (i, c) in bytes.chunks_exact(8).enumerate() {
+            self.store64(
+                off + 8 * i,
+                u64::from_ne_bytes(c.try_into().expect("8 bytes")),
+            );
+        }
+    }
+
+    /// Copy out `len` bytes from `off`.
+    pub fn load_bytes(&self, off: usize, len: usize) -> Vec<u8> {
+        (0..len / 8)
+            .flat_map(|i| self.load64(off + 8 * i).to_ne_bytes())
+            .collect()
+    }
+
+    /// `n` elements of type `T` from the start (plain-old-data only).
+    fn elements<T: Copy + Default>(&self, n: usize) -> Vec<T> {
+        let bytes = self.load_bytes(0, (n * size_of::<T>()).div_ceil(8) * 8);
+        let mut v = vec![T::default(); n];
+        // SAFETY: POD types; `bytes` holds at least n elements.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                v.as_mut_ptr().cast::<u8>(),
+                n * size_of::<T>(),
+            )
+        };
+        v
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: plain-old-data slices (u64, u32, buckets, lines) as bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
+/// Time spent applying a plan.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApplyTiming {
+    /// Stores (and trie updates).
+    pub stores: Duration,
+    /// Grace periods.
+    pub graces: Duration,
+    /// How many grace periods.
+    pub grace_count: usize,
+}
+
+/// The v2 maps of one program instance, mapped.
+pub struct V2Maps {
+    config: Mapped,
+    sum4: Mapped,
+    exact4: Mapped,
+    dir4: Mapped,
+    heap: Mapped,
+    sum6: Mapped,
+    exact6: Mapped,
+    catalog: Mapped,
+    catalog6: Mapped,
+    trie4: [LpmTrie<MapData, [u8; 4], u64>; 2],
+    trie6: [LpmTrie<MapData, [u8; 16], u64>; 2],
+    stats: Mapped,
+}
+
+fn map_err(op: String) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { op, source }
+}
+
+impl V2Maps {
+    /// Take and map the v2 maps of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<V2Maps> {
+        V2Maps::from_fn(|name| {
+            ebpf.take_map(name).ok_or_else(|| Error::Map {
+                op: format!("map {name} missing from the object"),
+                source: MapError::InvalidName {
+                    name: name.to_string(),
+                },
+            })
+        })
+    }
+
+    /// Map the v2 maps `open` gives by name (a loaded object's, or pinned
+    /// ones); their sizes are the maps' own.
+    pub fn from_fn(mut open: impl FnMut(&str) -> Result<Map>) -> Result<V2Maps> {
+        let mut array = |name: &str, elem: usize| -> Result<Mapped> {
+            match open(name)? {
+                Map::Array(data) => Mapped::new(data, elem),
+                _ => Err(Error::Map {
+                    op: format!("{name} is not an array map"),
+                    source: MapError::InvalidName {
+                        name: name.to_string(),
+                    },
+                }),
+            }
+        };
+        let config = array(MAP_V2_CONFIG, size_of::<ConfigV2>())?;
+        let sum4 = array(MAP_V2_SUM4, 8)?;
+        let exact4 = array(MAP_V2_EXACT4, 64)?;
+        let dir4 = array(MAP_V2_DIR4, 64)?;
+        let heap = array(MAP_V2_HEAP, 64)?;
+        let sum6 = array(MAP_V2_SUM6, 8)?;
+        let exact6 = array(MAP_V2_EXACT6, 64)?;
+        let catalog = array(MAP_V2_CATALOG, 8)?;
+        let catalog6 = array(MAP_V2_CATADDR6, 16)?;
+        let stats = array(MAP_V2_STATS, size_of::<EntryCounter>())?;
+        let mut trie = |name: &str| -> Result<Map> { open(name) };
+        let t4a = trie(MAP_V2_TRIE4_A)?;
+        let t4b = trie(MAP_V2_TRIE4_B)?;
+        let t6a = trie(MAP_V2_TRIE6_A)?;
+        let t6b = trie(MAP_V2_TRIE6_B)?;
+        let trie4 = [
+            LpmTrie::try_from(t4a).map_err(lpm_err(MAP_V2_TRIE4_A))?,
+            LpmTrie::try_from(t4b).map_err(lpm_err(MAP_V2_TRIE4_B))?,
+        ];
+        let trie6 = [
+            LpmTrie::try_from(t6a).map_err(lpm_err(MAP_V2_TRIE6_A))?,
+            LpmTrie::try_from(t6b).map_err(lpm_err(MAP_V2_TRIE6_B))?,
+        ];
+        if dir4.elems() != DIR4_LINES {
+            return Err(Error::Map {
+                op: format!("{MAP_V2_DIR4} has {} lines, not {DIR4_LINES}", dir4.elems()),
+                source: MapError::InvalidName {
+                    name: MAP_V2_DIR4.into(),
+                },
+            });
+        }
+        Ok(V2Maps {
+            config,
+            sum4,
+            exact4,
+            dir4,
+            heap,
+            sum6,
+            exact6,
+            catalog,
+            catalog6,
+            trie4,
+            trie6,
+            stats,
+        })
+    }
+
+    /// The maps' sizes.
+    pub fn sizes(&self) -> Sizes {
+        let t = |m: &LpmTrie<MapData, [u8; 4], u64>| {
+            m_info(aya::maps::IterableMap::map(m)).unwrap_or(0)
+        };
+        let t6 = |m: &LpmTrie<MapData, [u8; 16], u64>| {
+            m_info(aya::maps::IterableMap::map(m)).unwrap_or(0)
+        };
+        Sizes {
+            sum4_words: self.sum4.elems(),
+            buckets4: self.exact4.elems(),
+            heap_lines: self.heap.elems(),
+            sum6_words: self.sum6.elems(),
+            buckets6: self.exact6.elems(),
+            trie4: t(&self.trie4[0]),
+            trie6: t6(&self.trie6[0]),
+            stats: self.stats.elems(),
+            catalog: self.catalog.elems(),
+            catalog6: self.catalog6.elems(),
+        }
+    }
+
+    /// The config word as the map holds it.
+    pub fn config(&self) -> ConfigV2 {
+        self.config.elements::<ConfigV2>(1)[0]
+    }
+
+    /// Per-entry counters of ids `0..ids`, summed over CPUs: (packets, bytes).
+    /// Ids at or beyond the stride read as zero.
+    pub fn stats(&self, ids: u32) -> Vec<(u64, u64)> {
+        let stride = self
+            .config
+            .load32(std::mem::offset_of!(ConfigV2, stats_stride)) as usize;
+        let cpus = (self.stats.elems() as usize)
+            .checked_div(stride)
+            .unwrap_or(0);
+        let per = size_of::<EntryCounter>();
+        (0..ids as usize)
+            .map(|id| {
+                if id >= stride {
+                    return (0, 0);
+                }
+                (0..cpus).fold((0, 0), |(p, b), c| {
+                    let off = (c * stride + id) * per;
+                    (p + self.stats.load64(off), b + self.stats.load64(off + 8))
+                })
+            })
+            .collect()
+    }
+
+    /// Zero the counters of `ids` on every CPU (before a new id's entry
+    /// lands, so it starts from zero).
+    pub fn zero_stats(&self, ids: &[u32]) {
+        let stride = self
+            .config
+            .load32(std::mem::offset_of!(ConfigV2, stats_stride)) as usize;
+        let cpus = (self.stats.elems() as usize)
+            .checked_div(stride)
+            .unwrap_or(0);
+        let per = size_of::<EntryCounter>();
+        for &id in ids {
+            let id = id as usize;
+            if id >= stride {
+                continue;
+            }
+            for c in 0..cpus {
+                let off = (c * stride + id) * per;
+                self.stats.store64(off, 0);
+                self.stats.store64(off + 8, 0);
+            }
+        }
+    }
+
+    /// Add `(id, packets, bytes)` onto CPU 0's counters (counters carried
+    /// over from another instance's maps, before any program runs on these).
+    pub fn add_stats_cpu0(&self, add: &[(u32, u64, u64)]) {
+        let stride = self
+            .config
+            .load32(std::mem::offset_of!(ConfigV2, stats_stride)) as usize;
+        let per = size_of::<EntryCounter>();
+        for &(id, p, b) in add {
+            let id = id as usize;
+            if id >= stride || (id + 1) * per > self.stats.elems() as usize * per {
+                continue;
+            }
+            let off = id * per;
+            self.stats.store64(off, self.stats.load64(off) + p);
+            self.stats.store64(off + 8, self.stats.load64(off + 8) + b);
+        }
+    }
+
+    /// The agent's runtime flags (`CONFIG_*`, the layout's aside).
+    pub fn runtime_flags(&self) -> u32 {
+        self.config.load32(0) & !LAYOUT_FLAGS
+    }
+
+    /// Set the agent's runtime flags (`CONFIG_*`), keeping the layout's.
+    pub fn set_runtime_flags(&self, flags: u32) {
+        let cur = self.config.load32(0);
+        self.config
+            .store32(0, (cur & LAYOUT_FLAGS) | (flags & !LAYOUT_FLAGS));
+    }
+
+    /// Write whole tables (a fresh sync, before the program runs on them):
+    /// arrays copied through the mappings, both trie generations filled,
+    /// the config last (the runtime flags kept). The maps must be at least
+    /// as large as the tables.
+    pub fn write_image(&mut self, t: &Tables) -> Result<()> {
+        self.sum4.store_bytes(0, bytes_of(&t.sum4));
+        self.exact4.store_bytes(0, bytes_of(&t.exact4));
+        // The directory as pairs of words.
+        let dir: Vec<u64> = t
+            .dir4
+            .chunks(2)
+            .map(|c| (c[0] as u64) | ((c[1] as u64) << 32))
+            .collect();
+        self.dir4.store_bytes(0, bytes_of(&dir));
+        self.heap.store_bytes(0, bytes_of(&t.heap));
+        self.sum6.store_bytes(0, bytes_of(&t.sum6));
+        self.exact6.store_bytes(0, bytes_of(&t.exact6));
+        self.catalog.store_bytes(0, bytes_of(&t.catalog));
+        self.catalog6.store_bytes(0, bytes_of(&t.catalog6));
+        for g in 0..2 {
+            for (&(addr, len), &v) in &t.trie[0][g] {
+                self.trie_store(false, g, (addr, len), Some(v))?;
+            }
+            for (&(addr, len), &v) in &t.trie[1][g] {
+                self.trie_store(true, g, (addr, len), Some(v))?;
+            }
+        }
+        let runtime = self.runtime_flags();
+        let mut c = t.config;
+        c.flags = (c.flags & LAYOUT_FLAGS) | runtime;
+        self.config
+            .store_bytes(0, bytes_of(std::slice::from_ref(&c)));
+        Ok(())
+    }
+
+    fn trie_store(&mut self, v6: bool, g: usize, net: (u128, u8), v: Option<u64>) -> Result<()> {
+        let (addr, len) = net;
+        let r = match (v6, v) {
+            (false, Some(v)) => {
+                self.trie4[g].insert(&Key::new(len as u32, (addr as u32).to_be_bytes()), v, 0)
+            }
+            (false, None) => {
+                self.trie4[g].remove(&Key::new(len as u32, (addr as u32).to_be_bytes()))
+            }
+            (true, Some(v)) => {
+                self.trie6[g].insert(&Key::new(len as u32, addr.to_be_bytes()), v, 0)
+            }
+            (true, None) => self.trie6[g].remove(&Key::new(len as u32, addr.to_be_bytes())),
+        };
+        r.map_err(map_err(format!(
+            "updating the v2 prefix trie (IPv{}, generation {g})",
+            if v6 { 6 } else { 4 }
+        )))
+    }
+
+    /// One store of a plan.
+    pub fn store(&mut self, w: &Write) -> Result<()> {
+        match *w {
+            Write::Sum4 { word, value } => self.sum4.store64(word as usize * 8, value),
+            Write::Slot4 {
+                bucket,
+                slot,
+                value,
+            } => self
+                .exact4
+                .store64(bucket as usize * 64 + slot as usize * 8, value),
+            Write::Addr6 { bucket, slot, addr } => self
+                .exact6
+                .store_bytes(bucket as usize * 64 + slot as usize * 16, &addr),
+            Write::Meta6 { bucket, slot, meta } => self
+                .exact6
+                .store32(bucket as usize * 64 + 48 + slot as usize * 4, meta),
+            Write::Hdr6 { bucket, value } => self.exact6.store32(bucket as usize * 64 + 60, value),
+            Write::Dir4 { index, value } => self.dir4.store32(index as usize * 4, value),
+            Write::Line { line, value } => self
+                .heap
+                .store_bytes(line as usize * 64, bytes_of(std::slice::from_ref(&value))),
+            Write::Sum6 { word, value } => self.sum6.store64(word as usize * 8, value),
+            Write::Trie {
+                v6,
+                generation,
+                net,
+                value,
+            } => self.trie_store(v6, generation as usize & 1, net, value)?,
+            Write::Flags(f) => {
+                let cur = self.config.load32(0);
+                self.config
+                    .store32(0, (cur & !LAYOUT_FLAGS) | (f & LAYOUT_FLAGS));
+            }
+            Write::Generation(g) => self
+                .config
+                .store32(std::mem::offset_of!(ConfigV2, generation), g),
+            Write::Catalog { id, value } => self.catalog.store64(id as usize * 8, value),
+            Write::Catalog6 { index, addr } => {
+                self.catalog6.store_bytes(index as usize * 16, &addr)
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a plan: its stores in order, a grace period at every
+    /// [`Step::Grace`].
+    pub fn apply(&mut self, plan: &Plan) -> Result<ApplyTiming> {
+        let mut t = ApplyTiming::default();
+        for s in &plan.steps {
+            let start = Instant::now();
+            match s {
+                Step::Writes(ws) => {
+                    for w in ws {
+                        self.store(w)?;
+                    }
+                    t.stores += start.elapsed();
+                }
+                Step::Grace => {
+                    grace_period()?;
+                    t.graces += start.elapsed();
+                    t.grace_count += 1;
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// The tables as the maps hold them now (for decode and verify). The
+    /// arrays are read whole: the maps' sizes are the tables'.
+    pub fn read(&self) -> Result<Tables> {
+        let mut trie: [[BTreeMap<(u128, u8), u64>; 2]; 2] = Default::default();
+        for (g, (t4, t6)) in self.trie4.iter().zip(&self.trie6).enumerate() {
+            for kv in t4.iter() {
+                let (k, v) = kv.map_err(map_err("reading a v2 IPv4 trie".into()))?;
+                let key = (u32::from_be_bytes(k.data()) as u128, k.prefix_len() as u8);
+                trie[0][g].insert(key, v);
+            }
+            for kv in t6.iter() {
+                let (k, v) = kv.map_err(map_err("reading a v2 IPv6 trie".into()))?;
+                trie[1][g].insert((u128::from_be_bytes(k.data()), k.prefix_len() as u8), v);
+            }
+        }
+        Ok(Tables {
+            config: self.config(),
+            sum4: self.sum4.elements(self.sum4.elems() as usize),
+            exact4: self
+                .exact4
+                .elements::<Bucket4>(self.exact4.elems() as usize),
+            dir4: self.dir4.elements(DIR4_ENTRIES as usize),
+            heap: self.heap.elements::<Line>(self.heap.elems() as usize),
+            sum6: self.sum6.elements(self.sum6.elems() as usize),
+            exact6: self
+                .exact6
+                .elements::<Bucket6>(self.exact6.elems() as usize),
+            trie,
+            catalog: self.catalog.elements(self.catalog.elems() as usize),
+            catalog6: self.catalog6.elements(self.catalog6.elems() as usize),
+        })
+    }
+
+    /// Pin every v2 map under `dir` (which must exist).
+    pub fn pin(&self, dir: &Path) -> Result<()> {
+        let tries = [
+            aya::maps::IterableMap::map(&self.trie4[0]),
+            aya::maps::IterableMap::map(&self.trie4[1]),
+            aya::maps::IterableMap::map(&self.trie6[0]),
+            aya::maps::IterableMap::map(&self.trie6[1]),
+        ];
+        let arrays = [
+            &self.config,
+            &self.sum4,
+            &self.exact4,
+            &self.dir4,
+            &self.heap,
+            &self.sum6,
+            &self.exact6,
+        ];
+        let rest = [&self.stats, &self.catalog, &self.catalog6];
+        let all: Vec<&MapData> = arrays
+            .iter()
+            .map(|m| m.map())
+            .chain(tries)
+            .chain(rest.iter().map(|m| m.map()))
+            .collect();
+        for (name, m) in V2_MAPS.iter().zip(all) {
+            let path = dir.join(name);
+            m.pin(&path).map_err(|e| Error::Pin {
+                op: format!("pinning map {name} at {}", path.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn lpm_err(name: &'static str) -> impl FnOnce(MapError) -> Error {
+    map_err(format!("{name} is not an LPM trie"))
+}
+
+fn m_info(m: &MapData) -> Option<u32> {
+    m.info().ok().map(|i| i.max_entries())
+}

@@ -1,0 +1,385 @@
+//! The v2 sync engine (`edge_filter::kernel::v2sync`) against the kernel:
+//! bench-ebpf's `edge_filter_v2` under BPF_PROG_TEST_RUN on maps the
+//! engine fills, judged by the reference classifier.
+//!
+//! The named entry sets of the generated corpus are installed one after
+//! the other, with a set of 20,000 more exact addresses in the middle that
+//! does not fit the first tier: the engine must ask for a new tier, take
+//! the new instance's maps with every kept id's counters carried over, and
+//! keep every key's id. After each set every frame gets the reference's
+//! reason, action and exact deciding id. Then the maps are pinned, opened
+//! again and adopted: the catalog decodes to the set and ids the engine
+//! holds, without drift; a catalog word changed behind its back is drift.
+//!
+//! Needs root; prints "skipping" otherwise.
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+    util::nr_cpus,
+};
+use edge_filter::entry::{Action, Entry, EntryKey, EntrySet};
+use edge_filter::kernel::layout::{IdKey, Ids, Write, assign_ids};
+use edge_filter::kernel::program::Capacities;
+use edge_filter::kernel::v2sync::{Applied, Tier, V2Sync};
+use edge_filter::reference::{Reference, Verdict};
+use edge_filter_common::{self as abi, LastVerdict, NO_ENTRY};
+use edge_filter_tests::bench::v2kernel::{BENCH_OBJECT, BenchSizes, Sizes, V2Maps};
+use edge_filter_tests::corpus::{entry_sets, generated_corpus, random_seed};
+use edge_filter_tests::differential::{XDP_DROP, XDP_PASS};
+use ipnet::IpNet;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const PROGRAM: &str = "edge_filter_v2";
+const SENTINEL: LastVerdict = LastVerdict {
+    reason: u32::MAX,
+    entry_id: u32::MAX,
+};
+
+struct Kernel {
+    ebpf: Ebpf,
+    last: PerCpuArray<MapData, LastVerdict>,
+}
+
+fn load(sizes: Sizes) -> (Kernel, V2Maps) {
+    assert!(
+        !BENCH_OBJECT.is_empty(),
+        "the bench-ebpf object was not built (AYA_BUILD_SKIP?)"
+    );
+    let mut loader = EbpfLoader::new();
+    for (name, n) in Capacities::small().per_map() {
+        loader.map_max_entries(name, n);
+    }
+    BenchSizes {
+        v2: sizes,
+        one_load_lines: 1,
+    }
+    .apply(&mut loader);
+    let mut ebpf = loader.load(BENCH_OBJECT).expect("loading the bench object");
+    let p: &mut Xdp = ebpf.program_mut(PROGRAM).unwrap().try_into().unwrap();
+    p.load()
+        .unwrap_or_else(|e| panic!("loading {PROGRAM}: {e}"));
+    let maps = V2Maps::take(&mut ebpf).expect("mapping the v2 maps");
+    maps.set_runtime_flags(abi::CONFIG_RECORD_LAST);
+    let last = PerCpuArray::try_from(ebpf.take_map("LAST").expect("LAST")).unwrap();
+    (Kernel { ebpf, last }, maps)
+}
+
+impl Kernel {
+    fn classify(&mut self, frame: &[u8]) -> (u32, u32, u32) {
+        let vals = PerCpuValues::try_from(vec![SENTINEL; nr_cpus().unwrap()]).unwrap();
+        self.last.set(0, vals, 0).unwrap();
+        let p: &Xdp = self.ebpf.program(PROGRAM).unwrap().try_into().unwrap();
+        let res = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        let l = self
+            .last
+            .get(&0, 0)
+            .unwrap()
+            .iter()
+            .copied()
+            .find(|l| *l != SENTINEL)
+            .expect("the program recorded no verdict");
+        (res.return_value, l.reason, l.entry_id)
+    }
+}
+
+fn expected(v: &Verdict, ids: &Ids) -> (u32, u32, u32) {
+    let id = if let Some(e) = v.entry {
+        ids[&IdKey::Entry(EntryKey {
+            net: e.net,
+            port: e.port,
+        })]
+    } else if let Some(a) = v.allow {
+        ids[&IdKey::Allow(a)]
+    } else {
+        NO_ENTRY
+    };
+    (if v.is_drop() { XDP_DROP } else { XDP_PASS }, v.reason, id)
+}
+
+#[test]
+fn v2_sync_engine_updates_grows_and_adopts() {
+    if !edge_filter_tests::netns::is_root() {
+        eprintln!("skipping: needs root to load the XDP program");
+        return;
+    }
+    let seed = random_seed();
+    let packets = generated_corpus(seed);
+    let frames: Vec<&[u8]> = packets
+        .iter()
+        .filter(|p| p.data.len() >= edge_filter::kernel::classifier::MIN_FRAME)
+        .map(|p| &p.data[..p.data.len().min(edge_filter::kernel::classifier::MAX_FRAME)])
+        .collect();
+    let named = entry_sets(&packets);
+    // The chain: every named set, with a big one (the last named set plus
+    // 20,000 exact addresses) in the middle.
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut big = named.last().unwrap().1.clone();
+    for _ in 0..20_000 {
+        let a = Ipv4Addr::from(rng.random::<u32>() | 0x0100_0000);
+        big.entries.push(Entry::new(
+            IpNet::from(std::net::IpAddr::V4(a)),
+            None,
+            Action::Drop,
+        ));
+    }
+    let mut chain: Vec<(String, EntrySet)> = named.clone();
+    let mid = chain.len() / 2;
+    chain.insert(mid, ("big".into(), big));
+
+    let first = &chain[0].1;
+    let tier = Tier::for_set(first, assign_ids(first, &Ids::default()), seed).unwrap();
+    let (mut k, maps) = load(tier.sizes().unwrap());
+    let mut sync = V2Sync::install(maps, tier, first, seed).unwrap();
+    let mut tiers = 1;
+    let mut checked = 0usize;
+    let mut mismatches = Vec::new();
+    for (name, set) in &chain {
+        let prev = sync.ids().clone();
+        let n = prev.values().max().map_or(0, |m| m + 1);
+        let counters_before = sync.maps().stats(n);
+        match sync.apply(set).unwrap() {
+            Applied::Done(_) => {}
+            Applied::NewTier(t) => {
+                let (k2, maps2) = load(t.sizes().unwrap());
+                let _old = sync.replace(maps2, *t, set).unwrap();
+                k = k2;
+                tiers += 1;
+                // Counters of kept ids carried over, exactly.
+                let after = sync.maps().stats(n);
+                for (key, id) in &prev {
+                    if sync.ids().get(key) == Some(id) {
+                        assert_eq!(
+                            after[*id as usize], counters_before[*id as usize],
+                            "set {name}: counters of id {id} not carried to the new tier"
+                        );
+                    }
+                }
+            }
+        }
+        for (key, id) in sync.ids() {
+            if let Some(p) = prev.get(key) {
+                assert_eq!(p, id, "set {name}: the id of {key:?} changed");
+            }
+        }
+        let reference = Reference::new(set);
+        for frame in &frames {
+            let want = expected(&reference.classify(frame, false), sync.ids());
+            let got = k.classify(frame);
+            checked += 1;
+            if got != want {
+                mismatches.push(format!(
+                    "set {name}: kernel (action, reason, id) {got:?}, reference {want:?}"
+                ));
+            }
+        }
+    }
+    println!(
+        "v2 sync engine: {checked} verdicts over {} sets, {tiers} tiers (seed {seed:#x}); {} disagreements",
+        chain.len(),
+        mismatches.len()
+    );
+    for m in mismatches.iter().take(25) {
+        eprintln!("MISMATCH {m}");
+    }
+    assert!(mismatches.is_empty(), "{} disagreements", mismatches.len());
+    assert!(tiers >= 2, "the big set did not need a new tier");
+
+    // Adoption through pins.
+    edge_filter_tests::netns::ensure_bpffs();
+    let dir = std::path::PathBuf::from(edge_filter_tests::netns::BPFFS_MOUNT).join(format!(
+        "ef-test-v2sync-{}",
+        edge_filter_tests::netns::unique_tag()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let open = |name: &str| -> edge_filter::error::Result<Map> {
+        let d = MapData::from_pin(dir.join(name)).unwrap();
+        Ok(Map::from_map_data(d).unwrap())
+    };
+    sync.maps().pin(&dir).unwrap();
+    let (adopted, how) = V2Sync::adopt(V2Maps::from_fn(open).unwrap(), seed).unwrap();
+    assert!(!how.drift, "freshly synced maps adopted with drift");
+    assert_eq!(adopted.ids(), sync.ids(), "adopted ids");
+    // Tamper with the catalog behind the engine's back: drift.
+    let mut raw = V2Maps::from_fn(open).unwrap();
+    let (_, &victim) = sync.ids().iter().next().expect("a key");
+    raw.store(&Write::Catalog {
+        id: victim,
+        value: 0,
+    })
+    .unwrap();
+    let (_, how) = V2Sync::adopt(V2Maps::from_fn(open).unwrap(), seed).unwrap();
+    assert!(how.drift, "a cleared catalog word went unnoticed");
+    assert!(!how.in_place);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A new tier goes live by replacing the program on the pinned link
+/// (`attach::swap_program`, `BPF_LINK_UPDATE`): the link then runs the new
+/// instance, still attached, and keeps it when the old instance is gone.
+#[test]
+fn a_new_tier_replaces_the_program_on_the_pinned_link() {
+    use aya::programs::{XdpMode, links::FdLink};
+    use edge_filter::kernel::attach::{LinkHealth, link_health, swap_program};
+    use edge_filter::kernel::paths::Paths;
+    use edge_filter_tests::netns::{BPFFS_MOUNT, Netns, ensure_bpffs, unique_tag};
+    if !edge_filter_tests::netns::is_root() {
+        eprintln!("skipping: needs root to attach XDP");
+        return;
+    }
+    let tag = unique_tag();
+    let ns = Netns::create(&format!("efv2swap{tag}"));
+    ns.ip_batch("link add efa type veth peer name efb\nlink set efa up\nlink set efb up\n");
+    ensure_bpffs();
+    let root = std::path::PathBuf::from(BPFFS_MOUNT).join(format!("ef-test-v2swap-{tag}"));
+    let paths = Paths::new(&root);
+    std::fs::create_dir_all(paths.iface_dir("efa")).unwrap();
+    /// Removes the test's pins however the test ends.
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(root.clone());
+    ns.enter(|| {
+        let (mut old, _old_maps) = load(Sizes::small());
+        let p: &mut Xdp = old.ebpf.program_mut(PROGRAM).unwrap().try_into().unwrap();
+        let id = p
+            .attach("efa", XdpMode::Skb)
+            .expect("attaching to the veth");
+        let link: FdLink = p.take_link(id).unwrap().try_into().unwrap();
+        link.pin(paths.link("efa")).unwrap();
+        let prog_id = |k: &Kernel| {
+            let p: &Xdp = k.ebpf.program(PROGRAM).unwrap().try_into().unwrap();
+            p.info().unwrap().id()
+        };
+        let attached_prog = || match link_health(&paths, "efa").unwrap() {
+            LinkHealth::Attached { prog_id, .. } => prog_id,
+            h => panic!("the link is not attached: {h:?}"),
+        };
+        assert_eq!(attached_prog(), prog_id(&old));
+        let (new, _new_maps) = load(Sizes::small());
+        let p: &Xdp = new.ebpf.program(PROGRAM).unwrap().try_into().unwrap();
+        swap_program(&paths.link("efa"), p).unwrap();
+        assert_eq!(attached_prog(), prog_id(&new), "the link runs the new tier");
+        drop(old);
+        assert_eq!(attached_prog(), prog_id(&new), "and keeps it");
+    });
+}
+
+/// A set that outgrows its tier goes live on a pinned attachment
+/// (`attach::grow`): the link runs a new program on new v2 maps, pinned
+/// where the old ones were, with the per-reason counters reused by pin,
+/// and the pins adopt as the engine's set and ids, without drift.
+#[test]
+fn a_new_tier_goes_live_on_the_pinned_attachment() {
+    use aya::programs::{XdpMode, links::FdLink};
+    use edge_filter::kernel::attach::{LinkHealth, TierPins, grow, link_health};
+    use edge_filter::kernel::paths::Paths;
+    use edge_filter::kernel::program::load_v2_object;
+    use edge_filter_tests::netns::{BPFFS_MOUNT, Netns, ensure_bpffs, unique_tag};
+    if !edge_filter_tests::netns::is_root() {
+        eprintln!("skipping: needs root to attach XDP");
+        return;
+    }
+    const REUSE: [&str; 5] = ["COUNTERS", "LAST", "EVENTS", "SAMPLE", "SAMPLE_STATE"];
+    let tag = unique_tag();
+    let ns = Netns::create(&format!("efv2grow{tag}"));
+    ns.ip_batch("link add efa type veth peer name efb\nlink set efa up\nlink set efb up\n");
+    ensure_bpffs();
+    let root = std::path::PathBuf::from(BPFFS_MOUNT).join(format!("ef-test-v2grow-{tag}"));
+    let paths = Paths::new(&root);
+    let maps_dir = paths.maps_dir("efa");
+    std::fs::create_dir_all(&maps_dir).unwrap();
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(root.clone());
+    let mut extra: Vec<(&str, u32)> = Capacities::small().per_map().to_vec();
+    extra.push(("ONE_LOAD", 1));
+    let seed = random_seed();
+    let mut small = EntrySet::default();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut addr = || {
+        let a = Ipv4Addr::from(rng.random::<u32>() | 0x0100_0000);
+        Entry::new(IpNet::from(std::net::IpAddr::V4(a)), None, Action::Drop)
+    };
+    for _ in 0..100 {
+        small.entries.push(addr());
+    }
+    let mut big = small.clone();
+    for _ in 0..5000 {
+        big.entries.push(addr());
+    }
+    ns.enter(|| {
+        let tier = Tier::for_set(&small, assign_ids(&small, &Ids::default()), seed).unwrap();
+        let mut ebpf =
+            load_v2_object(BENCH_OBJECT, PROGRAM, &tier.sizes().unwrap(), &[], &extra).unwrap();
+        for name in REUSE {
+            ebpf.map(name).unwrap().pin(maps_dir.join(name)).unwrap();
+        }
+        let maps = V2Maps::take(&mut ebpf).unwrap();
+        maps.pin(&maps_dir).unwrap();
+        let mut sync = V2Sync::install(maps, tier, &small, seed).unwrap();
+        let p: &mut Xdp = ebpf.program_mut(PROGRAM).unwrap().try_into().unwrap();
+        let old_prog = p.info().unwrap().id();
+        let id = p
+            .attach("efa", XdpMode::Skb)
+            .expect("attaching to the veth");
+        let link: FdLink = p.take_link(id).unwrap().try_into().unwrap();
+        link.pin(paths.link("efa")).unwrap();
+        let map_id = |name: &str| {
+            MapData::from_pin(maps_dir.join(name))
+                .unwrap()
+                .info()
+                .unwrap()
+        };
+        let counters = map_id("COUNTERS").id();
+        let old_exact4 = map_id("V2_EXACT4").id();
+        let Applied::NewTier(t) = sync.apply(&big).unwrap() else {
+            panic!("5,100 addresses fit a tier made for 100");
+        };
+        let pins = TierPins {
+            maps_dir: &maps_dir,
+            link: &paths.link("efa"),
+            reuse: &REUSE,
+        };
+        grow(&mut sync, *t, &big, BENCH_OBJECT, PROGRAM, &pins, &extra).unwrap();
+        drop(ebpf);
+        match link_health(&paths, "efa").unwrap() {
+            LinkHealth::Attached { prog_id, .. } => {
+                assert_ne!(prog_id, old_prog, "the link still runs the old tier")
+            }
+            h => panic!("the link is not attached after growing: {h:?}"),
+        }
+        assert_eq!(map_id("COUNTERS").id(), counters, "COUNTERS reused by pin");
+        let exact4 = map_id("V2_EXACT4");
+        assert_ne!(exact4.id(), old_exact4, "the new tier's maps are pinned");
+        assert_eq!(
+            exact4.max_entries(),
+            sync.geometry().unwrap().buckets4,
+            "pinned at the new tier's size"
+        );
+        assert!(!maps_dir.join("v2-next").exists(), "staging pins left");
+        let open = |name: &str| -> edge_filter::error::Result<Map> {
+            Ok(Map::from_map_data(MapData::from_pin(maps_dir.join(name)).unwrap()).unwrap())
+        };
+        let (adopted, how) = V2Sync::adopt(V2Maps::from_fn(open).unwrap(), seed).unwrap();
+        assert!(!how.drift, "the grown tier adopts without drift");
+        assert_eq!(adopted.ids(), sync.ids());
+    });
+}
