@@ -148,6 +148,7 @@ impl<K: Copy + Eq + Hash> Placement<K> {
                     }
                 }
                 return Some(Move {
+                    to_first: alt == h1,
                     key: k,
                     from: (b, s),
                     to: (alt, t),
@@ -208,6 +209,10 @@ pub(crate) struct Move<K> {
     pub spill_set: Option<u32>,
     /// A first bucket whose spill bit may now be cleared (after `from`).
     pub spill_clear: Option<u32>,
+    /// The key moved back to its first bucket: a reader may look there
+    /// before the copy lands and in the old slot after it is cleared, so
+    /// a grace period must separate the two.
+    pub to_first: bool,
 }
 
 /// A run of heap lines: `(first line, count)`.

@@ -22,15 +22,26 @@ use super::tables::{Counts, Geometry, Plan, Step, Tables, Write, key_of};
 use super::{IdKey, Ids, LayoutError, Result};
 use crate::entry::{Action, EntryKey, EntrySet, PortMatch, Proto, Side};
 
-/// What a key maps to in a normalised set.
+/// What a key maps to in a set: an allowlist net's id, or an entry's
+/// action (drop or monitor) and id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Val {
+pub enum KeyValue {
+    /// An allowlist net ([`IdKey::Allow`]).
     Allow(u32),
-    Entry { drop: bool, id: u32 },
+    /// An entry ([`IdKey::Entry`]).
+    Entry {
+        /// Drop (else monitor).
+        drop: bool,
+        /// Its id.
+        id: u32,
+    },
 }
 
-impl Val {
-    fn id(self) -> u32 {
+type Val = KeyValue;
+
+impl KeyValue {
+    /// The id.
+    pub fn id(self) -> u32 {
         match self {
             Val::Allow(id) | Val::Entry { id, .. } => id,
         }
@@ -294,6 +305,8 @@ pub struct Compiler {
     cat6_of: FxHashMap<u32, u32>,
     /// Spill bits new records' placements set, written after their slots.
     planned_flips: [FxHashMap<u128, u32>; 2],
+    /// IPv6 keys (catalog addresses in use).
+    keys6: u64,
     poisoned: bool,
     /// Tests only: let the exact tables run past load 1/2 (to spill).
     lax: bool,
@@ -349,6 +362,11 @@ impl Compiler {
             f.begin_bulk();
         }
         let mut cnt = Counts::default();
+        // (id, key, value) of every key as first seen, then the keys whose
+        // value a duplicate changed (drop wins): the catalog.
+        let mut cat: Vec<(u32, IdKey, Val)> =
+            Vec::with_capacity(set.allow.len() + set.entries.len());
+        let mut merged: Vec<(u32, IdKey, Val)> = Vec::new();
         c.fam[0].reserve(set.entries.len());
         for n in &set.allow {
             let k = IdKey::Allow(n.trunc());
@@ -361,6 +379,7 @@ impl Compiler {
             cnt.ids = cnt.ids.max(id as u64 + 1);
             cnt.ids6 += f as u64;
             c.fam[f].set_allow(net, Some(id));
+            cat.push((id, k, Val::Allow(id)));
         }
         for e in &set.entries {
             let k = IdKey::Entry(EntryKey {
@@ -374,6 +393,7 @@ impl Compiler {
                 Some((d, id)) => {
                     if drop && !d {
                         fam.set_entry(net, port, Some((true, id)));
+                        merged.push((id, k, Val::Entry { drop, id }));
                     }
                 }
                 None => {
@@ -383,6 +403,7 @@ impl Compiler {
                     cnt.ids6 += f as u64;
                     cnt.ported += port.is_some() as u64;
                     fam.set_entry(net, port, Some((drop, id)));
+                    cat.push((id, k, Val::Entry { drop, id }));
                 }
             }
         }
@@ -394,13 +415,20 @@ impl Compiler {
         cnt.nets4 = c.fam[0].nets.len() as u64;
         cnt.nets6 = c.fam[1].nets.len() as u64;
         c.check(&cnt)?;
+        c.keys6 = cnt.ids6;
         let mut t = Touched::default();
         for f in 0..2 {
             t.recs[f] = c.fam[f].records.keys().copied().collect();
             t.nets[f] = c.fam[f].nets.keys().copied().collect();
             t.regions[f] = t.nets[f].iter().map(|n| (n.addr, n.last(WIDTH[f]))).collect();
         }
-        t.cat = c.keys().map(|(k, v)| (v.id(), Some((k, v)))).collect();
+        for (id, k, v) in cat.into_iter().chain(merged) {
+            let (word, addr6) = c.catalog_entry(id, &k, v)?;
+            c.tables.catalog[id as usize] = word;
+            if let Some((i, a)) = addr6 {
+                c.tables.catalog6[i as usize] = a;
+            }
+        }
         let r = c.apply_touched(t, false);
         if r.is_err() {
             c.poisoned = true;
@@ -469,6 +497,7 @@ impl Compiler {
             cat6: Slots::new(geo.catalog6),
             cat6_of: FxHashMap::default(),
             planned_flips: Default::default(),
+            keys6: 0,
             poisoned: false,
             lax: false,
         }
@@ -522,7 +551,6 @@ impl Compiler {
             return Err(LayoutError::Poisoned);
         }
         let new = spec_of(set, ids)?;
-        self.check(&counts_of(&new))?;
         let mut changes = Vec::new();
         for (k, v) in &new {
             match self.value(k) {
@@ -536,7 +564,147 @@ impl Compiler {
             }
         }
         changes.sort_by_key(|c| c.0);
+        self.check_changes(&changes)?;
         self.apply(changes, true)
+    }
+
+    /// [`Compiler::update`] from key changes instead of a whole set: each
+    /// key gets its value (`None` removes it), so the work is in
+    /// proportion to the changes (the agent's `SetChanges`, with the ids
+    /// of new keys). Keys are normalised here; a key listed twice takes
+    /// its last value. Errors as for [`Compiler::update`]; an id already
+    /// held by another key that stays is a [`LayoutError::DuplicateId`].
+    pub fn update_changes(&mut self, changes: &[(IdKey, Option<KeyValue>)]) -> Result<Plan> {
+        if self.poisoned {
+            return Err(LayoutError::Poisoned);
+        }
+        let mut list: Vec<(IdKey, Option<Val>)> = changes
+            .iter()
+            .map(|(k, v)| {
+                let k = match k {
+                    IdKey::Allow(n) => IdKey::Allow(n.trunc()),
+                    IdKey::Entry(e) => IdKey::Entry(EntryKey {
+                        net: e.net.trunc(),
+                        port: e.port,
+                    }),
+                };
+                (k, *v)
+            })
+            .collect();
+        // The last value of each key.
+        list.reverse();
+        list.sort_by_key(|c| c.0);
+        list.dedup_by_key(|c| c.0);
+        let mut out = Vec::with_capacity(list.len());
+        for (k, v) in list {
+            if let Some(v) = v {
+                match (k, v) {
+                    (IdKey::Allow(_), Val::Allow(_)) | (IdKey::Entry(_), Val::Entry { .. }) => {}
+                    _ => return Err(LayoutError::Decode(format!("{k:?} cannot take {v:?}"))),
+                }
+                if v.id() >= MAX_IDS {
+                    return Err(LayoutError::IdTooLarge {
+                        key: k,
+                        id: v.id(),
+                        max: MAX_IDS - 1,
+                    });
+                }
+            }
+            let old = self.value(&k);
+            if old != v {
+                out.push((k, old, v));
+            }
+        }
+        // Ids: a new one must be free once the removals are done.
+        let freed: FxHashSet<u32> = out
+            .iter()
+            .filter_map(|(_, o, n)| o.filter(|o| n.is_none_or(|n| n.id() != o.id())).map(|o| o.id()))
+            .collect();
+        let mut taken: FxHashMap<u32, IdKey> = FxHashMap::default();
+        for (k, o, n) in &out {
+            let Some(n) = n else { continue };
+            if o.is_some_and(|o| o.id() == n.id()) {
+                continue;
+            }
+            let id = n.id();
+            let held = (id as usize) < self.tables.catalog.len()
+                && self.tables.catalog[id as usize] != 0
+                && !freed.contains(&id);
+            if let Some(a) = taken.insert(id, *k) {
+                return Err(LayoutError::DuplicateId { id, a, b: *k });
+            }
+            if held {
+                let a = self.keys().find(|(_, v)| v.id() == id).map_or(*k, |(a, _)| a);
+                return Err(LayoutError::DuplicateId { id, a, b: *k });
+            }
+        }
+        self.check_changes(&out)?;
+        self.apply(out, true)
+    }
+
+    /// Refuse changes that take the set past the tier, before touching
+    /// anything: the counts after the changes, from the model's reference
+    /// counts of the records and nets they touch.
+    fn check_changes(&self, changes: &[(IdKey, Option<Val>, Option<Val>)]) -> Result<()> {
+        let mut rec: [FxHashMap<u128, i64>; 2] = Default::default();
+        let mut nets: [FxHashMap<Net, i64>; 2] = Default::default();
+        let mut c = Counts {
+            records4: self.fam[0].records.len() as u64,
+            records6: self.fam[1].records.len() as u64,
+            nets4: self.fam[0].nets.len() as u64,
+            nets6: self.fam[1].nets.len() as u64,
+            ids6: self.keys6,
+            ..Counts::default()
+        };
+        let mut ids6 = self.keys6 as i64;
+        for (k, o, n) in changes {
+            let (f, net, _) = parts(k);
+            if let Some(n) = n {
+                c.ids = c.ids.max(n.id() as u64 + 1);
+            }
+            let d = match (o, n) {
+                (None, Some(_)) => 1,
+                (Some(_), None) => -1,
+                _ => 0,
+            };
+            if d == 0 {
+                continue;
+            }
+            if f == 1 {
+                ids6 += d;
+            }
+            if matches!(k, IdKey::Entry(_)) && net.len == WIDTH[f] {
+                *rec[f].entry(net.addr).or_insert(0) += d;
+            } else {
+                *nets[f].entry(net).or_insert(0) += d;
+            }
+        }
+        c.ids6 = ids6.max(0) as u64;
+        for f in 0..2 {
+            let (mut up, mut down) = (0u64, 0u64);
+            for (a, d) in &rec[f] {
+                let before = self.fam[f].records.get(a).copied().unwrap_or(0) as i64;
+                match (before > 0, before + d > 0) {
+                    (false, true) => up += 1,
+                    (true, false) => down += 1,
+                    _ => {}
+                }
+            }
+            let r = if f == 0 { &mut c.records4 } else { &mut c.records6 };
+            *r = *r + up - down;
+            let (mut up, mut down) = (0u64, 0u64);
+            for (n, d) in &nets[f] {
+                let before = self.fam[f].nets.get(n).copied().unwrap_or(0) as i64;
+                match (before > 0, before + d > 0) {
+                    (false, true) => up += 1,
+                    (true, false) => down += 1,
+                    _ => {}
+                }
+            }
+            let r = if f == 0 { &mut c.nets4 } else { &mut c.nets6 };
+            *r = *r + up - down;
+        }
+        self.check(&c)
     }
 
     /// Refuse a set the tier cannot hold, before touching anything.
@@ -607,6 +775,9 @@ impl Compiler {
             } else {
                 t.regions[f].push((net.addr, net.last(WIDTH[f])));
             }
+            if f == 1 {
+                self.keys6 = self.keys6 + new.is_some() as u64 - old.is_some() as u64;
+            }
             if let Some(o) = old {
                 t.cat.push((o.id(), None));
             }
@@ -649,7 +820,12 @@ impl Compiler {
         // written: a key whose two buckets are full makes room by moving
         // a key this update does not touch (its record, as readers see it
         // now, is copied ahead of the plan).
+        // A fresh build places its IPv4 records in bulk, after the ranges.
+        let bulk4 = !record && self.place4.len() == 0;
         for (f, rs) in recs.iter().enumerate() {
+            if f == 0 && bulk4 {
+                continue;
+            }
             for &a in rs {
                 if self.fam[f].has_record(a) && self.position(f, a).is_none() {
                     self.place_new(f, a, rs, &mut ph)?;
@@ -671,6 +847,10 @@ impl Compiler {
         // Then record inserts and changes (their stores see the spill bits
         // as they were), removals last.
         for (f, rs) in recs.iter().enumerate() {
+            if f == 0 && bulk4 {
+                self.build_records4(rs, &mut ph)?;
+                continue;
+            }
             for &a in rs {
                 if self.fam[f].has_record(a) {
                     self.upsert_record(f, a, &mut ph)?;
@@ -1080,6 +1260,72 @@ impl Compiler {
         Some(&r[i.checked_sub(1)?].1)
     }
 
+    /// A fresh build's IPv4 records (`recs`, sorted, every one a record,
+    /// none placed): decided in address order (the `/16` ranges are read
+    /// in order), then placed and written in bucket order.
+    fn build_records4(&mut self, recs: &[u128], ph: &mut Phases) -> Result<()> {
+        let (seed, mask) = (self.geo.seed4, self.geo.buckets4 - 1);
+        let mut items: Vec<(u32, u32)> = Vec::with_capacity(recs.len());
+        let none = Decision::none();
+        for &a in recs {
+            let range = self.range_at(a as u32).unwrap_or(&none);
+            let d = self.fam[0].decide_record(a, range);
+            let (m, runs) = self.encode(0, &d, ph)?;
+            debug_assert!(m != 0, "a record always decides something");
+            if !runs.is_empty() {
+                self.rec[0].insert(a, Rec { runs, decision: d });
+            }
+            self.set_bit4(self.block4(a), SUM_X, true);
+            items.push((a as u32, m));
+        }
+        // Counting sort by first bucket.
+        let nb = self.geo.buckets4 as usize;
+        let mut start = vec![0u32; nb + 1];
+        let b1s: Vec<u32> = items
+            .iter()
+            .map(|&(k, _)| bucket_pair4(k, seed, mask).0)
+            .collect();
+        for &b in &b1s {
+            start[b as usize + 1] += 1;
+        }
+        for i in 0..nb {
+            start[i + 1] += start[i];
+        }
+        let mut order = vec![(0u32, 0u32); items.len()];
+        for (&b, &it) in b1s.iter().zip(&items) {
+            let p = &mut start[b as usize];
+            order[*p as usize] = it;
+            *p += 1;
+        }
+        drop(items);
+        drop(b1s);
+        let none_touched: [u128; 0] = [];
+        for (key, m) in order {
+            let (b1, b2) = bucket_pair4(key, seed, mask);
+            let p = match self.place4.insert(key, b1, b2) {
+                Some(p) => p,
+                None => {
+                    self.relocate4(b1, b2, &none_touched, ph)?;
+                    self.place4.insert(key, b1, b2).ok_or(LayoutError::Full {
+                        what: "a pair of IPv4 buckets",
+                    })?
+                }
+            };
+            self.tables.exact4[p.bucket as usize].slots[p.slot as usize] =
+                Slot4 { addr: key, meta: m };
+        }
+        // Spill bits, once every key is in place.
+        for b in 0..self.geo.buckets4 {
+            let s = &mut self.tables.exact4[b as usize].slots[SLOTS4 - 1];
+            if self.place4.spilled(b) {
+                s.meta |= META_SPILL;
+            } else {
+                s.meta &= !META_SPILL;
+            }
+        }
+        Ok(())
+    }
+
     /// Insert or change the record of `a`.
     fn upsert_record(&mut self, f: usize, a: u128, ph: &mut Phases) -> Result<()> {
         let d = if f == 0 {
@@ -1306,7 +1552,7 @@ impl Compiler {
         let rec = self.tables.exact4[mv.from.0 as usize].slots[mv.from.1 as usize];
         let meta = rec.meta & !META_SPILL;
         let mut w = Vec::new();
-        let mut slot = |c: &mut Self, bucket: u32, slot: u32, mut s: Slot4| {
+        let slot = |c: &mut Self, w: &mut Vec<Write>, bucket: u32, slot: u32, mut s: Slot4| {
             if slot as usize == SLOTS4 - 1 && c.place4.spilled(bucket) {
                 s.meta |= META_SPILL;
             }
@@ -1318,13 +1564,20 @@ impl Compiler {
             c.tables.apply(&x);
             w.push(x);
         };
-        slot(self, mv.to.0, mv.to.1, Slot4 { addr: mv.key, meta });
+        slot(self, &mut w, mv.to.0, mv.to.1, Slot4 { addr: mv.key, meta });
         if let Some(b) = mv.spill_set {
             let s7 = self.tables.exact4[b as usize].slots[SLOTS4 - 1];
-            slot(self, b, (SLOTS4 - 1) as u32, s7);
+            slot(self, &mut w, b, (SLOTS4 - 1) as u32, s7);
+        }
+        if mv.to_first && ph.record {
+            // Back to its first bucket: the copy lands a grace period
+            // before the old slot is cleared.
+            ph.prefix.push(Step::Writes(std::mem::take(&mut w)));
+            ph.prefix.push(Step::Grace);
         }
         slot(
             self,
+            &mut w,
             mv.from.0,
             mv.from.1,
             Slot4 {
@@ -1336,6 +1589,7 @@ impl Compiler {
             let s7 = self.tables.exact4[b as usize].slots[SLOTS4 - 1];
             slot(
                 self,
+                &mut w,
                 b,
                 (SLOTS4 - 1) as u32,
                 Slot4 {
@@ -1397,18 +1651,18 @@ impl Compiler {
                 value: META_SPILL,
             });
         }
-        publish.push(Write::Meta6 {
+        let mut clear = vec![Write::Meta6 {
             bucket: fb,
             slot: fs,
             meta: 0,
-        });
+        }];
         if let Some(b) = mv.spill_clear {
-            publish.push(Write::Hdr6 {
+            clear.push(Write::Hdr6 {
                 bucket: b,
                 value: 0,
             });
         }
-        for x in stage.iter().chain(&publish) {
+        for x in stage.iter().chain(&publish).chain(&clear) {
             self.tables.apply(x);
         }
         if ph.record {
@@ -1416,7 +1670,15 @@ impl Compiler {
                 ph.prefix.push(Step::Writes(stage));
                 ph.prefix.push(Step::Grace);
             }
-            ph.prefix.push(Step::Writes(publish));
+            if mv.to_first {
+                // Back to its first bucket: see `relocate4`.
+                ph.prefix.push(Step::Writes(publish));
+                ph.prefix.push(Step::Grace);
+                ph.prefix.push(Step::Writes(clear));
+            } else {
+                publish.extend(clear);
+                ph.prefix.push(Step::Writes(publish));
+            }
             ph.prefix.push(Step::Grace);
         }
         Ok(())
@@ -1651,29 +1913,35 @@ impl Compiler {
 /// (what the agent's sync does today; a freed id is reused only by a
 /// later set, never by the one that freed it).
 pub fn assign_ids(set: &EntrySet, previous: &Ids) -> Ids {
-    let mut keys: BTreeSet<IdKey> = BTreeSet::new();
-    for n in &set.allow {
-        keys.insert(IdKey::Allow(n.trunc()));
-    }
-    for e in &set.entries {
-        keys.insert(IdKey::Entry(EntryKey {
+    let mut keys: Vec<IdKey> = Vec::with_capacity(set.allow.len() + set.entries.len());
+    keys.extend(set.allow.iter().map(|n| IdKey::Allow(n.trunc())));
+    keys.extend(set.entries.iter().map(|e| {
+        IdKey::Entry(EntryKey {
             net: e.net.trunc(),
             port: e.port,
-        }));
+        })
+    }));
+    keys.sort_unstable();
+    keys.dedup();
+    let top = previous.values().copied().max().map_or(0, |m| m as usize + 1);
+    let mut used = vec![0u64; top.div_ceil(64)];
+    for &id in previous.values() {
+        used[id as usize / 64] |= 1 << (id % 64);
     }
-    let used: FxHashSet<u32> = previous.values().copied().collect();
-    let mut out = Ids::default();
-    let mut next = 0u32;
-    for k in &keys {
-        if let Some(&id) = previous.get(k) {
-            out.insert(*k, id);
-        }
-    }
+    let is_used = |id: u32| used.get(id as usize / 64).is_some_and(|w| w & (1 << (id % 64)) != 0);
+    let mut out = Ids::with_capacity_and_hasher(keys.len(), Default::default());
+    let mut fresh = Vec::new();
     for k in keys {
-        if out.contains_key(&k) {
-            continue;
+        match previous.get(&k) {
+            Some(&id) => {
+                out.insert(k, id);
+            }
+            None => fresh.push(k),
         }
-        while used.contains(&next) {
+    }
+    let mut next = 0u32;
+    for k in fresh {
+        while is_used(next) {
             next += 1;
         }
         out.insert(k, next);

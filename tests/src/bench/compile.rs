@@ -179,14 +179,16 @@ fn sets(case: &Case, seed: u64) -> (EntrySet, EntrySet, usize) {
     (full, after, churn)
 }
 
-/// One round of a case: (ids, build, delta ids, delta update) in seconds,
-/// and the plan's stores and grace periods.
-fn round(full: &EntrySet, after: &EntrySet, seed: u64) -> Result<([f64; 4], usize, usize)> {
+/// One round of a case: (ids, build, delta ids, delta update, counts) in
+/// seconds, and the plan's stores and grace periods.
+fn round(full: &EntrySet, after: &EntrySet, seed: u64) -> Result<([f64; 5], usize, usize)> {
     let t = Instant::now();
     let ids: Ids = assign_ids(full, &Ids::default());
     let t_ids = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let c = counts(full, &ids)?;
+    let t_counts = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let mut g = Geometry::for_counts(&c, 1.0, seed);
     // Room for the delta's new ids (a freed id is reused only by a later
     // sync, so the delta's adds take ids past the set's).
@@ -201,7 +203,7 @@ fn round(full: &EntrySet, after: &EntrySet, seed: u64) -> Result<([f64; 4], usiz
     let plan = comp.update(after, &ids2).context("1% delta")?;
     let t_update = t.elapsed().as_secs_f64();
     Ok((
-        [t_ids, t_build, t_ids2, t_update],
+        [t_ids, t_build, t_ids2, t_update, t_counts],
         plan.writes(),
         plan.graces(),
     ))
@@ -224,10 +226,14 @@ pub fn run(o: &Opts) -> Result<()> {
     let mut jrows = Vec::new();
     let mut target_rows = Vec::new();
     let fmt = |s: Stat| format!("{:.1} ({:.1}-{:.1})", s.median * 1e3, s.min * 1e3, s.max * 1e3);
+    let only = std::env::var("EF_COMPILE_ONLY").ok();
     for case in cases {
+        if only.as_ref().is_some_and(|o| !case.name.starts_with(o.as_str())) {
+            continue;
+        }
         eprintln!("compile: {} ...", case.name);
         let (full, after, churn) = sets(case, o.seed);
-        let mut t: [Vec<f64>; 4] = Default::default();
+        let mut t: [Vec<f64>; 5] = Default::default();
         let mut fulls = Vec::new();
         let mut ratios = Vec::new();
         let (mut writes, mut graces) = (0, 0);
@@ -240,9 +246,10 @@ pub fn run(o: &Opts) -> Result<()> {
             ratios.push((x[2] + x[3]) / (x[0] + x[1]));
             (writes, graces) = (w, g);
             eprintln!(
-                "compile: {} round {r}: ids {:.1} ms, build {:.1} ms, delta {:.1} + {:.1} ms",
+                "compile: {} round {r}: ids {:.1} ms, counts {:.1} ms, build {:.1} ms, delta {:.1} + {:.1} ms",
                 case.name,
                 x[0] * 1e3,
+                x[4] * 1e3,
                 x[1] * 1e3,
                 x[2] * 1e3,
                 x[3] * 1e3
