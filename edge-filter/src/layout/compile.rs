@@ -307,6 +307,10 @@ pub struct Compiler {
     planned_flips: [FxHashMap<u128, u32>; 2],
     /// IPv6 keys (catalog addresses in use).
     keys6: u64,
+    /// Summary words an update changed (word, value before), and whether
+    /// to note them.
+    sum_dirty: [Vec<(u32, u64)>; 2],
+    track_sums: bool,
     poisoned: bool,
     /// Tests only: let the exact tables run past load 1/2 (to spill).
     lax: bool,
@@ -319,19 +323,34 @@ impl Compiler {
     /// Compile `set` with `ids` into fresh tables of geometry `geo` (no
     /// plan: the tables are written whole, before the program uses them).
     pub fn build(set: &EntrySet, ids: &Ids, geo: Geometry) -> Result<Compiler> {
-        Self::build_with(set, ids, geo, false)
+        Self::build_with(set, ids, |_| geo, false)
+    }
+
+    /// [`Compiler::build`] with the geometry chosen from the set's counts
+    /// (e.g. `|c| Geometry::for_counts(c, headroom, seed)`): one pass over
+    /// the set instead of [`counts`] and then the build.
+    pub fn build_for(
+        set: &EntrySet,
+        ids: &Ids,
+        geometry: impl FnOnce(&Counts) -> Geometry,
+    ) -> Result<Compiler> {
+        Self::build_with(set, ids, geometry, false)
     }
 
     /// [`Compiler::build`] whose exact tables may run past load 1/2, so
     /// tests see keys spill to their second bucket.
     #[cfg(test)]
     pub(crate) fn build_lax(set: &EntrySet, ids: &Ids, geo: Geometry) -> Result<Compiler> {
-        Self::build_with(set, ids, geo, true)
+        Self::build_with(set, ids, |_| geo, true)
     }
 
-    fn build_with(set: &EntrySet, ids: &Ids, geo: Geometry, lax: bool) -> Result<Compiler> {
-        let mut c = Compiler::empty(geo);
-        c.lax = lax;
+    fn build_with(
+        set: &EntrySet,
+        ids: &Ids,
+        geometry: impl FnOnce(&Counts) -> Geometry,
+        lax: bool,
+    ) -> Result<Compiler> {
+        let mut fams = [Family::new(32), Family::new(128)];
         // The model, straight from the set: duplicates merged (drop
         // wins), the B-trees of records and nets built at once.
         let id_of = |k: &IdKey| -> Result<u32> {
@@ -358,7 +377,7 @@ impl Compiler {
             seen[w] |= 1 << b;
             Ok(())
         };
-        for f in &mut c.fam {
+        for f in &mut fams {
             f.begin_bulk();
         }
         let mut cnt = Counts::default();
@@ -367,18 +386,18 @@ impl Compiler {
         let mut cat: Vec<(u32, IdKey, Val)> =
             Vec::with_capacity(set.allow.len() + set.entries.len());
         let mut merged: Vec<(u32, IdKey, Val)> = Vec::new();
-        c.fam[0].reserve(set.entries.len());
+        fams[0].reserve(set.entries.len());
         for n in &set.allow {
             let k = IdKey::Allow(n.trunc());
             let (f, net, _) = parts(&k);
-            if c.fam[f].allow.contains_key(&net) {
+            if fams[f].allow.contains_key(&net) {
                 continue;
             }
             let id = id_of(&k)?;
             mark(id, &k)?;
             cnt.ids = cnt.ids.max(id as u64 + 1);
             cnt.ids6 += f as u64;
-            c.fam[f].set_allow(net, Some(id));
+            fams[f].set_allow(net, Some(id));
             cat.push((id, k, Val::Allow(id)));
         }
         for e in &set.entries {
@@ -388,7 +407,7 @@ impl Compiler {
             });
             let drop = e.action == Action::Drop;
             let (f, net, port) = parts(&k);
-            let fam = &mut c.fam[f];
+            let fam = &mut fams[f];
             match fam.entry(net, port) {
                 Some((d, id)) => {
                     if drop && !d {
@@ -407,13 +426,16 @@ impl Compiler {
                 }
             }
         }
-        for f in &mut c.fam {
+        for f in &mut fams {
             f.end_bulk();
         }
-        cnt.records4 = c.fam[0].records.len() as u64;
-        cnt.records6 = c.fam[1].records.len() as u64;
-        cnt.nets4 = c.fam[0].nets.len() as u64;
-        cnt.nets6 = c.fam[1].nets.len() as u64;
+        cnt.records4 = fams[0].records.len() as u64;
+        cnt.records6 = fams[1].records.len() as u64;
+        cnt.nets4 = fams[0].nets.len() as u64;
+        cnt.nets6 = fams[1].nets.len() as u64;
+        let mut c = Compiler::empty(geometry(&cnt));
+        c.lax = lax;
+        c.fam = fams;
         c.check(&cnt)?;
         c.keys6 = cnt.ids6;
         let mut t = Touched::default();
@@ -498,6 +520,8 @@ impl Compiler {
             cat6_of: FxHashMap::default(),
             planned_flips: Default::default(),
             keys6: 0,
+            sum_dirty: Default::default(),
+            track_sums: false,
             poisoned: false,
             lax: false,
         }
@@ -797,8 +821,9 @@ impl Compiler {
     /// summaries, catalog, and the plan.
     fn apply_touched(&mut self, mut t: Touched, record: bool) -> Result<Plan> {
         let mut ph = Phases::new(record);
-        let old_sum4 = self.tables.sum4.clone();
-        let old_sum6 = self.tables.sum6.clone();
+        // Summary words changed by this update, with their old values.
+        self.sum_dirty = [Vec::new(), Vec::new()];
+        self.track_sums = record;
         let old_flags = self.tables.config.flags;
         for f in 0..2 {
             t.recs[f].sort_unstable();
@@ -822,12 +847,20 @@ impl Compiler {
         // now, is copied ahead of the plan).
         // A fresh build places its IPv4 records in bulk, after the ranges.
         let bulk4 = !record && self.place4.len() == 0;
+        // Whether each touched address has a record in the new set.
+        let present: [Vec<bool>; 2] = [0, 1].map(|f| {
+            if !record {
+                vec![true; recs[f].len()]
+            } else {
+                recs[f].iter().map(|&a| self.fam[f].has_record(a)).collect()
+            }
+        });
         for (f, rs) in recs.iter().enumerate() {
             if f == 0 && bulk4 {
                 continue;
             }
-            for &a in rs {
-                if self.fam[f].has_record(a) && self.position(f, a).is_none() {
+            for (&a, &p) in rs.iter().zip(&present[f]) {
+                if p && self.position(f, a).is_none() {
                     self.place_new(f, a, rs, &mut ph)?;
                 }
             }
@@ -851,13 +884,13 @@ impl Compiler {
                 self.build_records4(rs, &mut ph)?;
                 continue;
             }
-            for &a in rs {
-                if self.fam[f].has_record(a) {
+            for (&a, &p) in rs.iter().zip(&present[f]) {
+                if p {
                     self.upsert_record(f, a, &mut ph)?;
                 }
             }
-            for &a in rs {
-                if !self.fam[f].has_record(a) {
+            for (&a, &p) in rs.iter().zip(&present[f]) {
+                if !p {
                     self.remove_record(f, a, &mut ph);
                 }
             }
@@ -996,22 +1029,21 @@ impl Compiler {
 
         // 7. Summary words and flags: the union first, the final value after
         // the removals.
-        for (i, (&old, &new)) in old_sum4
-            .iter()
-            .zip(self.tables.sum4.clone().iter())
-            .enumerate()
-        {
-            if old != new {
-                self.summary_writes(&mut ph, true, i as u32, old, new);
-            }
-        }
-        for (i, (&old, &new)) in old_sum6
-            .iter()
-            .zip(self.tables.sum6.clone().iter())
-            .enumerate()
-        {
-            if old != new {
-                self.summary_writes(&mut ph, false, i as u32, old, new);
+        self.track_sums = false;
+        for (v, dirty) in std::mem::take(&mut self.sum_dirty).into_iter().enumerate() {
+            let mut dirty = dirty;
+            // The first old value of each word.
+            dirty.sort_by_key(|&(w, _)| w);
+            dirty.dedup_by_key(|&mut (w, _)| w);
+            for (w, old) in dirty {
+                let new = if v == 0 {
+                    self.tables.sum4[w as usize]
+                } else {
+                    self.tables.sum6[w as usize]
+                };
+                if old != new {
+                    self.summary_writes(&mut ph, v == 0, w, old, new);
+                }
             }
         }
         if flags != old_flags {
@@ -1098,22 +1130,28 @@ impl Compiler {
     }
 
     fn set_bit4(&mut self, block: u32, bit: u64, on: bool) {
+        self.set_bit(0, block, bit, on);
+    }
+
+    fn set_bit6(&mut self, block: u32, bit: u64, on: bool) {
+        self.set_bit(1, block, bit, on);
+    }
+
+    fn set_bit(&mut self, v: usize, block: u32, bit: u64, on: bool) {
         let (w, sh) = summary_pos(block);
-        let x = &mut self.tables.sum4[w as usize];
+        let x = if v == 0 {
+            &mut self.tables.sum4[w as usize]
+        } else {
+            &mut self.tables.sum6[w as usize]
+        };
+        let before = *x;
         if on {
             *x |= bit << sh;
         } else {
             *x &= !(bit << sh);
         }
-    }
-
-    fn set_bit6(&mut self, block: u32, bit: u64, on: bool) {
-        let (w, sh) = summary_pos(block);
-        let x = &mut self.tables.sum6[w as usize];
-        if on {
-            *x |= bit << sh;
-        } else {
-            *x &= !(bit << sh);
+        if self.track_sums && *x != before {
+            self.sum_dirty[v].push((w, before));
         }
     }
 
