@@ -372,7 +372,11 @@ impl Compiler {
                     .iter()
                     .find(|(o, i)| **i == id && *o != k)
                     .map_or(*k, |(o, _)| *o);
-                return Err(LayoutError::DuplicateId { id, a: other, b: *k });
+                return Err(LayoutError::DuplicateId {
+                    id,
+                    a: other,
+                    b: *k,
+                });
             }
             seen[w] |= 1 << b;
             Ok(())
@@ -442,7 +446,10 @@ impl Compiler {
         for f in 0..2 {
             t.recs[f] = c.fam[f].records.keys().copied().collect();
             t.nets[f] = c.fam[f].nets.keys().copied().collect();
-            t.regions[f] = t.nets[f].iter().map(|n| (n.addr, n.last(WIDTH[f]))).collect();
+            t.regions[f] = t.nets[f]
+                .iter()
+                .map(|n| (n.addr, n.last(WIDTH[f])))
+                .collect();
         }
         for (id, k, v) in cat.into_iter().chain(merged) {
             let (word, addr6) = c.catalog_entry(id, &k, v)?;
@@ -642,7 +649,10 @@ impl Compiler {
         // Ids: a new one must be free once the removals are done.
         let freed: FxHashSet<u32> = out
             .iter()
-            .filter_map(|(_, o, n)| o.filter(|o| n.is_none_or(|n| n.id() != o.id())).map(|o| o.id()))
+            .filter_map(|(_, o, n)| {
+                o.filter(|o| n.is_none_or(|n| n.id() != o.id()))
+                    .map(|o| o.id())
+            })
             .collect();
         let mut taken: FxHashMap<u32, IdKey> = FxHashMap::default();
         for (k, o, n) in &out {
@@ -658,7 +668,10 @@ impl Compiler {
                 return Err(LayoutError::DuplicateId { id, a, b: *k });
             }
             if held {
-                let a = self.keys().find(|(_, v)| v.id() == id).map_or(*k, |(a, _)| a);
+                let a = self
+                    .keys()
+                    .find(|(_, v)| v.id() == id)
+                    .map_or(*k, |(a, _)| a);
                 return Err(LayoutError::DuplicateId { id, a, b: *k });
             }
         }
@@ -714,7 +727,11 @@ impl Compiler {
                     _ => {}
                 }
             }
-            let r = if f == 0 { &mut c.records4 } else { &mut c.records6 };
+            let r = if f == 0 {
+                &mut c.records4
+            } else {
+                &mut c.records6
+            };
             *r = *r + up - down;
             let (mut up, mut down) = (0u64, 0u64);
             for (n, d) in &nets[f] {
@@ -1519,13 +1536,7 @@ impl Compiler {
     }
 
     /// Place a new record's key; relocate an untouched key if need be.
-    fn place_new(
-        &mut self,
-        f: usize,
-        a: u128,
-        touched: &[u128],
-        ph: &mut Phases,
-    ) -> Result<()> {
+    fn place_new(&mut self, f: usize, a: u128, touched: &[u128], ph: &mut Phases) -> Result<()> {
         let flip = if f == 0 {
             let key = a as u32;
             let (b1, b2) = bucket_pair4(key, self.geo.seed4, self.geo.buckets4 - 1);
@@ -1566,13 +1577,7 @@ impl Compiler {
     /// its other bucket. Steps before the plan: the copy, the spill bit,
     /// the old slot cleared, a grace period (the key is found at every
     /// point; its verdict does not change).
-    fn relocate4(
-        &mut self,
-        b1: u32,
-        b2: u32,
-        touched: &[u128],
-        ph: &mut Phases,
-    ) -> Result<()> {
+    fn relocate4(&mut self, b1: u32, b2: u32, touched: &[u128], ph: &mut Phases) -> Result<()> {
         let record = ph.record;
         let (seed, mask) = (self.geo.seed4, self.geo.buckets4 - 1);
         let mv = self
@@ -1646,13 +1651,7 @@ impl Compiler {
     /// [`Compiler::relocate4`] for IPv6: the address is staged and a grace
     /// period passes before the meta is published, and another after the
     /// old slot is cleared (it is about to take a new address).
-    fn relocate6(
-        &mut self,
-        b1: u32,
-        b2: u32,
-        touched: &[u128],
-        ph: &mut Phases,
-    ) -> Result<()> {
+    fn relocate6(&mut self, b1: u32, b2: u32, touched: &[u128], ph: &mut Phases) -> Result<()> {
         let record = ph.record;
         let (seed, mask) = (self.geo.seed6, self.geo.buckets6 - 1);
         let mv = self
@@ -1757,7 +1756,11 @@ impl Compiler {
         // allowlist net here.
         let info = |n: Net| {
             let (a, p, q) = fam.net_info(n);
-            if n.len == 32 { (a, None, None) } else { (a, p, q) }
+            if n.len == 32 {
+                (a, None, None)
+            } else {
+                (a, p, q)
+            }
         };
         let mut cover = Vec::new();
         for len in 0..=16u8 {
@@ -1961,12 +1964,19 @@ pub fn assign_ids(set: &EntrySet, previous: &Ids) -> Ids {
     }));
     keys.sort_unstable();
     keys.dedup();
-    let top = previous.values().copied().max().map_or(0, |m| m as usize + 1);
+    let top = previous
+        .values()
+        .copied()
+        .max()
+        .map_or(0, |m| m as usize + 1);
     let mut used = vec![0u64; top.div_ceil(64)];
     for &id in previous.values() {
         used[id as usize / 64] |= 1 << (id % 64);
     }
-    let is_used = |id: u32| used.get(id as usize / 64).is_some_and(|w| w & (1 << (id % 64)) != 0);
+    let is_used = |id: u32| {
+        used.get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    };
     let mut out = Ids::with_capacity_and_hasher(keys.len(), Default::default());
     let mut fresh = Vec::new();
     for k in keys {

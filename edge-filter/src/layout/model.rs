@@ -236,7 +236,9 @@ impl Ranker {
                 ports: Vec::new(),
             };
         }
-        let (code, id) = self.best.map_or((CODE_NONE, NO_ENTRY), |(_, c, id)| (c, id));
+        let (code, id) = self
+            .best
+            .map_or((CODE_NONE, NO_ENTRY), |(_, c, id)| (c, id));
         let floor = code_rank(code);
         let w = self.width as u32;
         let mut ports = self.ports;

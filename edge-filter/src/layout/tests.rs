@@ -480,7 +480,9 @@ fn values(set: &EntrySet, ids: &Ids) -> std::collections::BTreeMap<IdKey, KeyVal
             port: e.port,
         });
         let drop = e.action == Action::Drop;
-        let v = out.entry(k).or_insert(KeyValue::Entry { drop, id: ids[&k] });
+        let v = out
+            .entry(k)
+            .or_insert(KeyValue::Entry { drop, id: ids[&k] });
         if let KeyValue::Entry { drop: d, .. } = v {
             *d |= drop;
         }
@@ -527,7 +529,11 @@ fn changes_equal_set_updates() {
                 .filter(|(k, v)| old.get(k) != Some(v))
                 .map(|(k, v)| (*k, Some(*v)))
                 .collect();
-            changes.extend(old.keys().filter(|k| !new.contains_key(k)).map(|k| (*k, None)));
+            changes.extend(
+                old.keys()
+                    .filter(|k| !new.contains_key(k))
+                    .map(|k| (*k, None)),
+            );
             // A key listed twice takes its last value.
             if let Some(&(k, _)) = changes.first() {
                 changes.insert(0, (k, None));

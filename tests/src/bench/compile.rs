@@ -17,8 +17,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
 use edge_filter::entry::EntryKey;
+use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
 use edge_filter::layout::{Compiler, Geometry, IdKey, Ids, KeyValue, assign_ids, counts};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::json;
@@ -239,11 +239,19 @@ fn round(
         .map(|e| (key(e), None))
         .chain(added.iter().map(|e| {
             let k = key(e);
-            (k, Some(KeyValue::Entry { drop: true, id: ids2[&k] }))
+            (
+                k,
+                Some(KeyValue::Entry {
+                    drop: true,
+                    id: ids2[&k],
+                }),
+            )
         }))
         .collect();
     let t = Instant::now();
-    let plan2 = comp2.update_changes(&changes).context("1% delta, changes")?;
+    let plan2 = comp2
+        .update_changes(&changes)
+        .context("1% delta, changes")?;
     x.delta_changes = t.elapsed().as_secs_f64();
     anyhow::ensure!(plan == plan2, "the two deltas differ");
     Ok((x, plan.writes(), plan.graces()))
@@ -268,10 +276,20 @@ pub fn run(o: &Opts) -> Result<()> {
     );
     let mut jrows = Vec::new();
     let mut target_rows = Vec::new();
-    let fmt = |s: Stat| format!("{:.1} ({:.1}-{:.1})", s.median * 1e3, s.min * 1e3, s.max * 1e3);
+    let fmt = |s: Stat| {
+        format!(
+            "{:.1} ({:.1}-{:.1})",
+            s.median * 1e3,
+            s.min * 1e3,
+            s.max * 1e3
+        )
+    };
     let only = std::env::var("EF_COMPILE_ONLY").ok();
     for case in cases {
-        if only.as_ref().is_some_and(|o| !case.name.starts_with(o.as_str())) {
+        if only
+            .as_ref()
+            .is_some_and(|o| !case.name.starts_with(o.as_str()))
+        {
             continue;
         }
         eprintln!("compile: {} ...", case.name);
