@@ -5,6 +5,7 @@
 //!
 //! Never tests: the figures are reported against targets, not asserted.
 
+pub mod compile;
 pub mod datapath;
 pub mod datapath_v2;
 pub mod live;
@@ -98,6 +99,9 @@ pub enum Command {
     /// Load every program of the bench-ebpf object (the verifier) and
     /// print loaded/rejected and instruction counts (kernel matrix).
     Verify(Opts),
+    /// The v2 compiler alone (userspace, no root): full build and 1% delta
+    /// of 1K..1M IPv4 /32 sets, with prefixes and address+port entries.
+    Compile(Opts),
 }
 
 /// Heading of the options only `datapath`, `live` and `memory` take.
@@ -157,7 +161,11 @@ impl Cli {
             Command::Sync(o) => ("sync", o),
             Command::DeltaLoop(o) => ("delta-loop", o),
             Command::SyncRssChild(o) => (RSS_CHILD, o),
-            Command::Datapath(_) | Command::Live(_) | Command::Memory(_) | Command::Verify(_) => {
+            Command::Datapath(_)
+            | Command::Live(_)
+            | Command::Memory(_)
+            | Command::Verify(_)
+            | Command::Compile(_) => {
                 return Ok(cli);
             }
         };

@@ -14,7 +14,9 @@ use rustc_hash::FxHashMap;
 pub(crate) struct Placement<K: Copy + Eq + Hash> {
     pub slots: u32,
     occ: Vec<Option<K>>,
-    pos: FxHashMap<K, u32>,
+    /// Keys placed (a key is found by scanning its two buckets: no
+    /// per-key index).
+    count: usize,
     /// Keys whose first bucket is this one that live in their second.
     spills: Vec<u32>,
     quarantine: Vec<u32>,
@@ -37,7 +39,7 @@ impl<K: Copy + Eq + Hash> Placement<K> {
         Placement {
             slots,
             occ: vec![None; n],
-            pos: FxHashMap::default(),
+            count: 0,
             spills: vec![0; buckets as usize],
             quarantine: Vec::new(),
             held: vec![false; n],
@@ -45,11 +47,26 @@ impl<K: Copy + Eq + Hash> Placement<K> {
     }
 
     pub fn len(&self) -> usize {
-        self.pos.len()
+        self.count
     }
 
-    pub fn get(&self, k: &K) -> Option<(u32, u32)> {
-        self.pos.get(k).map(|&p| (p / self.slots, p % self.slots))
+    /// The position of `k` (buckets `b1`, `b2`).
+    fn find(&self, k: &K, b1: u32, b2: u32) -> Option<u32> {
+        for b in [b1, b2] {
+            for s in 0..self.slots {
+                let p = b * self.slots + s;
+                if self.occ[p as usize].as_ref() == Some(k) {
+                    return Some(p);
+                }
+            }
+        }
+        None
+    }
+
+    /// (bucket, slot) of `k` (buckets `b1`, `b2`).
+    pub fn get(&self, k: &K, b1: u32, b2: u32) -> Option<(u32, u32)> {
+        self.find(k, b1, b2)
+            .map(|p| (p / self.slots, p % self.slots))
     }
 
     pub fn spilled(&self, bucket: u32) -> bool {
@@ -76,7 +93,7 @@ impl<K: Copy + Eq + Hash> Placement<K> {
         };
         let p = bucket * self.slots + slot;
         self.occ[p as usize] = Some(k);
-        self.pos.insert(k, p);
+        self.count += 1;
         Some(Placed {
             bucket,
             slot,
@@ -115,7 +132,6 @@ impl<K: Copy + Eq + Hash> Placement<K> {
                 let to = alt * self.slots + t;
                 self.occ[from as usize] = None;
                 self.occ[to as usize] = Some(k);
-                self.pos.insert(k, to);
                 let mut spill_set = None;
                 let mut spill_clear = None;
                 if alt == h2 {
@@ -132,6 +148,7 @@ impl<K: Copy + Eq + Hash> Placement<K> {
                     }
                 }
                 return Some(Move {
+                    to_first: alt == h1,
                     key: k,
                     from: (b, s),
                     to: (alt, t),
@@ -143,9 +160,10 @@ impl<K: Copy + Eq + Hash> Placement<K> {
         None
     }
 
-    /// Remove `k` (first bucket `b1`); its slot waits in quarantine.
-    pub fn remove(&mut self, k: &K, b1: u32) -> Option<Placed> {
-        let p = self.pos.remove(k)?;
+    /// Remove `k` (buckets `b1`, `b2`); its slot waits in quarantine.
+    pub fn remove(&mut self, k: &K, b1: u32, b2: u32) -> Option<Placed> {
+        let p = self.find(k, b1, b2)?;
+        self.count -= 1;
         self.occ[p as usize] = None;
         self.held[p as usize] = true;
         self.quarantine.push(p);
@@ -191,6 +209,10 @@ pub(crate) struct Move<K> {
     pub spill_set: Option<u32>,
     /// A first bucket whose spill bit may now be cleared (after `from`).
     pub spill_clear: Option<u32>,
+    /// The key moved back to its first bucket: a reader may look there
+    /// before the copy lands and in the old slot after it is cleared, so
+    /// a grace period must separate the two.
+    pub to_first: bool,
 }
 
 /// A run of heap lines: `(first line, count)`.

@@ -2,7 +2,10 @@
 //! the next as a [`Plan`] of ordered stores and grace periods.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use edge_filter_common::{PROTO_TCP, SIDE_DST};
+use ipnet::IpNet;
 
 use edge_filter_common::v2::{
     BTREE_FANOUT, CAT_ALLOW, CAT_DROP, CAT_DST, CAT_PORT, CAT_TCP, CAT_USED, CAT_V6, CODE_ALLOW,
@@ -14,20 +17,31 @@ use edge_filter_common::v2::{
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::alloc::{Heap, Placement, Run, Slots};
-use super::model::{Decision, Family, Net, Scope};
+use super::model::{Decision, Family, Net, Ranker, Scope, mask};
 use super::tables::{Counts, Geometry, Plan, Step, Tables, Write, key_of};
 use super::{IdKey, Ids, LayoutError, Result};
-use crate::entry::{Action, EntryKey, EntrySet, Proto, Side};
+use crate::entry::{Action, EntryKey, EntrySet, PortMatch, Proto, Side};
 
-/// What a key maps to in a normalised set.
+/// What a key maps to in a set: an allowlist net's id, or an entry's
+/// action (drop or monitor) and id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Val {
+pub enum KeyValue {
+    /// An allowlist net ([`IdKey::Allow`]).
     Allow(u32),
-    Entry { drop: bool, id: u32 },
+    /// An entry ([`IdKey::Entry`]).
+    Entry {
+        /// Drop (else monitor).
+        drop: bool,
+        /// Its id.
+        id: u32,
+    },
 }
 
-impl Val {
-    fn id(self) -> u32 {
+type Val = KeyValue;
+
+impl KeyValue {
+    /// The id.
+    pub fn id(self) -> u32 {
         match self {
             Val::Allow(id) | Val::Entry { id, .. } => id,
         }
@@ -142,6 +156,57 @@ fn counts_of(spec: &Spec) -> Counts {
     c
 }
 
+/// What an update touches, found from its key changes (or, for a fresh
+/// build, everything).
+#[derive(Default)]
+struct Touched {
+    /// Addresses whose record may change.
+    recs: [Vec<u128>; 2],
+    /// Ranges of changed nets (their `/16`s, trie nodes and the records
+    /// inside them).
+    regions: [Vec<(u128, u128)>; 2],
+    /// Nets of the prefix structure that came or went.
+    nets: [Vec<Net>; 2],
+    /// Ids whose catalog word changes, with their new key.
+    cat: Vec<(u32, Option<(IdKey, Val)>)>,
+}
+
+/// The meta of a decision without a port list (allow, or no ports).
+fn direct_meta(d: &Decision) -> u32 {
+    if d.code == CODE_NONE {
+        0
+    } else {
+        meta(d.code, d.id, 0)
+    }
+}
+
+/// The `IpNet` of a model net of family `f`.
+fn ipnet(f: usize, n: Net) -> IpNet {
+    let a = if f == 0 {
+        IpAddr::V4(Ipv4Addr::from(n.addr as u32))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(n.addr))
+    };
+    IpNet::new(a, n.len).expect("a model net has a valid length")
+}
+
+/// The port match of a port key (`port_key`'s inverse).
+fn port_match(key: u32) -> PortMatch {
+    PortMatch {
+        proto: if (key >> 17) as u8 == PROTO_TCP {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        },
+        side: if (key >> 16) & 1 == SIDE_DST as u32 {
+            Side::Dst
+        } else {
+            Side::Src
+        },
+        port: key as u16,
+    }
+}
+
 /// A catalog word and, for IPv6, its address slot and address.
 type CatalogEntry = (u64, Option<(u32, [u8; 16])>);
 
@@ -225,22 +290,27 @@ impl Phases {
 pub struct Compiler {
     geo: Geometry,
     tables: Tables,
-    spec: Spec,
     fam: [Family; 2],
     place4: Placement<u32>,
     place6: Placement<u128>,
     heap: Heap,
+    /// Records with a port list (the others are their slot's meta).
     rec: [FxHashMap<u128, Rec>; 2],
     ranges4: Vec<Option<Vec<(u16, Decision)>>>,
     blocks4: Vec<Vec<Run>>,
     nodes: [BTreeMap<Net, Node>; 2],
-    x4: FxHashMap<u32, u32>,
     x6: FxHashMap<u32, u32>,
     p6: FxHashMap<u32, u32>,
     cat6: Slots,
     cat6_of: FxHashMap<u32, u32>,
     /// Spill bits new records' placements set, written after their slots.
     planned_flips: [FxHashMap<u128, u32>; 2],
+    /// IPv6 keys (catalog addresses in use).
+    keys6: u64,
+    /// Summary words an update changed (word, value before), and whether
+    /// to note them.
+    sum_dirty: [Vec<(u32, u64)>; 2],
+    track_sums: bool,
     poisoned: bool,
     /// Tests only: let the exact tables run past load 1/2 (to spill).
     lax: bool,
@@ -253,33 +323,196 @@ impl Compiler {
     /// Compile `set` with `ids` into fresh tables of geometry `geo` (no
     /// plan: the tables are written whole, before the program uses them).
     pub fn build(set: &EntrySet, ids: &Ids, geo: Geometry) -> Result<Compiler> {
-        Self::build_with(set, ids, geo, false)
+        Self::build_with(set, ids, |_| geo, false)
+    }
+
+    /// [`Compiler::build`] with the geometry chosen from the set's counts
+    /// (e.g. `|c| Geometry::for_counts(c, headroom, seed)`): one pass over
+    /// the set instead of [`counts`] and then the build.
+    pub fn build_for(
+        set: &EntrySet,
+        ids: &Ids,
+        geometry: impl FnOnce(&Counts) -> Geometry,
+    ) -> Result<Compiler> {
+        Self::build_with(set, ids, geometry, false)
     }
 
     /// [`Compiler::build`] whose exact tables may run past load 1/2, so
     /// tests see keys spill to their second bucket.
     #[cfg(test)]
     pub(crate) fn build_lax(set: &EntrySet, ids: &Ids, geo: Geometry) -> Result<Compiler> {
-        Self::build_with(set, ids, geo, true)
+        Self::build_with(set, ids, |_| geo, true)
     }
 
-    fn build_with(set: &EntrySet, ids: &Ids, geo: Geometry, lax: bool) -> Result<Compiler> {
-        let spec = spec_of(set, ids)?;
-        let mut c = Compiler::empty(geo);
+    fn build_with(
+        set: &EntrySet,
+        ids: &Ids,
+        geometry: impl FnOnce(&Counts) -> Geometry,
+        lax: bool,
+    ) -> Result<Compiler> {
+        let mut fams = [Family::new(32), Family::new(128)];
+        // The model, straight from the set: duplicates merged (drop
+        // wins), the B-trees of records and nets built at once.
+        let id_of = |k: &IdKey| -> Result<u32> {
+            let id = *ids.get(k).ok_or(LayoutError::MissingId(*k))?;
+            if id >= MAX_IDS {
+                return Err(LayoutError::IdTooLarge {
+                    key: *k,
+                    id,
+                    max: MAX_IDS - 1,
+                });
+            }
+            Ok(id)
+        };
+        let mut seen = vec![0u64; (MAX_IDS as usize).div_ceil(64)];
+        let mut mark = |id: u32, k: &IdKey| -> Result<()> {
+            let (w, b) = ((id / 64) as usize, id % 64);
+            if seen[w] & (1 << b) != 0 {
+                let other = ids
+                    .iter()
+                    .find(|(o, i)| **i == id && *o != k)
+                    .map_or(*k, |(o, _)| *o);
+                return Err(LayoutError::DuplicateId {
+                    id,
+                    a: other,
+                    b: *k,
+                });
+            }
+            seen[w] |= 1 << b;
+            Ok(())
+        };
+        for f in &mut fams {
+            f.begin_bulk();
+        }
+        let mut cnt = Counts::default();
+        // (id, key, value) of every key as first seen, then the keys whose
+        // value a duplicate changed (drop wins): the catalog.
+        let mut cat: Vec<(u32, IdKey, Val)> =
+            Vec::with_capacity(set.allow.len() + set.entries.len());
+        let mut merged: Vec<(u32, IdKey, Val)> = Vec::new();
+        fams[0].reserve(set.entries.len());
+        for n in &set.allow {
+            let k = IdKey::Allow(n.trunc());
+            let (f, net, _) = parts(&k);
+            if fams[f].allow.contains_key(&net) {
+                continue;
+            }
+            let id = id_of(&k)?;
+            mark(id, &k)?;
+            cnt.ids = cnt.ids.max(id as u64 + 1);
+            cnt.ids6 += f as u64;
+            fams[f].set_allow(net, Some(id));
+            cat.push((id, k, Val::Allow(id)));
+        }
+        for e in &set.entries {
+            let k = IdKey::Entry(EntryKey {
+                net: e.net.trunc(),
+                port: e.port,
+            });
+            let drop = e.action == Action::Drop;
+            let (f, net, port) = parts(&k);
+            let fam = &mut fams[f];
+            match fam.entry(net, port) {
+                Some((d, id)) => {
+                    if drop && !d {
+                        fam.set_entry(net, port, Some((true, id)));
+                        merged.push((id, k, Val::Entry { drop, id }));
+                    }
+                }
+                None => {
+                    let id = id_of(&k)?;
+                    mark(id, &k)?;
+                    cnt.ids = cnt.ids.max(id as u64 + 1);
+                    cnt.ids6 += f as u64;
+                    cnt.ported += port.is_some() as u64;
+                    fam.set_entry(net, port, Some((drop, id)));
+                    cat.push((id, k, Val::Entry { drop, id }));
+                }
+            }
+        }
+        for f in &mut fams {
+            f.end_bulk();
+        }
+        cnt.records4 = fams[0].records.len() as u64;
+        cnt.records6 = fams[1].records.len() as u64;
+        cnt.nets4 = fams[0].nets.len() as u64;
+        cnt.nets6 = fams[1].nets.len() as u64;
+        let mut c = Compiler::empty(geometry(&cnt));
         c.lax = lax;
-        c.check(&spec)?;
-        let changes: Vec<(IdKey, Option<Val>, Option<Val>)> =
-            spec.iter().map(|(k, v)| (*k, None, Some(*v))).collect();
-        c.apply(changes, false)?;
-        c.spec = spec;
+        c.fam = fams;
+        c.check(&cnt)?;
+        c.keys6 = cnt.ids6;
+        let mut t = Touched::default();
+        for f in 0..2 {
+            t.recs[f] = c.fam[f].records.keys().copied().collect();
+            t.nets[f] = c.fam[f].nets.keys().copied().collect();
+            t.regions[f] = t.nets[f]
+                .iter()
+                .map(|n| (n.addr, n.last(WIDTH[f])))
+                .collect();
+        }
+        for (id, k, v) in cat.into_iter().chain(merged) {
+            let (word, addr6) = c.catalog_entry(id, &k, v)?;
+            c.tables.catalog[id as usize] = word;
+            if let Some((i, a)) = addr6 {
+                c.tables.catalog6[i as usize] = a;
+            }
+        }
+        let r = c.apply_touched(t, false);
+        if r.is_err() {
+            c.poisoned = true;
+        }
+        r?;
         Ok(c)
+    }
+
+    /// Every key of the model with its value.
+    fn keys(&self) -> impl Iterator<Item = (IdKey, Val)> + '_ {
+        (0..2).flat_map(move |f| {
+            let fam = &self.fam[f];
+            let allow = fam
+                .allow
+                .iter()
+                .map(move |(n, &id)| (IdKey::Allow(ipnet(f, *n)), Val::Allow(id)));
+            let plain = fam.plain.iter().map(move |(n, &(drop, id))| {
+                (
+                    IdKey::Entry(EntryKey {
+                        net: ipnet(f, *n),
+                        port: None,
+                    }),
+                    Val::Entry { drop, id },
+                )
+            });
+            let ported = fam.ported.iter().flat_map(move |(n, m)| {
+                m.iter().map(move |(&key, &(drop, id))| {
+                    (
+                        IdKey::Entry(EntryKey {
+                            net: ipnet(f, *n),
+                            port: Some(port_match(key)),
+                        }),
+                        Val::Entry { drop, id },
+                    )
+                })
+            });
+            allow.chain(plain).chain(ported)
+        })
+    }
+
+    /// The value of `k` in the model.
+    fn value(&self, k: &IdKey) -> Option<Val> {
+        let (f, net, port) = parts(k);
+        match k {
+            IdKey::Allow(_) => self.fam[f].allow.get(&net).map(|&id| Val::Allow(id)),
+            IdKey::Entry(_) => self.fam[f]
+                .entry(net, port)
+                .map(|(drop, id)| Val::Entry { drop, id }),
+        }
     }
 
     fn empty(geo: Geometry) -> Compiler {
         Compiler {
             geo,
             tables: Tables::new(&geo),
-            spec: Spec::default(),
             fam: [Family::new(32), Family::new(128)],
             place4: Placement::new(geo.buckets4, SLOTS4 as u32),
             place6: Placement::new(geo.buckets6, 3),
@@ -288,12 +521,14 @@ impl Compiler {
             ranges4: vec![None; DIR4_ENTRIES as usize],
             blocks4: vec![Vec::new(); DIR4_ENTRIES as usize],
             nodes: Default::default(),
-            x4: FxHashMap::default(),
             x6: FxHashMap::default(),
             p6: FxHashMap::default(),
             cat6: Slots::new(geo.catalog6),
             cat6_of: FxHashMap::default(),
             planned_flips: Default::default(),
+            keys6: 0,
+            sum_dirty: Default::default(),
+            track_sums: false,
             poisoned: false,
             lax: false,
         }
@@ -347,28 +582,174 @@ impl Compiler {
             return Err(LayoutError::Poisoned);
         }
         let new = spec_of(set, ids)?;
-        self.check(&new)?;
         let mut changes = Vec::new();
         for (k, v) in &new {
-            match self.spec.get(k) {
-                Some(old) if old == v => {}
-                old => changes.push((*k, old.copied(), Some(*v))),
+            match self.value(k) {
+                Some(old) if old == *v => {}
+                old => changes.push((*k, old, Some(*v))),
             }
         }
-        for (k, v) in &self.spec {
-            if !new.contains_key(k) {
-                changes.push((*k, Some(*v), None));
+        for (k, v) in self.keys() {
+            if !new.contains_key(&k) {
+                changes.push((k, Some(v), None));
             }
         }
         changes.sort_by_key(|c| c.0);
-        let plan = self.apply(changes, true)?;
-        self.spec = new;
-        Ok(plan)
+        self.check_changes(&changes)?;
+        self.apply(changes, true)
+    }
+
+    /// [`Compiler::update`] from key changes instead of a whole set: each
+    /// key gets its value (`None` removes it), so the work is in
+    /// proportion to the changes (the agent's `SetChanges`, with the ids
+    /// of new keys). Keys are normalised here; a key listed twice takes
+    /// its last value. Errors as for [`Compiler::update`]; an id already
+    /// held by another key that stays is a [`LayoutError::DuplicateId`].
+    pub fn update_changes(&mut self, changes: &[(IdKey, Option<KeyValue>)]) -> Result<Plan> {
+        if self.poisoned {
+            return Err(LayoutError::Poisoned);
+        }
+        let mut list: Vec<(IdKey, Option<Val>)> = changes
+            .iter()
+            .map(|(k, v)| {
+                let k = match k {
+                    IdKey::Allow(n) => IdKey::Allow(n.trunc()),
+                    IdKey::Entry(e) => IdKey::Entry(EntryKey {
+                        net: e.net.trunc(),
+                        port: e.port,
+                    }),
+                };
+                (k, *v)
+            })
+            .collect();
+        // The last value of each key.
+        list.reverse();
+        list.sort_by_key(|c| c.0);
+        list.dedup_by_key(|c| c.0);
+        let mut out = Vec::with_capacity(list.len());
+        for (k, v) in list {
+            if let Some(v) = v {
+                match (k, v) {
+                    (IdKey::Allow(_), Val::Allow(_)) | (IdKey::Entry(_), Val::Entry { .. }) => {}
+                    _ => return Err(LayoutError::Decode(format!("{k:?} cannot take {v:?}"))),
+                }
+                if v.id() >= MAX_IDS {
+                    return Err(LayoutError::IdTooLarge {
+                        key: k,
+                        id: v.id(),
+                        max: MAX_IDS - 1,
+                    });
+                }
+            }
+            let old = self.value(&k);
+            if old != v {
+                out.push((k, old, v));
+            }
+        }
+        // Ids: a new one must be free once the removals are done.
+        let freed: FxHashSet<u32> = out
+            .iter()
+            .filter_map(|(_, o, n)| {
+                o.filter(|o| n.is_none_or(|n| n.id() != o.id()))
+                    .map(|o| o.id())
+            })
+            .collect();
+        let mut taken: FxHashMap<u32, IdKey> = FxHashMap::default();
+        for (k, o, n) in &out {
+            let Some(n) = n else { continue };
+            if o.is_some_and(|o| o.id() == n.id()) {
+                continue;
+            }
+            let id = n.id();
+            let held = (id as usize) < self.tables.catalog.len()
+                && self.tables.catalog[id as usize] != 0
+                && !freed.contains(&id);
+            if let Some(a) = taken.insert(id, *k) {
+                return Err(LayoutError::DuplicateId { id, a, b: *k });
+            }
+            if held {
+                let a = self
+                    .keys()
+                    .find(|(_, v)| v.id() == id)
+                    .map_or(*k, |(a, _)| a);
+                return Err(LayoutError::DuplicateId { id, a, b: *k });
+            }
+        }
+        self.check_changes(&out)?;
+        self.apply(out, true)
+    }
+
+    /// Refuse changes that take the set past the tier, before touching
+    /// anything: the counts after the changes, from the model's reference
+    /// counts of the records and nets they touch.
+    fn check_changes(&self, changes: &[(IdKey, Option<Val>, Option<Val>)]) -> Result<()> {
+        let mut rec: [FxHashMap<u128, i64>; 2] = Default::default();
+        let mut nets: [FxHashMap<Net, i64>; 2] = Default::default();
+        let mut c = Counts {
+            records4: self.fam[0].records.len() as u64,
+            records6: self.fam[1].records.len() as u64,
+            nets4: self.fam[0].nets.len() as u64,
+            nets6: self.fam[1].nets.len() as u64,
+            ids6: self.keys6,
+            ..Counts::default()
+        };
+        let mut ids6 = self.keys6 as i64;
+        for (k, o, n) in changes {
+            let (f, net, _) = parts(k);
+            if let Some(n) = n {
+                c.ids = c.ids.max(n.id() as u64 + 1);
+            }
+            let d = match (o, n) {
+                (None, Some(_)) => 1,
+                (Some(_), None) => -1,
+                _ => 0,
+            };
+            if d == 0 {
+                continue;
+            }
+            if f == 1 {
+                ids6 += d;
+            }
+            if matches!(k, IdKey::Entry(_)) && net.len == WIDTH[f] {
+                *rec[f].entry(net.addr).or_insert(0) += d;
+            } else {
+                *nets[f].entry(net).or_insert(0) += d;
+            }
+        }
+        c.ids6 = ids6.max(0) as u64;
+        for f in 0..2 {
+            let (mut up, mut down) = (0u64, 0u64);
+            for (a, d) in &rec[f] {
+                let before = self.fam[f].records.get(a).copied().unwrap_or(0) as i64;
+                match (before > 0, before + d > 0) {
+                    (false, true) => up += 1,
+                    (true, false) => down += 1,
+                    _ => {}
+                }
+            }
+            let r = if f == 0 {
+                &mut c.records4
+            } else {
+                &mut c.records6
+            };
+            *r = *r + up - down;
+            let (mut up, mut down) = (0u64, 0u64);
+            for (n, d) in &nets[f] {
+                let before = self.fam[f].nets.get(n).copied().unwrap_or(0) as i64;
+                match (before > 0, before + d > 0) {
+                    (false, true) => up += 1,
+                    (true, false) => down += 1,
+                    _ => {}
+                }
+            }
+            let r = if f == 0 { &mut c.nets4 } else { &mut c.nets6 };
+            *r = *r + up - down;
+        }
+        self.check(&c)
     }
 
     /// Refuse a set the tier cannot hold, before touching anything.
-    fn check(&self, spec: &Spec) -> Result<()> {
-        let c = counts_of(spec);
+    fn check(&self, c: &Counts) -> Result<()> {
         let g = &self.geo;
         let checks = [
             ("IPv4 exact records", c.records4, g.capacity4()),
@@ -410,16 +791,7 @@ impl Compiler {
         changes: Vec<(IdKey, Option<Val>, Option<Val>)>,
         record: bool,
     ) -> Result<Plan> {
-        let mut ph = Phases::new(record);
-        let old_sum4 = self.tables.sum4.clone();
-        let old_sum6 = self.tables.sum6.clone();
-        let old_flags = self.tables.config.flags;
-        let mut recs: [BTreeSet<u128>; 2] = Default::default();
-        let mut regions: [Vec<(u128, u128)>; 2] = Default::default();
-        let mut nets_changed: [BTreeSet<Net>; 2] = Default::default();
-        let mut cat_ids: BTreeSet<u32> = BTreeSet::new();
-        let mut new_keys: FxHashMap<u32, (IdKey, Val)> = FxHashMap::default();
-
+        let mut t = Touched::default();
         // 1. The model.
         for (key, old, new) in &changes {
             let (f, net, port) = parts(key);
@@ -437,63 +809,108 @@ impl Compiler {
                 ),
             }
             if had_net != fam.nets.contains_key(&net) {
-                nets_changed[f].insert(net);
+                t.nets[f].push(net);
             }
             if matches!(key, IdKey::Entry(_)) && net.len == WIDTH[f] {
-                recs[f].insert(net.addr);
+                t.recs[f].push(net.addr);
             } else {
-                regions[f].push((net.addr, net.last(WIDTH[f])));
+                t.regions[f].push((net.addr, net.last(WIDTH[f])));
+            }
+            if f == 1 {
+                self.keys6 = self.keys6 + new.is_some() as u64 - old.is_some() as u64;
             }
             if let Some(o) = old {
-                cat_ids.insert(o.id());
+                t.cat.push((o.id(), None));
             }
             if let Some(n) = new {
-                cat_ids.insert(n.id());
-                new_keys.insert(n.id(), (*key, *n));
+                t.cat.push((n.id(), Some((*key, *n))));
             }
         }
-        for (f, rs) in regions.iter().enumerate() {
-            for &(lo, hi) in rs {
-                let inside: Vec<u128> = self.fam[f].records_within(lo, hi).collect();
-                recs[f].extend(inside);
+        for f in 0..2 {
+            for &(lo, hi) in &t.regions[f] {
+                t.recs[f].extend(self.fam[f].records_within(lo, hi));
             }
         }
+        self.apply_touched(t, record)
+    }
+
+    /// Everything after the model: records, the prefix structures,
+    /// summaries, catalog, and the plan.
+    fn apply_touched(&mut self, mut t: Touched, record: bool) -> Result<Plan> {
+        let mut ph = Phases::new(record);
+        // Summary words changed by this update, with their old values.
+        self.sum_dirty = [Vec::new(), Vec::new()];
+        self.track_sums = record;
+        let old_flags = self.tables.config.flags;
+        for f in 0..2 {
+            t.recs[f].sort_unstable();
+            t.recs[f].dedup();
+            t.nets[f].sort_unstable();
+            t.nets[f].dedup();
+        }
+        // One catalog change per id: the new key if there is one.
+        t.cat.sort_unstable_by_key(|(id, new)| (*id, new.is_none()));
+        t.cat.dedup_by_key(|(id, _)| *id);
+        let Touched {
+            recs,
+            regions,
+            nets: nets_changed,
+            cat,
+        } = t;
 
         // 2. Records. First place every new record, before anything is
         // written: a key whose two buckets are full makes room by moving
         // a key this update does not touch (its record, as readers see it
-        // now, is copied ahead of the plan). Then inserts and changes
-        // (their stores see the spill bits as they were), removals last.
+        // now, is copied ahead of the plan).
+        // A fresh build places its IPv4 records in bulk, after the ranges.
+        let bulk4 = !record && self.place4.len() == 0;
+        // Whether each touched address has a record in the new set.
+        let present: [Vec<bool>; 2] = [0, 1].map(|f| {
+            if !record {
+                vec![true; recs[f].len()]
+            } else {
+                recs[f].iter().map(|&a| self.fam[f].has_record(a)).collect()
+            }
+        });
         for (f, rs) in recs.iter().enumerate() {
-            for &a in rs {
-                if self.fam[f].records.contains_key(&a) && !self.rec[f].contains_key(&a) {
+            if f == 0 && bulk4 {
+                continue;
+            }
+            for (&a, &p) in rs.iter().zip(&present[f]) {
+                if p && self.position(f, a).is_none() {
                     self.place_new(f, a, rs, &mut ph)?;
                 }
             }
         }
+
+        // 3. IPv4 /16 directory (records are decided from its ranges).
+        let mut his: Vec<u32> = Vec::new();
+        for &(lo, hi) in &regions[0] {
+            his.extend((lo >> 16) as u32..=(hi >> 16) as u32);
+        }
+        his.sort_unstable();
+        his.dedup();
+        for h in his {
+            self.rebuild16(h, &mut ph)?;
+        }
+
+        // Then record inserts and changes (their stores see the spill bits
+        // as they were), removals last.
         for (f, rs) in recs.iter().enumerate() {
-            let addrs: Vec<u128> = rs.iter().copied().collect();
-            for &a in &addrs {
-                if self.fam[f].records.contains_key(&a) {
+            if f == 0 && bulk4 {
+                self.build_records4(rs, &mut ph)?;
+                continue;
+            }
+            for (&a, &p) in rs.iter().zip(&present[f]) {
+                if p {
                     self.upsert_record(f, a, &mut ph)?;
                 }
             }
-            for &a in &addrs {
-                if !self.fam[f].records.contains_key(&a) && self.rec[f].contains_key(&a) {
+            for (&a, &p) in rs.iter().zip(&present[f]) {
+                if !p {
                     self.remove_record(f, a, &mut ph);
                 }
             }
-        }
-
-        // 3. IPv4 /16 directory.
-        let mut his: BTreeSet<u32> = BTreeSet::new();
-        for &(lo, hi) in &regions[0] {
-            for h in (lo >> 16) as u32..=(hi >> 16) as u32 {
-                his.insert(h);
-            }
-        }
-        for h in his {
-            self.rebuild16(h, &mut ph)?;
         }
 
         // 4. Folded tries.
@@ -598,9 +1015,9 @@ impl Compiler {
         };
 
         // 6. Catalog.
-        for id in cat_ids {
-            let (word, addr6) = match new_keys.get(&id) {
-                Some((k, v)) => self.catalog_entry(id, k, *v)?,
+        for (id, new) in cat {
+            let (word, addr6) = match new {
+                Some((k, v)) => self.catalog_entry(id, &k, v)?,
                 None => {
                     if let Some(i) = self.cat6_of.remove(&id) {
                         self.cat6.free(i);
@@ -629,22 +1046,21 @@ impl Compiler {
 
         // 7. Summary words and flags: the union first, the final value after
         // the removals.
-        for (i, (&old, &new)) in old_sum4
-            .iter()
-            .zip(self.tables.sum4.clone().iter())
-            .enumerate()
-        {
-            if old != new {
-                self.summary_writes(&mut ph, true, i as u32, old, new);
-            }
-        }
-        for (i, (&old, &new)) in old_sum6
-            .iter()
-            .zip(self.tables.sum6.clone().iter())
-            .enumerate()
-        {
-            if old != new {
-                self.summary_writes(&mut ph, false, i as u32, old, new);
+        self.track_sums = false;
+        for (v, dirty) in std::mem::take(&mut self.sum_dirty).into_iter().enumerate() {
+            let mut dirty = dirty;
+            // The first old value of each word.
+            dirty.sort_by_key(|&(w, _)| w);
+            dirty.dedup_by_key(|&mut (w, _)| w);
+            for (w, old) in dirty {
+                let new = if v == 0 {
+                    self.tables.sum4[w as usize]
+                } else {
+                    self.tables.sum6[w as usize]
+                };
+                if old != new {
+                    self.summary_writes(&mut ph, v == 0, w, old, new);
+                }
             }
         }
         if flags != old_flags {
@@ -731,46 +1147,43 @@ impl Compiler {
     }
 
     fn set_bit4(&mut self, block: u32, bit: u64, on: bool) {
-        let (w, sh) = summary_pos(block);
-        let x = &mut self.tables.sum4[w as usize];
-        if on {
-            *x |= bit << sh;
-        } else {
-            *x &= !(bit << sh);
-        }
+        self.set_bit(0, block, bit, on);
     }
 
     fn set_bit6(&mut self, block: u32, bit: u64, on: bool) {
+        self.set_bit(1, block, bit, on);
+    }
+
+    fn set_bit(&mut self, v: usize, block: u32, bit: u64, on: bool) {
         let (w, sh) = summary_pos(block);
-        let x = &mut self.tables.sum6[w as usize];
+        let x = if v == 0 {
+            &mut self.tables.sum4[w as usize]
+        } else {
+            &mut self.tables.sum6[w as usize]
+        };
+        let before = *x;
         if on {
             *x |= bit << sh;
         } else {
             *x &= !(bit << sh);
         }
+        if self.track_sums && *x != before {
+            self.sum_dirty[v].push((w, before));
+        }
     }
 
-    /// Count a record in or out of its summary block.
-    fn count_x(&mut self, f: usize, a: u128, delta: i32) {
-        let block = if f == 0 {
-            self.block4(a)
-        } else {
-            self.block6(a)
-        };
-        let m = if f == 0 { &mut self.x4 } else { &mut self.x6 };
-        let c = m.entry(block).or_insert(0);
+    /// Count an IPv6 record in or out of its (hashed) summary block.
+    fn count_x6(&mut self, a: u128, delta: i32) {
+        let block = self.block6(a);
+        let c = self.x6.entry(block).or_insert(0);
         let before = *c;
         *c = (*c as i32 + delta) as u32;
         let after = *c;
         if after == 0 {
-            m.remove(&block);
+            self.x6.remove(&block);
         }
         if (before == 0) != (after == 0) {
-            if f == 0 {
-                self.set_bit4(block, SUM_X, after > 0);
-            } else {
-                self.set_bit6(block, SUM_X, after > 0);
-            }
+            self.set_bit6(block, SUM_X, after > 0);
         }
     }
 
@@ -862,34 +1275,153 @@ impl Compiler {
         Ok((head, runs))
     }
 
+    /// The two buckets of a record key.
+    fn pair(&self, f: usize, a: u128) -> (u32, u32) {
+        if f == 0 {
+            bucket_pair4(a as u32, self.geo.seed4, self.geo.buckets4 - 1)
+        } else {
+            bucket_pair6(
+                v6_words(&a.to_be_bytes()),
+                self.geo.seed6,
+                self.geo.buckets6 - 1,
+            )
+        }
+    }
+
+    /// (bucket, slot) of the record of `a`, if it is placed.
+    fn position(&self, f: usize, a: u128) -> Option<(u32, u32)> {
+        let (b1, b2) = self.pair(f, a);
+        if f == 0 {
+            self.place4.get(&(a as u32), b1, b2)
+        } else {
+            self.place6.get(&a, b1, b2)
+        }
+    }
+
+    /// The meta a record at `(bucket, slot)` holds now (0: none yet).
+    fn slot_meta(&self, f: usize, (bucket, slot): (u32, u32)) -> u32 {
+        if f == 0 {
+            self.tables.exact4[bucket as usize].slots[slot as usize].meta & !META_SPILL
+        } else {
+            self.tables.exact6[bucket as usize].metas[slot as usize]
+        }
+    }
+
+    /// The decision of the `/16` range holding IPv4 address `a`.
+    fn range_at(&self, a: u32) -> Option<&Decision> {
+        let r = self.ranges4[(a >> 16) as usize].as_ref()?;
+        let low = a as u16;
+        let i = r.partition_point(|(s, _)| *s <= low);
+        Some(&r[i.checked_sub(1)?].1)
+    }
+
+    /// A fresh build's IPv4 records (`recs`, sorted, every one a record,
+    /// none placed): decided in address order (the `/16` ranges are read
+    /// in order), then placed and written in bucket order.
+    fn build_records4(&mut self, recs: &[u128], ph: &mut Phases) -> Result<()> {
+        let (seed, mask) = (self.geo.seed4, self.geo.buckets4 - 1);
+        let mut items: Vec<(u32, u32)> = Vec::with_capacity(recs.len());
+        let none = Decision::none();
+        for &a in recs {
+            let range = self.range_at(a as u32).unwrap_or(&none);
+            let d = self.fam[0].decide_record(a, range);
+            let (m, runs) = self.encode(0, &d, ph)?;
+            debug_assert!(m != 0, "a record always decides something");
+            if !runs.is_empty() {
+                self.rec[0].insert(a, Rec { runs, decision: d });
+            }
+            self.set_bit4(self.block4(a), SUM_X, true);
+            items.push((a as u32, m));
+        }
+        // Counting sort by first bucket.
+        let nb = self.geo.buckets4 as usize;
+        let mut start = vec![0u32; nb + 1];
+        let b1s: Vec<u32> = items
+            .iter()
+            .map(|&(k, _)| bucket_pair4(k, seed, mask).0)
+            .collect();
+        for &b in &b1s {
+            start[b as usize + 1] += 1;
+        }
+        for i in 0..nb {
+            start[i + 1] += start[i];
+        }
+        let mut order = vec![(0u32, 0u32); items.len()];
+        for (&b, &it) in b1s.iter().zip(&items) {
+            let p = &mut start[b as usize];
+            order[*p as usize] = it;
+            *p += 1;
+        }
+        drop(items);
+        drop(b1s);
+        let none_touched: [u128; 0] = [];
+        for (key, m) in order {
+            let (b1, b2) = bucket_pair4(key, seed, mask);
+            let p = match self.place4.insert(key, b1, b2) {
+                Some(p) => p,
+                None => {
+                    self.relocate4(b1, b2, &none_touched, ph)?;
+                    self.place4.insert(key, b1, b2).ok_or(LayoutError::Full {
+                        what: "a pair of IPv4 buckets",
+                    })?
+                }
+            };
+            self.tables.exact4[p.bucket as usize].slots[p.slot as usize] =
+                Slot4 { addr: key, meta: m };
+        }
+        // Spill bits, once every key is in place.
+        for b in 0..self.geo.buckets4 {
+            let s = &mut self.tables.exact4[b as usize].slots[SLOTS4 - 1];
+            if self.place4.spilled(b) {
+                s.meta |= META_SPILL;
+            } else {
+                s.meta &= !META_SPILL;
+            }
+        }
+        Ok(())
+    }
+
     /// Insert or change the record of `a`.
     fn upsert_record(&mut self, f: usize, a: u128, ph: &mut Phases) -> Result<()> {
-        let d = self.fam[f].decide(
-            a,
-            Scope {
-                max_len: WIDTH[f],
-                exact: true,
-            },
-        );
-        if self.rec[f].get(&a).is_some_and(|r| r.decision == d) {
-            return Ok(());
+        let d = if f == 0 {
+            // The compiled range (prefixes, allowlist, prefix+port) and
+            // the address's own entries.
+            let none = Decision::none();
+            let range = self.range_at(a as u32).unwrap_or(&none);
+            self.fam[0].decide_record(a, range)
+        } else {
+            self.fam[f].decide(
+                a,
+                Scope {
+                    max_len: WIDTH[f],
+                    exact: true,
+                },
+            )
+        };
+        let pos = self.position(f, a).ok_or(LayoutError::Full {
+            what: "a pair of exact buckets",
+        })?;
+        let cur = self.slot_meta(f, pos);
+        let direct = d.code == CODE_ALLOW || d.ports.is_empty();
+        match self.rec[f].get(&a) {
+            Some(r) if r.decision == d => return Ok(()),
+            None if cur != 0 && direct && cur == direct_meta(&d) => return Ok(()),
+            _ => {}
         }
         let (m, runs) = self.encode(f, &d, ph)?;
         debug_assert!(m != 0, "a record always decides something");
-        let old = self.rec[f].remove(&a);
-        if let Some(o) = &old {
+        if let Some(o) = self.rec[f].remove(&a) {
             for r in &o.runs {
                 self.heap.free(*r);
             }
         }
+        let new = cur == 0;
         // New records were placed by `place_new` before anything was
         // written; `flip` is the spill bit their placement sets.
         let flip = self.planned_flips[f].remove(&a);
+        let (bucket, slot) = pos;
         if f == 0 {
             let key = a as u32;
-            let (bucket, slot) = self.place4.get(&key).ok_or(LayoutError::Full {
-                what: "a pair of IPv4 buckets",
-            })?;
             self.write_slot4(
                 bucket,
                 slot,
@@ -900,12 +1432,12 @@ impl Compiler {
             if let Some(b) = flip {
                 self.write_spill4(b, Phase::Publish, ph);
             }
+            if new {
+                self.set_bit4(self.block4(a), SUM_X, true);
+            }
         } else {
             let bytes = a.to_be_bytes();
-            let (bucket, slot) = self.place6.get(&a).ok_or(LayoutError::Full {
-                what: "a pair of IPv6 buckets",
-            })?;
-            if old.is_none() && self.tables.exact6[bucket as usize].addrs[slot as usize] != bytes {
+            if new && self.tables.exact6[bucket as usize].addrs[slot as usize] != bytes {
                 ph.push(
                     &mut self.tables,
                     Phase::Stage,
@@ -935,73 +1467,76 @@ impl Compiler {
                     },
                 );
             }
+            if new {
+                self.count_x6(a, 1);
+            }
         }
-        if old.is_none() {
-            self.count_x(f, a, 1);
+        if !runs.is_empty() {
+            self.rec[f].insert(a, Rec { runs, decision: d });
         }
-        self.rec[f].insert(a, Rec { runs, decision: d });
         Ok(())
     }
 
     /// Remove the record of `a`.
     fn remove_record(&mut self, f: usize, a: u128, ph: &mut Phases) {
-        let Some(old) = self.rec[f].remove(&a) else {
-            return;
-        };
-        for r in &old.runs {
-            self.heap.free(*r);
-        }
+        let (b1, b2) = self.pair(f, a);
         if f == 0 {
             let key = a as u32;
-            let (b1, _) = bucket_pair4(key, self.geo.seed4, self.geo.buckets4 - 1);
-            if let Some(p) = self.place4.remove(&key, b1) {
-                self.write_slot4(
-                    p.bucket,
-                    p.slot,
-                    Slot4 { addr: key, meta: 0 },
-                    Phase::Remove,
-                    ph,
-                );
-                if let Some(b) = p.spill_flip {
-                    self.write_spill4(b, Phase::Remove, ph);
-                }
+            let Some(p) = self.place4.remove(&key, b1, b2) else {
+                return;
+            };
+            self.write_slot4(
+                p.bucket,
+                p.slot,
+                Slot4 { addr: key, meta: 0 },
+                Phase::Remove,
+                ph,
+            );
+            if let Some(b) = p.spill_flip {
+                self.write_spill4(b, Phase::Remove, ph);
             }
+            // The block keeps its bit while the model has a record in it
+            // (placed by the end of this update).
+            let block = self.block4(a);
+            let shift = 32 - self.geo.sum4_bits;
+            let lo = ((block as u64) << shift) as u128;
+            let hi = lo + (1u128 << shift) - 1;
+            let any = self.fam[0].records_within(lo, hi).next().is_some();
+            self.set_bit4(block, SUM_X, any);
         } else {
-            let bytes = a.to_be_bytes();
-            let (b1, _) = bucket_pair6(v6_words(&bytes), self.geo.seed6, self.geo.buckets6 - 1);
-            if let Some(p) = self.place6.remove(&a, b1) {
+            let Some(p) = self.place6.remove(&a, b1, b2) else {
+                return;
+            };
+            ph.push(
+                &mut self.tables,
+                Phase::Remove,
+                Write::Meta6 {
+                    bucket: p.bucket,
+                    slot: p.slot,
+                    meta: 0,
+                },
+            );
+            if let Some(b) = p.spill_flip {
                 ph.push(
                     &mut self.tables,
                     Phase::Remove,
-                    Write::Meta6 {
-                        bucket: p.bucket,
-                        slot: p.slot,
-                        meta: 0,
+                    Write::Hdr6 {
+                        bucket: b,
+                        value: 0,
                     },
                 );
-                if let Some(b) = p.spill_flip {
-                    ph.push(
-                        &mut self.tables,
-                        Phase::Remove,
-                        Write::Hdr6 {
-                            bucket: b,
-                            value: 0,
-                        },
-                    );
-                }
+            }
+            self.count_x6(a, -1);
+        }
+        if let Some(old) = self.rec[f].remove(&a) {
+            for r in &old.runs {
+                self.heap.free(*r);
             }
         }
-        self.count_x(f, a, -1);
     }
 
     /// Place a new record's key; relocate an untouched key if need be.
-    fn place_new(
-        &mut self,
-        f: usize,
-        a: u128,
-        touched: &BTreeSet<u128>,
-        ph: &mut Phases,
-    ) -> Result<()> {
+    fn place_new(&mut self, f: usize, a: u128, touched: &[u128], ph: &mut Phases) -> Result<()> {
         let flip = if f == 0 {
             let key = a as u32;
             let (b1, b2) = bucket_pair4(key, self.geo.seed4, self.geo.buckets4 - 1);
@@ -1042,13 +1577,7 @@ impl Compiler {
     /// its other bucket. Steps before the plan: the copy, the spill bit,
     /// the old slot cleared, a grace period (the key is found at every
     /// point; its verdict does not change).
-    fn relocate4(
-        &mut self,
-        b1: u32,
-        b2: u32,
-        touched: &BTreeSet<u128>,
-        ph: &mut Phases,
-    ) -> Result<()> {
+    fn relocate4(&mut self, b1: u32, b2: u32, touched: &[u128], ph: &mut Phases) -> Result<()> {
         let record = ph.record;
         let (seed, mask) = (self.geo.seed4, self.geo.buckets4 - 1);
         let mv = self
@@ -1058,7 +1587,7 @@ impl Compiler {
                 b2,
                 |k| bucket_pair4(*k, seed, mask),
                 // A fresh build has no readers: any key may move.
-                |k| !record || !touched.contains(&(*k as u128)),
+                |k| !record || touched.binary_search(&(*k as u128)).is_err(),
             )
             .ok_or(LayoutError::Full {
                 what: "a pair of IPv4 buckets",
@@ -1066,7 +1595,7 @@ impl Compiler {
         let rec = self.tables.exact4[mv.from.0 as usize].slots[mv.from.1 as usize];
         let meta = rec.meta & !META_SPILL;
         let mut w = Vec::new();
-        let mut slot = |c: &mut Self, bucket: u32, slot: u32, mut s: Slot4| {
+        let slot = |c: &mut Self, w: &mut Vec<Write>, bucket: u32, slot: u32, mut s: Slot4| {
             if slot as usize == SLOTS4 - 1 && c.place4.spilled(bucket) {
                 s.meta |= META_SPILL;
             }
@@ -1078,13 +1607,20 @@ impl Compiler {
             c.tables.apply(&x);
             w.push(x);
         };
-        slot(self, mv.to.0, mv.to.1, Slot4 { addr: mv.key, meta });
+        slot(self, &mut w, mv.to.0, mv.to.1, Slot4 { addr: mv.key, meta });
         if let Some(b) = mv.spill_set {
             let s7 = self.tables.exact4[b as usize].slots[SLOTS4 - 1];
-            slot(self, b, (SLOTS4 - 1) as u32, s7);
+            slot(self, &mut w, b, (SLOTS4 - 1) as u32, s7);
+        }
+        if mv.to_first && ph.record {
+            // Back to its first bucket: the copy lands a grace period
+            // before the old slot is cleared.
+            ph.prefix.push(Step::Writes(std::mem::take(&mut w)));
+            ph.prefix.push(Step::Grace);
         }
         slot(
             self,
+            &mut w,
             mv.from.0,
             mv.from.1,
             Slot4 {
@@ -1096,6 +1632,7 @@ impl Compiler {
             let s7 = self.tables.exact4[b as usize].slots[SLOTS4 - 1];
             slot(
                 self,
+                &mut w,
                 b,
                 (SLOTS4 - 1) as u32,
                 Slot4 {
@@ -1114,13 +1651,7 @@ impl Compiler {
     /// [`Compiler::relocate4`] for IPv6: the address is staged and a grace
     /// period passes before the meta is published, and another after the
     /// old slot is cleared (it is about to take a new address).
-    fn relocate6(
-        &mut self,
-        b1: u32,
-        b2: u32,
-        touched: &BTreeSet<u128>,
-        ph: &mut Phases,
-    ) -> Result<()> {
+    fn relocate6(&mut self, b1: u32, b2: u32, touched: &[u128], ph: &mut Phases) -> Result<()> {
         let record = ph.record;
         let (seed, mask) = (self.geo.seed6, self.geo.buckets6 - 1);
         let mv = self
@@ -1129,7 +1660,7 @@ impl Compiler {
                 b1,
                 b2,
                 |k| bucket_pair6(v6_words(&k.to_be_bytes()), seed, mask),
-                |k| !record || !touched.contains(k),
+                |k| !record || touched.binary_search(k).is_err(),
             )
             .ok_or(LayoutError::Full {
                 what: "a pair of IPv6 buckets",
@@ -1157,18 +1688,18 @@ impl Compiler {
                 value: META_SPILL,
             });
         }
-        publish.push(Write::Meta6 {
+        let mut clear = vec![Write::Meta6 {
             bucket: fb,
             slot: fs,
             meta: 0,
-        });
+        }];
         if let Some(b) = mv.spill_clear {
-            publish.push(Write::Hdr6 {
+            clear.push(Write::Hdr6 {
                 bucket: b,
                 value: 0,
             });
         }
-        for x in stage.iter().chain(&publish) {
+        for x in stage.iter().chain(&publish).chain(&clear) {
             self.tables.apply(x);
         }
         if ph.record {
@@ -1176,7 +1707,15 @@ impl Compiler {
                 ph.prefix.push(Step::Writes(stage));
                 ph.prefix.push(Step::Grace);
             }
-            ph.prefix.push(Step::Writes(publish));
+            if mv.to_first {
+                // Back to its first bucket: see `relocate4`.
+                ph.prefix.push(Step::Writes(publish));
+                ph.prefix.push(Step::Grace);
+                ph.prefix.push(Step::Writes(clear));
+            } else {
+                publish.extend(clear);
+                ph.prefix.push(Step::Writes(publish));
+            }
             ph.prefix.push(Step::Grace);
         }
         Ok(())
@@ -1206,32 +1745,62 @@ impl Compiler {
     }
 
     /// The ranges of `/16` number `h`: a boundary at every start and end
-    /// of a longer net inside it, adjacent equal decisions merged.
+    /// of a longer net inside it, adjacent equal decisions merged. Each
+    /// range is ranked over the nets containing it: those covering the
+    /// whole `/16` (one lookup per present length) and those inside it.
     fn ranges16(&self, h: u32) -> Vec<(u16, Decision)> {
         let fam = &self.fam[0];
         let lo = (h as u128) << 16;
         let hi = lo | 0xffff;
-        let mut bounds: BTreeSet<u32> = BTreeSet::new();
-        bounds.insert(0);
-        for n in fam.nets_within(lo, hi) {
-            if n.len <= 16 {
+        // Exact entries are not part of a range: a /32 net is an
+        // allowlist net here.
+        let info = |n: Net| {
+            let (a, p, q) = fam.net_info(n);
+            if n.len == 32 {
+                (a, None, None)
+            } else {
+                (a, p, q)
+            }
+        };
+        let mut cover = Vec::new();
+        for len in 0..=16u8 {
+            if !fam.has_len(len) {
                 continue;
             }
-            bounds.insert((n.addr & 0xffff) as u32);
-            let end = (n.last(32) & 0xffff) as u32 + 1;
-            if end <= 0xffff {
-                bounds.insert(end);
+            let n = Net {
+                addr: mask(lo, len, 32),
+                len,
+            };
+            if fam.nets.contains_key(&n) {
+                cover.push((len, info(n)));
             }
         }
+        let inside: Vec<(Net, u32, _)> = fam
+            .nets_within(lo, hi)
+            .filter(|n| n.len > 16)
+            .map(|n| (n, (n.last(32) & 0xffff) as u32, info(n)))
+            .collect();
+        let mut bounds: Vec<u32> = vec![0];
+        for (n, end, _) in &inside {
+            bounds.push((n.addr & 0xffff) as u32);
+            if *end < 0xffff {
+                bounds.push(end + 1);
+            }
+        }
+        bounds.sort_unstable();
+        bounds.dedup();
         let mut out: Vec<(u16, Decision)> = Vec::new();
         for b in bounds {
-            let d = fam.decide(
-                lo | b as u128,
-                Scope {
-                    max_len: 32,
-                    exact: false,
-                },
-            );
+            let mut r = Ranker::new(32);
+            for (len, i) in &cover {
+                r.net(*len, *i);
+            }
+            for (n, end, i) in &inside {
+                if (n.addr & 0xffff) as u32 <= b && b <= *end {
+                    r.net(n.len, *i);
+                }
+            }
+            let d = r.finish();
             if out.last().is_some_and(|(_, x)| *x == d) {
                 continue;
             }
@@ -1313,19 +1882,23 @@ impl Compiler {
                 },
             );
         }
-        // Summary P bits of the blocks inside this /16.
+        // Summary P bits of the blocks inside this /16: cleared, then set
+        // over every range that decides something.
         let bits = self.geo.sum4_bits;
         let per = 1u32 << (bits - 16);
-        let size = 1u32 << (32 - bits);
+        let shift = 32 - bits;
+        let first = h << (bits - 16);
         for i in 0..per {
-            let b_lo = i * size;
-            let b_hi = b_lo + size - 1;
-            let p = ranges.iter().enumerate().any(|(k, (s, d))| {
-                let start = *s as u32;
-                let end = ranges.get(k + 1).map_or(0xffff, |(n, _)| *n as u32 - 1);
-                !d.is_none() && start <= b_hi && end >= b_lo
-            });
-            self.set_bit4((h << (bits - 16)) | i, SUM_P, p);
+            self.set_bit4(first | i, SUM_P, false);
+        }
+        for (k, (s, d)) in ranges.iter().enumerate() {
+            if d.is_none() {
+                continue;
+            }
+            let end = ranges.get(k + 1).map_or(0xffff, |(n, _)| *n as u32 - 1);
+            for i in (*s as u32 >> shift)..=(end >> shift) {
+                self.set_bit4(first | i, SUM_P, true);
+            }
         }
         self.ranges4[h as usize] = Some(ranges);
         Ok(())
@@ -1381,29 +1954,42 @@ impl Compiler {
 /// (what the agent's sync does today; a freed id is reused only by a
 /// later set, never by the one that freed it).
 pub fn assign_ids(set: &EntrySet, previous: &Ids) -> Ids {
-    let mut keys: BTreeSet<IdKey> = BTreeSet::new();
-    for n in &set.allow {
-        keys.insert(IdKey::Allow(n.trunc()));
-    }
-    for e in &set.entries {
-        keys.insert(IdKey::Entry(EntryKey {
+    let mut keys: Vec<IdKey> = Vec::with_capacity(set.allow.len() + set.entries.len());
+    keys.extend(set.allow.iter().map(|n| IdKey::Allow(n.trunc())));
+    keys.extend(set.entries.iter().map(|e| {
+        IdKey::Entry(EntryKey {
             net: e.net.trunc(),
             port: e.port,
-        }));
+        })
+    }));
+    keys.sort_unstable();
+    keys.dedup();
+    let top = previous
+        .values()
+        .copied()
+        .max()
+        .map_or(0, |m| m as usize + 1);
+    let mut used = vec![0u64; top.div_ceil(64)];
+    for &id in previous.values() {
+        used[id as usize / 64] |= 1 << (id % 64);
     }
-    let used: FxHashSet<u32> = previous.values().copied().collect();
-    let mut out = Ids::default();
-    let mut next = 0u32;
-    for k in &keys {
-        if let Some(&id) = previous.get(k) {
-            out.insert(*k, id);
-        }
-    }
+    let is_used = |id: u32| {
+        used.get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    };
+    let mut out = Ids::with_capacity_and_hasher(keys.len(), Default::default());
+    let mut fresh = Vec::new();
     for k in keys {
-        if out.contains_key(&k) {
-            continue;
+        match previous.get(&k) {
+            Some(&id) => {
+                out.insert(k, id);
+            }
+            None => fresh.push(k),
         }
-        while used.contains(&next) {
+    }
+    let mut next = 0u32;
+    for k in fresh {
+        while is_used(next) {
             next += 1;
         }
         out.insert(k, next);

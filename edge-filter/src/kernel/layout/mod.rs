@@ -33,12 +33,10 @@ mod tables;
 mod tests;
 
 pub use canon::{Canonical, Resolved, canonical, decode, resolve};
-pub use compile::{Compiler, assign_ids, counts};
+pub use compile::{Compiler, KeyValue, assign_ids, counts};
 pub use model::Decision;
 pub use sim::{Reader, SimVerdict, lookup};
 pub use tables::{Counts, Geometry, Plan, Step, Tables, Write};
-
-use std::collections::HashMap;
 
 use ipnet::IpNet;
 
@@ -54,8 +52,8 @@ pub enum IdKey {
     Entry(EntryKey),
 }
 
-/// Ids by key.
-pub type Ids = HashMap<IdKey, u32>;
+/// Ids by key (FxHash: the keys are the caller's own, no HashDoS concern).
+pub type Ids = rustc_hash::FxHashMap<IdKey, u32>;
 
 /// Why a set cannot be compiled into a tier.
 #[derive(Debug, thiserror::Error)]

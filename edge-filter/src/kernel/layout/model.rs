@@ -8,7 +8,8 @@ use edge_filter_common::{
     NO_ENTRY,
     v2::{
         CODE_ALLOW, CODE_DROP_ADDR, CODE_DROP_PREFIX, CODE_MON_ADDR, CODE_MON_PREFIX, CODE_NONE,
-        Code, META_PORT_DST, META_PORT_SRC, PortEntry, code_rank, port_entry, port_entry_rank,
+        Code, META_PORT_DST, META_PORT_SRC, PORT_KEY_SHIFT, PortEntry, code_rank, port_entry,
+        port_entry_rank,
     },
 };
 use rustc_hash::FxHashMap;
@@ -130,6 +131,120 @@ pub(crate) struct Family {
     pub records: BTreeMap<u128, u32>,
     counts: [[u32; 129]; 3],
     lens: [Vec<u8>; 3],
+    /// A fresh build: record and net references are collected here and
+    /// turned into the B-trees at once ([`Family::end_bulk`]).
+    bulk: Option<(Vec<u128>, Vec<Net>)>,
+}
+
+/// The entries of one net: allowlist id, portless entry, port entries.
+pub(crate) type NetInfo<'a> = (
+    Option<u32>,
+    Option<(bool, u32)>,
+    Option<&'a BTreeMap<u32, (bool, u32)>>,
+);
+
+/// The ranking of `docs/semantics.md` over the entries of the nets that
+/// contain an address, fed one net (or one flattened decision) at a time.
+pub(crate) struct Ranker {
+    width: u8,
+    allow: Option<(u8, u32)>,
+    best: Option<(u32, Code, u32)>,
+    /// The best port entry per key, sorted by key.
+    ports: Vec<PortEntry>,
+}
+
+impl Ranker {
+    pub fn new(width: u8) -> Ranker {
+        Ranker {
+            width,
+            allow: None,
+            best: None,
+            ports: Vec::new(),
+        }
+    }
+
+    fn plain(&mut self, rank: u32, code: Code, id: u32) {
+        if self.best.is_none_or(|(r, _, _)| rank > r) {
+            self.best = Some((rank, code, id));
+        }
+    }
+
+    fn port(&mut self, e: PortEntry) {
+        let key = (e >> PORT_KEY_SHIFT) as u32;
+        let w = self.width as u32;
+        match self
+            .ports
+            .binary_search_by_key(&key, |&x| (x >> PORT_KEY_SHIFT) as u32)
+        {
+            Ok(i) => {
+                if port_entry_rank(e, w) > port_entry_rank(self.ports[i], w) {
+                    self.ports[i] = e;
+                }
+            }
+            Err(i) => self.ports.insert(i, e),
+        }
+    }
+
+    /// The entries of net `(len)` (one of the nets containing the address).
+    pub fn net(&mut self, len: u8, info: NetInfo<'_>) {
+        let (allow, plain, ported) = info;
+        if let Some(id) = allow
+            && self.allow.is_none_or(|(l, _)| len > l)
+        {
+            self.allow = Some((len, id));
+        }
+        if let Some((drop, id)) = plain {
+            let code = match (drop, len == self.width) {
+                (true, true) => CODE_DROP_ADDR,
+                (true, false) => CODE_DROP_PREFIX,
+                (false, true) => CODE_MON_ADDR,
+                (false, false) => CODE_MON_PREFIX,
+            };
+            self.plain((code_rank(code) << 8) | len as u32, code, id);
+        }
+        if let Some(m) = ported {
+            for (&key, &(drop, id)) in m {
+                self.port(port_entry(key, drop, len, id));
+            }
+        }
+    }
+
+    /// A flattened decision of nets containing the address (a range's):
+    /// its head and port entries compete as the entries they came from
+    /// (codes of different kinds never tie; port entries carry their
+    /// length).
+    pub fn decision(&mut self, d: &Decision) {
+        match d.code {
+            CODE_NONE => {}
+            CODE_ALLOW => {
+                if self.allow.is_none() {
+                    self.allow = Some((0, d.id));
+                }
+            }
+            c => self.plain(code_rank(c) << 8, c, d.id),
+        }
+        for &e in &d.ports {
+            self.port(e);
+        }
+    }
+
+    pub fn finish(self) -> Decision {
+        if let Some((_, id)) = self.allow {
+            return Decision {
+                code: CODE_ALLOW,
+                id,
+                ports: Vec::new(),
+            };
+        }
+        let (code, id) = self
+            .best
+            .map_or((CODE_NONE, NO_ENTRY), |(_, c, id)| (c, id));
+        let floor = code_rank(code);
+        let w = self.width as u32;
+        let mut ports = self.ports;
+        ports.retain(|&e| port_entry_rank(e, w) > floor);
+        Decision { code, id, ports }
+    }
 }
 
 impl Family {
@@ -143,7 +258,87 @@ impl Family {
             records: BTreeMap::new(),
             counts: [[0; 129]; 3],
             lens: [Vec::new(), Vec::new(), Vec::new()],
+            bulk: None,
         }
+    }
+
+    /// Start a bulk load (the family is empty): references are collected
+    /// and sorted into the B-trees by [`Family::end_bulk`].
+    pub fn begin_bulk(&mut self) {
+        debug_assert!(self.records.is_empty() && self.nets.is_empty());
+        self.bulk = Some((Vec::new(), Vec::new()));
+    }
+
+    /// End a bulk load.
+    pub fn end_bulk(&mut self) {
+        let Some((mut recs, mut nets)) = self.bulk.take() else {
+            return;
+        };
+        recs.sort_unstable();
+        nets.sort_unstable();
+        fn runs<T: Copy + PartialEq>(v: &[T]) -> Vec<(T, u32)> {
+            let mut out: Vec<(T, u32)> = Vec::with_capacity(v.len());
+            for &x in v {
+                match out.last_mut() {
+                    Some((y, c)) if *y == x => *c += 1,
+                    _ => out.push((x, 1)),
+                }
+            }
+            out
+        }
+        self.records = runs(&recs).into_iter().collect();
+        self.nets = runs(&nets).into_iter().collect();
+    }
+
+    /// Reserve room for `n` more portless entries.
+    pub fn reserve(&mut self, n: usize) {
+        self.plain.reserve(n);
+    }
+
+    /// The entries of `net`.
+    pub fn net_info(&self, net: Net) -> NetInfo<'_> {
+        (
+            self.allow.get(&net).copied(),
+            self.plain.get(&net).copied(),
+            self.ported.get(&net),
+        )
+    }
+
+    /// The value of entry `(net, port)`.
+    pub fn entry(&self, net: Net, port: Option<u32>) -> Option<(bool, u32)> {
+        match port {
+            None => self.plain.get(&net).copied(),
+            Some(k) => self.ported.get(&net).and_then(|m| m.get(&k)).copied(),
+        }
+    }
+
+    /// Whether nets of length `len` exist in the prefix structure.
+    pub fn has_len(&self, len: u8) -> bool {
+        self.counts[Kind::Allow as usize][len as usize] > 0
+            || (len < self.width
+                && (self.counts[Kind::Plain as usize][len as usize] > 0
+                    || self.counts[Kind::Ported as usize][len as usize] > 0))
+    }
+
+    /// Whether `a` has exact or address+port entries (a record).
+    pub fn has_record(&self, a: u128) -> bool {
+        self.records.contains_key(&a)
+    }
+
+    /// The record decision of `a` from the flattened decision of the nets
+    /// shorter than the full length containing it (its range) and its own
+    /// entries: equal to `decide(a, exact)`.
+    pub fn decide_record(&self, a: u128, range: &Decision) -> Decision {
+        let mut r = Ranker::new(self.width);
+        r.decision(range);
+        r.net(
+            self.width,
+            self.net_info(Net {
+                addr: a,
+                len: self.width,
+            }),
+        );
+        r.finish()
     }
 
     fn count(&mut self, kind: Kind, len: u8, delta: i32) {
@@ -160,6 +355,11 @@ impl Family {
     }
 
     fn net_ref(&mut self, net: Net, delta: i32) {
+        if let Some((_, nets)) = &mut self.bulk {
+            debug_assert!(delta == 1);
+            nets.push(net);
+            return;
+        }
         let c = self.nets.entry(net).or_insert(0);
         *c = (*c as i32 + delta) as u32;
         if *c == 0 {
@@ -168,6 +368,11 @@ impl Family {
     }
 
     fn record_ref(&mut self, addr: u128, delta: i32) {
+        if let Some((recs, _)) = &mut self.bulk {
+            debug_assert!(delta == 1);
+            recs.push(addr);
+            return;
+        }
         let c = self.records.entry(addr).or_insert(0);
         *c = (*c as i32 + delta) as u32;
         if *c == 0 {

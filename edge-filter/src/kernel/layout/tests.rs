@@ -467,6 +467,108 @@ fn delta_equals_fresh_build_and_decodes() {
     }
 }
 
+/// A set's keys and values (duplicates merged, drop wins).
+fn values(set: &EntrySet, ids: &Ids) -> std::collections::BTreeMap<IdKey, KeyValue> {
+    let mut out = std::collections::BTreeMap::new();
+    for n in &set.allow {
+        let k = IdKey::Allow(n.trunc());
+        out.insert(k, KeyValue::Allow(ids[&k]));
+    }
+    for e in &set.entries {
+        let k = IdKey::Entry(EntryKey {
+            net: e.net.trunc(),
+            port: e.port,
+        });
+        let drop = e.action == Action::Drop;
+        let v = out
+            .entry(k)
+            .or_insert(KeyValue::Entry { drop, id: ids[&k] });
+        if let KeyValue::Entry { drop: d, .. } = v {
+            *d |= drop;
+        }
+    }
+    out
+}
+
+/// An update from key changes is the update from the whole set: the same
+/// plan and the same tables; a change to an id another key holds is
+/// refused and leaves the compiler as it was.
+#[test]
+fn changes_equal_set_updates() {
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for round in 0..40 {
+        let n = rng.random_range(0..40);
+        let mut a = random_set(&mut rng, n);
+        if round % 2 == 0 {
+            let k = rng.random_range(8..18);
+            add_exact(&mut rng, &mut a, k);
+        }
+        let ids_a = assign_ids(&a, &Ids::default());
+        let mut sets = vec![(a.clone(), ids_a.clone())];
+        for _ in 0..4 {
+            let (prev, prev_ids) = sets.last().unwrap();
+            let k = rng.random_range(1..12);
+            let next = mutate(&mut rng, prev, k);
+            let ids = assign_ids(&next, prev_ids);
+            sets.push((next, ids));
+        }
+        let refs: Vec<(&EntrySet, &Ids)> = sets.iter().map(|(s, i)| (s, i)).collect();
+        let g = geometry(&refs, rng.random());
+        let Ok(mut by_set) = Compiler::build_lax(&sets[0].0, &sets[0].1, g) else {
+            continue;
+        };
+        let mut by_changes = by_set.clone();
+        for i in 1..sets.len() {
+            let (old, new) = (
+                values(&sets[i - 1].0, &sets[i - 1].1),
+                values(&sets[i].0, &sets[i].1),
+            );
+            let mut changes: Vec<(IdKey, Option<KeyValue>)> = new
+                .iter()
+                .filter(|(k, v)| old.get(k) != Some(v))
+                .map(|(k, v)| (*k, Some(*v)))
+                .collect();
+            changes.extend(
+                old.keys()
+                    .filter(|k| !new.contains_key(k))
+                    .map(|k| (*k, None)),
+            );
+            // A key listed twice takes its last value.
+            if let Some(&(k, _)) = changes.first() {
+                changes.insert(0, (k, None));
+            }
+            let p1 = match by_set.update(&sets[i].0, &sets[i].1) {
+                Ok(p) => p,
+                Err(LayoutError::Full { .. }) => break,
+                Err(e) => panic!("round {round} step {i} (seed {seed}): {e}"),
+            };
+            // Refused: an id held by a key that stays.
+            if let Some((held, hv)) = old.iter().next()
+                && let Some((other, _)) = new.iter().find(|(k, _)| *k != held)
+            {
+                let id = hv.id();
+                let stolen = match other {
+                    IdKey::Allow(_) => KeyValue::Allow(id),
+                    IdKey::Entry(_) => KeyValue::Entry { drop: true, id },
+                };
+                let before = by_changes.tables().clone();
+                let r = by_changes.update_changes(&[(*other, Some(stolen))]);
+                assert!(
+                    matches!(r, Err(LayoutError::DuplicateId { .. })),
+                    "round {round} step {i} (seed {seed}): {r:?}"
+                );
+                assert_eq!(&before, by_changes.tables());
+            }
+            let p2 = by_changes
+                .update_changes(&changes)
+                .unwrap_or_else(|e| panic!("round {round} step {i} (seed {seed}): {e}"));
+            assert_eq!(p1, p2, "round {round} step {i} (seed {seed})");
+            assert_eq!(by_set.tables(), by_changes.tables());
+        }
+    }
+}
+
 /// The first differences between two canonical forms, briefly.
 fn canon_diff(a: &Canonical, b: &Canonical) -> String {
     let mut out = Vec::new();
