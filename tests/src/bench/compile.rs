@@ -1,4 +1,4 @@
-//! `ef-bench compile`: the v2 compiler (`edge_filter::layout`) alone, in
+//! `ef-bench compile`: the v2 compiler (`edge_filter::kernel::layout`) alone, in
 //! userspace, no kernel: a full build and a 1% delta of generated sets
 //! from 1K to 1M IPv4 /32 entries, with prefixes and address+port entries
 //! (`docs/datapath-v2.md`, section 7 item 6; the issue's sync target is a
@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use edge_filter::entry::EntryKey;
 use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
-use edge_filter::layout::{Compiler, Geometry, IdKey, Ids, KeyValue, assign_ids, counts};
+use edge_filter::kernel::layout::{Compiler, Geometry, IdKey, Ids, KeyValue, assign_ids, counts};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::json;
 
@@ -166,9 +166,9 @@ fn sets(case: &Case, seed: u64) -> (EntrySet, EntrySet, Vec<Entry>, Vec<Entry>) 
         for i in 0..sizes[k] {
             let e = entry(&pool, k, i);
             if i % 100 == 50 || (sizes[k] < 100 && i == 0) {
-                removed.push(e.clone());
+                removed.push(e);
             } else {
-                after.entries.push(e.clone());
+                after.entries.push(e);
             }
             full.entries.push(e);
         }
@@ -262,7 +262,7 @@ pub fn run(o: &Opts) -> Result<()> {
     let cases = if o.quick { QUICK } else { CASES };
     let mut md = String::from(
         "## Compiler (v2 layout, userspace)\n\n\
-         `edge_filter::layout` alone, no kernel. Full: `assign_ids` of the set (ids) and \
+         `edge_filter::kernel::layout` alone, no kernel. Full: `assign_ids` of the set (ids) and \
          the build (`Compiler::build_for` with `Geometry::for_counts` of the counts it \
          finds, `fit_heap`). `counts` (a separate pass, which `build_for` makes \
          unnecessary) is shown alone. 1% delta on it (1% of each \

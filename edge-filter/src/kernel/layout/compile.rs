@@ -443,6 +443,7 @@ impl Compiler {
         c.check(&cnt)?;
         c.keys6 = cnt.ids6;
         let mut t = Touched::default();
+        #[allow(clippy::needless_range_loop)] // f indexes four parallel arrays
         for f in 0..2 {
             t.recs[f] = c.fam[f].records.keys().copied().collect();
             t.nets[f] = c.fam[f].nets.keys().copied().collect();
