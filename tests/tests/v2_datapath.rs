@@ -21,24 +21,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuValues},
-    programs::{TestRun as _, TestRunOptions, Xdp},
-    util::nr_cpus,
-};
-use edge_filter::entry::{Action, Entry, EntryKey, EntrySet, PortMatch, Proto, Side};
+use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
 use edge_filter::kernel::layout::{
-    Compiler, Counts, Geometry, IdKey, Ids, LayoutError, assign_ids, canonical, counts, decode,
+    Compiler, Counts, Geometry, Ids, LayoutError, assign_ids, canonical, counts, decode,
 };
-use edge_filter::kernel::program::Capacities;
-use edge_filter::reference::{Reference, Verdict};
-use edge_filter_common::{self as abi, LastVerdict, NO_ENTRY};
-use edge_filter_tests::bench::v2kernel::{BENCH_OBJECT, BenchSizes, LAYOUT_FLAGS, V2Maps};
+use edge_filter::reference::Reference;
+use edge_filter_common::{self as abi, NO_ENTRY};
+use edge_filter_tests::bench::v2kernel::{BenchSizes, LAYOUT_FLAGS, TestRunner, V2Maps, expected};
 use edge_filter_tests::corpus::{
     Packet, entry_sets, generated_corpus, pcap_corpus, random_seed, shared_data_dir,
 };
-use edge_filter_tests::differential::{XDP_DROP, XDP_PASS};
 use edge_filter_tests::frames;
 use ipnet::IpNet;
 use rand::rngs::StdRng;
@@ -46,94 +38,15 @@ use rand::{Rng, SeedableRng};
 
 const FIXED_SEED: u64 = 0x00ed_9ef1_17e7;
 const PROGRAMS: [&str; 2] = ["edge_filter_v2", "edge_filter_v2_trie"];
-const SENTINEL: LastVerdict = LastVerdict {
-    reason: u32::MAX,
-    entry_id: u32::MAX,
-};
-
-/// The bench object with v2 maps of geometry `g`, its v2 programs loaded.
-struct Kernel {
-    ebpf: Ebpf,
-    last: PerCpuArray<MapData, LastVerdict>,
-}
-
-fn load(g: &Geometry) -> (Kernel, V2Maps) {
-    assert!(
-        !BENCH_OBJECT.is_empty(),
-        "the bench-ebpf object was not built (AYA_BUILD_SKIP?)"
-    );
-    let mut loader = EbpfLoader::new();
-    for (name, n) in Capacities::small().per_map() {
-        loader.map_max_entries(name, n);
-    }
-    let sizes = BenchSizes::of(g).expect("sizes");
-    sizes.apply(&mut loader);
-    let mut ebpf = loader.load(BENCH_OBJECT).expect("loading the bench object");
-    for name in PROGRAMS {
-        let p: &mut Xdp = ebpf
-            .program_mut(name)
-            .unwrap_or_else(|| panic!("{name} missing"))
-            .try_into()
-            .unwrap();
-        p.load().unwrap_or_else(|e| panic!("loading {name}: {e}"));
-    }
-    let maps = V2Maps::take(&mut ebpf).expect("mapping the v2 maps");
-    let last = PerCpuArray::try_from(ebpf.take_map("LAST").expect("LAST")).unwrap();
-    (Kernel { ebpf, last }, maps)
-}
-
-impl Kernel {
-    /// (XDP action, reason, deciding id) of one frame.
-    fn classify(&mut self, prog: &str, frame: &[u8]) -> (u32, u32, u32) {
-        let vals = PerCpuValues::try_from(vec![SENTINEL; nr_cpus().unwrap()]).unwrap();
-        self.last.set(0, vals, 0).unwrap();
-        let p: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
-        let res = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat: 1,
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("test run of {prog}: {e}"));
-        let l = self
-            .last
-            .get(&0, 0)
-            .unwrap()
-            .iter()
-            .copied()
-            .find(|l| *l != SENTINEL)
-            .expect("the program recorded no verdict");
-        (res.return_value, l.reason, l.entry_id)
-    }
-}
-
-/// The reference's verdict as (XDP action, reason, deciding id).
-fn expected(v: &Verdict, ids: &Ids) -> (u32, u32, u32) {
-    let id = if let Some(e) = v.entry {
-        ids[&IdKey::Entry(EntryKey {
-            net: e.net,
-            port: e.port,
-        })]
-    } else if let Some(a) = v.allow {
-        ids[&IdKey::Allow(a)]
-    } else {
-        NO_ENTRY
-    };
-    (if v.is_drop() { XDP_DROP } else { XDP_PASS }, v.reason, id)
+fn load(g: &Geometry) -> (TestRunner, V2Maps) {
+    TestRunner::load(BenchSizes::of(g).expect("sizes"), &PROGRAMS)
 }
 
 /// A geometry every set fits, with the IPv4 tries for the trie program.
 fn geometry_for(sets: &[(&EntrySet, &Ids)], seed: u64) -> Geometry {
     let mut c = Counts::default();
     for (s, ids) in sets {
-        let k = counts(s, ids).unwrap();
-        c.records4 = c.records4.max(k.records4);
-        c.records6 = c.records6.max(k.records6);
-        c.nets4 = c.nets4.max(k.nets4);
-        c.nets6 = c.nets6.max(k.nets6);
-        c.ported = c.ported.max(k.ported);
-        c.ids = c.ids.max(k.ids);
-        c.ids6 = c.ids6.max(k.ids6);
+        c = c.at_least(&counts(s, ids).unwrap());
     }
     let mut g = Geometry::for_counts(&c, 2.0, seed);
     g.trie4 = true;

@@ -16,95 +16,34 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray, PerCpuValues},
-    programs::{TestRun as _, TestRunOptions, Xdp},
-    util::nr_cpus,
+    maps::{Map, MapData},
+    programs::Xdp,
 };
-use edge_filter::entry::{Action, Entry, EntryKey, EntrySet};
-use edge_filter::kernel::layout::{IdKey, Ids, Write, assign_ids};
+use edge_filter::entry::{Action, Entry, EntrySet};
+use edge_filter::kernel::layout::{Ids, Write, assign_ids};
 use edge_filter::kernel::program::Capacities;
 use edge_filter::kernel::v2sync::{Applied, Tier, V2Sync};
-use edge_filter::reference::{Reference, Verdict};
-use edge_filter_common::{self as abi, LastVerdict, NO_ENTRY};
-use edge_filter_tests::bench::v2kernel::{BENCH_OBJECT, BenchSizes, Sizes, V2Maps};
+use edge_filter::reference::Reference;
+use edge_filter_common::{self as abi};
+use edge_filter_tests::bench::v2kernel::{
+    BENCH_OBJECT, BenchSizes, Sizes, TestRunner, V2Maps, expected,
+};
 use edge_filter_tests::corpus::{entry_sets, generated_corpus, random_seed};
-use edge_filter_tests::differential::{XDP_DROP, XDP_PASS};
 use ipnet::IpNet;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const PROGRAM: &str = "edge_filter_v2";
-const SENTINEL: LastVerdict = LastVerdict {
-    reason: u32::MAX,
-    entry_id: u32::MAX,
-};
-
-struct Kernel {
-    ebpf: Ebpf,
-    last: PerCpuArray<MapData, LastVerdict>,
-}
-
-fn load(sizes: Sizes) -> (Kernel, V2Maps) {
-    assert!(
-        !BENCH_OBJECT.is_empty(),
-        "the bench-ebpf object was not built (AYA_BUILD_SKIP?)"
+fn load(sizes: Sizes) -> (TestRunner, V2Maps) {
+    let (k, maps) = TestRunner::load(
+        BenchSizes {
+            v2: sizes,
+            one_load_lines: 1,
+        },
+        &[PROGRAM],
     );
-    let mut loader = EbpfLoader::new();
-    for (name, n) in Capacities::small().per_map() {
-        loader.map_max_entries(name, n);
-    }
-    BenchSizes {
-        v2: sizes,
-        one_load_lines: 1,
-    }
-    .apply(&mut loader);
-    let mut ebpf = loader.load(BENCH_OBJECT).expect("loading the bench object");
-    let p: &mut Xdp = ebpf.program_mut(PROGRAM).unwrap().try_into().unwrap();
-    p.load()
-        .unwrap_or_else(|e| panic!("loading {PROGRAM}: {e}"));
-    let maps = V2Maps::take(&mut ebpf).expect("mapping the v2 maps");
     maps.set_runtime_flags(abi::CONFIG_RECORD_LAST);
-    let last = PerCpuArray::try_from(ebpf.take_map("LAST").expect("LAST")).unwrap();
-    (Kernel { ebpf, last }, maps)
-}
-
-impl Kernel {
-    fn classify(&mut self, frame: &[u8]) -> (u32, u32, u32) {
-        let vals = PerCpuValues::try_from(vec![SENTINEL; nr_cpus().unwrap()]).unwrap();
-        self.last.set(0, vals, 0).unwrap();
-        let p: &Xdp = self.ebpf.program(PROGRAM).unwrap().try_into().unwrap();
-        let res = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat: 1,
-                ..Default::default()
-            })
-            .unwrap();
-        let l = self
-            .last
-            .get(&0, 0)
-            .unwrap()
-            .iter()
-            .copied()
-            .find(|l| *l != SENTINEL)
-            .expect("the program recorded no verdict");
-        (res.return_value, l.reason, l.entry_id)
-    }
-}
-
-fn expected(v: &Verdict, ids: &Ids) -> (u32, u32, u32) {
-    let id = if let Some(e) = v.entry {
-        ids[&IdKey::Entry(EntryKey {
-            net: e.net,
-            port: e.port,
-        })]
-    } else if let Some(a) = v.allow {
-        ids[&IdKey::Allow(a)]
-    } else {
-        NO_ENTRY
-    };
-    (if v.is_drop() { XDP_DROP } else { XDP_PASS }, v.reason, id)
+    (k, maps)
 }
 
 #[test]
@@ -175,7 +114,7 @@ fn v2_sync_engine_updates_grows_and_adopts() {
         let reference = Reference::new(set);
         for frame in &frames {
             let want = expected(&reference.classify(frame, false), sync.ids());
-            let got = k.classify(frame);
+            let got = k.classify(PROGRAM, frame);
             checked += 1;
             if got != want {
                 mismatches.push(format!(
@@ -260,7 +199,7 @@ fn a_new_tier_replaces_the_program_on_the_pinned_link() {
             .expect("attaching to the veth");
         let link: FdLink = p.take_link(id).unwrap().try_into().unwrap();
         link.pin(paths.link("efa")).unwrap();
-        let prog_id = |k: &Kernel| {
+        let prog_id = |k: &TestRunner| {
             let p: &Xdp = k.ebpf.program(PROGRAM).unwrap().try_into().unwrap();
             p.info().unwrap().id()
         };

@@ -62,6 +62,22 @@ pub struct Counts {
     pub ids6: u64,
 }
 
+impl Counts {
+    /// Each count the larger of the two: room for either set (a geometry
+    /// that every set of a sequence fits).
+    pub fn at_least(self, o: &Counts) -> Counts {
+        Counts {
+            records4: self.records4.max(o.records4),
+            records6: self.records6.max(o.records6),
+            nets4: self.nets4.max(o.nets4),
+            nets6: self.nets6.max(o.nets6),
+            ported: self.ported.max(o.ported),
+            ids: self.ids.max(o.ids),
+            ids6: self.ids6.max(o.ids6),
+        }
+    }
+}
+
 fn pow2(n: u64, min: u64) -> u32 {
     n.max(min).next_power_of_two().min(1 << 31) as u32
 }

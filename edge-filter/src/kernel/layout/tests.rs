@@ -195,14 +195,7 @@ fn sim(t: &Tables, p: &PacketInfo, trie4: bool) -> SimVerdict {
 fn geometry(sets: &[(&EntrySet, &Ids)], seed: u64) -> Geometry {
     let mut c = Counts::default();
     for (s, ids) in sets {
-        let k = counts(s, ids).unwrap();
-        c.records4 = c.records4.max(k.records4);
-        c.records6 = c.records6.max(k.records6);
-        c.nets4 = c.nets4.max(k.nets4);
-        c.nets6 = c.nets6.max(k.nets6);
-        c.ported = c.ported.max(k.ported);
-        c.ids = c.ids.max(k.ids);
-        c.ids6 = c.ids6.max(k.ids6);
+        c = c.at_least(&counts(s, ids).unwrap());
     }
     let mut g = Geometry::for_counts(&c, 1.0, seed);
     g.trie4 = true;
