@@ -46,6 +46,12 @@
 //!   restarted with the same options adopts silently; one restarted with
 //!   another `--mode` and `--max-addr-v4` says the adopted filter differs,
 //!   how, and names the detach command that makes a new one.
+//! - `metrics_on_a_down_loopback_says_why` (item 10): an agent whose
+//!   metrics listen on 127.0.0.1 in a namespace whose `lo` is down warns
+//!   that nothing can connect and how to fix it (the bind itself
+//!   succeeds); once `lo` is up, a restarted agent does not warn and the
+//!   endpoint answers; an address no interface holds fails with that
+//!   reason.
 //!
 //! Root only (`skipping: needs root` otherwise). Build the binary first, in
 //! the same profile:
@@ -913,4 +919,61 @@ fn restart_with_other_mode_or_sizes_says_so() {
     ] {
         assert!(log.contains(want), "{want}:\n{log}");
     }
+}
+
+#[test]
+fn metrics_on_a_down_loopback_says_why() {
+    if netns::skip_unless_root("metrics_on_a_down_loopback_says_why") {
+        return;
+    }
+    const PORT: u16 = 19_436;
+    const WARNING: &str = "the loopback interface `lo` is down";
+    let lab = Lab::create();
+    let bl = lab.write_file("blocklist.txt", "203.0.113.7\n");
+    let bl = bl.to_str().unwrap();
+    let listen = format!("127.0.0.1:{PORT}");
+    let args = ["--blocklist", bl, "--metrics-listen", &listen];
+    lab.receiver.ip(&["link", "set", "lo", "down"]);
+    let agent = lab.start_agent(&args);
+    agent.wait_ready("attached");
+    assert!(
+        agent.wait_stderr(WARNING, Duration::from_secs(10)),
+        "no warning about the down loopback:\n{}",
+        agent.tail(20)
+    );
+    assert!(
+        agent.stderr_text().contains("ip link set lo up"),
+        "{}",
+        agent.tail(20)
+    );
+    agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+
+    lab.receiver.ip(&["link", "set", "lo", "up"]);
+    let agent = lab.start_agent(&args);
+    agent.wait_ready("adopted");
+    let (status, _, body) = scrape::get(&lab.receiver, PORT, "/metrics");
+    assert!(
+        status.contains("200") && body.contains("edge_filter_"),
+        "{status}\n{body}"
+    );
+    assert!(
+        !agent.stderr_text().contains(WARNING),
+        "warned with lo up:\n{}",
+        agent.tail(20)
+    );
+    agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+
+    // An explicit address that no interface here has: an error that says so.
+    let agent = lab.start_agent(&["--blocklist", bl, "--metrics-listen", "192.0.2.250:9436"]);
+    let exit = agent.wait_exit(
+        Duration::from_secs(20),
+        "the agent with an unbindable address",
+    );
+    let log = agent.stderr_text();
+    assert!(
+        !exit.success()
+            && log.contains("binding the metrics endpoint 192.0.2.250:9436")
+            && log.contains("no interface of this network namespace has that address"),
+        "{exit}: {log}"
+    );
 }

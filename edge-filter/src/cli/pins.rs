@@ -11,8 +11,19 @@ use edge_filter::kernel::paths::{DEFAULT_ROOT, Paths};
 #[derive(Debug, Args, Clone)]
 pub struct PinArgs {
     /// Root directory of edge-filter's pins on bpffs (mounted when missing).
-    #[arg(long, env = "EDGE_FILTER_BPFFS", default_value = edge_filter::kernel::paths::DEFAULT_ROOT, global = true)]
-    pub bpffs: PathBuf,
+    /// With --config it overrides the config's `bpffs`, as it does for the
+    /// reading subcommands. [default: /sys/fs/bpf/edge-filter]
+    #[arg(long, env = "EDGE_FILTER_BPFFS", value_name = "DIR", global = true)]
+    pub bpffs: Option<PathBuf>,
+}
+
+impl PinArgs {
+    /// The pin root: `--bpffs` (or `EDGE_FILTER_BPFFS`), else [`DEFAULT_ROOT`].
+    pub fn root(&self) -> PathBuf {
+        self.bpffs
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+    }
 }
 
 /// `--config` and `--bpffs` of the subcommands that find pins the way

@@ -126,7 +126,20 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
                 Err(e)
             }
         })?;
-        let cfg = edge_filter::intel::config::Config::load(path)?;
+        let mut cfg = edge_filter::intel::config::Config::load(path)?;
+        // `--bpffs`/`EDGE_FILTER_BPFFS` wins over the config's `bpffs`, as
+        // it does for status, stats, top, events and explain: otherwise an
+        // agent started with it pins where those commands do not look.
+        if let Some(root) = a.pins.bpffs {
+            if root != cfg.bpffs {
+                log::info!(
+                    "pins under {} (--bpffs or EDGE_FILTER_BPFFS; the config says {})",
+                    root.display(),
+                    cfg.bpffs.display()
+                );
+            }
+            cfg.bpffs = root;
+        }
         for w in cfg.warnings() {
             log::warn!("{}: {w}", path.display());
         }
@@ -185,7 +198,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         mode: a.mode,
         caps,
         malformed_drop: a.drop_malformed,
-        paths: Paths::new(a.pins.bpffs),
+        paths: Paths::new(a.pins.root()),
         poll: Duration::from_secs_f64(a.poll_seconds),
         metrics,
         max_shrink: a.max_shrink,

@@ -181,8 +181,10 @@ pub struct EventRecord {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
-    /// The IP protocol by name (`tcp`, `udp`, `icmp`, ...:
-    /// [`crate::entry::proto_name`], as `replay` names it).
+    /// The IP protocol by name (`tcp` or `udp`: [`crate::entry::proto_name`],
+    /// as `replay` names it). `None` for other packets (ICMP, ...): the
+    /// program records the protocol only with ports, and printing its 0
+    /// would name a protocol the packet did not have.
     pub proto: Option<String>,
     /// Source port.
     pub src_port: Option<u16>,
@@ -218,7 +220,7 @@ pub fn decode(bytes: &[u8], iface: &str, clock: &Clock) -> Option<EventRecord> {
         iface: iface.to_string(),
         src: addr(e.src),
         dst: addr(e.dst),
-        proto: Some(crate::entry::proto_name(e.proto)),
+        proto: ports.then(|| crate::entry::proto_name(e.proto)),
         src_port: ports.then(|| u16::from_be_bytes(e.sport)),
         dst_port: ports.then(|| u16::from_be_bytes(e.dport)),
         verdict: abi::ReasonInfo::decode(e.reason).map_or("unknown", |r| r.verdict()),

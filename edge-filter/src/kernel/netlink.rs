@@ -10,7 +10,7 @@
 
 use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage, LinkXdp, XdpAttached};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// What `IFLA_XDP` of an interface says.
@@ -112,6 +112,26 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> std::io::Error {
 
 /// Ask the kernel (`RTM_GETLINK` for one interface) about its XDP programs.
 pub fn xdp_info(ifindex: u32) -> std::io::Result<XdpInfo> {
+    Ok(get_link(ifindex)?
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Xdp(x) => Some(XdpInfo::from_attrs(x)),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// Whether the interface is administratively up (`IFF_UP`), in the network
+/// namespace of the caller. The metrics endpoint asks this of `lo`: a new
+/// namespace starts with its loopback down, and a listener bound to
+/// 127.0.0.1 there binds fine but nobody can ever connect to it.
+pub fn is_up(ifindex: u32) -> std::io::Result<bool> {
+    Ok(get_link(ifindex)?.header.flags.contains(LinkFlags::Up))
+}
+
+/// One `RTM_GETLINK` request and its answer.
+fn get_link(ifindex: u32) -> std::io::Result<LinkMessage> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
@@ -143,16 +163,7 @@ pub fn xdp_info(ifindex: u32) -> std::io::Result<XdpInfo> {
                             return Err(std::io::Error::from_raw_os_error(-code.get()));
                         }
                     }
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                        return Ok(l
-                            .attributes
-                            .iter()
-                            .find_map(|a| match a {
-                                LinkAttribute::Xdp(x) => Some(XdpInfo::from_attrs(x)),
-                                _ => None,
-                            })
-                            .unwrap_or_default());
-                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => return Ok(l),
                     _ => {}
                 }
             }

@@ -504,11 +504,14 @@ pub async fn start(
     let listener = match bind(addr).await {
         Ok(l) => l,
         Err(e) if !explicit => {
-            log::warn!("{e}; running without metrics (choose another address to enable them)");
+            log::warn!("{e}; running without metrics (set metrics.listen to enable them)");
             return Ok(None);
         }
         Err(e) => return Err(e),
     };
+    if let Some(warning) = unreachable_loopback(addr) {
+        log::warn!("{warning}");
+    }
     let m = Metrics::new(bpffs, ifaces, caps);
     log::info!(
         "metrics at http://{}/metrics",
@@ -518,14 +521,48 @@ pub async fn start(
     Ok(Some(m))
 }
 
-/// Bind `addr` (errors name the address).
+/// Bind `addr` (errors name the address and, where the kernel's answer is
+/// terse, say what it means).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::EADDRINUSE) => " (another process listens there)".to_string(),
+            Some(libc::EADDRNOTAVAIL) => {
+                " (no interface of this network namespace has that address)".to_string()
+            }
+            _ => String::new(),
+        };
         std::io::Error::new(
             e.kind(),
-            format!("binding the metrics endpoint {addr}: {e}"),
+            format!("binding the metrics endpoint {addr}: {e}{why}"),
         )
     })
+}
+
+/// A loopback listener binds even while `lo` is down (as it is in a new
+/// network namespace), but nothing can connect to it: say so, with the fix,
+/// rather than serve into the void. `None` when the address is not loopback,
+/// `lo` is up, or its state cannot be read.
+pub fn unreachable_loopback(addr: SocketAddr) -> Option<String> {
+    if !addr.ip().is_loopback() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated name; if_nametoindex only reads it.
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    if lo == 0 {
+        return Some(format!(
+            "the metrics endpoint {addr} listens on loopback, but this network namespace has \
+             no `lo` interface: nothing can connect to it"
+        ));
+    }
+    match crate::kernel::netlink::is_up(lo) {
+        Ok(false) => Some(format!(
+            "the metrics endpoint {addr} is bound, but the loopback interface `lo` is down in \
+             this network namespace, so nothing can connect to it; bring it up with `ip link \
+             set lo up` (a new namespace starts with it down)"
+        )),
+        _ => None,
+    }
 }
 
 /// Serve `/metrics` on `listener` until the task is dropped.
