@@ -1517,6 +1517,24 @@ impl Outcome {
         for m in g.all("counter-mismatch") {
             out.push(format!("counters: {m}"));
         }
+        match g.get("v2-load") {
+            Some("rejected") => {
+                out.push("the verifier rejected datapath v2's program:".into());
+                out.extend(g.all("v2-verifier").iter().map(|l| format!("  | {l}")));
+            }
+            Some(_) => {
+                if g.field("v2-differential", "disagreements").as_deref() != Some("0") {
+                    out.push(format!(
+                        "datapath v2 differential: {}",
+                        g.get("v2-differential").unwrap_or("did not finish")
+                    ));
+                }
+                for m in g.all("v2-mismatch") {
+                    out.push(format!("datapath v2 disagreement: {m}"));
+                }
+            }
+            None => {}
+        }
         if g.get("load").is_some_and(|l| l.starts_with("loaded")) && g.get("result") != Some("ok") {
             out.push(format!(
                 "differential: {}",
@@ -1754,6 +1772,7 @@ fn summary_table(outcomes: &[Outcome]) -> String {
         "missing features",
         "checked",
         "disagree",
+        "v2",
         "replay",
         "boot",
         "total",
@@ -1793,6 +1812,15 @@ fn summary_table(outcomes: &[Outcome]) -> String {
                 .unwrap_or_else(|| "-".into()),
             g.field("differential", "disagreements")
                 .unwrap_or_else(|| "-".into()),
+            match (
+                g.get("v2-load"),
+                g.field("v2-differential", "disagreements"),
+            ) {
+                (Some("rejected"), _) => "rejected".into(),
+                (Some(_), Some(d)) if d == "0" => "ok".into(),
+                (Some(_), _) => "FAIL".into(),
+                (None, _) => "-".into(),
+            },
             replay,
             o.boot_secs.map_or("-".into(), |s| format!("{s:.1} s")),
             if o.secs > 0.0 {
@@ -1964,6 +1992,50 @@ mod tests {
         assert!(o.passed(), "{:?}", o.failures());
         let table = summary_table(&[o]);
         assert!(table.contains("377388") && table.contains("ok"), "{table}");
+    }
+
+    #[test]
+    fn datapath_v2_failures_fail() {
+        let base = [
+            "EFVM kernel: 5.10.0",
+            "EFVM load: loaded in 0.8 s",
+            "EFVM differential: checked=10 disagreements=0 runs=1 packets=10 time=1 s",
+            "EFVM replay: ok",
+            "EFVM end: 9.0 s",
+        ];
+        let outcome = |extra: &[&str]| {
+            let mut g = Guest::default();
+            for l in base.iter().chain(extra) {
+                g.feed(l);
+            }
+            Outcome {
+                guest: g,
+                ..Default::default()
+            }
+        };
+        let ok = outcome(&[
+            "EFVM v2-load: loaded in 0.3 s",
+            "EFVM v2-differential: checked=10 disagreements=0 set=all time=1 s",
+            "EFVM result: ok",
+        ]);
+        assert!(ok.failures().is_empty(), "{:?}", ok.failures());
+        assert!(summary_table(&[ok]).contains(" ok "));
+        let rejected = outcome(&[
+            "EFVM v2-load: rejected",
+            "EFVM v2-verifier: loading edge_filter_v2: back-edge",
+            "EFVM result: fail",
+        ]);
+        let f = rejected.failures().join("\n");
+        assert!(f.contains("datapath v2") && f.contains("back-edge"), "{f}");
+        assert!(summary_table(&[rejected]).contains("rejected"));
+        let wrong = outcome(&[
+            "EFVM v2-load: loaded in 0.3 s",
+            "EFVM v2-differential: checked=10 disagreements=1 set=all time=1 s",
+            "EFVM v2-mismatch: set all x: kernel (1, 2, 3), reference (2, 2, 3)",
+            "EFVM result: fail",
+        ]);
+        let f = wrong.failures().join("\n");
+        assert!(f.contains("datapath v2 disagreement"), "{f}");
     }
 
     #[test]
