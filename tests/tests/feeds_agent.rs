@@ -41,6 +41,11 @@
 //!   them; the entry becomes `drop` and within one refresh they stop and
 //!   `drop_addr` counts them; the entry is removed and they arrive again.
 //!   Exact counts from `edge-filter stats --json`.
+//! - `feeds_unchanged_body_is_not_parsed_again` (issue 16, item 2): a
+//!   server without `ETag` or `Last-Modified` answers every refresh with
+//!   the same body: after the first, the bodies are not parsed
+//!   (`edge_filter_feed_unchanged_bodies_total` counts them) and the feed
+//!   stays healthy; a changed body is parsed and enforced at once.
 //!
 //! Root only (each test prints `skipping: needs root` otherwise). Build the
 //! binary first, in the same profile:
@@ -1688,5 +1693,60 @@ fn feeds_action_change_takes_effect_within_a_refresh() {
             .collect::<Vec<_>>()
             .join(" "),
         t0.elapsed()
+    );
+}
+
+#[test]
+fn feeds_unchanged_body_is_not_parsed_again() {
+    if netns::skip_unless_root("feeds_unchanged_body_is_not_parsed_again") {
+        return;
+    }
+    const PORT: u16 = 19_437;
+    let lab = Lab::create();
+    lab.receiver.ip(&["link", "set", "lo", "up"]);
+    let first = "198.51.100.10\n198.51.100.11\n";
+    let srv = HttpServer::start_in(&lab.receiver, Reply::ok(first));
+    let cfg = AgentConfig::new(&lab, &lab.dir.join("state"))
+        .table(&format!("[metrics]\nlisten = \"127.0.0.1:{PORT}\""))
+        .feed("web", &srv.url("/web.txt"), "plain", "1s")
+        .write(&lab);
+    let agent = lab.start_config_agent(&cfg);
+    agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
+    let key = "edge_filter_feed_unchanged_bodies_total{feed=\"web\"}";
+    let unchanged = || {
+        let (s, _) = scrape::metrics(&lab.receiver, PORT);
+        s.get(key).copied().unwrap_or(0.0)
+    };
+    wait::poll(
+        "three unchanged bodies",
+        Duration::from_secs(30),
+        &agent,
+        || (unchanged() >= 3.0).then_some(()),
+    );
+    // Every one of them was a 200 with the whole body: the digest, not the
+    // server, said "unchanged".
+    let requests = srv.requests();
+    assert!(
+        requests.len() >= 4 && requests.iter().all(|r| r.status == 200),
+        "{requests:?}"
+    );
+    let h = health(&lab, "web").expect("web's health");
+    assert!(h.last_error.is_none() && h.entries == 2, "{h:?}");
+    assert_eq!(
+        lab.enforced(),
+        set_of([drop_("198.51.100.10"), drop_("198.51.100.11")]),
+    );
+
+    srv.set(Reply::ok(format!("{first}198.51.100.12\n")));
+    let want = set_of([
+        drop_("198.51.100.10"),
+        drop_("198.51.100.11"),
+        drop_("198.51.100.12"),
+    ]);
+    wait::poll(
+        "the changed body enforced",
+        Duration::from_secs(20),
+        &agent,
+        || (lab.enforced() == want).then_some(()),
     );
 }

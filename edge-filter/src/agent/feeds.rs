@@ -47,8 +47,14 @@ enum Msg {
         digest: String,
         at: OffsetDateTime,
     },
-    /// The copy in hand is still current.
-    NotModified { feed: String, at: OffsetDateTime },
+    /// The copy in hand is still current: the server or the file said so
+    /// (`unchanged_body` false), or it sent a body whose digest equals the
+    /// last one parsed (true: not parsed again).
+    NotModified {
+        feed: String,
+        at: OffsetDateTime,
+        unchanged_body: bool,
+    },
     /// Fetching or parsing failed.
     Failed {
         feed: String,
@@ -69,6 +75,14 @@ impl Msg {
 }
 
 /// One feed's fetch loop.
+///
+/// A body whose digest and framing equal those of the last body this task
+/// parsed is not parsed again (the framing too: the same bytes with an
+/// unproven end parse differently): many servers send neither `ETag` nor `Last-Modified`,
+/// and parsing a million-line list costs seconds of CPU at every refresh.
+/// It counts as "not modified", which is what it is. The first body after
+/// a start is always parsed (the last-known-good entries may come from
+/// another configuration of the feed).
 async fn feed_task(
     f: FeedConfig,
     cfg: Config,
@@ -86,6 +100,7 @@ async fn feed_task(
     // Failed refreshes in a row (HTTP feeds): the next attempt comes after
     // a bounded exponential backoff, not a whole refresh later.
     let mut failures = 0u32;
+    let mut last_parsed: Option<(String, crate::intel::fetch::Framing)> = None;
     loop {
         let res = fetcher
             .fetch(intake::location(&f), &validators, &policy)
@@ -96,7 +111,24 @@ async fn feed_task(
             Ok(Fetched::NotModified) => Msg::NotModified {
                 feed: f.name.clone(),
                 at,
+                unchanged_body: false,
             },
+            Ok(Fetched::Body {
+                bytes,
+                validators: v,
+                framing,
+            }) if last_parsed.as_ref() == Some(&(crate::intel::state::digest(&bytes), framing)) => {
+                log::debug!(
+                    "feed {}: body unchanged (same digest): not parsed again",
+                    f.name
+                );
+                validators = v;
+                Msg::NotModified {
+                    feed: f.name.clone(),
+                    at,
+                    unchanged_body: true,
+                }
+            }
             Ok(Fetched::Body {
                 bytes,
                 validators: v,
@@ -112,6 +144,7 @@ async fn feed_task(
                 match parsed {
                     Ok(parse) => {
                         validators = v.clone();
+                        last_parsed = Some((digest.clone(), framing));
                         Msg::Parsed {
                             feed: f.name.clone(),
                             parse,
@@ -522,7 +555,14 @@ impl FeedAgent {
 
     fn on_msg(&mut self, msg: Msg) {
         match msg {
-            Msg::NotModified { feed, at } => {
+            Msg::NotModified {
+                feed,
+                at,
+                unchanged_body,
+            } => {
+                if unchanged_body && let Some(m) = &self.metrics {
+                    m.body_unchanged(&feed);
+                }
                 // Not modified *held* content is another sighting of it,
                 // once per refresh interval (file feeds are polled faster).
                 let refresh = self.cfg.feed(&feed).map_or(Duration::ZERO, |f| f.refresh);

@@ -60,6 +60,7 @@ pub struct Metrics {
     published: Mutex<Published>,
     sync_seconds: Histogram,
     fetch_failures: Family<Labels, Counter>,
+    unchanged_bodies: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -73,6 +74,7 @@ impl Metrics {
             // 1 ms .. ~33 s: from a one-entry delta to a cold million-entry sync.
             sync_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             fetch_failures: Family::default(),
+            unchanged_bodies: Family::default(),
         })
     }
 
@@ -86,6 +88,14 @@ impl Metrics {
     /// Record one sync's duration.
     pub fn observe_sync(&self, seconds: f64) {
         self.sync_seconds.observe(seconds);
+    }
+
+    /// Count a body of `feed` that was not parsed because its digest equals
+    /// the last one parsed.
+    pub fn body_unchanged(&self, feed: &str) {
+        self.unchanged_bodies
+            .get_or_create(&vec![("feed", feed.to_string())])
+            .inc();
     }
 
     /// Count a failed fetch or parse of `feed`.
@@ -110,6 +120,11 @@ impl Metrics {
             "feed_fetch_failures",
             "Fetches or parses of a feed that failed since the agent started",
             self.fetch_failures.clone(),
+        );
+        r.register(
+            "feed_unchanged_bodies",
+            "Bodies of a feed not parsed again because they equal the last one parsed (same digest), since the agent started",
+            self.unchanged_bodies.clone(),
         );
         let mut out = String::new();
         // Writing into a String cannot fail.
