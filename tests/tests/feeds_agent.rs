@@ -189,7 +189,7 @@ fn health(lab: &Lab, feed: &str) -> Option<FeedHealth> {
 
 /// The bytes of `feed`'s last-known-good file (panics when absent).
 fn lkg_bytes(lab: &Lab, feed: &str) -> Vec<u8> {
-    let p = state_dir(lab).join(format!("lkg/{feed}.json"));
+    let p = state_dir(lab).join(format!("lkg/{feed}.lkg"));
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -568,7 +568,7 @@ fn feeds_faults_keep_enforced_set() {
         first[0]
     );
     assert!(
-        state_dir(&lab).join("lkg/web.json").is_file(),
+        state_dir(&lab).join("lkg/web.lkg").is_file(),
         "no last-known-good copy of web"
     );
     let watch = Watch::start(&lab, &want);
@@ -842,9 +842,11 @@ fn feeds_shrink_is_held_until_it_persists() {
         "held updates not on stderr\n{}",
         agent.tail(30)
     );
-    let lkg = std::fs::read_to_string(state_dir(&lab).join("lkg/web.json")).unwrap_or_default();
-    let lkg: serde_json::Value = serde_json::from_str(&lkg).expect("lkg/web.json");
-    assert_eq!(lkg["entries"].as_array().map(Vec::len), Some(2), "{lkg}");
+    let lkg = edge_filter::intel::state::StateDir::read_only(state_dir(&lab))
+        .load_lkg("web")
+        .expect("lkg/web.lkg")
+        .expect("a copy of web");
+    assert_eq!(lkg.entries.len(), 2, "{lkg:?}");
     watch.exactly(&want_shrunk);
     std::thread::sleep(Duration::from_millis(1500));
     watch.check("the applied shrink", &agent);
@@ -1041,9 +1043,9 @@ fn feeds_restart_with_all_feeds_down() {
         show(&want)
     );
     for f in ["remote", "local"] {
-        wait_until(&format!("lkg/{f}.json"), REPORT_BOUND, &lab, &agent, || {
+        wait_until(&format!("lkg/{f}.lkg"), REPORT_BOUND, &lab, &agent, || {
             state_dir(&lab)
-                .join(format!("lkg/{f}.json"))
+                .join(format!("lkg/{f}.lkg"))
                 .is_file()
                 .then_some(())
         });

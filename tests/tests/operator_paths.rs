@@ -795,7 +795,7 @@ fn replay_uses_last_known_good_copies() {
     let agent = lab.start_config_agent(&cfg);
     agent.wait_ready_line(&format!("ready: {RECEIVER_IF}"));
     edge_filter_tests::wait::poll("the copy saved", Duration::from_secs(20), &agent, || {
-        state.join("lkg/web.json").exists().then_some(())
+        state.join("lkg/web.lkg").exists().then_some(())
     });
     agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
     srv.stop();
