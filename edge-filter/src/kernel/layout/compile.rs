@@ -10,9 +10,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use edge_filter_common::v2::{
     BTREE_FANOUT, CAT_ALLOW, CAT_DROP, CAT_DST, CAT_PORT, CAT_TCP, CAT_USED, CAT_V6, CODE_ALLOW,
     CODE_NONE, DIR4_ENTRIES, Line, MAX_IDS, META_INDIRECT, META_SPILL, PORT_EMPTY, PORT_INLINE,
-    PORT_KEY_SHIFT, PORT_LIST_MAX, PORT_TREE_DEPTH, SLOTS4, SUM_P, SUM_X, Slot4, V2_SHORT6,
-    btree_entry, btree_port_inner, bucket_pair4, bucket_pair6, catalog_word, dir_block, meta,
-    port_key, port_list_header, summary_block6, summary_pos, v6_words,
+    PORT_KEY_SHIFT, PORT_LIST_MAX, PORT_TREE_DEPTH, SLOTS4, SUM_P, SUM_X, SUMMARY_MAX_BITS, Slot4,
+    V2_SHORT6, btree_entry, btree_port_inner, bucket_pair4, bucket_pair6, catalog_word, dir_block,
+    meta, port_key, port_list_header, summary_block6, summary_pos, v6_words,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -2160,20 +2160,38 @@ impl Compiler {
         }
         // Summary P bits of the blocks inside this /16: cleared, then set
         // over every range that decides something.
+        // Word by word (up to 256 blocks in a /16, 32 a word).
         let bits = self.geo.sum4_bits;
         let per = 1u32 << (bits - 16);
         let shift = 32 - bits;
         let first = h << (bits - 16);
-        for i in 0..per {
-            self.set_bit4(first | i, SUM_P, false);
-        }
+        let mut on = [false; 1 << (SUMMARY_MAX_BITS - 16)];
         for (k, (s, d)) in ranges.iter().enumerate() {
             if d.is_none() {
                 continue;
             }
             let end = ranges.get(k + 1).map_or(0xffff, |(n, _)| *n as u32 - 1);
             for i in (*s as u32 >> shift)..=(end >> shift) {
-                self.set_bit4(first | i, SUM_P, true);
+                on[i as usize] = true;
+            }
+        }
+        let mut i = 0;
+        while i < per {
+            let (w, _) = summary_pos(first | i);
+            let (mut mask, mut value) = (0u64, 0u64);
+            while i < per && summary_pos(first | i).0 == w {
+                let sh = summary_pos(first | i).1;
+                mask |= SUM_P << sh;
+                if on[i as usize] {
+                    value |= SUM_P << sh;
+                }
+                i += 1;
+            }
+            let x = &mut self.tables.sum4[w as usize];
+            let before = *x;
+            *x = (before & !mask) | value;
+            if self.track_sums && *x != before {
+                self.sum_dirty[0].push((w, before));
             }
         }
         self.ranges4[h as usize] = Some(ranges);
