@@ -237,6 +237,17 @@ fn radix_sort(v: &mut Vec<u64>, lo: u32, hi: u32) {
     }
 }
 
+/// The address of an exact portless IPv4 key.
+fn exact_addr4(k: &IdKey) -> Option<u32> {
+    match k {
+        IdKey::Entry(EntryKey {
+            net: IpNet::V4(n),
+            port: None,
+        }) if n.prefix_len() == 32 => Some(u32::from(n.addr())),
+        _ => None,
+    }
+}
+
 /// The key of the exact portless entry of IPv4 address `a`.
 fn exact_key4(a: u32) -> IdKey {
     IdKey::Entry(EntryKey {
@@ -695,6 +706,12 @@ impl Compiler {
 
     /// Every key of the model with its value.
     fn keys(&self) -> impl Iterator<Item = (IdKey, Val)> + '_ {
+        self.keys_but(false)
+    }
+
+    /// [`Compiler::keys`], without the exact portless IPv4 ones if
+    /// `no_exact4`.
+    fn keys_but(&self, no_exact4: bool) -> impl Iterator<Item = (IdKey, Val)> + '_ {
         (0..2).flat_map(move |f| {
             let fam = &self.fam[f];
             let allow = fam
@@ -710,7 +727,8 @@ impl Compiler {
                     Val::Entry { drop, id },
                 )
             });
-            let exact = fam.records.iter().filter_map(move |(&a, e)| {
+            let skip = if f == 0 && no_exact4 { 0 } else { usize::MAX };
+            let exact = fam.records.iter().take(skip).filter_map(move |(&a, e)| {
                 e.plain.map(|(drop, id)| {
                     (
                         IdKey::Entry(EntryKey {
@@ -827,13 +845,50 @@ impl Compiler {
         }
         let new = spec_of(set, ids)?;
         let mut changes = Vec::new();
+        // Exact portless IPv4 keys (`addr << 32 | drop << 31 | id`) are
+        // compared with the records in address order, not looked up one
+        // by one.
+        let mut ex4: Vec<u64> = Vec::new();
         for (k, v) in &new {
+            if let (Some(a), Val::Entry { drop, id }) = (exact_addr4(k), v) {
+                ex4.push(((a as u64) << 32) | ((*drop as u64) << 31) | *id as u64);
+                continue;
+            }
             match self.value(k) {
                 Some(old) if old == *v => {}
                 old => changes.push((*k, old, Some(*v))),
             }
         }
-        for (k, v) in self.keys() {
+        radix_sort(&mut ex4, 32, 64);
+        let mut old4 = self.fam[0]
+            .records
+            .iter()
+            .filter_map(|(&a, e)| {
+                e.plain
+                    .map(|(drop, id)| (a as u32, Val::Entry { drop, id }))
+            })
+            .peekable();
+        for x in ex4 {
+            let a = (x >> 32) as u32;
+            let v = Val::Entry {
+                drop: (x >> 31) & 1 != 0,
+                id: x as u32 & 0x7fff_ffff,
+            };
+            while let Some(&(b, o)) = old4.peek()
+                && b < a
+            {
+                changes.push((exact_key4(b), Some(o), None));
+                old4.next();
+            }
+            let old = old4.next_if(|&(b, _)| b == a).map(|(_, o)| o);
+            if old != Some(v) {
+                changes.push((exact_key4(a), old, Some(v)));
+            }
+        }
+        for (b, o) in old4 {
+            changes.push((exact_key4(b), Some(o), None));
+        }
+        for (k, v) in self.keys_but(true) {
             if !new.contains_key(&k) {
                 changes.push((k, Some(v), None));
             }
