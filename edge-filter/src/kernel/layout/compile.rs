@@ -5,19 +5,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use edge_filter_common::{PROTO_TCP, SIDE_DST};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use edge_filter_common::v2::{
     BTREE_FANOUT, CAT_ALLOW, CAT_DROP, CAT_DST, CAT_PORT, CAT_TCP, CAT_USED, CAT_V6, CODE_ALLOW,
     CODE_NONE, DIR4_ENTRIES, Line, MAX_IDS, META_INDIRECT, META_SPILL, PORT_EMPTY, PORT_INLINE,
-    PORT_KEY_SHIFT, PORT_LIST_MAX, PORT_TREE_DEPTH, SLOTS4, SUM_P, SUM_X, Slot4, V2_SHORT6,
-    btree_entry, btree_port_inner, bucket_pair4, bucket_pair6, catalog_word, dir_block, meta,
-    port_key, port_list_header, summary_block6, summary_pos, v6_words,
+    PORT_KEY_SHIFT, PORT_LIST_MAX, PORT_TREE_DEPTH, SLOTS4, SUM_P, SUM_X, SUMMARY_MAX_BITS, Slot4,
+    V2_SHORT6, btree_entry, btree_port_inner, bucket_pair4, bucket_pair6, catalog_word, dir_block,
+    meta, port_key, port_list_header, summary_block6, summary_pos, v6_words,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::alloc::{Heap, Placement, Run, Slots};
-use super::model::{Decision, Family, Net, Ranker, Scope, mask};
+use super::model::{Decision, Exact, Family, Net, Ranker, Scope, mask};
 use super::tables::{Counts, Geometry, Plan, Step, Tables, Write, key_of};
 use super::{IdKey, Ids, LayoutError, Result};
 use crate::entry::{Action, EntryKey, EntrySet, PortMatch, Proto, Side};
@@ -154,6 +154,300 @@ fn counts_of(spec: &Spec) -> Counts {
     c.nets4 = nets[0].len() as u64;
     c.nets6 = nets[1].len() as u64;
     c
+}
+
+/// The id of key `k` in `ids`, if there is one the datapath can carry.
+fn id_in(ids: &Ids, k: &IdKey) -> Result<u32> {
+    let id = *ids.get(k).ok_or(LayoutError::MissingId(*k))?;
+    if id >= MAX_IDS {
+        return Err(LayoutError::IdTooLarge {
+            key: *k,
+            id,
+            max: MAX_IDS - 1,
+        });
+    }
+    Ok(id)
+}
+
+/// The key of id `id` in `ids` other than `k` (for [`LayoutError::DuplicateId`]).
+fn other_key(ids: &Ids, id: u32, k: &IdKey) -> IdKey {
+    ids.iter()
+        .find(|(o, i)| **i == id && *o != k)
+        .map_or(*k, |(o, _)| *o)
+}
+
+/// The first id error a pass over the set in its order (allowlist, then
+/// entries; each key once) meets: the error a build reports, whatever
+/// order it looks keys up in.
+fn first_input_error(set: &EntrySet, ids: &Ids) -> Option<LayoutError> {
+    let mut keys: FxHashSet<IdKey> = FxHashSet::default();
+    let mut seen: FxHashSet<u32> = FxHashSet::default();
+    let all = set
+        .allow
+        .iter()
+        .map(|n| IdKey::Allow(n.trunc()))
+        .chain(set.entries.iter().map(|e| {
+            IdKey::Entry(EntryKey {
+                net: e.net.trunc(),
+                port: e.port,
+            })
+        }));
+    for k in all {
+        if !keys.insert(k) {
+            continue;
+        }
+        let id = match id_in(ids, &k) {
+            Ok(id) => id,
+            Err(e) => return Some(e),
+        };
+        if !seen.insert(id) {
+            return Some(LayoutError::DuplicateId {
+                id,
+                a: other_key(ids, id, &k),
+                b: k,
+            });
+        }
+    }
+    None
+}
+
+/// Sort `v` by its bits `lo..hi` (LSD radix, 11 bits a pass; stable).
+fn radix_sort(v: &mut Vec<u64>, lo: u32, hi: u32) {
+    const B: u32 = 11;
+    let mut tmp = vec![0u64; v.len()];
+    let mut shift = lo;
+    while shift < hi {
+        let mut count = [0usize; 1 << B];
+        for &x in v.iter() {
+            count[((x >> shift) & ((1 << B) - 1)) as usize] += 1;
+        }
+        let mut sum = 0;
+        for c in count.iter_mut() {
+            let n = *c;
+            *c = sum;
+            sum += n;
+        }
+        for &x in v.iter() {
+            let d = ((x >> shift) & ((1 << B) - 1)) as usize;
+            tmp[count[d]] = x;
+            count[d] += 1;
+        }
+        std::mem::swap(v, &mut tmp);
+        shift += B;
+    }
+}
+
+/// The address of an exact portless IPv4 key.
+fn exact_addr4(k: &IdKey) -> Option<u32> {
+    match k {
+        IdKey::Entry(EntryKey {
+            net: IpNet::V4(n),
+            port: None,
+        }) if n.prefix_len() == 32 => Some(u32::from(n.addr())),
+        _ => None,
+    }
+}
+
+/// The key of the exact portless entry of IPv4 address `a`.
+fn exact_key4(a: u32) -> IdKey {
+    IdKey::Entry(EntryKey {
+        net: IpNet::V4(Ipv4Net::from(Ipv4Addr::from(a))),
+        port: None,
+    })
+}
+
+/// The ids of the exact portless entries of IPv4 addresses `ex4`
+/// (`addr << 1 | drop`, sorted by address, each once). For many keys,
+/// one pass over `ids` (its table read in memory order) and a merge of
+/// sorted runs instead of a lookup (a random access into a large table)
+/// per key.
+fn exact_ids4(ids: &Ids, ex4: &[u64]) -> Result<Vec<u32>> {
+    let found = exact_ids4_of(ids, ex4.iter().map(|&x| (x >> 1) as u32));
+    ex4.iter()
+        .zip(found)
+        .map(|(&x, id)| {
+            let k = || exact_key4((x >> 1) as u32);
+            let id = id.ok_or_else(|| LayoutError::MissingId(k()))?;
+            if id >= MAX_IDS {
+                return Err(LayoutError::IdTooLarge {
+                    key: k(),
+                    id,
+                    max: MAX_IDS - 1,
+                });
+            }
+            Ok(id)
+        })
+        .collect()
+}
+
+/// The ids in `ids` of the exact portless keys of IPv4 addresses `addrs`
+/// (ascending, each once).
+fn exact_ids4_of(ids: &Ids, addrs: impl ExactSizeIterator<Item = u32>) -> Vec<Option<u32>> {
+    if addrs.len() < ids.len() / 4 {
+        return addrs.map(|a| ids.get(&exact_key4(a)).copied()).collect();
+    }
+    // `addr << 32 | id` of every such key of `ids`, by address.
+    let mut pairs: Vec<u64> = Vec::with_capacity(addrs.len());
+    for (k, &id) in ids {
+        if let IdKey::Entry(EntryKey {
+            net: IpNet::V4(n),
+            port: None,
+        }) = k
+            && n.prefix_len() == 32
+        {
+            pairs.push(((u32::from(n.addr()) as u64) << 32) | id as u64);
+        }
+    }
+    radix_sort(&mut pairs, 32, 64);
+    let mut out = Vec::with_capacity(addrs.len());
+    let mut j = 0;
+    for a in addrs {
+        while j < pairs.len() && ((pairs[j] >> 32) as u32) < a {
+            j += 1;
+        }
+        out.push((j < pairs.len() && (pairs[j] >> 32) as u32 == a).then(|| pairs[j] as u32));
+    }
+    out
+}
+
+/// A fresh build's catalog entries other than exact portless ones: (id,
+/// key, value) of every key as first seen, then the keys whose value a
+/// duplicate changed (drop wins).
+type BuildCatalog = Vec<(u32, IdKey, Val)>;
+
+/// The model of a fresh build, straight from the set: duplicates merged
+/// (drop wins), the B-trees of records and nets built at once. Exact
+/// portless entries (most of a big set) are collected, sorted by address
+/// and merged there, and go into the records in address order: no hash
+/// map of them, and their ids are looked up in address order.
+fn model_of(set: &EntrySet, ids: &Ids) -> Result<([Family; 2], Counts, BuildCatalog)> {
+    let mut fams = [Family::new(32), Family::new(128)];
+    let mut seen = vec![0u64; (MAX_IDS as usize).div_ceil(64)];
+    let mut mark = |id: u32, k: &IdKey| -> Result<()> {
+        let (w, b) = ((id / 64) as usize, id % 64);
+        if seen[w] & (1 << b) != 0 {
+            return Err(LayoutError::DuplicateId {
+                id,
+                a: other_key(ids, id, k),
+                b: *k,
+            });
+        }
+        seen[w] |= 1 << b;
+        Ok(())
+    };
+    for f in &mut fams {
+        f.begin_bulk();
+    }
+    let mut cnt = Counts::default();
+    let mut cat: BuildCatalog = Vec::with_capacity(set.allow.len());
+    let mut merged: BuildCatalog = Vec::new();
+    for n in &set.allow {
+        let k = IdKey::Allow(n.trunc());
+        let (f, net, _) = parts(&k);
+        if fams[f].allow.contains_key(&net) {
+            continue;
+        }
+        let id = id_in(ids, &k)?;
+        mark(id, &k)?;
+        cnt.ids = cnt.ids.max(id as u64 + 1);
+        cnt.ids6 += f as u64;
+        fams[f].set_allow(net, Some(id));
+        cat.push((id, k, Val::Allow(id)));
+    }
+    // Exact portless entries: IPv4 as `addr << 1 | drop`, IPv6 as
+    // (addr, drop).
+    let mut ex4: Vec<u64> = Vec::with_capacity(set.entries.len());
+    let mut ex6: Vec<(u128, bool)> = Vec::new();
+    for e in &set.entries {
+        let drop = e.action == Action::Drop;
+        if e.port.is_none() {
+            match e.net {
+                IpNet::V4(n) if n.prefix_len() == 32 => {
+                    ex4.push(((u32::from(n.addr()) as u64) << 1) | drop as u64);
+                    continue;
+                }
+                IpNet::V6(n) if n.prefix_len() == 128 => {
+                    ex6.push((u128::from(n.addr()), drop));
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        let k = IdKey::Entry(EntryKey {
+            net: e.net.trunc(),
+            port: e.port,
+        });
+        let (f, net, port) = parts(&k);
+        let fam = &mut fams[f];
+        match fam.entry(net, port) {
+            Some((d, id)) => {
+                if drop && !d {
+                    fam.set_entry(net, port, Some((true, id)));
+                    merged.push((id, k, Val::Entry { drop, id }));
+                }
+            }
+            None => {
+                let id = id_in(ids, &k)?;
+                mark(id, &k)?;
+                cnt.ids = cnt.ids.max(id as u64 + 1);
+                cnt.ids6 += f as u64;
+                cnt.ported += port.is_some() as u64;
+                fam.set_entry(net, port, Some((drop, id)));
+                cat.push((id, k, Val::Entry { drop, id }));
+            }
+        }
+    }
+    radix_sort(&mut ex4, 0, 33);
+    // One per address, drop merged: `addr << 1 | drop`.
+    let mut w = 0;
+    for i in 0..ex4.len() {
+        let x = ex4[i];
+        if w > 0 && ex4[w - 1] >> 1 == x >> 1 {
+            ex4[w - 1] |= x & 1;
+        } else {
+            ex4[w] = x;
+            w += 1;
+        }
+    }
+    ex4.truncate(w);
+    let ids4 = exact_ids4(ids, &ex4)?;
+    fams[0].reserve_exact(ex4.len());
+    for (&x, &id) in ex4.iter().zip(&ids4) {
+        let a = (x >> 1) as u32;
+        mark(id, &exact_key4(a))?;
+        cnt.ids = cnt.ids.max(id as u64 + 1);
+        fams[0].bulk_exact(a as u128, (x & 1 != 0, id));
+    }
+    drop(ex4);
+    ex6.sort_unstable();
+    fams[1].reserve_exact(ex6.len());
+    let mut i = 0;
+    while i < ex6.len() {
+        let a = ex6[i].0;
+        let mut drop = false;
+        while i < ex6.len() && ex6[i].0 == a {
+            drop |= ex6[i].1;
+            i += 1;
+        }
+        let k = IdKey::Entry(EntryKey {
+            net: IpNet::V6(Ipv6Net::from(Ipv6Addr::from(a))),
+            port: None,
+        });
+        let id = id_in(ids, &k)?;
+        mark(id, &k)?;
+        cnt.ids = cnt.ids.max(id as u64 + 1);
+        cnt.ids6 += 1;
+        fams[1].bulk_exact(a, (drop, id));
+    }
+    for f in &mut fams {
+        f.end_bulk();
+    }
+    cnt.records4 = fams[0].records.len() as u64;
+    cnt.records6 = fams[1].records.len() as u64;
+    cnt.nets4 = fams[0].nets.len() as u64;
+    cnt.nets6 = fams[1].nets.len() as u64;
+    cat.extend(merged);
+    Ok((fams, cnt, cat))
 }
 
 /// What an update touches, found from its key changes (or, for a fresh
@@ -350,93 +644,10 @@ impl Compiler {
         geometry: impl FnOnce(&Counts) -> Geometry,
         lax: bool,
     ) -> Result<Compiler> {
-        let mut fams = [Family::new(32), Family::new(128)];
-        // The model, straight from the set: duplicates merged (drop
-        // wins), the B-trees of records and nets built at once.
-        let id_of = |k: &IdKey| -> Result<u32> {
-            let id = *ids.get(k).ok_or(LayoutError::MissingId(*k))?;
-            if id >= MAX_IDS {
-                return Err(LayoutError::IdTooLarge {
-                    key: *k,
-                    id,
-                    max: MAX_IDS - 1,
-                });
-            }
-            Ok(id)
-        };
-        let mut seen = vec![0u64; (MAX_IDS as usize).div_ceil(64)];
-        let mut mark = |id: u32, k: &IdKey| -> Result<()> {
-            let (w, b) = ((id / 64) as usize, id % 64);
-            if seen[w] & (1 << b) != 0 {
-                let other = ids
-                    .iter()
-                    .find(|(o, i)| **i == id && *o != k)
-                    .map_or(*k, |(o, _)| *o);
-                return Err(LayoutError::DuplicateId {
-                    id,
-                    a: other,
-                    b: *k,
-                });
-            }
-            seen[w] |= 1 << b;
-            Ok(())
-        };
-        for f in &mut fams {
-            f.begin_bulk();
-        }
-        let mut cnt = Counts::default();
-        // (id, key, value) of every key as first seen, then the keys whose
-        // value a duplicate changed (drop wins): the catalog.
-        let mut cat: Vec<(u32, IdKey, Val)> =
-            Vec::with_capacity(set.allow.len() + set.entries.len());
-        let mut merged: Vec<(u32, IdKey, Val)> = Vec::new();
-        fams[0].reserve(set.entries.len());
-        for n in &set.allow {
-            let k = IdKey::Allow(n.trunc());
-            let (f, net, _) = parts(&k);
-            if fams[f].allow.contains_key(&net) {
-                continue;
-            }
-            let id = id_of(&k)?;
-            mark(id, &k)?;
-            cnt.ids = cnt.ids.max(id as u64 + 1);
-            cnt.ids6 += f as u64;
-            fams[f].set_allow(net, Some(id));
-            cat.push((id, k, Val::Allow(id)));
-        }
-        for e in &set.entries {
-            let k = IdKey::Entry(EntryKey {
-                net: e.net.trunc(),
-                port: e.port,
-            });
-            let drop = e.action == Action::Drop;
-            let (f, net, port) = parts(&k);
-            let fam = &mut fams[f];
-            match fam.entry(net, port) {
-                Some((d, id)) => {
-                    if drop && !d {
-                        fam.set_entry(net, port, Some((true, id)));
-                        merged.push((id, k, Val::Entry { drop, id }));
-                    }
-                }
-                None => {
-                    let id = id_of(&k)?;
-                    mark(id, &k)?;
-                    cnt.ids = cnt.ids.max(id as u64 + 1);
-                    cnt.ids6 += f as u64;
-                    cnt.ported += port.is_some() as u64;
-                    fam.set_entry(net, port, Some((drop, id)));
-                    cat.push((id, k, Val::Entry { drop, id }));
-                }
-            }
-        }
-        for f in &mut fams {
-            f.end_bulk();
-        }
-        cnt.records4 = fams[0].records.len() as u64;
-        cnt.records6 = fams[1].records.len() as u64;
-        cnt.nets4 = fams[0].nets.len() as u64;
-        cnt.nets6 = fams[1].nets.len() as u64;
+        // Input errors (ids) are reported as a pass over the set in its
+        // order finds them first.
+        let (fams, cnt, cat) =
+            model_of(set, ids).map_err(|e| first_input_error(set, ids).unwrap_or(e))?;
         let mut c = Compiler::empty(geometry(&cnt));
         c.lax = lax;
         c.fam = fams;
@@ -452,8 +663,34 @@ impl Compiler {
                 .map(|n| (n.addr, n.last(WIDTH[f])))
                 .collect();
         }
-        for (id, k, v) in cat.into_iter().chain(merged) {
+        for (id, k, v) in cat {
             let (word, addr6) = c.catalog_entry(id, &k, v)?;
+            c.tables.catalog[id as usize] = word;
+            if let Some((i, a)) = addr6 {
+                c.tables.catalog6[i as usize] = a;
+            }
+        }
+        // The exact entries' catalog words, in address order (in id order
+        // too for ids handed out to a fresh set).
+        let recs4 = std::mem::take(&mut c.fam[0].records);
+        for (&a, e) in &recs4 {
+            if let Some((drop, id)) = e.plain {
+                let flags = if drop { CAT_USED | CAT_DROP } else { CAT_USED };
+                c.tables.catalog[id as usize] = catalog_word(flags, 32, 0, a as u32);
+            }
+        }
+        c.fam[0].records = recs4;
+        let exact6: Vec<(u128, (bool, u32))> = c.fam[1]
+            .records
+            .iter()
+            .filter_map(|(&a, e)| e.plain.map(|v| (a, v)))
+            .collect();
+        for (a, (drop, id)) in exact6 {
+            let k = IdKey::Entry(EntryKey {
+                net: IpNet::V6(Ipv6Net::from(Ipv6Addr::from(a))),
+                port: None,
+            });
+            let (word, addr6) = c.catalog_entry(id, &k, Val::Entry { drop, id })?;
             c.tables.catalog[id as usize] = word;
             if let Some((i, a)) = addr6 {
                 c.tables.catalog6[i as usize] = a;
@@ -469,6 +706,12 @@ impl Compiler {
 
     /// Every key of the model with its value.
     fn keys(&self) -> impl Iterator<Item = (IdKey, Val)> + '_ {
+        self.keys_but(false)
+    }
+
+    /// [`Compiler::keys`], without the exact portless IPv4 ones if
+    /// `no_exact4`.
+    fn keys_but(&self, no_exact4: bool) -> impl Iterator<Item = (IdKey, Val)> + '_ {
         (0..2).flat_map(move |f| {
             let fam = &self.fam[f];
             let allow = fam
@@ -484,6 +727,24 @@ impl Compiler {
                     Val::Entry { drop, id },
                 )
             });
+            let skip = if f == 0 && no_exact4 { 0 } else { usize::MAX };
+            let exact = fam.records.iter().take(skip).filter_map(move |(&a, e)| {
+                e.plain.map(|(drop, id)| {
+                    (
+                        IdKey::Entry(EntryKey {
+                            net: ipnet(
+                                f,
+                                Net {
+                                    addr: a,
+                                    len: WIDTH[f],
+                                },
+                            ),
+                            port: None,
+                        }),
+                        Val::Entry { drop, id },
+                    )
+                })
+            });
             let ported = fam.ported.iter().flat_map(move |(n, m)| {
                 m.iter().map(move |(&key, &(drop, id))| {
                     (
@@ -495,7 +756,7 @@ impl Compiler {
                     )
                 })
             });
-            allow.chain(plain).chain(ported)
+            allow.chain(plain).chain(exact).chain(ported)
         })
     }
 
@@ -584,13 +845,50 @@ impl Compiler {
         }
         let new = spec_of(set, ids)?;
         let mut changes = Vec::new();
+        // Exact portless IPv4 keys (`addr << 32 | drop << 31 | id`) are
+        // compared with the records in address order, not looked up one
+        // by one.
+        let mut ex4: Vec<u64> = Vec::new();
         for (k, v) in &new {
+            if let (Some(a), Val::Entry { drop, id }) = (exact_addr4(k), v) {
+                ex4.push(((a as u64) << 32) | ((*drop as u64) << 31) | *id as u64);
+                continue;
+            }
             match self.value(k) {
                 Some(old) if old == *v => {}
                 old => changes.push((*k, old, Some(*v))),
             }
         }
-        for (k, v) in self.keys() {
+        radix_sort(&mut ex4, 32, 64);
+        let mut old4 = self.fam[0]
+            .records
+            .iter()
+            .filter_map(|(&a, e)| {
+                e.plain
+                    .map(|(drop, id)| (a as u32, Val::Entry { drop, id }))
+            })
+            .peekable();
+        for x in ex4 {
+            let a = (x >> 32) as u32;
+            let v = Val::Entry {
+                drop: (x >> 31) & 1 != 0,
+                id: x as u32 & 0x7fff_ffff,
+            };
+            while let Some(&(b, o)) = old4.peek()
+                && b < a
+            {
+                changes.push((exact_key4(b), Some(o), None));
+                old4.next();
+            }
+            let old = old4.next_if(|&(b, _)| b == a).map(|(_, o)| o);
+            if old != Some(v) {
+                changes.push((exact_key4(a), old, Some(v)));
+            }
+        }
+        for (b, o) in old4 {
+            changes.push((exact_key4(b), Some(o), None));
+        }
+        for (k, v) in self.keys_but(true) {
             if !new.contains_key(&k) {
                 changes.push((k, Some(v), None));
             }
@@ -721,7 +1019,7 @@ impl Compiler {
         for f in 0..2 {
             let (mut up, mut down) = (0u64, 0u64);
             for (a, d) in &rec[f] {
-                let before = self.fam[f].records.get(a).copied().unwrap_or(0) as i64;
+                let before = self.fam[f].records.get(a).map_or(0, |e| e.refs) as i64;
                 match (before > 0, before + d > 0) {
                     (false, true) => up += 1,
                     (true, false) => down += 1,
@@ -1320,12 +1618,37 @@ impl Compiler {
     /// none placed): decided in address order (the `/16` ranges are read
     /// in order), then placed and written in bucket order.
     fn build_records4(&mut self, recs: &[u128], ph: &mut Phases) -> Result<()> {
-        let (seed, mask) = (self.geo.seed4, self.geo.buckets4 - 1);
         let mut items: Vec<(u32, u32)> = Vec::with_capacity(recs.len());
         let none = Decision::none();
+        // The records' exact entries, read in address order with them.
+        let records = std::mem::take(&mut self.fam[0].records);
+        let r = self.decide_records4(recs, &records, &none, &mut items, ph);
+        self.fam[0].records = records;
+        r?;
+        self.place_records4(items, ph)
+    }
+
+    /// The decisions of a fresh build's IPv4 records (`recs`, every one
+    /// a key of `records`, both in address order) into `items`.
+    fn decide_records4(
+        &mut self,
+        recs: &[u128],
+        records: &BTreeMap<u128, Exact>,
+        none: &Decision,
+        items: &mut Vec<(u32, u32)>,
+        ph: &mut Phases,
+    ) -> Result<()> {
+        let mut it = records.iter();
         for &a in recs {
-            let range = self.range_at(a as u32).unwrap_or(&none);
-            let d = self.fam[0].decide_record(a, range);
+            let exact = loop {
+                match it.next() {
+                    Some((&b, e)) if b == a => break *e,
+                    Some(_) => continue,
+                    None => break Exact::default(),
+                }
+            };
+            let range = self.range_at(a as u32).unwrap_or(none);
+            let d = self.fam[0].decide_record_with(a, range, &exact);
             let (m, runs) = self.encode(0, &d, ph)?;
             debug_assert!(m != 0, "a record always decides something");
             if !runs.is_empty() {
@@ -1334,6 +1657,13 @@ impl Compiler {
             self.set_bit4(self.block4(a), SUM_X, true);
             items.push((a as u32, m));
         }
+        Ok(())
+    }
+
+    /// Place and write a fresh build's IPv4 records (address, meta) in
+    /// bucket order.
+    fn place_records4(&mut self, items: Vec<(u32, u32)>, ph: &mut Phases) -> Result<()> {
+        let (seed, mask) = (self.geo.seed4, self.geo.buckets4 - 1);
         // Counting sort by first bucket.
         let nb = self.geo.buckets4 as usize;
         let mut start = vec![0u32; nb + 1];
@@ -1885,20 +2215,38 @@ impl Compiler {
         }
         // Summary P bits of the blocks inside this /16: cleared, then set
         // over every range that decides something.
+        // Word by word (up to 256 blocks in a /16, 32 a word).
         let bits = self.geo.sum4_bits;
         let per = 1u32 << (bits - 16);
         let shift = 32 - bits;
         let first = h << (bits - 16);
-        for i in 0..per {
-            self.set_bit4(first | i, SUM_P, false);
-        }
+        let mut on = [false; 1 << (SUMMARY_MAX_BITS - 16)];
         for (k, (s, d)) in ranges.iter().enumerate() {
             if d.is_none() {
                 continue;
             }
             let end = ranges.get(k + 1).map_or(0xffff, |(n, _)| *n as u32 - 1);
             for i in (*s as u32 >> shift)..=(end >> shift) {
-                self.set_bit4(first | i, SUM_P, true);
+                on[i as usize] = true;
+            }
+        }
+        let mut i = 0;
+        while i < per {
+            let (w, _) = summary_pos(first | i);
+            let (mut mask, mut value) = (0u64, 0u64);
+            while i < per && summary_pos(first | i).0 == w {
+                let sh = summary_pos(first | i).1;
+                mask |= SUM_P << sh;
+                if on[i as usize] {
+                    value |= SUM_P << sh;
+                }
+                i += 1;
+            }
+            let x = &mut self.tables.sum4[w as usize];
+            let before = *x;
+            *x = (before & !mask) | value;
+            if self.track_sums && *x != before {
+                self.sum_dirty[0].push((w, before));
             }
         }
         self.ranges4[h as usize] = Some(ranges);
@@ -1955,16 +2303,30 @@ impl Compiler {
 /// (what the agent's sync does today; a freed id is reused only by a
 /// later set, never by the one that freed it).
 pub fn assign_ids(set: &EntrySet, previous: &Ids) -> Ids {
-    let mut keys: Vec<IdKey> = Vec::with_capacity(set.allow.len() + set.entries.len());
+    // Exact portless IPv4 keys (most of a big set) as addresses, sorted
+    // by a radix sort, the others as keys; merged in key order below.
+    let mut v4x: Vec<u64> = Vec::with_capacity(set.entries.len());
+    let mut keys: Vec<IdKey> = Vec::with_capacity(set.allow.len());
     keys.extend(set.allow.iter().map(|n| IdKey::Allow(n.trunc())));
-    keys.extend(set.entries.iter().map(|e| {
-        IdKey::Entry(EntryKey {
-            net: e.net.trunc(),
-            port: e.port,
-        })
-    }));
+    for e in &set.entries {
+        match (e.net, e.port) {
+            (IpNet::V4(n), None) if n.prefix_len() == 32 => v4x.push(u32::from(n.addr()) as u64),
+            _ => keys.push(IdKey::Entry(EntryKey {
+                net: e.net.trunc(),
+                port: e.port,
+            })),
+        }
+    }
     keys.sort_unstable();
     keys.dedup();
+    radix_sort(&mut v4x, 0, 32);
+    v4x.dedup();
+    // Previous ids of the exact IPv4 keys, by a merge when there are many.
+    let prev4: Vec<Option<u32>> = if previous.is_empty() {
+        Vec::new()
+    } else {
+        exact_ids4_of(previous, v4x.iter().map(|&a| a as u32))
+    };
     let top = previous
         .values()
         .copied()
@@ -1978,23 +2340,65 @@ pub fn assign_ids(set: &EntrySet, previous: &Ids) -> Ids {
         used.get(id as usize / 64)
             .is_some_and(|w| w & (1 << (id % 64)) != 0)
     };
-    let mut out = Ids::with_capacity_and_hasher(keys.len(), Default::default());
-    let mut fresh = Vec::new();
-    for k in keys {
-        match previous.get(&k) {
-            Some(&id) => {
-                out.insert(k, id);
-            }
-            None => fresh.push(k),
-        }
-    }
+    // Keys in order, each with its previous id, or the next free one.
+    let mut all: Vec<(IdKey, u32)> = Vec::with_capacity(keys.len() + v4x.len());
+    let (mut i, mut j) = (0, 0);
     let mut next = 0u32;
-    for k in fresh {
-        while is_used(next) {
-            next += 1;
+    let mut next_key = || -> Option<(IdKey, Option<u32>)> {
+        let x = v4x.get(i).map(|&a| exact_key4(a as u32));
+        let y = keys.get(j);
+        let take_x = match (&x, y) {
+            (Some(x), Some(y)) => x < y,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        if take_x {
+            let p = prev4.get(i).copied().flatten();
+            i += 1;
+            x.map(|k| (k, p))
+        } else {
+            j += 1;
+            y.map(|&k| (k, previous.get(&k).copied()))
         }
-        out.insert(k, next);
-        next += 1;
+    };
+    while let Some((k, p)) = next_key() {
+        let id = p.unwrap_or_else(|| {
+            while is_used(next) {
+                next += 1;
+            }
+            next += 1;
+            next - 1
+        });
+        all.push((k, id));
+    }
+    ids_of(all)
+}
+
+/// `Ids` of distinct keys, inserted in the order of their place in the
+/// table (by the low bits of their hash) rather than at random places of
+/// a table much larger than the caches.
+fn ids_of(all: Vec<(IdKey, u32)>) -> Ids {
+    use std::hash::BuildHasher;
+    let mut out = Ids::with_capacity_and_hasher(all.len(), Default::default());
+    if all.len() < 1 << 16 {
+        out.extend(all);
+        return out;
+    }
+    let bits = (all.len() * 8 / 7)
+        .next_power_of_two()
+        .trailing_zeros()
+        .min(32);
+    let h = *out.hasher();
+    let mut order: Vec<u64> = all
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| ((h.hash_one(k) as u32 as u64) << 32) | i as u64)
+        .collect();
+    radix_sort(&mut order, 32, 32 + bits);
+    for x in order {
+        let (k, id) = all[x as u32 as usize];
+        out.insert(k, id);
     }
     out
 }

@@ -104,6 +104,26 @@ pub(crate) struct Scope {
     pub exact: bool,
 }
 
+/// The exact (full-length) entries of one address, which has a record:
+/// how many there are (the portless one and address+port ones) and the
+/// portless one's value. Full-length portless entries live here, not in
+/// [`Family::plain`]: a fresh build fills them in address order from a
+/// sorted run, and a record's own entry comes with its address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Exact {
+    /// Exact entries at the address (portless and address+port).
+    pub refs: u32,
+    /// The portless entry: (drop?, id).
+    pub plain: Option<(bool, u32)>,
+}
+
+impl Exact {
+    /// Whether address+port entries exist at the address.
+    pub fn ported(&self) -> bool {
+        self.refs > self.plain.is_some() as u32
+    }
+}
+
 /// What a present length list is for.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -119,7 +139,8 @@ pub(crate) struct Family {
     pub width: u8,
     /// Allowlist nets and their ids.
     pub allow: FxHashMap<Net, u32>,
-    /// Entries without ports: (drop?, id).
+    /// Entries without ports shorter than the full length: (drop?, id)
+    /// (full-length ones are in [`Family::records`]).
     pub plain: FxHashMap<Net, (bool, u32)>,
     /// Entries with ports: port key -> (drop?, id).
     pub ported: FxHashMap<Net, BTreeMap<u32, (bool, u32)>>,
@@ -127,14 +148,19 @@ pub(crate) struct Family {
     /// ported shorter than `width`), with the number of kinds using each.
     pub nets: BTreeMap<Net, u32>,
     /// Addresses with exact entries (plain or ported full-length), with
-    /// their count: these have records.
-    pub records: BTreeMap<u128, u32>,
+    /// their count and portless entry: these have records.
+    pub records: BTreeMap<u128, Exact>,
     counts: [[u32; 129]; 3],
     lens: [Vec<u8>; 3],
-    /// A fresh build: record and net references are collected here and
-    /// turned into the B-trees at once ([`Family::end_bulk`]).
-    bulk: Option<(Vec<u128>, Vec<Net>)>,
+    /// A fresh build: record references (with the portless exact entry,
+    /// if that is what the reference is) and net references are collected
+    /// here and turned into the B-trees at once ([`Family::end_bulk`]).
+    bulk: Option<(BulkRecs, Vec<Net>)>,
 }
+
+/// Record references of a bulk load: address, and the portless exact
+/// entry for its reference (`None`: an address+port entry's).
+type BulkRecs = Vec<(u128, Option<(bool, u32)>)>;
 
 /// The entries of one net: allowlist id, portless entry, port entries.
 pub(crate) type NetInfo<'a> = (
@@ -274,7 +300,10 @@ impl Family {
         let Some((mut recs, mut nets)) = self.bulk.take() else {
             return;
         };
-        recs.sort_unstable();
+        // Stable: the exact entries of a build come first, in order.
+        if !recs.is_sorted_by_key(|r| r.0) {
+            recs.sort_by_key(|r| r.0);
+        }
         nets.sort_unstable();
         fn runs<T: Copy + PartialEq>(v: &[T]) -> Vec<(T, u32)> {
             let mut out: Vec<(T, u32)> = Vec::with_capacity(v.len());
@@ -286,20 +315,52 @@ impl Family {
             }
             out
         }
-        self.records = runs(&recs).into_iter().collect();
+        let mut exact: Vec<(u128, Exact)> = Vec::with_capacity(recs.len());
+        for (a, plain) in recs {
+            match exact.last_mut() {
+                Some((b, e)) if *b == a => {
+                    e.refs += 1;
+                    if plain.is_some() {
+                        e.plain = plain;
+                    }
+                }
+                _ => exact.push((a, Exact { refs: 1, plain })),
+            }
+        }
+        self.records = BTreeMap::from_iter(exact);
         self.nets = runs(&nets).into_iter().collect();
     }
 
-    /// Reserve room for `n` more portless entries.
-    pub fn reserve(&mut self, n: usize) {
-        self.plain.reserve(n);
+    /// A bulk load's portless exact entry at `addr` (each address once;
+    /// the caller merged duplicates).
+    pub fn bulk_exact(&mut self, addr: u128, val: (bool, u32)) {
+        let (recs, _) = self.bulk.as_mut().expect("a bulk load");
+        recs.push((addr, Some(val)));
+        let w = self.width;
+        self.count(Kind::Plain, w, 1);
+    }
+
+    /// Reserve room for `n` more record references of a bulk load.
+    pub fn reserve_exact(&mut self, n: usize) {
+        if let Some((recs, _)) = &mut self.bulk {
+            recs.reserve(n);
+        }
+    }
+
+    /// The portless entry of `net`.
+    fn plain_of(&self, net: Net) -> Option<(bool, u32)> {
+        if net.len == self.width {
+            self.records.get(&net.addr).and_then(|e| e.plain)
+        } else {
+            self.plain.get(&net).copied()
+        }
     }
 
     /// The entries of `net`.
     pub fn net_info(&self, net: Net) -> NetInfo<'_> {
         (
             self.allow.get(&net).copied(),
-            self.plain.get(&net).copied(),
+            self.plain_of(net),
             self.ported.get(&net),
         )
     }
@@ -307,7 +368,7 @@ impl Family {
     /// The value of entry `(net, port)`.
     pub fn entry(&self, net: Net, port: Option<u32>) -> Option<(bool, u32)> {
         match port {
-            None => self.plain.get(&net).copied(),
+            None => self.plain_of(net),
             Some(k) => self.ported.get(&net).and_then(|m| m.get(&k)).copied(),
         }
     }
@@ -329,15 +390,28 @@ impl Family {
     /// shorter than the full length containing it (its range) and its own
     /// entries: equal to `decide(a, exact)`.
     pub fn decide_record(&self, a: u128, range: &Decision) -> Decision {
-        let mut r = Ranker::new(self.width);
+        let exact = self.records.get(&a).copied().unwrap_or_default();
+        self.decide_record_with(a, range, &exact)
+    }
+
+    /// [`Family::decide_record`] with the address's exact entries in hand
+    /// (no lookup of the portless one; address+port ones only if any).
+    pub fn decide_record_with(&self, a: u128, range: &Decision, exact: &Exact) -> Decision {
+        let w = self.width;
+        let net = Net { addr: a, len: w };
+        let allow = if self.counts[Kind::Allow as usize][w as usize] > 0 {
+            self.allow.get(&net).copied()
+        } else {
+            None
+        };
+        let ported = if exact.ported() {
+            self.ported.get(&net)
+        } else {
+            None
+        };
+        let mut r = Ranker::new(w);
         r.decision(range);
-        r.net(
-            self.width,
-            self.net_info(Net {
-                addr: a,
-                len: self.width,
-            }),
-        );
+        r.net(w, (allow, exact.plain, ported));
         r.finish()
     }
 
@@ -367,15 +441,15 @@ impl Family {
         }
     }
 
-    fn record_ref(&mut self, addr: u128, delta: i32) {
+    fn record_ref(&mut self, addr: u128, delta: i32, plain: Option<(bool, u32)>) {
         if let Some((recs, _)) = &mut self.bulk {
             debug_assert!(delta == 1);
-            recs.push(addr);
+            recs.push((addr, plain));
             return;
         }
-        let c = self.records.entry(addr).or_insert(0);
-        *c = (*c as i32 + delta) as u32;
-        if *c == 0 {
+        let e = self.records.entry(addr).or_default();
+        e.refs = (e.refs as i32 + delta) as u32;
+        if e.refs == 0 {
             self.records.remove(&addr);
         }
     }
@@ -403,6 +477,27 @@ impl Family {
     pub fn set_entry(&mut self, net: Net, port: Option<u32>, val: Option<(bool, u32)>) {
         let full = net.len == self.width;
         let (had, has) = match port {
+            None if full && self.bulk.is_some() => {
+                // A bulk load's exact entries come once each.
+                debug_assert!(val.is_some());
+                (false, val.is_some())
+            }
+            None if full => {
+                let had = match val {
+                    Some(v) => self
+                        .records
+                        .entry(net.addr)
+                        .or_default()
+                        .plain
+                        .replace(v)
+                        .is_some(),
+                    None => self
+                        .records
+                        .get_mut(&net.addr)
+                        .is_some_and(|e| e.plain.take().is_some()),
+                };
+                (had, val.is_some())
+            }
             None => {
                 let had = match val {
                     Some(v) => self.plain.insert(net, v).is_some(),
@@ -440,7 +535,8 @@ impl Family {
         };
         self.count(kind, net.len, delta);
         if full {
-            self.record_ref(net.addr, delta);
+            let plain = if port.is_none() { val } else { None };
+            self.record_ref(net.addr, delta, plain);
         } else {
             self.net_ref(net, delta);
         }
@@ -472,7 +568,7 @@ impl Family {
             if !sees(len) {
                 continue;
             }
-            if let Some(&(drop, id)) = self.plain.get(&Net {
+            if let Some((drop, id)) = self.plain_of(Net {
                 addr: mask(s, len, w),
                 len,
             }) {
