@@ -589,6 +589,14 @@ pub struct FeedConfig {
     /// (default) or `skip`ped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub non_ban_decisions: Option<NonBan>,
+    /// CrowdSec: only decisions from these origins (`crowdsec`, `cscli`,
+    /// `CAPI`, `lists`, ...), asked of the LAPI. Empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<String>,
+    /// CrowdSec: only decisions whose scenario contains one of these,
+    /// asked of the LAPI. Empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scenarios_containing: Vec<String>,
 }
 
 impl FeedConfig {
@@ -610,6 +618,8 @@ impl FeedConfig {
             max_rejected_share: None,
             api_key_file: None,
             non_ban_decisions: None,
+            origins: Vec::new(),
+            scenarios_containing: Vec::new(),
         }
     }
 
@@ -995,6 +1005,8 @@ fn feed_problems(f: &FeedConfig) -> Vec<String> {
         for (key, set) in [
             ("api_key_file", f.api_key_file.is_some()),
             ("non_ban_decisions", f.non_ban_decisions.is_some()),
+            ("origins", !f.origins.is_empty()),
+            ("scenarios_containing", !f.scenarios_containing.is_empty()),
         ] {
             if set {
                 p.push(format!(
@@ -1313,18 +1325,20 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
         let path = dir.join("c.toml");
         std::fs::write(
             &path,
-            "[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"cs\"\nformat = \"crowdsec\"\nsource = \"http://127.0.0.1:8080\"\napi_key_file = \"keys/cs.key\"\nnon_ban_decisions = \"skip\"\n",
+            "[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"cs\"\nformat = \"crowdsec\"\nsource = \"http://127.0.0.1:8080\"\napi_key_file = \"keys/cs.key\"\nnon_ban_decisions = \"skip\"\norigins = [\"crowdsec\", \"cscli\"]\nscenarios_containing = [\"ssh\"]\n",
         )
         .unwrap();
         let c = load(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let f = &c.feeds[0];
         assert!(f.is_crowdsec_lapi());
+        assert_eq!(f.origins, ["crowdsec", "cscli"]);
+        assert_eq!(f.scenarios_containing, ["ssh"]);
         assert_eq!(f.api_key_file.as_deref(), Some(&*dir.join("keys/cs.key")));
         assert_eq!(f.feed_options(&c.limits).crowdsec_non_ban, NonBan::Skip);
         let p = problems(
             "[[feed]]\nname = \"cs\"\nformat = \"crowdsec\"\nsource = \"http://127.0.0.1:8080\"\n\
-             [[feed]]\nname = \"x\"\nsource = \"http://h/x\"\napi_key_file = \"/k\"\nnon_ban_decisions = \"monitor\"\n\
+             [[feed]]\nname = \"x\"\nsource = \"http://h/x\"\napi_key_file = \"/k\"\nnon_ban_decisions = \"monitor\"\norigins = [\"cscli\"]\n\
              [[feed]]\nname = \"rec\"\nformat = \"crowdsec\"\nsource = \"file:/recorded.json\"\n",
         );
         assert_eq!(
@@ -1333,6 +1347,7 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
                 "feed 'cs': format \"crowdsec\" needs api_key_file, a file holding the bouncer key (`cscli bouncers add NAME -o raw`)",
                 "feed 'x': api_key_file applies to format \"crowdsec\" only but format is \"auto\"",
                 "feed 'x': non_ban_decisions applies to format \"crowdsec\" only but format is \"auto\"",
+                "feed 'x': origins applies to format \"crowdsec\" only but format is \"auto\"",
             ]
         );
         assert!(err("[[feed]]\nname = \"cs\"\nformat = \"crowdsec\"\nsource = \"http://h\"\napi_key_file = \"/k\"\nnon_ban_decisions = \"captcha\"\n").contains("unknown variant `captcha`"));
@@ -1441,7 +1456,7 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
             err("\n[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nrefesh = \"5m\"\n"),
             "test.toml:7:1: unknown field `refesh`, expected one of `name`, `source`, `format`, \
              `refresh`, `action`, `confidence_threshold`, `ttl`, `allow_broad`, `role`, `csv`, \
-             `url_ip_hosts`, `max_rejected_share`, `api_key_file`, `non_ban_decisions` (at `refesh = \"5m\"`)"
+             `url_ip_hosts`, `max_rejected_share`, `api_key_file`, `non_ban_decisions`, `origins`, `scenarios_containing` (at `refesh = \"5m\"`)"
         );
         let e = err("[safety]\nmax_shrnk = 0.2\n");
         assert!(

@@ -75,6 +75,28 @@ pub fn read_api_key(path: &Path) -> Result<String, String> {
     Ok(key.to_string())
 }
 
+/// `{base}/v1/decisions/stream?startup=...`, with the feed's filters.
+fn stream_url(base: &str, startup: bool, f: &FeedConfig) -> String {
+    let plain = format!("{base}/v1/decisions/stream");
+    let Ok(mut url) = reqwest::Url::parse(&plain) else {
+        // Fetching it reports the bad URL.
+        return format!("{plain}?startup={startup}");
+    };
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("startup", if startup { "true" } else { "false" });
+        for (key, values) in [
+            ("origins", &f.origins),
+            ("scenarios_containing", &f.scenarios_containing),
+        ] {
+            if !values.is_empty() {
+                q.append_pair(key, &values.join(","));
+            }
+        }
+    }
+    url.to_string()
+}
+
 /// One CrowdSec feed's bouncer: its key, whether the next poll resyncs,
 /// and the decisions held.
 pub struct Poller {
@@ -156,7 +178,7 @@ impl Poller {
         policy: &FetchPolicy,
     ) -> Result<Polled, String> {
         let startup = self.resync;
-        let url = format!("{}/v1/decisions/stream?startup={startup}", self.base);
+        let url = stream_url(&self.base, startup, f);
         let headers = [(HeaderName::from_static("x-api-key"), self.key.clone())];
         let bytes = match fetcher.get_with_headers(&url, &headers, policy).await {
             Ok(Fetched::Body { bytes, .. }) => bytes,
@@ -220,6 +242,21 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    #[test]
+    fn stream_urls_carry_the_filters() {
+        let mut f = FeedConfig::new("cs", "http://127.0.0.1:8080/".parse().unwrap());
+        assert_eq!(
+            stream_url("http://127.0.0.1:8080", true, &f),
+            "http://127.0.0.1:8080/v1/decisions/stream?startup=true"
+        );
+        f.origins = vec!["crowdsec".into(), "cscli".into()];
+        f.scenarios_containing = vec!["ssh bf".into()];
+        assert_eq!(
+            stream_url("http://127.0.0.1:8080", false, &f),
+            "http://127.0.0.1:8080/v1/decisions/stream?startup=false&origins=crowdsec%2Ccscli&scenarios_containing=ssh+bf"
+        );
+    }
 
     #[test]
     fn key_files_must_exist_hold_a_key_and_be_private() {
