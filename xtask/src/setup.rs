@@ -42,6 +42,7 @@ pub enum Group {
 pub const DEBIAN_PACKAGES: &[(Group, &str)] = &[
     (Group::Test, "iproute2"),
     (Group::Test, "iputils-ping"),
+    (Group::Test, CROWDSEC),
     (Group::Bench, "nftables"),
     (Group::Bench, "iptables"),
     (Group::Bench, "ipset"),
@@ -50,6 +51,14 @@ pub const DEBIAN_PACKAGES: &[(Group, &str)] = &[
     (Group::Vm, "busybox-static"),
     (Group::Vm, "cpio"),
 ];
+
+/// Debian's CrowdSec (the LAPI the crowdsec feed tests run on loopback).
+const CROWDSEC: &str = "crowdsec";
+
+/// Its post-install script registers with CrowdSec's Central API (online)
+/// when this file is empty or missing, and fails the install without a
+/// network. A non-empty file is its documented way to skip that.
+const CROWDSEC_CAPI: &str = "/etc/crowdsec/online_api_credentials.yaml";
 
 const LONG_ABOUT: &str = "\
 Make this machine able to build and test edge-filter.
@@ -68,9 +77,12 @@ that it was already done, so a second run takes about a second. Steps:
   bpf-linker  the linker of the eBPF object: `cargo install bpf-linker` built
               against the LLVM that ships with the nightly toolchain
   packages    Debian packages the tests and benchmarks use (iproute2,
-              iputils-ping; qemu-system-x86, busybox-static, cpio for the
-              kernel matrix; nftables, iptables, ipset for the baselines),
-              installed with apt-get (needs root)
+              iputils-ping, crowdsec; qemu-system-x86, busybox-static, cpio
+              for the kernel matrix; nftables, iptables, ipset for the
+              baselines), installed with apt-get (needs root). crowdsec is
+              installed without registering with CrowdSec's Central API (the
+              tests run its Local API alone, on loopback); no service is
+              started where systemd does not run
 
 Any step that cannot finish stops setup with a message naming what is missing \
 and how to provide it, and a non-zero exit status.";
@@ -879,6 +891,26 @@ fn bpf_linker(sysroot: &Path, llvm_prefix: &Path, install_root: &Path) -> Result
 
 // --------------------------------------------------------------- packages
 
+/// Make crowdsec's post-install skip the Central API registration (see
+/// [`CROWDSEC_CAPI`]); a half-configured package from an earlier failed
+/// install is configured again by the apt-get install that follows.
+fn skip_crowdsec_capi() -> Result<()> {
+    let path = Path::new(CROWDSEC_CAPI);
+    if fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+        return Ok(());
+    }
+    fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))
+        .with_context(|| format!("creating {}", path.display()))?;
+    fs::write(
+        path,
+        concat!(
+            "# Written by `cargo xtask setup`: no CrowdSec Central API registration\n",
+            "# (the tests run the Local API alone). `cscli capi register` registers.\n",
+        ),
+    )
+    .with_context(|| format!("writing {}", path.display()))
+}
+
 fn deb_installed(package: &str) -> Result<bool> {
     let c = capture(
         Command::new("dpkg-query").args(["-W", "-f=${Status}", package]),
@@ -931,10 +963,25 @@ fn packages(groups: &[Group]) -> Result<Outcome> {
         }
         Ok(())
     };
+    if missing.contains(&CROWDSEC) {
+        skip_crowdsec_capi()?;
+    }
     apt(&["update", "-q"])?;
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
     install.extend(&missing);
     apt(&install)?;
+    // A package left half-configured by an earlier failed install (the
+    // crowdsec one without network, before the file above) is not
+    // configured again by apt-get install: finish it.
+    if missing.iter().any(|p| !deb_installed(p).unwrap_or(false)) {
+        let mut cmd = Command::new("dpkg");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["--configure", "--pending"]);
+        let c = capture(&mut cmd, Some(Duration::from_secs(10 * 60)))?;
+        if !c.status.success() {
+            bail!("`{}` failed:\n{}", util::display(&cmd), c.tail(15));
+        }
+    }
     let still: Vec<&str> = missing
         .iter()
         .copied()

@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::agent::watch::Watch;
 use crate::error::{Error, Result};
 use crate::intel::config::{Config, FeedConfig, Source};
+use crate::intel::crowdsec::{Polled, Poller};
 use crate::intel::desired::{DesiredState, FeedSnapshot, merge};
 use crate::intel::feeds::FeedParse;
 use crate::intel::fetch::{Fetched, Fetcher, Location, Validators};
@@ -46,6 +47,9 @@ enum Msg {
         /// Digest of the body, kept with the last-known-good copy.
         digest: String,
         at: OffsetDateTime,
+        /// A copy made of explicit deletions (a CrowdSec delta), not a
+        /// whole download: the shrink guard does not hold it.
+        delta: bool,
     },
     /// The copy in hand is still current: the server or the file said so
     /// (`unchanged_body` false), or it sent a body whose digest equals the
@@ -88,6 +92,7 @@ async fn feed_task(
     cfg: Config,
     fetcher: std::sync::Arc<Fetcher>,
     mut validators: Validators,
+    mut poller: Option<Poller>,
     tx: mpsc::Sender<(Msg, OffsetDateTime)>,
     mut refetch: broadcast::Receiver<()>,
 ) {
@@ -102,6 +107,29 @@ async fn feed_task(
     let mut failures = 0u32;
     let mut last_parsed: Option<(String, crate::intel::fetch::Framing)> = None;
     loop {
+        if let Some(p) = poller.as_mut() {
+            let res = p.poll(&f, &cfg, &fetcher, &policy).await;
+            let at = OffsetDateTime::now_utc();
+            let msg = crowdsec_msg(&f.name, res, at);
+            let delay = match &msg {
+                Msg::Failed { .. } => {
+                    failures += 1;
+                    cfg.limits.retry_delay(failures, None, f.refresh)
+                }
+                _ => {
+                    failures = 0;
+                    interval
+                }
+            };
+            if tx.send((msg, at + delay)).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                r = refetch.recv() => if matches!(r, Err(broadcast::error::RecvError::Closed)) { return },
+            }
+            continue;
+        }
         let res = fetcher
             .fetch(intake::location(&f), &validators, &policy)
             .await;
@@ -151,6 +179,7 @@ async fn feed_task(
                             validators: v,
                             digest,
                             at,
+                            delta: false,
                         }
                     }
                     Err(error) => Msg::Failed {
@@ -199,6 +228,47 @@ async fn feed_task(
     }
 }
 
+/// What one poll of a CrowdSec feed tells the main loop.
+fn crowdsec_msg(feed: &str, res: std::result::Result<Polled, String>, at: OffsetDateTime) -> Msg {
+    let feed = feed.to_string();
+    match res {
+        Ok(Polled::Changed {
+            parse,
+            digest,
+            resync,
+        }) => Msg::Parsed {
+            feed,
+            parse,
+            validators: Validators::default(),
+            digest,
+            at,
+            delta: !resync,
+        },
+        Ok(Polled::Unchanged) => Msg::NotModified {
+            feed,
+            at,
+            unchanged_body: false,
+        },
+        Err(error) => Msg::Failed { feed, error, at },
+    }
+}
+
+/// The bouncer of every CrowdSec LAPI feed, its key read now: a missing,
+/// empty or unprotected key file stops the agent before it starts.
+fn crowdsec_pollers(cfg: &Config) -> Result<BTreeMap<String, Poller>> {
+    let mut pollers = BTreeMap::new();
+    for f in cfg.feeds.iter().filter(|f| f.is_crowdsec_lapi()) {
+        let p = Poller::new(f).map_err(|e| {
+            Error::State(Box::new(std::io::Error::other(format!(
+                "feed {}: {e}",
+                f.name
+            ))))
+        })?;
+        pollers.insert(f.name.clone(), p);
+    }
+    Ok(pollers)
+}
+
 /// Run the agent described by `cfg` until SIGINT/SIGTERM.
 pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -210,6 +280,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<()> {
         term: sig(SignalKind::terminate())?,
         int: sig(SignalKind::interrupt())?,
     };
+    let pollers = crowdsec_pollers(&cfg)?;
     // One agent per interface: refuse before binding a port or touching
     // the kernel when another agent manages one of ours.
     let paths = Paths::new(&cfg.bpffs);
@@ -232,6 +303,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<()> {
     .map_err(|e| state_err("starting the metrics endpoint", e))?;
     let mut agent = FeedAgent::start(cfg)?;
     agent.metrics = metrics;
+    agent.pollers = pollers;
     // Absolute: the advice it appears in is pasted in another directory.
     agent.config_path =
         std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf());
@@ -281,6 +353,8 @@ struct FeedAgent {
     held: BTreeMap<String, (FeedParse, Validators, String, OffsetDateTime)>,
     /// The Prometheus exporter's view of the agent, when it serves one.
     metrics: Option<std::sync::Arc<crate::ops::metrics::Metrics>>,
+    /// CrowdSec feeds' bouncers, handed to their tasks at start.
+    pollers: BTreeMap<String, Poller>,
 }
 
 fn state_err(op: &str, e: impl std::fmt::Display) -> Error {
@@ -442,6 +516,7 @@ impl FeedAgent {
             held: BTreeMap::new(),
             unsaved: BTreeMap::new(),
             metrics: None,
+            pollers: BTreeMap::new(),
         })
     }
 
@@ -471,6 +546,7 @@ impl FeedAgent {
                 self.cfg.clone(),
                 fetcher.clone(),
                 validators,
+                self.pollers.remove(&f.name),
                 tx.clone(),
                 refetch_tx.subscribe(),
             ));
@@ -573,7 +649,7 @@ impl FeedAgent {
                     .get(&feed)
                     .is_some_and(|(_, _, _, seen)| forced || at - *seen >= refresh);
                 if due && let Some((parse, validators, digest, _)) = self.held.remove(&feed) {
-                    self.on_parsed(feed, parse, validators, digest, at);
+                    self.on_parsed(feed, parse, validators, digest, at, false);
                     return;
                 }
                 let h = self.health.entry(feed.clone()).or_default();
@@ -602,7 +678,8 @@ impl FeedAgent {
                 validators,
                 digest,
                 at,
-            } => self.on_parsed(feed, parse, validators, digest, at),
+                delta,
+            } => self.on_parsed(feed, parse, validators, digest, at, delta),
         }
     }
 
@@ -613,6 +690,7 @@ impl FeedAgent {
         validators: Validators,
         digest: String,
         at: OffsetDateTime,
+        delta: bool,
     ) {
         for r in parse.rejected.iter().take(20) {
             log::warn!("feed {feed}: line {}: {}: {}", r.index, r.reason, r.text);
@@ -629,7 +707,7 @@ impl FeedAgent {
                 log::error!("feed {feed}: reading the force flag: {e}");
                 false
             }
-        };
+        } || delta;
         let prev = self.snapshots.get(&feed).map_or(0, |s| s.entries.len());
         let decision =
             self.guard

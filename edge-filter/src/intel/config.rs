@@ -21,6 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 use crate::entry::{Action, Proto, Side};
+use crate::intel::feeds::crowdsec::NonBan;
 use crate::intel::feeds::csv::{Column, CsvMapping, ProtoSpec};
 use crate::intel::feeds::{self, FeedLimits, FeedOptions, Format};
 use crate::kernel::attach::Mode;
@@ -579,6 +580,23 @@ pub struct FeedConfig {
     /// This feed's `[safety] max_rejected_share`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rejected_share: Option<f64>,
+    /// CrowdSec: the file holding the bouncer API key (sent as
+    /// `X-Api-Key`); relative to the configuration file. Read once at
+    /// start; it must be private to root or the agent's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// CrowdSec: decisions of a type other than `ban` are `monitor`
+    /// (default) or `skip`ped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_ban_decisions: Option<NonBan>,
+    /// CrowdSec: only decisions from these origins (`crowdsec`, `cscli`,
+    /// `CAPI`, `lists`, ...), asked of the LAPI. Empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<String>,
+    /// CrowdSec: only decisions whose scenario contains one of these,
+    /// asked of the LAPI. Empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scenarios_containing: Vec<String>,
 }
 
 impl FeedConfig {
@@ -598,6 +616,10 @@ impl FeedConfig {
             csv: None,
             url_ip_hosts: false,
             max_rejected_share: None,
+            api_key_file: None,
+            non_ban_decisions: None,
+            origins: Vec::new(),
+            scenarios_containing: Vec::new(),
         }
     }
 
@@ -611,6 +633,7 @@ impl FeedConfig {
             url_ip_hosts: self.url_ip_hosts,
             // Known only once the body is fetched.
             end_unproven: false,
+            crowdsec_non_ban: self.non_ban_decisions.unwrap_or_default(),
         }
     }
 
@@ -618,6 +641,12 @@ impl FeedConfig {
     /// have (its own `max_rejected_share`, else `[safety]`'s).
     pub fn max_rejected_share(&self, safety: &Safety) -> f64 {
         self.max_rejected_share.unwrap_or(safety.max_rejected_share)
+    }
+
+    /// Whether this is a CrowdSec LAPI polled over HTTP (rather than a
+    /// recorded answer in a file).
+    pub fn is_crowdsec_lapi(&self) -> bool {
+        self.format == FeedFormat::Fixed(Format::Crowdsec) && self.source.is_http()
     }
 
     /// Whether the feed's addresses join the allowlist.
@@ -731,6 +760,9 @@ impl Config {
             let mut paths: Vec<&mut PathBuf> = vec![&mut cfg.state_dir, &mut cfg.bpffs];
             for f in &mut cfg.feeds {
                 if let Source::File(p) = &mut f.source {
+                    paths.push(p);
+                }
+                if let Some(p) = &mut f.api_key_file {
                     paths.push(p);
                 }
             }
@@ -961,6 +993,28 @@ fn feed_problems(f: &FeedConfig) -> Vec<String> {
         && !(0.0..=1.0).contains(&x)
     {
         p.push(format!("max_rejected_share = {x} is out of range (0 to 1)"));
+    }
+    let crowdsec = f.format == FeedFormat::Fixed(Format::Crowdsec);
+    if crowdsec && f.source.is_http() && f.api_key_file.is_none() {
+        p.push(
+            "format \"crowdsec\" needs api_key_file, a file holding the bouncer key (`cscli bouncers add NAME -o raw`)"
+                .to_string(),
+        );
+    }
+    if !crowdsec {
+        for (key, set) in [
+            ("api_key_file", f.api_key_file.is_some()),
+            ("non_ban_decisions", f.non_ban_decisions.is_some()),
+            ("origins", !f.origins.is_empty()),
+            ("scenarios_containing", !f.scenarios_containing.is_empty()),
+        ] {
+            if set {
+                p.push(format!(
+                    "{key} applies to format \"crowdsec\" only but format is \"{}\"",
+                    f.format
+                ));
+            }
+        }
     }
     p
 }
@@ -1265,6 +1319,41 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
     }
 
     #[test]
+    fn crowdsec_feeds() {
+        let dir = std::env::temp_dir().join(format!("ef-config-cs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"cs\"\nformat = \"crowdsec\"\nsource = \"http://127.0.0.1:8080\"\napi_key_file = \"keys/cs.key\"\nnon_ban_decisions = \"skip\"\norigins = [\"crowdsec\", \"cscli\"]\nscenarios_containing = [\"ssh\"]\n",
+        )
+        .unwrap();
+        let c = load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let f = &c.feeds[0];
+        assert!(f.is_crowdsec_lapi());
+        assert_eq!(f.origins, ["crowdsec", "cscli"]);
+        assert_eq!(f.scenarios_containing, ["ssh"]);
+        assert_eq!(f.api_key_file.as_deref(), Some(&*dir.join("keys/cs.key")));
+        assert_eq!(f.feed_options(&c.limits).crowdsec_non_ban, NonBan::Skip);
+        let p = problems(
+            "[[feed]]\nname = \"cs\"\nformat = \"crowdsec\"\nsource = \"http://127.0.0.1:8080\"\n\
+             [[feed]]\nname = \"x\"\nsource = \"http://h/x\"\napi_key_file = \"/k\"\nnon_ban_decisions = \"monitor\"\norigins = [\"cscli\"]\n\
+             [[feed]]\nname = \"rec\"\nformat = \"crowdsec\"\nsource = \"file:/recorded.json\"\n",
+        );
+        assert_eq!(
+            p,
+            [
+                "feed 'cs': format \"crowdsec\" needs api_key_file, a file holding the bouncer key (`cscli bouncers add NAME -o raw`)",
+                "feed 'x': api_key_file applies to format \"crowdsec\" only but format is \"auto\"",
+                "feed 'x': non_ban_decisions applies to format \"crowdsec\" only but format is \"auto\"",
+                "feed 'x': origins applies to format \"crowdsec\" only but format is \"auto\"",
+            ]
+        );
+        assert!(err("[[feed]]\nname = \"cs\"\nformat = \"crowdsec\"\nsource = \"http://h\"\napi_key_file = \"/k\"\nnon_ban_decisions = \"captcha\"\n").contains("unknown variant `captcha`"));
+    }
+
+    #[test]
     fn relative_file_sources_follow_the_config_file() {
         let dir = std::env::temp_dir().join(format!("ef-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1367,7 +1456,7 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
             err("\n[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nrefesh = \"5m\"\n"),
             "test.toml:7:1: unknown field `refesh`, expected one of `name`, `source`, `format`, \
              `refresh`, `action`, `confidence_threshold`, `ttl`, `allow_broad`, `role`, `csv`, \
-             `url_ip_hosts`, `max_rejected_share` (at `refesh = \"5m\"`)"
+             `url_ip_hosts`, `max_rejected_share`, `api_key_file`, `non_ban_decisions`, `origins`, `scenarios_containing` (at `refesh = \"5m\"`)"
         );
         let e = err("[safety]\nmax_shrnk = 0.2\n");
         assert!(
@@ -1390,7 +1479,7 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
         assert_eq!(
             err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nformat = \"xml\"\n"),
             "test.toml:6:10: unknown feed format 'xml' (expected auto or one of plain, spamhaus, \
-             csv, stix, jsonl, tor, ipsum, alienvault) (at `format = \"xml\"`)"
+             csv, stix, jsonl, tor, ipsum, alienvault, crowdsec) (at `format = \"xml\"`)"
         );
         assert_eq!(
             err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nconfidence_threshold = 150\n"),

@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{
-    CONTENT_LENGTH, ETAG, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    CONTENT_LENGTH, ETAG, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
     RETRY_AFTER, TRANSFER_ENCODING,
 };
 use serde::{Deserialize, Serialize};
@@ -450,8 +450,25 @@ impl Fetcher {
                         },
                     })
             }
-            Location::Http(url) => self.fetch_http(url, loc.to_string(), prev, policy).await,
+            Location::Http(url) => {
+                self.fetch_http(url, loc.to_string(), prev, &[], policy)
+                    .await
+            }
         }
+    }
+
+    /// An unconditional GET of `url` with extra request `headers` (an API
+    /// key: mark its value sensitive), with the limits and retries of
+    /// [`Fetcher::fetch`]. Errors name the (masked) URL, never a header.
+    pub async fn get_with_headers(
+        &self,
+        url: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        policy: &FetchPolicy,
+    ) -> Result<Fetched, FetchError> {
+        let location = Location::Http(url).to_string();
+        self.fetch_http(url, location, &Validators::default(), headers, policy)
+            .await
     }
 
     async fn fetch_http(
@@ -459,20 +476,23 @@ impl Fetcher {
         url: &str,
         location: String,
         prev: &Validators,
+        headers: &[(HeaderName, HeaderValue)],
         policy: &FetchPolicy,
     ) -> Result<Fetched, FetchError> {
         let client = self.client_for(policy.connect_timeout)?;
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let failure =
-                match tokio::time::timeout(policy.timeout, attempt(&client, url, prev, policy))
-                    .await
-                {
-                    Ok(Ok(fetched)) => return Ok(fetched),
-                    Ok(Err(f)) => f,
-                    Err(_) => Failure::Timeout(policy.timeout),
-                };
+            let failure = match tokio::time::timeout(
+                policy.timeout,
+                attempt(&client, url, prev, headers, policy),
+            )
+            .await
+            {
+                Ok(Ok(fetched)) => return Ok(fetched),
+                Ok(Err(f)) => f,
+                Err(_) => Failure::Timeout(policy.timeout),
+            };
             if !failure.retryable() || attempts > policy.retries {
                 return Err(failure.into_error(location, attempts, policy));
             }
@@ -533,9 +553,13 @@ async fn attempt(
     client: &reqwest::Client,
     url: &str,
     prev: &Validators,
+    headers: &[(HeaderName, HeaderValue)],
     policy: &FetchPolicy,
 ) -> Result<Fetched, Failure> {
     let mut req = client.get(url).timeout(policy.timeout);
+    for (name, value) in headers {
+        req = req.header(name, value.clone());
+    }
     let mut conditional = false;
     if let Some(v) = prev
         .etag

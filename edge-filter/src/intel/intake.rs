@@ -111,6 +111,15 @@ pub fn read_once(cfg: &Config, copies: Copies) -> Result<DesiredState, IntakeErr
         };
         let fresh = match copies {
             Copies::Offline => Err("--offline".to_string()),
+            Copies::Fetch | Copies::FetchOnly if f.is_crowdsec_lapi() => {
+                // One bouncer poll with startup=true: the whole set.
+                crate::intel::crowdsec::Poller::new(f).and_then(|mut p| {
+                    match rt.block_on(p.poll(f, cfg, &fetcher, &policy))? {
+                        crate::intel::crowdsec::Polled::Changed { parse, .. } => Ok(parse),
+                        crate::intel::crowdsec::Polled::Unchanged => Ok(FeedParse::default()),
+                    }
+                })
+            }
             Copies::Fetch | Copies::FetchOnly => {
                 match rt.block_on(fetcher.fetch(location(f), &Validators::default(), &policy)) {
                     Ok(Fetched::Body { bytes, framing, .. }) => parse_body(f, cfg, &bytes, framing),

@@ -5,6 +5,7 @@
 //!
 //! - inputs: [`blocklist`] (the `run --blocklist` format), [`feeds`] (feed
 //!   formats), [`fetch`] (a feed's bytes from a file or over HTTP(S)),
+//!   [`crowdsec`] (polling a CrowdSec LAPI as a bouncer),
 //!   [`config`] (the agent's TOML), [`state`] (last-known-good copies on
 //!   disk);
 //! - the sync engine's pure parts: [`desired`] (merging feed snapshots into
@@ -19,6 +20,7 @@
 pub mod blocklist;
 pub mod check;
 pub mod config;
+pub mod crowdsec;
 #[cfg(test)]
 mod data_tests;
 pub mod desired;

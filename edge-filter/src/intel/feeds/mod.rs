@@ -16,6 +16,7 @@
 //! | `tor` | [`tor`] | TorDNSEL `exit-addresses` (`ExitNode`/`ExitAddress` records) |
 //! | `ipsum` | [`ipsum`] | IPsum `ADDR<TAB>count` |
 //! | `alienvault` | [`alienvault`] | AlienVault reputation `ip#reliability#risk#activity#...` |
+//! | `crowdsec` | [`crowdsec`] | CrowdSec LAPI decisions (a `/v1/decisions/stream` answer; polled by the agent) |
 //!
 //! [`detect_format`] picks one for `auto`; [`parse_feed`] dispatches.
 //!
@@ -43,6 +44,7 @@
 //! `203.0.113.7` is a different, valid address).
 
 pub mod alienvault;
+pub mod crowdsec;
 pub mod csv;
 pub mod ipsum;
 pub mod jsonl;
@@ -363,6 +365,8 @@ pub struct FeedOptions {
     /// length-framed bodies are known to be whole, and their last line is
     /// the producer's, newline or not.
     pub end_unproven: bool,
+    /// CrowdSec: what decisions of a type other than `ban` become.
+    pub crowdsec_non_ban: crowdsec::NonBan,
 }
 
 impl Default for FeedOptions {
@@ -374,6 +378,7 @@ impl Default for FeedOptions {
             csv: None,
             url_ip_hosts: false,
             end_unproven: false,
+            crowdsec_non_ban: crowdsec::NonBan::Monitor,
         }
     }
 }
@@ -427,11 +432,13 @@ pub enum Format {
     Ipsum,
     /// [`alienvault`].
     AlienVault,
+    /// [`crowdsec`].
+    Crowdsec,
 }
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 8] = [
+    pub const ALL: [Format; 9] = [
         Format::Plain,
         Format::Spamhaus,
         Format::Csv,
@@ -440,6 +447,7 @@ impl Format {
         Format::Tor,
         Format::Ipsum,
         Format::AlienVault,
+        Format::Crowdsec,
     ];
 
     /// The name used on the command line and in configuration.
@@ -453,6 +461,7 @@ impl Format {
             Format::Tor => "tor",
             Format::Ipsum => "ipsum",
             Format::AlienVault => "alienvault",
+            Format::Crowdsec => "crowdsec",
         }
     }
 }
@@ -495,6 +504,7 @@ pub fn parse_feed(
         Format::Tor => tor::parse(bytes, opts),
         Format::Ipsum => ipsum::parse(bytes, opts),
         Format::AlienVault => alienvault::parse(bytes, opts),
+        Format::Crowdsec => crowdsec::parse(bytes, opts),
     }
 }
 
