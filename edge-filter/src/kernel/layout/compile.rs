@@ -1939,7 +1939,15 @@ impl Compiler {
             w.push(x);
         };
         slot(self, &mut w, mv.to.0, mv.to.1, Slot4 { addr: mv.key, meta });
-        if let Some(b) = mv.spill_set {
+        // The allocator counts spills this update has planned but not yet
+        // published, so its `spill_set` can be None while the first
+        // bucket's bit is still clear in the tables: a reader would then
+        // never look in the second bucket for the moved key. The tables
+        // decide.
+        let unpublished = (!mv.to_first
+            && self.tables.exact4[mv.from.0 as usize].slots[SLOTS4 - 1].meta & META_SPILL == 0)
+            .then_some(mv.from.0);
+        if let Some(b) = mv.spill_set.or(unpublished) {
             let s7 = self.tables.exact4[b as usize].slots[SLOTS4 - 1];
             slot(self, &mut w, b, (SLOTS4 - 1) as u32, s7);
         }
@@ -2013,7 +2021,12 @@ impl Compiler {
             slot: ts,
             meta,
         }];
-        if let Some(b) = mv.spill_set {
+        // As in `relocate4`: the tables, not the allocator's count (which
+        // includes spills planned but not yet published), say whether the
+        // first bucket's spill bit must be set for a reader to find the key.
+        let unpublished =
+            (!mv.to_first && self.tables.exact6[fb as usize].hdr & META_SPILL == 0).then_some(fb);
+        if let Some(b) = mv.spill_set.or(unpublished) {
             publish.push(Write::Hdr6 {
                 bucket: b,
                 value: META_SPILL,
