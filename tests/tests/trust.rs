@@ -233,13 +233,16 @@ fn trust_world_writable_pin_root_is_refused() {
             "so another user could hide or replace the filter's pins".to_string(),
             format!("chmod 0755 {}", lab.bpffs.display()),
         ];
-        // The feed agent and the blocklist agent alike.
-        let config_agent = lab.start_config_agent(&cfg);
-        let blocklist_agent = lab.start_agent(&["--blocklist", feed.to_str().unwrap()]);
-        for (what, agent) in [
-            ("run --config", config_agent),
-            ("run --blocklist", blocklist_agent),
-        ] {
+        // The feed agent and the blocklist agent alike, one after the
+        // other: started together, one could find the other holding the
+        // interface's lock (taken before the pin root is checked) and be
+        // refused for that instead.
+        for what in ["run --config", "run --blocklist"] {
+            let agent = if what == "run --config" {
+                lab.start_config_agent(&cfg)
+            } else {
+                lab.start_agent(&["--blocklist", feed.to_str().unwrap()])
+            };
             let err = refused(&agent);
             for w in &want {
                 assert!(err.contains(w.as_str()), "{what}: {w:?} not in:\n{err}");
