@@ -611,6 +611,322 @@ impl Poller {
 mod tests {
     use super::*;
 
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// One scripted answer: status, extra headers, body, delay before it.
+    #[derive(Clone)]
+    struct Answer {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: String,
+        delay: Duration,
+        /// Announce more bytes than sent (a cut answer).
+        cut: bool,
+    }
+
+    fn ok(body: &str) -> Answer {
+        Answer {
+            status: 200,
+            headers: Vec::new(),
+            body: body.to_string(),
+            delay: Duration::ZERO,
+            cut: false,
+        }
+    }
+
+    /// A TAXII server on loopback: discovery and collections answered
+    /// from the script below, objects requests from a queue (the last
+    /// answer repeats). Keeps every request line.
+    struct Server {
+        base: String,
+        objects: Arc<Mutex<VecDeque<Answer>>>,
+        seen: Arc<Mutex<Vec<String>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Server {
+        async fn start(objects: Vec<Answer>) -> Server {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", l.local_addr().unwrap());
+            let objects = Arc::new(Mutex::new(VecDeque::from(objects)));
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let (q, s, b) = (objects.clone(), seen.clone(), base.clone());
+            let task = tokio::spawn(async move {
+                while let Ok((mut sock, _)) = l.accept().await {
+                    let (q, s, b) = (q.clone(), s.clone(), b.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 8192];
+                        let mut n = 0;
+                        while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            match sock.read(&mut buf[n..]).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => n += k,
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                        let line = head.lines().next().unwrap_or("").to_string();
+                        s.lock().unwrap().push(head.clone());
+                        let a = if line.contains(" /taxii2/ ") {
+                            ok(&format!(
+                                r#"{{"api_roots":["{b}/api1/"],"default":"{b}/api1/"}}"#
+                            ))
+                        } else if line.contains("/api1/collections/ ") {
+                            ok(
+                                r#"{"collections":[{"id":"c1","title":"Indicators","can_read":true}]}"#,
+                            )
+                        } else {
+                            let mut q = q.lock().unwrap();
+                            if q.len() > 1 {
+                                q.pop_front().unwrap()
+                            } else {
+                                q[0].clone()
+                            }
+                        };
+                        tokio::time::sleep(a.delay).await;
+                        let mut out = format!(
+                            "HTTP/1.1 {} X\r\nContent-Type: application/taxii+json;version=2.1\r\nContent-Length: {}\r\nConnection: close\r\n",
+                            a.status,
+                            a.body.len() + if a.cut { 100 } else { 0 }
+                        );
+                        for (k, v) in &a.headers {
+                            out.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        out.push_str("\r\n");
+                        out.push_str(&a.body);
+                        let _ = sock.write_all(out.as_bytes()).await;
+                        let _ = sock.shutdown().await;
+                    });
+                }
+            });
+            Server {
+                base,
+                objects,
+                seen,
+                task,
+            }
+        }
+
+        fn script(&self, answers: Vec<Answer>) {
+            *self.objects.lock().unwrap() = VecDeque::from(answers);
+        }
+
+        /// Request lines of objects requests.
+        fn object_requests(&self) -> Vec<String> {
+            self.seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|h| h.lines().next())
+                .filter(|l| l.contains("/objects/"))
+                .map(str::to_string)
+                .collect()
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn page(objects: &[(u32, &str)], more: bool, next: Option<&str>, last: &str) -> Answer {
+        let objs: Vec<Value> = objects
+            .iter()
+            .map(|(n, ip)| {
+                serde_json::json!({"type": "indicator", "spec_version": "2.1",
+                    "id": format!("indicator--{n}"), "created": "2026-01-01T00:00:00Z",
+                    "modified": "2026-01-01T00:00:00Z",
+                    "pattern": format!("[ipv4-addr:value = '{ip}']"), "pattern_type": "stix",
+                    "valid_from": "2026-01-01T00:00:00Z"})
+            })
+            .collect();
+        let mut body = serde_json::json!({"objects": objs, "more": more});
+        if let Some(n) = next {
+            body["next"] = n.into();
+        }
+        let mut a = ok(&body.to_string());
+        a.headers
+            .push(("X-TAXII-Date-Added-Last", last.to_string()));
+        a
+    }
+
+    fn setup(base: &str, extra: &str) -> (FeedConfig, Config, FetchPolicy) {
+        let text = format!(
+            "[[interface]]\nname = \"eth0\"\n[limits]\nretries = 1\ntimeout = \"1s\"\n{extra}\n[[feed]]\nname = \"tx\"\nformat = \"taxii\"\nsource = \"{base}/taxii2/\"\ncollection = \"Indicators\"\npage_size = 2\nmax_pages = 5\n"
+        );
+        let cfg = Config::from_str_named(&text, "t.toml").unwrap();
+        let policy = FetchPolicy {
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(20),
+            ..crate::intel::intake::policy(&cfg.limits)
+        };
+        (cfg.feeds[0].clone(), cfg, policy)
+    }
+
+    fn nets(p: &Polled) -> Vec<String> {
+        match p {
+            Polled::Changed { parse, .. } => {
+                parse.entries.iter().map(|e| e.entry.to_string()).collect()
+            }
+            Polled::Unchanged => vec!["(unchanged)".into()],
+        }
+    }
+
+    const T1: &str = "2026-12-05T10:00:00.000001Z";
+    const T2: &str = "2026-12-05T10:00:01.000001Z";
+
+    /// Every fault fails the poll with a message saying what, holds what
+    /// was held and the cursor, and the next good poll goes on from the
+    /// cursor.
+    #[tokio::test]
+    async fn faults_change_nothing_and_the_next_poll_recovers() {
+        let srv = Server::start(vec![
+            page(
+                &[(1, "192.0.2.1"), (2, "192.0.2.2")],
+                true,
+                Some("tok1"),
+                T1,
+            ),
+            page(&[(3, "192.0.2.3")], false, None, T2),
+        ])
+        .await;
+        let (f, cfg, policy) = setup(&srv.base, "");
+        let fetcher = Fetcher::new_direct().unwrap();
+        let mut p = Poller::new(&f).unwrap();
+        let got = p.poll(&f, &cfg, &fetcher, &policy).await.unwrap();
+        assert_eq!(nets(&got), ["192.0.2.1", "192.0.2.2", "192.0.2.3"]);
+        assert!(matches!(got, Polled::Changed { resync: true, .. }));
+        assert_eq!(p.cursor(), Some(T2));
+        let reqs = srv.object_requests();
+        assert!(reqs[0].contains("?limit=2 "), "{reqs:?}");
+        assert!(reqs[1].contains("?limit=2&next=tok1 "), "{reqs:?}");
+        let held = p.held.clone();
+
+        let mut cut = ok(r#"{"objects":[{"type":"indicator""#);
+        cut.cut = true;
+        let mut slow = ok("{}");
+        slow.delay = Duration::from_secs(3);
+        let mut e503 = ok("");
+        e503.status = 503;
+        let mut e403 = ok("");
+        e403.status = 403;
+        let endless = page(&[(9, "192.0.2.9")], true, Some("again"), T2);
+        for (what, answers, want) in [
+            ("5xx", vec![e503], "HTTP 503"),
+            ("403", vec![e403], "wants credentials"),
+            (
+                "not JSON",
+                vec![ok("<html>busy</html>")],
+                "not a TAXII envelope",
+            ),
+            ("truncated", vec![cut], "body truncated"),
+            ("timeout", vec![slow], "no complete response within 1s"),
+            ("endless next", vec![endless], "after 5 pages (max_pages)"),
+        ] {
+            srv.script(answers);
+            let e = p.poll(&f, &cfg, &fetcher, &policy).await.unwrap_err();
+            assert!(e.contains(want), "{what}: {e}");
+            assert_eq!(p.held, held, "{what}");
+            assert_eq!(p.cursor(), Some(T2), "{what}");
+        }
+        // Recovery: added_after the cursor, applied onto what is held.
+        srv.script(vec![page(
+            &[(4, "192.0.2.4")],
+            false,
+            None,
+            "2026-12-05T10:00:02Z",
+        )]);
+        let before = srv.object_requests().len();
+        let got = p.poll(&f, &cfg, &fetcher, &policy).await.unwrap();
+        assert_eq!(
+            nets(&got),
+            ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+        );
+        assert!(matches!(got, Polled::Changed { resync: false, .. }));
+        let reqs = srv.object_requests();
+        assert!(
+            reqs[before..]
+                .iter()
+                .all(|r| r.contains("added_after=2026-12-05T10%3A00%3A01.000001Z")),
+            "{reqs:?}"
+        );
+        // An empty answer: unchanged, cursor kept.
+        srv.script(vec![ok("{}")]);
+        let got = p.poll(&f, &cfg, &fetcher, &policy).await.unwrap();
+        assert!(matches!(got, Polled::Unchanged));
+        assert_eq!(p.cursor(), Some("2026-12-05T10:00:02Z"));
+    }
+
+    #[tokio::test]
+    async fn oversized_answers_and_paging_by_date() {
+        let big = page(&[(1, "192.0.2.1"), (2, "192.0.2.2")], false, None, T1);
+        let srv = Server::start(vec![big]).await;
+        let (f, cfg, policy) = setup(&srv.base, "max_bytes = 100");
+        let fetcher = Fetcher::new_direct().unwrap();
+        let mut p = Poller::new(&f).unwrap();
+        let e = p.poll(&f, &cfg, &fetcher, &policy).await.unwrap_err();
+        assert!(e.contains("100-byte limit"), "{e}");
+        assert!(p.held.objects.is_empty() && p.cursor().is_none());
+        // `more` without `next`: the next page by added_after; a server
+        // that does not move the date on cannot page.
+        let (f, cfg, policy) = setup(&srv.base, "");
+        srv.script(vec![
+            page(&[(1, "192.0.2.1")], true, None, T1),
+            page(&[(2, "192.0.2.2")], false, None, T2),
+        ]);
+        let got = p.poll(&f, &cfg, &fetcher, &policy).await.unwrap();
+        assert_eq!(nets(&got), ["192.0.2.1", "192.0.2.2"]);
+        let reqs = srv.object_requests();
+        assert!(
+            reqs.last()
+                .unwrap()
+                .contains("added_after=2026-12-05T10%3A00%3A00.000001Z"),
+            "{reqs:?}"
+        );
+        srv.script(vec![page(&[(1, "192.0.2.1")], true, None, T2)]);
+        let e = p.poll(&f, &cfg, &fetcher, &policy).await.unwrap_err();
+        assert!(e.contains("paging cannot go on"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_cursor_is_saved_and_resumed() {
+        let srv = Server::start(vec![page(&[(1, "192.0.2.1")], false, None, T1)]).await;
+        let (f, cfg, policy) = setup(&srv.base, "");
+        let dir = std::env::temp_dir().join(format!("ef-taxii-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = StateDir::open(&dir).unwrap();
+        let fetcher = Fetcher::new_direct().unwrap();
+        let mut p = Poller::new(&f).unwrap();
+        p.resume_from(state.clone());
+        p.poll(&f, &cfg, &fetcher, &policy).await.unwrap();
+        // A new poller (a restart) resumes: the first poll asks added_after
+        // and hands over the whole set though nothing is new.
+        srv.script(vec![ok("{}")]);
+        let mut q = Poller::new(&f).unwrap();
+        q.resume_from(state.clone());
+        assert_eq!(q.cursor(), Some(T1));
+        let got = q.poll(&f, &cfg, &fetcher, &policy).await.unwrap();
+        assert_eq!(nets(&got), ["192.0.2.1"]);
+        assert!(matches!(got, Polled::Changed { resync: false, .. }));
+        assert!(
+            srv.object_requests()
+                .last()
+                .unwrap()
+                .contains("added_after=")
+        );
+        // Another configuration of the feed: its state is not taken.
+        let mut other = f.clone();
+        other.action = crate::entry::Action::Monitor;
+        let mut r = Poller::new(&other).unwrap();
+        r.resume_from(state);
+        assert_eq!(r.cursor(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn base64_as_rfc4648() {
         for (plain, enc) in [
