@@ -28,6 +28,7 @@ use crate::intel::fetch::{Fetched, Fetcher, Location, Validators};
 use crate::intel::guard::{GuardDecision, ShrinkGuard};
 use crate::intel::intake;
 use crate::intel::state::{LastKnownGood, StateDir};
+use crate::intel::taxii;
 use crate::kernel::attach;
 use crate::kernel::lock::AgentLock;
 use crate::kernel::maps::{EntryMaps, SetChanges};
@@ -92,7 +93,7 @@ async fn feed_task(
     cfg: Config,
     fetcher: std::sync::Arc<Fetcher>,
     mut validators: Validators,
-    mut poller: Option<Poller>,
+    mut poller: Option<FeedPoller>,
     tx: mpsc::Sender<(Msg, OffsetDateTime)>,
     mut refetch: broadcast::Receiver<()>,
 ) {
@@ -228,7 +229,30 @@ async fn feed_task(
     }
 }
 
-/// What one poll of a CrowdSec feed tells the main loop.
+/// A feed polled through its own protocol rather than fetched whole.
+enum FeedPoller {
+    /// A CrowdSec LAPI's bouncer.
+    Crowdsec(Poller),
+    /// A TAXII 2.1 collection.
+    Taxii(Box<taxii::Poller>),
+}
+
+impl FeedPoller {
+    async fn poll(
+        &mut self,
+        f: &FeedConfig,
+        cfg: &Config,
+        fetcher: &Fetcher,
+        policy: &crate::intel::fetch::FetchPolicy,
+    ) -> std::result::Result<Polled, String> {
+        match self {
+            FeedPoller::Crowdsec(p) => p.poll(f, cfg, fetcher, policy).await,
+            FeedPoller::Taxii(p) => p.poll(f, cfg, fetcher, policy).await,
+        }
+    }
+}
+
+/// What one poll of a CrowdSec or TAXII feed tells the main loop.
 fn crowdsec_msg(feed: &str, res: std::result::Result<Polled, String>, at: OffsetDateTime) -> Msg {
     let feed = feed.to_string();
     match res {
@@ -255,15 +279,23 @@ fn crowdsec_msg(feed: &str, res: std::result::Result<Polled, String>, at: Offset
 
 /// The bouncer of every CrowdSec LAPI feed, its key read now: a missing,
 /// empty or unprotected key file stops the agent before it starts.
-fn crowdsec_pollers(cfg: &Config) -> Result<BTreeMap<String, Poller>> {
+/// The same for TAXII feeds and their credential files.
+fn crowdsec_pollers(cfg: &Config) -> Result<BTreeMap<String, FeedPoller>> {
     let mut pollers = BTreeMap::new();
-    for f in cfg.feeds.iter().filter(|f| f.is_crowdsec_lapi()) {
-        let p = Poller::new(f).map_err(|e| {
-            Error::State(Box::new(std::io::Error::other(format!(
-                "feed {}: {e}",
-                f.name
-            ))))
-        })?;
+    let refuse = |f: &FeedConfig, e: String| {
+        Error::State(Box::new(std::io::Error::other(format!(
+            "feed {}: {e}",
+            f.name
+        ))))
+    };
+    for f in &cfg.feeds {
+        let p = if f.is_crowdsec_lapi() {
+            FeedPoller::Crowdsec(Poller::new(f).map_err(|e| refuse(f, e))?)
+        } else if f.is_taxii_server() {
+            FeedPoller::Taxii(Box::new(taxii::Poller::new(f).map_err(|e| refuse(f, e))?))
+        } else {
+            continue;
+        };
         pollers.insert(f.name.clone(), p);
     }
     Ok(pollers)
@@ -304,6 +336,13 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<()> {
     let mut agent = FeedAgent::start(cfg)?;
     agent.metrics = metrics;
     agent.pollers = pollers;
+    // TAXII cursors live in the state directory, opened (and checked) by
+    // the agent's start.
+    for p in agent.pollers.values_mut() {
+        if let FeedPoller::Taxii(p) = p {
+            p.resume_from(agent.state.clone());
+        }
+    }
     // Absolute: the advice it appears in is pasted in another directory.
     agent.config_path =
         std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf());
@@ -353,8 +392,9 @@ struct FeedAgent {
     held: BTreeMap<String, (FeedParse, Validators, String, OffsetDateTime)>,
     /// The Prometheus exporter's view of the agent, when it serves one.
     metrics: Option<std::sync::Arc<crate::ops::metrics::Metrics>>,
-    /// CrowdSec feeds' bouncers, handed to their tasks at start.
-    pollers: BTreeMap<String, Poller>,
+    /// CrowdSec feeds' bouncers and TAXII feeds' pollers, handed to their
+    /// tasks at start.
+    pollers: BTreeMap<String, FeedPoller>,
 }
 
 fn state_err(op: &str, e: impl std::fmt::Display) -> Error {

@@ -364,7 +364,7 @@ fn check_feed(
         Ok(p) => p,
         Err(e) => return fail(r, e.to_string()),
     };
-    let unit = if format == Format::Stix {
+    let unit = if matches!(format, Format::Stix | Format::Taxii) {
         "object"
     } else {
         "line"

@@ -49,8 +49,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{
-    CONTENT_LENGTH, ETAG, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-    RETRY_AFTER, TRANSFER_ENCODING,
+    CONTENT_LENGTH, ETAG, HeaderMap, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LAST_MODIFIED, RETRY_AFTER, TRANSFER_ENCODING,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -450,10 +450,10 @@ impl Fetcher {
                         },
                     })
             }
-            Location::Http(url) => {
-                self.fetch_http(url, loc.to_string(), prev, &[], policy)
-                    .await
-            }
+            Location::Http(url) => self
+                .fetch_http(url, loc.to_string(), prev, &[], policy)
+                .await
+                .map(|(f, _)| f),
         }
     }
 
@@ -469,6 +469,20 @@ impl Fetcher {
         let location = Location::Http(url).to_string();
         self.fetch_http(url, location, &Validators::default(), headers, policy)
             .await
+            .map(|(f, _)| f)
+    }
+
+    /// Like [`Fetcher::get_with_headers`], also returning the response's
+    /// headers (a protocol's own cursor or paging headers).
+    pub async fn get_with_response_headers(
+        &self,
+        url: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        policy: &FetchPolicy,
+    ) -> Result<(Fetched, HeaderMap), FetchError> {
+        let location = Location::Http(url).to_string();
+        self.fetch_http(url, location, &Validators::default(), headers, policy)
+            .await
     }
 
     async fn fetch_http(
@@ -478,7 +492,7 @@ impl Fetcher {
         prev: &Validators,
         headers: &[(HeaderName, HeaderValue)],
         policy: &FetchPolicy,
-    ) -> Result<Fetched, FetchError> {
+    ) -> Result<(Fetched, HeaderMap), FetchError> {
         let client = self.client_for(policy.connect_timeout)?;
         let mut attempts = 0u32;
         loop {
@@ -555,7 +569,7 @@ async fn attempt(
     prev: &Validators,
     headers: &[(HeaderName, HeaderValue)],
     policy: &FetchPolicy,
-) -> Result<Fetched, Failure> {
+) -> Result<(Fetched, HeaderMap), Failure> {
     let mut req = client.get(url).timeout(policy.timeout);
     for (name, value) in headers {
         req = req.header(name, value.clone());
@@ -580,7 +594,7 @@ async fn attempt(
     let mut resp = req.send().await.map_err(|e| classify(e, policy))?;
     let status = resp.status();
     if status == StatusCode::NOT_MODIFIED && conditional {
-        return Ok(Fetched::NotModified);
+        return Ok((Fetched::NotModified, resp.headers().clone()));
     }
     if !status.is_success() {
         let retry_after = resp
@@ -599,6 +613,7 @@ async fn attempt(
             .and_then(|v: &HeaderValue| v.to_str().ok())
             .map(str::to_owned)
     };
+    let response_headers = resp.headers().clone();
     let validators = Validators {
         etag: header(ETAG),
         last_modified: header(LAST_MODIFIED),
@@ -648,11 +663,14 @@ async fn attempt(
             bytes.len()
         )));
     }
-    Ok(Fetched::Body {
-        bytes,
-        validators,
-        framing,
-    })
+    Ok((
+        Fetched::Body {
+            bytes,
+            validators,
+            framing,
+        },
+        response_headers,
+    ))
 }
 
 /// Sort a reqwest error into retryable and not.

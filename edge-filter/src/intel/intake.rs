@@ -120,6 +120,15 @@ pub fn read_once(cfg: &Config, copies: Copies) -> Result<DesiredState, IntakeErr
                     }
                 })
             }
+            Copies::Fetch | Copies::FetchOnly if f.is_taxii_server() => {
+                // One full fetch of the collection (no cursor, nothing saved).
+                crate::intel::taxii::Poller::new(f).and_then(|mut p| {
+                    match rt.block_on(p.poll(f, cfg, &fetcher, &policy))? {
+                        crate::intel::crowdsec::Polled::Changed { parse, .. } => Ok(parse),
+                        crate::intel::crowdsec::Polled::Unchanged => Ok(FeedParse::default()),
+                    }
+                })
+            }
             Copies::Fetch | Copies::FetchOnly => {
                 match rt.block_on(fetcher.fetch(location(f), &Validators::default(), &policy)) {
                     Ok(Fetched::Body { bytes, framing, .. }) => parse_body(f, cfg, &bytes, framing),

@@ -17,6 +17,7 @@
 //! | `ipsum` | [`ipsum`] | IPsum `ADDR<TAB>count` |
 //! | `alienvault` | [`alienvault`] | AlienVault reputation `ip#reliability#risk#activity#...` |
 //! | `crowdsec` | [`crowdsec`] | CrowdSec LAPI decisions (a `/v1/decisions/stream` answer; polled by the agent) |
+//! | `taxii` | [`taxii`] | a TAXII 2.1 envelope of STIX objects (a collection's objects answer; polled by the agent) |
 //!
 //! [`detect_format`] picks one for `auto`; [`parse_feed`] dispatches.
 //!
@@ -52,6 +53,7 @@ pub mod plain;
 pub mod spamhaus;
 pub mod stix;
 mod stix_pattern;
+pub mod taxii;
 pub mod tor;
 
 #[cfg(test)]
@@ -223,7 +225,7 @@ impl FeedParse {
     /// everything. A copy with no data at all (empty, or only comments) is
     /// usable: an empty feed is the shrink guard's business.
     pub fn usable(&self, max_rejected_share: f64, format: Format) -> Result<(), Unusable> {
-        let (one, unit) = if format == Format::Stix {
+        let (one, unit) = if matches!(format, Format::Stix | Format::Taxii) {
             ("object", "objects")
         } else {
             ("line", "lines")
@@ -434,11 +436,13 @@ pub enum Format {
     AlienVault,
     /// [`crowdsec`].
     Crowdsec,
+    /// [`taxii`].
+    Taxii,
 }
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 9] = [
+    pub const ALL: [Format; 10] = [
         Format::Plain,
         Format::Spamhaus,
         Format::Csv,
@@ -448,6 +452,7 @@ impl Format {
         Format::Ipsum,
         Format::AlienVault,
         Format::Crowdsec,
+        Format::Taxii,
     ];
 
     /// The name used on the command line and in configuration.
@@ -462,6 +467,7 @@ impl Format {
             Format::Ipsum => "ipsum",
             Format::AlienVault => "alienvault",
             Format::Crowdsec => "crowdsec",
+            Format::Taxii => "taxii",
         }
     }
 }
@@ -505,6 +511,7 @@ pub fn parse_feed(
         Format::Ipsum => ipsum::parse(bytes, opts),
         Format::AlienVault => alienvault::parse(bytes, opts),
         Format::Crowdsec => crowdsec::parse(bytes, opts),
+        Format::Taxii => taxii::parse(bytes, opts),
     }
 }
 
