@@ -7,6 +7,7 @@
 mod bench;
 mod bench_build;
 mod check;
+mod pyenv;
 mod setup;
 mod soak;
 mod test;

@@ -83,6 +83,10 @@ that it was already done, so a second run takes about a second. Steps:
               installed without registering with CrowdSec's Central API (the
               tests run its Local API alone, on loopback); no service is
               started where systemd does not run
+  python      a venv in ~/.cache/edge-filter/venv with the Python packages
+              the tests use (stix2-patterns, OASIS's STIX pattern validator;
+              pymisp, which writes the MISP feed the misp tests serve),
+              installed with pip from PyPI; left alone once they import
 
 Any step that cannot finish stops setup with a message naming what is missing \
 and how to provide it, and a non-zero exit status.";
@@ -203,6 +207,13 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     report.step("bpf-linker", || {
         bpf_linker(&sysroot, &cache_root.join("llvm"), &cargo_install_root()?)
+    })?;
+    report.step("python", || {
+        let dir = crate::pyenv::venv_dir(&cache_root);
+        Ok(match crate::pyenv::ensure(&cache_root)? {
+            None => Outcome::already(dir.display()),
+            Some(done) => Outcome::done(done),
+        })
     })?;
     if args.no_packages {
         if !args.quiet {

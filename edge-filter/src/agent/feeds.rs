@@ -742,6 +742,15 @@ impl FeedAgent {
                 h.held = None;
                 h.rejected_lines = parse.rejected.len();
                 h.unsupported = parse.unsupported;
+                h.partial = parse.partial.len();
+                for p in parse.partial.iter().take(3) {
+                    log::info!(
+                        "feed {feed}: object {}: {}: {}",
+                        p.index,
+                        crate::escape::Escaped(&p.reason),
+                        crate::escape::Escaped(&p.text)
+                    );
+                }
                 h.from_last_known_good = false;
                 h.rejected_examples = parse
                     .rejected

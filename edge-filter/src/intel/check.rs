@@ -83,6 +83,11 @@ pub struct FeedReport {
     /// The first few unsupported or skipped indicators, with the reason
     /// (control characters escaped).
     pub ignored_examples: Vec<String>,
+    /// Indicators enforced in part: alternatives of an OR in their STIX
+    /// pattern that cannot be expressed were left out.
+    pub partial: usize,
+    /// The first few of them, with what was left out (escaped).
+    pub partial_examples: Vec<String>,
 }
 
 /// One map's usage.
@@ -338,6 +343,8 @@ fn check_feed(
         unsupported: 0,
         skipped: 0,
         ignored_examples: Vec::new(),
+        partial: 0,
+        partial_examples: Vec::new(),
     };
     let path = match &f.source {
         Source::Http(_) => {
@@ -381,6 +388,20 @@ fn check_feed(
     r.skipped = parse.skipped;
     r.ignored_examples = parse
         .ignored
+        .iter()
+        .take(EXAMPLES)
+        .map(|x| {
+            format!(
+                "{unit} {}: {}: {}",
+                x.index,
+                Escaped(&x.reason),
+                Escaped(&x.text)
+            )
+        })
+        .collect();
+    r.partial = parse.partial.len();
+    r.partial_examples = parse
+        .partial
         .iter()
         .take(EXAMPLES)
         .map(|x| {

@@ -56,6 +56,8 @@ pub mod tor;
 
 #[cfg(test)]
 mod data_tests;
+#[cfg(test)]
+mod stix_oracle_tests;
 
 use std::fmt;
 use std::path::Path;
@@ -181,6 +183,18 @@ pub struct Ignored {
     pub text: String,
 }
 
+/// An indicator enforced in part: some alternatives of an OR in its
+/// pattern cannot be expressed and were left out (STIX).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partial {
+    /// 1-based position in the bundle's `objects`.
+    pub index: usize,
+    /// What was left out, and why.
+    pub reason: String,
+    /// The indicator (shortened).
+    pub text: String,
+}
+
 /// Everything a parser got out of one feed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FeedParse {
@@ -194,6 +208,10 @@ pub struct FeedParse {
     pub skipped: usize,
     /// One explanation per unsupported or skipped indicator.
     pub ignored: Vec<Ignored>,
+    /// Indicators whose entries enforce only some alternatives of their
+    /// pattern (the others cannot be expressed); their entries are in
+    /// `entries`.
+    pub partial: Vec<Partial>,
     /// Lines or objects that were well-formed: they produced entries or
     /// were ignored on purpose. Comments, blank lines and record headers
     /// (Tor's `ExitNode`) are neither this nor rejected.
@@ -682,6 +700,16 @@ impl<'a> Sink<'a> {
         self.out.ignored.push(Ignored {
             index,
             kind,
+            reason: reason.to_string(),
+            text: clip(text.trim(), QUOTE_LEN),
+        });
+    }
+
+    /// Record an indicator enforced in part (its entries are pushed
+    /// separately).
+    pub fn partial(&mut self, index: usize, reason: impl fmt::Display, text: &str) {
+        self.out.partial.push(Partial {
+            index,
             reason: reason.to_string(),
             text: clip(text.trim(), QUOTE_LEN),
         });
