@@ -27,6 +27,7 @@ use crate::intel::feeds::FeedParse;
 use crate::intel::fetch::{Fetched, Fetcher, Location, Validators};
 use crate::intel::guard::{GuardDecision, ShrinkGuard};
 use crate::intel::intake;
+use crate::intel::misp::MispPoller;
 use crate::intel::state::{LastKnownGood, StateDir};
 use crate::kernel::attach;
 use crate::kernel::lock::AgentLock;
@@ -92,7 +93,7 @@ async fn feed_task(
     cfg: Config,
     fetcher: std::sync::Arc<Fetcher>,
     mut validators: Validators,
-    mut poller: Option<Poller>,
+    mut poller: Option<Remote>,
     tx: mpsc::Sender<(Msg, OffsetDateTime)>,
     mut refetch: broadcast::Receiver<()>,
 ) {
@@ -253,18 +254,47 @@ fn crowdsec_msg(feed: &str, res: std::result::Result<Polled, String>, at: Offset
     }
 }
 
-/// The bouncer of every CrowdSec LAPI feed, its key read now: a missing,
-/// empty or unprotected key file stops the agent before it starts.
-fn crowdsec_pollers(cfg: &Config) -> Result<BTreeMap<String, Poller>> {
+/// A feed polled by its own client rather than fetched as one body.
+enum Remote {
+    /// A CrowdSec LAPI's bouncer.
+    Crowdsec(Poller),
+    /// A MISP feed (manifest and events) or server (restSearch).
+    Misp(MispPoller),
+}
+
+impl Remote {
+    async fn poll(
+        &mut self,
+        f: &FeedConfig,
+        cfg: &Config,
+        fetcher: &Fetcher,
+        policy: &crate::intel::fetch::FetchPolicy,
+    ) -> std::result::Result<Polled, String> {
+        match self {
+            Remote::Crowdsec(p) => p.poll(f, cfg, fetcher, policy).await,
+            Remote::Misp(p) => p.poll(f, cfg, fetcher, policy).await,
+        }
+    }
+}
+
+/// The client of every CrowdSec LAPI feed and MISP feed or server, keys
+/// read now: a missing, empty or unprotected key file stops the agent
+/// before it starts.
+fn crowdsec_pollers(cfg: &Config) -> Result<BTreeMap<String, Remote>> {
     let mut pollers = BTreeMap::new();
-    for f in cfg.feeds.iter().filter(|f| f.is_crowdsec_lapi()) {
-        let p = Poller::new(f).map_err(|e| {
-            Error::State(Box::new(std::io::Error::other(format!(
-                "feed {}: {e}",
-                f.name
-            ))))
-        })?;
-        pollers.insert(f.name.clone(), p);
+    let refuse = |f: &FeedConfig, e: String| {
+        Error::State(Box::new(std::io::Error::other(format!(
+            "feed {}: {e}",
+            f.name
+        ))))
+    };
+    for f in &cfg.feeds {
+        if f.is_crowdsec_lapi() {
+            let p = Poller::new(f).map_err(|e| refuse(f, e))?;
+            pollers.insert(f.name.clone(), Remote::Crowdsec(p));
+        } else if let Some(p) = MispPoller::new(f).map_err(|e| refuse(f, e))? {
+            pollers.insert(f.name.clone(), Remote::Misp(p));
+        }
     }
     Ok(pollers)
 }
@@ -353,8 +383,9 @@ struct FeedAgent {
     held: BTreeMap<String, (FeedParse, Validators, String, OffsetDateTime)>,
     /// The Prometheus exporter's view of the agent, when it serves one.
     metrics: Option<std::sync::Arc<crate::ops::metrics::Metrics>>,
-    /// CrowdSec feeds' bouncers, handed to their tasks at start.
-    pollers: BTreeMap<String, Poller>,
+    /// CrowdSec feeds' bouncers and MISP feeds' pollers, handed to their
+    /// tasks at start.
+    pollers: BTreeMap<String, Remote>,
 }
 
 fn state_err(op: &str, e: impl std::fmt::Display) -> Error {

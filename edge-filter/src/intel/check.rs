@@ -358,23 +358,35 @@ fn check_feed(
         r.error = Some(e);
         (r, None)
     };
-    let bytes = match read_limited(path, cfg.limits.max_bytes) {
-        Ok(b) => b,
-        Err(e) => return fail(r, e),
+    let (format, parse) = if f.misp_source() == Some(crate::intel::config::MispSource::Feed) {
+        // A MISP feed directory: its manifest and every event, as the
+        // agent reads them.
+        match read_misp_feed(cfg, f) {
+            Ok(p) => (Format::Misp, p),
+            Err(e) => return fail(r, e),
+        }
+    } else {
+        let bytes = match read_limited(path, cfg.limits.max_bytes) {
+            Ok(b) => b,
+            Err(e) => return fail(r, e),
+        };
+        let format = f.format.resolve(&f.source.format_hint(), &bytes);
+        let mut opts = f.feed_options(&cfg.limits);
+        opts.now = Some(now);
+        match feeds::parse_feed(format, &bytes, &opts) {
+            Ok(p) => (format, p),
+            Err(e) => {
+                r.format = Some(format.name().to_string());
+                return fail(r, e.to_string());
+            }
+        }
     };
-    let format = f.format.resolve(&f.source.format_hint(), &bytes);
     r.format = Some(format.name().to_string());
     r.format_detected = f.format == crate::intel::config::FeedFormat::Auto;
-    let mut opts = f.feed_options(&cfg.limits);
-    opts.now = Some(now);
-    let parse = match feeds::parse_feed(format, &bytes, &opts) {
-        Ok(p) => p,
-        Err(e) => return fail(r, e.to_string()),
-    };
-    let unit = if format == Format::Stix {
-        "object"
-    } else {
-        "line"
+    let unit = match format {
+        Format::Stix => "object",
+        Format::Misp => "attribute",
+        _ => "line",
     };
     r.parsed = parse.entries.len();
     r.rejected_lines = parse.rejected.len();
@@ -424,6 +436,20 @@ fn check_feed(
         asserted_at: now,
     };
     (r, Some(snapshot))
+}
+
+/// A MISP feed in a directory, read once as the agent reads it.
+fn read_misp_feed(cfg: &Config, f: &FeedConfig) -> Result<feeds::FeedParse, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let fetcher = crate::intel::fetch::Fetcher::new().map_err(|e| e.to_string())?;
+    let mut p = crate::intel::misp::MispPoller::new(f)?.ok_or("not a MISP feed")?;
+    match rt.block_on(p.poll(f, cfg, &fetcher, &crate::intel::intake::policy(&cfg.limits)))? {
+        crate::intel::crowdsec::Polled::Changed { parse, .. } => Ok(parse),
+        crate::intel::crowdsec::Polled::Unchanged => Ok(feeds::FeedParse::default()),
+    }
 }
 
 /// Read `path`, refusing files over `max` bytes without reading them (the

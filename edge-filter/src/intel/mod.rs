@@ -5,7 +5,8 @@
 //!
 //! - inputs: [`blocklist`] (the `run --blocklist` format), [`feeds`] (feed
 //!   formats), [`fetch`] (a feed's bytes from a file or over HTTP(S)),
-//!   [`crowdsec`] (polling a CrowdSec LAPI as a bouncer),
+//!   [`crowdsec`] (polling a CrowdSec LAPI as a bouncer), [`misp`] (a
+//!   MISP feed's manifest and events, or a MISP server's restSearch),
 //!   [`config`] (the agent's TOML), [`state`] (last-known-good copies on
 //!   disk);
 //! - the sync engine's pure parts: [`desired`] (merging feed snapshots into
@@ -28,4 +29,5 @@ pub mod feeds;
 pub mod fetch;
 pub mod guard;
 pub mod intake;
+pub mod misp;
 pub mod state;

@@ -17,6 +17,7 @@
 //! | `ipsum` | [`ipsum`] | IPsum `ADDR<TAB>count` |
 //! | `alienvault` | [`alienvault`] | AlienVault reputation `ip#reliability#risk#activity#...` |
 //! | `crowdsec` | [`crowdsec`] | CrowdSec LAPI decisions (a `/v1/decisions/stream` answer; polled by the agent) |
+//! | `misp` | [`misp`] | MISP events, `restSearch` answers (a MISP feed or the API: fetched by the agent) |
 //!
 //! [`detect_format`] picks one for `auto`; [`parse_feed`] dispatches.
 //!
@@ -48,6 +49,7 @@ pub mod crowdsec;
 pub mod csv;
 pub mod ipsum;
 pub mod jsonl;
+pub mod misp;
 pub mod plain;
 pub mod spamhaus;
 pub mod stix;
@@ -241,10 +243,10 @@ impl FeedParse {
     /// everything. A copy with no data at all (empty, or only comments) is
     /// usable: an empty feed is the shrink guard's business.
     pub fn usable(&self, max_rejected_share: f64, format: Format) -> Result<(), Unusable> {
-        let (one, unit) = if format == Format::Stix {
-            ("object", "objects")
-        } else {
-            ("line", "lines")
+        let (one, unit) = match format {
+            Format::Stix => ("object", "objects"),
+            Format::Misp => ("attribute", "attributes"),
+            _ => ("line", "lines"),
         };
         Unusable::check(
             self.records,
@@ -385,6 +387,8 @@ pub struct FeedOptions {
     pub end_unproven: bool,
     /// CrowdSec: what decisions of a type other than `ban` become.
     pub crowdsec_non_ban: crowdsec::NonBan,
+    /// MISP: `to_ids` false, confidence from tags and threat levels.
+    pub misp: misp::MispOptions,
 }
 
 impl Default for FeedOptions {
@@ -397,6 +401,7 @@ impl Default for FeedOptions {
             url_ip_hosts: false,
             end_unproven: false,
             crowdsec_non_ban: crowdsec::NonBan::Monitor,
+            misp: misp::MispOptions::default(),
         }
     }
 }
@@ -426,6 +431,9 @@ pub enum FeedError {
     /// JSON that is not a STIX bundle, object or array of objects.
     #[error("not STIX: {0}")]
     NotStix(String),
+    /// JSON that is not a MISP event, list of events or restSearch answer.
+    #[error("not MISP: {0}")]
+    NotMisp(String),
     /// A CSV whose columns cannot be mapped.
     #[error("CSV: {0}")]
     Csv(String),
@@ -452,11 +460,13 @@ pub enum Format {
     AlienVault,
     /// [`crowdsec`].
     Crowdsec,
+    /// [`misp`].
+    Misp,
 }
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 9] = [
+    pub const ALL: [Format; 10] = [
         Format::Plain,
         Format::Spamhaus,
         Format::Csv,
@@ -466,6 +476,7 @@ impl Format {
         Format::Ipsum,
         Format::AlienVault,
         Format::Crowdsec,
+        Format::Misp,
     ];
 
     /// The name used on the command line and in configuration.
@@ -480,6 +491,7 @@ impl Format {
             Format::Ipsum => "ipsum",
             Format::AlienVault => "alienvault",
             Format::Crowdsec => "crowdsec",
+            Format::Misp => "misp",
         }
     }
 }
@@ -523,12 +535,14 @@ pub fn parse_feed(
         Format::Ipsum => ipsum::parse(bytes, opts),
         Format::AlienVault => alienvault::parse(bytes, opts),
         Format::Crowdsec => crowdsec::parse(bytes, opts),
+        Format::Misp => misp::parse(bytes, opts),
     }
 }
 
 /// Guess the format of a feed from its name and first bytes (for `auto`).
 ///
-/// JSON: a document that is not one object per line is STIX; JSON lines
+/// JSON: a MISP event, list of events or restSearch answer is MISP
+/// (see [`misp`]); another document that is not one object per line is STIX; JSON lines
 /// with `cidr`/`asn` keys are Spamhaus, other JSON lines the native format.
 /// Text: `ExitNode`/`ExitAddress` records are Tor; `;` comments or
 /// `CIDR ; SBLnnn` are Spamhaus; quoted or `.csv` comma-separated text is
@@ -542,6 +556,9 @@ pub fn detect_format(path: &Path, bytes: &[u8]) -> Format {
         .map(|e| e.to_ascii_lowercase())
         .unwrap_or_default();
     let trimmed = head.trim_start_matches('\u{feff}').trim_start();
+    if misp::looks_like(trimmed) {
+        return Format::Misp;
+    }
     if trimmed.starts_with('[') {
         return Format::Stix;
     }
@@ -665,6 +682,12 @@ impl<'a> Sink<'a> {
         self.out.entries.push(entry);
         self.count(index);
         Ok(())
+    }
+
+    /// Count the line or object at `index` as well-formed without an
+    /// entry of its own (a MISP object's port, used with its address).
+    pub fn count_record(&mut self, index: usize) {
+        self.count(index);
     }
 
     /// Count the line or object at `index` as well-formed, once.
@@ -1148,6 +1171,11 @@ mod tests {
         assert_eq!(d("x", "[{\"type\":\"indicator\"}]"), Format::Stix);
         assert_eq!(d("x.json", ""), Format::Stix);
         assert_eq!(d("x.jsonl", ""), Format::Jsonl);
+        assert_eq!(
+            d("x.json", "{\n \"Event\": {\"info\": \"x\"}}"),
+            Format::Misp
+        );
+        assert_eq!(d("x", "{\"response\": []}"), Format::Misp);
         assert_eq!(
             d(
                 "x",
