@@ -240,6 +240,12 @@ fn feed_file_warnings(cfg: &Config) -> Vec<String> {
     cfg.feeds
         .iter()
         .filter_map(|f| match &f.source {
+            // A MISP feed directory: its manifest says which events count.
+            Source::File(path) if path.is_dir() => finding(trust::check_file(
+                &path.join("manifest.json"),
+                trust::Role::FeedFile,
+            ))
+            .map(|e| format!("feed {}: {e} (the agent reads it anyway: feed content is checked like a download)", f.name)),
             Source::File(path) => finding(trust::check_file(path, trust::Role::FeedFile))
                 .map(|e| format!("feed {}: {e} (the agent reads it anyway: feed content is checked like a download)", f.name)),
             Source::Http(_) => None,

@@ -490,7 +490,7 @@ mod tests {
                 attr("ip-dst", "192.0.2.44", false),
                 {"type": "ip-dst", "value": "192.0.2.45", "to_ids": true, "deleted": true, "uuid": "u-del"},
                 attr("domain", "evil.example", true),
-                attr("ip-src", "198.51.100.0/24", "1" == "1"),
+                {"type": "ip-src", "value": "198.51.100.0/24", "to_ids": "1", "uuid": "u-net"},
                 attr("ip-src", "not-an-ip", true),
                 attr("ip-src|port", "198.51.100.8|99999", true),
             ],
