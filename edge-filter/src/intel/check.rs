@@ -797,4 +797,27 @@ role = "allow"
         assert!(!r.incomplete);
         assert_eq!(r.next_change, None);
     }
+
+    #[test]
+    fn partial_stix_indicators_are_counted_and_quoted() {
+        let d = TempDir::new("partial");
+        let stix = d.write(
+            "b.json",
+            r#"{"type":"bundle","id":"bundle--1","objects":[{"type":"indicator","spec_version":"2.1","id":"indicator--1","pattern":"[domain-name:value = 'x.example' OR ipv4-addr:value = '198.51.100.7']","pattern_type":"stix","valid_from":"2024-01-01T00:00:00Z"},{"type":"indicator","spec_version":"2.1","id":"indicator--2","pattern":"[ipv4-addr:value = '198.51.100.8']","pattern_type":"stix","valid_from":"2024-01-01T00:00:00Z"}]}"#,
+        );
+        let text = format!(
+            "[[interface]]\nname = \"e\"\n[[feed]]\nname = \"s\"\nsource = \"file:{stix}\"\n"
+        );
+        let cfg = Config::from_str_named(&text, "c").unwrap();
+        let r = check(&cfg, "c", NOW);
+        let s = &r.feeds[0];
+        assert_eq!((s.parsed, s.partial, s.unsupported), (2, 1, 0), "{s:?}");
+        assert_eq!(
+            s.partial_examples,
+            [
+                "object 1: partial: 1 of 2 OR alternatives enforced; left out: cannot express 'domain-name:value': indicator--1 [domain-name:value = 'x.example' OR ipv4-addr:value = '198.51.100.7']"
+            ]
+        );
+        assert_eq!(s.counts.entries, 2);
+    }
 }
