@@ -29,6 +29,12 @@ const MAX_KEY_LEN: u64 = 4096;
 /// file owned by root or the current user that neither group nor others
 /// may read or write. Errors name the file and what to fix, never the key.
 pub fn read_api_key(path: &Path) -> Result<String, String> {
+    read_key_file(path, "the key of `cscli bouncers add NAME -o raw`")
+}
+
+/// [`read_api_key`] for any service's key; `what` says what belongs in
+/// an empty file.
+pub fn read_key_file(path: &Path, what: &str) -> Result<String, String> {
     let shown = path.display();
     let mut file = std::fs::File::open(path).map_err(|e| format!("api_key_file {shown}: {e}"))?;
     let m = file
@@ -63,9 +69,7 @@ pub fn read_api_key(path: &Path) -> Result<String, String> {
     }
     let key = text.trim();
     if key.is_empty() {
-        return Err(format!(
-            "api_key_file {shown} is empty (put the key of `cscli bouncers add NAME -o raw` in it)"
-        ));
+        return Err(format!("api_key_file {shown} is empty (put {what} in it)"));
     }
     if key.lines().count() > 1 || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!(

@@ -24,7 +24,7 @@ use reqwest::header::HeaderValue;
 use serde_json::Value;
 
 use crate::intel::config::{Config, FeedConfig, MispSource, Source};
-use crate::intel::crowdsec::{Polled, read_api_key};
+use crate::intel::crowdsec::{Polled, read_key_file};
 use crate::intel::feeds::{FeedParse, Unusable, misp};
 use crate::intel::fetch::{FetchError, FetchPolicy, Fetched, Fetcher, Location, Validators};
 
@@ -99,7 +99,7 @@ impl MispPoller {
         };
         let (key_file, key) = match (&f.api_key_file, kind) {
             (Some(file), MispSource::RestSearch) => {
-                let key = read_api_key(file)?;
+                let key = read_key_file(file, "the MISP auth key")?;
                 let mut v = HeaderValue::from_str(&key)
                     .map_err(|_| format!("api_key_file {} does not hold a key", file.display()))?;
                 v.set_sensitive(true);
