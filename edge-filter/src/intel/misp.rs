@@ -60,6 +60,9 @@ pub struct MispPoller {
     events: BTreeMap<String, Held>,
     /// Digest of the last copy handed over (none before the first).
     last: Option<String>,
+    /// Feed: digest of the manifest of the last successful poll (the
+    /// same manifest again means nothing to fetch or rebuild).
+    manifest: Option<String>,
 }
 
 impl std::fmt::Debug for MispPoller {
@@ -133,6 +136,7 @@ impl MispPoller {
             key,
             events: BTreeMap::new(),
             last: None,
+            manifest: None,
         }))
     }
 
@@ -149,10 +153,10 @@ impl MispPoller {
                 let (p, d) = self.search(f, cfg, fetcher, policy).await?;
                 (p, d, None)
             }
-            _ => {
-                let (p, d, e) = self.feed(f, cfg, fetcher, policy).await?;
-                (p, d, Some(e))
-            }
+            _ => match self.feed(f, cfg, fetcher, policy).await? {
+                None => return Ok(Polled::Unchanged),
+                Some((p, d, e, m)) => (p, d, Some((e, m))),
+            },
         };
         Unusable::check(
             parse.records,
@@ -170,8 +174,9 @@ impl MispPoller {
                 cfg.limits.max_entries
             ));
         }
-        if let Some(e) = events {
+        if let Some((e, m)) = events {
             self.events = e;
+            self.manifest = Some(m);
         }
         if self.last.as_deref() == Some(digest.as_str()) {
             return Ok(Polled::Unchanged);
@@ -219,16 +224,22 @@ impl MispPoller {
         }
     }
 
-    /// A MISP feed: the manifest, then the events whose timestamp changed.
+    /// A MISP feed: the manifest, then the events whose timestamp changed
+    /// (`None`: the manifest is the last one's, nothing to do).
+    #[allow(clippy::type_complexity)]
     async fn feed(
         &self,
         f: &FeedConfig,
         cfg: &Config,
         fetcher: &Fetcher,
         policy: &FetchPolicy,
-    ) -> Result<(FeedParse, String, BTreeMap<String, Held>), String> {
+    ) -> Result<Option<(FeedParse, String, BTreeMap<String, Held>, String)>, String> {
         let manifest_at = self.at("manifest.json");
         let bytes = self.get("manifest.json", fetcher, policy).await?;
+        let manifest_digest = crate::intel::state::digest(&bytes);
+        if self.manifest.as_deref() == Some(manifest_digest.as_str()) {
+            return Ok(None);
+        }
         let bad = |why: String| {
             format!(
                 "{manifest_at}: not a MISP feed manifest ({why}); check the feed's URL or directory"
@@ -296,7 +307,12 @@ impl MispPoller {
             out.skipped += p.skipped;
             out.records += p.records;
         }
-        Ok((out, crate::intel::state::digest(&digest_input), next))
+        Ok(Some((
+            out,
+            crate::intel::state::digest(&digest_input),
+            next,
+            manifest_digest,
+        )))
     }
 
     /// The API: restSearch, page by page.
