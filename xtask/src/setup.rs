@@ -64,8 +64,15 @@ const CROWDSEC_CAPI: &str = "/etc/crowdsec/online_api_credentials.yaml";
 /// PyPI packages the tests run (exact versions), installed into one
 /// virtual environment, [`python_venv`]: medallion, the OASIS TAXII 2.1
 /// reference server, and taxii2-client, which posts objects to it (the
-/// TAXII feed test).
-pub const PYTHON_PACKAGES: &[&str] = &["medallion==3.0.0", "taxii2-client==2.3.0"];
+/// TAXII feed test); stix2-patterns, OASIS's STIX pattern validator (the
+/// grammar oracle of the STIX pattern parser's tests); pymisp, which
+/// writes the MISP feed the misp tests serve.
+pub const PYTHON_PACKAGES: &[&str] = &[
+    "medallion==3.0.0",
+    "taxii2-client==2.3.0",
+    "stix2-patterns==2.1.2",
+    "pymisp==2.5.34.4",
+];
 
 /// Where setup puts the tests' Python environment
 /// (`~/.cache/edge-filter/python`); the tests look there too, or where
@@ -103,10 +110,12 @@ that it was already done, so a second run takes about a second. Steps:
               installed without registering with CrowdSec's Central API (the
               tests run its Local API alone, on loopback); no service is
               started where systemd does not run
-  python      the PyPI packages the tests run (medallion 3.0.0, the TAXII
-              2.1 reference server, and taxii2-client 2.3.0), pinned, in a
-              virtual environment of Debian's python3 at
-              ~/.cache/edge-filter/python (or EDGE_FILTER_PYTHON_VENV)
+  python      the PyPI packages the tests run, pinned, in a virtual
+              environment of Debian's python3 at ~/.cache/edge-filter/python
+              (or EDGE_FILTER_PYTHON_VENV): medallion 3.0.0 (the TAXII 2.1
+              reference server) and taxii2-client 2.3.0, stix2-patterns 2.1.2
+              (OASIS's STIX pattern validator, the parser's grammar oracle)
+              and pymisp 2.5.34.4 (writes the MISP feed the misp tests serve)
 
 Any step that cannot finish stops setup with a message naming what is missing \
 and how to provide it, and a non-zero exit status.";

@@ -27,6 +27,7 @@ use crate::intel::feeds::FeedParse;
 use crate::intel::fetch::{Fetched, Fetcher, Location, Validators};
 use crate::intel::guard::{GuardDecision, ShrinkGuard};
 use crate::intel::intake;
+use crate::intel::misp::MispPoller;
 use crate::intel::state::{LastKnownGood, StateDir};
 use crate::intel::taxii;
 use crate::kernel::attach;
@@ -235,6 +236,8 @@ enum FeedPoller {
     Crowdsec(Poller),
     /// A TAXII 2.1 collection.
     Taxii(Box<taxii::Poller>),
+    /// A MISP feed (manifest and events) or server (restSearch).
+    Misp(MispPoller),
 }
 
 impl FeedPoller {
@@ -248,6 +251,7 @@ impl FeedPoller {
         match self {
             FeedPoller::Crowdsec(p) => p.poll(f, cfg, fetcher, policy).await,
             FeedPoller::Taxii(p) => p.poll(f, cfg, fetcher, policy).await,
+            FeedPoller::Misp(p) => p.poll(f, cfg, fetcher, policy).await,
         }
     }
 }
@@ -277,9 +281,9 @@ fn crowdsec_msg(feed: &str, res: std::result::Result<Polled, String>, at: Offset
     }
 }
 
-/// The bouncer of every CrowdSec LAPI feed, its key read now: a missing,
-/// empty or unprotected key file stops the agent before it starts.
-/// The same for TAXII feeds and their credential files.
+/// The client of every CrowdSec LAPI feed, TAXII feed and MISP feed or
+/// server, credentials read now: a missing, empty or unprotected key file
+/// stops the agent before it starts.
 fn crowdsec_pollers(cfg: &Config) -> Result<BTreeMap<String, FeedPoller>> {
     let mut pollers = BTreeMap::new();
     let refuse = |f: &FeedConfig, e: String| {
@@ -293,6 +297,8 @@ fn crowdsec_pollers(cfg: &Config) -> Result<BTreeMap<String, FeedPoller>> {
             FeedPoller::Crowdsec(Poller::new(f).map_err(|e| refuse(f, e))?)
         } else if f.is_taxii_server() {
             FeedPoller::Taxii(Box::new(taxii::Poller::new(f).map_err(|e| refuse(f, e))?))
+        } else if let Some(p) = MispPoller::new(f).map_err(|e| refuse(f, e))? {
+            FeedPoller::Misp(p)
         } else {
             continue;
         };
@@ -392,7 +398,7 @@ struct FeedAgent {
     held: BTreeMap<String, (FeedParse, Validators, String, OffsetDateTime)>,
     /// The Prometheus exporter's view of the agent, when it serves one.
     metrics: Option<std::sync::Arc<crate::ops::metrics::Metrics>>,
-    /// CrowdSec feeds' bouncers and TAXII feeds' pollers, handed to their
+    /// CrowdSec feeds' bouncers, TAXII and MISP feeds' pollers, handed to their
     /// tasks at start.
     pollers: BTreeMap<String, FeedPoller>,
 }
@@ -781,6 +787,15 @@ impl FeedAgent {
                 h.held = None;
                 h.rejected_lines = parse.rejected.len();
                 h.unsupported = parse.unsupported;
+                h.partial = parse.partial.len();
+                for p in parse.partial.iter().take(3) {
+                    log::info!(
+                        "feed {feed}: object {}: {}: {}",
+                        p.index,
+                        crate::escape::Escaped(&p.reason),
+                        crate::escape::Escaped(&p.text)
+                    );
+                }
                 h.from_last_known_good = false;
                 h.rejected_examples = parse
                     .rejected

@@ -23,6 +23,7 @@ use thiserror::Error;
 use crate::entry::{Action, Proto, Side};
 use crate::intel::feeds::crowdsec::NonBan;
 use crate::intel::feeds::csv::{Column, CsvMapping, ProtoSpec};
+use crate::intel::feeds::misp::{MispOptions, NonIds, ThreatLevel};
 use crate::intel::feeds::{self, FeedLimits, FeedOptions, Format};
 use crate::kernel::attach::Mode;
 use crate::kernel::program::Capacities;
@@ -622,6 +623,59 @@ pub struct FeedConfig {
     /// that never ends). Default 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pages: Option<u32>,
+    /// MISP (`[feed.misp]`): what `to_ids` false becomes, confidence from
+    /// tags and threat levels, restSearch filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misp: Option<MispConfig>,
+}
+
+/// `[feed.misp]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MispConfig {
+    /// Attributes with `to_ids` false: `monitor` (default) or `skip`.
+    #[serde(default)]
+    pub non_ids: NonIds,
+    /// Confidence (0-100) by tag name; see [`MispOptions::tag_confidence`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tag_confidence: BTreeMap<String, u8>,
+    /// Confidence (0-100) by threat level (`high`, `medium`, `low`,
+    /// `undefined`); see [`MispOptions::threat_level_confidence`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub threat_level_confidence: BTreeMap<ThreatLevel, u8>,
+    /// restSearch: attributes per page (`limit`). Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u32>,
+    /// restSearch: most pages one poll reads (a server that keeps
+    /// answering full pages is a loop). Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pages: Option<u32>,
+    /// restSearch: extra search filters, sent as they are in the request
+    /// body (`tags`, `last`, `org`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filters: BTreeMap<String, toml::Value>,
+}
+
+impl MispConfig {
+    /// The parser's options.
+    pub fn options(&self) -> MispOptions {
+        MispOptions {
+            non_ids: self.non_ids,
+            tag_confidence: self.tag_confidence.clone(),
+            threat_level_confidence: self.threat_level_confidence.clone(),
+        }
+    }
+}
+
+/// How a MISP feed's copies are fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MispSource {
+    /// One document, fetched and parsed like any feed.
+    Document,
+    /// A MISP feed: manifest.json and one file per event.
+    Feed,
+    /// The API: `POST /attributes/restSearch` with `api_key_file`.
+    RestSearch,
 }
 
 impl FeedConfig {
@@ -652,6 +706,7 @@ impl FeedConfig {
             token_file: None,
             page_size: None,
             max_pages: None,
+            misp: None,
         }
     }
 
@@ -666,7 +721,40 @@ impl FeedConfig {
             // Known only once the body is fetched.
             end_unproven: false,
             crowdsec_non_ban: self.non_ban_decisions.unwrap_or_default(),
+            misp: self
+                .misp
+                .as_ref()
+                .map(MispConfig::options)
+                .unwrap_or_default(),
         }
+    }
+
+    /// How a `format = "misp"` feed is fetched (`None`: another format):
+    /// with `api_key_file`, the restSearch API at `source`; a source
+    /// ending in `/` or `manifest.json`, or a directory, is a MISP feed;
+    /// anything else is one document.
+    pub fn misp_source(&self) -> Option<MispSource> {
+        if self.format != FeedFormat::Fixed(Format::Misp) {
+            return None;
+        }
+        Some(match &self.source {
+            Source::Http(_) if self.api_key_file.is_some() => MispSource::RestSearch,
+            Source::Http(u) => {
+                let path = u.split(['?', '#']).next().unwrap_or(u);
+                if path.ends_with('/') || path.ends_with("/manifest.json") {
+                    MispSource::Feed
+                } else {
+                    MispSource::Document
+                }
+            }
+            Source::File(p) => {
+                if p.is_dir() || p.file_name().is_some_and(|n| n == "manifest.json") {
+                    MispSource::Feed
+                } else {
+                    MispSource::Document
+                }
+            }
+        })
     }
 
     /// The largest share of rejected lines a usable copy of this feed may
@@ -1045,9 +1133,27 @@ fn feed_problems(f: &FeedConfig) -> Vec<String> {
                 .to_string(),
         );
     }
+    let misp = f.format == FeedFormat::Fixed(Format::Misp);
+    if let Some(m) = &f.misp {
+        if !f.format.admits(Format::Misp) {
+            p.push(format!(
+                "a [feed.misp] table is given but format is \"{}\" (use \"misp\")",
+                f.format
+            ));
+        }
+        p.extend(m.options().problems());
+        if m.page_size == Some(0) || m.max_pages == Some(0) {
+            p.push("misp.page_size and misp.max_pages must be greater than zero".to_string());
+        }
+    }
+    if misp && f.api_key_file.is_some() && !f.source.is_http() {
+        p.push(
+            "api_key_file applies to a MISP server (an http(s) source), not to a file".to_string(),
+        );
+    }
     if !crowdsec {
         for (key, set) in [
-            ("api_key_file", f.api_key_file.is_some()),
+            ("api_key_file", f.api_key_file.is_some() && !misp),
             ("non_ban_decisions", f.non_ban_decisions.is_some()),
             ("origins", !f.origins.is_empty()),
             ("scenarios_containing", !f.scenarios_containing.is_empty()),
@@ -1416,6 +1522,38 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
     }
 
     #[test]
+    fn misp_feeds() {
+        let c = Config::parse(
+            "[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"m\"\nformat = \"misp\"\nsource = \"https://misp.example\"\napi_key_file = \"/k\"\n[feed.misp]\nnon_ids = \"skip\"\npage_size = 500\ntag_confidence = { 'estimative-language:confidence-in-analytic-judgment=\"high\"' = 90 }\nthreat_level_confidence = { high = 80, low = 20 }\nfilters = { tags = [\"tlp:white\"], last = \"30d\" }\n",
+            "t.toml",
+            None,
+        )
+        .unwrap();
+        let f = &c.feeds[0];
+        assert_eq!(f.misp_source(), Some(MispSource::RestSearch));
+        let o = f.feed_options(&c.limits).misp;
+        assert_eq!(o.non_ids, NonIds::Skip);
+        assert_eq!(o.threat_level_confidence.get(&ThreatLevel::Low), Some(&20));
+        assert_eq!(f.misp.as_ref().unwrap().page_size, Some(500));
+        let err = |text: &str| Config::parse(text, "t.toml", None).unwrap_err().to_string();
+        let e = err(
+            "[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"m\"\nformat = \"stix\"\nsource = \"file:/x\"\n[feed.misp]\ntag_confidence = { t = 101 }\n",
+        );
+        assert!(
+            e.contains("a [feed.misp] table is given but format is \"stix\""),
+            "{e}"
+        );
+        assert!(
+            e.contains("misp.tag_confidence: 't' = 101 is over 100"),
+            "{e}"
+        );
+        let e = err(
+            "[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"m\"\nformat = \"misp\"\nsource = \"file:/x\"\napi_key_file = \"/k\"\n",
+        );
+        assert!(e.contains("api_key_file applies to a MISP server"), "{e}");
+    }
+
+    #[test]
     fn crowdsec_feeds() {
         let dir = std::env::temp_dir().join(format!("ef-config-cs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1593,7 +1731,7 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
              `refresh`, `action`, `confidence_threshold`, `ttl`, `allow_broad`, `role`, `csv`, \
              `url_ip_hosts`, `max_rejected_share`, `api_key_file`, `non_ban_decisions`, `origins`, `scenarios_containing`, \
              `collection`, `api_root`, `username`, `password_file`, `token_file`, `page_size`, \
-             `max_pages` (at `refesh = \"5m\"`)"
+             `max_pages`, `misp` (at `refesh = \"5m\"`)"
         );
         let e = err("[safety]\nmax_shrnk = 0.2\n");
         assert!(
@@ -1616,7 +1754,7 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
         assert_eq!(
             err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nformat = \"xml\"\n"),
             "test.toml:6:10: unknown feed format 'xml' (expected auto or one of plain, spamhaus, \
-             csv, stix, jsonl, tor, ipsum, alienvault, crowdsec, taxii) (at `format = \"xml\"`)"
+             csv, stix, jsonl, tor, ipsum, alienvault, crowdsec, taxii, misp) (at `format = \"xml\"`)"
         );
         assert_eq!(
             err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nconfidence_threshold = 150\n"),

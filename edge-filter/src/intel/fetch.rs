@@ -451,7 +451,7 @@ impl Fetcher {
                     })
             }
             Location::Http(url) => self
-                .fetch_http(url, loc.to_string(), prev, &[], policy)
+                .fetch_http(url, loc.to_string(), prev, &[], None, policy)
                 .await
                 .map(|(f, _)| f),
         }
@@ -467,7 +467,7 @@ impl Fetcher {
         policy: &FetchPolicy,
     ) -> Result<Fetched, FetchError> {
         let location = Location::Http(url).to_string();
-        self.fetch_http(url, location, &Validators::default(), headers, policy)
+        self.fetch_http(url, location, &Validators::default(), headers, None, policy)
             .await
             .map(|(f, _)| f)
     }
@@ -481,8 +481,32 @@ impl Fetcher {
         policy: &FetchPolicy,
     ) -> Result<(Fetched, HeaderMap), FetchError> {
         let location = Location::Http(url).to_string();
-        self.fetch_http(url, location, &Validators::default(), headers, policy)
+        self.fetch_http(url, location, &Validators::default(), headers, None, policy)
             .await
+    }
+
+    /// A POST of `body` to `url` with extra request `headers`, with the
+    /// limits and retries of [`Fetcher::fetch`]: for search APIs (MISP's
+    /// restSearch), whose requests are queries and safe to repeat. Errors
+    /// name the (masked) URL, never a header or the body.
+    pub async fn post_with_headers(
+        &self,
+        url: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: &[u8],
+        policy: &FetchPolicy,
+    ) -> Result<Fetched, FetchError> {
+        let location = Location::Http(url).to_string();
+        self.fetch_http(
+            url,
+            location,
+            &Validators::default(),
+            headers,
+            Some(body),
+            policy,
+        )
+        .await
+        .map(|(f, _)| f)
     }
 
     async fn fetch_http(
@@ -491,6 +515,7 @@ impl Fetcher {
         location: String,
         prev: &Validators,
         headers: &[(HeaderName, HeaderValue)],
+        body: Option<&[u8]>,
         policy: &FetchPolicy,
     ) -> Result<(Fetched, HeaderMap), FetchError> {
         let client = self.client_for(policy.connect_timeout)?;
@@ -499,7 +524,7 @@ impl Fetcher {
             attempts += 1;
             let failure = match tokio::time::timeout(
                 policy.timeout,
-                attempt(&client, url, prev, headers, policy),
+                attempt(&client, url, prev, headers, body, policy),
             )
             .await
             {
@@ -568,9 +593,14 @@ async fn attempt(
     url: &str,
     prev: &Validators,
     headers: &[(HeaderName, HeaderValue)],
+    body: Option<&[u8]>,
     policy: &FetchPolicy,
 ) -> Result<(Fetched, HeaderMap), Failure> {
-    let mut req = client.get(url).timeout(policy.timeout);
+    let mut req = match body {
+        None => client.get(url),
+        Some(b) => client.post(url).body(b.to_vec()),
+    }
+    .timeout(policy.timeout);
     for (name, value) in headers {
         req = req.header(name, value.clone());
     }
