@@ -963,8 +963,17 @@ fn feeds_force_feed_applies_held_shrink_at_once() {
                 agent.tail(12)
             );
         }
-        let h = health(&lab, "web").expect("web health");
-        assert!(h.held.is_none() && h.entries == 2, "{round}: {h:?}");
+        // The status is written once the sync returns: with datapath v2 the
+        // kernel enforces the new set a grace period or two (tens of ms)
+        // before the plan's last removals and grace periods end.
+        let h = wait::within(Duration::from_secs(5), || {
+            health(&lab, "web").filter(|h| h.held.is_none() && h.entries == 2)
+        });
+        assert!(
+            h.is_some(),
+            "{round}: {:?}",
+            health(&lab, "web").expect("web health")
+        );
         println!(
             "force-feed ({round}): applied {:.1?} after force-feed (forced refetch answered {:?})",
             took,

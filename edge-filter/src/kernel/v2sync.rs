@@ -275,6 +275,12 @@ impl V2Sync {
             })
             .collect();
         maps.add_stats_cpu0(&carry);
+        // The last-hit records go with the counters (same totals, so a
+        // reader does not take the carried counts for new hits).
+        let hits = self.maps.last_hits(n);
+        for &(id, _, _) in &carry {
+            maps.store_last_hit(id, hits[id as usize]);
+        }
         let old_maps = std::mem::replace(&mut self.maps, maps);
         self.compiler = Some(tier.compiler);
         self.ids = tier.ids;
@@ -285,6 +291,18 @@ impl V2Sync {
     /// The maps.
     pub fn maps(&self) -> &V2Maps {
         &self.maps
+    }
+
+    /// Store `w` into the maps *without* telling the compiler, as another
+    /// process would: for drift tests and drills.
+    #[doc(hidden)]
+    pub fn tamper(&mut self, w: &crate::kernel::layout::Write) -> Result<()> {
+        self.maps.store(w)
+    }
+
+    /// Take the maps back (the engine is done with them).
+    pub fn into_maps(self) -> V2Maps {
+        self.maps
     }
 
     /// The set the maps hold.

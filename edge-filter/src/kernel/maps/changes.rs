@@ -20,7 +20,7 @@ pub(super) struct Touched {
 
 /// What a key change does, as [`SetChanges::between`] found it: the key
 /// is new, its action changed, or it is gone. Knowing adds in advance lets
-/// [`EntryMaps::apply_changes`](super::EntryMaps::apply_changes) hand out their ids before any map is touched.
+/// [`V1Maps::apply_changes`](super::V1Maps::apply_changes) hand out their ids before any map is touched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Change {
     Add(Action),
@@ -238,7 +238,7 @@ impl Desired {
 
 /// The key-level changes from one entry set to another: every key added
 /// (with its action), removed, or whose action changed. What
-/// [`EntryMaps::apply_changes`](super::EntryMaps::apply_changes) applies.
+/// [`V1Maps::apply_changes`](super::V1Maps::apply_changes) applies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetChanges(pub(super) Vec<(Slot, Change)>);
 
@@ -248,7 +248,7 @@ impl SetChanges {
     ///
     /// Both must be normalised: nets without host bits, entries sorted by
     /// key with one entry per key, the allowlist sorted and unique, as
-    /// the agent's merge of its feeds makes them (`EntryMaps::apply` normalises its
+    /// the agent's merge of its feeds makes them (`V1Maps::apply` normalises its
     /// input; this does not, to stay clear of whole-set passes beyond the
     /// one merge pass). Debug builds check it.
     pub fn between(prev: &EntrySet, new: &EntrySet) -> SetChanges {
@@ -267,6 +267,17 @@ impl SetChanges {
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// `(added, changed, removed)` keys.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        self.0
+            .iter()
+            .fold((0, 0, 0), |(a, c, r), (_, ch)| match ch {
+                Change::Add(_) => (a + 1, c, r),
+                Change::Set(_) => (a, c + 1, r),
+                Change::Remove => (a, c, r + 1),
+            })
     }
 }
 
