@@ -112,6 +112,9 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The status answered (304 when the `ETag` matched).
     pub status: u16,
+    /// The request body (read as far as its `Content-Length`, at most
+    /// 1 MiB).
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -278,6 +281,23 @@ fn serve(mut sock: TcpStream, sh: &Shared) -> std::io::Result<()> {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
         .collect();
+    // A body (a POST's) is read whole: closing a socket with unread data
+    // resets the connection, and the client may lose the answer.
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+    let mut body = buf[head_end.min(buf.len())..].to_vec();
+    let want = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(1 << 20);
+    while body.len() < want {
+        let n = sock.read(&mut tmp)?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&tmp[..n]);
+    }
     let reply = {
         let mut s = sh.script.lock().unwrap();
         let next = s.queue.pop_front();
@@ -299,6 +319,7 @@ fn serve(mut sock: TcpStream, sh: &Shared) -> std::io::Result<()> {
         line,
         headers,
         status,
+        body,
     });
     // Sleep in small steps so a stopped server does not linger.
     let until = Instant::now() + reply.delay;

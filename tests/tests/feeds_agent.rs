@@ -834,8 +834,15 @@ fn feeds_shrink_is_held_until_it_persists() {
         "applied {:?} after the third sighting",
         applied_at.checked_duration_since(reqs[2].at)
     );
-    let h = health(&lab, "web").expect("web health");
-    assert!(h.held.is_none() && h.entries == 2, "{h:?}");
+    // The agent writes status after the maps (with datapath v2, after the
+    // plan's last grace periods), so it may lag them briefly.
+    wait_until(
+        "status to report the shrink applied",
+        Duration::from_secs(5),
+        &lab,
+        &agent,
+        || health(&lab, "web").filter(|h| h.held.is_none() && h.entries == 2),
+    );
     assert!(
         stderr_line(&agent, &["feed web: ", &msg(1)]).is_some()
             && stderr_line(&agent, &["feed web: ", &msg(2)]).is_some(),
@@ -963,16 +970,16 @@ fn feeds_force_feed_applies_held_shrink_at_once() {
                 agent.tail(12)
             );
         }
-        // The status is written once the sync returns: with datapath v2 the
-        // kernel enforces the new set a grace period or two (tens of ms)
-        // before the plan's last removals and grace periods end.
-        let h = wait::within(Duration::from_secs(5), || {
-            health(&lab, "web").filter(|h| h.held.is_none() && h.entries == 2)
-        });
-        assert!(
-            h.is_some(),
-            "{round}: {:?}",
-            health(&lab, "web").expect("web health")
+        // Status is written after the maps, once the sync returns: with
+        // datapath v2 the kernel enforces the new set a grace period or two
+        // (tens of ms) before the plan's last removals and grace periods
+        // end. Give it a moment to follow.
+        wait_until(
+            &format!("{round}: status to report the shrink applied"),
+            Duration::from_secs(5),
+            &lab,
+            &agent,
+            || health(&lab, "web").filter(|h| h.held.is_none() && h.entries == 2),
         );
         println!(
             "force-feed ({round}): applied {:.1?} after force-feed (forced refetch answered {:?})",

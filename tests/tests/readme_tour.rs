@@ -281,6 +281,12 @@ impl Tour {
         let context = format!("script:\n{script}\nstdout:\n{out}\nstderr:\n{err}");
         let status = status.unwrap_or_else(|| panic!("still running after {TIMEOUT:?}\n{context}"));
         assert!(status.success(), "the tour failed ({status})\n{context}");
+        // The clean-up stops the agent before it detaches: `detach` and the
+        // agent both say so when the agent is still running.
+        assert!(
+            !out.contains("still manages") && !err.contains("enforcement gap started"),
+            "the README's clean-up detached the filter while its agent still ran\n{context}"
+        );
         Ran { out, context }
     }
 

@@ -43,6 +43,7 @@ pub const DEBIAN_PACKAGES: &[(Group, &str)] = &[
     (Group::Test, "iproute2"),
     (Group::Test, "iputils-ping"),
     (Group::Test, CROWDSEC),
+    (Group::Test, "python3-venv"),
     (Group::Bench, "nftables"),
     (Group::Bench, "iptables"),
     (Group::Bench, "ipset"),
@@ -59,6 +60,32 @@ const CROWDSEC: &str = "crowdsec";
 /// when this file is empty or missing, and fails the install without a
 /// network. A non-empty file is its documented way to skip that.
 const CROWDSEC_CAPI: &str = "/etc/crowdsec/online_api_credentials.yaml";
+
+/// PyPI packages the tests run (exact versions), installed into one
+/// virtual environment, [`python_venv`]: medallion, the OASIS TAXII 2.1
+/// reference server, and taxii2-client, which posts objects to it (the
+/// TAXII feed test); stix2-patterns, OASIS's STIX pattern validator (the
+/// grammar oracle of the STIX pattern parser's tests); pymisp, which
+/// writes the MISP feed the misp tests serve.
+pub const PYTHON_PACKAGES: &[&str] = &[
+    "medallion==3.0.0",
+    "taxii2-client==2.3.0",
+    "stix2-patterns==2.1.2",
+    "pymisp==2.5.34.4",
+];
+
+/// Where setup puts the tests' Python environment
+/// (`~/.cache/edge-filter/python`); the tests look there too, or where
+/// `EDGE_FILTER_PYTHON_VENV` says.
+pub fn python_venv() -> Result<PathBuf> {
+    if let Some(p) = env::var_os("EDGE_FILTER_PYTHON_VENV") {
+        return Ok(PathBuf::from(p));
+    }
+    Ok(util::home()?
+        .join(".cache")
+        .join("edge-filter")
+        .join("python"))
+}
 
 const LONG_ABOUT: &str = "\
 Make this machine able to build and test edge-filter.
@@ -77,12 +104,18 @@ that it was already done, so a second run takes about a second. Steps:
   bpf-linker  the linker of the eBPF object: `cargo install bpf-linker` built
               against the LLVM that ships with the nightly toolchain
   packages    Debian packages the tests and benchmarks use (iproute2,
-              iputils-ping, crowdsec; qemu-system-x86, busybox-static, cpio
+              iputils-ping, crowdsec, python3-venv; qemu-system-x86, busybox-static, cpio
               for the kernel matrix; nftables, iptables, ipset for the
               baselines), installed with apt-get (needs root). crowdsec is
               installed without registering with CrowdSec's Central API (the
               tests run its Local API alone, on loopback); no service is
               started where systemd does not run
+  python      the PyPI packages the tests run, pinned, in a virtual
+              environment of Debian's python3 at ~/.cache/edge-filter/python
+              (or EDGE_FILTER_PYTHON_VENV): medallion 3.0.0 (the TAXII 2.1
+              reference server) and taxii2-client 2.3.0, stix2-patterns 2.1.2
+              (OASIS's STIX pattern validator, the parser's grammar oracle)
+              and pymisp 2.5.34.4 (writes the MISP feed the misp tests serve)
 
 Any step that cannot finish stops setup with a message naming what is missing \
 and how to provide it, and a non-zero exit status.";
@@ -210,6 +243,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     } else {
         report.step("packages", || packages(&groups))?;
+        report.step("python", python_tools)?;
     }
     if !args.quiet {
         println!(
@@ -996,6 +1030,95 @@ fn packages(groups: &[Group]) -> Result<Outcome> {
     Ok(Outcome::done(format!(
         "installed {} in {}",
         missing.join(", "),
+        human(start.elapsed())
+    )))
+}
+
+// ----------------------------------------------------------------- python
+
+/// The pinned versions `pip freeze` of the environment lacks.
+fn python_missing(venv: &Path) -> Result<Vec<&'static str>> {
+    let pip = venv.join("bin").join("pip");
+    if !pip.exists() {
+        return Ok(PYTHON_PACKAGES.to_vec());
+    }
+    let c = capture(
+        Command::new(&pip).args(["freeze", "--disable-pip-version-check"]),
+        Some(Duration::from_secs(120)),
+    )?;
+    let have: Vec<String> = c
+        .stdout
+        .lines()
+        .map(|l| l.trim().to_ascii_lowercase().replace('_', "-"))
+        .collect();
+    Ok(PYTHON_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !have.iter().any(|h| h == &p.to_ascii_lowercase()))
+        .collect())
+}
+
+/// The tests' Python packages in their virtual environment: created with
+/// Debian's `python3 -m venv` (python3-venv, from the packages step) when
+/// missing, then `pip install` of the pinned versions not there yet.
+fn python_tools() -> Result<Outcome> {
+    let venv = python_venv()?;
+    let missing = python_missing(&venv)?;
+    if missing.is_empty() {
+        return Ok(Outcome::already(format!(
+            "{} in {}",
+            PYTHON_PACKAGES.join(", "),
+            venv.display()
+        )));
+    }
+    let start = Instant::now();
+    let python = ["/usr/bin/python3"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .or_else(|| find_on_path("python3"))
+        .ok_or_else(|| anyhow!("python3 not found: install Debian's python3 and python3-venv"))?;
+    if !venv.join("bin").join("pip").exists() {
+        progress(format!("python: creating {}…", venv.display()));
+        if let Some(parent) = venv.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut cmd = Command::new(&python);
+        cmd.args(["-m", "venv", "--clear"]).arg(&venv);
+        let c = capture(&mut cmd, Some(Duration::from_secs(10 * 60)))?;
+        if !c.status.success() {
+            bail!(
+                "`{}` failed:\n{}\nthe TAXII feed test needs a Python virtual environment \
+                 (Debian: apt-get install python3-venv)",
+                util::display(&cmd),
+                c.tail(10)
+            );
+        }
+    }
+    progress(format!(
+        "python: installing {} with pip…",
+        missing.join(" ")
+    ));
+    let mut cmd = Command::new(venv.join("bin").join("pip"));
+    cmd.args(["install", "-q", "--disable-pip-version-check"])
+        .args(&missing);
+    let c = capture(&mut cmd, Some(Duration::from_secs(20 * 60)))?;
+    if !c.status.success() {
+        bail!(
+            "`{}` failed:\n{}\nmissing PyPI packages: {} (pip needs access to PyPI)",
+            util::display(&cmd),
+            c.tail(15),
+            missing.join(", ")
+        );
+    }
+    let still = python_missing(&venv)?;
+    if !still.is_empty() {
+        bail!("pip finished, but {} is still missing", still.join(", "));
+    }
+    Ok(Outcome::done(format!(
+        "installed {} into {} in {}",
+        missing.join(", "),
+        venv.display(),
         human(start.elapsed())
     )))
 }

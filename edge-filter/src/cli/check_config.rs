@@ -236,6 +236,13 @@ fn print_text(cfg: &Config, r: &CheckReport) {
         );
         print_examples(&f.rejected_examples, f.rejected_lines, "rejected");
         print_examples(&f.ignored_examples, f.unsupported + f.skipped, "ignored");
+        if f.partial > 0 {
+            println!(
+                "  {} partial (indicators enforced for some OR alternatives only)",
+                f.partial
+            );
+            print_examples(&f.partial_examples, f.partial, "partial");
+        }
     }
     println!();
     println!(

@@ -282,6 +282,12 @@ fn print_text(out: &Overview) {
             if let Some(held) = &h.held {
                 println!("feed {}: {}", h.name, escape(held));
             }
+            if h.partial > 0 {
+                println!(
+                    "feed {}: {} indicators enforced in part (OR alternatives that cannot be expressed left out; check-config lists them)",
+                    h.name, h.partial
+                );
+            }
         }
     }
 }

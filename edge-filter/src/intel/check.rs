@@ -83,6 +83,11 @@ pub struct FeedReport {
     /// The first few unsupported or skipped indicators, with the reason
     /// (control characters escaped).
     pub ignored_examples: Vec<String>,
+    /// Indicators enforced in part: alternatives of an OR in their STIX
+    /// pattern that cannot be expressed were left out.
+    pub partial: usize,
+    /// The first few of them, with what was left out (escaped).
+    pub partial_examples: Vec<String>,
 }
 
 /// One map's usage.
@@ -235,6 +240,12 @@ fn feed_file_warnings(cfg: &Config) -> Vec<String> {
     cfg.feeds
         .iter()
         .filter_map(|f| match &f.source {
+            // A MISP feed directory: its manifest says which events count.
+            Source::File(path) if path.is_dir() => finding(trust::check_file(
+                &path.join("manifest.json"),
+                trust::Role::FeedFile,
+            ))
+            .map(|e| format!("feed {}: {e} (the agent reads it anyway: feed content is checked like a download)", f.name)),
             Source::File(path) => finding(trust::check_file(path, trust::Role::FeedFile))
                 .map(|e| format!("feed {}: {e} (the agent reads it anyway: feed content is checked like a download)", f.name)),
             Source::Http(_) => None,
@@ -338,6 +349,8 @@ fn check_feed(
         unsupported: 0,
         skipped: 0,
         ignored_examples: Vec::new(),
+        partial: 0,
+        partial_examples: Vec::new(),
     };
     let path = match &f.source {
         Source::Http(_) => {
@@ -351,23 +364,35 @@ fn check_feed(
         r.error = Some(e);
         (r, None)
     };
-    let bytes = match read_limited(path, cfg.limits.max_bytes) {
-        Ok(b) => b,
-        Err(e) => return fail(r, e),
+    let (format, parse) = if f.misp_source() == Some(crate::intel::config::MispSource::Feed) {
+        // A MISP feed directory: its manifest and every event, as the
+        // agent reads them.
+        match read_misp_feed(cfg, f) {
+            Ok(p) => (Format::Misp, p),
+            Err(e) => return fail(r, e),
+        }
+    } else {
+        let bytes = match read_limited(path, cfg.limits.max_bytes) {
+            Ok(b) => b,
+            Err(e) => return fail(r, e),
+        };
+        let format = f.format.resolve(&f.source.format_hint(), &bytes);
+        let mut opts = f.feed_options(&cfg.limits);
+        opts.now = Some(now);
+        match feeds::parse_feed(format, &bytes, &opts) {
+            Ok(p) => (format, p),
+            Err(e) => {
+                r.format = Some(format.name().to_string());
+                return fail(r, e.to_string());
+            }
+        }
     };
-    let format = f.format.resolve(&f.source.format_hint(), &bytes);
     r.format = Some(format.name().to_string());
     r.format_detected = f.format == crate::intel::config::FeedFormat::Auto;
-    let mut opts = f.feed_options(&cfg.limits);
-    opts.now = Some(now);
-    let parse = match feeds::parse_feed(format, &bytes, &opts) {
-        Ok(p) => p,
-        Err(e) => return fail(r, e.to_string()),
-    };
-    let unit = if format == Format::Stix {
-        "object"
-    } else {
-        "line"
+    let unit = match format {
+        Format::Stix | Format::Taxii => "object",
+        Format::Misp => "attribute",
+        _ => "line",
     };
     r.parsed = parse.entries.len();
     r.rejected_lines = parse.rejected.len();
@@ -392,6 +417,20 @@ fn check_feed(
             )
         })
         .collect();
+    r.partial = parse.partial.len();
+    r.partial_examples = parse
+        .partial
+        .iter()
+        .take(EXAMPLES)
+        .map(|x| {
+            format!(
+                "{unit} {}: {}: {}",
+                x.index,
+                Escaped(&x.reason),
+                Escaped(&x.text)
+            )
+        })
+        .collect();
     // A copy the agent would refuse is reported with its rejected lines
     // and left out of the totals, as the agent leaves it out.
     if let Err(e) = parse.usable(f.max_rejected_share(&cfg.safety), format) {
@@ -403,6 +442,20 @@ fn check_feed(
         asserted_at: now,
     };
     (r, Some(snapshot))
+}
+
+/// A MISP feed in a directory, read once as the agent reads it.
+fn read_misp_feed(cfg: &Config, f: &FeedConfig) -> Result<feeds::FeedParse, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let fetcher = crate::intel::fetch::Fetcher::new().map_err(|e| e.to_string())?;
+    let mut p = crate::intel::misp::MispPoller::new(f)?.ok_or("not a MISP feed")?;
+    match rt.block_on(p.poll(f, cfg, &fetcher, &crate::intel::intake::policy(&cfg.limits)))? {
+        crate::intel::crowdsec::Polled::Changed { parse, .. } => Ok(parse),
+        crate::intel::crowdsec::Polled::Unchanged => Ok(feeds::FeedParse::default()),
+    }
 }
 
 /// Read `path`, refusing files over `max` bytes without reading them (the
@@ -743,5 +796,28 @@ role = "allow"
         assert!(s.ignored_examples[0].starts_with("object 1: "), "{s:?}");
         assert!(!r.incomplete);
         assert_eq!(r.next_change, None);
+    }
+
+    #[test]
+    fn partial_stix_indicators_are_counted_and_quoted() {
+        let d = TempDir::new("partial");
+        let stix = d.write(
+            "b.json",
+            r#"{"type":"bundle","id":"bundle--1","objects":[{"type":"indicator","spec_version":"2.1","id":"indicator--1","pattern":"[domain-name:value = 'x.example' OR ipv4-addr:value = '198.51.100.7']","pattern_type":"stix","valid_from":"2024-01-01T00:00:00Z"},{"type":"indicator","spec_version":"2.1","id":"indicator--2","pattern":"[ipv4-addr:value = '198.51.100.8']","pattern_type":"stix","valid_from":"2024-01-01T00:00:00Z"}]}"#,
+        );
+        let text = format!(
+            "[[interface]]\nname = \"e\"\n[[feed]]\nname = \"s\"\nsource = \"file:{stix}\"\n"
+        );
+        let cfg = Config::from_str_named(&text, "c").unwrap();
+        let r = check(&cfg, "c", NOW);
+        let s = &r.feeds[0];
+        assert_eq!((s.parsed, s.partial, s.unsupported), (2, 1, 0), "{s:?}");
+        assert_eq!(
+            s.partial_examples,
+            [
+                "object 1: partial: 1 of 2 OR alternatives enforced; left out: cannot express 'domain-name:value': indicator--1 [domain-name:value = 'x.example' OR ipv4-addr:value = '198.51.100.7']"
+            ]
+        );
+        assert_eq!(s.counts.entries, 2);
     }
 }

@@ -23,6 +23,7 @@ use thiserror::Error;
 use crate::entry::{Action, Proto, Side};
 use crate::intel::feeds::crowdsec::NonBan;
 use crate::intel::feeds::csv::{Column, CsvMapping, ProtoSpec};
+use crate::intel::feeds::misp::{MispOptions, NonIds, ThreatLevel};
 use crate::intel::feeds::{self, FeedLimits, FeedOptions, Format};
 use crate::kernel::attach::Mode;
 use crate::kernel::program::Capacities;
@@ -597,6 +598,84 @@ pub struct FeedConfig {
     /// asked of the LAPI. Empty: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scenarios_containing: Vec<String>,
+    /// TAXII: the collection polled, by its `id` or its `title`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    /// TAXII: the API root's URL (absolute, or relative to `source`);
+    /// absent: the discovery's `default`, or its only API root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_root: Option<String>,
+    /// TAXII: HTTP basic authentication's user (with `password_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TAXII: the file holding `username`'s password; relative to the
+    /// configuration file, private to root or the agent's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// TAXII: the file holding a bearer token (instead of basic
+    /// authentication); same rules as `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// TAXII: objects asked per page (`limit`). Default 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u32>,
+    /// TAXII: most pages one poll follows before it gives up (a `next`
+    /// that never ends). Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pages: Option<u32>,
+    /// MISP (`[feed.misp]`): what `to_ids` false becomes, confidence from
+    /// tags and threat levels, restSearch filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misp: Option<MispConfig>,
+}
+
+/// `[feed.misp]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MispConfig {
+    /// Attributes with `to_ids` false: `monitor` (default) or `skip`.
+    #[serde(default)]
+    pub non_ids: NonIds,
+    /// Confidence (0-100) by tag name; see [`MispOptions::tag_confidence`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tag_confidence: BTreeMap<String, u8>,
+    /// Confidence (0-100) by threat level (`high`, `medium`, `low`,
+    /// `undefined`); see [`MispOptions::threat_level_confidence`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub threat_level_confidence: BTreeMap<ThreatLevel, u8>,
+    /// restSearch: attributes per page (`limit`). Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u32>,
+    /// restSearch: most pages one poll reads (a server that keeps
+    /// answering full pages is a loop). Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pages: Option<u32>,
+    /// restSearch: extra search filters, sent as they are in the request
+    /// body (`tags`, `last`, `org`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filters: BTreeMap<String, toml::Value>,
+}
+
+impl MispConfig {
+    /// The parser's options.
+    pub fn options(&self) -> MispOptions {
+        MispOptions {
+            non_ids: self.non_ids,
+            tag_confidence: self.tag_confidence.clone(),
+            threat_level_confidence: self.threat_level_confidence.clone(),
+        }
+    }
+}
+
+/// How a MISP feed's copies are fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MispSource {
+    /// One document, fetched and parsed like any feed.
+    Document,
+    /// A MISP feed: manifest.json and one file per event.
+    Feed,
+    /// The API: `POST /attributes/restSearch` with `api_key_file`.
+    RestSearch,
 }
 
 impl FeedConfig {
@@ -620,6 +699,14 @@ impl FeedConfig {
             non_ban_decisions: None,
             origins: Vec::new(),
             scenarios_containing: Vec::new(),
+            collection: None,
+            api_root: None,
+            username: None,
+            password_file: None,
+            token_file: None,
+            page_size: None,
+            max_pages: None,
+            misp: None,
         }
     }
 
@@ -634,7 +721,40 @@ impl FeedConfig {
             // Known only once the body is fetched.
             end_unproven: false,
             crowdsec_non_ban: self.non_ban_decisions.unwrap_or_default(),
+            misp: self
+                .misp
+                .as_ref()
+                .map(MispConfig::options)
+                .unwrap_or_default(),
         }
+    }
+
+    /// How a `format = "misp"` feed is fetched (`None`: another format):
+    /// with `api_key_file`, the restSearch API at `source`; a source
+    /// ending in `/` or `manifest.json`, or a directory, is a MISP feed;
+    /// anything else is one document.
+    pub fn misp_source(&self) -> Option<MispSource> {
+        if self.format != FeedFormat::Fixed(Format::Misp) {
+            return None;
+        }
+        Some(match &self.source {
+            Source::Http(_) if self.api_key_file.is_some() => MispSource::RestSearch,
+            Source::Http(u) => {
+                let path = u.split(['?', '#']).next().unwrap_or(u);
+                if path.ends_with('/') || path.ends_with("/manifest.json") {
+                    MispSource::Feed
+                } else {
+                    MispSource::Document
+                }
+            }
+            Source::File(p) => {
+                if p.is_dir() || p.file_name().is_some_and(|n| n == "manifest.json") {
+                    MispSource::Feed
+                } else {
+                    MispSource::Document
+                }
+            }
+        })
     }
 
     /// The largest share of rejected lines a usable copy of this feed may
@@ -647,6 +767,12 @@ impl FeedConfig {
     /// recorded answer in a file).
     pub fn is_crowdsec_lapi(&self) -> bool {
         self.format == FeedFormat::Fixed(Format::Crowdsec) && self.source.is_http()
+    }
+
+    /// Whether this is a TAXII 2.1 server polled over HTTP (rather than a
+    /// recorded envelope in a file).
+    pub fn is_taxii_server(&self) -> bool {
+        self.format == FeedFormat::Fixed(Format::Taxii) && self.source.is_http()
     }
 
     /// Whether the feed's addresses join the allowlist.
@@ -762,7 +888,10 @@ impl Config {
                 if let Source::File(p) = &mut f.source {
                     paths.push(p);
                 }
-                if let Some(p) = &mut f.api_key_file {
+                for p in [&mut f.api_key_file, &mut f.password_file, &mut f.token_file]
+                    .into_iter()
+                    .flatten()
+                {
                     paths.push(p);
                 }
             }
@@ -980,7 +1109,10 @@ fn feed_problems(f: &FeedConfig) -> Vec<String> {
             p.push("csv: give proto or proto_column, not both".to_string());
         }
     }
-    if f.url_ip_hosts && !f.format.admits(Format::Stix) {
+    if f.url_ip_hosts
+        && !f.format.admits(Format::Stix)
+        && f.format != FeedFormat::Fixed(Format::Taxii)
+    {
         p.push(format!(
             "url_ip_hosts applies to STIX only but format is \"{}\"",
             f.format
@@ -1001,9 +1133,27 @@ fn feed_problems(f: &FeedConfig) -> Vec<String> {
                 .to_string(),
         );
     }
+    let misp = f.format == FeedFormat::Fixed(Format::Misp);
+    if let Some(m) = &f.misp {
+        if !f.format.admits(Format::Misp) {
+            p.push(format!(
+                "a [feed.misp] table is given but format is \"{}\" (use \"misp\")",
+                f.format
+            ));
+        }
+        p.extend(m.options().problems());
+        if m.page_size == Some(0) || m.max_pages == Some(0) {
+            p.push("misp.page_size and misp.max_pages must be greater than zero".to_string());
+        }
+    }
+    if misp && f.api_key_file.is_some() && !f.source.is_http() {
+        p.push(
+            "api_key_file applies to a MISP server (an http(s) source), not to a file".to_string(),
+        );
+    }
     if !crowdsec {
         for (key, set) in [
-            ("api_key_file", f.api_key_file.is_some()),
+            ("api_key_file", f.api_key_file.is_some() && !misp),
             ("non_ban_decisions", f.non_ban_decisions.is_some()),
             ("origins", !f.origins.is_empty()),
             ("scenarios_containing", !f.scenarios_containing.is_empty()),
@@ -1015,6 +1165,59 @@ fn feed_problems(f: &FeedConfig) -> Vec<String> {
                 ));
             }
         }
+    }
+    p.extend(taxii_problems(f));
+    p
+}
+
+/// The TAXII keys' problems.
+fn taxii_problems(f: &FeedConfig) -> Vec<String> {
+    let mut p = Vec::new();
+    let taxii = f.format == FeedFormat::Fixed(Format::Taxii);
+    if !taxii {
+        for (key, set) in [
+            ("collection", f.collection.is_some()),
+            ("api_root", f.api_root.is_some()),
+            ("username", f.username.is_some()),
+            ("password_file", f.password_file.is_some()),
+            ("token_file", f.token_file.is_some()),
+            ("page_size", f.page_size.is_some()),
+            ("max_pages", f.max_pages.is_some()),
+        ] {
+            if set {
+                p.push(format!(
+                    "{key} applies to format \"taxii\" only but format is \"{}\"",
+                    f.format
+                ));
+            }
+        }
+        return p;
+    }
+    if f.source.is_http() && f.collection.as_deref().is_none_or(|c| c.trim().is_empty()) {
+        p.push(
+            "format \"taxii\" needs collection, the id or title of the collection to poll (see GET {api_root}/collections/)"
+                .to_string(),
+        );
+    }
+    match (&f.username, &f.password_file, &f.token_file) {
+        (Some(_), None, _) => p.push("username needs password_file, a file holding the password".into()),
+        (None, Some(_), _) => p.push("password_file needs username".into()),
+        (Some(_), Some(_), Some(_)) => p.push(
+            "give username + password_file (basic authentication) or token_file (bearer token), not both"
+                .into(),
+        ),
+        _ => {}
+    }
+    if let Some(u) = &f.username
+        && (u.is_empty() || u.contains(':') || u.chars().any(char::is_control))
+    {
+        p.push("username must be non-empty, without ':' or control characters".into());
+    }
+    if f.page_size.is_some_and(|n| n == 0 || n > 100_000) {
+        p.push("page_size must be 1 to 100000".into());
+    }
+    if f.max_pages == Some(0) {
+        p.push("max_pages must be at least 1".into());
     }
     p
 }
@@ -1319,6 +1522,38 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
     }
 
     #[test]
+    fn misp_feeds() {
+        let c = Config::parse(
+            "[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"m\"\nformat = \"misp\"\nsource = \"https://misp.example\"\napi_key_file = \"/k\"\n[feed.misp]\nnon_ids = \"skip\"\npage_size = 500\ntag_confidence = { 'estimative-language:confidence-in-analytic-judgment=\"high\"' = 90 }\nthreat_level_confidence = { high = 80, low = 20 }\nfilters = { tags = [\"tlp:white\"], last = \"30d\" }\n",
+            "t.toml",
+            None,
+        )
+        .unwrap();
+        let f = &c.feeds[0];
+        assert_eq!(f.misp_source(), Some(MispSource::RestSearch));
+        let o = f.feed_options(&c.limits).misp;
+        assert_eq!(o.non_ids, NonIds::Skip);
+        assert_eq!(o.threat_level_confidence.get(&ThreatLevel::Low), Some(&20));
+        assert_eq!(f.misp.as_ref().unwrap().page_size, Some(500));
+        let err = |text: &str| Config::parse(text, "t.toml", None).unwrap_err().to_string();
+        let e = err(
+            "[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"m\"\nformat = \"stix\"\nsource = \"file:/x\"\n[feed.misp]\ntag_confidence = { t = 101 }\n",
+        );
+        assert!(
+            e.contains("a [feed.misp] table is given but format is \"stix\""),
+            "{e}"
+        );
+        assert!(
+            e.contains("misp.tag_confidence: 't' = 101 is over 100"),
+            "{e}"
+        );
+        let e = err(
+            "[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"m\"\nformat = \"misp\"\nsource = \"file:/x\"\napi_key_file = \"/k\"\n",
+        );
+        assert!(e.contains("api_key_file applies to a MISP server"), "{e}");
+    }
+
+    #[test]
     fn crowdsec_feeds() {
         let dir = std::env::temp_dir().join(format!("ef-config-cs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1351,6 +1586,44 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
             ]
         );
         assert!(err("[[feed]]\nname = \"cs\"\nformat = \"crowdsec\"\nsource = \"http://h\"\napi_key_file = \"/k\"\nnon_ban_decisions = \"captcha\"\n").contains("unknown variant `captcha`"));
+    }
+
+    #[test]
+    fn taxii_feeds() {
+        let dir = std::env::temp_dir().join(format!("ef-config-taxii-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[[interface]]\nname = \"eth0\"\n[[feed]]\nname = \"tx\"\nformat = \"taxii\"\nsource = \"https://cti.example/taxii2/\"\ncollection = \"Indicators\"\nusername = \"edge\"\npassword_file = \"keys/taxii.pw\"\npage_size = 100\nurl_ip_hosts = true\n",
+        )
+        .unwrap();
+        let c = load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let f = &c.feeds[0];
+        assert!(f.is_taxii_server());
+        assert_eq!(
+            f.password_file.as_deref(),
+            Some(&*dir.join("keys/taxii.pw"))
+        );
+        let p = problems(
+            "[[feed]]\nname = \"a\"\nformat = \"taxii\"\nsource = \"http://h/taxii2/\"\nusername = \"u\"\n\
+             [[feed]]\nname = \"b\"\nformat = \"taxii\"\nsource = \"http://h/taxii2/\"\ncollection = \"c\"\nusername = \"u\"\npassword_file = \"/p\"\ntoken_file = \"/t\"\npage_size = 0\nmax_pages = 0\n\
+             [[feed]]\nname = \"x\"\nsource = \"http://h/x\"\ncollection = \"c\"\ntoken_file = \"/t\"\n\
+             [[feed]]\nname = \"rec\"\nformat = \"taxii\"\nsource = \"file:/recorded.json\"\n",
+        );
+        assert_eq!(
+            p,
+            [
+                "feed 'a': format \"taxii\" needs collection, the id or title of the collection to poll (see GET {api_root}/collections/)",
+                "feed 'a': username needs password_file, a file holding the password",
+                "feed 'b': give username + password_file (basic authentication) or token_file (bearer token), not both",
+                "feed 'b': page_size must be 1 to 100000",
+                "feed 'b': max_pages must be at least 1",
+                "feed 'x': collection applies to format \"taxii\" only but format is \"auto\"",
+                "feed 'x': token_file applies to format \"taxii\" only but format is \"auto\"",
+            ]
+        );
     }
 
     #[test]
@@ -1456,7 +1729,9 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
             err("\n[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nrefesh = \"5m\"\n"),
             "test.toml:7:1: unknown field `refesh`, expected one of `name`, `source`, `format`, \
              `refresh`, `action`, `confidence_threshold`, `ttl`, `allow_broad`, `role`, `csv`, \
-             `url_ip_hosts`, `max_rejected_share`, `api_key_file`, `non_ban_decisions`, `origins`, `scenarios_containing` (at `refesh = \"5m\"`)"
+             `url_ip_hosts`, `max_rejected_share`, `api_key_file`, `non_ban_decisions`, `origins`, `scenarios_containing`, \
+             `collection`, `api_root`, `username`, `password_file`, `token_file`, `page_size`, \
+             `max_pages`, `misp` (at `refesh = \"5m\"`)"
         );
         let e = err("[safety]\nmax_shrnk = 0.2\n");
         assert!(
@@ -1479,7 +1754,7 @@ csv = { ip_column = "ip", port_column = 2, proto = "udp", side = "dst", delimite
         assert_eq!(
             err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nformat = \"xml\"\n"),
             "test.toml:6:10: unknown feed format 'xml' (expected auto or one of plain, spamhaus, \
-             csv, stix, jsonl, tor, ipsum, alienvault, crowdsec) (at `format = \"xml\"`)"
+             csv, stix, jsonl, tor, ipsum, alienvault, crowdsec, taxii, misp) (at `format = \"xml\"`)"
         );
         assert_eq!(
             err("[[feed]]\nname = \"a\"\nsource = \"file:/x\"\nconfidence_threshold = 150\n"),

@@ -10,8 +10,6 @@
 //! takes whole copies of a feed, so each poll that changes something hands
 //! it every active decision.
 
-use std::io::Read as _;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use reqwest::header::{HeaderName, HeaderValue};
@@ -22,57 +20,16 @@ use crate::intel::feeds::crowdsec::Decisions;
 use crate::intel::feeds::{FeedParse, Unusable};
 use crate::intel::fetch::{FetchError, FetchPolicy, Fetched, Fetcher};
 
-/// Largest key file read.
-const MAX_KEY_LEN: u64 = 4096;
-
 /// Read a bouncer API key from `path`: one line, not empty, in a regular
 /// file owned by root or the current user that neither group nor others
 /// may read or write. Errors name the file and what to fix, never the key.
 pub fn read_api_key(path: &Path) -> Result<String, String> {
-    let shown = path.display();
-    let mut file = std::fs::File::open(path).map_err(|e| format!("api_key_file {shown}: {e}"))?;
-    let m = file
-        .metadata()
-        .map_err(|e| format!("api_key_file {shown}: {e}"))?;
-    if !m.is_file() {
-        return Err(format!("api_key_file {shown} is not a regular file"));
-    }
-    let mode = m.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "api_key_file {shown} has mode {mode:04o}: group or others may access it; make it private (chmod 600 {shown})"
-        ));
-    }
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if m.uid() != 0 && m.uid() != me {
-        return Err(format!(
-            "api_key_file {shown} is owned by uid {}: it must be owned by root or the agent's user (uid {me})",
-            m.uid()
-        ));
-    }
-    let mut text = String::new();
-    file.by_ref()
-        .take(MAX_KEY_LEN + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("api_key_file {shown}: {e}"))?;
-    if text.len() as u64 > MAX_KEY_LEN {
-        return Err(format!(
-            "api_key_file {shown} is larger than {MAX_KEY_LEN} bytes: not a key"
-        ));
-    }
-    let key = text.trim();
-    if key.is_empty() {
-        return Err(format!(
-            "api_key_file {shown} is empty (put the key of `cscli bouncers add NAME -o raw` in it)"
-        ));
-    }
-    if key.lines().count() > 1 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "api_key_file {shown} does not hold a key (one line of printable ASCII without spaces)"
-        ));
-    }
-    Ok(key.to_string())
+    crate::intel::secret::read_secret(
+        path,
+        "api_key_file",
+        crate::intel::secret::SecretKind::Token,
+        "the key of `cscli bouncers add NAME -o raw`",
+    )
 }
 
 /// `{base}/v1/decisions/stream?startup=...`, with the feed's filters.

@@ -49,8 +49,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{
-    CONTENT_LENGTH, ETAG, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-    RETRY_AFTER, TRANSFER_ENCODING,
+    CONTENT_LENGTH, ETAG, HeaderMap, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LAST_MODIFIED, RETRY_AFTER, TRANSFER_ENCODING,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -450,10 +450,10 @@ impl Fetcher {
                         },
                     })
             }
-            Location::Http(url) => {
-                self.fetch_http(url, loc.to_string(), prev, &[], policy)
-                    .await
-            }
+            Location::Http(url) => self
+                .fetch_http(url, loc.to_string(), prev, &[], None, policy)
+                .await
+                .map(|(f, _)| f),
         }
     }
 
@@ -467,8 +467,46 @@ impl Fetcher {
         policy: &FetchPolicy,
     ) -> Result<Fetched, FetchError> {
         let location = Location::Http(url).to_string();
-        self.fetch_http(url, location, &Validators::default(), headers, policy)
+        self.fetch_http(url, location, &Validators::default(), headers, None, policy)
             .await
+            .map(|(f, _)| f)
+    }
+
+    /// Like [`Fetcher::get_with_headers`], also returning the response's
+    /// headers (a protocol's own cursor or paging headers).
+    pub async fn get_with_response_headers(
+        &self,
+        url: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        policy: &FetchPolicy,
+    ) -> Result<(Fetched, HeaderMap), FetchError> {
+        let location = Location::Http(url).to_string();
+        self.fetch_http(url, location, &Validators::default(), headers, None, policy)
+            .await
+    }
+
+    /// A POST of `body` to `url` with extra request `headers`, with the
+    /// limits and retries of [`Fetcher::fetch`]: for search APIs (MISP's
+    /// restSearch), whose requests are queries and safe to repeat. Errors
+    /// name the (masked) URL, never a header or the body.
+    pub async fn post_with_headers(
+        &self,
+        url: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: &[u8],
+        policy: &FetchPolicy,
+    ) -> Result<Fetched, FetchError> {
+        let location = Location::Http(url).to_string();
+        self.fetch_http(
+            url,
+            location,
+            &Validators::default(),
+            headers,
+            Some(body),
+            policy,
+        )
+        .await
+        .map(|(f, _)| f)
     }
 
     async fn fetch_http(
@@ -477,15 +515,16 @@ impl Fetcher {
         location: String,
         prev: &Validators,
         headers: &[(HeaderName, HeaderValue)],
+        body: Option<&[u8]>,
         policy: &FetchPolicy,
-    ) -> Result<Fetched, FetchError> {
+    ) -> Result<(Fetched, HeaderMap), FetchError> {
         let client = self.client_for(policy.connect_timeout)?;
         let mut attempts = 0u32;
         loop {
             attempts += 1;
             let failure = match tokio::time::timeout(
                 policy.timeout,
-                attempt(&client, url, prev, headers, policy),
+                attempt(&client, url, prev, headers, body, policy),
             )
             .await
             {
@@ -554,9 +593,14 @@ async fn attempt(
     url: &str,
     prev: &Validators,
     headers: &[(HeaderName, HeaderValue)],
+    body: Option<&[u8]>,
     policy: &FetchPolicy,
-) -> Result<Fetched, Failure> {
-    let mut req = client.get(url).timeout(policy.timeout);
+) -> Result<(Fetched, HeaderMap), Failure> {
+    let mut req = match body {
+        None => client.get(url),
+        Some(b) => client.post(url).body(b.to_vec()),
+    }
+    .timeout(policy.timeout);
     for (name, value) in headers {
         req = req.header(name, value.clone());
     }
@@ -580,7 +624,7 @@ async fn attempt(
     let mut resp = req.send().await.map_err(|e| classify(e, policy))?;
     let status = resp.status();
     if status == StatusCode::NOT_MODIFIED && conditional {
-        return Ok(Fetched::NotModified);
+        return Ok((Fetched::NotModified, resp.headers().clone()));
     }
     if !status.is_success() {
         let retry_after = resp
@@ -599,6 +643,7 @@ async fn attempt(
             .and_then(|v: &HeaderValue| v.to_str().ok())
             .map(str::to_owned)
     };
+    let response_headers = resp.headers().clone();
     let validators = Validators {
         etag: header(ETAG),
         last_modified: header(LAST_MODIFIED),
@@ -648,11 +693,14 @@ async fn attempt(
             bytes.len()
         )));
     }
-    Ok(Fetched::Body {
-        bytes,
-        validators,
-        framing,
-    })
+    Ok((
+        Fetched::Body {
+            bytes,
+            validators,
+            framing,
+        },
+        response_headers,
+    ))
 }
 
 /// Sort a reqwest error into retryable and not.

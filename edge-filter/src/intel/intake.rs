@@ -120,6 +120,33 @@ pub fn read_once(cfg: &Config, copies: Copies) -> Result<DesiredState, IntakeErr
                     }
                 })
             }
+            Copies::Fetch | Copies::FetchOnly if f.is_taxii_server() => {
+                // One full fetch of the collection (no cursor, nothing saved).
+                crate::intel::taxii::Poller::new(f).and_then(|mut p| {
+                    match rt.block_on(p.poll(f, cfg, &fetcher, &policy))? {
+                        crate::intel::crowdsec::Polled::Changed { parse, .. } => Ok(parse),
+                        crate::intel::crowdsec::Polled::Unchanged => Ok(FeedParse::default()),
+                    }
+                })
+            }
+            Copies::Fetch | Copies::FetchOnly
+                if matches!(
+                    f.misp_source(),
+                    Some(
+                        crate::intel::config::MispSource::Feed
+                            | crate::intel::config::MispSource::RestSearch
+                    )
+                ) =>
+            {
+                // The whole feed or search, once.
+                crate::intel::misp::MispPoller::new(f).and_then(|p| {
+                    let mut p = p.ok_or("not a MISP feed or server")?;
+                    match rt.block_on(p.poll(f, cfg, &fetcher, &policy))? {
+                        crate::intel::crowdsec::Polled::Changed { parse, .. } => Ok(parse),
+                        crate::intel::crowdsec::Polled::Unchanged => Ok(FeedParse::default()),
+                    }
+                })
+            }
             Copies::Fetch | Copies::FetchOnly => {
                 match rt.block_on(fetcher.fetch(location(f), &Validators::default(), &policy)) {
                     Ok(Fetched::Body { bytes, framing, .. }) => parse_body(f, cfg, &bytes, framing),

@@ -5,7 +5,10 @@
 //!
 //! - inputs: [`blocklist`] (the `run --blocklist` format), [`feeds`] (feed
 //!   formats), [`fetch`] (a feed's bytes from a file or over HTTP(S)),
-//!   [`crowdsec`] (polling a CrowdSec LAPI as a bouncer),
+//!   [`crowdsec`] (polling a CrowdSec LAPI as a bouncer), [`taxii`]
+//!   (polling a TAXII 2.1 collection), [`misp`] (a MISP feed's manifest
+//!   and events, or a MISP server's restSearch), [`secret`] (credential
+//!   files),
 //!   [`config`] (the agent's TOML), [`state`] (last-known-good copies on
 //!   disk);
 //! - the sync engine's pure parts: [`desired`] (merging feed snapshots into
@@ -28,4 +31,7 @@ pub mod feeds;
 pub mod fetch;
 pub mod guard;
 pub mod intake;
+pub mod misp;
+pub mod secret;
 pub mod state;
+pub mod taxii;

@@ -391,6 +391,7 @@ fn agent(r: &mut Registry, s: &Status) {
     let entries = Family::<Labels, Gauge>::default();
     let rejected = Family::<Labels, Gauge>::default();
     let unsupported = Family::<Labels, Gauge>::default();
+    let partial = Family::<Labels, Gauge>::default();
     let last_success = Family::<Labels, FloatGauge>::default();
     let last_attempt = Family::<Labels, FloatGauge>::default();
     let up = Family::<Labels, Gauge>::default();
@@ -403,6 +404,7 @@ fn agent(r: &mut Registry, s: &Status) {
         entries.get_or_create(&l).set(f.entries as i64);
         rejected.get_or_create(&l).set(f.rejected_lines as i64);
         unsupported.get_or_create(&l).set(f.unsupported as i64);
+        partial.get_or_create(&l).set(f.partial as i64);
         if let Some(t) = f.last_success {
             last_success
                 .get_or_create(&l)
@@ -441,6 +443,11 @@ fn agent(r: &mut Registry, s: &Status) {
         "feed_unsupported_records",
         "Records of the enforced copy that edge-filter cannot express (STIX patterns)",
         unsupported,
+    );
+    r.register(
+        "feed_partial_records",
+        "Records of the enforced copy enforced in part: STIX indicators whose OR alternatives edge-filter cannot express were left out",
+        partial,
     );
     r.register(
         "feed_last_success_timestamp_seconds",

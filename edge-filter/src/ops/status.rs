@@ -40,6 +40,10 @@ pub struct FeedHealth {
     pub rejected_lines: usize,
     /// STIX patterns or records that cannot be expressed.
     pub unsupported: usize,
+    /// STIX indicators enforced in part (alternatives of an OR that cannot
+    /// be expressed left out).
+    #[serde(default)]
+    pub partial: usize,
     /// First few rejection reasons of the latest copy (`line N: reason`).
     pub rejected_examples: Vec<String>,
     /// A held update, if one is waiting.

@@ -17,6 +17,8 @@
 //! | `ipsum` | [`ipsum`] | IPsum `ADDR<TAB>count` |
 //! | `alienvault` | [`alienvault`] | AlienVault reputation `ip#reliability#risk#activity#...` |
 //! | `crowdsec` | [`crowdsec`] | CrowdSec LAPI decisions (a `/v1/decisions/stream` answer; polled by the agent) |
+//! | `taxii` | [`taxii`] | a TAXII 2.1 envelope of STIX objects (a collection's objects answer; polled by the agent) |
+//! | `misp` | [`misp`] | MISP events, `restSearch` answers (a MISP feed or the API: fetched by the agent) |
 //!
 //! [`detect_format`] picks one for `auto`; [`parse_feed`] dispatches.
 //!
@@ -48,14 +50,18 @@ pub mod crowdsec;
 pub mod csv;
 pub mod ipsum;
 pub mod jsonl;
+pub mod misp;
 pub mod plain;
 pub mod spamhaus;
 pub mod stix;
 mod stix_pattern;
+pub mod taxii;
 pub mod tor;
 
 #[cfg(test)]
 mod data_tests;
+#[cfg(test)]
+mod stix_oracle_tests;
 
 use std::fmt;
 use std::path::Path;
@@ -181,6 +187,18 @@ pub struct Ignored {
     pub text: String,
 }
 
+/// An indicator enforced in part: some alternatives of an OR in its
+/// pattern cannot be expressed and were left out (STIX).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partial {
+    /// 1-based position in the bundle's `objects`.
+    pub index: usize,
+    /// What was left out, and why.
+    pub reason: String,
+    /// The indicator (shortened).
+    pub text: String,
+}
+
 /// Everything a parser got out of one feed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FeedParse {
@@ -194,6 +212,10 @@ pub struct FeedParse {
     pub skipped: usize,
     /// One explanation per unsupported or skipped indicator.
     pub ignored: Vec<Ignored>,
+    /// Indicators whose entries enforce only some alternatives of their
+    /// pattern (the others cannot be expressed); their entries are in
+    /// `entries`.
+    pub partial: Vec<Partial>,
     /// Lines or objects that were well-formed: they produced entries or
     /// were ignored on purpose. Comments, blank lines and record headers
     /// (Tor's `ExitNode`) are neither this nor rejected.
@@ -223,10 +245,10 @@ impl FeedParse {
     /// everything. A copy with no data at all (empty, or only comments) is
     /// usable: an empty feed is the shrink guard's business.
     pub fn usable(&self, max_rejected_share: f64, format: Format) -> Result<(), Unusable> {
-        let (one, unit) = if format == Format::Stix {
-            ("object", "objects")
-        } else {
-            ("line", "lines")
+        let (one, unit) = match format {
+            Format::Stix | Format::Taxii => ("object", "objects"),
+            Format::Misp => ("attribute", "attributes"),
+            _ => ("line", "lines"),
         };
         Unusable::check(
             self.records,
@@ -367,6 +389,8 @@ pub struct FeedOptions {
     pub end_unproven: bool,
     /// CrowdSec: what decisions of a type other than `ban` become.
     pub crowdsec_non_ban: crowdsec::NonBan,
+    /// MISP: `to_ids` false, confidence from tags and threat levels.
+    pub misp: misp::MispOptions,
 }
 
 impl Default for FeedOptions {
@@ -379,6 +403,7 @@ impl Default for FeedOptions {
             url_ip_hosts: false,
             end_unproven: false,
             crowdsec_non_ban: crowdsec::NonBan::Monitor,
+            misp: misp::MispOptions::default(),
         }
     }
 }
@@ -408,6 +433,9 @@ pub enum FeedError {
     /// JSON that is not a STIX bundle, object or array of objects.
     #[error("not STIX: {0}")]
     NotStix(String),
+    /// JSON that is not a MISP event, list of events or restSearch answer.
+    #[error("not MISP: {0}")]
+    NotMisp(String),
     /// A CSV whose columns cannot be mapped.
     #[error("CSV: {0}")]
     Csv(String),
@@ -434,11 +462,15 @@ pub enum Format {
     AlienVault,
     /// [`crowdsec`].
     Crowdsec,
+    /// [`taxii`].
+    Taxii,
+    /// [`misp`].
+    Misp,
 }
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 9] = [
+    pub const ALL: [Format; 11] = [
         Format::Plain,
         Format::Spamhaus,
         Format::Csv,
@@ -448,6 +480,8 @@ impl Format {
         Format::Ipsum,
         Format::AlienVault,
         Format::Crowdsec,
+        Format::Taxii,
+        Format::Misp,
     ];
 
     /// The name used on the command line and in configuration.
@@ -462,6 +496,8 @@ impl Format {
             Format::Ipsum => "ipsum",
             Format::AlienVault => "alienvault",
             Format::Crowdsec => "crowdsec",
+            Format::Taxii => "taxii",
+            Format::Misp => "misp",
         }
     }
 }
@@ -505,12 +541,15 @@ pub fn parse_feed(
         Format::Ipsum => ipsum::parse(bytes, opts),
         Format::AlienVault => alienvault::parse(bytes, opts),
         Format::Crowdsec => crowdsec::parse(bytes, opts),
+        Format::Taxii => taxii::parse(bytes, opts),
+        Format::Misp => misp::parse(bytes, opts),
     }
 }
 
 /// Guess the format of a feed from its name and first bytes (for `auto`).
 ///
-/// JSON: a document that is not one object per line is STIX; JSON lines
+/// JSON: a MISP event, list of events or restSearch answer is MISP
+/// (see [`misp`]); another document that is not one object per line is STIX; JSON lines
 /// with `cidr`/`asn` keys are Spamhaus, other JSON lines the native format.
 /// Text: `ExitNode`/`ExitAddress` records are Tor; `;` comments or
 /// `CIDR ; SBLnnn` are Spamhaus; quoted or `.csv` comma-separated text is
@@ -524,6 +563,9 @@ pub fn detect_format(path: &Path, bytes: &[u8]) -> Format {
         .map(|e| e.to_ascii_lowercase())
         .unwrap_or_default();
     let trimmed = head.trim_start_matches('\u{feff}').trim_start();
+    if misp::looks_like(trimmed) {
+        return Format::Misp;
+    }
     if trimmed.starts_with('[') {
         return Format::Stix;
     }
@@ -649,6 +691,12 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
+    /// Count the line or object at `index` as well-formed without an
+    /// entry of its own (a MISP object's port, used with its address).
+    pub fn count_record(&mut self, index: usize) {
+        self.count(index);
+    }
+
     /// Count the line or object at `index` as well-formed, once.
     fn count(&mut self, index: usize) {
         if self.counted != Some(index) {
@@ -682,6 +730,16 @@ impl<'a> Sink<'a> {
         self.out.ignored.push(Ignored {
             index,
             kind,
+            reason: reason.to_string(),
+            text: clip(text.trim(), QUOTE_LEN),
+        });
+    }
+
+    /// Record an indicator enforced in part (its entries are pushed
+    /// separately).
+    pub fn partial(&mut self, index: usize, reason: impl fmt::Display, text: &str) {
+        self.out.partial.push(Partial {
+            index,
             reason: reason.to_string(),
             text: clip(text.trim(), QUOTE_LEN),
         });
@@ -1120,6 +1178,11 @@ mod tests {
         assert_eq!(d("x", "[{\"type\":\"indicator\"}]"), Format::Stix);
         assert_eq!(d("x.json", ""), Format::Stix);
         assert_eq!(d("x.jsonl", ""), Format::Jsonl);
+        assert_eq!(
+            d("x.json", "{\n \"Event\": {\"info\": \"x\"}}"),
+            Format::Misp
+        );
+        assert_eq!(d("x", "{\"response\": []}"), Format::Misp);
         assert_eq!(
             d(
                 "x",

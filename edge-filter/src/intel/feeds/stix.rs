@@ -14,10 +14,13 @@
 //!   unsupported;
 //! * the pattern is parsed in full (see `stix_pattern`); a syntax error, an
 //!   address that does not parse or a self-contradiction is a rejection;
-//! * the pattern becomes entries **all or nothing**: if any alternative of an
-//!   OR cannot be expressed the indicator is unsupported (counted, with the
-//!   reason in [`FeedParse::ignored`](super::FeedParse::ignored)), never
-//!   silently narrowed.
+//! * the alternatives of an OR that can be expressed become entries and the
+//!   others are left out: the indicator is then **partial** (its entries
+//!   enforced, and listed with what was left out in
+//!   [`FeedParse::partial`](super::FeedParse::partial)). Nothing else is
+//!   narrowed: AND, FOLLOWEDBY and qualifiers need every part, so one part
+//!   that cannot be expressed makes the indicator unsupported (counted,
+//!   with the reason in [`FeedParse::ignored`](super::FeedParse::ignored)).
 //!
 //! Provenance: indicator = the STIX `id`, `confidence`, `valid_from`,
 //! expires = `valid_until`, description = `description` (or `name`).
@@ -192,7 +195,21 @@ fn indicator(sink: &mut Sink, index: usize, o: &Map<String, Value>) -> Result<()
         }
     };
     match stix_pattern::translate(&expr, sink.opts.url_ip_hosts) {
-        Ok(targets) => {
+        Ok(t) => {
+            if !t.dropped.is_empty() {
+                let n = t.dropped.len();
+                sink.partial(
+                    index,
+                    format!(
+                        "partial: {} of {} OR alternatives enforced; left out: {}",
+                        alternatives(&expr).saturating_sub(n).max(1),
+                        alternatives(&expr).max(n + 1),
+                        t.dropped.join("; ")
+                    ),
+                    &text,
+                );
+            }
+            let targets = t.targets;
             let description = ["description", "name"]
                 .iter()
                 .find_map(|k| o.get(*k).and_then(Value::as_str))
@@ -215,6 +232,24 @@ fn indicator(sink: &mut Sink, index: usize, o: &Map<String, Value>) -> Result<()
         Err(Fail::Invalid(reason)) => sink.reject(index, reason, &text),
     }
     Ok(())
+}
+
+/// How many alternatives the pattern's top-level OR has (of observations,
+/// or of comparisons inside a single observation), for the partial
+/// report.
+fn alternatives(expr: &stix_pattern::ObsExpr) -> usize {
+    use stix_pattern::{CmpExpr, ObsExpr};
+    fn cmp(c: &CmpExpr) -> usize {
+        match c {
+            CmpExpr::Or(v) => v.iter().map(cmp).sum(),
+            _ => 1,
+        }
+    }
+    match expr {
+        ObsExpr::Or(v) => v.iter().map(alternatives).sum(),
+        ObsExpr::Obs(c) => cmp(c),
+        _ => 1,
+    }
 }
 
 #[cfg(test)]
@@ -341,6 +376,34 @@ mod tests {
         let p = run(&doc).unwrap();
         let got: Vec<_> = p.entries.iter().map(|e| e.entry.to_string()).collect();
         assert_eq!(got, ["203.0.113.7", "2001:db8::/48"]);
+    }
+
+    #[test]
+    fn or_with_a_domain_keeps_the_address() {
+        // 25 indicators `[domain-name:value = D OR ipv4-addr:value = A]`
+        // over 18 distinct addresses (as exported by MISP and OpenCTI).
+        let objects: Vec<Value> = (0..25)
+            .map(|i| {
+                ind(
+                    &format!("indicator--{i}"),
+                    &format!(
+                        "[domain-name:value = 'h{i}.example' OR ipv4-addr:value = '198.51.100.{}']",
+                        i % 18
+                    ),
+                )
+            })
+            .collect();
+        let p = run(&json!({"type": "bundle", "id": "bundle--1", "objects": objects})).unwrap();
+        let distinct: std::collections::BTreeSet<_> =
+            p.entries.iter().map(|e| e.entry.to_string()).collect();
+        assert_eq!((p.entries.len(), distinct.len()), (25, 18));
+        assert_eq!((p.partial.len(), p.unsupported, p.records), (25, 0, 25));
+        assert_eq!(
+            p.partial[0].reason,
+            "partial: 1 of 2 OR alternatives enforced; left out: cannot express 'domain-name:value'"
+        );
+        assert!(p.partial[0].text.starts_with("indicator--0 [domain-name"));
+        assert_eq!(p.entries[3].indicator.as_deref(), Some("indicator--3"));
     }
 
     #[test]

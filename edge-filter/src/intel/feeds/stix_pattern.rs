@@ -538,10 +538,14 @@ impl Parser {
             Some(Tok::Word(w)) if w.eq_ignore_ascii_case("IN") => {
                 self.pos += 1;
                 self.expect(&Tok::LParen, "'(' after IN")?;
-                let mut values = vec![self.literal()?];
-                while self.peek() == Some(&Tok::Comma) {
-                    self.pos += 1;
+                // `IN ()` is grammatical (an empty set, matching nothing).
+                let mut values = Vec::new();
+                if self.peek() != Some(&Tok::RParen) {
                     values.push(self.literal()?);
+                    while self.peek() == Some(&Tok::Comma) {
+                        self.pos += 1;
+                        values.push(self.literal()?);
+                    }
                 }
                 self.expect(&Tok::RParen, "')'")?;
                 (Op::In, values)
@@ -616,23 +620,36 @@ pub(crate) struct Target {
 /// Most conjunctions an expression may expand to.
 const MAX_TERMS: usize = 1024;
 
-/// Translate a pattern into entries, all or nothing.
-pub(crate) fn translate(expr: &ObsExpr, url_ip_hosts: bool) -> Result<Vec<Target>, Fail> {
+/// What a pattern becomes: its entries, and the reasons of the OR
+/// alternatives that could not be enforced and were left out (empty: the
+/// whole pattern is enforced).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Translation {
+    pub targets: Vec<Target>,
+    pub dropped: Vec<String>,
+}
+
+impl Translation {
+    fn extend(&mut self, other: Translation) {
+        self.targets.extend(other.targets);
+        self.dropped.extend(other.dropped);
+    }
+}
+
+/// Translate a pattern into entries.
+///
+/// An OR (of observations, or of comparisons inside one) is kept in part:
+/// an alternative that cannot be expressed is left out (its reason in
+/// [`Translation::dropped`]) as long as another one gives entries, since
+/// enforcing some alternatives of an OR matches a subset of what the
+/// pattern matches. Nothing else is narrowed: AND, FOLLOWEDBY and
+/// qualifiers need every part, so one inexpressible part makes the whole
+/// expression unsupported, and an invalid value anywhere rejects the
+/// pattern.
+pub(crate) fn translate(expr: &ObsExpr, url_ip_hosts: bool) -> Result<Translation, Fail> {
     match expr {
-        ObsExpr::Obs(c) => {
-            let mut out = Vec::new();
-            for term in dnf(c)? {
-                out.extend(conjunction(&term, url_ip_hosts)?);
-            }
-            Ok(out)
-        }
-        ObsExpr::Or(v) => {
-            let mut out = Vec::new();
-            for e in v {
-                out.extend(translate(e, url_ip_hosts)?);
-            }
-            Ok(out)
-        }
+        ObsExpr::Obs(c) => translate_cmp(c, url_ip_hosts),
+        ObsExpr::Or(v) => any_of(v.iter().map(|e| translate(e, url_ip_hosts))),
         ObsExpr::And(_) => Err(Fail::Unsupported(
             "observation expressions joined by AND need several observations; a per-packet filter cannot express that".to_string(),
         )),
@@ -645,6 +662,52 @@ pub(crate) fn translate(expr: &ObsExpr, url_ip_hosts: bool) -> Result<Vec<Target
     }
 }
 
+/// The alternatives of an OR: the expressible ones are kept, the others
+/// listed as dropped; unsupported (with the first reason) when none is
+/// expressible; an invalid alternative invalidates the whole.
+fn any_of(
+    alternatives: impl Iterator<Item = Result<Translation, Fail>>,
+) -> Result<Translation, Fail> {
+    let mut out = Translation::default();
+    let mut first_unsupported = None;
+    let mut kept = 0usize;
+    for alt in alternatives {
+        match alt {
+            Ok(t) => {
+                kept += 1;
+                out.extend(t);
+                if out.targets.len() > MAX_TERMS {
+                    return Err(Fail::Unsupported(format!(
+                        "pattern expands to more than {MAX_TERMS} alternatives"
+                    )));
+                }
+            }
+            Err(Fail::Unsupported(reason)) => {
+                first_unsupported.get_or_insert_with(|| reason.clone());
+                out.dropped.push(reason);
+            }
+            Err(e @ Fail::Invalid(_)) => return Err(e),
+        }
+    }
+    match first_unsupported {
+        Some(reason) if kept == 0 => Err(Fail::Unsupported(reason)),
+        _ => Ok(out),
+    }
+}
+
+/// One observation's comparison expression: an OR is kept in part (see
+/// [`translate`]), anything else is expressed whole or not at all.
+fn translate_cmp(expr: &CmpExpr, url_ip_hosts: bool) -> Result<Translation, Fail> {
+    if let CmpExpr::Or(v) = expr {
+        return any_of(v.iter().map(|e| translate_cmp(e, url_ip_hosts)));
+    }
+    let mut out = Translation::default();
+    for term in dnf(expr)? {
+        out.targets.extend(conjunction(&term, url_ip_hosts)?);
+    }
+    Ok(out)
+}
+
 /// Disjunctive normal form; `IN` becomes an OR of `=`.
 fn dnf(expr: &CmpExpr) -> Result<Vec<Vec<Comparison>>, Fail> {
     let too_complex = || {
@@ -653,6 +716,9 @@ fn dnf(expr: &CmpExpr) -> Result<Vec<Vec<Comparison>>, Fail> {
         ))
     };
     match expr {
+        CmpExpr::Cmp(c) if c.op == Op::In && c.values.is_empty() => Err(Fail::Unsupported(
+            format!("'{} IN ()' is an empty set: it matches nothing", c.path),
+        )),
         CmpExpr::Cmp(c) if c.op == Op::In && !c.negated => Ok(c
             .values
             .iter()
@@ -1004,7 +1070,8 @@ mod tests {
     fn targets(pattern: &str) -> Result<Vec<String>, Fail> {
         let e = parse(pattern).unwrap_or_else(|err| panic!("{pattern}: {err}"));
         translate(&e, false).map(|v| {
-            v.into_iter()
+            v.targets
+                .into_iter()
                 .map(|t| {
                     crate::entry::Entry::new(t.net, t.port, crate::entry::Action::Drop).to_string()
                 })
@@ -1249,10 +1316,97 @@ mod tests {
             unsupported("[network-traffic:extensions.'http-request-ext'.request_method = 'POST']"),
             "cannot express 'network-traffic:extensions.'http-request-ext'.request_method'"
         );
-        // Any inexpressible alternative makes the whole pattern unsupported.
+        // Every alternative of an OR inexpressible: the first reason.
         assert_eq!(
-            unsupported("[ipv4-addr:value = '1.2.3.4'] OR [url:value = 'http://x.org/']"),
-            "url:value cannot be expressed (host 'x.org' is a name, not an address)"
+            unsupported("[domain-name:value = 'x.org' OR url:value = 'http://x.org/']"),
+            "cannot express 'domain-name:value'"
+        );
+    }
+
+    fn partial(pattern: &str) -> (Vec<String>, Vec<String>) {
+        let t = translate(&parse(pattern).unwrap(), false)
+            .unwrap_or_else(|e| panic!("{pattern}: {e:?}"));
+        let shown = t
+            .targets
+            .into_iter()
+            .map(|t| {
+                crate::entry::Entry::new(t.net, t.port, crate::entry::Action::Drop).to_string()
+            })
+            .collect();
+        (shown, t.dropped)
+    }
+
+    #[test]
+    fn or_keeps_its_expressible_alternatives() {
+        // Inside one observation (the common MISP/OpenCTI export).
+        assert_eq!(
+            partial("[domain-name:value = 'x.example' OR ipv4-addr:value = '198.51.100.7']"),
+            (
+                vec!["198.51.100.7".to_string()],
+                vec!["cannot express 'domain-name:value'".to_string()]
+            )
+        );
+        // Between observations, with a nested OR and an IN.
+        assert_eq!(
+            partial(
+                "[url:value = 'http://x.org/'] OR ([ipv4-addr:value IN ('198.51.100.1', '198.51.100.2')] OR [file:name = 'a'])"
+            )
+            .0,
+            ["198.51.100.1", "198.51.100.2"]
+        );
+        assert_eq!(
+            partial("[ipv4-addr:value = '1.2.3.4'] OR [url:value = 'http://x.org/']").1,
+            ["url:value cannot be expressed (host 'x.org' is a name, not an address)"]
+        );
+        // A whole observation under a qualifier, AND or FOLLOWEDBY is an
+        // alternative that is dropped, never narrowed.
+        assert_eq!(
+            partial(
+                "[ipv4-addr:value = '1.2.3.4'] OR ([ipv4-addr:value = '5.6.7.8'] WITHIN 10 SECONDS) OR ([ipv4-addr:value = '9.9.9.9'] FOLLOWEDBY [ipv4-addr:value = '8.8.8.8']) OR ([ipv4-addr:value = '7.7.7.7'] AND [ipv4-addr:value = '6.6.6.6'])"
+            ),
+            (
+                vec!["1.2.3.4".to_string()],
+                vec![
+                    "qualifier WITHIN 10 SECONDS cannot be expressed".to_string(),
+                    "FOLLOWEDBY needs an ordered sequence of observations; a per-packet filter cannot express that".to_string(),
+                    "observation expressions joined by AND need several observations; a per-packet filter cannot express that".to_string(),
+                ]
+            )
+        );
+        // Nothing narrows through AND: an OR under an AND is whole or
+        // nothing, as is an address AND-ed with a domain.
+        assert_eq!(
+            unsupported(
+                "[(network-traffic:src_ref.value = '1.2.3.4' OR domain-name:value = 'x.org') AND network-traffic:dst_port = 22]"
+            ),
+            "cannot express 'domain-name:value'"
+        );
+        assert_eq!(
+            unsupported("[ipv4-addr:value = '1.2.3.4' AND domain-name:value = 'x.org']"),
+            "cannot express 'domain-name:value'"
+        );
+        assert_eq!(
+            unsupported(
+                "([ipv4-addr:value = '1.2.3.4'] OR [domain-name:value = 'x.org']) WITHIN 5 SECONDS"
+            ),
+            "qualifier WITHIN 5 SECONDS cannot be expressed"
+        );
+        assert_eq!(
+            unsupported("([ipv4-addr:value = '1.2.3.4'] OR [domain-name:value = 'x.org']) FOLLOWEDBY [ipv4-addr:value = '5.6.7.8']")
+                .split(';')
+                .next(),
+            Some("FOLLOWEDBY needs an ordered sequence of observations")
+        );
+        // An invalid alternative still rejects the pattern.
+        assert_eq!(
+            invalid("[domain-name:value = 'x.org' OR ipv4-addr:value = '1.2.3.4/33']"),
+            "ipv4-addr:value: prefix length 33 exceeds 32"
+        );
+        // Fully expressible: nothing dropped.
+        assert!(
+            partial("[ipv4-addr:value = '1.2.3.4' OR ipv6-addr:value = '2001:db8::1']")
+                .1
+                .is_empty()
         );
     }
 
@@ -1292,7 +1446,8 @@ mod tests {
     fn urls() {
         let with = |p: &str| {
             translate(&parse(p).unwrap(), true).map(|v| {
-                v.into_iter()
+                v.targets
+                    .into_iter()
                     .map(|t| {
                         crate::entry::Entry::new(t.net, t.port, crate::entry::Action::Drop)
                             .to_string()
