@@ -6,9 +6,11 @@
 
 use edge_filter_common::{EntryValue, PORT_PREFIX_FIXED_BITS, PortKeyV4, PortKeyV6};
 
-use super::contents::{Desired, Slot, allow_slot, entry_slot, is_normalized};
+use super::contents::{Desired, Slot, SlotKey, allow_slot, entry_slot, is_normalized};
 use super::trie::{LenFilter, covered, flat_value, lengths_or_empty, value};
 use crate::entry::{Action, Entry, EntrySet};
+use crate::kernel::layout::IdKey;
+use crate::kernel::v2sync::KeyChange;
 
 /// What an incremental update changed: the old and new values of every
 /// touched key (a key absent from `new` is removed).
@@ -267,6 +269,26 @@ impl SetChanges {
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The changes by key in the v2 engine's terms
+    /// ([`V2Sync::apply_changes`](crate::kernel::v2sync::V2Sync::apply_changes)):
+    /// each key with its action in the new set, `None` when it leaves.
+    pub fn key_changes(&self) -> Vec<KeyChange> {
+        self.0
+            .iter()
+            .map(|(slot, ch)| {
+                let key = match slot.key() {
+                    SlotKey::Allow(n) => IdKey::Allow(n),
+                    SlotKey::Entry(e) => IdKey::Entry(e),
+                };
+                let action = match *ch {
+                    Change::Add(a) | Change::Set(a) => Some(a),
+                    Change::Remove => None,
+                };
+                (key, action)
+            })
+            .collect()
     }
 
     /// `(added, changed, removed)` keys.

@@ -330,7 +330,7 @@ impl EntryMaps {
         let (sync, _) = self.engine_mut()?;
         // An adopted set comes in catalog order.
         let changes = SetChanges::between(&normalized(sync.set()), &set);
-        self.apply_inner(&set, &changes, flags)
+        self.apply_inner(&set, &changes, flags, false)
     }
 
     /// [`EntryMaps::apply`] (kept for the feed agent, which keeps its own
@@ -340,8 +340,10 @@ impl EntryMaps {
     }
 
     /// Make the maps enforce `new`, given `changes` = `SetChanges::between
-    /// (prev, new)` where `prev` is the set the last apply enforced (the
-    /// counts in the result come from them; the engine diffs itself).
+    /// (prev, new)` where `prev` is the set the last apply enforced: the
+    /// engine applies the changes ([`V2Sync::apply_changes`]), in proportion
+    /// to them rather than to the set (the feed agent's deltas). Before the
+    /// first sync of this process (adoption), a whole-set apply.
     pub fn apply_changes(
         &mut self,
         new: &EntrySet,
@@ -351,14 +353,17 @@ impl EntryMaps {
         if !self.synced {
             return self.apply(new, flags);
         }
-        self.apply_inner(&normalized(new), changes, flags)
+        self.apply_inner(&normalized(new), changes, flags, true)
     }
 
+    /// Sync to `set`: by `changes` when `delta`, else the whole set (the
+    /// engine diffs itself). The counts come from `changes` either way.
     fn apply_inner(
         &mut self,
         set: &EntrySet,
         changes: &SetChanges,
         flags: u32,
+        delta: bool,
     ) -> Result<SyncStats> {
         self.synced = false;
         let (added, changed, removed) = changes.counts();
@@ -371,7 +376,12 @@ impl EntryMaps {
         self.set_config(flags, 0)?;
         // A new tier compiled for the set either lands or fails whole.
         let (sync, _) = self.engine_mut()?;
-        match sync.apply(set)? {
+        let applied = if delta {
+            sync.apply_changes(set, &changes.key_changes())?
+        } else {
+            sync.apply(set)?
+        };
+        match applied {
             Applied::Done(_) => {}
             Applied::NewTier(tier) => {
                 self.grow(*tier, set)?;

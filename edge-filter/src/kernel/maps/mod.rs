@@ -33,6 +33,8 @@ mod trie;
 mod v1_maps;
 
 pub use changes::SetChanges;
+#[cfg(test)]
+pub(crate) use contents::normalized;
 pub use contents::{Census, Desired, KeyMap, SlotKey, drift, ids_of};
 pub use entry_maps::{EntryMaps, Fresh, Home, SyncStats, possible_cpus};
 pub use ids::IdAlloc;
