@@ -122,6 +122,9 @@ pub struct SyncCounts {
     pub writes: usize,
     /// Grace periods waited for.
     pub graces: usize,
+    /// Whether the plan came from key changes ([`V2Sync::apply_changes`]),
+    /// not from the whole set.
+    pub by_changes: bool,
 }
 
 /// How adopted maps stand ([`V2Sync::adopt`]).
@@ -389,6 +392,7 @@ impl V2Sync {
             removed,
             writes: plan.writes(),
             graces: plan.graces(),
+            by_changes: false,
         };
         if let Err(e) = self.maps.apply(&plan) {
             // Part of the plan landed: the compiler's model is ahead of the
@@ -447,6 +451,7 @@ impl V2Sync {
             removed: delta.removed.len(),
             writes: plan.writes(),
             graces: plan.graces(),
+            by_changes: true,
         };
         if let Err(e) = self.maps.apply(&plan) {
             // As in `apply`: only a new tier brings them back together.
