@@ -381,3 +381,16 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// The v1 program (hash maps and LPM tries; the production program before
+/// datapath v2): the "before" of the before/after report.
+#[xdp]
+pub fn edge_filter_v1(ctx: XdpContext) -> u32 {
+    edge_filter_ebpf::v1::run::<true>(&ctx)
+}
+
+/// [`edge_filter_v1`] without per-entry stats (prices them).
+#[xdp]
+pub fn edge_filter_v1_nostats(ctx: XdpContext) -> u32 {
+    edge_filter_ebpf::v1::run::<false>(&ctx)
+}

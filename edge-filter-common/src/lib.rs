@@ -609,6 +609,8 @@ mod pod {
     unsafe impl aya::Pod for crate::v2::Bucket6 {}
     // SAFETY: see module docs.
     unsafe impl aya::Pod for crate::v2::EntryCounter {}
+    // SAFETY: see module docs.
+    unsafe impl aya::Pod for crate::v2::LastHit {}
 }
 
 /// The entry maps by name, in the one order userspace lists them per map
@@ -628,10 +630,41 @@ pub const ENTRY_MAPS: [&str; 10] = [
     MAP_PPREFIX_V6,
 ];
 
-/// Every map of the program, in pin order: the [`ENTRY_MAPS`], then the
-/// runtime config, the counters and per-entry statistics, the event ring
-/// and its sampling state. A pinned attachment has a pin for each.
-pub const ALL_MAPS: [&str; 18] = {
+/// The maps every program build shares: the per-reason counters, the last
+/// verdict, the event ring and its sampling state. A tier change
+/// (`kernel::attach::grow`) reuses them by pin.
+pub const COMMON_MAPS: [&str; 5] = [
+    MAP_COUNTERS,
+    MAP_LAST,
+    MAP_EVENTS,
+    MAP_SAMPLE,
+    MAP_SAMPLE_STATE,
+];
+
+/// Every map of the production program (datapath v2), in pin order: the
+/// [`COMMON_MAPS`], then the v2 maps ([`v2::V2_MAP_NAMES`]). A pinned
+/// attachment has a pin for each. (The [`ENTRY_MAPS`] names are the v1
+/// maps, kept by the benchmark's before/after programs, and the logical
+/// maps the operator commands count entries by.)
+pub const ALL_MAPS: [&str; 20] = {
+    let mut all = [""; 20];
+    let mut i = 0;
+    while i < COMMON_MAPS.len() {
+        all[i] = COMMON_MAPS[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < v2::V2_MAP_NAMES.len() {
+        all[COMMON_MAPS.len() + j] = v2::V2_MAP_NAMES[j];
+        j += 1;
+    }
+    all
+};
+
+/// Every map of the v1 program (`bench-ebpf`'s before/after programs), in
+/// pin order: the [`ENTRY_MAPS`], then the runtime config, the counters and
+/// per-entry statistics, the event ring and its sampling state.
+pub const V1_MAPS: [&str; 18] = {
     let mut all = [""; 18];
     let mut i = 0;
     while i < ENTRY_MAPS.len() {

@@ -501,6 +501,50 @@ pub const MAP_V2_STATS: &str = "V2_STATS";
 pub const MAP_V2_CATALOG: &str = "V2_CATALOG";
 /// See the module docs.
 pub const MAP_V2_CATADDR6: &str = "V2_CATADDR6";
+/// See [`LastHit`]: the agent's record of when each id was last hit. The
+/// datapath never touches it (a timestamp per hit would be a second line
+/// per packet); it is in the object so that it is created, sized and
+/// pinned with the tier it belongs to.
+pub const MAP_V2_LASTHIT: &str = "V2_LASTHIT";
+
+/// Every v2 map the production object carries, in pin order.
+pub const V2_MAP_NAMES: [&str; 15] = [
+    MAP_V2_CONFIG,
+    MAP_V2_SUM4,
+    MAP_V2_EXACT4,
+    MAP_V2_DIR4,
+    MAP_V2_HEAP,
+    MAP_V2_SUM6,
+    MAP_V2_EXACT6,
+    MAP_V2_TRIE4_A,
+    MAP_V2_TRIE4_B,
+    MAP_V2_TRIE6_A,
+    MAP_V2_TRIE6_B,
+    MAP_V2_STATS,
+    MAP_V2_CATALOG,
+    MAP_V2_CATADDR6,
+    MAP_V2_LASTHIT,
+];
+
+/// When an id was last hit, as the agent derives it ([`MAP_V2_LASTHIT`],
+/// element = id; 8 bytes, the low 32 bits of each value): a pass every
+/// second compares each id's packets (summed over CPUs) with `packets`, and
+/// where they moved stores the new total and the current `jiffies`. A
+/// reader that finds the counters past `packets` knows the hit came after
+/// the agent's last pass (at most a pass interval before its own read).
+/// 32 bits suffice: a total that moves by a multiple of 2^32 between two
+/// passes a second apart does not happen, and `jiffies` is read back as
+/// the latest value before now with these low bits (49 days at HZ=1000).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastHit {
+    /// The low 32 bits of the id's total packets when the agent last saw
+    /// them change.
+    pub packets: u32,
+    /// The low 32 bits of `jiffies` (the clock `bpf_jiffies64` reads) of
+    /// that pass; 0: never hit.
+    pub jiffies: u32,
+}
 
 /// `BPF_F_MMAPABLE`: array maps the agent writes through `mmap`.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;

@@ -1,13 +1,13 @@
 //! What the edge-filter XDP programs share, declared once: the parser, the
-//! per-reason counters and event sampling ([`common`]), the entry maps of
-//! today's program ([`v1`], feature `v1`) and the v2 maps and classifier
-//! ([`v2`], feature `v2`). The production program (`src/main.rs`) and the
+//! per-reason counters and event sampling ([`common`]), the v1 entry maps
+//! ([`v1`], feature `v1`: the benchmark's "before" programs) and the v2
+//! maps and classifier ([`v2`], feature `v2`: the production program). The production program (`src/main.rs`) and the
 //! benchmark programs (`bench-ebpf`) link this library.
 //!
 //! bpf-linker keeps every map a linked crate declares, referenced or not,
 //! so the map sets are behind cargo features: the production object
-//! (default features: `v1`) carries no v2 map, and only objects built with
-//! `v2` carry them.
+//! (default features: `v2`) carries no v1 map, and only objects built with
+//! `v1` carry them.
 #![no_std]
 
 pub mod common;

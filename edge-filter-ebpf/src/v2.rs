@@ -86,6 +86,11 @@ pub static V2_CATALOG: Array<CatalogWord> = Array::with_max_entries(1, BPF_F_MMA
 /// IPv6 addresses of catalog entries.
 #[map]
 pub static V2_CATADDR6: Array<[u8; 16]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// When each id was last hit, as the agent derives it from the counters
+/// (`LastHit`; never touched here). Sized by the loader to the stride.
+#[map]
+pub static V2_LASTHIT: Array<edge_filter_common::v2::LastHit> =
+    Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// `(reason, deciding id, drop?)`.
 type Verdict = (Reason, u32, bool);

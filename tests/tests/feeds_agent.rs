@@ -834,10 +834,11 @@ fn feeds_shrink_is_held_until_it_persists() {
         "applied {:?} after the third sighting",
         applied_at.checked_duration_since(reqs[2].at)
     );
-    // The agent writes status after the maps, so it may lag them briefly.
+    // The agent writes status after the maps (with datapath v2, after the
+    // plan's last grace periods), so it may lag them briefly.
     wait_until(
         "status to report the shrink applied",
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         &lab,
         &agent,
         || health(&lab, "web").filter(|h| h.held.is_none() && h.entries == 2),
@@ -969,10 +970,13 @@ fn feeds_force_feed_applies_held_shrink_at_once() {
                 agent.tail(12)
             );
         }
-        // Status is written after the maps: give it a moment to follow.
+        // Status is written after the maps, once the sync returns: with
+        // datapath v2 the kernel enforces the new set a grace period or two
+        // (tens of ms) before the plan's last removals and grace periods
+        // end. Give it a moment to follow.
         wait_until(
             &format!("{round}: status to report the shrink applied"),
-            Duration::from_secs(3),
+            Duration::from_secs(5),
             &lab,
             &agent,
             || health(&lab, "web").filter(|h| h.held.is_none() && h.entries == 2),

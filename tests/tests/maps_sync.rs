@@ -1,7 +1,9 @@
-//! Map sync against real kernel maps (private, via a loaded program):
-//! contents read back equal what was asked, batch and per-element paths
-//! agree, deltas touch only what changed, a full map refuses the overflow
-//! and applies the rest, and reconcile repairs drift. Root only.
+//! Map sync against real kernel maps (private, via a loaded program;
+//! datapath v2): contents read back (through the catalog) equal what was
+//! asked, a tier built for a set and one grown into it hold the same,
+//! deltas touch only what changed, a set that outgrows its tier gets the
+//! next one (a new program instance: nothing refused), rotations land
+//! whole, and reconcile repairs drift. Root only.
 
 use edge_filter::entry::{Action, Entry, EntrySet, PortMatch, Proto, Side};
 use edge_filter::kernel::classifier::KernelClassifier;
@@ -90,67 +92,101 @@ fn contents_read_back_and_deltas_are_minimal() {
     assert_eq!(kept, 4900 + 6 + 2, "ids of unchanged keys must not change");
 }
 
+/// A classifier loaded with a tier for the set and one that starts from
+/// the smallest tier and grows into it hold the same entries with the same
+/// ids, and their verdicts agree (v1 had batch and per-element paths
+/// here; v2 has the fresh build and the growth path).
 #[test]
-fn batch_and_per_element_paths_agree() {
+fn a_fresh_tier_and_a_grown_one_agree() {
     if !is_root() {
         eprintln!("skipping: needs root");
         return;
     }
     let s = set(3000, 7);
-    let mut a = classifier();
-    a.set_entries(&s, false).expect("batch");
+    let mut a = KernelClassifier::with_set(&s, false).expect("fresh tier");
     let mut b = classifier();
-    b.maps_mut().set_batch(false);
-    b.set_entries(&s, false).expect("per element");
+    b.set_entries(&s, false).expect("grown");
+    assert!(b.last_sync.tiers >= 1, "{:?}", b.last_sync);
     let (ra, rb) = (a.maps().read().unwrap(), b.maps().read().unwrap());
     assert_eq!(ra.to_entry_set(), rb.to_entry_set());
-    assert_eq!(a.last_sync, b.last_sync);
+    assert_eq!(ra, rb, "same ids");
+    for src in [
+        "11.0.0.7",
+        "11.0.11.190",
+        "198.51.100.9",
+        "198.51.100.7",
+        "10.9.9.9",
+    ] {
+        let frame = udp4(src, 40000, 53);
+        let (va, vb) = (a.classify(&frame).unwrap(), b.classify(&frame).unwrap());
+        assert_eq!(va, vb, "{src}");
+    }
 }
 
+/// An IPv4/UDP frame from `src`.
+fn udp4(src: &str, sport: u16, dport: u16) -> Vec<u8> {
+    let src: std::net::Ipv4Addr = src.parse().unwrap();
+    let mut f = vec![0u8; 14 + 20 + 8];
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&28u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&src.octets());
+    f[30..34].copy_from_slice(&[192, 0, 2, 200]);
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f[38..40].copy_from_slice(&8u16.to_be_bytes());
+    f
+}
+
+/// What replaced v1's refusals of a full map: a set that outgrows its tier
+/// gets the next one (a new program instance with larger maps, the
+/// counters of kept ids carried over), and nothing is refused.
 #[test]
-fn full_map_refuses_overflow_and_applies_the_rest() {
+fn a_set_that_outgrows_its_tier_grows_it() {
     if !is_root() {
         eprintln!("skipping: needs root");
         return;
     }
-    let caps = Capacities {
-        addr_v4: 1000,
-        ..Capacities::small()
-    };
-    let mut k = KernelClassifier::new(&caps).expect("load");
-    k.set_entries(&set(1500, 0), false).expect("apply");
-    assert_eq!(k.last_sync.refused, 500, "{:?}", k.last_sync);
+    let mut k = KernelClassifier::with_set(&set(1000, 0), false).expect("load");
+    let before = k.maps().sizes();
+    // A hit on a kept entry, counted before the growth.
+    let frame = udp4("11.0.0.5", 40000, 53);
+    let v = k.classify(&frame).unwrap();
+    assert_eq!(v.action, 1, "11.0.0.5 is dropped");
+    let big = set(50_000, 0);
+    k.set_entries(&big, false).expect("apply");
+    assert_eq!(k.last_sync.refused, 0, "{:?}", k.last_sync);
+    assert!(k.last_sync.tiers >= 1, "{:?}", k.last_sync);
+    assert_eq!(k.last_sync.added, 49_000, "{:?}", k.last_sync);
+    let after = k.maps().sizes();
     assert!(
-        k.last_sync.refusals[0].contains("ADDR_V4"),
-        "{:?}",
-        k.last_sync.refusals
+        after.buckets4 > before.buckets4 && after.catalog > before.catalog,
+        "{before:?} -> {after:?}"
     );
     let back = k.maps().read().unwrap();
-    assert_eq!(back.addr_v4.len(), 1000);
-    // The other maps got everything.
-    assert_eq!(back.prefix_v4.len(), 2);
-    assert_eq!(back.port_v4.len(), 1);
-    assert_eq!(back.allow_v6.len(), 1);
+    assert_eq!(back.census(&big).missing, 0);
+    assert_eq!(back.addr_v4.len(), 50_000);
+    // The kept entry's id and hit survived the new tier.
+    let id = v.entry_id;
+    assert_eq!(k.maps().entry_stats().unwrap()[id as usize].packets, 1);
+    assert_eq!(k.classify(&frame).unwrap().entry_id, id);
+    assert_eq!(k.maps().stats_overflow().unwrap().packets, 0);
 }
 
-/// Issue #13, bug 1: a set rotated to as many *different* keys at (near)
-/// capacity used to add before it removed, fill the map and keep only a
-/// fraction; and a sync after a crash in the middle of such a rotation
-/// (the kernel holding a mix) refused the same way. Removals that make
-/// room now go first, on every path: `apply` (diff of sets), a full
-/// rebuild, and `apply_changes` (the feed agent's delta).
+/// Issue #13, bug 1 (v1): a set rotated to as many *different* keys at
+/// (near) capacity used to add before it removed, fill the map and keep
+/// only a fraction. With v2 a rotation is one plan (or a new tier when the
+/// old and new keys do not fit together); on every path it lands whole:
+/// `apply` (diff of sets), `apply_changes` (the feed agent's delta) and a
+/// restart over a kernel holding a mix (adoption).
 #[test]
-fn rotation_at_capacity_lands_whole() {
+fn rotation_lands_whole() {
     if !is_root() {
         eprintln!("skipping: needs root");
         return;
     }
-    let caps = Capacities {
-        addr_v4: 1000,
-        prefix_v4: 8,
-        ..Capacities::small()
-    };
-    // 990 addresses (+ 2 v4 prefixes of 8) rotated to 990 others.
     let old = set(990, 0);
     let new = set(990, 10_000);
     let check = |k: &KernelClassifier, want: &EntrySet, what: &str| {
@@ -163,35 +199,33 @@ fn rotation_at_capacity_lands_whole() {
             0,
             "{what}: kernel differs from the desired state"
         );
+        assert_eq!(back.to_entry_set(), normalise(want), "{what}");
     };
 
     // The simple agent's path: apply() diffs the two sets.
-    let mut k = KernelClassifier::new(&caps).expect("load");
-    k.set_entries(&old, false).expect("old");
+    let mut k = KernelClassifier::with_set(&old, false).expect("load");
     check(&k, &old, "old set");
     k.set_entries(&new, false).expect("rotation");
     check(&k, &new, "apply() rotation");
     assert_eq!(k.last_sync.removed, 990, "{:?}", k.last_sync);
 
     // The feed agent's path: apply_changes() with the delta.
-    let mut k = KernelClassifier::new(&caps).expect("load");
-    k.set_entries(&old, false).expect("old");
+    let mut k = KernelClassifier::with_set(&old, false).expect("load");
     let changes =
         edge_filter::kernel::maps::SetChanges::between(&normalise(&old), &normalise(&new));
     let st = k
         .maps_mut()
         .apply_changes(&normalise(&new), &changes, 0)
         .expect("delta");
-    assert_eq!(st.refused, 0, "{st:?}");
+    assert_eq!((st.added, st.removed), (990, 990), "{st:?}");
     k.last_sync = st;
     check(&k, &new, "apply_changes() rotation");
 
     // After a crash in the middle: the kernel holds half of each set (the
-    // agent's shadow is gone: a new agent reads the kernel back).
-    let mut k = KernelClassifier::new(&caps).expect("load");
+    // agent's state is gone: a new agent adopts the kernel's tables).
     let mut mixed = set(495, 0);
     mixed.entries.extend(set(495, 10_000).entries);
-    k.set_entries(&mixed, false).expect("mixed");
+    let mut k = KernelClassifier::with_set(&mixed, false).expect("mixed");
     k.maps_mut().forget_shadow();
     k.maps_mut()
         .rebuild(&new, 0)
@@ -199,45 +233,62 @@ fn rotation_at_capacity_lands_whole() {
         .expect("restart");
     check(&k, &new, "rebuild after a crash");
 
-    // A set that does not fit still refuses only its overflow.
-    let mut k = KernelClassifier::new(&caps).expect("load");
-    k.set_entries(&old, false).expect("old");
-    k.set_entries(&set(1200, 10_000), false).expect("too big");
-    assert_eq!(k.last_sync.refused, 200, "{:?}", k.last_sync);
-    let back = k.maps().read().unwrap();
-    assert_eq!(back.addr_v4.len(), 1000);
-    assert_eq!(back.census(&set(1200, 10_000)).missing, 200);
+    // A set twice the tier's headroom lands whole (a new tier).
+    k.set_entries(&set(8000, 20_000), false).expect("too big");
+    check(&k, &set(8000, 20_000), "a larger set");
 }
 
+/// Words changed behind the engine's back (a record slot cleared: an
+/// address that would pass; a catalog word cleared) are drift: reconcile
+/// notices, counts it and brings the kernel back to the set (a new tier
+/// with the same ids), and the next reconcile finds nothing.
 #[test]
 fn reconcile_repairs_drift() {
     if !is_root() {
         eprintln!("skipping: needs root");
         return;
     }
+    use edge_filter::kernel::layout::Write;
     let flags = edge_filter_common::CONFIG_RECORD_LAST;
-    let mut k = classifier();
-    k.set_entries(&set(200, 0), false).expect("apply");
+    let s = set(200, 0);
+    let mut k = KernelClassifier::with_set(&s, false).expect("load");
     let good = k.maps().read().unwrap();
     assert_eq!(k.maps_mut().reconcile(flags).unwrap(), 0, "no drift yet");
-    // Behind the agent's back: one address removed, one value changed, one
-    // bogus key added.
+    // Behind the engine's back: the first record slot and a catalog word.
+    let t = k.maps().v2().read().unwrap();
+    let (bucket, slot) = t
+        .exact4
+        .iter()
+        .enumerate()
+        .find_map(|(b, bk)| {
+            (0..7)
+                .find(|&i| bk.slots[i].meta != 0)
+                .map(|i| (b as u32, i as u32))
+        })
+        .expect("a record");
+    let victim = t.exact4[bucket as usize].slots[slot as usize].addr;
+    let frame = udp4(&std::net::Ipv4Addr::from(victim).to_string(), 40000, 53);
+    let before = k.classify(&frame).unwrap();
     k.maps_mut()
-        .tamper(|d| {
-            d.addr_v4.remove(&[11, 0, 0, 1]);
-            d.addr_v4.get_mut(&[11, 0, 0, 2]).unwrap().action = edge_filter_common::ACTION_MONITOR;
-            let v = d.addr_v4[&[11, 0, 0, 3]];
-            d.addr_v4.insert([203, 0, 113, 9], v);
+        .tamper(&Write::Slot4 {
+            bucket,
+            slot,
+            value: 0,
         })
         .unwrap();
-    assert_eq!(drift(&k.maps().read().unwrap(), &good), 3);
+    k.maps_mut()
+        .tamper(&Write::Catalog { id: 3, value: 0 })
+        .unwrap();
+    assert_ne!(k.maps().read().unwrap(), good, "the catalog change shows");
     let drifted = k.maps_mut().reconcile(flags).unwrap();
-    assert_eq!(drifted, 3, "reconcile must count every drifted key");
+    assert_eq!(drifted, 1, "reconcile must notice the drift");
     assert_eq!(
-        drift(&k.maps().read().unwrap(), &good),
-        0,
+        k.maps().read().unwrap(),
+        good,
         "reconcile must restore the contents"
     );
+    assert_eq!(k.classify(&frame).unwrap(), before, "the record is back");
+    assert_eq!(k.maps_mut().reconcile(flags).unwrap(), 0, "nothing left");
 }
 
 /// The incremental path (diff of sets, re-flattening only covered trie
@@ -437,7 +488,11 @@ fn apply_changes_equals_apply_and_a_full_rebuild() {
         let k = a.maps().read().unwrap();
         assert_eq!(&k.to_entry_set(), want, "{what} (seed {seed})");
         // The shadow copy the next delta builds on is what the kernel holds.
-        assert_eq!(a.maps().shadow(), Some(&k), "{what}: shadow (seed {seed})");
+        assert_eq!(
+            a.maps().shadow(),
+            Some(k.clone()),
+            "{what}: shadow (seed {seed})"
+        );
         assert_eq!(
             drift(&k, &Desired::build_from(want, &k)),
             0,

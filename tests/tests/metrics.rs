@@ -189,7 +189,10 @@ fn metrics_scrape_matches_traffic() {
     assert_eq!(value(&after, &map_key, &body), 2.0);
     let cap =
         format!("edge_filter_map_capacity_entries{{iface=\"{RECEIVER_IF}\",map=\"ADDR_V4\"}}");
-    assert_eq!(value(&after, &cap, &body), 1_048_576.0);
+    // The current capacity tier's: datapath v2 sizes the maps for at
+    // least twice the set (and grows them with it).
+    let cap = value(&after, &cap, &body);
+    assert!((4.0..1_048_576.0).contains(&cap), "ADDR_V4 capacity {cap}");
     assert_eq!(value(&after, "edge_filter_desired_entries", &body), 2.0);
     assert!(value(&after, "edge_filter_syncs_total", &body) >= 1.0);
     assert!(value(&after, "edge_filter_sync_duration_seconds_count", &body) >= 1.0);

@@ -163,6 +163,144 @@ fn v2_sync_engine_updates_grows_and_adopts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The feed agent's path (`V2Sync::apply_changes` with `SetChanges`)
+/// against the whole-set path (`V2Sync::apply`) on two instances given the
+/// same first tier (same seed): over a chain of random deltas (adds,
+/// removes, changes of action, prefixes, ports, IPv6, allowlist nets) the
+/// maps read back byte for byte equal, the ids too, and the delta path was
+/// taken (not its whole-set fallback).
+#[test]
+fn apply_changes_leaves_the_maps_apply_does() {
+    if !edge_filter_tests::netns::is_root() {
+        eprintln!("skipping: needs root to load the XDP program");
+        return;
+    }
+    use edge_filter::entry::{PortMatch, Proto, Side};
+    use edge_filter::kernel::maps::SetChanges;
+    let seed = random_seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let entry = |rng: &mut StdRng| {
+        let v6 = rng.random_bool(0.3);
+        let net: IpNet = if v6 {
+            let a = std::net::Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                rng.random_range(0..4),
+                0,
+                0,
+                0,
+                0,
+                rng.random_range(0..64),
+            );
+            IpNet::new(
+                a.into(),
+                [32u8, 48, 64, 120, 128, 128][rng.random_range(0..6)],
+            )
+            .unwrap()
+        } else {
+            let a = Ipv4Addr::new(
+                10,
+                rng.random_range(0..4),
+                rng.random_range(0..8),
+                rng.random(),
+            );
+            IpNet::new(
+                a.into(),
+                [8u8, 16, 20, 24, 28, 32, 32, 32, 32][rng.random_range(0..9)],
+            )
+            .unwrap()
+        };
+        let port = rng.random_bool(0.2).then(|| PortMatch {
+            proto: if rng.random_bool(0.5) {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            },
+            port: [22, 53, 443][rng.random_range(0..3)],
+            side: if rng.random_bool(0.5) {
+                Side::Src
+            } else {
+                Side::Dst
+            },
+        });
+        let action = if rng.random_bool(0.7) {
+            Action::Drop
+        } else {
+            Action::Monitor
+        };
+        Entry::new(net.trunc(), port, action)
+    };
+    // As the agent's merge has it: sorted by key, one entry per key (drop
+    // wins), the allowlist sorted and unique.
+    let normalise = |mut s: EntrySet| {
+        s.entries
+            .sort_by(|a, b| a.key().cmp(&b.key()).then(b.action.cmp(&a.action)));
+        s.entries.dedup_by(|b, a| a.key() == b.key());
+        s.allow.sort();
+        s.allow.dedup();
+        s
+    };
+    let mut raw = EntrySet::default();
+    for _ in 0..3000 {
+        raw.entries.push(entry(&mut rng));
+    }
+    raw.allow.push("10.1.0.0/16".parse().unwrap());
+    let mut prev = normalise(raw.clone());
+    // Room for the chain's growth: both engines stay in this tier.
+    let tier = |s: &EntrySet| Tier::for_set(s, assign_ids(s, &Ids::default()), seed).unwrap();
+    let sizes = tier(&prev).sizes().unwrap();
+    let (_ka, maps_a) = load(sizes);
+    let (_kb, maps_b) = load(sizes);
+    let mut a = V2Sync::install(maps_a, tier(&prev), &prev, seed).unwrap();
+    let mut b = V2Sync::install(maps_b, tier(&prev), &prev, seed).unwrap();
+    let mut deltas = 0;
+    for round in 0..30 {
+        let ctx = format!("round {round} (seed {seed:#x})");
+        raw.entries.retain(|_| rng.random_bool(0.97));
+        for e in raw.entries.iter_mut() {
+            if rng.random_bool(0.02) {
+                e.action = if e.action == Action::Drop {
+                    Action::Monitor
+                } else {
+                    Action::Drop
+                };
+            }
+        }
+        for _ in 0..rng.random_range(0..100) {
+            raw.entries.push(entry(&mut rng));
+        }
+        if rng.random_bool(0.3) {
+            raw.allow.push(entry(&mut rng).net);
+        } else if rng.random_bool(0.3) {
+            raw.allow.pop();
+        }
+        let next = normalise(raw.clone());
+        let ch = SetChanges::between(&prev, &next).key_changes();
+        let (Applied::Done(ca), Applied::Done(cb)) = (
+            a.apply(&next).unwrap(),
+            b.apply_changes(&next, &ch).unwrap(),
+        ) else {
+            panic!("{ctx}: the tier ran out");
+        };
+        assert!(cb.by_changes && !ca.by_changes, "{ctx}: {ca:?} {cb:?}");
+        assert_eq!(
+            (ca.added, ca.removed, ca.writes, ca.graces),
+            (cb.added, cb.removed, cb.writes, cb.graces),
+            "{ctx}"
+        );
+        assert_eq!(a.ids(), b.ids(), "{ctx}: ids");
+        assert_eq!(b.set(), &next, "{ctx}: the engine's set");
+        let (ta, tb) = (a.maps().read().unwrap(), b.maps().read().unwrap());
+        assert!(
+            ta == tb,
+            "{ctx}: apply_changes and apply left different maps"
+        );
+        deltas += 1;
+        prev = next;
+    }
+    println!("apply_changes = apply over {deltas} deltas (seed {seed:#x})");
+}
+
 /// A new tier goes live by replacing the program on the pinned link
 /// (`attach::swap_program`, `BPF_LINK_UPDATE`): the link then runs the new
 /// instance, still attached, and keeps it when the old instance is gone.

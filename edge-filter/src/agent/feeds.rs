@@ -335,7 +335,6 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<()> {
         &cfg.metrics,
         cfg.bpffs.clone(),
         cfg.interfaces.iter().map(|i| i.name.clone()).collect(),
-        cfg.capacities,
     )
     .await
     .map_err(|e| state_err("starting the metrics endpoint", e))?;
@@ -608,6 +607,8 @@ impl FeedAgent {
         reconcile.tick().await;
         let mut link_check = tokio::time::interval(crate::agent::watch::CHECK_EVERY);
         link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hit_pass = tokio::time::interval(crate::agent::watch::HIT_PASS_EVERY);
+        hit_pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let expiry = self.next_expiry();
             tokio::select! {
@@ -618,6 +619,10 @@ impl FeedAgent {
                     self.on_msg(msg);
                 }
                 _ = reconcile.tick() => self.reconcile(),
+                _ = hit_pass.tick() => {
+                    self.note_hits();
+                    continue;
+                }
                 ev = crate::agent::watch::next_event(&mut links) => {
                     log::debug!("link event: {ev:?}");
                     self.check_links();
@@ -889,6 +894,15 @@ impl FeedAgent {
         self.status.last_sync_ms = t.elapsed().as_secs_f64() * 1e3;
         if let Some(m) = &self.metrics {
             m.observe_sync(t.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The last-hit pass over every interface's per-entry counters.
+    fn note_hits(&mut self) {
+        for i in &self.ifaces {
+            if let Err(e) = i.maps.note_hits() {
+                log::debug!("{}: last-hit pass: {e}", i.name);
+            }
         }
     }
 

@@ -119,7 +119,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         &opts.metrics,
         opts.paths.root().to_path_buf(),
         vec![opts.iface.clone()],
-        opts.caps,
     )
     .await
     .map_err(|source| Error::Pin {
@@ -213,6 +212,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut census = tokio::time::interval(CENSUS_EVERY);
     census.tick().await;
+    let mut hit_pass = tokio::time::interval(crate::agent::watch::HIT_PASS_EVERY);
+    hit_pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let forced = tokio::select! {
             _ = hup.recv() => true,
@@ -226,6 +227,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = link_check.tick() => {
                 agent.watch.check();
                 agent.publish();
+                continue;
+            }
+            _ = hit_pass.tick() => {
+                if let Err(e) = att.maps.note_hits() {
+                    log::debug!("last-hit pass: {e}");
+                }
                 continue;
             }
             _ = census.tick() => {

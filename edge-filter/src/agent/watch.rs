@@ -238,3 +238,9 @@ pub async fn next_event(
 
 /// How often the attachment is checked without an event.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the agent derives the last hit of each entry from the
+/// per-entry counters (`EntryMaps::note_hits`): the datapath keeps no
+/// timestamp, so a last hit is known to this precision (a reader in
+/// between sees the counters moved and says "now").
+pub const HIT_PASS_EVERY: Duration = Duration::from_secs(1);

@@ -66,19 +66,20 @@ pub struct RunArgs {
     /// Seconds between checks of the files for changes.
     #[arg(long, default_value_t = 1.0)]
     pub poll_seconds: f64,
-    /// Capacity of the exact IPv4 address map.
+    /// Ignored (with a warning): datapath v2 sizes its maps from the entry
+    /// set and grows them (capacity tiers). Was the exact IPv4 map's size.
     #[arg(long, default_value_t = Capacities::default().addr_v4)]
     pub max_addr_v4: u32,
-    /// Capacity of the exact IPv6 address map.
+    /// Ignored (with a warning), as --max-addr-v4.
     #[arg(long, default_value_t = Capacities::default().addr_v6)]
     pub max_addr_v6: u32,
-    /// Capacity of each prefix map (per family).
+    /// Ignored (with a warning), as --max-addr-v4.
     #[arg(long, default_value_t = Capacities::default().prefix_v4)]
     pub max_prefixes: u32,
-    /// Capacity of each port map (address+port and prefix+port, per family).
+    /// Ignored (with a warning), as --max-addr-v4.
     #[arg(long, default_value_t = Capacities::default().port_v4)]
     pub max_ports: u32,
-    /// Capacity of the allowlist (per family).
+    /// Ignored (with a warning), as --max-addr-v4.
     #[arg(long, default_value_t = Capacities::default().allow)]
     pub max_allow: u32,
     /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or
@@ -106,9 +107,8 @@ pub struct RunArgs {
         conflicts_with = "config"
     )]
     pub max_rejected_share: f64,
-    /// Entry ids with their own hit counters (`top`, `explain`); hits on
-    /// higher ids are counted together as overflow. Memory: N x 24 bytes x
-    /// possible CPUs.
+    /// Ignored (with a warning): with datapath v2 every entry has its own
+    /// hit counter. Was the number of ids counted individually.
     #[arg(long, default_value_t = Capacities::default().entry_stats, value_name = "N")]
     pub max_entry_stats: u32,
     #[command(flatten)]

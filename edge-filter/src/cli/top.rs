@@ -24,9 +24,10 @@ entry that decided its verdict (drop beats monitor, then the most specific
 kind), so a broad drop prefix collects the hits of the narrower monitor
 entries it covers. Counters start at zero when an entry first gets its id
 and survive agent restarts; a removed entry's id (and counters) is reused
-by the next new entry, zeroed first. Entries whose id is beyond the
-counter capacity (run --max-entry-stats, [capacities] entry_stats) are
-only counted together, as overflow.
+by the next new entry, zeroed first. Every entry has its own counter. The
+last hit is derived by the agent from the counters once a second (the
+datapath keeps no timestamp); counters it has not seen yet read as hit at
+the time of this read.
 
 By default drop and monitor entries with at least one hit are listed;
 --action allow lists the allowlist nets, --zero includes entries never hit.

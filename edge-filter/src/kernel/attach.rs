@@ -15,7 +15,7 @@ use edge_filter_common as abi;
 
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
-use crate::kernel::maps::{EntryMaps, SyncStats};
+use crate::kernel::maps::{EntryMaps, Home, SyncStats};
 use crate::kernel::paths::Paths;
 use crate::kernel::program::{self, Capacities};
 use crate::kernel::v2maps::{V2_MAPS, V2Maps};
@@ -59,8 +59,8 @@ pub struct Attachment {
     pub reattached: bool,
     /// What the initial sync did.
     pub initial_sync: SyncStats,
-    /// How the adopted attachment differs from the mode and capacities
-    /// asked for (it is kept as it is), one item each; empty otherwise.
+    /// How the adopted attachment differs from the mode asked for (it is
+    /// kept as it is), one item each; empty otherwise.
     pub differs: Vec<String>,
 }
 
@@ -74,7 +74,7 @@ impl Attachment {
         }
         Some(format!(
             "{iface}: adopted the pinned filter as it is, which differs from what was asked: {}. \
-             The mode and map sizes of an attachment cannot change in place: to apply them, stop this agent, \
+             The mode of an attachment cannot change in place: to apply it, stop this agent, \
              run `{}` and start it again (traffic on {iface} passes unfiltered in between)",
             self.differs.join("; "),
             paths.detach_command(iface)
@@ -82,10 +82,10 @@ impl Attachment {
     }
 }
 
-/// How the pinned attachment of `iface` differs from `mode` and `caps`:
-/// the attach mode the kernel reports against a `native` or `skb` asked
-/// for (`auto` accepts either), and each map's capacity.
-fn adopted_differences(paths: &Paths, iface: &str, mode: Mode, caps: &Capacities) -> Vec<String> {
+/// How the pinned attachment of `iface` differs from `mode`: the attach
+/// mode the kernel reports against a `native` or `skb` asked for (`auto`
+/// accepts either). (Map sizes follow the entry set: capacity tiers.)
+fn adopted_differences(paths: &Paths, iface: &str, mode: Mode) -> Vec<String> {
     let mut out = Vec::new();
     let asked = match mode {
         Mode::Native => Some("native"),
@@ -103,19 +103,6 @@ fn adopted_differences(paths: &Paths, iface: &str, mode: Mode, caps: &Capacities
         && used != asked
     {
         out.push(format!("it runs in {used} mode, {asked} was asked"));
-    }
-    let mut wanted: Vec<(&'static str, u32)> = caps.per_map().to_vec();
-    wanted.push((abi::MAP_ENTRY_STATS, caps.entry_stats.max(1)));
-    for (name, want) in wanted {
-        let want = want.max(1);
-        if let Ok(info) = aya::maps::MapInfo::from_pin(paths.map(iface, name))
-            && info.max_entries() != want
-        {
-            out.push(format!(
-                "{name} holds {}, {want} was asked",
-                info.max_entries()
-            ));
-        }
     }
     out
 }
@@ -412,14 +399,18 @@ pub fn open_pinned(paths: &Paths, iface: &str) -> Result<EntryMaps> {
         });
     }
     paths.check_iface(iface)?;
-    EntryMaps::from_fn(|name| open_map(&paths.map(iface, name)))
+    let home = Home::Pinned {
+        maps_dir: paths.maps_dir(iface),
+        link: paths.link(iface),
+    };
+    EntryMaps::from_fn(|name| open_map(&paths.map(iface, name)), home)
         .map_err(|e| incompatible_pins(paths, iface).unwrap_or(e))
 }
 
 /// The error for an attachment pinned by a build with another set of maps:
-/// some of [`abi::ALL_MAPS`] are pinned for `iface` and others are not (an older
-/// build, before `ENTRY_STATS`, `STATS_OVERFLOW`, `EVENTS`, `SAMPLE` and
-/// `SAMPLE_STATE` existed, pinned only the maps it had). `None` when every
+/// some of [`abi::ALL_MAPS`] are pinned for `iface` and others are not (a
+/// build of datapath v1 pinned its hash maps and tries and the common maps,
+/// none of the v2 maps). `None` when every
 /// map is pinned, or none is (then the error of opening the first map says
 /// more). Only looked at after opening a map failed, so the usual path
 /// costs nothing.
@@ -477,45 +468,57 @@ pub fn attach_or_adopt(
     paths.ensure()?;
     // Pins another user could have replaced are neither adopted nor removed.
     paths.check_iface(iface)?;
+    if let Some(w) = caps.ignored() {
+        log::warn!("{iface}: {w}");
+    }
     if paths.link(iface).exists() {
         // Adopt only a link that is in force: one left behind by an
         // interface that was deleted (and perhaps created again) filters
-        // nothing, so the program is attached again with the same maps.
+        // nothing, so the program is attached again with the same maps
+        // (first, so that a new tier the sync may need swaps onto a link
+        // that is attached).
         let health = link_health(paths, iface)?;
-        let mut maps = open_pinned(paths, iface)?;
-        let initial_sync = maps.apply(set, flags)?;
         let (used, reattached) = if health.is_attached() {
             (None, false)
         } else {
             log::warn!("{}: re-attaching", health.describe(iface));
             (Some(reattach(paths, iface, mode, caps)?), true)
         };
+        let mut maps = open_pinned(paths, iface)?;
+        let initial_sync = maps.apply(set, flags)?;
         return Ok(Attachment {
             maps,
             adopted: true,
             mode: used,
             reattached,
             initial_sync,
-            differs: adopted_differences(paths, iface, mode, caps),
+            differs: adopted_differences(paths, iface, mode),
         });
     }
     // A half-made attachment (maps pinned, no link) from a crash: start over.
     remove_pins(paths, iface)?;
-    let mut ebpf = program::load(caps)?;
+    let fresh = crate::kernel::maps::Fresh::for_set(set)?;
+    let mut ebpf = program::load(&fresh.sizes()?, &[])?;
     let dir = paths.maps_dir(iface);
     paths.create_iface_dirs(iface)?;
     let result = (|| {
         EntryMaps::pin_all(&ebpf, &dir)?;
-        let mut maps = open_pinned(paths, iface)?;
-        maps.assume_fresh_stats();
-        let initial_sync = maps.apply(set, flags)?;
+        let home = Home::Pinned {
+            maps_dir: dir.clone(),
+            link: paths.link(iface),
+        };
+        let added = fresh.keys();
+        let maps = EntryMaps::fresh(&mut ebpf, fresh, flags, home)?;
         let used = attach_link(&mut ebpf, iface, mode, &paths.link(iface))?;
         Ok(Attachment {
             maps,
             adopted: false,
             mode: Some(used),
             reattached: false,
-            initial_sync,
+            initial_sync: SyncStats {
+                added,
+                ..SyncStats::default()
+            },
             differs: Vec::new(),
         })
     })();
@@ -534,7 +537,12 @@ pub fn attach_or_adopt(
 /// contents, counters and ids stay), and pin the new link over the old one.
 /// For a pinned link that filters nothing because its interface was deleted
 /// or recreated ([`LinkHealth::Defunct`]). Returns the mode used.
-pub fn reattach(paths: &Paths, iface: &str, mode: Mode, caps: &Capacities) -> Result<&'static str> {
+pub fn reattach(
+    paths: &Paths,
+    iface: &str,
+    mode: Mode,
+    _caps: &Capacities,
+) -> Result<&'static str> {
     ifindex(iface)?;
     let pins: Vec<(&'static str, std::path::PathBuf)> = abi::ALL_MAPS
         .iter()
@@ -549,7 +557,9 @@ pub fn reattach(paths: &Paths, iface: &str, mode: Mode, caps: &Capacities) -> Re
             source: std::io::Error::from_raw_os_error(libc::ENOENT),
         });
     }
-    let mut ebpf = program::load_with_pinned(caps, &pins)?;
+    // The pinned maps are reused whole; their sizes are the tier's.
+    let sizes = open_pinned(paths, iface)?.sizes();
+    let mut ebpf = program::load(&sizes, &pins)?;
     // Pin beside the old link, then rename over it: the link pin is never
     // missing, and the old (detached) link is released with its pin. (No
     // dot in the name: bpffs refuses those.)
@@ -681,7 +691,8 @@ pub fn detach(paths: &Paths, iface: &str) -> Result<()> {
 
 /// Remove every pin of an interface (maps, link) and its directories.
 fn remove_pins(paths: &Paths, iface: &str) -> Result<()> {
-    for name in abi::ALL_MAPS {
+    // The v1 names too: pins an older build left.
+    for name in abi::ALL_MAPS.iter().chain(abi::V1_MAPS.iter()) {
         let p = paths.map(iface, name);
         if p.exists() {
             std::fs::remove_file(&p).map_err(|source| Error::Pin {
@@ -689,6 +700,14 @@ fn remove_pins(paths: &Paths, iface: &str) -> Result<()> {
                 source,
             })?;
         }
+    }
+    // A tier change cut short leaves its staging directory.
+    let staging = paths.maps_dir(iface).join("v2-next");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|source| Error::Pin {
+            op: format!("removing {}", staging.display()),
+            source,
+        })?;
     }
     for p in [paths.link(iface), paths.iface_dir(iface).join("link-new")] {
         if p.exists() {
@@ -713,8 +732,8 @@ fn remove_pins(paths: &Paths, iface: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// Pins as a build from before the per-entry counters and events
-    /// left them: a link and the thirteen maps it had. Plain files in a
+    /// Pins as a build of datapath v1 left them: a link and its eighteen
+    /// maps (the common ones among them, no v2 map). Plain files in a
     /// temporary directory do: the check looks only at which pins exist,
     /// and opening a plain file as a map fails as a missing pin does.
     fn old_build_pins(tag: &str) -> (Paths, &'static str) {
@@ -724,7 +743,7 @@ mod tests {
         let iface = "ef-old0";
         std::fs::create_dir_all(paths.maps_dir(iface)).unwrap();
         std::fs::write(paths.link(iface), "").unwrap();
-        for name in &abi::ALL_MAPS[..13] {
+        for name in abi::V1_MAPS {
             std::fs::write(paths.map(iface, name), "").unwrap();
         }
         (paths, iface)
@@ -739,21 +758,12 @@ mod tests {
         let Error::IncompatiblePins { missing, .. } = &e else {
             panic!("want IncompatiblePins, got {e:?}");
         };
-        assert_eq!(
-            missing,
-            &[
-                "ENTRY_STATS",
-                "STATS_OVERFLOW",
-                "EVENTS",
-                "SAMPLE",
-                "SAMPLE_STATE"
-            ]
-        );
+        assert_eq!(missing, &abi::v2::V2_MAP_NAMES);
         let text = e.to_string();
         for want in [
             "pinned on ef-old0",
             "older (or different) edge-filter build",
-            "lacks the maps ENTRY_STATS, STATS_OVERFLOW, EVENTS, SAMPLE, SAMPLE_STATE",
+            "lacks the maps V2_CONFIG, V2_SUM4",
             &format!(
                 "`edge-filter detach --iface ef-old0 --bpffs {}`",
                 paths.root().display()
@@ -767,6 +777,9 @@ mod tests {
             panic!("a plain file opened as a ring buffer");
         };
         assert!(matches!(e, Error::IncompatiblePins { .. }), "{e:?}");
+        // Starting over (or detaching) removes the old build's pins too.
+        remove_pins(&paths, iface).expect("old pins removed");
+        assert!(!paths.iface_dir(iface).exists());
         std::fs::remove_dir_all(paths.root()).unwrap();
     }
 
@@ -791,7 +804,7 @@ mod tests {
     #[test]
     fn complete_or_absent_map_pins_keep_the_open_error() {
         let (paths, iface) = old_build_pins("full");
-        for name in &abi::ALL_MAPS[13..] {
+        for name in abi::ALL_MAPS {
             std::fs::write(paths.map(iface, name), "").unwrap();
         }
         assert!(incompatible_pins(&paths, iface).is_none());
@@ -799,8 +812,8 @@ mod tests {
             .err()
             .expect("plain files are no maps");
         assert!(!matches!(e, Error::IncompatiblePins { .. }), "{e:?}");
-        for name in abi::ALL_MAPS {
-            std::fs::remove_file(paths.map(iface, name)).unwrap();
+        for name in abi::ALL_MAPS.iter().chain(abi::V1_MAPS.iter()) {
+            let _ = std::fs::remove_file(paths.map(iface, name));
         }
         assert!(incompatible_pins(&paths, iface).is_none());
         std::fs::remove_dir_all(paths.root()).unwrap();

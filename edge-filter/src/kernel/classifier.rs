@@ -2,16 +2,13 @@
 //! with private maps (never the pinned ones): used by the differential tests
 //! and by replay.
 
-use aya::{
-    Ebpf,
-    programs::{TestRun, TestRunOptions},
-};
+use aya::programs::{TestRun, TestRunOptions};
 use edge_filter_common::{self as abi, LastVerdict};
 
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
 use crate::kernel::maps::{EntryMaps, SyncStats};
-use crate::kernel::program::{self, Capacities};
+use crate::kernel::program::Capacities;
 
 /// Smallest frame BPF_PROG_TEST_RUN accepts for XDP (an Ethernet header).
 pub const MIN_FRAME: usize = 14;
@@ -37,22 +34,31 @@ const SENTINEL: LastVerdict = LastVerdict {
     entry_id: u32::MAX,
 };
 
-/// The XDP program loaded with private maps, ready to classify frames.
+/// The XDP program loaded with private maps, ready to classify frames. Its
+/// maps are a capacity tier for the entries set; a larger set loads a
+/// new instance of the next tier (as the agent does on a live link).
 pub struct KernelClassifier {
-    ebpf: Ebpf,
     maps: EntryMaps,
     /// What the last [`KernelClassifier::set_entries`] did.
     pub last_sync: SyncStats,
 }
 
 impl KernelClassifier {
-    /// Load the program with `caps`-sized private maps.
-    pub fn new(caps: &Capacities) -> Result<Self> {
-        let mut ebpf = program::load(caps)?;
-        let mut maps = EntryMaps::from_ebpf(&mut ebpf)?;
-        maps.set_config(abi::CONFIG_RECORD_LAST, 0)?;
+    /// Load the program with private maps of the smallest tier. `caps`
+    /// is ignored (datapath v2 sizes its maps from the set; kept for
+    /// callers of the v1 API).
+    pub fn new(_caps: &Capacities) -> Result<Self> {
+        let maps = EntryMaps::private(&EntrySet::default(), abi::CONFIG_RECORD_LAST)?;
         Ok(KernelClassifier {
-            ebpf,
+            maps,
+            last_sync: SyncStats::default(),
+        })
+    }
+
+    /// Load the program with private maps of a tier for `set`, holding it.
+    pub fn with_set(set: &EntrySet, malformed_drop: bool) -> Result<Self> {
+        let maps = EntryMaps::private(set, flags(malformed_drop))?;
+        Ok(KernelClassifier {
             maps,
             last_sync: SyncStats::default(),
         })
@@ -60,13 +66,7 @@ impl KernelClassifier {
 
     /// Replace the entries (a diff against what is loaded).
     pub fn set_entries(&mut self, set: &EntrySet, malformed_drop: bool) -> Result<()> {
-        let flags = abi::CONFIG_RECORD_LAST
-            | if malformed_drop {
-                abi::CONFIG_MALFORMED_DROP
-            } else {
-                0
-            };
-        self.last_sync = self.maps.apply(set, flags)?;
+        self.last_sync = self.maps.apply(set, flags(malformed_drop))?;
         Ok(())
     }
 
@@ -83,7 +83,7 @@ impl KernelClassifier {
     /// Run one frame through the program.
     pub fn classify(&mut self, frame: &[u8]) -> Result<KernelVerdict> {
         self.maps.set_last(SENTINEL)?;
-        let prog = program::xdp_mut(&mut self.ebpf)?;
+        let prog = self.maps.xdp_mut()?;
         let opts = TestRunOptions {
             data_in: Some(frame),
             repeat: 1,
@@ -111,7 +111,7 @@ impl KernelClassifier {
 
     /// Time `repeat` runs of one frame in the kernel; mean ns per run.
     pub fn bench(&mut self, frame: &[u8], repeat: u32) -> Result<f64> {
-        let prog = program::xdp_mut(&mut self.ebpf)?;
+        let prog = self.maps.xdp_mut()?;
         let opts = TestRunOptions {
             data_in: Some(frame),
             repeat,
@@ -123,4 +123,14 @@ impl KernelClassifier {
         })?;
         Ok(res.duration.as_nanos() as f64)
     }
+}
+
+/// The runtime flags of a classifier: every verdict recorded in `LAST`.
+fn flags(malformed_drop: bool) -> u32 {
+    abi::CONFIG_RECORD_LAST
+        | if malformed_drop {
+            abi::CONFIG_MALFORMED_DROP
+        } else {
+            0
+        }
 }

@@ -76,6 +76,22 @@ fn jiffies_ref() -> Option<JiffiesRef> {
     })
 }
 
+/// The kernel's `jiffies` now (the clock `bpf_jiffies64` reads), from the
+/// reference taken once from `/proc/timer_list` and the monotonic clock;
+/// `None` when that reference is unknown.
+pub fn jiffies_now() -> Option<u64> {
+    let r = jiffies_ref()?;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+    let delta = (mono - r.mono_ns as i128) * i128::from(r.hz) / 1_000_000_000;
+    u64::try_from(r.jiffies as i128 + delta).ok()
+}
+
 impl Clock {
     /// Read both clocks now.
     pub fn now() -> Clock {

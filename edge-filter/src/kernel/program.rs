@@ -11,8 +11,11 @@ use crate::trust::is_permission;
 /// The eBPF object built by `build.rs`, embedded so the agent is one file.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge-filter"));
 
-/// Map capacities (`max_entries`). Defaults hold 1,048,576 exact IPv4
-/// addresses and 262,144 prefixes and port entries per family.
+/// Map capacities of the v1 maps (`max_entries`): the benchmark's "before"
+/// programs. The production program (datapath v2) sizes its maps from the
+/// set (capacity tiers, grown as needed), so the agent accepts these keys
+/// for old configurations and warns that they are ignored
+/// ([`Capacities::ignored`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Capacities {
@@ -66,6 +69,34 @@ impl Capacities {
         }
     }
 
+    /// A warning naming the keys of `self` that differ from the defaults,
+    /// which datapath v2 ignores; `None` when none does.
+    pub fn ignored(&self) -> Option<String> {
+        let d = Capacities::default();
+        let mut keys = Vec::new();
+        for (name, mine, def) in [
+            ("addr_v4", self.addr_v4, d.addr_v4),
+            ("addr_v6", self.addr_v6, d.addr_v6),
+            ("prefix_v4", self.prefix_v4, d.prefix_v4),
+            ("prefix_v6", self.prefix_v6, d.prefix_v6),
+            ("port_v4", self.port_v4, d.port_v4),
+            ("port_v6", self.port_v6, d.port_v6),
+            ("allow", self.allow, d.allow),
+            ("entry_stats", self.entry_stats, d.entry_stats),
+        ] {
+            if mine != def {
+                keys.push(format!("{name} = {mine}"));
+            }
+        }
+        (!keys.is_empty()).then(|| {
+            format!(
+                "map capacities are ignored ({}): the maps are sized from the entry set and grow with it \
+                 (capacity tiers), and every entry has its own hit counter",
+                keys.join(", ")
+            )
+        })
+    }
+
     /// `(map name, capacity)` for every entry map, in
     /// [`abi::ENTRY_MAPS`] order.
     pub fn per_map(&self) -> [(&'static str, u32); 10] {
@@ -85,32 +116,47 @@ impl Capacities {
     }
 }
 
-/// Load the object (creating fresh maps with `caps`) and the XDP program
-/// into the kernel. Nothing is attached or pinned.
-pub fn load(caps: &Capacities) -> Result<Ebpf> {
+/// The embedded production object (datapath v2).
+pub fn object() -> Result<&'static [u8]> {
     if OBJECT.is_empty() {
         return Err(Error::NoObject);
     }
-    load_object(OBJECT, caps)
+    Ok(OBJECT)
 }
 
-/// [`load`] for another build of the same program (`cargo xtask bench`
-/// compares builds with different cargo features).
-pub fn load_object(object: &[u8], caps: &Capacities) -> Result<Ebpf> {
-    load_inner(object, caps, &[])
+/// Load the production object with v2 maps of `sizes` (a tier's,
+/// `Tier::sizes`) and its XDP program into the kernel; every map named in
+/// `pins` is the map pinned at that path (its contents and counters stay:
+/// a second instance of the program on the same maps, to attach again to a
+/// recreated interface). Nothing is attached or pinned.
+pub fn load(sizes: &crate::kernel::v2maps::Sizes, pins: &[(&str, PathBuf)]) -> Result<Ebpf> {
+    load_v2_object(object()?, abi::PROGRAM_NAME, sizes, pins, &[])
 }
 
-/// [`load`], but every map named in `pins` is the map pinned at that path
-/// (its contents and counters stay): a second instance of the program on
-/// the same maps, to attach again to a recreated interface.
-pub fn load_with_pinned(caps: &Capacities, pins: &[(&'static str, PathBuf)]) -> Result<Ebpf> {
-    if OBJECT.is_empty() {
-        return Err(Error::NoObject);
-    }
-    load_inner(OBJECT, caps, pins)
+/// Load the v1 program `program` of `object` (`bench-ebpf`'s
+/// `edge_filter_v1`: `cargo xtask bench` compares the old layout with the
+/// new one) with v1 maps of `caps`.
+pub fn load_v1(object: &[u8], program: &str, caps: &Capacities) -> Result<Ebpf> {
+    load_inner(object, program, caps, &[])
 }
 
-fn load_inner(object: &[u8], caps: &Capacities, pins: &[(&'static str, PathBuf)]) -> Result<Ebpf> {
+/// The XDP program `name` of a loaded object.
+pub fn xdp_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Load(aya::EbpfError::NoBTF))?
+        .try_into()
+        .map_err(|source| Error::Program {
+            op: format!("finding the XDP program {name}"),
+            source,
+        })
+}
+
+fn load_inner(
+    object: &[u8],
+    program: &str,
+    caps: &Capacities,
+    pins: &[(&'static str, PathBuf)],
+) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     for (name, n) in caps.per_map() {
         loader.map_max_entries(name, n.max(1));
@@ -128,7 +174,7 @@ fn load_inner(object: &[u8], caps: &Capacities, pins: &[(&'static str, PathBuf)]
             Error::Load(e)
         }
     })?;
-    let prog = xdp_mut(&mut ebpf)?;
+    let prog = xdp_named(&mut ebpf, program)?;
     prog.load().map_err(load_error)?;
     Ok(ebpf)
 }

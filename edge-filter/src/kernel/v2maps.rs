@@ -21,10 +21,10 @@ use aya::{
     maps::{Map, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie},
 };
 use edge_filter_common::v2::{
-    Bucket4, Bucket6, ConfigV2, DIR4_ENTRIES, DIR4_LINES, EntryCounter, Line, MAP_V2_CATADDR6,
-    MAP_V2_CATALOG, MAP_V2_CONFIG, MAP_V2_DIR4, MAP_V2_EXACT4, MAP_V2_EXACT6, MAP_V2_HEAP,
-    MAP_V2_STATS, MAP_V2_SUM4, MAP_V2_SUM6, MAP_V2_TRIE4_A, MAP_V2_TRIE4_B, MAP_V2_TRIE6_A,
-    MAP_V2_TRIE6_B, V2_SHORT6, summary_words,
+    Bucket4, Bucket6, ConfigV2, DIR4_ENTRIES, DIR4_LINES, EntryCounter, LastHit, Line,
+    MAP_V2_CATADDR6, MAP_V2_CATALOG, MAP_V2_CONFIG, MAP_V2_DIR4, MAP_V2_EXACT4, MAP_V2_EXACT6,
+    MAP_V2_HEAP, MAP_V2_LASTHIT, MAP_V2_STATS, MAP_V2_SUM4, MAP_V2_SUM6, MAP_V2_TRIE4_A,
+    MAP_V2_TRIE4_B, MAP_V2_TRIE6_A, MAP_V2_TRIE6_B, V2_MAP_NAMES, V2_SHORT6, summary_words,
 };
 
 use crate::error::{Error, Result};
@@ -35,22 +35,7 @@ use crate::kernel::layout::{Geometry, Plan, Step, Tables, Write};
 pub const LAYOUT_FLAGS: u32 = V2_SHORT6;
 
 /// Every v2 map, in the order [`Sizes::per_map`] lists them.
-pub const V2_MAPS: [&str; 14] = [
-    MAP_V2_CONFIG,
-    MAP_V2_SUM4,
-    MAP_V2_EXACT4,
-    MAP_V2_DIR4,
-    MAP_V2_HEAP,
-    MAP_V2_SUM6,
-    MAP_V2_EXACT6,
-    MAP_V2_TRIE4_A,
-    MAP_V2_TRIE4_B,
-    MAP_V2_TRIE6_A,
-    MAP_V2_TRIE6_B,
-    MAP_V2_STATS,
-    MAP_V2_CATALOG,
-    MAP_V2_CATADDR6,
-];
+pub const V2_MAPS: [&str; 15] = V2_MAP_NAMES;
 
 /// `max_entries` of every v2 map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +102,7 @@ impl Sizes {
     }
 
     /// `(map name, max_entries)` of every v2 map, in [`V2_MAPS`] order.
-    pub fn per_map(&self) -> [(&'static str, u32); 14] {
+    pub fn per_map(&self) -> [(&'static str, u32); 15] {
         let n = [
             1,
             self.sum4_words,
@@ -133,6 +118,7 @@ impl Sizes {
             self.stats,
             self.catalog,
             self.catalog6,
+            self.catalog,
         ];
         std::array::from_fn(|i| (V2_MAPS[i], n[i].max(1)))
     }
@@ -152,7 +138,7 @@ impl Sizes {
             + (self.buckets4 as u64 + self.buckets6 as u64 + self.heap_lines as u64) * 64
             + DIR4_LINES as u64 * 64
             + self.stats as u64 * size_of::<EntryCounter>() as u64
-            + self.catalog as u64 * 8
+            + self.catalog as u64 * (8 + size_of::<LastHit>() as u64)
             + self.catalog6 as u64 * 16
     }
 }
@@ -367,6 +353,7 @@ pub struct V2Maps {
     trie4: [LpmTrie<MapData, [u8; 4], u64>; 2],
     trie6: [LpmTrie<MapData, [u8; 16], u64>; 2],
     stats: Mapped,
+    lasthit: Mapped,
 }
 
 fn map_err(op: String) -> impl FnOnce(MapError) -> Error {
@@ -410,6 +397,7 @@ impl V2Maps {
         let catalog = array(MAP_V2_CATALOG, 8)?;
         let catalog6 = array(MAP_V2_CATADDR6, 16)?;
         let stats = array(MAP_V2_STATS, size_of::<EntryCounter>())?;
+        let lasthit = array(MAP_V2_LASTHIT, size_of::<LastHit>())?;
         let mut trie = |name: &str| -> Result<Map> { open(name) };
         let t4a = trie(MAP_V2_TRIE4_A)?;
         let t4b = trie(MAP_V2_TRIE4_B)?;
@@ -444,6 +432,7 @@ impl V2Maps {
             trie4,
             trie6,
             stats,
+            lasthit,
         })
     }
 
@@ -497,8 +486,8 @@ impl V2Maps {
             .collect()
     }
 
-    /// Zero the counters of `ids` on every CPU (before a new id's entry
-    /// lands, so it starts from zero).
+    /// Zero the counters of `ids` on every CPU, and their last-hit records
+    /// (before a new id's entry lands, so it starts from zero).
     pub fn zero_stats(&self, ids: &[u32]) {
         let stride = self
             .config
@@ -517,6 +506,8 @@ impl V2Maps {
                 self.stats.store64(off, 0);
                 self.stats.store64(off + 8, 0);
             }
+            // A reused id has not been hit as its new entry.
+            self.store_last_hit(id as u32, LastHit::default());
         }
     }
 
@@ -536,6 +527,27 @@ impl V2Maps {
             self.stats.store64(off, self.stats.load64(off) + p);
             self.stats.store64(off + 8, self.stats.load64(off + 8) + b);
         }
+    }
+
+    /// The last-hit records of ids `0..ids` ([`LastHit`]; ids beyond the
+    /// map read as never hit).
+    pub fn last_hits(&self, ids: u32) -> Vec<LastHit> {
+        let n = (ids as usize).min(self.lasthit.elems() as usize);
+        let mut v = self.lasthit.elements::<LastHit>(n);
+        v.resize(ids as usize, LastHit::default());
+        v
+    }
+
+    /// Record that the counters of `id` stood at `packets` at `jiffies`
+    /// (one writer: the agent's pass; one 8-byte store, so a reader sees
+    /// the record whole).
+    pub fn store_last_hit(&self, id: u32, hit: LastHit) {
+        if id >= self.lasthit.elems() {
+            return;
+        }
+        let off = id as usize * size_of::<LastHit>();
+        self.lasthit
+            .store64(off, u64::from(hit.jiffies) << 32 | u64::from(hit.packets));
     }
 
     /// The agent's runtime flags (`CONFIG_*`, the layout's aside).
@@ -723,7 +735,7 @@ impl V2Maps {
             &self.sum6,
             &self.exact6,
         ];
-        let rest = [&self.stats, &self.catalog, &self.catalog6];
+        let rest = [&self.stats, &self.catalog, &self.catalog6, &self.lasthit];
         let all: Vec<&MapData> = arrays
             .iter()
             .map(|m| m.map())

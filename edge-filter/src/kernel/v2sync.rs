@@ -14,15 +14,19 @@
 //!   loads a program on maps of [`Sizes::of`] the tier's geometry, hands
 //!   them to [`V2Sync::replace`] (image written, counters carried over)
 //!   and swaps the program on its link (`bpf_link_update`), without a gap.
+//! - [`V2Sync::apply_changes`]: the same from the key changes the agent
+//!   computed (its `SetChanges`), in proportion to them: ids of new keys
+//!   from a kept bitmap ([`IdPool`]), the plan from
+//!   [`Compiler::update_changes`].
 //! - [`V2Sync::adopt`]: maps another agent filled, decoded from their
 //!   catalog (set and ids) and checked against a fresh compile (drift).
 
 use std::collections::HashSet;
 
-use crate::entry::EntrySet;
+use crate::entry::{Action, EntryKey, EntrySet};
 use crate::error::{Error, Result};
 use crate::kernel::layout::{
-    Compiler, Geometry, Ids, LayoutError, assign_ids, canonical, counts, decode,
+    Compiler, Geometry, IdKey, Ids, KeyValue, LayoutError, assign_ids, canonical, counts, decode,
 };
 use crate::kernel::v2maps::{LAYOUT_FLAGS, Sizes, V2Maps};
 
@@ -118,6 +122,9 @@ pub struct SyncCounts {
     pub writes: usize,
     /// Grace periods waited for.
     pub graces: usize,
+    /// Whether the plan came from key changes ([`V2Sync::apply_changes`]),
+    /// not from the whole set.
+    pub by_changes: bool,
 }
 
 /// How adopted maps stand ([`V2Sync::adopt`]).
@@ -131,6 +138,143 @@ pub struct Adoption {
     pub in_place: bool,
 }
 
+/// One key change of a delta ([`V2Sync::apply_changes`]): the key and its
+/// action in the next set, `None` when it leaves the set (an allowlist
+/// net's action is not used).
+pub type KeyChange = (IdKey, Option<Action>);
+
+/// The ids a set holds, as a bitmap: where the ids of a delta's new keys
+/// come from without a pass over the whole set (1M ids: 16 KiB of words
+/// to scan, against a hash map of every key for [`assign_ids`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct IdPool {
+    used: Vec<u64>,
+}
+
+impl IdPool {
+    fn of(ids: &Ids) -> IdPool {
+        let mut p = IdPool::default();
+        for &id in ids.values() {
+            p.mark(id, true);
+        }
+        p
+    }
+
+    fn mark(&mut self, id: u32, on: bool) {
+        let (w, b) = (id as usize / 64, id % 64);
+        if w >= self.used.len() {
+            if !on {
+                return;
+            }
+            self.used.resize(w + 1, 0);
+        }
+        if on {
+            self.used[w] |= 1 << b;
+        } else {
+            self.used[w] &= !(1 << b);
+        }
+    }
+
+    /// The `n` lowest ids not in use, ascending: what [`assign_ids`] gives
+    /// a set's new keys (in key order), and never an id the same update
+    /// frees (those are still marked).
+    fn lowest_free(&self, n: usize) -> Vec<u32> {
+        let mut out = Vec::with_capacity(n);
+        let mut w = 0usize;
+        while out.len() < n {
+            let mut free = !self.used.get(w).copied().unwrap_or(0);
+            while free != 0 && out.len() < n {
+                out.push((w * 64) as u32 + free.trailing_zeros());
+                free &= free - 1;
+            }
+            w += 1;
+        }
+        out
+    }
+}
+
+/// A delta resolved against the ids the maps hold.
+#[derive(Debug)]
+struct Delta {
+    /// What [`Compiler::update_changes`] takes.
+    changes: Vec<(IdKey, Option<KeyValue>)>,
+    /// New keys and their ids.
+    added: Vec<(IdKey, u32)>,
+    /// Keys that leave and the ids they free.
+    removed: Vec<(IdKey, u32)>,
+}
+
+/// A key as the compiler and [`assign_ids`] name it (nets without host
+/// bits).
+fn norm_key(k: &IdKey) -> IdKey {
+    match k {
+        IdKey::Allow(n) => IdKey::Allow(n.trunc()),
+        IdKey::Entry(e) => IdKey::Entry(EntryKey {
+            net: e.net.trunc(),
+            port: e.port,
+        }),
+    }
+}
+
+fn key_value(k: &IdKey, id: u32, action: Action) -> KeyValue {
+    match k {
+        IdKey::Allow(_) => KeyValue::Allow(id),
+        IdKey::Entry(_) => KeyValue::Entry {
+            drop: action == Action::Drop,
+            id,
+        },
+    }
+}
+
+/// Resolve `changes` against `ids` (the set the maps hold, `pool` its
+/// bitmap): kept keys keep their id, new keys take the lowest free ids in
+/// key order, exactly as [`assign_ids`] over the whole next set would.
+/// `None` when the changes do not follow from that set (a key leaves that
+/// it does not hold): the caller then syncs the whole set.
+fn resolve(ids: &Ids, pool: &IdPool, changes: &[KeyChange]) -> Option<Delta> {
+    let mut list: Vec<(IdKey, Option<Action>)> =
+        changes.iter().map(|(k, a)| (norm_key(k), *a)).collect();
+    // One change per key, its last (a stable sort keeps the reversed order).
+    list.reverse();
+    list.sort_by_key(|c| c.0);
+    list.dedup_by_key(|c| c.0);
+    let mut out = Delta {
+        changes: Vec::with_capacity(list.len()),
+        added: Vec::new(),
+        removed: Vec::new(),
+    };
+    let mut new_keys = Vec::new();
+    for (k, a) in list {
+        match (ids.get(&k), a) {
+            (Some(&id), Some(a)) => out.changes.push((k, Some(key_value(&k, id, a)))),
+            (Some(&id), None) => {
+                out.changes.push((k, None));
+                out.removed.push((k, id));
+            }
+            (None, Some(a)) => new_keys.push((k, a)),
+            (None, None) => return None,
+        }
+    }
+    // `list` is in key order, so the new keys are too.
+    for ((k, a), id) in new_keys.iter().zip(pool.lowest_free(new_keys.len())) {
+        out.changes.push((*k, Some(key_value(k, id, *a))));
+        out.added.push((*k, id));
+    }
+    Some(out)
+}
+
+/// The ids once `delta` landed.
+fn commit(ids: &mut Ids, pool: &mut IdPool, delta: &Delta) {
+    for (k, id) in &delta.removed {
+        ids.remove(k);
+        pool.mark(*id, false);
+    }
+    for &(k, id) in &delta.added {
+        ids.insert(k, id);
+        pool.mark(id, true);
+    }
+}
+
 /// The v2 maps of one program instance and what they hold.
 pub struct V2Sync {
     maps: V2Maps,
@@ -142,6 +286,9 @@ pub struct V2Sync {
     ids: Ids,
     /// The set the maps hold (normalised as the catalog decodes it).
     set: EntrySet,
+    /// `ids` as a bitmap, for [`V2Sync::apply_changes`]; built on first
+    /// use after anything replaced `ids` whole.
+    pool: Option<IdPool>,
     seed: u64,
 }
 
@@ -154,6 +301,7 @@ impl V2Sync {
             compiler: Some(tier.compiler),
             ids: tier.ids,
             set: set.clone(),
+            pool: None,
             seed,
         })
     }
@@ -201,6 +349,7 @@ impl V2Sync {
             compiler: if in_place { fresh } else { None },
             ids,
             set,
+            pool: None,
             seed,
         };
         Ok((sync, Adoption { drift, in_place }))
@@ -243,6 +392,7 @@ impl V2Sync {
             removed,
             writes: plan.writes(),
             graces: plan.graces(),
+            by_changes: false,
         };
         if let Err(e) = self.maps.apply(&plan) {
             // Part of the plan landed: the compiler's model is ahead of the
@@ -251,7 +401,65 @@ impl V2Sync {
             return Err(e);
         }
         self.ids = ids;
-        self.set = set.clone();
+        self.pool = None;
+        copy_set(&mut self.set, set);
+        Ok(Applied::Done(counts))
+    }
+
+    /// [`V2Sync::apply`] from the key changes that take the set the maps
+    /// hold to `set` (normalised: one entry per key), in proportion to the
+    /// changes: the same ids (kept keys keep theirs, new keys get the
+    /// lowest free ones in key order, never one this update frees, their
+    /// counters zeroed before their entries land) and the same tables as
+    /// `apply(set)`, through [`Compiler::update_changes`]. When the changes
+    /// do not follow from the set the maps hold (a key leaves that they do
+    /// not hold, or the key counts do not add up to `set`'s), or updates
+    /// cannot go in place, this is `apply(set)`.
+    pub fn apply_changes(&mut self, set: &EntrySet, changes: &[KeyChange]) -> Result<Applied> {
+        let Some(c) = self.compiler.as_mut() else {
+            return self.apply(set);
+        };
+        let pool = self.pool.get_or_insert_with(|| IdPool::of(&self.ids));
+        let delta = match resolve(&self.ids, pool, changes) {
+            Some(d)
+                if self.ids.len() + d.added.len() - d.removed.len()
+                    == set.allow.len() + set.entries.len() =>
+            {
+                d
+            }
+            _ => return self.apply(set),
+        };
+        let plan = match c.update_changes(&delta.changes) {
+            Ok(p) => p,
+            Err(e) if needs_tier(&e) => {
+                if matches!(e, LayoutError::Poisoned | LayoutError::Full { .. }) {
+                    // The tables may be half-updated: no more plans on them.
+                    self.compiler = None;
+                }
+                let ids = assign_ids(set, &self.ids);
+                return Ok(Applied::NewTier(Box::new(Tier::for_set(
+                    set, ids, self.seed,
+                )?)));
+            }
+            Err(e) => return Err(layout_err(e)),
+        };
+        let fresh: Vec<u32> = delta.added.iter().map(|&(_, id)| id).collect();
+        // Zero the counters of new ids before their entries land.
+        self.maps.zero_stats(&fresh);
+        let counts = SyncCounts {
+            added: fresh.len(),
+            removed: delta.removed.len(),
+            writes: plan.writes(),
+            graces: plan.graces(),
+            by_changes: true,
+        };
+        if let Err(e) = self.maps.apply(&plan) {
+            // As in `apply`: only a new tier brings them back together.
+            self.compiler = None;
+            return Err(e);
+        }
+        commit(&mut self.ids, pool, &delta);
+        copy_set(&mut self.set, set);
         Ok(Applied::Done(counts))
     }
 
@@ -275,16 +483,35 @@ impl V2Sync {
             })
             .collect();
         maps.add_stats_cpu0(&carry);
+        // The last-hit records go with the counters (same totals, so a
+        // reader does not take the carried counts for new hits).
+        let hits = self.maps.last_hits(n);
+        for &(id, _, _) in &carry {
+            maps.store_last_hit(id, hits[id as usize]);
+        }
         let old_maps = std::mem::replace(&mut self.maps, maps);
         self.compiler = Some(tier.compiler);
         self.ids = tier.ids;
-        self.set = set.clone();
+        self.pool = None;
+        copy_set(&mut self.set, set);
         Ok(old_maps)
     }
 
     /// The maps.
     pub fn maps(&self) -> &V2Maps {
         &self.maps
+    }
+
+    /// Store `w` into the maps *without* telling the compiler, as another
+    /// process would: for drift tests and drills.
+    #[doc(hidden)]
+    pub fn tamper(&mut self, w: &crate::kernel::layout::Write) -> Result<()> {
+        self.maps.store(w)
+    }
+
+    /// Take the maps back (the engine is done with them).
+    pub fn into_maps(self) -> V2Maps {
+        self.maps
     }
 
     /// The set the maps hold.
@@ -324,6 +551,13 @@ impl V2Sync {
     }
 }
 
+/// `*to = from.clone()`, into the vectors `to` already has (a 1M set is
+/// copied at every sync: its pages need not be faulted in each time).
+fn copy_set(to: &mut EntrySet, from: &EntrySet) {
+    to.allow.clone_from(&from.allow);
+    to.entries.clone_from(&from.entries);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +570,139 @@ mod tests {
             side: Side::Dst,
         });
         Entry::new(s.parse().unwrap(), port, Action::Drop)
+    }
+
+    /// `apply_changes`' core (ids from the kept pool, `update_changes`)
+    /// against `apply`'s (`assign_ids` over the whole set, `update`), over
+    /// chains of random deltas as the agent's `SetChanges` gives them: the
+    /// same ids (so a freed id is not reused by the update that frees it,
+    /// only by a later one), the same plan, byte-identical tables.
+    #[test]
+    fn changes_give_the_ids_and_tables_of_whole_set_applies() {
+        use crate::kernel::layout::tests::{add_exact, geometry, mutate, random_set};
+        use crate::kernel::maps::{SetChanges, normalized};
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = std::env::var("SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        println!("SEED={seed}");
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut steps = 0;
+        let mut reused = 0;
+        for round in 0..80 {
+            let n = rng.random_range(0..40);
+            let mut a = random_set(&mut rng, n);
+            if round % 2 == 0 {
+                let k = rng.random_range(8..18);
+                add_exact(&mut rng, &mut a, k);
+            }
+            let a = normalized(&a).into_owned();
+            let ids_a = assign_ids(&a, &Ids::default());
+            let mut sets = vec![(a, ids_a)];
+            for _ in 0..6 {
+                let (prev, prev_ids) = sets.last().unwrap();
+                let k = rng.random_range(1..12);
+                let next = normalized(&mutate(&mut rng, prev, k)).into_owned();
+                let ids = assign_ids(&next, prev_ids);
+                sets.push((next, ids));
+            }
+            let refs: Vec<(&EntrySet, &Ids)> = sets.iter().map(|(s, i)| (s, i)).collect();
+            let g = geometry(&refs, rng.random());
+            let Ok(mut by_set) = Compiler::build_lax(&sets[0].0, &sets[0].1, g) else {
+                continue;
+            };
+            let mut by_changes = by_set.clone();
+            let mut ids = sets[0].1.clone();
+            let mut pool = IdPool::of(&ids);
+            // Ids freed by earlier updates of the chain.
+            let mut freed = HashSet::new();
+            for i in 1..sets.len() {
+                let ctx = format!("round {round} step {i} (SEED={seed})");
+                let (prev, (next, want_ids)) = (&sets[i - 1].0, &sets[i]);
+                let ch = SetChanges::between(prev, next).key_changes();
+                let d = resolve(&ids, &pool, &ch).expect(&ctx);
+                assert_eq!(
+                    ids.len() + d.added.len() - d.removed.len(),
+                    next.allow.len() + next.entries.len(),
+                    "{ctx}"
+                );
+                let p1 = match by_set.update(next, want_ids) {
+                    Ok(p) => p,
+                    Err(LayoutError::Full { .. }) => break,
+                    Err(e) => panic!("{ctx}: {e}"),
+                };
+                let p2 = by_changes
+                    .update_changes(&d.changes)
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                reused += d.added.iter().filter(|(_, id)| freed.contains(id)).count();
+                freed.extend(d.removed.iter().map(|&(_, id)| id));
+                commit(&mut ids, &mut pool, &d);
+                assert_eq!(&ids, want_ids, "{ctx}");
+                let trim = |p: &IdPool| {
+                    let mut w = p.used.clone();
+                    while w.last() == Some(&0) {
+                        w.pop();
+                    }
+                    w
+                };
+                assert_eq!(trim(&pool), trim(&IdPool::of(&ids)), "{ctx}");
+                assert_eq!(p1, p2, "{ctx}");
+                assert_eq!(by_set.tables(), by_changes.tables(), "{ctx}");
+                assert!(
+                    canonical(by_set.tables()) == canonical(by_changes.tables()),
+                    "{ctx}"
+                );
+                steps += 1;
+            }
+        }
+        println!("{steps} steps compared, {reused} ids reused");
+        // Builds that do not fit the tiny geometry and updates that fill both
+        // buckets of a key end a chain early: 175-240 of 480 steps run.
+        assert!(steps >= 100, "only {steps} steps compared");
+        // Ids freed by an earlier update were handed out again.
+        assert!(reused > 0, "no id was reused");
+    }
+
+    /// Changes that do not follow from the held set are refused (the
+    /// engine then applies the whole set); a key listed twice takes its
+    /// last change; new ids skip every held one.
+    #[test]
+    fn resolve_refuses_changes_to_keys_not_held() {
+        let key = |s: &str| {
+            IdKey::Entry(EntryKey {
+                net: s.parse().unwrap(),
+                port: None,
+            })
+        };
+        let mut ids = Ids::default();
+        ids.insert(key("10.0.0.1/32"), 0);
+        ids.insert(key("10.0.0.2/32"), 2);
+        let pool = IdPool::of(&ids);
+        assert_eq!(pool.lowest_free(3), vec![1, 3, 4]);
+        assert!(resolve(&ids, &pool, &[(key("10.0.0.9/32"), None)]).is_none());
+        let d = resolve(
+            &ids,
+            &pool,
+            &[
+                (key("10.0.0.1/32"), None),
+                (key("10.0.0.3/32"), Some(Action::Drop)),
+                (key("10.0.0.4/24"), Some(Action::Monitor)),
+                (key("10.0.0.3/32"), Some(Action::Monitor)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(d.removed, vec![(key("10.0.0.1/32"), 0)]);
+        // In key order (10.0.0.0/24 < 10.0.0.3/32), id 0 is not reused.
+        assert_eq!(
+            d.added,
+            vec![(key("10.0.0.0/24"), 1), (key("10.0.0.3/32"), 3)]
+        );
+        assert!(d.changes.contains(&(
+            key("10.0.0.3/32"),
+            Some(KeyValue::Entry { drop: false, id: 3 })
+        )));
     }
 
     #[test]

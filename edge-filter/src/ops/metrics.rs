@@ -30,7 +30,6 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use crate::kernel::paths::Paths;
-use crate::kernel::program::Capacities;
 use crate::ops::status::Status;
 
 /// The content type of the OpenMetrics text format.
@@ -56,7 +55,6 @@ pub struct Published {
 pub struct Metrics {
     paths: Paths,
     ifaces: Vec<String>,
-    caps: Capacities,
     published: Mutex<Published>,
     sync_seconds: Histogram,
     fetch_failures: Family<Labels, Counter>,
@@ -65,11 +63,10 @@ pub struct Metrics {
 
 impl Metrics {
     /// An exporter for the attachments of `ifaces` under `bpffs`.
-    pub fn new(bpffs: PathBuf, ifaces: Vec<String>, caps: Capacities) -> Arc<Metrics> {
+    pub fn new(bpffs: PathBuf, ifaces: Vec<String>) -> Arc<Metrics> {
         Arc::new(Metrics {
             paths: Paths::new(bpffs),
             ifaces,
-            caps,
             published: Mutex::new(Published::default()),
             // 1 ms .. ~33 s: from a one-entry delta to a cold million-entry sync.
             sync_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -150,7 +147,6 @@ impl Metrics {
         let feed_bytes = Family::<Labels, Counter>::default();
         let overflow = Family::<Labels, Counter>::default();
         let clock = crate::kernel::clock::Clock::now();
-        let caps = self.caps.per_map();
         for iface in &self.ifaces {
             let il = vec![("iface", iface.clone())];
             let in_force = crate::kernel::attach::link_health(&self.paths, iface)
@@ -190,12 +186,13 @@ impl Metrics {
                 }
             };
             let mut held = 0;
-            for (map, n) in contents.counts() {
+            // The current tier's capacities (datapath v2 grows them with
+            // the set), not the ignored `[capacities]` keys.
+            let caps = maps.capacities();
+            for ((map, n), c) in contents.counts().into_iter().zip(caps) {
                 let l = vec![("iface", iface.clone()), ("map", map.to_string())];
                 entries.get_or_create(&l).set(n as i64);
-                if let Some((_, c)) = caps.iter().find(|(m, _)| *m == map) {
-                    capacity.get_or_create(&l).set(i64::from(*c));
-                }
+                capacity.get_or_create(&l).set(i64::from(c));
                 if map != edge_filter_common::MAP_ALLOW_V4
                     && map != edge_filter_common::MAP_ALLOW_V6
                 {
@@ -514,7 +511,6 @@ pub async fn start(
     cfg: &crate::intel::config::MetricsConfig,
     bpffs: PathBuf,
     ifaces: Vec<String>,
-    caps: Capacities,
 ) -> std::io::Result<Option<Arc<Metrics>>> {
     let (addr, explicit) = cfg
         .listen_addr()
@@ -534,7 +530,7 @@ pub async fn start(
     if let Some(warning) = unreachable_loopback(addr) {
         log::warn!("{warning}");
     }
-    let m = Metrics::new(bpffs, ifaces, caps);
+    let m = Metrics::new(bpffs, ifaces);
     log::info!(
         "metrics at http://{}/metrics",
         listener.local_addr().unwrap_or(addr)

@@ -6,8 +6,8 @@
 //! attach mode as the kernel reports it over rtnetlink (`RTM_GETLINK`,
 //! `IFLA_XDP`: which of the driver/generic/offload slots runs our program,
 //! see [`crate::kernel::netlink`]), and every entry map's occupancy (entries
-//! read back from the map) against its capacity (`max_entries` from the
-//! kernel's map info). With a config, the agent's `state_dir/status.json`
+//! read back through the catalog) against the capacity of the current tier
+//! (datapath v2 grows its maps with the set: not a limit). With a config, the agent's `state_dir/status.json`
 //! ([`Status`]) adds each feed's health, the per-entry counters joined with
 //! the feeds' provenance add each feed's drops, and the agent is up when
 //! its pid is alive and its status fresh, or when it holds an interface's
@@ -15,7 +15,6 @@
 
 use std::path::PathBuf;
 
-use aya::maps::MapInfo;
 use edge_filter_common as abi;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -311,7 +310,7 @@ fn iface_status(paths: &Paths, iface: &str) -> IfaceStatus {
                 });
             }
             match maps.read() {
-                Ok(d) => fill_maps(&mut s, paths, iface, &d),
+                Ok(d) => fill_maps(&mut s, &d, &maps.capacities()),
                 Err(e) => s.error = Some(format!("reading the maps: {e}")),
             }
         }
@@ -320,11 +319,11 @@ fn iface_status(paths: &Paths, iface: &str) -> IfaceStatus {
     s
 }
 
-fn fill_maps(s: &mut IfaceStatus, paths: &Paths, iface: &str, d: &Desired) {
-    for (name, n) in d.counts() {
-        let capacity = MapInfo::from_pin(paths.map(iface, name))
-            .ok()
-            .map(|i| i.max_entries());
+/// Entries per logical map against the current tier's capacity
+/// (`EntryMaps::capacities`: where the next tier starts, not a limit).
+fn fill_maps(s: &mut IfaceStatus, d: &Desired, caps: &[u32; 10]) {
+    for ((name, n), &cap) in d.counts().into_iter().zip(caps) {
+        let capacity = Some(cap);
         if name == abi::MAP_ALLOW_V4 || name == abi::MAP_ALLOW_V6 {
             s.allowlisted += n;
         } else {

@@ -28,18 +28,16 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use aya::Ebpf;
 use aya::programs::XdpMode;
 use aya::programs::links::FdLink;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter_common::{self as abi, Counter};
 use serde::Serialize;
 
-use super::{Packet, ReplayError, Result, Sink, capacities_for, verdict_of};
+use super::{Packet, ReplayError, Result, Sink, verdict_of};
 use crate::entry::EntrySet;
 use crate::kernel::counters::reason_name;
 use crate::kernel::maps::EntryMaps;
-use crate::kernel::program;
 
 /// Prefix of the namespaces `--live` creates.
 pub const NETNS_PREFIX: &str = "ef-replay-";
@@ -249,7 +247,6 @@ pub struct Live {
     sock: OwnedFd,
     link: Option<FdLink>,
     maps: EntryMaps,
-    _ebpf: Ebpf,
     expected: Vec<Counter>,
     sent: u64,
     pending: u64,
@@ -298,18 +295,14 @@ impl Live {
             ])?;
         }
 
-        let mut ebpf = program::load(&capacities_for(set))?;
-        let mut maps = EntryMaps::from_ebpf(&mut ebpf)?;
         let flags = if malformed_drop {
             abi::CONFIG_MALFORMED_DROP
         } else {
             0
         };
-        let st = maps.apply(set, flags)?;
-        if st.refused > 0 {
-            return Err(live_err(st.refusals.join("; ")));
-        }
-        let prog = program::xdp_mut(&mut ebpf)?;
+        // A private instance whose maps are a tier for the set, holding it.
+        let mut maps = EntryMaps::private(set, flags)?;
+        let prog = maps.xdp_mut()?;
         let link = in_netns(&ns_r, || {
             let id = prog
                 .attach(RECEIVER_IF, XdpMode::Driver)
@@ -330,7 +323,6 @@ impl Live {
             sock,
             link: Some(link),
             maps,
-            _ebpf: ebpf,
             expected: vec![Counter::default(); abi::REASON_COUNT as usize],
             sent: 0,
             pending: 0,

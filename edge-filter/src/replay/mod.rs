@@ -300,15 +300,8 @@ pub struct Evaluator<'a> {
 impl<'a> Evaluator<'a> {
     /// Load the program and fill its private maps with `input`.
     pub fn new(input: EntryInput<'a>, malformed_drop: bool) -> Result<Self> {
-        let caps = capacities_for(&input.set);
-        let mut kernel = KernelClassifier::new(&caps)?;
-        kernel.set_entries(&input.set, malformed_drop)?;
-        if kernel.last_sync.refused > 0 {
-            return Err(ReplayError::Entries {
-                label: input.label,
-                msg: kernel.last_sync.refusals.join("; "),
-            });
-        }
+        // Maps of a tier for the set, holding it (no tier change later).
+        let kernel = KernelClassifier::with_set(&input.set, malformed_drop)?;
         let by_id = kernel
             .maps()
             .read()?

@@ -22,7 +22,7 @@ use aya::{
     programs::{ProgramFd, TestRun as _, TestRunOptions},
 };
 use edge_filter::entry::EntrySet;
-use edge_filter::kernel::maps::EntryMaps;
+use edge_filter::kernel::maps::V1Maps;
 use edge_filter::kernel::program::{self, Capacities};
 use edge_filter_common::{
     self as abi, ACTION_DROP, EntryKind, MAPBIT_ADDR_V4, MAPBIT_ADDR_V6, MAPBIT_PORT_V4,
@@ -46,17 +46,17 @@ const TARGET_STATS: f64 = 1.10;
 struct Ef {
     label: &'static str,
     _ebpf: Ebpf,
-    maps: EntryMaps,
+    maps: V1Maps,
     fd: ProgramFd,
 }
 
 fn load_ef(label: &'static str, object: Option<&[u8]>, set: &EntrySet) -> Result<Ef> {
     let caps = Capacities::default();
     let mut ebpf = match object {
-        Some(o) => program::load_object(o, &caps)?,
-        None => program::load(&caps)?,
+        Some(_) => super::load_v1(super::V1_PROGRAM_NOSTATS, &caps)?,
+        None => super::load_v1(super::V1_PROGRAM, &caps)?,
     };
-    let mut maps = EntryMaps::from_ebpf(&mut ebpf)?;
+    let mut maps = V1Maps::from_ebpf(&mut ebpf)?;
     let t = Instant::now();
     let st = maps.apply(set, 0)?;
     if st.refused != 0 {
@@ -67,7 +67,12 @@ fn load_ef(label: &'static str, object: Option<&[u8]>, set: &EntrySet) -> Result
         set.entries.len(),
         t.elapsed().as_secs_f64()
     );
-    let fd = program::xdp_mut(&mut ebpf)?.fd()?.try_clone()?;
+    let name = if object.is_some() {
+        super::V1_PROGRAM_NOSTATS
+    } else {
+        super::V1_PROGRAM
+    };
+    let fd = program::xdp_named(&mut ebpf, name)?.fd()?.try_clone()?;
     Ok(Ef {
         label,
         _ebpf: ebpf,
@@ -147,7 +152,7 @@ fn drop_reasons() -> Vec<usize> {
     .collect()
 }
 
-fn totals(maps: &EntryMaps) -> Result<(u64, u64)> {
+fn totals(maps: &V1Maps) -> Result<(u64, u64)> {
     let c = maps.counters()?;
     let all = c.iter().map(|c| c.packets).sum();
     let dropped = drop_reasons().iter().map(|&r| c[r].packets).sum();

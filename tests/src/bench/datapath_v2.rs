@@ -27,7 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use edge_filter::entry::EntrySet;
 use edge_filter::kernel::layout::{Compiler, Geometry, Ids, assign_ids, counts};
-use edge_filter::kernel::maps::EntryMaps;
+use edge_filter::kernel::maps::V1Maps;
 use edge_filter::kernel::program::{self, Capacities};
 use edge_filter::reference::{PacketInfo, Reference};
 use edge_filter_common::{self as abi, ACTION_DROP, EntryKind, v2::summary_words};
@@ -95,8 +95,8 @@ struct SetRun {
     legit: [Vec<Target>; 2],
     bench: BenchObj,
     _maps: V2Maps,
-    old: (aya::Ebpf, EntryMaps, ProgramFd),
-    old_ns: (aya::Ebpf, EntryMaps, ProgramFd),
+    old: (aya::Ebpf, V1Maps, ProgramFd),
+    old_ns: (aya::Ebpf, V1Maps, ProgramFd),
     /// Lines of the one-load array for each family.
     load_lines: [u32; 2],
     build_secs: f64,
@@ -223,15 +223,20 @@ fn old_instance(
     object: Option<&[u8]>,
     set: &EntrySet,
     caps: &Capacities,
-) -> Result<(aya::Ebpf, EntryMaps, ProgramFd)> {
+) -> Result<(aya::Ebpf, V1Maps, ProgramFd)> {
     let mut ebpf = match object {
-        Some(o) => program::load_object(o, caps)?,
-        None => program::load(caps)?,
+        Some(_) => super::load_v1(super::V1_PROGRAM_NOSTATS, caps)?,
+        None => super::load_v1(super::V1_PROGRAM, caps)?,
     };
-    let mut maps = EntryMaps::from_ebpf(&mut ebpf)?;
+    let mut maps = V1Maps::from_ebpf(&mut ebpf)?;
     let st = maps.apply(set, 0)?;
     anyhow::ensure!(st.refused == 0, "{} entries refused", st.refused);
-    let fd = program::xdp_mut(&mut ebpf)?.fd()?.try_clone()?;
+    let name = if object.is_some() {
+        super::V1_PROGRAM_NOSTATS
+    } else {
+        super::V1_PROGRAM
+    };
+    let fd = program::xdp_named(&mut ebpf, name)?.fd()?.try_clone()?;
     Ok((ebpf, maps, fd))
 }
 
@@ -699,7 +704,7 @@ pub fn run(o: &Opts, bench_obj: &[u8], nostats_obj: &[u8]) -> Result<(String, se
     Ok((md, json!({"cases": jrows, "targets": jt})))
 }
 
-fn old_totals(maps: &EntryMaps) -> Result<(u64, u64)> {
+fn old_totals(maps: &V1Maps) -> Result<(u64, u64)> {
     let c = maps.counters()?;
     let all = c.iter().map(|c| c.packets).sum();
     let dropped = [

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use aya::maps::PerCpuArray;
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
-use edge_filter::kernel::maps::EntryMaps;
+use edge_filter::kernel::maps::V1Maps;
 use edge_filter::kernel::program::{self, Capacities};
 use edge_filter_common::{self as abi, ACTION_DROP, EntryKind};
 use serde_json::json;
@@ -238,7 +238,7 @@ struct Rig {
     lab: Lab,
     bench: BenchObj,
     ef_ebpf: aya::Ebpf,
-    ef_maps: EntryMaps,
+    ef_maps: V1Maps,
     link: Option<aya::programs::xdp::XdpLinkId>,
 }
 
@@ -255,7 +255,7 @@ impl Rig {
                 .program_mut("edge_filter_v2")
                 .context("edge_filter_v2")?
                 .try_into()?,
-            _ => program::xdp_mut(ef)?,
+            _ => program::xdp_named(ef, super::V1_PROGRAM)?,
         })
     }
 
@@ -491,8 +491,8 @@ pub fn run(o: &Opts) -> Result<()> {
         },
     );
     let set = pool.entry_set(n, 0, false);
-    let mut ef_ebpf = program::load(&Capacities::default())?;
-    let mut ef_maps = EntryMaps::from_ebpf(&mut ef_ebpf)?;
+    let mut ef_ebpf = super::load_v1(super::V1_PROGRAM, &Capacities::default())?;
+    let mut ef_maps = V1Maps::from_ebpf(&mut ef_ebpf)?;
     ef_maps.apply(&set, 0)?;
     // v2: the set compiled into the bench object's v2 maps.
     let (bench, v2_maps) = {

@@ -7,8 +7,8 @@ use std::fs;
 
 use anyhow::{Context as _, Result};
 use aya::maps::MapInfo;
-use edge_filter::kernel::maps::EntryMaps;
-use edge_filter::kernel::program::{self, Capacities};
+use edge_filter::kernel::maps::V1Maps;
+use edge_filter::kernel::program::Capacities;
 use serde_json::json;
 
 use super::{Opts, Pool, PoolSizes};
@@ -125,8 +125,8 @@ pub fn run(o: &Opts) -> Result<()> {
     let sizes = PoolSizes::standard(o.quick);
     let pool = Pool::generate(o.seed, sizes);
     let set = pool.entry_set(sizes.v4_addrs, sizes.v6_addrs, true);
-    let mut ebpf = program::load(&Capacities::default())?;
-    let mut maps = EntryMaps::from_ebpf(&mut ebpf)?;
+    let mut ebpf = super::load_v1(super::V1_PROGRAM, &Capacities::default())?;
+    let mut maps = V1Maps::from_ebpf(&mut ebpf)?;
     maps.apply(&set, 0)?;
     let counts = maps.read()?.counts();
     let cpus = possible_cpus();
@@ -257,8 +257,8 @@ fn v2_memory(o: &Opts, cpus: u64) -> Result<(String, serde_json::Value)> {
         let set = pool.entry_set(n, 0, false);
         // Today's program, default capacities (what the agent loads).
         let old_total = {
-            let mut ebpf = program::load(&Capacities::default())?;
-            let mut maps = EntryMaps::from_ebpf(&mut ebpf)?;
+            let mut ebpf = super::load_v1(super::V1_PROGRAM, &Capacities::default())?;
+            let mut maps = V1Maps::from_ebpf(&mut ebpf)?;
             maps.apply(&set, 0)?;
             scan()?.iter().map(|m| m.memlock).sum::<u64>()
         };

@@ -81,6 +81,11 @@ pub enum Command {
     /// through the feed agent's path, printing each time: a workload for
     /// `perf record` (profiling the delta path); needs root.
     DeltaLoop(Opts),
+    /// The production agent's sync (datapath v2) of the same sets as
+    /// `sync`: the first sync (tier compile, program load, image written),
+    /// a 1% delta and back (`EntryMaps::apply_changes`), a restart
+    /// (adoption and a new tier); kernel bytes per entry; needs root.
+    SyncV2(Opts),
     /// The peak-RSS child of `sync` (this binary re-executed); not for
     /// direct use.
     #[command(name = RSS_CHILD, hide = true)]
@@ -159,6 +164,7 @@ impl Cli {
         let cli = Cli::try_parse_from(args)?;
         let (name, o) = match &cli.command {
             Command::Sync(o) => ("sync", o),
+            Command::SyncV2(o) => ("sync-v2", o),
             Command::DeltaLoop(o) => ("delta-loop", o),
             Command::SyncRssChild(o) => (RSS_CHILD, o),
             Command::Datapath(_)
@@ -209,6 +215,30 @@ impl Opts {
         }
         Ok(())
     }
+}
+
+/// The v1 program (hash maps and tries: the production program before
+/// datapath v2) in the bench object, the "before" of every comparison.
+pub const V1_PROGRAM: &str = "edge_filter_v1";
+/// [`V1_PROGRAM`] without per-entry counters.
+pub const V1_PROGRAM_NOSTATS: &str = "edge_filter_v1_nostats";
+
+/// Load the v1 program `program` ([`V1_PROGRAM`] or
+/// [`V1_PROGRAM_NOSTATS`]) of the built-in bench object with v1 maps of
+/// `caps`.
+pub fn load_v1(
+    program: &str,
+    caps: &edge_filter::kernel::program::Capacities,
+) -> Result<aya::Ebpf> {
+    anyhow::ensure!(
+        !v2kernel::BENCH_OBJECT.is_empty(),
+        "no bench-ebpf object: built with AYA_BUILD_SKIP"
+    );
+    Ok(edge_filter::kernel::program::load_v1(
+        v2kernel::BENCH_OBJECT,
+        program,
+        caps,
+    )?)
 }
 
 /// The bench-ebpf object: `--bench-object`, else the one `tests/build.rs`
@@ -351,7 +381,7 @@ impl BenchObj {
     /// Write the entries of `set` into the object's copies of the address,
     /// prefix and address+port maps (what the single-lookup programs read),
     /// with the keys and values the agent's sync would write. Through the
-    /// maps' own handles rather than [`EntryMaps`](edge_filter::kernel::maps::EntryMaps), so the bench object needs
+    /// maps' own handles rather than [`V1Maps`](edge_filter::kernel::maps::V1Maps), so the bench object needs
     /// to declare only the maps it reads.
     pub fn load_entries(&mut self, set: &EntrySet) -> Result<()> {
         let d = Desired::build_from(set, &Desired::default());

@@ -33,8 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use edge_filter::entry::{Action, Entry, EntrySet};
-use edge_filter::kernel::classifier::KernelClassifier;
-use edge_filter::kernel::maps::{Desired, EntryMaps, SetChanges};
+use edge_filter::kernel::maps::{Desired, SetChanges, V1Maps};
 use edge_filter::kernel::program::Capacities;
 use edge_filter_tests::bench::{self, Cli, Command as Bench, Opts};
 use ipnet::{IpNet, Ipv4Net};
@@ -107,6 +106,7 @@ fn run() -> Result<()> {
     let cli = Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     match cli.command {
         Bench::Sync(o) => sync_bench(&o),
+        Bench::SyncV2(o) => sync_v2(&o),
         Bench::SyncRssChild(o) => rss_child(&o),
         Bench::DeltaLoop(o) => delta_loop(&o),
         // The datapath, live and memory sections live in `edge_filter_tests::bench`.
@@ -204,7 +204,7 @@ fn generate(seed: u64) -> Sets {
         .collect();
     after.extend(added);
     // Sorted by key, one entry per key: what the agent's desired state
-    // (`intel::desired::merge`) hands to `EntryMaps::rebuild`.
+    // (`intel::desired::merge`) hands to `V1Maps::rebuild`.
     let mut full_entries = full_entries;
     full_entries.sort_unstable_by_key(Entry::key);
     after.sort_unstable_by_key(Entry::key);
@@ -219,6 +219,112 @@ fn generate(seed: u64) -> Sets {
         },
         churn_split: (churn_addrs, churn_prefixes),
     }
+}
+
+// ----------------------------------------------------------- datapath v2
+
+/// `ef-bench sync-v2`: the production agent's path over the `sync` sets.
+fn sync_v2(o: &Opts) -> Result<()> {
+    use edge_filter::kernel::maps::{EntryMaps, Fresh};
+    eprintln!("generating the sets (seed {})", o.seed);
+    let sets = generate(o.seed);
+    let there = SetChanges::between(&sets.full, &sets.after);
+    let back = SetChanges::between(&sets.after, &sets.full);
+    let mut rows: Vec<[f64; 6]> = Vec::new();
+    let mut bytes = 0u64;
+    for round in 0..o.rounds.max(1) {
+        let t = Instant::now();
+        let fresh = Fresh::for_set(&sets.full)?;
+        let compile = t.elapsed();
+        let t = Instant::now();
+        let mut maps = EntryMaps::private(&sets.full, 0)?;
+        let first = t.elapsed();
+        drop(fresh);
+        bytes = maps.sizes().array_bytes();
+        let t = Instant::now();
+        let st = maps.apply_changes(&sets.after, &there, 0)?;
+        let delta = t.elapsed();
+        anyhow::ensure!(st.tiers == 0, "the 1% delta changed tiers: {st:?}");
+        let t = Instant::now();
+        maps.apply_changes(&sets.full, &back, 0)?;
+        let delta_back = t.elapsed();
+        // A restart: the agent adopts the kernel's tables and, as they are
+        // placed otherwise than a fresh build, brings a new tier in.
+        maps.forget_shadow();
+        let t = Instant::now();
+        let st = maps.apply(&sets.full, 0)?;
+        let restart = t.elapsed();
+        let t = Instant::now();
+        let _ = maps.read()?;
+        let read = t.elapsed();
+        eprintln!(
+            "round {round}: compile {:.0} ms, first sync {:.0} ms, delta {:.0} ms, back {:.0} ms, \
+             restart {:.0} ms ({} tier), read-back {:.0} ms",
+            secs(compile) * 1e3,
+            secs(first) * 1e3,
+            secs(delta) * 1e3,
+            secs(delta_back) * 1e3,
+            secs(restart) * 1e3,
+            st.tiers,
+            secs(read) * 1e3
+        );
+        rows.push([
+            secs(compile),
+            secs(first),
+            secs(delta),
+            secs(delta_back),
+            secs(restart),
+            secs(read),
+        ]);
+    }
+    let med = |i: usize| {
+        let mut v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] * 1e3
+    };
+    let entries = sets.full.entries.len();
+    println!(
+        "**Sync, datapath v2 (the agent's path), {} /32 + {} prefixes, median of {} rounds**\n",
+        ADDRS,
+        PREFIXES,
+        rows.len()
+    );
+    println!("| phase | ms |\n|---|---:|");
+    for (i, what) in [
+        "tier compile alone (`Fresh::for_set`: ids, build, heap fit)",
+        "first sync: compile + program load (verifier) + image (`EntryMaps::private`)",
+        "1% delta (`apply_changes`)",
+        "1% delta back",
+        "restart: adoption + new tier (compile, load, image, counters)",
+        "read-back (`read`: tables, decode, contents model)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!("| {what} | {:.0} |", med(i));
+    }
+    println!(
+        "\nKernel bytes of the tier's arrays: {} ({:.1} B per entry)",
+        bytes,
+        bytes as f64 / entries as f64
+    );
+    // The tier a set of n /32s gets (what `program::load` sizes the maps
+    // to), array bytes (`Sizes::array_bytes`: page rounding and the
+    // one-entry tries aside) on this machine's possible CPUs.
+    println!("\n| /32 entries | tier array bytes | B per entry |\n|---:|---:|---:|");
+    let mut rng = StdRng::seed_from_u64(o.seed);
+    for n in [1_000usize, 100_000, 1_000_000] {
+        let mut seen = HashSet::with_capacity(n);
+        let mut entries = fresh(&mut rng, n, 0, &mut seen);
+        entries.sort_unstable_by_key(Entry::key);
+        let set = EntrySet {
+            allow: Vec::new(),
+            entries,
+        };
+        let b = Fresh::for_set(&set)?.sizes()?.array_bytes();
+        println!("| {n} | {b} | {:.1} |", b as f64 / n as f64);
+    }
+    Ok(())
 }
 
 // ----------------------------------------------------------- measurement
@@ -236,7 +342,7 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// A full sync into empty maps, phase by phase, as `EntryMaps::rebuild`
+/// A full sync into empty maps, phase by phase, as `V1Maps::rebuild`
 /// does it: read the maps back, build (`Desired::build_from`), sync.
 /// (`rebuild` also normalises the set first when it is not sorted by key
 /// with one entry per key; the agent's always is.)
@@ -246,7 +352,7 @@ struct FullSync {
     sync: f64,
 }
 
-fn full_sync(maps: &mut EntryMaps, set: &EntrySet) -> Result<FullSync> {
+fn full_sync(maps: &mut V1Maps, set: &EntrySet) -> Result<FullSync> {
     let t0 = Instant::now();
     let current = maps.read()?;
     let t1 = Instant::now();
@@ -267,7 +373,7 @@ fn full_sync(maps: &mut EntryMaps, set: &EntrySet) -> Result<FullSync> {
 /// One round's figures, all in seconds (ratios are derived).
 #[derive(Default)]
 struct Round {
-    /// Full sync through `EntryMaps::rebuild`, batch (the feed agent's path).
+    /// Full sync through `V1Maps::rebuild`, batch (the feed agent's path).
     full_apply: f64,
     batch_read: f64,
     batch_build: f64,
@@ -299,15 +405,31 @@ impl Round {
     }
 }
 
-fn load(caps: &Capacities) -> Result<KernelClassifier> {
-    KernelClassifier::new(caps).context("loading the XDP program")
+/// The v1 program (the "before": hash maps and tries) of the bench
+/// object with private maps of `caps`.
+struct V1 {
+    _ebpf: aya::Ebpf,
+    maps: V1Maps,
+}
+
+impl V1 {
+    fn maps_mut(&mut self) -> &mut V1Maps {
+        &mut self.maps
+    }
+}
+
+fn load(caps: &Capacities) -> Result<V1> {
+    let mut ebpf = edge_filter_tests::bench::load_v1(edge_filter_tests::bench::V1_PROGRAM, caps)
+        .context("loading the v1 XDP program")?;
+    let maps = V1Maps::from_ebpf(&mut ebpf)?;
+    Ok(V1 { _ebpf: ebpf, maps })
 }
 
 /// The feed agent's path on a feed change: the changes between the
 /// previous and the new desired set (`SetChanges::between`), applied with
-/// `EntryMaps::apply_changes`; both timed.
+/// `V1Maps::apply_changes`; both timed.
 fn delta(
-    maps: &mut EntryMaps,
+    maps: &mut V1Maps,
     prev: &EntrySet,
     new: &EntrySet,
 ) -> Result<edge_filter::kernel::maps::SyncStats> {
@@ -316,7 +438,7 @@ fn delta(
 }
 
 /// A: the agent's path on fresh maps: a full sync through
-/// `EntryMaps::rebuild`, the 1% delta as the feed agent applies it
+/// `V1Maps::rebuild`, the 1% delta as the feed agent applies it
 /// ([`delta`]), the same-sized delta back, then a read-back of the full
 /// maps.
 fn round_apply(caps: &Capacities, sets: &Sets, r: &mut Round) -> Result<()> {
@@ -475,7 +597,7 @@ fn self_rss_kib() -> Result<(u64, u64)> {
     Ok((field("VmHWM:")?, field("VmRSS:")?))
 }
 
-/// The child: what the agent does for a full sync (`EntryMaps::rebuild`)
+/// The child: what the agent does for a full sync (`V1Maps::rebuild`)
 /// plus a delta ([`delta`]), holding the two entry sets as the agent holds the
 /// previous and the new desired state. The generator's temporaries must not
 /// count, so the peak is reset (`/proc/self/clear_refs`, 5) once the sets
@@ -484,7 +606,7 @@ fn rss_child(o: &Opts) -> Result<()> {
     let sets = generate(o.seed);
     std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
     let (_, base) = self_rss_kib()?;
-    let mut kc = KernelClassifier::new(&capacities())?;
+    let mut kc = load(&capacities())?;
     kc.maps_mut().rebuild(&sets.full, 0)?;
     delta(kc.maps_mut(), &sets.full, &sets.after)?;
     let (hwm, _) = self_rss_kib()?;
@@ -569,7 +691,7 @@ type Figure = (&'static str, &'static str, Unit, fn(&Round) -> f64);
 const HEADLINE: &[Figure] = &[
     (
         "full_apply",
-        "**Full sync, batch: total (`EntryMaps::rebuild` into empty maps)**",
+        "**Full sync, batch: total (`V1Maps::rebuild` into empty maps)**",
         Unit::Secs,
         |r| r.full_apply,
     ),
@@ -581,7 +703,7 @@ const HEADLINE: &[Figure] = &[
     ),
     (
         "full_batch_sync",
-        "Full sync, batch: kernel apply (`EntryMaps::sync_owned`)",
+        "Full sync, batch: kernel apply (`V1Maps::sync_owned`)",
         Unit::Secs,
         |r| r.batch_sync,
     ),
@@ -599,7 +721,7 @@ const HEADLINE: &[Figure] = &[
     ),
     (
         "full_elem_sync",
-        "Full sync, per-element: kernel apply (`EntryMaps::sync_owned`)",
+        "Full sync, per-element: kernel apply (`V1Maps::sync_owned`)",
         Unit::Secs,
         |r| r.elem_sync,
     ),
@@ -623,7 +745,7 @@ const HEADLINE: &[Figure] = &[
     ),
     (
         "delta_apply",
-        "**1% delta (`SetChanges::between` + `EntryMaps::apply_changes`, the feed agent's path)**",
+        "**1% delta (`SetChanges::between` + `V1Maps::apply_changes`, the feed agent's path)**",
         Unit::Secs,
         |r| r.delta_apply,
     ),
@@ -651,7 +773,7 @@ const PROFILE: &[Figure] = &[
     ),
     (
         "full_batch_read",
-        "Full sync: read-back of the empty maps (`EntryMaps::read`)",
+        "Full sync: read-back of the empty maps (`V1Maps::read`)",
         Unit::Secs,
         |r| r.batch_read,
     ),
@@ -693,7 +815,7 @@ const PROFILE: &[Figure] = &[
     ),
     (
         "read_back_batch",
-        "Read-back of the full maps, batch (`EntryMaps::read`)",
+        "Read-back of the full maps, batch (`V1Maps::read`)",
         Unit::Secs,
         |r| r.read_back_batch,
     ),
@@ -785,18 +907,18 @@ fn markdown(o: &Opts, sets: &Sets, headline: &[Row], profile: &[Row], elapsed: D
          desired state is) into empty maps of the real XDP program (private maps, \
          loaded fresh for every full sync, outside the timed region), then a 1% churn delta on \
          top of it: {} adds + {} removes ({a} /32 and {p} prefixes each). Total = \
-         `EntryMaps::rebuild`, what the feed agent calls for a full sync; its phases, timed separately on other fresh \
-         maps: read = `EntryMaps::read` of the empty maps, build = `Desired::build_from` \
-         (userspace), kernel apply = `EntryMaps::sync_owned` (the diff and the syscalls; the \
+         `V1Maps::rebuild`, what the feed agent calls for a full sync; its phases, timed separately on other fresh \
+         maps: read = `V1Maps::read` of the empty maps, build = `Desired::build_from` \
+         (userspace), kernel apply = `V1Maps::sync_owned` (the diff and the syscalls; the \
          built state becomes the shadow copy without a copy). The delta is what the feed agent \
          does on a feed change after the full sync: `SetChanges::between` (one merge pass over \
          the previous and the new sorted set, which also tells adds from changes) and \
-         `EntryMaps::apply_changes` (touches only the changed keys: ids for the adds first; then \
+         `V1Maps::apply_changes` (touches only the changed keys: ids for the adds first; then \
          two threads, one updating the hash maps' shadow copy, the other the tries' and writing \
          the trie nodes, both taking 1024-key jobs of hash-map writes; then both share the \
          removals), timed together. Batch = `BPF_MAP_*_BATCH` for \
          the hash maps; the LPM tries have no batch support and are per-element on both paths. Peak RSS = `VmHWM` of \
-         a child process (this binary re-executed) doing a full sync (`EntryMaps::rebuild`) and the \
+         a child process (this binary re-executed) doing a full sync (`V1Maps::rebuild`) and the \
          delta (the feed agent's path), holding the two entry sets as the agent holds the previous and \
          the new desired state (the peak is reset once the sets exist, so the generator's \
          temporaries do not count).\n\n",
@@ -805,7 +927,7 @@ fn markdown(o: &Opts, sets: &Sets, headline: &[Row], profile: &[Row], elapsed: D
     ));
     s.push_str(&format!(
         "{} rounds in {:.0} s, each running in turn, on freshly loaded maps: A (full sync \
-         through `EntryMaps::rebuild`, the delta, the delta back, read-back), B (full sync phase \
+         through `V1Maps::rebuild`, the delta, the delta back, read-back), B (full sync phase \
          by phase, batch), C (the same, per-element; read-back), P (profile), D (RSS child); \
          seed {}. Ratios are medians of the per-round ratios.\n\n",
         o.rounds,

@@ -30,7 +30,7 @@ mod model;
 pub mod sim;
 mod tables;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use canon::{Canonical, Resolved, canonical, decode, resolve};
 pub use compile::{Compiler, KeyValue, assign_ids, counts};

@@ -84,7 +84,7 @@ fn random_entry(rng: &mut StdRng) -> Entry {
     Entry::new(net, port, action)
 }
 
-fn random_set(rng: &mut StdRng, n: usize) -> EntrySet {
+pub(crate) fn random_set(rng: &mut StdRng, n: usize) -> EntrySet {
     let mut s = EntrySet::default();
     for _ in 0..n {
         if rng.random_bool(0.08) {
@@ -98,7 +98,7 @@ fn random_set(rng: &mut StdRng, n: usize) -> EntrySet {
 }
 
 /// Add `n` exact addresses of each family (dense enough to fill buckets).
-fn add_exact(rng: &mut StdRng, s: &mut EntrySet, n: usize) {
+pub(crate) fn add_exact(rng: &mut StdRng, s: &mut EntrySet, n: usize) {
     for _ in 0..n {
         for six in [false, true] {
             let a = if six { v6(rng) } else { v4(rng) };
@@ -113,7 +113,7 @@ fn add_exact(rng: &mut StdRng, s: &mut EntrySet, n: usize) {
 }
 
 /// `set` with some entries dropped, some actions flipped, some added.
-fn mutate(rng: &mut StdRng, set: &EntrySet, n: usize) -> EntrySet {
+pub(crate) fn mutate(rng: &mut StdRng, set: &EntrySet, n: usize) -> EntrySet {
     let mut s = set.clone();
     for _ in 0..n {
         match rng.random_range(0..5) {
@@ -192,7 +192,7 @@ fn sim(t: &Tables, p: &PacketInfo, trie4: bool) -> SimVerdict {
 }
 
 /// A geometry for `sets` (all of them fit), small enough to spill.
-fn geometry(sets: &[(&EntrySet, &Ids)], seed: u64) -> Geometry {
+pub(crate) fn geometry(sets: &[(&EntrySet, &Ids)], seed: u64) -> Geometry {
     let mut c = Counts::default();
     for (s, ids) in sets {
         c = c.at_least(&counts(s, ids).unwrap());

@@ -6,9 +6,11 @@
 
 use edge_filter_common::{EntryValue, PORT_PREFIX_FIXED_BITS, PortKeyV4, PortKeyV6};
 
-use super::contents::{Desired, Slot, allow_slot, entry_slot, is_normalized};
+use super::contents::{Desired, Slot, SlotKey, allow_slot, entry_slot, is_normalized};
 use super::trie::{LenFilter, covered, flat_value, lengths_or_empty, value};
 use crate::entry::{Action, Entry, EntrySet};
+use crate::kernel::layout::IdKey;
+use crate::kernel::v2sync::KeyChange;
 
 /// What an incremental update changed: the old and new values of every
 /// touched key (a key absent from `new` is removed).
@@ -20,7 +22,7 @@ pub(super) struct Touched {
 
 /// What a key change does, as [`SetChanges::between`] found it: the key
 /// is new, its action changed, or it is gone. Knowing adds in advance lets
-/// [`EntryMaps::apply_changes`](super::EntryMaps::apply_changes) hand out their ids before any map is touched.
+/// [`V1Maps::apply_changes`](super::V1Maps::apply_changes) hand out their ids before any map is touched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Change {
     Add(Action),
@@ -238,7 +240,7 @@ impl Desired {
 
 /// The key-level changes from one entry set to another: every key added
 /// (with its action), removed, or whose action changed. What
-/// [`EntryMaps::apply_changes`](super::EntryMaps::apply_changes) applies.
+/// [`V1Maps::apply_changes`](super::V1Maps::apply_changes) applies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetChanges(pub(super) Vec<(Slot, Change)>);
 
@@ -248,7 +250,7 @@ impl SetChanges {
     ///
     /// Both must be normalised: nets without host bits, entries sorted by
     /// key with one entry per key, the allowlist sorted and unique, as
-    /// the agent's merge of its feeds makes them (`EntryMaps::apply` normalises its
+    /// the agent's merge of its feeds makes them (`V1Maps::apply` normalises its
     /// input; this does not, to stay clear of whole-set passes beyond the
     /// one merge pass). Debug builds check it.
     pub fn between(prev: &EntrySet, new: &EntrySet) -> SetChanges {
@@ -267,6 +269,37 @@ impl SetChanges {
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The changes by key in the v2 engine's terms
+    /// ([`V2Sync::apply_changes`](crate::kernel::v2sync::V2Sync::apply_changes)):
+    /// each key with its action in the new set, `None` when it leaves.
+    pub fn key_changes(&self) -> Vec<KeyChange> {
+        self.0
+            .iter()
+            .map(|(slot, ch)| {
+                let key = match slot.key() {
+                    SlotKey::Allow(n) => IdKey::Allow(n),
+                    SlotKey::Entry(e) => IdKey::Entry(e),
+                };
+                let action = match *ch {
+                    Change::Add(a) | Change::Set(a) => Some(a),
+                    Change::Remove => None,
+                };
+                (key, action)
+            })
+            .collect()
+    }
+
+    /// `(added, changed, removed)` keys.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        self.0
+            .iter()
+            .fold((0, 0, 0), |(a, c, r), (_, ch)| match ch {
+                Change::Add(_) => (a + 1, c, r),
+                Change::Set(_) => (a, c + 1, r),
+                Change::Remove => (a, c, r + 1),
+            })
     }
 }
 

@@ -492,31 +492,69 @@ pub fn ids_of(d: &Desired) -> HashMap<SlotKey, u32> {
     d.entries().into_iter().map(|(k, v)| (k, v.id)).collect()
 }
 
+/// An IPv4 net from a map key's address and length.
+fn n4(a: [u8; 4], l: u32) -> IpNet {
+    IpNet::new(IpAddr::V4(std::net::Ipv4Addr::from(a)), l as u8).expect("len")
+}
+
+/// An IPv6 net from a map key's address and length.
+fn n6(a: [u8; 16], l: u32) -> IpNet {
+    IpNet::new(IpAddr::V6(std::net::Ipv6Addr::from(a)), l as u8).expect("len")
+}
+
+/// A port match from a map key's protocol, side and port.
+fn pm(proto: u8, side: u8, port: [u8; 2]) -> crate::entry::PortMatch {
+    use crate::entry::{PortMatch, Proto, Side};
+    PortMatch {
+        proto: if proto == abi::PROTO_TCP {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        },
+        port: u16::from_be_bytes(port),
+        side: if side == abi::SIDE_DST {
+            Side::Dst
+        } else {
+            Side::Src
+        },
+    }
+}
+
+/// An entry key in entry terms.
+fn ek(net: IpNet, port: Option<crate::entry::PortMatch>) -> SlotKey {
+    SlotKey::Entry(EntryKey { net, port })
+}
+
+impl Slot {
+    /// The key in entry terms (the inverse of [`allow_slot`] and
+    /// [`entry_slot`]): what the v2 engine names keys by.
+    pub(super) fn key(&self) -> SlotKey {
+        match *self {
+            Slot::AllowV4(l, a) => SlotKey::Allow(n4(a, l)),
+            Slot::AllowV6(l, a) => SlotKey::Allow(n6(a, l)),
+            Slot::AddrV4(a) => ek(n4(a, 32), None),
+            Slot::AddrV6(a) => ek(n6(a, 128), None),
+            Slot::PrefixV4(l, a) => ek(n4(a, l), None),
+            Slot::PrefixV6(l, a) => ek(n6(a, l), None),
+            Slot::PortV4(k) => ek(n4(k.addr, 32), Some(pm(k.proto, k.side, k.port))),
+            Slot::PortV6(k) => ek(n6(k.addr, 128), Some(pm(k.proto, k.side, k.port))),
+            Slot::PPrefixV4(l, k) => ek(
+                n4(k.addr, l - PORT_PREFIX_FIXED_BITS),
+                Some(pm(k.proto, k.side, k.port)),
+            ),
+            Slot::PPrefixV6(l, k) => ek(
+                n6(k.addr, l - PORT_PREFIX_FIXED_BITS),
+                Some(pm(k.proto, k.side, k.port)),
+            ),
+        }
+    }
+}
+
 impl Desired {
     /// Every key with its value, in entry terms (the inverse of [`build_from`]).
     ///
     /// [`build_from`]: Desired::build_from
     pub fn entries(&self) -> Vec<(SlotKey, EntryValue)> {
-        use crate::entry::{EntryKey, PortMatch, Proto, Side};
-        use std::net::{Ipv4Addr, Ipv6Addr};
-        let n4 =
-            |a: [u8; 4], l: u32| IpNet::new(IpAddr::V4(Ipv4Addr::from(a)), l as u8).expect("len");
-        let n6 =
-            |a: [u8; 16], l: u32| IpNet::new(IpAddr::V6(Ipv6Addr::from(a)), l as u8).expect("len");
-        let pm = |proto: u8, side: u8, port: [u8; 2]| PortMatch {
-            proto: if proto == abi::PROTO_TCP {
-                Proto::Tcp
-            } else {
-                Proto::Udp
-            },
-            port: u16::from_be_bytes(port),
-            side: if side == abi::SIDE_DST {
-                Side::Dst
-            } else {
-                Side::Src
-            },
-        };
-        let ek = |net, port| SlotKey::Entry(EntryKey { net, port });
         let mut out = Vec::new();
         out.extend(
             self.allow_v4
@@ -632,7 +670,7 @@ pub(super) fn is_normalized(set: &EntrySet) -> bool {
 /// `set` with normalised nets, entries sorted by key with one entry per key
 /// (drop wins), and the allowlist sorted and unique. Borrowed when it
 /// already is (the agent's merged desired state always is).
-pub(super) fn normalized(set: &EntrySet) -> std::borrow::Cow<'_, EntrySet> {
+pub(crate) fn normalized(set: &EntrySet) -> std::borrow::Cow<'_, EntrySet> {
     if is_normalized(set) {
         return std::borrow::Cow::Borrowed(set);
     }

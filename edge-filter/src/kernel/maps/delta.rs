@@ -1,4 +1,4 @@
-//! Incremental updates written to the kernel: [`EntryMaps::apply_changes`]
+//! Incremental updates written to the kernel: [`V1Maps::apply_changes`]
 //! applies planned key changes ([`super::changes`]) to the shadow copy and
 //! the maps in proportion to the change, on two threads.
 
@@ -7,12 +7,12 @@ use aya::Pod;
 use super::changes::TrieFilters;
 use super::changes::{Change, HashPlan, HashWrites, Planned, Updated, both};
 use super::contents::{Slot, tight_maps};
-use super::entry_maps::{
-    EntryMaps, MAP_INDEX, SyncStats, delete_by_fd, merge_stats, note_refused, write_by_fd,
+use super::v1_maps::{
+    MAP_INDEX, SyncStats, V1Maps, delete_by_fd, merge_stats, note_refused, write_by_fd,
 };
 use crate::error::Result;
 
-impl EntryMaps {
+impl V1Maps {
     /// Apply key-level changes to the shadow and the kernel, in
     /// proportion to the changes. The shadow must exist; it is dropped on
     /// refusals or errors (the next apply reads the kernel back). `None`

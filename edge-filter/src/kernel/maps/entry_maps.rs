@@ -1,70 +1,99 @@
-//! The kernel's entry maps of one program instance ([`EntryMaps`]) and
-//! making them hold a [`Desired`]: read back, written as a diff, counted.
+//! The entry maps of one production program instance ([`EntryMaps`]):
+//! datapath v2 (`docs/datapath-v2.md`) behind the API the agent, the ops
+//! and the tests use. The v2 tables are written by the sync engine
+//! ([`V2Sync`]: a compiled tier, update plans with grace periods); when a
+//! set outgrows its tier, a new program instance on maps of the next tier
+//! replaces the old one without a gap ([`attach::grow`] for a pinned
+//! attachment, a reload for a private one). The per-reason counters and
+//! the last verdict are the common maps, reused across tiers.
 //!
-//! [`EntryMaps::sync`] applies contents as a diff: adds and changes first,
-//! removals last, so an entry present before and after an update is never
-//! absent; only a map too full to hold old and new keys at once takes its
-//! removals first (else a rotation of a near-capacity set could never
-//! land). The hash maps are written with batch syscalls
-//! ([`crate::kernel::sys`]) on one thread while the LPM tries are written
-//! element by element on another. Incremental updates are in
-//! [`super::delta`].
+//! Reading back goes through the catalog ([`decode`]): what the kernel
+//! holds, by key and id, as [`Desired`] (the v1 model the ops count and
+//! join with). Per-entry counters come from `V2_STATS` (every id has its
+//! own: there is no overflow slot); the last hit from `V2_LASTHIT`, which
+//! the agent keeps ([`EntryMaps::note_hits`]).
 
-use std::collections::BTreeMap;
-use std::hash::Hash;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
 
 use aya::{
-    Ebpf, Pod,
-    maps::{HashMap as BpfHash, IterableMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
+    Ebpf,
+    maps::{Map, MapData, MapError, PerCpuArray},
 };
-use edge_filter_common::{
-    self as abi, Config, EntryValue, PortKeyV4, PortKeyV6, PortPrefixV4, PortPrefixV6,
-};
+use edge_filter_common::{self as abi, Config, v2::LastHit};
 
-use super::changes::TrieFilters;
-use super::changes::{SetChanges, both};
-use super::contents::{Census, Desired, KeyMap, drift, new_keys, normalized, tight_maps};
-use super::ids::IdAlloc;
+use super::changes::SetChanges;
+use super::contents::{Census, Desired, SlotKey, normalized};
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
+use crate::kernel::layout::{IdKey, Ids, assign_ids, decode};
+use crate::kernel::v2maps::{Sizes, V2Maps};
+use crate::kernel::v2sync::{Applied, Tier, V2Sync};
+use crate::kernel::{attach, program};
 
-/// Typed handles to every map of one loaded or pinned program instance.
+/// The first tier of a set, compiled before the program instance that
+/// holds it is loaded (its maps are sized for it).
+pub struct Fresh {
+    tier: Tier,
+    set: EntrySet,
+    seed: u64,
+}
+
+impl Fresh {
+    /// Compile `set` (normalised) into a tier of its own size.
+    pub fn for_set(set: &EntrySet) -> Result<Fresh> {
+        let set = normalized(set).into_owned();
+        let seed = new_seed();
+        let tier = Tier::for_set(&set, assign_ids(&set, &Ids::default()), seed)?;
+        Ok(Fresh { tier, set, seed })
+    }
+
+    /// The maps the tier needs on this machine.
+    pub fn sizes(&self) -> Result<Sizes> {
+        self.tier.sizes()
+    }
+
+    /// Keys (entries and allowlist nets) it holds.
+    pub fn keys(&self) -> usize {
+        self.set.entries.len() + self.set.allow.len()
+    }
+}
+
+/// Where the program instance lives, which says how a new tier goes live.
+pub enum Home {
+    /// A pinned attachment: a new tier is loaded from the production
+    /// object, pinned beside the old maps and swapped onto the link.
+    Pinned {
+        /// The directory of the pinned maps.
+        maps_dir: PathBuf,
+        /// The pinned XDP link.
+        link: PathBuf,
+    },
+    /// A private instance (BPF_PROG_TEST_RUN, replay): a new tier is a new
+    /// instance, held here.
+    Private(Box<Ebpf>),
+}
+
+/// The v2 maps as a reader or as the engine that writes them.
+enum State {
+    /// Opened, not written yet: reads decode the catalog; the first apply
+    /// adopts the tables ([`V2Sync::adopt`]).
+    Reader(Box<V2Maps>),
+    /// Written by this process.
+    Engine(Box<V2Sync>),
+    /// Only while switching between the two.
+    Gone,
+}
+
+/// Typed handles to the maps of one loaded or pinned program instance.
 pub struct EntryMaps {
-    allow_v4: LpmTrie<MapData, [u8; 4], EntryValue>,
-    allow_v6: LpmTrie<MapData, [u8; 16], EntryValue>,
-    addr_v4: BpfHash<MapData, [u8; 4], EntryValue>,
-    addr_v6: BpfHash<MapData, [u8; 16], EntryValue>,
-    prefix_v4: LpmTrie<MapData, [u8; 4], EntryValue>,
-    prefix_v6: LpmTrie<MapData, [u8; 16], EntryValue>,
-    port_v4: BpfHash<MapData, PortKeyV4, EntryValue>,
-    port_v6: BpfHash<MapData, PortKeyV6, EntryValue>,
-    pprefix_v4: LpmTrie<MapData, PortPrefixV4, EntryValue>,
-    pprefix_v6: LpmTrie<MapData, PortPrefixV6, EntryValue>,
-    config: aya::maps::Array<MapData, Config>,
-    counters: aya::maps::PerCpuArray<MapData, abi::Counter>,
-    last: aya::maps::PerCpuArray<MapData, abi::LastVerdict>,
-    entry_stats: aya::maps::PerCpuArray<MapData, abi::EntryStat>,
-    stats_overflow: aya::maps::PerCpuArray<MapData, abi::EntryStat>,
-    /// `ENTRY_STATS` is known to be all zero (a freshly created map): the
-    /// first build need not zero the ids it hands out.
-    stats_fresh: bool,
-    /// What the last sync left in the maps, so deltas need not read them
-    /// back; [`EntryMaps::reconcile`] checks it against the kernel.
-    pub(super) shadow: Option<Desired>,
-    /// Probe filters of the shadow's tries, for incremental updates; built
-    /// with the shadow and dropped with it.
-    pub(super) filters: Option<TrieFilters>,
-    /// Use BPF batch syscalls for hash maps (off only to benchmark).
-    pub(super) batch: bool,
-    /// The entry set the shadow was built from (sorted, one entry per key),
-    /// so the next apply can diff sets instead of rebuilding every map.
-    pub(super) last_set: Option<EntrySet>,
-    /// Entry ids in use by the shadow, and the free ones.
-    pub(super) ids: IdAlloc,
-    /// Each entry map's capacity (`max_entries`), in [`abi::ENTRY_MAPS`]
-    /// order.
-    pub(super) caps: [u32; 10],
+    state: State,
+    counters: PerCpuArray<MapData, abi::Counter>,
+    last: PerCpuArray<MapData, abi::LastVerdict>,
+    home: Home,
+    /// The last apply landed whole ([`EntryMaps::in_sync`]).
+    synced: bool,
+    /// Hash seed of the tiers this process builds.
+    seed: u64,
 }
 
 /// Outcome of a sync.
@@ -76,192 +105,24 @@ pub struct SyncStats {
     pub changed: usize,
     /// Keys removed.
     pub removed: usize,
-    /// Keys refused because a map was full.
+    /// Keys refused because a map was full. Always 0 with datapath v2: a
+    /// set that outgrows its tier gets the next one.
     pub refused: usize,
     /// Human-readable reasons for refusals.
     pub refusals: Vec<String>,
+    /// Capacity tiers changed by this sync (a new program instance swapped
+    /// in without a gap).
+    pub tiers: usize,
 }
 
-/// The hash maps of [`EntryMaps`], borrowed together ([`EntryMaps::split`]).
-pub(super) struct HashMaps<'a> {
-    addr_v4: &'a mut BpfHash<MapData, [u8; 4], EntryValue>,
-    addr_v6: &'a mut BpfHash<MapData, [u8; 16], EntryValue>,
-    port_v4: &'a mut BpfHash<MapData, PortKeyV4, EntryValue>,
-    port_v6: &'a mut BpfHash<MapData, PortKeyV6, EntryValue>,
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name).ok_or_else(|| Error::Map {
+        op: format!("map {name} missing from the object"),
+        source: MapError::InvalidName {
+            name: name.to_string(),
+        },
+    })
 }
-
-impl HashMaps<'_> {
-    /// Write the keys of `want` whose values differ from `cur`, in the maps
-    /// whose `MAPBIT_*` is in `only`.
-    fn upsert(
-        &self,
-        cur: &Desired,
-        want: &Desired,
-        b: bool,
-        st: &mut SyncStats,
-        only: u32,
-    ) -> Result<()> {
-        if only & abi::MAPBIT_ADDR_V4 != 0 {
-            let (c, w) = (&cur.addr_v4, &want.addr_v4);
-            upsert_hash(self.addr_v4, c, w, abi::MAP_ADDR_V4, b, st)?;
-        }
-        if only & abi::MAPBIT_ADDR_V6 != 0 {
-            let (c, w) = (&cur.addr_v6, &want.addr_v6);
-            upsert_hash(self.addr_v6, c, w, abi::MAP_ADDR_V6, b, st)?;
-        }
-        if only & abi::MAPBIT_PORT_V4 != 0 {
-            let (c, w) = (&cur.port_v4, &want.port_v4);
-            upsert_hash(self.port_v4, c, w, abi::MAP_PORT_V4, b, st)?;
-        }
-        if only & abi::MAPBIT_PORT_V6 != 0 {
-            let (c, w) = (&cur.port_v6, &want.port_v6);
-            upsert_hash(self.port_v6, c, w, abi::MAP_PORT_V6, b, st)?;
-        }
-        Ok(())
-    }
-
-    /// Delete the keys of `cur` that `want` lacks, in the maps in `only`.
-    fn remove(
-        &self,
-        cur: &Desired,
-        want: &Desired,
-        b: bool,
-        st: &mut SyncStats,
-        only: u32,
-    ) -> Result<()> {
-        if only & abi::MAPBIT_ADDR_V4 != 0 {
-            remove_hash(self.addr_v4, &cur.addr_v4, &want.addr_v4, b, st)?;
-        }
-        if only & abi::MAPBIT_ADDR_V6 != 0 {
-            remove_hash(self.addr_v6, &cur.addr_v6, &want.addr_v6, b, st)?;
-        }
-        if only & abi::MAPBIT_PORT_V4 != 0 {
-            remove_hash(self.port_v4, &cur.port_v4, &want.port_v4, b, st)?;
-        }
-        if only & abi::MAPBIT_PORT_V6 != 0 {
-            remove_hash(self.port_v6, &cur.port_v6, &want.port_v6, b, st)?;
-        }
-        Ok(())
-    }
-
-    /// Their fds, in [`MAP_INDEX`] order, for writes from two threads.
-    pub(super) fn fds(&self) -> [BorrowedFd<'_>; 4] {
-        [
-            hash_fd(self.addr_v4),
-            hash_fd(self.addr_v6),
-            hash_fd(self.port_v4),
-            hash_fd(self.port_v6),
-        ]
-    }
-}
-
-/// The LPM tries of [`EntryMaps`], borrowed together ([`EntryMaps::split`]).
-pub(super) struct TrieMaps<'a> {
-    allow_v4: &'a mut LpmTrie<MapData, [u8; 4], EntryValue>,
-    allow_v6: &'a mut LpmTrie<MapData, [u8; 16], EntryValue>,
-    prefix_v4: &'a mut LpmTrie<MapData, [u8; 4], EntryValue>,
-    prefix_v6: &'a mut LpmTrie<MapData, [u8; 16], EntryValue>,
-    pprefix_v4: &'a mut LpmTrie<MapData, PortPrefixV4, EntryValue>,
-    pprefix_v6: &'a mut LpmTrie<MapData, PortPrefixV6, EntryValue>,
-}
-
-impl TrieMaps<'_> {
-    /// Write the nodes of `want` whose values differ from `cur`
-    /// (per element: LPM tries have no batch operations), in the tries
-    /// whose `MAPBIT_*` is in `only`.
-    pub(super) fn upsert(
-        &mut self,
-        cur: &Desired,
-        want: &Desired,
-        st: &mut SyncStats,
-        only: u32,
-    ) -> Result<()> {
-        let (c, w) = (cur, want);
-        if only & abi::MAPBIT_ALLOW_V4 != 0 {
-            upsert_lpm(
-                self.allow_v4,
-                &c.allow_v4,
-                &w.allow_v4,
-                abi::MAP_ALLOW_V4,
-                st,
-            )?;
-        }
-        if only & abi::MAPBIT_ALLOW_V6 != 0 {
-            upsert_lpm(
-                self.allow_v6,
-                &c.allow_v6,
-                &w.allow_v6,
-                abi::MAP_ALLOW_V6,
-                st,
-            )?;
-        }
-        if only & abi::MAPBIT_PREFIX_V4 != 0 {
-            upsert_lpm(
-                self.prefix_v4,
-                &c.prefix_v4,
-                &w.prefix_v4,
-                abi::MAP_PREFIX_V4,
-                st,
-            )?;
-        }
-        if only & abi::MAPBIT_PREFIX_V6 != 0 {
-            upsert_lpm(
-                self.prefix_v6,
-                &c.prefix_v6,
-                &w.prefix_v6,
-                abi::MAP_PREFIX_V6,
-                st,
-            )?;
-        }
-        if only & abi::MAPBIT_PPREFIX_V4 != 0 {
-            let (cm, wm) = (&c.pprefix_v4, &w.pprefix_v4);
-            upsert_lpm(self.pprefix_v4, cm, wm, abi::MAP_PPREFIX_V4, st)?;
-        }
-        if only & abi::MAPBIT_PPREFIX_V6 != 0 {
-            let (cm, wm) = (&c.pprefix_v6, &w.pprefix_v6);
-            upsert_lpm(self.pprefix_v6, cm, wm, abi::MAP_PPREFIX_V6, st)?;
-        }
-        Ok(())
-    }
-
-    /// Delete the nodes of `cur` that `want` lacks, in the tries in `only`.
-    pub(super) fn remove(
-        &mut self,
-        cur: &Desired,
-        want: &Desired,
-        st: &mut SyncStats,
-        only: u32,
-    ) -> Result<()> {
-        let (c, w) = (cur, want);
-        if only & abi::MAPBIT_ALLOW_V4 != 0 {
-            remove_lpm(self.allow_v4, &c.allow_v4, &w.allow_v4, st)?;
-        }
-        if only & abi::MAPBIT_ALLOW_V6 != 0 {
-            remove_lpm(self.allow_v6, &c.allow_v6, &w.allow_v6, st)?;
-        }
-        if only & abi::MAPBIT_PREFIX_V4 != 0 {
-            remove_lpm(self.prefix_v4, &c.prefix_v4, &w.prefix_v4, st)?;
-        }
-        if only & abi::MAPBIT_PREFIX_V6 != 0 {
-            remove_lpm(self.prefix_v6, &c.prefix_v6, &w.prefix_v6, st)?;
-        }
-        if only & abi::MAPBIT_PPREFIX_V4 != 0 {
-            remove_lpm(self.pprefix_v4, &c.pprefix_v4, &w.pprefix_v4, st)?;
-        }
-        if only & abi::MAPBIT_PPREFIX_V6 != 0 {
-            remove_lpm(self.pprefix_v6, &c.pprefix_v6, &w.pprefix_v6, st)?;
-        }
-        Ok(())
-    }
-}
-
-/// Index of each hash map in [`HashMaps::fds`] and in per-map sums.
-pub(super) const MAP_INDEX: [&str; 4] = [
-    abi::MAP_ADDR_V4,
-    abi::MAP_ADDR_V6,
-    abi::MAP_PORT_V4,
-    abi::MAP_PORT_V6,
-];
 
 fn conv<T>(name: &str, r: std::result::Result<T, MapError>) -> Result<T> {
     r.map_err(|source| Error::Map {
@@ -270,423 +131,390 @@ fn conv<T>(name: &str, r: std::result::Result<T, MapError>) -> Result<T> {
     })
 }
 
+/// A hash seed for a new tier (each attachment its own, so that nobody can
+/// pick addresses that collide in every filter).
+fn new_seed() -> u64 {
+    rand::random()
+}
+
+/// The ids of `ids` as the contents model keys them.
+fn slot_ids(ids: &Ids) -> std::collections::HashMap<SlotKey, u32> {
+    ids.iter()
+        .map(|(k, &id)| {
+            let k = match *k {
+                IdKey::Allow(n) => SlotKey::Allow(n),
+                IdKey::Entry(e) => SlotKey::Entry(e),
+            };
+            (k, id)
+        })
+        .collect()
+}
+
 impl EntryMaps {
-    /// Take the maps out of a freshly loaded object.
-    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<EntryMaps> {
-        let mut maps = Self::from_fn(|name| {
-            ebpf.take_map(name).ok_or_else(|| Error::Map {
-                op: format!("map {name} missing from the object"),
-                source: MapError::InvalidName {
-                    name: name.to_string(),
-                },
-            })
-        })?;
-        maps.stats_fresh = true;
+    /// A fresh program instance, private to this process (nothing attached
+    /// or pinned), its maps a tier for `set` and holding it.
+    pub fn private(set: &EntrySet, flags: u32) -> Result<EntryMaps> {
+        let fresh = Fresh::for_set(set)?;
+        let mut ebpf = program::load(&fresh.sizes()?, &[])?;
+        let mut maps = EntryMaps::fresh(
+            &mut ebpf,
+            fresh,
+            flags,
+            Home::Pinned {
+                maps_dir: PathBuf::new(),
+                link: PathBuf::new(),
+            },
+        )?;
+        maps.home = Home::Private(Box::new(ebpf));
         Ok(maps)
     }
 
-    /// Open pinned maps: `open(name)` returns the map of that name.
-    pub fn from_fn(mut open: impl FnMut(&str) -> Result<Map>) -> Result<EntryMaps> {
-        macro_rules! m {
-            ($name:expr) => {
-                conv($name, open($name)?.try_into())?
-            };
-        }
+    /// Take the maps of a freshly loaded instance (`program::load` with
+    /// `fresh.sizes()`) and write the tier into them, before anything is
+    /// attached.
+    pub fn fresh(ebpf: &mut Ebpf, fresh: Fresh, flags: u32, home: Home) -> Result<EntryMaps> {
+        let Fresh { tier, set, seed } = fresh;
+        let (state, counters, last) = EntryMaps::parts(ebpf, tier, &set, seed, flags)?;
         Ok(EntryMaps {
-            allow_v4: m!(abi::MAP_ALLOW_V4),
-            allow_v6: m!(abi::MAP_ALLOW_V6),
-            addr_v4: m!(abi::MAP_ADDR_V4),
-            addr_v6: m!(abi::MAP_ADDR_V6),
-            prefix_v4: m!(abi::MAP_PREFIX_V4),
-            prefix_v6: m!(abi::MAP_PREFIX_V6),
-            port_v4: m!(abi::MAP_PORT_V4),
-            port_v6: m!(abi::MAP_PORT_V6),
-            pprefix_v4: m!(abi::MAP_PPREFIX_V4),
-            pprefix_v6: m!(abi::MAP_PPREFIX_V6),
-            config: m!(abi::MAP_CONFIG),
-            counters: m!(abi::MAP_COUNTERS),
-            last: m!(abi::MAP_LAST),
-            entry_stats: m!(abi::MAP_ENTRY_STATS),
-            stats_overflow: m!(abi::MAP_STATS_OVERFLOW),
-            stats_fresh: false,
-            shadow: None,
-            filters: None,
-            batch: true,
-            last_set: None,
-            ids: IdAlloc::default(),
-            caps: [u32::MAX; 10],
-        }
-        .with_capacities())
-    }
-
-    /// Read each entry map's capacity from the kernel.
-    fn with_capacities(mut self) -> Self {
-        fn cap<M: IterableMap<K, V>, K: Pod, V: Pod>(m: &M) -> u32 {
-            m.map().info().map_or(u32::MAX, |i| i.max_entries())
-        }
-        self.caps = [
-            cap(&self.allow_v4),
-            cap(&self.allow_v6),
-            cap(&self.addr_v4),
-            cap(&self.addr_v6),
-            cap(&self.prefix_v4),
-            cap(&self.prefix_v6),
-            cap(&self.port_v4),
-            cap(&self.port_v6),
-            cap(&self.pprefix_v4),
-            cap(&self.pprefix_v6),
-        ];
-        self
-    }
-
-    /// Each entry map's capacity, in [`abi::ENTRY_MAPS`] order.
-    pub fn capacities(&self) -> [u32; 10] {
-        self.caps
-    }
-
-    /// The per-entry counters are known to be zero (the maps were just
-    /// created): the first apply skips zeroing the ids it assigns.
-    pub fn assume_fresh_stats(&mut self) {
-        self.stats_fresh = true;
-    }
-
-    /// Use (default) or avoid BPF batch syscalls for hash maps.
-    pub fn set_batch(&mut self, on: bool) {
-        self.batch = on;
-    }
-
-    /// Forget the shadow copy: the next apply reads the kernel first.
-    pub fn forget_shadow(&mut self) {
-        self.shadow = None;
-        self.filters = None;
-        self.last_set = None;
-    }
-
-    /// The agent's copy of what the maps hold (after the first sync).
-    pub fn shadow(&self) -> Option<&Desired> {
-        self.shadow.as_ref()
-    }
-
-    /// Read the whole current contents back from the kernel.
-    pub fn read(&self) -> Result<Desired> {
-        let b = self.batch;
-        Ok(Desired {
-            allow_v4: read_lpm(&self.allow_v4)?,
-            allow_v6: read_lpm(&self.allow_v6)?,
-            addr_v4: read_hash(&self.addr_v4, b)?,
-            addr_v6: read_hash(&self.addr_v6, b)?,
-            prefix_v4: read_lpm(&self.prefix_v4)?,
-            prefix_v6: read_lpm(&self.prefix_v6)?,
-            port_v4: read_hash(&self.port_v4, b)?,
-            port_v6: read_hash(&self.port_v6, b)?,
-            pprefix_v4: read_lpm(&self.pprefix_v4)?,
-            pprefix_v6: read_lpm(&self.pprefix_v6)?,
+            state,
+            counters,
+            last,
+            home,
+            synced: true,
+            seed,
         })
     }
 
-    /// Make the maps enforce `set` (keeping existing ids).
-    ///
-    /// After a first full build, later calls diff the new set against the
-    /// previous one (both sorted: one linear pass) and update only the keys
-    /// that changed, re-flattening only the trie nodes they cover, so a small
-    /// change to a large set costs in proportion to the change. A caller
-    /// that already holds the previous set (the feed agent) should use
-    /// [`EntryMaps::apply_changes`] instead: no copy of the set is kept and
-    /// no pass over it is made here.
-    pub fn apply(&mut self, set: &EntrySet, flags: u32) -> Result<SyncStats> {
-        let set = normalized(set);
-        if let Some(prev) = self.last_set.take()
-            && self.shadow.is_some()
+    #[allow(clippy::type_complexity)]
+    fn parts(
+        ebpf: &mut Ebpf,
+        tier: Tier,
+        set: &EntrySet,
+        seed: u64,
+        flags: u32,
+    ) -> Result<(
+        State,
+        PerCpuArray<MapData, abi::Counter>,
+        PerCpuArray<MapData, abi::LastVerdict>,
+    )> {
+        let v2 = V2Maps::take(ebpf)?;
+        v2.set_runtime_flags(flags & !abi::CONFIG_SAMPLE_EVENTS);
+        let sync = V2Sync::install(v2, tier, set, seed)?;
+        Ok((
+            State::Engine(Box::new(sync)),
+            conv(
+                abi::MAP_COUNTERS,
+                take_map(ebpf, abi::MAP_COUNTERS)?.try_into(),
+            )?,
+            conv(abi::MAP_LAST, take_map(ebpf, abi::MAP_LAST)?.try_into())?,
+        ))
+    }
+
+    /// Open pinned maps: `open(name)` returns the map of that name. Reads
+    /// decode what the kernel holds; the first apply adopts it.
+    pub fn from_fn(mut open: impl FnMut(&str) -> Result<Map>, home: Home) -> Result<EntryMaps> {
+        let counters = conv(abi::MAP_COUNTERS, open(abi::MAP_COUNTERS)?.try_into())?;
+        let last = conv(abi::MAP_LAST, open(abi::MAP_LAST)?.try_into())?;
+        let v2 = V2Maps::from_fn(open)?;
+        Ok(EntryMaps {
+            state: State::Reader(Box::new(v2)),
+            counters,
+            last,
+            home,
+            synced: false,
+            seed: new_seed(),
+        })
+    }
+
+    /// Where the instance lives (how a new tier goes live).
+    pub fn set_home(&mut self, home: Home) {
+        self.home = home;
+    }
+
+    /// The v2 maps.
+    pub fn v2(&self) -> &V2Maps {
+        match &self.state {
+            State::Reader(m) => m,
+            State::Engine(s) => s.maps(),
+            State::Gone => unreachable!("maps taken mid-switch"),
+        }
+    }
+
+    /// The sync engine, once this process wrote the maps.
+    pub fn engine(&self) -> Option<&V2Sync> {
+        match &self.state {
+            State::Engine(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The XDP program of a private instance.
+    pub fn xdp_mut(&mut self) -> Result<&mut aya::programs::Xdp> {
+        match &mut self.home {
+            Home::Private(ebpf) => program::xdp_mut(ebpf),
+            Home::Pinned { .. } => Err(Error::Pin {
+                op: "running the program of a pinned attachment".into(),
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            }),
+        }
+    }
+
+    /// Each logical entry map's capacity in the current tier, in
+    /// [`abi::ENTRY_MAPS`] order: exact IPv4/IPv6 records for the address
+    /// and address+port maps, ids for the rest (every entry has one).
+    /// Tiers grow on their own: this is where the next tier starts, not a
+    /// limit.
+    pub fn capacities(&self) -> [u32; 10] {
+        let s = self.v2().sizes();
+        let rec4 = s.buckets4.saturating_mul(8) / 2;
+        let rec6 = s.buckets6.saturating_mul(3) / 2;
+        let ids = s.catalog;
+        [ids, ids, rec4, rec6, ids, ids, rec4, rec6, ids, ids]
+    }
+
+    /// Forget what this process wrote: the next apply adopts the kernel's
+    /// tables again (after a failed apply).
+    pub fn forget_shadow(&mut self) {
+        self.synced = false;
+        if let State::Engine(_) = self.state
+            && let State::Engine(s) = std::mem::replace(&mut self.state, State::Gone)
         {
-            let changes = SetChanges::between(&prev, &set);
-            drop(prev);
-            if let Some(st) = self.apply_slots(&changes.0, flags)? {
-                if self.shadow.is_some() {
-                    self.last_set = Some(set.into_owned());
+            self.state = State::Reader(Box::new(s.into_maps()));
+        }
+    }
+
+    /// What this process last wrote (by key and id), without reading the
+    /// kernel; `None` before the first sync.
+    pub fn shadow(&self) -> Option<Desired> {
+        let s = self.engine()?;
+        self.synced
+            .then(|| Desired::with_ids(s.set(), &slot_ids(s.ids())))
+    }
+
+    /// Read the whole current contents back from the kernel (the catalog,
+    /// decoded).
+    pub fn read(&self) -> Result<Desired> {
+        let t = self.v2().read()?;
+        let (set, ids) = decode(&t).map_err(|e| Error::Layout(Box::new(e)))?;
+        Ok(Desired::with_ids(&set, &slot_ids(&ids)))
+    }
+
+    /// The engine, adopting the maps first if this process has not written
+    /// them yet. Returns whether the adopted tables had drifted.
+    fn engine_mut(&mut self) -> Result<(&mut V2Sync, bool)> {
+        let mut drift = false;
+        if let State::Reader(_) = self.state {
+            let State::Reader(m) = std::mem::replace(&mut self.state, State::Gone) else {
+                unreachable!()
+            };
+            match V2Sync::adopt(*m, self.seed) {
+                Ok((s, a)) => {
+                    drift = a.drift;
+                    self.state = State::Engine(Box::new(s));
                 }
-                return Ok(st);
+                Err(e) => {
+                    // Reopen is not possible here: the maps were consumed.
+                    return Err(e);
+                }
             }
         }
-        self.apply_full(&set, flags, true)
+        match &mut self.state {
+            State::Engine(s) => Ok((s, drift)),
+            _ => unreachable!("state set above"),
+        }
     }
 
-    /// Make the maps enforce `set` by reading them back and writing the
-    /// difference, keeping no copy of `set` (unlike [`EntryMaps::apply`]):
-    /// for a caller that keeps its previous set itself and follows up with
-    /// [`EntryMaps::apply_changes`], as the feed agent does. A copy of a
-    /// million-entry set is ~30 MB and a clone on every full sync.
+    /// Make the maps enforce `set` (keeping existing ids).
+    pub fn apply(&mut self, set: &EntrySet, flags: u32) -> Result<SyncStats> {
+        let set = normalized(set);
+        let (sync, _) = self.engine_mut()?;
+        // An adopted set comes in catalog order.
+        let changes = SetChanges::between(&normalized(sync.set()), &set);
+        self.apply_inner(&set, &changes, flags, false)
+    }
+
+    /// [`EntryMaps::apply`] (kept for the feed agent, which keeps its own
+    /// copy of the set).
     pub fn rebuild(&mut self, set: &EntrySet, flags: u32) -> Result<SyncStats> {
-        self.last_set = None;
-        self.apply_full(&normalized(set), flags, false)
+        self.apply(set, flags)
     }
 
-    /// Make the maps enforce `new`, given `changes` =
-    /// [`SetChanges::between`]`(prev, new)` where `prev` is the set the last
-    /// apply to these maps enforced. Costs in proportion to the changes:
-    /// the agent computes them once for all its interfaces and keeps no
-    /// second copy of the set.
-    ///
-    /// Without a shadow copy (nothing applied yet, or the last apply failed
-    /// or had refusals) this falls back to a full sync of `new`. Changes
-    /// against another set than the one last applied are a caller's bug;
-    /// when they show (an add of a key the maps hold, a change or removal
-    /// of one they lack) this also falls back to a full sync of `new`, but
-    /// a change it cannot see (keys the changes do not mention) is missed.
+    /// Make the maps enforce `new`, given `changes` = `SetChanges::between
+    /// (prev, new)` where `prev` is the set the last apply enforced: the
+    /// engine applies the changes ([`V2Sync::apply_changes`]), in proportion
+    /// to them rather than to the set (the feed agent's deltas). Before the
+    /// first sync of this process (adoption), a whole-set apply.
     pub fn apply_changes(
         &mut self,
         new: &EntrySet,
         changes: &SetChanges,
         flags: u32,
     ) -> Result<SyncStats> {
-        // `apply` would diff against this copy; it no longer matches.
-        self.last_set = None;
-        if self.shadow.is_some()
-            && let Some(st) = self.apply_slots(&changes.0, flags)?
-        {
-            return Ok(st);
+        if !self.synced {
+            return self.apply(new, flags);
         }
-        self.apply_full(&normalized(new), flags, false)
+        self.apply_inner(&normalized(new), changes, flags, true)
     }
 
-    /// Whether the maps hold exactly what the last apply asked for (it
-    /// succeeded without refusals), so [`EntryMaps::apply_changes`] can
-    /// build on it.
-    pub fn in_sync(&self) -> bool {
-        self.shadow.is_some()
-    }
-
-    /// Read the maps back, build the contents for `set` (normalised) and
-    /// sync; keep a copy of `set` for the next [`EntryMaps::apply`] if
-    /// `keep_set`.
-    fn apply_full(&mut self, set: &EntrySet, flags: u32, keep_set: bool) -> Result<SyncStats> {
-        let current = self.read()?;
-        let mut ids = IdAlloc::in_use(current.ids());
-        let desired = Desired::build_with(set, &current, &mut ids);
-        let assigned = ids.take_assigned();
-        if !std::mem::take(&mut self.stats_fresh) {
-            self.zero_entry_stats(&assigned)?;
-        }
-        let landed_ids = IdAlloc::in_use(desired.ids());
-        let st = self.sync_owned(&current, desired, flags)?;
-        if st.refused == 0 {
-            self.ids = landed_ids;
-            if keep_set {
-                self.last_set = Some(set.clone());
+    /// Sync to `set`: by `changes` when `delta`, else the whole set (the
+    /// engine diffs itself). The counts come from `changes` either way.
+    fn apply_inner(
+        &mut self,
+        set: &EntrySet,
+        changes: &SetChanges,
+        flags: u32,
+        delta: bool,
+    ) -> Result<SyncStats> {
+        self.synced = false;
+        let (added, changed, removed) = changes.counts();
+        let mut st = SyncStats {
+            added,
+            changed,
+            removed,
+            ..SyncStats::default()
+        };
+        self.set_config(flags, 0)?;
+        // A new tier compiled for the set either lands or fails whole.
+        let (sync, _) = self.engine_mut()?;
+        let applied = if delta {
+            sync.apply_changes(set, &changes.key_changes())?
+        } else {
+            sync.apply(set)?
+        };
+        match applied {
+            Applied::Done(_) => {}
+            Applied::NewTier(tier) => {
+                self.grow(*tier, set)?;
+                st.tiers += 1;
             }
         }
+        self.synced = true;
         Ok(st)
     }
 
-    /// Change the kernel maps *without* updating the shadow copy, as another
+    /// Bring `tier` (compiled from `set`) live on a new program instance.
+    fn grow(&mut self, tier: Tier, set: &EntrySet) -> Result<()> {
+        let sizes = tier.sizes()?;
+        log::info!(
+            "a new capacity tier: {} exact IPv4 buckets, {} IPv6, {} ids (the set no longer fits the old one)",
+            sizes.buckets4,
+            sizes.buckets6,
+            sizes.catalog
+        );
+        let State::Engine(sync) = &mut self.state else {
+            unreachable!("grow runs on the engine")
+        };
+        match &mut self.home {
+            Home::Pinned { maps_dir, link } => {
+                let pins = attach::TierPins {
+                    maps_dir,
+                    link,
+                    reuse: &abi::COMMON_MAPS,
+                };
+                attach::grow(
+                    sync,
+                    tier,
+                    set,
+                    program::object()?,
+                    abi::PROGRAM_NAME,
+                    &pins,
+                    &[],
+                )
+            }
+            Home::Private(ebpf) => {
+                let mut fresh = program::load(&sizes, &[])?;
+                let v2 = V2Maps::take(&mut fresh)?;
+                sync.replace(v2, tier, set)?;
+                self.counters = conv(
+                    abi::MAP_COUNTERS,
+                    take_map(&mut fresh, abi::MAP_COUNTERS)?.try_into(),
+                )?;
+                self.last = conv(
+                    abi::MAP_LAST,
+                    take_map(&mut fresh, abi::MAP_LAST)?.try_into(),
+                )?;
+                **ebpf = fresh;
+                Ok(())
+            }
+        }
+    }
+
+    /// Store `w` into the v2 maps *without* telling the engine, as another
     /// process would: for drift tests and drills.
     #[doc(hidden)]
-    pub fn tamper(&mut self, f: impl FnOnce(&mut Desired)) -> Result<()> {
-        let (shadow, filters) = (self.shadow.take(), self.filters.take());
-        let now = self.read()?;
-        let mut changed = now.clone();
-        f(&mut changed);
-        let flags = self.config()?.flags;
-        self.sync(&now, &changed, flags)?;
-        (self.shadow, self.filters) = (shadow, filters);
-        Ok(())
+    pub fn tamper(&mut self, w: &crate::kernel::layout::Write) -> Result<()> {
+        let (sync, _) = self.engine_mut()?;
+        sync.tamper(w)
+    }
+
+    /// Whether the maps hold exactly what the last apply asked for, so
+    /// [`EntryMaps::apply_changes`] can build on it.
+    pub fn in_sync(&self) -> bool {
+        self.synced
     }
 
     /// Compare the kernel's maps with what the last sync left there and
-    /// repair any difference (someone changed them behind our back).
-    /// Returns how many keys had drifted.
+    /// repair any difference (someone changed them behind our back): a
+    /// drifted table is replaced by a new tier. Returns 1 when the tables
+    /// (or the runtime flags) had drifted, else 0.
     pub fn reconcile(&mut self, flags: u32) -> Result<usize> {
         Ok(self.reconcile_with(flags, None)?.0)
     }
 
-    /// [`EntryMaps::reconcile`], and from the same read of the kernel,
-    /// how the maps then stand against `set` (when given).
+    /// [`EntryMaps::reconcile`], and how the kernel's maps (read back) then
+    /// stand against `set` (when given).
     pub fn reconcile_with(
         &mut self,
         flags: u32,
         set: Option<&EntrySet>,
     ) -> Result<(usize, Option<Census>)> {
-        let kernel = self.read()?;
-        let Some(want) = self.shadow.take() else {
-            // Nothing applied yet: nothing to hold the kernel to.
-            return Ok((0, set.map(|s| kernel.census(s))));
-        };
-        let drift = drift(&kernel, &want);
-        if drift == 0 {
-            let nonempty = want.nonempty();
-            let census = set.map(|s| kernel.census(s));
-            self.shadow = Some(want);
-            // The config slot can drift too (the sampling bit is not ours).
-            let mut now = self.config()?;
-            now.flags &= !abi::CONFIG_SAMPLE_EVENTS;
-            if now != (Config { flags, nonempty }) {
-                self.set_config(flags, nonempty)?;
-                return Ok((1, census));
+        let mut repaired = 0;
+        if self.synced {
+            let (sync, _) = self.engine_mut()?;
+            if sync.check_drift()? {
+                let want = sync.set().clone();
+                // `check_drift` dropped the compiler: the apply builds a
+                // new tier with the same ids.
+                self.apply(&want, flags)?;
+                repaired += 1;
+            } else {
+                let mut now = self.v2().runtime_flags();
+                now &= !abi::CONFIG_SAMPLE_EVENTS;
+                if now != flags & !abi::CONFIG_SAMPLE_EVENTS {
+                    self.set_config(flags, 0)?;
+                    repaired += 1;
+                }
             }
-            return Ok((0, census));
         }
-        self.sync_owned(&kernel, want, flags)?;
-        // What landed is now the shadow (read back on refusals).
-        let census = set.and_then(|s| Some(self.shadow.as_ref()?.census(s)));
-        Ok((drift, census))
-    }
-
-    /// Make the maps equal `desired`, given that they hold `current`.
-    /// Adds and changes go first, then removals; in a map that cannot hold
-    /// its adds on top of its current keys, removals go first.
-    pub fn sync(&mut self, current: &Desired, desired: &Desired, flags: u32) -> Result<SyncStats> {
-        self.sync_owned(current, desired.clone(), flags)
-    }
-
-    /// [`EntryMaps::sync`], taking `desired` by value: it becomes the
-    /// shadow copy without being cloned (a full set's shadow is tens of MB).
-    pub fn sync_owned(
-        &mut self,
-        current: &Desired,
-        desired: Desired,
-        flags: u32,
-    ) -> Result<SyncStats> {
-        self.last_set = None;
-        self.shadow = None;
-        self.filters = None;
-        let grow = current.nonempty() | desired.nonempty();
-        let st = self.sync_inner(current, &desired, flags, grow, desired.nonempty())?;
-        // What landed: the desired state minus refusals. Refusals are rare
-        // (a full map), and then the kernel is read back to know exactly.
-        let landed = if st.refused == 0 {
-            desired
-        } else {
-            drop(desired);
-            self.read()?
+        let census = match set {
+            Some(s) => Some(self.read()?.census(s)),
+            None => None,
         };
-        self.set_config(flags, landed.nonempty())?;
-        self.filters = Some(TrieFilters::build(&landed));
-        self.shadow = Some(landed);
-        Ok(st)
+        Ok((repaired, census))
     }
 
-    /// Write the difference between `current` and `desired` (which may be
-    /// partial: only the keys they mention are touched). The config's
-    /// nonempty mask is `grow_mask` while writing and `final_mask` after.
-    fn sync_inner(
-        &mut self,
-        current: &Desired,
-        desired: &Desired,
-        flags: u32,
-        grow_mask: u32,
-        final_mask: u32,
-    ) -> Result<SyncStats> {
-        let b = self.batch;
-        // Widen the nonempty mask first so new entries are looked up as soon
-        // as they land; narrow it after removals.
-        self.set_config(flags, grow_mask)?;
-        let (c, d) = (current, desired);
-        let tight = tight_maps(&c.counts(), &new_keys(c, d), &self.caps);
-        let all = u32::MAX;
-        let (hashes, mut tries) = self.split();
-        let mut st = SyncStats::default();
-        if tight != 0 {
-            // A map that cannot take its adds on top of what it holds: first
-            // everything that can land without a removal (a new covering
-            // prefix lands before the entries it replaces go), then the
-            // tight maps' removals, then their adds. Only an address whose
-            // old and new entries are both in a tight map can pass in
-            // between.
-            let names: Vec<&str> = (abi::ENTRY_MAPS.iter().enumerate())
-                .filter(|(i, _)| tight & abi::entry_map_bit(*i) != 0)
-                .map(|(_, name)| *name)
-                .collect();
-            log::info!(
-                "{} cannot take the new entries before the old ones leave: removing first",
-                names.join(", ")
-            );
-            tries.upsert(c, d, &mut st, !tight)?;
-            hashes.upsert(c, d, b, &mut st, !tight)?;
-            tries.remove(c, d, &mut st, tight)?;
-            hashes.remove(c, d, b, &mut st, tight)?;
-            tries.upsert(c, d, &mut st, tight)?;
-            hashes.upsert(c, d, b, &mut st, tight)?;
-            tries.remove(c, d, &mut st, !tight)?;
-            hashes.remove(c, d, b, &mut st, !tight)?;
-            self.set_config(flags, final_mask)?;
-            return Ok(st);
-        }
-        // The LPM tries (per-element syscalls) and the hash maps (batch)
-        // are written on two threads: different maps, and the kernel work
-        // of each is CPU-bound. Removals start only once every add landed.
-        let (hash_up, lpm_up) = both(
-            || -> Result<SyncStats> {
-                let mut st = SyncStats::default();
-                hashes.upsert(c, d, b, &mut st, all)?;
-                Ok(st)
-            },
-            || -> Result<SyncStats> {
-                let mut st = SyncStats::default();
-                tries.upsert(c, d, &mut st, all)?;
-                Ok(st)
-            },
-        );
-        st = merge_stats(st, merge_stats(hash_up?, lpm_up?));
-        let (hash_rm, lpm_rm) = both(
-            || -> Result<SyncStats> {
-                let mut st = SyncStats::default();
-                hashes.remove(c, d, b, &mut st, all)?;
-                Ok(st)
-            },
-            || -> Result<SyncStats> {
-                let mut st = SyncStats::default();
-                tries.remove(c, d, &mut st, all)?;
-                Ok(st)
-            },
-        );
-        st = merge_stats(st, hash_rm?);
-        st = merge_stats(st, lpm_rm?);
-        self.set_config(flags, final_mask)?;
-        Ok(st)
-    }
-
-    /// The hash maps and the tries, borrowed apart so that two threads can
-    /// write them.
-    pub(super) fn split(&mut self) -> (HashMaps<'_>, TrieMaps<'_>) {
-        (
-            HashMaps {
-                addr_v4: &mut self.addr_v4,
-                addr_v6: &mut self.addr_v6,
-                port_v4: &mut self.port_v4,
-                port_v6: &mut self.port_v6,
-            },
-            TrieMaps {
-                allow_v4: &mut self.allow_v4,
-                allow_v6: &mut self.allow_v6,
-                prefix_v4: &mut self.prefix_v4,
-                prefix_v6: &mut self.prefix_v6,
-                pprefix_v4: &mut self.pprefix_v4,
-                pprefix_v6: &mut self.pprefix_v6,
-            },
-        )
-    }
-
-    /// Read the runtime config.
+    /// The runtime config: the flags of `V2_CONFIG` (the layout's aside)
+    /// and, as `nonempty`, the logical maps the engine's set fills (0 for
+    /// a reader: the v2 datapath does not use it).
     pub fn config(&self) -> Result<Config> {
-        self.config.get(&0, 0).map_err(|source| Error::Map {
-            op: "reading CONFIG".into(),
-            source,
+        let nonempty = self.engine().map_or(0, |s| {
+            Desired::with_ids(s.set(), &slot_ids(s.ids())).nonempty()
+        });
+        Ok(Config {
+            flags: self.v2().runtime_flags(),
+            nonempty,
         })
     }
 
-    /// Write the runtime config. [`abi::CONFIG_SAMPLE_EVENTS`] is owned by
+    /// Write the runtime flags. [`abi::CONFIG_SAMPLE_EVENTS`] is owned by
     /// `edge-filter events` (see [`EntryMaps::set_sampling_flag`]): the
     /// kernel's current value of that bit is kept, whatever `flags` says.
-    pub fn set_config(&mut self, flags: u32, nonempty: u32) -> Result<()> {
-        let keep = self
-            .config()
-            .map_or(0, |c| c.flags & abi::CONFIG_SAMPLE_EVENTS);
-        let flags = (flags & !abi::CONFIG_SAMPLE_EVENTS) | keep;
-        self.config
-            .set(0, Config { flags, nonempty }, 0)
-            .map_err(|source| Error::Map {
-                op: "writing CONFIG".into(),
-                source,
-            })
+    /// `nonempty` is not used by datapath v2 (kept for the API).
+    pub fn set_config(&mut self, flags: u32, _nonempty: u32) -> Result<()> {
+        let v2 = self.v2();
+        let keep = v2.runtime_flags() & abi::CONFIG_SAMPLE_EVENTS;
+        v2.set_runtime_flags((flags & !abi::CONFIG_SAMPLE_EVENTS) | keep);
+        Ok(())
     }
 
     /// Counters by reason, summed over CPUs.
@@ -710,129 +538,82 @@ impl EntryMaps {
     /// Switch event sampling on or off (the one writer of
     /// [`abi::CONFIG_SAMPLE_EVENTS`]); returns whether it was on.
     pub fn set_sampling_flag(&mut self, on: bool) -> Result<bool> {
-        let mut c = self.config()?;
-        let was = c.flags & abi::CONFIG_SAMPLE_EVENTS != 0;
-        if on {
-            c.flags |= abi::CONFIG_SAMPLE_EVENTS;
+        let v2 = self.v2();
+        let flags = v2.runtime_flags();
+        let was = flags & abi::CONFIG_SAMPLE_EVENTS != 0;
+        v2.set_runtime_flags(if on {
+            flags | abi::CONFIG_SAMPLE_EVENTS
         } else {
-            c.flags &= !abi::CONFIG_SAMPLE_EVENTS;
-        }
-        self.config.set(0, c, 0).map_err(|source| Error::Map {
-            op: "writing CONFIG".into(),
-            source,
-        })?;
+            flags & !abi::CONFIG_SAMPLE_EVENTS
+        });
         Ok(was)
     }
 
-    /// Capacity of `ENTRY_STATS`: ids below it have their own counters.
+    /// Ids with their own counters: every id of the tier (the stride of
+    /// `V2_STATS`).
     pub fn entry_stats_capacity(&self) -> u32 {
-        self.entry_stats.len()
+        self.v2().config().stats_stride
     }
 
-    /// Hit counters of every id below the capacity, summed over CPUs
-    /// (`last_jiffies`: the latest CPU's), indexed by id.
+    /// Hit counters of every id of the tier, summed over CPUs, indexed by
+    /// id; `last_jiffies` from `V2_LASTHIT` ([`EntryMaps::note_hits`]):
+    /// counters past what the agent's last pass saw read as hit now.
     pub fn entry_stats(&self) -> Result<Vec<abi::EntryStat>> {
-        let cap = self.entry_stats.len() as usize;
-        let ncpus = possible_cpus()?;
-        let mut out = vec![abi::EntryStat::default(); cap];
-        let fold = |into: &mut abi::EntryStat, s: &abi::EntryStat| {
-            into.packets += s.packets;
-            into.bytes += s.bytes;
-            into.last_jiffies = into.last_jiffies.max(s.last_jiffies);
-        };
-        if self.batch {
-            let fd = self.entry_stats.map().fd().as_fd();
-            match crate::kernel::sys::lookup_all_percpu::<abi::EntryStat>(fd, ncpus) {
-                Ok((keys, vals)) => {
-                    for (i, k) in keys.iter().enumerate() {
-                        if let Some(o) = out.get_mut(*k as usize) {
-                            for s in &vals[i * ncpus..(i + 1) * ncpus] {
-                                fold(o, s);
-                            }
-                        }
-                    }
-                    return Ok(out);
-                }
-                Err(e) if crate::kernel::sys::unsupported(&e) => {}
-                Err(source) => {
-                    return Err(Error::Pin {
-                        op: "reading ENTRY_STATS (batch)".into(),
-                        source,
-                    });
-                }
-            }
-        }
-        for (id, o) in out.iter_mut().enumerate() {
-            let per_cpu = self
-                .entry_stats
-                .get(&(id as u32), 0)
-                .map_err(|source| Error::Map {
-                    op: "reading ENTRY_STATS".into(),
-                    source,
-                })?;
-            per_cpu.iter().for_each(|s| fold(o, s));
-        }
-        Ok(out)
+        let v2 = self.v2();
+        let n = v2.config().stats_stride;
+        let stats = v2.stats(n);
+        let hits = v2.last_hits(n);
+        let now = crate::kernel::clock::jiffies_now().unwrap_or(0);
+        Ok(stats
+            .iter()
+            .zip(&hits)
+            .map(|(&(packets, bytes), h)| abi::EntryStat {
+                packets,
+                bytes,
+                last_jiffies: if packets as u32 != h.packets && packets > 0 {
+                    now
+                } else {
+                    widen_jiffies(h.jiffies, now)
+                },
+            })
+            .collect())
     }
 
-    /// Hits on ids beyond the capacity of `ENTRY_STATS`, summed over CPUs.
+    /// Hits on ids without their own counter: none with datapath v2 (every
+    /// id of the tier has one), so always zero.
     pub fn stats_overflow(&self) -> Result<abi::EntryStat> {
-        let per_cpu = self
-            .stats_overflow
-            .get(&0, 0)
-            .map_err(|source| Error::Map {
-                op: "reading STATS_OVERFLOW".into(),
-                source,
-            })?;
-        let mut sum = abi::EntryStat::default();
-        for s in per_cpu.iter() {
-            sum.packets += s.packets;
-            sum.bytes += s.bytes;
-            sum.last_jiffies = sum.last_jiffies.max(s.last_jiffies);
-        }
-        Ok(sum)
+        Ok(abi::EntryStat::default())
     }
 
-    /// Zero the hit counters of `ids` (those below the capacity) on every
-    /// CPU, before entries with these newly assigned ids land.
-    pub(super) fn zero_entry_stats(&mut self, ids: &[u32]) -> Result<()> {
-        let cap = self.entry_stats.len();
-        let ids: Vec<u32> = ids.iter().copied().filter(|&i| i < cap).collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let ncpus = possible_cpus()?;
-        let mut start = 0;
-        if self.batch {
-            let zeros = vec![abi::EntryStat::default(); ids.len() * ncpus];
-            let fd = self.entry_stats.map().fd().as_fd();
-            let p = crate::kernel::sys::update_percpu(fd, &ids, &zeros, ncpus);
-            start = p.done;
-            match p.error {
-                None => return Ok(()),
-                Some(e) if crate::kernel::sys::unsupported(&e) => {}
-                Some(source) => {
-                    return Err(Error::Pin {
-                        op: "zeroing ENTRY_STATS (batch)".into(),
-                        source,
-                    });
-                }
+    /// The agent's pass over the per-entry counters: where an id's total
+    /// moved since the last pass, record the total and the current jiffies
+    /// in `V2_LASTHIT` (the datapath keeps no timestamp: a second line per
+    /// hit). Returns how many ids were hit since the last pass.
+    pub fn note_hits(&self) -> Result<usize> {
+        let Some(now) = crate::kernel::clock::jiffies_now() else {
+            return Ok(0);
+        };
+        let v2 = self.v2();
+        let n = v2.config().stats_stride;
+        let stats = v2.stats(n);
+        let hits = v2.last_hits(n);
+        let mut moved = 0;
+        for (id, (&(packets, _), h)) in stats.iter().zip(&hits).enumerate() {
+            if packets as u32 != h.packets {
+                moved += 1;
+                // 0 means never; a pass that lands on a multiple of 2^32
+                // jiffies says one tick later.
+                let jiffies = if packets == 0 { 0 } else { (now as u32).max(1) };
+                v2.store_last_hit(
+                    id as u32,
+                    LastHit {
+                        packets: packets as u32,
+                        jiffies,
+                    },
+                );
             }
         }
-        for id in &ids[start..] {
-            let zero = aya::maps::PerCpuValues::try_from(vec![abi::EntryStat::default(); ncpus])
-                .map_err(|e| Error::Pin {
-                    op: "building per-CPU values".into(),
-                    source: e,
-                })?;
-            self.entry_stats
-                .set(*id, zero, 0)
-                .map_err(|source| Error::Map {
-                    op: "zeroing ENTRY_STATS".into(),
-                    source,
-                })?;
-        }
-        Ok(())
+        Ok(moved)
     }
 
     /// The last verdict recorded on each CPU (`CONFIG_RECORD_LAST`).
@@ -857,7 +638,8 @@ impl EntryMaps {
         })
     }
 
-    /// Pin every map under `dir` (which must exist).
+    /// Pin every map of a loaded production object under `dir` (which must
+    /// exist).
     pub fn pin_all(ebpf: &Ebpf, dir: &std::path::Path) -> Result<()> {
         for name in abi::ALL_MAPS {
             let map = ebpf.map(name).ok_or_else(|| Error::Map {
@@ -873,6 +655,26 @@ impl EntryMaps {
         }
         Ok(())
     }
+
+    /// The sizes of the current tier's maps.
+    pub fn sizes(&self) -> Sizes {
+        self.v2().sizes()
+    }
+}
+
+/// The latest jiffies value at or before `now` whose low 32 bits are `low`
+/// (0: never).
+fn widen_jiffies(low: u32, now: u64) -> u64 {
+    if low == 0 {
+        return 0;
+    }
+    let hi = now & !0xffff_ffff;
+    let j = hi | u64::from(low);
+    if j <= now {
+        j
+    } else {
+        j.saturating_sub(1 << 32)
+    }
 }
 
 /// Possible CPUs: the number of values of every per-CPU map element.
@@ -883,258 +685,17 @@ pub fn possible_cpus() -> Result<usize> {
     })
 }
 
-fn read_hash<K: Pod + Eq + Hash + Default>(
-    m: &BpfHash<MapData, K, EntryValue>,
-    batch: bool,
-) -> Result<KeyMap<K>> {
-    if batch {
-        match crate::kernel::sys::lookup_all::<K, EntryValue>(IterableMap::map(m).fd().as_fd()) {
-            Ok(v) => return Ok(v.into_iter().collect()),
-            Err(e) if crate::kernel::sys::unsupported(&e) => {}
-            Err(e) => {
-                return Err(Error::Pin {
-                    op: "reading a hash map (batch)".into(),
-                    source: e,
-                });
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::widen_jiffies;
+
+    #[test]
+    fn last_hit_jiffies_are_widened_to_the_latest_before_now() {
+        let now = 0x0000_0003_0000_0010;
+        assert_eq!(widen_jiffies(0, now), 0);
+        assert_eq!(widen_jiffies(0x10, now), now);
+        assert_eq!(widen_jiffies(0x5, now), 0x0000_0003_0000_0005);
+        // Low bits above now's: the previous wrap.
+        assert_eq!(widen_jiffies(0xffff_fff0, now), 0x0000_0002_ffff_fff0);
     }
-    let mut out = KeyMap::default();
-    for kv in m.iter() {
-        let (k, v) = kv.map_err(|source| Error::Map {
-            op: "reading a hash map".into(),
-            source,
-        })?;
-        out.insert(k, v);
-    }
-    Ok(out)
-}
-
-fn read_lpm<K: Pod + Ord>(
-    m: &LpmTrie<MapData, K, EntryValue>,
-) -> Result<BTreeMap<(u32, K), EntryValue>> {
-    let mut out = BTreeMap::new();
-    for kv in m.iter() {
-        let (k, v) = kv.map_err(|source| Error::Map {
-            op: "reading an LPM trie".into(),
-            source,
-        })?;
-        out.insert((k.prefix_len(), k.data()), v);
-    }
-    Ok(out)
-}
-
-pub(super) fn merge_stats(mut a: SyncStats, b: SyncStats) -> SyncStats {
-    a.added += b.added;
-    a.changed += b.changed;
-    a.removed += b.removed;
-    a.refused += b.refused;
-    a.refusals.extend(b.refusals);
-    a
-}
-
-fn is_full(e: &MapError) -> bool {
-    matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) || s.io_error.raw_os_error() == Some(libc::ENOSPC))
-}
-
-/// Keys per batch syscall when writing a hash map: the keys and values to
-/// write are gathered this many at a time, not all at once (a full sync
-/// would otherwise hold a second copy of a million keys).
-const HASH_CHUNK: usize = 16 * 1024;
-
-fn upsert_hash<K: Pod + Eq + Hash>(
-    m: &BpfHash<MapData, K, EntryValue>,
-    cur: &KeyMap<K>,
-    want: &KeyMap<K>,
-    name: &'static str,
-    batch: bool,
-    st: &mut SyncStats,
-) -> Result<()> {
-    let fd = hash_fd(m);
-    let cap = HASH_CHUNK.min(want.len());
-    let (mut keys, mut vals) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
-    let (mut changed, mut written, mut refused) = (0, 0, 0);
-    for (k, v) in want {
-        match cur.get(k) {
-            Some(old) if old == v => continue,
-            Some(_) => changed += 1,
-            None => {}
-        }
-        keys.push(*k);
-        vals.push(*v);
-        if keys.len() == HASH_CHUNK {
-            refused += write_by_fd(fd, &keys, &vals, name, batch)?;
-            written += keys.len();
-            keys.clear();
-            vals.clear();
-        }
-    }
-    if !keys.is_empty() {
-        refused += write_by_fd(fd, &keys, &vals, name, batch)?;
-        written += keys.len();
-    }
-    // Refusals are new keys (updates of existing keys always fit).
-    st.changed += changed;
-    st.added += written - changed - refused;
-    note_refused(name, refused, st);
-    Ok(())
-}
-
-/// A hash map's fd, for writes through raw syscalls (batch, or from two
-/// threads: the kernel serialises per bucket).
-fn hash_fd<K: Pod>(m: &BpfHash<MapData, K, EntryValue>) -> BorrowedFd<'_> {
-    IterableMap::map(m).fd().as_fd()
-}
-
-/// Write `keys[i] -> vals[i]` (batch when `batch` and supported, else one
-/// element at a time); returns how many were refused because the map is
-/// full. The rest is written.
-pub(super) fn write_by_fd<K: Pod>(
-    fd: BorrowedFd<'_>,
-    keys: &[K],
-    vals: &[EntryValue],
-    name: &'static str,
-    batch: bool,
-) -> Result<usize> {
-    let err = |source| Error::Pin {
-        op: format!("updating {name}"),
-        source,
-    };
-    let (mut start, mut refused) = (0, 0);
-    while batch && start < keys.len() {
-        let p = crate::kernel::sys::update(fd, &keys[start..], &vals[start..]);
-        start += p.done;
-        match p.error {
-            None => return Ok(refused),
-            Some(e) if crate::kernel::sys::unsupported(&e) && p.done == 0 => break,
-            // The element at `start` did not fit; skip it.
-            Some(e) if is_full_io(&e) => {
-                refused += 1;
-                start += 1;
-            }
-            Some(e) => return Err(err(e)),
-        }
-    }
-    for (k, v) in keys[start..].iter().zip(&vals[start..]) {
-        match crate::kernel::sys::update_one(fd, k, v) {
-            Ok(()) => {}
-            Err(e) if is_full_io(&e) => refused += 1,
-            Err(e) => return Err(err(e)),
-        }
-    }
-    Ok(refused)
-}
-
-/// Delete `keys` (batch when `batch` and supported, else one element at a
-/// time); keys already gone are fine. Returns how many were removed.
-pub(super) fn delete_by_fd<K: Pod>(fd: BorrowedFd<'_>, keys: &[K], batch: bool) -> Result<usize> {
-    let err = |source| Error::Pin {
-        op: "removing entries".into(),
-        source,
-    };
-    let (mut start, mut removed) = (0, 0);
-    while batch && start < keys.len() {
-        let p = crate::kernel::sys::delete(fd, &keys[start..]);
-        start += p.done;
-        removed += p.done;
-        match p.error {
-            None => return Ok(removed),
-            Some(e) if crate::kernel::sys::unsupported(&e) && p.done == 0 => break,
-            // Already gone (someone else removed it): fine.
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => start += 1,
-            Some(e) => return Err(err(e)),
-        }
-    }
-    for k in &keys[start..] {
-        match crate::kernel::sys::delete_one(fd, k) {
-            Ok(()) => removed += 1,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(err(e)),
-        }
-    }
-    Ok(removed)
-}
-
-fn is_full_io(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC))
-}
-
-fn upsert_lpm<K: Pod + Ord>(
-    m: &mut LpmTrie<MapData, K, EntryValue>,
-    cur: &BTreeMap<(u32, K), EntryValue>,
-    want: &BTreeMap<(u32, K), EntryValue>,
-    name: &'static str,
-    st: &mut SyncStats,
-) -> Result<()> {
-    let mut refused = 0;
-    for (&(l, k), v) in want {
-        let old = cur.get(&(l, k));
-        if old == Some(v) {
-            continue;
-        }
-        match m.insert(&Key::new(l, k), v, 0) {
-            Ok(()) => {
-                if old.is_some() {
-                    st.changed += 1
-                } else {
-                    st.added += 1
-                }
-            }
-            Err(e) if is_full(&e) => refused += 1,
-            Err(source) => {
-                return Err(Error::Map {
-                    op: format!("updating {name}"),
-                    source,
-                });
-            }
-        }
-    }
-    note_refused(name, refused, st);
-    Ok(())
-}
-
-pub(super) fn note_refused(name: &'static str, refused: usize, st: &mut SyncStats) {
-    if refused > 0 {
-        st.refused += refused;
-        st.refusals.push(format!(
-            "map {name} is full: {refused} entries refused (raise its capacity)"
-        ));
-    }
-}
-
-fn remove_hash<K: Pod + Eq + Hash>(
-    m: &BpfHash<MapData, K, EntryValue>,
-    cur: &KeyMap<K>,
-    want: &KeyMap<K>,
-    batch: bool,
-    st: &mut SyncStats,
-) -> Result<()> {
-    let keys: Vec<K> = cur
-        .keys()
-        .filter(|k| !want.contains_key(k))
-        .copied()
-        .collect();
-    st.removed += delete_by_fd(hash_fd(m), &keys, batch)?;
-    Ok(())
-}
-
-fn remove_lpm<K: Pod + Ord>(
-    m: &mut LpmTrie<MapData, K, EntryValue>,
-    cur: &BTreeMap<(u32, K), EntryValue>,
-    want: &BTreeMap<(u32, K), EntryValue>,
-    st: &mut SyncStats,
-) -> Result<()> {
-    for &(l, k) in cur.keys().filter(|k| !want.contains_key(k)) {
-        match m.remove(&Key::new(l, k)) {
-            Ok(()) => st.removed += 1,
-            Err(MapError::KeyNotFound) => {}
-            Err(source) => {
-                return Err(Error::Map {
-                    op: "removing an entry".into(),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
 }

@@ -17,9 +17,12 @@
 //! files on all of them.
 //!
 //! The kernel's maps:
-//! - `entry_maps`: [`EntryMaps`], typed handles to every map of one program
-//!   instance: read back, full sync as a diff, counters, stats, config;
-//! - `delta`: incremental updates, in proportion to the change.
+//! - `entry_maps`: [`EntryMaps`], the production program's maps (datapath
+//!   v2, written by the sync engine `kernel::v2sync`): read back through
+//!   the catalog, sync, tier growth, counters, stats, last hits, config;
+//! - `v1_maps` and `delta`: [`V1Maps`], the v1 hash maps and tries of the
+//!   benchmark's "before" programs: full sync as a diff, incremental
+//!   updates in proportion to the change.
 
 mod changes;
 mod contents;
@@ -27,8 +30,12 @@ mod delta;
 mod entry_maps;
 mod ids;
 mod trie;
+mod v1_maps;
 
 pub use changes::SetChanges;
+#[cfg(test)]
+pub(crate) use contents::normalized;
 pub use contents::{Census, Desired, KeyMap, SlotKey, drift, ids_of};
-pub use entry_maps::{EntryMaps, SyncStats, possible_cpus};
+pub use entry_maps::{EntryMaps, Fresh, Home, SyncStats, possible_cpus};
 pub use ids::IdAlloc;
+pub use v1_maps::V1Maps;

@@ -226,7 +226,7 @@ pub(super) fn covered<'a, K: TrieKey>(
 /// the last node of its bucket leaves (one range query), so the filter
 /// never hides a node. Port-prefix tries (whose buckets mix ports) only
 /// ever set bits. Valid only together with the trie it follows:
-/// [`EntryMaps`](super::EntryMaps) keeps it next to its shadow copy.
+/// [`V1Maps`](super::V1Maps) keeps it next to its shadow copy.
 #[derive(Clone, Debug, Default)]
 pub(super) struct LenFilter {
     by_len: Vec<Option<Box<[u64]>>>,
