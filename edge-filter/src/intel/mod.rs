@@ -32,6 +32,7 @@ pub mod fetch;
 pub mod guard;
 pub mod intake;
 pub mod misp;
+pub mod provenance;
 pub mod secret;
 pub mod state;
 pub mod taxii;

@@ -541,6 +541,12 @@ impl V2Sync {
         let Some(c) = self.compiler.as_ref() else {
             return Ok(false);
         };
+        // Byte-identical tables mean the same; only when some byte differs
+        // are both sides resolved to their meaning (a placement may differ
+        // without a change of verdict).
+        if self.maps.holds(c.tables())? {
+            return Ok(false);
+        }
         let mut kernel = self.maps.read()?;
         kernel.config.flags &= LAYOUT_FLAGS;
         let drift = canonical(&kernel) != canonical(c.tables());
