@@ -110,7 +110,7 @@ fn snapshots(cfg: &Config) -> Vec<FeedSnapshot> {
             };
             FeedSnapshot {
                 feed: f.name.clone(),
-                entries: parse.entries,
+                entries: std::sync::Arc::new(parse.entries.into()),
                 asserted_at,
             }
         })

@@ -29,6 +29,8 @@ use time::OffsetDateTime;
 
 use crate::entry::{Action, Entry, EntryKey, EntrySet};
 use crate::intel::config::{Config, FeedConfig};
+use crate::intel::feed_entries::FeedEntries;
+#[cfg(test)]
 use crate::intel::feeds::FeedEntry;
 use crate::intel::provenance::{Assertion, Builder, Provenances};
 
@@ -40,8 +42,8 @@ pub const INLINE: &str = "inline";
 pub struct FeedSnapshot {
     /// The feed's configured name.
     pub feed: String,
-    /// Its entries as parsed.
-    pub entries: Vec<FeedEntry>,
+    /// Its entries as parsed (shared with the last-known-good copy).
+    pub entries: std::sync::Arc<FeedEntries>,
     /// Its last successful fetch: the moment the feed last asserted these
     /// entries, from which `ttl` counts.
     pub asserted_at: OffsetDateTime,
@@ -348,7 +350,7 @@ fn merge_feed(
     }
     let mut allow_nets: HashSet<IpNet> = HashSet::new();
     let ttl = feed.ttl.and_then(|t| time::Duration::try_from(t).ok());
-    for fe in &snap.entries {
+    for fe in snap.entries.iter() {
         if let Some(from) = fe.valid_from
             && from > now
         {
@@ -406,11 +408,11 @@ fn merge_feed(
             entry.key(),
             Assertion {
                 feed: number,
-                indicator: fe.indicator.as_deref(),
+                indicator: fe.indicator,
                 action,
                 confidence: fe.confidence,
                 expires,
-                description: fe.description.as_deref(),
+                description: fe.description,
             },
         );
     }
@@ -470,7 +472,7 @@ mod tests {
     fn snap(feed: &str, entries: Vec<FeedEntry>) -> FeedSnapshot {
         FeedSnapshot {
             feed: feed.into(),
-            entries,
+            entries: std::sync::Arc::new(entries.into()),
             asserted_at: NOW,
         }
     }
@@ -657,7 +659,9 @@ mod tests {
             &cfg,
             &[
                 FeedSnapshot {
-                    entries: vec![fe("192.0.2.1")],
+                    entries: std::sync::Arc::new(crate::intel::feed_entries::FeedEntries::from(
+                        vec![fe("192.0.2.1")],
+                    )),
                     ..fresh
                 },
                 plain,

@@ -27,6 +27,7 @@ pub mod crowdsec;
 #[cfg(test)]
 mod data_tests;
 pub mod desired;
+pub mod feed_entries;
 pub mod feeds;
 pub mod fetch;
 pub mod guard;

@@ -49,6 +49,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::OffsetDateTime;
 
+use crate::intel::feed_entries::FeedEntries;
+#[cfg(test)]
 use crate::intel::feeds::FeedEntry;
 use crate::intel::fetch::Validators;
 use crate::trust::{self, Role, TrustError};
@@ -152,8 +154,8 @@ pub struct LastKnownGood {
     /// For a conditional request on the next fetch.
     #[serde(default)]
     pub validators: Validators,
-    /// The parsed entries.
-    pub entries: Vec<FeedEntry>,
+    /// The parsed entries (shared with the feed's snapshot).
+    pub entries: std::sync::Arc<FeedEntries>,
     /// How many lines or objects of the body were rejected.
     #[serde(default)]
     pub rejected_lines: usize,
@@ -668,7 +670,9 @@ mod tests {
                 last_modified: Some("Wed, 21 Oct 2015 07:28:00 GMT".into()),
                 file_stamp: None,
             },
-            entries: vec![e1, e2],
+            entries: std::sync::Arc::new(crate::intel::feed_entries::FeedEntries::from(vec![
+                e1, e2,
+            ])),
             rejected_lines: 3,
             source_digest: digest(b"body"),
         }
@@ -699,7 +703,8 @@ mod tests {
 
         // Overwrite, and a second feed.
         let mut newer = lkg.clone();
-        newer.entries.truncate(1);
+        newer.entries =
+            std::sync::Arc::new(newer.entries.iter().take(1).map(|e| e.to_owned()).collect());
         newer.validators.etag = Some("\"def\"".into());
         dir.save_lkg(&newer).unwrap();
         dir.save_lkg(&sample("feodo")).unwrap();
@@ -890,7 +895,7 @@ mod tests {
             .collect();
         let json_len = serde_json::to_vec(&entries).unwrap().len();
         let mut lkg = sample("big");
-        lkg.entries = entries;
+        lkg.entries = std::sync::Arc::new(entries.into());
         dir.save_lkg(&lkg).unwrap();
         let len = fs::metadata(dir.lkg_path("big").unwrap()).unwrap().len() as usize;
         assert_eq!(dir.load_lkg("big").unwrap(), Some(lkg));
@@ -1020,7 +1025,8 @@ mod tests {
         // A link to a good copy is not followed.
         let link = dir.lkg_path("linked").unwrap();
         let mut other = sample("linked");
-        other.entries.truncate(1);
+        other.entries =
+            std::sync::Arc::new(other.entries.iter().take(1).map(|e| e.to_owned()).collect());
         let real = s.0.join("elsewhere.json");
         fs::write(&real, serde_json::to_vec(&other).unwrap()).unwrap();
         std::os::unix::fs::symlink(&real, &link).unwrap();
