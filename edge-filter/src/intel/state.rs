@@ -274,8 +274,13 @@ impl StateDir {
     pub fn save_lkg(&self, lkg: &LastKnownGood) -> Result<(), StateError> {
         let path = self.lkg_path(&lkg.feed)?;
         // The JSON streams into the compressor: it is never held whole.
+        // Through a buffer: serde_json writes a few bytes at a time, and
+        // each write into flate2's Vec sink zero-fills the sink's spare
+        // capacity (a 1M-entry copy took 6 s of memset unbuffered, 0.5 s
+        // in all buffered).
         let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(3));
-        serde_json::to_writer(&mut enc, lkg).map_err(|source| {
+        let mut buf = BufWriter::with_capacity(1 << 16, &mut enc);
+        serde_json::to_writer(&mut buf, lkg).map_err(|source| {
             if source.is_io() {
                 io_err(&path)(io::Error::other(source))
             } else {
@@ -285,6 +290,8 @@ impl StateDir {
                 }
             }
         })?;
+        buf.flush().map_err(io_err(&path))?;
+        drop(buf);
         let payload = enc.finish().map_err(io_err(&path))?;
         let mut header = Vec::with_capacity(LKG_HEADER);
         header.extend_from_slice(LKG_MAGIC);
