@@ -164,7 +164,7 @@ impl Builder {
     /// the highest confidence and the first description.
     pub fn finish(mut self) -> (Vec<Entry>, Provenances, HashMap<u32, KeyCounts>) {
         // Stable: the push order survives within a key.
-        self.items.sort_by(|a, b| a.0.cmp(&b.0));
+        self.items.sort_by_key(|a| a.0);
         let mut entries = Vec::with_capacity(self.items.len());
         let mut starts = Vec::with_capacity(self.items.len() + 1);
         let mut items: Vec<Item> = Vec::with_capacity(self.items.len());
