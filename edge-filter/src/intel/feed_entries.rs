@@ -244,6 +244,114 @@ impl<'de> Deserialize<'de> for FeedEntries {
     }
 }
 
+/// The provenance record of the binary form: every field present (a
+/// positional format has no "absent"), times as Unix nanoseconds.
+#[derive(Serialize, Deserialize)]
+struct BinaryMeta<S> {
+    indicator: Option<S>,
+    confidence: Option<u8>,
+    valid_from: Option<i128>,
+    expires: Option<i128>,
+    description: Option<S>,
+}
+
+/// [`FeedEntries`] as it is written in binary (borrowed: nothing is
+/// copied but the few provenance records).
+#[derive(Serialize)]
+struct BinaryOut<'a> {
+    entries: &'a [Entry],
+    meta: &'a [u32],
+    metas: Vec<BinaryMeta<&'a str>>,
+}
+
+/// [`FeedEntries`] as it is read back from binary.
+#[derive(Deserialize)]
+struct BinaryIn {
+    entries: Vec<Entry>,
+    meta: Vec<u32>,
+    metas: Vec<BinaryMeta<String>>,
+}
+
+impl FeedEntries {
+    /// Write the entries in postcard, the last-known-good copy's binary
+    /// form: each entry is its fixed fields (a `/32` is 8 bytes), the
+    /// provenance index and records as held. Read back by
+    /// [`FeedEntries::read_binary`].
+    pub fn write_binary<W: std::io::Write>(&self, w: W) -> postcard::Result<W> {
+        let out = BinaryOut {
+            entries: &self.entries,
+            meta: &self.meta,
+            metas: (self.metas.iter())
+                .map(|m| BinaryMeta {
+                    indicator: m.indicator.as_deref(),
+                    confidence: m.confidence,
+                    valid_from: m.valid_from.map(OffsetDateTime::unix_timestamp_nanos),
+                    expires: m.expires.map(OffsetDateTime::unix_timestamp_nanos),
+                    description: m.description.as_deref(),
+                })
+                .collect(),
+        };
+        postcard::to_io(&out, w)
+    }
+
+    /// The entries written by [`FeedEntries::write_binary`] at the start of
+    /// `bytes`, and the bytes after them. Checked as untrusted input: a
+    /// provenance index out of range, an index of the wrong length or a
+    /// time out of range is an error, and every net has its host bits
+    /// cleared (as [`Entry::new`] does).
+    pub fn read_binary(bytes: &[u8]) -> Result<(FeedEntries, &[u8]), String> {
+        let (b, rest): (BinaryIn, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(|e| format!("entries: {e}"))?;
+        let BinaryIn {
+            mut entries,
+            meta,
+            metas,
+        } = b;
+        if !meta.is_empty() && meta.len() != entries.len() {
+            return Err(format!(
+                "{} provenance indexes for {} entries",
+                meta.len(),
+                entries.len()
+            ));
+        }
+        if let Some(i) = meta
+            .iter()
+            .find(|&&i| i != NONE && i as usize >= metas.len())
+        {
+            return Err(format!("provenance index {i} of {} records", metas.len()));
+        }
+        let time = |t: Option<i128>| -> Result<Option<OffsetDateTime>, String> {
+            t.map(|n| {
+                OffsetDateTime::from_unix_timestamp_nanos(n)
+                    .map_err(|e| format!("provenance time {n}: {e}"))
+            })
+            .transpose()
+        };
+        let metas = (metas.into_iter())
+            .map(|m| {
+                Ok(Meta {
+                    indicator: m.indicator.map(String::into_boxed_str),
+                    confidence: m.confidence,
+                    valid_from: time(m.valid_from)?,
+                    expires: time(m.expires)?,
+                    description: m.description.map(String::into_boxed_str),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        for e in &mut entries {
+            e.net = e.net.trunc();
+        }
+        Ok((
+            FeedEntries {
+                entries,
+                meta,
+                metas,
+            },
+            rest,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,5 +388,51 @@ mod tests {
         assert_eq!(json, serde_json::to_string(&v).unwrap());
         let back: FeedEntries = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
+
+        // The binary form: the same entries and provenance, and what
+        // follows it left alone.
+        for x in [&plain, &c] {
+            let mut bin = x.write_binary(Vec::new()).unwrap();
+            bin.extend_from_slice(b"tail");
+            let (back, rest) = FeedEntries::read_binary(&bin).unwrap();
+            assert_eq!(&back, x);
+            assert_eq!(rest, b"tail");
+        }
+        // A plain /32 is 8 bytes.
+        let bin = plain.write_binary(Vec::new()).unwrap();
+        assert!(bin.len() <= 50 * 8 + 4, "{} bytes", bin.len());
+    }
+
+    /// Bad binary input is an error that says what is wrong, never a panic
+    /// or an index out of range later.
+    #[test]
+    fn binary_input_is_checked() {
+        let mut e = fe("10.1.0.1/32");
+        e.indicator = Some("x".into());
+        let c = FeedEntries::from(vec![fe("10.0.0.1/32"), e]);
+        let bin = c.write_binary(Vec::new()).unwrap();
+        // Every cut is an error.
+        for n in 0..bin.len() {
+            assert!(FeedEntries::read_binary(&bin[..n]).is_err(), "cut at {n}");
+        }
+        // An index past the records.
+        let bad = FeedEntries {
+            metas: Vec::new(),
+            ..c.clone()
+        };
+        let err = FeedEntries::read_binary(&bad.write_binary(Vec::new()).unwrap()).unwrap_err();
+        assert!(err.contains("provenance index 0 of 0"), "{err}");
+        // An index of the wrong length.
+        let bad = FeedEntries {
+            meta: vec![NONE],
+            ..c.clone()
+        };
+        let err = FeedEntries::read_binary(&bad.write_binary(Vec::new()).unwrap()).unwrap_err();
+        assert!(err.contains("1 provenance indexes for 2 entries"), "{err}");
+        // Host bits are cleared as `Entry::new` clears them.
+        let mut raw = FeedEntries::from(vec![fe("10.9.0.0/16")]);
+        raw.entries[0].net = "10.9.8.7/16".parse().unwrap();
+        let (back, _) = FeedEntries::read_binary(&raw.write_binary(Vec::new()).unwrap()).unwrap();
+        assert_eq!(back.get(0).unwrap().entry.net.to_string(), "10.9.0.0/16");
     }
 }

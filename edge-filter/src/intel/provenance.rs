@@ -5,9 +5,11 @@
 //! key to a vector of owned [`Provenance`]s cost about 190 bytes a `/32`
 //! (a tree node share, a vector, a heap block and a copy of the feed name
 //! per entry). Here the assertions of the set's `i`-th entry are one run of
-//! fixed-size [`Item`]s, parallel to the sorted entries, and every feed
-//! name, indicator and description is stored once however many entries
-//! carry it: 36 bytes an entry asserted once, no allocation per entry.
+//! references to distinct assertion records ([`Item`]s), parallel to the
+//! sorted entries, and every feed name, indicator and description is
+//! stored once however many entries carry it. A plain list's entries all
+//! share one record: 8 bytes an entry asserted once (a run start and one
+//! reference), no allocation per entry.
 
 use std::collections::HashMap;
 
@@ -20,7 +22,7 @@ use crate::entry::{Action, Entry, EntryKey};
 const NONE: u32 = u32::MAX;
 
 /// One assertion, its strings as indices into [`Provenances::strings`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Item {
     feed: u32,
     indicator: u32,
@@ -34,9 +36,12 @@ struct Item {
 /// documentation); built by [`Builder`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Provenances {
-    /// `starts[i]..starts[i + 1]`: the items of the `i`-th entry.
+    /// `starts[i]..starts[i + 1]`: the references of the `i`-th entry.
     starts: Vec<u32>,
-    items: Vec<Item>,
+    /// Indices into `records`.
+    refs: Vec<u32>,
+    /// Every distinct assertion.
+    records: Vec<Item>,
     /// Every distinct feed name, indicator and description.
     strings: Vec<Box<str>>,
 }
@@ -46,17 +51,17 @@ impl Provenances {
         (i != NONE).then(|| &*self.strings[i as usize])
     }
 
-    fn range(&self, i: usize) -> &[Item] {
-        match (self.starts.get(i), self.starts.get(i + 1)) {
-            (Some(&a), Some(&b)) => &self.items[a as usize..b as usize],
+    fn range(&self, i: usize) -> impl Iterator<Item = &Item> + '_ {
+        let refs = match (self.starts.get(i), self.starts.get(i + 1)) {
+            (Some(&a), Some(&b)) => &self.refs[a as usize..b as usize],
             _ => &[],
-        }
+        };
+        refs.iter().map(|&r| &self.records[r as usize])
     }
 
     /// The assertions of the `i`-th entry, in feed order.
     pub fn of(&self, i: usize) -> Vec<Provenance> {
         self.range(i)
-            .iter()
             .map(|it| Provenance {
                 feed: self.text(it.feed).unwrap_or_default().to_string(),
                 indicator: self.text(it.indicator).map(str::to_string),
@@ -82,8 +87,8 @@ impl Provenances {
 
     /// Bytes held (vectors at capacity and the strings), for reports.
     pub fn heap_bytes(&self) -> usize {
-        self.starts.capacity() * size_of::<u32>()
-            + self.items.capacity() * size_of::<Item>()
+        (self.starts.capacity() + self.refs.capacity()) * size_of::<u32>()
+            + self.records.capacity() * size_of::<Item>()
             + self.strings.capacity() * size_of::<Box<str>>()
             + self.strings.iter().map(|s| s.len()).sum::<usize>()
     }
@@ -118,7 +123,11 @@ pub struct KeyCounts {
 /// [`Provenances`] ([`Builder::finish`]).
 #[derive(Default)]
 pub struct Builder {
-    items: Vec<(EntryKey, Item)>,
+    /// Each assertion pushed: its key and record.
+    items: Vec<(EntryKey, u32)>,
+    /// Distinct assertion records, and their numbers.
+    records: Vec<Item>,
+    record_index: rustc_hash::FxHashMap<Item, u32>,
     /// Interned strings (moved into [`Provenances::strings`] at the end).
     index: HashMap<Box<str>, u32>,
 }
@@ -138,6 +147,16 @@ impl Builder {
         i
     }
 
+    fn record(&mut self, it: Item) -> u32 {
+        if let Some(&r) = self.record_index.get(&it) {
+            return r;
+        }
+        let r = u32::try_from(self.records.len()).expect("fewer than 2^32 records");
+        self.records.push(it);
+        self.record_index.insert(it, r);
+        r
+    }
+
     /// Number a feed.
     pub fn feed(&mut self, name: &str) -> u32 {
         self.intern(name)
@@ -153,7 +172,8 @@ impl Builder {
             confidence: a.confidence,
             expires: a.expires,
         };
-        self.items.push((key, item));
+        let r = self.record(item);
+        self.items.push((key, r));
     }
 
     /// The entries (sorted by key, one per key, the strongest asserted
@@ -167,17 +187,18 @@ impl Builder {
         self.items.sort_by_key(|a| a.0);
         let mut entries = Vec::with_capacity(self.items.len());
         let mut starts = Vec::with_capacity(self.items.len() + 1);
-        let mut items: Vec<Item> = Vec::with_capacity(self.items.len());
+        let mut refs: Vec<u32> = Vec::with_capacity(self.items.len());
         let mut counts: HashMap<u32, KeyCounts> = HashMap::new();
+        // One key's assertions, merged.
+        let mut group: Vec<Item> = Vec::new();
         let mut i = 0;
         let all = std::mem::take(&mut self.items);
         while i < all.len() {
             let key = all[i].0;
-            let first = items.len();
-            starts.push(u32::try_from(first).expect("fewer than 2^32 assertions"));
+            group.clear();
             while i < all.len() && all[i].0 == key {
-                let it = all[i].1;
-                match items[first..]
+                let it = self.records[all[i].1 as usize];
+                match group
                     .iter_mut()
                     .find(|p| p.feed == it.feed && p.indicator == it.indicator)
                 {
@@ -192,11 +213,14 @@ impl Builder {
                             p.description = it.description;
                         }
                     }
-                    None => items.push(it),
+                    None => group.push(it),
                 }
                 i += 1;
             }
-            let group = &items[first..];
+            starts.push(u32::try_from(refs.len()).expect("fewer than 2^32 assertions"));
+            for &it in &group {
+                refs.push(self.record(it));
+            }
             let action = group.iter().map(|p| p.action).max().unwrap_or(Action::Drop);
             entries.push(Entry {
                 net: key.net,
@@ -219,10 +243,14 @@ impl Builder {
             }
         }
         drop(all);
-        starts.push(u32::try_from(items.len()).expect("fewer than 2^32 assertions"));
+        starts.push(u32::try_from(refs.len()).expect("fewer than 2^32 assertions"));
         entries.shrink_to_fit();
         starts.shrink_to_fit();
-        items.shrink_to_fit();
+        refs.shrink_to_fit();
+        // Records only a merge replaced stay: they are few, and
+        // renumbering would cost a pass over every reference.
+        let mut records = std::mem::take(&mut self.records);
+        records.shrink_to_fit();
         let mut strings: Vec<Box<str>> = vec![Box::from(""); self.index.len()];
         for (s, i) in self.index {
             strings[i as usize] = s;
@@ -231,7 +259,8 @@ impl Builder {
             entries,
             Provenances {
                 starts,
-                items,
+                refs,
+                records,
                 strings,
             },
             counts,
@@ -258,8 +287,8 @@ mod tests {
         }
     }
 
-    /// An assertion costs one fixed-size item, and a string carried by
-    /// many entries is stored once.
+    /// An assertion costs one reference to a shared record, and a string
+    /// carried by many entries is stored once.
     #[test]
     fn items_are_small_and_strings_are_stored_once() {
         assert!(size_of::<Item>() <= 32, "{} bytes", size_of::<Item>());
@@ -274,6 +303,9 @@ mod tests {
         let (entries, p, counts) = b.finish();
         assert_eq!(entries.len(), 100);
         assert_eq!(p.strings.len(), 2, "{:?}", p.strings);
+        // One record shared by the hundred entries.
+        assert_eq!(p.records.len(), 1, "{:?}", p.records);
+        assert_eq!(p.refs.len(), 100);
         assert_eq!(p.of(7)[0].description.as_deref(), Some("shared text"));
         assert_eq!(
             counts[&f],

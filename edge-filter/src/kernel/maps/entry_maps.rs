@@ -291,6 +291,15 @@ impl EntryMaps {
             .then(|| Desired::with_ids(s.set(), &slot_ids(s.ids())))
     }
 
+    /// [`Desired::census`] of `set` against [`EntryMaps::shadow`], counted
+    /// straight from the engine's set (the shadow of 1M entries was a hash
+    /// map built and dropped after every sync); `None` before the first
+    /// sync.
+    pub fn shadow_census(&self, set: &EntrySet) -> Option<Census> {
+        let s = self.engine()?;
+        self.synced.then(|| census_of_sets(s.set(), set))
+    }
+
     /// Read the whole current contents back from the kernel (the catalog,
     /// decoded).
     pub fn read(&self) -> Result<Desired> {
