@@ -226,11 +226,13 @@ impl Tour {
     /// A README block as this tour runs it: `B=` names this build's binary
     /// and `/tmp/` is the private directory.
     fn adapt(&self, block: &str) -> String {
+        // `/tmp/` first: the binary itself may live under /tmp (a clone
+        // there), and its path must not be rewritten.
         let b = format!("B={}\n", self.bin.display());
         block
+            .replace("/tmp/", &format!("{}/", self.dir.display()))
             .replace("B=target/release/edge-filter\n", &b)
             .replace("B=$PWD/target/release/edge-filter\n", &b)
-            .replace("/tmp/", &format!("{}/", self.dir.display()))
     }
 
     /// Run `script` with bash (`set -euo pipefail` first) in a process

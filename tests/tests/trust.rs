@@ -150,11 +150,14 @@ fn trust_planted_last_known_good_is_not_enforced() {
             "entries": [],
         }))
         .unwrap();
-        l.entries.push(FeedEntry::new(Entry::new(
-            net.parse().unwrap(),
-            None,
-            Action::Drop,
-        )));
+        l.entries = std::sync::Arc::new(
+            vec![FeedEntry::new(Entry::new(
+                net.parse().unwrap(),
+                None,
+                Action::Drop,
+            ))]
+            .into(),
+        );
         l
     };
     // The agent's own copy, and one "planted" by another user (written as

@@ -41,6 +41,10 @@ pub enum Section {
     /// Kernel map memory per entry at 1M entries against the formulas,
     /// and the old layout against v2 at 1K/100K/1M.
     Memory,
+    /// The real agent process with one HTTP feed of 100k and 1M entries
+    /// (`--agent-sizes` for others, e.g. 10M): RSS per entry, peak, CPU of
+    /// refreshes, last-known-good bytes, start from it.
+    Agent,
 }
 
 /// How a section is produced: `ef-bench <subcommand> --rounds N
@@ -74,6 +78,11 @@ const SECTIONS: &[SectionSpec] = &[
         section: Section::Memory,
         subcommand: "memory",
         json: "memory.json",
+    },
+    SectionSpec {
+        section: Section::Agent,
+        subcommand: "agent",
+        json: "agent.json",
     },
 ];
 
@@ -112,6 +121,12 @@ Sections (--only):
             `sudo -E cargo xtask setup`)
   memory    kernel map memory (fdinfo memlock) per entry at 1M entries against
             each map type's formula; old layout against v2 at 1K, 100K, 1M
+  agent     the real agent (release `edge-filter run`) in a private netns
+            with one HTTP feed of N /32 + N/10 prefixes, N = 100k and 1M
+            (--agent-sizes 100000,1000000,10000000 adds 10M): steady and
+            peak RSS per entry, CPU of an unchanged and a 1% refresh against
+            the first sync, last-known-good bytes per entry, start from it
+            with the feed down (at most 3 rounds: each is a whole agent life)
 
 The datapath and live sections also build bench-only eBPF objects (bench-ebpf, \
 and edge-filter with --features no-entry-stats) with the nightly toolchain, as \
@@ -146,6 +161,11 @@ pub struct Args {
     /// sections (a smoke run; the sync section is unchanged).
     #[arg(long)]
     pub quick: bool,
+
+    /// Feed sizes of the agent section (IPv4 /32s, each plus a tenth in
+    /// prefixes), comma-separated; default 100000,1000000.
+    #[arg(long, value_delimiter = ',', value_name = "N,..")]
+    pub agent_sizes: Vec<usize>,
 
     /// Write the report here instead of docs/bench/REPORT.md (the JSON
     /// figures still go to docs/bench).
@@ -192,6 +212,19 @@ pub fn run(args: Args) -> Result<()> {
     let mut build = util::cargo();
     build.args(["build", "--release", "-p", PACKAGE, "--bin", BIN]);
     util::run(&mut build)?;
+    if wanted(Section::Agent) {
+        // The section runs the agent users run, next to ef-bench.
+        let mut agent = util::cargo();
+        agent.args([
+            "build",
+            "--release",
+            "-p",
+            "edge-filter",
+            "--bin",
+            "edge-filter",
+        ]);
+        util::run(&mut agent)?;
+    }
     let exe = target_dir(&root).join("release").join(BIN);
     if !exe.is_file() {
         bail!("{} was not built", exe.display());
@@ -204,7 +237,15 @@ pub fn run(args: Args) -> Result<()> {
         }
         let t = Instant::now();
         let mut extra: Vec<std::ffi::OsString> = Vec::new();
-        if spec.section != Section::Sync {
+        if spec.section == Section::Agent {
+            if args.quick {
+                extra.push("--quick".into());
+            }
+            if !args.agent_sizes.is_empty() {
+                let list: Vec<String> = args.agent_sizes.iter().map(|n| n.to_string()).collect();
+                extra.extend(["--sizes".into(), list.join(",").into()]);
+            }
+        } else if spec.section != Section::Sync {
             if args.quick {
                 extra.push("--quick".into());
             }

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::intel::config::{Config, FeedConfig, Source};
 use crate::intel::crowdsec::{Polled, Poller};
 use crate::intel::desired::{DesiredState, FeedSnapshot, merge};
+use crate::intel::feed_entries::FeedEntries;
 use crate::intel::feeds::FeedParse;
 use crate::intel::fetch::{Fetched, Fetcher, Location, Validators};
 use crate::intel::guard::{GuardDecision, ShrinkGuard};
@@ -808,11 +809,13 @@ impl FeedAgent {
                     .take(5)
                     .map(|r| format!("line {}: {}", r.index, r.reason))
                     .collect();
+                // One compact copy, shared by the snapshot and the file.
+                let entries = std::sync::Arc::new(FeedEntries::from(parse.entries));
                 let lkg = LastKnownGood {
                     feed: feed.clone(),
                     fetched_at: at,
                     validators,
-                    entries: parse.entries.clone(),
+                    entries: std::sync::Arc::clone(&entries),
                     rejected_lines: parse.rejected.len(),
                     source_digest: digest,
                 };
@@ -821,7 +824,7 @@ impl FeedAgent {
                     feed.clone(),
                     FeedSnapshot {
                         feed: feed.clone(),
-                        entries: parse.entries,
+                        entries,
                         asserted_at: at,
                     },
                 );
@@ -895,6 +898,7 @@ impl FeedAgent {
         if let Some(m) = &self.metrics {
             m.observe_sync(t.elapsed().as_secs_f64());
         }
+        release_freed_memory();
     }
 
     /// The last-hit pass over every interface's per-entry counters.
@@ -946,6 +950,7 @@ impl FeedAgent {
                 Err(e) => log::error!("{iface}: reconcile failed: {e}"),
             }
         }
+        release_freed_memory();
     }
 
     fn write_status(&mut self) {
@@ -1034,5 +1039,21 @@ fn flags(cfg: &Config) -> u32 {
         edge_filter_common::CONFIG_MALFORMED_DROP
     } else {
         0
+    }
+}
+
+/// Give the pages of memory freed by a sync or a reconcile pass back to
+/// the system. A sync at 1M entries frees hundreds of MB of temporaries
+/// (the parse, the old desired state, the compile); glibc keeps freed
+/// blocks inside its heap, where later small allocations pin them, and the
+/// agent's resident memory stayed about 90 MB above what it held
+/// (measured with heaptrack and /proc/PID/status). `malloc_trim` returns
+/// every free page, not only the heap's top, and costs a walk of the free
+/// lists (milliseconds), once per sync.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no arguments beyond the pad; safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -86,8 +86,8 @@ impl Watch {
     /// shadow copy is what the kernel holds), else read back from the
     /// kernel. Logs when entries are missing.
     pub fn count(&mut self, maps: &crate::kernel::maps::EntryMaps, set: &crate::entry::EntrySet) {
-        let c = match maps.shadow() {
-            Some(shadow) => shadow.census(set),
+        let c = match maps.shadow_census(set) {
+            Some(c) => c,
             None => match maps.read() {
                 Ok(kernel) => kernel.census(set),
                 Err(e) => {

@@ -438,7 +438,7 @@ fn check_feed(
     }
     let snapshot = FeedSnapshot {
         feed: f.name.clone(),
-        entries: parse.entries,
+        entries: std::sync::Arc::new(parse.entries.into()),
         asserted_at: now,
     };
     (r, Some(snapshot))

@@ -110,7 +110,7 @@ fn snapshots(cfg: &Config) -> Vec<FeedSnapshot> {
             };
             FeedSnapshot {
                 feed: f.name.clone(),
-                entries: parse.entries,
+                entries: std::sync::Arc::new(parse.entries.into()),
                 asserted_at,
             }
         })
@@ -165,7 +165,7 @@ fn real_feeds_merge_with_exact_counts() {
         net: "1.10.16.0/20".parse().unwrap(),
         port: None,
     };
-    let provs = &st.provenance[&key];
+    let provs = &st.provenance(&key).unwrap();
     let who: Vec<(&str, Option<&str>, Action)> = provs
         .iter()
         .map(|p| (p.feed.as_str(), p.indicator.as_deref(), p.action))

@@ -29,7 +29,10 @@ use time::OffsetDateTime;
 
 use crate::entry::{Action, Entry, EntryKey, EntrySet};
 use crate::intel::config::{Config, FeedConfig};
+use crate::intel::feed_entries::FeedEntries;
+#[cfg(test)]
 use crate::intel::feeds::FeedEntry;
+use crate::intel::provenance::{Assertion, Builder, Provenances};
 
 /// The allowlist source label of `[allowlist] entries`.
 pub const INLINE: &str = "inline";
@@ -39,8 +42,8 @@ pub const INLINE: &str = "inline";
 pub struct FeedSnapshot {
     /// The feed's configured name.
     pub feed: String,
-    /// Its entries as parsed.
-    pub entries: Vec<FeedEntry>,
+    /// Its entries as parsed (shared with the last-known-good copy).
+    pub entries: std::sync::Arc<FeedEntries>,
     /// Its last successful fetch: the moment the feed last asserted these
     /// entries, from which `ttl` counts.
     pub asserted_at: OffsetDateTime,
@@ -155,8 +158,9 @@ pub struct DesiredState {
     /// What the maps should hold: the allowlist (sorted, unique) and one
     /// entry per key with the strongest asserted action (sorted by key).
     pub set: EntrySet,
-    /// Every assertion of every key.
-    pub provenance: BTreeMap<EntryKey, Vec<Provenance>>,
+    /// Every assertion of every entry of `set`, parallel to
+    /// `set.entries` (see [`DesiredState::provenance`]).
+    assertions: Provenances,
     /// Every allowlisted net with its sources: [`INLINE`] or feed names.
     pub allow_sources: BTreeMap<IpNet, Vec<String>>,
     /// Entries left out as unsafe or impossible, in feed order.
@@ -172,6 +176,34 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
+    /// The position of `key` in `set.entries`.
+    fn position(&self, key: &EntryKey) -> Option<usize> {
+        self.set.entries.binary_search_by(|e| e.key().cmp(key)).ok()
+    }
+
+    /// Every assertion of `key`, in feed order; `None` when the set does
+    /// not hold it.
+    pub fn provenance(&self, key: &EntryKey) -> Option<Vec<Provenance>> {
+        self.position(key).map(|i| self.assertions.of(i))
+    }
+
+    /// The feeds asserting `key`, each once, in feed order (empty when the
+    /// set does not hold it).
+    pub fn feeds_of(&self, key: &EntryKey) -> Vec<&str> {
+        self.position(key)
+            .map_or_else(Vec::new, |i| self.assertions.feeds(i))
+    }
+
+    /// Every entry's key with its assertions, in key order.
+    pub fn provenances(&self) -> impl Iterator<Item = (EntryKey, Vec<Provenance>)> + '_ {
+        (self.set.entries.iter().enumerate()).map(|(i, e)| (e.key(), self.assertions.of(i)))
+    }
+
+    /// Bytes the provenance holds (for memory reports).
+    pub fn provenance_bytes(&self) -> usize {
+        self.assertions.heap_bytes()
+    }
+
     /// When the agent must recompute even if no feed changes: the earlier
     /// of [`Self::next_expiry`] and [`Self::next_activation`].
     pub fn next_change(&self) -> Option<OffsetDateTime> {
@@ -265,11 +297,17 @@ pub fn merge<'a>(
     for net in &cfg.allowlist.entries {
         add_source(&mut st.allow_sources, net.trunc(), INLINE);
     }
+    let mut b = Builder::default();
+    let mut block_feeds: Vec<(String, u32)> = Vec::new();
     for snap in snapshots {
         let Some(feed) = cfg.feed(&snap.feed) else {
             continue;
         };
-        let counts = merge_feed(&mut st, cfg, feed, snap, now);
+        let number = b.feed(&feed.name);
+        if !feed.is_allow() && !block_feeds.iter().any(|(_, n)| *n == number) {
+            block_feeds.push((feed.name.clone(), number));
+        }
+        let counts = merge_feed(&mut st, &mut b, number, cfg, feed, snap, now);
         // Two snapshots of one feed (should not happen) add up.
         let c = st.per_feed.entry(feed.name.clone()).or_default();
         c.entries += counts.entries;
@@ -280,35 +318,39 @@ pub fn merge<'a>(
         c.rejected += counts.rejected;
     }
     st.set.allow = st.allow_sources.keys().copied().collect();
-    st.set.entries = st
-        .provenance
-        .iter()
-        .map(|(key, provs)| {
-            let action = provs.iter().map(|p| p.action).max().unwrap_or(Action::Drop);
-            Entry {
-                net: key.net,
-                port: key.port,
-                action,
-            }
-        })
-        .collect();
+    let (entries, assertions, keys) = b.finish();
+    st.set.entries = entries;
+    st.assertions = assertions;
+    for (name, number) in block_feeds {
+        let k = keys.get(&number).copied().unwrap_or_default();
+        let c = st.per_feed.entry(name).or_default();
+        c.entries += k.entries;
+        c.drop += k.drop;
+        c.monitor += k.entries - k.drop;
+    }
     st
 }
 
 /// One feed's assertions into `st`; returns its counts.
+#[allow(clippy::too_many_arguments)]
 fn merge_feed(
     st: &mut DesiredState,
+    b: &mut Builder,
+    number: u32,
     cfg: &Config,
     feed: &FeedConfig,
     snap: &FeedSnapshot,
     now: OffsetDateTime,
 ) -> FeedCounts {
+    // A block feed's distinct keys are counted by `merge`, from the
+    // builder's sorted assertions.
     let mut counts = FeedCounts::default();
-    // This feed's keys with its strongest action for each (for counts).
-    let mut keys: BTreeMap<EntryKey, Action> = BTreeMap::new();
+    if !feed.is_allow() {
+        b.reserve(snap.entries.len());
+    }
     let mut allow_nets: HashSet<IpNet> = HashSet::new();
     let ttl = feed.ttl.and_then(|t| time::Duration::try_from(t).ok());
-    for fe in &snap.entries {
+    for fe in snap.entries.iter() {
         if let Some(from) = fe.valid_from
             && from > now
         {
@@ -360,48 +402,22 @@ fn merge_feed(
             (Some(t), Some(c)) if c < t => Action::Monitor,
             _ => entry.action,
         };
-        let key = entry.key();
-        let k = keys.entry(key).or_insert(action);
-        *k = (*k).max(action);
-        // Most keys have one assertion: room for exactly one (an empty
-        // Vec's first push reserves four, 384 bytes a key at 1M keys).
-        let provs = st
-            .provenance
-            .entry(key)
-            .or_insert_with(|| Vec::with_capacity(1));
-        match provs
-            .iter_mut()
-            .find(|p| p.feed == feed.name && p.indicator == fe.indicator)
-        {
-            // The same indicator twice in one feed is one assertion: the
-            // strongest action, the latest expiry.
-            Some(p) => {
-                p.action = p.action.max(action);
-                p.expires = match (p.expires, expires) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    _ => None,
-                };
-                p.confidence = p.confidence.max(fe.confidence);
-                if p.description.is_none() {
-                    p.description.clone_from(&fe.description);
-                }
-            }
-            None => provs.push(Provenance {
-                feed: feed.name.clone(),
-                indicator: fe.indicator.clone(),
+        // The same indicator twice in one feed is one assertion (merged by
+        // `Builder::finish`: the strongest action, the latest expiry).
+        b.push(
+            entry.key(),
+            Assertion {
+                feed: number,
+                indicator: fe.indicator,
                 action,
                 confidence: fe.confidence,
                 expires,
-                description: fe.description.clone(),
-            }),
-        }
+                description: fe.description,
+            },
+        );
     }
     if feed.is_allow() {
         counts.entries = allow_nets.len();
-    } else {
-        counts.entries = keys.len();
-        counts.drop = keys.values().filter(|a| **a == Action::Drop).count();
-        counts.monitor = counts.entries - counts.drop;
     }
     counts
 }
@@ -456,7 +472,7 @@ mod tests {
     fn snap(feed: &str, entries: Vec<FeedEntry>) -> FeedSnapshot {
         FeedSnapshot {
             feed: feed.into(),
-            entries,
+            entries: std::sync::Arc::new(entries.into()),
             asserted_at: NOW,
         }
     }
@@ -499,7 +515,7 @@ mod tests {
         );
         let st = merge(&cfg, &[a, b], NOW);
         assert_eq!(st.set.entries.len(), 3);
-        let provs = &st.provenance[&key("203.0.113.7")];
+        let provs = &st.provenance(&key("203.0.113.7")).unwrap();
         assert_eq!(
             provs,
             &vec![
@@ -521,7 +537,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(st.provenance[&key("tcp 203.0.113.7:443")].len(), 1);
+        assert_eq!(st.provenance(&key("tcp 203.0.113.7:443")).unwrap().len(), 1);
         assert_eq!(
             st.per_feed["a"],
             FeedCounts {
@@ -576,7 +592,10 @@ mod tests {
         assert_eq!(action_of(&st, "192.0.2.3"), Some(Action::Monitor));
         assert_eq!(action_of(&st, "192.0.2.4"), Some(Action::Drop));
         assert_eq!(action_of(&st, "192.0.2.5"), Some(Action::Drop));
-        assert_eq!(st.provenance[&key("192.0.2.3")][0].action, Action::Monitor);
+        assert_eq!(
+            st.provenance(&key("192.0.2.3")).unwrap()[0].action,
+            Action::Monitor
+        );
         assert_eq!(
             st.per_feed["intel"],
             FeedCounts {
@@ -632,7 +651,7 @@ mod tests {
         assert_eq!(st.per_feed["plain"].expired, 1);
         assert_eq!(st.next_expiry, Some(NOW + hour));
         assert_eq!(
-            st.provenance[&key("192.0.2.2")][0].expires,
+            st.provenance(&key("192.0.2.2")).unwrap()[0].expires,
             Some(NOW + hour)
         );
         // A fresh fetch re-asserts: the TTL counts from it.
@@ -640,7 +659,9 @@ mod tests {
             &cfg,
             &[
                 FeedSnapshot {
-                    entries: vec![fe("192.0.2.1")],
+                    entries: std::sync::Arc::new(crate::intel::feed_entries::FeedEntries::from(
+                        vec![fe("192.0.2.1")],
+                    )),
                     ..fresh
                 },
                 plain,
@@ -648,7 +669,7 @@ mod tests {
             NOW,
         );
         assert_eq!(
-            st.provenance[&key("192.0.2.1")][0].expires,
+            st.provenance(&key("192.0.2.1")).unwrap()[0].expires,
             Some(NOW + 22 * hour)
         );
         assert_eq!(st.next_expiry, Some(NOW + 5 * hour));
@@ -858,14 +879,17 @@ mod tests {
         );
         assert!(!st.per_feed.contains_key("gone"));
         assert_eq!(st.set.entries.len(), 4);
-        assert!(st.provenance.contains_key(&EntryKey {
-            net: IpNet::from_str("192.0.2.1/32").unwrap(),
-            port: Some(PortMatch {
-                proto: Proto::Tcp,
-                port: 22,
-                side: Side::Dst
+        assert!(
+            st.provenance(&EntryKey {
+                net: IpNet::from_str("192.0.2.1/32").unwrap(),
+                port: Some(PortMatch {
+                    proto: Proto::Tcp,
+                    port: 22,
+                    side: Side::Dst
+                })
             })
-        }));
+            .is_some()
+        );
         // Host bits in a hand-made entry are cleared.
         let raw = FeedEntry::new(Entry {
             net: IpNet::from_str("198.51.100.77/24").unwrap(),

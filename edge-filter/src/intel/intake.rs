@@ -162,7 +162,7 @@ pub fn read_once(cfg: &Config, copies: Copies) -> Result<DesiredState, IntakeErr
                 }
                 FeedSnapshot {
                     feed: f.name.clone(),
-                    entries: parsed.entries,
+                    entries: std::sync::Arc::new(parsed.entries.into()),
                     asserted_at: now,
                 }
             }

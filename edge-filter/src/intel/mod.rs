@@ -27,11 +27,13 @@ pub mod crowdsec;
 #[cfg(test)]
 mod data_tests;
 pub mod desired;
+pub mod feed_entries;
 pub mod feeds;
 pub mod fetch;
 pub mod guard;
 pub mod intake;
 pub mod misp;
+pub mod provenance;
 pub mod secret;
 pub mod state;
 pub mod taxii;

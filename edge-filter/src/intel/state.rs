@@ -10,10 +10,14 @@
 //! ROOT/                 mode 0700
 //!   lkg/FEED.lkg        LastKnownGood of each feed: a 20-byte header
 //!                       (`EFLKG\0`, version u16, CRC-32 of the payload,
-//!                       payload length u64, little-endian) and the JSON
-//!                       deflated; an older `lkg/FEED.json` (plain JSON)
-//!                       is still read, and converted when the directory
-//!                       is writable
+//!                       payload length u64, little-endian) and the
+//!                       payload deflated. Version 2 (written): a postcard
+//!                       string holding the copy's JSON without its
+//!                       entries, then the entries in postcard
+//!                       (`FeedEntries::write_binary`). Version 1 (the
+//!                       whole copy as JSON) is still read; so is an older
+//!                       `lkg/FEED.json` (plain JSON), converted when the
+//!                       directory is writable
 //!   force/FEED          operator request to apply FEED's next update even
 //!                       if the shrink guard would hold it (`touch` works)
 //!   NAME.json           save_json / load_json blobs
@@ -49,6 +53,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::OffsetDateTime;
 
+use crate::intel::feed_entries::FeedEntries;
+#[cfg(test)]
 use crate::intel::feeds::FeedEntry;
 use crate::intel::fetch::Validators;
 use crate::trust::{self, Role, TrustError};
@@ -62,8 +68,10 @@ const LKG_SUFFIX: &str = ".lkg";
 const LKG_OLD_SUFFIX: &str = ".json";
 /// First bytes of a `.lkg` file.
 const LKG_MAGIC: &[u8; 6] = b"EFLKG\0";
-/// Version of the `.lkg` format written.
-const LKG_VERSION: u16 = 1;
+/// Version of the `.lkg` format written (2: binary entries).
+const LKG_VERSION: u16 = 2;
+/// The version before: the whole copy as JSON (still read).
+const LKG_VERSION_JSON: u16 = 1;
 /// Header length: magic, version, CRC-32, payload length.
 const LKG_HEADER: usize = 6 + 2 + 4 + 8;
 /// Subdirectory of force requests.
@@ -152,8 +160,8 @@ pub struct LastKnownGood {
     /// For a conditional request on the next fetch.
     #[serde(default)]
     pub validators: Validators,
-    /// The parsed entries.
-    pub entries: Vec<FeedEntry>,
+    /// The parsed entries (shared with the feed's snapshot).
+    pub entries: std::sync::Arc<FeedEntries>,
     /// How many lines or objects of the body were rejected.
     #[serde(default)]
     pub rejected_lines: usize,
@@ -271,18 +279,22 @@ impl StateDir {
     /// old format.
     pub fn save_lkg(&self, lkg: &LastKnownGood) -> Result<(), StateError> {
         let path = self.lkg_path(&lkg.feed)?;
-        // The JSON streams into the compressor: it is never held whole.
+        // The copy streams into the compressor: it is never held whole.
+        // Through a buffer: postcard writes a few bytes at a time, and
+        // each write into flate2's Vec sink zero-fills the sink's spare
+        // capacity (a 1M-entry copy took 6 s of memset unbuffered).
+        let head =
+            serde_json::to_string(&LkgHead::of(lkg)).map_err(|source| StateError::Encode {
+                path: path.clone(),
+                source,
+            })?;
         let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(3));
-        serde_json::to_writer(&mut enc, lkg).map_err(|source| {
-            if source.is_io() {
-                io_err(&path)(io::Error::other(source))
-            } else {
-                StateError::Encode {
-                    path: path.clone(),
-                    source,
-                }
-            }
-        })?;
+        let mut buf = BufWriter::with_capacity(1 << 16, &mut enc);
+        let binary_err = |e: postcard::Error| io_err(&path)(io::Error::other(e));
+        postcard::to_io(&head, &mut buf).map_err(binary_err)?;
+        lkg.entries.write_binary(&mut buf).map_err(binary_err)?;
+        buf.flush().map_err(io_err(&path))?;
+        drop(buf);
         let payload = enc.finish().map_err(io_err(&path))?;
         let mut header = Vec::with_capacity(LKG_HEADER);
         header.extend_from_slice(LKG_MAGIC);
@@ -304,29 +316,31 @@ impl StateDir {
     /// and rewritten in the new one unless the directory is read-only.
     pub fn load_lkg(&self, feed: &str) -> Result<Option<LastKnownGood>, StateError> {
         let mut path = self.lkg_path(feed)?;
-        let lkg = match read_lkg(&path)? {
-            Some(lkg) => lkg,
+        let (lkg, old) = match read_lkg(&path)? {
+            Some((lkg, version)) => (lkg, version != LKG_VERSION),
             None => {
                 path = self.old_lkg_path(feed)?;
                 let Some(lkg) = read_json::<LastKnownGood>(&path)? else {
                     return Ok(None);
                 };
-                if self.writable && lkg.feed == feed {
-                    match self.save_lkg(&lkg) {
-                        Ok(()) => log::info!(
-                            "feed {}: last-known-good copy converted to {}",
-                            crate::escape::Escaped(feed),
-                            self.lkg_path(feed)?.display()
-                        ),
-                        Err(e) => log::warn!(
-                            "feed {}: last-known-good copy left in the old format: {e}",
-                            crate::escape::Escaped(feed)
-                        ),
-                    }
-                }
-                lkg
+                (lkg, true)
             }
         };
+        // A copy in an older format is converted once, so the next start
+        // reads the binary one.
+        if old && self.writable && lkg.feed == feed {
+            match self.save_lkg(&lkg) {
+                Ok(()) => log::info!(
+                    "feed {}: last-known-good copy converted to {}",
+                    crate::escape::Escaped(feed),
+                    self.lkg_path(feed)?.display()
+                ),
+                Err(e) => log::warn!(
+                    "feed {}: last-known-good copy left in the old format: {e}",
+                    crate::escape::Escaped(feed)
+                ),
+            }
+        }
         if lkg.feed != feed {
             return Err(StateError::Mismatch {
                 path,
@@ -491,7 +505,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> 
 /// Read a `.lkg` file; `None` if it does not exist. Trusted like any state
 /// file; its header, length and checksum are checked before the payload is
 /// inflated and parsed.
-fn read_lkg(path: &Path) -> Result<Option<LastKnownGood>, StateError> {
+fn read_lkg(path: &Path) -> Result<Option<(LastKnownGood, u16)>, StateError> {
     let Some(mut file) = trust::open_file(path, Role::StateFile)? else {
         return Ok(None);
     };
@@ -507,9 +521,9 @@ fn read_lkg(path: &Path) -> Result<Option<LastKnownGood>, StateError> {
         ));
     }
     let version = u16::from_le_bytes([bytes[6], bytes[7]]);
-    if version != LKG_VERSION {
+    if version != LKG_VERSION && version != LKG_VERSION_JSON {
         return Err(corrupt(format!(
-            "format version {version}, this edge-filter reads {LKG_VERSION}"
+            "format version {version}, this edge-filter reads {LKG_VERSION_JSON} and {LKG_VERSION}"
         )));
     }
     let crc = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
@@ -524,15 +538,66 @@ fn read_lkg(path: &Path) -> Result<Option<LastKnownGood>, StateError> {
     if crc32fast::hash(payload) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let mut json = Vec::with_capacity(payload.len() * 6);
-    io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(payload), &mut json)
+    let mut raw = Vec::with_capacity(payload.len() * 2);
+    io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(payload), &mut raw)
         .map_err(|e| corrupt(format!("cannot inflate: {e}")))?;
-    serde_json::from_slice(&json)
-        .map(Some)
-        .map_err(|source| StateError::Corrupt {
-            path: path.to_path_buf(),
-            source,
-        })
+    drop(bytes);
+    let json_err = |source| StateError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    };
+    if version == LKG_VERSION_JSON {
+        return serde_json::from_slice(&raw)
+            .map(|l| Some((l, version)))
+            .map_err(json_err);
+    }
+    let (head, rest): (String, &[u8]) =
+        postcard::take_from_bytes(&raw).map_err(|e| corrupt(format!("head: {e}")))?;
+    let head: LkgHead = serde_json::from_str(&head).map_err(json_err)?;
+    let (entries, rest) = FeedEntries::read_binary(rest).map_err(corrupt)?;
+    if !rest.is_empty() {
+        return Err(corrupt(format!("{} bytes after the entries", rest.len())));
+    }
+    Ok(Some((head.with(entries), version)))
+}
+
+/// A [`LastKnownGood`] but its entries: the few fields of a copy, kept as
+/// JSON inside the binary format (their optional fields and defaults stay
+/// as serde writes them).
+#[derive(Serialize, Deserialize)]
+struct LkgHead {
+    feed: String,
+    #[serde(with = "time::serde::rfc3339")]
+    fetched_at: OffsetDateTime,
+    #[serde(default)]
+    validators: Validators,
+    #[serde(default)]
+    rejected_lines: usize,
+    #[serde(default)]
+    source_digest: String,
+}
+
+impl LkgHead {
+    fn of(lkg: &LastKnownGood) -> LkgHead {
+        LkgHead {
+            feed: lkg.feed.clone(),
+            fetched_at: lkg.fetched_at,
+            validators: lkg.validators.clone(),
+            rejected_lines: lkg.rejected_lines,
+            source_digest: lkg.source_digest.clone(),
+        }
+    }
+
+    fn with(self, entries: FeedEntries) -> LastKnownGood {
+        LastKnownGood {
+            feed: self.feed,
+            fetched_at: self.fetched_at,
+            validators: self.validators,
+            entries: std::sync::Arc::new(entries),
+            rejected_lines: self.rejected_lines,
+            source_digest: self.source_digest,
+        }
+    }
 }
 
 /// Write `value` as JSON to `path` atomically (see [`write_atomic`]).
@@ -625,16 +690,24 @@ mod tests {
         }
     }
 
-    /// The JSON inside a `.lkg` file.
-    fn inflated(path: &Path) -> String {
+    /// Write `lkg` as version 1 wrote it: the whole copy as JSON, deflated.
+    fn write_v1(path: &Path, lkg: &LastKnownGood) {
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(3));
+        serde_json::to_writer(&mut enc, lkg).unwrap();
+        let payload = enc.finish().unwrap();
+        let mut bytes = LKG_MAGIC.to_vec();
+        bytes.extend_from_slice(&LKG_VERSION_JSON.to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        fs::write(path, bytes).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// The format version in a `.lkg` file's header.
+    fn version_of(path: &Path) -> u16 {
         let bytes = fs::read(path).unwrap();
-        let mut out = String::new();
-        io::Read::read_to_string(
-            &mut flate2::read::DeflateDecoder::new(&bytes[LKG_HEADER..]),
-            &mut out,
-        )
-        .unwrap();
-        out
+        u16::from_le_bytes([bytes[6], bytes[7]])
     }
 
     fn sample(feed: &str) -> LastKnownGood {
@@ -668,7 +741,9 @@ mod tests {
                 last_modified: Some("Wed, 21 Oct 2015 07:28:00 GMT".into()),
                 file_stamp: None,
             },
-            entries: vec![e1, e2],
+            entries: std::sync::Arc::new(crate::intel::feed_entries::FeedEntries::from(vec![
+                e1, e2,
+            ])),
             rejected_lines: 3,
             source_digest: digest(b"body"),
         }
@@ -692,14 +767,25 @@ mod tests {
             0o600
         );
         assert_eq!(dir.load_lkg("spamhaus-drop").unwrap(), Some(lkg.clone()));
-        // Absent optional fields are not written.
-        let text = inflated(&path);
-        assert!(text.contains(r#""indicator":"SBL256894""#), "{text}");
-        assert_eq!(text.matches("\"confidence\"").count(), 1, "{text}");
+        assert_eq!(version_of(&path), LKG_VERSION);
+
+        // A version-1 copy (JSON) is read, and converted once.
+        write_v1(&path, &lkg);
+        assert_eq!(version_of(&path), LKG_VERSION_JSON);
+        assert_eq!(dir.load_lkg("spamhaus-drop").unwrap(), Some(lkg.clone()));
+        assert_eq!(version_of(&path), LKG_VERSION);
+        assert_eq!(dir.load_lkg("spamhaus-drop").unwrap(), Some(lkg.clone()));
+        // Read-only (as `status` opens it): read, left as it is.
+        write_v1(&path, &lkg);
+        let ro = StateDir::read_only(dir.root());
+        assert_eq!(ro.load_lkg("spamhaus-drop").unwrap(), Some(lkg.clone()));
+        assert_eq!(version_of(&path), LKG_VERSION_JSON);
+        dir.save_lkg(&lkg).unwrap();
 
         // Overwrite, and a second feed.
         let mut newer = lkg.clone();
-        newer.entries.truncate(1);
+        newer.entries =
+            std::sync::Arc::new(newer.entries.iter().take(1).map(|e| e.to_owned()).collect());
         newer.validators.etag = Some("\"def\"".into());
         dir.save_lkg(&newer).unwrap();
         dir.save_lkg(&sample("feodo")).unwrap();
@@ -890,7 +976,7 @@ mod tests {
             .collect();
         let json_len = serde_json::to_vec(&entries).unwrap().len();
         let mut lkg = sample("big");
-        lkg.entries = entries;
+        lkg.entries = std::sync::Arc::new(entries.into());
         dir.save_lkg(&lkg).unwrap();
         let len = fs::metadata(dir.lkg_path("big").unwrap()).unwrap().len() as usize;
         assert_eq!(dir.load_lkg("big").unwrap(), Some(lkg));
@@ -1020,7 +1106,8 @@ mod tests {
         // A link to a good copy is not followed.
         let link = dir.lkg_path("linked").unwrap();
         let mut other = sample("linked");
-        other.entries.truncate(1);
+        other.entries =
+            std::sync::Arc::new(other.entries.iter().take(1).map(|e| e.to_owned()).collect());
         let real = s.0.join("elsewhere.json");
         fs::write(&real, serde_json::to_vec(&other).unwrap()).unwrap();
         std::os::unix::fs::symlink(&real, &link).unwrap();

@@ -293,26 +293,32 @@ impl Mapped {
         }
     }
 
-    /// Copy out `len` bytes from `off`.
-    pub fn load_bytes(&self, off: usize, len: usize) -> Vec<u8> {
-        (0..len / 8)
-            .flat_map(|i| self.load64(off + 8 * i).to_ne_bytes())
-            .collect()
+    /// `n` elements of type `T` from the start (plain-old-data only),
+    /// copied word by word straight into the vector (no byte buffer in
+    /// between: at 1M entries the arrays are tens of MiB).
+    fn elements<T: Copy + Default>(&self, n: usize) -> Vec<T> {
+        let mut v = vec![T::default(); n];
+        let len = n * size_of::<T>();
+        // SAFETY: POD types; the vector holds `len` bytes.
+        let out = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), len) };
+        for (i, c) in out.chunks_mut(8).enumerate() {
+            let w = self.load64(8 * i).to_ne_bytes();
+            c.copy_from_slice(&w[..c.len()]);
+        }
+        v
     }
 
-    /// `n` elements of type `T` from the start (plain-old-data only).
-    fn elements<T: Copy + Default>(&self, n: usize) -> Vec<T> {
-        let bytes = self.load_bytes(0, (n * size_of::<T>()).div_ceil(8) * 8);
-        let mut v = vec![T::default(); n];
-        // SAFETY: POD types; `bytes` holds at least n elements.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                v.as_mut_ptr().cast::<u8>(),
-                n * size_of::<T>(),
-            )
-        };
-        v
+    /// Whether the first elements hold exactly `v`, compared word by word
+    /// in place (nothing is copied out).
+    fn holds<T: Copy>(&self, v: &[T]) -> bool {
+        let bytes = bytes_of(v);
+        if bytes.len() > self.len {
+            return false;
+        }
+        bytes.chunks(8).enumerate().all(|(i, c)| {
+            let w = self.load64(8 * i).to_ne_bytes();
+            w[..c.len()] == *c
+        })
     }
 }
 
@@ -716,6 +722,61 @@ impl V2Maps {
             catalog: self.catalog.elements(self.catalog.elems() as usize),
             catalog6: self.catalog6.elements(self.catalog6.elems() as usize),
         })
+    }
+
+    /// Whether the maps hold exactly `t` (the config with its runtime
+    /// flags masked), compared in place: the reconcile pass's drift check
+    /// without a copy of the kernel's tables (at 1M entries a copy and the
+    /// canonical forms of both sides took about 300 MB).
+    pub fn holds(&self, t: &Tables) -> Result<bool> {
+        let mut config = self.config();
+        config.flags &= LAYOUT_FLAGS;
+        if config != t.config
+            || !self.sum4.holds(&t.sum4)
+            || !self.exact4.holds(&t.exact4)
+            || !self.dir4.holds(&t.dir4)
+            || !self.heap.holds(&t.heap)
+            || !self.sum6.holds(&t.sum6)
+            || !self.exact6.holds(&t.exact6)
+            || !self.catalog.holds(&t.catalog)
+            || !self.catalog6.holds(&t.catalog6)
+            || t.sum4.len() != self.sum4.elems() as usize
+            || t.exact4.len() != self.exact4.elems() as usize
+            || t.heap.len() != self.heap.elems() as usize
+            || t.sum6.len() != self.sum6.elems() as usize
+            || t.exact6.len() != self.exact6.elems() as usize
+            || t.catalog.len() != self.catalog.elems() as usize
+            || t.catalog6.len() != self.catalog6.elems() as usize
+        {
+            return Ok(false);
+        }
+        for (g, (t4, t6)) in self.trie4.iter().zip(&self.trie6).enumerate() {
+            let mut n = 0;
+            for kv in t4.iter() {
+                let (k, v) = kv.map_err(map_err("reading a v2 IPv4 trie".into()))?;
+                let key = (u32::from_be_bytes(k.data()) as u128, k.prefix_len() as u8);
+                if t.trie[0][g].get(&key) != Some(&v) {
+                    return Ok(false);
+                }
+                n += 1;
+            }
+            if n != t.trie[0][g].len() {
+                return Ok(false);
+            }
+            let mut n = 0;
+            for kv in t6.iter() {
+                let (k, v) = kv.map_err(map_err("reading a v2 IPv6 trie".into()))?;
+                let key = (u128::from_be_bytes(k.data()), k.prefix_len() as u8);
+                if t.trie[1][g].get(&key) != Some(&v) {
+                    return Ok(false);
+                }
+                n += 1;
+            }
+            if n != t.trie[1][g].len() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Pin every v2 map under `dir` (which must exist).

@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use crate::entry::{Action, EntryKey, EntrySet};
 use crate::error::{Error, Result};
 use crate::kernel::layout::{
-    Compiler, Geometry, IdKey, Ids, KeyValue, LayoutError, assign_ids, canonical, counts, decode,
+    Compiler, Geometry, IdKey, Ids, KeyValue, LayoutError, assign_ids, canonical, decode,
 };
 use crate::kernel::v2maps::{LAYOUT_FLAGS, Sizes, V2Maps};
 
@@ -60,14 +60,33 @@ impl Tier {
     /// size. Fails only for sets no tier holds (ids beyond 24 bits, a port
     /// list too long).
     pub fn for_set(set: &EntrySet, ids: Ids, seed: u64) -> Result<Tier> {
-        let c = counts(set, &ids).map_err(layout_err)?;
-        let mut g = Geometry::for_counts(&c, HEADROOM, seed);
+        // The geometry comes from the counts of the build's own pass over
+        // the set (a separate `counts` pass built a hash map of every key:
+        // a third of a 1M-entry start).
+        let mut chosen = None;
+        let mut built = Some(Compiler::build_for(set, &ids, |c| {
+            let g = Geometry::for_counts(c, HEADROOM, seed);
+            chosen = Some(g);
+            g
+        }));
+        let Some(mut g) = chosen else {
+            // The build failed before it counted: an input error.
+            return Err(layout_err(built.and_then(|r| r.err()).unwrap_or(
+                LayoutError::Full {
+                    what: "no geometry",
+                },
+            )));
+        };
         // How many heap lines a set needs is known only once it is
         // compiled (a short prefix+port net puts a port list in every /16
         // and record it covers): grow what ran out, then fit the heap.
         let mut last = None;
         for _ in 0..12 {
-            match Compiler::build(set, &ids, g) {
+            let r = match built.take() {
+                Some(r) => r,
+                None => Compiler::build(set, &ids, g),
+            };
+            match r {
                 Ok(mut compiler) => {
                     compiler.fit_heap(HEADROOM);
                     return Ok(Tier { compiler, ids });
@@ -541,6 +560,12 @@ impl V2Sync {
         let Some(c) = self.compiler.as_ref() else {
             return Ok(false);
         };
+        // Byte-identical tables mean the same; only when some byte differs
+        // are both sides resolved to their meaning (a placement may differ
+        // without a change of verdict).
+        if self.maps.holds(c.tables())? {
+            return Ok(false);
+        }
         let mut kernel = self.maps.read()?;
         kernel.config.flags &= LAYOUT_FLAGS;
         let drift = canonical(&kernel) != canonical(c.tables());

@@ -739,7 +739,7 @@ udp 192.0.2.13:53
         );
         let soc = FeedSnapshot {
             feed: "soc".into(),
-            entries: vec![
+            entries: std::sync::Arc::new(crate::intel::feed_entries::FeedEntries::from(vec![
                 fe("192.0.2.20", |e| {
                     e.indicator = Some("SOC-20".into());
                     e.confidence = Some(70);
@@ -747,20 +747,23 @@ udp 192.0.2.13:53
                     e.expires = Some(datetime!(2025-07-01 00:00 UTC));
                 }),
                 fe("198.51.100.7", |e| e.indicator = Some("SOC-7".into())),
-            ],
+            ])),
             asserted_at: NOW,
         };
         let drop = FeedSnapshot {
             feed: "drop-list".into(),
-            entries: vec![
+            entries: std::sync::Arc::new(crate::intel::feed_entries::FeedEntries::from(vec![
                 fe("192.0.2.20/32", |e| e.indicator = Some("SBL1".into())),
                 fe("192.0.2.0/24 monitor", |_| {}),
-            ],
+            ])),
             asserted_at: NOW,
         };
         let partners = FeedSnapshot {
             feed: "partners".into(),
-            entries: vec![fe("203.0.113.0/24", |_| {}), fe("198.51.100.0/25", |_| {})],
+            entries: std::sync::Arc::new(crate::intel::feed_entries::FeedEntries::from(vec![
+                fe("203.0.113.0/24", |_| {}),
+                fe("198.51.100.0/25", |_| {}),
+            ])),
             asserted_at: NOW,
         };
         merge(&cfg, &[soc, drop, partners], NOW)

@@ -102,8 +102,7 @@ impl Knowledge {
     /// feed's provenance.
     pub fn from_desired(d: &DesiredState) -> Self {
         let provenance = d
-            .provenance
-            .iter()
+            .provenances()
             .map(|(k, provs)| {
                 let v = provs
                     .iter()
@@ -117,7 +116,7 @@ impl Knowledge {
                         description: p.description.clone(),
                     })
                     .collect();
-                (*k, v)
+                (k, v)
             })
             .collect();
         Knowledge {

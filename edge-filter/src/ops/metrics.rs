@@ -232,14 +232,9 @@ impl Metrics {
                 if e.hits.packets == 0 {
                     continue;
                 }
-                let mut seen: Vec<&str> = Vec::new();
-                for p in d.provenance.get(k).map_or(&[][..], Vec::as_slice) {
-                    if seen.contains(&p.feed.as_str()) {
-                        continue;
-                    }
-                    seen.push(&p.feed);
+                for feed in d.feeds_of(k) {
                     let l = vec![
-                        ("feed", p.feed.clone()),
+                        ("feed", feed.to_string()),
                         ("iface", iface.clone()),
                         ("action", e.action.to_string()),
                     ];

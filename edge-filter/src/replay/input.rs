@@ -72,18 +72,13 @@ pub fn config(
     copies: intake::Copies,
 ) -> Result<EntryInput<'static>, InputError> {
     let d = intake::read_once(cfg, copies)?;
-    let prov = d.provenance.clone();
     let allow = d.allow_sources.clone();
+    let set = d.set.clone();
     Ok(EntryInput {
         label,
-        set: d.set,
+        set,
         provenance: Some(Box::new(move |k: &EntryKey| {
-            let mut v: Vec<String> = prov
-                .get(k)
-                .map(|ps| ps.iter().map(|p| p.feed.clone()).collect())
-                .unwrap_or_default();
-            v.dedup();
-            v
+            d.feeds_of(k).into_iter().map(str::to_string).collect()
         })),
         allow_provenance: Some(Box::new(move |n: &IpNet| {
             allow.get(n).cloned().unwrap_or_default()

@@ -5,6 +5,7 @@
 //!
 //! Never tests: the figures are reported against targets, not asserted.
 
+pub mod agent;
 pub mod compile;
 pub mod datapath;
 pub mod datapath_v2;
@@ -101,6 +102,11 @@ pub enum Command {
     /// Kernel map memory (fdinfo memlock) per entry at 1M entries against
     /// the formula of each map type; needs root.
     Memory(Opts),
+    /// The real agent process (release `edge-filter run`) with one HTTP
+    /// feed of 100k..10M entries: first sync, steady and peak RSS per
+    /// entry, CPU of an unchanged and a 1% refresh, last-known-good bytes
+    /// and start from it; needs root.
+    Agent(Opts),
     /// Load every program of the bench-ebpf object (the verifier) and
     /// print loaded/rejected and instruction counts (kernel matrix).
     Verify(Opts),
@@ -110,7 +116,7 @@ pub enum Command {
 }
 
 /// Heading of the options only `datapath`, `live` and `memory` take.
-const SECTION_ONLY: &str = "Options of datapath, live and memory only";
+const SECTION_ONLY: &str = "Options of datapath, live, memory and agent only";
 
 /// Options every benchmark takes (the last four only `datapath`, `live`
 /// and `memory`: [`Cli::try_parse_args`] refuses them elsewhere).
@@ -141,6 +147,10 @@ pub struct Opts {
     /// datapath: write the ns/packet plot here.
     #[arg(long, value_name = "FILE", help_heading = SECTION_ONLY)]
     pub svg_out: Option<PathBuf>,
+    /// agent: feed sizes in IPv4 /32s, comma-separated (each plus a tenth
+    /// in prefixes); default 100000,1000000 (100000 with --quick).
+    #[arg(long, value_name = "N,..", value_delimiter = ',', help_heading = SECTION_ONLY)]
+    pub sizes: Vec<usize>,
 }
 
 /// `--rounds`: a positive count.
@@ -168,6 +178,7 @@ impl Cli {
             Command::DeltaLoop(o) => ("delta-loop", o),
             Command::SyncRssChild(o) => (RSS_CHILD, o),
             Command::Datapath(_)
+            | Command::Agent(_)
             | Command::Live(_)
             | Command::Memory(_)
             | Command::Verify(_)
@@ -180,6 +191,7 @@ impl Cli {
             ("--bench-object", o.bench_object.is_some()),
             ("--nostats-object", o.nostats_object.is_some()),
             ("--svg-out", o.svg_out.is_some()),
+            ("--sizes", !o.sizes.is_empty()),
         ]
         .into_iter()
         .filter_map(|(flag, set)| set.then_some(flag))
@@ -192,7 +204,7 @@ impl Cli {
             return Err(sub.error(
                 ErrorKind::ArgumentConflict,
                 format!(
-                    "{} only applies to datapath, live and memory, not to `ef-bench {name}`",
+                    "{} only applies to datapath, live, memory and agent, not to `ef-bench {name}`",
                     given.join(", ")
                 ),
             ));
@@ -1097,7 +1109,7 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
         let text = e.to_string();
         assert!(
-            text.contains("--quick, --svg-out only applies to datapath, live and memory")
+            text.contains("--quick, --svg-out only applies to datapath, live, memory and agent")
                 && text.contains("Usage: ef-bench sync"),
             "{text}"
         );

@@ -113,6 +113,7 @@ fn run() -> Result<()> {
         Bench::Datapath(o) => bench::datapath::run(&o),
         Bench::Live(o) => bench::live::run(&o),
         Bench::Memory(o) => bench::memory::run(&o),
+        Bench::Agent(o) => bench::agent::run(&o),
         Bench::Compile(o) => bench::compile::run(&o),
         Bench::Verify(o) => {
             if bench::verify::run(&o)? {

@@ -948,6 +948,29 @@ fn full_load_builds() {
     assert_eq!(c.records(), [131_072, 98_304]);
 }
 
+/// The counts a build sizes its geometry by (`Compiler::build_for`, one
+/// pass) are the counts of the separate pass (`counts`), on sets with
+/// duplicates, allowlist nets, prefixes, ports and both families.
+#[test]
+fn build_counts_equal_counts() {
+    let mut rng = StdRng::seed_from_u64(0xc0_47);
+    for round in 0..200 {
+        let n = [0, 1, 5, 40, 300][round % 5];
+        let set = random_set(&mut rng, n);
+        let ids = assign_ids(&set, &Ids::default());
+        let want = counts(&set, &ids).expect("counts");
+        let mut got = None;
+        let g = Geometry::for_counts(&want, 2.0, 7);
+        // Only the counts matter here: a heap sized by the counts alone
+        // may still run out (the tier policy grows it and builds again).
+        let _ = Compiler::build_for(&set, &ids, |c| {
+            got = Some(*c);
+            g
+        });
+        assert_eq!(got, Some(want), "round {round}: {set:?}");
+    }
+}
+
 /// `assign_ids` as it was before the exact IPv4 keys took a radix sort and
 /// a merge: every key sorted, previous ids kept, the lowest free ids for
 /// the rest in key order.

@@ -22,7 +22,7 @@ use aya::{
 use edge_filter_common::{self as abi, Config, v2::LastHit};
 
 use super::changes::SetChanges;
-use super::contents::{Census, Desired, SlotKey, normalized};
+use super::contents::{Census, Desired, SlotKey, census_of_sets, normalized};
 use crate::entry::EntrySet;
 use crate::error::{Error, Result};
 use crate::kernel::layout::{IdKey, Ids, assign_ids, decode};
@@ -291,6 +291,15 @@ impl EntryMaps {
             .then(|| Desired::with_ids(s.set(), &slot_ids(s.ids())))
     }
 
+    /// [`Desired::census`] of `set` against [`EntryMaps::shadow`], counted
+    /// straight from the engine's set (the shadow of 1M entries was a hash
+    /// map built and dropped after every sync); `None` before the first
+    /// sync.
+    pub fn shadow_census(&self, set: &EntrySet) -> Option<Census> {
+        let s = self.engine()?;
+        self.synced.then(|| census_of_sets(s.set(), set))
+    }
+
     /// Read the whole current contents back from the kernel (the catalog,
     /// decoded).
     pub fn read(&self) -> Result<Desired> {
@@ -469,8 +478,12 @@ impl EntryMaps {
         set: Option<&EntrySet>,
     ) -> Result<(usize, Option<Census>)> {
         let mut repaired = 0;
+        // Whether the kernel's tables were just proved to be the compile of
+        // the engine's set (then the census needs no copy of the kernel).
+        let mut verified = false;
         if self.synced {
             let (sync, _) = self.engine_mut()?;
+            let checked = sync.in_place();
             if sync.check_drift()? {
                 let want = sync.set().clone();
                 // `check_drift` dropped the compiler: the apply builds a
@@ -478,6 +491,7 @@ impl EntryMaps {
                 self.apply(&want, flags)?;
                 repaired += 1;
             } else {
+                verified = checked;
                 let mut now = self.v2().runtime_flags();
                 now &= !abi::CONFIG_SAMPLE_EVENTS;
                 if now != flags & !abi::CONFIG_SAMPLE_EVENTS {
@@ -486,9 +500,10 @@ impl EntryMaps {
                 }
             }
         }
-        let census = match set {
-            Some(s) => Some(self.read()?.census(s)),
-            None => None,
+        let census = match (set, self.engine()) {
+            (Some(s), Some(e)) if verified => Some(census_of_sets(e.set(), s)),
+            (Some(s), _) => Some(self.read()?.census(s)),
+            (None, _) => None,
         };
         Ok((repaired, census))
     }

@@ -1,0 +1,438 @@
+//! A feed's parsed entries, held compactly for as long as the feed's
+//! snapshot lives.
+//!
+//! The agent keeps every feed's entries between refreshes (a change of one
+//! feed merges all of them again) and saves the same entries as the feed's
+//! last-known-good copy. As a vector of [`FeedEntry`] a `/32` took 112
+//! bytes, almost all of it room for provenance a plain list never has.
+//! Here an entry is its 24-byte [`Entry`] plus, only once some entry of the
+//! feed carries provenance, a 4-byte index into the feed's distinct
+//! provenance records ([`Meta`]): entries that share an indicator, a
+//! confidence, validity and a description share one record. The copy is
+//! shared ([`std::sync::Arc`]) between the snapshot and the last-known-good
+//! file being written, never duplicated.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{SeqAccess, Visitor};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+
+use super::feeds::FeedEntry;
+use crate::entry::Entry;
+
+/// No provenance record.
+const NONE: u32 = u32::MAX;
+
+/// The provenance fields of a [`FeedEntry`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct Meta {
+    indicator: Option<Box<str>>,
+    confidence: Option<u8>,
+    valid_from: Option<OffsetDateTime>,
+    expires: Option<OffsetDateTime>,
+    description: Option<Box<str>>,
+}
+
+impl Meta {
+    fn is_empty(&self) -> bool {
+        *self == Meta::default()
+    }
+}
+
+/// One entry of [`FeedEntries`], borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedEntryRef<'a> {
+    /// What the filter matches and does.
+    pub entry: Entry,
+    /// The feed's identifier for it.
+    pub indicator: Option<&'a str>,
+    /// Confidence 0-100.
+    pub confidence: Option<u8>,
+    /// Not to be enforced before this time.
+    pub valid_from: Option<OffsetDateTime>,
+    /// Not to be enforced after this time.
+    pub expires: Option<OffsetDateTime>,
+    /// Free text.
+    pub description: Option<&'a str>,
+}
+
+impl FeedEntryRef<'_> {
+    /// As an owned [`FeedEntry`].
+    pub fn to_owned(&self) -> FeedEntry {
+        FeedEntry {
+            entry: self.entry,
+            indicator: self.indicator.map(str::to_string),
+            confidence: self.confidence,
+            valid_from: self.valid_from,
+            expires: self.expires,
+            description: self.description.map(str::to_string),
+        }
+    }
+}
+
+/// A feed's entries in order (see the module documentation).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeedEntries {
+    entries: Vec<Entry>,
+    /// Empty when no entry has provenance; else one index per entry into
+    /// `metas` ([`NONE`]: none).
+    meta: Vec<u32>,
+    metas: Vec<Meta>,
+}
+
+impl FeedEntries {
+    /// How many entries (as listed: duplicates count).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The `i`-th entry.
+    pub fn get(&self, i: usize) -> Option<FeedEntryRef<'_>> {
+        let entry = *self.entries.get(i)?;
+        let m = match self.meta.get(i) {
+            Some(&m) if m != NONE => Some(&self.metas[m as usize]),
+            _ => None,
+        };
+        Some(FeedEntryRef {
+            entry,
+            indicator: m.and_then(|m| m.indicator.as_deref()),
+            confidence: m.and_then(|m| m.confidence),
+            valid_from: m.and_then(|m| m.valid_from),
+            expires: m.and_then(|m| m.expires),
+            description: m.and_then(|m| m.description.as_deref()),
+        })
+    }
+
+    /// Every entry, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = FeedEntryRef<'_>> + '_ {
+        (0..self.entries.len()).map(|i| self.get(i).expect("in range"))
+    }
+
+    /// Every entry as an owned [`FeedEntry`].
+    pub fn to_vec(&self) -> Vec<FeedEntry> {
+        self.iter().map(|e| e.to_owned()).collect()
+    }
+
+    /// Bytes held (vectors at capacity, provenance strings), for reports.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * size_of::<Entry>()
+            + self.meta.capacity() * size_of::<u32>()
+            + self.metas.capacity() * size_of::<Meta>()
+            + (self.metas.iter())
+                .map(|m| {
+                    m.indicator.as_deref().map_or(0, str::len)
+                        + m.description.as_deref().map_or(0, str::len)
+                })
+                .sum::<usize>()
+    }
+}
+
+/// Builds [`FeedEntries`] one entry at a time (a parse's vector, or a
+/// last-known-good copy as it is decoded).
+#[derive(Default)]
+pub struct FeedEntriesBuilder {
+    out: FeedEntries,
+    index: HashMap<Meta, u32>,
+}
+
+impl FeedEntriesBuilder {
+    /// Room for `n` more entries.
+    pub fn reserve(&mut self, n: usize) {
+        self.out.entries.reserve(n);
+    }
+
+    /// Append one entry.
+    pub fn push(&mut self, e: FeedEntry) {
+        let meta = Meta {
+            indicator: e.indicator.map(String::into_boxed_str),
+            confidence: e.confidence,
+            valid_from: e.valid_from,
+            expires: e.expires,
+            description: e.description.map(String::into_boxed_str),
+        };
+        if meta.is_empty() {
+            if !self.out.meta.is_empty() {
+                self.out.meta.push(NONE);
+            }
+        } else {
+            if self.out.meta.is_empty() {
+                self.out.meta = vec![NONE; self.out.entries.len()];
+            }
+            let next = u32::try_from(self.index.len()).expect("fewer than 2^32 records");
+            let i = *self.index.entry(meta).or_insert(next);
+            self.out.meta.push(i);
+        }
+        self.out.entries.push(e.entry);
+    }
+
+    /// The entries.
+    pub fn finish(mut self) -> FeedEntries {
+        let mut metas = vec![Meta::default(); self.index.len()];
+        for (m, i) in self.index {
+            metas[i as usize] = m;
+        }
+        self.out.metas = metas;
+        self.out.entries.shrink_to_fit();
+        self.out.meta.shrink_to_fit();
+        self.out
+    }
+}
+
+impl From<Vec<FeedEntry>> for FeedEntries {
+    fn from(v: Vec<FeedEntry>) -> Self {
+        let mut b = FeedEntriesBuilder::default();
+        b.reserve(v.len());
+        for e in v {
+            b.push(e);
+        }
+        b.finish()
+    }
+}
+
+impl FromIterator<FeedEntry> for FeedEntries {
+    fn from_iter<I: IntoIterator<Item = FeedEntry>>(iter: I) -> Self {
+        let mut b = FeedEntriesBuilder::default();
+        for e in iter {
+            b.push(e);
+        }
+        b.finish()
+    }
+}
+
+/// As a sequence of [`FeedEntry`] (the last-known-good format is
+/// unchanged).
+impl Serialize for FeedEntries {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        for e in self.iter() {
+            seq.serialize_element(&e.to_owned())?;
+        }
+        seq.end()
+    }
+}
+
+/// From a sequence of [`FeedEntry`], one element at a time (a 1M-entry
+/// copy is never held as a vector of [`FeedEntry`]).
+impl<'de> Deserialize<'de> for FeedEntries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FeedEntries;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a sequence of feed entries")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FeedEntries, A::Error> {
+                let mut b = FeedEntriesBuilder::default();
+                if let Some(n) = seq.size_hint() {
+                    b.reserve(n.min(1 << 20));
+                }
+                while let Some(e) = seq.next_element::<FeedEntry>()? {
+                    b.push(e);
+                }
+                Ok(b.finish())
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// The provenance record of the binary form: every field present (a
+/// positional format has no "absent"), times as Unix nanoseconds.
+#[derive(Serialize, Deserialize)]
+struct BinaryMeta<S> {
+    indicator: Option<S>,
+    confidence: Option<u8>,
+    valid_from: Option<i128>,
+    expires: Option<i128>,
+    description: Option<S>,
+}
+
+/// [`FeedEntries`] as it is written in binary (borrowed: nothing is
+/// copied but the few provenance records).
+#[derive(Serialize)]
+struct BinaryOut<'a> {
+    entries: &'a [Entry],
+    meta: &'a [u32],
+    metas: Vec<BinaryMeta<&'a str>>,
+}
+
+/// [`FeedEntries`] as it is read back from binary.
+#[derive(Deserialize)]
+struct BinaryIn {
+    entries: Vec<Entry>,
+    meta: Vec<u32>,
+    metas: Vec<BinaryMeta<String>>,
+}
+
+impl FeedEntries {
+    /// Write the entries in postcard, the last-known-good copy's binary
+    /// form: each entry is its fixed fields (a `/32` is 8 bytes), the
+    /// provenance index and records as held. Read back by
+    /// [`FeedEntries::read_binary`].
+    pub fn write_binary<W: std::io::Write>(&self, w: W) -> postcard::Result<W> {
+        let out = BinaryOut {
+            entries: &self.entries,
+            meta: &self.meta,
+            metas: (self.metas.iter())
+                .map(|m| BinaryMeta {
+                    indicator: m.indicator.as_deref(),
+                    confidence: m.confidence,
+                    valid_from: m.valid_from.map(OffsetDateTime::unix_timestamp_nanos),
+                    expires: m.expires.map(OffsetDateTime::unix_timestamp_nanos),
+                    description: m.description.as_deref(),
+                })
+                .collect(),
+        };
+        postcard::to_io(&out, w)
+    }
+
+    /// The entries written by [`FeedEntries::write_binary`] at the start of
+    /// `bytes`, and the bytes after them. Checked as untrusted input: a
+    /// provenance index out of range, an index of the wrong length or a
+    /// time out of range is an error, and every net has its host bits
+    /// cleared (as [`Entry::new`] does).
+    pub fn read_binary(bytes: &[u8]) -> Result<(FeedEntries, &[u8]), String> {
+        let (b, rest): (BinaryIn, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(|e| format!("entries: {e}"))?;
+        let BinaryIn {
+            mut entries,
+            meta,
+            metas,
+        } = b;
+        if !meta.is_empty() && meta.len() != entries.len() {
+            return Err(format!(
+                "{} provenance indexes for {} entries",
+                meta.len(),
+                entries.len()
+            ));
+        }
+        if let Some(i) = meta
+            .iter()
+            .find(|&&i| i != NONE && i as usize >= metas.len())
+        {
+            return Err(format!("provenance index {i} of {} records", metas.len()));
+        }
+        let time = |t: Option<i128>| -> Result<Option<OffsetDateTime>, String> {
+            t.map(|n| {
+                OffsetDateTime::from_unix_timestamp_nanos(n)
+                    .map_err(|e| format!("provenance time {n}: {e}"))
+            })
+            .transpose()
+        };
+        let metas = (metas.into_iter())
+            .map(|m| {
+                Ok(Meta {
+                    indicator: m.indicator.map(String::into_boxed_str),
+                    confidence: m.confidence,
+                    valid_from: time(m.valid_from)?,
+                    expires: time(m.expires)?,
+                    description: m.description.map(String::into_boxed_str),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        for e in &mut entries {
+            e.net = e.net.trunc();
+        }
+        Ok((
+            FeedEntries {
+                entries,
+                meta,
+                metas,
+            },
+            rest,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Action;
+
+    fn fe(s: &str) -> FeedEntry {
+        FeedEntry::new(Entry::new(s.parse().unwrap(), None, Action::Drop))
+    }
+
+    /// Entries come back as they went in, in order, with their provenance;
+    /// a plain list holds no index at all, and shared provenance is one
+    /// record.
+    #[test]
+    fn entries_round_trip_and_share_provenance() {
+        let plain: FeedEntries = (0..50u8).map(|i| fe(&format!("192.0.2.{i}/32"))).collect();
+        assert!(plain.meta.is_empty() && plain.metas.is_empty());
+        assert_eq!(plain.get(49).unwrap().to_owned(), fe("192.0.2.49/32"));
+
+        let mut v = vec![fe("10.0.0.1/32"), fe("10.0.0.2/32")];
+        for i in 0..10u8 {
+            let mut e = fe(&format!("10.1.0.{i}/32"));
+            e.indicator = Some("SBL7".into());
+            e.confidence = Some(60);
+            e.description = Some("spam".into());
+            v.push(e);
+        }
+        let mut odd = fe("10.2.0.0/16");
+        odd.expires = Some(time::macros::datetime!(2030-01-01 00:00 UTC));
+        v.push(odd);
+        let c = FeedEntries::from(v.clone());
+        assert_eq!(c.metas.len(), 2, "{:?}", c.metas);
+        assert_eq!(c.to_vec(), v);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(json, serde_json::to_string(&v).unwrap());
+        let back: FeedEntries = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+
+        // The binary form: the same entries and provenance, and what
+        // follows it left alone.
+        for x in [&plain, &c] {
+            let mut bin = x.write_binary(Vec::new()).unwrap();
+            bin.extend_from_slice(b"tail");
+            let (back, rest) = FeedEntries::read_binary(&bin).unwrap();
+            assert_eq!(&back, x);
+            assert_eq!(rest, b"tail");
+        }
+        // A plain /32 is 8 bytes.
+        let bin = plain.write_binary(Vec::new()).unwrap();
+        assert!(bin.len() <= 50 * 8 + 4, "{} bytes", bin.len());
+    }
+
+    /// Bad binary input is an error that says what is wrong, never a panic
+    /// or an index out of range later.
+    #[test]
+    fn binary_input_is_checked() {
+        let mut e = fe("10.1.0.1/32");
+        e.indicator = Some("x".into());
+        let c = FeedEntries::from(vec![fe("10.0.0.1/32"), e]);
+        let bin = c.write_binary(Vec::new()).unwrap();
+        // Every cut is an error.
+        for n in 0..bin.len() {
+            assert!(FeedEntries::read_binary(&bin[..n]).is_err(), "cut at {n}");
+        }
+        // An index past the records.
+        let bad = FeedEntries {
+            metas: Vec::new(),
+            ..c.clone()
+        };
+        let err = FeedEntries::read_binary(&bad.write_binary(Vec::new()).unwrap()).unwrap_err();
+        assert!(err.contains("provenance index 0 of 0"), "{err}");
+        // An index of the wrong length.
+        let bad = FeedEntries {
+            meta: vec![NONE],
+            ..c.clone()
+        };
+        let err = FeedEntries::read_binary(&bad.write_binary(Vec::new()).unwrap()).unwrap_err();
+        assert!(err.contains("1 provenance indexes for 2 entries"), "{err}");
+        // Host bits are cleared as `Entry::new` clears them.
+        let mut raw = FeedEntries::from(vec![fe("10.9.0.0/16")]);
+        raw.entries[0].net = "10.9.8.7/16".parse().unwrap();
+        let (back, _) = FeedEntries::read_binary(&raw.write_binary(Vec::new()).unwrap()).unwrap();
+        assert_eq!(back.get(0).unwrap().entry.net.to_string(), "10.9.0.0/16");
+    }
+}

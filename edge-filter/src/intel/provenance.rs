@@ -1,0 +1,362 @@
+//! Who asserted each entry of the desired state, held compactly.
+//!
+//! The agent keeps the merged state for as long as it runs (the metrics
+//! exporter shares it), so its size is paid per entry for good. A map from
+//! key to a vector of owned [`Provenance`]s cost about 190 bytes a `/32`
+//! (a tree node share, a vector, a heap block and a copy of the feed name
+//! per entry). Here the assertions of the set's `i`-th entry are one run of
+//! references to distinct assertion records ([`Item`]s), parallel to the
+//! sorted entries, and every feed name, indicator and description is
+//! stored once however many entries carry it. A plain list's entries all
+//! share one record: 8 bytes an entry asserted once (a run start and one
+//! reference), no allocation per entry.
+
+use std::collections::HashMap;
+
+use time::OffsetDateTime;
+
+use super::desired::Provenance;
+use crate::entry::{Action, Entry, EntryKey};
+
+/// "No string" in an [`Item`].
+const NONE: u32 = u32::MAX;
+
+/// One assertion, its strings as indices into [`Provenances::strings`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Item {
+    feed: u32,
+    indicator: u32,
+    description: u32,
+    action: Action,
+    confidence: Option<u8>,
+    expires: Option<OffsetDateTime>,
+}
+
+/// The assertions of every entry of a sorted entry list (see the module
+/// documentation); built by [`Builder`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provenances {
+    /// `starts[i]..starts[i + 1]`: the references of the `i`-th entry.
+    starts: Vec<u32>,
+    /// Indices into `records`.
+    refs: Vec<u32>,
+    /// Every distinct assertion.
+    records: Vec<Item>,
+    /// Every distinct feed name, indicator and description.
+    strings: Vec<Box<str>>,
+}
+
+impl Provenances {
+    fn text(&self, i: u32) -> Option<&str> {
+        (i != NONE).then(|| &*self.strings[i as usize])
+    }
+
+    fn range(&self, i: usize) -> impl Iterator<Item = &Item> + '_ {
+        let refs = match (self.starts.get(i), self.starts.get(i + 1)) {
+            (Some(&a), Some(&b)) => &self.refs[a as usize..b as usize],
+            _ => &[],
+        };
+        refs.iter().map(|&r| &self.records[r as usize])
+    }
+
+    /// The assertions of the `i`-th entry, in feed order.
+    pub fn of(&self, i: usize) -> Vec<Provenance> {
+        self.range(i)
+            .map(|it| Provenance {
+                feed: self.text(it.feed).unwrap_or_default().to_string(),
+                indicator: self.text(it.indicator).map(str::to_string),
+                action: it.action,
+                confidence: it.confidence,
+                expires: it.expires,
+                description: self.text(it.description).map(str::to_string),
+            })
+            .collect()
+    }
+
+    /// The feeds asserting the `i`-th entry, each once, in feed order.
+    pub fn feeds(&self, i: usize) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for it in self.range(i) {
+            let f = self.text(it.feed).unwrap_or_default();
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    /// Bytes held (vectors at capacity and the strings), for reports.
+    pub fn heap_bytes(&self) -> usize {
+        (self.starts.capacity() + self.refs.capacity()) * size_of::<u32>()
+            + self.records.capacity() * size_of::<Item>()
+            + self.strings.capacity() * size_of::<Box<str>>()
+            + self.strings.iter().map(|s| s.len()).sum::<usize>()
+    }
+}
+
+/// One feed's assertion as [`Builder::push`] takes it.
+pub struct Assertion<'a> {
+    /// The feed, as [`Builder::feed`] numbered it.
+    pub feed: u32,
+    /// The feed's identifier.
+    pub indicator: Option<&'a str>,
+    /// The action asked for (after the confidence threshold).
+    pub action: Action,
+    /// Confidence 0-100.
+    pub confidence: Option<u8>,
+    /// When it lapses.
+    pub expires: Option<OffsetDateTime>,
+    /// Free text.
+    pub description: Option<&'a str>,
+}
+
+/// What one block feed contributes, by distinct key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    /// Distinct keys.
+    pub entries: usize,
+    /// Of those, keys the feed wants dropped.
+    pub drop: usize,
+}
+
+/// Collects assertions in feed order, then sorts them into entries and
+/// [`Provenances`] ([`Builder::finish`]).
+#[derive(Default)]
+pub struct Builder {
+    /// Each assertion pushed: its key and record.
+    items: Vec<(EntryKey, u32)>,
+    /// Distinct assertion records, and their numbers.
+    records: Vec<Item>,
+    record_index: rustc_hash::FxHashMap<Item, u32>,
+    /// Interned strings (moved into [`Provenances::strings`] at the end).
+    index: HashMap<Box<str>, u32>,
+}
+
+impl Builder {
+    /// Room for `n` more assertions.
+    pub fn reserve(&mut self, n: usize) {
+        self.items.reserve(n);
+    }
+
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = u32::try_from(self.index.len()).expect("fewer than 2^32 strings");
+        self.index.insert(s.into(), i);
+        i
+    }
+
+    fn record(&mut self, it: Item) -> u32 {
+        if let Some(&r) = self.record_index.get(&it) {
+            return r;
+        }
+        let r = u32::try_from(self.records.len()).expect("fewer than 2^32 records");
+        self.records.push(it);
+        self.record_index.insert(it, r);
+        r
+    }
+
+    /// Number a feed.
+    pub fn feed(&mut self, name: &str) -> u32 {
+        self.intern(name)
+    }
+
+    /// Record one assertion of `key`.
+    pub fn push(&mut self, key: EntryKey, a: Assertion<'_>) {
+        let item = Item {
+            feed: a.feed,
+            indicator: a.indicator.map_or(NONE, |s| self.intern(s)),
+            description: a.description.map_or(NONE, |s| self.intern(s)),
+            action: a.action,
+            confidence: a.confidence,
+            expires: a.expires,
+        };
+        let r = self.record(item);
+        self.items.push((key, r));
+    }
+
+    /// The entries (sorted by key, one per key, the strongest asserted
+    /// action), their provenance, and per feed (by [`Builder::feed`]
+    /// number) its distinct keys. Within a key the assertions keep their
+    /// push order; the same (feed, indicator) twice is one assertion with
+    /// the strongest action, the latest expiry (none if either has none),
+    /// the highest confidence and the first description.
+    pub fn finish(mut self) -> (Vec<Entry>, Provenances, HashMap<u32, KeyCounts>) {
+        // Stable: the push order survives within a key.
+        self.items.sort_by_key(|a| a.0);
+        let mut entries = Vec::with_capacity(self.items.len());
+        let mut starts = Vec::with_capacity(self.items.len() + 1);
+        let mut refs: Vec<u32> = Vec::with_capacity(self.items.len());
+        let mut counts: HashMap<u32, KeyCounts> = HashMap::new();
+        // One key's assertions, merged.
+        let mut group: Vec<Item> = Vec::new();
+        let mut i = 0;
+        let all = std::mem::take(&mut self.items);
+        while i < all.len() {
+            let key = all[i].0;
+            group.clear();
+            while i < all.len() && all[i].0 == key {
+                let it = self.records[all[i].1 as usize];
+                match group
+                    .iter_mut()
+                    .find(|p| p.feed == it.feed && p.indicator == it.indicator)
+                {
+                    Some(p) => {
+                        p.action = p.action.max(it.action);
+                        p.expires = match (p.expires, it.expires) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            _ => None,
+                        };
+                        p.confidence = p.confidence.max(it.confidence);
+                        if p.description == NONE {
+                            p.description = it.description;
+                        }
+                    }
+                    None => group.push(it),
+                }
+                i += 1;
+            }
+            starts.push(u32::try_from(refs.len()).expect("fewer than 2^32 assertions"));
+            for &it in &group {
+                refs.push(self.record(it));
+            }
+            let action = group.iter().map(|p| p.action).max().unwrap_or(Action::Drop);
+            entries.push(Entry {
+                net: key.net,
+                port: key.port,
+                action,
+            });
+            for (n, p) in group.iter().enumerate() {
+                if group[..n].iter().any(|q| q.feed == p.feed) {
+                    continue;
+                }
+                let strongest = group
+                    .iter()
+                    .filter(|q| q.feed == p.feed)
+                    .map(|q| q.action)
+                    .max()
+                    .unwrap_or(p.action);
+                let c = counts.entry(p.feed).or_default();
+                c.entries += 1;
+                c.drop += usize::from(strongest == Action::Drop);
+            }
+        }
+        drop(all);
+        starts.push(u32::try_from(refs.len()).expect("fewer than 2^32 assertions"));
+        entries.shrink_to_fit();
+        starts.shrink_to_fit();
+        refs.shrink_to_fit();
+        // Records only a merge replaced stay: they are few, and
+        // renumbering would cost a pass over every reference.
+        let mut records = std::mem::take(&mut self.records);
+        records.shrink_to_fit();
+        let mut strings: Vec<Box<str>> = vec![Box::from(""); self.index.len()];
+        for (s, i) in self.index {
+            strings[i as usize] = s;
+        }
+        (
+            entries,
+            Provenances {
+                starts,
+                refs,
+                records,
+                strings,
+            },
+            counts,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> EntryKey {
+        Entry::new(s.parse().unwrap(), None, Action::Drop).key()
+    }
+
+    fn assertion(feed: u32, indicator: Option<&str>, action: Action) -> Assertion<'_> {
+        Assertion {
+            feed,
+            indicator,
+            action,
+            confidence: None,
+            expires: None,
+            description: Some("shared text"),
+        }
+    }
+
+    /// An assertion costs one reference to a shared record, and a string
+    /// carried by many entries is stored once.
+    #[test]
+    fn items_are_small_and_strings_are_stored_once() {
+        assert!(size_of::<Item>() <= 32, "{} bytes", size_of::<Item>());
+        let mut b = Builder::default();
+        let f = b.feed("feed-a");
+        for i in 0..100u8 {
+            b.push(
+                key(&format!("192.0.2.{i}/32")),
+                assertion(f, None, Action::Drop),
+            );
+        }
+        let (entries, p, counts) = b.finish();
+        assert_eq!(entries.len(), 100);
+        assert_eq!(p.strings.len(), 2, "{:?}", p.strings);
+        // One record shared by the hundred entries.
+        assert_eq!(p.records.len(), 1, "{:?}", p.records);
+        assert_eq!(p.refs.len(), 100);
+        assert_eq!(p.of(7)[0].description.as_deref(), Some("shared text"));
+        assert_eq!(
+            counts[&f],
+            KeyCounts {
+                entries: 100,
+                drop: 100
+            }
+        );
+    }
+
+    /// Assertions of one key keep their push order across feeds; the same
+    /// (feed, indicator) merges; a key's action is the strongest.
+    #[test]
+    fn a_key_keeps_feed_order_and_merges_repeats() {
+        let mut b = Builder::default();
+        let (fa, fb) = (b.feed("a"), b.feed("b"));
+        b.push(
+            key("10.0.0.1/32"),
+            assertion(fb, Some("x"), Action::Monitor),
+        );
+        b.push(key("10.0.0.0/8"), assertion(fa, None, Action::Monitor));
+        b.push(
+            key("10.0.0.1/32"),
+            assertion(fa, Some("y"), Action::Monitor),
+        );
+        b.push(key("10.0.0.1/32"), assertion(fb, Some("x"), Action::Drop));
+        let (entries, p, counts) = b.finish();
+        assert_eq!(entries[0].net.to_string(), "10.0.0.0/8");
+        assert_eq!(entries[1].action, Action::Drop);
+        let who: Vec<(String, Action)> = p.of(1).into_iter().map(|a| (a.feed, a.action)).collect();
+        assert_eq!(
+            who,
+            [
+                ("b".to_string(), Action::Drop),
+                ("a".to_string(), Action::Monitor)
+            ]
+        );
+        assert_eq!(p.feeds(1), ["b", "a"]);
+        assert_eq!(
+            counts[&fa],
+            KeyCounts {
+                entries: 2,
+                drop: 0
+            }
+        );
+        assert_eq!(
+            counts[&fb],
+            KeyCounts {
+                entries: 1,
+                drop: 1
+            }
+        );
+    }
+}
