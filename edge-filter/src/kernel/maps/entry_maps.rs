@@ -140,8 +140,8 @@ fn new_seed() -> u64 {
 /// The ids of `ids` as the contents model keys them.
 fn slot_ids(ids: &Ids) -> std::collections::HashMap<SlotKey, u32> {
     ids.iter()
-        .map(|(k, &id)| {
-            let k = match *k {
+        .map(|(k, id)| {
+            let k = match k {
                 IdKey::Allow(n) => SlotKey::Allow(n),
                 IdKey::Entry(e) => SlotKey::Entry(e),
             };
