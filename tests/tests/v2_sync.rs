@@ -96,18 +96,18 @@ fn v2_sync_engine_updates_grows_and_adopts() {
                 tiers += 1;
                 // Counters of kept ids carried over, exactly.
                 let after = sync.maps().stats(n);
-                for (key, id) in &prev {
-                    if sync.ids().get(key) == Some(id) {
+                for (key, id) in prev.iter() {
+                    if sync.ids().get(&key) == Some(&id) {
                         assert_eq!(
-                            after[*id as usize], counters_before[*id as usize],
+                            after[id as usize], counters_before[id as usize],
                             "set {name}: counters of id {id} not carried to the new tier"
                         );
                     }
                 }
             }
         }
-        for (key, id) in sync.ids() {
-            if let Some(p) = prev.get(key) {
+        for (key, id) in sync.ids().iter() {
+            if let Some(&p) = prev.get(&key) {
                 assert_eq!(p, id, "set {name}: the id of {key:?} changed");
             }
         }
@@ -151,7 +151,7 @@ fn v2_sync_engine_updates_grows_and_adopts() {
     assert_eq!(adopted.ids(), sync.ids(), "adopted ids");
     // Tamper with the catalog behind the engine's back: drift.
     let mut raw = V2Maps::from_fn(open).unwrap();
-    let (_, &victim) = sync.ids().iter().next().expect("a key");
+    let (_, victim) = sync.ids().iter().next().expect("a key");
     raw.store(&Write::Catalog {
         id: victim,
         value: 0,

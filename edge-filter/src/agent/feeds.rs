@@ -445,12 +445,10 @@ impl FeedAgent {
                         .and_then(|x| x.last_success);
                     h.last_success =
                         Some(confirmed.map_or(lkg.fetched_at, |c| c.max(lkg.fetched_at)));
-                    let distinct: std::collections::HashSet<_> =
-                        lkg.entries.iter().map(|e| e.entry.key()).collect();
                     log::info!(
                         "feed {}: {} distinct entries ({} listed) from last-known-good copy of {}",
                         f.name,
-                        distinct.len(),
+                        lkg.entries.distinct_keys(),
                         lkg.entries.len(),
                         lkg.fetched_at
                     );

@@ -495,10 +495,10 @@ impl V2Sync {
         let carry: Vec<(u32, u64, u64)> = self
             .ids
             .iter()
-            .filter_map(|(k, &id)| {
+            .filter_map(|(k, id)| {
                 let &(p, b) = old.get(id as usize)?;
                 // Only ids the new tier gives the same key.
-                (tier.ids.get(k) == Some(&id) && p != 0).then_some((id, p, b))
+                (tier.ids.get(&k) == Some(&id) && p != 0).then_some((id, p, b))
             })
             .collect();
         maps.add_stats_cpu0(&carry);

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use edge_filter_common::{PROTO_TCP, SIDE_DST};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv6Net};
 
 use edge_filter_common::v2::{
     BTREE_FANOUT, CAT_ALLOW, CAT_DROP, CAT_DST, CAT_PORT, CAT_TCP, CAT_USED, CAT_V6, CODE_ALLOW,
@@ -17,6 +17,7 @@ use edge_filter_common::v2::{
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::alloc::{Heap, Placement, Run, Slots};
+use super::ids::{exact_addr4, exact_key4};
 use super::model::{Decision, Exact, Family, Net, Ranker, Scope, mask};
 use super::tables::{Counts, Geometry, Plan, Step, Tables, Write, key_of};
 use super::{IdKey, Ids, LayoutError, Result};
@@ -172,8 +173,8 @@ fn id_in(ids: &Ids, k: &IdKey) -> Result<u32> {
 /// The key of id `id` in `ids` other than `k` (for [`LayoutError::DuplicateId`]).
 fn other_key(ids: &Ids, id: u32, k: &IdKey) -> IdKey {
     ids.iter()
-        .find(|(o, i)| **i == id && *o != k)
-        .map_or(*k, |(o, _)| *o)
+        .find(|(o, i)| *i == id && o != k)
+        .map_or(*k, |(o, _)| o)
 }
 
 /// The first id error a pass over the set in its order (allowlist, then
@@ -237,25 +238,6 @@ fn radix_sort(v: &mut Vec<u64>, lo: u32, hi: u32) {
     }
 }
 
-/// The address of an exact portless IPv4 key.
-fn exact_addr4(k: &IdKey) -> Option<u32> {
-    match k {
-        IdKey::Entry(EntryKey {
-            net: IpNet::V4(n),
-            port: None,
-        }) if n.prefix_len() == 32 => Some(u32::from(n.addr())),
-        _ => None,
-    }
-}
-
-/// The key of the exact portless entry of IPv4 address `a`.
-fn exact_key4(a: u32) -> IdKey {
-    IdKey::Entry(EntryKey {
-        net: IpNet::V4(Ipv4Net::from(Ipv4Addr::from(a))),
-        port: None,
-    })
-}
-
 /// The ids of the exact portless entries of IPv4 addresses `ex4`
 /// (`addr << 1 | drop`, sorted by address, each once). For many keys,
 /// one pass over `ids` (its table read in memory order) and a merge of
@@ -284,19 +266,12 @@ fn exact_ids4(ids: &Ids, ex4: &[u64]) -> Result<Vec<u32>> {
 /// (ascending, each once).
 fn exact_ids4_of(ids: &Ids, addrs: impl ExactSizeIterator<Item = u32>) -> Vec<Option<u32>> {
     if addrs.len() < ids.len() / 4 {
-        return addrs.map(|a| ids.get(&exact_key4(a)).copied()).collect();
+        return addrs.map(|a| ids.get_exact4(a)).collect();
     }
     // `addr << 32 | id` of every such key of `ids`, by address.
     let mut pairs: Vec<u64> = Vec::with_capacity(addrs.len());
-    for (k, &id) in ids {
-        if let IdKey::Entry(EntryKey {
-            net: IpNet::V4(n),
-            port: None,
-        }) = k
-            && n.prefix_len() == 32
-        {
-            pairs.push(((u32::from(n.addr()) as u64) << 32) | id as u64);
-        }
+    for (a, id) in ids.exact4() {
+        pairs.push(((a as u64) << 32) | id as u64);
     }
     radix_sort(&mut pairs, 32, 64);
     let mut out = Vec::with_capacity(addrs.len());
@@ -2388,30 +2363,7 @@ pub fn assign_ids(set: &EntrySet, previous: &Ids) -> Ids {
     ids_of(all)
 }
 
-/// `Ids` of distinct keys, inserted in the order of their place in the
-/// table (by the low bits of their hash) rather than at random places of
-/// a table much larger than the caches.
+/// `Ids` of distinct keys (see [`Ids::of_distinct`]).
 fn ids_of(all: Vec<(IdKey, u32)>) -> Ids {
-    use std::hash::BuildHasher;
-    let mut out = Ids::with_capacity_and_hasher(all.len(), Default::default());
-    if all.len() < 1 << 16 {
-        out.extend(all);
-        return out;
-    }
-    let bits = (all.len() * 8 / 7)
-        .next_power_of_two()
-        .trailing_zeros()
-        .min(32);
-    let h = *out.hasher();
-    let mut order: Vec<u64> = all
-        .iter()
-        .enumerate()
-        .map(|(i, (k, _))| ((h.hash_one(k) as u32 as u64) << 32) | i as u64)
-        .collect();
-    radix_sort(&mut order, 32, 32 + bits);
-    for x in order {
-        let (k, id) = all[x as u32 as usize];
-        out.insert(k, id);
-    }
-    out
+    Ids::of_distinct(all, radix_sort)
 }

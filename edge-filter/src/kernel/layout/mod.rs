@@ -26,6 +26,7 @@
 mod alloc;
 mod canon;
 mod compile;
+mod ids;
 mod model;
 pub mod sim;
 mod tables;
@@ -34,6 +35,7 @@ pub(crate) mod tests;
 
 pub use canon::{Canonical, Resolved, canonical, decode, resolve};
 pub use compile::{Compiler, KeyValue, assign_ids, counts};
+pub use ids::Ids;
 pub use model::Decision;
 pub use sim::{Reader, SimVerdict, lookup};
 pub use tables::{Counts, Geometry, Plan, Step, Tables, Write};
@@ -51,9 +53,6 @@ pub enum IdKey {
     /// An entry key (normalised).
     Entry(EntryKey),
 }
-
-/// Ids by key (FxHash: the keys are the caller's own, no HashDoS concern).
-pub type Ids = rustc_hash::FxHashMap<IdKey, u32>;
 
 /// Why a set cannot be compiled into a tier.
 #[derive(Debug, thiserror::Error)]

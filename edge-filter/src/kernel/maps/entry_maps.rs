@@ -19,7 +19,7 @@ use aya::{
     Ebpf,
     maps::{Map, MapData, MapError, PerCpuArray},
 };
-use edge_filter_common::{self as abi, Config, v2::LastHit};
+use edge_filter_common::{self as abi, Config};
 
 use super::changes::SetChanges;
 use super::contents::{Census, Desired, SlotKey, census_of_sets, normalized};
@@ -140,8 +140,8 @@ fn new_seed() -> u64 {
 /// The ids of `ids` as the contents model keys them.
 fn slot_ids(ids: &Ids) -> std::collections::HashMap<SlotKey, u32> {
     ids.iter()
-        .map(|(k, &id)| {
-            let k = match *k {
+        .map(|(k, id)| {
+            let k = match k {
                 IdKey::Allow(n) => SlotKey::Allow(n),
                 IdKey::Entry(e) => SlotKey::Entry(e),
             };
@@ -608,27 +608,7 @@ impl EntryMaps {
         let Some(now) = crate::kernel::clock::jiffies_now() else {
             return Ok(0);
         };
-        let v2 = self.v2();
-        let n = v2.config().stats_stride;
-        let stats = v2.stats(n);
-        let hits = v2.last_hits(n);
-        let mut moved = 0;
-        for (id, (&(packets, _), h)) in stats.iter().zip(&hits).enumerate() {
-            if packets as u32 != h.packets {
-                moved += 1;
-                // 0 means never; a pass that lands on a multiple of 2^32
-                // jiffies says one tick later.
-                let jiffies = if packets == 0 { 0 } else { (now as u32).max(1) };
-                v2.store_last_hit(
-                    id as u32,
-                    LastHit {
-                        packets: packets as u32,
-                        jiffies,
-                    },
-                );
-            }
-        }
-        Ok(moved)
+        Ok(self.v2().note_hits(now as u32))
     }
 
     /// The last verdict recorded on each CPU (`CONFIG_RECORD_LAST`).
