@@ -23,6 +23,8 @@
 
 use std::collections::HashSet;
 
+use ipnet::IpNet;
+
 use crate::entry::{Action, EntryKey, EntrySet};
 use crate::error::{Error, Result};
 use crate::kernel::layout::{
@@ -45,6 +47,23 @@ fn needs_tier(e: &LayoutError) -> bool {
         e,
         LayoutError::Capacity { .. } | LayoutError::Full { .. } | LayoutError::Poisoned
     )
+}
+
+/// Whether `set` (normalised: one entry a key) cannot fit tables of
+/// `geo` whatever its ids: more keys than ids, or more exact portless
+/// IPv4 addresses than exact records. Checked before an update, which
+/// otherwise works in proportion to the set before it finds out: a first
+/// sync of 10M keys against the empty start-up tier spent over a minute
+/// (and gigabytes of fresh pages) there.
+fn outgrows(geo: &Geometry, set: &EntrySet) -> bool {
+    let keys = (set.allow.len() + set.entries.len()) as u64;
+    if keys > u64::from(geo.ids) {
+        return true;
+    }
+    let exact4 = (set.entries.iter())
+        .filter(|e| e.port.is_none() && matches!(e.net, IpNet::V4(n) if n.prefix_len() == 32))
+        .count() as u64;
+    exact4 > geo.capacity4()
 }
 
 /// Compiled tables of a set in a tier sized for it.
@@ -379,7 +398,11 @@ impl V2Sync {
     /// their counters start at zero.
     pub fn apply(&mut self, set: &EntrySet) -> Result<Applied> {
         let ids = assign_ids(set, &self.ids);
-        let Some(c) = self.compiler.as_mut() else {
+        let Some(c) = self
+            .compiler
+            .as_mut()
+            .filter(|c| !outgrows(c.geometry(), set))
+        else {
             return Ok(Applied::NewTier(Box::new(Tier::for_set(
                 set, ids, self.seed,
             )?)));
@@ -435,7 +458,11 @@ impl V2Sync {
     /// not hold, or the key counts do not add up to `set`'s), or updates
     /// cannot go in place, this is `apply(set)`.
     pub fn apply_changes(&mut self, set: &EntrySet, changes: &[KeyChange]) -> Result<Applied> {
-        let Some(c) = self.compiler.as_mut() else {
+        let Some(c) = self
+            .compiler
+            .as_mut()
+            .filter(|c| !outgrows(c.geometry(), set))
+        else {
             return self.apply(set);
         };
         let pool = self.pool.get_or_insert_with(|| IdPool::of(&self.ids));
@@ -595,6 +622,38 @@ mod tests {
             side: Side::Dst,
         });
         Entry::new(s.parse().unwrap(), port, Action::Drop)
+    }
+
+    /// A set outgrows a tier when it has more keys than ids or more exact
+    /// portless IPv4 addresses than records; ported and prefix entries do
+    /// not count as records.
+    #[test]
+    fn outgrows_counts_keys_and_exact_addresses() {
+        let set = |n: u32, port: Option<u16>, len: u8| EntrySet {
+            allow: Vec::new(),
+            entries: (0..n)
+                .map(|i| {
+                    let a = std::net::Ipv4Addr::from(0x0a00_0000 + (i << 8));
+                    entry(&format!("{a}/{len}"), port)
+                })
+                .collect(),
+        };
+        let geo = Geometry::for_counts(
+            &crate::kernel::layout::Counts {
+                records4: 100,
+                ids: 100,
+                ..Default::default()
+            },
+            1.0,
+            1,
+        );
+        let (ids, exact) = (u64::from(geo.ids), geo.capacity4());
+        assert!(!outgrows(&geo, &set(exact.min(ids) as u32, None, 32)));
+        assert!(outgrows(&geo, &set(exact as u32 + 1, None, 32)));
+        assert!(outgrows(&geo, &set(ids as u32 + 1, Some(22), 32)));
+        // Ported and prefix entries take ids, not exact records.
+        assert!(!outgrows(&geo, &set(ids as u32, Some(22), 32)));
+        assert!(!outgrows(&geo, &set(ids as u32, None, 24)));
     }
 
     /// `apply_changes`' core (ids from the kept pool, `update_changes`)
