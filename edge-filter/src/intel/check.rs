@@ -97,7 +97,8 @@ pub struct MapUse {
     pub map: &'static str,
     /// Entries the desired state puts in it.
     pub entries: usize,
-    /// Its `[capacities]` size.
+    /// Its `[capacities]` size (the old layout's; the v2 datapath sizes
+    /// its maps from the set and ignores it).
     pub capacity: u32,
 }
 
@@ -181,19 +182,24 @@ impl CheckReport {
                 failed.join(", ")
             ));
         }
-        let over: Vec<String> = self
-            .over_capacity()
-            .map(|m| format!("{} ({} > {})", m.map, m.entries, m.capacity))
-            .collect();
-        if !over.is_empty() {
-            p.push(format!(
-                "maps would overflow (raise [capacities]): {}",
-                over.join(", ")
-            ));
-        }
+        // The maps follow the set (datapath v2 capacity tiers; the
+        // `[capacities]` of `maps` are the old layout's and are ignored):
+        // the one size limit is the ids a decision word carries.
+        p.extend(ids_problem(self.entries + self.allowlist.nets));
         p.extend(self.path_problems.iter().cloned());
         p
     }
+}
+
+/// The problem of a set of `keys` distinct entries and allowlisted nets
+/// when the datapath cannot give each an id.
+fn ids_problem(keys: usize) -> Option<String> {
+    let max = edge_filter_common::v2::MAX_IDS as usize;
+    (keys > max).then(|| {
+        format!(
+            "the set has {keys} distinct entries and allowlisted nets; the datapath carries at most {max}"
+        )
+    })
 }
 
 /// A trust finding as a line, `None` when there is none or the path could
@@ -768,6 +774,15 @@ role = "allow"
         assert!(check(&cfg, "c", NOW).problems().is_empty());
     }
 
+    /// The one size limit is the datapath's ids.
+    #[test]
+    fn too_many_keys_for_the_ids_is_a_problem() {
+        let max = edge_filter_common::v2::MAX_IDS as usize;
+        assert_eq!(ids_problem(max), None);
+        let p = ids_problem(max + 1).expect("a problem");
+        assert!(p.contains(&format!("{} distinct", max + 1)), "{p}");
+    }
+
     #[test]
     fn over_capacity_and_stix_objects() {
         let d = TempDir::new("cap");
@@ -781,6 +796,9 @@ role = "allow"
         );
         let cfg = Config::from_str_named(&text, "c").unwrap();
         let r = check(&cfg, "c", NOW);
+        // The old layout's capacities are reported, not a problem: the
+        // maps follow the set.
+        assert!(r.problems().is_empty(), "{:?}", r.problems());
         let over: Vec<_> = r.over_capacity().collect();
         assert_eq!(
             over,
