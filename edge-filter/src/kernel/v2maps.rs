@@ -379,6 +379,11 @@ fn hit_window(cursor: usize, n: usize, max: usize) -> (usize, usize, usize) {
     (start, end, if end < n { end } else { 0 })
 }
 
+/// Byte offset of `id`'s counter on CPU `cpu` in `V2_STATS`.
+fn counter_off(stride: usize, cpu: usize, id: usize) -> usize {
+    (cpu * stride + id) * size_of::<EntryCounter>()
+}
+
 fn map_err(op: String) -> impl FnOnce(MapError) -> Error {
     move |source| Error::Map { op, source }
 }
@@ -487,23 +492,29 @@ impl V2Maps {
         self.config.elements::<ConfigV2>(1)[0]
     }
 
-    /// Per-entry counters of ids `0..ids`, summed over CPUs: (packets, bytes).
-    /// Ids at or beyond the stride read as zero.
-    pub fn stats(&self, ids: u32) -> Vec<(u64, u64)> {
+    /// The id stride of the per-CPU counters (ids a CPU has room for) and
+    /// how many CPUs' counters the map holds.
+    fn counter_layout(&self) -> (usize, usize) {
         let stride = self
             .config
             .load32(std::mem::offset_of!(ConfigV2, stats_stride)) as usize;
         let cpus = (self.stats.elems() as usize)
             .checked_div(stride)
             .unwrap_or(0);
-        let per = size_of::<EntryCounter>();
+        (stride, cpus)
+    }
+
+    /// Per-entry counters of ids `0..ids`, summed over CPUs: (packets, bytes).
+    /// Ids at or beyond the stride read as zero.
+    pub fn stats(&self, ids: u32) -> Vec<(u64, u64)> {
+        let (stride, cpus) = self.counter_layout();
         (0..ids as usize)
             .map(|id| {
                 if id >= stride {
                     return (0, 0);
                 }
                 (0..cpus).fold((0, 0), |(p, b), c| {
-                    let off = (c * stride + id) * per;
+                    let off = counter_off(stride, c, id);
                     (p + self.stats.load64(off), b + self.stats.load64(off + 8))
                 })
             })
@@ -513,20 +524,14 @@ impl V2Maps {
     /// Zero the counters of `ids` on every CPU, and their last-hit records
     /// (before a new id's entry lands, so it starts from zero).
     pub fn zero_stats(&self, ids: &[u32]) {
-        let stride = self
-            .config
-            .load32(std::mem::offset_of!(ConfigV2, stats_stride)) as usize;
-        let cpus = (self.stats.elems() as usize)
-            .checked_div(stride)
-            .unwrap_or(0);
-        let per = size_of::<EntryCounter>();
+        let (stride, cpus) = self.counter_layout();
         for &id in ids {
             let id = id as usize;
             if id >= stride {
                 continue;
             }
             for c in 0..cpus {
-                let off = (c * stride + id) * per;
+                let off = counter_off(stride, c, id);
                 self.stats.store64(off, 0);
                 self.stats.store64(off + 8, 0);
             }
@@ -570,13 +575,7 @@ impl V2Maps {
     /// A pass reads at most [`HIT_PASS_IDS`] ids, from where the last one
     /// stopped.
     pub fn note_hits(&self, now: u32) -> usize {
-        let stride = self
-            .config
-            .load32(std::mem::offset_of!(ConfigV2, stats_stride)) as usize;
-        let cpus = (self.stats.elems() as usize)
-            .checked_div(stride)
-            .unwrap_or(0);
-        let per = size_of::<EntryCounter>();
+        let (stride, cpus) = self.counter_layout();
         let n = stride.min(self.lasthit.elems() as usize);
         let (start, end, next) = hit_window(
             self.hit_cursor.load(std::sync::atomic::Ordering::Relaxed),
@@ -588,16 +587,15 @@ impl V2Maps {
         let mut moved = 0;
         for id in start..end {
             let packets = (0..cpus).fold(0u64, |p, c| {
-                p.wrapping_add(self.stats.load64((c * stride + id) * per))
+                p.wrapping_add(self.stats.load64(counter_off(stride, c, id)))
             }) as u32;
-            let off = id * size_of::<LastHit>();
-            if self.lasthit.load64(off) as u32 != packets {
+            // The record's low word is its `packets`.
+            if self.lasthit.load64(id * size_of::<LastHit>()) as u32 != packets {
                 moved += 1;
                 // 0 means never; a pass that lands on a multiple of 2^32
                 // jiffies says one tick later.
                 let jiffies = if packets == 0 { 0 } else { now.max(1) };
-                self.lasthit
-                    .store64(off, u64::from(jiffies) << 32 | u64::from(packets));
+                self.store_last_hit(id as u32, LastHit { packets, jiffies });
             }
         }
         moved

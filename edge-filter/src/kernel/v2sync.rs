@@ -60,6 +60,11 @@ fn outgrows(geo: &Geometry, set: &EntrySet) -> bool {
     if keys > u64::from(geo.ids) {
         return true;
     }
+    // Exact addresses are keys: counting them (a pass over the set, at
+    // every delta) is needed only when the keys alone could overflow.
+    if keys <= geo.capacity4() {
+        return false;
+    }
     let exact4 = (set.entries.iter())
         .filter(|e| e.port.is_none() && matches!(e.net, IpNet::V4(n) if n.prefix_len() == 32))
         .count() as u64;
@@ -83,18 +88,14 @@ impl Tier {
         // the set (a separate `counts` pass built a hash map of every key:
         // a third of a 1M-entry start).
         let mut chosen = None;
-        let mut built = Some(Compiler::build_for(set, &ids, |c| {
-            let g = Geometry::for_counts(c, HEADROOM, seed);
-            chosen = Some(g);
-            g
-        }));
-        let Some(mut g) = chosen else {
+        let first = Compiler::build_for(set, &ids, |c| {
+            *chosen.insert(Geometry::for_counts(c, HEADROOM, seed))
+        });
+        let (mut g, mut built) = match (chosen, first) {
+            (Some(g), r) => (g, Some(r)),
             // The build failed before it counted: an input error.
-            return Err(layout_err(built.and_then(|r| r.err()).unwrap_or(
-                LayoutError::Full {
-                    what: "no geometry",
-                },
-            )));
+            (None, Err(e)) => return Err(layout_err(e)),
+            (None, Ok(_)) => unreachable!("a build chooses its geometry"),
         };
         // How many heap lines a set needs is known only once it is
         // compiled (a short prefix+port net puts a port list in every /16

@@ -104,7 +104,7 @@ fn join(addrs: &[String], prefixes: &[String]) -> Vec<u8> {
 }
 
 /// `/proc/PID/status` fields in bytes.
-fn status_kb(pid: u32, field: &str) -> Result<u64> {
+fn status_bytes(pid: u32, field: &str) -> Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     text.lines()
@@ -258,9 +258,9 @@ fn one_round(n: usize, seed: u64) -> Result<Round> {
     let (c, t) = (cpu_s(agent.pid())?, Instant::now());
     std::thread::sleep(IDLE_WINDOW);
     r.idle_cpu = (cpu_s(agent.pid())? - c) / t.elapsed().as_secs_f64();
-    r.steady_rss = status_kb(agent.pid(), "VmRSS")?;
-    r.steady_anon = status_kb(agent.pid(), "RssAnon")?;
-    r.steady_file = status_kb(agent.pid(), "RssFile")?;
+    r.steady_rss = status_bytes(agent.pid(), "VmRSS")?;
+    r.steady_anon = status_bytes(agent.pid(), "RssAnon")?;
+    r.steady_file = status_bytes(agent.pid(), "RssFile")?;
 
     // 3. Unchanged refresh: the body is fetched and hashed, not parsed.
     let (before, at) = (cpu_s(agent.pid())?, Instant::now());
@@ -289,7 +289,7 @@ fn one_round(n: usize, seed: u64) -> Result<Round> {
     wait_log(&agent, &applied, seen, big)?;
     std::thread::sleep(Duration::from_secs(1));
     r.changed_cpu_s = cpu_since(agent.pid(), before, at, r.idle_cpu)?;
-    r.changed_peak_rss = status_kb(agent.pid(), "VmHWM")?;
+    r.changed_peak_rss = status_bytes(agent.pid(), "VmHWM")?;
 
     // 5. The last-known-good copy.
     r.lkg_bytes = setup.lkg_bytes();

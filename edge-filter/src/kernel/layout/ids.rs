@@ -44,7 +44,7 @@ pub(super) fn exact_key4(a: u32) -> IdKey {
 
 impl Ids {
     /// Room for `exact4` exact portless IPv4 keys and `other` others.
-    pub fn with_capacity(exact4: usize, other: usize) -> Ids {
+    fn with_capacity(exact4: usize, other: usize) -> Ids {
         Ids {
             exact4: FxHashMap::with_capacity_and_hasher(exact4, Default::default()),
             other: FxHashMap::with_capacity_and_hasher(other, Default::default()),
@@ -153,12 +153,6 @@ impl Ids {
     /// The exact portless IPv4 keys as (address, id) (no order).
     pub fn exact4(&self) -> impl ExactSizeIterator<Item = (u32, u32)> + '_ {
         self.exact4.iter().map(|(&a, &id)| (a, id))
-    }
-
-    /// Bytes held by the tables (at capacity), for reports.
-    pub fn heap_bytes(&self) -> usize {
-        self.exact4.capacity() * (size_of::<(u32, u32)>() + 1)
-            + self.other.capacity() * (size_of::<(IdKey, u32)>() + 1)
     }
 }
 
