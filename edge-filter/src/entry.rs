@@ -214,6 +214,14 @@ pub struct EntrySet {
     pub entries: Vec<Entry>,
 }
 
+/// A set is its own set (what a holder shares with the sync engine, as
+/// `Arc<dyn AsRef<EntrySet>>`, may be just the set).
+impl AsRef<EntrySet> for EntrySet {
+    fn as_ref(&self) -> &EntrySet {
+        self
+    }
+}
+
 /// Name of an IP protocol number (`udp`, `tcp`, `icmpv6`, ...; the
 /// decimal number when it has none here): the one vocabulary of `replay`
 /// and `events` output.

@@ -35,6 +35,7 @@ use crate::kernel::attach;
 use crate::kernel::lock::AgentLock;
 use crate::kernel::maps::{EntryMaps, SetChanges};
 use crate::kernel::paths::Paths;
+use crate::kernel::v2sync::SharedSet;
 use crate::ops::status::{FeedHealth, STATUS_FILE, Status};
 
 /// Name of the shrink-guard blob in the state directory.
@@ -528,6 +529,11 @@ impl FeedAgent {
             }
             let mut watch = Watch::new(&paths, &i.name, i.mode, &cfg.capacities, att.reattached);
             watch.count(&att.maps, set);
+            let mut att = att;
+            if !keep {
+                // The start copied the set into the engine: share ours.
+                att.maps.share(&shared_set(&desired));
+            }
             // Kept contents are not `desired.set`: the first resync diffs
             // against what `apply` saw instead.
             let synced = !keep && att.maps.in_sync();
@@ -858,14 +864,16 @@ impl FeedAgent {
             watch,
         } in &mut self.ifaces
         {
+            // The engine holds the agent's set rather than a copy of it.
+            maps.offer(shared_set(&self.desired));
             let r = if *synced && maps.in_sync() {
                 let ch = changes
                     .get_or_insert_with(|| SetChanges::between(&prev.set, &self.desired.set));
                 maps.apply_changes(&self.desired.set, ch, flags)
             } else {
-                // The agent keeps the set itself: no copy in the maps.
                 maps.rebuild(&self.desired.set, flags)
             };
+            maps.withdraw();
             *synced = matches!(&r, Ok(s) if s.refused == 0);
             *incomplete = !*synced;
             match r {
@@ -933,6 +941,8 @@ impl FeedAgent {
                             "{iface}: {drift} map entries had been changed behind the agent's back; repaired"
                         );
                         self.status.drift_repairs += drift as u64;
+                        // The repair copied the set into the engine.
+                        maps.share(&shared_set(&self.desired));
                     }
                     if let Some(c) = census {
                         watch.set_census(c.entries, c.missing);
@@ -1038,6 +1048,12 @@ fn flags(cfg: &Config) -> u32 {
     } else {
         0
     }
+}
+
+/// The desired state as the set the sync engine shares
+/// (`EntryMaps::offer`).
+fn shared_set(d: &std::sync::Arc<DesiredState>) -> SharedSet {
+    std::sync::Arc::clone(d) as SharedSet
 }
 
 /// Give the pages of memory freed by a sync or a reconcile pass back to

@@ -175,6 +175,14 @@ pub struct DesiredState {
     pub next_activation: Option<OffsetDateTime>,
 }
 
+/// The set, for whoever shares the state rather than copying the set (the
+/// sync engine: `EntryMaps::offer`).
+impl AsRef<EntrySet> for DesiredState {
+    fn as_ref(&self) -> &EntrySet {
+        &self.set
+    }
+}
+
 impl DesiredState {
     /// The position of `key` in `set.entries`.
     fn position(&self, key: &EntryKey) -> Option<usize> {

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ use edge_filter_common::v2::{
 };
 
 use crate::error::{Error, Result};
-use crate::kernel::layout::{Geometry, Plan, Step, Tables, Write};
+use crate::kernel::layout::{Arr, Backing, Backings, Geometry, Plan, Step, Tables, Write};
 
 /// The flags of `V2_CONFIG` the compiler owns; the others (record last,
 /// malformed drop, sampling) are the agent's and survive its stores.
@@ -322,10 +323,30 @@ impl Mapped {
     }
 }
 
+impl Backing for Mapped {
+    fn base(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    fn bytes(&self) -> usize {
+        self.len
+    }
+}
+
 impl Drop for Mapped {
     fn drop(&mut self) {
         // SAFETY: our own mapping.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Whether `m` holds `a`: compared word by word for a copy; for an array
+/// that reads `m` itself ([`Tables::rebase`]), whether what the plans so
+/// far stored is still there (its checksum).
+fn holds<T: Copy>(m: &Mapped, a: &Arr<T>) -> bool {
+    match a.mapped_base() {
+        Some(p) => std::ptr::eq(p, m.ptr.as_ptr()) && !a.drifted(),
+        None => m.holds(a),
     }
 }
 
@@ -347,19 +368,19 @@ pub struct ApplyTiming {
 
 /// The v2 maps of one program instance, mapped.
 pub struct V2Maps {
-    config: Mapped,
-    sum4: Mapped,
-    exact4: Mapped,
-    dir4: Mapped,
-    heap: Mapped,
-    sum6: Mapped,
-    exact6: Mapped,
-    catalog: Mapped,
-    catalog6: Mapped,
+    config: Arc<Mapped>,
+    sum4: Arc<Mapped>,
+    exact4: Arc<Mapped>,
+    dir4: Arc<Mapped>,
+    heap: Arc<Mapped>,
+    sum6: Arc<Mapped>,
+    exact6: Arc<Mapped>,
+    catalog: Arc<Mapped>,
+    catalog6: Arc<Mapped>,
     trie4: [LpmTrie<MapData, [u8; 4], u64>; 2],
     trie6: [LpmTrie<MapData, [u8; 16], u64>; 2],
-    stats: Mapped,
-    lasthit: Mapped,
+    stats: Arc<Mapped>,
+    lasthit: Arc<Mapped>,
     /// Where the next last-hit pass starts ([`V2Maps::note_hits`]).
     hit_cursor: std::sync::atomic::AtomicUsize,
 }
@@ -404,9 +425,9 @@ impl V2Maps {
     /// Map the v2 maps `open` gives by name (a loaded object's, or pinned
     /// ones); their sizes are the maps' own.
     pub fn from_fn(mut open: impl FnMut(&str) -> Result<Map>) -> Result<V2Maps> {
-        let mut array = |name: &str, elem: usize| -> Result<Mapped> {
+        let mut array = |name: &str, elem: usize| -> Result<Arc<Mapped>> {
             match open(name)? {
-                Map::Array(data) => Mapped::new(data, elem),
+                Map::Array(data) => Mapped::new(data, elem).map(Arc::new),
                 _ => Err(Error::Map {
                     op: format!("{name} is not an array map"),
                     source: MapError::InvalidName {
@@ -625,6 +646,21 @@ impl V2Maps {
             .store32(0, (cur & LAYOUT_FLAGS) | (flags & !LAYOUT_FLAGS));
     }
 
+    /// The arrays' memory, for a compiler to read instead of its own copy
+    /// ([`Tables::rebase`]); the mappings stay while it does.
+    pub fn backings(&self) -> Backings {
+        Backings {
+            sum4: self.sum4.clone(),
+            exact4: self.exact4.clone(),
+            dir4: self.dir4.clone(),
+            heap: self.heap.clone(),
+            sum6: self.sum6.clone(),
+            exact6: self.exact6.clone(),
+            catalog: self.catalog.clone(),
+            catalog6: self.catalog6.clone(),
+        }
+    }
+
     /// Write whole tables (a fresh sync, before the program runs on them):
     /// arrays copied through the mappings, both trie generations filled,
     /// the config last (the runtime flags kept). The maps must be at least
@@ -765,19 +801,27 @@ impl V2Maps {
         }
         Ok(Tables {
             config: self.config(),
-            sum4: self.sum4.elements(self.sum4.elems() as usize),
+            sum4: self.sum4.elements(self.sum4.elems() as usize).into(),
             exact4: self
                 .exact4
-                .elements::<Bucket4>(self.exact4.elems() as usize),
-            dir4: self.dir4.elements(DIR4_ENTRIES as usize),
-            heap: self.heap.elements::<Line>(self.heap.elems() as usize),
-            sum6: self.sum6.elements(self.sum6.elems() as usize),
+                .elements::<Bucket4>(self.exact4.elems() as usize)
+                .into(),
+            dir4: self.dir4.elements(DIR4_ENTRIES as usize).into(),
+            heap: self
+                .heap
+                .elements::<Line>(self.heap.elems() as usize)
+                .into(),
+            sum6: self.sum6.elements(self.sum6.elems() as usize).into(),
             exact6: self
                 .exact6
-                .elements::<Bucket6>(self.exact6.elems() as usize),
+                .elements::<Bucket6>(self.exact6.elems() as usize)
+                .into(),
             trie,
-            catalog: self.catalog.elements(self.catalog.elems() as usize),
-            catalog6: self.catalog6.elements(self.catalog6.elems() as usize),
+            catalog: self.catalog.elements(self.catalog.elems() as usize).into(),
+            catalog6: self
+                .catalog6
+                .elements(self.catalog6.elems() as usize)
+                .into(),
         })
     }
 
@@ -789,14 +833,14 @@ impl V2Maps {
         let mut config = self.config();
         config.flags &= LAYOUT_FLAGS;
         if config != t.config
-            || !self.sum4.holds(&t.sum4)
-            || !self.exact4.holds(&t.exact4)
-            || !self.dir4.holds(&t.dir4)
-            || !self.heap.holds(&t.heap)
-            || !self.sum6.holds(&t.sum6)
-            || !self.exact6.holds(&t.exact6)
-            || !self.catalog.holds(&t.catalog)
-            || !self.catalog6.holds(&t.catalog6)
+            || !holds(&self.sum4, &t.sum4)
+            || !holds(&self.exact4, &t.exact4)
+            || !holds(&self.dir4, &t.dir4)
+            || !holds(&self.heap, &t.heap)
+            || !holds(&self.sum6, &t.sum6)
+            || !holds(&self.exact6, &t.exact6)
+            || !holds(&self.catalog, &t.catalog)
+            || !holds(&self.catalog6, &t.catalog6)
             || t.sum4.len() != self.sum4.elems() as usize
             || t.exact4.len() != self.exact4.elems() as usize
             || t.heap.len() != self.heap.elems() as usize

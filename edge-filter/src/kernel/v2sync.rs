@@ -22,6 +22,7 @@
 //!   catalog (set and ids) and checked against a fresh compile (drift).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -314,6 +315,15 @@ fn commit(ids: &mut Ids, pool: &mut IdPool, delta: &Delta) {
     }
 }
 
+/// A set the caller keeps and shares with the engine ([`V2Sync::offer`]).
+pub type SharedSet = Arc<dyn AsRef<EntrySet> + Send + Sync>;
+
+/// The engine's set: its own copy, or the caller's.
+enum HeldSet {
+    Own(EntrySet),
+    Shared(SharedSet),
+}
+
 /// The v2 maps of one program instance and what they hold.
 pub struct V2Sync {
     maps: V2Maps,
@@ -323,8 +333,11 @@ pub struct V2Sync {
     compiler: Option<Compiler>,
     /// Ids of the set the maps hold.
     ids: Ids,
-    /// The set the maps hold (normalised as the catalog decodes it).
-    set: EntrySet,
+    /// The set the maps hold (normalised as the catalog decodes it): a
+    /// copy, or the caller's own when it offered it ([`V2Sync::offer`]).
+    set: HeldSet,
+    /// A set the caller holds and offers to share ([`V2Sync::offer`]).
+    offered: Option<SharedSet>,
     /// `ids` as a bitmap, for [`V2Sync::apply_changes`]; built on first
     /// use after anything replaced `ids` whole.
     pool: Option<IdPool>,
@@ -335,11 +348,14 @@ impl V2Sync {
     /// Fresh maps (all zero, nothing attached) given the tables of `tier`.
     pub fn install(mut maps: V2Maps, tier: Tier, set: &EntrySet, seed: u64) -> Result<V2Sync> {
         maps.write_image(tier.compiler.tables())?;
+        let mut compiler = tier.compiler;
+        compiler.rebase(&maps.backings()).map_err(layout_err)?;
         Ok(V2Sync {
             maps,
-            compiler: Some(tier.compiler),
+            compiler: Some(compiler),
             ids: tier.ids,
-            set: set.clone(),
+            set: HeldSet::Own(set.clone()),
+            offered: None,
             pool: None,
             seed,
         })
@@ -383,11 +399,18 @@ impl V2Sync {
             ),
             None => (true, false),
         };
+        drop(kernel);
+        // Plan against the maps themselves, not a copy of them.
+        let compiler = match fresh {
+            Some(mut c) if in_place => c.rebase(&maps.backings()).ok().map(|()| c),
+            _ => None,
+        };
         let sync = V2Sync {
             maps,
-            compiler: if in_place { fresh } else { None },
+            compiler,
             ids,
-            set,
+            set: HeldSet::Own(set),
+            offered: None,
             pool: None,
             seed,
         };
@@ -443,9 +466,10 @@ impl V2Sync {
             self.compiler = None;
             return Err(e);
         }
+        settle(&mut self.compiler)?;
         self.ids = ids;
         self.pool = None;
-        copy_set(&mut self.set, set);
+        self.keep_set(set);
         Ok(Applied::Done(counts))
     }
 
@@ -505,8 +529,9 @@ impl V2Sync {
             self.compiler = None;
             return Err(e);
         }
+        settle(&mut self.compiler)?;
         commit(&mut self.ids, pool, &delta);
-        copy_set(&mut self.set, set);
+        self.keep_set(set);
         Ok(Applied::Done(counts))
     }
 
@@ -536,11 +561,13 @@ impl V2Sync {
         for &(id, _, _) in &carry {
             maps.store_last_hit(id, hits[id as usize]);
         }
+        let mut compiler = tier.compiler;
+        compiler.rebase(&maps.backings()).map_err(layout_err)?;
         let old_maps = std::mem::replace(&mut self.maps, maps);
-        self.compiler = Some(tier.compiler);
+        self.compiler = Some(compiler);
         self.ids = tier.ids;
         self.pool = None;
-        copy_set(&mut self.set, set);
+        self.keep_set(set);
         Ok(old_maps)
     }
 
@@ -563,7 +590,57 @@ impl V2Sync {
 
     /// The set the maps hold.
     pub fn set(&self) -> &EntrySet {
-        &self.set
+        match &self.set {
+            HeldSet::Own(s) => s,
+            HeldSet::Shared(s) => (**s).as_ref(),
+        }
+    }
+
+    /// The caller keeps `set` (e.g. the agent's desired state) and will
+    /// pass it, as `&*set`, to the next apply: the engine then holds a
+    /// reference to it rather than a copy (a 1M-entry set is 26 MB). Only
+    /// that very set is shared (compared by address); the offer lasts
+    /// until [`V2Sync::withdraw`].
+    pub fn offer(&mut self, set: SharedSet) {
+        self.offered = Some(set);
+    }
+
+    /// Hold `set` instead of an equal copy (e.g. the agent's desired state
+    /// after a start that copied it). Returns whether the engine now holds
+    /// it; a set that differs is not taken.
+    pub fn share(&mut self, set: &SharedSet) -> bool {
+        match &self.set {
+            HeldSet::Shared(s) if Arc::ptr_eq(s, set) => true,
+            _ if self.set() == (**set).as_ref() => {
+                self.set = HeldSet::Shared(Arc::clone(set));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// End an [`V2Sync::offer`].
+    pub fn withdraw(&mut self) {
+        self.offered = None;
+    }
+
+    /// `set` is now what the maps hold: share it when it is the offered
+    /// set, else copy it (into the vectors a copy already has: a 1M set's
+    /// pages need not be faulted in at every sync).
+    fn keep_set(&mut self, set: &EntrySet) {
+        if let Some(o) = &self.offered
+            && std::ptr::eq((**o).as_ref(), set)
+        {
+            self.set = HeldSet::Shared(Arc::clone(o));
+            return;
+        }
+        match &mut self.set {
+            HeldSet::Own(to) => {
+                to.allow.clone_from(&set.allow);
+                to.entries.clone_from(&set.entries);
+            }
+            HeldSet::Shared(_) => self.set = HeldSet::Own(set.clone()),
+        }
     }
 
     /// The ids of its keys.
@@ -594,9 +671,13 @@ impl V2Sync {
         if self.maps.holds(c.tables())? {
             return Ok(false);
         }
-        let mut kernel = self.maps.read()?;
-        kernel.config.flags &= LAYOUT_FLAGS;
-        let drift = canonical(&kernel) != canonical(c.tables());
+        // A compiler that reads the maps themselves keeps only a checksum
+        // of what they should hold: any difference is drift.
+        let drift = c.tables().is_mapped() || {
+            let mut kernel = self.maps.read()?;
+            kernel.config.flags &= LAYOUT_FLAGS;
+            canonical(&kernel) != canonical(c.tables())
+        };
         if drift {
             self.compiler = None;
         }
@@ -604,11 +685,16 @@ impl V2Sync {
     }
 }
 
-/// `*to = from.clone()`, into the vectors `to` already has (a 1M set is
-/// copied at every sync: its pages need not be faulted in each time).
-fn copy_set(to: &mut EntrySet, from: &EntrySet) {
-    to.allow.clone_from(&from.allow);
-    to.entries.clone_from(&from.entries);
+/// A plan was applied: the compiler checks the maps hold what it stored.
+/// When they do not, only a new tier brings them back together.
+fn settle(compiler: &mut Option<Compiler>) -> Result<()> {
+    if let Some(c) = compiler.as_mut()
+        && let Err(e) = c.settle()
+    {
+        *compiler = None;
+        return Err(layout_err(e));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,16 +11,40 @@ use rustc_hash::FxHashMap;
 /// its first bucket or, when that is full, its second (and the first's
 /// spill count says so).
 #[derive(Clone, Debug)]
-pub(crate) struct Placement<K: Copy + Eq + Hash> {
+pub(crate) struct Placement<K: Copy + Eq + Hash + Default> {
     pub slots: u32,
-    occ: Vec<Option<K>>,
+    /// The key in each slot, valid where its `used` bit is set (a bitmap
+    /// beside plain keys: `Option<u32>` took 8 bytes a slot, 32 MB of a
+    /// 1M-entry tier's 4M slots).
+    keys: Vec<K>,
+    used: Bits,
     /// Keys placed (a key is found by scanning its two buckets: no
     /// per-key index).
     count: usize,
     /// Keys whose first bucket is this one that live in their second.
     spills: Vec<u32>,
     quarantine: Vec<u32>,
-    held: Vec<bool>,
+    /// Slots freed by a plan not yet applied.
+    held: Bits,
+}
+
+/// A fixed-size bitmap.
+#[derive(Clone, Debug)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Bits {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] >> (i % 64) & 1 == 1
+    }
+
+    fn set(&mut self, i: usize, on: bool) {
+        let (w, b) = (i / 64, i % 64);
+        self.0[w] = self.0[w] & !(1 << b) | (on as u64) << b;
+    }
 }
 
 /// Where an insert or removal happened.
@@ -33,16 +57,17 @@ pub(crate) struct Placed {
     pub spill_flip: Option<u32>,
 }
 
-impl<K: Copy + Eq + Hash> Placement<K> {
+impl<K: Copy + Eq + Hash + Default> Placement<K> {
     pub fn new(buckets: u32, slots: u32) -> Self {
         let n = (buckets * slots) as usize;
         Placement {
             slots,
-            occ: vec![None; n],
+            keys: vec![K::default(); n],
+            used: Bits::new(n),
             count: 0,
             spills: vec![0; buckets as usize],
             quarantine: Vec::new(),
-            held: vec![false; n],
+            held: Bits::new(n),
         }
     }
 
@@ -50,12 +75,22 @@ impl<K: Copy + Eq + Hash> Placement<K> {
         self.count
     }
 
+    /// The key in slot `p`.
+    fn occ(&self, p: usize) -> Option<K> {
+        self.used.get(p).then(|| self.keys[p])
+    }
+
+    fn put(&mut self, p: usize, k: Option<K>) {
+        self.used.set(p, k.is_some());
+        self.keys[p] = k.unwrap_or_default();
+    }
+
     /// The position of `k` (buckets `b1`, `b2`).
     fn find(&self, k: &K, b1: u32, b2: u32) -> Option<u32> {
         for b in [b1, b2] {
             for s in 0..self.slots {
                 let p = b * self.slots + s;
-                if self.occ[p as usize].as_ref() == Some(k) {
+                if self.occ(p as usize).as_ref() == Some(k) {
                     return Some(p);
                 }
             }
@@ -76,7 +111,7 @@ impl<K: Copy + Eq + Hash> Placement<K> {
     fn free_in(&self, b: u32) -> Option<u32> {
         (0..self.slots).find(|&s| {
             let p = (b * self.slots + s) as usize;
-            self.occ[p].is_none() && !self.held[p]
+            !self.used.get(p) && !self.held.get(p)
         })
     }
 
@@ -92,7 +127,7 @@ impl<K: Copy + Eq + Hash> Placement<K> {
             return None;
         };
         let p = bucket * self.slots + slot;
-        self.occ[p as usize] = Some(k);
+        self.put(p as usize, Some(k));
         self.count += 1;
         Some(Placed {
             bucket,
@@ -115,7 +150,7 @@ impl<K: Copy + Eq + Hash> Placement<K> {
         for b in [b1, b2] {
             for s in 0..self.slots {
                 let from = b * self.slots + s;
-                let Some(k) = self.occ[from as usize] else {
+                let Some(k) = self.occ(from as usize) else {
                     continue;
                 };
                 if !movable(&k) {
@@ -130,8 +165,8 @@ impl<K: Copy + Eq + Hash> Placement<K> {
                     continue;
                 };
                 let to = alt * self.slots + t;
-                self.occ[from as usize] = None;
-                self.occ[to as usize] = Some(k);
+                self.put(from as usize, None);
+                self.put(to as usize, Some(k));
                 let mut spill_set = None;
                 let mut spill_clear = None;
                 if alt == h2 {
@@ -164,8 +199,8 @@ impl<K: Copy + Eq + Hash> Placement<K> {
     pub fn remove(&mut self, k: &K, b1: u32, b2: u32) -> Option<Placed> {
         let p = self.find(k, b1, b2)?;
         self.count -= 1;
-        self.occ[p as usize] = None;
-        self.held[p as usize] = true;
+        self.put(p as usize, None);
+        self.held.set(p as usize, true);
         self.quarantine.push(p);
         let (bucket, slot) = (p / self.slots, p % self.slots);
         let mut spill_flip = None;
@@ -186,7 +221,7 @@ impl<K: Copy + Eq + Hash> Placement<K> {
     /// Quarantined slots become free.
     pub fn release(&mut self) {
         for p in self.quarantine.drain(..) {
-            self.held[p as usize] = false;
+            self.held.set(p as usize, false);
         }
     }
 

@@ -185,8 +185,8 @@ pub fn canonical(t: &Tables) -> Canonical {
         .collect();
     Canonical {
         flags: t.config.flags,
-        sum4: t.sum4.clone(),
-        sum6: t.sum6.clone(),
+        sum4: t.sum4.to_vec(),
+        sum6: t.sum6.to_vec(),
         records4,
         records6,
         dir4: t.dir4.iter().map(|&w| ranges(t, w)).collect(),

@@ -18,6 +18,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::alloc::{Heap, Placement, Run, Slots};
 use super::ids::{exact_addr4, exact_key4};
+use super::image::Backings;
 use super::model::{Decision, Exact, Family, Net, Ranker, Scope, mask};
 use super::tables::{Counts, Geometry, Plan, Step, Tables, Write, key_of};
 use super::{IdKey, Ids, LayoutError, Result};
@@ -774,6 +775,24 @@ impl Compiler {
     /// The tables as they are once every plan so far has been applied.
     pub fn tables(&self) -> &Tables {
         &self.tables
+    }
+
+    /// Read the kernel's maps, which hold this compiler's tables, instead
+    /// of its own copy of them (see [`Tables::rebase`]): from then on each
+    /// plan must be applied and then [`Compiler::settle`]d.
+    pub fn rebase(&mut self, maps: &Backings) -> Result<()> {
+        Ok(self.tables.rebase(maps)?)
+    }
+
+    /// The last plan has been applied to the maps: check they hold what it
+    /// stored and forget the stores (a no-op for a compiler with its own
+    /// copy). On an error the compiler no longer matches the maps.
+    pub fn settle(&mut self) -> Result<()> {
+        let r = self.tables.settle();
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        Ok(r?)
     }
 
     /// The geometry.

@@ -27,6 +27,7 @@ mod alloc;
 mod canon;
 mod compile;
 mod ids;
+mod image;
 mod model;
 pub mod sim;
 mod tables;
@@ -36,6 +37,7 @@ pub(crate) mod tests;
 pub use canon::{Canonical, Resolved, canonical, decode, resolve};
 pub use compile::{Compiler, KeyValue, assign_ids, counts};
 pub use ids::Ids;
+pub use image::{Arr, Backing, Backings, ImageError};
 pub use model::Decision;
 pub use sim::{Reader, SimVerdict, lookup};
 pub use tables::{Counts, Geometry, Plan, Step, Tables, Write};
@@ -109,6 +111,10 @@ pub enum LayoutError {
     /// the tables. Build the next tier.
     #[error("a previous update failed part-way; build the tables again")]
     Poisoned,
+    /// The kernel's maps do not hold what the compiler planned against
+    /// ([`Compiler::rebase`], [`Compiler::settle`]): build the next tier.
+    #[error("{0}; build the tables again")]
+    Image(#[from] ImageError),
     /// Tables that do not decode (adoption of foreign or damaged maps).
     #[error("the tables do not decode: {0}")]
     Decode(String),

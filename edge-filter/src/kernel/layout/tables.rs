@@ -8,6 +8,7 @@ use edge_filter_common::v2::{
     summary_bits_for, summary_words,
 };
 
+use super::image::{Arr, Backings, ImageError};
 use super::model::Net;
 
 /// Sizes and seeds of one capacity tier. Every table is sized here at
@@ -146,23 +147,23 @@ pub struct Tables {
     /// `V2_CONFIG[0]`.
     pub config: ConfigV2,
     /// `V2_SUM4`.
-    pub sum4: Vec<u64>,
+    pub sum4: Arr<u64>,
     /// `V2_EXACT4`.
-    pub exact4: Vec<Bucket4>,
+    pub exact4: Arr<Bucket4>,
     /// `V2_DIR4`.
-    pub dir4: Vec<u32>,
+    pub dir4: Arr<u32>,
     /// `V2_HEAP`.
-    pub heap: Vec<Line>,
+    pub heap: Arr<Line>,
     /// `V2_SUM6`.
-    pub sum6: Vec<u64>,
+    pub sum6: Arr<u64>,
     /// `V2_EXACT6`.
-    pub exact6: Vec<Bucket6>,
+    pub exact6: Arr<Bucket6>,
     /// The folded tries: `trie[v6][generation]`, keyed by net.
     pub trie: [[BTreeMap<(u128, u8), u64>; 2]; 2],
     /// `V2_CATALOG`.
-    pub catalog: Vec<u64>,
+    pub catalog: Arr<u64>,
     /// `V2_CATADDR6`.
-    pub catalog6: Vec<[u8; 16]>,
+    pub catalog6: Arr<[u8; 16]>,
 }
 
 impl Tables {
@@ -170,15 +171,15 @@ impl Tables {
     pub fn new(g: &Geometry) -> Tables {
         Tables {
             config: g.config(),
-            sum4: vec![0; summary_words(g.sum4_bits) as usize],
-            exact4: vec![Bucket4::default(); g.buckets4 as usize],
-            dir4: vec![0; DIR4_ENTRIES as usize],
-            heap: vec![[0; 8]; g.heap_lines as usize],
-            sum6: vec![0; summary_words(g.sum6_bits) as usize],
-            exact6: vec![Bucket6::default(); g.buckets6 as usize],
+            sum4: vec![0; summary_words(g.sum4_bits) as usize].into(),
+            exact4: vec![Bucket4::default(); g.buckets4 as usize].into(),
+            dir4: vec![0; DIR4_ENTRIES as usize].into(),
+            heap: vec![[0; 8]; g.heap_lines as usize].into(),
+            sum6: vec![0; summary_words(g.sum6_bits) as usize].into(),
+            exact6: vec![Bucket6::default(); g.buckets6 as usize].into(),
             trie: Default::default(),
-            catalog: vec![0; g.ids as usize],
-            catalog6: vec![[0; 16]; g.catalog6 as usize],
+            catalog: vec![0; g.ids as usize].into(),
+            catalog6: vec![[0; 16]; g.catalog6 as usize].into(),
         }
     }
 
@@ -234,6 +235,69 @@ impl Tables {
     ) -> Option<u64> {
         lens.iter()
             .find_map(|&l| t.get(&(super::model::mask(addr, l, width), l)).copied())
+    }
+
+    /// Read the kernel's maps instead of a copy: each array is dropped
+    /// and `b`'s memory read in its place (which must hold the same
+    /// bytes: checked). From then on stores go to an overlay until
+    /// [`Tables::settle`]. On an error the arrays rebased so far stay
+    /// rebased and the others owned: either way the tables read the same.
+    pub fn rebase(&mut self, b: &Backings) -> Result<(), ImageError> {
+        self.sum4.rebase(b.sum4.clone())?;
+        self.exact4.rebase(b.exact4.clone())?;
+        self.dir4.rebase(b.dir4.clone())?;
+        self.heap.rebase(b.heap.clone())?;
+        self.sum6.rebase(b.sum6.clone())?;
+        self.exact6.rebase(b.exact6.clone())?;
+        self.catalog.rebase(b.catalog.clone())?;
+        self.catalog6.rebase(b.catalog6.clone())
+    }
+
+    /// Whether the arrays read the kernel's maps ([`Tables::rebase`]).
+    pub fn is_mapped(&self) -> bool {
+        self.exact4.is_mapped()
+    }
+
+    /// Elements a pending plan stores in the arrays (the overlay).
+    pub fn pending(&self) -> usize {
+        self.sum4.pending()
+            + self.exact4.pending()
+            + self.dir4.pending()
+            + self.heap.pending()
+            + self.sum6.pending()
+            + self.exact6.pending()
+            + self.catalog.pending()
+            + self.catalog6.pending()
+    }
+
+    /// The pending plan has been applied: check the kernel holds what it
+    /// stored and drop the overlay (see [`Arr::settle`]). Every array is
+    /// settled even when one differs.
+    pub fn settle(&mut self) -> Result<(), ImageError> {
+        let r = [
+            self.sum4.settle(),
+            self.exact4.settle(),
+            self.dir4.settle(),
+            self.heap.settle(),
+            self.sum6.settle(),
+            self.exact6.settle(),
+            self.catalog.settle(),
+            self.catalog6.settle(),
+        ];
+        r.into_iter().collect()
+    }
+
+    /// Whether a mapped array's memory differs from what the plans so far
+    /// stored (see [`Arr::drifted`]; `false` for owned arrays).
+    pub fn arrays_drifted(&self) -> bool {
+        self.sum4.drifted()
+            || self.exact4.drifted()
+            || self.dir4.drifted()
+            || self.heap.drifted()
+            || self.sum6.drifted()
+            || self.exact6.drifted()
+            || self.catalog.drifted()
+            || self.catalog6.drifted()
     }
 
     /// Bytes of every array (what the kernel's maps of this geometry take,

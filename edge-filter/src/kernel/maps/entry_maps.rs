@@ -27,7 +27,7 @@ use crate::entry::EntrySet;
 use crate::error::{Error, Result};
 use crate::kernel::layout::{IdKey, Ids, assign_ids, decode};
 use crate::kernel::v2maps::{Sizes, V2Maps};
-use crate::kernel::v2sync::{Applied, Tier, V2Sync};
+use crate::kernel::v2sync::{Applied, SharedSet, Tier, V2Sync};
 use crate::kernel::{attach, program};
 
 /// The first tier of a set, compiled before the program instance that
@@ -94,6 +94,9 @@ pub struct EntryMaps {
     synced: bool,
     /// Hash seed of the tiers this process builds.
     seed: u64,
+    /// A set the caller keeps, to share with the engine
+    /// ([`EntryMaps::offer`]).
+    offered: Option<SharedSet>,
 }
 
 /// Outcome of a sync.
@@ -182,6 +185,7 @@ impl EntryMaps {
             home,
             synced: true,
             seed,
+            offered: None,
         })
     }
 
@@ -223,6 +227,7 @@ impl EntryMaps {
             home,
             synced: false,
             seed: new_seed(),
+            offered: None,
         })
     }
 
@@ -333,6 +338,30 @@ impl EntryMaps {
         }
     }
 
+    /// The caller keeps `set` and passes it (as `&*set`) to the next
+    /// applies: the engine then holds it rather than a copy
+    /// ([`V2Sync::offer`]), until [`EntryMaps::withdraw`].
+    pub fn offer(&mut self, set: SharedSet) {
+        self.offered = Some(set);
+    }
+
+    /// End an [`EntryMaps::offer`].
+    pub fn withdraw(&mut self) {
+        self.offered = None;
+        if let State::Engine(sync) = &mut self.state {
+            sync.withdraw();
+        }
+    }
+
+    /// Let the engine hold `set` instead of its equal copy (after a start
+    /// or a repair, which copy). Returns whether it holds it.
+    pub fn share(&mut self, set: &SharedSet) -> bool {
+        match &mut self.state {
+            State::Engine(sync) => sync.share(set),
+            _ => false,
+        }
+    }
+
     /// Make the maps enforce `set` (keeping existing ids).
     pub fn apply(&mut self, set: &EntrySet, flags: u32) -> Result<SyncStats> {
         let set = normalized(set);
@@ -384,7 +413,11 @@ impl EntryMaps {
         };
         self.set_config(flags, 0)?;
         // A new tier compiled for the set either lands or fails whole.
+        let offered = self.offered.clone();
         let (sync, _) = self.engine_mut()?;
+        if let Some(o) = offered {
+            sync.offer(o);
+        }
         let applied = if delta {
             sync.apply_changes(set, &changes.key_changes())?
         } else {
