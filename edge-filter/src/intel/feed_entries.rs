@@ -111,15 +111,6 @@ impl FeedEntries {
         })
     }
 
-    /// How many distinct keys (by a sort: a hash set of 1M keys was a
-    /// sixth of a start from a last-known-good copy).
-    pub fn distinct_keys(&self) -> usize {
-        let mut keys: Vec<crate::entry::EntryKey> = self.entries.iter().map(Entry::key).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        keys.len()
-    }
-
     /// Every entry, in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = FeedEntryRef<'_>> + '_ {
         (0..self.entries.len()).map(|i| self.get(i).expect("in range"))
@@ -392,9 +383,6 @@ mod tests {
         v.push(odd);
         let c = FeedEntries::from(v.clone());
         assert_eq!(c.metas.len(), 2, "{:?}", c.metas);
-        assert_eq!(c.distinct_keys(), 13);
-        let twice: FeedEntries = [fe("10.0.0.1/32"), fe("10.0.0.1/32")].into_iter().collect();
-        assert_eq!(twice.distinct_keys(), 1);
         assert_eq!(c.to_vec(), v);
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(json, serde_json::to_string(&v).unwrap());

@@ -253,8 +253,10 @@ fn one_round(n: usize, seed: u64) -> Result<Round> {
     r.first_sync_s = t.elapsed().as_secs_f64();
     r.first_sync_cpu_s = cpu_s(agent.pid())?;
 
-    // 2. Steady, and the idle CPU rate.
-    std::thread::sleep(Duration::from_secs(3));
+    // 2. Steady, and the idle CPU rate. The sync's tail (the last-known-
+    // good copy's write, freeing memory) outlasts its log line by about a
+    // second per million entries: at 11M a 3 s settle measured it as idle.
+    std::thread::sleep(Duration::from_secs(3 + (n / 1_000_000) as u64));
     let (c, t) = (cpu_s(agent.pid())?, Instant::now());
     std::thread::sleep(IDLE_WINDOW);
     r.idle_cpu = (cpu_s(agent.pid())? - c) / t.elapsed().as_secs_f64();
