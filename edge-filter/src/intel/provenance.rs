@@ -123,8 +123,8 @@ pub struct KeyCounts {
 /// [`Provenances`] ([`Builder::finish`]).
 #[derive(Default)]
 pub struct Builder {
-    /// Each assertion pushed: its key and record.
-    items: Vec<(EntryKey, u32)>,
+    /// Each assertion pushed: its key, record and push number.
+    items: Vec<(EntryKey, u32, u32)>,
     /// Distinct assertion records, and their numbers.
     records: Vec<Item>,
     record_index: rustc_hash::FxHashMap<Item, u32>,
@@ -173,7 +173,8 @@ impl Builder {
             expires: a.expires,
         };
         let r = self.record(item);
-        self.items.push((key, r));
+        let seq = u32::try_from(self.items.len()).expect("fewer than 2^32 assertions");
+        self.items.push((key, r, seq));
     }
 
     /// The entries (sorted by key, one per key, the strongest asserted
@@ -183,8 +184,11 @@ impl Builder {
     /// the strongest action, the latest expiry (none if either has none),
     /// the highest confidence and the first description.
     pub fn finish(mut self) -> (Vec<Entry>, Provenances, HashMap<u32, KeyCounts>) {
-        // Stable: the push order survives within a key.
-        self.items.sort_by_key(|a| a.0);
+        // The push order survives within a key: it breaks ties, so an
+        // unstable sort (ipnsort) gives the stable order, faster than the
+        // stable one on 1M assertions in random order.
+        self.items
+            .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
         let mut entries = Vec::with_capacity(self.items.len());
         let mut starts = Vec::with_capacity(self.items.len() + 1);
         let mut refs: Vec<u32> = Vec::with_capacity(self.items.len());
