@@ -207,13 +207,6 @@ pub fn edge_filter_v2_nostats(ctx: XdpContext) -> u32 {
     edge_filter_ebpf::v2::run::<{ v2::STATS_NONE }, false>(&ctx)
 }
 
-/// [`edge_filter_v2`] counting one hit in 16 per CPU (sixteen at a time):
-/// the price of sampled per-entry counters.
-#[xdp]
-pub fn edge_filter_v2_sampled(ctx: XdpContext) -> u32 {
-    edge_filter_ebpf::v2::run::<{ v2::STATS_SAMPLED }, false>(&ctx)
-}
-
 /// [`edge_filter_v2`] with the folded LPM trie for IPv4 prefixes (the
 /// other candidate of `docs/datapath-v2.md`).
 #[xdp]

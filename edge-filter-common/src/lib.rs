@@ -156,6 +156,20 @@ pub const CONFIG_RECORD_LAST: u32 = 1 << 1;
 /// sets it for its own lifetime; the agent preserves it across syncs.
 pub const CONFIG_SAMPLE_EVENTS: u32 = 1 << 2;
 
+/// Per-entry hit counters (`V2_STATS`) count one hit in
+/// [`ENTRY_SAMPLE_EVERY`] per CPU and verdict reason, as that many packets
+/// (and that many times its bytes): an estimate that spares most hits the
+/// counter's cache line, the largest cost of a hit after the lookup.
+/// Ignored when [`CONFIG_COUNT_OFF`] is set.
+pub const CONFIG_COUNT_SAMPLED: u32 = 1 << 3;
+/// Per-entry hit counters are not written at all (verdict counters still
+/// are).
+pub const CONFIG_COUNT_OFF: u32 = 1 << 4;
+/// See [`CONFIG_COUNT_SAMPLED`]. A power of two (the datapath tests it with
+/// a mask).
+pub const ENTRY_SAMPLE_EVERY: u32 = 16;
+const _: () = assert!(ENTRY_SAMPLE_EVERY.is_power_of_two());
+
 /// [`Config::nonempty`] bits, one per entry map.
 pub const MAPBIT_ALLOW_V4: u32 = 1 << 0;
 /// See [`MAPBIT_ALLOW_V4`].

@@ -25,9 +25,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use edge_filter_common::{
-    CONFIG_MALFORMED_DROP, CONFIG_RECORD_LAST, CONFIG_SAMPLE_EVENTS, NO_ENTRY, REASON_DROP_BASE,
-    REASON_MONITOR_BASE, REASON_PASS_ALLOWLIST, REASON_PASS_NO_MATCH, REASON_PASS_NON_IP, Reason,
-    SIDE_DST, SIDE_SRC, reason_malformed,
+    CONFIG_COUNT_OFF, CONFIG_COUNT_SAMPLED, CONFIG_MALFORMED_DROP, CONFIG_RECORD_LAST,
+    CONFIG_SAMPLE_EVENTS, ENTRY_SAMPLE_EVERY, NO_ENTRY, REASON_DROP_BASE, REASON_MONITOR_BASE,
+    REASON_PASS_ALLOWLIST, REASON_PASS_NO_MATCH, REASON_PASS_NON_IP, Reason, SIDE_DST, SIDE_SRC,
+    reason_malformed,
     v2::{
         BPF_F_MMAPABLE, BTREE_MAX_DEPTH, Bucket4, Bucket6, CODE_ALLOW, CatalogWord, ConfigV2,
         DIR_BLOCK, DIR_LINE_MASK, DIR4_LINES, DirLine, EntryCounter, Line, META_INDIRECT,
@@ -125,13 +126,10 @@ fn pack_ports(p: &Option<Source>) -> u64 {
 
 /// Per-entry counting: none (the benchmark's baseline).
 pub const STATS_NONE: u8 = 0;
-/// Per-entry counting: every hit (one cache line per hit).
+/// Per-entry counting as the runtime flags say: every hit (one cache line
+/// per hit), one in [`ENTRY_SAMPLE_EVERY`] with [`CONFIG_COUNT_SAMPLED`],
+/// none with [`CONFIG_COUNT_OFF`].
 pub const STATS_EXACT: u8 = 1;
-/// Per-entry counting: one hit in [`STATS_SAMPLE_EVERY`] per CPU, counted
-/// that many times (an estimate; the measured alternative).
-pub const STATS_SAMPLED: u8 = 2;
-/// See [`STATS_SAMPLED`].
-pub const STATS_SAMPLE_EVERY: u32 = 16;
 
 /// The whole program: parse, classify, count, record, return. `STATS`
 /// (`STATS_*`) counts hits on [`V2_STATS`]; `TRIE4` takes IPv4 prefixes
@@ -162,13 +160,15 @@ pub fn run<const STATS: u8, const TRIE4: bool>(ctx: &XdpContext) -> u32 {
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
     let seen = count_reason(reason, len);
-    if STATS == STATS_EXACT && id != NO_ENTRY {
-        count_entry(stride, id, 1, len);
-    }
-    // The reason's own per-CPU counter (a line just written) is the tick.
-    if STATS == STATS_SAMPLED && id != NO_ENTRY && seen.is_multiple_of(STATS_SAMPLE_EVERY as u64) {
-        let n = STATS_SAMPLE_EVERY as u64;
-        count_entry(stride, id, n, len * n);
+    if STATS == STATS_EXACT && id != NO_ENTRY && flags & CONFIG_COUNT_OFF == 0 {
+        if flags & CONFIG_COUNT_SAMPLED == 0 {
+            count_entry(stride, id, 1, len);
+        } else if seen & (ENTRY_SAMPLE_EVERY as u64 - 1) == 0 {
+            // The reason's own per-CPU counter (a line just written) is
+            // the tick.
+            let n = ENTRY_SAMPLE_EVERY as u64;
+            count_entry(stride, id, n, len * n);
+        }
     }
     if flags & CONFIG_SAMPLE_EVENTS != 0 && reason >= REASON_DROP_BASE {
         sample(&parsed, reason, id, len);

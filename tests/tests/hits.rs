@@ -14,6 +14,12 @@
 //! - `hits_every_entry_counted_whatever_max_entry_stats`: `--max-entry-stats
 //!   2` (which limited v1's per-entry counters) is ignored with a warning:
 //!   with datapath v2 every entry is counted exactly, nothing overflows.
+//! - `hits_sampled_and_off_entry_counters`: `--entry-counters sampled`
+//!   counts whole samples of `ENTRY_SAMPLE_EVERY` packets (bytes with
+//!   them), within a sample per CPU of what was sent, while the verdict
+//!   counters stay exact; `status` and `top` say so; restarted with `off`
+//!   the entries count nothing more, and with the default every packet
+//!   again.
 //! - `hits_per_feed_in_status_and_top`: a config agent with two feeds
 //!   asserting overlapping entries; `status --config --json` shows each
 //!   feed's drops and monitors (a hit counts for every feed asserting the
@@ -424,6 +430,105 @@ fn hits_every_entry_counted_whatever_max_entry_stats() {
     );
     let text = lab.ef_ok(&["top", "--zero"]);
     assert!(!text.contains("not counted"), "{text}");
+    drop(agent);
+    assert!(lab.detach().status.success());
+}
+
+#[test]
+fn hits_sampled_and_off_entry_counters() {
+    if netns::skip_unless_root("hits_sampled_and_off_entry_counters") {
+        return;
+    }
+    let every = u64::from(edge_filter_common::ENTRY_SAMPLE_EVERY);
+    let cpus = std::thread::available_parallelism().map_or(64, |n| n.get()) as u64;
+    let lab = Lab::create();
+    lab.add_receiver_addr(RECV4, 24);
+    lab.add_sender_addr(MARK4, 24);
+    let (drop4, mon4) = ("192.0.2.51", "192.0.2.52");
+    lab.add_sender_addr(ip(drop4), 24);
+    lab.add_sender_addr(ip(mon4), 24);
+    let bl = lab.write_file("blocklist.txt", &format!("{drop4}\n{mon4} monitor\n"));
+    let mut agent = lab.start_agent(&["--blocklist", path_str(&bl), "--entry-counters", "sampled"]);
+    agent.wait_ready("attached");
+    let st = lab.ef_json(&["status"]);
+    assert_eq!(
+        st["interfaces"][0]["entry_counters"], "sampled",
+        "status: {st:#}"
+    );
+    let sink = Probe::new(&lab, SocketAddr::new(RECV4, PORT), MARK4);
+    let dst = SocketAddr::new(RECV4, PORT);
+    let (nd, nm) = (10 * every as usize, 3 * every as usize + 5);
+    let before = lab.stats();
+    sink.send_to(&lab, SocketAddr::new(ip(drop4), 40000), dst, nd);
+    sink.send_to(&lab, SocketAddr::new(ip(mon4), 40000), dst, nm);
+    let after = lab.stats();
+    // The verdict counters stay exact.
+    assert_eq!(
+        after.packets("drop_addr") - before.packets("drop_addr"),
+        nd as u64,
+        "{}",
+        after.summary()
+    );
+    assert_eq!(
+        after.packets("monitor_addr") - before.packets("monitor_addr"),
+        nm as u64,
+        "{}",
+        after.summary()
+    );
+    // Per entry: whole samples of `every` packets (each of `every` times
+    // the frame), within one sample per CPU of the truth (each CPU ticks
+    // on its own count of the reason).
+    let (v, rows) = top_rows(&lab, &[]);
+    for (e, n) in [(drop4, nd as u64), (mon4, nm as u64)] {
+        let (p, b) = hits(&rows[e]);
+        assert_eq!(p % every, 0, "{e}: {p} packets is not whole samples: {v:#}");
+        assert_eq!(b, p * FRAME4, "{e}: bytes are the sample's: {v:#}");
+        assert!(
+            p.abs_diff(n) < every * cpus,
+            "{e}: {p} counted for {n} sent ({cpus} CPUs): {v:#}"
+        );
+    }
+    // The drop entry saw ten samples' worth: at least one landed.
+    assert!(hits(&rows[drop4]).0 > 0, "{v:#}");
+    assert_ne!(rows[drop4]["last_hit"], Value::Null, "{v:#}");
+    assert_eq!(v["interfaces"][0]["entry_counters"], "sampled", "{v:#}");
+    let text = lab.ef_ok(&["top"]);
+    assert!(
+        text.contains("per-entry counters are sampled") && text.contains("estimates"),
+        "top does not say its counts are estimates:\n{text}"
+    );
+
+    // Restarted with counters off: the agent adopts and switches the
+    // datapath; entries keep what they had and count nothing more, while
+    // the verdict counters go on.
+    let st = agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
+    assert!(st.success(), "agent exit: {st}");
+    agent = lab.start_agent(&["--blocklist", path_str(&bl), "--entry-counters", "off"]);
+    agent.wait_ready("adopted");
+    let (_, kept) = top_rows(&lab, &[]);
+    let before = lab.stats();
+    sink.send_to(&lab, SocketAddr::new(ip(drop4), 40001), dst, nd);
+    let after = lab.stats();
+    assert_eq!(
+        after.packets("drop_addr") - before.packets("drop_addr"),
+        nd as u64
+    );
+    let (v, rows) = top_rows(&lab, &[]);
+    assert_eq!(hits(&rows[drop4]), hits(&kept[drop4]), "off counts: {v:#}");
+    assert_eq!(v["interfaces"][0]["entry_counters"], "off", "{v:#}");
+    assert!(lab.ef_ok(&["top"]).contains("per-entry counters are off"));
+
+    // And back to exact: every packet again.
+    let st = agent.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
+    assert!(st.success(), "agent exit: {st}");
+    agent = lab.start_agent(&["--blocklist", path_str(&bl)]);
+    agent.wait_ready("adopted");
+    let (_, kept) = top_rows(&lab, &[]);
+    sink.send_to(&lab, SocketAddr::new(ip(drop4), 40002), dst, 7);
+    let (v, rows) = top_rows(&lab, &[]);
+    let (p0, b0) = hits(&kept[drop4]);
+    assert_eq!(hits(&rows[drop4]), (p0 + 7, b0 + 7 * FRAME4), "{v:#}");
+    assert_eq!(v["interfaces"][0]["entry_counters"], "exact", "{v:#}");
     drop(agent);
     assert!(lab.detach().status.success());
 }

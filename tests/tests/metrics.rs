@@ -199,6 +199,9 @@ fn metrics_scrape_matches_traffic() {
     assert_eq!(value(&after, "edge_filter_drift_repairs_total", &body), 0.0);
     let attached = format!("edge_filter_attached{{iface=\"{RECEIVER_IF}\"}}");
     assert_eq!(value(&after, &attached, &body), 1.0);
+    // Exact per-entry counters by default: every hit counts once.
+    let every = format!("edge_filter_entry_counters_sample_every{{iface=\"{RECEIVER_IF}\"}}");
+    assert_eq!(value(&after, &every, &body), 1.0);
 
     // Anything else is 404.
     let (status, _, _) = get(&lab, "/nope");
@@ -231,6 +234,8 @@ fn metrics_simple_agent() {
         list.to_str().unwrap(),
         "--metrics-listen",
         &listen,
+        "--entry-counters",
+        "sampled",
     ]);
     agent.wait_ready_line(&format!("ready: {RECEIVER_IF} attached"));
     let (_, _, body0) = scrape::get(&lab.receiver, PORT2, "/metrics");
@@ -261,6 +266,13 @@ fn metrics_simple_agent() {
     assert_eq!(value(&after, &m("ADDR_V4"), &body), 1.0);
     assert_eq!(value(&after, &m("PREFIX_V4"), &body), 1.0);
     assert_eq!(value(&after, "edge_filter_desired_entries", &body), 2.0);
+    // Sampled per-entry counters, said on the scrape (the verdict
+    // counters above stayed exact).
+    let every = format!("edge_filter_entry_counters_sample_every{{iface=\"{RECEIVER_IF}\"}}");
+    assert_eq!(
+        value(&after, &every, &body),
+        f64::from(edge_filter_common::ENTRY_SAMPLE_EVERY)
+    );
 
     // A second agent (on other pins: the same ones are refused by the
     // one-agent-per-interface lock first) asking for the same, taken,

@@ -1051,11 +1051,7 @@ impl FeedAgent {
 }
 
 fn flags(cfg: &Config) -> u32 {
-    if cfg.malformed_drop() {
-        edge_filter_common::CONFIG_MALFORMED_DROP
-    } else {
-        0
-    }
+    cfg.runtime_flags()
 }
 
 /// The desired state as the set the sync engine shares

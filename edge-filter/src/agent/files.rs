@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub caps: Capacities,
     /// Drop malformed packets instead of passing them.
     pub malformed_drop: bool,
+    /// Per-entry hit counters.
+    pub entry_counters: crate::intel::config::EntryCounters,
     /// Pin root.
     pub paths: Paths,
     /// How often to check the files for changes.
@@ -102,7 +104,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         abi::CONFIG_MALFORMED_DROP
     } else {
         0
-    };
+    } | opts.entry_counters.flags();
     let files: Vec<PathBuf> = std::iter::once(opts.blocklist.clone())
         .chain(opts.allowlist.clone())
         .collect();

@@ -148,11 +148,12 @@ fn print_text(cfg: &Config, r: &CheckReport) {
     println!("configuration file {}", r.config);
     println!("  interfaces: {}", r.interfaces.join(", "));
     println!(
-        "  state_dir {}, bpffs {}, reconcile every {}, malformed packets: {}",
+        "  state_dir {}, bpffs {}, reconcile every {}, malformed packets: {}, per-entry counters: {}",
         cfg.state_dir.display(),
         cfg.bpffs.display(),
         d(cfg.reconcile_interval),
-        if cfg.malformed_drop() { "drop" } else { "pass" }
+        if cfg.malformed_drop() { "drop" } else { "pass" },
+        cfg.entry_counters.name()
     );
     let s = &cfg.safety;
     println!(

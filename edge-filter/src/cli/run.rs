@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use edge_filter::agent;
+use edge_filter::intel::config::EntryCounters;
 use edge_filter::kernel::{attach::Mode, paths::Paths, program::Capacities};
 use edge_filter::trust::{self, Role};
 
@@ -63,6 +64,12 @@ pub struct RunArgs {
     /// Drop malformed IP packets instead of passing them (they are counted either way).
     #[arg(long)]
     pub drop_malformed: bool,
+    /// Per-entry hit counters (top, stats --entries, metrics, last hit):
+    /// exact counts every hit (one more cache line per hit), sampled one
+    /// in 16 per CPU as 16 (estimates, almost free), off none. With
+    /// --config use its `entry_counters`.
+    #[arg(long, value_enum, default_value_t = EntryCounters::Exact, conflicts_with = "config")]
+    pub entry_counters: EntryCounters,
     /// Seconds between checks of the files for changes.
     #[arg(long, default_value_t = 1.0)]
     pub poll_seconds: f64,
@@ -198,6 +205,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         mode: a.mode,
         caps,
         malformed_drop: a.drop_malformed,
+        entry_counters: a.entry_counters,
         paths: Paths::new(a.pins.root()),
         poll: Duration::from_secs_f64(a.poll_seconds),
         metrics,

@@ -19,7 +19,8 @@ Show what is attached where, map occupancy, feed health and the agent.
 
 For every interface with pins: attach mode (native, skb or hw, as the
 kernel reports it over netlink in this network namespace), program and
-link ids, how malformed packets are handled, and each entry map's
+link ids, how malformed packets are handled, how hits are counted per
+entry (exact, sampled or off: `entry_counters`), and each entry map's
 occupancy against its capacity.
 
 With --config: each feed's health from the agent's state_dir/status.json
@@ -143,6 +144,7 @@ fn print_text(out: &Overview) {
             "entries",
             "allowlisted",
             "malformed",
+            "entry counters",
         ]);
         let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
         for i in &out.interfaces {
@@ -160,6 +162,7 @@ fn print_text(out: &Overview) {
                 i.entries.to_string(),
                 i.allowlisted.to_string(),
                 i.malformed.unwrap_or("-").to_string(),
+                i.entry_counters.unwrap_or("-").to_string(),
             ]);
         }
         println!("{t}");

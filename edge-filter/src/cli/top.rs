@@ -115,6 +115,8 @@ struct IfaceOut<'a> {
     /// Allowlist nets (`status`'s `allowlisted`).
     allowlisted: usize,
     uncounted_entries: usize,
+    /// `exact`, `sampled` or `off`.
+    entry_counters: &'a str,
 }
 
 #[derive(Serialize)]
@@ -147,6 +149,21 @@ pub fn run(a: TopArgs) -> anyhow::Result<()> {
         );
     }
     let report = Report::read(&paths, &ifaces, knowledge.as_ref())?;
+    for i in &report.interfaces {
+        match i.entry_counters {
+            "sampled" => notes.push(format!(
+                "{}: per-entry counters are sampled (entry_counters = \"sampled\": one hit in {} per CPU counted as {}): packets, bytes and last hit are estimates",
+                i.iface,
+                edge_filter_common::ENTRY_SAMPLE_EVERY,
+                edge_filter_common::ENTRY_SAMPLE_EVERY
+            )),
+            "off" => notes.push(format!(
+                "{}: per-entry counters are off (entry_counters = \"off\"): no entry is counted; `edge-filter stats` has the verdict counters",
+                i.iface
+            )),
+            _ => {}
+        }
+    }
     let top: Vec<&EntryHits> = report
         .ranked(a.by == By::Bytes)
         .into_iter()
@@ -178,6 +195,7 @@ pub fn run(a: TopArgs) -> anyhow::Result<()> {
                 entries: i.entries.iter().filter(|e| e.action != "allow").count(),
                 allowlisted: i.entries.iter().filter(|e| e.action == "allow").count(),
                 uncounted_entries: i.uncounted_entries,
+                entry_counters: i.entry_counters,
             })
             .collect(),
         feeds: cfg.as_ref().map(|_| report.feeds.as_slice()),

@@ -78,6 +78,54 @@ pub enum Malformed {
     Drop,
 }
 
+/// How the datapath counts hits per entry (`edge-filter top`, `stats
+/// --entries`, the per-entry metrics and last-hit times read them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryCounters {
+    /// Every hit: exact counts, at the price of one more cache line per
+    /// hit (at 1M entries a hit costs about 1.5x what it costs uncounted;
+    /// docs/bench/REPORT-v2.md).
+    #[default]
+    Exact,
+    /// One hit in 16 per CPU and reason, counted as 16: estimates (an
+    /// entry hit a few times may show 0 or 16) for almost no cost.
+    Sampled,
+    /// No per-entry counts (verdict and reason counters stay exact).
+    Off,
+}
+
+impl EntryCounters {
+    /// The `CONFIG_*` bits of this mode.
+    pub fn flags(self) -> u32 {
+        match self {
+            EntryCounters::Exact => 0,
+            EntryCounters::Sampled => edge_filter_common::CONFIG_COUNT_SAMPLED,
+            EntryCounters::Off => edge_filter_common::CONFIG_COUNT_OFF,
+        }
+    }
+
+    /// The mode the `CONFIG_*` bits `flags` select.
+    pub fn of_flags(flags: u32) -> EntryCounters {
+        if flags & edge_filter_common::CONFIG_COUNT_OFF != 0 {
+            EntryCounters::Off
+        } else if flags & edge_filter_common::CONFIG_COUNT_SAMPLED != 0 {
+            EntryCounters::Sampled
+        } else {
+            EntryCounters::Exact
+        }
+    }
+
+    /// `exact`, `sampled` or `off`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryCounters::Exact => "exact",
+            EntryCounters::Sampled => "sampled",
+            EntryCounters::Off => "off",
+        }
+    }
+}
+
 /// One interface to filter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -798,6 +846,9 @@ pub struct Config {
     /// Malformed IP packets: `pass` (default) or `drop`.
     #[serde(default)]
     pub malformed: Malformed,
+    /// Per-entry hit counters: `exact` (default), `sampled` or `off`.
+    #[serde(default)]
+    pub entry_counters: EntryCounters,
     /// `[metrics]`: the Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -852,6 +903,7 @@ impl Config {
             bpffs: default_bpffs(),
             reconcile_interval: default_reconcile(),
             malformed: Malformed::default(),
+            entry_counters: EntryCounters::default(),
             metrics: MetricsConfig::default(),
             interfaces: interfaces
                 .iter()
@@ -1071,6 +1123,16 @@ impl Config {
     /// Whether malformed packets are dropped.
     pub fn malformed_drop(&self) -> bool {
         self.malformed == Malformed::Drop
+    }
+
+    /// The datapath's runtime `CONFIG_*` flags this configuration asks for.
+    pub fn runtime_flags(&self) -> u32 {
+        let malformed = if self.malformed_drop() {
+            edge_filter_common::CONFIG_MALFORMED_DROP
+        } else {
+            0
+        };
+        malformed | self.entry_counters.flags()
     }
 }
 
@@ -1412,6 +1474,38 @@ mod tests {
         assert_eq!(built, read);
         let e = Config::new("--feed", &[], Vec::new(), Vec::new()).unwrap_err();
         assert!(e.to_string().starts_with("--feed: at least one"), "{e}");
+    }
+
+    #[test]
+    fn entry_counters_modes_and_flags() {
+        use edge_filter_common::{CONFIG_COUNT_OFF, CONFIG_COUNT_SAMPLED, CONFIG_MALFORMED_DROP};
+        let read = |top: &str| {
+            Config::from_str_named(
+                &format!("{top}\n[[interface]]\nname = \"eth1\"\n"),
+                "test.toml",
+            )
+        };
+        assert_eq!(cfg("").unwrap().entry_counters, EntryCounters::Exact);
+        assert_eq!(cfg("").unwrap().runtime_flags(), 0);
+        for (text, mode, flags) in [
+            ("exact", EntryCounters::Exact, 0),
+            ("sampled", EntryCounters::Sampled, CONFIG_COUNT_SAMPLED),
+            ("off", EntryCounters::Off, CONFIG_COUNT_OFF),
+        ] {
+            let c = read(&format!(
+                "entry_counters = \"{text}\"\nmalformed = \"drop\""
+            ))
+            .unwrap();
+            assert_eq!(c.entry_counters, mode);
+            assert_eq!(c.runtime_flags(), flags | CONFIG_MALFORMED_DROP, "{text}");
+            assert_eq!(EntryCounters::of_flags(c.runtime_flags()), mode);
+            assert_eq!(mode.name(), text);
+        }
+        let e = read("entry_counters = \"some\"").unwrap_err().to_string();
+        assert!(
+            e.contains("exact") && e.contains("sampled") && e.contains("off"),
+            "the error lists the modes: {e}"
+        );
     }
 
     fn err(extra: &str) -> String {
@@ -2063,6 +2157,8 @@ role = "allow"
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.interfaces.len(), 2);
         assert!(c.malformed_drop());
+        assert_eq!(c.entry_counters, EntryCounters::Exact);
+        assert_eq!(c.runtime_flags(), edge_filter_common::CONFIG_MALFORMED_DROP);
         assert!(c.feeds.iter().any(|f| f.source.is_http()));
         assert!(c.feeds.iter().any(|f| f.csv.is_some()));
         assert!(c.feeds.iter().any(|f| f.ttl.is_some()));
@@ -2079,6 +2175,7 @@ role = "allow"
             "bpffs",
             "reconcile_interval",
             "malformed",
+            "entry_counters",
             "mode",
             "addr_v4",
             "addr_v6",

@@ -33,6 +33,7 @@ use time::OffsetDateTime;
 
 use crate::entry::EntryKey;
 use crate::error::Result;
+use crate::intel::config::EntryCounters;
 use crate::kernel::attach;
 use crate::kernel::clock::Clock;
 use crate::kernel::maps::{Desired, SlotKey};
@@ -133,6 +134,9 @@ pub struct IfaceHits {
     pub capacity: u32,
     /// Entries whose id is beyond the capacity.
     pub uncounted_entries: usize,
+    /// How the datapath counts per-entry hits (`exact`, `sampled`: one in
+    /// `ENTRY_SAMPLE_EVERY` counted as that many, so estimates; `off`).
+    pub entry_counters: &'static str,
     /// Every entry and allowlist net, by id.
     pub entries: Vec<EntryHits>,
 }
@@ -176,14 +180,16 @@ pub fn read_iface(paths: &Paths, iface: &str, clock: &Clock) -> Result<IfaceHits
     let contents = maps.read()?;
     let stats = maps.entry_stats()?;
     let overflow = maps.stats_overflow()?;
-    Ok(join(
+    let mut out = join(
         iface,
         &contents,
         &stats,
         &overflow,
         maps.entry_stats_capacity(),
         clock,
-    ))
+    );
+    out.entry_counters = EntryCounters::of_flags(maps.config()?.flags).name();
+    Ok(out)
 }
 
 /// Join map contents with per-id counters (`stats[id]`).
@@ -202,6 +208,7 @@ pub fn join(
         overflow: Hits::from_stat(overflow, clock),
         capacity,
         uncounted_entries: 0,
+        entry_counters: EntryCounters::Exact.name(),
         entries: Vec::new(),
     };
     for (key, v) in contents.entries() {

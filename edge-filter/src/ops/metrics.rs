@@ -146,6 +146,7 @@ impl Metrics {
         let feed_packets = Family::<Labels, Counter>::default();
         let feed_bytes = Family::<Labels, Counter>::default();
         let overflow = Family::<Labels, Counter>::default();
+        let sample_every = Family::<Labels, Gauge>::default();
         let clock = crate::kernel::clock::Clock::now();
         for iface in &self.ifaces {
             let il = vec![("iface", iface.clone())];
@@ -159,6 +160,16 @@ impl Metrics {
                     continue;
                 }
             };
+            if let Ok(c) = maps.config() {
+                let every = match crate::intel::config::EntryCounters::of_flags(c.flags) {
+                    crate::intel::config::EntryCounters::Exact => 1,
+                    crate::intel::config::EntryCounters::Sampled => {
+                        i64::from(edge_filter_common::ENTRY_SAMPLE_EVERY)
+                    }
+                    crate::intel::config::EntryCounters::Off => 0,
+                };
+                sample_every.get_or_create(&il).set(every);
+            }
             match maps.counters() {
                 Ok(c) => {
                     let (rows, _) = crate::kernel::counters::named(&c);
@@ -292,6 +303,11 @@ impl Metrics {
             "feed_bytes",
             "Bytes of the packets dropped or monitored by entries a feed asserts",
             feed_bytes,
+        );
+        r.register(
+            "entry_counters_sample_every",
+            "How the per-entry counters behind feed_packets and feed_bytes count: 1 every hit (exact), 16 one hit in 16 per CPU counted as 16 (entry_counters = \"sampled\": estimates), 0 none (off)",
+            sample_every,
         );
         r.register(
             "entry_stats_overflow_packets",

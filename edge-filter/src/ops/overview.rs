@@ -19,7 +19,7 @@ use edge_filter_common as abi;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::intel::config::Config;
+use crate::intel::config::{Config, EntryCounters};
 use crate::kernel::attach::{self, LinkHealth};
 use crate::kernel::maps::Desired;
 use crate::kernel::paths::Paths;
@@ -76,6 +76,8 @@ pub struct IfaceStatus {
     pub malformed: Option<&'static str>,
     /// Whether drop/monitor events are being sampled (`edge-filter events`).
     pub events_sampling: Option<bool>,
+    /// Per-entry hit counters: `exact`, `sampled` or `off`.
+    pub entry_counters: Option<&'static str>,
     /// Block and monitor entries, all maps.
     pub entries: usize,
     /// Allowlist nets.
@@ -303,6 +305,7 @@ fn iface_status(paths: &Paths, iface: &str) -> IfaceStatus {
         Ok(maps) => {
             if let Ok(c) = maps.config() {
                 s.events_sampling = Some(c.flags & abi::CONFIG_SAMPLE_EVENTS != 0);
+                s.entry_counters = Some(EntryCounters::of_flags(c.flags).name());
                 s.malformed = Some(if c.flags & abi::CONFIG_MALFORMED_DROP != 0 {
                     "drop"
                 } else {

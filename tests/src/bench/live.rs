@@ -209,15 +209,18 @@ enum Receiver {
     EdgeFilterV2,
     Nft,
     Iptables,
+    /// [`Receiver::EdgeFilterV2`] with `entry_counters = "sampled"`.
+    EdgeFilterV2Sampled,
 }
 
 impl Receiver {
-    const ALL: [Receiver; 5] = [
+    const ALL: [Receiver; 6] = [
         Receiver::XdpDrop,
         Receiver::EdgeFilter,
         Receiver::EdgeFilterV2,
         Receiver::Nft,
         Receiver::Iptables,
+        Receiver::EdgeFilterV2Sampled,
     ];
 
     fn label(self) -> &'static str {
@@ -225,6 +228,7 @@ impl Receiver {
             Receiver::XdpDrop => "bare XDP_DROP (native)",
             Receiver::EdgeFilter => "edge-filter, old layout (native)",
             Receiver::EdgeFilterV2 => "edge-filter v2 (native)",
+            Receiver::EdgeFilterV2Sampled => "edge-filter v2, sampled entry counters (native)",
             Receiver::Nft => "nftables set, netdev ingress",
             Receiver::Iptables => "iptables raw + ipset",
         }
@@ -240,6 +244,9 @@ struct Rig {
     ef_ebpf: aya::Ebpf,
     ef_maps: V1Maps,
     link: Option<aya::programs::xdp::XdpLinkId>,
+    /// The bench object's v2 maps (the runtime flags select sampled
+    /// counters).
+    v2_maps: super::v2kernel::V2Maps,
 }
 
 impl Rig {
@@ -250,7 +257,7 @@ impl Rig {
                 .program_mut("count_drop")
                 .context("count_drop")?
                 .try_into()?,
-            Receiver::EdgeFilterV2 => bench
+            Receiver::EdgeFilterV2 | Receiver::EdgeFilterV2Sampled => bench
                 .ebpf
                 .program_mut("edge_filter_v2")
                 .context("edge_filter_v2")?
@@ -260,8 +267,18 @@ impl Rig {
     }
 
     fn enable(&mut self, r: Receiver) -> Result<()> {
+        // The same program either way: the flag selects the counting.
+        self.v2_maps
+            .set_runtime_flags(if r == Receiver::EdgeFilterV2Sampled {
+                abi::CONFIG_COUNT_SAMPLED
+            } else {
+                0
+            });
         match r {
-            Receiver::XdpDrop | Receiver::EdgeFilter | Receiver::EdgeFilterV2 => {
+            Receiver::XdpDrop
+            | Receiver::EdgeFilter
+            | Receiver::EdgeFilterV2
+            | Receiver::EdgeFilterV2Sampled => {
                 let b = self.lab.b.clone();
                 let prog = Self::xdp(&mut self.bench, &mut self.ef_ebpf, r)?;
                 let id = in_ns(&Lab::ns_path(&self.lab.rx_ns), || {
@@ -296,7 +313,10 @@ impl Rig {
 
     fn disable(&mut self, r: Receiver) -> Result<()> {
         match r {
-            Receiver::XdpDrop | Receiver::EdgeFilter | Receiver::EdgeFilterV2 => {
+            Receiver::XdpDrop
+            | Receiver::EdgeFilter
+            | Receiver::EdgeFilterV2
+            | Receiver::EdgeFilterV2Sampled => {
                 if let Some(id) = self.link.take() {
                     let prog = Self::xdp(&mut self.bench, &mut self.ef_ebpf, r)?;
                     in_ns(&Lab::ns_path(&self.lab.rx_ns), || prog.detach(id))??;
@@ -331,7 +351,7 @@ impl Rig {
                 let n: u64 = a.get(&0, 0)?.iter().sum();
                 Ok((n, n))
             }
-            Receiver::EdgeFilterV2 => {
+            Receiver::EdgeFilterV2 | Receiver::EdgeFilterV2Sampled => {
                 let m = self.bench.ebpf.map("COUNTERS").context("COUNTERS")?;
                 let a: PerCpuArray<_, abi::Counter> = PerCpuArray::try_from(m)?;
                 let (mut all, mut drop) = (0, 0);
@@ -586,8 +606,8 @@ pub fn run(o: &Opts) -> Result<()> {
         ef_ebpf,
         ef_maps,
         link: None,
+        v2_maps,
     };
-    let _v2_maps = v2_maps;
     let f = frame(false, false, mac_b, mac_a);
     let mut ctx = Vec::with_capacity(24);
     for v in [0u32, f.bytes.len() as u32, 0, if_a, 0, 0] {
@@ -626,8 +646,8 @@ pub fn run(o: &Opts) -> Result<()> {
          the next source address from the mix's table into each 60-byte UDP frame, \
          fixes the IPv4 checksum and `XDP_TX`es it out of one end of a veth pair; the \
          other end, in a second namespace, holds one receiver at a time, each with the same \
-         {}-address set (today's program with its old layout, the v2 classifier, nftables, \
-         iptables + ipset). Mixes: flood = every source blocked, drawn Zipf (s = 1.1) over \
+         {}-address set (today's program with its old layout, the v2 classifier with exact \
+         and with sampled per-entry counters, nftables, iptables + ipset). Mixes: flood = every source blocked, drawn Zipf (s = 1.1) over \
          the set; worst = uniform over the whole set, every address once per pass of a \
          table as large as the set. {frames} frames \
          per measurement; rate = packets the receiver counted (XDP program counters, nft \
@@ -675,7 +695,11 @@ pub fn run(o: &Opts) -> Result<()> {
         };
         let (t_drop, t_nf) = TARGETS[mi];
         let mut jt = Vec::new();
-        for (ri, who) in [(2usize, "v2"), (1, "old layout")] {
+        for (ri, who) in [
+            (2usize, "v2"),
+            (5, "v2 sampled counters"),
+            (1, "old layout"),
+        ] {
             let vs_drop = ratio(ri, &|k| res[mi][0][k].1);
             let vs_nf = ratio(ri, &|k| res[mi][3][k].1.max(res[mi][4][k].1));
             targets.push(format!(

@@ -321,7 +321,6 @@ pub const BENCH_PROGRAMS: &[&str] = &[
     "lookup_port_v6",
     "edge_filter_v2",
     "edge_filter_v2_nostats",
-    "edge_filter_v2_sampled",
     "edge_filter_v2_trie",
     "one_load",
 ];
