@@ -84,7 +84,7 @@ pub enum Malformed {
 #[serde(rename_all = "lowercase")]
 pub enum EntryCounters {
     /// Every hit: exact counts, at the price of one more cache line per
-    /// hit (at 1M entries a hit costs about 1.5x what it costs uncounted;
+    /// hit (at 1M entries a hit costs about 1.8x what it costs uncounted;
     /// docs/bench/REPORT-v2.md).
     #[default]
     Exact,
