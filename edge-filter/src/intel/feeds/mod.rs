@@ -766,10 +766,10 @@ impl<'a> Sink<'a> {
         }
         let terminated = bytes.ends_with(b"\n");
         let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-        let last = bytes.iter().filter(|&&b| b == b'\n').count();
-        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let mut lines = split_lines(bytes).enumerate().peekable();
+        while let Some((i, raw)) = lines.next() {
             let index = i + 1;
-            if i == last
+            if lines.peek().is_none()
                 && !terminated
                 && self.opts.end_unproven
                 && !raw.iter().all(u8::is_ascii_whitespace)
@@ -804,6 +804,26 @@ impl<'a> Sink<'a> {
     pub fn finish(self) -> FeedParse {
         self.out
     }
+}
+
+/// The lines of `bytes` (split at every `\n`, as `split` would), found
+/// with `memchr`: a byte-at-a-time split was a tenth of the parse of a
+/// 1M-line feed.
+fn split_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(bytes);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr(b'\n', r) {
+            Some(p) => {
+                rest = Some(&r[p + 1..]);
+                Some(&r[..p])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 /// Parse a timestamp: RFC 3339 (`2026-12-01T00:00:00Z`), or UTC
@@ -850,6 +870,26 @@ mod tests {
 
     fn opts() -> FeedOptions {
         FeedOptions::default()
+    }
+
+    #[test]
+    fn split_lines_splits_as_split_does() {
+        for text in [
+            "",
+            "a",
+            "a\nb",
+            "\n",
+            "\n\n",
+            "a\n\nb",
+            "\na",
+            "a\r\nb\n",
+            "ab\n\n\nc",
+        ] {
+            let b = text.as_bytes();
+            let want: Vec<&[u8]> = b.split(|&c| c == b'\n').collect();
+            let got: Vec<&[u8]> = split_lines(b).collect();
+            assert_eq!(got, want, "{text:?}");
+        }
     }
 
     #[test]

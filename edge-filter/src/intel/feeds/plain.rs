@@ -29,11 +29,14 @@ pub fn parse(bytes: &[u8], opts: &FeedOptions) -> Result<FeedParse, FeedError> {
         if body.is_empty() {
             return Ok(());
         }
+        let action = sink.opts.action;
         match parse_item(body) {
-            Ok(nets) => {
+            Ok(Item::Net(net)) => {
+                sink.push(index, FeedEntry::new(Entry::new(net, None, action)))?
+            }
+            Ok(Item::Range(nets)) => {
                 for net in nets {
-                    let entry = Entry::new(net, None, sink.opts.action);
-                    sink.push(index, FeedEntry::new(entry))?;
+                    sink.push(index, FeedEntry::new(Entry::new(net, None, action)))?;
                 }
             }
             Err(reason) => sink.reject(index, reason, line),
@@ -43,8 +46,16 @@ pub fn parse(bytes: &[u8], opts: &FeedOptions) -> Result<FeedParse, FeedError> {
     Ok(sink.finish())
 }
 
+/// What one line holds.
+pub(crate) enum Item {
+    /// An address or prefix (no allocation: most lines of a big list).
+    Net(IpNet),
+    /// A range, as the prefixes that cover it.
+    Range(Vec<IpNet>),
+}
+
 /// One address, prefix or range.
-pub(crate) fn parse_item(body: &str) -> Result<Vec<IpNet>, String> {
+pub(crate) fn parse_item(body: &str) -> Result<Item, String> {
     let mut words = body.split_whitespace();
     let first = words.next().unwrap_or_default();
     if let Some(extra) = words.next() {
@@ -53,9 +64,9 @@ pub(crate) fn parse_item(body: &str) -> Result<Vec<IpNet>, String> {
         ));
     }
     if let Some((start, end)) = first.split_once('-') {
-        return parse_range(start, end);
+        return parse_range(start, end).map(Item::Range);
     }
-    parse_net(first).map(|n| vec![n]).map_err(|e| e.to_string())
+    parse_net(first).map(Item::Net).map_err(|e| e.to_string())
 }
 
 fn parse_range(start: &str, end: &str) -> Result<Vec<IpNet>, String> {
