@@ -5,8 +5,10 @@
 //! feed merges all of them again) and saves the same entries as the feed's
 //! last-known-good copy. As a vector of [`FeedEntry`] a `/32` took 112
 //! bytes, almost all of it room for provenance a plain list never has.
-//! Here an entry is its 24-byte [`Entry`] plus, only once some entry of the
-//! feed carries provenance, a 4-byte index into the feed's distinct
+//! Here an IPv4 entry without a port (what big lists hold) is packed into
+//! 8 bytes, any other entry is its 24-byte [`Entry`] on the side, plus,
+//! only once some entry of the feed carries provenance, a 4-byte index
+//! into the feed's distinct
 //! provenance records ([`Meta`]): entries that share an indicator, a
 //! confidence, validity and a description share one record. The copy is
 //! shared ([`std::sync::Arc`]) between the snapshot and the last-known-good
@@ -21,10 +23,43 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 
 use super::feeds::FeedEntry;
-use crate::entry::Entry;
+use crate::entry::{Action, Entry};
 
 /// No provenance record.
 const NONE: u32 = u32::MAX;
+
+/// A packed word that indexes [`FeedEntries::wide`] in its low bits
+/// rather than holding an entry.
+const WIDE: u64 = 1 << 63;
+
+/// `e` in one word when it is an IPv4 net without a port: address << 8,
+/// prefix length << 1, drop in bit 0 (bit 63 clear).
+fn pack(e: &Entry) -> Option<u64> {
+    match (e.net, e.port) {
+        (ipnet::IpNet::V4(n), None) => Some(
+            u64::from(u32::from(n.addr())) << 8
+                | u64::from(n.prefix_len()) << 1
+                | u64::from(e.action == Action::Drop),
+        ),
+        _ => None,
+    }
+}
+
+/// The entry of a packed word (not [`WIDE`]).
+fn unpack(w: u64) -> Entry {
+    let addr = std::net::Ipv4Addr::from((w >> 8) as u32);
+    let len = ((w >> 1) & 0x3f) as u8;
+    Entry {
+        // The length was a valid one when packed.
+        net: ipnet::IpNet::V4(ipnet::Ipv4Net::new(addr, len).expect("a packed length")),
+        port: None,
+        action: if w & 1 == 1 {
+            Action::Drop
+        } else {
+            Action::Monitor
+        },
+    }
+}
 
 /// The provenance fields of a [`FeedEntry`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -76,7 +111,11 @@ impl FeedEntryRef<'_> {
 /// A feed's entries in order (see the module documentation).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FeedEntries {
-    entries: Vec<Entry>,
+    /// Each entry in order: packed ([`pack`]), or [`WIDE`] | its index in
+    /// `wide`.
+    packed: Vec<u64>,
+    /// The entries that do not pack (IPv6, ports), in order.
+    wide: Vec<Entry>,
     /// Empty when no entry has provenance; else one index per entry into
     /// `metas` ([`NONE`]: none).
     meta: Vec<u32>,
@@ -86,17 +125,38 @@ pub struct FeedEntries {
 impl FeedEntries {
     /// How many entries (as listed: duplicates count).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.packed.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.packed.is_empty()
+    }
+
+    /// The `i`-th entry without its provenance.
+    fn entry(&self, i: usize) -> Option<Entry> {
+        let w = *self.packed.get(i)?;
+        Some(if w & WIDE != 0 {
+            self.wide[(w & !WIDE) as usize]
+        } else {
+            unpack(w)
+        })
+    }
+
+    /// Append `e` (no provenance).
+    fn push_entry(&mut self, e: Entry) {
+        match pack(&e) {
+            Some(w) => self.packed.push(w),
+            None => {
+                self.packed.push(WIDE | self.wide.len() as u64);
+                self.wide.push(e);
+            }
+        }
     }
 
     /// The `i`-th entry.
     pub fn get(&self, i: usize) -> Option<FeedEntryRef<'_>> {
-        let entry = *self.entries.get(i)?;
+        let entry = self.entry(i)?;
         let m = match self.meta.get(i) {
             Some(&m) if m != NONE => Some(&self.metas[m as usize]),
             _ => None,
@@ -113,7 +173,7 @@ impl FeedEntries {
 
     /// Every entry, in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = FeedEntryRef<'_>> + '_ {
-        (0..self.entries.len()).map(|i| self.get(i).expect("in range"))
+        (0..self.packed.len()).map(|i| self.get(i).expect("in range"))
     }
 
     /// Every entry as an owned [`FeedEntry`].
@@ -123,7 +183,8 @@ impl FeedEntries {
 
     /// Bytes held (vectors at capacity, provenance strings), for reports.
     pub fn heap_bytes(&self) -> usize {
-        self.entries.capacity() * size_of::<Entry>()
+        self.packed.capacity() * size_of::<u64>()
+            + self.wide.capacity() * size_of::<Entry>()
             + self.meta.capacity() * size_of::<u32>()
             + self.metas.capacity() * size_of::<Meta>()
             + (self.metas.iter())
@@ -146,7 +207,7 @@ pub struct FeedEntriesBuilder {
 impl FeedEntriesBuilder {
     /// Room for `n` more entries.
     pub fn reserve(&mut self, n: usize) {
-        self.out.entries.reserve(n);
+        self.out.packed.reserve(n);
     }
 
     /// Append one entry.
@@ -164,13 +225,13 @@ impl FeedEntriesBuilder {
             }
         } else {
             if self.out.meta.is_empty() {
-                self.out.meta = vec![NONE; self.out.entries.len()];
+                self.out.meta = vec![NONE; self.out.packed.len()];
             }
             let next = u32::try_from(self.index.len()).expect("fewer than 2^32 records");
             let i = *self.index.entry(meta).or_insert(next);
             self.out.meta.push(i);
         }
-        self.out.entries.push(e.entry);
+        self.out.push_entry(e.entry);
     }
 
     /// The entries.
@@ -180,7 +241,8 @@ impl FeedEntriesBuilder {
             metas[i as usize] = m;
         }
         self.out.metas = metas;
-        self.out.entries.shrink_to_fit();
+        self.out.packed.shrink_to_fit();
+        self.out.wide.shrink_to_fit();
         self.out.meta.shrink_to_fit();
         self.out
     }
@@ -259,15 +321,59 @@ struct BinaryMeta<S> {
 /// copied but the few provenance records).
 #[derive(Serialize)]
 struct BinaryOut<'a> {
-    entries: &'a [Entry],
+    entries: EntrySeq<'a>,
     meta: &'a [u32],
     metas: Vec<BinaryMeta<&'a str>>,
+}
+
+/// The entries of [`FeedEntries`] as a sequence of [`Entry`] (what the
+/// binary form has held since it was a vector of them).
+struct EntrySeq<'a>(&'a FeedEntries);
+
+impl Serialize for EntrySeq<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for i in 0..self.0.len() {
+            seq.serialize_element(&self.0.entry(i).expect("in range"))?;
+        }
+        seq.end()
+    }
+}
+
+/// A sequence of [`Entry`] decoded straight into the packed form (host
+/// bits cleared, as [`Entry::new`] does: the input is untrusted).
+struct Packed(FeedEntries);
+
+impl<'de> Deserialize<'de> for Packed {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Packed;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a sequence of entries")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Packed, A::Error> {
+                let mut out = FeedEntries::default();
+                if let Some(n) = seq.size_hint() {
+                    out.packed.reserve(n.min(1 << 24));
+                }
+                while let Some(mut e) = seq.next_element::<Entry>()? {
+                    e.net = e.net.trunc();
+                    out.push_entry(e);
+                }
+                out.packed.shrink_to_fit();
+                out.wide.shrink_to_fit();
+                Ok(Packed(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 /// [`FeedEntries`] as it is read back from binary.
 #[derive(Deserialize)]
 struct BinaryIn {
-    entries: Vec<Entry>,
+    entries: Packed,
     meta: Vec<u32>,
     metas: Vec<BinaryMeta<String>>,
 }
@@ -279,7 +385,7 @@ impl FeedEntries {
     /// [`FeedEntries::read_binary`].
     pub fn write_binary<W: std::io::Write>(&self, w: W) -> postcard::Result<W> {
         let out = BinaryOut {
-            entries: &self.entries,
+            entries: EntrySeq(self),
             meta: &self.meta,
             metas: (self.metas.iter())
                 .map(|m| BinaryMeta {
@@ -303,7 +409,7 @@ impl FeedEntries {
         let (b, rest): (BinaryIn, &[u8]) =
             postcard::take_from_bytes(bytes).map_err(|e| format!("entries: {e}"))?;
         let BinaryIn {
-            mut entries,
+            entries: Packed(mut entries),
             meta,
             metas,
         } = b;
@@ -338,17 +444,9 @@ impl FeedEntries {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        for e in &mut entries {
-            e.net = e.net.trunc();
-        }
-        Ok((
-            FeedEntries {
-                entries,
-                meta,
-                metas,
-            },
-            rest,
-        ))
+        entries.meta = meta;
+        entries.metas = metas;
+        Ok((entries, rest))
     }
 }
 
@@ -403,6 +501,52 @@ mod tests {
         assert!(bin.len() <= 50 * 8 + 4, "{} bytes", bin.len());
     }
 
+    /// IPv4 nets without a port pack into a word, everything else keeps
+    /// its [`Entry`]: every kind comes back as it went in, in order, and
+    /// the binary form is the sequence of entries it always was (files
+    /// written before the packing read back, and the other way round).
+    #[test]
+    fn packed_and_wide_entries_keep_their_order() {
+        use crate::entry::{PortMatch, Proto, Side};
+        let mut v: Vec<FeedEntry> = Vec::new();
+        for len in 0..=32u8 {
+            let mut e = fe(&format!("203.0.113.77/{len}"));
+            if len % 3 == 0 {
+                e.entry.action = Action::Monitor;
+            }
+            v.push(e);
+            if len % 8 == 0 {
+                v.push(fe(&format!("2001:db8::{len:x}/128")));
+            }
+        }
+        let port = PortMatch {
+            proto: Proto::Udp,
+            port: 53,
+            side: Side::Dst,
+        };
+        v.push(FeedEntry::new(Entry::new(
+            "192.0.2.1/32".parse().unwrap(),
+            Some(port),
+            Action::Drop,
+        )));
+        v.push(fe("255.255.255.255/32"));
+        v.push(fe("0.0.0.0/32"));
+        let c = FeedEntries::from(v.clone());
+        assert_eq!(c.to_vec(), v);
+        assert_eq!(c.wide.len(), 6, "IPv6 and the ported entry are wide");
+        let plain: Vec<Entry> = v.iter().map(|e| e.entry).collect();
+        let bin = c.write_binary(Vec::new()).unwrap();
+        let old = postcard::to_allocvec(&plain).unwrap();
+        assert!(bin.starts_with(&old), "the entries are written as before");
+        let (back, _) = FeedEntries::read_binary(&bin).unwrap();
+        assert_eq!(back, c);
+        // 1,000 /32s: 8 bytes each.
+        let many: FeedEntries = (0..1000u32)
+            .map(|i| fe(&format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0000 + i))))
+            .collect();
+        assert_eq!(many.heap_bytes(), 8 * 1000);
+    }
+
     /// Bad binary input is an error that says what is wrong, never a panic
     /// or an index out of range later.
     #[test]
@@ -430,8 +574,12 @@ mod tests {
         let err = FeedEntries::read_binary(&bad.write_binary(Vec::new()).unwrap()).unwrap_err();
         assert!(err.contains("1 provenance indexes for 2 entries"), "{err}");
         // Host bits are cleared as `Entry::new` clears them.
-        let mut raw = FeedEntries::from(vec![fe("10.9.0.0/16")]);
-        raw.entries[0].net = "10.9.8.7/16".parse().unwrap();
+        let mut raw = FeedEntries::default();
+        raw.push_entry(Entry {
+            net: "10.9.8.7/16".parse().unwrap(),
+            port: None,
+            action: Action::Drop,
+        });
         let (back, _) = FeedEntries::read_binary(&raw.write_binary(Vec::new()).unwrap()).unwrap();
         assert_eq!(back.get(0).unwrap().entry.net.to_string(), "10.9.0.0/16");
     }
