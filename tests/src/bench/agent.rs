@@ -116,14 +116,29 @@ fn status_bytes(pid: u32, field: &str) -> Result<u64> {
 
 /// User + system CPU seconds of a process.
 fn cpu_s(pid: u32) -> Result<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the command's closing parenthesis: utime is the 12th.
-    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    Ok((t(11) + t(12)) / tick)
+    // The process's CPU clock: every thread, live or exited, to the
+    // nanosecond. `/proc/PID/stat` counts in clock ticks (10 ms), as coarse
+    // as an unchanged refresh itself.
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: plain syscalls writing into locals.
+    let (rc, ts) = unsafe {
+        let rc = libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock);
+        let mut ts: libc::timespec = std::mem::zeroed();
+        if rc != 0 {
+            (rc, ts)
+        } else if libc::clock_gettime(clock, &mut ts) != 0 {
+            (*libc::__errno_location(), ts)
+        } else {
+            (0, ts)
+        }
+    };
+    if rc != 0 {
+        bail!(
+            "reading the CPU clock of pid {pid}: {}",
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+    Ok(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
 }
 
 /// CPU seconds the process spent from `since` (a [`cpu_s`] reading at
