@@ -497,6 +497,13 @@ fn hits_sampled_and_off_entry_counters() {
         text.contains("per-entry counters are sampled") && text.contains("estimates"),
         "top does not say its counts are estimates:\n{text}"
     );
+    let text = lab.ef_ok(&["explain", drop4, "--blocklist", path_str(&bl)]);
+    assert!(
+        text.contains(&format!("hits on {RECEIVER_IF}: {drop4}")) && text.contains("estimates"),
+        "explain does not say its hits are estimates:\n{text}"
+    );
+    let ex = lab.ef_json(&["explain", drop4, "--blocklist", path_str(&bl)]);
+    assert_eq!(ex["kernel"][0]["entry_counters"], "sampled", "{ex:#}");
 
     // Restarted with counters off: the agent adopts and switches the
     // datapath; entries keep what they had and count nothing more, while

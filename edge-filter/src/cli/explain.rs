@@ -107,6 +107,9 @@ struct KernelOut {
     /// Per-entry counters of the matching (and conditional) entries and
     /// the allowlist net, as this interface's kernel counts them.
     hits: Vec<edge_filter::ops::hits::EntryHits>,
+    /// How those counters count (`exact`, `sampled`: estimates, `off`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entry_counters: Option<&'static str>,
 }
 
 impl KernelOut {
@@ -122,6 +125,7 @@ impl KernelOut {
             agrees: Some(c.agrees),
             mismatches: c.mismatches,
             hits: Vec::new(),
+            entry_counters: None,
         }
     }
 
@@ -137,6 +141,7 @@ impl KernelOut {
             agrees: None,
             mismatches: Vec::new(),
             hits: Vec::new(),
+            entry_counters: None,
         }
     }
 }
@@ -218,6 +223,7 @@ fn kernel_checks(
                 let clock = edge_filter::kernel::clock::Clock::now();
                 match edge_filter::ops::hits::read_iface(paths, &iface, &clock) {
                     Ok(h) => {
+                        k.entry_counters = Some(h.entry_counters);
                         k.hits = h
                             .entries
                             .into_iter()
@@ -407,10 +413,15 @@ fn print_text(out: &Out) {
                 h.action,
                 if h.counted {
                     format!(
-                        "{} packets, {} bytes, last hit {}",
+                        "{} packets, {} bytes, last hit {}{}",
                         h.hits.packets,
                         h.hits.bytes,
-                        super::top::last_hit_text(h.hits.last_hit, now)
+                        super::top::last_hit_text(h.hits.last_hit, now),
+                        match k.entry_counters {
+                            Some("sampled") => " (estimates: entry_counters = \"sampled\")",
+                            Some("off") => " (as of when entry_counters was set to \"off\")",
+                            _ => "",
+                        }
                     )
                 } else {
                     "not counted (id beyond the counter capacity)".into()
