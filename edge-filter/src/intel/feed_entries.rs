@@ -355,7 +355,8 @@ impl<'de> Deserialize<'de> for Packed {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Packed, A::Error> {
                 let mut out = FeedEntries::default();
                 if let Some(n) = seq.size_hint() {
-                    out.packed.reserve(n.min(1 << 24));
+                    // A hint, from a file: grown as entries arrive beyond it.
+                    out.packed.reserve(n.min(1 << 20));
                 }
                 while let Some(mut e) = seq.next_element::<Entry>()? {
                     e.net = e.net.trunc();
