@@ -7,9 +7,9 @@
 //! per entry). Here the assertions of the set's `i`-th entry are one run of
 //! references to distinct assertion records ([`Item`]s), parallel to the
 //! sorted entries, and every feed name, indicator and description is
-//! stored once however many entries carry it. A plain list's entries all
-//! share one record: 8 bytes an entry asserted once (a run start and one
-//! reference), no allocation per entry.
+//! stored once however many entries carry it. Where every entry has one
+//! assertion (most sets) the runs need no starts: 4 bytes an entry; where
+//! those are all the same record (a plain list's), nothing per entry.
 
 use std::collections::HashMap;
 
@@ -36,14 +36,67 @@ struct Item {
 /// documentation); built by [`Builder`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Provenances {
-    /// `starts[i]..starts[i + 1]`: the references of the `i`-th entry.
-    starts: Vec<u32>,
-    /// Indices into `records`.
-    refs: Vec<u32>,
+    /// The references (indices into `records`) of each entry.
+    refs: Refs,
     /// Every distinct assertion.
     records: Vec<Item>,
     /// Every distinct feed name, indicator and description.
     strings: Vec<Box<str>>,
+}
+
+/// The references of each entry, in the smallest of three shapes
+/// ([`Builder::finish`] picks it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Refs {
+    /// The `i`-th entry's references are `refs[starts[i]..starts[i + 1]]`.
+    Runs { starts: Vec<u32>, refs: Vec<u32> },
+    /// One reference an entry: the `i`-th entry's is `[i]`.
+    One(Vec<u32>),
+    /// One reference an entry, `r` for each of the `n` entries.
+    Same { n: usize, r: u32 },
+}
+
+impl Default for Refs {
+    fn default() -> Self {
+        Refs::One(Vec::new())
+    }
+}
+
+impl Refs {
+    /// Of runs as [`Builder::finish`] collects them (every entry has at
+    /// least one reference).
+    fn of_runs(starts: Vec<u32>, refs: Vec<u32>) -> Refs {
+        let n = starts.len().saturating_sub(1);
+        if refs.len() != n {
+            return Refs::Runs { starts, refs };
+        }
+        match refs.first() {
+            Some(&r) if refs.iter().all(|&x| x == r) => Refs::Same { n, r },
+            _ => Refs::One(refs),
+        }
+    }
+
+    /// The references of the `i`-th entry.
+    fn of(&self, i: usize) -> &[u32] {
+        match self {
+            Refs::Runs { starts, refs } => match (starts.get(i), starts.get(i + 1)) {
+                (Some(&a), Some(&b)) => &refs[a as usize..b as usize],
+                _ => &[],
+            },
+            Refs::One(refs) => refs.get(i..i + 1).unwrap_or(&[]),
+            Refs::Same { n, r } if i < *n => std::slice::from_ref(r),
+            Refs::Same { .. } => &[],
+        }
+    }
+
+    /// Bytes held by the vectors.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Refs::Runs { starts, refs } => (starts.capacity() + refs.capacity()) * size_of::<u32>(),
+            Refs::One(refs) => refs.capacity() * size_of::<u32>(),
+            Refs::Same { .. } => 0,
+        }
+    }
 }
 
 impl Provenances {
@@ -52,11 +105,7 @@ impl Provenances {
     }
 
     fn range(&self, i: usize) -> impl Iterator<Item = &Item> + '_ {
-        let refs = match (self.starts.get(i), self.starts.get(i + 1)) {
-            (Some(&a), Some(&b)) => &self.refs[a as usize..b as usize],
-            _ => &[],
-        };
-        refs.iter().map(|&r| &self.records[r as usize])
+        self.refs.of(i).iter().map(|&r| &self.records[r as usize])
     }
 
     /// The assertions of the `i`-th entry, in feed order.
@@ -87,7 +136,7 @@ impl Provenances {
 
     /// Bytes held (vectors at capacity and the strings), for reports.
     pub fn heap_bytes(&self) -> usize {
-        (self.starts.capacity() + self.refs.capacity()) * size_of::<u32>()
+        self.refs.heap_bytes()
             + self.records.capacity() * size_of::<Item>()
             + self.strings.capacity() * size_of::<Box<str>>()
             + self.strings.iter().map(|s| s.len()).sum::<usize>()
@@ -262,8 +311,7 @@ impl Builder {
         (
             entries,
             Provenances {
-                starts,
-                refs,
+                refs: Refs::of_runs(starts, refs),
                 records,
                 strings,
             },
@@ -309,7 +357,10 @@ mod tests {
         assert_eq!(p.strings.len(), 2, "{:?}", p.strings);
         // One record shared by the hundred entries.
         assert_eq!(p.records.len(), 1, "{:?}", p.records);
-        assert_eq!(p.refs.len(), 100);
+        // One assertion an entry, all of one record: nothing per entry.
+        assert_eq!(p.refs, Refs::Same { n: 100, r: 0 });
+        assert_eq!(p.refs.heap_bytes(), 0);
+        assert!(p.of(100).is_empty());
         assert_eq!(p.of(7)[0].description.as_deref(), Some("shared text"));
         assert_eq!(
             counts[&f],
@@ -318,6 +369,33 @@ mod tests {
                 drop: 100
             }
         );
+    }
+
+    /// One assertion an entry from different records: one reference each.
+    #[test]
+    fn one_assertion_each_needs_no_runs() {
+        let mut b = Builder::default();
+        let (fa, fb) = (b.feed("a"), b.feed("b"));
+        b.push(key("10.0.0.2/32"), assertion(fb, None, Action::Drop));
+        b.push(
+            key("10.0.0.1/32"),
+            assertion(fa, Some("i"), Action::Monitor),
+        );
+        b.push(
+            key("10.0.0.3/32"),
+            assertion(fa, Some("i"), Action::Monitor),
+        );
+        let (entries, p, _) = b.finish();
+        assert_eq!(entries.len(), 3);
+        assert!(
+            matches!(&p.refs, Refs::One(r) if r.len() == 3),
+            "{:?}",
+            p.refs
+        );
+        let feeds: Vec<Vec<&str>> = (0..3).map(|i| p.feeds(i)).collect();
+        assert_eq!(feeds, [["a"], ["b"], ["a"]]);
+        assert_eq!(p.of(0)[0].indicator.as_deref(), Some("i"));
+        assert!(p.of(3).is_empty());
     }
 
     /// Assertions of one key keep their push order across feeds; the same
@@ -348,6 +426,10 @@ mod tests {
             ]
         );
         assert_eq!(p.feeds(1), ["b", "a"]);
+        // Two assertions on one key: runs.
+        assert!(matches!(p.refs, Refs::Runs { .. }), "{:?}", p.refs);
+        assert_eq!(p.of(0).len(), 1);
+        assert!(p.of(2).is_empty());
         assert_eq!(
             counts[&fa],
             KeyCounts {
