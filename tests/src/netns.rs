@@ -270,6 +270,33 @@ pub fn is_bpffs(path: &Path) -> bool {
     }
 }
 
+/// A private pin root below [`BPFFS_MOUNT`] (bpffs mounted first), named
+/// `ef-test-PID-N-WHAT` so that [`sweep_stale`] finds it when the process
+/// dies, and removed with everything pinned below it on drop, however the
+/// test ends.
+pub struct PinRoot(PathBuf);
+
+impl PinRoot {
+    /// Create the root; `what` names the test in the directory's name.
+    pub fn new(what: &str) -> PinRoot {
+        ensure_bpffs();
+        let p = Path::new(BPFFS_MOUNT).join(format!("{BPFFS_PREFIX}{}-{what}", unique_tag()));
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+        PinRoot(p)
+    }
+
+    /// The root.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Mount bpffs at [`BPFFS_MOUNT`] when nothing is mounted there.
 pub fn ensure_bpffs() {
     let mount = Path::new(BPFFS_MOUNT);

@@ -29,6 +29,7 @@ use edge_filter_tests::bench::v2kernel::{
     BENCH_OBJECT, BenchSizes, Sizes, TestRunner, V2Maps, expected,
 };
 use edge_filter_tests::corpus::{entry_sets, generated_corpus, random_seed};
+use edge_filter_tests::netns::PinRoot;
 use ipnet::IpNet;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -176,17 +177,13 @@ fn v2_sync_engine_updates_grows_and_adopts() {
     .unwrap();
 
     // Adoption through pins.
-    edge_filter_tests::netns::ensure_bpffs();
-    let dir = std::path::PathBuf::from(edge_filter_tests::netns::BPFFS_MOUNT).join(format!(
-        "ef-test-v2sync-{}",
-        edge_filter_tests::netns::unique_tag()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let pins = PinRoot::new("v2sync");
+    let dir = pins.path();
     let open = |name: &str| -> edge_filter::error::Result<Map> {
         let d = MapData::from_pin(dir.join(name)).unwrap();
         Ok(Map::from_map_data(d).unwrap())
     };
-    sync.maps().pin(&dir).unwrap();
+    sync.maps().pin(dir).unwrap();
     let (adopted, how) = V2Sync::adopt(V2Maps::from_fn(open).unwrap(), seed).unwrap();
     assert!(!how.drift, "freshly synced maps adopted with drift");
     // In place when the maps hold a fresh compile's bytes (after a chain
@@ -209,7 +206,6 @@ fn v2_sync_engine_updates_grows_and_adopts() {
     let (_, how) = V2Sync::adopt(V2Maps::from_fn(open).unwrap(), seed).unwrap();
     assert!(how.drift, "a cleared catalog word went unnoticed");
     assert!(!how.in_place);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Maps adopted right after an install hold a fresh compile's bytes, so
@@ -244,19 +240,15 @@ fn adopted_maps_are_updated_in_place() {
     let tier = Tier::for_set(&all, assign_ids(&all, &Ids::default()), seed).unwrap();
     let (mut k, maps) = load(tier.sizes().unwrap());
     let sync = V2Sync::install(maps, tier, &all, seed).unwrap();
-    edge_filter_tests::netns::ensure_bpffs();
-    let dir = std::path::PathBuf::from(edge_filter_tests::netns::BPFFS_MOUNT).join(format!(
-        "ef-test-v2adopt-{}",
-        edge_filter_tests::netns::unique_tag()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    sync.maps().pin(&dir).unwrap();
+    let pins = PinRoot::new("v2adopt");
+    let dir = pins.path();
+    sync.maps().pin(dir).unwrap();
     let open = |name: &str| -> edge_filter::error::Result<Map> {
         let d = MapData::from_pin(dir.join(name)).unwrap();
         Ok(Map::from_map_data(d).unwrap())
     };
     let (mut adopted, how) = V2Sync::adopt(V2Maps::from_fn(open).unwrap(), seed).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(pins);
     assert!(!how.drift && how.in_place, "fresh maps adopted as {how:?}");
     assert!(adopted.in_place());
     // The engine holds a set its caller keeps rather than a copy: one
@@ -470,7 +462,7 @@ fn a_new_tier_replaces_the_program_on_the_pinned_link() {
     use aya::programs::{XdpMode, links::FdLink};
     use edge_filter::kernel::attach::{LinkHealth, link_health, swap_program};
     use edge_filter::kernel::paths::Paths;
-    use edge_filter_tests::netns::{BPFFS_MOUNT, Netns, ensure_bpffs, unique_tag};
+    use edge_filter_tests::netns::{Netns, unique_tag};
     if !edge_filter_tests::netns::is_root() {
         eprintln!("skipping: needs root to attach XDP");
         return;
@@ -478,18 +470,9 @@ fn a_new_tier_replaces_the_program_on_the_pinned_link() {
     let tag = unique_tag();
     let ns = Netns::create(&format!("efv2swap{tag}"));
     ns.ip_batch("link add efa type veth peer name efb\nlink set efa up\nlink set efb up\n");
-    ensure_bpffs();
-    let root = std::path::PathBuf::from(BPFFS_MOUNT).join(format!("ef-test-v2swap-{tag}"));
-    let paths = Paths::new(&root);
+    let pins = PinRoot::new("v2swap");
+    let paths = Paths::new(pins.path());
     std::fs::create_dir_all(paths.iface_dir("efa")).unwrap();
-    /// Removes the test's pins however the test ends.
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(root.clone());
     ns.enter(|| {
         let (mut old, _old_maps) = load(Sizes::small());
         let p: &mut Xdp = old.ebpf.program_mut(PROGRAM).unwrap().try_into().unwrap();
@@ -526,7 +509,7 @@ fn a_new_tier_goes_live_on_the_pinned_attachment() {
     use edge_filter::kernel::attach::{LinkHealth, TierPins, grow, link_health};
     use edge_filter::kernel::paths::Paths;
     use edge_filter::kernel::program::load_v2_object;
-    use edge_filter_tests::netns::{BPFFS_MOUNT, Netns, ensure_bpffs, unique_tag};
+    use edge_filter_tests::netns::{Netns, unique_tag};
     if !edge_filter_tests::netns::is_root() {
         eprintln!("skipping: needs root to attach XDP");
         return;
@@ -535,18 +518,10 @@ fn a_new_tier_goes_live_on_the_pinned_attachment() {
     let tag = unique_tag();
     let ns = Netns::create(&format!("efv2grow{tag}"));
     ns.ip_batch("link add efa type veth peer name efb\nlink set efa up\nlink set efb up\n");
-    ensure_bpffs();
-    let root = std::path::PathBuf::from(BPFFS_MOUNT).join(format!("ef-test-v2grow-{tag}"));
-    let paths = Paths::new(&root);
+    let pins = PinRoot::new("v2grow");
+    let paths = Paths::new(pins.path());
     let maps_dir = paths.maps_dir("efa");
     std::fs::create_dir_all(&maps_dir).unwrap();
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(root.clone());
     let mut extra: Vec<(&str, u32)> = Capacities::small().per_map().to_vec();
     extra.push(("ONE_LOAD", 1));
     let seed = random_seed();

@@ -489,7 +489,7 @@ impl FeedAgent {
             );
         }
         let paths = Paths::new(&cfg.bpffs);
-        let flags = flags(&cfg);
+        let flags = cfg.runtime_flags();
         let mut ifaces = Vec::new();
         for i in &cfg.interfaces {
             // A pinned filter and no last-known-good feed copy at all (a new
@@ -858,7 +858,7 @@ impl FeedAgent {
                 OffsetDateTime::now_utc(),
             )),
         );
-        let flags = flags(&self.cfg);
+        let flags = self.cfg.runtime_flags();
         let mut refused = 0;
         // The key-level changes, computed once for every interface whose
         // maps enforce the previous set: applying them costs in proportion
@@ -932,7 +932,7 @@ impl FeedAgent {
         if self.ifaces.iter().any(|i| i.incomplete) {
             self.resync("retry of an incomplete sync");
         }
-        let flags = flags(&self.cfg);
+        let flags = self.cfg.runtime_flags();
         for Enforced {
             name: iface,
             maps,
@@ -1048,10 +1048,6 @@ impl FeedAgent {
             }
         }
     }
-}
-
-fn flags(cfg: &Config) -> u32 {
-    cfg.runtime_flags()
 }
 
 /// The desired state as the set the sync engine shares
