@@ -7,6 +7,7 @@ use clap::{ArgGroup, Args, ValueEnum};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::entry::Proto;
 use edge_filter::escape::{self, Escaped, escape};
+use edge_filter::intel::config::EntryCounters;
 use edge_filter::kernel::attach;
 use edge_filter::ops::explain::EntryReport;
 use edge_filter::ops::explain::{Explanation, KernelCheck, Query, cross_check};
@@ -109,7 +110,7 @@ struct KernelOut {
     hits: Vec<edge_filter::ops::hits::EntryHits>,
     /// How those counters count (`exact`, `sampled`: estimates, `off`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    entry_counters: Option<&'static str>,
+    entry_counters: Option<EntryCounters>,
 }
 
 impl KernelOut {
@@ -418,9 +419,13 @@ fn print_text(out: &Out) {
                         h.hits.bytes,
                         super::top::last_hit_text(h.hits.last_hit, now),
                         match k.entry_counters {
-                            Some("sampled") => " (estimates: entry_counters = \"sampled\")",
-                            Some("off") => " (as of when entry_counters was set to \"off\")",
-                            _ => "",
+                            Some(EntryCounters::Sampled) => {
+                                " (estimates: entry_counters = \"sampled\")"
+                            }
+                            Some(EntryCounters::Off) => {
+                                " (as of when entry_counters was set to \"off\")"
+                            }
+                            Some(EntryCounters::Exact) | None => "",
                         }
                     )
                 } else {

@@ -64,7 +64,7 @@ pub struct RunArgs {
     /// Drop malformed IP packets instead of passing them (they are counted either way).
     #[arg(long)]
     pub drop_malformed: bool,
-    /// Per-entry hit counters (top, stats --entries, metrics, last hit):
+    /// Per-entry hit counters (top, explain, per-feed metrics, last hit):
     /// exact counts every hit (one more cache line per hit), sampled one
     /// in 16 per CPU as 16 (estimates, almost free), off none. With
     /// --config use its `entry_counters`.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use comfy_table::{CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
 use edge_filter::escape;
+use edge_filter::intel::config::EntryCounters;
 use edge_filter::ops::hits::{EntryHits, Hits, Report, Verdicts};
 use edge_filter::ops::knowledge::Knowledge;
 use serde::Serialize;
@@ -115,8 +116,7 @@ struct IfaceOut<'a> {
     /// Allowlist nets (`status`'s `allowlisted`).
     allowlisted: usize,
     uncounted_entries: usize,
-    /// `exact`, `sampled` or `off`.
-    entry_counters: &'a str,
+    entry_counters: EntryCounters,
 }
 
 #[derive(Serialize)]
@@ -151,17 +151,17 @@ pub fn run(a: TopArgs) -> anyhow::Result<()> {
     let report = Report::read(&paths, &ifaces, knowledge.as_ref())?;
     for i in &report.interfaces {
         match i.entry_counters {
-            "sampled" => notes.push(format!(
+            EntryCounters::Sampled => notes.push(format!(
                 "{}: per-entry counters are sampled (entry_counters = \"sampled\": one hit in {} per CPU counted as {}): packets, bytes and last hit are estimates",
                 i.iface,
                 edge_filter_common::ENTRY_SAMPLE_EVERY,
                 edge_filter_common::ENTRY_SAMPLE_EVERY
             )),
-            "off" => notes.push(format!(
+            EntryCounters::Off => notes.push(format!(
                 "{}: per-entry counters are off (entry_counters = \"off\"): no entry is counted; `edge-filter stats` has the verdict counters",
                 i.iface
             )),
-            _ => {}
+            EntryCounters::Exact => {}
         }
     }
     let top: Vec<&EntryHits> = report

@@ -78,8 +78,8 @@ pub enum Malformed {
     Drop,
 }
 
-/// How the datapath counts hits per entry (`edge-filter top`, `stats
-/// --entries`, the per-entry metrics and last-hit times read them).
+/// How the datapath counts hits per entry (`edge-filter top` and
+/// `explain`, the per-feed metrics and last-hit times read them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryCounters {
@@ -113,6 +113,18 @@ impl EntryCounters {
             EntryCounters::Sampled
         } else {
             EntryCounters::Exact
+        }
+    }
+
+    /// Packets one counted hit stands for: 1, [`ENTRY_SAMPLE_EVERY`]
+    /// when sampled, 0 when off (the metric's value).
+    ///
+    /// [`ENTRY_SAMPLE_EVERY`]: edge_filter_common::ENTRY_SAMPLE_EVERY
+    pub fn sample_every(self) -> u32 {
+        match self {
+            EntryCounters::Exact => 1,
+            EntryCounters::Sampled => edge_filter_common::ENTRY_SAMPLE_EVERY,
+            EntryCounters::Off => 0,
         }
     }
 
@@ -1501,6 +1513,15 @@ mod tests {
             assert_eq!(EntryCounters::of_flags(c.runtime_flags()), mode);
             assert_eq!(mode.name(), text);
         }
+        assert_eq!(
+            [
+                EntryCounters::Exact,
+                EntryCounters::Sampled,
+                EntryCounters::Off
+            ]
+            .map(EntryCounters::sample_every),
+            [1, edge_filter_common::ENTRY_SAMPLE_EVERY, 0]
+        );
         let e = read("entry_counters = \"some\"").unwrap_err().to_string();
         assert!(
             e.contains("exact") && e.contains("sampled") && e.contains("off"),

@@ -136,7 +136,7 @@ pub struct IfaceHits {
     pub uncounted_entries: usize,
     /// How the datapath counts per-entry hits (`exact`, `sampled`: one in
     /// `ENTRY_SAMPLE_EVERY` counted as that many, so estimates; `off`).
-    pub entry_counters: &'static str,
+    pub entry_counters: EntryCounters,
     /// Every entry and allowlist net, by id.
     pub entries: Vec<EntryHits>,
 }
@@ -188,7 +188,7 @@ pub fn read_iface(paths: &Paths, iface: &str, clock: &Clock) -> Result<IfaceHits
         maps.entry_stats_capacity(),
         clock,
     );
-    out.entry_counters = EntryCounters::of_flags(maps.config()?.flags).name();
+    out.entry_counters = EntryCounters::of_flags(maps.config()?.flags);
     Ok(out)
 }
 
@@ -208,7 +208,7 @@ pub fn join(
         overflow: Hits::from_stat(overflow, clock),
         capacity,
         uncounted_entries: 0,
-        entry_counters: EntryCounters::Exact.name(),
+        entry_counters: EntryCounters::Exact,
         entries: Vec::new(),
     };
     for (key, v) in contents.entries() {

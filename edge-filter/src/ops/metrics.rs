@@ -161,14 +161,10 @@ impl Metrics {
                 }
             };
             if let Ok(c) = maps.config() {
-                let every = match crate::intel::config::EntryCounters::of_flags(c.flags) {
-                    crate::intel::config::EntryCounters::Exact => 1,
-                    crate::intel::config::EntryCounters::Sampled => {
-                        i64::from(edge_filter_common::ENTRY_SAMPLE_EVERY)
-                    }
-                    crate::intel::config::EntryCounters::Off => 0,
-                };
-                sample_every.get_or_create(&il).set(every);
+                let mode = crate::intel::config::EntryCounters::of_flags(c.flags);
+                sample_every
+                    .get_or_create(&il)
+                    .set(i64::from(mode.sample_every()));
             }
             match maps.counters() {
                 Ok(c) => {
