@@ -85,12 +85,22 @@ impl Tier {
     /// size. Fails only for sets no tier holds (ids beyond 24 bits, a port
     /// list too long).
     pub fn for_set(set: &EntrySet, ids: Ids, seed: u64) -> Result<Tier> {
+        Tier::for_set_with(set, ids, seed, HEADROOM)
+    }
+
+    /// [`Tier::for_set`] with `headroom` (>= 1.0) times the room `set`
+    /// needs. One update holds the old and the new keys at once (freed
+    /// slots wait for the plan to be applied, and keys the update touches
+    /// do not move), so a tier meant to take every transition between
+    /// sets of some size without a new tier needs about twice the
+    /// headroom of one meant to hold them.
+    pub fn for_set_with(set: &EntrySet, ids: Ids, seed: u64, headroom: f64) -> Result<Tier> {
         // The geometry comes from the counts of the build's own pass over
         // the set (a separate `counts` pass built a hash map of every key:
         // a third of a 1M-entry start).
         let mut chosen = None;
         let first = Compiler::build_for(set, &ids, |c| {
-            *chosen.insert(Geometry::for_counts(c, HEADROOM, seed))
+            *chosen.insert(Geometry::for_counts(c, headroom, seed))
         });
         let (mut g, mut built) = match (chosen, first) {
             (Some(g), r) => (g, Some(r)),
@@ -109,7 +119,7 @@ impl Tier {
             };
             match r {
                 Ok(mut compiler) => {
-                    compiler.fit_heap(HEADROOM);
+                    compiler.fit_heap(headroom);
                     return Ok(Tier { compiler, ids });
                 }
                 Err(LayoutError::Full { what }) if what.contains("heap") => {

@@ -136,6 +136,35 @@ impl<K: Copy + Eq + Hash + Default> Placement<K> {
         })
     }
 
+    /// The other buckets of the movable occupants of `b1` and `b2`, each
+    /// once: where a second move would have to make room when
+    /// [`Placement::relocate_for`] finds none.
+    pub fn alternates(
+        &self,
+        b1: u32,
+        b2: u32,
+        pair_of: impl Fn(&K) -> (u32, u32),
+        movable: impl Fn(&K) -> bool,
+    ) -> Vec<u32> {
+        let mut out = Vec::new();
+        for b in [b1, b2] {
+            for s in 0..self.slots {
+                let Some(k) = self.occ((b * self.slots + s) as usize) else {
+                    continue;
+                };
+                if !movable(&k) {
+                    continue;
+                }
+                let (h1, h2) = pair_of(&k);
+                let alt = if b == h1 { h2 } else { h1 };
+                if alt != b1 && alt != b2 && !out.contains(&alt) {
+                    out.push(alt);
+                }
+            }
+        }
+        out
+    }
+
     /// Make room in bucket `b1` or `b2` by moving one occupant to its other
     /// bucket (`pair_of` gives a key's two buckets); `None` when no
     /// occupant's other bucket has room either. The freed slot is free at
@@ -355,5 +384,40 @@ impl Slots {
 
     pub fn release(&mut self) {
         self.free.append(&mut self.quarantine);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys name their own pair: key `k` lives in bucket `k / 10` or
+    /// `k % 10`.
+    fn pair(k: &u32) -> (u32, u32) {
+        (k / 10, k % 10)
+    }
+
+    #[test]
+    fn a_second_move_makes_room_where_one_cannot() {
+        // One slot a bucket: 1 in bucket 0 (or 1), 12 in 1 (or 2), 23 in 2
+        // (or 3); bucket 3 is empty.
+        let mut p = Placement::<u32>::new(4, 1);
+        for k in [1, 12, 23] {
+            let (b1, b2) = pair(&k);
+            assert_eq!(p.insert(k, b1, b2).map(|x| x.bucket), Some(b1));
+        }
+        // A new key for buckets 0 and 1: neither occupant's other bucket
+        // is free, so one move finds no room.
+        assert!(p.clone().relocate_for(0, 1, pair, |_| true).is_none());
+        // The other buckets worth freeing: 12's bucket 2 (1's other is 1).
+        assert_eq!(p.alternates(0, 1, pair, |_| true), vec![2]);
+        // Keys that may not move are never offered.
+        assert!(p.alternates(0, 1, pair, |k| *k != 12).is_empty());
+        // 23 moves on to 3, then 12 to 2, and bucket 1 is free.
+        let first = p.relocate_for(2, 2, pair, |_| true).expect("23 moves");
+        assert_eq!((first.key, first.from, first.to), (23, (2, 0), (3, 0)));
+        let second = p.relocate_for(0, 1, pair, |_| true).expect("12 moves");
+        assert_eq!((second.key, second.to), (12, (2, 0)));
+        assert_eq!(p.insert(10, 1, 0).map(|x| x.bucket), Some(1));
     }
 }

@@ -1903,6 +1903,33 @@ impl Compiler {
     /// the old slot cleared, a grace period (the key is found at every
     /// point; its verdict does not change).
     fn relocate4(&mut self, b1: u32, b2: u32, touched: &[u128], ph: &mut Phases) -> Result<()> {
+        match self.move4(b1, b2, touched, ph) {
+            Err(LayoutError::Full { .. }) => {
+                // No occupant's other bucket has room: make room there
+                // first (a cuckoo path of two moves, each a complete
+                // relocation of its own).
+                let (seed, mask, record) = (self.geo.seed4, self.geo.buckets4 - 1, ph.record);
+                let alts = self.place4.alternates(
+                    b1,
+                    b2,
+                    |k| bucket_pair4(*k, seed, mask),
+                    |k| !record || touched.binary_search(&(*k as u128)).is_err(),
+                );
+                for a in alts {
+                    if self.move4(a, a, touched, ph).is_ok() {
+                        return self.move4(b1, b2, touched, ph);
+                    }
+                }
+                Err(LayoutError::Full {
+                    what: "a pair of IPv4 buckets",
+                })
+            }
+            r => r,
+        }
+    }
+
+    /// One move of [`Compiler::relocate4`].
+    fn move4(&mut self, b1: u32, b2: u32, touched: &[u128], ph: &mut Phases) -> Result<()> {
         let record = ph.record;
         let (seed, mask) = (self.geo.seed4, self.geo.buckets4 - 1);
         let mv = self
@@ -1985,6 +2012,33 @@ impl Compiler {
     /// period passes before the meta is published, and another after the
     /// old slot is cleared (it is about to take a new address).
     fn relocate6(&mut self, b1: u32, b2: u32, touched: &[u128], ph: &mut Phases) -> Result<()> {
+        match self.move6(b1, b2, touched, ph) {
+            Err(LayoutError::Full { .. }) => {
+                // As in `relocate4`: a path of two moves. Three slots a
+                // bucket fill during a large transition (freed slots are
+                // held until the plan is applied, new keys cannot move).
+                let (seed, mask, record) = (self.geo.seed6, self.geo.buckets6 - 1, ph.record);
+                let alts = self.place6.alternates(
+                    b1,
+                    b2,
+                    |k| bucket_pair6(v6_words(&k.to_be_bytes()), seed, mask),
+                    |k| !record || touched.binary_search(k).is_err(),
+                );
+                for a in alts {
+                    if self.move6(a, a, touched, ph).is_ok() {
+                        return self.move6(b1, b2, touched, ph);
+                    }
+                }
+                Err(LayoutError::Full {
+                    what: "a pair of IPv6 buckets",
+                })
+            }
+            r => r,
+        }
+    }
+
+    /// One move of [`Compiler::relocate6`].
+    fn move6(&mut self, b1: u32, b2: u32, touched: &[u128], ph: &mut Phases) -> Result<()> {
         let record = ph.record;
         let (seed, mask) = (self.geo.seed6, self.geo.buckets6 - 1);
         let mv = self
