@@ -13,6 +13,7 @@
 //! - [`entry`]: the vocabulary: what an entry matches and what it does;
 //! - [`error`]: the library's error type, one variant per thing an operator can fix;
 //! - [`escape`]: feed text made safe for logs and terminals;
+//! - [`memory`]: the allocator, and freed memory given back after a sync;
 //! - [`trust`]: refusing paths another user could write.
 pub mod agent;
 pub mod entry;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod escape;
 pub mod intel;
 pub mod kernel;
+pub mod memory;
 pub mod ops;
 pub mod reference;
 pub mod replay;

@@ -912,7 +912,7 @@ impl FeedAgent {
         if let Some(m) = &self.metrics {
             m.observe_sync(t.elapsed().as_secs_f64());
         }
-        release_freed_memory();
+        crate::memory::release_freed();
     }
 
     /// The last-hit pass over every interface's per-entry counters.
@@ -966,7 +966,7 @@ impl FeedAgent {
                 Err(e) => log::error!("{iface}: reconcile failed: {e}"),
             }
         }
-        release_freed_memory();
+        crate::memory::release_freed();
     }
 
     fn write_status(&mut self) {
@@ -1054,20 +1054,4 @@ impl FeedAgent {
 /// (`EntryMaps::offer`).
 fn shared_set(d: &std::sync::Arc<DesiredState>) -> SharedSet {
     std::sync::Arc::clone(d) as SharedSet
-}
-
-/// Give the pages of memory freed by a sync or a reconcile pass back to
-/// the system. A sync at 1M entries frees hundreds of MB of temporaries
-/// (the parse, the old desired state, the compile); glibc keeps freed
-/// blocks inside its heap, where later small allocations pin them, and the
-/// agent's resident memory stayed about 90 MB above what it held
-/// (measured with heaptrack and /proc/PID/status). `malloc_trim` returns
-/// every free page, not only the heap's top, and costs a walk of the free
-/// lists (milliseconds), once per sync.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: no arguments beyond the pad; safe to call at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

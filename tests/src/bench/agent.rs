@@ -15,7 +15,9 @@
 //!    mmapped v2 arrays, which the memory section counts as kernel bytes);
 //! 3. an unchanged refresh (SIGHUP, same body): CPU seconds;
 //! 4. a refresh with 1% of the `/32`s replaced: CPU seconds and the peak
-//!    RSS during it (`VmHWM` after a `clear_refs` reset);
+//!    RSS during it (`VmHWM` after a `clear_refs` reset); then another
+//!    1% and `RssAnon` once it has settled (what a long-running agent
+//!    holds);
 //! 5. the last-known-good file's bytes per entry;
 //! 6. the agent stopped and the filter detached, the feed server stopped,
 //!    the agent started again: the time until it attaches with the
@@ -64,6 +66,10 @@ struct Round {
     unchanged_cpu_s: f64,
     changed_cpu_s: f64,
     changed_peak_rss: u64,
+    /// RssAnon once a second 1% refresh has settled: what a long-running
+    /// agent holds (the first sync's figure alone hid an allocator that
+    /// kept what refreshes freed).
+    refreshed_anon: u64,
     lkg_bytes: u64,
     lkg_start_s: f64,
 }
@@ -308,6 +314,18 @@ fn one_round(n: usize, seed: u64) -> Result<Round> {
     r.changed_cpu_s = cpu_since(agent.pid(), before, at, r.idle_cpu)?;
     r.changed_peak_rss = status_bytes(agent.pid(), "VmHWM")?;
 
+    // 4b. Another 1% replaced, then steady memory again.
+    for a in addrs.iter_mut().skip(50).step_by(100) {
+        let x: u32 = rng.random_range(0x0100_0000..0x7f00_0000);
+        *a = std::net::Ipv4Addr::from(x).to_string();
+    }
+    server.set(Reply::ok(join(&addrs, &prefixes)));
+    let seen = count(&agent, &applied);
+    agent.signal(libc::SIGHUP);
+    wait_log(&agent, &applied, seen, big)?;
+    std::thread::sleep(Duration::from_secs(3 + (n / 1_000_000) as u64));
+    r.refreshed_anon = status_bytes(agent.pid(), "RssAnon")?;
+
     // 5. The last-known-good copy.
     r.lkg_bytes = setup.lkg_bytes();
 
@@ -351,8 +369,8 @@ pub fn run(o: &Opts) -> Result<()> {
     md.push_str(&format!(
         "`edge-filter run --config` (release) in a private netns, skb mode on a veth, one plain HTTP feed on loopback without ETag; N random /32 + N/10 prefixes. Medians of {rounds} round(s). RssAnon is the agent's own memory; RssFile is the binary plus the mmapped v2 arrays (kernel memory, see the memory section). Peak: VmHWM during the 1% refresh. CPU ratios are against the first sync's CPU (fetch, parse, merge, compile, load, write); refresh CPU is net of the idle rate (the once-a-second last-hit pass), measured just before.\n\n"
     ));
-    md.push_str("| entries | first sync s | first sync CPU s | steady RSS MiB | RssAnon MiB | RssFile MiB | RSS B/entry | RssAnon B/entry | peak / steady | idle CPU | unchanged refresh CPU | 1% change CPU | LKG B/entry | start from LKG s |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| entries | first sync s | first sync CPU s | steady RSS MiB | RssAnon MiB | RssFile MiB | RSS B/entry | RssAnon B/entry | RssAnon after 2 refreshes MiB (B/entry) | peak / steady | idle CPU | unchanged refresh CPU | 1% change CPU | LKG B/entry | start from LKG s |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut jrows = Vec::new();
     for &n in sizes {
         let mut all = Vec::new();
@@ -373,6 +391,7 @@ pub fn run(o: &Opts) -> Result<()> {
         let anon = m(|r| r.steady_anon as f64);
         let file = m(|r| r.steady_file as f64);
         let peak = m(|r| r.changed_peak_rss as f64);
+        let refreshed = m(|r| r.refreshed_anon as f64);
         let unchanged = m(|r| r.unchanged_cpu_s);
         let changed = m(|r| r.changed_cpu_s);
         let lkg = m(|r| r.lkg_bytes as f64);
@@ -380,13 +399,15 @@ pub fn run(o: &Opts) -> Result<()> {
         let first = m(|r| r.first_sync_s);
         let idle = m(|r| r.idle_cpu);
         md.push_str(&format!(
-            "| {} | {first:.2} | {first_cpu:.2} | {} | {} | {} | {:.0} | {:.0} | {:.2}x | {:.1}% | {unchanged:.3} s ({:.1}%) | {changed:.2} s ({:.1}%) | {:.1} | {start:.2} |\n",
+            "| {} | {first:.2} | {first_cpu:.2} | {} | {} | {} | {:.0} | {:.0} | {} ({:.0}) | {:.2}x | {:.1}% | {unchanged:.3} s ({:.1}%) | {changed:.2} s ({:.1}%) | {:.1} | {start:.2} |\n",
             all[0].entries,
             mib(steady),
             mib(anon),
             mib(file),
             steady / entries,
             anon / entries,
+            mib(refreshed),
+            refreshed / entries,
             peak / steady,
             100.0 * idle,
             100.0 * unchanged / first_cpu,
@@ -402,6 +423,8 @@ pub fn run(o: &Opts) -> Result<()> {
             "steady_rss_file_bytes": file,
             "rss_bytes_per_entry": steady / entries,
             "rss_anon_bytes_per_entry": anon / entries,
+            "refreshed_rss_anon_bytes": refreshed,
+            "refreshed_rss_anon_bytes_per_entry": refreshed / entries,
             "peak_rss_bytes": peak,
             "peak_over_steady": peak / steady,
             "idle_cpu_share": idle,
@@ -415,7 +438,7 @@ pub fn run(o: &Opts) -> Result<()> {
         }));
     }
     md.push_str(
-        "\nTargets (issue 16): steady RSS <= 120 B per entry at 1M (<= 150 MiB in all), linear to 10M; peak <= 2x steady; unchanged refresh <= 2% and 1% change <= 5% of a full parse's CPU; LKG <= 12 B per /32; start from LKG at 1M <= 1 s.\n\n",
+        "\nTargets (issue 16): steady RSS <= 120 B per entry at 1M (<= 150 MiB in all), linear to 10M (judged on RssAnon after the refreshes, what the agent holds for good); peak <= 2x steady; unchanged refresh <= 2% and 1% change <= 5% of a full parse's CPU; LKG <= 12 B per /32; start from LKG at 1M <= 1 s.\n\n",
     );
     o.emit(&md, &json!({ "section": "agent", "rows": jrows }))
 }
