@@ -10,11 +10,14 @@
 //! (what this module installs) 121 MB, then 134 MB after every refresh.
 //!
 //! jemalloc is `tikv-jemallocator`, the maintained Rust binding (TiKV,
-//! also used by rustc). Its configuration: a background thread purges
-//! dirty pages after one second (`dirty_decay_ms:1000`) straight to the
-//! system (`muzzy_decay_ms:0`), so memory freed between syncs does not
-//! wait for the next allocation to be returned; [`release_freed`] purges at
-//! once after a sync.
+//! also used by rustc). Its configuration: [`release_freed`] purges every
+//! arena once a sync and its parse are freed; what is freed later goes
+//! back after ten seconds (`dirty_decay_ms:10000`, jemalloc's default) by
+//! a background thread, straight to the system (`muzzy_decay_ms:0`:
+//! `MADV_FREE`d pages would still count as resident). A one-second decay
+//! returned the same memory but cost about a tenth more CPU a sync (pages
+//! freed mid-sync were purged and faulted again); no time decay at all
+//! (`-1`) cost no CPU but left 5 MB more resident.
 
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[global_allocator]
@@ -41,12 +44,12 @@ union Conf {
 
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 const CONF: Conf = Conf {
-    b: &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0],
+    b: &b"background_thread:true,dirty_decay_ms:10000,muzzy_decay_ms:0\0"[0],
 };
 
 /// Give the pages freed by a sync or a reconcile pass back to the system
 /// now: a purge of every jemalloc arena (a walk of their dirty pages,
-/// milliseconds), rather than a second of decay.
+/// milliseconds), rather than ten seconds of decay.
 pub fn release_freed() {
     #[cfg(all(target_os = "linux", not(target_env = "musl")))]
     {

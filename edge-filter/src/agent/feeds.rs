@@ -742,7 +742,11 @@ impl FeedAgent {
                 digest,
                 at,
                 delta,
-            } => self.on_parsed(feed, parse, validators, digest, at, delta),
+            } => {
+                self.on_parsed(feed, parse, validators, digest, at, delta);
+                // The parse is freed only now, after the sync's own purge.
+                crate::memory::release_freed();
+            }
         }
     }
 
