@@ -16,13 +16,13 @@
 
 use std::time::Instant;
 
+use super::v1maps::V1Maps;
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
     programs::{ProgramFd, TestRun as _, TestRunOptions},
 };
 use edge_filter::entry::EntrySet;
-use edge_filter::kernel::maps::V1Maps;
 use edge_filter::kernel::program::{self, Capacities};
 use edge_filter_common::{
     self as abi, ACTION_DROP, EntryKind, MAPBIT_ADDR_V4, MAPBIT_ADDR_V6, MAPBIT_PORT_V4,

@@ -25,9 +25,9 @@ use aya::{
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::v1maps::V1Maps;
 use edge_filter::entry::EntrySet;
 use edge_filter::kernel::layout::{Compiler, Geometry, Ids, assign_ids, counts};
-use edge_filter::kernel::maps::V1Maps;
 use edge_filter::kernel::program::{self, Capacities};
 use edge_filter::reference::{PacketInfo, Reference};
 use edge_filter_common::{self as abi, ACTION_DROP, EntryKind, v2::summary_words};

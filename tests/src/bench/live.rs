@@ -29,10 +29,10 @@ use std::os::fd::AsRawFd as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::v1maps::V1Maps;
 use anyhow::{Context as _, Result, bail};
 use aya::maps::PerCpuArray;
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
-use edge_filter::kernel::maps::V1Maps;
 use edge_filter::kernel::program::{self, Capacities};
 use edge_filter_common::{self as abi, ACTION_DROP, EntryKind};
 use serde_json::json;

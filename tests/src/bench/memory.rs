@@ -5,9 +5,9 @@
 
 use std::fs;
 
+use super::v1maps::V1Maps;
 use anyhow::{Context as _, Result};
 use aya::maps::MapInfo;
-use edge_filter::kernel::maps::V1Maps;
 use edge_filter::kernel::program::Capacities;
 use serde_json::json;
 

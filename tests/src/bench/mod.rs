@@ -12,6 +12,7 @@ pub mod datapath_v2;
 pub mod live;
 pub mod memory;
 pub mod plot;
+pub mod v1maps;
 pub mod v2kernel;
 pub mod verify;
 
@@ -392,7 +393,7 @@ impl BenchObj {
     /// Write the entries of `set` into the object's copies of the address,
     /// prefix and address+port maps (what the single-lookup programs read),
     /// with the keys and values the agent's sync would write. Through the
-    /// maps' own handles rather than [`V1Maps`](edge_filter::kernel::maps::V1Maps), so the bench object needs
+    /// maps' own handles rather than [`V1Maps`](v1maps::V1Maps), so the bench object needs
     /// to declare only the maps it reads.
     pub fn load_entries(&mut self, set: &EntrySet) -> Result<()> {
         let d = Desired::build_from(set, &Desired::default());

@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use edge_filter::entry::{Action, Entry, EntrySet};
-use edge_filter::kernel::maps::{Desired, SetChanges, V1Maps};
+use edge_filter::kernel::maps::{Desired, SetChanges};
 use edge_filter::kernel::program::Capacities;
+use edge_filter_tests::bench::v1maps::V1Maps;
 use edge_filter_tests::bench::{self, Cli, Command as Bench, Opts};
 use ipnet::{IpNet, Ipv4Net};
 use rand::rngs::StdRng;

@@ -1,246 +1,32 @@
-//! Incremental updates as plain data: the key-level changes between two
-//! entry sets ([`SetChanges`]), planned against the shadow copy of the maps
-//! ([`Planned`], [`HashPlan`]), and applied to that copy, re-flattening only
-//! the trie nodes the changed prefixes cover. Pure: writing the result to
-//! the kernel is [`super::delta`].
+//! The key-level changes between two entry sets ([`SetChanges`]): one merge
+//! pass over both, what the feed agent hands the sync engine
+//! ([`SetChanges::key_changes`]) instead of a whole set. Pure. (The v1
+//! writer that applied them to hash maps and tries, `V1Maps`, lives in the
+//! bench: `tests/src/bench/v1maps/`.)
 
-use edge_filter_common::{EntryValue, PORT_PREFIX_FIXED_BITS, PortKeyV4, PortKeyV6};
-
-use super::contents::{Desired, Slot, SlotKey, allow_slot, entry_slot, is_normalized};
-use super::trie::{LenFilter, covered, flat_value, lengths_or_empty, value};
+use super::contents::{Slot, SlotKey, allow_slot, entry_slot, is_normalized};
 use crate::entry::{Action, Entry, EntrySet};
 use crate::kernel::layout::IdKey;
 use crate::kernel::v2sync::KeyChange;
 
-/// What an incremental update changed: the old and new values of every
-/// touched key (a key absent from `new` is removed).
-#[derive(Default)]
-pub(super) struct Touched {
-    pub(super) old: Desired,
-    pub(super) new: Desired,
-}
-
 /// What a key change does, as [`SetChanges::between`] found it: the key
-/// is new, its action changed, or it is gone. Knowing adds in advance lets
-/// [`V1Maps::apply_changes`](super::V1Maps::apply_changes) hand out their ids before any map is touched.
+/// is new, its action changed, or it is gone. Public for the bench's v1
+/// baseline (`tests/src/bench/v1maps/`), which hands out the ids of adds
+/// before any map is touched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Change {
+pub enum Change {
+    /// A key the previous set lacks, with its action.
     Add(Action),
+    /// A key of both sets whose action changed, with its new action.
     Set(Action),
+    /// A key the new set lacks.
     Remove,
 }
 
-/// One key change of an incremental update with the id its entry has: a
-/// fresh one for an add, the existing one for a change of action.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Planned {
-    pub(super) slot: Slot,
-    pub(super) change: Change,
-    pub(super) id: u32,
-}
-
-/// Outcome of updating part of the shadow with planned changes.
-#[derive(Default)]
-pub(super) struct Updated {
-    /// Old and new values of touched trie nodes (tries only).
-    pub(super) touched: Touched,
-    /// Ids of removed keys.
-    pub(super) released: Vec<u32>,
-    /// Changes that did not fit the shadow (the changes were computed
-    /// against another set than the one applied).
-    pub(super) mismatched: usize,
-}
-
-/// Kernel writes of one hash map for an incremental update, straight from
-/// the planned changes: no shadow lookup is needed to write them.
-pub(super) struct HashWrites<K> {
-    pub(super) keys: Vec<K>,
-    pub(super) vals: Vec<EntryValue>,
-    /// How many of `keys` exist already (changes of action).
-    pub(super) changed: usize,
-    /// Keys to delete once every write of the update has landed.
-    pub(super) delete: Vec<K>,
-}
-
-impl<K> Default for HashWrites<K> {
-    fn default() -> Self {
-        HashWrites {
-            keys: Vec::new(),
-            vals: Vec::new(),
-            changed: 0,
-            delete: Vec::new(),
-        }
-    }
-}
-
-impl<K> HashWrites<K> {
-    /// (keys written, of which changes of action).
-    pub(super) fn counts(&self) -> (usize, usize) {
-        (self.keys.len(), self.changed)
-    }
-
-    pub(super) fn push(&mut self, key: K, p: &Planned) {
-        match p.change {
-            Change::Add(a) | Change::Set(a) => {
-                self.keys.push(key);
-                self.vals.push(value(a, p.id));
-                self.changed += matches!(p.change, Change::Set(_)) as usize;
-            }
-            Change::Remove => self.delete.push(key),
-        }
-    }
-}
-
-/// [`HashWrites`] for every hash map.
-#[derive(Default)]
-pub(super) struct HashPlan {
-    pub(super) addr_v4: HashWrites<[u8; 4]>,
-    pub(super) addr_v6: HashWrites<[u8; 16]>,
-    pub(super) port_v4: HashWrites<PortKeyV4>,
-    pub(super) port_v6: HashWrites<PortKeyV6>,
-}
-
-impl HashPlan {
-    /// Add a planned change of a hash slot; `false` for a trie slot.
-    pub(super) fn push(&mut self, p: &Planned) -> bool {
-        match p.slot {
-            Slot::AddrV4(k) => self.addr_v4.push(k, p),
-            Slot::AddrV6(k) => self.addr_v6.push(k, p),
-            Slot::PortV4(k) => self.port_v4.push(k, p),
-            Slot::PortV6(k) => self.port_v6.push(k, p),
-            _ => return false,
-        }
-        true
-    }
-}
-
-impl Desired {
-    /// Split off the tries, so they and the hash maps can be updated on
-    /// two threads; [`Desired::put_tries`] puts them back.
-    pub(super) fn take_tries(&mut self) -> Desired {
-        use std::mem::take;
-        Desired {
-            allow_v4: take(&mut self.allow_v4),
-            allow_v6: take(&mut self.allow_v6),
-            prefix_v4: take(&mut self.prefix_v4),
-            prefix_v6: take(&mut self.prefix_v6),
-            pprefix_v4: take(&mut self.pprefix_v4),
-            pprefix_v6: take(&mut self.pprefix_v6),
-            ..Default::default()
-        }
-    }
-
-    pub(super) fn put_tries(&mut self, t: Desired) {
-        self.allow_v4 = t.allow_v4;
-        self.allow_v6 = t.allow_v6;
-        self.prefix_v4 = t.prefix_v4;
-        self.prefix_v6 = t.prefix_v6;
-        self.pprefix_v4 = t.pprefix_v4;
-        self.pprefix_v6 = t.pprefix_v6;
-    }
-
-    /// Apply one planned change in place; returns the old and new value.
-    /// Counts in `up` a change that does not fit what is here (an add of a
-    /// present key, a change or removal of an absent one) and records the
-    /// id a removal frees.
-    fn apply_planned(
-        &mut self,
-        p: &Planned,
-        up: &mut Updated,
-    ) -> (Option<EntryValue>, Option<EntryValue>) {
-        let (old, new) = self.replace(p.slot, |old| match p.change {
-            Change::Remove => None,
-            Change::Add(a) | Change::Set(a) => Some(value(a, old.map_or(p.id, |v| v.id))),
-        });
-        match (p.change, old) {
-            (Change::Add(_), Some(_)) | (Change::Set(_), None) | (Change::Remove, None) => {
-                up.mismatched += 1
-            }
-            _ => {}
-        }
-        if let (Some(o), None) = (old, new) {
-            up.released.push(o.id);
-        }
-        (old, new)
-    }
-
-    /// Apply planned changes to the hash maps of this shadow.
-    pub(super) fn update_hashes(&mut self, plan: &[Planned]) -> Updated {
-        let mut up = Updated::default();
-        for p in plan {
-            self.apply_planned(p, &mut up);
-        }
-        up
-    }
-
-    /// Apply planned changes to the tries (the only maps this `Desired`
-    /// holds, see [`Desired::take_tries`]), re-flattening only the nodes the
-    /// changed prefixes cover. `up.touched` gets the old and new values of
-    /// every touched node, for a minimal kernel sync; `filters` follow the
-    /// nodes added and removed.
-    pub(super) fn update_tries(&mut self, plan: &[Planned], filters: &mut TrieFilters) -> Updated {
-        let mut up = Updated::default();
-        // Remember the old values of every node a changed prefix covers,
-        // before changing anything.
-        macro_rules! trie_old {
-            ($field:ident, $variant:ident) => {{
-                let lens = lengths_or_empty(&self.$field);
-                let f = Some(&filters.$field);
-                let mut dirty = Vec::new();
-                for p in plan {
-                    if let Slot::$variant(l, k) = p.slot {
-                        dirty.push((l, k));
-                        up.touched
-                            .old
-                            .$field
-                            .extend(covered(&self.$field, &lens, f, l, k));
-                    }
-                }
-                dirty
-            }};
-        }
-        let d_prefix_v4 = trie_old!(prefix_v4, PrefixV4);
-        let d_prefix_v6 = trie_old!(prefix_v6, PrefixV6);
-        let d_pprefix_v4 = trie_old!(pprefix_v4, PPrefixV4);
-        let d_pprefix_v6 = trie_old!(pprefix_v6, PPrefixV6);
-        for p in plan {
-            let (old, new) = self.apply_planned(p, &mut up);
-            filters.note(self, &p.slot, old.is_some(), new.is_some());
-            if let Some(o) = old {
-                up.touched.old.put(p.slot, Some(o));
-            }
-            if let Some(n) = new {
-                up.touched.new.put(p.slot, Some(n));
-            }
-        }
-        // Re-flatten every node a changed prefix covers now: one that it
-        // covered before (remembered in `touched.old`) or a changed one.
-        macro_rules! trie_new {
-            ($field:ident, $dirty:expr, $fixed:expr) => {{
-                let lens = lengths_or_empty(&self.$field);
-                let f = Some(&filters.$field);
-                let t = &mut up.touched;
-                let nodes: Vec<_> = t.old.$field.keys().copied().chain($dirty).collect();
-                for n in nodes {
-                    if let Some(&own) = self.$field.get(&n) {
-                        let v = flat_value(&self.$field, &lens, f, $fixed, n.0, n.1, own);
-                        self.$field.insert(n, v);
-                        t.new.$field.insert(n, v);
-                    }
-                }
-            }};
-        }
-        trie_new!(prefix_v4, d_prefix_v4, 0);
-        trie_new!(prefix_v6, d_prefix_v6, 0);
-        trie_new!(pprefix_v4, d_pprefix_v4, PORT_PREFIX_FIXED_BITS);
-        trie_new!(pprefix_v6, d_pprefix_v6, PORT_PREFIX_FIXED_BITS);
-        up
-    }
-}
-
 /// The key-level changes from one entry set to another: every key added
-/// (with its action), removed, or whose action changed. What
-/// [`V1Maps::apply_changes`](super::V1Maps::apply_changes) applies.
+/// (with its action), removed, or whose action changed. The feed agent
+/// computes them once per sync and hands the engine
+/// [`SetChanges::key_changes`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetChanges(pub(super) Vec<(Slot, Change)>);
 
@@ -250,15 +36,26 @@ impl SetChanges {
     ///
     /// Both must be normalised: nets without host bits, entries sorted by
     /// key with one entry per key, the allowlist sorted and unique, as
-    /// the agent's merge of its feeds makes them (`V1Maps::apply` normalises its
-    /// input; this does not, to stay clear of whole-set passes beyond the
-    /// one merge pass). Debug builds check it.
+    /// the agent's merge of its feeds makes them ([`normalized`] makes
+    /// them so; this does not, to stay clear of whole-set passes beyond
+    /// the one merge pass). Debug builds check it.
+    ///
+    /// [`normalized`]: super::normalized
     pub fn between(prev: &EntrySet, new: &EntrySet) -> SetChanges {
         debug_assert!(
             is_normalized(prev) && is_normalized(new),
             "SetChanges::between needs normalised sets"
         );
         SetChanges(diff_sets(prev, new))
+    }
+
+    /// The changes in map terms: each key's [`Slot`] (its map and typed
+    /// key) and what happens to it, in the order of the merge pass
+    /// (allowlist first, then entries by key). What the bench's v1
+    /// baseline (`tests/src/bench/v1maps/`) applies to its hash maps and
+    /// tries.
+    pub fn slots(&self) -> &[(Slot, Change)] {
+        &self.0
     }
 
     /// How many keys change.
@@ -394,54 +191,9 @@ fn diff_entries(a: &[Entry], b: &[Entry]) -> Vec<(Slot, Change)> {
     out
 }
 
-/// A [`LenFilter`] per flattened trie of a [`Desired`] (the allowlist
-/// tries are not flattened, so nothing probes them).
-#[derive(Clone, Debug, Default)]
-pub(super) struct TrieFilters {
-    pub(super) prefix_v4: LenFilter,
-    pub(super) prefix_v6: LenFilter,
-    pub(super) pprefix_v4: LenFilter,
-    pub(super) pprefix_v6: LenFilter,
-}
-
-impl TrieFilters {
-    pub(super) fn build(d: &Desired) -> TrieFilters {
-        TrieFilters {
-            prefix_v4: LenFilter::build(&d.prefix_v4),
-            prefix_v6: LenFilter::build(&d.prefix_v6),
-            pprefix_v4: LenFilter::build(&d.pprefix_v4),
-            pprefix_v6: LenFilter::build(&d.pprefix_v6),
-        }
-    }
-
-    /// Follow a node of `slot` that was (`was`) and is (`is`) in `d`'s
-    /// tries (`d` already changed).
-    pub(super) fn note(&mut self, d: &Desired, slot: &Slot, was: bool, is: bool) {
-        macro_rules! note {
-            ($f:ident, $l:expr, $k:expr) => {
-                match (was, is) {
-                    (false, true) => self.$f.add($l, $k),
-                    (true, false) => self.$f.remove(&d.$f, $l, $k),
-                    _ => {}
-                }
-            };
-        }
-        match slot {
-            Slot::PrefixV4(l, k) => note!(prefix_v4, *l, k),
-            Slot::PrefixV6(l, k) => note!(prefix_v6, *l, k),
-            Slot::PPrefixV4(l, k) => note!(pprefix_v4, *l, k),
-            Slot::PPrefixV6(l, k) => note!(pprefix_v6, *l, k),
-            _ => {}
-        }
-    }
-}
-
 /// Run `a` and `b` at once (`b` on a scoped thread), returning both
 /// results; a panic in either is propagated.
-pub(super) fn both<A: Send, B: Send>(
-    a: impl FnOnce() -> A + Send,
-    b: impl FnOnce() -> B + Send,
-) -> (A, B) {
+fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
     std::thread::scope(|sc| {
         let hb = sc.spawn(b);
         let ra = a();

@@ -77,42 +77,35 @@ fn v6(net: &IpNet) -> [u8; 16] {
     }
 }
 
-/// Where one entry lives: its map and typed key.
+/// Where one entry lives: its map and typed key, as in the fields of
+/// [`Desired`] (tries by prefix length and key). [`SetChanges::slots`]
+/// names its changes by it, for the bench's v1 baseline
+/// (`tests/src/bench/v1maps/`).
+///
+/// [`SetChanges::slots`]: super::SetChanges::slots
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Slot {
+pub enum Slot {
+    /// In `ALLOW_V4`.
     AllowV4(u32, [u8; 4]),
+    /// In `ALLOW_V6`.
     AllowV6(u32, [u8; 16]),
+    /// In `ADDR_V4`.
     AddrV4([u8; 4]),
+    /// In `ADDR_V6`.
     AddrV6([u8; 16]),
+    /// In `PREFIX_V4`.
     PrefixV4(u32, [u8; 4]),
+    /// In `PREFIX_V6`.
     PrefixV6(u32, [u8; 16]),
+    /// In `PORT_V4`.
     PortV4(PortKeyV4),
+    /// In `PORT_V6`.
     PortV6(PortKeyV6),
+    /// In `PPREFIX_V4` (the length counts the fixed protocol, side and
+    /// port bits).
     PPrefixV4(u32, PortPrefixV4),
+    /// In `PPREFIX_V6`.
     PPrefixV6(u32, PortPrefixV6),
-}
-
-impl Slot {
-    /// The slot's map: its index in [`abi::ENTRY_MAPS`].
-    pub(super) fn map_index(&self) -> usize {
-        match self {
-            Slot::AllowV4(..) => 0,
-            Slot::AllowV6(..) => 1,
-            Slot::AddrV4(_) => 2,
-            Slot::AddrV6(_) => 3,
-            Slot::PrefixV4(..) => 4,
-            Slot::PrefixV6(..) => 5,
-            Slot::PortV4(_) => 6,
-            Slot::PortV6(_) => 7,
-            Slot::PPrefixV4(..) => 8,
-            Slot::PPrefixV6(..) => 9,
-        }
-    }
-
-    /// The slot's map's `MAPBIT_*`.
-    pub(super) fn map_bit(&self) -> u32 {
-        abi::entry_map_bit(self.map_index())
-    }
 }
 
 pub(super) fn allow_slot(net: &IpNet) -> Slot {
@@ -208,7 +201,8 @@ impl Desired {
             .map(|v| v.id)
     }
 
-    pub(super) fn get(&self, slot: &Slot) -> Option<EntryValue> {
+    /// The value at `slot`, if it holds one.
+    pub fn get(&self, slot: &Slot) -> Option<EntryValue> {
         match slot {
             Slot::AllowV4(l, k) => self.allow_v4.get(&(*l, *k)),
             Slot::AllowV6(l, k) => self.allow_v6.get(&(*l, *k)),
@@ -224,52 +218,9 @@ impl Desired {
         .copied()
     }
 
-    /// Set `slot` to `f(old value)` (`None` removes) with one lookup;
-    /// returns the old and the new value.
-    pub(super) fn replace(
-        &mut self,
-        slot: Slot,
-        f: impl FnOnce(Option<EntryValue>) -> Option<EntryValue>,
-    ) -> (Option<EntryValue>, Option<EntryValue>) {
-        macro_rules! replace {
-            ($m:expr, $k:expr, $mod:ident) => {
-                match $m.entry($k) {
-                    $mod::Entry::Occupied(mut o) => {
-                        let old = *o.get();
-                        let new = f(Some(old));
-                        match new {
-                            Some(v) => *o.get_mut() = v,
-                            None => {
-                                o.remove();
-                            }
-                        }
-                        (Some(old), new)
-                    }
-                    $mod::Entry::Vacant(e) => {
-                        let new = f(None);
-                        if let Some(v) = new {
-                            e.insert(v);
-                        }
-                        (None, new)
-                    }
-                }
-            };
-        }
-        match slot {
-            Slot::AllowV4(l, k) => replace!(self.allow_v4, (l, k), btree_map),
-            Slot::AllowV6(l, k) => replace!(self.allow_v6, (l, k), btree_map),
-            Slot::AddrV4(k) => replace!(self.addr_v4, k, hash_map),
-            Slot::AddrV6(k) => replace!(self.addr_v6, k, hash_map),
-            Slot::PrefixV4(l, k) => replace!(self.prefix_v4, (l, k), btree_map),
-            Slot::PrefixV6(l, k) => replace!(self.prefix_v6, (l, k), btree_map),
-            Slot::PortV4(k) => replace!(self.port_v4, k, hash_map),
-            Slot::PortV6(k) => replace!(self.port_v6, k, hash_map),
-            Slot::PPrefixV4(l, k) => replace!(self.pprefix_v4, (l, k), btree_map),
-            Slot::PPrefixV6(l, k) => replace!(self.pprefix_v6, (l, k), btree_map),
-        }
-    }
-
-    pub(super) fn put(&mut self, slot: Slot, v: Option<EntryValue>) {
+    /// Set `slot` to `v` (`None` removes it), as is: no trie is
+    /// re-flattened.
+    pub fn put(&mut self, slot: Slot, v: Option<EntryValue>) {
         macro_rules! put {
             ($m:expr, $k:expr) => {
                 match v {
@@ -489,48 +440,6 @@ pub struct Census {
     pub missing: usize,
 }
 
-/// The maps (a `MAPBIT_*` mask) that cannot take their adds before their
-/// removals: `current` keys plus keys `adds` would add exceed `caps`
-/// (in [`abi::ENTRY_MAPS`] order). For those, removals that make room go
-/// first, so that a set that fits always lands whole (a feed rotating a
-/// near-capacity map to as many different keys, or a sync after a crash
-/// in the middle of one).
-pub(super) fn tight_maps(
-    current: &[(&'static str, usize); 10],
-    adds: &[usize; 10],
-    caps: &[u32; 10],
-) -> u32 {
-    let mut tight = 0;
-    for i in 0..10 {
-        if current[i].1 + adds[i] > caps[i] as usize {
-            tight |= abi::entry_map_bit(i);
-        }
-    }
-    tight
-}
-
-/// Keys of `want` that `cur` lacks, per map in [`abi::ENTRY_MAPS`] order.
-pub(super) fn new_keys(cur: &Desired, want: &Desired) -> [usize; 10] {
-    fn h<K: Eq + Hash>(c: &KeyMap<K>, w: &KeyMap<K>) -> usize {
-        w.keys().filter(|k| !c.contains_key(k)).count()
-    }
-    fn t<K: Ord>(c: &BTreeMap<K, EntryValue>, w: &BTreeMap<K, EntryValue>) -> usize {
-        w.keys().filter(|k| !c.contains_key(k)).count()
-    }
-    [
-        t(&cur.allow_v4, &want.allow_v4),
-        t(&cur.allow_v6, &want.allow_v6),
-        h(&cur.addr_v4, &want.addr_v4),
-        h(&cur.addr_v6, &want.addr_v6),
-        t(&cur.prefix_v4, &want.prefix_v4),
-        t(&cur.prefix_v6, &want.prefix_v6),
-        h(&cur.port_v4, &want.port_v4),
-        h(&cur.port_v6, &want.port_v6),
-        t(&cur.pprefix_v4, &want.pprefix_v4),
-        t(&cur.pprefix_v6, &want.pprefix_v6),
-    ]
-}
-
 /// Ids by key, from map contents.
 pub fn ids_of(d: &Desired) -> HashMap<SlotKey, u32> {
     d.entries().into_iter().map(|(k, v)| (k, v.id)).collect()
@@ -715,8 +624,9 @@ pub(super) fn is_normalized(set: &EntrySet) -> bool {
 
 /// `set` with normalised nets, entries sorted by key with one entry per key
 /// (drop wins), and the allowlist sorted and unique. Borrowed when it
-/// already is (the agent's merged desired state always is).
-pub(crate) fn normalized(set: &EntrySet) -> std::borrow::Cow<'_, EntrySet> {
+/// already is (the agent's merged desired state always is). Public for the
+/// bench's v1 baseline (`tests/src/bench/v1maps/`), which syncs any set.
+pub fn normalized(set: &EntrySet) -> std::borrow::Cow<'_, EntrySet> {
     if is_normalized(set) {
         return std::borrow::Cow::Borrowed(set);
     }
@@ -943,20 +853,6 @@ mod tests {
             ]
         );
         assert!(matches!(normalized(&n), std::borrow::Cow::Borrowed(_)));
-    }
-
-    #[test]
-    fn tight_maps_are_those_that_cannot_take_their_adds_first() {
-        let d = Desired::build_from(&every_kind(), &Desired::default());
-        let mut caps = [u32::MAX; 10];
-        let adds = [0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(tight_maps(&d.counts(), &adds, &caps), 0);
-        caps[2] = 1; // ADDR_V4 holds its one key and has no room for another
-        assert_eq!(tight_maps(&d.counts(), &adds, &caps), abi::MAPBIT_ADDR_V4);
-        let mut more = every_kind();
-        more.entries.push(entry("10.0.0.9/32", None, Action::Drop));
-        let want = Desired::build_from(&more, &d);
-        assert_eq!(new_keys(&d, &want), adds);
     }
 }
 

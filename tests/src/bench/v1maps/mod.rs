@@ -1,15 +1,26 @@
-//! The v1 entry maps of one program instance ([`V1Maps`]: the benchmark's
-//! "before" programs; the production program is datapath v2) and
-//! making them hold a [`Desired`]: read back, written as a diff, counted.
+//! The v1 datapath's entry maps ([`V1Maps`]): the hash maps and LPM tries
+//! of the benchmark's "before" programs (`bench::load_v1`), and making them
+//! hold a [`Desired`]: read back, written as a diff, counted. The
+//! production program is datapath v2 (`edge_filter::kernel::maps::EntryMaps`);
+//! this writer moved here from `edge-filter/src/kernel/maps/` when the
+//! agent stopped using it (docs/datapath-v2.md, section 7.0, "Left:"
+//! item 6), and is
+//! kept unchanged as the baseline of `ef-bench sync` and the datapath
+//! sections.
 //!
 //! [`V1Maps::sync`] applies contents as a diff: adds and changes first,
 //! removals last, so an entry present before and after an update is never
 //! absent; only a map too full to hold old and new keys at once takes its
 //! removals first (else a rotation of a near-capacity set could never
 //! land). The hash maps are written with batch syscalls
-//! ([`crate::kernel::sys`]) on one thread while the LPM tries are written
-//! element by element on another. Incremental updates are in
-//! [`super::delta`].
+//! ([`edge_filter::kernel::sys`]) on one thread while the LPM tries are
+//! written element by element on another. Incremental updates are in
+//! `delta`, planned against the shadow copy in `plan`, with the trie
+//! probe filters of `trie`.
+
+mod delta;
+mod plan;
+mod trie;
 
 use std::collections::BTreeMap;
 use std::hash::Hash;
@@ -19,16 +30,16 @@ use aya::{
     Ebpf, Pod,
     maps::{HashMap as BpfHash, IterableMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
 };
+use edge_filter::entry::EntrySet;
+use edge_filter::error::{Error, Result};
+use edge_filter::kernel::maps::{
+    Census, Desired, IdAlloc, KeyMap, SetChanges, drift, normalized, possible_cpus,
+};
 use edge_filter_common::{
     self as abi, Config, EntryValue, PortKeyV4, PortKeyV6, PortPrefixV4, PortPrefixV6,
 };
 
-use super::changes::TrieFilters;
-use super::changes::{SetChanges, both};
-use super::contents::{Census, Desired, KeyMap, drift, new_keys, normalized, tight_maps};
-use super::ids::IdAlloc;
-use crate::entry::EntrySet;
-use crate::error::{Error, Result};
+use plan::TrieFilters;
 
 /// Typed handles to every map of one loaded or pinned program instance.
 pub struct V1Maps {
@@ -52,26 +63,26 @@ pub struct V1Maps {
     stats_fresh: bool,
     /// What the last sync left in the maps, so deltas need not read them
     /// back; [`V1Maps::reconcile`] checks it against the kernel.
-    pub(super) shadow: Option<Desired>,
+    shadow: Option<Desired>,
     /// Probe filters of the shadow's tries, for incremental updates; built
     /// with the shadow and dropped with it.
-    pub(super) filters: Option<TrieFilters>,
+    filters: Option<TrieFilters>,
     /// Use BPF batch syscalls for hash maps (off only to benchmark).
-    pub(super) batch: bool,
+    batch: bool,
     /// The entry set the shadow was built from (sorted, one entry per key),
     /// so the next apply can diff sets instead of rebuilding every map.
-    pub(super) last_set: Option<EntrySet>,
+    last_set: Option<EntrySet>,
     /// Entry ids in use by the shadow, and the free ones.
-    pub(super) ids: IdAlloc,
+    ids: IdAlloc,
     /// Each entry map's capacity (`max_entries`), in [`abi::ENTRY_MAPS`]
     /// order.
-    pub(super) caps: [u32; 10],
+    caps: [u32; 10],
 }
 
-pub use super::entry_maps::SyncStats;
+pub use edge_filter::kernel::maps::SyncStats;
 
 /// The hash maps of [`V1Maps`], borrowed together ([`V1Maps::split`]).
-pub(super) struct HashMaps<'a> {
+struct HashMaps<'a> {
     addr_v4: &'a mut BpfHash<MapData, [u8; 4], EntryValue>,
     addr_v6: &'a mut BpfHash<MapData, [u8; 16], EntryValue>,
     port_v4: &'a mut BpfHash<MapData, PortKeyV4, EntryValue>,
@@ -133,7 +144,7 @@ impl HashMaps<'_> {
     }
 
     /// Their fds, in [`MAP_INDEX`] order, for writes from two threads.
-    pub(super) fn fds(&self) -> [BorrowedFd<'_>; 4] {
+    fn fds(&self) -> [BorrowedFd<'_>; 4] {
         [
             hash_fd(self.addr_v4),
             hash_fd(self.addr_v6),
@@ -144,7 +155,7 @@ impl HashMaps<'_> {
 }
 
 /// The LPM tries of [`V1Maps`], borrowed together ([`V1Maps::split`]).
-pub(super) struct TrieMaps<'a> {
+struct TrieMaps<'a> {
     allow_v4: &'a mut LpmTrie<MapData, [u8; 4], EntryValue>,
     allow_v6: &'a mut LpmTrie<MapData, [u8; 16], EntryValue>,
     prefix_v4: &'a mut LpmTrie<MapData, [u8; 4], EntryValue>,
@@ -157,7 +168,7 @@ impl TrieMaps<'_> {
     /// Write the nodes of `want` whose values differ from `cur`
     /// (per element: LPM tries have no batch operations), in the tries
     /// whose `MAPBIT_*` is in `only`.
-    pub(super) fn upsert(
+    fn upsert(
         &mut self,
         cur: &Desired,
         want: &Desired,
@@ -213,7 +224,7 @@ impl TrieMaps<'_> {
     }
 
     /// Delete the nodes of `cur` that `want` lacks, in the tries in `only`.
-    pub(super) fn remove(
+    fn remove(
         &mut self,
         cur: &Desired,
         want: &Desired,
@@ -244,7 +255,7 @@ impl TrieMaps<'_> {
 }
 
 /// Index of each hash map in [`HashMaps::fds`] and in per-map sums.
-pub(super) const MAP_INDEX: [&str; 4] = [
+const MAP_INDEX: [&str; 4] = [
     abi::MAP_ADDR_V4,
     abi::MAP_ADDR_V6,
     abi::MAP_PORT_V4,
@@ -388,7 +399,7 @@ impl V1Maps {
         {
             let changes = SetChanges::between(&prev, &set);
             drop(prev);
-            if let Some(st) = self.apply_slots(&changes.0, flags)? {
+            if let Some(st) = self.apply_slots(changes.slots(), flags)? {
                 if self.shadow.is_some() {
                     self.last_set = Some(set.into_owned());
                 }
@@ -429,7 +440,7 @@ impl V1Maps {
         // `apply` would diff against this copy; it no longer matches.
         self.last_set = None;
         if self.shadow.is_some()
-            && let Some(st) = self.apply_slots(&changes.0, flags)?
+            && let Some(st) = self.apply_slots(changes.slots(), flags)?
         {
             return Ok(st);
         }
@@ -634,7 +645,7 @@ impl V1Maps {
 
     /// The hash maps and the tries, borrowed apart so that two threads can
     /// write them.
-    pub(super) fn split(&mut self) -> (HashMaps<'_>, TrieMaps<'_>) {
+    fn split(&mut self) -> (HashMaps<'_>, TrieMaps<'_>) {
         (
             HashMaps {
                 addr_v4: &mut self.addr_v4,
@@ -730,7 +741,7 @@ impl V1Maps {
         };
         if self.batch {
             let fd = self.entry_stats.map().fd().as_fd();
-            match crate::kernel::sys::lookup_all_percpu::<abi::EntryStat>(fd, ncpus) {
+            match edge_filter::kernel::sys::lookup_all_percpu::<abi::EntryStat>(fd, ncpus) {
                 Ok((keys, vals)) => {
                     for (i, k) in keys.iter().enumerate() {
                         if let Some(o) = out.get_mut(*k as usize) {
@@ -741,7 +752,7 @@ impl V1Maps {
                     }
                     return Ok(out);
                 }
-                Err(e) if crate::kernel::sys::unsupported(&e) => {}
+                Err(e) if edge_filter::kernel::sys::unsupported(&e) => {}
                 Err(source) => {
                     return Err(Error::Pin {
                         op: "reading ENTRY_STATS (batch)".into(),
@@ -783,7 +794,7 @@ impl V1Maps {
 
     /// Zero the hit counters of `ids` (those below the capacity) on every
     /// CPU, before entries with these newly assigned ids land.
-    pub(super) fn zero_entry_stats(&mut self, ids: &[u32]) -> Result<()> {
+    fn zero_entry_stats(&mut self, ids: &[u32]) -> Result<()> {
         let cap = self.entry_stats.len();
         let ids: Vec<u32> = ids.iter().copied().filter(|&i| i < cap).collect();
         if ids.is_empty() {
@@ -794,11 +805,11 @@ impl V1Maps {
         if self.batch {
             let zeros = vec![abi::EntryStat::default(); ids.len() * ncpus];
             let fd = self.entry_stats.map().fd().as_fd();
-            let p = crate::kernel::sys::update_percpu(fd, &ids, &zeros, ncpus);
+            let p = edge_filter::kernel::sys::update_percpu(fd, &ids, &zeros, ncpus);
             start = p.done;
             match p.error {
                 None => return Ok(()),
-                Some(e) if crate::kernel::sys::unsupported(&e) => {}
+                Some(e) if edge_filter::kernel::sys::unsupported(&e) => {}
                 Some(source) => {
                     return Err(Error::Pin {
                         op: "zeroing ENTRY_STATS (batch)".into(),
@@ -863,16 +874,16 @@ impl V1Maps {
     }
 }
 
-use super::entry_maps::possible_cpus;
-
 fn read_hash<K: Pod + Eq + Hash + Default>(
     m: &BpfHash<MapData, K, EntryValue>,
     batch: bool,
 ) -> Result<KeyMap<K>> {
     if batch {
-        match crate::kernel::sys::lookup_all::<K, EntryValue>(IterableMap::map(m).fd().as_fd()) {
+        match edge_filter::kernel::sys::lookup_all::<K, EntryValue>(
+            IterableMap::map(m).fd().as_fd(),
+        ) {
             Ok(v) => return Ok(v.into_iter().collect()),
-            Err(e) if crate::kernel::sys::unsupported(&e) => {}
+            Err(e) if edge_filter::kernel::sys::unsupported(&e) => {}
             Err(e) => {
                 return Err(Error::Pin {
                     op: "reading a hash map (batch)".into(),
@@ -906,7 +917,7 @@ fn read_lpm<K: Pod + Ord>(
     Ok(out)
 }
 
-pub(super) fn merge_stats(mut a: SyncStats, b: SyncStats) -> SyncStats {
+fn merge_stats(mut a: SyncStats, b: SyncStats) -> SyncStats {
     a.added += b.added;
     a.changed += b.changed;
     a.removed += b.removed;
@@ -971,7 +982,7 @@ fn hash_fd<K: Pod>(m: &BpfHash<MapData, K, EntryValue>) -> BorrowedFd<'_> {
 /// Write `keys[i] -> vals[i]` (batch when `batch` and supported, else one
 /// element at a time); returns how many were refused because the map is
 /// full. The rest is written.
-pub(super) fn write_by_fd<K: Pod>(
+fn write_by_fd<K: Pod>(
     fd: BorrowedFd<'_>,
     keys: &[K],
     vals: &[EntryValue],
@@ -984,11 +995,11 @@ pub(super) fn write_by_fd<K: Pod>(
     };
     let (mut start, mut refused) = (0, 0);
     while batch && start < keys.len() {
-        let p = crate::kernel::sys::update(fd, &keys[start..], &vals[start..]);
+        let p = edge_filter::kernel::sys::update(fd, &keys[start..], &vals[start..]);
         start += p.done;
         match p.error {
             None => return Ok(refused),
-            Some(e) if crate::kernel::sys::unsupported(&e) && p.done == 0 => break,
+            Some(e) if edge_filter::kernel::sys::unsupported(&e) && p.done == 0 => break,
             // The element at `start` did not fit; skip it.
             Some(e) if is_full_io(&e) => {
                 refused += 1;
@@ -998,7 +1009,7 @@ pub(super) fn write_by_fd<K: Pod>(
         }
     }
     for (k, v) in keys[start..].iter().zip(&vals[start..]) {
-        match crate::kernel::sys::update_one(fd, k, v) {
+        match edge_filter::kernel::sys::update_one(fd, k, v) {
             Ok(()) => {}
             Err(e) if is_full_io(&e) => refused += 1,
             Err(e) => return Err(err(e)),
@@ -1009,26 +1020,26 @@ pub(super) fn write_by_fd<K: Pod>(
 
 /// Delete `keys` (batch when `batch` and supported, else one element at a
 /// time); keys already gone are fine. Returns how many were removed.
-pub(super) fn delete_by_fd<K: Pod>(fd: BorrowedFd<'_>, keys: &[K], batch: bool) -> Result<usize> {
+fn delete_by_fd<K: Pod>(fd: BorrowedFd<'_>, keys: &[K], batch: bool) -> Result<usize> {
     let err = |source| Error::Pin {
         op: "removing entries".into(),
         source,
     };
     let (mut start, mut removed) = (0, 0);
     while batch && start < keys.len() {
-        let p = crate::kernel::sys::delete(fd, &keys[start..]);
+        let p = edge_filter::kernel::sys::delete(fd, &keys[start..]);
         start += p.done;
         removed += p.done;
         match p.error {
             None => return Ok(removed),
-            Some(e) if crate::kernel::sys::unsupported(&e) && p.done == 0 => break,
+            Some(e) if edge_filter::kernel::sys::unsupported(&e) && p.done == 0 => break,
             // Already gone (someone else removed it): fine.
             Some(e) if e.raw_os_error() == Some(libc::ENOENT) => start += 1,
             Some(e) => return Err(err(e)),
         }
     }
     for k in &keys[start..] {
-        match crate::kernel::sys::delete_one(fd, k) {
+        match edge_filter::kernel::sys::delete_one(fd, k) {
             Ok(()) => removed += 1,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(err(e)),
@@ -1075,7 +1086,7 @@ fn upsert_lpm<K: Pod + Ord>(
     Ok(())
 }
 
-pub(super) fn note_refused(name: &'static str, refused: usize, st: &mut SyncStats) {
+fn note_refused(name: &'static str, refused: usize, st: &mut SyncStats) {
     if refused > 0 {
         st.refused += refused;
         st.refusals.push(format!(
@@ -1119,4 +1130,103 @@ fn remove_lpm<K: Pod + Ord>(
         }
     }
     Ok(())
+}
+
+/// The maps (a `MAPBIT_*` mask) that cannot take their adds before their
+/// removals: `current` keys plus keys `adds` would add exceed `caps`
+/// (in [`abi::ENTRY_MAPS`] order). For those, removals that make room go
+/// first, so that a set that fits always lands whole (a feed rotating a
+/// near-capacity map to as many different keys, or a sync after a crash
+/// in the middle of one).
+fn tight_maps(current: &[(&'static str, usize); 10], adds: &[usize; 10], caps: &[u32; 10]) -> u32 {
+    let mut tight = 0;
+    for i in 0..10 {
+        if current[i].1 + adds[i] > caps[i] as usize {
+            tight |= abi::entry_map_bit(i);
+        }
+    }
+    tight
+}
+
+/// Keys of `want` that `cur` lacks, per map in [`abi::ENTRY_MAPS`] order.
+fn new_keys(cur: &Desired, want: &Desired) -> [usize; 10] {
+    fn h<K: Eq + Hash>(c: &KeyMap<K>, w: &KeyMap<K>) -> usize {
+        w.keys().filter(|k| !c.contains_key(k)).count()
+    }
+    fn t<K: Ord>(c: &BTreeMap<K, EntryValue>, w: &BTreeMap<K, EntryValue>) -> usize {
+        w.keys().filter(|k| !c.contains_key(k)).count()
+    }
+    [
+        t(&cur.allow_v4, &want.allow_v4),
+        t(&cur.allow_v6, &want.allow_v6),
+        h(&cur.addr_v4, &want.addr_v4),
+        h(&cur.addr_v6, &want.addr_v6),
+        t(&cur.prefix_v4, &want.prefix_v4),
+        t(&cur.prefix_v6, &want.prefix_v6),
+        h(&cur.port_v4, &want.port_v4),
+        h(&cur.port_v6, &want.port_v6),
+        t(&cur.pprefix_v4, &want.pprefix_v4),
+        t(&cur.pprefix_v6, &want.pprefix_v6),
+    ]
+}
+
+/// Run `a` and `b` at once (`b` on a scoped thread), returning both
+/// results; a panic in either is propagated. (A copy of the private helper
+/// of `SetChanges::between` in edge-filter's `kernel/maps/changes.rs`.)
+fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    std::thread::scope(|sc| {
+        let hb = sc.spawn(b);
+        let ra = a();
+        let rb = hb.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (ra, rb)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_filter::entry::{Action, Entry, PortMatch, Proto, Side};
+
+    fn entry(s: &str, port: Option<(Proto, u16, Side)>, action: Action) -> Entry {
+        let port = port.map(|(proto, port, side)| PortMatch { proto, port, side });
+        Entry::new(s.parse().unwrap(), port, action)
+    }
+
+    /// One entry of every kind, both families, an allowlist, a duplicate
+    /// key (weaker first) and a monitor prefix inside a drop prefix.
+    fn every_kind() -> EntrySet {
+        use Action::{Drop, Monitor};
+        EntrySet {
+            allow: vec![
+                "192.0.2.128/25".parse().unwrap(),
+                "2001:db8:ffff::/48".parse().unwrap(),
+            ],
+            entries: vec![
+                entry("10.0.0.1/32", None, Monitor),
+                entry("10.0.0.1/32", None, Drop),
+                entry("2001:db8::1/128", None, Drop),
+                entry("10.1.0.0/16", None, Drop),
+                entry("10.1.2.0/24", None, Monitor),
+                entry("2001:db8:bad::/48", None, Monitor),
+                entry("10.0.0.2/32", Some((Proto::Tcp, 443, Side::Src)), Drop),
+                entry("2001:db8::2/128", Some((Proto::Udp, 53, Side::Dst)), Drop),
+                entry("10.2.0.0/16", Some((Proto::Tcp, 22, Side::Dst)), Monitor),
+                entry("2001:db8:2::/64", Some((Proto::Udp, 123, Side::Src)), Drop),
+            ],
+        }
+    }
+
+    #[test]
+    fn tight_maps_are_those_that_cannot_take_their_adds_first() {
+        let d = Desired::build_from(&every_kind(), &Desired::default());
+        let mut caps = [u32::MAX; 10];
+        let adds = [0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(tight_maps(&d.counts(), &adds, &caps), 0);
+        caps[2] = 1; // ADDR_V4 holds its one key and has no room for another
+        assert_eq!(tight_maps(&d.counts(), &adds, &caps), abi::MAPBIT_ADDR_V4);
+        let mut more = every_kind();
+        more.entries.push(entry("10.0.0.9/32", None, Action::Drop));
+        let want = Desired::build_from(&more, &d);
+        assert_eq!(new_keys(&d, &want), adds);
+    }
 }

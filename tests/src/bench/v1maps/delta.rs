@@ -1,16 +1,16 @@
 //! Incremental updates written to the kernel: [`V1Maps::apply_changes`]
-//! applies planned key changes ([`super::changes`]) to the shadow copy and
+//! applies planned key changes ([`super::plan`]) to the shadow copy and
 //! the maps in proportion to the change, on two threads.
 
 use aya::Pod;
+use edge_filter::error::Result;
+use edge_filter::kernel::maps::{Change, Slot};
 
-use super::changes::TrieFilters;
-use super::changes::{Change, HashPlan, HashWrites, Planned, Updated, both};
-use super::contents::{Slot, tight_maps};
-use super::v1_maps::{
-    MAP_INDEX, SyncStats, V1Maps, delete_by_fd, merge_stats, note_refused, write_by_fd,
+use super::plan::{HashPlan, HashWrites, Planned, Shadow, SlotMap, TrieFilters, Updated};
+use super::{
+    MAP_INDEX, SyncStats, V1Maps, both, delete_by_fd, merge_stats, note_refused, tight_maps,
+    write_by_fd,
 };
-use crate::error::Result;
 
 impl V1Maps {
     /// Apply key-level changes to the shadow and the kernel, in
