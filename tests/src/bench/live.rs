@@ -33,6 +33,7 @@ use super::v1maps::V1Maps;
 use anyhow::{Context as _, Result, bail};
 use aya::maps::PerCpuArray;
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
+use edge_filter::kernel::features::{self, Status};
 use edge_filter::kernel::program::{self, Capacities};
 use edge_filter_common::{self as abi, ACTION_DROP, EntryKind};
 use serde_json::json;
@@ -493,6 +494,20 @@ pub fn run(o: &Opts) -> Result<()> {
         bail!(
             "the live section needs {}: run `sudo -E cargo xtask setup`",
             missing.join(", ")
+        );
+    }
+    // Traffic comes from live-frames test runs: where the kernel refuses
+    // them (some hosts' policy answers EPERM even to root) the section
+    // says so instead of failing the whole bench.
+    if let Status::Missing(why) | Status::Unknown(why) = features::probe("xdp-live-frames") {
+        eprintln!("live: skipped: live-frames BPF_PROG_TEST_RUN: {why}");
+        let md = format!(
+            "## Live traffic on veth\n\nSkipped on this host ({}): the traffic generator needs live-frames `BPF_PROG_TEST_RUN`, which the kernel refused: {why}.\n\n",
+            features::kernel_release()
+        );
+        return o.emit(
+            &md,
+            &json!({ "section": "live", "skipped": why, "kernel": features::kernel_release() }),
         );
     }
     let start = Instant::now();
