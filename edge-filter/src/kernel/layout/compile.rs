@@ -1076,6 +1076,9 @@ impl Compiler {
         if r.is_err() {
             self.poisoned = true;
         }
+        for f in &mut self.fam {
+            f.compact();
+        }
         r
     }
 

@@ -218,7 +218,9 @@ impl<T: Copy> Arr<T> {
             return Ok(());
         };
         let mut ok = true;
-        for (i, (before, after)) in m.over.drain() {
+        // Taken, not drained: a drained map keeps its table, and a 1% change
+        // of a 1M-entry set left 6 MB of overlay allocated for good.
+        for (i, (before, after)) in std::mem::take(&mut m.over) {
             let i = i as usize;
             // SAFETY: i < len (only indexes below it enter the overlay).
             let now = unsafe { m.ptr.add(i).read_volatile() };
