@@ -2,7 +2,7 @@
 //! [`EntrySet`] the kernel should enforce, remembering who asserted what.
 //!
 //! Rules, in the order they are applied to each assertion (one
-//! [`FeedEntry`] of one feed):
+//! `FeedEntry` of one feed):
 //! 1. not yet valid (`valid_from > now`): left out, counted as pending;
 //! 2. expired: its own `expires`, else the feed's `ttl` after the feed last
 //!    asserted it (its last successful fetch), is `<= now`: left out,

@@ -9,7 +9,7 @@
 //! 8 bytes, any other entry is its 24-byte [`Entry`] on the side, plus,
 //! only once some entry of the feed carries provenance, a 4-byte index
 //! into the feed's distinct
-//! provenance records ([`Meta`]): entries that share an indicator, a
+//! provenance records (`Meta`): entries that share an indicator, a
 //! confidence, validity and a description share one record. The copy is
 //! shared ([`std::sync::Arc`]) between the snapshot and the last-known-good
 //! file being written, never duplicated.

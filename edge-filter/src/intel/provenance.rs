@@ -5,7 +5,7 @@
 //! key to a vector of owned [`Provenance`]s cost about 190 bytes a `/32`
 //! (a tree node share, a vector, a heap block and a copy of the feed name
 //! per entry). Here the assertions of the set's `i`-th entry are one run of
-//! references to distinct assertion records ([`Item`]s), parallel to the
+//! references to distinct assertion records (`Item`s), parallel to the
 //! sorted entries, and every feed name, indicator and description is
 //! stored once however many entries carry it. Where every entry has one
 //! assertion (most sets) the runs need no starts: 4 bytes an entry; where

@@ -16,7 +16,7 @@
 //!   and swaps the program on its link (`bpf_link_update`), without a gap.
 //! - [`V2Sync::apply_changes`]: the same from the key changes the agent
 //!   computed (its `SetChanges`), in proportion to them: ids of new keys
-//!   from a kept bitmap ([`IdPool`]), the plan from
+//!   from a kept bitmap (`IdPool`), the plan from
 //!   [`Compiler::update_changes`].
 //! - [`V2Sync::adopt`]: maps another agent filled, decoded from their
 //!   catalog (set and ids) and checked against a fresh compile (drift).

@@ -4,7 +4,7 @@
 //! packet, so it is written to be *obviously* faithful to the contract rather
 //! than fast or clever:
 //!
-//! - [`parse`] follows the numbered parsing steps of the spec literally, one
+//! - [`parse`](fn@parse) follows the numbered parsing steps of the spec literally, one
 //!   check per line, in the spec's order, using plain slice indexing with
 //!   explicit bounds checks (no packet-parsing crate whose notion of
 //!   "malformed" could differ from ours);

@@ -16,7 +16,7 @@
 //! For the netfilter receivers veth needs NAPI to accept XDP_TX frames
 //! from its peer; GRO on (`ethtool -K`) turns it on without an XDP program.
 //! Each measurement enables one receiver (attach / add the rules), sends
-//! [`FRAMES`] frames, waits until the receiver's counters stop moving,
+//! `FRAMES` frames, waits until the receiver's counters stop moving,
 //! reads them and disables it again; one round runs every mix × receiver
 //! once (interleaved), figures are medians over rounds. Rate = packets the
 //! receiver counted / time from the start of sending to its last count.

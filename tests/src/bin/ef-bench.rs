@@ -13,7 +13,7 @@
 //! `datapath`, `live` and `memory` live in [`edge_filter_tests::bench`].
 //!
 //! `sync` measures the agent's map sync with the real XDP program's maps
-//! (private maps, loaded through [`KernelClassifier`]; needs root): a full
+//! (private maps, loaded through `KernelClassifier`; needs root): a full
 //! sync of 1,000,000 IPv4 /32 entries and 100,000 IPv4 prefixes into empty
 //! maps through the batch path and the per-element path, a 1% churn delta on
 //! top of the full set, the read-back of the full maps, and the agent's peak
