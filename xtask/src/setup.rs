@@ -27,6 +27,10 @@ const BPF_LINKER_SERIES: &str = "0.13.";
 /// Who needs a Debian package.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Group {
+    /// Building the agent: `tikv-jemalloc-sys` configures and builds
+    /// jemalloc's bundled C source with make (and the C compiler Rust
+    /// already links with). Always installed.
+    Build,
     /// The integration tests (network namespaces, veth pairs, ping). Always installed.
     Test,
     /// `cargo xtask bench`: the nftables/iptables/ipset baselines and ethtool
@@ -40,6 +44,7 @@ pub enum Group {
 /// Every Debian package the project's tests use, by group: the one list setup
 /// installs from.
 pub const DEBIAN_PACKAGES: &[(Group, &str)] = &[
+    (Group::Build, "make"),
     (Group::Test, "iproute2"),
     (Group::Test, "iputils-ping"),
     (Group::Test, CROWDSEC),
@@ -103,8 +108,9 @@ that it was already done, so a second run takes about a second. Steps:
               ~/.cache/edge-filter/rust-src and linked into the nightly sysroot)
   bpf-linker  the linker of the eBPF object: `cargo install bpf-linker` built
               against the LLVM that ships with the nightly toolchain
-  packages    Debian packages the tests and benchmarks use (iproute2,
-              iputils-ping, crowdsec, python3-venv; qemu-system-x86, busybox-static, cpio
+  packages    Debian packages the build, tests and benchmarks use (make for
+              the bundled jemalloc; iproute2, iputils-ping, crowdsec,
+              python3-venv; qemu-system-x86, busybox-static, cpio
               for the kernel matrix; nftables, iptables, ipset for the
               baselines), installed with apt-get (needs root). crowdsec is
               installed without registering with CrowdSec's Central API (the
@@ -206,7 +212,7 @@ pub fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| workspace_root().join("..").join("shared").join("toolchain"));
     // Everything the README's test and bench commands use is installed by
     // default, so a fresh machine needs this one command.
-    let mut groups = vec![Group::Test, Group::Vm, Group::Bench];
+    let mut groups = vec![Group::Build, Group::Test, Group::Vm, Group::Bench];
     for g in &args.with {
         if !groups.contains(g) {
             groups.push(*g);
