@@ -7,7 +7,9 @@
 //! pages, which small allocations left behind pin. Measured on the agent
 //! bench's 1.1M-entry feed (RssAnon, after each of four 1% refreshes):
 //! glibc 131 MB after the first sync, then 182, 208, 209 MB; jemalloc
-//! (what this module installs) 121 MB, then 134 MB after every refresh.
+//! (what this module installs) 121 MB, then 134 MB after every refresh
+//! (122-127 MB since the compiler frees its overlay and rebuilds its
+//! records' B-tree).
 //!
 //! jemalloc is `tikv-jemallocator`, the maintained Rust binding (TiKV,
 //! also used by rustc). Its configuration: [`release_freed`] purges every

@@ -109,7 +109,8 @@ fn features_reports_everything_present_here() {
     let detail = live["detail"].as_str().unwrap_or("");
     assert!(
         live["status"] == "present"
-            || (live["status"] == "missing" && detail.starts_with("refused to root")),
+            || (live["status"] == "missing"
+                && detail.starts_with(edge_filter::kernel::features::REFUSED_TO_ROOT)),
         "xdp-live-frames on {}: {live}",
         r["kernel"]
     );

@@ -275,6 +275,11 @@ pub fn require(use_: Use) -> Result<()> {
     Ok(())
 }
 
+/// How the detail of a [`Status::Missing`] starts when the kernel answered
+/// root with `EPERM`: the host's kernel or policy refuses it, whatever its
+/// version says.
+pub const REFUSED_TO_ROOT: &str = "refused to root";
+
 /// Probe one feature by id. Unknown ids are a programming error.
 pub fn probe(id: &str) -> Status {
     let r = match id {
@@ -304,7 +309,7 @@ pub fn probe(id: &str) -> Status {
         // security policy (seen on 6.18 hosts whose live-frames test runs
         // answer EPERM to root while every other probe succeeds).
         Err(Outcome::Io(e)) if is_permission(&e) && is_root() => Status::Missing(format!(
-            "refused to root ({e}): this host's kernel or security policy blocks it"
+            "{REFUSED_TO_ROOT} ({e}): this host's kernel or security policy blocks it"
         )),
         Err(Outcome::Io(e)) if is_permission(&e) => Status::Unknown(format!(
             "cannot probe: {e} (run as root or with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)"
@@ -679,8 +684,7 @@ mod tests {
             // An optional feature this host's policy refuses to root
             // (live frames on some 6.18 hosts) is reported as such; a
             // required one must be there.
-            let policy =
-                matches!(&p.status, Status::Missing(d) if d.starts_with("refused to root"));
+            let policy = matches!(&p.status, Status::Missing(d) if d.starts_with(REFUSED_TO_ROOT));
             if policy && p.feature.need != Need::Required {
                 println!("{}: {:?}", p.feature.id, p.status);
                 refused.push(p.feature.id);

@@ -306,6 +306,18 @@ impl Family {
         }
     }
 
+    /// The record of `addr`, made empty if there is none (an insert, which
+    /// [`Family::compact`] counts).
+    fn record_mut(&mut self, addr: u128) -> &mut Exact {
+        match self.records.entry(addr) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                self.inserted += 1;
+                v.insert(Exact::default())
+            }
+        }
+    }
+
     /// Start a bulk load (the family is empty): references are collected
     /// and sorted into the B-trees by [`Family::end_bulk`].
     pub fn begin_bulk(&mut self) {
@@ -465,13 +477,7 @@ impl Family {
             recs.push((addr, plain));
             return;
         }
-        let e = match self.records.entry(addr) {
-            Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => {
-                self.inserted += 1;
-                v.insert(Exact::default())
-            }
-        };
+        let e = self.record_mut(addr);
         e.refs = (e.refs as i32 + delta) as u32;
         if e.refs == 0 {
             self.records.remove(&addr);
@@ -508,16 +514,7 @@ impl Family {
             }
             None if full => {
                 let had = match val {
-                    Some(v) => match self.records.entry(net.addr) {
-                        Entry::Occupied(o) => o.into_mut(),
-                        Entry::Vacant(e) => {
-                            self.inserted += 1;
-                            e.insert(Exact::default())
-                        }
-                    }
-                    .plain
-                    .replace(v)
-                    .is_some(),
+                    Some(v) => self.record_mut(net.addr).plain.replace(v).is_some(),
                     None => self
                         .records
                         .get_mut(&net.addr)
