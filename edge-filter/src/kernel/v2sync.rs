@@ -760,15 +760,11 @@ mod tests {
     /// only by a later one), the same plan, byte-identical tables.
     #[test]
     fn changes_give_the_ids_and_tables_of_whole_set_applies() {
-        use crate::kernel::layout::tests::{add_exact, geometry, mutate, random_set};
+        use crate::kernel::layout::tests::{add_exact, geometry, mutate, random_set, test_seed};
         use crate::kernel::maps::{SetChanges, normalized};
         use rand::rngs::StdRng;
         use rand::{Rng, SeedableRng};
-        let seed: u64 = std::env::var("SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(rand::random);
-        println!("SEED={seed}");
+        let seed = test_seed();
         let mut rng = StdRng::seed_from_u64(seed);
         let mut steps = 0;
         let mut reused = 0;

@@ -435,8 +435,12 @@ struct Touched {
     /// Ranges of changed nets (their `/16`s, trie nodes and the records
     /// inside them).
     regions: [Vec<(u128, u128)>; 2],
-    /// Nets of the prefix structure that came or went.
-    nets: [Vec<Net>; 2],
+    /// Nets of the prefix structure that came or went, each with whether
+    /// it was present before the update. One update may take a net out
+    /// and put it back (a key removed, another added at the same net), so
+    /// the first entry of a net holds its presence before, and the model
+    /// its presence after.
+    nets: [Vec<(Net, bool)>; 2],
     /// Ids whose catalog word changes, with their new key.
     cat: Vec<(u32, Option<(IdKey, Val)>)>,
 }
@@ -633,10 +637,10 @@ impl Compiler {
         #[allow(clippy::needless_range_loop)] // f indexes four parallel arrays
         for f in 0..2 {
             t.recs[f] = c.fam[f].records.keys().copied().collect();
-            t.nets[f] = c.fam[f].nets.keys().copied().collect();
+            t.nets[f] = c.fam[f].nets.keys().map(|&n| (n, false)).collect();
             t.regions[f] = t.nets[f]
                 .iter()
-                .map(|n| (n.addr, n.last(WIDTH[f])))
+                .map(|(n, _)| (n.addr, n.last(WIDTH[f])))
                 .collect();
         }
         for (id, k, v) in cat {
@@ -1105,7 +1109,7 @@ impl Compiler {
                 ),
             }
             if had_net != fam.nets.contains_key(&net) {
-                t.nets[f].push(net);
+                t.nets[f].push((net, had_net));
             }
             if matches!(key, IdKey::Entry(_)) && net.len == WIDTH[f] {
                 t.recs[f].push(net.addr);
@@ -1141,8 +1145,9 @@ impl Compiler {
         for f in 0..2 {
             t.recs[f].sort_unstable();
             t.recs[f].dedup();
-            t.nets[f].sort_unstable();
-            t.nets[f].dedup();
+            // Stable: the first entry of each net is kept.
+            t.nets[f].sort_by_key(|&(n, _)| n);
+            t.nets[f].dedup_by_key(|&mut (n, _)| n);
         }
         // One catalog change per id: the new key if there is one.
         t.cat.sort_unstable_by_key(|(id, new)| (*id, new.is_none()));
@@ -1282,11 +1287,11 @@ impl Compiler {
         }
 
         // 5. IPv6 summary P bits and the short-prefix flag.
-        for &n in &nets_changed[1] {
-            if n.len < 32 {
+        for &(n, was) in &nets_changed[1] {
+            let present = self.fam[1].nets.contains_key(&n);
+            if n.len < 32 || present == was {
                 continue;
             }
-            let present = self.fam[1].nets.contains_key(&n);
             let block = self.block6(n.addr);
             let c = self.p6.entry(block).or_insert(0);
             let before = *c;

@@ -20,6 +20,25 @@ use crate::reference::{PacketInfo, Reference};
 
 const PORTS: [u16; 4] = [53, 80, 443, 4444];
 
+/// The seed of a randomized test: `$EDGE_FILTER_SEED` (decimal or `0x`
+/// hex) repeats a run, otherwise a fresh one. Printed, so a failure in CI
+/// can be replayed; every panic message also names it.
+pub(crate) fn test_seed() -> u64 {
+    let seed = match std::env::var("EDGE_FILTER_SEED") {
+        Ok(s) => {
+            let t = s.trim();
+            let v = match t.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16),
+                None => t.parse(),
+            };
+            v.unwrap_or_else(|_| panic!("EDGE_FILTER_SEED={s:?} is not a number"))
+        }
+        Err(_) => rand::random(),
+    };
+    println!("EDGE_FILTER_SEED={seed}");
+    seed
+}
+
 fn v4(rng: &mut StdRng) -> IpAddr {
     // A few /16s, so nets overlap and share /16 blocks.
     IpAddr::V4(Ipv4Addr::new(
@@ -208,7 +227,7 @@ pub(crate) fn geometry(sets: &[(&EntrySet, &Ids)], seed: u64) -> Geometry {
 
 #[test]
 fn simulation_equals_reference() {
-    let seed: u64 = rand::random();
+    let seed = test_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     for round in 0..300 {
         let n = rng.random_range(0..40);
@@ -369,7 +388,7 @@ fn reachable_lines(t: &Tables) -> HashSet<u32> {
 
 #[test]
 fn delta_equals_fresh_build_and_decodes() {
-    let seed: u64 = rand::random();
+    let seed = test_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     for round in 0..60 {
         let n = rng.random_range(0..40);
@@ -429,8 +448,9 @@ fn delta_equals_fresh_build_and_decodes() {
             assert!(got.tries_in_sync, "round {round} step {i} (seed {seed})");
             if got != want {
                 panic!(
-                    "round {round} step {i} (seed {seed}): delta differs from a fresh build: {}\nset {set:?}",
-                    canon_diff(&got, &want)
+                    "round {round} step {i} (seed {seed}): delta differs from a fresh build: {}\nfrom {:?}\nto {set:?}",
+                    canon_diff(&got, &want),
+                    sets[i - 1].0
                 );
             }
             // And it decodes back to the set.
@@ -488,7 +508,7 @@ fn values(set: &EntrySet, ids: &Ids) -> std::collections::BTreeMap<IdKey, KeyVal
 /// refused and leaves the compiler as it was.
 #[test]
 fn changes_equal_set_updates() {
-    let seed: u64 = rand::random();
+    let seed = test_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     for round in 0..40 {
         let n = rng.random_range(0..40);
@@ -679,10 +699,7 @@ fn check_interleavings(
 /// verdict, for every packet.
 #[test]
 fn interleaved_readers_see_old_or_new() {
-    let seed: u64 = std::env::var("SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
+    let seed = test_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut windows_checked = 0usize;
     let mut mixed = 0usize;
@@ -745,10 +762,7 @@ fn interleaved_readers_see_old_or_new() {
 /// spill bit is set after the spilled slot and cleared after it empties.
 #[test]
 fn spills_come_and_go_under_readers() {
-    let seed: u64 = std::env::var("SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
+    let seed = test_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut g = Geometry::for_counts(&Counts::default(), 1.0, seed);
     g.buckets4 = 4;
@@ -1021,7 +1035,7 @@ fn random_exact4(rng: &mut StdRng, n: usize, span: u32) -> Vec<Entry> {
 
 #[test]
 fn assign_ids_equals_reference() {
-    let seed: u64 = rand::random();
+    let seed = test_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     // Small mixed sets, with a chain of previous ids, and big sets of
     // mostly exact IPv4 keys (the merge with previous ids and the table
