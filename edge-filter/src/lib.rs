@@ -14,6 +14,7 @@
 //! - [`error`]: the library's error type, one variant per thing an operator can fix;
 //! - [`escape`]: feed text made safe for logs and terminals;
 //! - [`memory`]: the allocator, and freed memory given back after a sync;
+//! - [`radix`]: the radix sort of packed keys that big sets are sorted with;
 //! - [`trust`]: refusing paths another user could write.
 pub mod agent;
 pub mod entry;
@@ -23,6 +24,7 @@ pub mod intel;
 pub mod kernel;
 pub mod memory;
 pub mod ops;
+pub mod radix;
 pub mod reference;
 pub mod replay;
 pub mod trust;

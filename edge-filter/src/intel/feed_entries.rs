@@ -384,8 +384,37 @@ impl FeedEntries {
     /// form: each entry is its fixed fields (a `/32` is 8 bytes), the
     /// provenance index and records as held. Read back by
     /// [`FeedEntries::read_binary`].
-    pub fn write_binary<W: std::io::Write>(&self, w: W) -> postcard::Result<W> {
-        let out = BinaryOut {
+    pub fn write_binary<W: std::io::Write>(&self, mut w: W) -> postcard::Result<W> {
+        // The same bytes as `postcard::to_io(&self.binary_out(), w)` (a
+        // struct is its fields one after the other, a sequence its varint
+        // length and its elements), with each packed entry's 8 bytes
+        // written by hand: through serde they cost a call per byte, most
+        // of the CPU of saving a 1M-entry copy before deflate. A test checks the two agree.
+        let full = |_| postcard::Error::SerializeBufferFull;
+        let mut buf = postcard::to_extend(&self.len(), Vec::with_capacity(1 << 16))?;
+        for &p in &self.packed {
+            if p & WIDE == 0 {
+                let a = ((p >> 8) as u32).to_be_bytes();
+                // IpNet::V4 (variant 0), the octets, the length, no port
+                // (None), the action (Monitor 0, Drop 1).
+                let len = ((p >> 1) & 0x3f) as u8;
+                buf.extend_from_slice(&[0, a[0], a[1], a[2], a[3], len, 0, (p & 1) as u8]);
+            } else {
+                buf = postcard::to_extend(&self.wide[(p & !WIDE) as usize], buf)?;
+            }
+            if buf.len() >= 1 << 16 {
+                w.write_all(&buf).map_err(full)?;
+                buf.clear();
+            }
+        }
+        w.write_all(&buf).map_err(full)?;
+        let out = self.binary_out();
+        postcard::to_io(&(out.meta, out.metas), w)
+    }
+
+    /// What [`FeedEntries::write_binary`] writes, as serde sees it.
+    fn binary_out(&self) -> BinaryOut<'_> {
+        BinaryOut {
             entries: EntrySeq(self),
             meta: &self.meta,
             metas: (self.metas.iter())
@@ -397,8 +426,7 @@ impl FeedEntries {
                     description: m.description.as_deref(),
                 })
                 .collect(),
-        };
-        postcard::to_io(&out, w)
+        }
     }
 
     /// The entries written by [`FeedEntries::write_binary`] at the start of
@@ -455,6 +483,66 @@ impl FeedEntries {
 mod tests {
     use super::*;
     use crate::entry::Action;
+
+    /// The hand-written binary form is byte for byte what serde writes,
+    /// for packed entries of every length and action, wide ones (IPv6,
+    /// ports) and provenance; and it reads back.
+    #[test]
+    fn write_binary_is_the_serde_encoding() {
+        use crate::entry::{PortMatch, Proto, Side};
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = std::env::var("EDGE_FILTER_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for n in [0usize, 1, 5, 3000, 20_000] {
+            for wide_share in [0.0, 0.2, 1.0] {
+                let v: Vec<FeedEntry> = (0..n)
+                    .map(|_| {
+                        let action = if rng.random() {
+                            Action::Drop
+                        } else {
+                            Action::Monitor
+                        };
+                        let len = rng.random_range(0..=32u8);
+                        let net: ipnet::IpNet = if rng.random_bool(wide_share) {
+                            ipnet::Ipv6Net::new(
+                                std::net::Ipv6Addr::from(rng.random::<u128>()),
+                                len * 4,
+                            )
+                            .unwrap()
+                            .into()
+                        } else {
+                            ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(rng.random::<u32>()), len)
+                                .unwrap()
+                                .into()
+                        };
+                        let port = (rng.random_bool(wide_share)).then(|| PortMatch {
+                            proto: Proto::Udp,
+                            port: rng.random(),
+                            side: Side::Src,
+                        });
+                        let mut e = FeedEntry::new(Entry::new(net, port, action));
+                        if rng.random_bool(wide_share / 2.0) {
+                            e.indicator = Some(format!("ind-{}", rng.random_range(0..9)));
+                            e.confidence = Some(rng.random_range(0..=100));
+                        }
+                        e
+                    })
+                    .collect();
+                let c = FeedEntries::from(v);
+                let want = postcard::to_stdvec(&c.binary_out()).unwrap();
+                let got = c.write_binary(Vec::new()).unwrap();
+                assert!(got == want, "n {n}, wide {wide_share} (seed {seed})");
+                let (back, rest) = FeedEntries::read_binary(&got).unwrap();
+                assert!(
+                    rest.is_empty() && back == c,
+                    "n {n}, wide {wide_share} (seed {seed})"
+                );
+            }
+        }
+    }
 
     fn fe(s: &str) -> FeedEntry {
         FeedEntry::new(Entry::new(s.parse().unwrap(), None, Action::Drop))

@@ -766,6 +766,14 @@ impl<'a> Sink<'a> {
         }
         let terminated = bytes.ends_with(b"\n");
         let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        // Room for an entry a line (up to the limit) before the first: a
+        // list is mostly entries, and growing the vector by doubling
+        // copied it and faulted in up to twice its size.
+        let n = memchr::memchr_iter(b'\n', bytes).count() + 1;
+        let room = n.min(self.opts.limits.max_entries);
+        self.out
+            .entries
+            .reserve(room.saturating_sub(self.out.entries.len()));
         let mut lines = split_lines(bytes).enumerate().peekable();
         while let Some((i, raw)) = lines.next() {
             let index = i + 1;

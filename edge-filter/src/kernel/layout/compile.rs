@@ -23,6 +23,7 @@ use super::model::{Decision, Exact, Family, Net, Ranker, Scope, mask};
 use super::tables::{Counts, Geometry, Plan, Step, Tables, Write, key_of};
 use super::{IdKey, Ids, LayoutError, Result};
 use crate::entry::{Action, EntryKey, EntrySet, PortMatch, Proto, Side};
+use crate::radix;
 
 /// What a key maps to in a set: an allowlist net's id, or an entry's
 /// action (drop or monitor) and id.
@@ -213,32 +214,6 @@ fn first_input_error(set: &EntrySet, ids: &Ids) -> Option<LayoutError> {
     None
 }
 
-/// Sort `v` by its bits `lo..hi` (LSD radix, 11 bits a pass; stable).
-fn radix_sort(v: &mut Vec<u64>, lo: u32, hi: u32) {
-    const B: u32 = 11;
-    let mut tmp = vec![0u64; v.len()];
-    let mut shift = lo;
-    while shift < hi {
-        let mut count = [0usize; 1 << B];
-        for &x in v.iter() {
-            count[((x >> shift) & ((1 << B) - 1)) as usize] += 1;
-        }
-        let mut sum = 0;
-        for c in count.iter_mut() {
-            let n = *c;
-            *c = sum;
-            sum += n;
-        }
-        for &x in v.iter() {
-            let d = ((x >> shift) & ((1 << B) - 1)) as usize;
-            tmp[count[d]] = x;
-            count[d] += 1;
-        }
-        std::mem::swap(v, &mut tmp);
-        shift += B;
-    }
-}
-
 /// The ids of the exact portless entries of IPv4 addresses `ex4`
 /// (`addr << 1 | drop`, sorted by address, each once). For many keys,
 /// one pass over `ids` (its table read in memory order) and a merge of
@@ -274,7 +249,7 @@ fn exact_ids4_of(ids: &Ids, addrs: impl ExactSizeIterator<Item = u32>) -> Vec<Op
     for (a, id) in ids.exact4() {
         pairs.push(((a as u64) << 32) | id as u64);
     }
-    radix_sort(&mut pairs, 32, 64);
+    radix::sort_by_bits(&mut pairs, 32, 64);
     let mut out = Vec::with_capacity(addrs.len());
     let mut j = 0;
     for a in addrs {
@@ -373,7 +348,7 @@ fn model_of(set: &EntrySet, ids: &Ids) -> Result<([Family; 2], Counts, BuildCata
             }
         }
     }
-    radix_sort(&mut ex4, 0, 33);
+    radix::sort_by_bits(&mut ex4, 0, 33);
     // One per address, drop merged: `addr << 1 | drop`.
     let mut w = 0;
     for i in 0..ex4.len() {
@@ -857,7 +832,7 @@ impl Compiler {
                 old => changes.push((*k, old, Some(*v))),
             }
         }
-        radix_sort(&mut ex4, 32, 64);
+        radix::sort_by_bits(&mut ex4, 32, 64);
         let mut old4 = self.fam[0]
             .records
             .iter()
@@ -2388,7 +2363,7 @@ pub fn assign_ids(set: &EntrySet, previous: &Ids) -> Ids {
     }
     keys.sort_unstable();
     keys.dedup();
-    radix_sort(&mut v4x, 0, 32);
+    radix::sort_by_bits(&mut v4x, 0, 32);
     v4x.dedup();
     // Previous ids of the exact IPv4 keys, by a merge when there are many.
     let prev4: Vec<Option<u32>> = if previous.is_empty() {
@@ -2446,5 +2421,5 @@ pub fn assign_ids(set: &EntrySet, previous: &Ids) -> Ids {
 
 /// `Ids` of distinct keys (see [`Ids::of_distinct`]).
 fn ids_of(all: Vec<(IdKey, u32)>) -> Ids {
-    Ids::of_distinct(all, radix_sort)
+    Ids::of_distinct(all, radix::sort_by_bits)
 }
