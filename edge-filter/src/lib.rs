@@ -27,4 +27,6 @@ pub mod ops;
 pub mod radix;
 pub mod reference;
 pub mod replay;
+#[cfg(test)]
+mod testing;
 pub mod trust;

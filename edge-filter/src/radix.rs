@@ -56,10 +56,7 @@ mod tests {
     /// bits, sorted input (skipped) or not, with ties among the bits.
     #[test]
     fn radix_sort_is_a_stable_sort_by_its_bits() {
-        let seed: u64 = std::env::var("EDGE_FILTER_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(rand::random);
+        let seed = crate::testing::seed();
         let mut rng = StdRng::seed_from_u64(seed);
         for (lo, hi) in [(0, 32), (0, 33), (32, 64), (0, 64), (5, 17)] {
             for n in [0, 1, 2, 100, 5000] {

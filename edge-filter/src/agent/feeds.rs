@@ -535,13 +535,14 @@ impl FeedAgent {
             for r in &att.initial_sync.refusals {
                 log::error!("{}: {r}", i.name);
             }
-            let mut watch = Watch::new(&paths, &i.name, i.mode, &cfg.capacities, att.reattached);
-            watch.count(&att.maps, set);
             let mut att = att;
             if !keep {
-                // The start copied the set into the engine: share ours.
+                // The start copied the set into the engine: share ours
+                // (before the census, which then has nothing to compare).
                 att.maps.share(&shared_set(&desired));
             }
+            let mut watch = Watch::new(&paths, &i.name, i.mode, &cfg.capacities, att.reattached);
+            watch.count(&att.maps, set);
             // Kept contents are not `desired.set`: the first resync diffs
             // against what `apply` saw instead.
             let synced = !keep && att.maps.in_sync();

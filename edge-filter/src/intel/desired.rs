@@ -49,24 +49,9 @@ pub struct FeedSnapshot {
     pub asserted_at: OffsetDateTime,
 }
 
-/// One feed's assertion of an entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Provenance {
-    /// Feed name.
-    pub feed: String,
-    /// The feed's identifier for it (SBL id, STIX id, malware family, ...).
-    pub indicator: Option<String>,
-    /// The action this assertion asks for (after the confidence threshold).
-    pub action: Action,
-    /// Confidence 0-100, when the feed says.
-    pub confidence: Option<u8>,
-    /// When this assertion lapses: its own expiry, else `ttl` after the
-    /// feed's last successful fetch; `None`: never.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub expires: Option<OffsetDateTime>,
-    /// Free text.
-    pub description: Option<String>,
-}
+/// One feed's assertion of an entry (defined with the compact store of
+/// them, [`super::provenance`]).
+pub use super::provenance::Provenance;
 
 /// An entry left out because it is unsafe or impossible to enforce.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -491,10 +491,7 @@ mod tests {
     fn write_binary_is_the_serde_encoding() {
         use crate::entry::{PortMatch, Proto, Side};
         use rand::{Rng, SeedableRng};
-        let seed: u64 = std::env::var("EDGE_FILTER_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(rand::random);
+        let seed = crate::testing::seed();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         for n in [0usize, 1, 5, 3000, 20_000] {
             for wide_share in [0.0, 0.2, 1.0] {

@@ -14,10 +14,29 @@
 use std::collections::HashMap;
 
 use ipnet::IpNet;
+use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::desired::Provenance;
 use crate::entry::{Action, Entry, EntryKey};
+
+/// One feed's assertion of an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Provenance {
+    /// Feed name.
+    pub feed: String,
+    /// The feed's identifier for it (SBL id, STIX id, malware family, ...).
+    pub indicator: Option<String>,
+    /// The action this assertion asks for (after the confidence threshold).
+    pub action: Action,
+    /// Confidence 0-100, when the feed says.
+    pub confidence: Option<u8>,
+    /// When this assertion lapses: its own expiry, else `ttl` after the
+    /// feed's last successful fetch; `None`: never.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires: Option<OffsetDateTime>,
+    /// Free text.
+    pub description: Option<String>,
+}
 
 /// "No string" in an [`Item`].
 const NONE: u32 = u32::MAX;
@@ -435,10 +454,7 @@ mod tests {
     fn sort_items_is_the_sort_by_key_and_push_number() {
         use crate::entry::{PortMatch, Proto, Side};
         use rand::{Rng, SeedableRng};
-        let seed: u64 = std::env::var("EDGE_FILTER_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(rand::random);
+        let seed = crate::testing::seed();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         for n in [0usize, 1, 7, 300, 20_000] {
             for v4_share in [0.0, 0.5, 0.97, 1.0] {
