@@ -61,17 +61,18 @@ mod tests {
         for (lo, hi) in [(0, 32), (0, 33), (32, 64), (0, 64), (5, 17)] {
             for n in [0, 1, 2, 100, 5000] {
                 for sorted in [false, true] {
-                    // Few distinct values of the sorted bits: many ties.
-                    let mut v: Vec<u64> = (0..n)
-                        .map(|_| {
-                            rng.random::<u64>() & !(0xf << lo) | (rng.random_range(0..4u64) << lo)
-                        })
-                        .collect();
                     let mask = if hi - lo >= 64 {
                         u64::MAX
                     } else {
                         ((1u64 << (hi - lo)) - 1) << lo
                     };
+                    // Sixteen values of the sorted bits (many ties, whose
+                    // order the other, random bits tell apart), spread over
+                    // the range (every pass sees some of them).
+                    let keys: Vec<u64> = (0..16).map(|_| rng.random::<u64>() & mask).collect();
+                    let mut v: Vec<u64> = (0..n)
+                        .map(|_| rng.random::<u64>() & !mask | keys[rng.random_range(0..16)])
+                        .collect();
                     if sorted {
                         v.sort_by_key(|x| x & mask);
                     }

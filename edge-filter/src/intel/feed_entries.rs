@@ -319,7 +319,7 @@ struct BinaryMeta<S> {
 
 /// The provenance part of the binary form, after the entries: each
 /// entry's record index (empty when none has one) and the records.
-type Provenance = (Vec<u32>, Vec<BinaryMeta<String>>);
+type BinaryProvenance = (Vec<u32>, Vec<BinaryMeta<String>>);
 
 /// [`FeedEntries`] as it is written in binary (borrowed: nothing is
 /// copied but the few provenance records).
@@ -397,7 +397,8 @@ impl FeedEntries {
         // struct is its fields one after the other, a sequence its varint
         // length and its elements), with each packed entry's 8 bytes
         // written by hand: through serde they cost a call per byte, most
-        // of the CPU of saving a 1M-entry copy before deflate. A test checks the two agree.
+        // of the CPU of saving a 1M-entry copy before deflate. A test
+        // checks the two agree.
         let full = |_| postcard::Error::SerializeBufferFull;
         let mut buf = postcard::to_extend(&self.len(), Vec::with_capacity(1 << 16))?;
         for &p in &self.packed {
@@ -475,7 +476,8 @@ impl FeedEntries {
         }
         entries.packed.shrink_to_fit();
         entries.wide.shrink_to_fit();
-        let ((meta, metas), rest) = postcard::take_from_bytes::<Provenance>(rest).map_err(err)?;
+        let ((meta, metas), rest) =
+            postcard::take_from_bytes::<BinaryProvenance>(rest).map_err(err)?;
         Ok((Self::checked(entries, meta, metas)?, rest))
     }
 

@@ -354,23 +354,7 @@ impl Builder {
         let all = std::mem::take(&mut self.items);
         while i < all.len() {
             let key = all[i].0;
-            // One assertion (most keys): its record as pushed, no lookup.
-            if all.get(i + 1).is_none_or(|n| n.0 != key) {
-                let r = all[i].1;
-                let it = self.records[r as usize];
-                starts.push(u32::try_from(refs.len()).expect("fewer than 2^32 assertions"));
-                refs.push(r);
-                entries.push(Entry {
-                    net: key.net,
-                    port: key.port,
-                    action: it.action,
-                });
-                let c = counts.entry(it.feed).or_default();
-                c.entries += 1;
-                c.drop += usize::from(it.action == Action::Drop);
-                i += 1;
-                continue;
-            }
+            let first = i;
             group.clear();
             while i < all.len() && all[i].0 == key {
                 let it = self.records[all[i].1 as usize];
@@ -394,8 +378,13 @@ impl Builder {
                 i += 1;
             }
             starts.push(u32::try_from(refs.len()).expect("fewer than 2^32 assertions"));
-            for &it in &group {
-                refs.push(self.record(it));
+            if i - first == 1 {
+                // One assertion (most keys): its record as pushed, no lookup.
+                refs.push(all[first].1);
+            } else {
+                for &it in &group {
+                    refs.push(self.record(it));
+                }
             }
             let action = group.iter().map(|p| p.action).max().unwrap_or(Action::Drop);
             entries.push(Entry {

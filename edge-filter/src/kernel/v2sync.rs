@@ -760,11 +760,11 @@ mod tests {
     /// only by a later one), the same plan, byte-identical tables.
     #[test]
     fn changes_give_the_ids_and_tables_of_whole_set_applies() {
-        use crate::kernel::layout::tests::{add_exact, geometry, mutate, random_set, test_seed};
+        use crate::kernel::layout::tests::{add_exact, geometry, mutate, random_set};
         use crate::kernel::maps::{SetChanges, normalized};
         use rand::rngs::StdRng;
         use rand::{Rng, SeedableRng};
-        let seed = test_seed();
+        let seed = crate::testing::seed();
         let mut rng = StdRng::seed_from_u64(seed);
         let mut steps = 0;
         let mut reused = 0;

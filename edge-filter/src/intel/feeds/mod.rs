@@ -768,9 +768,9 @@ impl<'a> Sink<'a> {
         let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
         // Room for an entry a line (up to the limit) before the first: a
         // list is mostly entries, and growing the vector by doubling
-        // copied it and faulted in up to twice its size. At most one an
-        // 8 bytes ("1.2.3.4\n"), and only tried: a body of blank lines
-        // must not claim memory it will not use, nor abort the agent
+        // copied it and faulted in up to twice its size. At most one per
+        // 8 bytes of body ("1.2.3.4\n"), and only tried: a body of blank
+        // lines must not claim memory it will not use, nor abort the agent
         // where memory is not overcommitted (the vector then grows).
         let n = memchr::memchr_iter(b'\n', bytes).count() + 1;
         let room = n.min(bytes.len() / 8 + 1).min(self.opts.limits.max_entries);

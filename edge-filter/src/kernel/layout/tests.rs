@@ -20,11 +20,6 @@ use crate::reference::{PacketInfo, Reference};
 
 const PORTS: [u16; 4] = [53, 80, 443, 4444];
 
-/// The seed of a randomized test ([`crate::testing::seed`]).
-pub(crate) fn test_seed() -> u64 {
-    crate::testing::seed()
-}
-
 fn v4(rng: &mut StdRng) -> IpAddr {
     // A few /16s, so nets overlap and share /16 blocks.
     IpAddr::V4(Ipv4Addr::new(
@@ -213,7 +208,7 @@ pub(crate) fn geometry(sets: &[(&EntrySet, &Ids)], seed: u64) -> Geometry {
 
 #[test]
 fn simulation_equals_reference() {
-    let seed = test_seed();
+    let seed = crate::testing::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     for round in 0..300 {
         let n = rng.random_range(0..40);
@@ -374,7 +369,7 @@ fn reachable_lines(t: &Tables) -> HashSet<u32> {
 
 #[test]
 fn delta_equals_fresh_build_and_decodes() {
-    let seed = test_seed();
+    let seed = crate::testing::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     for round in 0..60 {
         let n = rng.random_range(0..40);
@@ -494,7 +489,7 @@ fn values(set: &EntrySet, ids: &Ids) -> std::collections::BTreeMap<IdKey, KeyVal
 /// refused and leaves the compiler as it was.
 #[test]
 fn changes_equal_set_updates() {
-    let seed = test_seed();
+    let seed = crate::testing::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     for round in 0..40 {
         let n = rng.random_range(0..40);
@@ -685,7 +680,7 @@ fn check_interleavings(
 /// verdict, for every packet.
 #[test]
 fn interleaved_readers_see_old_or_new() {
-    let seed = test_seed();
+    let seed = crate::testing::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut windows_checked = 0usize;
     let mut mixed = 0usize;
@@ -748,7 +743,7 @@ fn interleaved_readers_see_old_or_new() {
 /// spill bit is set after the spilled slot and cleared after it empties.
 #[test]
 fn spills_come_and_go_under_readers() {
-    let seed = test_seed();
+    let seed = crate::testing::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut g = Geometry::for_counts(&Counts::default(), 1.0, seed);
     g.buckets4 = 4;
@@ -1021,7 +1016,7 @@ fn random_exact4(rng: &mut StdRng, n: usize, span: u32) -> Vec<Entry> {
 
 #[test]
 fn assign_ids_equals_reference() {
-    let seed = test_seed();
+    let seed = crate::testing::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     // Small mixed sets, with a chain of previous ids, and big sets of
     // mostly exact IPv4 keys (the merge with previous ids and the table
