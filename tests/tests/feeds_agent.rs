@@ -45,7 +45,9 @@
 //!   server without `ETag` or `Last-Modified` answers every refresh with
 //!   the same body: after the first, the bodies are not parsed
 //!   (`edge_filter_feed_unchanged_bodies_total` counts them) and the feed
-//!   stays healthy; a changed body is parsed and enforced at once.
+//!   stays healthy; a changed body (the same length, then longer) is
+//!   found by the probe, fetched again (`_refetches_total`), parsed and
+//!   enforced at once, and the next bodies are unchanged again.
 //!
 //! Root only (each test prints `skipping: needs root` otherwise). Build the
 //! binary first, in the same profile:
@@ -1755,11 +1757,48 @@ fn feeds_unchanged_body_is_not_parsed_again() {
         set_of([drop_("198.51.100.10"), drop_("198.51.100.11")]),
     );
 
-    srv.set(Reply::ok(format!("{first}198.51.100.12\n")));
+    // From the second refresh on, the agent probes: it hashes the body as
+    // it arrives and fetches it again only when it changed.
+    let refetches = || {
+        let (s, _) = scrape::metrics(&lab.receiver, PORT);
+        s.get("edge_filter_feed_refetches_total{feed=\"web\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        refetches(),
+        0.0,
+        "nothing changed yet, nothing fetched twice"
+    );
+
+    // A change of the same length, in the last line: the probe reads the
+    // whole body before it sees it (so the next refresh fetches whole).
+    let second = "198.51.100.10\n198.51.100.12\n";
+    srv.set(Reply::ok(second));
+    let want = set_of([drop_("198.51.100.10"), drop_("198.51.100.12")]);
+    wait::poll(
+        "the same-length change enforced",
+        Duration::from_secs(20),
+        &agent,
+        || (lab.enforced() == want).then_some(()),
+    );
+    assert!(refetches() >= 1.0, "the changed body was not fetched again");
+    // Unchanged again: caught by the digest of a whole fetch, then probed.
+    let before = unchanged();
+    wait::poll(
+        "two unchanged bodies after the change",
+        Duration::from_secs(20),
+        &agent,
+        || (unchanged() >= before + 2.0).then_some(()),
+    );
+
+    // An appended line: the probe sees another `Content-Length` at once.
+    let fetched = refetches();
+    srv.set(Reply::ok(format!("{second}198.51.100.13\n")));
     let want = set_of([
         drop_("198.51.100.10"),
-        drop_("198.51.100.11"),
         drop_("198.51.100.12"),
+        drop_("198.51.100.13"),
     ]);
     wait::poll(
         "the changed body enforced",
@@ -1767,4 +1806,10 @@ fn feeds_unchanged_body_is_not_parsed_again() {
         &agent,
         || (lab.enforced() == want).then_some(()),
     );
+    assert!(
+        refetches() > fetched,
+        "the appended body was not fetched again"
+    );
+    let h = health(&lab, "web").expect("web's health");
+    assert!(h.last_error.is_none() && h.entries == 3, "{h:?}");
 }

@@ -25,7 +25,7 @@ use crate::intel::crowdsec::{Polled, Poller};
 use crate::intel::desired::{DesiredState, FeedSnapshot, merge};
 use crate::intel::feed_entries::FeedEntries;
 use crate::intel::feeds::FeedParse;
-use crate::intel::fetch::{Fetched, Fetcher, Location, Validators};
+use crate::intel::fetch::{BodyPrint, Fetched, Fetcher, Location, Probed, Validators};
 use crate::intel::guard::{GuardDecision, ShrinkGuard};
 use crate::intel::intake;
 use crate::intel::misp::MispPoller;
@@ -54,6 +54,9 @@ enum Msg {
         /// A copy made of explicit deletions (a CrowdSec delta), not a
         /// whole download: the shrink guard does not hold it.
         delta: bool,
+        /// Fetched a second time: a probe of the first response found the
+        /// body changed (counted in `edge_filter_feed_refetches_total`).
+        refetched: bool,
     },
     /// The copy in hand is still current: the server or the file said so
     /// (`unchanged_body` false), or it sent a body whose digest equals the
@@ -82,6 +85,37 @@ impl Msg {
     }
 }
 
+/// What one refresh of a fetched feed got.
+enum Got {
+    /// The server said "not modified".
+    NotModified,
+    /// A probe found the body parsed last time: new validators.
+    Same(Validators),
+    /// A body to compare and parse.
+    Body {
+        bytes: Vec<u8>,
+        validators: Validators,
+        framing: crate::intel::fetch::Framing,
+    },
+}
+
+impl From<Fetched> for Got {
+    fn from(f: Fetched) -> Self {
+        match f {
+            Fetched::NotModified => Got::NotModified,
+            Fetched::Body {
+                bytes,
+                validators,
+                framing,
+            } => Got::Body {
+                bytes,
+                validators,
+                framing,
+            },
+        }
+    }
+}
+
 /// One feed's fetch loop.
 ///
 /// A body whose digest and framing equal those of the last body this task
@@ -91,6 +125,15 @@ impl Msg {
 /// It counts as "not modified", which is what it is. The first body after
 /// a start is always parsed (the last-known-good entries may come from
 /// another configuration of the feed).
+///
+/// After the first parse, an HTTP refresh *probes* ([`Fetcher::probe`]):
+/// the body is hashed piece by piece as it streams in and compared with
+/// the last one's print, not kept, so an unchanged body costs no buffer
+/// as large as itself. A changed one is fetched again to be kept (counted
+/// in `edge_filter_feed_refetches_total`), which costs the bytes read up
+/// to the first difference. A feed whose changes show late (past a quarter
+/// of the body: an appended tail) is fetched whole instead, until a body
+/// turns out unchanged again.
 async fn feed_task(
     f: FeedConfig,
     cfg: Config,
@@ -109,7 +152,10 @@ async fn feed_task(
     // Failed refreshes in a row (HTTP feeds): the next attempt comes after
     // a bounded exponential backoff, not a whole refresh later.
     let mut failures = 0u32;
-    let mut last_parsed: Option<(String, crate::intel::fetch::Framing)> = None;
+    let mut last_parsed: Option<BodyPrint> = None;
+    // Whether the next refresh of an HTTP feed probes the body against
+    // `last_parsed` before fetching it to keep (see `Fetcher::probe`).
+    let mut probe = true;
     loop {
         if let Some(p) = poller.as_mut() {
             let res = p.poll(&f, &cfg, &fetcher, &policy).await;
@@ -134,26 +180,46 @@ async fn feed_task(
             }
             continue;
         }
-        let res = fetcher
-            .fetch(intake::location(&f), &validators, &policy)
-            .await;
+        let (res, refetched) = match (&f.source, &last_parsed) {
+            (Source::Http(url), Some(print)) if probe => {
+                match fetcher.probe(url, &validators, print, &policy).await {
+                    Ok(Probed::NotModified) => (Ok(Got::NotModified), false),
+                    Ok(Probed::Same { validators }) => (Ok(Got::Same(validators)), false),
+                    Ok(Probed::Changed { read }) => {
+                        // A difference found late (an appended tail) would
+                        // cost most of a second download at every change:
+                        // such a feed is fetched whole until a body turns
+                        // out unchanged again.
+                        probe = read <= print.body_len() / 4;
+                        log::debug!(
+                            "feed {}: body changed (seen after {read} bytes): fetching it",
+                            f.name
+                        );
+                        let got = fetcher
+                            .fetch(intake::location(&f), &validators, &policy)
+                            .await;
+                        (got.map(Got::from), true)
+                    }
+                    Err(e) => (Err(e), false),
+                }
+            }
+            _ => {
+                let got = fetcher
+                    .fetch(intake::location(&f), &validators, &policy)
+                    .await;
+                (got.map(Got::from), false)
+            }
+        };
         let at = OffsetDateTime::now_utc();
         let retry_after = res.as_ref().err().and_then(|e| e.retry_after());
         let msg = match res {
-            Ok(Fetched::NotModified) => Msg::NotModified {
+            Ok(Got::NotModified) => Msg::NotModified {
                 feed: f.name.clone(),
                 at,
                 unchanged_body: false,
             },
-            Ok(Fetched::Body {
-                bytes,
-                validators: v,
-                framing,
-            }) if last_parsed.as_ref() == Some(&(crate::intel::state::digest(&bytes), framing)) => {
-                log::debug!(
-                    "feed {}: body unchanged (same digest): not parsed again",
-                    f.name
-                );
+            Ok(Got::Same(v)) => {
+                log::debug!("feed {}: body unchanged (probed): not parsed again", f.name);
                 validators = v;
                 Msg::NotModified {
                     feed: f.name.clone(),
@@ -161,12 +227,33 @@ async fn feed_task(
                     unchanged_body: true,
                 }
             }
-            Ok(Fetched::Body {
+            Ok(Got::Body {
+                bytes,
+                validators: v,
+                framing,
+            }) if last_parsed
+                .as_ref()
+                .is_some_and(|p| p.matches(&bytes, framing)) =>
+            {
+                log::debug!(
+                    "feed {}: body unchanged (same digest): not parsed again",
+                    f.name
+                );
+                validators = v;
+                probe = true;
+                Msg::NotModified {
+                    feed: f.name.clone(),
+                    at,
+                    unchanged_body: true,
+                }
+            }
+            Ok(Got::Body {
                 bytes,
                 validators: v,
                 framing,
             }) => {
-                let digest = crate::intel::state::digest(&bytes);
+                let print = BodyPrint::of(&bytes, framing);
+                let digest = print.digest();
                 let (fc, c) = (f.clone(), cfg.clone());
                 let parsed = tokio::task::spawn_blocking(move || {
                     intake::parse_body(&fc, &c, &bytes, framing)
@@ -176,7 +263,7 @@ async fn feed_task(
                 match parsed {
                     Ok(parse) => {
                         validators = v.clone();
-                        last_parsed = Some((digest.clone(), framing));
+                        last_parsed = Some(print);
                         Msg::Parsed {
                             feed: f.name.clone(),
                             parse,
@@ -184,6 +271,7 @@ async fn feed_task(
                             digest,
                             at,
                             delta: false,
+                            refetched,
                         }
                     }
                     Err(error) => Msg::Failed {
@@ -273,6 +361,7 @@ fn crowdsec_msg(feed: &str, res: std::result::Result<Polled, String>, at: Offset
             digest,
             at,
             delta: !resync,
+            refetched: false,
         },
         Ok(Polled::Unchanged) => Msg::NotModified {
             feed,
@@ -743,7 +832,11 @@ impl FeedAgent {
                 digest,
                 at,
                 delta,
+                refetched,
             } => {
+                if refetched && let Some(m) = &self.metrics {
+                    m.body_refetched(&feed);
+                }
                 self.on_parsed(feed, parse, validators, digest, at, delta);
                 // The parse is freed only now, after the sync's own purge.
                 crate::memory::release_freed();
@@ -989,7 +1082,7 @@ impl FeedAgent {
         self.status.allowlisted = self.desired.set.allow.len();
         self.status.rejected_entries = self.desired.rejected.len();
         self.status.ifaces = self.ifaces.iter().map(|i| i.watch.health()).collect();
-        let saved = self.state.save_json(STATUS_FILE, &self.status);
+        let saved = self.state.save_json_report(STATUS_FILE, &self.status);
         self.persisted("status", saved.map_err(|e| e.to_string()));
         if let Some(m) = &self.metrics {
             m.publish(crate::ops::metrics::Published {

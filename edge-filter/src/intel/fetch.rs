@@ -451,7 +451,7 @@ impl Fetcher {
                     })
             }
             Location::Http(url) => self
-                .fetch_http(url, loc.to_string(), prev, &[], None, policy)
+                .fetch_http(Ask::get(url, prev), loc.to_string(), policy, &Keep)
                 .await
                 .map(|(f, _)| f),
         }
@@ -467,7 +467,12 @@ impl Fetcher {
         policy: &FetchPolicy,
     ) -> Result<Fetched, FetchError> {
         let location = Location::Http(url).to_string();
-        self.fetch_http(url, location, &Validators::default(), headers, None, policy)
+        let ask = Ask {
+            headers,
+            body: None,
+            ..Ask::get(url, &NO_VALIDATORS)
+        };
+        self.fetch_http(ask, location, policy, &Keep)
             .await
             .map(|(f, _)| f)
     }
@@ -481,8 +486,12 @@ impl Fetcher {
         policy: &FetchPolicy,
     ) -> Result<(Fetched, HeaderMap), FetchError> {
         let location = Location::Http(url).to_string();
-        self.fetch_http(url, location, &Validators::default(), headers, None, policy)
-            .await
+        let ask = Ask {
+            headers,
+            body: None,
+            ..Ask::get(url, &NO_VALIDATORS)
+        };
+        self.fetch_http(ask, location, policy, &Keep).await
     }
 
     /// A POST of `body` to `url` with extra request `headers`, with the
@@ -497,41 +506,35 @@ impl Fetcher {
         policy: &FetchPolicy,
     ) -> Result<Fetched, FetchError> {
         let location = Location::Http(url).to_string();
-        self.fetch_http(
-            url,
-            location,
-            &Validators::default(),
+        let ask = Ask {
             headers,
-            Some(body),
-            policy,
-        )
-        .await
-        .map(|(f, _)| f)
+            body: Some(body),
+            ..Ask::get(url, &NO_VALIDATORS)
+        };
+        self.fetch_http(ask, location, policy, &Keep)
+            .await
+            .map(|(f, _)| f)
     }
 
-    async fn fetch_http(
+    async fn fetch_http<R: Receive>(
         &self,
-        url: &str,
+        ask: Ask<'_>,
         location: String,
-        prev: &Validators,
-        headers: &[(HeaderName, HeaderValue)],
-        body: Option<&[u8]>,
         policy: &FetchPolicy,
-    ) -> Result<(Fetched, HeaderMap), FetchError> {
+        recv: &R,
+    ) -> Result<(R::Out, HeaderMap), FetchError> {
         let client = self.client_for(policy.connect_timeout)?;
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let failure = match tokio::time::timeout(
-                policy.timeout,
-                attempt(&client, url, prev, headers, body, policy),
-            )
-            .await
-            {
-                Ok(Ok(fetched)) => return Ok(fetched),
-                Ok(Err(f)) => f,
-                Err(_) => Failure::Timeout(policy.timeout),
-            };
+            let failure =
+                match tokio::time::timeout(policy.timeout, attempt(&client, ask, policy, recv))
+                    .await
+                {
+                    Ok(Ok(fetched)) => return Ok(fetched),
+                    Ok(Err(f)) => f,
+                    Err(_) => Failure::Timeout(policy.timeout),
+                };
             if !failure.retryable() || attempts > policy.retries {
                 return Err(failure.into_error(location, attempts, policy));
             }
@@ -547,6 +550,31 @@ impl Fetcher {
             );
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Whether the feed at `url` still sends the body `print` describes,
+    /// found while the body streams in, without holding it: each
+    /// [`PROBE_SEGMENT`]-byte piece is hashed as it arrives and compared
+    /// with the last body's, and the request is dropped at the first piece
+    /// (or `Content-Length`) that differs. The request is conditional on
+    /// `prev` like [`Fetcher::fetch`]'s, with the same limits and retries.
+    ///
+    /// For servers that send neither `ETag` nor `Last-Modified`: an
+    /// unchanged body then costs its transfer and a hash, not a buffer as
+    /// large as the body (whose fresh pages cost more than the hash; see
+    /// `docs/bench/REPORT-agent.md`). A changed one costs a second request
+    /// ([`Fetcher::fetch`]) and the bytes read up to the first difference.
+    pub async fn probe(
+        &self,
+        url: &str,
+        prev: &Validators,
+        print: &BodyPrint,
+        policy: &FetchPolicy,
+    ) -> Result<Probed, FetchError> {
+        let location = Location::Http(url).to_string();
+        self.fetch_http(Ask::get(url, prev), location, policy, &Probe(print))
+            .await
+            .map(|(p, _)| p)
     }
 }
 
@@ -588,14 +616,50 @@ fn backoff(policy: &FetchPolicy, attempts: u32) -> Duration {
 }
 
 /// One HTTP attempt (the caller bounds its duration).
-async fn attempt(
+/// One request, as asked of [`Fetcher::fetch_http`] (the same for every
+/// attempt).
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    url: &'a str,
+    /// Validators of the copy in hand (a conditional request).
+    prev: &'a Validators,
+    /// Extra request headers.
+    headers: &'a [(HeaderName, HeaderValue)],
+    /// A POST's body; `None` is a GET.
+    body: Option<&'a [u8]>,
+}
+
+/// No copy in hand: an unconditional request.
+static NO_VALIDATORS: Validators = Validators {
+    etag: None,
+    last_modified: None,
+    file_stamp: None,
+};
+
+impl<'a> Ask<'a> {
+    /// A GET of `url`, conditional on `prev`.
+    fn get(url: &'a str, prev: &'a Validators) -> Self {
+        Ask {
+            url,
+            prev,
+            headers: &[],
+            body: None,
+        }
+    }
+}
+
+async fn attempt<R: Receive>(
     client: &reqwest::Client,
-    url: &str,
-    prev: &Validators,
-    headers: &[(HeaderName, HeaderValue)],
-    body: Option<&[u8]>,
+    ask: Ask<'_>,
     policy: &FetchPolicy,
-) -> Result<(Fetched, HeaderMap), Failure> {
+    recv: &R,
+) -> Result<(R::Out, HeaderMap), Failure> {
+    let Ask {
+        url,
+        prev,
+        headers,
+        body,
+    } = ask;
     let mut req = match body {
         None => client.get(url),
         Some(b) => client.post(url).body(b.to_vec()),
@@ -621,10 +685,10 @@ async fn attempt(
         req = req.header(IF_MODIFIED_SINCE, v);
         conditional = true;
     }
-    let mut resp = req.send().await.map_err(|e| classify(e, policy))?;
+    let resp = req.send().await.map_err(|e| classify(e, policy))?;
     let status = resp.status();
     if status == StatusCode::NOT_MODIFIED && conditional {
-        return Ok((Fetched::NotModified, resp.headers().clone()));
+        return Ok((R::not_modified(), resp.headers().clone()));
     }
     if !status.is_success() {
         let retry_after = resp
@@ -677,30 +741,204 @@ async fn attempt(
     } else {
         Framing::ConnectionClose
     };
-    let cap = announced.unwrap_or(0).min(policy.max_bytes).min(16 << 20);
-    let mut bytes = Vec::with_capacity(usize::try_from(cap).unwrap_or(0));
-    while let Some(chunk) = resp.chunk().await.map_err(|e| classify(e, policy))? {
-        if (bytes.len() + chunk.len()) as u64 > policy.max_bytes {
-            return Err(Failure::TooLarge);
+    let head = Head {
+        resp,
+        validators,
+        announced,
+        framing,
+    };
+    Ok((recv.receive(head, policy).await?, response_headers))
+}
+
+/// A response whose status says its body is the feed, with what its
+/// headers told.
+struct Head {
+    resp: reqwest::Response,
+    validators: Validators,
+    /// `Content-Length`, when sent.
+    announced: Option<u64>,
+    framing: Framing,
+}
+
+/// What an attempt does with a body: keep it ([`Keep`]) or compare it
+/// with the last one as it streams in ([`Probe`]).
+trait Receive {
+    type Out;
+    /// The answer to a `304` for a conditional request.
+    fn not_modified() -> Self::Out;
+    async fn receive(&self, head: Head, policy: &FetchPolicy) -> Result<Self::Out, Failure>;
+}
+
+/// Keep the whole body: [`Fetched`].
+struct Keep;
+
+impl Receive for Keep {
+    type Out = Fetched;
+
+    fn not_modified() -> Fetched {
+        Fetched::NotModified
+    }
+
+    async fn receive(&self, head: Head, policy: &FetchPolicy) -> Result<Fetched, Failure> {
+        let Head {
+            mut resp,
+            validators,
+            announced,
+            framing,
+        } = head;
+        let cap = announced.unwrap_or(0).min(policy.max_bytes).min(16 << 20);
+        let mut bytes = Vec::with_capacity(usize::try_from(cap).unwrap_or(0));
+        while let Some(chunk) = resp.chunk().await.map_err(|e| classify(e, policy))? {
+            if (bytes.len() + chunk.len()) as u64 > policy.max_bytes {
+                return Err(Failure::TooLarge);
+            }
+            bytes.extend_from_slice(&chunk);
         }
-        bytes.extend_from_slice(&chunk);
-    }
-    if let Some(n) = announced
-        && (bytes.len() as u64) < n
-    {
-        return Err(Failure::Truncated(format!(
-            "{} of {n} announced bytes",
-            bytes.len()
-        )));
-    }
-    Ok((
-        Fetched::Body {
+        if let Some(n) = announced
+            && (bytes.len() as u64) < n
+        {
+            return Err(Failure::Truncated(format!(
+                "{} of {n} announced bytes",
+                bytes.len()
+            )));
+        }
+        Ok(Fetched::Body {
             bytes,
             validators,
             framing,
-        },
-        response_headers,
-    ))
+        })
+    }
+}
+
+/// Bytes per hashed piece of a [`BodyPrint`]: a difference is seen at most
+/// this many bytes after it arrives, and a print costs 8 bytes per piece
+/// (about 2 KiB for a 15 MB list).
+pub const PROBE_SEGMENT: usize = 64 << 10;
+
+/// What is kept of the last body parsed, to tell whether the next one is
+/// the same while it streams in ([`Fetcher::probe`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyPrint {
+    len: u64,
+    /// XXH3-64 of each [`PROBE_SEGMENT`]-byte piece, the last one short.
+    segments: Vec<u64>,
+    /// XXH3-64 of the whole body (what [`crate::intel::state::digest`]
+    /// formats).
+    whole: u64,
+    framing: Framing,
+}
+
+impl BodyPrint {
+    /// The print of `bytes`, received with `framing` (the same bytes with
+    /// an unproven end parse differently, so they are not "the same").
+    pub fn of(bytes: &[u8], framing: Framing) -> Self {
+        BodyPrint {
+            len: bytes.len() as u64,
+            segments: bytes
+                .chunks(PROBE_SEGMENT)
+                .map(xxhash_rust::xxh3::xxh3_64)
+                .collect(),
+            whole: xxhash_rust::xxh3::xxh3_64(bytes),
+            framing,
+        }
+    }
+
+    /// The body's digest as the state files keep it (`xxh3:` and 16 hex
+    /// digits).
+    pub fn digest(&self) -> String {
+        crate::intel::state::digest_hex(self.whole)
+    }
+
+    /// The body's length in bytes.
+    pub fn body_len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether `bytes` received with `framing` are the body printed.
+    pub fn matches(&self, bytes: &[u8], framing: Framing) -> bool {
+        self.framing == framing
+            && self.len == bytes.len() as u64
+            && self.whole == xxhash_rust::xxh3::xxh3_64(bytes)
+    }
+}
+
+/// What [`Fetcher::probe`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probed {
+    /// The request was conditional and the server said "not modified".
+    NotModified,
+    /// The body is the one printed, byte for byte (to XXH3-64 per piece)
+    /// and with the same framing.
+    Same {
+        /// What to pass to the next fetch of this feed.
+        validators: Validators,
+    },
+    /// The body differs; it was dropped after `read` bytes.
+    Changed {
+        /// Bytes received before the difference showed (0: its length
+        /// told).
+        read: u64,
+    },
+}
+
+/// Compare the body with a print as it streams in: [`Probed`].
+struct Probe<'a>(&'a BodyPrint);
+
+impl Receive for Probe<'_> {
+    type Out = Probed;
+
+    fn not_modified() -> Probed {
+        Probed::NotModified
+    }
+
+    async fn receive(&self, head: Head, policy: &FetchPolicy) -> Result<Probed, Failure> {
+        let print = self.0;
+        let Head {
+            mut resp,
+            validators,
+            announced,
+            framing,
+        } = head;
+        if framing != print.framing || announced.is_some_and(|n| n != print.len) {
+            return Ok(Probed::Changed { read: 0 });
+        }
+        let mut piece = xxhash_rust::xxh3::Xxh3Default::new();
+        let (mut read, mut filled, mut index) = (0u64, 0usize, 0usize);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| classify(e, policy))? {
+            read += chunk.len() as u64;
+            if read > print.len {
+                return Ok(Probed::Changed { read });
+            }
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                let take = rest.len().min(PROBE_SEGMENT - filled);
+                piece.update(&rest[..take]);
+                rest = &rest[take..];
+                filled += take;
+                if filled == PROBE_SEGMENT {
+                    if print.segments.get(index) != Some(&piece.digest()) {
+                        return Ok(Probed::Changed { read });
+                    }
+                    piece.reset();
+                    (filled, index) = (0, index + 1);
+                }
+            }
+        }
+        if let Some(n) = announced
+            && read < n
+        {
+            return Err(Failure::Truncated(format!("{read} of {n} announced bytes")));
+        }
+        let last = (filled > 0).then(|| piece.digest());
+        let same = read == print.len
+            && index + usize::from(last.is_some()) == print.segments.len()
+            && last.is_none_or(|d| print.segments.get(index) == Some(&d));
+        Ok(if same {
+            Probed::Same { validators }
+        } else {
+            Probed::Changed { read }
+        })
+    }
 }
 
 /// Sort a reqwest error into retryable and not.
@@ -1425,6 +1663,167 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, FetchError::Truncated { .. }), "{err:?}");
+    }
+
+    /// A list of `lines` addresses, about 14 bytes a line.
+    fn list(lines: u32, salt: u32) -> Vec<u8> {
+        (0..lines)
+            .flat_map(|i| {
+                let a = i.wrapping_mul(2_654_435_761) ^ salt;
+                std::net::Ipv4Addr::from(a)
+                    .to_string()
+                    .into_bytes()
+                    .into_iter()
+                    .chain([b'\n'])
+            })
+            .collect()
+    }
+
+    async fn probe(
+        body: &[u8],
+        length: Length,
+        print: &BodyPrint,
+    ) -> (Result<Probed, FetchError>, Vec<Seen>) {
+        let mut r = Reply::new(200, body);
+        r.length = length;
+        let srv = Server::start(vec![r]).await;
+        let got = fetcher()
+            .probe(&srv.url("/"), &Validators::default(), print, &quick())
+            .await;
+        (got, srv.seen())
+    }
+
+    /// A probe says "same" for the printed bytes however they are framed
+    /// in transit (a proven end), and "changed" for any other bytes: a
+    /// different length (at once when announced), a different piece (at
+    /// that piece, before the rest arrives), a different last short piece,
+    /// or the same bytes with an unproven end.
+    #[tokio::test]
+    async fn probe_tells_the_printed_body_from_any_other() {
+        let body = list(60_000, 0);
+        assert!(body.len() > 4 * PROBE_SEGMENT && !body.len().is_multiple_of(PROBE_SEGMENT));
+        let print = BodyPrint::of(&body, Framing::Proven);
+        assert_eq!(print.digest(), crate::intel::state::digest(&body));
+        assert_eq!(print.body_len(), body.len() as u64);
+        assert!(print.matches(&body, Framing::Proven));
+        assert!(!print.matches(&body, Framing::ConnectionClose));
+        for length in [
+            Length::Exact,
+            Length::Chunked(1000),
+            Length::Chunked(100_000),
+        ] {
+            let (got, seen) = probe(&body, length, &print).await;
+            assert_eq!(
+                got.unwrap(),
+                Probed::Same {
+                    validators: Validators::default()
+                },
+                "{length:?}"
+            );
+            assert_eq!(seen.len(), 1);
+        }
+
+        // One byte changed in the second piece: seen by the end of that
+        // piece (plus what one read brings), long before the body's end.
+        let mut changed = body.clone();
+        changed[PROBE_SEGMENT + 10] ^= 1;
+        for length in [Length::Exact, Length::Chunked(4096)] {
+            let (got, _) = probe(&changed, length, &print).await;
+            match got.unwrap() {
+                Probed::Changed { read } => assert!(
+                    read >= 2 * PROBE_SEGMENT as u64 && read < body.len() as u64 / 2,
+                    "{length:?}: read {read}"
+                ),
+                other => panic!("{length:?}: {other:?}"),
+            }
+        }
+        // The last (short) piece differs: seen only at the end.
+        let mut last = body.clone();
+        *last.last_mut().unwrap() = b' ';
+        let (got, _) = probe(&last, Length::Chunked(4096), &print).await;
+        assert_eq!(
+            got.unwrap(),
+            Probed::Changed {
+                read: body.len() as u64
+            }
+        );
+        // Longer and shorter: announced, told before reading; streamed,
+        // told when the length is passed or at the end.
+        let mut longer = body.clone();
+        longer.extend_from_slice(b"192.0.2.1\n");
+        let shorter = &body[..body.len() - PROBE_SEGMENT];
+        for b in [&longer[..], shorter] {
+            let (got, _) = probe(b, Length::Exact, &print).await;
+            assert_eq!(got.unwrap(), Probed::Changed { read: 0 });
+            let (got, _) = probe(b, Length::Chunked(4096), &print).await;
+            assert!(
+                matches!(got.unwrap(), Probed::Changed { read } if read > 0),
+                "{}",
+                b.len()
+            );
+        }
+        // The same bytes, but an end the transport does not prove.
+        let (got, _) = probe(&body, Length::Close, &print).await;
+        assert_eq!(got.unwrap(), Probed::Changed { read: 0 });
+        let close = BodyPrint::of(&body, Framing::ConnectionClose);
+        let (got, _) = probe(&body, Length::Close, &close).await;
+        assert!(matches!(got.unwrap(), Probed::Same { .. }));
+        // An empty body is a body like any other.
+        let empty = BodyPrint::of(b"", Framing::Proven);
+        let (got, _) = probe(b"", Length::Exact, &empty).await;
+        assert!(matches!(got.unwrap(), Probed::Same { .. }));
+        let (got, _) = probe(b"\n", Length::Chunked(10), &empty).await;
+        assert!(matches!(got.unwrap(), Probed::Changed { .. }));
+    }
+
+    /// A probe is a request like a fetch's: conditional on the validators
+    /// (a `304` is "not modified"), returning the new ones, and failing
+    /// the same way on a body cut short.
+    #[tokio::test]
+    async fn probe_is_conditional_and_fails_like_a_fetch() {
+        let body = list(100, 7);
+        let print = BodyPrint::of(&body, Framing::Proven);
+        let srv = Server::start(vec![
+            Reply::new(304, b""),
+            Reply::new(200, &body).header("Last-Modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ])
+        .await;
+        let prev = Validators {
+            etag: Some("\"v1\"".into()),
+            ..Validators::default()
+        };
+        let f = fetcher();
+        let got = f.probe(&srv.url("/"), &prev, &print, &quick()).await;
+        assert_eq!(got.unwrap(), Probed::NotModified);
+        let got = f.probe(&srv.url("/"), &prev, &print, &quick()).await;
+        let Probed::Same { validators } = got.unwrap() else {
+            panic!("expected the same body");
+        };
+        assert_eq!(
+            validators.last_modified.as_deref(),
+            Some("Wed, 21 Oct 2015 07:28:00 GMT")
+        );
+        assert!(
+            srv.seen()
+                .iter()
+                .all(|s| s.header("if-none-match") == Some("\"v1\""))
+        );
+
+        let mut r = Reply::new(200, &body);
+        r.length = Length::ChunkedCut(50);
+        let srv = Server::start(vec![r]).await;
+        let policy = FetchPolicy {
+            retries: 1,
+            ..quick()
+        };
+        let err = fetcher()
+            .probe(&srv.url("/"), &Validators::default(), &print, &policy)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FetchError::Truncated { attempts: 2, .. }),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]

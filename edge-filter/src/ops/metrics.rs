@@ -59,6 +59,7 @@ pub struct Metrics {
     sync_seconds: Histogram,
     fetch_failures: Family<Labels, Counter>,
     unchanged_bodies: Family<Labels, Counter>,
+    refetches: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -72,6 +73,7 @@ impl Metrics {
             sync_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             fetch_failures: Family::default(),
             unchanged_bodies: Family::default(),
+            refetches: Family::default(),
         })
     }
 
@@ -91,6 +93,14 @@ impl Metrics {
     /// the last one parsed.
     pub fn body_unchanged(&self, feed: &str) {
         self.unchanged_bodies
+            .get_or_create(&vec![("feed", feed.to_string())])
+            .inc();
+    }
+
+    /// Count a body of `feed` fetched a second time because a probe of the
+    /// first found it changed.
+    pub fn body_refetched(&self, feed: &str) {
+        self.refetches
             .get_or_create(&vec![("feed", feed.to_string())])
             .inc();
     }
@@ -122,6 +132,11 @@ impl Metrics {
             "feed_unchanged_bodies",
             "Bodies of a feed not parsed again because they equal the last one parsed (same digest), since the agent started",
             self.unchanged_bodies.clone(),
+        );
+        r.register(
+            "feed_refetches",
+            "Bodies of a feed without ETag or Last-Modified fetched a second time because a probe of the first (hashed as it streamed in, not kept) found them changed, since the agent started",
+            self.refetches.clone(),
         );
         let mut out = String::new();
         // Writing into a String cannot fail.

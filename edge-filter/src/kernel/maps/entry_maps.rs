@@ -13,7 +13,9 @@
 //! own: there is no overflow slot); the last hit from `V2_LASTHIT`, which
 //! the agent keeps ([`EntryMaps::note_hits`]).
 
+use std::borrow::Cow;
 use std::path::PathBuf;
+use std::sync::{Arc, Weak};
 
 use aya::{
     Ebpf,
@@ -97,6 +99,10 @@ pub struct EntryMaps {
     /// A set the caller keeps, to share with the engine
     /// ([`EntryMaps::offer`]).
     offered: Option<SharedSet>,
+    /// The last offered set found normalised ([`EntryMaps::normalize`]).
+    /// Weak: it keeps no set alive, and while it exists no other set can
+    /// take that set's address.
+    normal: Option<Weak<dyn AsRef<EntrySet> + Send + Sync>>,
 }
 
 /// Outcome of a sync.
@@ -186,6 +192,7 @@ impl EntryMaps {
             synced: true,
             seed,
             offered: None,
+            normal: None,
         })
     }
 
@@ -228,6 +235,7 @@ impl EntryMaps {
             synced: false,
             seed: new_seed(),
             offered: None,
+            normal: None,
         })
     }
 
@@ -302,7 +310,8 @@ impl EntryMaps {
     /// sync.
     pub fn shadow_census(&self, set: &EntrySet) -> Option<Census> {
         let s = self.engine()?;
-        self.synced.then(|| census_of_sets(s.set(), set))
+        let normal = self.is_known_normal(set);
+        self.synced.then(|| census_of_sets(s.set(), set, normal))
     }
 
     /// Read the whole current contents back from the kernel (the catalog,
@@ -362,12 +371,42 @@ impl EntryMaps {
         }
     }
 
+    /// Whether `set` is a set offered before and found normalised then.
+    fn is_known_normal(&self, set: &EntrySet) -> bool {
+        self.normal
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .is_some_and(|n| std::ptr::eq((*n).as_ref(), set))
+    }
+
+    /// `set` normalised ([`normalized`]). An offered set
+    /// ([`EntryMaps::offer`]) is checked once, not again at every sync,
+    /// census and reconcile while the caller keeps it (a pass over 1M
+    /// keys, 20-50 ms each): it is shared, so it cannot change.
+    fn normalize<'a>(&mut self, set: &'a EntrySet) -> Cow<'a, EntrySet> {
+        if self.is_known_normal(set) {
+            return Cow::Borrowed(set);
+        }
+        let out = normalized(set);
+        if let (Cow::Borrowed(_), Some(o)) = (&out, &self.offered)
+            && std::ptr::eq((**o).as_ref(), set)
+        {
+            self.normal = Some(Arc::downgrade(o));
+        }
+        out
+    }
+
     /// Make the maps enforce `set` (keeping existing ids).
     pub fn apply(&mut self, set: &EntrySet, flags: u32) -> Result<SyncStats> {
-        let set = normalized(set);
+        let set = self.normalize(set);
+        let known = self.normal.as_ref().and_then(Weak::upgrade);
         let (sync, _) = self.engine_mut()?;
         // An adopted set comes in catalog order.
-        let changes = SetChanges::between(&normalized(sync.set()), &set);
+        let held = match known {
+            Some(n) if std::ptr::eq((*n).as_ref(), sync.set()) => Cow::Borrowed(sync.set()),
+            _ => normalized(sync.set()),
+        };
+        let changes = SetChanges::between(&held, &set);
         self.apply_inner(&set, &changes, flags, false)
     }
 
@@ -391,7 +430,8 @@ impl EntryMaps {
         if !self.synced {
             return self.apply(new, flags);
         }
-        self.apply_inner(&normalized(new), changes, flags, true)
+        let new = self.normalize(new);
+        self.apply_inner(&new, changes, flags, true)
     }
 
     /// Sync to `set`: by `changes` when `delta`, else the whole set (the
@@ -534,7 +574,9 @@ impl EntryMaps {
             }
         }
         let census = match (set, self.engine()) {
-            (Some(s), Some(e)) if verified => Some(census_of_sets(e.set(), s)),
+            (Some(s), Some(e)) if verified => {
+                Some(census_of_sets(e.set(), s, self.is_known_normal(s)))
+            }
             (Some(s), _) => Some(self.read()?.census(s)),
             (None, _) => None,
         };
