@@ -126,7 +126,8 @@ impl From<Fetched> for Got {
 /// a start is always parsed (the last-known-good entries may come from
 /// another configuration of the feed).
 ///
-/// After the first parse, an HTTP refresh *probes* ([`Fetcher::probe`]):
+/// After the first parse, an HTTP refresh of a server that sends neither
+/// validator *probes* ([`Fetcher::probe`]):
 /// the body is hashed piece by piece as it streams in and compared with
 /// the last one's print, not kept, so an unchanged body costs no buffer
 /// as large as itself. A changed one is fetched again to be kept (counted
@@ -181,7 +182,9 @@ async fn feed_task(
             continue;
         }
         let (res, refetched) = match (&f.source, &last_parsed) {
-            (Source::Http(url), Some(print)) if probe => {
+            // A server with validators answers an unchanged body with a
+            // 304 and a changed one with the body: nothing to probe.
+            (Source::Http(url), Some(print)) if probe && validators.is_empty() => {
                 match fetcher.probe(url, &validators, print, &policy).await {
                     Ok(Probed::NotModified) => (Ok(Got::NotModified), false),
                     Ok(Probed::Same { validators }) => (Ok(Got::Same(validators)), false),
