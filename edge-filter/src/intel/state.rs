@@ -11,13 +11,15 @@
 //!   lkg/FEED.lkg        LastKnownGood of each feed: a 20-byte header
 //!                       (`EFLKG\0`, version u16, CRC-32 of the payload,
 //!                       payload length u64, little-endian) and the
-//!                       payload deflated. Version 2 (written): a postcard
-//!                       string holding the copy's JSON without its
-//!                       entries, then the entries in postcard
-//!                       (`FeedEntries::write_binary`). Version 1 (the
-//!                       whole copy as JSON) is still read; so is an older
-//!                       `lkg/FEED.json` (plain JSON), converted when the
-//!                       directory is writable
+//!                       payload. Version 3 (written): a postcard string
+//!                       holding the copy's JSON without its entries, then
+//!                       the entries delta-coded
+//!                       (`FeedEntries::write_delta`). Version 2 (the same
+//!                       with the entries in postcard,
+//!                       `FeedEntries::write_binary`, deflated) and 1 (the
+//!                       whole copy as JSON, deflated) are still read; so
+//!                       is an older `lkg/FEED.json` (plain JSON); each is
+//!                       converted when the directory is writable
 //!   force/FEED          operator request to apply FEED's next update even
 //!                       if the shrink guard would hold it (`touch` works)
 //!   NAME.json           save_json / load_json blobs
@@ -68,15 +70,13 @@ const LKG_SUFFIX: &str = ".lkg";
 const LKG_OLD_SUFFIX: &str = ".json";
 /// First bytes of a `.lkg` file.
 const LKG_MAGIC: &[u8; 6] = b"EFLKG\0";
-/// Version of the `.lkg` format written (2: binary entries).
-const LKG_VERSION: u16 = 2;
-/// The version before: the whole copy as JSON (still read).
+/// Version of the `.lkg` format written (3: entries delta-coded, not
+/// deflated; see [`FeedEntries::write_delta`]).
+const LKG_VERSION: u16 = 3;
+/// The version before: binary entries, deflated (still read).
+const LKG_VERSION_DEFLATED: u16 = 2;
+/// The first version: the whole copy as JSON, deflated (still read).
 const LKG_VERSION_JSON: u16 = 1;
-/// Deflate level of a copy: the fastest. The entries of a feed of random
-/// addresses barely compress at any level (100k /32: 5.2 B an entry at 1,
-/// 5.0 at 3), and level 3 took 4.6 times as long (a fifth of the CPU of a
-/// 1% change at 1M entries).
-const LKG_LEVEL: u32 = 1;
 /// Header length: magic, version, CRC-32, payload length.
 const LKG_HEADER: usize = 6 + 2 + 4 + 8;
 /// Subdirectory of force requests.
@@ -280,29 +280,22 @@ impl StateDir {
         Ok(self.root.join(FORCE_DIR).join(file_name(feed, "")?))
     }
 
-    /// Persist `lkg` atomically as `lkg/FEED.lkg` (deflated JSON behind a
-    /// checked header; see the module's layout), and remove a copy in the
-    /// old format.
+    /// Persist `lkg` atomically as `lkg/FEED.lkg` (the head as JSON and
+    /// the entries delta-coded, behind a checked header; see the module's
+    /// layout), and remove a copy in the old format.
     pub fn save_lkg(&self, lkg: &LastKnownGood) -> Result<(), StateError> {
         let path = self.lkg_path(&lkg.feed)?;
-        // The copy streams into the compressor: it is never held whole.
-        // Through a buffer: postcard writes a few bytes at a time, and
-        // each write into flate2's Vec sink zero-fills the sink's spare
-        // capacity (a 1M-entry copy took 6 s of memset unbuffered).
         let head =
             serde_json::to_string(&LkgHead::of(lkg)).map_err(|source| StateError::Encode {
                 path: path.clone(),
                 source,
             })?;
-        let mut enc =
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(LKG_LEVEL));
-        let mut buf = BufWriter::with_capacity(1 << 16, &mut enc);
         let binary_err = |e: postcard::Error| io_err(&path)(io::Error::other(e));
-        postcard::to_io(&head, &mut buf).map_err(binary_err)?;
-        lkg.entries.write_binary(&mut buf).map_err(binary_err)?;
-        buf.flush().map_err(io_err(&path))?;
-        drop(buf);
-        let payload = enc.finish().map_err(io_err(&path))?;
+        // The checksum is in the header, so the payload is built first
+        // (about 2-6 bytes an entry).
+        let payload = postcard::to_extend(&head, Vec::with_capacity(lkg.entries.len() * 4))
+            .map_err(binary_err)?;
+        let payload = lkg.entries.write_delta(payload).map_err(binary_err)?;
         let mut header = Vec::with_capacity(LKG_HEADER);
         header.extend_from_slice(LKG_MAGIC);
         header.extend_from_slice(&LKG_VERSION.to_le_bytes());
@@ -551,9 +544,9 @@ fn read_lkg(path: &Path) -> Result<Option<(LastKnownGood, u16)>, StateError> {
         ));
     }
     let version = u16::from_le_bytes([bytes[6], bytes[7]]);
-    if version != LKG_VERSION && version != LKG_VERSION_JSON {
+    if !(LKG_VERSION_JSON..=LKG_VERSION).contains(&version) {
         return Err(corrupt(format!(
-            "format version {version}, this edge-filter reads {LKG_VERSION_JSON} and {LKG_VERSION}"
+            "format version {version}, this edge-filter reads {LKG_VERSION_JSON} to {LKG_VERSION}"
         )));
     }
     let crc = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
@@ -568,10 +561,25 @@ fn read_lkg(path: &Path) -> Result<Option<(LastKnownGood, u16)>, StateError> {
     if crc32fast::hash(payload) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
+    let json_err = |source| StateError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    };
+    if version == LKG_VERSION {
+        let (head, rest): (String, &[u8]) =
+            postcard::take_from_bytes(payload).map_err(|e| corrupt(format!("head: {e}")))?;
+        let head: LkgHead = serde_json::from_str(&head).map_err(json_err)?;
+        let (entries, rest) = FeedEntries::read_delta(rest).map_err(corrupt)?;
+        if !rest.is_empty() {
+            return Err(corrupt(format!("{} bytes after the entries", rest.len())));
+        }
+        return Ok(Some((head.with(entries), version)));
+    }
     let mut raw = Vec::with_capacity(payload.len() * 2);
     io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(payload), &mut raw)
         .map_err(|e| corrupt(format!("cannot inflate: {e}")))?;
     drop(bytes);
+    debug_assert!(matches!(version, LKG_VERSION_JSON | LKG_VERSION_DEFLATED));
     let json_err = |source| StateError::Corrupt {
         path: path.to_path_buf(),
         source,
@@ -754,6 +762,24 @@ mod tests {
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
     }
 
+    /// Write `lkg` as version 2 wrote it: the head as JSON in postcard and
+    /// the entries in postcard (`write_binary`), deflated.
+    fn write_v2(path: &Path, lkg: &LastKnownGood) {
+        let head = serde_json::to_string(&LkgHead::of(lkg)).unwrap();
+        let raw = postcard::to_stdvec(&head).unwrap();
+        let raw = lkg.entries.write_binary(raw).unwrap();
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(1));
+        enc.write_all(&raw).unwrap();
+        let payload = enc.finish().unwrap();
+        let mut bytes = LKG_MAGIC.to_vec();
+        bytes.extend_from_slice(&LKG_VERSION_DEFLATED.to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        fs::write(path, bytes).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
     /// The format version in a `.lkg` file's header.
     fn version_of(path: &Path) -> u16 {
         let bytes = fs::read(path).unwrap();
@@ -819,6 +845,12 @@ mod tests {
         assert_eq!(dir.load_lkg("spamhaus-drop").unwrap(), Some(lkg.clone()));
         assert_eq!(version_of(&path), LKG_VERSION);
 
+        // A version-2 copy (binary, deflated) is read, and converted once.
+        write_v2(&path, &lkg);
+        assert_eq!(version_of(&path), LKG_VERSION_DEFLATED);
+        assert_eq!(dir.load_lkg("spamhaus-drop").unwrap(), Some(lkg.clone()));
+        assert_eq!(version_of(&path), LKG_VERSION);
+        assert_eq!(dir.load_lkg("spamhaus-drop").unwrap(), Some(lkg.clone()));
         // A version-1 copy (JSON) is read, and converted once.
         write_v1(&path, &lkg);
         assert_eq!(version_of(&path), LKG_VERSION_JSON);
