@@ -416,9 +416,7 @@ impl FeedEntries {
                 buf.clear();
             }
         }
-        w.write_all(&buf).map_err(full)?;
-        let out = self.binary_out();
-        postcard::to_io(&(out.meta, out.metas), w)
+        self.write_provenance(w, &buf)
     }
 
     /// Write the entries in the last-known-good copy's form from format 3
@@ -456,9 +454,7 @@ impl FeedEntries {
                 buf.clear();
             }
         }
-        w.write_all(&buf).map_err(full)?;
-        let out = self.binary_out();
-        postcard::to_io(&(out.meta, out.metas), w)
+        self.write_provenance(w, &buf)
     }
 
     /// The entries written by [`FeedEntries::write_delta`] at the start of
@@ -511,6 +507,15 @@ impl FeedEntries {
         let ((meta, metas), rest) =
             postcard::take_from_bytes::<BinaryProvenance>(rest).map_err(err)?;
         Ok((Self::checked(entries, meta, metas)?, rest))
+    }
+
+    /// Write the rest of `buf`, then the provenance: how both binary
+    /// forms end.
+    fn write_provenance<W: std::io::Write>(&self, mut w: W, buf: &[u8]) -> postcard::Result<W> {
+        w.write_all(buf)
+            .map_err(|_| postcard::Error::SerializeBufferFull)?;
+        let out = self.binary_out();
+        postcard::to_io(&(out.meta, out.metas), w)
     }
 
     /// What [`FeedEntries::write_binary`] writes, as serde sees it.
@@ -675,7 +680,7 @@ mod tests {
     /// ports) and provenance; and it reads back.
     #[test]
     fn write_binary_is_the_serde_encoding() {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         let seed = crate::testing::seed();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         for n in [0usize, 1, 5, 3000, 20_000] {
@@ -693,18 +698,7 @@ mod tests {
                 // entries, or an error from both (host bits set, lengths
                 // out of range, other variants and truncation included).
                 for _ in 0..40 {
-                    let mut bad = got.clone();
-                    for _ in 0..rng.random_range(1..4) {
-                        let i = rng.random_range(0..bad.len());
-                        bad[i] = match rng.random_range(0..3) {
-                            0 => rng.random(),
-                            1 => rng.random_range(0..3),
-                            _ => rng.random_range(30..36),
-                        };
-                    }
-                    if rng.random_bool(0.2) {
-                        bad.truncate(rng.random_range(0..bad.len()));
-                    }
+                    let bad = damage(&mut rng, &got, 30..36);
                     let fast = FeedEntries::read_binary(&bad).ok();
                     let reference = FeedEntries::read_binary_serde(&bad).ok();
                     assert!(
@@ -714,6 +708,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `bytes` with one to three bytes replaced (by a random byte, a small
+    /// one or one from `near`) and at times cut short.
+    fn damage(rng: &mut rand::rngs::StdRng, bytes: &[u8], near: std::ops::Range<u8>) -> Vec<u8> {
+        use rand::Rng;
+        let mut bad = bytes.to_vec();
+        for _ in 0..rng.random_range(1..4) {
+            let i = rng.random_range(0..bad.len());
+            bad[i] = match rng.random_range(0..3) {
+                0 => rng.random(),
+                1 => rng.random_range(0..3),
+                _ => rng.random_range(near.clone()),
+            };
+        }
+        if rng.random_bool(0.2) {
+            bad.truncate(rng.random_range(0..bad.len()));
+        }
+        bad
     }
 
     /// `n` random entries: IPv4 nets of every length and action, and at
@@ -772,18 +785,7 @@ mod tests {
                     "n {n}, wide {wide_share} (seed {seed})"
                 );
                 for _ in 0..40 {
-                    let mut bad = got.clone();
-                    for _ in 0..rng.random_range(1..4) {
-                        let i = rng.random_range(0..bad.len());
-                        bad[i] = match rng.random_range(0..3) {
-                            0 => rng.random(),
-                            1 => rng.random_range(0..3),
-                            _ => rng.random_range(0x7e..0x82),
-                        };
-                    }
-                    if rng.random_bool(0.2) {
-                        bad.truncate(rng.random_range(0..bad.len()));
-                    }
+                    let bad = damage(&mut rng, &got, 0x7e..0x82);
                     if let Ok((x, _)) = FeedEntries::read_delta(&bad) {
                         assert!(
                             x.iter().all(|e| e.entry.net == e.entry.net.trunc()),

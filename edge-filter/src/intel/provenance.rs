@@ -434,8 +434,14 @@ impl Builder {
         }
         let counts: rustc_hash::FxHashMap<u32, KeyCounts> = counts.into_iter().collect();
         drop(all);
-        starts.push(u32::try_from(refs.len()).expect("fewer than 2^32 assertions"));
         entries.shrink_to_fit();
+        (entries, self.provenances(starts, refs), counts)
+    }
+
+    /// The provenance of finished entries: each entry's run of `refs`
+    /// (from `starts`, one a key), the records and the strings.
+    fn provenances(mut self, mut starts: Vec<u32>, mut refs: Vec<u32>) -> Provenances {
+        starts.push(u32::try_from(refs.len()).expect("fewer than 2^32 assertions"));
         starts.shrink_to_fit();
         refs.shrink_to_fit();
         // Records only a merge replaced stay: they are few, and
@@ -446,15 +452,11 @@ impl Builder {
         for (s, i) in self.index {
             strings[i as usize] = s;
         }
-        (
-            entries,
-            Provenances {
-                refs: Refs::of_runs(starts, refs),
-                records,
-                strings,
-            },
-            counts,
-        )
+        Provenances {
+            refs: Refs::of_runs(starts, refs),
+            records,
+            strings,
+        }
     }
 }
 
@@ -537,27 +539,8 @@ mod tests {
             }
         }
         drop(all);
-        starts.push(u32::try_from(refs.len()).expect("fewer than 2^32 assertions"));
         entries.shrink_to_fit();
-        starts.shrink_to_fit();
-        refs.shrink_to_fit();
-        // Records only a merge replaced stay: they are few, and
-        // renumbering would cost a pass over every reference.
-        let mut records = std::mem::take(&mut b.records);
-        records.shrink_to_fit();
-        let mut strings: Vec<Box<str>> = vec![Box::from(""); b.index.len()];
-        for (s, i) in b.index {
-            strings[i as usize] = s;
-        }
-        (
-            entries,
-            Provenances {
-                refs: Refs::of_runs(starts, refs),
-                records,
-                strings,
-            },
-            counts,
-        )
+        (entries, b.provenances(starts, refs), counts)
     }
 
     /// `finish` gives what the reference gives (entries, provenance and
