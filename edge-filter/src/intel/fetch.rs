@@ -846,7 +846,7 @@ impl BodyPrint {
     /// The body's digest as the state files keep it (`xxh3:` and 16 hex
     /// digits).
     pub fn digest(&self) -> String {
-        crate::intel::state::digest_hex(self.whole)
+        digest_hex(self.whole)
     }
 
     /// The body's length in bytes.
@@ -860,6 +860,12 @@ impl BodyPrint {
             && self.len == bytes.len() as u64
             && self.whole == xxhash_rust::xxh3::xxh3_64(bytes)
     }
+}
+
+/// An XXH3-64 as the state files keep a body's digest
+/// ([`crate::intel::state::digest`]): `xxh3:` and 16 hex digits.
+pub fn digest_hex(xxh3: u64) -> String {
+    format!("xxh3:{xxh3:016x}")
 }
 
 /// What [`Fetcher::probe`] found.

@@ -184,12 +184,7 @@ pub type AllLkg = BTreeMap<String, Result<LastKnownGood, StateError>>;
 /// changed, not for security. (Copies written before it carry
 /// `fnv1a64:` digests, which never equal one: their feed is parsed once.)
 pub fn digest(bytes: &[u8]) -> String {
-    digest_hex(xxhash_rust::xxh3::xxh3_64(bytes))
-}
-
-/// [`digest`]'s form of an XXH3-64 already computed.
-pub fn digest_hex(xxh3: u64) -> String {
-    format!("xxh3:{xxh3:016x}")
+    crate::intel::fetch::digest_hex(xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
 /// The state directory.
