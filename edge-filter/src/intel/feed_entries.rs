@@ -824,6 +824,46 @@ mod tests {
         assert!(len < 300_000, "{len} bytes for 100k sorted /32s");
     }
 
+    /// The varints are postcard's: the same bytes for a spread of values,
+    /// read back by postcard, and postcard's read back here.
+    #[test]
+    fn varints_are_postcards() {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            1 << 21,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut ours = Vec::new();
+            put_varint(&mut ours, v);
+            assert_eq!(ours, postcard::to_stdvec(&v).unwrap(), "{v}");
+            assert_eq!(postcard::from_bytes::<u64>(&ours).unwrap(), v);
+            assert_eq!(take_varint(&ours), Some((v, &[][..])), "{v}");
+            assert_eq!(take_varint(&ours[..ours.len() - 1]), None, "{v} cut");
+        }
+        // Eleven bytes, or a tenth byte above one bit, is no u64.
+        assert_eq!(take_varint(&[0xff; 11]), None);
+        assert_eq!(
+            take_varint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]),
+            None
+        );
+        for d in [
+            0i64,
+            1,
+            -1,
+            255,
+            -256,
+            i64::from(u32::MAX),
+            -i64::from(u32::MAX),
+        ] {
+            assert_eq!(unzigzag(zigzag(d)), d);
+        }
+    }
+
     fn fe(s: &str) -> FeedEntry {
         FeedEntry::new(Entry::new(s.parse().unwrap(), None, Action::Drop))
     }

@@ -615,7 +615,6 @@ fn backoff(policy: &FetchPolicy, attempts: u32) -> Duration {
     Duration::from_nanos(rand::random_range(0..=nanos))
 }
 
-/// One HTTP attempt (the caller bounds its duration).
 /// One request, as asked of [`Fetcher::fetch_http`] (the same for every
 /// attempt).
 #[derive(Clone, Copy)]
@@ -648,6 +647,7 @@ impl<'a> Ask<'a> {
     }
 }
 
+/// One HTTP attempt (the caller bounds its duration).
 async fn attempt<R: Receive>(
     client: &reqwest::Client,
     ask: Ask<'_>,
@@ -935,10 +935,10 @@ impl Receive for Probe<'_> {
         {
             return Err(Failure::Truncated(format!("{read} of {n} announced bytes")));
         }
-        let last = (filled > 0).then(|| piece.digest());
+        // With the whole length read, every full piece has matched, and
+        // only a short last piece is left to compare.
         let same = read == print.len
-            && index + usize::from(last.is_some()) == print.segments.len()
-            && last.is_none_or(|d| print.segments.get(index) == Some(&d));
+            && (filled == 0 || print.segments.get(index) == Some(&piece.digest()));
         Ok(if same {
             Probed::Same { validators }
         } else {

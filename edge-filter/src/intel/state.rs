@@ -395,11 +395,7 @@ impl StateDir {
         name: &str,
         value: &T,
     ) -> Result<(), StateError> {
-        write_json_atomic(
-            &self.root.join(file_name(name, ".json")?),
-            value,
-            Durable::Yes,
-        )
+        self.write_json(name, value, Durable::Yes)
     }
 
     /// Like [`StateDir::save_json`], without the `fsync`s: for a report the
@@ -414,11 +410,16 @@ impl StateDir {
         name: &str,
         value: &T,
     ) -> Result<(), StateError> {
-        write_json_atomic(
-            &self.root.join(file_name(name, ".json")?),
-            value,
-            Durable::No,
-        )
+        self.write_json(name, value, Durable::No)
+    }
+
+    fn write_json<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        value: &T,
+        durable: Durable,
+    ) -> Result<(), StateError> {
+        write_json_atomic(&self.root.join(file_name(name, ".json")?), value, durable)
     }
 
     /// A value saved with [`StateDir::save_json`], `None` if there is none.
@@ -556,38 +557,34 @@ fn read_lkg(path: &Path) -> Result<Option<(LastKnownGood, u16)>, StateError> {
     if crc32fast::hash(payload) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let json_err = |source| StateError::Corrupt {
-        path: path.to_path_buf(),
-        source,
+    // Versions 1 and 2 are deflated.
+    let inflated;
+    let raw = if version == LKG_VERSION {
+        payload
+    } else {
+        let mut out = Vec::with_capacity(payload.len() * 2);
+        io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(payload), &mut out)
+            .map_err(|e| corrupt(format!("cannot inflate: {e}")))?;
+        inflated = out;
+        &inflated[..]
     };
-    if version == LKG_VERSION {
-        let (head, rest): (String, &[u8]) =
-            postcard::take_from_bytes(payload).map_err(|e| corrupt(format!("head: {e}")))?;
-        let head: LkgHead = serde_json::from_str(&head).map_err(json_err)?;
-        let (entries, rest) = FeedEntries::read_delta(rest).map_err(corrupt)?;
-        if !rest.is_empty() {
-            return Err(corrupt(format!("{} bytes after the entries", rest.len())));
-        }
-        return Ok(Some((head.with(entries), version)));
-    }
-    let mut raw = Vec::with_capacity(payload.len() * 2);
-    io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(payload), &mut raw)
-        .map_err(|e| corrupt(format!("cannot inflate: {e}")))?;
-    drop(bytes);
-    debug_assert!(matches!(version, LKG_VERSION_JSON | LKG_VERSION_DEFLATED));
     let json_err = |source| StateError::Corrupt {
         path: path.to_path_buf(),
         source,
     };
     if version == LKG_VERSION_JSON {
-        return serde_json::from_slice(&raw)
+        return serde_json::from_slice(raw)
             .map(|l| Some((l, version)))
             .map_err(json_err);
     }
     let (head, rest): (String, &[u8]) =
-        postcard::take_from_bytes(&raw).map_err(|e| corrupt(format!("head: {e}")))?;
+        postcard::take_from_bytes(raw).map_err(|e| corrupt(format!("head: {e}")))?;
     let head: LkgHead = serde_json::from_str(&head).map_err(json_err)?;
-    let (entries, rest) = FeedEntries::read_binary(rest).map_err(corrupt)?;
+    let (entries, rest) = match version {
+        LKG_VERSION_DEFLATED => FeedEntries::read_binary(rest),
+        _ => FeedEntries::read_delta(rest),
+    }
+    .map_err(corrupt)?;
     if !rest.is_empty() {
         return Err(corrupt(format!("{} bytes after the entries", rest.len())));
     }
@@ -743,18 +740,23 @@ mod tests {
         }
     }
 
-    /// Write `lkg` as version 1 wrote it: the whole copy as JSON, deflated.
-    fn write_v1(path: &Path, lkg: &LastKnownGood) {
-        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(3));
-        serde_json::to_writer(&mut enc, lkg).unwrap();
-        let payload = enc.finish().unwrap();
+    /// Write a copy of `version` with a deflated `payload` behind its
+    /// header, as versions 1 and 2 were written.
+    fn write_deflated(path: &Path, version: u16, payload: Vec<u8>) {
         let mut bytes = LKG_MAGIC.to_vec();
-        bytes.extend_from_slice(&LKG_VERSION_JSON.to_le_bytes());
+        bytes.extend_from_slice(&version.to_le_bytes());
         bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&payload);
         fs::write(path, bytes).unwrap();
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// Write `lkg` as version 1 wrote it: the whole copy as JSON, deflated.
+    fn write_v1(path: &Path, lkg: &LastKnownGood) {
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(3));
+        serde_json::to_writer(&mut enc, lkg).unwrap();
+        write_deflated(path, LKG_VERSION_JSON, enc.finish().unwrap());
     }
 
     /// Write `lkg` as version 2 wrote it: the head as JSON in postcard and
@@ -765,14 +767,7 @@ mod tests {
         let raw = lkg.entries.write_binary(raw).unwrap();
         let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(1));
         enc.write_all(&raw).unwrap();
-        let payload = enc.finish().unwrap();
-        let mut bytes = LKG_MAGIC.to_vec();
-        bytes.extend_from_slice(&LKG_VERSION_DEFLATED.to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        fs::write(path, bytes).unwrap();
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+        write_deflated(path, LKG_VERSION_DEFLATED, enc.finish().unwrap());
     }
 
     /// The format version in a `.lkg` file's header.

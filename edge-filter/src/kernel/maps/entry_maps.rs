@@ -399,14 +399,9 @@ impl EntryMaps {
     /// Make the maps enforce `set` (keeping existing ids).
     pub fn apply(&mut self, set: &EntrySet, flags: u32) -> Result<SyncStats> {
         let set = self.normalize(set);
-        let known = self.normal.as_ref().and_then(Weak::upgrade);
         let (sync, _) = self.engine_mut()?;
         // An adopted set comes in catalog order.
-        let held = match known {
-            Some(n) if std::ptr::eq((*n).as_ref(), sync.set()) => Cow::Borrowed(sync.set()),
-            _ => normalized(sync.set()),
-        };
-        let changes = SetChanges::between(&held, &set);
+        let changes = SetChanges::between(&normalized(sync.set()), &set);
         self.apply_inner(&set, &changes, flags, false)
     }
 
