@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::intel::config::{Config, FeedConfig, Source};
 use crate::intel::crowdsec::{Polled, Poller};
 use crate::intel::desired::{DesiredState, FeedSnapshot, merge};
-use crate::intel::feed_entries::FeedEntries;
 use crate::intel::feeds::FeedParse;
 use crate::intel::fetch::{BodyPrint, Fetched, Fetcher, Location, Probed, Validators};
 use crate::intel::guard::{GuardDecision, ShrinkGuard};
@@ -46,7 +45,9 @@ enum Msg {
     /// A new copy, parsed.
     Parsed {
         feed: String,
-        parse: FeedParse,
+        /// Boxed: a parse is a few hundred bytes, the other messages a
+        /// few dozen.
+        parse: Box<FeedParse>,
         validators: Validators,
         /// Digest of the body, kept with the last-known-good copy.
         digest: String,
@@ -269,7 +270,7 @@ async fn feed_task(
                         last_parsed = Some(print);
                         Msg::Parsed {
                             feed: f.name.clone(),
-                            parse,
+                            parse: Box::new(parse),
                             validators: v,
                             digest,
                             at,
@@ -359,7 +360,7 @@ fn crowdsec_msg(feed: &str, res: std::result::Result<Polled, String>, at: Offset
             resync,
         }) => Msg::Parsed {
             feed,
-            parse,
+            parse: Box::new(parse),
             validators: Validators::default(),
             digest,
             at,
@@ -840,7 +841,7 @@ impl FeedAgent {
                 if refetched && let Some(m) = &self.metrics {
                     m.body_refetched(&feed);
                 }
-                self.on_parsed(feed, parse, validators, digest, at, delta);
+                self.on_parsed(feed, *parse, validators, digest, at, delta);
                 // The parse is freed only now, after the sync's own purge.
                 crate::memory::release_freed();
             }
@@ -873,9 +874,9 @@ impl FeedAgent {
             }
         } || delta;
         let prev = self.snapshots.get(&feed).map_or(0, |s| s.entries.len());
-        let decision =
-            self.guard
-                .evaluate(&feed, prev, parse.entries.len(), &self.cfg.safety, forced);
+        let decision = self
+            .guard
+            .evaluate(&feed, prev, parse.len(), &self.cfg.safety, forced);
         let saved = self.state.save_json(GUARD_FILE, &self.guard);
         self.persisted("the shrink-guard state", saved.map_err(|e| e.to_string()));
         let h = self.health.entry(feed.clone()).or_default();
@@ -923,13 +924,14 @@ impl FeedAgent {
                     .map(|r| format!("line {}: {}", r.index, r.reason))
                     .collect();
                 // One compact copy, shared by the snapshot and the file.
-                let entries = std::sync::Arc::new(FeedEntries::from(parse.entries));
+                let rejected_lines = parse.rejected.len();
+                let entries = std::sync::Arc::new(parse.into_entries());
                 let lkg = LastKnownGood {
                     feed: feed.clone(),
                     fetched_at: at,
                     validators,
                     entries: std::sync::Arc::clone(&entries),
-                    rejected_lines: parse.rejected.len(),
+                    rejected_lines,
                     source_digest: digest,
                 };
                 self.save_lkg(lkg);

@@ -786,6 +786,8 @@ impl FeedConfig {
                 .as_ref()
                 .map(MispConfig::options)
                 .unwrap_or_default(),
+            // The caller's choice (`intake::parse_body` packs).
+            pack: false,
         }
     }
 

@@ -234,6 +234,29 @@ impl FeedEntriesBuilder {
         self.out.push_entry(e.entry);
     }
 
+    /// Append an IPv4 net without a port or provenance (what a plain
+    /// list's bare address is): the word [`FeedEntriesBuilder::push`]
+    /// would store, without building a [`FeedEntry`] first.
+    pub fn push_v4(&mut self, net: ipnet::Ipv4Net, action: Action) {
+        if !self.out.meta.is_empty() {
+            self.out.meta.push(NONE);
+        }
+        let e = Entry::new(ipnet::IpNet::V4(net), None, action);
+        self.out
+            .packed
+            .push(pack(&e).expect("an IPv4 net without a port packs"));
+    }
+
+    /// How many entries so far.
+    pub fn len(&self) -> usize {
+        self.out.packed.len()
+    }
+
+    /// Whether there are none yet.
+    pub fn is_empty(&self) -> bool {
+        self.out.packed.is_empty()
+    }
+
     /// The entries.
     pub fn finish(mut self) -> FeedEntries {
         let mut metas = vec![Meta::default(); self.index.len()];

@@ -67,6 +67,8 @@ pub fn parse_body(
     let format = f.format.resolve(&f.source.format_hint(), bytes);
     let mut opts = f.feed_options(&cfg.limits);
     opts.end_unproven = framing.end_unproven();
+    // Packed as they are kept (see `FeedParse::into_entries`).
+    opts.pack = true;
     let parse = parse_feed(format, bytes, &opts).map_err(|e| e.to_string())?;
     parse
         .usable(f.max_rejected_share(&cfg.safety), format)
@@ -162,7 +164,7 @@ pub fn read_once(cfg: &Config, copies: Copies) -> Result<DesiredState, IntakeErr
                 }
                 FeedSnapshot {
                     feed: f.name.clone(),
-                    entries: std::sync::Arc::new(parsed.entries.into()),
+                    entries: std::sync::Arc::new(parsed.into_entries()),
                     asserted_at: now,
                 }
             }

@@ -327,6 +327,18 @@ fn counts_per_file() {
             ));
         }
         assert_eq!(p.ignored.len(), p.unsupported + p.skipped, "{}", c.file);
+        // Packed as the agent parses: the same entries, provenance
+        // included, and the same everything else.
+        let packed = parse_feed(
+            c.format,
+            &bytes,
+            &FeedOptions {
+                pack: true,
+                ..opts()
+            },
+        )
+        .unwrap();
+        assert_eq!(packed, p.clone().packed_form(), "{}: packed", c.file);
         let detected = detect_format(Path::new(c.file), &bytes);
         if detected != c.detected {
             failures.push(format!(

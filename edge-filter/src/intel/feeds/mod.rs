@@ -75,6 +75,7 @@ use time::macros::format_description;
 use crate::entry::{Action, Entry};
 use crate::escape::Escaped;
 use crate::intel::blocklist::clip;
+use crate::intel::feed_entries::{FeedEntries, FeedEntriesBuilder};
 
 /// How much of a bad line or object a [`Rejected`] quotes.
 const QUOTE_LEN: usize = 200;
@@ -202,8 +203,13 @@ pub struct Partial {
 /// Everything a parser got out of one feed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FeedParse {
-    /// The entries, in input order (duplicates kept).
+    /// The entries, in input order (duplicates kept); empty when the parse
+    /// packed them ([`FeedOptions::pack`]).
     pub entries: Vec<FeedEntry>,
+    /// With [`FeedOptions::pack`], the entries in input order, packed as
+    /// the agent keeps them (see [`FeedParse::into_entries`]); boxed, so
+    /// that a parse passed by value stays small.
+    pub packed: Box<FeedEntries>,
     /// Malformed lines or objects.
     pub rejected: Vec<Rejected>,
     /// Indicators that cannot be expressed (see [`FeedParse::ignored`]).
@@ -237,6 +243,39 @@ impl fmt::Display for FeedParse {
 }
 
 impl FeedParse {
+    /// How many entries, packed or not.
+    pub fn len(&self) -> usize {
+        self.entries.len() + self.packed.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// This parse as a packing parse ([`FeedOptions::pack`]) of the same
+    /// input returns it (for tests comparing the two).
+    #[cfg(test)]
+    pub fn packed_form(mut self) -> FeedParse {
+        let entries = std::mem::take(&mut self.entries);
+        self.packed = Box::new(entries.into());
+        self
+    }
+
+    /// The entries as the agent keeps them: the packed ones, then any in
+    /// [`FeedParse::entries`] (a parse fills one or the other; parsers that
+    /// assemble their result themselves fill `entries`).
+    pub fn into_entries(self) -> FeedEntries {
+        if self.entries.is_empty() {
+            return *self.packed;
+        }
+        if self.packed.is_empty() {
+            return self.entries.into();
+        }
+        let packed = self.packed.iter().map(|e| e.to_owned());
+        packed.chain(self.entries).collect()
+    }
+
     /// Whether this copy can stand for the feed, given that at most
     /// `max_rejected_share` (0 to 1) of its data (`records + rejected`) may
     /// be rejected. A copy where nothing parses is never usable, whatever
@@ -391,6 +430,12 @@ pub struct FeedOptions {
     pub crowdsec_non_ban: crowdsec::NonBan,
     /// MISP: `to_ids` false, confidence from tags and threat levels.
     pub misp: misp::MispOptions,
+    /// Collect the entries packed ([`FeedParse::packed`]) rather than as
+    /// [`FeedEntry`] values: what the agent keeps. A 1M-line list as a
+    /// vector of 112-byte `FeedEntry`s was 120 MB written (and faulted in)
+    /// only to be packed into 8 MB. Off by default: tools and tests read
+    /// [`FeedParse::entries`].
+    pub pack: bool,
 }
 
 impl Default for FeedOptions {
@@ -404,6 +449,7 @@ impl Default for FeedOptions {
             end_unproven: false,
             crowdsec_non_ban: crowdsec::NonBan::Monitor,
             misp: misp::MispOptions::default(),
+            pack: false,
         }
     }
 }
@@ -659,6 +705,8 @@ pub(crate) struct Sink<'a> {
     /// The last index counted in [`FeedParse::records`] (a line or object
     /// can produce several entries; it counts once).
     counted: Option<usize>,
+    /// The entries, packed ([`FeedOptions::pack`]).
+    packed: Option<FeedEntriesBuilder>,
 }
 
 impl<'a> Sink<'a> {
@@ -675,20 +723,56 @@ impl<'a> Sink<'a> {
             opts,
             now: opts.now.unwrap_or_else(OffsetDateTime::now_utc),
             counted: None,
+            packed: opts.pack.then(FeedEntriesBuilder::default),
         })
     }
 
-    /// Add an entry, enforcing the entry limit. `index` locates it.
-    pub fn push(&mut self, index: usize, entry: FeedEntry) -> Result<(), FeedError> {
-        if self.out.entries.len() >= self.opts.limits.max_entries {
+    /// Entries so far.
+    fn entries(&self) -> usize {
+        self.out.entries.len() + self.packed.as_ref().map_or(0, FeedEntriesBuilder::len)
+    }
+
+    /// Refuse an entry past the limit. `index` locates it.
+    fn room(&self, index: usize) -> Result<(), FeedError> {
+        if self.entries() >= self.opts.limits.max_entries {
             return Err(FeedError::TooManyEntries {
                 max: self.opts.limits.max_entries,
                 at: index,
             });
         }
-        self.out.entries.push(entry);
+        Ok(())
+    }
+
+    /// Add an entry, enforcing the entry limit. `index` locates it.
+    pub fn push(&mut self, index: usize, entry: FeedEntry) -> Result<(), FeedError> {
+        self.room(index)?;
+        match &mut self.packed {
+            Some(b) => b.push(entry),
+            None => self.out.entries.push(entry),
+        }
         self.count(index);
         Ok(())
+    }
+
+    /// [`Sink::push`] of an IPv4 net without a port or provenance, with
+    /// the options' action (a plain list's bare address): packed directly
+    /// when the parse packs.
+    pub fn push_v4(&mut self, index: usize, net: ipnet::Ipv4Net) -> Result<(), FeedError> {
+        let action = self.opts.action;
+        if self.packed.is_some() {
+            self.room(index)?;
+        }
+        match &mut self.packed {
+            Some(b) => {
+                b.push_v4(net, action);
+                self.count(index);
+                Ok(())
+            }
+            None => self.push(
+                index,
+                FeedEntry::new(Entry::new(ipnet::IpNet::V4(net), None, action)),
+            ),
+        }
     }
 
     /// Count the line or object at `index` as well-formed without an
@@ -788,8 +872,13 @@ impl<'a> Sink<'a> {
         // where memory is not overcommitted (the vector then grows).
         let n = memchr::memchr_iter(b'\n', bytes).count() + 1;
         let room = n.min(bytes.len() / 8 + 1).min(self.opts.limits.max_entries);
-        let want = room.saturating_sub(self.out.entries.len());
-        let _ = self.out.entries.try_reserve(want);
+        let want = room.saturating_sub(self.entries());
+        match &mut self.packed {
+            Some(b) => b.reserve(want),
+            None => {
+                let _ = self.out.entries.try_reserve(want);
+            }
+        }
         let mut lines = split_lines(bytes).enumerate().peekable();
         while let Some((i, raw)) = lines.next() {
             let index = i + 1;
@@ -828,7 +917,10 @@ impl<'a> Sink<'a> {
     }
 
     /// Finish.
-    pub fn finish(self) -> FeedParse {
+    pub fn finish(mut self) -> FeedParse {
+        if let Some(b) = self.packed.take() {
+            self.out.packed = Box::new(b.finish());
+        }
         self.out
     }
 }

@@ -34,9 +34,7 @@ fn parse_with(bytes: &[u8], opts: &FeedOptions, fast: bool) -> Result<FeedParse,
         let Some(addr) = bare_ipv4(raw).filter(|_| fast) else {
             return Ok(false);
         };
-        let net = IpNet::V4(Ipv4Net::new(addr, 32).expect("32 is a valid length"));
-        let action = sink.opts.action;
-        sink.push(index, FeedEntry::new(Entry::new(net, None, action)))?;
+        sink.push_v4(index, Ipv4Net::from(addr))?;
         Ok(true)
     };
     sink.lines_fast(bytes, bare, |sink, index, line| {
@@ -334,8 +332,16 @@ mod tests {
             for end_unproven in [false, true] {
                 let opts = FeedOptions {
                     end_unproven,
+                    action: if round % 3 == 0 {
+                        crate::entry::Action::Monitor
+                    } else {
+                        crate::entry::Action::Drop
+                    },
                     limits: crate::intel::feeds::FeedLimits {
                         max_line_len: if round % 5 == 0 { 12 } else { 4096 },
+                        // Sometimes fewer entries than lines: the limit's
+                        // error, at the same line, whichever path.
+                        max_entries: if round % 7 == 0 { 5 } else { 1_000_000 },
                         ..Default::default()
                     },
                     ..FeedOptions::default()
@@ -348,6 +354,21 @@ mod tests {
                     "seed {seed} round {round}: {:?}",
                     String::from_utf8_lossy(&body)
                 );
+                // Packed (the agent's parse), both paths: the same
+                // entries in the same order, the same errors and counts.
+                let pack = FeedOptions {
+                    pack: true,
+                    ..opts.clone()
+                };
+                for fast_path in [false, true] {
+                    let packed = parse_with(&body, &pack, fast_path);
+                    assert_eq!(
+                        packed,
+                        general.clone().map(FeedParse::packed_form),
+                        "seed {seed} round {round}, fast path {fast_path}: {:?}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
             }
         }
         // The fast path does take the bare lines.
