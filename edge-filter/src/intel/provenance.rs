@@ -192,8 +192,15 @@ pub struct KeyCounts {
 /// [`Provenances`] ([`Builder::finish`]).
 #[derive(Default)]
 pub struct Builder {
-    /// Each assertion pushed: its key, record and push number.
+    /// The assertions of IPv4 keys without a port (most of a big set),
+    /// each its [`packed_v4`] key above its push number: 8 bytes where an
+    /// `items` element is 36, and already the radix sort's input.
+    v4: Vec<u64>,
+    /// The other assertions (and any past 2^[`INDEX_BITS`] pushes): key,
+    /// record and push number.
     items: Vec<(EntryKey, u32, u32)>,
+    /// Each assertion's record, by push number.
+    recs: Vec<u32>,
     /// Distinct assertion records, and their numbers.
     records: Vec<Item>,
     record_index: rustc_hash::FxHashMap<Item, u32>,
@@ -217,67 +224,87 @@ fn packed_v4(k: &EntryKey) -> Option<u64> {
 /// Bits of an assertion's index next to its [`packed_v4`] key.
 const INDEX_BITS: u32 = 64 - 38;
 
-/// Sort assertions (key, record, push number; pushed in push order) by
-/// key, then push number. The IPv4 keys without a port (most of a big
-/// set) go through a radix sort of their packed key and index, the rest
-/// through comparison, and the two runs are merged: comparing `EntryKey`s
-/// (nested enums) was a tenth of a 1M-entry start.
-fn sort_items(items: &mut Vec<(EntryKey, u32, u32)>) {
+/// The assertions in order of key, then push number, as (key, record,
+/// push number): `v4` ([`Builder::v4`]) radix-sorted, `rest` sorted by
+/// comparison, the two runs merged as they are read. Comparing
+/// `EntryKey`s (nested enums) was a tenth of a 1M-entry start, and the
+/// merged list written out whole another 40 bytes an assertion.
+fn merged(
+    mut v4: Vec<u64>,
+    mut rest: Vec<(EntryKey, u32, u32)>,
+    recs: &[u32],
+) -> impl Iterator<Item = (EntryKey, u32, u32)> + '_ {
     // The push order survives within a key: it breaks ties, so an
     // unstable sort (ipnsort) gives the stable order.
     let by_key =
         |a: &(EntryKey, u32, u32), b: &(EntryKey, u32, u32)| a.0.cmp(&b.0).then(a.2.cmp(&b.2));
-    if items.len() >= 1 << INDEX_BITS {
-        items.sort_unstable_by(by_key);
-        return;
-    }
-    let mut packed: Vec<u64> = Vec::new();
-    let mut rest: Vec<(EntryKey, u32, u32)> = Vec::new();
-    // Each assertion's record, by push number (a read of 4 bytes rather
-    // than a 32-byte item at a random place when gathering).
-    let records: Vec<u32> = items.iter().map(|it| it.1).collect();
-    for (i, it) in items.iter().enumerate() {
-        debug_assert_eq!(it.2 as usize, i, "assertions come in push order");
-        match packed_v4(&it.0) {
-            Some(k) => packed.push(k << INDEX_BITS | i as u64),
-            None => rest.push(*it),
-        }
-    }
-    if packed.is_empty() {
-        items.sort_unstable_by(by_key);
-        return;
-    }
-    // Stable by key; indices are push numbers, so ties keep their push
-    // order.
-    crate::radix::sort_by_bits(&mut packed, INDEX_BITS, 64);
+    // Stable by key; the low bits are push numbers, so ties keep their
+    // push order.
+    crate::radix::sort_by_bits(&mut v4, INDEX_BITS, 64);
     rest.sort_unstable_by(by_key);
-    items.clear();
     let mut r = rest.into_iter().peekable();
-    for p in packed {
+    let mut p = v4.into_iter().map(move |p| {
         let seq = (p & ((1 << INDEX_BITS) - 1)) as u32;
         let k = p >> INDEX_BITS;
         let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from((k >> 6) as u32), (k & 63) as u8)
             .expect("a packed prefix length");
-        let it = (
-            EntryKey {
+        let key = EntryKey {
+            net: IpNet::V4(net),
+            port: None,
+        };
+        (key, recs[seq as usize], seq)
+    });
+    let mut next_p = p.next();
+    std::iter::from_fn(move || match (&next_p, r.peek()) {
+        (Some(a), Some(b)) if by_key(b, a).is_lt() => r.next(),
+        (Some(_), _) => std::mem::replace(&mut next_p, p.next()),
+        (None, _) => r.next(),
+    })
+}
+
+#[cfg(test)]
+impl Builder {
+    /// Every assertion as (key, record, push number), in push order.
+    fn pushed(&self) -> Vec<(EntryKey, u32, u32)> {
+        let mut all: Vec<(EntryKey, u32, u32)> = self.items.clone();
+        for &p in &self.v4 {
+            let seq = (p & ((1 << INDEX_BITS) - 1)) as u32;
+            let k = p >> INDEX_BITS;
+            let net =
+                ipnet::Ipv4Net::new(std::net::Ipv4Addr::from((k >> 6) as u32), (k & 63) as u8)
+                    .unwrap();
+            let key = EntryKey {
                 net: IpNet::V4(net),
                 port: None,
-            },
-            records[seq as usize],
-            seq,
-        );
-        while let Some(x) = r.next_if(|x| by_key(x, &it).is_lt()) {
-            items.push(x);
+            };
+            all.push((key, self.recs[seq as usize], seq));
         }
-        items.push(it);
+        all.sort_by_key(|it| it.2);
+        all
     }
-    items.extend(r);
+}
+
+/// Sort assertions (key, record, push number; in push order) by key, then
+/// push number, the way [`Builder::finish`] reads them.
+#[cfg(test)]
+fn sort_items(items: &mut Vec<(EntryKey, u32, u32)>) {
+    let recs: Vec<u32> = items.iter().map(|it| it.1).collect();
+    let (mut v4, mut rest) = (Vec::new(), Vec::new());
+    for (i, it) in items.iter().enumerate() {
+        assert_eq!(it.2 as usize, i, "assertions come in push order");
+        match packed_v4(&it.0) {
+            Some(k) => v4.push(k << INDEX_BITS | i as u64),
+            None => rest.push(*it),
+        }
+    }
+    *items = merged(v4, rest, &recs).collect();
 }
 
 impl Builder {
     /// Room for `n` more assertions.
     pub fn reserve(&mut self, n: usize) {
-        self.items.reserve(n);
+        self.v4.reserve(n);
+        self.recs.reserve(n);
     }
 
     fn intern(&mut self, s: &str) -> u32 {
@@ -326,8 +353,14 @@ impl Builder {
             expires: a.expires,
         };
         let r = self.record(item);
-        let seq = u32::try_from(self.items.len()).expect("fewer than 2^32 assertions");
-        self.items.push((key, r, seq));
+        let seq = u32::try_from(self.recs.len()).expect("fewer than 2^32 assertions");
+        self.recs.push(r);
+        match packed_v4(&key) {
+            Some(k) if u64::from(seq) < 1 << INDEX_BITS => {
+                self.v4.push(k << INDEX_BITS | u64::from(seq))
+            }
+            _ => self.items.push((key, r, seq)),
+        }
     }
 
     /// The entries (sorted by key, one per key, the strongest asserted
@@ -343,10 +376,10 @@ impl Builder {
         Provenances,
         rustc_hash::FxHashMap<u32, KeyCounts>,
     ) {
-        sort_items(&mut self.items);
-        let mut entries = Vec::with_capacity(self.items.len());
-        let mut starts = Vec::with_capacity(self.items.len() + 1);
-        let mut refs: Vec<u32> = Vec::with_capacity(self.items.len());
+        let n = self.recs.len();
+        let mut entries = Vec::with_capacity(n);
+        let mut starts = Vec::with_capacity(n + 1);
+        let mut refs: Vec<u32> = Vec::with_capacity(n);
         // Per feed number, its distinct keys: feeds are few, so a list
         // searched from the feed found last (a hash lookup a key was a
         // fifth of this pass).
@@ -368,15 +401,17 @@ impl Builder {
         };
         // One key's assertions, merged.
         let mut group: Vec<Item> = Vec::new();
-        let mut i = 0;
-        let all = std::mem::take(&mut self.items);
-        while i < all.len() {
-            let key = all[i].0;
+        let recs = std::mem::take(&mut self.recs);
+        let (v4, rest) = (
+            std::mem::take(&mut self.v4),
+            std::mem::take(&mut self.items),
+        );
+        let mut all = merged(v4, rest, &recs).peekable();
+        while let Some((key, r, _)) = all.next() {
             starts.push(u32::try_from(refs.len()).expect("fewer than 2^32 assertions"));
-            if all.get(i + 1).is_none_or(|next| next.0 != key) {
+            if all.peek().is_none_or(|next| next.0 != key) {
                 // One assertion (most keys): its record as pushed, its
                 // action, no grouping.
-                let r = all[i].1;
                 let it = &self.records[r as usize];
                 refs.push(r);
                 entries.push(Entry {
@@ -385,12 +420,13 @@ impl Builder {
                     action: it.action,
                 });
                 count(it.feed, it.action == Action::Drop);
-                i += 1;
                 continue;
             }
             group.clear();
-            while i < all.len() && all[i].0 == key {
-                let it = self.records[all[i].1 as usize];
+            let mut next = Some(r);
+            while let Some(r) = next {
+                next = all.next_if(|x| x.0 == key).map(|x| x.1);
+                let it = self.records[r as usize];
                 match group
                     .iter_mut()
                     .find(|p| p.feed == it.feed && p.indicator == it.indicator)
@@ -408,7 +444,6 @@ impl Builder {
                     }
                     None => group.push(it),
                 }
-                i += 1;
             }
             for &it in &group {
                 refs.push(self.record(it));
@@ -474,6 +509,7 @@ mod tests {
         Provenances,
         rustc_hash::FxHashMap<u32, KeyCounts>,
     ) {
+        b.items = b.pushed();
         sort_items(&mut b.items);
         let mut entries = Vec::with_capacity(b.items.len());
         let mut starts = Vec::with_capacity(b.items.len() + 1);
@@ -647,6 +683,46 @@ mod tests {
                 sort_items(&mut items);
                 assert!(items == want, "n {n}, IPv4 share {v4_share} (seed {seed})");
             }
+        }
+    }
+
+    /// Past 2^26 pushes IPv4 keys go to the comparison-sorted run too (the
+    /// push number no longer fits beside the packed key): the merge still
+    /// yields key order, then push order, when both runs hold the same
+    /// keys.
+    #[test]
+    fn merged_orders_ipv4_keys_split_between_the_runs() {
+        use rand::{Rng, SeedableRng};
+        let seed = crate::testing::seed();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for round in 0..50 {
+            let n = rng.random_range(0..400u32);
+            let split = rng.random_range(0..=n);
+            let items: Vec<(EntryKey, u32, u32)> = (0..n)
+                .map(|i| {
+                    let a = std::net::Ipv4Addr::from(rng.random_range(0..16u32) << 8);
+                    let len = [32u8, 24, 16][rng.random_range(0..3)];
+                    let net = ipnet::Ipv4Net::new(a, len).unwrap().trunc();
+                    let key = EntryKey {
+                        net: IpNet::V4(net),
+                        port: None,
+                    };
+                    (key, rng.random_range(0..5), i)
+                })
+                .collect();
+            let recs: Vec<u32> = items.iter().map(|it| it.1).collect();
+            let v4 = items[..split as usize]
+                .iter()
+                .map(|it| packed_v4(&it.0).unwrap() << INDEX_BITS | u64::from(it.2))
+                .collect();
+            let rest = items[split as usize..].to_vec();
+            let got: Vec<_> = merged(v4, rest, &recs).collect();
+            let mut want = items.clone();
+            want.sort_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
+            assert!(
+                got == want,
+                "seed {seed} round {round}, split {split} of {n}"
+            );
         }
     }
 
