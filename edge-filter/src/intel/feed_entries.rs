@@ -176,6 +176,31 @@ impl FeedEntries {
         (0..self.packed.len()).map(|i| self.get(i).expect("in range"))
     }
 
+    /// Every entry in order, when none has provenance (a plain list's):
+    /// the packed ones as [`BareEntry::V4`], without building an
+    /// [`Entry`] each (the merge reads a million of them a refresh).
+    /// `None` when some entry has provenance: [`FeedEntries::iter`] then.
+    pub fn bare(&self) -> Option<impl ExactSizeIterator<Item = BareEntry> + '_> {
+        if !self.meta.is_empty() {
+            return None;
+        }
+        Some(self.packed.iter().map(|&w| {
+            let len = ((w >> 1) & 0x3f) as u8;
+            if w & WIDE != 0 {
+                BareEntry::Other(self.wide[(w & !WIDE) as usize])
+            } else if len > 32 {
+                // Not a word `pack` writes: fails as `unpack` does.
+                BareEntry::Other(unpack(w))
+            } else {
+                BareEntry::V4 {
+                    addr: (w >> 8) as u32,
+                    len,
+                    drop: w & 1 == 1,
+                }
+            }
+        }))
+    }
+
     /// Every entry as an owned [`FeedEntry`].
     pub fn to_vec(&self) -> Vec<FeedEntry> {
         self.iter().map(|e| e.to_owned()).collect()
@@ -194,6 +219,17 @@ impl FeedEntries {
                 })
                 .sum::<usize>()
     }
+}
+
+/// One entry of a [`FeedEntries`] without provenance
+/// ([`FeedEntries::bare`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BareEntry {
+    /// An IPv4 net without a port: its address as stored, its prefix
+    /// length (at most 32) and whether it drops (else it monitors).
+    V4 { addr: u32, len: u8, drop: bool },
+    /// Any other entry.
+    Other(Entry),
 }
 
 /// Builds [`FeedEntries`] one entry at a time (a parse's vector, or a
