@@ -503,14 +503,7 @@ impl FeedMerge<'_> {
                 },
                 BareEntry::Other(e) => e,
             };
-            self.one(FeedEntryRef {
-                entry,
-                indicator: None,
-                confidence: None,
-                valid_from: None,
-                expires: None,
-                description: None,
-            });
+            self.one(FeedEntryRef::bare(entry));
         }
     }
 }

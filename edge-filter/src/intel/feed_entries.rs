@@ -22,8 +22,52 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 
-use super::feeds::FeedEntry;
 use crate::entry::{Action, Entry};
+
+/// An [`Entry`] with its provenance.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FeedEntry {
+    /// What the filter matches and does.
+    pub entry: Entry,
+    /// The feed's identifier for it (SBL id, STIX id, malware family, Tor
+    /// relay fingerprint, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indicator: Option<String>,
+    /// Confidence 0-100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<u8>,
+    /// Not to be enforced before this time.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub valid_from: Option<OffsetDateTime>,
+    /// Not to be enforced after this time.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub expires: Option<OffsetDateTime>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl FeedEntry {
+    /// An entry without provenance.
+    pub fn new(entry: Entry) -> Self {
+        FeedEntry {
+            entry,
+            indicator: None,
+            confidence: None,
+            valid_from: None,
+            expires: None,
+            description: None,
+        }
+    }
+}
 
 /// No provenance record.
 const NONE: u32 = u32::MAX;
@@ -94,7 +138,24 @@ pub struct FeedEntryRef<'a> {
     pub description: Option<&'a str>,
 }
 
-impl FeedEntryRef<'_> {
+impl<'a> FeedEntryRef<'a> {
+    /// `entry` with the provenance `m`, if any.
+    fn with(entry: Entry, m: Option<&'a Meta>) -> Self {
+        FeedEntryRef {
+            entry,
+            indicator: m.and_then(|m| m.indicator.as_deref()),
+            confidence: m.and_then(|m| m.confidence),
+            valid_from: m.and_then(|m| m.valid_from),
+            expires: m.and_then(|m| m.expires),
+            description: m.and_then(|m| m.description.as_deref()),
+        }
+    }
+
+    /// `entry` without provenance.
+    pub fn bare(entry: Entry) -> Self {
+        FeedEntryRef::with(entry, None)
+    }
+
     /// As an owned [`FeedEntry`].
     pub fn to_owned(&self) -> FeedEntry {
         FeedEntry {
@@ -161,14 +222,7 @@ impl FeedEntries {
             Some(&m) if m != NONE => Some(&self.metas[m as usize]),
             _ => None,
         };
-        Some(FeedEntryRef {
-            entry,
-            indicator: m.and_then(|m| m.indicator.as_deref()),
-            confidence: m.and_then(|m| m.confidence),
-            valid_from: m.and_then(|m| m.valid_from),
-            expires: m.and_then(|m| m.expires),
-            description: m.and_then(|m| m.description.as_deref()),
-        })
+        Some(FeedEntryRef::with(entry, m))
     }
 
     /// Every entry, in order.

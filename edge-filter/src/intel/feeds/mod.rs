@@ -75,6 +75,8 @@ use time::macros::format_description;
 use crate::entry::{Action, Entry};
 use crate::escape::Escaped;
 use crate::intel::blocklist::clip;
+/// Defined with the compact store of them (which reads no parser).
+pub use crate::intel::feed_entries::FeedEntry;
 use crate::intel::feed_entries::{FeedEntries, FeedEntriesBuilder};
 
 /// How much of a bad line or object a [`Rejected`] quotes.
@@ -83,51 +85,6 @@ const QUOTE_LEN: usize = 200;
 /// Why a last line without a newline is rejected when the input's end is
 /// not proven ([`FeedOptions::end_unproven`]).
 pub const UNTERMINATED: &str = "last line has no newline and the body's end is unproven (the server closed the connection without Content-Length or chunked framing): it may be cut short";
-
-/// An [`Entry`] with its provenance.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FeedEntry {
-    /// What the filter matches and does.
-    pub entry: Entry,
-    /// The feed's identifier for it (SBL id, STIX id, malware family, Tor
-    /// relay fingerprint, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub indicator: Option<String>,
-    /// Confidence 0-100.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confidence: Option<u8>,
-    /// Not to be enforced before this time.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "time::serde::rfc3339::option"
-    )]
-    pub valid_from: Option<OffsetDateTime>,
-    /// Not to be enforced after this time.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "time::serde::rfc3339::option"
-    )]
-    pub expires: Option<OffsetDateTime>,
-    /// Free text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-}
-
-impl FeedEntry {
-    /// An entry without provenance.
-    pub fn new(entry: Entry) -> Self {
-        FeedEntry {
-            entry,
-            indicator: None,
-            confidence: None,
-            valid_from: None,
-            expires: None,
-            description: None,
-        }
-    }
-}
 
 impl FeedEntry {
     /// Whether the entry is to be enforced at `now`: `valid_from <= now <
