@@ -91,18 +91,7 @@ fn pack(e: &Entry) -> Option<u64> {
 
 /// The entry of a packed word (not [`WIDE`]).
 fn unpack(w: u64) -> Entry {
-    let addr = std::net::Ipv4Addr::from((w >> 8) as u32);
-    let len = ((w >> 1) & 0x3f) as u8;
-    Entry {
-        // The length was a valid one when packed.
-        net: ipnet::IpNet::V4(ipnet::Ipv4Net::new(addr, len).expect("a packed length")),
-        port: None,
-        action: if w & 1 == 1 {
-            Action::Drop
-        } else {
-            Action::Monitor
-        },
-    }
+    BareEntry::of_word(w).entry()
 }
 
 /// The provenance fields of a [`FeedEntry`].
@@ -239,18 +228,10 @@ impl FeedEntries {
             return None;
         }
         Some(self.packed.iter().map(|&w| {
-            let len = ((w >> 1) & 0x3f) as u8;
             if w & WIDE != 0 {
                 BareEntry::Other(self.wide[(w & !WIDE) as usize])
-            } else if len > 32 {
-                // Not a word `pack` writes: fails as `unpack` does.
-                BareEntry::Other(unpack(w))
             } else {
-                BareEntry::V4 {
-                    addr: (w >> 8) as u32,
-                    len,
-                    drop: w & 1 == 1,
-                }
+                BareEntry::of_word(w)
             }
         }))
     }
@@ -284,6 +265,35 @@ pub enum BareEntry {
     V4 { addr: u32, len: u8, drop: bool },
     /// Any other entry.
     Other(Entry),
+}
+
+impl BareEntry {
+    /// The entry of a packed word (not [`WIDE`]).
+    fn of_word(w: u64) -> BareEntry {
+        let len = ((w >> 1) & 0x3f) as u8;
+        // The length was a valid one when packed; `pack` writes no other.
+        assert!(len <= 32, "a packed length");
+        BareEntry::V4 {
+            addr: (w >> 8) as u32,
+            len,
+            drop: w & 1 == 1,
+        }
+    }
+
+    /// As an [`Entry`].
+    pub fn entry(self) -> Entry {
+        match self {
+            BareEntry::V4 { addr, len, drop } => Entry {
+                net: ipnet::IpNet::V4(
+                    ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(addr), len)
+                        .expect("a length of at most 32"),
+                ),
+                port: None,
+                action: if drop { Action::Drop } else { Action::Monitor },
+            },
+            BareEntry::Other(e) => e,
+        }
+    }
 }
 
 /// Builds [`FeedEntries`] one entry at a time (a parse's vector, or a

@@ -214,11 +214,32 @@ pub struct Builder {
 /// among such keys (address, then prefix length), in 38 bits.
 fn packed_v4(k: &EntryKey) -> Option<u64> {
     match (k.net, k.port) {
-        (IpNet::V4(n), None) => {
-            Some(u64::from(u32::from(n.addr())) << 6 | u64::from(n.prefix_len()))
-        }
+        (IpNet::V4(n), None) => Some(pack_v4(u32::from(n.addr()), n.prefix_len())),
         _ => None,
     }
+}
+
+/// [`packed_v4`] of the net `addr`/`len`.
+fn pack_v4(addr: u32, len: u8) -> u64 {
+    u64::from(addr) << 6 | u64::from(len)
+}
+
+/// The key of a [`packed_v4`] sort key.
+fn unpack_v4(k: u64) -> EntryKey {
+    let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from((k >> 6) as u32), (k & 63) as u8)
+        .expect("a packed prefix length");
+    EntryKey {
+        net: IpNet::V4(net),
+        port: None,
+    }
+}
+
+/// The key and push number of a [`Builder::v4`] element.
+fn split_v4(p: u64) -> (EntryKey, u32) {
+    (
+        unpack_v4(p >> INDEX_BITS),
+        (p & ((1 << INDEX_BITS) - 1)) as u32,
+    )
 }
 
 /// Bits of an assertion's index next to its [`packed_v4`] key.
@@ -244,14 +265,7 @@ fn merged(
     rest.sort_unstable_by(by_key);
     let mut r = rest.into_iter().peekable();
     let mut p = v4.into_iter().map(move |p| {
-        let seq = (p & ((1 << INDEX_BITS) - 1)) as u32;
-        let k = p >> INDEX_BITS;
-        let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from((k >> 6) as u32), (k & 63) as u8)
-            .expect("a packed prefix length");
-        let key = EntryKey {
-            net: IpNet::V4(net),
-            port: None,
-        };
+        let (key, seq) = split_v4(p);
         (key, recs[seq as usize], seq)
     });
     let mut next_p = p.next();
@@ -268,15 +282,7 @@ impl Builder {
     fn pushed(&self) -> Vec<(EntryKey, u32, u32)> {
         let mut all: Vec<(EntryKey, u32, u32)> = self.items.clone();
         for &p in &self.v4 {
-            let seq = (p & ((1 << INDEX_BITS) - 1)) as u32;
-            let k = p >> INDEX_BITS;
-            let net =
-                ipnet::Ipv4Net::new(std::net::Ipv4Addr::from((k >> 6) as u32), (k & 63) as u8)
-                    .unwrap();
-            let key = EntryKey {
-                net: IpNet::V4(net),
-                port: None,
-            };
+            let (key, seq) = split_v4(p);
             all.push((key, self.recs[seq as usize], seq));
         }
         all.sort_by_key(|it| it.2);
@@ -358,13 +364,7 @@ impl Builder {
     /// Record one assertion of `key`.
     pub fn push(&mut self, key: EntryKey, a: Assertion<'_>) {
         let r = self.record_of(a);
-        let seq = self.seq(r);
-        match packed_v4(&key) {
-            Some(k) if u64::from(seq) < 1 << INDEX_BITS => {
-                self.v4.push(k << INDEX_BITS | u64::from(seq))
-            }
-            _ => self.items.push((key, r, seq)),
-        }
+        self.push_record(packed_v4(&key), r, || key);
     }
 
     /// Record one assertion, of record `r` ([`Builder::record_of`]), of
@@ -374,26 +374,21 @@ impl Builder {
     /// list's million lines.
     pub fn push_v4(&mut self, addr: u32, len: u8, r: u32) {
         let addr = addr & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-        let seq = self.seq(r);
-        if u64::from(seq) < 1 << INDEX_BITS {
-            let k = u64::from(addr) << 6 | u64::from(len);
-            self.v4.push(k << INDEX_BITS | u64::from(seq));
-        } else {
-            let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(addr), len)
-                .expect("a prefix length of at most 32");
-            let key = EntryKey {
-                net: IpNet::V4(net),
-                port: None,
-            };
-            self.items.push((key, r, seq));
-        }
+        let k = pack_v4(addr, len);
+        self.push_record(Some(k), r, || unpack_v4(k));
     }
 
-    /// The next push number, its record `r` noted.
-    fn seq(&mut self, r: u32) -> u32 {
+    /// One assertion of record `r`: into `v4` when its key packs (`packed`)
+    /// and its push number fits beside it, else with its key (`key`).
+    fn push_record(&mut self, packed: Option<u64>, r: u32, key: impl FnOnce() -> EntryKey) {
         let seq = u32::try_from(self.recs.len()).expect("fewer than 2^32 assertions");
         self.recs.push(r);
-        seq
+        match packed {
+            Some(k) if u64::from(seq) < 1 << INDEX_BITS => {
+                self.v4.push(k << INDEX_BITS | u64::from(seq))
+            }
+            _ => self.items.push((key(), r, seq)),
+        }
     }
 
     /// The entries (sorted by key, one per key, the strongest asserted
