@@ -12,6 +12,14 @@
 //! added: `assign_ids` against the previous ids and `Compiler::update`,
 //! which returns the plan). Medians over the rounds; the delta ratio is the
 //! median of the per-round ratios. Never a test: nothing is asserted.
+//!
+//! `EF_COMPILE_FLIP=<n>` also takes each case's compiler back and forth
+//! through the delta `n` times (`update_changes` of the reverse, then of
+//! the delta) and prints each time to stderr, then the median of each
+//! direction: the cost of a long run of 1% changes, which a single delta
+//! on a fresh build does not show (a 1% change inserts a 64th of a 1M
+//! tree's records about every other time, and then the model's B-tree of
+//! records is rebuilt; see `Family::compact`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
@@ -234,26 +242,47 @@ fn round(
             port: e.port,
         })
     };
-    let changes: Vec<(IdKey, Option<KeyValue>)> = removed
-        .iter()
-        .map(|e| (key(e), None))
-        .chain(added.iter().map(|e| {
-            let k = key(e);
-            (
-                k,
-                Some(KeyValue::Entry {
-                    drop: true,
-                    id: ids2[&k],
-                }),
-            )
-        }))
-        .collect();
+    // `gone` removed, `new` added with their ids in `ids`.
+    let changes_of = |gone: &[Entry], new: &[Entry], ids: &Ids| -> Vec<(IdKey, Option<KeyValue>)> {
+        gone.iter()
+            .map(|e| (key(e), None))
+            .chain(new.iter().map(|e| {
+                let k = key(e);
+                let id = ids[&k];
+                (k, Some(KeyValue::Entry { drop: true, id }))
+            }))
+            .collect()
+    };
+    let changes = changes_of(removed, added, &ids2);
     let t = Instant::now();
     let plan2 = comp2
         .update_changes(&changes)
         .context("1% delta, changes")?;
     x.delta_changes = t.elapsed().as_secs_f64();
     anyhow::ensure!(plan == plan2, "the two deltas differ");
+    if let Ok(n) = std::env::var("EF_COMPILE_FLIP") {
+        let back = changes_of(added, removed, &ids);
+        let mut ms = [Vec::new(), Vec::new()];
+        for _ in 0..n.parse::<usize>().unwrap_or(5).max(1) {
+            for (i, c) in [&back, &changes].into_iter().enumerate() {
+                let t = Instant::now();
+                comp2.update_changes(c).context("back and forth")?;
+                ms[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        eprintln!(
+            "compile: back and forth, ms: back {:.0?}, forth {:.0?}",
+            ms[0], ms[1]
+        );
+        for m in &mut ms {
+            m.sort_by(f64::total_cmp);
+        }
+        eprintln!(
+            "compile: back and forth, medians: back {:.1} ms, forth {:.1} ms",
+            ms[0][ms[0].len() / 2],
+            ms[1][ms[1].len() / 2]
+        );
+    }
     Ok((x, plan.writes(), plan.graces()))
 }
 

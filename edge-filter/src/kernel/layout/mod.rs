@@ -29,6 +29,7 @@ mod compile;
 mod ids;
 mod image;
 mod model;
+mod records;
 pub mod sim;
 mod tables;
 #[cfg(test)]

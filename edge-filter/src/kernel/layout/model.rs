@@ -2,8 +2,8 @@
 //! decision of an address (a record), a range (the prefix structure) or a
 //! folded trie node, exactly as `docs/semantics.md` ranks matches.
 
+use super::records::{Exact, Records};
 use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
 
 use edge_filter_common::{
     NO_ENTRY,
@@ -105,26 +105,6 @@ pub(crate) struct Scope {
     pub exact: bool,
 }
 
-/// The exact (full-length) entries of one address, which has a record:
-/// how many there are (the portless one and address+port ones) and the
-/// portless one's value. Full-length portless entries live here, not in
-/// [`Family::plain`]: a fresh build fills them in address order from a
-/// sorted run, and a record's own entry comes with its address.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Exact {
-    /// Exact entries at the address (portless and address+port).
-    pub refs: u32,
-    /// The portless entry: (drop?, id).
-    pub plain: Option<(bool, u32)>,
-}
-
-impl Exact {
-    /// Whether address+port entries exist at the address.
-    pub fn ported(&self) -> bool {
-        self.refs > self.plain.is_some() as u32
-    }
-}
-
 /// What a present length list is for.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -150,7 +130,7 @@ pub(crate) struct Family {
     pub nets: BTreeMap<Net, u32>,
     /// Addresses with exact entries (plain or ported full-length), with
     /// their count and portless entry: these have records.
-    pub records: BTreeMap<u128, Exact>,
+    pub records: Records,
     /// Records added one at a time since the B-tree was last built whole
     /// ([`Family::compact`]).
     inserted: usize,
@@ -285,7 +265,7 @@ impl Family {
             plain: FxHashMap::default(),
             ported: FxHashMap::default(),
             nets: BTreeMap::new(),
-            records: BTreeMap::new(),
+            records: Records::new(width),
             inserted: 0,
             counts: [[0; 129]; 3],
             lens: [Vec::new(), Vec::new(), Vec::new()],
@@ -301,7 +281,7 @@ impl Family {
     /// the tree). The rebuild is one pass over the sorted records.
     pub fn compact(&mut self) {
         if self.inserted >= (self.records.len() / 64).max(4096) {
-            self.records = std::mem::take(&mut self.records).into_iter().collect();
+            self.records.rebuild();
             self.inserted = 0;
         }
     }
@@ -309,13 +289,9 @@ impl Family {
     /// The record of `addr`, made empty if there is none (an insert, which
     /// [`Family::compact`] counts).
     fn record_mut(&mut self, addr: u128) -> &mut Exact {
-        match self.records.entry(addr) {
-            Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => {
-                self.inserted += 1;
-                v.insert(Exact::default())
-            }
-        }
+        let (e, made) = self.records.get_or_insert(addr);
+        self.inserted += made as usize;
+        e
     }
 
     /// Start a bulk load (the family is empty): references are collected
@@ -357,7 +333,7 @@ impl Family {
                 _ => exact.push((a, Exact { refs: 1, plain })),
             }
         }
-        self.records = BTreeMap::from_iter(exact);
+        self.records = Records::from_sorted(self.width, exact);
         self.nets = runs(&nets).into_iter().collect();
     }
 
@@ -380,7 +356,7 @@ impl Family {
     /// The portless entry of `net`.
     fn plain_of(&self, net: Net) -> Option<(bool, u32)> {
         if net.len == self.width {
-            self.records.get(&net.addr).and_then(|e| e.plain)
+            self.records.get(net.addr).and_then(|e| e.plain)
         } else {
             self.plain.get(&net).copied()
         }
@@ -413,14 +389,14 @@ impl Family {
 
     /// Whether `a` has exact or address+port entries (a record).
     pub fn has_record(&self, a: u128) -> bool {
-        self.records.contains_key(&a)
+        self.records.contains(a)
     }
 
     /// The record decision of `a` from the flattened decision of the nets
     /// shorter than the full length containing it (its range) and its own
     /// entries: equal to `decide(a, exact)`.
     pub fn decide_record(&self, a: u128, range: &Decision) -> Decision {
-        let exact = self.records.get(&a).copied().unwrap_or_default();
+        let exact = self.records.get(a).copied().unwrap_or_default();
         self.decide_record_with(a, range, &exact)
     }
 
@@ -477,10 +453,14 @@ impl Family {
             recs.push((addr, plain));
             return;
         }
-        let e = self.record_mut(addr);
-        e.refs = (e.refs as i32 + delta) as u32;
-        if e.refs == 0 {
-            self.records.remove(&addr);
+        if delta > 0 {
+            self.record_mut(addr).refs += delta as u32;
+        } else {
+            // One walk to update and, at the last reference, remove.
+            self.records.update(addr, |e| {
+                e.refs = e.refs.saturating_sub(delta.unsigned_abs());
+                e.refs == 0
+            });
         }
     }
 
@@ -513,14 +493,32 @@ impl Family {
                 (false, val.is_some())
             }
             None if full => {
-                let had = match val {
-                    Some(v) => self.record_mut(net.addr).plain.replace(v).is_some(),
-                    None => self
-                        .records
-                        .get_mut(&net.addr)
-                        .is_some_and(|e| e.plain.take().is_some()),
+                // One walk of the records' B-tree for the entry and its
+                // reference (each is a walk of cold nodes at 1M records).
+                let delta = match val {
+                    Some(v) => {
+                        let e = self.record_mut(net.addr);
+                        if e.plain.replace(v).is_some() {
+                            return;
+                        }
+                        e.refs += 1;
+                        1
+                    }
+                    None => {
+                        let mut had = false;
+                        self.records.update(net.addr, |e| {
+                            had = e.plain.take().is_some();
+                            e.refs -= had as u32;
+                            e.refs == 0
+                        });
+                        if !had {
+                            return;
+                        }
+                        -1
+                    }
                 };
-                (had, val.is_some())
+                self.count(Kind::Plain, net.len, delta);
+                return;
             }
             None => {
                 let had = match val {
@@ -649,7 +647,7 @@ impl Family {
 
     /// Record addresses inside `[lo, hi]`.
     pub fn records_within(&self, lo: u128, hi: u128) -> impl Iterator<Item = u128> + '_ {
-        self.records.range(lo..=hi).map(|(a, _)| *a)
+        self.records.range(lo, hi).map(|(a, _)| a)
     }
 
     /// Whether the family has no nets shorter than `len`.
@@ -713,12 +711,12 @@ mod tests {
             f.set_entry(net(a), None, Some((true, id as u32)));
         }
         let before: Vec<(u128, Option<(bool, u32)>)> =
-            f.records.iter().map(|(a, e)| (*a, e.plain)).collect();
+            f.records.iter().map(|(a, e)| (a, e.plain)).collect();
         assert_eq!(f.inserted, 5000);
         f.compact();
         assert_eq!(f.inserted, 0, "5000 inserts (>= 4096) rebuild the tree");
         let after: Vec<(u128, Option<(bool, u32)>)> =
-            f.records.iter().map(|(a, e)| (*a, e.plain)).collect();
+            f.records.iter().map(|(a, e)| (a, e.plain)).collect();
         assert_eq!(before, after, "the rebuild changed the records");
         // A change of a record already there is not an insert.
         f.set_entry(net(addrs[0]), None, Some((false, 1)));
