@@ -17,9 +17,9 @@
 //! through the delta `n` times (`update_changes` of the reverse, then of
 //! the delta) and prints each time to stderr, then the median of each
 //! direction: the cost of a long run of 1% changes, which a single delta
-//! on a fresh build does not show (a 1% change inserts a 64th of a 1M
-//! tree's records about every other time, and then the model's B-tree of
-//! records is rebuilt; see `Family::compact`).
+//! on a fresh build does not show (the model rebuilds its B-tree of
+//! records once a 64th of it has been inserted, so at 1M about every
+//! other 1% change pays the rebuild; see `Family::compact`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;

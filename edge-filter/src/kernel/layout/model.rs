@@ -2,7 +2,6 @@
 //! decision of an address (a record), a range (the prefix structure) or a
 //! folded trie node, exactly as `docs/semantics.md` ranks matches.
 
-use super::records::{Exact, Records};
 use std::collections::BTreeMap;
 
 use edge_filter_common::{
@@ -14,6 +13,8 @@ use edge_filter_common::{
     },
 };
 use rustc_hash::FxHashMap;
+
+use super::records::{Exact, Records};
 
 /// A normalised net of one family: `addr` has no host bits; IPv4
 /// addresses are `u32::from_be_bytes` values widened.

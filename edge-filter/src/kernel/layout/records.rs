@@ -6,7 +6,8 @@
 //! about seven times a changed key, each walk a path of cold nodes, and a
 //! node's keys are what a walk scans: eleven `u32` keys are one cache line
 //! where eleven `u128` keys were three, and a leaf is 188 bytes instead of
-//! 320 (about 12 bytes less per record; see `docs/bench/REPORT-agent.md`).
+//! 320 (the agent keeps about 11 bytes less per entry; see
+//! `docs/bench/REPORT-agent.md`).
 
 use std::collections::BTreeMap;
 use std::collections::btree_map;
@@ -14,8 +15,9 @@ use std::collections::btree_map;
 /// The exact (full-length) entries of one address, which has a record:
 /// how many there are (the portless one and address+port ones) and the
 /// portless one's value. Full-length portless entries live here, not in
-/// the family's map of portless nets: a fresh build fills them in address order from a
-/// sorted run, and a record's own entry comes with its address.
+/// the family's map of portless nets: a fresh build fills them in address
+/// order from a sorted run, and a record's own entry comes with its
+/// address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Exact {
     /// Exact entries at the address (portless and address+port).
